@@ -1,0 +1,417 @@
+//! Parsing `#[job(...)]`'s arguments into [`Args`], checking each value.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, LitStr, Meta, Token};
+
+use crate::values;
+
+const KEYS: &[&str] = &[
+    "queue",
+    "name",
+    "prefetch",
+    "retry",
+    "concurrency",
+    "backoff",
+    "jitter",
+    "timeout",
+    "partition_by",
+    "partitions",
+    "single_active",
+    "circuit_breaker",
+    "rate_limit",
+    "queue_type",
+    "max_length",
+];
+
+const BREAKER_KEYS: &[&str] = &["failure_rate", "min_attempts", "window", "open_for"];
+
+/// The longest queue name accepted: AMQP allows 255 bytes, and qjob appends
+/// suffixes such as `.dlq` and `.p123`.
+const MAX_QUEUE_LEN: usize = 200;
+
+pub(crate) enum Backoff {
+    Immediate,
+    Fixed(u64),
+    Incremental {
+        base: u64,
+        step: u64,
+    },
+    Exponential {
+        base: u64,
+        max: u64,
+        jitter: Option<bool>,
+    },
+}
+
+pub(crate) struct Breaker {
+    pub(crate) failure_rate: f64,
+    pub(crate) min_attempts: u64,
+    pub(crate) window: u64,
+    pub(crate) open_for: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) queue: Option<LitStr>,
+    pub(crate) name: Option<Ident>,
+    pub(crate) prefetch: Option<u64>,
+    pub(crate) retry: Option<u64>,
+    pub(crate) concurrency: Option<u64>,
+    pub(crate) backoff: Option<(Backoff, Span)>,
+    pub(crate) jitter: Option<(bool, Span)>,
+    pub(crate) timeout: Option<u64>,
+    pub(crate) partition_by: Option<(Vec<Ident>, Span)>,
+    pub(crate) partitions: Option<(u64, Span)>,
+    pub(crate) single_active: Option<bool>,
+    pub(crate) circuit_breaker: Option<Breaker>,
+    pub(crate) rate_limit: Option<(u64, u64)>,
+    pub(crate) quorum: Option<bool>,
+    pub(crate) max_length: Option<u64>,
+}
+
+impl Args {
+    pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Self> {
+        let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+        let mut args = Args::default();
+        let mut seen: Vec<String> = Vec::new();
+        for meta in &metas {
+            let key = key_of(meta, KEYS)?;
+            if seen.contains(&key) {
+                return Err(syn::Error::new(
+                    meta.path().span(),
+                    format!("duplicate argument `{key}`"),
+                ));
+            }
+            args.set(&key, meta)?;
+            seen.push(key);
+        }
+        args.check_combinations()?;
+        Ok(args)
+    }
+
+    fn set(&mut self, key: &str, meta: &Meta) -> syn::Result<()> {
+        if key == "circuit_breaker" {
+            self.circuit_breaker = Some(breaker(meta)?);
+            return Ok(());
+        }
+        let value = value_of(key, meta)?;
+        match key {
+            "queue" => self.queue = Some(queue(value)?),
+            "name" => self.name = Some(name(value)?),
+            "prefetch" => self.prefetch = Some(values::integer(key, value, 1, 65_535)?),
+            "retry" => self.retry = Some(values::integer(key, value, 0, u64::from(u32::MAX))?),
+            "concurrency" => {
+                self.concurrency = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
+            }
+            "backoff" => self.backoff = Some((backoff(value)?, value.span())),
+            "jitter" => self.jitter = Some((values::boolean(key, value)?, value.span())),
+            "timeout" => {
+                let ms = values::duration(key, value)?;
+                if ms == 0 {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`timeout` must be longer than 0",
+                    ));
+                }
+                self.timeout = Some(ms);
+            }
+            "partition_by" => self.partition_by = Some((field_path(value)?, value.span())),
+            "partitions" => {
+                self.partitions = Some((values::integer(key, value, 1, 1024)?, value.span()))
+            }
+            "single_active" => self.single_active = Some(values::boolean(key, value)?),
+            "rate_limit" => self.rate_limit = Some(values::rate(key, value)?),
+            "queue_type" => self.quorum = Some(queue_type(value)?),
+            "max_length" => {
+                self.max_length = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
+            }
+            _ => unreachable!("key_of accepts only known keys"),
+        }
+        Ok(())
+    }
+
+    fn check_combinations(&self) -> syn::Result<()> {
+        if let Some((_, span)) = self.jitter
+            && !matches!(self.backoff, Some((Backoff::Exponential { .. }, _)))
+        {
+            return Err(syn::Error::new(
+                span,
+                "`jitter` applies to exponential backoff only: add `backoff = exponential(base = \"...\", max = \"...\")`",
+            ));
+        }
+        match (&self.partition_by, &self.partitions) {
+            (Some((_, span)), None) => Err(syn::Error::new(
+                *span,
+                "`partition_by` needs `partitions = N` (the number of partition queues)",
+            )),
+            (None, Some((_, span))) => Err(syn::Error::new(
+                *span,
+                "`partitions` needs `partition_by = field` (the key to partition on)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The key of an argument, checked against `valid`.
+fn key_of(meta: &Meta, valid: &[&str]) -> syn::Result<String> {
+    let path = meta.path();
+    let Some(ident) = path.get_ident() else {
+        return Err(syn::Error::new(
+            path.span(),
+            format!("expected an argument name, one of: {}", valid.join(", ")),
+        ));
+    };
+    let key = ident.to_string();
+    if !valid.contains(&key.as_str()) {
+        return Err(syn::Error::new(
+            ident.span(),
+            format!(
+                "unknown argument `{key}`; valid arguments are: {}",
+                valid.join(", ")
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+fn value_of<'a>(key: &str, meta: &'a Meta) -> syn::Result<&'a Expr> {
+    match meta {
+        Meta::NameValue(pair) => Ok(&pair.value),
+        _ => Err(syn::Error::new(
+            meta.span(),
+            format!("`{key}` expects a value: `{key} = ...`"),
+        )),
+    }
+}
+
+fn queue(value: &Expr) -> syn::Result<LitStr> {
+    let lit = values::string("queue", value)?;
+    let name = lit.value();
+    if name.is_empty() || name.len() > MAX_QUEUE_LEN {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`queue` must be a name of 1 to {MAX_QUEUE_LEN} bytes"),
+        ));
+    }
+    if name.starts_with("amq.") {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`queue` names starting with \"amq.\" are reserved by RabbitMQ",
+        ));
+    }
+    Ok(lit)
+}
+
+fn name(value: &Expr) -> syn::Result<Ident> {
+    let lit = values::string("name", value)?;
+    syn::parse_str::<Ident>(&lit.value()).map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            "`name` must be a valid type name, like name = \"ChargeJob\"",
+        )
+    })
+}
+
+fn queue_type(value: &Expr) -> syn::Result<bool> {
+    let lit = values::string("queue_type", value)?;
+    match lit.value().as_str() {
+        "classic" => Ok(false),
+        "quorum" => Ok(true),
+        other => Err(syn::Error::new(
+            lit.span(),
+            format!("`queue_type` must be \"classic\" or \"quorum\", found {other:?}"),
+        )),
+    }
+}
+
+/// `field` or `field.nested`.
+fn field_path(value: &Expr) -> syn::Result<Vec<Ident>> {
+    let invalid = || {
+        syn::Error::new(
+            value.span(),
+            "`partition_by` expects a field of the payload, like `partition_by = account` or `partition_by = customer.id`",
+        )
+    };
+    match value {
+        Expr::Path(path) => path
+            .path
+            .get_ident()
+            .cloned()
+            .map(|i| vec![i])
+            .ok_or_else(invalid),
+        Expr::Field(field) => {
+            let mut path = field_path(&field.base)?;
+            match &field.member {
+                syn::Member::Named(ident) => path.push(ident.clone()),
+                syn::Member::Unnamed(_) => return Err(invalid()),
+            }
+            Ok(path)
+        }
+        _ => Err(invalid()),
+    }
+}
+
+const BACKOFF_FORMS: &str = "`immediate`, `fixed(\"5s\")`, `incremental(base = \"1s\", step = \"2s\")` or `exponential(base = \"200ms\", max = \"5m\")`";
+
+fn backoff(value: &Expr) -> syn::Result<Backoff> {
+    let invalid = |span: Span| syn::Error::new(span, format!("`backoff` must be {BACKOFF_FORMS}"));
+    match value {
+        Expr::Path(path) if path.path.is_ident("immediate") => Ok(Backoff::Immediate),
+        Expr::Call(call) => {
+            let Expr::Path(function) = &*call.func else {
+                return Err(invalid(call.func.span()));
+            };
+            let Some(kind) = function.path.get_ident() else {
+                return Err(invalid(function.span()));
+            };
+            let args: Vec<&Expr> = call.args.iter().collect();
+            match kind.to_string().as_str() {
+                "fixed" => match args.as_slice() {
+                    [delay] => Ok(Backoff::Fixed(values::duration("fixed", delay)?)),
+                    _ => Err(syn::Error::new(
+                        call.span(),
+                        "`fixed` takes one duration: fixed(\"5s\")",
+                    )),
+                },
+                "incremental" => {
+                    let named = named_args(&args, &["base", "step"])?;
+                    Ok(Backoff::Incremental {
+                        base: required_duration(&named, "base", call.span())?,
+                        step: required_duration(&named, "step", call.span())?,
+                    })
+                }
+                "exponential" => {
+                    let named = named_args(&args, &["base", "max", "jitter"])?;
+                    let base = required_duration(&named, "base", call.span())?;
+                    let max = required_duration(&named, "max", call.span())?;
+                    if base == 0 || max < base {
+                        return Err(syn::Error::new(
+                            call.span(),
+                            "exponential backoff needs 0 < base <= max",
+                        ));
+                    }
+                    let jitter = named
+                        .iter()
+                        .find(|(key, _)| key == "jitter")
+                        .map(|(_, expr)| values::boolean("jitter", expr))
+                        .transpose()?;
+                    Ok(Backoff::Exponential { base, max, jitter })
+                }
+                _ => Err(invalid(kind.span())),
+            }
+        }
+        _ => Err(invalid(value.span())),
+    }
+}
+
+/// `key = value` arguments of a call, each once, keys from `valid`.
+fn named_args<'a>(args: &[&'a Expr], valid: &[&str]) -> syn::Result<Vec<(String, &'a Expr)>> {
+    let mut named: Vec<(String, &Expr)> = Vec::new();
+    for arg in args {
+        let Expr::Assign(assign) = arg else {
+            return Err(syn::Error::new(
+                arg.span(),
+                format!(
+                    "expected `name = value`, with names from: {}",
+                    valid.join(", ")
+                ),
+            ));
+        };
+        let key = match &*assign.left {
+            Expr::Path(path) => path.path.get_ident().map(ToString::to_string),
+            _ => None,
+        };
+        let Some(key) = key.filter(|key| valid.contains(&key.as_str())) else {
+            return Err(syn::Error::new(
+                assign.left.span(),
+                format!(
+                    "unknown argument; valid arguments are: {}",
+                    valid.join(", ")
+                ),
+            ));
+        };
+        if named.iter().any(|(seen, _)| *seen == key) {
+            return Err(syn::Error::new(
+                assign.left.span(),
+                format!("duplicate argument `{key}`"),
+            ));
+        }
+        named.push((key, &assign.right));
+    }
+    Ok(named)
+}
+
+fn required_duration(named: &[(String, &Expr)], key: &str, span: Span) -> syn::Result<u64> {
+    match named.iter().find(|(name, _)| name == key) {
+        Some((_, expr)) => values::duration(key, expr),
+        None => Err(syn::Error::new(span, format!("missing `{key} = \"...\"`"))),
+    }
+}
+
+fn breaker(meta: &Meta) -> syn::Result<Breaker> {
+    let Meta::List(list) = meta else {
+        return Err(syn::Error::new(
+            meta.span(),
+            "`circuit_breaker` expects arguments: circuit_breaker(failure_rate = 0.2, min_attempts = 20, window = \"60s\", open_for = \"5m\")",
+        ));
+    };
+    let inner = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+    let mut breaker = Breaker {
+        failure_rate: f64::NAN,
+        min_attempts: 20,
+        window: 60_000,
+        open_for: 300_000,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for meta in &inner {
+        let key = key_of(meta, BREAKER_KEYS)?;
+        if seen.contains(&key) {
+            return Err(syn::Error::new(
+                meta.path().span(),
+                format!("duplicate argument `{key}`"),
+            ));
+        }
+        let value = value_of(&key, meta)?;
+        match key.as_str() {
+            "failure_rate" => {
+                let rate = values::number(&key, value)?;
+                if !(rate > 0.0 && rate <= 1.0) {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`failure_rate` must be greater than 0 and at most 1",
+                    ));
+                }
+                breaker.failure_rate = rate;
+            }
+            "min_attempts" => {
+                breaker.min_attempts = values::integer(&key, value, 1, u64::from(u32::MAX))?
+            }
+            "window" => breaker.window = positive_duration(&key, value)?,
+            "open_for" => breaker.open_for = positive_duration(&key, value)?,
+            _ => unreachable!("key_of accepts only breaker keys"),
+        }
+        seen.push(key);
+    }
+    if breaker.failure_rate.is_nan() {
+        return Err(syn::Error::new(
+            list.span(),
+            "`circuit_breaker` needs `failure_rate = ...` (0 < rate <= 1)",
+        ));
+    }
+    Ok(breaker)
+}
+
+fn positive_duration(key: &str, value: &Expr) -> syn::Result<u64> {
+    let ms = values::duration(key, value)?;
+    if ms == 0 {
+        return Err(syn::Error::new(
+            value.span(),
+            format!("`{key}` must be longer than 0"),
+        ));
+    }
+    Ok(ms)
+}

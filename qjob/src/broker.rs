@@ -1,0 +1,201 @@
+//! The [`Broker`] trait: the one seam between qjob's runtime and a transport.
+//!
+//! [`crate::AmqpBroker`] implements it on RabbitMQ; `qjob_testkit::MemoryBroker`
+//! implements it in memory. The runtime (client, worker, policies) speaks only
+//! to this trait, so both brokers run the same code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::{Error, QueueType};
+
+/// A header value. Transports map their own types onto these; values of
+/// other types arrive as [`HeaderValue::Other`] with a description.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum HeaderValue {
+    /// Text.
+    Str(String),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A value of a type qjob does not interpret, described as text.
+    Other(String),
+}
+
+impl HeaderValue {
+    /// The value as an integer, if it is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            HeaderValue::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The value as text, if it is text.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            HeaderValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderValue::Str(s) | HeaderValue::Other(s) => f.write_str(s),
+            HeaderValue::Int(n) => write!(f, "{n}"),
+            HeaderValue::Float(x) => write!(f, "{x}"),
+            HeaderValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(s: &str) -> Self {
+        HeaderValue::Str(s.to_owned())
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(s: String) -> Self {
+        HeaderValue::Str(s)
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(n: i64) -> Self {
+        HeaderValue::Int(n)
+    }
+}
+
+impl From<bool> for HeaderValue {
+    fn from(b: bool) -> Self {
+        HeaderValue::Bool(b)
+    }
+}
+
+/// Message headers, by name.
+pub type Headers = BTreeMap<String, HeaderValue>;
+
+/// A message as published and as delivered: persistent, JSON by convention.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    /// The message id (qjob puts the job id here); `None` for messages
+    /// published by other producers without one.
+    pub id: Option<String>,
+    /// The headers.
+    pub headers: Headers,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Settles one delivery. Exactly one of its methods takes effect; later
+/// calls are no-ops.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Acknowledges: the broker forgets the message.
+    async fn ack(&self) -> Result<(), Error>;
+    /// Rejects; with `requeue` the broker delivers it again.
+    async fn reject(&self, requeue: bool) -> Result<(), Error>;
+}
+
+/// One message handed to a consumer, with the means to settle it.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// True when the broker delivered it before without a settlement.
+    pub redelivered: bool,
+    /// Settles this delivery.
+    pub acker: Box<dyn Acker>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer's stream of deliveries.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` once the consumer is cancelled or its
+    /// channel closed, `Some(Err)` on a transport failure.
+    async fn next(&mut self) -> Option<Result<Delivery, Error>>;
+
+    /// Closes the consumer's channel: every delivery not yet settled goes
+    /// back to its queue at once.
+    async fn close(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// How a queue is declared. Declaring an existing queue with other
+/// arguments is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// The queue's name.
+    pub name: String,
+    /// Classic or quorum.
+    pub queue_type: QueueType,
+    /// `x-max-length`, with `x-overflow = reject-publish`.
+    pub max_length: Option<u32>,
+    /// `x-single-active-consumer`.
+    pub single_active: bool,
+}
+
+impl QueueSpec {
+    /// A durable classic queue with no further arguments.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            queue_type: QueueType::Classic,
+            max_length: None,
+            single_active: false,
+        }
+    }
+}
+
+/// Options of one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumeOptions {
+    /// Unacked deliveries the broker sends this consumer at most
+    /// (per consumer, never per channel).
+    pub prefetch: u16,
+    /// A tag naming the consumer to operators.
+    pub tag: String,
+}
+
+/// A message transport with RabbitMQ's semantics: durable queues, confirmed
+/// publishes, per-consumer prefetch and manual acknowledgement.
+///
+/// Implementations are cheap handles: clone them freely.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Declares a durable queue (idempotent for the same arguments).
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error>;
+
+    /// Publishes a persistent message to `queue` and returns once the
+    /// broker confirmed it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PublishRejected`] on a negative confirm, [`Error::Unroutable`]
+    /// if the queue does not exist, [`Error::Broker`] if the transport failed
+    /// (the message may or may not have been stored).
+    async fn publish(&self, queue: &str, message: Message) -> Result<(), Error>;
+
+    /// Starts a consumer on `queue` with manual acknowledgement.
+    async fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<Box<dyn Subscription>, Error>;
+}

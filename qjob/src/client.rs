@@ -1,0 +1,121 @@
+//! [`Client`]: the typed producer.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+
+use crate::broker::Broker;
+use crate::job::{Job, JobId};
+use crate::{Error, headers, topology};
+
+/// How many publishes [`Client::enqueue_all`] keeps awaiting confirms at once.
+const PIPELINE: usize = 512;
+
+/// Enqueues jobs. Cheap to clone; clones share the broker and what was declared.
+///
+/// # Examples
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Email { to: String }
+/// # #[qjob::job(queue = "docs.client.email")]
+/// # async fn email(job: Email, ctx: qjob::JobContext) -> Result<(), qjob::JobError> { Ok(()) }
+/// # #[tokio::main] async fn main() -> Result<(), qjob::Error> {
+/// use qjob::Client;
+/// use qjob_testkit::MemoryBroker;
+///
+/// let client = Client::new(MemoryBroker::new());
+/// let id = client.enqueue::<EmailJob>(Email { to: "a@example.com".into() }).await?;
+/// println!("enqueued {id}");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    broker: Arc<dyn Broker>,
+    declared: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client publishing through `broker`.
+    pub fn new(broker: impl Broker) -> Self {
+        Self::from_shared(Arc::new(broker))
+    }
+
+    /// A client on a broker already behind an `Arc`.
+    pub fn from_shared(broker: Arc<dyn Broker>) -> Self {
+        Self {
+            broker,
+            declared: Arc::default(),
+        }
+    }
+
+    /// Publishes one job and returns its id once the broker confirmed it.
+    /// The job type's queues are declared on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the payload does not serialize, or the
+    /// broker's error ([`Error::PublishRejected`], [`Error::Broker`], …): the
+    /// job was then not confirmed and is the caller's to retry.
+    pub async fn enqueue<J: Job>(&self, payload: J::Payload) -> Result<JobId, Error> {
+        self.ensure_declared::<J>().await?;
+        self.publish::<J>(&payload).await
+    }
+
+    /// Publishes many jobs with their confirms pipelined, and returns each
+    /// one's outcome in input order.
+    ///
+    /// # Errors
+    ///
+    /// The outer error is a failure to declare the queues (nothing was
+    /// published); each inner result is as for [`Client::enqueue`].
+    pub async fn enqueue_all<J: Job>(
+        &self,
+        payloads: impl IntoIterator<Item = J::Payload>,
+    ) -> Result<Vec<Result<JobId, Error>>, Error> {
+        self.ensure_declared::<J>().await?;
+        let results = futures_util::stream::iter(payloads)
+            .map(|payload| async move { self.publish::<J>(&payload).await })
+            .buffered(PIPELINE)
+            .collect()
+            .await;
+        Ok(results)
+    }
+
+    async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<JobId, Error> {
+        let body = serde_json::to_vec(payload).map_err(|source| Error::Serialize {
+            job: J::NAME,
+            source,
+        })?;
+        let id = JobId::new();
+        self.broker
+            .publish(J::QUEUE, headers::new_job(J::NAME, &id, body))
+            .await?;
+        Ok(id)
+    }
+
+    async fn ensure_declared<J: Job>(&self) -> Result<(), Error> {
+        if self.is_declared(J::QUEUE) {
+            return Ok(());
+        }
+        topology::declare(&*self.broker, &J::options()).await?;
+        self.declared
+            .lock()
+            .expect("declared-queue set poisoned")
+            .insert(J::QUEUE.to_owned());
+        Ok(())
+    }
+
+    fn is_declared(&self, queue: &str) -> bool {
+        self.declared
+            .lock()
+            .expect("declared-queue set poisoned")
+            .contains(queue)
+    }
+}

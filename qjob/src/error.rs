@@ -1,0 +1,246 @@
+//! Errors of the runtime ([`Error`]) and of handlers ([`JobError`]).
+
+use std::fmt;
+use std::time::Duration;
+
+/// A boxed error from a transport, kept opaque so that no transport type
+/// appears in qjob's API.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What can go wrong in qjob itself: connecting, declaring, publishing,
+/// consuming, or configuring.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker could not be reached or refused the connection.
+    #[error("could not connect to the broker at {url}: {source}")]
+    Connect {
+        /// The address tried, with any password hidden.
+        url: String,
+        /// The transport's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A broker operation failed (channel or connection error, closed connection).
+    #[error("{operation} failed: {source}")]
+    Broker {
+        /// What qjob was doing, e.g. `publish to queue "billing.charge"`.
+        operation: String,
+        /// The transport's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The broker declined a publish with a negative confirm (`basic.nack`).
+    #[error(
+        "the broker rejected the message published to queue {queue:?} (negative publisher confirm)"
+    )]
+    PublishRejected {
+        /// The queue published to.
+        queue: String,
+    },
+    /// The message could not be routed: the queue does not exist.
+    #[error("the message published to queue {queue:?} was returned unroutable: {reason}")]
+    Unroutable {
+        /// The queue published to.
+        queue: String,
+        /// The broker's reply text.
+        reason: String,
+    },
+    /// The payload could not be serialized to JSON.
+    #[error("could not serialize the payload of job {job}: {source}")]
+    Serialize {
+        /// The job's name.
+        job: &'static str,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The configuration is invalid (for example a malformed environment override).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A worker was built or run in a way that cannot work.
+    #[error("{0}")]
+    Worker(String),
+}
+
+impl Error {
+    /// Wraps a transport error with what qjob was doing.
+    pub fn broker(operation: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Broker {
+            operation: operation.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// How a failed attempt should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// Retry if attempts are left, after the job's backoff.
+    Retryable,
+    /// Retry if attempts are left, after this delay instead of the backoff.
+    RetryAfter(Duration),
+    /// Do not retry: dead-letter now.
+    Permanent,
+}
+
+/// The error a handler returns.
+///
+/// Any `std::error::Error + Send + Sync + 'static` converts into a `JobError`,
+/// so `?` works in handlers; such an error is retryable. Like `anyhow::Error`,
+/// `JobError` does not itself implement `std::error::Error` (that would make
+/// the blanket conversion impossible).
+///
+/// # Examples
+///
+/// ```
+/// use qjob::JobError;
+/// use std::time::Duration;
+///
+/// fn parse(s: &str) -> Result<u64, JobError> {
+///     let n: u64 = s.parse()?; // retryable
+///     if n == 0 {
+///         return Err(JobError::permanent(JobError::msg("zero is never valid")));
+///     }
+///     if n > 100 {
+///         return Err(JobError::retry_after(JobError::msg("busy"), Duration::from_secs(30)));
+///     }
+///     Ok(n)
+/// }
+/// assert!(parse("x").unwrap_err().is_retryable());
+/// assert!(parse("0").unwrap_err().is_permanent());
+/// ```
+pub struct JobError {
+    source: BoxError,
+    kind: FailureKind,
+}
+
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl JobError {
+    /// A retryable error with this message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self {
+            source: Box::new(Message(message.to_string())),
+            kind: FailureKind::Retryable,
+        }
+    }
+
+    /// Marks `error` permanent: the remaining retries are skipped and the job
+    /// is dead-lettered at once.
+    pub fn permanent(error: impl Into<JobError>) -> Self {
+        Self {
+            kind: FailureKind::Permanent,
+            ..error.into()
+        }
+    }
+
+    /// Retries after `delay` instead of the job's backoff (if attempts are left).
+    pub fn retry_after(error: impl Into<JobError>, delay: Duration) -> Self {
+        Self {
+            kind: FailureKind::RetryAfter(delay),
+            ..error.into()
+        }
+    }
+
+    /// How this failure is to be treated.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// True unless the error is permanent.
+    pub fn is_retryable(&self) -> bool {
+        self.kind != FailureKind::Permanent
+    }
+
+    /// True if the error skips the remaining retries.
+    pub fn is_permanent(&self) -> bool {
+        self.kind == FailureKind::Permanent
+    }
+
+    /// The underlying error.
+    pub fn source(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+
+    /// The error and its chain of sources, joined by `": "`.
+    pub fn chain(&self) -> String {
+        let mut text = self.source.to_string();
+        let mut next = self.source.source();
+        while let Some(cause) = next {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        text
+    }
+}
+
+impl<E> From<E> for JobError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(error: E) -> Self {
+        Self {
+            source: Box::new(error),
+            kind: FailureKind::Retryable,
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl fmt::Debug for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobError")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn std_errors_convert_and_are_retryable() {
+        let error: JobError = "x".parse::<u32>().unwrap_err().into();
+        assert_eq!(error.kind(), FailureKind::Retryable);
+        assert!(error.to_string().contains("invalid digit"));
+    }
+
+    #[test]
+    fn permanent_and_retry_after_keep_the_message() {
+        let error = JobError::permanent(JobError::msg("card declined"));
+        assert!(error.is_permanent());
+        assert_eq!(error.to_string(), "card declined");
+        let error = JobError::retry_after(JobError::msg("busy"), Duration::from_secs(3));
+        assert_eq!(
+            error.kind(),
+            FailureKind::RetryAfter(Duration::from_secs(3))
+        );
+        assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn chain_lists_sources() {
+        let io = std::io::Error::other("disk full");
+        let error = JobError::from(Error::broker("publish", io));
+        assert_eq!(error.chain(), "publish failed: disk full: disk full");
+    }
+}

@@ -1,0 +1,142 @@
+//! The headers qjob writes on its messages, and reading them back.
+//!
+//! | header | type | meaning |
+//! |---|---|---|
+//! | `qjob-job` | text | the job type's name |
+//! | `qjob-attempt` | integer | the attempt this delivery is (1-based) |
+//! | `qjob-enqueued-at` | integer | first enqueue, ms since the Unix epoch |
+//! | `qjob-error` | text | dead letters: the last error |
+//! | `qjob-reason` | text | dead letters: why (`retries-exhausted`, `permanent`, `malformed`) |
+//! | `qjob-attempts` | integer | dead letters: attempts made |
+//! | `qjob-failed-at` | integer | dead letters: time of the last failure, ms since the epoch |
+//! | `qjob-queue` | text | dead letters: the work queue the job came from |
+//!
+//! Other headers are kept as they are.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::broker::{HeaderValue, Headers, Message};
+use crate::job::JobId;
+
+/// The job type's name.
+pub const JOB: &str = "qjob-job";
+/// The attempt number of the delivery (1-based).
+pub const ATTEMPT: &str = "qjob-attempt";
+/// First enqueue time, milliseconds since the Unix epoch.
+pub const ENQUEUED_AT: &str = "qjob-enqueued-at";
+/// Dead letters: the last error.
+pub const ERROR: &str = "qjob-error";
+/// Dead letters: why the job was dead-lettered.
+pub const REASON: &str = "qjob-reason";
+/// Dead letters: the attempts made.
+pub const ATTEMPTS: &str = "qjob-attempts";
+/// Dead letters: time of the last failure, milliseconds since the Unix epoch.
+pub const FAILED_AT: &str = "qjob-failed-at";
+/// Dead letters: the work queue the job came from.
+pub const QUEUE: &str = "qjob-queue";
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// What qjob reads from a delivered message before running its handler.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Envelope {
+    pub(crate) job_id: JobId,
+    pub(crate) attempt: u32,
+    pub(crate) enqueued_at: SystemTime,
+}
+
+impl Envelope {
+    /// Reads the envelope. Messages from other producers may lack qjob's
+    /// headers: they count as a first attempt, enqueued now. A qjob header of
+    /// the wrong type is an error naming it.
+    pub(crate) fn read(message: &Message) -> Result<Self, String> {
+        let attempt = match message.headers.get(ATTEMPT) {
+            None => 1,
+            Some(HeaderValue::Int(n)) if *n >= 1 => u32::try_from(*n).unwrap_or(u32::MAX),
+            Some(other) => {
+                return Err(format!(
+                    "header {ATTEMPT} must be an integer >= 1, found {other:?}"
+                ));
+            }
+        };
+        let enqueued_at = match message.headers.get(ENQUEUED_AT) {
+            None => SystemTime::now(),
+            Some(HeaderValue::Int(ms)) => from_millis(*ms),
+            Some(other) => {
+                return Err(format!(
+                    "header {ENQUEUED_AT} must be an integer (ms since the epoch), found {other:?}"
+                ));
+            }
+        };
+        let job_id = message.id.clone().map(JobId::from).unwrap_or_default();
+        Ok(Self {
+            job_id,
+            attempt,
+            enqueued_at,
+        })
+    }
+}
+
+/// A fresh job message: first attempt, enqueued now.
+pub(crate) fn new_job(job: &'static str, id: &JobId, body: Vec<u8>) -> Message {
+    let mut headers = Headers::new();
+    headers.insert(JOB.into(), job.into());
+    headers.insert(ATTEMPT.into(), HeaderValue::Int(1));
+    headers.insert(
+        ENQUEUED_AT.into(),
+        HeaderValue::Int(millis(SystemTime::now())),
+    );
+    Message {
+        id: Some(id.to_string()),
+        headers,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_job_messages_read_back() {
+        let id = JobId::new();
+        let message = new_job("charge", &id, b"{}".to_vec());
+        let envelope = Envelope::read(&message).unwrap();
+        assert_eq!(envelope.job_id, id);
+        assert_eq!(envelope.attempt, 1);
+        let age = SystemTime::now()
+            .duration_since(envelope.enqueued_at)
+            .unwrap();
+        assert!(age < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn foreign_messages_are_first_attempts() {
+        let envelope = Envelope::read(&Message::default()).unwrap();
+        assert_eq!(envelope.attempt, 1);
+    }
+
+    #[test]
+    fn malformed_qjob_headers_are_named() {
+        let mut message = Message::default();
+        message.headers.insert(ATTEMPT.into(), "two".into());
+        let error = Envelope::read(&message).unwrap_err();
+        assert!(error.contains(ATTEMPT), "{error}");
+        message.headers.insert(ATTEMPT.into(), HeaderValue::Int(0));
+        assert!(Envelope::read(&message).is_err());
+        message.headers.insert(ATTEMPT.into(), HeaderValue::Int(2));
+        message
+            .headers
+            .insert(ENQUEUED_AT.into(), HeaderValue::Bool(true));
+        assert!(Envelope::read(&message).unwrap_err().contains(ENQUEUED_AT));
+    }
+}

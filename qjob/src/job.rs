@@ -1,0 +1,212 @@
+//! The [`Job`] trait that `#[job]` implements, and what a handler is told
+//! about its attempt ([`JobContext`]).
+
+use std::fmt;
+use std::future::Future;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{JobError, JobOptions};
+
+/// A job type: a payload, a queue, options and a handler.
+///
+/// `#[job(...)]` implements it for a unit struct named after the function;
+/// implementing it by hand works the same.
+///
+/// # Examples
+///
+/// ```
+/// use qjob::{Job, JobContext, JobError, JobOptions};
+///
+/// struct Ping;
+///
+/// impl Job for Ping {
+///     type Payload = String;
+///     const NAME: &'static str = "ping";
+///     const QUEUE: &'static str = "ping";
+///
+///     fn options() -> JobOptions {
+///         JobOptions::new(Self::QUEUE).with_retry(0)
+///     }
+///
+///     async fn perform(&self, payload: String, _ctx: JobContext) -> Result<(), JobError> {
+///         println!("{payload}");
+///         Ok(())
+///     }
+/// }
+/// assert_eq!(Ping::options().max_attempts(), 1);
+/// ```
+pub trait Job: Send + Sync + 'static {
+    /// The payload, carried as JSON.
+    type Payload: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The job type's name (used in logs, metrics and dead-letter headers).
+    const NAME: &'static str;
+
+    /// The work queue.
+    const QUEUE: &'static str;
+
+    /// The options as written in the code (environment overrides are applied
+    /// by the worker at start).
+    fn options() -> JobOptions;
+
+    /// The partition key of a payload, for partitioned jobs.
+    fn partition_key(_payload: &Self::Payload) -> Option<String> {
+        None
+    }
+
+    /// Handles one payload.
+    fn perform(
+        &self,
+        payload: Self::Payload,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+/// A job's identity, unique per enqueue and kept across its retries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(String);
+
+impl JobId {
+    /// A new, time-ordered identifier (UUID v7).
+    pub fn new() -> Self {
+        JobId(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<String> for JobId {
+    fn from(id: String) -> Self {
+        JobId(id)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(id: &str) -> Self {
+        JobId(id.to_owned())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a handler knows about the attempt it runs.
+///
+/// The worker builds it from the delivery; tests craft one with
+/// [`JobContext::new`] and the `with_…` methods.
+///
+/// # Examples
+///
+/// ```
+/// use qjob::JobContext;
+///
+/// let ctx = JobContext::new("orders").with_attempt(3).with_redelivered(true);
+/// assert_eq!(ctx.attempt(), 3);
+/// assert!(ctx.redelivered());
+/// assert_eq!(ctx.queue(), "orders");
+/// ```
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    job_id: JobId,
+    queue: String,
+    attempt: u32,
+    max_attempts: u32,
+    redelivered: bool,
+    enqueued_at: SystemTime,
+}
+
+impl JobContext {
+    /// A first attempt of a new job on `queue`, enqueued now.
+    pub fn new(queue: impl Into<String>) -> Self {
+        Self {
+            job_id: JobId::new(),
+            queue: queue.into(),
+            attempt: 1,
+            max_attempts: 1,
+            redelivered: false,
+            enqueued_at: SystemTime::now(),
+        }
+    }
+
+    /// Sets the job id.
+    pub fn with_job_id(mut self, job_id: JobId) -> Self {
+        self.job_id = job_id;
+        self
+    }
+
+    /// Sets the attempt number (1-based).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self.max_attempts = self.max_attempts.max(self.attempt);
+        self
+    }
+
+    /// Sets the number of attempts the job gets in all.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(self.attempt);
+        self
+    }
+
+    /// Marks the delivery as a redelivery by the broker.
+    pub fn with_redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
+    }
+
+    /// Sets when the job was first enqueued.
+    pub fn with_enqueued_at(mut self, enqueued_at: SystemTime) -> Self {
+        self.enqueued_at = enqueued_at;
+        self
+    }
+
+    /// The job's id, the same on every attempt.
+    pub fn job_id(&self) -> &JobId {
+        &self.job_id
+    }
+
+    /// The queue the job was consumed from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// This attempt's number, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The attempts the job gets in all (first plus retries).
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// True on the last attempt: a retryable failure now dead-letters.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+
+    /// True when the broker delivers this message again after an unacked
+    /// delivery (a crash, a lost connection).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// When the job was first enqueued.
+    pub fn enqueued_at(&self) -> SystemTime {
+        self.enqueued_at
+    }
+}

@@ -1,0 +1,37 @@
+#![doc = include_str!("../../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod amqp;
+pub mod broker;
+mod client;
+mod error;
+pub mod headers;
+mod job;
+mod options;
+mod topology;
+mod worker;
+
+pub use amqp::AmqpBroker;
+pub use broker::Broker;
+pub use client::Client;
+pub use error::{BoxError, Error, FailureKind, JobError};
+pub use job::{Job, JobContext, JobId};
+pub use options::{
+    Backoff, CircuitBreaker, DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, DEFAULT_RETRY, JobOptions,
+    QueueType, RateLimit,
+};
+pub use qjob_macros::job;
+pub use worker::{DEFAULT_SHUTDOWN_TIMEOUT, Worker, WorkerBuilder};
+
+#[doc(hidden)]
+pub mod __private {
+    //! Used by `#[job]`'s generated code; not part of the API.
+
+    /// Converts a handler's result into the runtime's.
+    pub fn into_job_result<E: Into<crate::JobError>>(
+        result: Result<(), E>,
+    ) -> Result<(), crate::JobError> {
+        result.map_err(Into::into)
+    }
+}

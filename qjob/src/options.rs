@@ -1,0 +1,459 @@
+//! [`JobOptions`]: everything `#[job(...)]` says about a job, resolved.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// How long to wait before a retry. Only its description lives here; the
+/// delays themselves are computed by the backoff policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backoff {
+    /// Retry at once.
+    Immediate,
+    /// The same delay before every retry.
+    Fixed(Duration),
+    /// `base`, then `base + step`, `base + 2 × step`, …
+    Incremental {
+        /// The first delay.
+        base: Duration,
+        /// Added for each further retry.
+        step: Duration,
+    },
+    /// `base`, `2 × base`, `4 × base`, … capped at `max`, with jitter unless turned off.
+    Exponential {
+        /// The first delay.
+        base: Duration,
+        /// The cap.
+        max: Duration,
+        /// Spread each delay randomly to avoid thundering herds.
+        jitter: bool,
+    },
+}
+
+/// The RabbitMQ queue type of a job's queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// Classic queues (the default).
+    #[default]
+    Classic,
+    /// Replicated quorum queues.
+    Quorum,
+}
+
+impl QueueType {
+    /// The value of the `x-queue-type` argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+/// When a job type's circuit breaker opens and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct CircuitBreaker {
+    /// The failure rate (0..=1] over `window` that opens the breaker.
+    pub failure_rate: f64,
+    /// The fewest attempts in the window before the rate counts.
+    pub min_attempts: u32,
+    /// The sliding window the rate is measured over.
+    pub window: Duration,
+    /// How long the breaker stays open before a probe.
+    pub open_for: Duration,
+}
+
+impl CircuitBreaker {
+    /// A breaker description.
+    pub fn new(failure_rate: f64, min_attempts: u32, window: Duration, open_for: Duration) -> Self {
+        Self {
+            failure_rate,
+            min_attempts,
+            window,
+            open_for,
+        }
+    }
+}
+
+/// At most `count` jobs started per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Jobs per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// A rate limit of `count` per `per`.
+    pub fn new(count: u32, per: Duration) -> Self {
+        Self { count, per }
+    }
+}
+
+/// Everything that configures one job type. `#[job(...)]` builds it; the
+/// environment can override the operator's knobs (see [`JobOptions::with_env_overrides`]).
+///
+/// # Examples
+///
+/// ```
+/// use qjob::JobOptions;
+///
+/// let options = JobOptions::new("billing.charge").with_prefetch(25).with_retry(5).with_concurrency(50);
+/// assert_eq!(options.queue(), "billing.charge");
+/// assert_eq!(options.max_attempts(), 6);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOptions {
+    queue: String,
+    prefetch: u16,
+    retry: u32,
+    concurrency: usize,
+    backoff: Backoff,
+    timeout: Option<Duration>,
+    partitions: Option<u16>,
+    single_active: bool,
+    circuit_breaker: Option<CircuitBreaker>,
+    rate_limit: Option<RateLimit>,
+    queue_type: QueueType,
+    max_length: Option<u32>,
+}
+
+/// The default prefetch: enough to keep a handful of handlers busy.
+pub const DEFAULT_PREFETCH: u16 = 25;
+/// The default number of handlers running at once per worker.
+pub const DEFAULT_CONCURRENCY: usize = 10;
+/// The default number of retries after the first attempt.
+pub const DEFAULT_RETRY: u32 = 3;
+
+impl JobOptions {
+    /// The defaults for a job consuming `queue`: prefetch 25, concurrency 10,
+    /// 3 retries, immediate backoff, classic queue.
+    pub fn new(queue: impl Into<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            prefetch: DEFAULT_PREFETCH,
+            retry: DEFAULT_RETRY,
+            concurrency: DEFAULT_CONCURRENCY,
+            backoff: Backoff::Immediate,
+            timeout: None,
+            partitions: None,
+            single_active: false,
+            circuit_breaker: None,
+            rate_limit: None,
+            queue_type: QueueType::Classic,
+            max_length: None,
+        }
+    }
+
+    /// Sets the prefetch (unacked deliveries per consumer, 1..=65535).
+    ///
+    /// # Panics
+    ///
+    /// If `prefetch` is 0 (`#[job]` rejects it at compile time).
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        assert!(prefetch >= 1, "prefetch must be at least 1");
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Sets the number of retries after the first attempt.
+    pub fn with_retry(mut self, retry: u32) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets how many handlers run at once in one worker.
+    ///
+    /// # Panics
+    ///
+    /// If `concurrency` is 0 (`#[job]` rejects it at compile time).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        assert!(concurrency >= 1, "concurrency must be at least 1");
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Sets the backoff between attempts.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets the handler timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Spreads the job over `partitions` partition queues by key.
+    pub fn with_partitions(mut self, partitions: u16) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// Declares the queue single-active-consumer.
+    pub fn with_single_active(mut self, single_active: bool) -> Self {
+        self.single_active = single_active;
+        self
+    }
+
+    /// Sets the circuit breaker.
+    pub fn with_circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.circuit_breaker = Some(breaker);
+        self
+    }
+
+    /// Sets the rate limit.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Sets the queue type.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// Caps the queue's length; publishes beyond it are rejected.
+    pub fn with_max_length(mut self, max_length: u32) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// The work queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The name of the dead-letter queue: the work queue's name plus `.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// Unacked deliveries per consumer.
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch
+    }
+
+    /// Retries after the first attempt.
+    pub fn retry(&self) -> u32 {
+        self.retry
+    }
+
+    /// All attempts a job gets: the first plus the retries.
+    pub fn max_attempts(&self) -> u32 {
+        self.retry.saturating_add(1)
+    }
+
+    /// Handlers running at once in one worker.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The backoff between attempts.
+    pub fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    /// The handler timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The number of partition queues, if partitioned.
+    pub fn partitions(&self) -> Option<u16> {
+        self.partitions
+    }
+
+    /// Whether the queue is single-active-consumer.
+    pub fn single_active(&self) -> bool {
+        self.single_active
+    }
+
+    /// The circuit breaker, if any.
+    pub fn circuit_breaker(&self) -> Option<CircuitBreaker> {
+        self.circuit_breaker
+    }
+
+    /// The rate limit, if any.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
+    /// The queue type.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
+    }
+
+    /// The queue length cap, if any.
+    pub fn max_length(&self) -> Option<u32> {
+        self.max_length
+    }
+
+    /// The prefix of this queue's environment variables: `QJOB_` plus the
+    /// queue name upper-cased with every non-alphanumeric character as `_`.
+    ///
+    /// ```
+    /// assert_eq!(qjob::JobOptions::new("billing.charge").env_prefix(), "QJOB_BILLING_CHARGE_");
+    /// ```
+    pub fn env_prefix(&self) -> String {
+        let name: String = self
+            .queue
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("QJOB_{name}_")
+    }
+
+    /// Applies `QJOB_<QUEUE>_PREFETCH` and `QJOB_<QUEUE>_CONCURRENCY` from the
+    /// process environment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable and the value when a value is
+    /// not a valid number for that knob.
+    pub fn with_env_overrides(self) -> Result<Self, Error> {
+        self.with_overrides_from(|name| std::env::var(name).ok())
+    }
+
+    /// Applies the overrides that `lookup` returns for each variable name
+    /// (the environment, in [`JobOptions::with_env_overrides`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`JobOptions::with_env_overrides`].
+    pub fn with_overrides_from(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        let prefix = self.env_prefix();
+        if let Some(prefetch) = parse_override::<u16>(&lookup, &prefix, "PREFETCH", "1..=65535")? {
+            self.prefetch = prefetch;
+        }
+        if let Some(concurrency) = parse_override::<usize>(&lookup, &prefix, "CONCURRENCY", ">= 1")?
+        {
+            self.concurrency = concurrency;
+        }
+        if let Some(retry) = parse_override_allow_zero::<u32>(&lookup, &prefix, "RETRY")? {
+            self.retry = retry;
+        }
+        Ok(self)
+    }
+}
+
+fn read_override(
+    lookup: &impl Fn(&str) -> Option<String>,
+    prefix: &str,
+    knob: &str,
+) -> Option<(String, String)> {
+    let name = format!("{prefix}{knob}");
+    lookup(&name).map(|value| (name, value))
+}
+
+fn parse_override<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    prefix: &str,
+    knob: &str,
+    range: &str,
+) -> Result<Option<T>, Error>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+{
+    let Some((name, value)) = read_override(lookup, prefix, knob) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<T>() {
+        Ok(n) if n != T::from(0) => Ok(Some(n)),
+        _ => Err(Error::Config(format!(
+            "{name}={value:?} is not a valid {}: expected an integer in {range}",
+            knob.to_ascii_lowercase()
+        ))),
+    }
+}
+
+fn parse_override_allow_zero<T: std::str::FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    prefix: &str,
+    knob: &str,
+) -> Result<Option<T>, Error> {
+    let Some((name, value)) = read_override(lookup, prefix, knob) else {
+        return Ok(None);
+    };
+    value.trim().parse::<T>().map(Some).map_err(|_| {
+        Error::Config(format!(
+            "{name}={value:?} is not a valid {}: expected an integer >= 0",
+            knob.to_ascii_lowercase()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn env_prefix_upper_cases_and_replaces_non_alphanumerics() {
+        assert_eq!(JobOptions::new("a-b.c_d9").env_prefix(), "QJOB_A_B_C_D9_");
+    }
+
+    #[test]
+    fn overrides_replace_attribute_values() {
+        let options = JobOptions::new("billing.charge")
+            .with_prefetch(25)
+            .with_concurrency(50)
+            .with_overrides_from(env(&[
+                ("QJOB_BILLING_CHARGE_PREFETCH", "200"),
+                ("QJOB_BILLING_CHARGE_CONCURRENCY", " 7 "),
+                ("QJOB_BILLING_CHARGE_RETRY", "0"),
+                ("QJOB_OTHER_PREFETCH", "1"),
+            ]))
+            .unwrap();
+        assert_eq!(options.prefetch(), 200);
+        assert_eq!(options.concurrency(), 7);
+        assert_eq!(options.retry(), 0);
+    }
+
+    #[test]
+    fn malformed_overrides_are_errors_naming_variable_and_value() {
+        for (name, value) in [
+            ("QJOB_Q_PREFETCH", "0"),
+            ("QJOB_Q_PREFETCH", "65536"),
+            ("QJOB_Q_PREFETCH", "ten"),
+            ("QJOB_Q_CONCURRENCY", "0"),
+            ("QJOB_Q_CONCURRENCY", "-3"),
+            ("QJOB_Q_RETRY", "many"),
+        ] {
+            let error = JobOptions::new("q")
+                .with_overrides_from(env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(name), "{error}");
+            assert!(error.contains(value), "{error}");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The queues a job type needs, as [`QueueSpec`]s for the broker.
+
+use crate::Error;
+use crate::JobOptions;
+use crate::broker::{Broker, QueueSpec};
+
+/// The work queue of a job type.
+pub(crate) fn work_queue(options: &JobOptions) -> QueueSpec {
+    QueueSpec {
+        name: options.queue().to_owned(),
+        queue_type: options.queue_type(),
+        max_length: options.max_length(),
+        single_active: options.single_active(),
+    }
+}
+
+/// The dead-letter queue: same type as the work queue, no length cap (dead
+/// letters are never dropped), never single-active.
+pub(crate) fn dead_letter_queue(options: &JobOptions) -> QueueSpec {
+    QueueSpec {
+        name: options.dead_letter_queue(),
+        queue_type: options.queue_type(),
+        max_length: None,
+        single_active: false,
+    }
+}
+
+/// Declares every queue of a job type.
+pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result<(), Error> {
+    broker.declare_queue(&work_queue(options)).await?;
+    broker.declare_queue(&dead_letter_queue(options)).await
+}

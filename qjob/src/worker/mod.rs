@@ -1,0 +1,201 @@
+//! [`Worker`]: consumes the registered jobs' queues and runs their handlers.
+
+mod consumer;
+mod runnable;
+mod settle;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::{Error, Job};
+use consumer::Consumer;
+use runnable::{Registered, Runnable};
+
+/// How long in-flight handlers may run on after shutdown by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    broker: Arc<dyn Broker>,
+    jobs: Vec<Arc<dyn Runnable>>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field(
+                "jobs",
+                &self.jobs.iter().map(|j| j.name()).collect::<Vec<_>>(),
+            )
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// Adds a job type; the worker consumes its queue.
+    pub fn register<J: Job>(mut self, job: J) -> Self {
+        self.jobs.push(Arc::new(Registered(job)));
+        self
+    }
+
+    /// How long in-flight handlers may run on after shutdown starts
+    /// (30 s by default); those still running then are abandoned and their
+    /// messages redelivered.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The worker.
+    pub fn build(self) -> Worker {
+        Worker {
+            broker: self.broker,
+            jobs: self.jobs,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+}
+
+/// Consumes the queues of the registered jobs.
+///
+/// # Examples
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Email { to: String }
+/// use qjob::{job, Client, JobContext, JobError, Worker};
+/// use qjob_testkit::MemoryBroker;
+///
+/// #[job(queue = "docs.worker.email", concurrency = 4)]
+/// async fn email(job: Email, _ctx: JobContext) -> Result<(), JobError> {
+///     println!("to {}", job.to);
+///     Ok(())
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), qjob::Error> {
+/// let broker = MemoryBroker::new();
+/// Client::new(broker.clone()).enqueue::<EmailJob>(Email { to: "a@example.com".into() }).await?;
+/// let worker = Worker::builder(broker.clone()).register(EmailJob).build();
+/// worker.run_until(broker.wait_until_empty("docs.worker.email")).await?;
+/// # Ok(()) }
+/// ```
+pub struct Worker {
+    broker: Arc<dyn Broker>,
+    jobs: Vec<Arc<dyn Runnable>>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field(
+                "jobs",
+                &self.jobs.iter().map(|j| j.name()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts building a worker on `broker`.
+    pub fn builder(broker: impl Broker) -> WorkerBuilder {
+        Self::builder_shared(Arc::new(broker))
+    }
+
+    /// Starts building a worker on a broker already behind an `Arc`.
+    pub fn builder_shared(broker: Arc<dyn Broker>) -> WorkerBuilder {
+        WorkerBuilder {
+            broker,
+            jobs: Vec::new(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// Consumes until `shutdown` resolves, then stops taking deliveries,
+    /// lets in-flight handlers finish within the shutdown timeout and closes
+    /// its consumers, so the broker redelivers everything not settled.
+    ///
+    /// A consumer whose subscription fails later is resubscribed with
+    /// backoff; it does not end the run.
+    ///
+    /// # Errors
+    ///
+    /// At start only: no job registered, two jobs on one queue, a malformed
+    /// `QJOB_<QUEUE>_…` override ([`Error::Config`]), or the broker refusing
+    /// to declare a queue or to start a consumer. Nothing has been consumed
+    /// when it returns an error.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let consumers = self.consumers()?;
+        let mut subscriptions = Vec::with_capacity(consumers.len());
+        for consumer in &consumers {
+            match consumer.subscribe().await {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(error) => {
+                    for subscription in subscriptions {
+                        let _ = subscription.close().await;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        for consumer in &consumers {
+            tracing::info!(
+                job = consumer.job.name(),
+                queue = consumer.options.queue(),
+                prefetch = consumer.options.prefetch(),
+                concurrency = consumer.options.concurrency(),
+                "consuming"
+            );
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut running = tokio::task::JoinSet::new();
+        for (consumer, subscription) in consumers.into_iter().zip(subscriptions) {
+            running.spawn(consumer.run(subscription, stop_rx.clone()));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new deliveries, waiting for in-flight handlers");
+        let _ = stop_tx.send(true);
+        while let Some(joined) = running.join_next().await {
+            if let Err(error) = joined
+                && error.is_panic()
+            {
+                tracing::error!(%error, "a consumer task panicked");
+            }
+        }
+        Ok(())
+    }
+
+    fn consumers(&self) -> Result<Vec<Consumer>, Error> {
+        if self.jobs.is_empty() {
+            return Err(Error::Worker("no job registered with the worker".into()));
+        }
+        let mut queues = HashSet::new();
+        let host = std::process::id();
+        self.jobs
+            .iter()
+            .enumerate()
+            .map(|(index, job)| {
+                let options = job.options().with_env_overrides()?;
+                if !queues.insert(options.queue().to_owned()) {
+                    return Err(Error::Worker(format!(
+                        "two registered jobs consume queue {:?}; each queue belongs to one job type",
+                        options.queue()
+                    )));
+                }
+                Ok(Consumer {
+                    broker: self.broker.clone(),
+                    job: job.clone(),
+                    tag: format!("qjob.{}.{host}.{index}", job.name()),
+                    options,
+                    shutdown_timeout: self.shutdown_timeout,
+                })
+            })
+            .collect()
+    }
+}

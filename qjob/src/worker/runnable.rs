@@ -1,0 +1,89 @@
+//! A registered job with its types erased, so one worker holds many.
+
+use std::any::type_name;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use crate::{Job, JobContext, JobError, JobOptions};
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Succeeded,
+    Failed(JobError),
+    /// The message cannot be handled by this job type at all.
+    Malformed(String),
+    Panicked(String),
+    TimedOut(Duration),
+}
+
+pub(crate) trait Runnable: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn options(&self) -> JobOptions;
+    /// Decodes the payload and runs the handler, catching panics and
+    /// enforcing the timeout.
+    fn run(
+        self: Arc<Self>,
+        body: &[u8],
+        ctx: JobContext,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Outcome>;
+}
+
+pub(crate) struct Registered<J>(pub(crate) J);
+
+impl<J: Job> Runnable for Registered<J> {
+    fn name(&self) -> &'static str {
+        J::NAME
+    }
+
+    fn options(&self) -> JobOptions {
+        J::options()
+    }
+
+    fn run(
+        self: Arc<Self>,
+        body: &[u8],
+        ctx: JobContext,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Outcome> {
+        let payload = match serde_json::from_slice::<J::Payload>(body) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let reason = format!(
+                    "payload does not deserialize as {}: {error}",
+                    type_name::<J::Payload>()
+                );
+                return Box::pin(std::future::ready(Outcome::Malformed(reason)));
+            }
+        };
+        Box::pin(async move {
+            let attempt = AssertUnwindSafe(self.0.perform(payload, ctx)).catch_unwind();
+            let result = match timeout {
+                None => attempt.await,
+                Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => return Outcome::TimedOut(limit),
+                },
+            };
+            match result {
+                Ok(Ok(())) => Outcome::Succeeded,
+                Ok(Err(error)) => Outcome::Failed(error),
+                Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
+            }
+        })
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_owned());
+    format!("handler panicked: {text}")
+}

@@ -1,0 +1,209 @@
+//! What to do with a delivery once its attempt ended: a pure decision,
+//! then the broker operations that carry it out in an at-least-once order
+//! (publish and confirm first, ack last).
+
+use std::time::SystemTime;
+
+use crate::Error;
+use crate::broker::{Broker, Delivery, HeaderValue, Message};
+use crate::error::FailureKind;
+use crate::headers;
+use crate::worker::runnable::Outcome;
+
+/// Why a job was dead-lettered, as written in the `qjob-reason` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadReason {
+    RetriesExhausted,
+    Permanent,
+    Malformed,
+}
+
+impl DeadReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::RetriesExhausted => "retries-exhausted",
+            DeadReason::Permanent => "permanent",
+            DeadReason::Malformed => "malformed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    Ack,
+    Retry { error: String },
+    DeadLetter { reason: DeadReason, error: String },
+}
+
+/// Decides the fate of attempt `attempt` out of `max_attempts`.
+pub(crate) fn decide(outcome: Outcome, attempt: u32, max_attempts: u32) -> Action {
+    let (error, retryable) = match outcome {
+        Outcome::Succeeded => return Action::Ack,
+        Outcome::Malformed(reason) => {
+            return Action::DeadLetter {
+                reason: DeadReason::Malformed,
+                error: reason,
+            };
+        }
+        Outcome::Failed(error) => (error.chain(), error.kind() != FailureKind::Permanent),
+        Outcome::Panicked(message) => (message, true),
+        Outcome::TimedOut(limit) => (format!("handler timed out after {limit:?}"), true),
+    };
+    if !retryable {
+        Action::DeadLetter {
+            reason: DeadReason::Permanent,
+            error,
+        }
+    } else if attempt < max_attempts {
+        Action::Retry { error }
+    } else {
+        Action::DeadLetter {
+            reason: DeadReason::RetriesExhausted,
+            error,
+        }
+    }
+}
+
+/// The message of the next attempt: the same id, body and headers, attempt + 1.
+pub(crate) fn retry_message(mut message: Message, attempt: u32) -> Message {
+    message.headers.insert(
+        headers::ATTEMPT.into(),
+        HeaderValue::Int(i64::from(attempt) + 1),
+    );
+    message
+}
+
+/// The dead letter: the original message plus what happened to it.
+pub(crate) fn dead_letter_message(
+    mut message: Message,
+    queue: &str,
+    attempt: u32,
+    reason: DeadReason,
+    error: &str,
+) -> Message {
+    let headers = &mut message.headers;
+    headers.insert(headers::ERROR.into(), error.into());
+    headers.insert(headers::REASON.into(), reason.as_str().into());
+    headers.insert(headers::ATTEMPTS.into(), HeaderValue::Int(attempt.into()));
+    headers.insert(
+        headers::FAILED_AT.into(),
+        HeaderValue::Int(headers::millis(SystemTime::now())),
+    );
+    headers.insert(headers::QUEUE.into(), queue.into());
+    message
+}
+
+/// Carries out `action` for `delivery`: for a retry or a dead letter the new
+/// message is confirmed before the original is acked. If that publish fails
+/// the delivery is requeued, so nothing is lost.
+pub(crate) async fn apply(
+    broker: &dyn Broker,
+    queue: &str,
+    dead_letter_queue: &str,
+    attempt: u32,
+    action: Action,
+    delivery: Delivery,
+) -> Result<(), Error> {
+    let Delivery { message, acker, .. } = delivery;
+    let published = match action {
+        Action::Ack => Ok(()),
+        Action::Retry { .. } => broker.publish(queue, retry_message(message, attempt)).await,
+        Action::DeadLetter { reason, error } => {
+            let dead = dead_letter_message(message, queue, attempt, reason, &error);
+            broker.publish(dead_letter_queue, dead).await
+        }
+    };
+    match published {
+        Ok(()) => acker.ack().await,
+        Err(error) => {
+            // Not confirmed: give the original back rather than lose it. If the
+            // channel is gone too, the broker requeues it when it notices.
+            let _ = acker.reject(true).await;
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::JobError;
+    use std::time::Duration;
+
+    #[test]
+    fn success_acks() {
+        assert_eq!(decide(Outcome::Succeeded, 1, 1), Action::Ack);
+    }
+
+    #[test]
+    fn retryable_failures_retry_until_the_last_attempt() {
+        let failed = || Outcome::Failed(JobError::msg("boom"));
+        assert!(matches!(decide(failed(), 1, 4), Action::Retry { .. }));
+        assert!(matches!(decide(failed(), 3, 4), Action::Retry { .. }));
+        assert_eq!(
+            decide(failed(), 4, 4),
+            Action::DeadLetter {
+                reason: DeadReason::RetriesExhausted,
+                error: "boom".into()
+            }
+        );
+    }
+
+    #[test]
+    fn permanent_errors_and_malformed_payloads_dead_letter_at_once() {
+        let permanent = Outcome::Failed(JobError::permanent(JobError::msg("declined")));
+        assert!(matches!(
+            decide(permanent, 1, 6),
+            Action::DeadLetter {
+                reason: DeadReason::Permanent,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(Outcome::Malformed("bad json".into()), 1, 6),
+            Action::DeadLetter {
+                reason: DeadReason::Malformed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn panics_and_timeouts_are_failed_attempts() {
+        assert!(matches!(
+            decide(Outcome::Panicked("handler panicked: x".into()), 1, 2),
+            Action::Retry { .. }
+        ));
+        let Action::DeadLetter { error, .. } =
+            decide(Outcome::TimedOut(Duration::from_secs(2)), 2, 2)
+        else {
+            panic!("expected a dead letter");
+        };
+        assert!(error.contains("timed out after 2s"), "{error}");
+    }
+
+    #[test]
+    fn retry_and_dead_letter_messages_keep_the_original() {
+        let mut original = Message {
+            id: Some("id-1".into()),
+            body: b"{\"a\":1}".to_vec(),
+            ..Message::default()
+        };
+        original.headers.insert("custom".into(), "kept".into());
+        let retry = retry_message(original.clone(), 2);
+        assert_eq!(retry.headers[headers::ATTEMPT], HeaderValue::Int(3));
+        assert_eq!(retry.body, original.body);
+        assert_eq!(retry.id, original.id);
+        let dead = dead_letter_message(original.clone(), "q", 3, DeadReason::Permanent, "nope");
+        assert_eq!(dead.body, original.body);
+        assert_eq!(dead.headers["custom"], HeaderValue::from("kept"));
+        assert_eq!(dead.headers[headers::ERROR], HeaderValue::from("nope"));
+        assert_eq!(
+            dead.headers[headers::REASON],
+            HeaderValue::from("permanent")
+        );
+        assert_eq!(dead.headers[headers::ATTEMPTS], HeaderValue::Int(3));
+        assert_eq!(dead.headers[headers::QUEUE], HeaderValue::from("q"));
+        assert!(dead.headers[headers::FAILED_AT].as_int().unwrap() > 0);
+    }
+}
