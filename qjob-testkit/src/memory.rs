@@ -42,6 +42,8 @@ struct Queue {
     /// to its original position.
     ready: BTreeMap<u64, Stored>,
     consumers: VecDeque<ConsumerSlot>,
+    /// Cancelled consumers that still hold unsettled deliveries.
+    cancelled: Vec<ConsumerSlot>,
 }
 
 struct Stored {
@@ -167,7 +169,7 @@ impl MemoryBroker {
             let Some(queue) = state.queues.get_mut(queue) else {
                 return;
             };
-            let Some(slot) = queue.consumers.iter_mut().find(|c| c.id == consumer) else {
+            let Some(slot) = queue.slot_mut(consumer) else {
                 return;
             };
             if let Some(mut stored) = slot.unacked.remove(&sequence)
@@ -175,6 +177,14 @@ impl MemoryBroker {
             {
                 stored.redelivered = true;
                 queue.ready.insert(sequence, stored);
+            }
+        });
+    }
+
+    fn cancel_consumer(&self, queue: &str, consumer: u64) {
+        self.update(|state| {
+            if let Some(queue) = state.queues.get_mut(queue) {
+                queue.cancel_consumer(consumer);
             }
         });
     }
@@ -190,14 +200,37 @@ impl MemoryBroker {
 
 impl Queue {
     fn unacked(&self) -> usize {
-        self.consumers.iter().map(|c| c.unacked.len()).sum()
+        self.slots().map(|c| c.unacked.len()).sum()
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &ConsumerSlot> {
+        self.consumers.iter().chain(&self.cancelled)
+    }
+
+    fn slot_mut(&mut self, consumer: u64) -> Option<&mut ConsumerSlot> {
+        self.consumers
+            .iter_mut()
+            .chain(&mut self.cancelled)
+            .find(|c| c.id == consumer)
+    }
+
+    /// Moves a consumer out of the dispatch rotation; its unsettled
+    /// deliveries stay with it until settled or it is removed.
+    fn cancel_consumer(&mut self, consumer: u64) {
+        if let Some(index) = self.consumers.iter().position(|c| c.id == consumer) {
+            let slot = self.consumers.remove(index).expect("index is in range");
+            self.cancelled.push(slot);
+        }
     }
 
     fn remove_consumer(&mut self, consumer: u64) {
-        let Some(index) = self.consumers.iter().position(|c| c.id == consumer) else {
+        let slot = if let Some(index) = self.consumers.iter().position(|c| c.id == consumer) {
+            self.consumers.remove(index).expect("index is in range")
+        } else if let Some(index) = self.cancelled.iter().position(|c| c.id == consumer) {
+            self.cancelled.swap_remove(index)
+        } else {
             return;
         };
-        let slot = self.consumers.remove(index).expect("index is in range");
         for (sequence, mut stored) in slot.unacked {
             stored.redelivered = true;
             self.ready.insert(sequence, stored);
@@ -262,6 +295,7 @@ impl Broker for MemoryBroker {
                         spec: spec.clone(),
                         ready: BTreeMap::new(),
                         consumers: VecDeque::new(),
+                        cancelled: Vec::new(),
                     },
                 );
                 Ok(())
@@ -340,6 +374,11 @@ struct MemorySubscription {
 impl Subscription for MemorySubscription {
     async fn next(&mut self) -> Option<Result<Delivery, Error>> {
         self.receiver.recv().await.map(Ok)
+    }
+
+    async fn cancel(&mut self) -> Result<(), Error> {
+        self.broker.cancel_consumer(&self.queue, self.id);
+        Ok(())
     }
 
     async fn close(self: Box<Self>) -> Result<(), Error> {

@@ -132,6 +132,10 @@ pub trait Subscription: Send {
     /// channel closed, `Some(Err)` on a transport failure.
     async fn next(&mut self) -> Option<Result<Delivery, Error>>;
 
+    /// Stops further deliveries (`basic.cancel`). Deliveries already
+    /// received stay unsettled until acked, rejected or [`Subscription::close`]d.
+    async fn cancel(&mut self) -> Result<(), Error>;
+
     /// Closes the consumer's channel: every delivery not yet settled goes
     /// back to its queue at once.
     async fn close(self: Box<Self>) -> Result<(), Error>;

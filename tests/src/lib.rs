@@ -1,1 +1,401 @@
-//! Shared helpers of the integration tests.
+//! Shared helpers of qjob's integration tests: a raw RabbitMQ handle to set
+//! up and inspect queues, probes that handlers report to, and a task payload
+//! whose behaviour each test scripts.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use qjob::broker::{HeaderValue, Headers};
+use qjob::{AmqpBroker, JobContext, JobError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// The broker the tests use: `QJOB_AMQP_URL`, or RabbitMQ on 127.0.0.1:5672.
+pub fn amqp_url() -> String {
+    std::env::var("QJOB_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Connects qjob's broker; an unreachable RabbitMQ fails the test, never skips it.
+pub async fn amqp() -> AmqpBroker {
+    AmqpBroker::connect(amqp_url())
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "these tests need RabbitMQ ({}; see README.md): {error}",
+                amqp_url()
+            )
+        })
+}
+
+/// A job's payload in the tests: which probe it reports to and what it does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Task {
+    /// The probe's name.
+    pub tag: String,
+    /// A sequence number, to tell jobs apart.
+    pub seq: u32,
+    /// What the handler does.
+    pub act: Act,
+}
+
+/// What a test handler does on each attempt.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum Act {
+    /// Succeeds.
+    Succeed,
+    /// Fails with a retryable error every time.
+    Fail,
+    /// Fails permanently.
+    FailPermanently,
+    /// Panics on attempts before this one, then succeeds.
+    PanicBefore(u32),
+    /// Sleeps this many milliseconds, then succeeds.
+    Sleep(u64),
+    /// Waits until the probe releases it, then succeeds.
+    Block,
+}
+
+impl Task {
+    /// Task `seq` of probe `tag`.
+    pub fn new(tag: &str, seq: u32, act: Act) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            seq,
+            act,
+        }
+    }
+}
+
+/// What handlers of one test report.
+#[derive(Default)]
+pub struct Probe {
+    /// Attempts started.
+    pub attempts: AtomicU32,
+    /// Attempts that returned `Ok`.
+    pub succeeded: AtomicU32,
+    /// Handlers running now.
+    pub in_flight: AtomicUsize,
+    /// The most handlers seen running at once.
+    pub max_in_flight: AtomicUsize,
+    /// The sequence numbers that succeeded, in order.
+    pub done: Mutex<Vec<u32>>,
+    /// Attempt numbers seen, in order.
+    pub attempt_numbers: Mutex<Vec<u32>>,
+    changed: Notify,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl Probe {
+    /// Lets every blocked handler finish.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Waits until `condition` holds, failing the test after `limit`.
+    pub async fn wait(&self, what: &str, limit: Duration, condition: impl Fn(&Probe) -> bool) {
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if condition(self) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "timed out after {limit:?} waiting for {what}"
+        );
+    }
+
+    fn notify(&self) {
+        self.changed.notify_waiters();
+    }
+}
+
+/// The probe named `tag`, created on first use.
+pub fn probe(tag: &str) -> Arc<Probe> {
+    static PROBES: OnceLock<Mutex<HashMap<String, Arc<Probe>>>> = OnceLock::new();
+    PROBES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(tag.to_owned())
+        .or_default()
+        .clone()
+}
+
+/// The body of every test handler: reports to the task's probe and acts.
+pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
+    let probe = probe(&task.tag);
+    probe.attempts.fetch_add(1, Ordering::SeqCst);
+    probe.attempt_numbers.lock().unwrap().push(ctx.attempt());
+    let now = probe.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    probe.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    probe.notify();
+    let _leave = InFlight(probe.clone());
+    match task.act {
+        Act::Succeed => {}
+        Act::Fail => return Err(JobError::msg(format!("task {} failed", task.seq))),
+        Act::FailPermanently => {
+            return Err(JobError::permanent(JobError::msg("permanently broken")));
+        }
+        Act::PanicBefore(attempt) => {
+            if ctx.attempt() < attempt {
+                panic!("task {} panics on attempt {}", task.seq, ctx.attempt());
+            }
+        }
+        Act::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Act::Block => {
+            let mut released = probe.released.subscribe();
+            let _ = released.wait_for(|released| *released).await;
+        }
+    }
+    probe.succeeded.fetch_add(1, Ordering::SeqCst);
+    probe.done.lock().unwrap().push(task.seq);
+    Ok(())
+}
+
+struct InFlight(Arc<Probe>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.notify();
+    }
+}
+
+/// Declares a test job over `run_task`: `test_job!(name, "queue", key = value, …)`.
+#[macro_export]
+macro_rules! test_job {
+    ($name:ident, $queue:tt $(, $($args:tt)*)?) => {
+        #[qjob::job(queue = $queue $(, $($args)*)?)]
+        pub async fn $name(task: $crate::Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+            $crate::run_task(task, ctx).await
+        }
+    };
+}
+
+/// A message read back from a queue.
+#[derive(Debug)]
+pub struct Got {
+    /// Its headers.
+    pub headers: Headers,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Its message id.
+    pub id: Option<String>,
+}
+
+/// A plain lapin connection for setting up and inspecting queues.
+pub struct Rabbit {
+    channel: lapin::Channel,
+    _connection: Connection,
+}
+
+impl Rabbit {
+    /// Connects.
+    pub async fn connect() -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("these tests need RabbitMQ at {}: {e}", amqp_url()));
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Self {
+            channel,
+            _connection: connection,
+        }
+    }
+
+    /// Deletes the queues (if they exist), so a test starts from nothing.
+    pub async fn delete(&self, queues: &[&str]) {
+        for queue in queues {
+            self.channel
+                .queue_delete((*queue).into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The number of ready messages in `queue`.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
+            .message_count()
+    }
+
+    /// Waits until `queue` holds `count` ready messages, failing after `limit`.
+    pub async fn wait_ready(&self, queue: &str, count: u32, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ready = self.ready(queue).await;
+            if ready == count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue {queue} has {ready} ready messages, expected {count} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Publishes raw bytes to `queue`, confirmed.
+    pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    /// Takes every ready message out of `queue`.
+    pub async fn take_all(&self, queue: &str) -> Vec<Got> {
+        let count = self.ready(queue).await;
+        let channel = self._connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < count as usize {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .expect("a ready message is delivered")
+                .expect("consumer open")
+                .unwrap();
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            got.push(Got {
+                headers: headers(&delivery.properties),
+                id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string()),
+                body: delivery.data,
+            });
+        }
+        channel.close(200, "done".into()).await.unwrap();
+        got
+    }
+}
+
+fn headers(properties: &BasicProperties) -> Headers {
+    use lapin::types::AMQPValue;
+    let mut headers = Headers::new();
+    if let Some(table) = properties.headers() {
+        for (name, value) in table.inner() {
+            let value = match value {
+                AMQPValue::LongString(s) => HeaderValue::Str(s.to_string()),
+                AMQPValue::LongLongInt(n) => HeaderValue::Int(*n),
+                AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+                other => HeaderValue::Other(format!("{other:?}")),
+            };
+            headers.insert(name.to_string(), value);
+        }
+    }
+    headers
+}
+
+/// The prefetch counts of `queue`'s consumers, as RabbitMQ reports them.
+pub fn consumer_prefetch(queue: &str) -> Vec<u16> {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "list_consumers",
+            "-q",
+            "--no-table-headers",
+            "queue_name",
+            "prefetch_count",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Polls `check` every 25 ms until it holds, failing after `limit`.
+pub async fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = check();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; last seen {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub mod scenarios;
+
+impl Rabbit {
+    /// The number of consumers of `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
+            .consumer_count()
+    }
+}

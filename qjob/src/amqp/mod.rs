@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
@@ -278,6 +278,16 @@ impl Subscription for AmqpSubscription {
             redelivered: delivery.redelivered,
             acker: Box::new(AmqpAcker(delivery.acker)),
         }))
+    }
+
+    async fn cancel(&mut self) -> Result<(), Error> {
+        if !self.channel.status().connected() {
+            return Ok(());
+        }
+        self.channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await
+            .map_err(|e| Error::broker(format!("cancel the consumer of queue {:?}", self.queue), e))
     }
 
     async fn close(self: Box<Self>) -> Result<(), Error> {

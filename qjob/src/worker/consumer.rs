@@ -93,6 +93,9 @@ impl Consumer {
                 }
             }
         }
+        if let Err(error) = subscription.cancel().await {
+            tracing::debug!(queue = self.options.queue(), %error, "cancelling the consumer failed");
+        }
         self.drain(handlers, slots, Some(subscription)).await;
     }
 

@@ -1,0 +1,377 @@
+//! Worker scenarios written once and run on both brokers: on RabbitMQ in
+//! `tests/amqp_worker.rs`, in memory in `tests/memory_worker.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use qjob::broker::{Broker, HeaderValue};
+use qjob::{Client, Error, Job, Worker, headers};
+use qjob_testkit::MemoryBroker;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{Act, Got, Probe, Rabbit, Task, probe};
+
+/// How long any single wait in a scenario may take before the test fails.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// A broker under test plus the means to inspect it.
+pub enum Env {
+    /// In memory.
+    Memory(MemoryBroker),
+    /// RabbitMQ, with a raw connection for inspection.
+    Amqp(qjob::AmqpBroker, Rabbit),
+}
+
+impl Env {
+    /// A fresh in-memory broker.
+    pub async fn memory() -> Self {
+        Env::Memory(MemoryBroker::new())
+    }
+
+    /// RabbitMQ.
+    pub async fn amqp() -> Self {
+        Env::Amqp(crate::amqp().await, Rabbit::connect().await)
+    }
+
+    /// The broker, shared.
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        match self {
+            Env::Memory(broker) => Arc::new(broker.clone()),
+            Env::Amqp(broker, _) => Arc::new(broker.clone()),
+        }
+    }
+
+    /// A client on the broker.
+    pub fn client(&self) -> Client {
+        Client::from_shared(self.broker())
+    }
+
+    /// A probe name unique to this job type on this broker.
+    pub fn tag<J: Job>(&self) -> String {
+        let kind = match self {
+            Env::Memory(_) => "memory",
+            Env::Amqp(..) => "amqp",
+        };
+        format!("{kind}:{}", J::QUEUE)
+    }
+
+    /// Starts from nothing: deletes the job's queues left by earlier runs.
+    pub async fn reset<J: Job>(&self) {
+        if let Env::Amqp(_, rabbit) = self {
+            let options = J::options();
+            rabbit
+                .delete(&[options.queue(), &options.dead_letter_queue()])
+                .await;
+        }
+    }
+
+    /// Ready messages in `queue`.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        match self {
+            Env::Memory(broker) => broker.ready_count(queue) as u32,
+            Env::Amqp(_, rabbit) => rabbit.ready(queue).await,
+        }
+    }
+
+    /// Waits until `queue` holds `count` ready messages.
+    pub async fn wait_ready(&self, queue: &str, count: u32) {
+        match self {
+            Env::Memory(broker) => {
+                let waited = tokio::time::timeout(
+                    LIMIT,
+                    broker.wait_until(|b| b.ready_count(queue) == count as usize),
+                )
+                .await;
+                assert!(
+                    waited.is_ok(),
+                    "queue {queue} never held {count} ready messages"
+                );
+            }
+            Env::Amqp(_, rabbit) => rabbit.wait_ready(queue, count, LIMIT).await,
+        }
+    }
+
+    /// The ready messages of `queue` (taken out of RabbitMQ, copied from memory).
+    pub async fn take_all(&self, queue: &str) -> Vec<Got> {
+        match self {
+            Env::Memory(broker) => broker
+                .messages(queue)
+                .into_iter()
+                .map(|m| Got {
+                    headers: m.headers,
+                    body: m.body,
+                    id: m.id,
+                })
+                .collect(),
+            Env::Amqp(_, rabbit) => rabbit.take_all(queue).await,
+        }
+    }
+
+    /// Publishes raw bytes, as a foreign producer would.
+    pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
+        match self {
+            Env::Memory(broker) => broker
+                .publish(
+                    queue,
+                    qjob::broker::Message {
+                        body: body.to_vec(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap(),
+            Env::Amqp(_, rabbit) => rabbit.publish_raw(queue, body).await,
+        }
+    }
+
+    /// The consumers of `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        match self {
+            Env::Memory(broker) => broker.consumer_count(queue) as u32,
+            Env::Amqp(_, rabbit) => rabbit.consumers(queue).await,
+        }
+    }
+
+    /// Starts a worker for `job`.
+    pub fn start<J: Job>(&self, job: J) -> Running {
+        let worker = Worker::builder_shared(self.broker()).register(job).build();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(worker.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, handle }
+    }
+}
+
+/// A worker running in a task.
+pub struct Running {
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Signals shutdown without waiting.
+    pub fn signal(self) -> JoinHandle<Result<(), Error>> {
+        let _ = self.stop.send(());
+        self.handle
+    }
+
+    /// Shuts down and waits for the worker to return.
+    pub async fn stop(self) -> Result<(), Error> {
+        let handle = self.signal();
+        tokio::time::timeout(LIMIT, handle)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task does not panic")
+    }
+}
+
+fn header<'a>(got: &'a Got, name: &str) -> &'a HeaderValue {
+    got.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("dead letter lacks header {name}: {:?}", got.headers))
+}
+
+/// `retry = 3`: exactly 4 attempts, then one dead letter that keeps the
+/// payload and says what happened.
+pub async fn retries_then_dead_letters<J: Job<Payload = Task>>(env: &Env, job: J) {
+    assert_eq!(J::options().retry(), 3, "scenario needs retry = 3");
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let id = env
+        .client()
+        .enqueue::<J>(Task::new(&tag, 1, Act::Fail))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let dlq = J::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    let probe = probe(&tag);
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 4);
+    assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(env.ready(J::QUEUE).await, 0);
+    let dead = env.take_all(&dlq).await;
+    assert_eq!(dead.len(), 1);
+    let dead = &dead[0];
+    assert_eq!(dead.id.as_deref(), Some(id.as_str()));
+    let task: Task = serde_json::from_slice(&dead.body).unwrap();
+    assert_eq!((task.tag.as_str(), task.seq), (tag.as_str(), 1));
+    assert_eq!(header(dead, headers::ATTEMPTS), &HeaderValue::Int(4));
+    assert_eq!(
+        header(dead, headers::REASON),
+        &HeaderValue::from("retries-exhausted")
+    );
+    assert_eq!(
+        header(dead, headers::ERROR),
+        &HeaderValue::from("task 1 failed")
+    );
+    assert_eq!(header(dead, headers::QUEUE), &HeaderValue::from(J::QUEUE));
+    assert!(header(dead, headers::FAILED_AT).as_int().unwrap() > 1_700_000_000_000);
+}
+
+/// A permanent error dead-letters after one attempt, whatever `retry` says.
+pub async fn permanent_error_dead_letters_at_once<J: Job<Payload = Task>>(env: &Env, job: J) {
+    assert!(J::options().retry() > 0, "scenario needs retries to skip");
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    env.client()
+        .enqueue::<J>(Task::new(&tag, 1, Act::FailPermanently))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let dlq = J::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe(&tag).attempts.load(Ordering::SeqCst), 1);
+    let dead = env.take_all(&dlq).await;
+    assert_eq!(
+        header(&dead[0], headers::REASON),
+        &HeaderValue::from("permanent")
+    );
+    assert_eq!(header(&dead[0], headers::ATTEMPTS), &HeaderValue::Int(1));
+    assert_eq!(
+        header(&dead[0], headers::ERROR),
+        &HeaderValue::from("permanently broken")
+    );
+}
+
+/// Raw garbage goes to the DLQ with the reason; the next good job runs.
+pub async fn garbage_dead_letters_and_the_next_job_runs<J: Job<Payload = Task>>(env: &Env, job: J) {
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let client = env.client();
+    // Declares the queues, so the raw publish is routable.
+    client
+        .enqueue::<J>(Task::new(&tag, 1, Act::Succeed))
+        .await
+        .unwrap();
+    env.publish_raw(J::QUEUE, b"\x00 this is not json").await;
+    client
+        .enqueue::<J>(Task::new(&tag, 2, Act::Succeed))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let dlq = J::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    let probe = probe(&tag);
+    probe
+        .wait("both good jobs", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [1, 2]);
+    let dead = env.take_all(&dlq).await;
+    assert_eq!(dead[0].body, b"\x00 this is not json");
+    assert_eq!(
+        header(&dead[0], headers::REASON),
+        &HeaderValue::from("malformed")
+    );
+    let error = header(&dead[0], headers::ERROR).to_string();
+    assert!(error.contains("does not deserialize"), "{error}");
+    assert_eq!(header(&dead[0], headers::ATTEMPTS), &HeaderValue::Int(1));
+}
+
+/// A panicking handler is a failed attempt: retried, and the worker lives on.
+pub async fn panic_is_a_failed_attempt<J: Job<Payload = Task>>(env: &Env, job: J) {
+    assert!(J::options().retry() >= 1);
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let client = env.client();
+    client
+        .enqueue::<J>(Task::new(&tag, 1, Act::PanicBefore(2)))
+        .await
+        .unwrap();
+    client
+        .enqueue::<J>(Task::new(&tag, 2, Act::Succeed))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let probe = probe(&tag);
+    probe
+        .wait("both jobs to succeed", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
+    assert_eq!(env.ready(J::QUEUE).await, 0);
+}
+
+/// Under load the worker runs exactly `concurrency` handlers at once: the
+/// limit is reached and never exceeded.
+pub async fn concurrency_is_reached_and_never_exceeded<J: Job<Payload = Task>>(env: &Env, job: J) {
+    let options = J::options();
+    assert!(usize::from(options.prefetch()) > options.concurrency());
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let jobs = 40;
+    let results = env
+        .client()
+        .enqueue_all::<J>((0..jobs).map(|seq| Task::new(&tag, seq, Act::Sleep(30))))
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let running = env.start(job);
+    let probe = probe(&tag);
+    probe
+        .wait("every job to succeed", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == jobs
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        probe.max_in_flight.load(Ordering::SeqCst),
+        options.concurrency()
+    );
+    let mut done = probe.done.lock().unwrap().clone();
+    done.sort();
+    assert_eq!(done, (0..jobs).collect::<Vec<_>>());
+}
+
+/// Shutdown: no new deliveries, started handlers finish and are acked,
+/// everything else is back in the queue, ready.
+pub async fn shutdown_finishes_started_handlers_and_returns_the_rest<J: Job<Payload = Task>>(
+    env: &Env,
+    job: J,
+) {
+    let concurrency = J::options().concurrency();
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let jobs = 12;
+    env.client()
+        .enqueue_all::<J>((0..jobs).map(|seq| Task::new(&tag, seq, Act::Block)))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let probe: Arc<Probe> = probe(&tag);
+    probe
+        .wait("handlers to start", LIMIT, |p| {
+            p.in_flight.load(Ordering::SeqCst) == concurrency
+        })
+        .await;
+    let stopped = running.signal();
+    // The worker cancels its consumer before it waits for the handlers.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while env.consumers(J::QUEUE).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer never cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!stopped.is_finished(), "the worker waits for its handlers");
+    probe.release();
+    tokio::time::timeout(LIMIT, stopped)
+        .await
+        .expect("worker stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(probe.succeeded.load(Ordering::SeqCst) as usize, concurrency);
+    env.wait_ready(J::QUEUE, jobs - concurrency as u32).await;
+    assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
+}
