@@ -54,3 +54,22 @@ async fn shutdown_finishes_started_handlers_and_leaves_the_rest_ready() {
     )
     .await;
 }
+
+test_job!(amqp_prefetch, "qjob.test.amqp.prefetch", prefetch = 7);
+
+#[tokio::test]
+async fn prefetch_is_set_per_consumer_on_the_broker() {
+    use qjob::Job;
+    let env = Env::amqp().await;
+    env.reset::<AmqpPrefetchJob>().await;
+    let running = env.start(AmqpPrefetchJob);
+    let prefetch = qjob_tests::eventually(
+        "the consumer to appear",
+        scenarios::LIMIT,
+        || qjob_tests::consumer_prefetch(AmqpPrefetchJob::QUEUE),
+        |seen| !seen.is_empty(),
+    )
+    .await;
+    assert_eq!(prefetch, [7]);
+    running.stop().await.unwrap();
+}

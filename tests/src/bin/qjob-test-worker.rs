@@ -1,0 +1,33 @@
+//! A worker process for the tests that kill one: it consumes
+//! `qjob.test.process.kill`, prints `started <seq>` for each attempt and
+//! never finishes a handler. It exits after two minutes at the latest.
+
+use std::io::Write;
+use std::time::Duration;
+
+use qjob::{JobContext, JobError, Worker, job};
+use qjob_tests::Task;
+
+#[job(queue = "qjob.test.process.kill", prefetch = 10, concurrency = 4)]
+async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "started {}", task.seq)?;
+        stdout.flush()?;
+    }
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let broker = qjob_tests::amqp().await;
+    let worker = Worker::builder(broker).register(StuckJob).build();
+    if let Err(error) = worker
+        .run_until(tokio::time::sleep(Duration::from_secs(120)))
+        .await
+    {
+        eprintln!("worker failed: {error}");
+        std::process::exit(2);
+    }
+}
