@@ -1,1 +1,268 @@
-fn main() {}
+//! Throughput of qjob against a raw lapin loop on the same broker, in the
+//! same run: persistent 256-byte JSON jobs, prefetch 1, 25 and 200.
+//!
+//! ```text
+//! cargo bench -p qjob-benches
+//! QJOB_BENCH_JOBS=50000 QJOB_BENCH_ROUNDS=5 cargo bench -p qjob-benches
+//! ```
+//!
+//! Consume: the queue is filled first, then timed from the consumer's start
+//! until every message is acked and the consumer is closed. The raw loop
+//! keeps its acks in flight (a `FuturesUnordered`), as a tuned hand-written
+//! consumer does; qjob acks each job after its (no-op) handler returns, with
+//! `concurrency = prefetch`. Publish: the same number of confirmed
+//! publishes, with the same number of confirms in flight.
+//!
+//! Prints each round and the ratio qjob / lapin of the median rates.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use qjob::{Client, Job, Worker};
+use qjob_benches::{BENCH_QUEUE, Bench, BenchJob, DONE, payload};
+
+/// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
+const PUBLISH_WINDOW: usize = 512;
+
+#[tokio::main]
+async fn main() {
+    let url = std::env::var("QJOB_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let jobs: usize = env_number("QJOB_BENCH_JOBS", 20_000);
+    let rounds: usize = env_number("QJOB_BENCH_ROUNDS", 3);
+    let raw = Raw::connect(&url).await;
+    let broker = qjob::AmqpBroker::connect(url.as_str())
+        .await
+        .expect("the bench needs RabbitMQ");
+    println!("{jobs} persistent {}-byte jobs per round, {rounds} rounds", payload(0).len());
+
+    let only = std::env::var("QJOB_BENCH_ONLY").unwrap_or_default();
+    let mut publish = Rates::default();
+    for _ in 0..rounds {
+        if only == "consume" {
+            break;
+        }
+        raw.reset().await;
+        publish.lapin.push(rate(jobs, raw.publish(jobs).await));
+        raw.reset().await;
+        let client = Client::new(broker.clone());
+        let started = Instant::now();
+        let results = client
+            .enqueue_all::<BenchJob>((0..jobs).map(|n| Bench::new(n as u64)))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        publish.qjob.push(rate(jobs, started.elapsed()));
+    }
+    if only != "consume" {
+        publish.report("publish (confirmed)");
+    }
+    if only == "publish" {
+        return;
+    }
+
+    for prefetch in [1u16, 25, 200] {
+        // Prefetch 1 is latency-bound: fewer jobs keep the round short.
+        let jobs = if prefetch == 1 { jobs / 4 } else { jobs };
+        let mut consume = Rates::default();
+        for _ in 0..rounds {
+            raw.reset().await;
+            raw.publish(jobs).await;
+            consume.lapin.push(rate(jobs, raw.consume(jobs, prefetch).await));
+
+            raw.reset().await;
+            raw.publish(jobs).await;
+            consume
+                .qjob
+                .push(rate(jobs, qjob_consume(&broker, jobs, prefetch).await));
+        }
+        consume.report(&format!("consume, prefetch {prefetch:>3}"));
+    }
+    raw.reset().await;
+}
+
+async fn qjob_consume(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Duration {
+    qjob_benches::start_round(jobs);
+    // The job's options come from the environment, as an operator would set them.
+    set_overrides(prefetch);
+    let worker = Worker::builder(broker.clone()).register(BenchJob).build();
+    let started = Instant::now();
+    worker.run_until(DONE.notified()).await.unwrap();
+    started.elapsed()
+}
+
+fn set_overrides(prefetch: u16) {
+    let prefix = BenchJob::options().env_prefix();
+    // SAFETY: the bench sets its environment from the one thread that
+    // reads it, before the worker starts.
+    unsafe {
+        std::env::set_var(format!("{prefix}PREFETCH"), prefetch.to_string());
+        std::env::set_var(format!("{prefix}CONCURRENCY"), prefetch.to_string());
+    }
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+        .unwrap_or(default)
+}
+
+fn rate(jobs: usize, elapsed: Duration) -> f64 {
+    jobs as f64 / elapsed.as_secs_f64()
+}
+
+#[derive(Default)]
+struct Rates {
+    lapin: Vec<f64>,
+    qjob: Vec<f64>,
+}
+
+impl Rates {
+    fn report(&self, what: &str) {
+        let lapin = median(&self.lapin);
+        let qjob = median(&self.qjob);
+        println!(
+            "{what:<24} lapin {lapin:>8.0}/s  qjob {qjob:>8.0}/s  ratio qjob/lapin {:.2}   (rounds: lapin {:?}, qjob {:?})",
+            qjob / lapin,
+            self.lapin.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            self.qjob.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        );
+    }
+}
+
+fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// The hand-written lapin loops qjob is measured against.
+struct Raw {
+    connection: Connection,
+    channel: lapin::Channel,
+}
+
+impl Raw {
+    async fn connect(url: &str) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("the bench needs RabbitMQ");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Self {
+            connection,
+            channel,
+        }
+    }
+
+    /// Deletes and re-declares the bench queue as qjob declares it.
+    async fn reset(&self) {
+        for queue in [BENCH_QUEUE.to_owned(), format!("{BENCH_QUEUE}.dlq")] {
+            self.channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("classic".into()),
+            );
+            self.channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    arguments,
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Publishes `jobs` persistent messages with `PUBLISH_WINDOW` confirms in flight.
+    async fn publish(&self, jobs: usize) -> Duration {
+        let started = Instant::now();
+        let mut confirms: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
+        for n in 0..jobs {
+            if confirms.len() >= PUBLISH_WINDOW {
+                let confirm: lapin::Confirmation = confirms.next().await.unwrap().unwrap();
+                assert!(confirm.is_ack());
+            }
+            let body = payload(n as u64);
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    BENCH_QUEUE.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(if std::env::var("HDR").is_ok() { let mut t = FieldTable::default(); t.insert("qjob-job".into(), lapin::types::AMQPValue::LongString("bench".into())); t.insert("qjob-attempt".into(), lapin::types::AMQPValue::LongLongInt(1)); t.insert("qjob-enqueued-at".into(), lapin::types::AMQPValue::LongLongInt(1763900000000)); t } else { FieldTable::default() })
+                        .with_message_id(if std::env::var("HDR").is_ok() { uuid_like(n) } else { "".into() })
+                        .with_content_type("application/json".into()),
+                )
+                .await
+                .unwrap();
+            confirms.push(confirm);
+        }
+        while let Some(confirm) = confirms.next().await {
+            assert!(confirm.unwrap().is_ack());
+        }
+        started.elapsed()
+    }
+
+    /// Consumes `jobs` messages, decoding each and keeping acks in flight.
+    async fn consume(&self, jobs: usize, prefetch: u16) -> Duration {
+        let started = Instant::now();
+        let channel = self.connection.create_channel().await.unwrap();
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                BENCH_QUEUE.into(),
+                "raw".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut acks = FuturesUnordered::new();
+        let mut acked = 0;
+        while acked < jobs {
+            tokio::select! {
+                Some(delivery) = consumer.next() => {
+                    let delivery = delivery.unwrap();
+                    let job: Bench = serde_json::from_slice(&delivery.data).unwrap();
+                    std::hint::black_box(job);
+                    acks.push(async move { delivery.acker.ack(BasicAckOptions::default()).await });
+                }
+                Some(ack) = acks.next() => {
+                    ack.unwrap();
+                    acked += 1;
+                }
+            }
+        }
+        channel.close(200, "done".into()).await.unwrap();
+        started.elapsed()
+    }
+}
+
+fn uuid_like(n: usize) -> lapin::types::ShortString {
+    format!("0199ab3c-7e2f-7c3a-9b1e-{n:012}").into()
+}

@@ -1,1 +1,65 @@
+//! The job the benches run: a no-op handler over a 256-byte JSON payload.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use qjob::{JobContext, JobError, job};
+use serde::{Deserialize, Serialize};
+
+/// The benches' queue.
+pub const BENCH_QUEUE: &str = "qjob.bench";
+
+/// Jobs handled in the current round.
+pub static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of jobs after which [`DONE`] is notified.
+pub static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Notified when [`HANDLED`] reaches [`TARGET`].
+pub static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Starts a round that ends after `jobs` jobs.
+pub fn start_round(jobs: usize) {
+    HANDLED.store(0, Ordering::SeqCst);
+    TARGET.store(jobs, Ordering::SeqCst);
+}
+
+/// The payload: a charge padded to 256 bytes of JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Bench {
+    /// The account.
+    pub account: String,
+    /// The amount.
+    pub cents: u64,
+    /// Padding.
+    pub note: String,
+}
+
+impl Bench {
+    /// Job `n`.
+    pub fn new(n: u64) -> Self {
+        let mut bench = Bench {
+            account: format!("acct-{:08}", n % 1000),
+            cents: n,
+            note: String::new(),
+        };
+        let len = serde_json::to_vec(&bench).unwrap().len();
+        bench.note = "x".repeat(256 - len);
+        bench
+    }
+}
+
+/// Job `n`'s JSON bytes (256 of them).
+pub fn payload(n: u64) -> Vec<u8> {
+    serde_json::to_vec(&Bench::new(n)).unwrap()
+}
+
+/// The no-op handler.
+#[job(queue = "qjob.bench", retry = 0)]
+pub async fn bench(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    let handled = HANDLED.fetch_add(1, Ordering::SeqCst) + 1;
+    if handled == TARGET.load(Ordering::SeqCst) {
+        DONE.notify_one();
+    }
+    Ok(())
+}

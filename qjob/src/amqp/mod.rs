@@ -1,5 +1,6 @@
 //! [`AmqpBroker`]: the [`Broker`] on RabbitMQ, through lapin.
 
+mod acks;
 mod convert;
 
 use std::sync::{Arc, Mutex};
@@ -7,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
@@ -251,6 +252,7 @@ impl Broker for AmqpBroker {
             queue: queue.to_owned(),
             channel,
             consumer,
+            acks: acks::Acks::default(),
         }))
     }
 }
@@ -259,6 +261,7 @@ struct AmqpSubscription {
     queue: String,
     channel: Channel,
     consumer: lapin::Consumer,
+    acks: acks::Acks,
 }
 
 #[async_trait]
@@ -273,10 +276,15 @@ impl Subscription for AmqpSubscription {
                 )));
             }
         };
+        self.acks.delivered(delivery.delivery_tag);
         Some(Ok(Delivery {
             message: convert::message(&delivery.properties, delivery.data),
             redelivered: delivery.redelivered,
-            acker: Box::new(AmqpAcker(delivery.acker)),
+            acker: Box::new(AmqpAcker {
+                tag: delivery.delivery_tag,
+                acker: delivery.acker,
+                acks: self.acks.clone(),
+            }),
         }))
     }
 
@@ -301,31 +309,27 @@ impl Subscription for AmqpSubscription {
     }
 }
 
-struct AmqpAcker(lapin::Acker);
+struct AmqpAcker {
+    tag: u64,
+    acker: lapin::Acker,
+    acks: acks::Acks,
+}
 
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(&self) -> Result<(), Error> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(|e| Error::broker("ack", e))
-            .and_then(|sent| settled(sent, "ack"))
+        self.acks.ack(self.tag, self.acker.clone()).await
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), Error> {
-        self.0
-            .reject(BasicRejectOptions { requeue })
-            .await
-            .map_err(|e| Error::broker("reject", e))
-            .and_then(|sent| settled(sent, "reject"))
+        self.acks.reject(self.tag, &self.acker, requeue).await
     }
 }
 
 /// lapin answers `false` when the delivery's channel is gone (the broker
 /// requeues the message then) or it was settled before.
-fn settled(sent: bool, operation: &str) -> Result<(), Error> {
-    if sent {
+fn settled(sent: Result<bool, lapin::Error>, operation: &str) -> Result<(), Error> {
+    if sent.map_err(|e| Error::broker(operation, e))? {
         Ok(())
     } else {
         Err(Error::broker(
