@@ -6,6 +6,10 @@
 //! QJOB_BENCH_JOBS=50000 QJOB_BENCH_ROUNDS=5 cargo bench -p qjob-benches
 //! ```
 //!
+//! Both sides put the same messages on the wire: the JSON body, persistent,
+//! `content_type`, a UUID v7 `message_id` and the `type` property, which is
+//! what qjob's first attempts carry (no headers).
+//!
 //! Consume: the queue is filled first, then timed from the consumer's start
 //! until every message is acked and the consumer is closed. The raw loop
 //! keeps its acks in flight (a `FuturesUnordered`), as a tuned hand-written
@@ -211,8 +215,8 @@ impl Raw {
                     &body,
                     BasicProperties::default()
                         .with_delivery_mode(2)
-                        .with_headers(if std::env::var("HDR").is_ok() { let mut t = FieldTable::default(); t.insert("qjob-job".into(), lapin::types::AMQPValue::LongString("bench".into())); t.insert("qjob-attempt".into(), lapin::types::AMQPValue::LongLongInt(1)); t.insert("qjob-enqueued-at".into(), lapin::types::AMQPValue::LongLongInt(1763900000000)); t } else { FieldTable::default() })
-                        .with_message_id(if std::env::var("HDR").is_ok() { uuid_like(n) } else { "".into() })
+                        .with_type("bench".into())
+                        .with_message_id(uuid::Uuid::now_v7().to_string().into())
                         .with_content_type("application/json".into()),
                 )
                 .await
@@ -263,6 +267,3 @@ impl Raw {
     }
 }
 
-fn uuid_like(n: usize) -> lapin::types::ShortString {
-    format!("0199ab3c-7e2f-7c3a-9b1e-{n:012}").into()
-}

@@ -90,6 +90,9 @@ pub struct Message {
     /// The message id (qjob puts the job id here); `None` for messages
     /// published by other producers without one.
     pub id: Option<String>,
+    /// The message type (AMQP's `type` property); qjob writes the job
+    /// type's name here.
+    pub kind: Option<String>,
     /// The headers.
     pub headers: Headers,
     /// The body.

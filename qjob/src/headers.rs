@@ -1,10 +1,13 @@
 //! The headers qjob writes on its messages, and reading them back.
 //!
+//! A first attempt carries no headers at all (each header costs the broker
+//! work on every publish): its message id is the job id, a UUID v7 whose
+//! timestamp is the enqueue time, and its AMQP `type` is the job type's name.
+//!
 //! | header | type | meaning |
 //! |---|---|---|
-//! | `qjob-job` | text | the job type's name |
-//! | `qjob-attempt` | integer | the attempt this delivery is (1-based) |
-//! | `qjob-enqueued-at` | integer | first enqueue, ms since the Unix epoch |
+//! | `qjob-attempt` | integer | the attempt this delivery is (1-based; absent on the first) |
+//! | `qjob-enqueued-at` | integer | first enqueue, ms since the Unix epoch (read if present, for producers whose ids are not UUID v7) |
 //! | `qjob-error` | text | dead letters: the last error |
 //! | `qjob-reason` | text | dead letters: why (`retries-exhausted`, `permanent`, `malformed`) |
 //! | `qjob-attempts` | integer | dead letters: attempts made |
@@ -18,8 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::broker::{HeaderValue, Headers, Message};
 use crate::job::JobId;
 
-/// The job type's name.
-pub const JOB: &str = "qjob-job";
 /// The attempt number of the delivery (1-based).
 pub const ATTEMPT: &str = "qjob-attempt";
 /// First enqueue time, milliseconds since the Unix epoch.
@@ -68,8 +69,9 @@ impl Envelope {
                 ));
             }
         };
+        let job_id = message.id.clone().map(JobId::from).unwrap_or_default();
         let enqueued_at = match message.headers.get(ENQUEUED_AT) {
-            None => SystemTime::now(),
+            None => job_id.created_at().unwrap_or_else(SystemTime::now),
             Some(HeaderValue::Int(ms)) => from_millis(*ms),
             Some(other) => {
                 return Err(format!(
@@ -77,7 +79,6 @@ impl Envelope {
                 ));
             }
         };
-        let job_id = message.id.clone().map(JobId::from).unwrap_or_default();
         Ok(Self {
             job_id,
             attempt,
@@ -86,18 +87,12 @@ impl Envelope {
     }
 }
 
-/// A fresh job message: first attempt, enqueued now.
+/// A fresh job message: no headers (see the module's docs).
 pub(crate) fn new_job(job: &'static str, id: &JobId, body: Vec<u8>) -> Message {
-    let mut headers = Headers::new();
-    headers.insert(JOB.into(), job.into());
-    headers.insert(ATTEMPT.into(), HeaderValue::Int(1));
-    headers.insert(
-        ENQUEUED_AT.into(),
-        HeaderValue::Int(millis(SystemTime::now())),
-    );
     Message {
         id: Some(id.to_string()),
-        headers,
+        kind: Some(job.to_owned()),
+        headers: Headers::new(),
         body,
     }
 }
@@ -117,6 +112,13 @@ mod tests {
             .duration_since(envelope.enqueued_at)
             .unwrap();
         assert!(age < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_explicit_enqueue_time_wins_over_the_id() {
+        let mut message = new_job("charge", &JobId::new(), Vec::new());
+        message.headers.insert(ENQUEUED_AT.into(), HeaderValue::Int(1_000));
+        assert_eq!(Envelope::read(&message).unwrap().enqueued_at, from_millis(1_000));
     }
 
     #[test]

@@ -79,6 +79,14 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// When the id was made, for ids that are UUID v7 (as qjob's are):
+    /// the job's first enqueue.
+    pub fn created_at(&self) -> Option<SystemTime> {
+        let uuid = uuid::Uuid::parse_str(&self.0).ok()?;
+        let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+        Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+    }
 }
 
 impl Default for JobId {

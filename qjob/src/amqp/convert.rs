@@ -6,18 +6,23 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use crate::broker::{HeaderValue, Message, QueueSpec};
 
 pub(super) fn properties(message: &Message) -> BasicProperties {
-    let mut table = FieldTable::default();
-    for (name, value) in &message.headers {
-        table.insert(ShortString::from(name.as_str()), to_amqp(value));
-    }
-    let properties = BasicProperties::default()
+    let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_headers(table);
-    match &message.id {
-        Some(id) => properties.with_message_id(id.as_str().into()),
-        None => properties,
+        .with_content_type("application/json".into());
+    if !message.headers.is_empty() {
+        let mut table = FieldTable::default();
+        for (name, value) in &message.headers {
+            table.insert(ShortString::from(name.as_str()), to_amqp(value));
+        }
+        properties = properties.with_headers(table);
     }
+    if let Some(id) = &message.id {
+        properties = properties.with_message_id(id.as_str().into());
+    }
+    if let Some(kind) = &message.kind {
+        properties = properties.with_type(kind.as_str().into());
+    }
+    properties
 }
 
 pub(super) fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
@@ -37,6 +42,7 @@ pub(super) fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_owned()),
+        kind: properties.kind().as_ref().map(|kind| kind.as_str().to_owned()),
         headers,
         body,
     }
@@ -105,6 +111,7 @@ mod tests {
     fn messages_round_trip_through_properties() {
         let mut original = Message {
             id: Some("job-1".into()),
+            kind: Some("charge".into()),
             body: b"{}".to_vec(),
             ..Message::default()
         };
