@@ -45,7 +45,10 @@ async fn main() {
     let broker = qjob::AmqpBroker::connect(url.as_str())
         .await
         .expect("the bench needs RabbitMQ");
-    println!("{jobs} persistent {}-byte jobs per round, {rounds} rounds", payload(0).len());
+    println!(
+        "{jobs} persistent {}-byte jobs per round, {rounds} rounds",
+        payload(0).len()
+    );
 
     let only = std::env::var("QJOB_BENCH_ONLY").unwrap_or_default();
     let mut publish = Rates::default();
@@ -79,7 +82,9 @@ async fn main() {
         for _ in 0..rounds {
             raw.reset().await;
             raw.publish(jobs).await;
-            consume.lapin.push(rate(jobs, raw.consume(jobs, prefetch).await));
+            consume
+                .lapin
+                .push(rate(jobs, raw.consume(jobs, prefetch).await));
 
             raw.reset().await;
             raw.publish(jobs).await;
@@ -115,7 +120,10 @@ fn set_overrides(prefetch: u16) {
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -266,4 +274,3 @@ impl Raw {
         started.elapsed()
     }
 }
-

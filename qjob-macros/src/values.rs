@@ -19,11 +19,21 @@ pub(crate) fn string(key: &str, expr: &Expr) -> syn::Result<LitStr> {
 
 /// A non-negative integer literal in `min..=max`.
 pub(crate) fn integer(key: &str, expr: &Expr, min: u64, max: u64) -> syn::Result<u64> {
-    let range = || format!("`{key}` must be an integer from {min} to {max}");
+    let range = || {
+        if max >= u64::from(u32::MAX) {
+            format!("`{key}` must be an integer of at least {min}")
+        } else {
+            format!("`{key}` must be an integer from {min} to {max}")
+        }
+    };
+    let negative = || format!("{}; negative values are not allowed", range());
     match expr {
         Expr::Lit(ExprLit {
             lit: Lit::Int(lit), ..
         }) => {
+            if lit.base10_digits().starts_with('-') {
+                return Err(syn::Error::new(lit.span(), negative()));
+            }
             let value = lit
                 .base10_parse::<u64>()
                 .map_err(|_| syn::Error::new(lit.span(), range()))?;
@@ -38,10 +48,7 @@ pub(crate) fn integer(key: &str, expr: &Expr, min: u64, max: u64) -> syn::Result
         }
         Expr::Unary(ExprUnary {
             op: UnOp::Neg(_), ..
-        }) => Err(syn::Error::new(
-            expr.span(),
-            format!("{}; negative values are not allowed", range()),
-        )),
+        }) => Err(syn::Error::new(expr.span(), negative())),
         Expr::Lit(ExprLit {
             lit: Lit::Float(_), ..
         }) => Err(syn::Error::new(

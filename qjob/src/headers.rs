@@ -117,8 +117,13 @@ mod tests {
     #[test]
     fn an_explicit_enqueue_time_wins_over_the_id() {
         let mut message = new_job("charge", &JobId::new(), Vec::new());
-        message.headers.insert(ENQUEUED_AT.into(), HeaderValue::Int(1_000));
-        assert_eq!(Envelope::read(&message).unwrap().enqueued_at, from_millis(1_000));
+        message
+            .headers
+            .insert(ENQUEUED_AT.into(), HeaderValue::Int(1_000));
+        assert_eq!(
+            Envelope::read(&message).unwrap().enqueued_at,
+            from_millis(1_000)
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum Env {
     /// In memory.
     Memory(MemoryBroker),
     /// RabbitMQ, with a raw connection for inspection.
-    Amqp(qjob::AmqpBroker, Rabbit),
+    Amqp(qjob::AmqpBroker, Box<Rabbit>),
 }
 
 impl Env {
@@ -32,7 +32,7 @@ impl Env {
 
     /// RabbitMQ.
     pub async fn amqp() -> Self {
-        Env::Amqp(crate::amqp().await, Rabbit::connect().await)
+        Env::Amqp(crate::amqp().await, Box::new(Rabbit::connect().await))
     }
 
     /// The broker, shared.

@@ -42,7 +42,10 @@ pub(super) fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_owned()),
-        kind: properties.kind().as_ref().map(|kind| kind.as_str().to_owned()),
+        kind: properties
+            .kind()
+            .as_ref()
+            .map(|kind| kind.as_str().to_owned()),
         headers,
         body,
     }

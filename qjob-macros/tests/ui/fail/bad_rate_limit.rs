@@ -1,0 +1,13 @@
+use qjob::{job, JobContext, JobError};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Charge {
+    pub account: String,
+}
+
+#[job(queue = "q", rate_limit = "100 per second")]
+pub async fn charge(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+fn main() {}

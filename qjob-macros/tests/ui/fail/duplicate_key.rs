@@ -1,0 +1,13 @@
+use qjob::{job, JobContext, JobError};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Charge {
+    pub account: String,
+}
+
+#[job(queue = "a", retry = 1, queue = "b")]
+pub async fn charge(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+fn main() {}

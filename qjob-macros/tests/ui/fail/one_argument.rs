@@ -1,0 +1,13 @@
+use qjob::{job, JobError};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Charge {
+    pub account: String,
+}
+
+#[job(queue = "q")]
+pub async fn charge(_job: Charge) -> Result<(), JobError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+use qjob::{job, JobError};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Charge {
+    pub account: String,
+}
+
+#[job(queue = "q")]
+pub async fn charge(_job: Charge, _attempt: u32) -> Result<(), JobError> {
+
+    Ok(())
+}
+
+fn main() {}
