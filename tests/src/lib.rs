@@ -380,6 +380,7 @@ pub async fn eventually<T: std::fmt::Debug>(
     }
 }
 
+pub mod conformance;
 pub mod scenarios;
 
 impl Rabbit {

@@ -59,11 +59,16 @@ impl Env {
 
     /// Starts from nothing: deletes the job's queues left by earlier runs.
     pub async fn reset<J: Job>(&self) {
+        let options = J::options();
+        self.delete_queues(&[options.queue(), &options.dead_letter_queue()])
+            .await;
+    }
+
+    /// Deletes queues left by earlier runs (RabbitMQ keeps durable queues;
+    /// a fresh memory broker has none).
+    pub async fn delete_queues(&self, queues: &[&str]) {
         if let Env::Amqp(_, rabbit) = self {
-            let options = J::options();
-            rabbit
-                .delete(&[options.queue(), &options.dead_letter_queue()])
-                .await;
+            rabbit.delete(queues).await;
         }
     }
 
@@ -136,7 +141,15 @@ impl Env {
 
     /// Starts a worker for `job`.
     pub fn start<J: Job>(&self, job: J) -> Running {
-        let worker = Worker::builder_shared(self.broker()).register(job).build();
+        self.start_with(job, qjob::DEFAULT_SHUTDOWN_TIMEOUT)
+    }
+
+    /// Starts a worker for `job` with this shutdown timeout.
+    pub fn start_with<J: Job>(&self, job: J, shutdown_timeout: Duration) -> Running {
+        let worker = Worker::builder_shared(self.broker())
+            .register(job)
+            .shutdown_timeout(shutdown_timeout)
+            .build();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(worker.run_until(async move {
             let _ = stopped.await;
@@ -374,4 +387,31 @@ pub async fn shutdown_finishes_started_handlers_and_returns_the_rest<J: Job<Payl
     assert_eq!(probe.succeeded.load(Ordering::SeqCst) as usize, concurrency);
     env.wait_ready(J::QUEUE, jobs - concurrency as u32).await;
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
+}
+
+/// A handler still running at the shutdown timeout is abandoned: the worker
+/// returns, and the message is ready again for the next worker.
+pub async fn shutdown_timeout_abandons_stuck_handlers<J: Job<Payload = Task>>(env: &Env, job: J) {
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    env.client()
+        .enqueue::<J>(Task::new(&tag, 1, Act::Block))
+        .await
+        .unwrap();
+    let running = env.start_with(job, Duration::from_millis(300));
+    let probe = probe(&tag);
+    probe
+        .wait("the handler to start", LIMIT, |p| {
+            p.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.succeeded.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        probe.in_flight.load(Ordering::SeqCst),
+        0,
+        "the handler was dropped"
+    );
+    env.wait_ready(J::QUEUE, 1).await;
+    assert_eq!(env.consumers(J::QUEUE).await, 0);
 }

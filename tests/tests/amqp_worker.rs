@@ -73,3 +73,10 @@ async fn prefetch_is_set_per_consumer_on_the_broker() {
     assert_eq!(prefetch, [7]);
     running.stop().await.unwrap();
 }
+
+test_job!(amqp_stuck, "qjob.test.amqp.stuck");
+
+#[tokio::test]
+async fn shutdown_timeout_abandons_stuck_handlers() {
+    scenarios::shutdown_timeout_abandons_stuck_handlers(&Env::amqp().await, AmqpStuckJob).await;
+}

@@ -58,3 +58,10 @@ async fn shutdown_finishes_started_handlers_and_leaves_the_rest_ready() {
     )
     .await;
 }
+
+test_job!(memory_stuck, "qjob.test.memory.stuck");
+
+#[tokio::test]
+async fn shutdown_timeout_abandons_stuck_handlers() {
+    scenarios::shutdown_timeout_abandons_stuck_handlers(&Env::memory().await, MemoryStuckJob).await;
+}
