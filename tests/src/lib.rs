@@ -236,6 +236,15 @@ impl Rabbit {
 
     /// The number of ready messages in `queue`.
     pub async fn ready(&self, queue: &str) -> u32 {
+        self.passive(queue).await.message_count()
+    }
+
+    /// The number of consumers of `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.passive(queue).await.consumer_count()
+    }
+
+    async fn passive(&self, queue: &str) -> lapin::Queue {
         self.channel
             .queue_declare(
                 queue.into(),
@@ -247,7 +256,6 @@ impl Rabbit {
             )
             .await
             .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
-            .message_count()
     }
 
     /// Waits until `queue` holds `count` ready messages, failing after `limit`.
@@ -381,22 +389,55 @@ pub async fn eventually<T: std::fmt::Debug>(
 }
 
 pub mod conformance;
+pub mod jobs;
 pub mod scenarios;
 
-impl Rabbit {
-    /// The number of consumers of `queue`.
-    pub async fn consumers(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
-            .consumer_count()
-    }
+/// Defines every broker conformance scenario as a test on the broker that
+/// `$env` (an async expression giving a `scenarios::Env`) makes.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($env:expr) => {
+        $crate::conformance_tests!(@tests $env;
+            publish_to_a_missing_queue_is_unroutable "qjob.test.conformance.missing",
+            a_full_queue_rejects_publishes "qjob.test.conformance.full",
+            redeclaring_with_other_arguments_fails "qjob.test.conformance.redeclare",
+            prefetch_bounds_unacked_deliveries "qjob.test.conformance.prefetch",
+            requeued_messages_come_back_redelivered "qjob.test.conformance.requeue",
+            closing_a_subscription_returns_what_it_held "qjob.test.conformance.close",
+            messages_arrive_as_published "qjob.test.conformance.roundtrip",
+        );
+    };
+    (@tests $env:expr; $($name:ident $queue:literal,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::conformance::$name(&$env, $queue).await;
+            }
+        )*
+    };
+}
+
+/// Defines every worker scenario as a test on the broker that `$env` makes,
+/// each with its own job type from [`jobs`].
+#[macro_export]
+macro_rules! worker_tests {
+    ($env:expr) => {
+        $crate::worker_tests!(@tests $env;
+            retries_then_dead_letters RetryJob,
+            permanent_error_dead_letters_at_once PermanentJob,
+            garbage_dead_letters_and_the_next_job_runs GarbageJob,
+            panic_is_a_failed_attempt PanicJob,
+            concurrency_is_reached_and_never_exceeded ConcurrencyJob,
+            shutdown_finishes_started_handlers_and_returns_the_rest ShutdownJob,
+            shutdown_timeout_abandons_stuck_handlers StuckJob,
+        );
+    };
+    (@tests $env:expr; $($name:ident $job:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::scenarios::$name(&$env, $crate::jobs::$job).await;
+            }
+        )*
+    };
 }

@@ -1,0 +1,21 @@
+//! The job types of the worker scenarios, one queue each. The memory tests
+//! use the same names: a fresh `MemoryBroker` shares nothing with RabbitMQ.
+
+test_job!(retry, "qjob.test.retry", retry = 3);
+test_job!(permanent, "qjob.test.permanent", retry = 5);
+test_job!(garbage, "qjob.test.garbage", retry = 2);
+test_job!(panic, "qjob.test.panic", retry = 2);
+test_job!(
+    concurrency,
+    "qjob.test.concurrency",
+    prefetch = 10,
+    concurrency = 4
+);
+test_job!(
+    shutdown,
+    "qjob.test.shutdown",
+    prefetch = 10,
+    concurrency = 2
+);
+test_job!(stuck, "qjob.test.stuck");
+test_job!(prefetch, "qjob.test.prefetch", prefetch = 7);
