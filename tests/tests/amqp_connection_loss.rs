@@ -1,0 +1,90 @@
+//! Closing every connection on the broker in the middle of a run. This test
+//! has its own binary so that it breaks no other test's connection.
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use qjob_tests::scenarios::{Env, LIMIT};
+use qjob_tests::{Act, Task, probe, test_job};
+
+test_job!(
+    connection_loss,
+    "qjob.test.connection-loss",
+    prefetch = 20,
+    concurrency = 8
+);
+
+fn close_all_connections() {
+    let status = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "qjob connection-loss test"])
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn the_worker_and_the_client_reconnect_after_the_broker_closes_their_connection() {
+    let env = Env::amqp().await;
+    env.reset::<ConnectionLossJob>().await;
+    let tag = env.tag::<ConnectionLossJob>();
+    let jobs = 300;
+    let client = env.client();
+    let first = client
+        .enqueue_all::<ConnectionLossJob>(
+            (0..jobs / 2).map(|seq| Task::new(&tag, seq, Act::Sleep(5))),
+        )
+        .await
+        .unwrap();
+    assert!(first.iter().all(Result::is_ok));
+    let running = env.start(ConnectionLossJob);
+    let probe = probe(&tag);
+    probe
+        .wait("a first batch of jobs", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) >= 40
+        })
+        .await;
+
+    close_all_connections();
+
+    // A publish racing the close fails with an error the caller can act
+    // on; the next one reconnects. Callers retry, as this loop does.
+    let mut failures = 0;
+    for seq in jobs / 2..jobs {
+        let task = || Task::new(&tag, seq, Act::Sleep(5));
+        if let Err(error) = client.enqueue::<ConnectionLossJob>(task()).await {
+            failures += 1;
+            assert!(
+                matches!(
+                    error,
+                    qjob::Error::Broker { .. } | qjob::Error::Connect { .. }
+                ),
+                "{error:?}"
+            );
+            client.enqueue::<ConnectionLossJob>(task()).await.unwrap();
+        }
+    }
+    assert!(
+        failures <= 1,
+        "only a publish racing the close fails; {failures} did"
+    );
+    // The worker resubscribes on a new connection and finishes every job;
+    // those in flight at the close run again (at-least-once).
+    probe
+        .wait("every job", LIMIT, |p| {
+            let mut done = p.done.lock().unwrap().clone();
+            done.sort();
+            done.dedup();
+            done.len() == jobs as usize
+        })
+        .await;
+    running.stop().await.unwrap();
+    let done = probe.done.lock().unwrap().clone();
+    let repeats = done.len() - jobs as usize;
+    assert!(
+        repeats <= 20 + 8,
+        "only unacked jobs run again, {repeats} did"
+    );
+    let fresh = Env::amqp().await;
+    assert_eq!(fresh.ready("qjob.test.connection-loss").await, 0);
+    assert_eq!(fresh.ready("qjob.test.connection-loss.dlq").await, 0);
+}
