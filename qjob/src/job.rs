@@ -151,6 +151,25 @@ impl JobContext {
         }
     }
 
+    /// The context of a delivered attempt.
+    pub(crate) fn delivered(
+        queue: &str,
+        job_id: JobId,
+        attempt: u32,
+        max_attempts: u32,
+        redelivered: bool,
+        enqueued_at: SystemTime,
+    ) -> Self {
+        Self {
+            job_id,
+            queue: queue.to_owned(),
+            attempt,
+            max_attempts: max_attempts.max(attempt),
+            redelivered,
+            enqueued_at,
+        }
+    }
+
     /// Sets the job id.
     pub fn with_job_id(mut self, job_id: JobId) -> Self {
         self.job_id = job_id;

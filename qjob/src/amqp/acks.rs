@@ -17,25 +17,37 @@ use crate::Error;
 
 type Tag = u64;
 
-#[derive(Default)]
-struct Book {
+/// What is delivered and what is ready to ack; `A` is the means to send
+/// an ack (lapin's acker; anything in the tests).
+struct Book<A> {
     /// Delivered and not yet sent a settlement.
     unsettled: BTreeSet<Tag>,
     /// Acked by their handler, waiting for the flusher.
-    ready: BTreeMap<Tag, lapin::Acker>,
+    ready: BTreeMap<Tag, A>,
     flushing: bool,
 }
 
+impl<A> Default for Book<A> {
+    fn default() -> Self {
+        Self {
+            unsettled: BTreeSet::new(),
+            ready: BTreeMap::new(),
+            flushing: false,
+        }
+    }
+}
+
 /// One ack frame to send.
-struct Frame {
-    acker: lapin::Acker,
+#[derive(Debug, PartialEq)]
+struct Frame<A> {
+    acker: A,
     multiple: bool,
 }
 
 /// The ack state of one consumer channel.
 #[derive(Clone, Default)]
 pub(super) struct Acks {
-    book: Arc<Mutex<Book>>,
+    book: Arc<Mutex<Book<lapin::Acker>>>,
 }
 
 impl Acks {
@@ -44,7 +56,7 @@ impl Acks {
         self.lock().unsettled.insert(tag);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book<lapin::Acker>> {
         self.book.lock().expect("ack book poisoned")
     }
 
@@ -97,10 +109,10 @@ impl Acks {
     }
 }
 
-impl Book {
+impl<A> Book<A> {
     /// The frames that settle every ready ack: one multiple ack for the run
     /// of ready tags at the bottom of `unsettled`, single acks for the rest.
-    fn take_frames(&mut self) -> Vec<Frame> {
+    fn take_frames(&mut self) -> Vec<Frame<A>> {
         let mut run_end = None;
         for tag in &self.unsettled {
             if self.ready.contains_key(tag) {
@@ -130,5 +142,51 @@ impl Book {
             });
         }
         frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(unsettled: &[Tag], ready: &[Tag]) -> Book<Tag> {
+        Book {
+            unsettled: unsettled.iter().copied().collect(),
+            ready: ready.iter().map(|&tag| (tag, tag)).collect(),
+            flushing: false,
+        }
+    }
+
+    fn frame(acker: Tag, multiple: bool) -> Frame<Tag> {
+        Frame { acker, multiple }
+    }
+
+    #[test]
+    fn a_run_from_the_oldest_delivery_is_one_multiple_ack() {
+        let mut book = book(&[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5]);
+        assert_eq!(book.take_frames(), [frame(5, true)]);
+        assert!(book.unsettled.is_empty() && book.ready.is_empty());
+    }
+
+    #[test]
+    fn acks_above_a_slow_delivery_go_out_singly_at_once() {
+        let mut book = book(&[1, 2, 3, 4], &[2, 3]);
+        assert_eq!(book.take_frames(), [frame(2, false), frame(3, false)]);
+        assert_eq!(book.unsettled.iter().copied().collect::<Vec<_>>(), [1, 4]);
+        assert!(book.ready.is_empty());
+    }
+
+    #[test]
+    fn a_run_then_singles_never_cover_an_unsettled_delivery() {
+        let mut book = book(&[1, 2, 3, 4, 5], &[1, 2, 4]);
+        assert_eq!(book.take_frames(), [frame(2, true), frame(4, false)]);
+        assert_eq!(book.unsettled.iter().copied().collect::<Vec<_>>(), [3, 5]);
+    }
+
+    #[test]
+    fn nothing_ready_sends_nothing() {
+        let mut book = book(&[7, 8], &[]);
+        assert!(book.take_frames().is_empty());
+        assert_eq!(book.unsettled.len(), 2);
     }
 }

@@ -179,12 +179,14 @@ impl Handler {
     async fn handle(self, delivery: Delivery) {
         let (outcome, attempt, job_id) = match Envelope::read(&delivery.message) {
             Ok(envelope) => {
-                let ctx = JobContext::new(&*self.queue)
-                    .with_job_id(envelope.job_id.clone())
-                    .with_attempt(envelope.attempt)
-                    .with_max_attempts(self.max_attempts)
-                    .with_redelivered(delivery.redelivered)
-                    .with_enqueued_at(envelope.enqueued_at);
+                let ctx = JobContext::delivered(
+                    &self.queue,
+                    envelope.job_id.clone(),
+                    envelope.attempt,
+                    self.max_attempts,
+                    delivery.redelivered,
+                    envelope.enqueued_at,
+                );
                 let span = tracing::info_span!(
                     "qjob.attempt",
                     job = self.job.name(),
