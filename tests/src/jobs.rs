@@ -19,3 +19,5 @@ test_job!(
 );
 test_job!(stuck, "qjob.test.stuck");
 test_job!(prefetch, "qjob.test.prefetch", prefetch = 7);
+test_job!(panic_always, "qjob.test.panic-always", retry = 1);
+test_job!(timeout, "qjob.test.timeout", retry = 0, timeout = "150ms");

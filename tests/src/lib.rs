@@ -430,6 +430,8 @@ macro_rules! worker_tests {
             concurrency_is_reached_and_never_exceeded ConcurrencyJob,
             shutdown_finishes_started_handlers_and_returns_the_rest ShutdownJob,
             shutdown_timeout_abandons_stuck_handlers StuckJob,
+            panicking_to_the_end_dead_letters PanicAlwaysJob,
+            a_timeout_is_a_failed_attempt TimeoutJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

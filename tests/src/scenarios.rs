@@ -415,3 +415,64 @@ pub async fn shutdown_timeout_abandons_stuck_handlers<J: Job<Payload = Task>>(en
     env.wait_ready(J::QUEUE, 1).await;
     assert_eq!(env.consumers(J::QUEUE).await, 0);
 }
+
+/// A handler that panics on every attempt ends in the DLQ like any failure,
+/// with the panic's message; the worker keeps running.
+pub async fn panicking_to_the_end_dead_letters<J: Job<Payload = Task>>(env: &Env, job: J) {
+    let attempts = J::options().max_attempts();
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let client = env.client();
+    client
+        .enqueue::<J>(Task::new(&tag, 1, Act::PanicBefore(u32::MAX)))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let dlq = J::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    client
+        .enqueue::<J>(Task::new(&tag, 2, Act::Succeed))
+        .await
+        .unwrap();
+    let probe = probe(&tag);
+    probe
+        .wait("the next job to run", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), attempts + 1);
+    let dead = env.take_all(&dlq).await;
+    assert_eq!(
+        header(&dead[0], headers::ATTEMPTS),
+        &HeaderValue::Int(attempts.into())
+    );
+    let error = header(&dead[0], headers::ERROR).to_string();
+    assert_eq!(error, "handler panicked: task 1 panics on attempt 2");
+}
+
+/// A handler over its `timeout` is cancelled and counts as a failed attempt.
+pub async fn a_timeout_is_a_failed_attempt<J: Job<Payload = Task>>(env: &Env, job: J) {
+    let timeout = J::options().timeout().expect("scenario needs a timeout");
+    assert_eq!(J::options().retry(), 0, "scenario needs retry = 0");
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    env.client()
+        .enqueue::<J>(Task::new(&tag, 1, Act::Block))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let dlq = J::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    let probe = probe(&tag);
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        probe.in_flight.load(Ordering::SeqCst),
+        0,
+        "the handler was cancelled"
+    );
+    let dead = env.take_all(&dlq).await;
+    let error = header(&dead[0], headers::ERROR).to_string();
+    assert_eq!(error, format!("handler timed out after {timeout:?}"));
+}
