@@ -93,6 +93,9 @@ pub struct Message {
     /// The message type (AMQP's `type` property); qjob writes the job
     /// type's name here.
     pub kind: Option<String>,
+    /// When the message was first published, in seconds since the Unix
+    /// epoch (AMQP's `timestamp` property).
+    pub timestamp: Option<u64>,
     /// The headers.
     pub headers: Headers,
     /// The body.

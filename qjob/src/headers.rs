@@ -1,8 +1,9 @@
 //! The headers qjob writes on its messages, and reading them back.
 //!
 //! A first attempt carries no headers at all (each header costs the broker
-//! work on every publish): its message id is the job id, a UUID v7 whose
-//! timestamp is the enqueue time, and its AMQP `type` is the job type's name.
+//! work on every publish), only AMQP properties: `message_id` is the job id,
+//! a UUID v7 whose timestamp is the enqueue time in milliseconds;
+//! `timestamp` is the enqueue time in seconds; `type` is the job type's name.
 //!
 //! | header | type | meaning |
 //! |---|---|---|
@@ -71,7 +72,14 @@ impl Envelope {
         };
         let job_id = message.id.clone().map(JobId::from).unwrap_or_default();
         let enqueued_at = match message.headers.get(ENQUEUED_AT) {
-            None => job_id.created_at().unwrap_or_else(SystemTime::now),
+            None => job_id
+                .created_at()
+                .or_else(|| {
+                    message
+                        .timestamp
+                        .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+                })
+                .unwrap_or_else(SystemTime::now),
             Some(HeaderValue::Int(ms)) => from_millis(*ms),
             Some(other) => {
                 return Err(format!(
@@ -92,6 +100,7 @@ pub(crate) fn new_job(job: &'static str, id: &JobId, body: Vec<u8>) -> Message {
     Message {
         id: Some(id.to_string()),
         kind: Some(job.to_owned()),
+        timestamp: u64::try_from(millis(SystemTime::now()) / 1000).ok(),
         headers: Headers::new(),
         body,
     }
@@ -124,6 +133,18 @@ mod tests {
             Envelope::read(&message).unwrap().enqueued_at,
             from_millis(1_000)
         );
+    }
+
+    #[test]
+    fn foreign_messages_fall_back_to_the_timestamp_property() {
+        let message = Message {
+            id: Some("not-a-uuid".into()),
+            timestamp: Some(1_700_000_000),
+            ..Message::default()
+        };
+        let envelope = Envelope::read(&message).unwrap();
+        assert_eq!(envelope.enqueued_at, from_millis(1_700_000_000_000));
+        assert_eq!(envelope.job_id.as_str(), "not-a-uuid");
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub(super) fn properties(message: &Message) -> BasicProperties {
     if let Some(kind) = &message.kind {
         properties = properties.with_type(kind.as_str().into());
     }
+    if let Some(timestamp) = message.timestamp {
+        properties = properties.with_timestamp(timestamp);
+    }
     properties
 }
 
@@ -46,6 +49,7 @@ pub(super) fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
             .kind()
             .as_ref()
             .map(|kind| kind.as_str().to_owned()),
+        timestamp: *properties.timestamp(),
         headers,
         body,
     }
@@ -115,6 +119,7 @@ mod tests {
         let mut original = Message {
             id: Some("job-1".into()),
             kind: Some("charge".into()),
+            timestamp: Some(1_700_000_000),
             body: b"{}".to_vec(),
             ..Message::default()
         };
