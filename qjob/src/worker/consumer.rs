@@ -13,7 +13,7 @@ use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
 use crate::headers::Envelope;
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::settle::{self, Action};
-use crate::{Error, JobContext, JobOptions, topology};
+use crate::{Error, JobContext, JobId, JobOptions, topology};
 
 /// Longest wait between two attempts to resubscribe.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
@@ -53,6 +53,7 @@ impl Consumer {
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
+        let handler = Arc::new(self.handler());
         'consume: loop {
             let slot = tokio::select! {
                 biased;
@@ -67,9 +68,9 @@ impl Consumer {
             match next {
                 Some(Ok(delivery)) => {
                     failures = 0;
-                    let job = self.clone_parts();
+                    let handler = handler.clone();
                     handlers.spawn(async move {
-                        job.handle(delivery).await;
+                        handler.handle(delivery).await;
                         drop(slot);
                     });
                     while handlers.try_join_next().is_some() {}
@@ -153,30 +154,30 @@ impl Consumer {
         }
     }
 
-    fn clone_parts(&self) -> Handler {
+    fn handler(&self) -> Handler {
         Handler {
             broker: self.broker.clone(),
             job: self.job.clone(),
-            queue: self.options.queue().into(),
-            dead_letter_queue: self.options.dead_letter_queue().into(),
+            queue: self.options.queue().to_owned(),
+            dead_letter_queue: self.options.dead_letter_queue(),
             max_attempts: self.options.max_attempts(),
             timeout: self.options.timeout(),
         }
     }
 }
 
-/// What a handler task needs, owned.
+/// What handler tasks need, shared by all of one consumer's.
 struct Handler {
     broker: Arc<dyn Broker>,
     job: Arc<dyn Runnable>,
-    queue: Arc<str>,
-    dead_letter_queue: Arc<str>,
+    queue: String,
+    dead_letter_queue: String,
     max_attempts: u32,
     timeout: Option<Duration>,
 }
 
 impl Handler {
-    async fn handle(self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery) {
         let (outcome, attempt, job_id) = match Envelope::read(&delivery.message) {
             Ok(envelope) => {
                 let ctx = JobContext::delivered(
@@ -201,21 +202,21 @@ impl Handler {
                     .run(&delivery.message.body, ctx, self.timeout)
                     .instrument(span)
                     .await;
-                (outcome, envelope.attempt, envelope.job_id.to_string())
+                (outcome, envelope.attempt, envelope.job_id)
             }
             Err(reason) => (
                 Outcome::Malformed(reason),
                 1,
-                delivery.message.id.clone().unwrap_or_default(),
+                JobId::from(delivery.message.id.clone().unwrap_or_default()),
             ),
         };
         let action = settle::decide(outcome, attempt, self.max_attempts);
         match &action {
-            Action::Ack => tracing::debug!(queue = &*self.queue, job_id, attempt, "job succeeded"),
+            Action::Ack => tracing::debug!(queue = &*self.queue, %job_id, attempt, "job succeeded"),
             Action::Retry { error } => {
                 tracing::info!(
                     queue = &*self.queue,
-                    job_id,
+                    %job_id,
                     attempt,
                     error,
                     "job failed; retrying"
@@ -223,7 +224,7 @@ impl Handler {
             }
             Action::DeadLetter { reason, error } => tracing::warn!(
                 queue = &*self.queue,
-                job_id,
+                %job_id,
                 attempt,
                 reason = reason.as_str(),
                 error,
@@ -240,7 +241,7 @@ impl Handler {
         )
         .await;
         if let Err(error) = settled {
-            tracing::warn!(queue = &*self.queue, job_id, %error, "could not settle the delivery; the broker will redeliver it");
+            tracing::warn!(queue = &*self.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
         }
     }
 }
