@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use qjob::Error;
 use qjob::broker::{Acker, Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use qjob::{Error, QueueType};
 use tokio::sync::{Notify, mpsc};
 
 /// An in-memory broker. Cheap to clone: clones share the queues.
 ///
 /// What it models of RabbitMQ: durable queues declared with arguments (a
 /// second declare with other arguments fails), publishes confirmed at once,
-/// `x-max-length` with `reject-publish` (a negative confirm), per-consumer
+/// `x-max-length` with `reject-publish` (a negative confirm; a quorum queue,
+/// like RabbitMQ's, takes one message over the limit first), per-consumer
 /// prefetch, round-robin delivery, single-active-consumer queues, manual
 /// ack and reject, requeue at the message's original position with
 /// `redelivered` set, and redelivery of everything unsettled when a
@@ -199,6 +200,20 @@ impl MemoryBroker {
 }
 
 impl Queue {
+    /// Whether a publish is rejected (`x-overflow = reject-publish`). Only
+    /// ready messages count. Quorum queues check before adding, so they hold
+    /// one message over the limit; classic queues never exceed it.
+    fn is_full(&self) -> bool {
+        let Some(max) = self.spec.max_length else {
+            return false;
+        };
+        let ready = self.ready.len();
+        match self.spec.queue_type {
+            QueueType::Quorum => ready > max as usize,
+            _ => ready >= max as usize,
+        }
+    }
+
     fn unacked(&self) -> usize {
         self.slots().map(|c| c.unacked.len()).sum()
     }
@@ -313,9 +328,7 @@ impl Broker for MemoryBroker {
                     reason: "NO_ROUTE".into(),
                 });
             };
-            if let Some(max) = target.spec.max_length
-                && target.ready.len() >= max as usize
-            {
+            if target.is_full() {
                 return Err(Error::PublishRejected {
                     queue: queue.to_owned(),
                 });

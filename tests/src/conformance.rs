@@ -2,8 +2,8 @@
 //! both brokers: what the runtime relies on, checked on RabbitMQ itself and
 //! on the in-memory fake, so the fake cannot drift.
 
-use qjob::Error;
 use qjob::broker::{ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use qjob::{Error, QueueType};
 
 use crate::scenarios::{Env, LIMIT};
 
@@ -40,18 +40,52 @@ pub async fn publish_to_a_missing_queue_is_unroutable(env: &Env, queue: &str) {
 
 /// A full queue with `reject-publish` answers with a negative confirm.
 pub async fn a_full_queue_rejects_publishes(env: &Env, queue: &str) {
+    assert_eq!(fill(env, queue, QueueType::Classic).await, ["a", "b"]);
+}
+
+/// Quorum queues: declared, capped and delivering. RabbitMQ checks their
+/// limit before adding a message, so a quorum queue holds one message over
+/// `max_length` before it rejects.
+pub async fn a_full_quorum_queue_rejects_publishes(env: &Env, queue: &str) {
+    let accepted = fill(env, queue, QueueType::Quorum).await;
+    assert_eq!(accepted, ["a", "b", "c"]);
+    let mut subscription = env.broker().consume(queue, consume(5)).await.unwrap();
+    for expected in accepted {
+        let delivery = next(&mut subscription).await;
+        assert_eq!(delivery.message.body, expected.as_bytes());
+        delivery.acker.ack().await.unwrap();
+    }
+    subscription.close().await.unwrap();
+    env.wait_ready(queue, 0).await;
+}
+
+/// Declares `queue` with `max_length = 2`, publishes until the broker
+/// rejects twice in a row, and returns what it accepted.
+async fn fill(env: &Env, queue: &str, queue_type: QueueType) -> Vec<&'static str> {
     env.delete_queues(&[queue]).await;
     let broker = env.broker();
     let spec = QueueSpec {
         max_length: Some(2),
+        queue_type,
         ..QueueSpec::new(queue)
     };
     broker.declare_queue(&spec).await.unwrap();
-    broker.publish(queue, message("a")).await.unwrap();
-    broker.publish(queue, message("b")).await.unwrap();
-    let error = broker.publish(queue, message("c")).await.unwrap_err();
-    assert!(matches!(error, Error::PublishRejected { .. }), "{error:?}");
-    assert_eq!(env.ready(queue).await, 2);
+    let mut accepted = Vec::new();
+    let mut rejected = 0;
+    for text in ["a", "b", "c", "d", "e"] {
+        match broker.publish(queue, message(text)).await {
+            Ok(()) => {
+                assert_eq!(rejected, 0, "{text} accepted after a rejection");
+                accepted.push(text);
+            }
+            Err(error) => {
+                assert!(matches!(error, Error::PublishRejected { .. }), "{error:?}");
+                rejected += 1;
+            }
+        }
+    }
+    assert_eq!(env.ready(queue).await as usize, accepted.len());
+    accepted
 }
 
 /// Declaring an existing queue with other arguments fails and names the queue.
@@ -163,4 +197,39 @@ pub async fn messages_arrive_as_published(env: &Env, queue: &str) {
     assert_eq!(got.message, sent);
     got.acker.ack().await.unwrap();
     subscription.close().await.unwrap();
+}
+
+/// A single-active-consumer queue delivers to one consumer only; when it
+/// leaves, the next takes over, starting with what the first left unsettled.
+pub async fn single_active_consumer_fails_over(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    let spec = QueueSpec {
+        single_active: true,
+        ..QueueSpec::new(queue)
+    };
+    broker.declare_queue(&spec).await.unwrap();
+    for text in ["a", "b", "c"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut first = broker.consume(queue, consume(1)).await.unwrap();
+    let mut standby = broker.consume(queue, consume(1)).await.unwrap();
+    assert_eq!(env.consumers(queue).await, 2);
+    let a = next(&mut first).await;
+    assert_eq!(a.message.body, b"a");
+    a.acker.ack().await.unwrap();
+    // Round robin would have handed "b" to the standby already.
+    let b = next(&mut first).await;
+    assert_eq!(b.message.body, b"b");
+    first.close().await.unwrap();
+    drop(b);
+    let again = next(&mut standby).await;
+    assert_eq!(again.message.body, b"b");
+    assert!(again.redelivered);
+    again.acker.ack().await.unwrap();
+    let c = next(&mut standby).await;
+    assert_eq!(c.message.body, b"c");
+    c.acker.ack().await.unwrap();
+    standby.close().await.unwrap();
+    env.wait_ready(queue, 0).await;
 }

@@ -400,11 +400,13 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@tests $env;
             publish_to_a_missing_queue_is_unroutable "qjob.test.conformance.missing",
             a_full_queue_rejects_publishes "qjob.test.conformance.full",
+            a_full_quorum_queue_rejects_publishes "qjob.test.conformance.quorum-full",
             redeclaring_with_other_arguments_fails "qjob.test.conformance.redeclare",
             prefetch_bounds_unacked_deliveries "qjob.test.conformance.prefetch",
             requeued_messages_come_back_redelivered "qjob.test.conformance.requeue",
             closing_a_subscription_returns_what_it_held "qjob.test.conformance.close",
             messages_arrive_as_published "qjob.test.conformance.roundtrip",
+            single_active_consumer_fails_over "qjob.test.conformance.single-active",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {
