@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -24,6 +25,10 @@ pub enum HeaderValue {
     Float(f64),
     /// A boolean.
     Bool(bool),
+    /// A list (RabbitMQ's `x-death` is a list of tables).
+    List(Vec<HeaderValue>),
+    /// A nested table.
+    Table(Headers),
     /// A value of a type qjob does not interpret, described as text.
     Other(String),
 }
@@ -44,6 +49,22 @@ impl HeaderValue {
             _ => None,
         }
     }
+
+    /// The value as a list, if it is one.
+    pub fn as_list(&self) -> Option<&[HeaderValue]> {
+        match self {
+            HeaderValue::List(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// The value as a table, if it is one.
+    pub fn as_table(&self) -> Option<&Headers> {
+        match self {
+            HeaderValue::Table(table) => Some(table),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for HeaderValue {
@@ -53,6 +74,26 @@ impl fmt::Display for HeaderValue {
             HeaderValue::Int(n) => write!(f, "{n}"),
             HeaderValue::Float(x) => write!(f, "{x}"),
             HeaderValue::Bool(b) => write!(f, "{b}"),
+            HeaderValue::List(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
+            HeaderValue::Table(table) => {
+                f.write_str("{")?;
+                for (i, (name, value)) in table.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{name}: {value}")?;
+                }
+                f.write_str("}")
+            }
         }
     }
 }
@@ -150,6 +191,7 @@ pub trait Subscription: Send {
 /// How a queue is declared. Declaring an existing queue with other
 /// arguments is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueSpec {
     /// The queue's name.
     pub name: String,
@@ -159,6 +201,15 @@ pub struct QueueSpec {
     pub max_length: Option<u32>,
     /// `x-single-active-consumer`.
     pub single_active: bool,
+    /// `x-message-ttl`: messages expire this long after they were enqueued.
+    pub message_ttl: Option<Duration>,
+    /// `x-dead-letter-exchange = ""` and `x-dead-letter-routing-key`: where
+    /// rejected (without requeue) and expired messages go, with an
+    /// `x-death` record.
+    pub dead_letter_to: Option<String>,
+    /// `x-expires`: the queue is deleted after being unused this long (no
+    /// consumer, no redeclare).
+    pub expires: Option<Duration>,
 }
 
 impl QueueSpec {
@@ -169,7 +220,46 @@ impl QueueSpec {
             queue_type: QueueType::Classic,
             max_length: None,
             single_active: false,
+            message_ttl: None,
+            dead_letter_to: None,
+            expires: None,
         }
+    }
+
+    /// Sets the queue type.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// Caps the queue's ready messages; publishes beyond are rejected.
+    pub fn with_max_length(mut self, max_length: u32) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// Makes the queue single-active-consumer.
+    pub fn with_single_active(mut self, single_active: bool) -> Self {
+        self.single_active = single_active;
+        self
+    }
+
+    /// Sets the message TTL.
+    pub fn with_message_ttl(mut self, ttl: Duration) -> Self {
+        self.message_ttl = Some(ttl);
+        self
+    }
+
+    /// Dead-letters to queue `target` through the default exchange.
+    pub fn with_dead_letter_to(mut self, target: impl Into<String>) -> Self {
+        self.dead_letter_to = Some(target.into());
+        self
+    }
+
+    /// Deletes the queue after it was unused for `expires`.
+    pub fn with_expires(mut self, expires: Duration) -> Self {
+        self.expires = Some(expires);
+        self
     }
 }
 

@@ -6,23 +6,19 @@ use crate::broker::{Broker, QueueSpec};
 
 /// The work queue of a job type.
 pub(crate) fn work_queue(options: &JobOptions) -> QueueSpec {
-    QueueSpec {
-        name: options.queue().to_owned(),
-        queue_type: options.queue_type(),
-        max_length: options.max_length(),
-        single_active: options.single_active(),
+    let spec = QueueSpec::new(options.queue())
+        .with_queue_type(options.queue_type())
+        .with_single_active(options.single_active());
+    match options.max_length() {
+        Some(max_length) => spec.with_max_length(max_length),
+        None => spec,
     }
 }
 
 /// The dead-letter queue: same type as the work queue, no length cap (dead
 /// letters are never dropped), never single-active.
 pub(crate) fn dead_letter_queue(options: &JobOptions) -> QueueSpec {
-    QueueSpec {
-        name: options.dead_letter_queue(),
-        queue_type: options.queue_type(),
-        max_length: None,
-        single_active: false,
-    }
+    QueueSpec::new(options.dead_letter_queue()).with_queue_type(options.queue_type())
 }
 
 /// Declares every queue of a job type.

@@ -2,7 +2,11 @@
 //! both brokers: what the runtime relies on, checked on RabbitMQ itself and
 //! on the in-memory fake, so the fake cannot drift.
 
-use qjob::broker::{ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use std::time::Duration;
+
+use qjob::broker::{
+    ConsumeOptions, Delivery, HeaderValue, Headers, Message, QueueSpec, Subscription,
+};
 use qjob::{Error, QueueType};
 
 use crate::scenarios::{Env, LIMIT};
@@ -64,11 +68,9 @@ pub async fn a_full_quorum_queue_rejects_publishes(env: &Env, queue: &str) {
 async fn fill(env: &Env, queue: &str, queue_type: QueueType) -> Vec<&'static str> {
     env.delete_queues(&[queue]).await;
     let broker = env.broker();
-    let spec = QueueSpec {
-        max_length: Some(2),
-        queue_type,
-        ..QueueSpec::new(queue)
-    };
+    let spec = QueueSpec::new(queue)
+        .with_max_length(2)
+        .with_queue_type(queue_type);
     broker.declare_queue(&spec).await.unwrap();
     let mut accepted = Vec::new();
     let mut rejected = 0;
@@ -94,10 +96,7 @@ pub async fn redeclaring_with_other_arguments_fails(env: &Env, queue: &str) {
     let broker = env.broker();
     broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
     broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    let other = QueueSpec {
-        single_active: true,
-        ..QueueSpec::new(queue)
-    };
+    let other = QueueSpec::new(queue).with_single_active(true);
     let error = broker.declare_queue(&other).await.unwrap_err();
     assert!(error.to_string().contains(queue), "{error}");
     assert!(error.to_string().contains("PRECONDITION_FAILED"), "{error}");
@@ -204,10 +203,7 @@ pub async fn messages_arrive_as_published(env: &Env, queue: &str) {
 pub async fn single_active_consumer_fails_over(env: &Env, queue: &str) {
     env.delete_queues(&[queue]).await;
     let broker = env.broker();
-    let spec = QueueSpec {
-        single_active: true,
-        ..QueueSpec::new(queue)
-    };
+    let spec = QueueSpec::new(queue).with_single_active(true);
     broker.declare_queue(&spec).await.unwrap();
     for text in ["a", "b", "c"] {
         broker.publish(queue, message(text)).await.unwrap();
@@ -232,4 +228,342 @@ pub async fn single_active_consumer_fails_over(env: &Env, queue: &str) {
     c.acker.ack().await.unwrap();
     standby.close().await.unwrap();
     env.wait_ready(queue, 0).await;
+}
+
+fn x_death(message: &Message) -> Vec<Headers> {
+    message
+        .headers
+        .get("x-death")
+        .and_then(HeaderValue::as_list)
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| {
+            entry
+                .as_table()
+                .expect("x-death entries are tables")
+                .clone()
+        })
+        .collect()
+}
+
+fn assert_death(death: &Headers, queue: &str, reason: &str, count: i64) {
+    assert_eq!(death["queue"], HeaderValue::from(queue), "{death:?}");
+    assert_eq!(death["reason"], HeaderValue::from(reason), "{death:?}");
+    assert_eq!(death["count"], HeaderValue::Int(count), "{death:?}");
+    assert_eq!(death["exchange"], HeaderValue::from(""), "{death:?}");
+    assert_eq!(
+        death["routing-keys"],
+        HeaderValue::List(vec![queue.into()]),
+        "{death:?}"
+    );
+    assert!(death["time"].as_int().unwrap() > 1_700_000_000, "{death:?}");
+}
+
+/// Takes the one message of `queue` with a fresh consumer and acks it.
+async fn take_one(env: &Env, queue: &str) -> Message {
+    let mut subscription = env.broker().consume(queue, consume(1)).await.unwrap();
+    let delivery = next(&mut subscription).await;
+    let message = delivery.message.clone();
+    delivery.acker.ack().await.unwrap();
+    subscription.close().await.unwrap();
+    message
+}
+
+/// Rejected without requeue, a message goes to the dead-letter target with
+/// an `x-death` record naming the queue and the reason.
+pub async fn rejected_messages_are_dead_lettered_with_x_death(env: &Env, queue: &str) {
+    let target = format!("{queue}.target");
+    env.delete_queues(&[queue, &target]).await;
+    let broker = env.broker();
+    broker
+        .declare_queue(&QueueSpec::new(&target))
+        .await
+        .unwrap();
+    let spec = QueueSpec::new(queue).with_dead_letter_to(&target);
+    broker.declare_queue(&spec).await.unwrap();
+    let mut sent = message("a");
+    sent.headers.insert("kept".into(), "yes".into());
+    broker.publish(queue, sent).await.unwrap();
+    let mut subscription = broker.consume(queue, consume(1)).await.unwrap();
+    next(&mut subscription)
+        .await
+        .acker
+        .reject(false)
+        .await
+        .unwrap();
+    env.wait_ready(&target, 1).await;
+    subscription.close().await.unwrap();
+    assert_eq!(env.ready(queue).await, 0);
+    let dead = take_one(env, &target).await;
+    assert_eq!(dead.body, b"a");
+    assert_eq!(dead.id.as_deref(), Some("a"));
+    assert_eq!(dead.headers["kept"], HeaderValue::from("yes"));
+    let deaths = x_death(&dead);
+    assert_eq!(deaths.len(), 1);
+    assert_death(&deaths[0], queue, "rejected", 1);
+    assert_eq!(
+        dead.headers["x-first-death-reason"],
+        HeaderValue::from("rejected")
+    );
+    assert_eq!(
+        dead.headers["x-first-death-queue"],
+        HeaderValue::from(queue)
+    );
+}
+
+/// Rejected without requeue from a queue with no dead-letter target, a
+/// message is gone.
+pub async fn rejected_messages_without_a_target_are_dropped(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    for text in ["a", "b"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut subscription = broker.consume(queue, consume(1)).await.unwrap();
+    next(&mut subscription)
+        .await
+        .acker
+        .reject(false)
+        .await
+        .unwrap();
+    let b = next(&mut subscription).await;
+    assert_eq!(b.message.body, b"b");
+    b.acker.ack().await.unwrap();
+    subscription.close().await.unwrap();
+    env.wait_ready(queue, 0).await;
+}
+
+/// Messages in a queue with a message TTL expire after it, in publish
+/// order, into the dead-letter target: the delay mechanism.
+pub async fn expired_messages_move_to_the_target_in_order(env: &Env, queue: &str) {
+    let target = format!("{queue}.target");
+    env.delete_queues(&[queue, &target]).await;
+    let broker = env.broker();
+    broker
+        .declare_queue(&QueueSpec::new(&target))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(300);
+    let spec = QueueSpec::new(queue)
+        .with_message_ttl(ttl)
+        .with_dead_letter_to(&target);
+    broker.declare_queue(&spec).await.unwrap();
+    let published = tokio::time::Instant::now();
+    for text in ["a", "b", "c"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut subscription = broker.consume(&target, consume(10)).await.unwrap();
+    for expected in ["a", "b", "c"] {
+        let delivery = next(&mut subscription).await;
+        assert!(
+            published.elapsed() >= ttl,
+            "expired after {:?}",
+            published.elapsed()
+        );
+        assert_eq!(delivery.message.body, expected.as_bytes());
+        assert!(!delivery.redelivered);
+        let deaths = x_death(&delivery.message);
+        assert_death(&deaths[0], queue, "expired", 1);
+        delivery.acker.ack().await.unwrap();
+    }
+    subscription.close().await.unwrap();
+    assert_eq!(env.ready(queue).await, 0);
+}
+
+/// A message delayed twice through the same queue counts 2 in one `x-death`
+/// entry, and keeps its first death.
+pub async fn a_second_expiry_counts_up_in_x_death(env: &Env, queue: &str) {
+    let target = format!("{queue}.target");
+    env.delete_queues(&[queue, &target]).await;
+    let broker = env.broker();
+    broker
+        .declare_queue(&QueueSpec::new(&target))
+        .await
+        .unwrap();
+    let spec = QueueSpec::new(queue)
+        .with_message_ttl(Duration::from_millis(50))
+        .with_dead_letter_to(&target);
+    broker.declare_queue(&spec).await.unwrap();
+    broker.publish(queue, message("a")).await.unwrap();
+    env.wait_ready(&target, 1).await;
+    let once = take_one(env, &target).await;
+    broker.publish(queue, once).await.unwrap();
+    env.wait_ready(&target, 1).await;
+    let twice = take_one(env, &target).await;
+    let deaths = x_death(&twice);
+    assert_eq!(deaths.len(), 1, "{deaths:?}");
+    assert_death(&deaths[0], queue, "expired", 2);
+    assert_eq!(
+        twice.headers["x-first-death-reason"],
+        HeaderValue::from("expired")
+    );
+}
+
+/// A requeued message goes back to its position, before the messages
+/// published after it. (While a consumer has free prefetch, RabbitMQ may
+/// hand it a later message before the requeue lands; so the consumer is
+/// cancelled first.)
+pub async fn a_requeued_message_keeps_its_position(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    for text in ["a", "b", "c", "d"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut subscription = broker.consume(queue, consume(3)).await.unwrap();
+    let a = next(&mut subscription).await;
+    let b = next(&mut subscription).await;
+    let c = next(&mut subscription).await;
+    subscription.cancel().await.unwrap();
+    b.acker.reject(true).await.unwrap();
+    a.acker.ack().await.unwrap();
+    c.acker.ack().await.unwrap();
+    env.wait_ready(queue, 2).await;
+    let mut after = broker.consume(queue, consume(2)).await.unwrap();
+    let again = next(&mut after).await;
+    assert_eq!(again.message.body, b"b");
+    assert!(again.redelivered);
+    let d = next(&mut after).await;
+    assert_eq!(d.message.body, b"d");
+    again.acker.ack().await.unwrap();
+    d.acker.ack().await.unwrap();
+    after.close().await.unwrap();
+    subscription.close().await.unwrap();
+    env.wait_ready(queue, 0).await;
+}
+
+/// A lost connection returns every unsettled delivery, marked redelivered;
+/// the subscription ends, acks on it fail, and a new one receives them.
+pub async fn connection_loss_returns_unsettled_deliveries(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    for text in ["a", "b", "c"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut subscription = broker.consume(queue, consume(2)).await.unwrap();
+    let a = next(&mut subscription).await;
+    let b = next(&mut subscription).await;
+    env.drop_connection().await;
+    // The stream may still yield what it had received; it then ends.
+    loop {
+        let item = tokio::time::timeout(LIMIT, subscription.next())
+            .await
+            .expect("the subscription ends");
+        match item {
+            Some(Ok(late)) => assert!(late.acker.ack().await.is_err()),
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert!(
+        a.acker.ack().await.is_err(),
+        "an ack on a lost channel fails"
+    );
+    assert!(b.acker.reject(true).await.is_err());
+    env.wait_ready(queue, 3).await;
+    let mut again = broker.consume(queue, consume(3)).await.unwrap();
+    for (expected, redelivered) in [("a", true), ("b", true), ("c", false)] {
+        let delivery = next(&mut again).await;
+        assert_eq!(delivery.message.body, expected.as_bytes());
+        assert_eq!(delivery.redelivered, redelivered, "{expected}");
+        delivery.acker.ack().await.unwrap();
+    }
+    again.close().await.unwrap();
+    env.wait_ready(queue, 0).await;
+}
+
+/// A cancelled consumer gets nothing more; what it holds it can still ack.
+pub async fn a_cancelled_consumer_still_settles_what_it_holds(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    for text in ["a", "b", "c"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut subscription = broker.consume(queue, consume(1)).await.unwrap();
+    let a = next(&mut subscription).await;
+    subscription.cancel().await.unwrap();
+    assert_eq!(env.consumers(queue).await, 0);
+    a.acker.ack().await.unwrap();
+    env.wait_ready(queue, 2).await;
+    let mut other = broker.consume(queue, consume(1)).await.unwrap();
+    assert_eq!(next(&mut other).await.message.body, b"b");
+    other.close().await.unwrap();
+    subscription.close().await.unwrap();
+    env.wait_ready(queue, 2).await;
+}
+
+/// Two consumers of a normal queue take turns.
+pub async fn consumers_take_turns(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    let mut first = broker.consume(queue, consume(1)).await.unwrap();
+    let mut second = broker.consume(queue, consume(1)).await.unwrap();
+    assert_eq!(env.consumers(queue).await, 2);
+    for text in ["a", "b", "c"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let a = next(&mut first).await;
+    let b = next(&mut second).await;
+    assert_eq!(
+        (a.message.body.as_slice(), b.message.body.as_slice()),
+        (&b"a"[..], &b"b"[..])
+    );
+    env.wait_ready(queue, 1).await;
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+    env.wait_ready(queue, 3).await;
+}
+
+/// `max_length` counts ready messages only: unacked ones leave room.
+pub async fn max_length_counts_ready_messages_only(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker
+        .declare_queue(&QueueSpec::new(queue).with_max_length(2))
+        .await
+        .unwrap();
+    for text in ["a", "b"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut subscription = broker.consume(queue, consume(2)).await.unwrap();
+    let held = [next(&mut subscription).await, next(&mut subscription).await];
+    env.wait_ready(queue, 0).await;
+    for text in ["c", "d"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let error = broker.publish(queue, message("e")).await.unwrap_err();
+    assert!(matches!(error, Error::PublishRejected { .. }), "{error:?}");
+    for delivery in held {
+        delivery.acker.ack().await.unwrap();
+    }
+    subscription.close().await.unwrap();
+    env.wait_ready(queue, 2).await;
+}
+
+/// A queue with `x-expires` is deleted once unused for that long.
+pub async fn an_unused_queue_expires(env: &Env, queue: &str) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    let spec = QueueSpec::new(queue).with_expires(Duration::from_millis(300));
+    broker.declare_queue(&spec).await.unwrap();
+    broker.publish(queue, message("a")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match broker.publish(queue, message("probe")).await {
+            Err(Error::Unroutable { .. }) => break,
+            Ok(()) => {}
+            Err(error) => panic!("unexpected {error:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Declared again, it is a new, empty queue.
+    broker.declare_queue(&spec).await.unwrap();
+    assert_eq!(env.ready(queue).await, 0);
 }

@@ -367,6 +367,36 @@ pub fn consumer_prefetch(queue: &str) -> Vec<u16> {
         .collect()
 }
 
+/// Closes the RabbitMQ connection named `name`, as a network failure would.
+pub fn close_connection(name: &str) {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    // The name a client gives itself is in its properties, quoted.
+    let quoted = format!("\"{name}\"");
+    let pid = listing
+        .lines()
+        .find_map(|line| {
+            let (pid, properties) = line.split_once(char::is_whitespace)?;
+            properties.contains(&quoted).then_some(pid)
+        })
+        .unwrap_or_else(|| panic!("no connection named {name:?} in {listing}"));
+    let status = Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "closed by a qjob test"])
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success());
+}
+
 /// Polls `check` every 25 ms until it holds, failing after `limit`.
 pub async fn eventually<T: std::fmt::Debug>(
     what: &str,
@@ -407,6 +437,16 @@ macro_rules! conformance_tests {
             closing_a_subscription_returns_what_it_held "qjob.test.conformance.close",
             messages_arrive_as_published "qjob.test.conformance.roundtrip",
             single_active_consumer_fails_over "qjob.test.conformance.single-active",
+            rejected_messages_are_dead_lettered_with_x_death "qjob.test.conformance.reject-dlx",
+            rejected_messages_without_a_target_are_dropped "qjob.test.conformance.reject-drop",
+            expired_messages_move_to_the_target_in_order "qjob.test.conformance.ttl",
+            a_second_expiry_counts_up_in_x_death "qjob.test.conformance.ttl-twice",
+            a_requeued_message_keeps_its_position "qjob.test.conformance.requeue-position",
+            connection_loss_returns_unsettled_deliveries "qjob.test.conformance.connection-loss",
+            a_cancelled_consumer_still_settles_what_it_holds "qjob.test.conformance.cancel",
+            consumers_take_turns "qjob.test.conformance.round-robin",
+            max_length_counts_ready_messages_only "qjob.test.conformance.max-length-ready",
+            an_unused_queue_expires "qjob.test.conformance.expires",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {

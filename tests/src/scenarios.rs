@@ -139,6 +139,15 @@ impl Env {
         }
     }
 
+    /// Drops the connection of the broker under test: RabbitMQ closes it
+    /// (`rabbitmqctl close_connection`), the memory broker drops it.
+    pub async fn drop_connection(&self) {
+        match self {
+            Env::Memory(broker) => broker.drop_connection(),
+            Env::Amqp(broker, _) => crate::close_connection(broker.connection_name()),
+        }
+    }
+
     /// Starts a worker for `job`.
     pub fn start<J: Job>(&self, job: J) -> Running {
         self.start_with(job, qjob::DEFAULT_SHUTDOWN_TIMEOUT)

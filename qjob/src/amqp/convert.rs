@@ -3,18 +3,14 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::broker::{HeaderValue, Message, QueueSpec};
+use crate::broker::{HeaderValue, Headers, Message, QueueSpec};
 
 pub(super) fn properties(message: &Message) -> BasicProperties {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
     if !message.headers.is_empty() {
-        let mut table = FieldTable::default();
-        for (name, value) in &message.headers {
-            table.insert(ShortString::from(name.as_str()), to_amqp(value));
-        }
-        properties = properties.with_headers(table);
+        properties = properties.with_headers(table(&message.headers));
     }
     if let Some(id) = &message.id {
         properties = properties.with_message_id(id.as_str().into());
@@ -28,17 +24,27 @@ pub(super) fn properties(message: &Message) -> BasicProperties {
     properties
 }
 
+fn table(headers: &Headers) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        table.insert(ShortString::from(name.as_str()), to_amqp(value));
+    }
+    table
+}
+
+fn headers(table: &FieldTable) -> Headers {
+    table
+        .inner()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), from_amqp(value)))
+        .collect()
+}
+
 pub(super) fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
     let headers = properties
         .headers()
         .as_ref()
-        .map(|table| {
-            table
-                .inner()
-                .iter()
-                .map(|(name, value)| (name.as_str().to_owned(), from_amqp(value)))
-                .collect()
-        })
+        .map(headers)
         .unwrap_or_default();
     Message {
         id: properties
@@ -57,6 +63,10 @@ pub(super) fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
 
 fn to_amqp(value: &HeaderValue) -> AMQPValue {
     match value {
+        HeaderValue::List(items) => {
+            AMQPValue::FieldArray(items.iter().map(to_amqp).collect::<Vec<_>>().into())
+        }
+        HeaderValue::Table(headers) => AMQPValue::FieldTable(table(headers)),
         HeaderValue::Str(s) | HeaderValue::Other(s) => {
             AMQPValue::LongString(LongString::from(s.as_str()))
         }
@@ -83,6 +93,10 @@ fn from_amqp(value: &AMQPValue) -> HeaderValue {
             HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
         }
         AMQPValue::Timestamp(t) => HeaderValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
+        AMQPValue::FieldArray(items) => {
+            HeaderValue::List(items.as_slice().iter().map(from_amqp).collect())
+        }
+        AMQPValue::FieldTable(table) => HeaderValue::Table(headers(table)),
         other => HeaderValue::Other(format!("{other:?}")),
     }
 }
@@ -107,7 +121,30 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     if spec.single_active {
         arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
+    if let Some(ttl) = spec.message_ttl {
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(millis(ttl)));
+    }
+    if let Some(target) = &spec.dead_letter_to {
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(target.as_str().into()),
+        );
+    }
+    if let Some(expires) = spec.expires {
+        arguments.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(millis(expires).max(1)),
+        );
+    }
     arguments
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -133,8 +170,17 @@ mod tests {
     }
 
     #[test]
+    fn lists_and_tables_round_trip() {
+        let mut death = Headers::new();
+        death.insert("count".into(), HeaderValue::Int(2));
+        death.insert("reason".into(), "expired".into());
+        let value = HeaderValue::List(vec![HeaderValue::Table(death)]);
+        assert_eq!(from_amqp(&to_amqp(&value)), value);
+    }
+
+    #[test]
     fn foreign_header_types_are_kept_as_descriptions() {
-        let value = from_amqp(&AMQPValue::FieldArray(Default::default()));
+        let value = from_amqp(&AMQPValue::ByteArray(vec![1u8].into()));
         assert!(matches!(value, HeaderValue::Other(_)));
         assert_eq!(from_amqp(&AMQPValue::LongInt(3)), HeaderValue::Int(3));
     }

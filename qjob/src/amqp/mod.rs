@@ -3,6 +3,7 @@
 mod acks;
 mod convert;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -38,6 +39,7 @@ pub struct AmqpBroker {
 
 struct Inner {
     url: String,
+    name: String,
     current: Mutex<Option<Connected>>,
     reconnecting: tokio::sync::Mutex<()>,
 }
@@ -70,15 +72,25 @@ impl AmqpBroker {
     /// [`Error::Connect`] when the broker cannot be reached or refuses the
     /// credentials.
     pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        static BROKERS: AtomicUsize = AtomicUsize::new(0);
+        let number = BROKERS.fetch_add(1, Ordering::Relaxed) + 1;
         let broker = AmqpBroker {
             inner: Arc::new(Inner {
                 url: url.into(),
+                name: format!("qjob pid {} #{number}", std::process::id()),
                 current: Mutex::new(None),
                 reconnecting: tokio::sync::Mutex::new(()),
             }),
         };
         broker.connected().await?;
         Ok(broker)
+    }
+
+    /// The connection's name as RabbitMQ shows it (`rabbitmqctl
+    /// list_connections name`, the management UI): `qjob pid <pid> #<n>`,
+    /// `n` counting the brokers this process connected.
+    pub fn connection_name(&self) -> &str {
+        &self.inner.name
     }
 
     /// Closes the connection; unsettled deliveries of its consumers return
@@ -127,8 +139,8 @@ impl AmqpBroker {
             url: redact(url),
             source: source.into(),
         };
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("qjob pid {}", std::process::id()).into());
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
         let connection = Connection::connect(url, properties)
             .await
             .map_err(connect_error)?;

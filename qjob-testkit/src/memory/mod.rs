@@ -1,0 +1,562 @@
+//! [`MemoryBroker`]: RabbitMQ's semantics for what qjob uses, in memory,
+//! on tokio's clock.
+
+mod death;
+mod queue;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use qjob::Error;
+use qjob::broker::{Acker, Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use death::Reason;
+use queue::{ConsumerSlot, Queue, Stored};
+
+/// An in-memory broker. Cheap to clone: clones share the queues.
+///
+/// What it models of RabbitMQ, checked against it by the conformance suite
+/// in `tests/` on every CI run:
+///
+/// - durable queues declared with arguments; a second declare with other
+///   arguments fails with `PRECONDITION_FAILED`;
+/// - publishes confirmed at once; to a missing queue, returned unroutable;
+/// - `x-max-length` with `reject-publish` (a negative confirm; a quorum
+///   queue takes one message over the limit first, as RabbitMQ's does);
+/// - per-consumer prefetch, round-robin delivery, single-active-consumer
+///   queues (the next consumer takes over when the active one leaves);
+/// - manual ack and reject; a requeued message goes back to its original
+///   position, marked redelivered;
+/// - dead-lettering (`x-dead-letter-routing-key`) of rejected and expired
+///   messages, with RabbitMQ's `x-death` and `x-first-death-*` headers;
+/// - per-queue message TTL (`x-message-ttl`) and idle queue expiry
+///   (`x-expires`) on tokio's clock, so `#[tokio::test(start_paused = true)]`
+///   fast-forwards them;
+/// - consumer cancel, and channel or connection loss: everything unsettled
+///   returns to its queue.
+///
+/// Faults for resilience tests: [`MemoryBroker::fail_next_publish`],
+/// [`MemoryBroker::duplicate_next_publish`], [`MemoryBroker::drop_connection`],
+/// [`MemoryBroker::publish_raw`].
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, Queue>,
+    next_id: u64,
+    /// Publishes to fail with a negative confirm: per queue, or `None` for any.
+    failing_publishes: Vec<Option<String>>,
+    /// Queues whose next published message is delivered twice.
+    duplicating: HashSet<String>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        let mut queues: Vec<_> = state.queues.keys().collect();
+        queues.sort();
+        f.debug_struct("MemoryBroker")
+            .field("queues", &queues)
+            .finish()
+    }
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl State {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Stores `message` in `queue` at the back.
+    fn enqueue(&mut self, queue: &str, message: Message, redelivered: bool) -> Option<Instant> {
+        let sequence = self.next_id();
+        let target = self.queues.get_mut(queue)?;
+        let expires_at = target.spec.message_ttl.map(|ttl| Instant::now() + ttl);
+        target.ready.insert(
+            sequence,
+            Stored {
+                message,
+                redelivered,
+                expires_at,
+            },
+        );
+        expires_at
+    }
+
+    /// Dead-letters a message that left `queue` for `reason`: to the queue's
+    /// dead-letter target with an `x-death` record, or nowhere (as RabbitMQ
+    /// drops it) when there is none or the target does not exist.
+    fn dead_letter(
+        &mut self,
+        queue: &str,
+        mut message: Message,
+        reason: Reason,
+    ) -> Option<(String, Instant)> {
+        let target = self.queues.get(queue)?.spec.dead_letter_to.clone()?;
+        death::record(&mut message.headers, queue, reason, unix_seconds());
+        let expires_at = self.enqueue(&target, message, false)?;
+        Some((target, expires_at))
+    }
+
+    /// Expires due messages of every queue with a TTL; returns the expiries
+    /// that dead-lettering scheduled.
+    fn expire_due(&mut self) -> Vec<(String, Instant)> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (name, queue) in &mut self.queues {
+            if queue.spec.message_ttl.is_some() {
+                for message in queue.take_expired(now) {
+                    expired.push((name.clone(), message));
+                }
+            }
+        }
+        expired
+            .into_iter()
+            .filter_map(|(queue, message)| self.dead_letter(&queue, message, Reason::Expired))
+            .collect()
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .expect("memory broker state poisoned")
+    }
+
+    /// Applies `change` to the state, expires due messages, delivers what can
+    /// be delivered and wakes whoever waits on a change.
+    fn update<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
+        let (result, timers) = {
+            let mut state = self.lock();
+            let result = change(&mut state);
+            let timers = state.expire_due();
+            let shared = Arc::downgrade(&self.shared);
+            for queue in state.queues.values_mut() {
+                queue.dispatch(&shared);
+            }
+            (result, timers)
+        };
+        for (_, at) in timers {
+            self.expire_at(at);
+        }
+        self.shared.changed.notify_waiters();
+        result
+    }
+
+    /// Checks for expired messages at `at`.
+    fn expire_at(&self, at: Instant) {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = shared.upgrade() {
+                MemoryBroker { shared }.update(|_| ());
+            }
+        });
+    }
+
+    /// Deletes `queue` once it has been unused (no consumer, no redeclare)
+    /// for its `x-expires`.
+    fn expire_queue_when_unused(&self, queue: String, expires: Duration) {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut at = Instant::now() + expires;
+            loop {
+                tokio::time::sleep_until(at).await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let broker = MemoryBroker { shared };
+                let next = broker.update(|state| {
+                    let q = state.queues.get(&queue)?;
+                    let unused_until = q.last_used + expires;
+                    if q.consumer_ids().is_empty() && unused_until <= Instant::now() {
+                        state.queues.remove(&queue);
+                        None
+                    } else {
+                        Some(unused_until.max(Instant::now() + Duration::from_millis(1)))
+                    }
+                });
+                match next {
+                    Some(next) => at = next,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// The messages ready in `queue` (not delivered to a consumer), oldest first.
+    pub fn messages(&self, queue: &str) -> Vec<Message> {
+        self.lock()
+            .queues
+            .get(queue)
+            .map(|q| q.ready.values().map(|s| s.message.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The number of messages ready in `queue`.
+    pub fn ready_count(&self, queue: &str) -> usize {
+        self.lock().queues.get(queue).map_or(0, |q| q.ready.len())
+    }
+
+    /// The number of messages delivered from `queue` and not yet settled.
+    pub fn unacked_count(&self, queue: &str) -> usize {
+        self.lock().queues.get(queue).map_or(0, Queue::unacked)
+    }
+
+    /// The number of consumers of `queue` (cancelled ones not counted).
+    pub fn consumer_count(&self, queue: &str) -> usize {
+        self.lock()
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.consumers.len())
+    }
+
+    /// Whether `queue` exists.
+    pub fn has_queue(&self, queue: &str) -> bool {
+        self.lock().queues.contains_key(queue)
+    }
+
+    /// The names of every queue, sorted.
+    pub fn queues(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().queues.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Whether there is work that will happen without anyone publishing: a
+    /// delivery unsettled, a message ready in a consumed queue, or a message
+    /// due to expire into another queue within `horizon`.
+    pub fn has_pending_work(&self, horizon: Duration) -> bool {
+        let state = self.lock();
+        let until = Instant::now() + horizon;
+        state.queues.values().any(|q| {
+            q.unacked() > 0
+                || (!q.consumers.is_empty() && !q.ready.is_empty())
+                || (q.spec.dead_letter_to.is_some()
+                    && q.next_expiry().is_some_and(|at| at <= until))
+        })
+    }
+
+    /// Resolves once `queue` exists and holds no message, ready or unacked:
+    /// a shutdown signal for a worker in tests.
+    pub fn wait_until_empty(&self, queue: &str) -> impl Future<Output = ()> + Send + 'static {
+        let broker = self.clone();
+        let queue = queue.to_owned();
+        async move {
+            broker
+                .wait_until(|broker| {
+                    broker
+                        .lock()
+                        .queues
+                        .get(&queue)
+                        .is_some_and(|q| q.ready.is_empty() && q.unacked() == 0)
+                })
+                .await
+        }
+    }
+
+    /// Resolves once `condition` holds on this broker; it is checked after
+    /// every change.
+    pub async fn wait_until(&self, condition: impl Fn(&MemoryBroker) -> bool) {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if condition(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Fault: the next publish (to any queue) gets a negative confirm and is
+    /// not stored, as when RabbitMQ nacks.
+    pub fn fail_next_publish(&self) {
+        self.lock().failing_publishes.push(None);
+    }
+
+    /// Fault: the next publish to `queue` gets a negative confirm.
+    pub fn fail_next_publish_to(&self, queue: &str) {
+        self.lock().failing_publishes.push(Some(queue.to_owned()));
+    }
+
+    /// Fault: the next message published to `queue` is delivered twice (the
+    /// second time marked redelivered), as at-least-once delivery allows.
+    pub fn duplicate_next_publish(&self, queue: &str) {
+        self.lock().duplicating.insert(queue.to_owned());
+    }
+
+    /// Fault: the connection drops. Every consumer's stream ends with an
+    /// error, everything unsettled returns to its queue marked redelivered,
+    /// and acks of earlier deliveries fail. New operations work at once (the
+    /// broker reconnects).
+    pub fn drop_connection(&self) {
+        self.update(|state| {
+            for queue in state.queues.values_mut() {
+                for id in queue.consumer_ids() {
+                    if let Some(slot) = queue.remove_consumer(id) {
+                        let _ = slot
+                            .deliveries
+                            .send(Err(Error::broker("consume", "connection closed")));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Publishes raw bytes with no id and no headers, as a foreign producer
+    /// (or a corrupted message) would.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`].
+    pub async fn publish_raw(&self, queue: &str, body: impl Into<Vec<u8>>) -> Result<(), Error> {
+        let message = Message {
+            body: body.into(),
+            ..Message::default()
+        };
+        self.publish(queue, message).await
+    }
+
+    fn settle(
+        &self,
+        queue: &str,
+        consumer: u64,
+        sequence: u64,
+        settlement: Settlement,
+    ) -> Result<(), Error> {
+        self.update(|state| {
+            let closed = || Error::broker("settle", "the delivery's channel is closed");
+            let target = state.queues.get_mut(queue).ok_or_else(closed)?;
+            let slot = target.slot_mut(consumer).ok_or_else(closed)?;
+            let mut stored = slot.unacked.remove(&sequence).ok_or_else(closed)?;
+            match settlement {
+                Settlement::Ack => Ok(None),
+                Settlement::Requeue => {
+                    stored.redelivered = true;
+                    target.ready.insert(sequence, stored);
+                    Ok(None)
+                }
+                Settlement::Discard => Ok(state
+                    .dead_letter(queue, stored.message, Reason::Rejected)
+                    .map(|(_, at)| at)),
+            }
+        })
+        .map(|expiry| {
+            if let Some(at) = expiry {
+                self.expire_at(at);
+            }
+        })
+    }
+
+    fn cancel_consumer(&self, queue: &str, consumer: u64) {
+        self.update(|state| {
+            if let Some(queue) = state.queues.get_mut(queue) {
+                queue.cancel_consumer(consumer);
+            }
+        });
+    }
+
+    fn remove_consumer(&self, queue: &str, consumer: u64) {
+        self.update(|state| {
+            if let Some(queue) = state.queues.get_mut(queue) {
+                queue.remove_consumer(consumer);
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
+        let created = self.update(|state| match state.queues.get_mut(&spec.name) {
+            Some(existing) if existing.spec != *spec => Err(Error::broker(
+                format!("declare queue {:?}", spec.name),
+                format!(
+                    "PRECONDITION_FAILED - inequivalent arguments: declared {:?}, requested {:?}",
+                    existing.spec, spec
+                ),
+            )),
+            Some(existing) => {
+                existing.last_used = Instant::now();
+                Ok(false)
+            }
+            None => {
+                state
+                    .queues
+                    .insert(spec.name.clone(), Queue::new(spec.clone()));
+                Ok(true)
+            }
+        })?;
+        if let (true, Some(expires)) = (created, spec.expires) {
+            self.expire_queue_when_unused(spec.name.clone(), expires);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
+        let expiry = self.update(|state| {
+            if !state.queues.contains_key(queue) {
+                return Err(Error::Unroutable {
+                    queue: queue.to_owned(),
+                    reason: "NO_ROUTE".into(),
+                });
+            }
+            let failing = state
+                .failing_publishes
+                .iter()
+                .position(|target| target.as_deref().is_none_or(|t| t == queue));
+            if let Some(index) = failing {
+                state.failing_publishes.remove(index);
+                return Err(Error::PublishRejected {
+                    queue: queue.to_owned(),
+                });
+            }
+            if state.queues[queue].is_full() {
+                return Err(Error::PublishRejected {
+                    queue: queue.to_owned(),
+                });
+            }
+            if state.duplicating.remove(queue) {
+                state.enqueue(queue, message.clone(), true);
+            }
+            Ok(state.enqueue(queue, message, false))
+        })?;
+        if let Some(at) = expiry {
+            self.expire_at(at);
+        }
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<Box<dyn Subscription>, Error> {
+        let (deliveries, receiver) = mpsc::unbounded_channel();
+        let id = self.update(|state| {
+            let id = state.next_id();
+            let Some(target) = state.queues.get_mut(queue) else {
+                return Err(Error::broker(
+                    format!("consume queue {queue:?}"),
+                    format!("NOT_FOUND - no queue {queue:?}"),
+                ));
+            };
+            target.last_used = Instant::now();
+            target.consumers.push_back(ConsumerSlot {
+                id,
+                prefetch: usize::from(options.prefetch.max(1)),
+                unacked: Default::default(),
+                deliveries,
+            });
+            Ok(id)
+        })?;
+        Ok(Box::new(MemorySubscription {
+            broker: self.clone(),
+            queue: queue.to_owned(),
+            id,
+            receiver,
+        }))
+    }
+}
+
+struct MemorySubscription {
+    broker: MemoryBroker,
+    queue: String,
+    id: u64,
+    receiver: mpsc::UnboundedReceiver<Result<Delivery, Error>>,
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        self.receiver.recv().await
+    }
+
+    async fn cancel(&mut self) -> Result<(), Error> {
+        self.broker.cancel_consumer(&self.queue, self.id);
+        Ok(())
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        self.receiver.close();
+        self.broker.remove_consumer(&self.queue, self.id);
+    }
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy)]
+enum Settlement {
+    Ack,
+    Requeue,
+    /// Rejected without requeue: dead-lettered if the queue says where.
+    Discard,
+}
+
+pub(crate) struct MemoryAcker {
+    shared: Weak<Shared>,
+    queue: String,
+    consumer: u64,
+    sequence: u64,
+    settled: AtomicBool,
+}
+
+impl MemoryAcker {
+    fn settle(&self, settlement: Settlement) -> Result<(), Error> {
+        if self.settled.swap(true, Ordering::SeqCst) {
+            return Err(Error::broker("settle", "the delivery was already settled"));
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            return Err(Error::broker("settle", "the broker is gone"));
+        };
+        MemoryBroker { shared }.settle(&self.queue, self.consumer, self.sequence, settlement)
+    }
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(&self) -> Result<(), Error> {
+        self.settle(Settlement::Ack)
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), Error> {
+        self.settle(if requeue {
+            Settlement::Requeue
+        } else {
+            Settlement::Discard
+        })
+    }
+}

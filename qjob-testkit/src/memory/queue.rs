@@ -1,0 +1,169 @@
+//! One queue's state: ready messages in publish order, consumers with their
+//! unsettled deliveries, and the dispatch that hands messages out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Weak;
+use std::sync::atomic::AtomicBool;
+
+use qjob::Error;
+use qjob::QueueType;
+use qjob::broker::{Delivery, Message, QueueSpec};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{MemoryAcker, Shared};
+
+pub(super) struct Stored {
+    pub(super) message: Message,
+    pub(super) redelivered: bool,
+    /// When a message in a queue with a message TTL expires.
+    pub(super) expires_at: Option<Instant>,
+}
+
+pub(super) type Deliveries = mpsc::UnboundedSender<Result<Delivery, Error>>;
+
+pub(super) struct ConsumerSlot {
+    pub(super) id: u64,
+    pub(super) prefetch: usize,
+    pub(super) unacked: BTreeMap<u64, Stored>,
+    pub(super) deliveries: Deliveries,
+}
+
+pub(super) struct Queue {
+    pub(super) spec: QueueSpec,
+    /// Ready messages by publish sequence, so a requeued message goes back
+    /// to its original position.
+    pub(super) ready: BTreeMap<u64, Stored>,
+    pub(super) consumers: VecDeque<ConsumerSlot>,
+    /// Cancelled consumers that still hold unsettled deliveries.
+    pub(super) cancelled: Vec<ConsumerSlot>,
+    /// Last declare or consume, for `x-expires`.
+    pub(super) last_used: Instant,
+}
+
+impl Queue {
+    pub(super) fn new(spec: QueueSpec) -> Self {
+        Self {
+            spec,
+            ready: BTreeMap::new(),
+            consumers: VecDeque::new(),
+            cancelled: Vec::new(),
+            last_used: Instant::now(),
+        }
+    }
+
+    /// Whether a publish is rejected (`x-overflow = reject-publish`). Only
+    /// ready messages count. Quorum queues check before adding, so they hold
+    /// one message over the limit; classic queues never exceed it.
+    pub(super) fn is_full(&self) -> bool {
+        let Some(max) = self.spec.max_length else {
+            return false;
+        };
+        let ready = self.ready.len();
+        match self.spec.queue_type {
+            QueueType::Quorum => ready > max as usize,
+            _ => ready >= max as usize,
+        }
+    }
+
+    pub(super) fn unacked(&self) -> usize {
+        self.slots().map(|c| c.unacked.len()).sum()
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &ConsumerSlot> {
+        self.consumers.iter().chain(&self.cancelled)
+    }
+
+    pub(super) fn slot_mut(&mut self, consumer: u64) -> Option<&mut ConsumerSlot> {
+        self.consumers
+            .iter_mut()
+            .chain(&mut self.cancelled)
+            .find(|c| c.id == consumer)
+    }
+
+    /// Moves a consumer out of the dispatch rotation; its unsettled
+    /// deliveries stay with it until settled or it is removed.
+    pub(super) fn cancel_consumer(&mut self, consumer: u64) {
+        if let Some(index) = self.consumers.iter().position(|c| c.id == consumer) {
+            let slot = self.consumers.remove(index).expect("index is in range");
+            self.cancelled.push(slot);
+        }
+    }
+
+    /// Removes a consumer and requeues what it held, marked redelivered.
+    pub(super) fn remove_consumer(&mut self, consumer: u64) -> Option<ConsumerSlot> {
+        let mut slot = if let Some(index) = self.consumers.iter().position(|c| c.id == consumer) {
+            self.consumers.remove(index).expect("index is in range")
+        } else if let Some(index) = self.cancelled.iter().position(|c| c.id == consumer) {
+            self.cancelled.swap_remove(index)
+        } else {
+            return None;
+        };
+        for (sequence, mut stored) in std::mem::take(&mut slot.unacked) {
+            stored.redelivered = true;
+            self.ready.insert(sequence, stored);
+        }
+        Some(slot)
+    }
+
+    /// The ids of every consumer, cancelled or not.
+    pub(super) fn consumer_ids(&self) -> Vec<u64> {
+        self.slots().map(|c| c.id).collect()
+    }
+
+    /// Removes the expired messages at the head (RabbitMQ expires messages
+    /// of a queue with a message TTL from the head).
+    pub(super) fn take_expired(&mut self, now: Instant) -> Vec<Message> {
+        let mut expired = Vec::new();
+        while let Some(entry) = self.ready.first_entry() {
+            match entry.get().expires_at {
+                Some(at) if at <= now => expired.push(entry.remove().message),
+                _ => break,
+            }
+        }
+        expired
+    }
+
+    /// The earliest expiry among ready messages.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.ready.values().filter_map(|s| s.expires_at).min()
+    }
+
+    /// Hands ready messages to consumers with free prefetch, round robin
+    /// (only the first consumer of a single-active-consumer queue).
+    pub(super) fn dispatch(&mut self, shared: &Weak<Shared>) {
+        let active = if self.spec.single_active {
+            self.consumers.len().min(1)
+        } else {
+            self.consumers.len()
+        };
+        let mut idle_turns = 0;
+        while !self.ready.is_empty() && idle_turns < active {
+            let slot = self.consumers.front_mut().expect("active consumers exist");
+            if slot.unacked.len() >= slot.prefetch || slot.deliveries.is_closed() {
+                idle_turns += 1;
+            } else {
+                idle_turns = 0;
+                let (sequence, stored) = self.ready.pop_first().expect("not empty");
+                let delivery = Delivery {
+                    message: stored.message.clone(),
+                    redelivered: stored.redelivered,
+                    acker: Box::new(MemoryAcker {
+                        shared: shared.clone(),
+                        queue: self.spec.name.clone(),
+                        consumer: slot.id,
+                        sequence,
+                        settled: AtomicBool::new(false),
+                    }),
+                };
+                slot.unacked.insert(sequence, stored);
+                // A closed receiver is a dropped subscription, whose Drop
+                // removes the consumer and requeues this message.
+                let _ = slot.deliveries.send(Ok(delivery));
+            }
+            if !self.spec.single_active {
+                self.consumers.rotate_left(1);
+            }
+        }
+    }
+}
