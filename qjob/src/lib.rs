@@ -9,6 +9,7 @@ mod error;
 pub mod headers;
 mod job;
 mod options;
+pub mod policy;
 mod topology;
 mod worker;
 

@@ -11,8 +11,9 @@ use tracing::Instrument;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
 use crate::headers::Envelope;
+use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::runnable::{Outcome, Runnable};
-use crate::worker::settle::{self, Action};
+use crate::worker::settle::{self, Action, Attempt, Routes};
 use crate::{Error, JobContext, JobId, JobOptions, topology};
 
 /// Longest wait between two attempts to resubscribe.
@@ -158,8 +159,12 @@ impl Consumer {
         Handler {
             broker: self.broker.clone(),
             job: self.job.clone(),
-            queue: self.options.queue().to_owned(),
-            dead_letter_queue: self.options.dead_letter_queue(),
+            routes: Routes {
+                queue: self.options.queue().to_owned(),
+                dead_letter_queue: self.options.dead_letter_queue(),
+                queue_type: self.options.queue_type(),
+            },
+            backoff: BackoffPolicy::new(self.options.backoff()),
             max_attempts: self.options.max_attempts(),
             timeout: self.options.timeout(),
         }
@@ -170,8 +175,8 @@ impl Consumer {
 struct Handler {
     broker: Arc<dyn Broker>,
     job: Arc<dyn Runnable>,
-    queue: String,
-    dead_letter_queue: String,
+    routes: Routes,
+    backoff: BackoffPolicy,
     max_attempts: u32,
     timeout: Option<Duration>,
 }
@@ -181,7 +186,7 @@ impl Handler {
         let (outcome, attempt, job_id) = match Envelope::read(&delivery.message) {
             Ok(envelope) => {
                 let ctx = JobContext::delivered(
-                    &self.queue,
+                    &self.routes.queue,
                     envelope.job_id.clone(),
                     envelope.attempt,
                     self.max_attempts,
@@ -191,7 +196,7 @@ impl Handler {
                 let span = tracing::info_span!(
                     "qjob.attempt",
                     job = self.job.name(),
-                    queue = &*self.queue,
+                    queue = &*self.routes.queue,
                     job_id = %envelope.job_id,
                     attempt = envelope.attempt,
                     redelivered = delivery.redelivered,
@@ -210,20 +215,31 @@ impl Handler {
                 JobId::from(delivery.message.id.clone().unwrap_or_default()),
             ),
         };
-        let action = settle::decide(outcome, attempt, self.max_attempts);
+        let action = settle::decide(
+            outcome,
+            &Attempt {
+                number: attempt,
+                max_attempts: self.max_attempts,
+                backoff: &self.backoff,
+                jitter: backoff::jitter_for(job_id.as_str(), attempt),
+            },
+        );
         match &action {
-            Action::Ack => tracing::debug!(queue = &*self.queue, %job_id, attempt, "job succeeded"),
-            Action::Retry { error } => {
+            Action::Ack => {
+                tracing::debug!(queue = &*self.routes.queue, %job_id, attempt, "job succeeded")
+            }
+            Action::Retry { error, delay } => {
                 tracing::info!(
-                    queue = &*self.queue,
+                    queue = &*self.routes.queue,
                     %job_id,
                     attempt,
                     error,
+                    retry_in = ?delay,
                     "job failed; retrying"
                 )
             }
             Action::DeadLetter { reason, error } => tracing::warn!(
-                queue = &*self.queue,
+                queue = &*self.routes.queue,
                 %job_id,
                 attempt,
                 reason = reason.as_str(),
@@ -231,17 +247,9 @@ impl Handler {
                 "job dead-lettered"
             ),
         }
-        let settled = settle::apply(
-            &*self.broker,
-            &self.queue,
-            &self.dead_letter_queue,
-            attempt,
-            action,
-            delivery,
-        )
-        .await;
+        let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
         if let Err(error) = settled {
-            tracing::warn!(queue = &*self.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+            tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
         }
     }
 }

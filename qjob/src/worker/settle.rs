@@ -2,13 +2,13 @@
 //! then the broker operations that carry it out in an at-least-once order
 //! (publish and confirm first, ack last).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::Error;
 use crate::broker::{Broker, Delivery, HeaderValue, Message};
 use crate::error::FailureKind;
-use crate::headers;
+use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::runnable::Outcome;
+use crate::{Error, QueueType, headers, topology};
 
 /// Why a job was dead-lettered, as written in the `qjob-reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,12 +31,22 @@ impl DeadReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
     Ack,
-    Retry { error: String },
+    Retry { error: String, delay: Duration },
     DeadLetter { reason: DeadReason, error: String },
 }
 
-/// Decides the fate of attempt `attempt` out of `max_attempts`.
-pub(crate) fn decide(outcome: Outcome, attempt: u32, max_attempts: u32) -> Action {
+/// What the decision needs to know about the attempt beyond its outcome.
+pub(crate) struct Attempt<'a> {
+    pub(crate) number: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: &'a BackoffPolicy,
+    /// In `[0, 1)`, for the backoff's jitter.
+    pub(crate) jitter: f64,
+}
+
+/// Decides the fate of an attempt.
+pub(crate) fn decide(outcome: Outcome, attempt: &Attempt<'_>) -> Action {
+    let mut after = None;
     let (error, retryable) = match outcome {
         Outcome::Succeeded => return Action::Ack,
         Outcome::Malformed(reason) => {
@@ -45,7 +55,12 @@ pub(crate) fn decide(outcome: Outcome, attempt: u32, max_attempts: u32) -> Actio
                 error: reason,
             };
         }
-        Outcome::Failed(error) => (error.chain(), error.kind() != FailureKind::Permanent),
+        Outcome::Failed(error) => {
+            if let FailureKind::RetryAfter(delay) = error.kind() {
+                after = Some(delay);
+            }
+            (error.chain(), error.kind() != FailureKind::Permanent)
+        }
         Outcome::Panicked(message) => (message, true),
         Outcome::TimedOut(limit) => (format!("handler timed out after {limit:?}"), true),
     };
@@ -54,8 +69,12 @@ pub(crate) fn decide(outcome: Outcome, attempt: u32, max_attempts: u32) -> Actio
             reason: DeadReason::Permanent,
             error,
         }
-    } else if attempt < max_attempts {
-        Action::Retry { error }
+    } else if attempt.number < attempt.max_attempts {
+        let delay = match after {
+            Some(delay) => backoff::round_up(delay),
+            None => attempt.backoff.delay(attempt.number, attempt.jitter),
+        };
+        Action::Retry { error, delay }
     } else {
         Action::DeadLetter {
             reason: DeadReason::RetriesExhausted,
@@ -93,13 +112,19 @@ pub(crate) fn dead_letter_message(
     message
 }
 
+/// Where a job type's messages go.
+pub(crate) struct Routes {
+    pub(crate) queue: String,
+    pub(crate) dead_letter_queue: String,
+    pub(crate) queue_type: QueueType,
+}
+
 /// Carries out `action` for `delivery`: for a retry or a dead letter the new
 /// message is confirmed before the original is acked. If that publish fails
 /// the delivery is requeued, so nothing is lost.
 pub(crate) async fn apply(
     broker: &dyn Broker,
-    queue: &str,
-    dead_letter_queue: &str,
+    routes: &Routes,
     attempt: u32,
     action: Action,
     delivery: Delivery,
@@ -107,10 +132,26 @@ pub(crate) async fn apply(
     let Delivery { message, acker, .. } = delivery;
     let published = match action {
         Action::Ack => Ok(()),
-        Action::Retry { .. } => broker.publish(queue, retry_message(message, attempt)).await,
+        Action::Retry { delay, .. } if delay.is_zero() => {
+            broker
+                .publish(&routes.queue, retry_message(message, attempt))
+                .await
+        }
+        Action::Retry { delay, .. } => {
+            // Redeclared before every use: that renews its x-expires lease.
+            let spec = topology::delay_queue(&routes.queue, routes.queue_type, delay);
+            match broker.declare_queue(&spec).await {
+                Ok(()) => {
+                    broker
+                        .publish(&spec.name, retry_message(message, attempt))
+                        .await
+                }
+                Err(error) => Err(error),
+            }
+        }
         Action::DeadLetter { reason, error } => {
-            let dead = dead_letter_message(message, queue, attempt, reason, &error);
-            broker.publish(dead_letter_queue, dead).await
+            let dead = dead_letter_message(message, &routes.queue, attempt, reason, &error);
+            broker.publish(&routes.dead_letter_queue, dead).await
         }
     };
     match published {
@@ -128,11 +169,44 @@ pub(crate) async fn apply(
 mod tests {
     use super::*;
     use crate::JobError;
-    use std::time::Duration;
+
+    const FIXED: BackoffPolicy = BackoffPolicy::new(crate::Backoff::Fixed(Duration::from_secs(2)));
+
+    fn decide(outcome: Outcome, number: u32, max_attempts: u32) -> Action {
+        super::decide(
+            outcome,
+            &Attempt {
+                number,
+                max_attempts,
+                backoff: &FIXED,
+                jitter: 0.5,
+            },
+        )
+    }
 
     #[test]
     fn success_acks() {
         assert_eq!(decide(Outcome::Succeeded, 1, 1), Action::Ack);
+    }
+
+    #[test]
+    fn retries_wait_the_backoff_or_what_the_error_asks() {
+        let failed = Outcome::Failed(JobError::msg("boom"));
+        assert_eq!(
+            decide(failed, 1, 3),
+            Action::Retry {
+                error: "boom".into(),
+                delay: Duration::from_secs(2)
+            }
+        );
+        let busy = JobError::retry_after(JobError::msg("busy"), Duration::from_millis(7001));
+        assert_eq!(
+            decide(Outcome::Failed(busy), 1, 3),
+            Action::Retry {
+                error: "busy".into(),
+                delay: Duration::from_millis(7010)
+            }
+        );
     }
 
     #[test]

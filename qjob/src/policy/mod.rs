@@ -1,0 +1,4 @@
+//! Policies: plain, synchronous state machines and functions that the
+//! dispatch loop applies. They know nothing of brokers or async.
+
+pub mod backoff;
