@@ -34,6 +34,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod harness;
 mod memory;
+mod records;
 
+pub use harness::{DEFAULT_HORIZON, DeadLetter, TestKit};
 pub use memory::MemoryBroker;
+pub use records::Attempt;

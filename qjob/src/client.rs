@@ -5,8 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 
-use crate::broker::Broker;
+use std::time::Duration;
+
+use crate::broker::{Broker, Message};
 use crate::job::{Job, JobId};
+use crate::policy::backoff;
 use crate::{Error, headers, topology};
 
 /// How many publishes [`Client::enqueue_all`] keeps awaiting confirms at once.
@@ -68,6 +71,34 @@ impl Client {
         self.publish::<J>(&payload).await
     }
 
+    /// Publishes one job to run after `delay`, and returns its id once the
+    /// broker confirmed it. The job waits in a delay queue on the broker
+    /// (`<queue>.delay.<ms>ms`, a message TTL that dead-letters into the work
+    /// queue), so it survives restarts and needs no broker plugin. The delay
+    /// is rounded up to 10 ms (to whole seconds from 10 s).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue`].
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        payload: J::Payload,
+        delay: Duration,
+    ) -> Result<JobId, Error> {
+        let delay = backoff::round_up(delay);
+        if delay.is_zero() {
+            return self.enqueue::<J>(payload).await;
+        }
+        self.ensure_declared::<J>().await?;
+        let options = J::options();
+        // Redeclared on every use: that renews its x-expires lease.
+        let spec = topology::delay_queue(J::QUEUE, options.queue_type(), delay);
+        self.broker.declare_queue(&spec).await?;
+        let (id, message) = Self::message::<J>(&payload)?;
+        self.broker.publish(&spec.name, message).await?;
+        Ok(id)
+    }
+
     /// Publishes many jobs with their confirms pipelined, and returns each
     /// one's outcome in input order.
     ///
@@ -89,15 +120,19 @@ impl Client {
     }
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<JobId, Error> {
+        let (id, message) = Self::message::<J>(payload)?;
+        self.broker.publish(J::QUEUE, message).await?;
+        Ok(id)
+    }
+
+    fn message<J: Job>(payload: &J::Payload) -> Result<(JobId, Message), Error> {
         let body = serde_json::to_vec(payload).map_err(|source| Error::Serialize {
             job: J::NAME,
             source,
         })?;
         let id = JobId::new();
-        self.broker
-            .publish(J::QUEUE, headers::new_job(J::NAME, &id, body))
-            .await?;
-        Ok(id)
+        let message = headers::new_job(J::NAME, &id, body);
+        Ok((id, message))
     }
 
     async fn ensure_declared<J: Job>(&self) -> Result<(), Error> {

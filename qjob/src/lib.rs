@@ -23,7 +23,9 @@ pub use options::{
     QueueType, RateLimit,
 };
 pub use qjob_macros::job;
-pub use worker::{DEFAULT_SHUTDOWN_TIMEOUT, Worker, WorkerBuilder};
+pub use worker::{
+    AttemptEvent, AttemptOutcome, DEFAULT_SHUTDOWN_TIMEOUT, Observer, Worker, WorkerBuilder,
+};
 
 #[doc(hidden)]
 pub mod __private {

@@ -21,3 +21,17 @@ test_job!(stuck, "qjob.test.stuck");
 test_job!(prefetch, "qjob.test.prefetch", prefetch = 7);
 test_job!(panic_always, "qjob.test.panic-always", retry = 1);
 test_job!(timeout, "qjob.test.timeout", retry = 0, timeout = "150ms");
+test_job!(
+    backoff,
+    "qjob.test.backoff",
+    retry = 2,
+    backoff = fixed("300ms")
+);
+test_job!(
+    single_slot,
+    "qjob.test.single-slot",
+    prefetch = 1,
+    concurrency = 1,
+    backoff = fixed("1s")
+);
+test_job!(noop, "qjob.test.noop", retry = 0);

@@ -56,6 +56,8 @@ pub enum Act {
     Succeed,
     /// Fails with a retryable error every time.
     Fail,
+    /// Fails with a retryable error on the first attempt only.
+    FailFirst,
     /// Fails permanently.
     FailPermanently,
     /// Panics on attempts before this one, then succeeds.
@@ -92,6 +94,8 @@ pub struct Probe {
     pub done: Mutex<Vec<u32>>,
     /// Attempt numbers seen, in order.
     pub attempt_numbers: Mutex<Vec<u32>>,
+    /// When each attempt started, in order.
+    pub attempt_times: Mutex<Vec<tokio::time::Instant>>,
     changed: Notify,
     released: tokio::sync::watch::Sender<bool>,
 }
@@ -144,6 +148,11 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
     let probe = probe(&task.tag);
     probe.attempts.fetch_add(1, Ordering::SeqCst);
     probe.attempt_numbers.lock().unwrap().push(ctx.attempt());
+    probe
+        .attempt_times
+        .lock()
+        .unwrap()
+        .push(tokio::time::Instant::now());
     let now = probe.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     probe.max_in_flight.fetch_max(now, Ordering::SeqCst);
     probe.notify();
@@ -151,6 +160,10 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
     match task.act {
         Act::Succeed => {}
         Act::Fail => return Err(JobError::msg(format!("task {} failed", task.seq))),
+        Act::FailFirst if ctx.attempt() == 1 => {
+            return Err(JobError::msg(format!("task {} failed once", task.seq)));
+        }
+        Act::FailFirst => {}
         Act::FailPermanently => {
             return Err(JobError::permanent(JobError::msg("permanently broken")));
         }
@@ -234,18 +247,20 @@ impl Rabbit {
         }
     }
 
-    /// The number of ready messages in `queue`.
+    /// The number of ready messages in `queue` (0 if it does not exist).
     pub async fn ready(&self, queue: &str) -> u32 {
-        self.passive(queue).await.message_count()
+        self.passive(queue).await.map_or(0, |q| q.message_count())
     }
 
-    /// The number of consumers of `queue`.
+    /// The number of consumers of `queue` (0 if it does not exist).
     pub async fn consumers(&self, queue: &str) -> u32 {
-        self.passive(queue).await.consumer_count()
+        self.passive(queue).await.map_or(0, |q| q.consumer_count())
     }
 
-    async fn passive(&self, queue: &str) -> lapin::Queue {
-        self.channel
+    /// A passive declare, on a channel of its own: a missing queue closes it.
+    async fn passive(&self, queue: &str) -> Option<lapin::Queue> {
+        let channel = self._connection.create_channel().await.unwrap();
+        let declared = channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -255,7 +270,11 @@ impl Rabbit {
                 FieldTable::default(),
             )
             .await
-            .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
+            .ok();
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        declared
     }
 
     /// Waits until `queue` holds `count` ready messages, failing after `limit`.
@@ -474,6 +493,9 @@ macro_rules! worker_tests {
             shutdown_timeout_abandons_stuck_handlers StuckJob,
             panicking_to_the_end_dead_letters PanicAlwaysJob,
             a_timeout_is_a_failed_attempt TimeoutJob,
+            retries_wait_their_backoff_in_a_delay_queue BackoffJob,
+            a_retry_in_backoff_holds_no_prefetch_slot SingleSlotJob,
+            a_delayed_job_runs_after_its_delay NoopJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

@@ -485,3 +485,105 @@ pub async fn a_timeout_is_a_failed_attempt<J: Job<Payload = Task>>(env: &Env, jo
     let error = header(&dead[0], headers::ERROR).to_string();
     assert_eq!(error, format!("handler timed out after {timeout:?}"));
 }
+
+/// A retry waits its backoff in the job's delay queue on the broker, then
+/// comes back: attempts are spaced by the backoff, and the dead letter
+/// comes after the last.
+pub async fn retries_wait_their_backoff_in_a_delay_queue<J: Job<Payload = Task>>(
+    env: &Env,
+    job: J,
+) {
+    let qjob::Backoff::Fixed(delay) = J::options().backoff() else {
+        panic!("scenario needs a fixed backoff");
+    };
+    let delay_queue = format!("{}.delay.{}ms", J::QUEUE, delay.as_millis());
+    env.reset::<J>().await;
+    env.delete_queues(&[&delay_queue]).await;
+    let tag = env.tag::<J>();
+    env.client()
+        .enqueue::<J>(Task::new(&tag, 1, Act::Fail))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    env.wait_ready(&delay_queue, 1).await;
+    let dlq = J::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    let probe = probe(&tag);
+    let times = probe.attempt_times.lock().unwrap().clone();
+    assert_eq!(times.len(), 3);
+    for gap in times.windows(2).map(|w| w[1] - w[0]) {
+        assert!(gap >= delay, "attempts {gap:?} apart, backoff {delay:?}");
+        assert!(
+            gap < delay + Duration::from_secs(3),
+            "attempts {gap:?} apart"
+        );
+    }
+    let dead = env.take_all(&dlq).await;
+    assert_eq!(header(&dead[0], headers::ATTEMPTS), &HeaderValue::Int(3));
+    assert_eq!(env.ready(&delay_queue).await, 0);
+}
+
+/// While a retry waits out its backoff, it holds no prefetch slot: with
+/// prefetch 1, the jobs behind it all run before it comes back.
+pub async fn a_retry_in_backoff_holds_no_prefetch_slot<J: Job<Payload = Task>>(env: &Env, job: J) {
+    assert_eq!(J::options().prefetch(), 1, "scenario needs prefetch = 1");
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let client = env.client();
+    client
+        .enqueue::<J>(Task::new(&tag, 0, Act::FailFirst))
+        .await
+        .unwrap();
+    let others = 20;
+    client
+        .enqueue_all::<J>((1..=others).map(|seq| Task::new(&tag, seq, Act::Succeed)))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let probe = probe(&tag);
+    probe
+        .wait("every job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == others + 1
+        })
+        .await;
+    running.stop().await.unwrap();
+    let done = probe.done.lock().unwrap().clone();
+    assert_eq!(
+        done.last(),
+        Some(&0),
+        "the retried job came back last: {done:?}"
+    );
+    assert_eq!(done.len() as u32, others + 1);
+}
+
+/// `enqueue_in` holds the job on the broker for its delay, then it runs.
+pub async fn a_delayed_job_runs_after_its_delay<J: Job<Payload = Task>>(env: &Env, job: J) {
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let running = env.start(job);
+    let delay = Duration::from_millis(400);
+    let enqueued = tokio::time::Instant::now();
+    env.client()
+        .enqueue_in::<J>(Task::new(&tag, 1, Act::Succeed), delay)
+        .await
+        .unwrap();
+    env.client()
+        .enqueue::<J>(Task::new(&tag, 2, Act::Succeed))
+        .await
+        .unwrap();
+    let probe = probe(&tag);
+    probe
+        .wait("both jobs", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [2, 1]);
+    let times = probe.attempt_times.lock().unwrap().clone();
+    assert!(
+        times[1] - enqueued >= delay,
+        "ran after {:?}",
+        times[1] - enqueued
+    );
+}

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
+use crate::worker::observer::{AttemptEvent, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::settle::{self, Action, Attempt, Routes};
 use crate::{Error, JobContext, JobId, JobOptions, topology};
@@ -25,6 +26,7 @@ pub(crate) struct Consumer {
     pub(crate) options: JobOptions,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) tag: String,
+    pub(crate) observers: Arc<[Arc<dyn Observer>]>,
 }
 
 impl Consumer {
@@ -167,6 +169,7 @@ impl Consumer {
             backoff: BackoffPolicy::new(self.options.backoff()),
             max_attempts: self.options.max_attempts(),
             timeout: self.options.timeout(),
+            observers: self.observers.clone(),
         }
     }
 }
@@ -179,6 +182,7 @@ struct Handler {
     backoff: BackoffPolicy,
     max_attempts: u32,
     timeout: Option<Duration>,
+    observers: Arc<[Arc<dyn Observer>]>,
 }
 
 impl Handler {
@@ -247,9 +251,31 @@ impl Handler {
                 "job dead-lettered"
             ),
         }
+        let report = (!self.observers.is_empty()).then(|| {
+            (
+                action.outcome(),
+                delivery.message.body.clone(),
+                delivery.redelivered,
+            )
+        });
         let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
         if let Err(error) = settled {
             tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+            return;
+        }
+        if let Some((outcome, payload, redelivered)) = report {
+            let event = AttemptEvent {
+                job: self.job.name(),
+                queue: &self.routes.queue,
+                job_id: &job_id,
+                attempt,
+                redelivered,
+                payload: &payload,
+                outcome: &outcome,
+            };
+            for observer in self.observers.iter() {
+                observer.attempt_settled(&event);
+            }
         }
     }
 }

@@ -1,8 +1,11 @@
 //! [`Worker`]: consumes the registered jobs' queues and runs their handlers.
 
 mod consumer;
+mod observer;
 mod runnable;
 mod settle;
+
+pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -24,6 +27,7 @@ pub struct WorkerBuilder {
     broker: Arc<dyn Broker>,
     jobs: Vec<Arc<dyn Runnable>>,
     shutdown_timeout: Duration,
+    observers: Vec<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -53,12 +57,19 @@ impl WorkerBuilder {
         self
     }
 
+    /// Adds an observer, told about every settled attempt.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
     /// The worker.
     pub fn build(self) -> Worker {
         Worker {
             broker: self.broker,
             jobs: self.jobs,
             shutdown_timeout: self.shutdown_timeout,
+            observers: self.observers.into(),
         }
     }
 }
@@ -89,6 +100,7 @@ pub struct Worker {
     broker: Arc<dyn Broker>,
     jobs: Vec<Arc<dyn Runnable>>,
     shutdown_timeout: Duration,
+    observers: Arc<[Arc<dyn Observer>]>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -114,6 +126,7 @@ impl Worker {
             broker,
             jobs: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            observers: Vec::new(),
         }
     }
 
@@ -194,6 +207,7 @@ impl Worker {
                     tag: format!("qjob.{}.{host}.{index}", job.name()),
                     options,
                     shutdown_timeout: self.shutdown_timeout,
+                    observers: self.observers.clone(),
                 })
             })
             .collect()

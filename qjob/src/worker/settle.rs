@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::broker::{Broker, Delivery, HeaderValue, Message};
 use crate::error::FailureKind;
 use crate::policy::backoff::{self, BackoffPolicy};
+use crate::worker::observer::AttemptOutcome;
 use crate::worker::runnable::Outcome;
 use crate::{Error, QueueType, headers, topology};
 
@@ -33,6 +34,23 @@ pub(crate) enum Action {
     Ack,
     Retry { error: String, delay: Duration },
     DeadLetter { reason: DeadReason, error: String },
+}
+
+impl Action {
+    /// The outcome as observers see it.
+    pub(crate) fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Action::Ack => AttemptOutcome::Succeeded,
+            Action::Retry { error, delay } => AttemptOutcome::Retrying {
+                error: error.clone(),
+                delay: *delay,
+            },
+            Action::DeadLetter { reason, error } => AttemptOutcome::DeadLettered {
+                reason: reason.as_str(),
+                error: error.clone(),
+            },
+        }
+    }
 }
 
 /// What the decision needs to know about the attempt beyond its outcome.

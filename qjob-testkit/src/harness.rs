@@ -1,0 +1,399 @@
+//! [`TestKit`]: run jobs on a [`MemoryBroker`] and assert what happened.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qjob::broker::HeaderValue;
+use qjob::{AttemptOutcome, Client, Error, Job, JobContext, JobError, JobId, Worker, headers};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::MemoryBroker;
+use crate::records::{Attempt, Records};
+
+/// How far ahead [`TestKit::run_until_idle`] looks for delayed work by default.
+pub const DEFAULT_HORIZON: Duration = Duration::from_secs(24 * 3600);
+
+type Register = Box<dyn Fn(qjob::WorkerBuilder) -> qjob::WorkerBuilder + Send + Sync>;
+
+/// A test harness: an in-memory broker, a client, a worker for the
+/// registered jobs, and queries over everything that happened.
+///
+/// Use it under `#[tokio::test(start_paused = true)]`: retries, backoff and
+/// delays then run on virtual time, in milliseconds of real time.
+///
+/// # Examples
+///
+/// ```
+/// use qjob::{job, JobContext, JobError};
+/// use qjob_testkit::TestKit;
+///
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Charge { account: String, cents: u64 }
+///
+/// #[job(queue = "docs.kit.charge", retry = 2, backoff = exponential(base = "1s", max = "1m"))]
+/// async fn charge(job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+///     if job.account == "frozen" {
+///         return Err(JobError::msg("account frozen"));
+///     }
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let mut kit = TestKit::new().register(ChargeJob);
+/// kit.enqueue::<ChargeJob>(Charge { account: "a".into(), cents: 5 }).await.unwrap();
+/// kit.enqueue::<ChargeJob>(Charge { account: "frozen".into(), cents: 7 }).await.unwrap();
+/// kit.run_until_idle().await;
+///
+/// kit.assert_succeeded::<ChargeJob>(|c| c.account == "a");
+/// let dead = kit.assert_dead_lettered::<ChargeJob>(|c| c.account == "frozen");
+/// assert_eq!(dead.attempts, 3);
+/// assert_eq!(dead.error, "account frozen");
+/// assert_eq!(kit.retried::<ChargeJob>().len(), 2);
+/// # }
+/// ```
+pub struct TestKit {
+    broker: MemoryBroker,
+    client: Client,
+    jobs: Vec<Register>,
+    queues: Vec<&'static str>,
+    records: Arc<Records>,
+    worker: Option<Running>,
+    horizon: Duration,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), Error>>,
+}
+
+/// A job in the dead-letter queue.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter<P> {
+    /// The payload, or `None` if the message did not deserialize.
+    pub payload: Option<P>,
+    /// The message body.
+    pub body: Vec<u8>,
+    /// `retries-exhausted`, `permanent` or `malformed`.
+    pub reason: String,
+    /// The last error.
+    pub error: String,
+    /// The attempts made.
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for TestKit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestKit")
+            .field("queues", &self.queues)
+            .field("running", &self.worker.is_some())
+            .field("horizon", &self.horizon)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TestKit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestKit {
+    /// A harness on a fresh [`MemoryBroker`].
+    pub fn new() -> Self {
+        let broker = MemoryBroker::new();
+        Self {
+            client: Client::new(broker.clone()),
+            broker,
+            jobs: Vec::new(),
+            queues: Vec::new(),
+            records: Arc::default(),
+            worker: None,
+            horizon: DEFAULT_HORIZON,
+        }
+    }
+
+    /// Registers a job type with the harness's worker.
+    pub fn register<J: Job + Clone>(mut self, job: J) -> Self {
+        self.jobs
+            .push(Box::new(move |builder| builder.register(job.clone())));
+        self.queues.push(J::QUEUE);
+        self
+    }
+
+    /// How far ahead [`TestKit::run_until_idle`] waits for delayed work
+    /// (retries in backoff, delayed jobs); 24 hours by default.
+    pub fn horizon(mut self, horizon: Duration) -> Self {
+        self.horizon = horizon;
+        self
+    }
+
+    /// The broker, to inspect queues or inject faults.
+    pub fn broker(&self) -> &MemoryBroker {
+        &self.broker
+    }
+
+    /// A client on the broker.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Enqueues a job (confirmed, as on RabbitMQ).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue`] (a fault injected with
+    /// [`MemoryBroker::fail_next_publish`], for instance).
+    pub async fn enqueue<J: Job>(&self, payload: J::Payload) -> Result<JobId, Error> {
+        self.client.enqueue::<J>(payload).await
+    }
+
+    /// Starts the worker if it is not running and waits until it consumes
+    /// every registered queue.
+    ///
+    /// # Panics
+    ///
+    /// If no job is registered or the worker fails to start.
+    pub async fn start(&mut self) {
+        if self.worker.is_none() {
+            assert!(
+                !self.jobs.is_empty(),
+                "register a job with the TestKit first"
+            );
+            let builder = Worker::builder(self.broker.clone())
+                .shutdown_timeout(Duration::from_secs(5))
+                .observer(self.records.clone());
+            let worker = self
+                .jobs
+                .iter()
+                .fold(builder, |b, register| register(b))
+                .build();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let handle = tokio::spawn(worker.run_until(async move {
+                let _ = stopped.await;
+            }));
+            self.worker = Some(Running { stop, handle });
+        }
+        let queues = self.queues.clone();
+        let running = self.worker.as_mut().expect("started above");
+        let subscribed = self
+            .broker
+            .wait_until(|broker| queues.iter().all(|queue| broker.consumer_count(queue) > 0));
+        tokio::select! {
+            () = subscribed => {}
+            ended = &mut running.handle => {
+                self.worker = None;
+                panic!("the worker stopped at start: {ended:?}");
+            }
+        }
+    }
+
+    /// Runs the registered jobs until nothing is left to do: no message
+    /// ready in a consumed queue, no delivery in flight, and no delayed
+    /// message (a retry in backoff, a delayed job) due within the horizon.
+    /// Jobs that handlers enqueue are run too. It cannot return early: a
+    /// handler's publishes are confirmed before its delivery is acked.
+    pub async fn run_until_idle(&mut self) {
+        self.start().await;
+        let horizon = self.horizon;
+        self.broker
+            .wait_until(|broker| !broker.has_pending_work(horizon))
+            .await;
+    }
+
+    /// Kills the worker as a crash would: handlers stop where they are,
+    /// nothing more is settled, and the broker redelivers what the worker
+    /// held. The next [`TestKit::start`] or [`TestKit::run_until_idle`]
+    /// starts a new worker.
+    pub async fn crash_worker(&mut self) {
+        if let Some(running) = self.worker.take() {
+            running.handle.abort();
+            let _ = running.handle.await;
+        }
+    }
+
+    /// Stops the worker gracefully.
+    ///
+    /// # Errors
+    ///
+    /// The worker's own error, if it failed at start.
+    pub async fn shutdown(&mut self) -> Result<(), Error> {
+        match self.worker.take() {
+            Some(running) => {
+                let _ = running.stop.send(());
+                running
+                    .handle
+                    .await
+                    .unwrap_or_else(|e| panic!("the worker panicked: {e}"))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one job's handler directly with a crafted context, without any
+    /// broker (`JobContext::new(queue).with_attempt(3)`, …).
+    ///
+    /// # Errors
+    ///
+    /// The handler's error.
+    pub async fn perform<J: Job>(
+        &self,
+        job: &J,
+        payload: J::Payload,
+        ctx: JobContext,
+    ) -> Result<(), JobError> {
+        job.perform(payload, ctx).await
+    }
+
+    /// Every settled attempt of `J`, in order.
+    pub fn attempts<J: Job>(&self) -> Vec<Attempt<J::Payload>> {
+        self.records.of::<J>()
+    }
+
+    /// The payloads of `J` that succeeded, in order.
+    pub fn succeeded<J: Job>(&self) -> Vec<J::Payload> {
+        self.attempts::<J>()
+            .into_iter()
+            .filter(|a| a.outcome == AttemptOutcome::Succeeded)
+            .filter_map(|a| a.payload)
+            .collect()
+    }
+
+    /// The attempts of `J` that failed (retried or dead-lettered).
+    pub fn failed_attempts<J: Job>(&self) -> Vec<Attempt<J::Payload>> {
+        self.attempts::<J>()
+            .into_iter()
+            .filter(|a| a.outcome != AttemptOutcome::Succeeded)
+            .collect()
+    }
+
+    /// The attempts of `J` that failed and were scheduled again.
+    pub fn retried<J: Job>(&self) -> Vec<Attempt<J::Payload>> {
+        self.attempts::<J>()
+            .into_iter()
+            .filter(|a| matches!(a.outcome, AttemptOutcome::Retrying { .. }))
+            .collect()
+    }
+
+    /// The jobs of `J` in its dead-letter queue, oldest first.
+    pub fn dead_lettered<J: Job>(&self) -> Vec<DeadLetter<J::Payload>> {
+        let text = |headers: &qjob::broker::Headers, name| {
+            headers
+                .get(name)
+                .map(HeaderValue::to_string)
+                .unwrap_or_default()
+        };
+        self.broker
+            .messages(&J::options().dead_letter_queue())
+            .into_iter()
+            .map(|message| DeadLetter {
+                payload: serde_json::from_slice(&message.body).ok(),
+                reason: text(&message.headers, headers::REASON),
+                error: text(&message.headers, headers::ERROR),
+                attempts: message
+                    .headers
+                    .get(headers::ATTEMPTS)
+                    .and_then(HeaderValue::as_int)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0),
+                body: message.body,
+            })
+            .collect()
+    }
+
+    /// The payloads of `J` enqueued and not run yet: ready in its queue or
+    /// waiting in one of its delay queues.
+    pub fn enqueued<J: Job>(&self) -> Vec<J::Payload> {
+        let delay_prefix = format!("{}.delay.", J::QUEUE);
+        std::iter::once(J::QUEUE.to_owned())
+            .chain(
+                self.broker
+                    .queues()
+                    .into_iter()
+                    .filter(|q| q.starts_with(&delay_prefix)),
+            )
+            .flat_map(|queue| self.broker.messages(&queue))
+            .filter_map(|message| serde_json::from_slice(&message.body).ok())
+            .collect()
+    }
+
+    /// Asserts that a job of `J` whose payload matches succeeded.
+    ///
+    /// # Panics
+    ///
+    /// If none did, listing every attempt of `J`.
+    pub fn assert_succeeded<J: Job>(&self, matches: impl Fn(&J::Payload) -> bool)
+    where
+        J::Payload: Debug,
+    {
+        if !self.succeeded::<J>().iter().any(&matches) {
+            panic!(
+                "no {} job matching the filter succeeded; attempts of {}: {:#?}",
+                J::NAME,
+                J::NAME,
+                self.attempts::<J>()
+            );
+        }
+    }
+
+    /// Asserts that a job of `J` whose payload matches is in the
+    /// dead-letter queue, and returns it.
+    ///
+    /// # Panics
+    ///
+    /// If none is, listing the dead letters and attempts of `J`.
+    pub fn assert_dead_lettered<J: Job>(
+        &self,
+        matches: impl Fn(&J::Payload) -> bool,
+    ) -> DeadLetter<J::Payload>
+    where
+        J::Payload: Debug,
+    {
+        let mut dead = self.dead_lettered::<J>();
+        match dead
+            .iter()
+            .position(|d| d.payload.as_ref().is_some_and(&matches))
+        {
+            Some(index) => dead.swap_remove(index),
+            None => {
+                panic!(
+                    "no {} job matching the filter was dead-lettered; dead letters: {dead:#?}; attempts: {:#?}",
+                    J::NAME,
+                    self.attempts::<J>()
+                )
+            }
+        }
+    }
+
+    /// Asserts that no job of `J` whose payload matches ran (it may be
+    /// enqueued or delayed).
+    ///
+    /// # Panics
+    ///
+    /// If one did.
+    pub fn assert_not_run<J: Job>(&self, matches: impl Fn(&J::Payload) -> bool)
+    where
+        J::Payload: Debug,
+    {
+        let ran: Vec<_> = self
+            .attempts::<J>()
+            .into_iter()
+            .filter(|a| a.payload.as_ref().is_some_and(&matches))
+            .collect();
+        assert!(
+            ran.is_empty(),
+            "{} jobs matching the filter ran: {ran:#?}",
+            J::NAME
+        );
+    }
+}
+
+impl Drop for TestKit {
+    fn drop(&mut self) {
+        if let Some(running) = self.worker.take() {
+            running.handle.abort();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The harness on virtual time: retries, delays, chains of jobs and faults,
+//! in milliseconds of real time.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use qjob::{AttemptOutcome, Client, Error, JobContext, JobError, job};
+use qjob_testkit::TestKit;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    pub account: String,
+    pub cents: u64,
+}
+
+fn charge(account: &str) -> Charge {
+    Charge {
+        account: account.into(),
+        cents: 100,
+    }
+}
+
+#[job(queue = "kit.always-fails", retry = 5, backoff = exponential(base = "1s", max = "5m"))]
+async fn always_fails(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    Err(JobError::msg("downstream is down"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_exponential_retries_reach_the_dlq_in_milliseconds_of_real_time() {
+    let mut kit = TestKit::new().register(AlwaysFailsJob);
+    kit.enqueue::<AlwaysFailsJob>(charge("a")).await.unwrap();
+    let wall = std::time::Instant::now();
+    let virtual_start = Instant::now();
+    kit.run_until_idle().await;
+    let wall = wall.elapsed();
+    let waited = virtual_start.elapsed();
+
+    let dead = kit.assert_dead_lettered::<AlwaysFailsJob>(|c| c.account == "a");
+    assert_eq!(dead.attempts, 6);
+    assert_eq!(dead.reason, "retries-exhausted");
+    assert_eq!(dead.error, "downstream is down");
+    let attempts = kit.attempts::<AlwaysFailsJob>();
+    assert_eq!(
+        attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    // Jittered exponential delays: between half and all of 1, 2, 4, 8, 16 s.
+    let delays: Vec<Duration> = attempts
+        .iter()
+        .filter_map(|a| match &a.outcome {
+            AttemptOutcome::Retrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays.len(), 5);
+    for (retry, delay) in delays.iter().enumerate() {
+        let full = Duration::from_secs(1 << retry);
+        assert!(
+            *delay >= full / 2 && *delay <= full,
+            "retry {retry}: {delay:?}"
+        );
+    }
+    let total: Duration = delays.iter().sum();
+    assert!(
+        waited >= total,
+        "virtual time {waited:?} covers the backoff {total:?}"
+    );
+    println!("6 attempts over {waited:?} of virtual time took {wall:?} of real time");
+    assert!(wall < Duration::from_millis(50), "took {wall:?}");
+}
+
+#[job(queue = "kit.chain", retry = 0)]
+async fn chain(job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    // Each job enqueues the next, with one fewer cent, until zero: the
+    // harness must not call the system idle in between.
+    if job.cents > 0 {
+        let next = Charge {
+            cents: job.cents - 1,
+            ..job
+        };
+        CLIENT
+            .get()
+            .expect("client set")
+            .enqueue::<ChainJob>(next)
+            .await?;
+    }
+    Ok(())
+}
+
+static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+
+#[tokio::test(start_paused = true)]
+async fn run_until_idle_waits_for_jobs_enqueued_by_handlers() {
+    let mut kit = TestKit::new().register(ChainJob);
+    let _ = CLIENT.set(kit.client().clone());
+    kit.enqueue::<ChainJob>(Charge {
+        account: "chain".into(),
+        cents: 20,
+    })
+    .await
+    .unwrap();
+    kit.run_until_idle().await;
+    let cents: Vec<u64> = kit
+        .succeeded::<ChainJob>()
+        .iter()
+        .map(|c| c.cents)
+        .collect();
+    assert_eq!(cents, (0..=20).rev().collect::<Vec<_>>());
+    assert!(kit.enqueued::<ChainJob>().is_empty());
+}
+
+#[job(queue = "kit.noop", retry = 0)]
+async fn noop(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_until_idle_waits_for_delayed_jobs_within_its_horizon() {
+    let mut kit = TestKit::new().register(NoopJob);
+    let start = Instant::now();
+    kit.client()
+        .enqueue_in::<NoopJob>(charge("later"), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    kit.enqueue::<NoopJob>(charge("now")).await.unwrap();
+    kit.run_until_idle().await;
+    assert_eq!(kit.succeeded::<NoopJob>(), [charge("now"), charge("later")]);
+    assert!(start.elapsed() >= Duration::from_secs(3600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_jobs_beyond_the_horizon_stay_enqueued() {
+    let mut kit = TestKit::new()
+        .register(NoopJob)
+        .horizon(Duration::from_secs(60));
+    kit.client()
+        .enqueue_in::<NoopJob>(charge("tomorrow"), Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    kit.run_until_idle().await;
+    kit.assert_not_run::<NoopJob>(|c| c.account == "tomorrow");
+    assert_eq!(kit.enqueued::<NoopJob>(), [charge("tomorrow")]);
+}
+
+#[job(queue = "kit.flaky", retry = 3)]
+async fn flaky(job: Charge, ctx: JobContext) -> Result<(), JobError> {
+    if job.account == "declined" {
+        return Err(JobError::permanent(JobError::msg("card declined")));
+    }
+    if ctx.attempt() < 3 {
+        return Err(JobError::retry_after(
+            JobError::msg("rate limited"),
+            Duration::from_secs(30),
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn assertions_by_job_type_and_payload() {
+    let mut kit = TestKit::new().register(FlakyJob).register(NoopJob);
+    kit.enqueue::<FlakyJob>(charge("ok")).await.unwrap();
+    kit.enqueue::<FlakyJob>(charge("declined")).await.unwrap();
+    kit.enqueue::<NoopJob>(charge("other")).await.unwrap();
+    kit.run_until_idle().await;
+
+    kit.assert_succeeded::<FlakyJob>(|c| c.account == "ok");
+    kit.assert_succeeded::<NoopJob>(|c| c.account == "other");
+    let dead = kit.assert_dead_lettered::<FlakyJob>(|c| c.account == "declined");
+    assert_eq!((dead.reason.as_str(), dead.attempts), ("permanent", 1));
+    let retried = kit.retried::<FlakyJob>();
+    assert_eq!(retried.len(), 2);
+    assert!(retried.iter().all(|a| a.payload == Some(charge("ok"))));
+    assert!(retried.iter().all(|a| matches!(
+        &a.outcome,
+        AttemptOutcome::Retrying { delay, error } if *delay == Duration::from_secs(30) && error == "rate limited"
+    )));
+    assert_eq!(kit.failed_attempts::<FlakyJob>().len(), 3);
+    assert!(kit.dead_lettered::<NoopJob>().is_empty());
+}
+
+#[tokio::test]
+async fn perform_runs_one_handler_with_a_crafted_context() {
+    let kit = TestKit::new();
+    let ctx = JobContext::new("kit.flaky")
+        .with_attempt(3)
+        .with_max_attempts(4);
+    kit.perform(&FlakyJob, charge("ok"), ctx).await.unwrap();
+    let ctx = JobContext::new("kit.flaky").with_attempt(1);
+    let error = kit.perform(&FlakyJob, charge("ok"), ctx).await.unwrap_err();
+    assert_eq!(error.to_string(), "rate limited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_publish_is_an_error_for_the_producer() {
+    let kit = TestKit::new().register(NoopJob);
+    kit.broker().fail_next_publish();
+    let error = kit.enqueue::<NoopJob>(charge("lost")).await.unwrap_err();
+    assert!(matches!(error, Error::PublishRejected { .. }), "{error:?}");
+    kit.enqueue::<NoopJob>(charge("kept")).await.unwrap();
+    assert_eq!(kit.enqueued::<NoopJob>(), [charge("kept")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_goes_to_the_dlq_with_the_reason() {
+    let mut kit = TestKit::new().register(NoopJob);
+    kit.start().await;
+    kit.broker()
+        .publish_raw("kit.noop", "{not json")
+        .await
+        .unwrap();
+    kit.enqueue::<NoopJob>(charge("fine")).await.unwrap();
+    kit.run_until_idle().await;
+    let dead = kit.dead_lettered::<NoopJob>();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "malformed");
+    assert_eq!(dead[0].body, b"{not json");
+    assert!(dead[0].payload.is_none());
+    assert_eq!(kit.succeeded::<NoopJob>(), [charge("fine")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicated_delivery_runs_the_handler_twice() {
+    let mut kit = TestKit::new().register(NoopJob);
+    kit.broker().duplicate_next_publish("kit.noop");
+    kit.enqueue::<NoopJob>(charge("twice")).await.unwrap();
+    kit.run_until_idle().await;
+    let attempts = kit.attempts::<NoopJob>();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].job_id, attempts[1].job_id);
+    assert_eq!(attempts.iter().filter(|a| a.redelivered).count(), 1);
+}
+
+/// Handler starts for the account "crash" (tests run in parallel).
+static CRASH_STARTS: AtomicU32 = AtomicU32::new(0);
+
+#[job(queue = "kit.slow", retry = 0)]
+async fn slow(job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    if job.account == "crash" {
+        CRASH_STARTS.fetch_add(1, Ordering::SeqCst);
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_mid_handler_redelivers_the_job() {
+    let mut kit = TestKit::new().register(SlowJob);
+    kit.enqueue::<SlowJob>(charge("crash")).await.unwrap();
+    kit.start().await;
+    kit.broker()
+        .wait_until(|b| b.unacked_count("kit.slow") == 1)
+        .await;
+    kit.crash_worker().await;
+    assert_eq!(kit.broker().ready_count("kit.slow"), 1);
+    assert!(kit.attempts::<SlowJob>().is_empty(), "nothing was settled");
+    kit.run_until_idle().await;
+    let attempts = kit.attempts::<SlowJob>();
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].redelivered);
+    assert_eq!(CRASH_STARTS.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_connection_redelivers_in_flight_jobs() {
+    let mut kit = TestKit::new().register(NoopJob).register(SlowJob);
+    kit.enqueue::<SlowJob>(charge("in flight")).await.unwrap();
+    kit.start().await;
+    kit.broker()
+        .wait_until(|b| b.unacked_count("kit.slow") == 1)
+        .await;
+    kit.broker().drop_connection();
+    kit.run_until_idle().await;
+    // The first attempt's ack failed on the dead channel; the redelivery
+    // succeeded once the worker resubscribed.
+    let attempts = kit.attempts::<SlowJob>();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(attempts[0].redelivered);
+    assert_eq!(kit.broker().ready_count("kit.slow"), 0);
+    kit.enqueue::<NoopJob>(charge("after")).await.unwrap();
+    kit.run_until_idle().await;
+    assert_eq!(kit.succeeded::<NoopJob>(), [charge("after")]);
+}
