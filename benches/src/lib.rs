@@ -63,3 +63,15 @@ pub async fn bench(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
     }
     Ok(())
 }
+
+/// The no-op job of the in-memory bench: wide prefetch and concurrency.
+#[job(
+    queue = "qjob.bench.memory",
+    prefetch = 500,
+    concurrency = 100,
+    retry = 0
+)]
+pub async fn memory_noop(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    Ok(())
+}
