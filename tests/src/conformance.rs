@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use qjob::broker::{
-    ConsumeOptions, Delivery, HeaderValue, Headers, Message, QueueSpec, Subscription,
+    Broker, ConsumeOptions, Delivery, HeaderValue, Headers, Message, QueueSpec, Subscription,
 };
 use qjob::{Error, QueueType};
 
@@ -25,6 +27,17 @@ async fn next(subscription: &mut Box<dyn Subscription>) -> Delivery {
         .expect("a delivery arrives")
         .expect("the subscription is open")
         .expect("the delivery is not an error")
+}
+
+/// A new plain `queue` holding `texts`, in order.
+async fn fresh_queue(env: &Env, queue: &str, texts: &[&str]) -> Arc<dyn Broker> {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    for text in texts {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    broker
 }
 
 fn consume(prefetch: u16) -> ConsumeOptions {
@@ -106,12 +119,7 @@ pub async fn redeclaring_with_other_arguments_fails(env: &Env, queue: &str) {
 
 /// A consumer holds at most `prefetch` unacked deliveries; an ack frees a slot.
 pub async fn prefetch_bounds_unacked_deliveries(env: &Env, queue: &str) {
-    env.delete_queues(&[queue]).await;
-    let broker = env.broker();
-    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for text in ["a", "b", "c", "d", "e"] {
-        broker.publish(queue, message(text)).await.unwrap();
-    }
+    let broker = fresh_queue(env, queue, &["a", "b", "c", "d", "e"]).await;
     let mut subscription = broker.consume(queue, consume(3)).await.unwrap();
     let mut held = Vec::new();
     for expected in ["a", "b", "c"] {
@@ -130,12 +138,7 @@ pub async fn prefetch_bounds_unacked_deliveries(env: &Env, queue: &str) {
 
 /// A rejected-with-requeue message comes back first, marked redelivered.
 pub async fn requeued_messages_come_back_redelivered(env: &Env, queue: &str) {
-    env.delete_queues(&[queue]).await;
-    let broker = env.broker();
-    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for text in ["a", "b"] {
-        broker.publish(queue, message(text)).await.unwrap();
-    }
+    let broker = fresh_queue(env, queue, &["a", "b"]).await;
     let mut subscription = broker.consume(queue, consume(1)).await.unwrap();
     let first = next(&mut subscription).await;
     assert_eq!(first.message.body, b"a");
@@ -314,12 +317,7 @@ pub async fn rejected_messages_are_dead_lettered_with_x_death(env: &Env, queue: 
 /// Rejected without requeue from a queue with no dead-letter target, a
 /// message is gone.
 pub async fn rejected_messages_without_a_target_are_dropped(env: &Env, queue: &str) {
-    env.delete_queues(&[queue]).await;
-    let broker = env.broker();
-    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for text in ["a", "b"] {
-        broker.publish(queue, message(text)).await.unwrap();
-    }
+    let broker = fresh_queue(env, queue, &["a", "b"]).await;
     let mut subscription = broker.consume(queue, consume(1)).await.unwrap();
     next(&mut subscription)
         .await
@@ -405,12 +403,7 @@ pub async fn a_second_expiry_counts_up_in_x_death(env: &Env, queue: &str) {
 /// hand it a later message before the requeue lands; so the consumer is
 /// cancelled first.)
 pub async fn a_requeued_message_keeps_its_position(env: &Env, queue: &str) {
-    env.delete_queues(&[queue]).await;
-    let broker = env.broker();
-    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for text in ["a", "b", "c", "d"] {
-        broker.publish(queue, message(text)).await.unwrap();
-    }
+    let broker = fresh_queue(env, queue, &["a", "b", "c", "d"]).await;
     let mut subscription = broker.consume(queue, consume(3)).await.unwrap();
     let a = next(&mut subscription).await;
     let b = next(&mut subscription).await;
@@ -436,12 +429,7 @@ pub async fn a_requeued_message_keeps_its_position(env: &Env, queue: &str) {
 /// A lost connection returns every unsettled delivery, marked redelivered;
 /// the subscription ends, acks on it fail, and a new one receives them.
 pub async fn connection_loss_returns_unsettled_deliveries(env: &Env, queue: &str) {
-    env.delete_queues(&[queue]).await;
-    let broker = env.broker();
-    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for text in ["a", "b", "c"] {
-        broker.publish(queue, message(text)).await.unwrap();
-    }
+    let broker = fresh_queue(env, queue, &["a", "b", "c"]).await;
     let mut subscription = broker.consume(queue, consume(2)).await.unwrap();
     let a = next(&mut subscription).await;
     let b = next(&mut subscription).await;
@@ -475,12 +463,7 @@ pub async fn connection_loss_returns_unsettled_deliveries(env: &Env, queue: &str
 
 /// A cancelled consumer gets nothing more; what it holds it can still ack.
 pub async fn a_cancelled_consumer_still_settles_what_it_holds(env: &Env, queue: &str) {
-    env.delete_queues(&[queue]).await;
-    let broker = env.broker();
-    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for text in ["a", "b", "c"] {
-        broker.publish(queue, message(text)).await.unwrap();
-    }
+    let broker = fresh_queue(env, queue, &["a", "b", "c"]).await;
     let mut subscription = broker.consume(queue, consume(1)).await.unwrap();
     let a = next(&mut subscription).await;
     subscription.cancel().await.unwrap();

@@ -196,68 +196,62 @@ fn header<'a>(got: &'a Got, name: &str) -> &'a HeaderValue {
         .unwrap_or_else(|| panic!("dead letter lacks header {name}: {:?}", got.headers))
 }
 
-/// `retry = 3`: exactly 4 attempts, then one dead letter that keeps the
-/// payload and says what happened.
-pub async fn retries_then_dead_letters<J: Job<Payload = Task>>(env: &Env, job: J) {
-    assert_eq!(J::options().retry(), 3, "scenario needs retry = 3");
+/// Runs one task doing `act` until it is in the dead-letter queue; returns
+/// the probe's tag and the dead letter.
+async fn run_one_to_the_dlq<J: Job<Payload = Task>>(
+    env: &Env,
+    job: J,
+    act: Act,
+) -> (String, qjob::JobId, Got) {
     env.reset::<J>().await;
     let tag = env.tag::<J>();
     let id = env
         .client()
-        .enqueue::<J>(Task::new(&tag, 1, Act::Fail))
+        .enqueue::<J>(Task::new(&tag, 1, act))
         .await
         .unwrap();
     let running = env.start(job);
     let dlq = J::options().dead_letter_queue();
     env.wait_ready(&dlq, 1).await;
     running.stop().await.unwrap();
+    let mut dead = env.take_all(&dlq).await;
+    assert_eq!(dead.len(), 1);
+    (tag, id, dead.remove(0))
+}
+
+/// `retry = 3`: exactly 4 attempts, then one dead letter that keeps the
+/// payload and says what happened.
+pub async fn retries_then_dead_letters<J: Job<Payload = Task>>(env: &Env, job: J) {
+    assert_eq!(J::options().retry(), 3, "scenario needs retry = 3");
+    let (tag, id, dead) = run_one_to_the_dlq(env, job, Act::Fail).await;
     let probe = probe(&tag);
     assert_eq!(probe.attempts.load(Ordering::SeqCst), 4);
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 2, 3, 4]);
     assert_eq!(env.ready(J::QUEUE).await, 0);
-    let dead = env.take_all(&dlq).await;
-    assert_eq!(dead.len(), 1);
-    let dead = &dead[0];
     assert_eq!(dead.id.as_deref(), Some(id.as_str()));
     let task: Task = serde_json::from_slice(&dead.body).unwrap();
     assert_eq!((task.tag.as_str(), task.seq), (tag.as_str(), 1));
-    assert_eq!(header(dead, headers::ATTEMPTS), &HeaderValue::Int(4));
-    assert_eq!(
-        header(dead, headers::REASON),
-        &HeaderValue::from("retries-exhausted")
-    );
-    assert_eq!(
-        header(dead, headers::ERROR),
-        &HeaderValue::from("task 1 failed")
-    );
-    assert_eq!(header(dead, headers::QUEUE), &HeaderValue::from(J::QUEUE));
-    assert!(header(dead, headers::FAILED_AT).as_int().unwrap() > 1_700_000_000_000);
+    assert_eq!(header(&dead, headers::ATTEMPTS), &HeaderValue::Int(4));
+    let reason = header(&dead, headers::REASON);
+    assert_eq!(reason, &HeaderValue::from("retries-exhausted"));
+    let error = header(&dead, headers::ERROR);
+    assert_eq!(error, &HeaderValue::from("task 1 failed"));
+    assert_eq!(header(&dead, headers::QUEUE), &HeaderValue::from(J::QUEUE));
+    assert!(header(&dead, headers::FAILED_AT).as_int().unwrap() > 1_700_000_000_000);
 }
 
 /// A permanent error dead-letters after one attempt, whatever `retry` says.
 pub async fn permanent_error_dead_letters_at_once<J: Job<Payload = Task>>(env: &Env, job: J) {
     assert!(J::options().retry() > 0, "scenario needs retries to skip");
-    env.reset::<J>().await;
-    let tag = env.tag::<J>();
-    env.client()
-        .enqueue::<J>(Task::new(&tag, 1, Act::FailPermanently))
-        .await
-        .unwrap();
-    let running = env.start(job);
-    let dlq = J::options().dead_letter_queue();
-    env.wait_ready(&dlq, 1).await;
-    running.stop().await.unwrap();
+    let (tag, _, dead) = run_one_to_the_dlq(env, job, Act::FailPermanently).await;
     assert_eq!(probe(&tag).attempts.load(Ordering::SeqCst), 1);
-    let dead = env.take_all(&dlq).await;
     assert_eq!(
-        header(&dead[0], headers::REASON),
+        header(&dead, headers::REASON),
         &HeaderValue::from("permanent")
     );
-    assert_eq!(header(&dead[0], headers::ATTEMPTS), &HeaderValue::Int(1));
-    assert_eq!(
-        header(&dead[0], headers::ERROR),
-        &HeaderValue::from("permanently broken")
-    );
+    assert_eq!(header(&dead, headers::ATTEMPTS), &HeaderValue::Int(1));
+    let error = header(&dead, headers::ERROR);
+    assert_eq!(error, &HeaderValue::from("permanently broken"));
 }
 
 /// Raw garbage goes to the DLQ with the reason; the next good job runs.
@@ -464,25 +458,12 @@ pub async fn panicking_to_the_end_dead_letters<J: Job<Payload = Task>>(env: &Env
 pub async fn a_timeout_is_a_failed_attempt<J: Job<Payload = Task>>(env: &Env, job: J) {
     let timeout = J::options().timeout().expect("scenario needs a timeout");
     assert_eq!(J::options().retry(), 0, "scenario needs retry = 0");
-    env.reset::<J>().await;
-    let tag = env.tag::<J>();
-    env.client()
-        .enqueue::<J>(Task::new(&tag, 1, Act::Block))
-        .await
-        .unwrap();
-    let running = env.start(job);
-    let dlq = J::options().dead_letter_queue();
-    env.wait_ready(&dlq, 1).await;
-    running.stop().await.unwrap();
+    let (tag, _, dead) = run_one_to_the_dlq(env, job, Act::Block).await;
     let probe = probe(&tag);
     assert_eq!(probe.attempts.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        probe.in_flight.load(Ordering::SeqCst),
-        0,
-        "the handler was cancelled"
-    );
-    let dead = env.take_all(&dlq).await;
-    let error = header(&dead[0], headers::ERROR).to_string();
+    let in_flight = probe.in_flight.load(Ordering::SeqCst);
+    assert_eq!(in_flight, 0, "the handler was cancelled");
+    let error = header(&dead, headers::ERROR).to_string();
     assert_eq!(error, format!("handler timed out after {timeout:?}"));
 }
 
