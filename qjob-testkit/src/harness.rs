@@ -4,8 +4,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qjob::broker::HeaderValue;
-use qjob::{AttemptOutcome, Client, Error, Job, JobContext, JobError, JobId, Worker, headers};
+use qjob::{AttemptOutcome, Client, DeadLetter, Error, Job, JobContext, JobError, JobId, Worker};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -66,22 +65,6 @@ pub struct TestKit {
 struct Running {
     stop: oneshot::Sender<()>,
     handle: JoinHandle<Result<(), Error>>,
-}
-
-/// A job in the dead-letter queue.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct DeadLetter<P> {
-    /// The payload, or `None` if the message did not deserialize.
-    pub payload: Option<P>,
-    /// The message body.
-    pub body: Vec<u8>,
-    /// `retries-exhausted`, `permanent` or `malformed`.
-    pub reason: String,
-    /// The last error.
-    pub error: String,
-    /// The attempts made.
-    pub attempts: u32,
 }
 
 impl std::fmt::Debug for TestKit {
@@ -279,27 +262,10 @@ impl TestKit {
 
     /// The jobs of `J` in its dead-letter queue, oldest first.
     pub fn dead_lettered<J: Job>(&self) -> Vec<DeadLetter<J::Payload>> {
-        let text = |headers: &qjob::broker::Headers, name| {
-            headers
-                .get(name)
-                .map(HeaderValue::to_string)
-                .unwrap_or_default()
-        };
         self.broker
             .messages(&J::options().dead_letter_queue())
-            .into_iter()
-            .map(|message| DeadLetter {
-                payload: serde_json::from_slice(&message.body).ok(),
-                reason: text(&message.headers, headers::REASON),
-                error: text(&message.headers, headers::ERROR),
-                attempts: message
-                    .headers
-                    .get(headers::ATTEMPTS)
-                    .and_then(HeaderValue::as_int)
-                    .and_then(|n| u32::try_from(n).ok())
-                    .unwrap_or(0),
-                body: message.body,
-            })
+            .iter()
+            .map(DeadLetter::from_message)
             .collect()
     }
 

@@ -38,6 +38,7 @@ mod harness;
 mod memory;
 mod records;
 
-pub use harness::{DEFAULT_HORIZON, DeadLetter, TestKit};
+pub use harness::{DEFAULT_HORIZON, TestKit};
 pub use memory::MemoryBroker;
+pub use qjob::DeadLetter;
 pub use records::Attempt;

@@ -298,4 +298,12 @@ pub trait Broker: Send + Sync + 'static {
         queue: &str,
         options: ConsumeOptions,
     ) -> Result<Box<dyn Subscription>, Error>;
+
+    /// The number of ready messages in `queue`, or `None` if it does not
+    /// exist.
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error>;
+
+    /// Takes the next ready message of `queue` (`basic.get`), unsettled:
+    /// the caller acks or rejects it. `None` if the queue is empty.
+    async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error>;
 }

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use std::time::Duration;
 
 use crate::broker::{Broker, Message};
+use crate::dead_letters::DeadLetters;
 use crate::job::{Job, JobId};
 use crate::policy::backoff;
 use crate::{Error, headers, topology};
@@ -135,7 +136,33 @@ impl Client {
         Ok((id, message))
     }
 
-    async fn ensure_declared<J: Job>(&self) -> Result<(), Error> {
+    /// The dead-letter queue of job type `J`: peek at it, replay its jobs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize, Debug)] struct Charge { account: String }
+    /// # #[qjob::job(queue = "docs.dlq.charge")]
+    /// # async fn charge(job: Charge, ctx: qjob::JobContext) -> Result<(), qjob::JobError> { Ok(()) }
+    /// # async fn run(client: qjob::Client) -> Result<(), qjob::Error> {
+    /// for letter in client.dead_letters::<ChargeJob>().peek(10).await? {
+    ///     println!("{:?} failed {} times: {}", letter.payload, letter.attempts, letter.error);
+    /// }
+    /// let replayed = client
+    ///     .dead_letters::<ChargeJob>()
+    ///     .replay_where(|letter| letter.reason == "retries-exhausted")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dead_letters<J: Job>(&self) -> DeadLetters<'_, J> {
+        DeadLetters::new(self)
+    }
+
+    pub(crate) fn broker(&self) -> &dyn Broker {
+        &*self.broker
+    }
+
+    pub(crate) async fn ensure_declared<J: Job>(&self) -> Result<(), Error> {
         if self.is_declared(J::QUEUE) {
             return Ok(());
         }

@@ -14,6 +14,10 @@
 //! | `qjob-attempts` | integer | dead letters: attempts made |
 //! | `qjob-failed-at` | integer | dead letters: time of the last failure, ms since the epoch |
 //! | `qjob-queue` | text | dead letters: the work queue the job came from |
+//! | `qjob-first-failed-at` | integer | time of the first failure, ms since the epoch |
+//! | `qjob-host` | text | dead letters: the worker's host |
+//! | `qjob-replays` | integer | replays from the dead-letter queue |
+//! | `qjob-not-before` | integer | long delays: not to run before, ms since the epoch |
 //!
 //! Other headers are kept as they are.
 
@@ -36,6 +40,40 @@ pub const ATTEMPTS: &str = "qjob-attempts";
 pub const FAILED_AT: &str = "qjob-failed-at";
 /// Dead letters: the work queue the job came from.
 pub const QUEUE: &str = "qjob-queue";
+/// Time of the first failure, milliseconds since the Unix epoch (set on the
+/// first retry or dead letter, then kept).
+pub const FIRST_FAILED_AT: &str = "qjob-first-failed-at";
+/// Dead letters: the host of the worker that dead-lettered the job.
+pub const HOST: &str = "qjob-host";
+/// How many times the job was replayed from its dead-letter queue.
+pub const REPLAYS: &str = "qjob-replays";
+/// Not to run before this time, milliseconds since the Unix epoch: a job
+/// delayed longer than one delay queue holds comes back early and waits
+/// again for the rest.
+pub const NOT_BEFORE: &str = "qjob-not-before";
+
+/// Whether `name` is part of a job's failure history, which a replay from
+/// the dead-letter queue clears.
+pub(crate) fn is_failure_history(name: &str) -> bool {
+    matches!(
+        name,
+        ATTEMPT | ERROR | REASON | ATTEMPTS | FAILED_AT | FIRST_FAILED_AT | QUEUE | HOST
+    ) || name == "x-death"
+        || name.starts_with("x-first-death-")
+}
+
+/// This machine's name, for dead letters: `$HOSTNAME`, else `/etc/hostname`.
+pub(crate) fn host() -> &'static str {
+    static HOST_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST_NAME.get_or_init(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned())
+    })
+}
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn millis(time: SystemTime) -> i64 {

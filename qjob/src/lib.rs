@@ -5,6 +5,7 @@
 mod amqp;
 pub mod broker;
 mod client;
+mod dead_letters;
 mod error;
 pub mod headers;
 mod job;
@@ -16,6 +17,7 @@ mod worker;
 pub use amqp::AmqpBroker;
 pub use broker::Broker;
 pub use client::Client;
+pub use dead_letters::{DeadLetter, DeadLetters};
 pub use error::{BoxError, Error, FailureKind, JobError};
 pub use job::{Job, JobContext, JobId};
 pub use options::{

@@ -64,6 +64,10 @@ struct State {
     duplicating: HashSet<String>,
 }
 
+/// The consumer id under which `basic.get` holds what it took, as RabbitMQ
+/// holds it on the getting channel (consumer ids start at 1).
+const GETTER: u64 = 0;
+
 impl std::fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.lock();
@@ -485,6 +489,27 @@ impl Broker for MemoryBroker {
             receiver,
         }))
     }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error> {
+        Ok(self
+            .lock()
+            .queues
+            .get(queue)
+            .map(|q| u32::try_from(q.ready.len()).unwrap_or(u32::MAX)))
+    }
+
+    async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
+        let shared = Arc::downgrade(&self.shared);
+        self.update(|state| {
+            let Some(target) = state.queues.get_mut(queue) else {
+                return Err(Error::broker(
+                    format!("get from queue {queue:?}"),
+                    format!("NOT_FOUND - no queue {queue:?}"),
+                ));
+            };
+            Ok(target.get(GETTER, &shared))
+        })
+    }
 }
 
 struct MemorySubscription {
@@ -535,6 +560,16 @@ pub(crate) struct MemoryAcker {
 }
 
 impl MemoryAcker {
+    pub(crate) fn new(shared: Weak<Shared>, queue: &str, consumer: u64, sequence: u64) -> Self {
+        Self {
+            shared,
+            queue: queue.to_owned(),
+            consumer,
+            sequence,
+            settled: AtomicBool::new(false),
+        }
+    }
+
     fn settle(&self, settlement: Settlement) -> Result<(), Error> {
         if self.settled.swap(true, Ordering::SeqCst) {
             return Err(Error::broker("settle", "the delivery was already settled"));

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Weak;
-use std::sync::atomic::AtomicBool;
 
 use qjob::Error;
 use qjob::QueueType;
@@ -124,6 +123,34 @@ impl Queue {
         expired
     }
 
+    /// Takes the first ready message for `basic.get`: it is held, unsettled,
+    /// by the consumer slot `getter` (created on first use, never dispatched to).
+    pub(super) fn get(&mut self, getter: u64, shared: &Weak<Shared>) -> Option<Delivery> {
+        let (sequence, stored) = self.ready.pop_first()?;
+        if !self.cancelled.iter().any(|slot| slot.id == getter) {
+            let (deliveries, _) = mpsc::unbounded_channel();
+            self.cancelled.push(ConsumerSlot {
+                id: getter,
+                prefetch: 0,
+                unacked: BTreeMap::new(),
+                deliveries,
+            });
+        }
+        let delivery = Delivery {
+            message: stored.message.clone(),
+            redelivered: stored.redelivered,
+            acker: Box::new(MemoryAcker::new(
+                shared.clone(),
+                &self.spec.name,
+                getter,
+                sequence,
+            )),
+        };
+        let slot = self.slot_mut(getter).expect("created above");
+        slot.unacked.insert(sequence, stored);
+        Some(delivery)
+    }
+
     /// The earliest expiry among ready messages.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
         self.ready.values().filter_map(|s| s.expires_at).min()
@@ -148,13 +175,12 @@ impl Queue {
                 let delivery = Delivery {
                     message: stored.message.clone(),
                     redelivered: stored.redelivered,
-                    acker: Box::new(MemoryAcker {
-                        shared: shared.clone(),
-                        queue: self.spec.name.clone(),
-                        consumer: slot.id,
+                    acker: Box::new(MemoryAcker::new(
+                        shared.clone(),
+                        &self.spec.name,
+                        slot.id,
                         sequence,
-                        settled: AtomicBool::new(false),
-                    }),
+                    )),
                 };
                 slot.unacked.insert(sequence, stored);
                 // A closed receiver is a dropped subscription, whose Drop

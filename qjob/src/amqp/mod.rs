@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
@@ -48,11 +48,15 @@ struct Inner {
 struct Connected {
     connection: Arc<Connection>,
     publisher: Channel,
+    /// For `basic.get`: what it takes stays unsettled on this channel.
+    getter: Channel,
 }
 
 impl Connected {
     fn is_usable(&self) -> bool {
-        self.connection.status().connected() && self.publisher.status().connected()
+        self.connection.status().connected()
+            && self.publisher.status().connected()
+            && self.getter.status().connected()
     }
 }
 
@@ -149,13 +153,19 @@ impl AmqpBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(connect_error)?;
+        let getter = connection.create_channel().await.map_err(connect_error)?;
         let connected = Connected {
             connection: Arc::new(connection),
             publisher,
+            getter,
         };
         *self.inner.current.lock().expect("connection lock poisoned") = Some(connected.clone());
         Ok(connected)
     }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    error.to_string().contains("NOT_FOUND")
 }
 
 /// `url` with its password replaced by `***`.
@@ -266,6 +276,69 @@ impl Broker for AmqpBroker {
             consumer,
             acks: acks::Acks::default(),
         }))
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error> {
+        let connected = self.connected().await?;
+        let operation = || format!("inspect queue {queue:?}");
+        // A passive declare of a missing queue closes its channel.
+        let channel = connected
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::broker(operation(), e))?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "inspected".into()).await;
+        }
+        match declared {
+            Ok(declared) => Ok(Some(declared.message_count())),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(Error::broker(operation(), error)),
+        }
+    }
+
+    async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
+        let connected = self.connected().await?;
+        let got = connected
+            .getter
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| Error::broker(format!("get from queue {queue:?}"), e))?;
+        Ok(got.map(|got| {
+            let delivery = got.delivery;
+            Delivery {
+                message: convert::message(&delivery.properties, delivery.data),
+                redelivered: delivery.redelivered,
+                acker: Box::new(DirectAcker(delivery.acker)),
+            }
+        }))
+    }
+}
+
+/// Acks and rejects a `basic.get` message directly, without batching.
+struct DirectAcker(lapin::Acker);
+
+#[async_trait]
+impl Acker for DirectAcker {
+    async fn ack(&self) -> Result<(), Error> {
+        settled(self.0.ack(BasicAckOptions::default()).await, "ack")
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), Error> {
+        settled(
+            self.0.reject(BasicRejectOptions { requeue }).await,
+            "reject",
+        )
     }
 }
 

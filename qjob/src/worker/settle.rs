@@ -101,13 +101,22 @@ pub(crate) fn decide(outcome: Outcome, attempt: &Attempt<'_>) -> Action {
     }
 }
 
-/// The message of the next attempt: the same id, body and headers, attempt + 1.
+/// The message of the next attempt: the same id, body and headers, attempt
+/// + 1, and the time of the first failure.
 pub(crate) fn retry_message(mut message: Message, attempt: u32) -> Message {
     message.headers.insert(
         headers::ATTEMPT.into(),
         HeaderValue::Int(i64::from(attempt) + 1),
     );
+    record_first_failure(&mut message);
     message
+}
+
+fn record_first_failure(message: &mut Message) {
+    message
+        .headers
+        .entry(headers::FIRST_FAILED_AT.into())
+        .or_insert_with(|| HeaderValue::Int(headers::millis(SystemTime::now())));
 }
 
 /// The dead letter: the original message plus what happened to it.
@@ -127,6 +136,8 @@ pub(crate) fn dead_letter_message(
         HeaderValue::Int(headers::millis(SystemTime::now())),
     );
     headers.insert(headers::QUEUE.into(), queue.into());
+    headers.insert(headers::HOST.into(), headers::host().into());
+    record_first_failure(&mut message);
     message
 }
 
@@ -297,5 +308,16 @@ mod tests {
         assert_eq!(dead.headers[headers::ATTEMPTS], HeaderValue::Int(3));
         assert_eq!(dead.headers[headers::QUEUE], HeaderValue::from("q"));
         assert!(dead.headers[headers::FAILED_AT].as_int().unwrap() > 0);
+        assert_eq!(
+            dead.headers[headers::HOST],
+            HeaderValue::from(headers::host())
+        );
+        let first = retry.headers[headers::FIRST_FAILED_AT].clone();
+        let later = dead_letter_message(retry, "q", 3, DeadReason::Permanent, "nope");
+        assert_eq!(
+            later.headers[headers::FIRST_FAILED_AT],
+            first,
+            "the first failure is kept"
+        );
     }
 }

@@ -1,0 +1,333 @@
+//! Dead letters users can act on: read them ([`DeadLetter`]), peek at a
+//! job type's dead-letter queue, and replay its jobs into the work queue.
+
+use std::marker::PhantomData;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+
+use crate::broker::{Delivery, HeaderValue, Headers, Message};
+use crate::headers::{self, from_millis};
+use crate::{Client, Error, Job, JobId};
+
+/// A job in a dead-letter queue, as qjob wrote it there.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter<P> {
+    /// The job's id.
+    pub job_id: Option<JobId>,
+    /// The payload, or `None` if the body does not deserialize.
+    pub payload: Option<P>,
+    /// The message body, as published.
+    pub body: Vec<u8>,
+    /// `retries-exhausted`, `permanent` or `malformed`.
+    pub reason: String,
+    /// The last error.
+    pub error: String,
+    /// The attempts made.
+    pub attempts: u32,
+    /// When the first attempt failed.
+    pub first_failed_at: Option<SystemTime>,
+    /// When the last attempt failed.
+    pub failed_at: Option<SystemTime>,
+    /// The host of the worker that dead-lettered it.
+    pub host: Option<String>,
+    /// Every header of the message.
+    pub headers: Headers,
+}
+
+impl<P: DeserializeOwned> DeadLetter<P> {
+    /// Reads a dead-lettered message.
+    pub fn from_message(message: &Message) -> Self {
+        let text = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(HeaderValue::to_string)
+                .unwrap_or_default()
+        };
+        let int = |name: &str| message.headers.get(name).and_then(HeaderValue::as_int);
+        Self {
+            job_id: message.id.clone().map(JobId::from),
+            payload: serde_json::from_slice(&message.body).ok(),
+            body: message.body.clone(),
+            reason: text(headers::REASON),
+            error: text(headers::ERROR),
+            attempts: int(headers::ATTEMPTS)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            first_failed_at: int(headers::FIRST_FAILED_AT).map(from_millis),
+            failed_at: int(headers::FAILED_AT).map(from_millis),
+            host: message
+                .headers
+                .get(headers::HOST)
+                .and_then(HeaderValue::as_str)
+                .map(str::to_owned),
+            headers: message.headers.clone(),
+        }
+    }
+}
+
+/// The message that replays a dead letter: the same id, body and user
+/// headers, the failure history removed (so the attempt count starts again
+/// at 1), and `qjob-replays` counting the replays.
+pub(crate) fn replay_message(mut message: Message) -> Message {
+    let replays = message
+        .headers
+        .get(headers::REPLAYS)
+        .and_then(HeaderValue::as_int)
+        .unwrap_or(0);
+    message
+        .headers
+        .retain(|name, _| !headers::is_failure_history(name));
+    message
+        .headers
+        .insert(headers::REPLAYS.into(), HeaderValue::Int(replays + 1));
+    message
+}
+
+/// What to do with one dead letter while walking the queue.
+enum Visit {
+    Keep,
+    Replay,
+    Stop,
+}
+
+/// The dead-letter queue of job type `J`: [`Client::dead_letters`].
+pub struct DeadLetters<'a, J> {
+    client: &'a Client,
+    job: PhantomData<J>,
+}
+
+impl<J> std::fmt::Debug for DeadLetters<'_, J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters").finish_non_exhaustive()
+    }
+}
+
+impl<'a, J: Job> DeadLetters<'a, J> {
+    pub(crate) fn new(client: &'a Client) -> Self {
+        Self {
+            client,
+            job: PhantomData,
+        }
+    }
+
+    /// The number of dead letters.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn count(&self) -> Result<u32, Error> {
+        let queue = J::options().dead_letter_queue();
+        Ok(self.client.broker().queue_depth(&queue).await?.unwrap_or(0))
+    }
+
+    /// The first `n` dead letters, oldest first, left in the queue.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error; every message taken is put back.
+    pub async fn peek(&self, n: usize) -> Result<Vec<DeadLetter<J::Payload>>, Error> {
+        let mut seen = Vec::new();
+        if n == 0 {
+            return Ok(seen);
+        }
+        self.walk(|_, message| {
+            seen.push(DeadLetter::from_message(message));
+            if seen.len() < n {
+                Visit::Keep
+            } else {
+                Visit::Stop
+            }
+        })
+        .await?;
+        Ok(seen)
+    }
+
+    /// Replays every dead letter into the work queue; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// As [`DeadLetters::replay_where`].
+    pub async fn replay_all(&self) -> Result<usize, Error> {
+        self.replay_where(|_| true).await
+    }
+
+    /// Replays the oldest `n` dead letters; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// As [`DeadLetters::replay_where`].
+    pub async fn replay_first(&self, n: usize) -> Result<usize, Error> {
+        let mut replayed = 0;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.walk(|_, _| {
+            replayed += 1;
+            if replayed <= n {
+                Visit::Replay
+            } else {
+                Visit::Stop
+            }
+        })
+        .await
+    }
+
+    /// Replays the dead letters that `select` picks, oldest first, into the
+    /// work queue with their attempt count reset. Each replay is confirmed
+    /// by the broker before its dead letter is removed; the others stay in
+    /// the dead-letter queue in their order. Returns how many were replayed.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error. Replays confirmed before it stay done; the dead
+    /// letter being replayed and every one not replayed stay in the queue.
+    pub async fn replay_where(
+        &self,
+        mut select: impl FnMut(&DeadLetter<J::Payload>) -> bool,
+    ) -> Result<usize, Error> {
+        self.walk(|letter, _| {
+            if select(letter) {
+                Visit::Replay
+            } else {
+                Visit::Keep
+            }
+        })
+        .await
+    }
+
+    /// Takes each dead letter in turn (`basic.get`), as many as the queue
+    /// held at the start, replays or keeps it, and finally puts back every
+    /// one kept, so they return to their places.
+    async fn walk(
+        &self,
+        mut visit: impl FnMut(&DeadLetter<J::Payload>, &Message) -> Visit,
+    ) -> Result<usize, Error> {
+        let broker = self.client.broker();
+        let queue = J::options().dead_letter_queue();
+        let Some(depth) = broker.queue_depth(&queue).await? else {
+            return Ok(0);
+        };
+        let mut kept: Vec<Delivery> = Vec::new();
+        let mut replayed = 0;
+        let mut outcome = Ok(());
+        for _ in 0..depth {
+            let delivery = match broker.get(&queue).await {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => break,
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            };
+            let letter = DeadLetter::from_message(&delivery.message);
+            match visit(&letter, &delivery.message) {
+                Visit::Keep => kept.push(delivery),
+                Visit::Stop => {
+                    kept.push(delivery);
+                    break;
+                }
+                Visit::Replay => match self.replay(&delivery).await {
+                    Ok(()) => {
+                        replayed += 1;
+                        if let Err(error) = delivery.acker.ack().await {
+                            outcome = Err(error);
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        kept.push(delivery);
+                        outcome = Err(error);
+                        break;
+                    }
+                },
+            }
+        }
+        for delivery in kept {
+            if let Err(error) = delivery.acker.reject(true).await {
+                outcome = outcome.and(Err(error));
+            }
+        }
+        outcome.map(|()| replayed)
+    }
+
+    async fn replay(&self, delivery: &Delivery) -> Result<(), Error> {
+        self.client.ensure_declared::<J>().await?;
+        let message = replay_message(delivery.message.clone());
+        self.client.broker().publish(J::QUEUE, message).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_drop_the_failure_history_and_count() {
+        let mut message = Message {
+            id: Some("job".into()),
+            body: b"{}".to_vec(),
+            ..Message::default()
+        };
+        for name in [
+            headers::ATTEMPT,
+            headers::ERROR,
+            headers::REASON,
+            headers::ATTEMPTS,
+            headers::FAILED_AT,
+            headers::FIRST_FAILED_AT,
+            headers::QUEUE,
+            headers::HOST,
+            "x-death",
+            "x-first-death-reason",
+        ] {
+            message.headers.insert(name.into(), "x".into());
+        }
+        message.headers.insert("tenant".into(), "acme".into());
+        let replay = replay_message(message.clone());
+        assert_eq!(replay.id, message.id);
+        assert_eq!(replay.body, message.body);
+        let names: Vec<&str> = replay.headers.keys().map(String::as_str).collect();
+        assert_eq!(names, [headers::REPLAYS, "tenant"]);
+        let again = replay_message(replay);
+        assert_eq!(again.headers[headers::REPLAYS], HeaderValue::Int(2));
+    }
+
+    #[test]
+    fn dead_letters_read_back() {
+        let mut message = Message {
+            id: Some("job-7".into()),
+            body: br#""hello""#.to_vec(),
+            ..Message::default()
+        };
+        message
+            .headers
+            .insert(headers::REASON.into(), "permanent".into());
+        message.headers.insert(headers::ERROR.into(), "nope".into());
+        message
+            .headers
+            .insert(headers::ATTEMPTS.into(), HeaderValue::Int(2));
+        message
+            .headers
+            .insert(headers::FAILED_AT.into(), HeaderValue::Int(2_000));
+        message
+            .headers
+            .insert(headers::FIRST_FAILED_AT.into(), HeaderValue::Int(1_000));
+        message
+            .headers
+            .insert(headers::HOST.into(), "worker-1".into());
+        let letter: DeadLetter<String> = DeadLetter::from_message(&message);
+        assert_eq!(letter.payload.as_deref(), Some("hello"));
+        assert_eq!(letter.job_id, Some(JobId::from("job-7")));
+        assert_eq!(
+            (letter.reason.as_str(), letter.error.as_str()),
+            ("permanent", "nope")
+        );
+        assert_eq!(letter.attempts, 2);
+        assert_eq!(letter.first_failed_at, Some(from_millis(1_000)));
+        assert_eq!(letter.failed_at, Some(from_millis(2_000)));
+        assert_eq!(letter.host.as_deref(), Some("worker-1"));
+    }
+}
