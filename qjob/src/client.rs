@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::broker::{Broker, Message};
 use crate::dead_letters::DeadLetters;
@@ -76,7 +76,8 @@ impl Client {
     /// broker confirmed it. The job waits in a delay queue on the broker
     /// (`<queue>.delay.<ms>ms`, a message TTL that dead-letters into the work
     /// queue), so it survives restarts and needs no broker plugin. The delay
-    /// is rounded up to 10 ms (to whole seconds from 10 s).
+    /// is rounded up to 10 ms (to whole seconds from 10 s). Delays longer
+    /// than a day wait in day-long hops.
     ///
     /// # Errors
     ///
@@ -91,13 +92,26 @@ impl Client {
             return self.enqueue::<J>(payload).await;
         }
         self.ensure_declared::<J>().await?;
-        let options = J::options();
-        // Redeclared on every use: that renews its x-expires lease.
-        let spec = topology::delay_queue(J::QUEUE, options.queue_type(), delay);
-        self.broker.declare_queue(&spec).await?;
         let (id, message) = Self::message::<J>(&payload)?;
-        self.broker.publish(&spec.name, message).await?;
+        topology::delayed(J::QUEUE, J::options().queue_type(), delay, message)
+            .publish(&*self.broker)
+            .await?;
         Ok(id)
+    }
+
+    /// Publishes one job to run at `at` (at once if that is past); see
+    /// [`Client::enqueue_in`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue`].
+    pub async fn enqueue_at<J: Job>(
+        &self,
+        payload: J::Payload,
+        at: SystemTime,
+    ) -> Result<JobId, Error> {
+        let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
+        self.enqueue_in::<J>(payload, delay).await
     }
 
     /// Publishes many jobs with their confirms pipelined, and returns each

@@ -26,7 +26,8 @@ pub use options::{
 };
 pub use qjob_macros::job;
 pub use worker::{
-    AttemptEvent, AttemptOutcome, DEFAULT_SHUTDOWN_TIMEOUT, Observer, Worker, WorkerBuilder,
+    AttemptEvent, AttemptOutcome, DEFAULT_BROKER_CONSUMER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    Observer, Worker, WorkerBuilder,
 };
 
 #[doc(hidden)]

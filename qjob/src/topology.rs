@@ -1,9 +1,10 @@
 //! The queues a job type needs, as [`QueueSpec`]s for the broker.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::broker::{Broker, QueueSpec};
-use crate::{Error, JobOptions, QueueType};
+use crate::broker::{Broker, HeaderValue, Message, QueueSpec};
+use crate::policy::backoff;
+use crate::{Error, JobOptions, QueueType, headers};
 
 /// The work queue of a job type.
 pub(crate) fn work_queue(options: &JobOptions) -> QueueSpec {
@@ -37,6 +38,59 @@ pub(crate) fn delay_queue(queue: &str, queue_type: QueueType, delay: Duration) -
         .with_expires(delay.saturating_add(DELAY_QUEUE_GRACE))
 }
 
+/// The longest a message waits in one delay queue. A longer delay waits
+/// there, comes back early with its `qjob-not-before` time, and waits
+/// again for the rest (see [`Delayed`]).
+pub(crate) const MAX_DELAY_HOP: Duration = Duration::from_secs(24 * 3600);
+
+/// A message on its way into a delay queue.
+pub(crate) struct Delayed {
+    /// The delay queue to declare (renewing its lease) and publish to.
+    pub(crate) spec: QueueSpec,
+    pub(crate) message: Message,
+}
+
+/// Plans the wait of `message` for `delay` before it goes (back) into
+/// `queue`: one hop of at most [`MAX_DELAY_HOP`], and a `qjob-not-before`
+/// header when more hops will follow.
+pub(crate) fn delayed(
+    queue: &str,
+    queue_type: QueueType,
+    delay: Duration,
+    mut message: Message,
+) -> Delayed {
+    let delay = backoff::round_up(delay);
+    if delay > MAX_DELAY_HOP {
+        let due = SystemTime::now() + delay;
+        message.headers.insert(
+            headers::NOT_BEFORE.into(),
+            HeaderValue::Int(headers::millis(due)),
+        );
+    }
+    Delayed {
+        spec: delay_queue(queue, queue_type, delay.min(MAX_DELAY_HOP)),
+        message,
+    }
+}
+
+/// How long a delivered message still has to wait, per its
+/// `qjob-not-before` header (ignoring less than 10 ms, the delay precision).
+pub(crate) fn remaining_wait(message: &Message) -> Option<Duration> {
+    let due = message.headers.get(headers::NOT_BEFORE)?.as_int()?;
+    let wait = headers::from_millis(due)
+        .duration_since(SystemTime::now())
+        .ok()?;
+    (wait >= Duration::from_millis(10)).then_some(wait)
+}
+
+impl Delayed {
+    /// Declares the delay queue (renewing its lease) and publishes into it.
+    pub(crate) async fn publish(self, broker: &dyn Broker) -> Result<(), Error> {
+        broker.declare_queue(&self.spec).await?;
+        broker.publish(&self.spec.name, self.message).await
+    }
+}
+
 /// Declares every queue of a job type.
 pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result<(), Error> {
     broker.declare_queue(&work_queue(options)).await?;
@@ -59,5 +113,25 @@ mod tests {
         assert_eq!(spec.dead_letter_to.as_deref(), Some("billing.charge"));
         assert_eq!(spec.queue_type, QueueType::Quorum);
         assert!(spec.expires.unwrap() > spec.message_ttl.unwrap());
+    }
+
+    #[test]
+    fn long_delays_hop_and_carry_their_due_time() {
+        let short = delayed(
+            "q",
+            QueueType::Classic,
+            Duration::from_secs(90),
+            Message::default(),
+        );
+        assert_eq!(short.spec.message_ttl, Some(Duration::from_secs(90)));
+        assert_eq!(remaining_wait(&short.message), None);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let long = delayed("q", QueueType::Classic, week, Message::default());
+        assert_eq!(long.spec.message_ttl, Some(MAX_DELAY_HOP));
+        let left = remaining_wait(&long.message).expect("a due time");
+        assert!(
+            left > week - Duration::from_secs(5) && left <= week,
+            "{left:?}"
+        );
     }
 }

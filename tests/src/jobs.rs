@@ -35,3 +35,10 @@ test_job!(
     backoff = fixed("1s")
 );
 test_job!(noop, "qjob.test.noop", retry = 0);
+test_job!(
+    restart,
+    "qjob.test.restart",
+    retry = 2,
+    backoff = fixed("1s")
+);
+test_job!(replay, "qjob.test.replay", retry = 0);

@@ -58,6 +58,8 @@ pub enum Act {
     Fail,
     /// Fails with a retryable error on the first attempt only.
     FailFirst,
+    /// Fails until the probe is released, then succeeds.
+    FailUntilReleased,
     /// Fails permanently.
     FailPermanently,
     /// Panics on attempts before this one, then succeeds.
@@ -164,6 +166,10 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
             return Err(JobError::msg(format!("task {} failed once", task.seq)));
         }
         Act::FailFirst => {}
+        Act::FailUntilReleased if !*probe.released.borrow() => {
+            return Err(JobError::msg(format!("task {} not released", task.seq)));
+        }
+        Act::FailUntilReleased => {}
         Act::FailPermanently => {
             return Err(JobError::permanent(JobError::msg("permanently broken")));
         }
@@ -466,6 +472,7 @@ macro_rules! conformance_tests {
             consumers_take_turns "qjob.test.conformance.round-robin",
             max_length_counts_ready_messages_only "qjob.test.conformance.max-length-ready",
             an_unused_queue_expires "qjob.test.conformance.expires",
+            get_takes_messages_one_at_a_time "qjob.test.conformance.get",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {
@@ -496,6 +503,8 @@ macro_rules! worker_tests {
             retries_wait_their_backoff_in_a_delay_queue BackoffJob,
             a_retry_in_backoff_holds_no_prefetch_slot SingleSlotJob,
             a_delayed_job_runs_after_its_delay NoopJob,
+            a_retry_survives_a_worker_restart RestartJob,
+            dead_letters_can_be_peeked_at_and_replayed ReplayJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

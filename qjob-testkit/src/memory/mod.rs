@@ -300,6 +300,14 @@ impl MemoryBroker {
         }
     }
 
+    /// Deletes `queue` and its messages, as `queue.delete` does; its
+    /// consumers' streams end (the broker cancels them).
+    pub fn delete_queue(&self, queue: &str) {
+        self.update(|state| {
+            state.queues.remove(queue);
+        });
+    }
+
     /// Fault: the next publish (to any queue) gets a negative confirm and is
     /// not stored, as when RabbitMQ nacks.
     pub fn fail_next_publish(&self) {

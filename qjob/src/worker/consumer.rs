@@ -187,6 +187,14 @@ struct Handler {
 
 impl Handler {
     async fn handle(&self, delivery: Delivery) {
+        if let Some(delay) = topology::remaining_wait(&delivery.message) {
+            let defer = Action::Defer { delay };
+            let settled = settle::apply(&*self.broker, &self.routes, 0, defer, delivery).await;
+            if let Err(error) = settled {
+                tracing::warn!(queue = &*self.routes.queue, %error, "could not defer a job that is not due; the broker will redeliver it");
+            }
+            return;
+        }
         let (outcome, attempt, job_id) = match Envelope::read(&delivery.message) {
             Ok(envelope) => {
                 let ctx = JobContext::delivered(
@@ -229,6 +237,7 @@ impl Handler {
             },
         );
         match &action {
+            Action::Defer { .. } => {}
             Action::Ack => {
                 tracing::debug!(queue = &*self.routes.queue, %job_id, attempt, "job succeeded")
             }

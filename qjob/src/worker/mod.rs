@@ -1,10 +1,12 @@
 //! [`Worker`]: consumes the registered jobs' queues and runs their handlers.
 
+mod checks;
 mod consumer;
 mod observer;
 mod runnable;
 mod settle;
 
+pub use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
 pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
 use std::collections::HashSet;
@@ -28,6 +30,7 @@ pub struct WorkerBuilder {
     jobs: Vec<Arc<dyn Runnable>>,
     shutdown_timeout: Duration,
     observers: Vec<Arc<dyn Observer>>,
+    broker_consumer_timeout: Duration,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -57,6 +60,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// The broker's `consumer_timeout` (30 min by default, RabbitMQ's):
+    /// the worker warns at start about jobs whose deliveries can stay
+    /// unacked longer.
+    pub fn broker_consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.broker_consumer_timeout = timeout;
+        self
+    }
+
     /// Adds an observer, told about every settled attempt.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observers.push(observer);
@@ -70,6 +81,7 @@ impl WorkerBuilder {
             jobs: self.jobs,
             shutdown_timeout: self.shutdown_timeout,
             observers: self.observers.into(),
+            broker_consumer_timeout: self.broker_consumer_timeout,
         }
     }
 }
@@ -101,6 +113,7 @@ pub struct Worker {
     jobs: Vec<Arc<dyn Runnable>>,
     shutdown_timeout: Duration,
     observers: Arc<[Arc<dyn Observer>]>,
+    broker_consumer_timeout: Duration,
 }
 
 impl std::fmt::Debug for Worker {
@@ -127,6 +140,7 @@ impl Worker {
             jobs: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             observers: Vec::new(),
+            broker_consumer_timeout: DEFAULT_BROKER_CONSUMER_TIMEOUT,
         }
     }
 
@@ -158,6 +172,14 @@ impl Worker {
             }
         }
         for consumer in &consumers {
+            let warning = checks::consumer_timeout_warning(
+                consumer.job.name(),
+                &consumer.options,
+                self.broker_consumer_timeout,
+            );
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
             tracing::info!(
                 job = consumer.job.name(),
                 queue = consumer.options.queue(),

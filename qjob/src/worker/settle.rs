@@ -32,15 +32,25 @@ impl DeadReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
     Ack,
-    Retry { error: String, delay: Duration },
-    DeadLetter { reason: DeadReason, error: String },
+    /// Not due yet (`qjob-not-before`): wait again, no attempt counted.
+    Defer {
+        delay: Duration,
+    },
+    Retry {
+        error: String,
+        delay: Duration,
+    },
+    DeadLetter {
+        reason: DeadReason,
+        error: String,
+    },
 }
 
 impl Action {
     /// The outcome as observers see it.
     pub(crate) fn outcome(&self) -> AttemptOutcome {
         match self {
-            Action::Ack => AttemptOutcome::Succeeded,
+            Action::Ack | Action::Defer { .. } => AttemptOutcome::Succeeded,
             Action::Retry { error, delay } => AttemptOutcome::Retrying {
                 error: error.clone(),
                 delay: *delay,
@@ -167,16 +177,15 @@ pub(crate) async fn apply(
                 .await
         }
         Action::Retry { delay, .. } => {
-            // Redeclared before every use: that renews its x-expires lease.
-            let spec = topology::delay_queue(&routes.queue, routes.queue_type, delay);
-            match broker.declare_queue(&spec).await {
-                Ok(()) => {
-                    broker
-                        .publish(&spec.name, retry_message(message, attempt))
-                        .await
-                }
-                Err(error) => Err(error),
-            }
+            let retry = retry_message(message, attempt);
+            topology::delayed(&routes.queue, routes.queue_type, delay, retry)
+                .publish(broker)
+                .await
+        }
+        Action::Defer { delay } => {
+            topology::delayed(&routes.queue, routes.queue_type, delay, message)
+                .publish(broker)
+                .await
         }
         Action::DeadLetter { reason, error } => {
             let dead = dead_letter_message(message, &routes.queue, attempt, reason, &error);
