@@ -17,7 +17,7 @@
 //! | `qjob-first-failed-at` | integer | time of the first failure, ms since the epoch |
 //! | `qjob-host` | text | dead letters: the worker's host |
 //! | `qjob-replays` | integer | replays from the dead-letter queue |
-//! | `qjob-not-before` | integer | long delays: not to run before, ms since the epoch |
+//! | `qjob-delay-left` | integer | long delays: ms still to wait after this hop |
 //!
 //! Other headers are kept as they are.
 
@@ -47,10 +47,9 @@ pub const FIRST_FAILED_AT: &str = "qjob-first-failed-at";
 pub const HOST: &str = "qjob-host";
 /// How many times the job was replayed from its dead-letter queue.
 pub const REPLAYS: &str = "qjob-replays";
-/// Not to run before this time, milliseconds since the Unix epoch: a job
-/// delayed longer than one delay queue holds comes back early and waits
-/// again for the rest.
-pub const NOT_BEFORE: &str = "qjob-not-before";
+/// The wait left, in milliseconds, after the current delay-queue hop: a job
+/// delayed longer than one delay queue holds comes back and waits again.
+pub const DELAY_LEFT: &str = "qjob-delay-left";
 
 /// Whether `name` is part of a job's failure history, which a replay from
 /// the dead-letter queue clears.

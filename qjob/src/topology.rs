@@ -1,6 +1,6 @@
 //! The queues a job type needs, as [`QueueSpec`]s for the broker.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::broker::{Broker, HeaderValue, Message, QueueSpec};
 use crate::policy::backoff;
@@ -39,8 +39,8 @@ pub(crate) fn delay_queue(queue: &str, queue_type: QueueType, delay: Duration) -
 }
 
 /// The longest a message waits in one delay queue. A longer delay waits
-/// there, comes back early with its `qjob-not-before` time, and waits
-/// again for the rest (see [`Delayed`]).
+/// there, comes back with the rest of its wait in `qjob-delay-left`, and
+/// waits again (see [`Delayed`]).
 pub(crate) const MAX_DELAY_HOP: Duration = Duration::from_secs(24 * 3600);
 
 /// A message on its way into a delay queue.
@@ -51,8 +51,9 @@ pub(crate) struct Delayed {
 }
 
 /// Plans the wait of `message` for `delay` before it goes (back) into
-/// `queue`: one hop of at most [`MAX_DELAY_HOP`], and a `qjob-not-before`
-/// header when more hops will follow.
+/// `queue`: one hop of at most [`MAX_DELAY_HOP`], with what is left after it
+/// in the `qjob-delay-left` header (counted in hops, not on a clock, so it
+/// holds on any clock, virtual ones included).
 pub(crate) fn delayed(
     queue: &str,
     queue_type: QueueType,
@@ -60,27 +61,29 @@ pub(crate) fn delayed(
     mut message: Message,
 ) -> Delayed {
     let delay = backoff::round_up(delay);
-    if delay > MAX_DELAY_HOP {
-        let due = SystemTime::now() + delay;
-        message.headers.insert(
-            headers::NOT_BEFORE.into(),
-            HeaderValue::Int(headers::millis(due)),
-        );
+    let hop = delay.min(MAX_DELAY_HOP);
+    let left = delay - hop;
+    if left.is_zero() {
+        message.headers.remove(headers::DELAY_LEFT);
+    } else {
+        let left = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        message
+            .headers
+            .insert(headers::DELAY_LEFT.into(), HeaderValue::Int(left));
     }
     Delayed {
-        spec: delay_queue(queue, queue_type, delay.min(MAX_DELAY_HOP)),
+        spec: delay_queue(queue, queue_type, hop),
         message,
     }
 }
 
-/// How long a delivered message still has to wait, per its
-/// `qjob-not-before` header (ignoring less than 10 ms, the delay precision).
+/// How long a delivered message still has to wait (`qjob-delay-left`).
 pub(crate) fn remaining_wait(message: &Message) -> Option<Duration> {
-    let due = message.headers.get(headers::NOT_BEFORE)?.as_int()?;
-    let wait = headers::from_millis(due)
-        .duration_since(SystemTime::now())
-        .ok()?;
-    (wait >= Duration::from_millis(10)).then_some(wait)
+    let left = message.headers.get(headers::DELAY_LEFT)?.as_int()?;
+    u64::try_from(left)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
 }
 
 impl Delayed {
@@ -116,7 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn long_delays_hop_and_carry_their_due_time() {
+    fn long_delays_hop_and_carry_the_rest_of_the_wait() {
         let short = delayed(
             "q",
             QueueType::Classic,
@@ -128,10 +131,13 @@ mod tests {
         let week = Duration::from_secs(7 * 24 * 3600);
         let long = delayed("q", QueueType::Classic, week, Message::default());
         assert_eq!(long.spec.message_ttl, Some(MAX_DELAY_HOP));
-        let left = remaining_wait(&long.message).expect("a due time");
-        assert!(
-            left > week - Duration::from_secs(5) && left <= week,
-            "{left:?}"
+        assert_eq!(remaining_wait(&long.message), Some(week - MAX_DELAY_HOP));
+        let next = delayed("q", QueueType::Classic, week - MAX_DELAY_HOP, long.message);
+        assert_eq!(
+            remaining_wait(&next.message),
+            Some(week - 2 * MAX_DELAY_HOP)
         );
+        let last = delayed("q", QueueType::Classic, MAX_DELAY_HOP, next.message);
+        assert_eq!(remaining_wait(&last.message), None);
     }
 }

@@ -256,15 +256,15 @@ impl MemoryBroker {
 
     /// Whether there is work that will happen without anyone publishing: a
     /// delivery unsettled, a message ready in a consumed queue, or a message
-    /// due to expire into another queue within `horizon`.
+    /// due back from a delay within `horizon` (a qjob delay longer than one
+    /// delay-queue hop counts with all its hops).
     pub fn has_pending_work(&self, horizon: Duration) -> bool {
         let state = self.lock();
         let until = Instant::now() + horizon;
         state.queues.values().any(|q| {
             q.unacked() > 0
                 || (!q.consumers.is_empty() && !q.ready.is_empty())
-                || (q.spec.dead_letter_to.is_some()
-                    && q.next_expiry().is_some_and(|at| at <= until))
+                || (q.spec.dead_letter_to.is_some() && q.next_due().is_some_and(|at| at <= until))
         })
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Weak;
+use std::time::Duration;
 
 use qjob::Error;
 use qjob::QueueType;
@@ -151,9 +152,23 @@ impl Queue {
         Some(delivery)
     }
 
-    /// The earliest expiry among ready messages.
-    pub(super) fn next_expiry(&self) -> Option<Instant> {
-        self.ready.values().filter_map(|s| s.expires_at).min()
+    /// When the earliest ready message is due back in a work queue: its
+    /// expiry, plus the rest of a qjob delay longer than one hop
+    /// (`qjob-delay-left`).
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.ready
+            .values()
+            .filter_map(|stored| {
+                let left = stored
+                    .message
+                    .headers
+                    .get(qjob::headers::DELAY_LEFT)
+                    .and_then(qjob::broker::HeaderValue::as_int)
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map_or(Duration::ZERO, Duration::from_millis);
+                Some(stored.expires_at? + left)
+            })
+            .min()
     }
 
     /// Hands ready messages to consumers with free prefetch, round robin

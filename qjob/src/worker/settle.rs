@@ -32,7 +32,7 @@ impl DeadReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
     Ack,
-    /// Not due yet (`qjob-not-before`): wait again, no attempt counted.
+    /// Not due yet (`qjob-delay-left`): wait again, no attempt counted.
     Defer {
         delay: Duration,
     },
