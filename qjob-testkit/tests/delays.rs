@@ -129,6 +129,29 @@ async fn enqueue_in_runs_after_the_delay() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn enqueue_at_runs_at_the_time() {
+    let mut kit = TestKit::new().register(FixedJob);
+    let enqueued = Instant::now();
+    let at = std::time::SystemTime::now() + Duration::from_secs(90);
+    kit.client()
+        .enqueue_at::<FixedJob>(step("at-90s"), at)
+        .await
+        .unwrap();
+    let past = std::time::SystemTime::now() - Duration::from_secs(5);
+    kit.client()
+        .enqueue_at::<FixedJob>(step("at-past"), past)
+        .await
+        .unwrap();
+    kit.run_until_idle().await;
+    assert!(starts_of("at-past")[0].1 - enqueued < Duration::from_secs(1));
+    let waited = starts_of("at-90s")[0].1 - enqueued;
+    assert!(
+        waited >= Duration::from_secs(89) && waited <= Duration::from_secs(91),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn delays_longer_than_a_hop_wait_in_several() {
     let mut kit = TestKit::new()
         .register(FixedJob)
