@@ -2,3 +2,5 @@
 //! dispatch loop applies. They know nothing of brokers or async.
 
 pub mod backoff;
+pub mod lanes;
+pub mod partition;
