@@ -1,5 +1,6 @@
 //! [`Client`]: the typed producer.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -93,7 +94,8 @@ impl Client {
         }
         self.ensure_declared::<J>().await?;
         let (id, message) = Self::message::<J>(&payload)?;
-        topology::delayed(J::QUEUE, J::options().queue_type(), delay, message)
+        let target = Self::target::<J>(Some(&payload));
+        topology::delayed(&target, J::options().queue_type(), delay, message)
             .publish(&*self.broker)
             .await?;
         Ok(id)
@@ -136,8 +138,22 @@ impl Client {
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<JobId, Error> {
         let (id, message) = Self::message::<J>(payload)?;
-        self.broker.publish(J::QUEUE, message).await?;
+        let target = Self::target::<J>(Some(payload));
+        self.broker.publish(&target, message).await?;
         Ok(id)
+    }
+
+    /// The queue a job goes to: the work queue, or for a partitioned job the
+    /// partition queue of its key (partition 0 when there is no payload to
+    /// take a key from).
+    pub(crate) fn target<J: Job>(payload: Option<&J::Payload>) -> Cow<'static, str> {
+        // Only partitioned jobs have keys: the common case needs no options.
+        let key = match payload.map(J::partition_key) {
+            Some(None) => return Cow::Borrowed(J::QUEUE),
+            Some(Some(key)) => key,
+            None => String::new(),
+        };
+        Cow::Owned(topology::route(&J::options(), Some(&key)).into_owned())
     }
 
     fn message<J: Job>(payload: &J::Payload) -> Result<(JobId, Message), Error> {

@@ -229,7 +229,7 @@ impl<'a, J: Job> DeadLetters<'a, J> {
                     kept.push(delivery);
                     break;
                 }
-                Visit::Replay => match self.replay(&delivery).await {
+                Visit::Replay => match self.replay(&delivery, &letter).await {
                     Ok(()) => {
                         replayed += 1;
                         if let Err(error) = delivery.acker.ack().await {
@@ -253,10 +253,11 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         outcome.map(|()| replayed)
     }
 
-    async fn replay(&self, delivery: &Delivery) -> Result<(), Error> {
+    async fn replay(&self, delivery: &Delivery, letter: &DeadLetter<J::Payload>) -> Result<(), Error> {
         self.client.ensure_declared::<J>().await?;
         let message = replay_message(delivery.message.clone());
-        self.client.broker().publish(J::QUEUE, message).await
+        let target = Client::target::<J>(letter.payload.as_ref());
+        self.client.broker().publish(&target, message).await
     }
 }
 

@@ -4,16 +4,38 @@ use std::time::Duration;
 
 use crate::broker::{Broker, HeaderValue, Message, QueueSpec};
 use crate::policy::backoff;
+use crate::policy::partition::{partition_for, partition_queue};
 use crate::{Error, JobOptions, QueueType, headers};
 
-/// The work queue of a job type.
-pub(crate) fn work_queue(options: &JobOptions) -> QueueSpec {
-    let spec = QueueSpec::new(options.queue())
+/// The queues a job type's workers consume: the work queue, or for a
+/// partitioned job its partition queues `<queue>.p0` … `<queue>.p<N-1>`,
+/// each single-active-consumer so that one worker at a time drives it.
+pub(crate) fn consumed_queues(options: &JobOptions) -> Vec<QueueSpec> {
+    match options.partitions() {
+        None => vec![queue_spec(options, options.queue().to_owned(), options.single_active())],
+        Some(partitions) => (0..partitions)
+            .map(|index| queue_spec(options, partition_queue(options.queue(), index), true))
+            .collect(),
+    }
+}
+
+fn queue_spec(options: &JobOptions, name: String, single_active: bool) -> QueueSpec {
+    let spec = QueueSpec::new(name)
         .with_queue_type(options.queue_type())
-        .with_single_active(options.single_active());
+        .with_single_active(single_active);
     match options.max_length() {
         Some(max_length) => spec.with_max_length(max_length),
         None => spec,
+    }
+}
+
+/// The queue a job with this partition key goes to.
+pub(crate) fn route<'a>(options: &'a JobOptions, key: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match (options.partitions(), key) {
+        (Some(partitions), Some(key)) => {
+            partition_queue(options.queue(), partition_for(key, partitions)).into()
+        }
+        _ => options.queue().into(),
     }
 }
 
@@ -94,15 +116,48 @@ impl Delayed {
     }
 }
 
-/// Declares every queue of a job type.
+/// Declares every queue of a job type, after checking that no one uses
+/// more partitions than these options say.
+///
+/// # Errors
+///
+/// [`Error::Config`] when partition queue `<queue>.p<N>` exists: a producer
+/// or worker with more partitions is (or was) running, and jobs would be
+/// routed to queues this side does not know.
 pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result<(), Error> {
-    broker.declare_queue(&work_queue(options)).await?;
+    if let Some(partitions) = options.partitions() {
+        let beyond = partition_queue(options.queue(), partitions);
+        if broker.queue_depth(&beyond).await?.is_some() {
+            return Err(Error::Config(format!(
+                "job queue {:?} is declared with {partitions} partitions, but partition queue \
+                 {beyond:?} exists: a producer or worker uses more partitions; drain and delete \
+                 the extra partition queues, or deploy the same `partitions` everywhere \
+                 (see docs/ordering.md)",
+                options.queue()
+            )));
+        }
+    }
+    for spec in consumed_queues(options) {
+        broker.declare_queue(&spec).await?;
+    }
     broker.declare_queue(&dead_letter_queue(options)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitioned_jobs_consume_single_active_partition_queues() {
+        let options = JobOptions::new("hooks").with_partitions(3);
+        let names: Vec<String> = consumed_queues(&options).into_iter().map(|q| q.name).collect();
+        assert_eq!(names, ["hooks.p0", "hooks.p1", "hooks.p2"]);
+        assert!(consumed_queues(&options).iter().all(|q| q.single_active));
+        let key = "customer-9";
+        let expected = format!("hooks.p{}", partition_for(key, 3));
+        assert_eq!(route(&options, Some(key)), expected);
+        assert_eq!(route(&JobOptions::new("plain"), Some(key)), "plain");
+    }
 
     #[test]
     fn delay_queues_expire_back_into_the_work_queue() {

@@ -69,9 +69,10 @@ impl<K: Eq + Hash, T> Lanes<K, T> {
         self.busy.values().map(VecDeque::len).sum()
     }
 
-    /// Empties every lane, returning what waited.
-    pub fn drain(&mut self) -> Vec<T> {
-        self.busy.drain().flat_map(|(_, queue)| queue).collect()
+    /// Takes out everything waiting; the running jobs keep their lanes busy
+    /// until they finish.
+    pub fn take_queued(&mut self) -> Vec<T> {
+        self.busy.values_mut().flat_map(std::mem::take).collect()
     }
 }
 
@@ -111,15 +112,17 @@ mod tests {
     }
 
     #[test]
-    fn drain_returns_what_waited() {
+    fn taking_what_waited_keeps_running_lanes_busy() {
         let mut lanes = Lanes::default();
         lanes.admit("a", 1);
         lanes.admit("a", 2);
         lanes.admit("b", 3);
         lanes.admit("b", 4);
-        let mut waited = lanes.drain();
+        let mut waited = lanes.take_queued();
         waited.sort();
         assert_eq!(waited, [2, 4]);
-        assert_eq!(lanes.busy(), 0);
+        assert_eq!((lanes.busy(), lanes.queued()), (2, 0));
+        assert_eq!(lanes.admit("a", 5), None, "a is still running");
+        assert_eq!(lanes.finish(&"a"), Some(5));
     }
 }

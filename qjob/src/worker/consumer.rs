@@ -1,41 +1,56 @@
-//! One job type's consumer: takes deliveries while a handler slot is free,
-//! runs each in its own task, settles it, and resubscribes when the
-//! subscription fails.
+//! One queue's consumer: takes deliveries, runs each in its own task, and
+//! resubscribes when the subscription fails. Plain queues take a delivery
+//! only when a handler slot is free; partition queues keep taking them
+//! (prefetch bounds how many) and run them in per-key lanes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
-use crate::headers::Envelope;
-use crate::policy::backoff::{self, BackoffPolicy};
-use crate::worker::observer::{AttemptEvent, Observer};
-use crate::worker::runnable::{Outcome, Runnable};
-use crate::worker::settle::{self, Action, Attempt, Routes};
-use crate::{Error, JobContext, JobId, JobOptions, topology};
+use crate::policy::lanes::Lanes;
+use crate::worker::handler::Handler;
+use crate::{Error, JobOptions, topology};
 
 /// Longest wait between two attempts to resubscribe.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 
+/// What woke a lane dispatcher.
+enum LaneEvent {
+    /// A handler of this key finished.
+    Finished(String),
+    /// The subscription yielded.
+    Next(Option<Result<Delivery, Error>>),
+}
+
 pub(crate) struct Consumer {
     pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) job: Arc<dyn Runnable>,
     pub(crate) options: JobOptions,
+    /// The queue consumed: the work queue or one partition queue.
+    pub(crate) queue: String,
+    pub(crate) handler: Arc<Handler>,
+    /// The job type's handler slots, shared by its consumers.
+    pub(crate) slots: Arc<Semaphore>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) tag: String,
-    pub(crate) observers: Arc<[Arc<dyn Observer>]>,
 }
 
 impl Consumer {
-    /// Declares the topology and subscribes; errors here are startup errors.
+    /// Declares this consumer's queues and subscribes.
     pub(crate) async fn subscribe(&self) -> Result<Box<dyn Subscription>, Error> {
-        topology::declare(&*self.broker, &self.options).await?;
+        let spec = topology::consumed_queues(&self.options)
+            .into_iter()
+            .find(|spec| spec.name == self.queue)
+            .expect("a consumer consumes one of its job's queues");
+        self.broker.declare_queue(&spec).await?;
+        self.broker
+            .declare_queue(&topology::dead_letter_queue(&self.options))
+            .await?;
         self.broker
             .consume(
-                self.options.queue(),
+                &self.queue,
                 ConsumeOptions {
                     prefetch: self.options.prefetch(),
                     tag: self.tag.clone(),
@@ -44,70 +59,144 @@ impl Consumer {
             .await
     }
 
-    /// Consumes until `stop` turns true, then lets in-flight handlers finish
-    /// within the shutdown timeout and closes the subscription, so that the
-    /// broker redelivers whatever was not settled.
-    pub(crate) async fn run(
+    /// Consumes until `stop` turns true, then cancels the consumer, lets
+    /// in-flight handlers finish within the shutdown timeout and closes the
+    /// subscription, so that the broker redelivers whatever was not settled.
+    pub(crate) async fn run(self, subscription: Box<dyn Subscription>, stop: watch::Receiver<bool>) {
+        if self.options.partitions().is_some() {
+            self.run_lanes(subscription, stop).await
+        } else {
+            self.run_slots(subscription, stop).await
+        }
+    }
+
+    async fn run_slots(
         self,
         mut subscription: Box<dyn Subscription>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let concurrency = self.options.concurrency();
-        let slots = Arc::new(Semaphore::new(concurrency));
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
-        let handler = Arc::new(self.handler());
-        'consume: loop {
+        loop {
             let slot = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => break 'consume,
-                slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+                _ = stop.wait_for(|stop| *stop) => break,
+                slot = self.slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
             };
             let next = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => break 'consume,
+                _ = stop.wait_for(|stop| *stop) => break,
                 next = subscription.next() => next,
             };
             match next {
                 Some(Ok(delivery)) => {
                     failures = 0;
-                    let handler = handler.clone();
+                    let handler = self.handler.clone();
                     handlers.spawn(async move {
                         handler.handle(delivery).await;
                         drop(slot);
                     });
                     while handlers.try_join_next().is_some() {}
                 }
-                ended => {
-                    drop(slot);
-                    match ended {
-                        Some(Err(error)) => {
-                            tracing::warn!(queue = self.options.queue(), %error, "consumer failed; resubscribing")
-                        }
-                        _ => tracing::warn!(
-                            queue = self.options.queue(),
-                            "consumer cancelled by the broker; resubscribing"
-                        ),
+                ended => match self.replace(subscription, ended, &mut stop, &mut failures).await {
+                    Some(next) => subscription = next,
+                    None => return self.drain(handlers, None).await,
+                },
+            }
+        }
+        self.stop(handlers, subscription).await;
+    }
+
+    async fn run_lanes(
+        self,
+        mut subscription: Box<dyn Subscription>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut handlers = JoinSet::new();
+        let mut lanes: Lanes<String, Delivery> = Lanes::default();
+        let (done, mut finished) = mpsc::unbounded_channel::<String>();
+        let mut failures = 0u32;
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => break,
+                Some(key) = finished.recv() => LaneEvent::Finished(key),
+                next = subscription.next() => LaneEvent::Next(next),
+            };
+            match event {
+                LaneEvent::Finished(key) => {
+                    if let Some(next) = lanes.finish(&key) {
+                        self.spawn_in_lane(&mut handlers, key, next, &done);
                     }
-                    let _ = subscription.close().await;
-                    match self.resubscribe(&mut stop, &mut failures).await {
+                }
+                LaneEvent::Next(Some(Ok(delivery))) => {
+                    failures = 0;
+                    match self.handler.job.partition_key(&delivery.message.body) {
+                        Some(key) => {
+                            if let Some(delivery) = lanes.admit(key.clone(), delivery) {
+                                self.spawn_in_lane(&mut handlers, key, delivery, &done);
+                            }
+                        }
+                        // No key (a malformed message): it needs no lane.
+                        None => {
+                            let (handler, slots) = (self.handler.clone(), self.slots.clone());
+                            handlers.spawn(async move {
+                                handler.handle_in_place(delivery, &slots).await
+                            });
+                        }
+                    }
+                }
+                LaneEvent::Next(ended) => {
+                    // What waited in the lanes came from the lost
+                    // subscription: the broker redelivers it, in order. Keys
+                    // still running keep their lanes until they finish.
+                    drop(lanes.take_queued());
+                    match self.replace(subscription, ended, &mut stop, &mut failures).await {
                         Some(next) => subscription = next,
-                        None => return self.drain(handlers, slots, None).await,
+                        None => return self.drain(handlers, None).await,
                     }
                 }
             }
+            while handlers.try_join_next().is_some() {}
         }
-        if let Err(error) = subscription.cancel().await {
-            tracing::debug!(queue = self.options.queue(), %error, "cancelling the consumer failed");
-        }
-        self.drain(handlers, slots, Some(subscription)).await;
+        // Deliveries waiting in lanes are never started; closing the
+        // subscription returns them to the queue in their order.
+        self.stop(handlers, subscription).await;
     }
 
-    async fn resubscribe(
+    fn spawn_in_lane(
         &self,
+        handlers: &mut JoinSet<()>,
+        key: String,
+        delivery: Delivery,
+        done: &mpsc::UnboundedSender<String>,
+    ) {
+        let (handler, slots, done) = (self.handler.clone(), self.slots.clone(), done.clone());
+        handlers.spawn(async move {
+            handler.handle_in_place(delivery, &slots).await;
+            let _ = done.send(key);
+        });
+    }
+
+    /// Logs why a subscription ended, closes it and subscribes again with
+    /// backoff; `None` if the worker is stopping meanwhile.
+    async fn replace(
+        &self,
+        subscription: Box<dyn Subscription>,
+        ended: Option<Result<Delivery, Error>>,
         stop: &mut watch::Receiver<bool>,
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
+        match ended {
+            Some(Err(error)) => {
+                tracing::warn!(queue = &*self.queue, %error, "consumer failed; resubscribing")
+            }
+            _ => tracing::warn!(
+                queue = &*self.queue,
+                "consumer cancelled by the broker; resubscribing"
+            ),
+        }
+        let _ = subscription.close().await;
         loop {
             *failures = failures.saturating_add(1);
             let delay = (Duration::from_millis(100) * 2u32.saturating_pow(*failures - 1).min(64))
@@ -119,11 +208,11 @@ impl Consumer {
             }
             match self.subscribe().await {
                 Ok(subscription) => {
-                    tracing::info!(queue = self.options.queue(), "consumer resubscribed");
+                    tracing::info!(queue = &*self.queue, "consumer resubscribed");
                     return Some(subscription);
                 }
                 Err(error) => tracing::warn!(
-                    queue = self.options.queue(),
+                    queue = &*self.queue,
                     %error,
                     retry_in = ?delay,
                     "resubscribe failed"
@@ -132,159 +221,34 @@ impl Consumer {
         }
     }
 
-    async fn drain(
-        &self,
-        mut handlers: JoinSet<()>,
-        slots: Arc<Semaphore>,
-        subscription: Option<Box<dyn Subscription>>,
-    ) {
-        let all = u32::try_from(self.options.concurrency()).unwrap_or(u32::MAX);
-        let finished = tokio::time::timeout(self.shutdown_timeout, slots.acquire_many(all)).await;
+    async fn stop(&self, handlers: JoinSet<()>, mut subscription: Box<dyn Subscription>) {
+        if let Err(error) = subscription.cancel().await {
+            tracing::debug!(queue = &*self.queue, %error, "cancelling the consumer failed");
+        }
+        self.drain(handlers, Some(subscription)).await;
+    }
+
+    /// Waits for in-flight handlers up to the shutdown timeout, abandons the
+    /// rest, and closes the subscription.
+    async fn drain(&self, mut handlers: JoinSet<()>, subscription: Option<Box<dyn Subscription>>) {
+        let finished = tokio::time::timeout(self.shutdown_timeout, async {
+            while handlers.join_next().await.is_some() {}
+        })
+        .await;
         if finished.is_err() {
             tracing::warn!(
-                queue = self.options.queue(),
+                queue = &*self.queue,
                 in_flight = handlers.len(),
                 timeout = ?self.shutdown_timeout,
                 "shutdown timeout reached; abandoning in-flight handlers (their messages are redelivered)"
             );
             handlers.abort_all();
+            while handlers.join_next().await.is_some() {}
         }
-        while handlers.join_next().await.is_some() {}
         if let Some(subscription) = subscription
             && let Err(error) = subscription.close().await
         {
-            tracing::debug!(queue = self.options.queue(), %error, "closing the subscription failed");
-        }
-    }
-
-    fn handler(&self) -> Handler {
-        Handler {
-            broker: self.broker.clone(),
-            job: self.job.clone(),
-            routes: Routes {
-                queue: self.options.queue().to_owned(),
-                dead_letter_queue: self.options.dead_letter_queue(),
-                queue_type: self.options.queue_type(),
-            },
-            backoff: BackoffPolicy::new(self.options.backoff()),
-            max_attempts: self.options.max_attempts(),
-            timeout: self.options.timeout(),
-            observers: self.observers.clone(),
-        }
-    }
-}
-
-/// What handler tasks need, shared by all of one consumer's.
-struct Handler {
-    broker: Arc<dyn Broker>,
-    job: Arc<dyn Runnable>,
-    routes: Routes,
-    backoff: BackoffPolicy,
-    max_attempts: u32,
-    timeout: Option<Duration>,
-    observers: Arc<[Arc<dyn Observer>]>,
-}
-
-impl Handler {
-    async fn handle(&self, delivery: Delivery) {
-        if let Some(delay) = topology::remaining_wait(&delivery.message) {
-            let defer = Action::Defer { delay };
-            let settled = settle::apply(&*self.broker, &self.routes, 0, defer, delivery).await;
-            if let Err(error) = settled {
-                tracing::warn!(queue = &*self.routes.queue, %error, "could not defer a job that is not due; the broker will redeliver it");
-            }
-            return;
-        }
-        let (outcome, attempt, job_id) = match Envelope::read(&delivery.message) {
-            Ok(envelope) => {
-                let ctx = JobContext::delivered(
-                    &self.routes.queue,
-                    envelope.job_id.clone(),
-                    envelope.attempt,
-                    self.max_attempts,
-                    delivery.redelivered,
-                    envelope.enqueued_at,
-                );
-                let span = tracing::info_span!(
-                    "qjob.attempt",
-                    job = self.job.name(),
-                    queue = &*self.routes.queue,
-                    job_id = %envelope.job_id,
-                    attempt = envelope.attempt,
-                    redelivered = delivery.redelivered,
-                );
-                let outcome = self
-                    .job
-                    .clone()
-                    .run(&delivery.message.body, ctx, self.timeout)
-                    .instrument(span)
-                    .await;
-                (outcome, envelope.attempt, envelope.job_id)
-            }
-            Err(reason) => (
-                Outcome::Malformed(reason),
-                1,
-                JobId::from(delivery.message.id.clone().unwrap_or_default()),
-            ),
-        };
-        let action = settle::decide(
-            outcome,
-            &Attempt {
-                number: attempt,
-                max_attempts: self.max_attempts,
-                backoff: &self.backoff,
-                jitter: backoff::jitter_for(job_id.as_str(), attempt),
-            },
-        );
-        match &action {
-            Action::Defer { .. } => {}
-            Action::Ack => {
-                tracing::debug!(queue = &*self.routes.queue, %job_id, attempt, "job succeeded")
-            }
-            Action::Retry { error, delay } => {
-                tracing::info!(
-                    queue = &*self.routes.queue,
-                    %job_id,
-                    attempt,
-                    error,
-                    retry_in = ?delay,
-                    "job failed; retrying"
-                )
-            }
-            Action::DeadLetter { reason, error } => tracing::warn!(
-                queue = &*self.routes.queue,
-                %job_id,
-                attempt,
-                reason = reason.as_str(),
-                error,
-                "job dead-lettered"
-            ),
-        }
-        let report = (!self.observers.is_empty()).then(|| {
-            (
-                action.outcome(),
-                delivery.message.body.clone(),
-                delivery.redelivered,
-            )
-        });
-        let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
-        if let Err(error) = settled {
-            tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
-            return;
-        }
-        if let Some((outcome, payload, redelivered)) = report {
-            let event = AttemptEvent {
-                job: self.job.name(),
-                queue: &self.routes.queue,
-                job_id: &job_id,
-                attempt,
-                redelivered,
-                payload: &payload,
-                outcome: &outcome,
-            };
-            for observer in self.observers.iter() {
-                observer.attempt_settled(&event);
-            }
+            tracing::debug!(queue = &*self.queue, %error, "closing the subscription failed");
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod checks;
 mod consumer;
+mod handler;
 mod observer;
 mod runnable;
 mod settle;
@@ -14,11 +15,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::broker::Broker;
 use crate::{Error, Job};
 use consumer::Consumer;
+use handler::Handler;
+use settle::Routes;
+
+use crate::policy::backoff::BackoffPolicy;
+use crate::{JobOptions, topology};
 use runnable::{Registered, Runnable};
 
 /// How long in-flight handlers may run on after shutdown by default.
@@ -158,7 +164,27 @@ impl Worker {
     /// to declare a queue or to start a consumer. Nothing has been consumed
     /// when it returns an error.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let consumers = self.consumers()?;
+        let jobs = self.consumers()?;
+        for (options, _) in &jobs {
+            topology::declare(&*self.broker, options).await?;
+        }
+        for (options, consumers) in &jobs {
+            let job = consumers[0].handler.job.name();
+            let warning =
+                checks::consumer_timeout_warning(job, options, self.broker_consumer_timeout);
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(
+                job,
+                queue = options.queue(),
+                consumers = consumers.len(),
+                prefetch = options.prefetch(),
+                concurrency = options.concurrency(),
+                "consuming"
+            );
+        }
+        let consumers: Vec<Consumer> = jobs.into_iter().flat_map(|(_, c)| c).collect();
         let mut subscriptions = Vec::with_capacity(consumers.len());
         for consumer in &consumers {
             match consumer.subscribe().await {
@@ -170,23 +196,6 @@ impl Worker {
                     return Err(error);
                 }
             }
-        }
-        for consumer in &consumers {
-            let warning = checks::consumer_timeout_warning(
-                consumer.job.name(),
-                &consumer.options,
-                self.broker_consumer_timeout,
-            );
-            if let Some(warning) = warning {
-                tracing::warn!("{warning}");
-            }
-            tracing::info!(
-                job = consumer.job.name(),
-                queue = consumer.options.queue(),
-                prefetch = consumer.options.prefetch(),
-                concurrency = consumer.options.concurrency(),
-                "consuming"
-            );
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut running = tokio::task::JoinSet::new();
@@ -206,32 +215,51 @@ impl Worker {
         Ok(())
     }
 
-    fn consumers(&self) -> Result<Vec<Consumer>, Error> {
+    /// The consumers of every registered job: one per consumed queue (a
+    /// partitioned job has one per partition), sharing the job's handler
+    /// slots.
+    fn consumers(&self) -> Result<Vec<(JobOptions, Vec<Consumer>)>, Error> {
         if self.jobs.is_empty() {
             return Err(Error::Worker("no job registered with the worker".into()));
         }
         let mut queues = HashSet::new();
-        let host = std::process::id();
-        self.jobs
-            .iter()
-            .enumerate()
-            .map(|(index, job)| {
-                let options = job.options().with_env_overrides()?;
-                if !queues.insert(options.queue().to_owned()) {
-                    return Err(Error::Worker(format!(
-                        "two registered jobs consume queue {:?}; each queue belongs to one job type",
-                        options.queue()
-                    )));
-                }
-                Ok(Consumer {
+        let pid = std::process::id();
+        let mut jobs = Vec::with_capacity(self.jobs.len());
+        for job in &self.jobs {
+            let options = job.options().with_env_overrides()?;
+            if !queues.insert(options.queue().to_owned()) {
+                return Err(Error::Worker(format!(
+                    "two registered jobs consume queue {:?}; each queue belongs to one job type",
+                    options.queue()
+                )));
+            }
+            let slots = Arc::new(Semaphore::new(options.concurrency()));
+            let consumers = topology::consumed_queues(&options)
+                .into_iter()
+                .map(|spec| Consumer {
                     broker: self.broker.clone(),
-                    job: job.clone(),
-                    tag: format!("qjob.{}.{host}.{index}", job.name()),
-                    options,
+                    handler: Arc::new(Handler {
+                        broker: self.broker.clone(),
+                        job: job.clone(),
+                        routes: Routes {
+                            queue: spec.name.clone(),
+                            dead_letter_queue: options.dead_letter_queue(),
+                            queue_type: options.queue_type(),
+                        },
+                        backoff: BackoffPolicy::new(options.backoff()),
+                        max_attempts: options.max_attempts(),
+                        timeout: options.timeout(),
+                        observers: self.observers.clone(),
+                    }),
+                    tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
+                    queue: spec.name,
+                    options: options.clone(),
+                    slots: slots.clone(),
                     shutdown_timeout: self.shutdown_timeout,
-                    observers: self.observers.clone(),
                 })
-            })
-            .collect()
+                .collect();
+            jobs.push((options, consumers));
+        }
+        Ok(jobs)
     }
 }

@@ -24,6 +24,9 @@ pub(crate) enum Outcome {
 pub(crate) trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn options(&self) -> JobOptions;
+    /// The partition key of a message, if the job is partitioned and the
+    /// body deserializes.
+    fn partition_key(&self, body: &[u8]) -> Option<String>;
     /// Decodes the payload and runs the handler, catching panics and
     /// enforcing the timeout.
     fn run(
@@ -43,6 +46,10 @@ impl<J: Job> Runnable for Registered<J> {
 
     fn options(&self) -> JobOptions {
         J::options()
+    }
+
+    fn partition_key(&self, body: &[u8]) -> Option<String> {
+        J::partition_key(&serde_json::from_slice::<J::Payload>(body).ok()?)
     }
 
     fn run(

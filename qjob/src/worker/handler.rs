@@ -1,0 +1,203 @@
+//! One delivery, from its envelope to its settlement: run the handler,
+//! decide, settle on the broker, tell the observers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::broker::{Broker, Delivery};
+use crate::headers::Envelope;
+use crate::policy::backoff::{self, BackoffPolicy};
+use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
+use crate::worker::runnable::{Outcome, Runnable};
+use crate::worker::settle::{self, Action, Attempt, Routes};
+use crate::{JobContext, JobId, topology};
+
+/// What handler tasks need, shared by all of one consumer's.
+pub(crate) struct Handler {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) job: Arc<dyn Runnable>,
+    pub(crate) routes: Routes,
+    pub(crate) backoff: BackoffPolicy,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) observers: Arc<[Arc<dyn Observer>]>,
+}
+
+impl Handler {
+    /// Handles a delivery of a plain queue: one attempt, then a retry
+    /// through the broker (a delay queue), a dead letter or an ack.
+    pub(crate) async fn handle(&self, delivery: Delivery) {
+        if self.deferred(&delivery) {
+            return self.defer(delivery).await;
+        }
+        let (outcome, attempt, job_id) = match Envelope::read(&delivery.message) {
+            Ok(envelope) => {
+                let outcome = self.attempt(&delivery, &envelope, envelope.attempt).await;
+                (outcome, envelope.attempt, envelope.job_id)
+            }
+            Err(reason) => (Outcome::Malformed(reason), 1, unknown_id(&delivery)),
+        };
+        let action = self.decide(outcome, attempt, &job_id);
+        self.settle(delivery, attempt, &job_id, action).await;
+    }
+
+    /// Handles a delivery of a partitioned queue: retries happen in place,
+    /// in this task, so that the key's later jobs wait behind it (its lane
+    /// stays busy). A concurrency slot is held only while the handler runs,
+    /// never during the backoff.
+    pub(crate) async fn handle_in_place(&self, delivery: Delivery, slots: &Semaphore) {
+        if self.deferred(&delivery) {
+            return self.defer(delivery).await;
+        }
+        let envelope = match Envelope::read(&delivery.message) {
+            Ok(envelope) => envelope,
+            Err(reason) => {
+                let job_id = unknown_id(&delivery);
+                let action = self.decide(Outcome::Malformed(reason), 1, &job_id);
+                return self.settle(delivery, 1, &job_id, action).await;
+            }
+        };
+        let mut attempt = envelope.attempt;
+        loop {
+            let outcome = {
+                let _slot = slots.acquire().await.expect("semaphore never closed");
+                self.attempt(&delivery, &envelope, attempt).await
+            };
+            match self.decide(outcome, attempt, &envelope.job_id) {
+                Action::Retry { error, delay } => {
+                    let outcome = AttemptOutcome::Retrying { error, delay };
+                    self.report(&delivery, attempt, &envelope.job_id, &outcome);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                action => return self.settle(delivery, attempt, &envelope.job_id, action).await,
+            }
+        }
+    }
+
+    fn deferred(&self, delivery: &Delivery) -> bool {
+        topology::remaining_wait(&delivery.message).is_some()
+    }
+
+    /// Sends a job that is not due yet back into a delay queue.
+    async fn defer(&self, delivery: Delivery) {
+        let delay = topology::remaining_wait(&delivery.message).unwrap_or_default();
+        let defer = Action::Defer { delay };
+        if let Err(error) = settle::apply(&*self.broker, &self.routes, 0, defer, delivery).await {
+            tracing::warn!(queue = &*self.routes.queue, %error, "could not defer a job that is not due; the broker will redeliver it");
+        }
+    }
+
+    /// Runs the handler once.
+    async fn attempt(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
+        let ctx = JobContext::delivered(
+            &self.routes.queue,
+            envelope.job_id.clone(),
+            attempt,
+            self.max_attempts,
+            delivery.redelivered,
+            envelope.enqueued_at,
+        );
+        let span = tracing::info_span!(
+            "qjob.attempt",
+            job = self.job.name(),
+            queue = &*self.routes.queue,
+            job_id = %envelope.job_id,
+            attempt,
+            redelivered = delivery.redelivered,
+        );
+        self.job
+            .clone()
+            .run(&delivery.message.body, ctx, self.timeout)
+            .instrument(span)
+            .await
+    }
+
+    fn decide(&self, outcome: Outcome, attempt: u32, job_id: &JobId) -> Action {
+        let action = settle::decide(
+            outcome,
+            &Attempt {
+                number: attempt,
+                max_attempts: self.max_attempts,
+                backoff: &self.backoff,
+                jitter: backoff::jitter_for(job_id.as_str(), attempt),
+            },
+        );
+        let queue = &*self.routes.queue;
+        match &action {
+            Action::Defer { .. } => {}
+            Action::Ack => tracing::debug!(queue, %job_id, attempt, "job succeeded"),
+            Action::Retry { error, delay } => tracing::info!(
+                queue,
+                %job_id,
+                attempt,
+                error,
+                retry_in = ?delay,
+                "job failed; retrying"
+            ),
+            Action::DeadLetter { reason, error } => tracing::warn!(
+                queue,
+                %job_id,
+                attempt,
+                reason = reason.as_str(),
+                error,
+                "job dead-lettered"
+            ),
+        }
+        action
+    }
+
+    /// Settles the delivery on the broker, then tells the observers.
+    async fn settle(&self, delivery: Delivery, attempt: u32, job_id: &JobId, action: Action) {
+        let report = (!self.observers.is_empty()).then(|| {
+            (
+                action.outcome(),
+                delivery.message.body.clone(),
+                delivery.redelivered,
+            )
+        });
+        let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
+        if let Err(error) = settled {
+            tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+            return;
+        }
+        if let Some((outcome, payload, redelivered)) = report {
+            self.notify(&payload, redelivered, attempt, job_id, &outcome);
+        }
+    }
+
+    fn report(&self, delivery: &Delivery, attempt: u32, job_id: &JobId, outcome: &AttemptOutcome) {
+        if !self.observers.is_empty() {
+            self.notify(&delivery.message.body, delivery.redelivered, attempt, job_id, outcome);
+        }
+    }
+
+    fn notify(
+        &self,
+        payload: &[u8],
+        redelivered: bool,
+        attempt: u32,
+        job_id: &JobId,
+        outcome: &AttemptOutcome,
+    ) {
+        let event = AttemptEvent {
+            job: self.job.name(),
+            queue: &self.routes.queue,
+            job_id,
+            attempt,
+            redelivered,
+            payload,
+            outcome,
+        };
+        for observer in self.observers.iter() {
+            observer.attempt_settled(&event);
+        }
+    }
+}
+
+fn unknown_id(delivery: &Delivery) -> JobId {
+    JobId::from(delivery.message.id.clone().unwrap_or_default())
+}
