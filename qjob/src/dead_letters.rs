@@ -253,7 +253,11 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         outcome.map(|()| replayed)
     }
 
-    async fn replay(&self, delivery: &Delivery, letter: &DeadLetter<J::Payload>) -> Result<(), Error> {
+    async fn replay(
+        &self,
+        delivery: &Delivery,
+        letter: &DeadLetter<J::Payload>,
+    ) -> Result<(), Error> {
         self.client.ensure_declared::<J>().await?;
         let message = replay_message(delivery.message.clone());
         let target = Client::target::<J>(letter.payload.as_ref());

@@ -12,7 +12,11 @@ use crate::{Error, JobOptions, QueueType, headers};
 /// each single-active-consumer so that one worker at a time drives it.
 pub(crate) fn consumed_queues(options: &JobOptions) -> Vec<QueueSpec> {
     match options.partitions() {
-        None => vec![queue_spec(options, options.queue().to_owned(), options.single_active())],
+        None => vec![queue_spec(
+            options,
+            options.queue().to_owned(),
+            options.single_active(),
+        )],
         Some(partitions) => (0..partitions)
             .map(|index| queue_spec(options, partition_queue(options.queue(), index), true))
             .collect(),
@@ -150,7 +154,10 @@ mod tests {
     #[test]
     fn partitioned_jobs_consume_single_active_partition_queues() {
         let options = JobOptions::new("hooks").with_partitions(3);
-        let names: Vec<String> = consumed_queues(&options).into_iter().map(|q| q.name).collect();
+        let names: Vec<String> = consumed_queues(&options)
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
         assert_eq!(names, ["hooks.p0", "hooks.p1", "hooks.p2"]);
         assert!(consumed_queues(&options).iter().all(|q| q.single_active));
         let key = "customer-9";

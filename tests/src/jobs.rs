@@ -42,3 +42,20 @@ test_job!(
     backoff = fixed("1s")
 );
 test_job!(replay, "qjob.test.replay", retry = 0);
+test_job!(
+    ordered,
+    "qjob.test.ordered",
+    partition_by = key,
+    partitions = 4,
+    prefetch = 20,
+    concurrency = 6,
+    retry = 2,
+    backoff = fixed("50ms")
+);
+test_job!(
+    sac,
+    "qjob.test.sac",
+    partition_by = key,
+    partitions = 3,
+    retry = 0
+);

@@ -43,6 +43,9 @@ pub async fn amqp() -> AmqpBroker {
 pub struct Task {
     /// The probe's name.
     pub tag: String,
+    /// The partition key, for partitioned jobs.
+    #[serde(default)]
+    pub key: String,
     /// A sequence number, to tell jobs apart.
     pub seq: u32,
     /// What the handler does.
@@ -68,6 +71,13 @@ pub enum Act {
     Sleep(u64),
     /// Waits until the probe releases it, then succeeds.
     Block,
+    /// Sleeps this many milliseconds; fails the first attempt if told to.
+    Work {
+        /// How long the work takes.
+        sleep_ms: u64,
+        /// Whether the first attempt fails.
+        fail_first: bool,
+    },
 }
 
 impl Task {
@@ -75,8 +85,17 @@ impl Task {
     pub fn new(tag: &str, seq: u32, act: Act) -> Self {
         Self {
             tag: tag.to_owned(),
+            key: String::new(),
             seq,
             act,
+        }
+    }
+
+    /// Task `seq` of probe `tag` with partition key `key`.
+    pub fn keyed(tag: &str, key: &str, seq: u32, act: Act) -> Self {
+        Self {
+            key: key.to_owned(),
+            ..Self::new(tag, seq, act)
         }
     }
 }
@@ -179,6 +198,15 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
             }
         }
         Act::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Act::Work {
+            sleep_ms,
+            fail_first,
+        } => {
+            tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+            if fail_first && ctx.attempt() == 1 {
+                return Err(JobError::msg(format!("task {} failed once", task.seq)));
+            }
+        }
         Act::Block => {
             let mut released = probe.released.subscribe();
             let _ = released.wait_for(|released| *released).await;
@@ -392,6 +420,36 @@ pub fn consumer_prefetch(queue: &str) -> Vec<u16> {
         .collect()
 }
 
+/// For every consumer of a queue whose name starts with `prefix`: the queue
+/// and whether the consumer is active (single-active-consumer queues have
+/// one active consumer; the others wait).
+pub fn consumer_activity(prefix: &str) -> Vec<(String, bool)> {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "list_consumers",
+            "-q",
+            "--no-table-headers",
+            "queue_name",
+            "active",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
+    let mut consumers: Vec<(String, bool)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let queue = fields.next()?;
+            let active = fields.next()? == "true";
+            queue
+                .starts_with(prefix)
+                .then(|| (queue.to_owned(), active))
+        })
+        .collect();
+    consumers.sort();
+    consumers
+}
+
 /// Closes the RabbitMQ connection named `name`, as a network failure would.
 pub fn close_connection(name: &str) {
     let output = Command::new("rabbitmqctl")
@@ -505,6 +563,7 @@ macro_rules! worker_tests {
             a_delayed_job_runs_after_its_delay NoopJob,
             a_retry_survives_a_worker_restart RestartJob,
             dead_letters_can_be_peeked_at_and_replayed ReplayJob,
+            partitioned_keys_complete_in_publish_order_across_two_workers OrderedJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

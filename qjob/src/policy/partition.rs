@@ -55,8 +55,14 @@ mod tests {
     #[test]
     fn partitions_are_stable_and_spread() {
         // Pinned: changing these would misroute every deployed producer.
-        assert_eq!(partition_for("customer-42", 30), (fnv1a64(b"customer-42") % 30) as u16);
-        assert_eq!(partition_for("a", 30), (0xaf63_dc4c_8601_ec8c_u64 % 30) as u16);
+        assert_eq!(
+            partition_for("customer-42", 30),
+            (fnv1a64(b"customer-42") % 30) as u16
+        );
+        assert_eq!(
+            partition_for("a", 30),
+            (0xaf63_dc4c_8601_ec8c_u64 % 30) as u16
+        );
         let mut counts = [0u32; 30];
         for n in 0..30_000 {
             counts[usize::from(partition_for(&format!("key-{n}"), 30))] += 1;

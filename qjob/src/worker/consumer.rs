@@ -62,7 +62,11 @@ impl Consumer {
     /// Consumes until `stop` turns true, then cancels the consumer, lets
     /// in-flight handlers finish within the shutdown timeout and closes the
     /// subscription, so that the broker redelivers whatever was not settled.
-    pub(crate) async fn run(self, subscription: Box<dyn Subscription>, stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(
+        self,
+        subscription: Box<dyn Subscription>,
+        stop: watch::Receiver<bool>,
+    ) {
         if self.options.partitions().is_some() {
             self.run_lanes(subscription, stop).await
         } else {
@@ -98,7 +102,10 @@ impl Consumer {
                     });
                     while handlers.try_join_next().is_some() {}
                 }
-                ended => match self.replace(subscription, ended, &mut stop, &mut failures).await {
+                ended => match self
+                    .replace(subscription, ended, &mut stop, &mut failures)
+                    .await
+                {
                     Some(next) => subscription = next,
                     None => return self.drain(handlers, None).await,
                 },
@@ -151,7 +158,10 @@ impl Consumer {
                     // subscription: the broker redelivers it, in order. Keys
                     // still running keep their lanes until they finish.
                     drop(lanes.take_queued());
-                    match self.replace(subscription, ended, &mut stop, &mut failures).await {
+                    match self
+                        .replace(subscription, ended, &mut stop, &mut failures)
+                        .await
+                    {
                         Some(next) => subscription = next,
                         None => return self.drain(handlers, None).await,
                     }

@@ -73,7 +73,11 @@ impl Handler {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                action => return self.settle(delivery, attempt, &envelope.job_id, action).await,
+                action => {
+                    return self
+                        .settle(delivery, attempt, &envelope.job_id, action)
+                        .await;
+                }
             }
         }
     }
@@ -171,7 +175,13 @@ impl Handler {
 
     fn report(&self, delivery: &Delivery, attempt: u32, job_id: &JobId, outcome: &AttemptOutcome) {
         if !self.observers.is_empty() {
-            self.notify(&delivery.message.body, delivery.redelivered, attempt, job_id, outcome);
+            self.notify(
+                &delivery.message.body,
+                delivery.redelivered,
+                attempt,
+                job_id,
+                outcome,
+            );
         }
     }
 
