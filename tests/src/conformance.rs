@@ -572,3 +572,41 @@ pub async fn get_takes_messages_one_at_a_time(env: &Env, queue: &str) {
     env.delete_queues(&[queue]).await;
     assert_eq!(broker.queue_depth(queue).await.unwrap(), None);
 }
+
+/// When the active consumer of a single-active-consumer queue goes away
+/// holding unsettled messages, the standby receives them first, in their
+/// order, then the rest: what keeps partitioned jobs in order through a
+/// crash. Holds for classic and (on RabbitMQ 3.10) quorum queues.
+async fn standby_gets_unsettled_messages_in_order(env: &Env, queue: &str, queue_type: QueueType) {
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    let spec = QueueSpec::new(queue)
+        .with_queue_type(queue_type)
+        .with_single_active(true);
+    broker.declare_queue(&spec).await.unwrap();
+    for text in ["a", "b", "c", "d"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut active = broker.consume(queue, consume(2)).await.unwrap();
+    let mut standby = broker.consume(queue, consume(4)).await.unwrap();
+    let held = [next(&mut active).await, next(&mut active).await];
+    drop(held);
+    active.close().await.unwrap();
+    for (expected, redelivered) in [("a", true), ("b", true), ("c", false), ("d", false)] {
+        let delivery = next(&mut standby).await;
+        assert_eq!(delivery.message.body, expected.as_bytes());
+        assert_eq!(delivery.redelivered, redelivered, "{expected}");
+        delivery.acker.ack().await.unwrap();
+    }
+    standby.close().await.unwrap();
+}
+
+/// [`standby_gets_unsettled_messages_in_order`] on a classic queue.
+pub async fn a_classic_standby_gets_unsettled_messages_in_order(env: &Env, queue: &str) {
+    standby_gets_unsettled_messages_in_order(env, queue, QueueType::Classic).await;
+}
+
+/// [`standby_gets_unsettled_messages_in_order`] on a quorum queue.
+pub async fn a_quorum_standby_gets_unsettled_messages_in_order(env: &Env, queue: &str) {
+    standby_gets_unsettled_messages_in_order(env, queue, QueueType::Quorum).await;
+}

@@ -59,3 +59,15 @@ test_job!(
     partitions = 3,
     retry = 0
 );
+test_job!(
+    few_partitions,
+    "qjob.test.mismatch",
+    partition_by = key,
+    partitions = 2
+);
+test_job!(
+    more_partitions,
+    "qjob.test.mismatch",
+    partition_by = key,
+    partitions = 3
+);

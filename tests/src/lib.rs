@@ -531,6 +531,8 @@ macro_rules! conformance_tests {
             max_length_counts_ready_messages_only "qjob.test.conformance.max-length-ready",
             an_unused_queue_expires "qjob.test.conformance.expires",
             get_takes_messages_one_at_a_time "qjob.test.conformance.get",
+            a_classic_standby_gets_unsettled_messages_in_order "qjob.test.conformance.standby-classic",
+            a_quorum_standby_gets_unsettled_messages_in_order "qjob.test.conformance.standby-quorum",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {

@@ -87,3 +87,36 @@ async fn each_partition_queue_has_one_active_consumer_and_fails_over() {
         .await;
     second.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn fewer_partitions_than_the_queues_in_use_is_a_clear_error() {
+    use qjob_tests::jobs::{FewPartitionsJob, MorePartitionsJob};
+    let env = Env::amqp().await;
+    let queues: Vec<String> = (0..4).map(|i| format!("qjob.test.mismatch.p{i}")).collect();
+    env.delete_queues(&queues.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let task = || qjob_tests::Task::keyed("mismatch", "k", 1, qjob_tests::Act::Succeed);
+    env.client()
+        .enqueue::<MorePartitionsJob>(task())
+        .await
+        .unwrap();
+    let error = env
+        .client()
+        .enqueue::<FewPartitionsJob>(task())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, qjob::Error::Config(_)), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("2 partitions") && text.contains("qjob.test.mismatch.p2"),
+        "{text}"
+    );
+    let worker = qjob::Worker::builder_shared(env.broker())
+        .register(FewPartitionsJob)
+        .build();
+    let started = worker.run_until(std::future::pending()).await;
+    assert!(
+        matches!(started, Err(qjob::Error::Config(_))),
+        "{started:?}"
+    );
+}
