@@ -71,3 +71,13 @@ test_job!(
     partition_by = key,
     partitions = 3
 );
+test_job!(
+    ordered_kill,
+    "qjob.test.ordered-kill",
+    partition_by = key,
+    partitions = 4,
+    prefetch = 10,
+    concurrency = 4,
+    retry = 2,
+    backoff = fixed("50ms")
+);

@@ -164,6 +164,10 @@ pub fn probe(tag: &str) -> Arc<Probe> {
         .clone()
 }
 
+/// Set in a worker process's environment: each finished task prints
+/// `done <seq>` on its stdout.
+pub const ANNOUNCE: &str = "QJOB_TEST_ANNOUNCE";
+
 /// The body of every test handler: reports to the task's probe and acts.
 pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
     let probe = probe(&task.tag);
@@ -214,6 +218,13 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
     }
     probe.succeeded.fetch_add(1, Ordering::SeqCst);
     probe.done.lock().unwrap().push(task.seq);
+    if std::env::var_os(ANNOUNCE).is_some() {
+        // A worker process tells its parent what it finished.
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "done {}", task.seq)?;
+        stdout.flush()?;
+    }
     Ok(())
 }
 

@@ -103,3 +103,122 @@ async fn a_malformed_override_stops_the_worker_at_start_with_a_clear_error() {
     .await;
     assert!(prefetch.is_empty());
 }
+
+#[tokio::test]
+async fn partitioned_order_holds_when_the_active_worker_is_killed() {
+    use qjob_tests::jobs::OrderedKillJob;
+    use qjob_tests::{ANNOUNCE, consumer_activity};
+    let _serial = SERIAL.lock().await;
+    let env = Env::amqp().await;
+    let queues: Vec<String> = (0..=4)
+        .map(|i| format!("{}.p{i}", OrderedKillJob::QUEUE))
+        .chain([OrderedKillJob::options().dead_letter_queue()])
+        .collect();
+    env.delete_queues(&queues.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let prefix = format!("{}.p", OrderedKillJob::QUEUE);
+
+    // The child subscribes first, so it is the active consumer everywhere;
+    // this process's worker is the standby.
+    let mut child = tokio::process::Command::new(WORKER)
+        .arg("ordered")
+        .env(ANNOUNCE, "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(
+        "the child's consumers",
+        LIMIT,
+        || consumer_activity(&prefix),
+        |c| c.len() == 4,
+    )
+    .await;
+    let standby = env.start(OrderedKillJob);
+    eventually(
+        "the standby consumers",
+        LIMIT,
+        || consumer_activity(&prefix),
+        |c| c.len() == 8,
+    )
+    .await;
+
+    let tag = env.tag::<OrderedKillJob>();
+    let (keys, per_key) = (12u32, 40u32);
+    let tasks = (0..per_key).flat_map(|n| {
+        let tag = tag.clone();
+        (0..keys).map(move |k| {
+            let work = Act::Work {
+                sleep_ms: u64::from(2 + (n * 7 + k * 3) % 4),
+                fail_first: (n + k) % 9 == 4,
+            };
+            Task::keyed(&tag, &format!("customer-{k}"), k * 1000 + n, work)
+        })
+    });
+    let results = env
+        .client()
+        .enqueue_all::<OrderedKillJob>(tasks)
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+
+    // Let the child finish some, then SIGKILL it mid-run.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child_done = Vec::new();
+    while child_done.len() < 150 {
+        let line = tokio::time::timeout(LIMIT, lines.next_line())
+            .await
+            .expect("the child makes progress")
+            .unwrap()
+            .expect("the child is running");
+        child_done.push(line.strip_prefix("done ").unwrap().parse::<u32>().unwrap());
+    }
+    child.kill().await.unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        child_done.push(line.strip_prefix("done ").unwrap().parse::<u32>().unwrap());
+    }
+
+    let probe = probe(&tag);
+    let total = keys * per_key;
+    probe
+        .wait("the standby to finish the rest", LIMIT, |p| {
+            let mut all: Vec<u32> = p.done.lock().unwrap().clone();
+            all.extend(&child_done);
+            all.sort();
+            all.dedup();
+            all.len() == total as usize
+        })
+        .await;
+    standby.stop().await.unwrap();
+    let parent_done = probe.done.lock().unwrap().clone();
+    assert!(!parent_done.is_empty() && child_done.len() < total as usize);
+    for k in 0..keys {
+        // What the child finished, then what the standby finished: in order,
+        // the only repeat being a job finished but not acked at the kill.
+        let of_key = |done: &[u32]| -> Vec<u32> {
+            done.iter()
+                .filter(|s| *s / 1000 == k)
+                .map(|s| s % 1000)
+                .collect()
+        };
+        let mut merged = of_key(&child_done);
+        merged.extend(of_key(&parent_done));
+        assert!(
+            merged.windows(2).all(|w| w[0] <= w[1]),
+            "key {k} out of order: {merged:?}"
+        );
+        let repeats = merged.windows(2).filter(|w| w[0] == w[1]).count();
+        assert!(repeats <= 1, "key {k}: {merged:?}");
+        merged.dedup();
+        assert_eq!(
+            merged,
+            (0..per_key).collect::<Vec<_>>(),
+            "key {k} lost jobs"
+        );
+    }
+    assert_eq!(
+        env.ready(&OrderedKillJob::options().dead_letter_queue())
+            .await,
+        0
+    );
+}

@@ -1,12 +1,17 @@
-//! A worker process for the tests that kill one: it consumes
-//! `qjob.test.process.kill`, prints `started <seq>` for each attempt and
-//! never finishes a handler. It exits after two minutes at the latest.
+//! A worker process for the tests that kill one. It exits after two
+//! minutes at the latest.
+//!
+//! - `qjob-test-worker` consumes `qjob.test.process.kill`, prints
+//!   `started <seq>` for each attempt and never finishes a handler;
+//! - `qjob-test-worker ordered` runs the partitioned `OrderedKillJob`, and
+//!   prints `done <seq>` for each job it finishes.
 
 use std::io::Write;
 use std::time::Duration;
 
 use qjob::{JobContext, JobError, Worker, job};
 use qjob_tests::Task;
+use qjob_tests::jobs::OrderedKillJob;
 
 #[job(queue = "qjob.test.process.kill", prefetch = 10, concurrency = 4)]
 async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
@@ -22,7 +27,12 @@ async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
 #[tokio::main]
 async fn main() {
     let broker = qjob_tests::amqp().await;
-    let worker = Worker::builder(broker).register(StuckJob).build();
+    let builder = Worker::builder(broker);
+    let worker = match std::env::args().nth(1).as_deref() {
+        Some("ordered") => builder.register(OrderedKillJob),
+        _ => builder.register(StuckJob),
+    }
+    .build();
     if let Err(error) = worker
         .run_until(tokio::time::sleep(Duration::from_secs(120)))
         .await
