@@ -75,3 +75,31 @@ pub async fn memory_noop(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
     std::hint::black_box(job);
     Ok(())
 }
+
+/// A job keyed by customer, for the partitioned bench.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Keyed {
+    /// The partition key.
+    pub customer: String,
+    /// A sequence number.
+    pub seq: u64,
+}
+
+/// 10 ms of work per job, 30 partitions, 50 handlers.
+#[job(
+    queue = "qjob.bench.partitions",
+    partition_by = customer,
+    partitions = 30,
+    concurrency = 50,
+    prefetch = 10,
+    retry = 0
+)]
+pub async fn partitioned(job: Keyed, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let handled = HANDLED.fetch_add(1, Ordering::SeqCst) + 1;
+    if handled == TARGET.load(Ordering::SeqCst) {
+        DONE.notify_one();
+    }
+    Ok(())
+}
