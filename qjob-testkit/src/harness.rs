@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use qjob::policy::partition::partition_queue;
 use qjob::{AttemptOutcome, Client, DeadLetter, Error, Job, JobContext, JobError, JobId, Worker};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -56,7 +57,7 @@ pub struct TestKit {
     broker: MemoryBroker,
     client: Client,
     jobs: Vec<Register>,
-    queues: Vec<&'static str>,
+    queues: Vec<String>,
     records: Arc<Records>,
     worker: Option<Running>,
     horizon: Duration,
@@ -102,7 +103,12 @@ impl TestKit {
     pub fn register<J: Job + Clone>(mut self, job: J) -> Self {
         self.jobs
             .push(Box::new(move |builder| builder.register(job.clone())));
-        self.queues.push(J::QUEUE);
+        match J::options().partitions() {
+            None => self.queues.push(J::QUEUE.to_owned()),
+            Some(partitions) => self
+                .queues
+                .extend((0..partitions).map(|i| partition_queue(J::QUEUE, i))),
+        }
         self
     }
 
@@ -269,17 +275,15 @@ impl TestKit {
             .collect()
     }
 
-    /// The payloads of `J` enqueued and not run yet: ready in its queue or
-    /// waiting in one of its delay queues.
+    /// The payloads of `J` enqueued and not run yet: ready in its queue (or
+    /// partition queues) or waiting in one of its delay queues.
     pub fn enqueued<J: Job>(&self) -> Vec<J::Payload> {
-        let delay_prefix = format!("{}.delay.", J::QUEUE);
-        std::iter::once(J::QUEUE.to_owned())
-            .chain(
-                self.broker
-                    .queues()
-                    .into_iter()
-                    .filter(|q| q.starts_with(&delay_prefix)),
-            )
+        let prefix = format!("{}.", J::QUEUE);
+        let dead_letters = J::options().dead_letter_queue();
+        self.broker
+            .queues()
+            .into_iter()
+            .filter(|q| q == J::QUEUE || (q.starts_with(&prefix) && *q != dead_letters))
             .flat_map(|queue| self.broker.messages(&queue))
             .filter_map(|message| serde_json::from_slice(&message.body).ok())
             .collect()

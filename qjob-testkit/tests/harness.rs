@@ -283,3 +283,57 @@ async fn a_dropped_connection_redelivers_in_flight_jobs() {
     kit.run_until_idle().await;
     assert_eq!(kit.succeeded::<NoopJob>(), [charge("after")]);
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub customer: String,
+    pub n: u32,
+}
+
+#[job(
+    queue = "kit.events",
+    partition_by = customer,
+    partitions = 4,
+    concurrency = 8,
+    prefetch = 20,
+    retry = 2,
+    backoff = fixed("5s")
+)]
+async fn event(job: Event, ctx: JobContext) -> Result<(), JobError> {
+    // Later events of a customer are shorter: without lanes they would
+    // overtake the earlier ones.
+    tokio::time::sleep(Duration::from_millis(u64::from(50 - job.n))).await;
+    if job.n % 7 == 3 && ctx.attempt() == 1 {
+        return Err(JobError::msg("flaky"));
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn partitioned_jobs_keep_each_keys_order_through_retries() {
+    let mut kit = TestKit::new().register(EventJob);
+    for n in 0..20 {
+        for customer in ["ada", "alan", "grace"] {
+            kit.enqueue::<EventJob>(Event {
+                customer: customer.into(),
+                n,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(kit.enqueued::<EventJob>().len(), 60);
+    kit.run_until_idle().await;
+    let succeeded = kit.succeeded::<EventJob>();
+    assert_eq!(succeeded.len(), 60);
+    for customer in ["ada", "alan", "grace"] {
+        let order: Vec<u32> = succeeded
+            .iter()
+            .filter(|e| e.customer == customer)
+            .map(|e| e.n)
+            .collect();
+        assert_eq!(order, (0..20).collect::<Vec<_>>(), "{customer}");
+    }
+    assert_eq!(kit.retried::<EventJob>().len(), 9);
+    assert!(kit.enqueued::<EventJob>().is_empty());
+}

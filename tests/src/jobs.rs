@@ -81,3 +81,9 @@ test_job!(
     retry = 2,
     backoff = fixed("50ms")
 );
+test_job!(
+    single_active,
+    "qjob.test.single-active",
+    single_active = true,
+    retry = 0
+);

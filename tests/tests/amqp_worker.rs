@@ -22,32 +22,35 @@ async fn prefetch_is_set_per_consumer_on_the_broker() {
     running.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn each_partition_queue_has_one_active_consumer_and_fails_over() {
-    use qjob_tests::jobs::SacJob;
+/// With two workers each queue of `J` shows one active consumer and one
+/// standby; when the active worker stops, the standby takes over every
+/// queue and drains it.
+async fn single_active_consumers_fail_over<J: qjob::Job<Payload = qjob_tests::Task> + Clone>(
+    job: J,
+    queues: &[String],
+) {
     let env = Env::amqp().await;
-    let queues: Vec<String> = (0..=3).map(|i| format!("{}.p{i}", SacJob::QUEUE)).collect();
-    env.delete_queues(&queues.iter().map(String::as_str).collect::<Vec<_>>())
-        .await;
-    let prefix = format!("{}.p", SacJob::QUEUE);
-    let first = env.start(SacJob);
-    qjob_tests::eventually(
-        "the first worker's consumers",
-        LIMIT,
-        || qjob_tests::consumer_activity(&prefix),
-        |seen| seen.len() == 3,
-    )
+    let mut all: Vec<&str> = queues.iter().map(String::as_str).collect();
+    let beyond = format!("{}.p{}", J::QUEUE, queues.len());
+    all.push(&beyond);
+    env.delete_queues(&all).await;
+    let activity = || {
+        let mut seen = qjob_tests::consumer_activity(J::QUEUE);
+        seen.retain(|(queue, _)| queues.contains(queue));
+        seen
+    };
+    let first = env.start(job.clone());
+    qjob_tests::eventually("the first worker", LIMIT, activity, |c| {
+        c.len() == queues.len()
+    })
     .await;
     let other = env.another().await;
-    let second = other.start(SacJob);
-    let both = qjob_tests::eventually(
-        "the standby consumers",
-        LIMIT,
-        || qjob_tests::consumer_activity(&prefix),
-        |seen| seen.len() == 6,
-    )
+    let second = other.start(job);
+    let both = qjob_tests::eventually("the standby", LIMIT, activity, |c| {
+        c.len() == 2 * queues.len()
+    })
     .await;
-    for queue in &queues[..3] {
+    for queue in queues {
         let active: Vec<bool> = both
             .iter()
             .filter(|(q, _)| q == queue)
@@ -62,23 +65,20 @@ async fn each_partition_queue_has_one_active_consumer_and_fails_over() {
     }
     let stopped = std::time::Instant::now();
     first.stop().await.unwrap();
-    let after = qjob_tests::eventually(
-        "the standby to take over",
-        LIMIT,
-        || qjob_tests::consumer_activity(&prefix),
-        |seen| seen.len() == 3 && seen.iter().all(|(_, active)| *active),
-    )
+    qjob_tests::eventually("the standby to take over", LIMIT, activity, |c| {
+        c.len() == queues.len() && c.iter().all(|(_, active)| *active)
+    })
     .await;
     println!(
-        "failover after stopping the active worker: {:?} ({after:?})",
+        "{}: the standby was active {:?} after the active worker stopped",
+        J::QUEUE,
         stopped.elapsed()
     );
-    // The standby now drains the queues.
-    let tag = env.tag::<SacJob>();
+    let tag = env.tag::<J>();
     let tasks = (0..30).map(|n| {
         qjob_tests::Task::keyed(&tag, &format!("k{}", n % 5), n, qjob_tests::Act::Succeed)
     });
-    env.client().enqueue_all::<SacJob>(tasks).await.unwrap();
+    env.client().enqueue_all::<J>(tasks).await.unwrap();
     let probe = qjob_tests::probe(&tag);
     probe
         .wait("the standby to drain", LIMIT, |p| {
@@ -86,6 +86,19 @@ async fn each_partition_queue_has_one_active_consumer_and_fails_over() {
         })
         .await;
     second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_partition_queue_has_one_active_consumer_and_fails_over() {
+    use qjob_tests::jobs::SacJob;
+    let queues: Vec<String> = (0..3).map(|i| format!("{}.p{i}", SacJob::QUEUE)).collect();
+    single_active_consumers_fail_over(SacJob, &queues).await;
+}
+
+#[tokio::test]
+async fn a_single_active_queue_has_one_active_consumer_and_fails_over() {
+    use qjob_tests::jobs::SingleActiveJob;
+    single_active_consumers_fail_over(SingleActiveJob, &[SingleActiveJob::QUEUE.to_owned()]).await;
 }
 
 #[tokio::test]
