@@ -601,12 +601,12 @@ async fn standby_gets_unsettled_messages_in_order(env: &Env, queue: &str, queue_
     standby.close().await.unwrap();
 }
 
-/// [`standby_gets_unsettled_messages_in_order`] on a classic queue.
+/// A standby gets unsettled messages in order: on a classic queue.
 pub async fn a_classic_standby_gets_unsettled_messages_in_order(env: &Env, queue: &str) {
     standby_gets_unsettled_messages_in_order(env, queue, QueueType::Classic).await;
 }
 
-/// [`standby_gets_unsettled_messages_in_order`] on a quorum queue.
+/// A standby gets unsettled messages in order: on a quorum queue.
 pub async fn a_quorum_standby_gets_unsettled_messages_in_order(env: &Env, queue: &str) {
     standby_gets_unsettled_messages_in_order(env, queue, QueueType::Quorum).await;
 }

@@ -2,5 +2,7 @@
 //! dispatch loop applies. They know nothing of brokers or async.
 
 pub mod backoff;
+pub mod breaker;
 pub mod lanes;
 pub mod partition;
+pub mod rate;
