@@ -87,3 +87,17 @@ test_job!(
     single_active = true,
     retry = 0
 );
+test_job!(
+    breaker,
+    "qjob.test.breaker",
+    retry = 100,
+    backoff = fixed("100ms"),
+    concurrency = 2,
+    prefetch = 4,
+    circuit_breaker(
+        failure_rate = 0.5,
+        min_attempts = 10,
+        window = "60s",
+        open_for = "3s"
+    )
+);

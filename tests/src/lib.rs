@@ -577,6 +577,7 @@ macro_rules! worker_tests {
             a_retry_survives_a_worker_restart RestartJob,
             dead_letters_can_be_peeked_at_and_replayed ReplayJob,
             partitioned_keys_complete_in_publish_order_across_two_workers OrderedJob,
+            an_open_breaker_stops_calls_until_a_probe_succeeds BreakerJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

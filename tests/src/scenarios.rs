@@ -733,3 +733,49 @@ pub async fn partitioned_keys_complete_in_publish_order_across_two_workers<
     );
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
 }
+
+/// A job failing every time trips its breaker after `min_attempts`: it
+/// stops being called (in-flight attempts finish), at most a probe runs
+/// while open, nothing is dead-lettered because of it, and once the
+/// downstream recovers a probe succeeds and the queue drains.
+pub async fn an_open_breaker_stops_calls_until_a_probe_succeeds<J: Job<Payload = Task>>(
+    env: &Env,
+    job: J,
+) {
+    let breaker = J::options()
+        .circuit_breaker()
+        .expect("scenario needs a breaker");
+    let concurrency = J::options().concurrency() as u32;
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let jobs = 20;
+    env.client()
+        .enqueue_all::<J>((0..jobs).map(|seq| Task::new(&tag, seq, Act::FailUntilReleased)))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let probe = probe(&tag);
+    probe
+        .wait("the minimum attempts", LIMIT, |p| {
+            p.attempts.load(Ordering::SeqCst) >= breaker.min_attempts
+        })
+        .await;
+    // Attempts already admitted may finish; then the breaker is open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tripped = probe.attempts.load(Ordering::SeqCst);
+    assert!(
+        tripped <= breaker.min_attempts + 2 * concurrency,
+        "{tripped} attempts before the breaker held"
+    );
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let while_open = probe.attempts.load(Ordering::SeqCst) - tripped;
+    assert!(while_open <= 2, "{while_open} calls while open");
+    probe.release();
+    probe
+        .wait("the queue to drain after recovery", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == jobs
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
+}

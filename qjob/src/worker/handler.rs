@@ -10,6 +10,7 @@ use tracing::Instrument;
 use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
+use crate::worker::gate::Gate;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::settle::{self, Action, Attempt, Routes};
@@ -24,6 +25,8 @@ pub(crate) struct Handler {
     pub(crate) max_attempts: u32,
     pub(crate) timeout: Option<Duration>,
     pub(crate) observers: Arc<[Arc<dyn Observer>]>,
+    /// The job type's circuit breaker and rate limit, shared by its consumers.
+    pub(crate) gate: Option<Arc<Gate>>,
 }
 
 impl Handler {
@@ -95,8 +98,18 @@ impl Handler {
         }
     }
 
-    /// Runs the handler once.
+    /// Runs the handler once, through the gate.
     async fn attempt(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
+        let Some(gate) = &self.gate else {
+            return self.run(delivery, envelope, attempt).await;
+        };
+        gate.enter().await;
+        let outcome = self.run(delivery, envelope, attempt).await;
+        gate.leave(!matches!(outcome, Outcome::Succeeded));
+        outcome
+    }
+
+    async fn run(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
         let ctx = JobContext::delivered(
             &self.routes.queue,
             envelope.job_id.clone(),

@@ -2,6 +2,7 @@
 
 mod checks;
 mod consumer;
+mod gate;
 mod handler;
 mod observer;
 mod runnable;
@@ -20,6 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::broker::Broker;
 use crate::{Error, Job};
 use consumer::Consumer;
+use gate::Gate;
 use handler::Handler;
 use settle::Routes;
 
@@ -234,6 +236,7 @@ impl Worker {
                 )));
             }
             let slots = Arc::new(Semaphore::new(options.concurrency()));
+            let gate = Gate::new(job.name(), &options);
             let consumers = topology::consumed_queues(&options)
                 .into_iter()
                 .map(|spec| Consumer {
@@ -250,6 +253,7 @@ impl Worker {
                         max_attempts: options.max_attempts(),
                         timeout: options.timeout(),
                         observers: self.observers.clone(),
+                        gate: gate.clone(),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name,

@@ -1,0 +1,85 @@
+//! Rate limits and circuit breakers on the paused clock.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use qjob::{JobContext, JobError, job};
+use qjob_testkit::TestKit;
+use tokio::time::Instant;
+
+static LIMITED_STARTS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+
+#[job(
+    queue = "protect.limited",
+    rate_limit = "10/s",
+    concurrency = 20,
+    prefetch = 50
+)]
+async fn limited(_n: u32, _ctx: JobContext) -> Result<(), JobError> {
+    LIMITED_STARTS.lock().unwrap().push(Instant::now());
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_spaces_starts_evenly() {
+    let mut kit = TestKit::new().register(LimitedJob);
+    let results = kit.client().enqueue_all::<LimitedJob>(0..50).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let start = Instant::now();
+    kit.run_until_idle().await;
+    let starts = LIMITED_STARTS.lock().unwrap().clone();
+    assert_eq!(starts.len(), 50);
+    // One token in the bucket at first, then one every 100 ms.
+    let took = starts.last().unwrap().duration_since(start);
+    assert!(took >= Duration::from_millis(4800), "{took:?}");
+    for window in starts.windows(11) {
+        let span = window[10] - window[0];
+        assert!(
+            span >= Duration::from_millis(900),
+            "11 starts within {span:?}"
+        );
+    }
+}
+
+static DOWNSTREAM_UP: AtomicBool = AtomicBool::new(false);
+static BREAKER_CALLS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+
+#[job(
+    queue = "protect.breaker",
+    retry = 100,
+    backoff = fixed("1s"),
+    concurrency = 1,
+    circuit_breaker(failure_rate = 0.5, min_attempts = 10, window = "60s", open_for = "3s")
+)]
+async fn guarded(_n: u32, _ctx: JobContext) -> Result<(), JobError> {
+    BREAKER_CALLS.lock().unwrap().push(Instant::now());
+    if DOWNSTREAM_UP.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(JobError::msg("downstream is down"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_probes_every_open_interval_and_closes_on_success() {
+    let mut kit = TestKit::new().register(GuardedJob);
+    let results = kit.client().enqueue_all::<GuardedJob>(0..5).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    kit.start().await;
+    // Let it fail for 20 s of virtual time, then recover.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let calls = BREAKER_CALLS.lock().unwrap().clone();
+    let opened = calls[9];
+    let after: Vec<Duration> = calls[10..].iter().map(|t| *t - opened).collect();
+    // While open, one probe per 3 s interval, nothing in between.
+    assert!(!after.is_empty());
+    for pair in after.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_secs(3), "{after:?}");
+    }
+    assert!(after.len() <= 7, "{after:?}");
+    DOWNSTREAM_UP.store(true, Ordering::SeqCst);
+    kit.run_until_idle().await;
+    assert_eq!(kit.succeeded::<GuardedJob>().len(), 5);
+    assert!(kit.dead_lettered::<GuardedJob>().is_empty());
+}
