@@ -14,6 +14,16 @@ use crate::job::{Job, JobId};
 use crate::policy::backoff;
 use crate::{Error, headers, topology};
 
+/// A negative confirm from a capped queue means it is full.
+fn full<J: Job>(error: Error) -> Error {
+    match (error, J::options().max_length()) {
+        (Error::PublishRejected { queue }, Some(max_length)) => {
+            Error::QueueFull { queue, max_length }
+        }
+        (error, _) => error,
+    }
+}
+
 /// How many publishes [`Client::enqueue_all`] keeps awaiting confirms at once.
 const PIPELINE: usize = 512;
 
@@ -139,7 +149,10 @@ impl Client {
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<JobId, Error> {
         let (id, message) = Self::message::<J>(payload)?;
         let target = Self::target::<J>(Some(payload));
-        self.broker.publish(&target, message).await?;
+        self.broker
+            .publish(&target, message)
+            .await
+            .map_err(full::<J>)?;
         Ok(id)
     }
 

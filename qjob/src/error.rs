@@ -38,6 +38,31 @@ pub enum Error {
         /// The queue published to.
         queue: String,
     },
+    /// The queue is at its `max_length` and rejects publishes
+    /// (`x-overflow = reject-publish`): the job was not enqueued.
+    #[error(
+        "queue {queue:?} is full (max_length {max_length}): the broker rejected the job; retry later or raise max_length"
+    )]
+    QueueFull {
+        /// The queue published to.
+        queue: String,
+        /// Its length limit.
+        max_length: u32,
+    },
+    /// A queue exists with other arguments than this side declares.
+    #[error(
+        "queue {queue:?} already exists with {argument} = {existing}, but it is declared with {argument} = {requested}: declare it the same way everywhere, or delete it and let qjob declare it again"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The argument that differs, e.g. `x-max-length`.
+        argument: String,
+        /// Its value on the broker (`none` when absent).
+        existing: String,
+        /// The value declared now (`none` when absent).
+        requested: String,
+    },
     /// The message could not be routed: the queue does not exist.
     #[error("the message published to queue {queue:?} was returned unroutable: {reason}")]
     Unroutable {

@@ -111,8 +111,24 @@ pub async fn redeclaring_with_other_arguments_fails(env: &Env, queue: &str) {
     broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
     let other = QueueSpec::new(queue).with_single_active(true);
     let error = broker.declare_queue(&other).await.unwrap_err();
-    assert!(error.to_string().contains(queue), "{error}");
-    assert!(error.to_string().contains("PRECONDITION_FAILED"), "{error}");
+    let Error::QueueMismatch {
+        queue: named,
+        argument,
+        existing,
+        requested,
+    } = &error
+    else {
+        panic!("expected a queue mismatch, got {error:?}");
+    };
+    assert_eq!(named, queue);
+    assert_eq!(argument, "x-single-active-consumer");
+    assert_eq!((existing.as_str(), requested.as_str()), ("none", "true"));
+    let capped = QueueSpec::new(queue).with_max_length(5);
+    let error = broker.declare_queue(&capped).await.unwrap_err().to_string();
+    assert!(
+        error.contains("x-max-length = none") && error.contains("x-max-length = 5"),
+        "{error}"
+    );
     // The broker handle stays usable.
     broker.publish(queue, message("a")).await.unwrap();
 }

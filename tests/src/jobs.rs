@@ -101,3 +101,4 @@ test_job!(
         open_for = "3s"
     )
 );
+test_job!(capped, "qjob.test.capped", max_length = 5);

@@ -578,6 +578,7 @@ macro_rules! worker_tests {
             dead_letters_can_be_peeked_at_and_replayed ReplayJob,
             partitioned_keys_complete_in_publish_order_across_two_workers OrderedJob,
             an_open_breaker_stops_calls_until_a_probe_succeeds BreakerJob,
+            a_full_queue_is_an_error_for_the_producer CappedJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

@@ -779,3 +779,32 @@ pub async fn an_open_breaker_stops_calls_until_a_probe_succeeds<J: Job<Payload =
     running.stop().await.unwrap();
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
 }
+
+/// `max_length = 5`: of 8 enqueues, 5 are confirmed and 3 get
+/// `Error::QueueFull`, never a silent drop.
+pub async fn a_full_queue_is_an_error_for_the_producer<J: Job<Payload = Task>>(env: &Env, _job: J) {
+    let max = J::options()
+        .max_length()
+        .expect("scenario needs max_length");
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let client = env.client();
+    let mut results = Vec::new();
+    for seq in 0..max + 3 {
+        results.push(
+            client
+                .enqueue::<J>(Task::new(&tag, seq, Act::Succeed))
+                .await,
+        );
+    }
+    let confirmed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(confirmed, max as usize);
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(error, Error::QueueFull { queue, max_length } if queue == J::QUEUE && *max_length == max),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("is full"), "{error}");
+    }
+    assert_eq!(env.ready(J::QUEUE).await, max);
+}

@@ -3,6 +3,7 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::Error;
 use crate::broker::{HeaderValue, Headers, Message, QueueSpec};
 
 pub(super) fn properties(message: &Message) -> BasicProperties {
@@ -143,6 +144,28 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     arguments
 }
 
+/// Reads RabbitMQ's `PRECONDITION_FAILED - inequivalent arg 'A' for queue
+/// 'Q' in vhost '/': received X but current is Y` into a clear error.
+pub(super) fn queue_mismatch(queue: &str, text: &str) -> Option<Error> {
+    let (_, rest) = text.split_once("inequivalent arg '")?;
+    let (argument, rest) = rest.split_once('\'')?;
+    let (_, values) = rest.split_once(": received ")?;
+    let (requested, existing) = values.split_once(" but current is ")?;
+    let value = |part: &str| {
+        let part = part.trim();
+        match part.strip_prefix("the value '") {
+            Some(quoted) => quoted.split('\'').next().unwrap_or_default().to_owned(),
+            None => part.trim_matches('\'').to_owned(),
+        }
+    };
+    Some(Error::QueueMismatch {
+        queue: queue.to_owned(),
+        argument: argument.to_owned(),
+        existing: value(existing),
+        requested: value(requested),
+    })
+}
+
 fn millis(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -167,6 +190,38 @@ mod tests {
         let properties = properties(&original);
         assert_eq!(properties.delivery_mode(), &Some(2));
         assert_eq!(message(&properties, b"{}".to_vec()), original);
+    }
+
+    #[test]
+    fn precondition_failures_name_the_argument_and_both_values() {
+        let text = "protocol error: AMQP soft error: PRECONDITION-FAILED: PRECONDITION_FAILED - \
+            inequivalent arg 'x-max-length' for queue 'jobs' in vhost '/': received the value '5' \
+            of type 'signedint' but current is none";
+        let Some(Error::QueueMismatch {
+            queue,
+            argument,
+            existing,
+            requested,
+        }) = queue_mismatch("jobs", text)
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            (
+                queue.as_str(),
+                argument.as_str(),
+                existing.as_str(),
+                requested.as_str()
+            ),
+            ("jobs", "x-max-length", "none", "5")
+        );
+        let text = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'jobs' in \
+            vhost '/': received the value 'quorum' of type 'longstr' but current is the value \
+            'classic' of type 'longstr'";
+        let error = queue_mismatch("jobs", text).unwrap().to_string();
+        assert!(error.contains("x-queue-type = classic"), "{error}");
+        assert!(error.contains("x-queue-type = quorum"), "{error}");
+        assert!(queue_mismatch("jobs", "NOT_FOUND - no queue").is_none());
     }
 
     #[test]

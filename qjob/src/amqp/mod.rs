@@ -207,9 +207,10 @@ impl Broker for AmqpBroker {
         if channel.status().connected() {
             let _ = channel.close(200, "declared".into()).await;
         }
-        declared
-            .map(drop)
-            .map_err(|e| Error::broker(operation(), e))
+        declared.map(drop).map_err(|e| {
+            convert::queue_mismatch(&spec.name, &e.to_string())
+                .unwrap_or_else(|| Error::broker(operation(), e))
+        })
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
