@@ -1,0 +1,88 @@
+//! The broker stops and starts in the middle of a run (`rabbitmqctl
+//! stop_app` / `start_app`). Its own binary: no other test runs meanwhile.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qjob_tests::scenarios::{Env, LIMIT};
+use qjob_tests::{Act, Task, probe, test_job};
+
+test_job!(restart_chaos, "qjob.test.broker-restart", prefetch = 20, concurrency = 8, retry = 3);
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+/// Starts the broker again however the test ends.
+struct Restart;
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").status();
+        let _ = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "120"])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_broker_restart_mid_run_loses_nothing() {
+    let env = Env::amqp().await;
+    env.reset::<RestartChaosJob>().await;
+    let tag = env.tag::<RestartChaosJob>();
+    let jobs = 400;
+    let client = env.client();
+    let results = client
+        .enqueue_all::<RestartChaosJob>((0..jobs).map(|seq| Task::new(&tag, seq, Act::Sleep(5))))
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let running = env.start(RestartChaosJob);
+    let probe = probe(&tag);
+    probe
+        .wait("a first batch", LIMIT, |p| {
+            p.succeeded.load(std::sync::atomic::Ordering::SeqCst) >= 100
+        })
+        .await;
+
+    let restart = Restart;
+    rabbitmqctl(&["stop_app"]);
+    // While the broker is down, publishing fails at once, with an error.
+    let started = Instant::now();
+    let during = client
+        .enqueue::<RestartChaosJob>(Task::new(&tag, jobs, Act::Sleep(5)))
+        .await;
+    assert!(during.is_err(), "{during:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    drop(restart);
+
+    // The worker reconnects, redeclares, resubscribes and finishes.
+    probe
+        .wait("every job after the restart", Duration::from_secs(60), |p| {
+            let done: BTreeSet<u32> = p.done.lock().unwrap().iter().copied().collect();
+            done.len() == jobs as usize
+        })
+        .await;
+    running.stop().await.unwrap();
+    let done = probe.done.lock().unwrap().clone();
+    let distinct: BTreeSet<u32> = done.iter().copied().collect();
+    assert_eq!(distinct, (0..jobs).collect());
+    println!(
+        "{jobs} jobs: {} handler completions ({} run again after the restart), none lost",
+        done.len(),
+        done.len() - jobs as usize
+    );
+    let after = Env::amqp().await;
+    assert_eq!(after.ready("qjob.test.broker-restart").await, 0);
+    assert_eq!(after.ready("qjob.test.broker-restart.dlq").await, 0);
+    // And the client publishes again.
+    client
+        .enqueue::<RestartChaosJob>(Task::new("after-restart", 0, Act::Succeed))
+        .await
+        .unwrap();
+}
