@@ -71,6 +71,24 @@ pub enum Error {
         /// The broker's reply text.
         reason: String,
     },
+    /// The broker blocks publishing on this connection (a memory or disk
+    /// alarm): nothing was published; retry once it clears.
+    #[error(
+        "the broker blocks publishing ({reason}): nothing was published; retry once the broker's resource alarm clears"
+    )]
+    Blocked {
+        /// The broker's reason.
+        reason: String,
+    },
+    /// An operation took longer than its limit; its outcome is unknown (a
+    /// publish may or may not have been stored).
+    #[error("{operation} did not complete within {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: String,
+        /// The limit.
+        after: std::time::Duration,
+    },
     /// The payload could not be serialized to JSON.
     #[error("could not serialize the payload of job {job}: {source}")]
     Serialize {

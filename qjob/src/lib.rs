@@ -14,7 +14,7 @@ pub mod policy;
 mod topology;
 mod worker;
 
-pub use amqp::AmqpBroker;
+pub use amqp::{AmqpBroker, AmqpOptions};
 pub use broker::Broker;
 pub use client::Client;
 pub use dead_letters::{DeadLetter, DeadLetters};

@@ -1,5 +1,6 @@
-//! The broker stops and starts in the middle of a run (`rabbitmqctl
-//! stop_app` / `start_app`). Its own binary: no other test runs meanwhile.
+//! The broker itself misbehaves: it stops and starts in the middle of a run
+//! (`rabbitmqctl stop_app` / `start_app`), or raises a memory alarm. Its
+//! own binary, one test at a time: no other test runs meanwhile.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -8,7 +9,13 @@ use std::time::{Duration, Instant};
 use qjob_tests::scenarios::{Env, LIMIT};
 use qjob_tests::{Act, Task, probe, test_job};
 
-test_job!(restart_chaos, "qjob.test.broker-restart", prefetch = 20, concurrency = 8, retry = 3);
+test_job!(
+    restart_chaos,
+    "qjob.test.broker-restart",
+    prefetch = 20,
+    concurrency = 8,
+    retry = 3
+);
 
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
@@ -30,8 +37,12 @@ impl Drop for Restart {
     }
 }
 
+/// One test at a time: each disturbs the whole broker.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_broker_restart_mid_run_loses_nothing() {
+    let _serial = SERIAL.lock().await;
     let env = Env::amqp().await;
     env.reset::<RestartChaosJob>().await;
     let tag = env.tag::<RestartChaosJob>();
@@ -58,15 +69,23 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         .enqueue::<RestartChaosJob>(Task::new(&tag, jobs, Act::Sleep(5)))
         .await;
     assert!(during.is_err(), "{during:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     drop(restart);
 
     // The worker reconnects, redeclares, resubscribes and finishes.
     probe
-        .wait("every job after the restart", Duration::from_secs(60), |p| {
-            let done: BTreeSet<u32> = p.done.lock().unwrap().iter().copied().collect();
-            done.len() == jobs as usize
-        })
+        .wait(
+            "every job after the restart",
+            Duration::from_secs(60),
+            |p| {
+                let done: BTreeSet<u32> = p.done.lock().unwrap().iter().copied().collect();
+                done.len() == jobs as usize
+            },
+        )
         .await;
     running.stop().await.unwrap();
     let done = probe.done.lock().unwrap().clone();
@@ -83,6 +102,67 @@ async fn a_broker_restart_mid_run_loses_nothing() {
     // And the client publishes again.
     client
         .enqueue::<RestartChaosJob>(Task::new("after-restart", 0, Act::Succeed))
+        .await
+        .unwrap();
+}
+
+/// Puts the memory watermark back however the test ends.
+struct Watermark;
+
+impl Drop for Watermark {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.4"])
+            .status();
+    }
+}
+
+test_job!(alarmed, "qjob.test.memory-alarm", retry = 0);
+
+#[tokio::test]
+async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::amqp().await;
+    env.reset::<AlarmedJob>().await;
+    let client = env.client();
+    client
+        .enqueue::<AlarmedJob>(Task::new("alarm", 0, Act::Succeed))
+        .await
+        .unwrap();
+    let watermark = Watermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    let started = Instant::now();
+    let blocked = client
+        .enqueue::<AlarmedJob>(Task::new("alarm", 1, Act::Succeed))
+        .await;
+    let Err(error) = blocked else {
+        panic!("published during a memory alarm");
+    };
+    assert!(matches!(error, qjob::Error::Blocked { .. }), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let qjob_tests::scenarios::Env::Amqp(broker, _) = &env else {
+        unreachable!()
+    };
+    assert!(broker.blocked().is_some());
+    let again = client
+        .enqueue::<AlarmedJob>(Task::new("alarm", 2, Act::Succeed))
+        .await;
+    assert!(
+        matches!(again, Err(qjob::Error::Blocked { .. })),
+        "fails fast while blocked: {again:?}"
+    );
+    drop(watermark);
+    let deadline = Instant::now() + LIMIT;
+    while broker.blocked().is_some() {
+        assert!(Instant::now() < deadline, "never unblocked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .enqueue::<AlarmedJob>(Task::new("alarm", 3, Act::Succeed))
         .await
         .unwrap();
 }
