@@ -300,7 +300,7 @@ impl AmqpBroker {
                     immediate: false,
                 },
                 &message.body,
-                convert::properties(&message),
+                convert::properties(message),
             )
             .await
             .map_err(|e| Error::broker(operation(), e))?;
