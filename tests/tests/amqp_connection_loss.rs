@@ -80,7 +80,9 @@ async fn the_worker_and_the_client_reconnect_after_the_broker_closes_their_conne
     running.stop().await.unwrap();
     let done = probe.done.lock().unwrap().clone();
     let repeats = done.len() - jobs as usize;
-    println!("{jobs} jobs: all succeeded, {repeats} run again after the connections closed, {failures} enqueue failed during the close and was retried");
+    println!(
+        "{jobs} jobs: all succeeded, {repeats} run again after the connections closed, {failures} enqueue failed during the close and was retried"
+    );
     assert!(
         repeats <= 20 + 8,
         "only unacked jobs run again, {repeats} did"
