@@ -2,21 +2,24 @@
 //! on tokio's clock.
 
 mod death;
+mod faults;
 mod queue;
+mod subscription;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use qjob::Error;
-use qjob::broker::{Acker, Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use qjob::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use death::Reason;
-use queue::{ConsumerSlot, Queue, Stored};
+use queue::{ConsumerSlot, Queue, Stored, mismatch};
+pub(crate) use subscription::MemoryAcker;
+use subscription::{MemorySubscription, Settlement};
 
 /// An in-memory broker. Cheap to clone: clones share the queues.
 ///
@@ -138,45 +141,6 @@ impl State {
             .into_iter()
             .filter_map(|(queue, message)| self.dead_letter(&queue, message, Reason::Expired))
             .collect()
-    }
-}
-
-/// The first argument in which `requested` differs from `existing`, named
-/// and valued as RabbitMQ reports it (`none` for an absent argument).
-fn mismatch(existing: &QueueSpec, requested: &QueueSpec) -> Error {
-    fn arguments(spec: &QueueSpec) -> [(&'static str, String); 6] {
-        let or_none = |value: Option<String>| value.unwrap_or_else(|| "none".to_owned());
-        let millis = |d: Option<Duration>| or_none(d.map(|d| d.as_millis().to_string()));
-        [
-            ("x-queue-type", spec.queue_type.as_str().to_owned()),
-            (
-                "x-max-length",
-                or_none(spec.max_length.map(|n| n.to_string())),
-            ),
-            (
-                "x-single-active-consumer",
-                or_none(spec.single_active.then(|| "true".to_owned())),
-            ),
-            ("x-message-ttl", millis(spec.message_ttl)),
-            (
-                "x-dead-letter-routing-key",
-                or_none(spec.dead_letter_to.clone()),
-            ),
-            ("x-expires", millis(spec.expires)),
-        ]
-    }
-    let queue = requested.name.clone();
-    let (argument, existing, requested) = arguments(existing)
-        .into_iter()
-        .zip(arguments(requested))
-        .find(|((_, a), (_, b))| a != b)
-        .map(|((name, a), (_, b))| (name, a, b))
-        .expect("the specs differ in an argument");
-    Error::QueueMismatch {
-        queue,
-        argument: argument.to_owned(),
-        existing,
-        requested,
     }
 }
 
@@ -347,55 +311,6 @@ impl MemoryBroker {
         });
     }
 
-    /// Fault: the next publish (to any queue) gets a negative confirm and is
-    /// not stored, as when RabbitMQ nacks.
-    pub fn fail_next_publish(&self) {
-        self.lock().failing_publishes.push(None);
-    }
-
-    /// Fault: the next publish to `queue` gets a negative confirm.
-    pub fn fail_next_publish_to(&self, queue: &str) {
-        self.lock().failing_publishes.push(Some(queue.to_owned()));
-    }
-
-    /// Fault: the next message published to `queue` is delivered twice (the
-    /// second time marked redelivered), as at-least-once delivery allows.
-    pub fn duplicate_next_publish(&self, queue: &str) {
-        self.lock().duplicating.insert(queue.to_owned());
-    }
-
-    /// Fault: the connection drops. Every consumer's stream ends with an
-    /// error, everything unsettled returns to its queue marked redelivered,
-    /// and acks of earlier deliveries fail. New operations work at once (the
-    /// broker reconnects).
-    pub fn drop_connection(&self) {
-        self.update(|state| {
-            for queue in state.queues.values_mut() {
-                for id in queue.consumer_ids() {
-                    if let Some(slot) = queue.remove_consumer(id) {
-                        let _ = slot
-                            .deliveries
-                            .send(Err(Error::broker("consume", "connection closed")));
-                    }
-                }
-            }
-        });
-    }
-
-    /// Publishes raw bytes with no id and no headers, as a foreign producer
-    /// (or a corrupted message) would.
-    ///
-    /// # Errors
-    ///
-    /// As [`Broker::publish`].
-    pub async fn publish_raw(&self, queue: &str, body: impl Into<Vec<u8>>) -> Result<(), Error> {
-        let message = Message {
-            body: body.into(),
-            ..Message::default()
-        };
-        self.publish(queue, message).await
-    }
-
     fn settle(
         &self,
         queue: &str,
@@ -549,90 +464,6 @@ impl Broker for MemoryBroker {
                 ));
             };
             Ok(target.get(GETTER, &shared))
-        })
-    }
-}
-
-struct MemorySubscription {
-    broker: MemoryBroker,
-    queue: String,
-    id: u64,
-    receiver: mpsc::UnboundedReceiver<Result<Delivery, Error>>,
-}
-
-#[async_trait]
-impl Subscription for MemorySubscription {
-    async fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        self.receiver.recv().await
-    }
-
-    async fn cancel(&mut self) -> Result<(), Error> {
-        self.broker.cancel_consumer(&self.queue, self.id);
-        Ok(())
-    }
-
-    async fn close(self: Box<Self>) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl Drop for MemorySubscription {
-    fn drop(&mut self) {
-        self.receiver.close();
-        self.broker.remove_consumer(&self.queue, self.id);
-    }
-}
-
-/// How a delivery is settled.
-#[derive(Debug, Clone, Copy)]
-enum Settlement {
-    Ack,
-    Requeue,
-    /// Rejected without requeue: dead-lettered if the queue says where.
-    Discard,
-}
-
-pub(crate) struct MemoryAcker {
-    shared: Weak<Shared>,
-    queue: String,
-    consumer: u64,
-    sequence: u64,
-    settled: AtomicBool,
-}
-
-impl MemoryAcker {
-    pub(crate) fn new(shared: Weak<Shared>, queue: &str, consumer: u64, sequence: u64) -> Self {
-        Self {
-            shared,
-            queue: queue.to_owned(),
-            consumer,
-            sequence,
-            settled: AtomicBool::new(false),
-        }
-    }
-
-    fn settle(&self, settlement: Settlement) -> Result<(), Error> {
-        if self.settled.swap(true, Ordering::SeqCst) {
-            return Err(Error::broker("settle", "the delivery was already settled"));
-        }
-        let Some(shared) = self.shared.upgrade() else {
-            return Err(Error::broker("settle", "the broker is gone"));
-        };
-        MemoryBroker { shared }.settle(&self.queue, self.consumer, self.sequence, settlement)
-    }
-}
-
-#[async_trait]
-impl Acker for MemoryAcker {
-    async fn ack(&self) -> Result<(), Error> {
-        self.settle(Settlement::Ack)
-    }
-
-    async fn reject(&self, requeue: bool) -> Result<(), Error> {
-        self.settle(if requeue {
-            Settlement::Requeue
-        } else {
-            Settlement::Discard
         })
     }
 }

@@ -208,3 +208,42 @@ impl Queue {
         }
     }
 }
+
+/// The first argument in which `requested` differs from `existing`, named
+/// and valued as RabbitMQ reports it (`none` for an absent argument).
+pub(super) fn mismatch(existing: &QueueSpec, requested: &QueueSpec) -> Error {
+    fn arguments(spec: &QueueSpec) -> [(&'static str, String); 6] {
+        let or_none = |value: Option<String>| value.unwrap_or_else(|| "none".to_owned());
+        let millis = |d: Option<Duration>| or_none(d.map(|d| d.as_millis().to_string()));
+        [
+            ("x-queue-type", spec.queue_type.as_str().to_owned()),
+            (
+                "x-max-length",
+                or_none(spec.max_length.map(|n| n.to_string())),
+            ),
+            (
+                "x-single-active-consumer",
+                or_none(spec.single_active.then(|| "true".to_owned())),
+            ),
+            ("x-message-ttl", millis(spec.message_ttl)),
+            (
+                "x-dead-letter-routing-key",
+                or_none(spec.dead_letter_to.clone()),
+            ),
+            ("x-expires", millis(spec.expires)),
+        ]
+    }
+    let queue = requested.name.clone();
+    let (argument, existing, requested) = arguments(existing)
+        .into_iter()
+        .zip(arguments(requested))
+        .find(|((_, a), (_, b))| a != b)
+        .map(|((name, a), (_, b))| (name, a, b))
+        .expect("the specs differ in an argument");
+    Error::QueueMismatch {
+        queue,
+        argument: argument.to_owned(),
+        existing,
+        requested,
+    }
+}

@@ -88,7 +88,7 @@ impl Acks {
                         multiple: frame.multiple,
                     })
                     .await;
-                if let Err(error) = super::settled(sent, "ack") {
+                if let Err(error) = super::subscription::settled(sent, "ack") {
                     first_error.get_or_insert(error);
                 }
             }
@@ -105,7 +105,7 @@ impl Acks {
     ) -> Result<(), Error> {
         self.lock().unsettled.remove(&tag);
         let sent = acker.reject(BasicRejectOptions { requeue }).await;
-        super::settled(sent, "reject")
+        super::subscription::settled(sent, "reject")
     }
 }
 

@@ -1,0 +1,220 @@
+//! The connection of an [`AmqpBroker`]: options, cluster addresses, heartbeat,
+//! reconnection and the broker's blocked notifications.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use super::AmqpBroker;
+use crate::Error;
+
+pub(super) struct Inner {
+    /// The broker's addresses (several for a cluster), tried in turn.
+    pub(super) urls: Vec<String>,
+    /// The address that worked last, tried first.
+    pub(super) preferred: AtomicUsize,
+    pub(super) options: AmqpOptions,
+    pub(super) name: String,
+    pub(super) current: Mutex<Option<Connected>>,
+    pub(super) reconnecting: tokio::sync::Mutex<()>,
+}
+
+/// How [`AmqpBroker`] connects and publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AmqpOptions {
+    /// The longest a publish waits for the broker's confirm before it is an
+    /// [`Error::Timeout`] (30 s by default).
+    pub publish_timeout: Duration,
+    /// The heartbeat asked of the broker when the URL does not set one
+    /// (`?heartbeat=`): a dead peer is noticed after about twice this
+    /// (15 s by default).
+    pub heartbeat: Duration,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            publish_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+impl AmqpOptions {
+    /// Sets the publish timeout.
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets the default heartbeat.
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct Connected {
+    pub(super) connection: Arc<Connection>,
+    pub(super) publisher: Channel,
+    /// For `basic.get`: what it takes stays unsettled on this channel.
+    pub(super) getter: Channel,
+    /// Why the broker blocks this connection's publishes (a resource alarm).
+    pub(super) blocked: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+impl Connected {
+    pub(super) fn is_usable(&self) -> bool {
+        self.connection.status().connected()
+            && self.publisher.status().connected()
+            && self.getter.status().connected()
+    }
+
+    pub(super) fn blocked(&self) -> Option<String> {
+        self.blocked.borrow().clone()
+    }
+}
+
+impl AmqpBroker {
+    pub(super) fn current(&self) -> Option<Connected> {
+        self.inner
+            .current
+            .lock()
+            .expect("connection lock poisoned")
+            .clone()
+            .filter(Connected::is_usable)
+    }
+
+    /// The live connection, reconnecting if it was lost.
+    pub(super) async fn connected(&self) -> Result<Connected, Error> {
+        if let Some(connected) = self.current() {
+            return Ok(connected);
+        }
+        let _one_at_a_time = self.inner.reconnecting.lock().await;
+        if let Some(connected) = self.current() {
+            return Ok(connected);
+        }
+        let urls = &self.inner.urls;
+        let first = self.inner.preferred.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for index in (0..urls.len()).map(|i| (first + i) % urls.len()) {
+            match self.open(&urls[index]).await {
+                Ok(connected) => {
+                    self.inner.preferred.store(index, Ordering::Relaxed);
+                    *self.inner.current.lock().expect("connection lock poisoned") =
+                        Some(connected.clone());
+                    return Ok(connected);
+                }
+                Err(error) => {
+                    tracing::warn!(url = %redact(&urls[index]), %error, "could not connect to the broker");
+                    last_error = Some(error);
+                }
+            }
+        }
+        let tried: Vec<String> = urls.iter().map(|u| redact(u)).collect();
+        Err(Error::Connect {
+            url: tried.join(", "),
+            source: last_error.expect("at least one address").into(),
+        })
+    }
+
+    /// Opens a connection to `url` with its channels, and follows its
+    /// blocked/unblocked notifications.
+    async fn open(&self, url: &str) -> Result<Connected, lapin::Error> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
+        let connection = Connection::connect(url, properties).await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let getter = connection.create_channel().await?;
+        let blocked = Arc::new(tokio::sync::watch::Sender::new(None));
+        let mut events = connection.events_listener();
+        let flag = Arc::downgrade(&blocked);
+        let name = self.inner.name.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let Some(flag) = flag.upgrade() else { return };
+                match event {
+                    lapin::Event::ConnectionBlocked(reason) => {
+                        tracing::warn!(connection = %name, %reason, "the broker blocks publishing");
+                        flag.send_replace(Some(reason));
+                    }
+                    lapin::Event::ConnectionUnblocked => {
+                        tracing::info!(connection = %name, "the broker unblocked publishing");
+                        flag.send_replace(None);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Connected {
+            connection: Arc::new(connection),
+            publisher,
+            getter,
+            blocked,
+        })
+    }
+}
+
+/// `url` with `heartbeat=<secs>` added when it sets none.
+pub(super) fn with_heartbeat(url: &str, heartbeat: Duration) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}heartbeat={}", heartbeat.as_secs().max(1))
+}
+
+/// `url` with its password replaced by `***`.
+pub(super) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact, with_heartbeat};
+    use std::time::Duration;
+
+    #[test]
+    fn a_heartbeat_is_asked_for_unless_the_url_sets_one() {
+        let s15 = Duration::from_secs(15);
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f", s15),
+            "amqp://h/%2f?heartbeat=15"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/v?frame_max=8192", s15),
+            "amqp://h/v?frame_max=8192&heartbeat=15"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/v?heartbeat=5", s15),
+            "amqp://h/v?heartbeat=5"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://u:secret@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
+    }
+}

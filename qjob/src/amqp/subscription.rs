@@ -1,0 +1,153 @@
+//! Consuming from RabbitMQ: subscriptions, ackers, and the time bound on
+//! every operation but publishing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+
+use super::{acks, convert};
+use crate::Error;
+use crate::broker::{Acker, Delivery, Subscription};
+
+/// Acks and rejects a `basic.get` message directly, without batching.
+pub(super) struct DirectAcker(pub(super) lapin::Acker);
+
+#[async_trait]
+impl Acker for DirectAcker {
+    async fn ack(&self) -> Result<(), Error> {
+        bounded(|| "ack".into(), async {
+            settled(self.0.ack(BasicAckOptions::default()).await, "ack")
+        })
+        .await
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), Error> {
+        bounded(|| "reject".into(), async {
+            settled(
+                self.0.reject(BasicRejectOptions { requeue }).await,
+                "reject",
+            )
+        })
+        .await
+    }
+}
+
+pub(super) struct AmqpSubscription {
+    pub(super) queue: String,
+    pub(super) channel: Channel,
+    pub(super) consumer: lapin::Consumer,
+    pub(super) acks: acks::Acks,
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(delivery) => delivery,
+            Err(e) => {
+                return Some(Err(Error::broker(
+                    format!("consume queue {:?}", self.queue),
+                    e,
+                )));
+            }
+        };
+        self.acks.delivered(delivery.delivery_tag);
+        Some(Ok(Delivery {
+            message: convert::message(&delivery.properties, delivery.data),
+            redelivered: delivery.redelivered,
+            acker: Box::new(AmqpAcker {
+                tag: delivery.delivery_tag,
+                acker: delivery.acker,
+                acks: self.acks.clone(),
+            }),
+        }))
+    }
+
+    async fn cancel(&mut self) -> Result<(), Error> {
+        if !self.channel.status().connected() {
+            return Ok(());
+        }
+        let operation = format!("cancel the consumer of queue {:?}", self.queue);
+        let cancelled = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
+        bounded(|| operation.clone(), async {
+            cancelled
+                .await
+                .map_err(|e| Error::broker(operation.clone(), e))
+        })
+        .await
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), Error> {
+        if !self.channel.status().connected() {
+            return Ok(());
+        }
+        let operation = format!("close the consumer of queue {:?}", self.queue);
+        let closed = self.channel.close(200, "qjob: consumer stopped".into());
+        bounded(|| operation.clone(), async {
+            closed
+                .await
+                .map_err(|e| Error::broker(operation.clone(), e))
+        })
+        .await
+    }
+}
+
+struct AmqpAcker {
+    tag: u64,
+    acker: lapin::Acker,
+    acks: acks::Acks,
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(&self) -> Result<(), Error> {
+        bounded(|| "ack".into(), self.acks.ack(self.tag, self.acker.clone())).await
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), Error> {
+        bounded(
+            || "reject".into(),
+            self.acks.reject(self.tag, &self.acker, requeue),
+        )
+        .await
+    }
+}
+
+/// How long an operation other than a publish (ack, reject, declare,
+/// consume, cancel, close) may take: lapin does not always fail the
+/// operations of a channel whose connection died, and a hung ack would hold
+/// a handler slot forever.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `operation`, failing with [`Error::Timeout`] after [`OPERATION_TIMEOUT`].
+pub(super) async fn bounded<T>(
+    operation: impl FnOnce() -> String,
+    future: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(OPERATION_TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                operation: operation(),
+                after: OPERATION_TIMEOUT,
+            })
+        })
+}
+
+/// lapin answers `false` when the delivery's channel is gone (the broker
+/// requeues the message then) or it was settled before.
+pub(super) fn settled(sent: Result<bool, lapin::Error>, operation: &str) -> Result<(), Error> {
+    if sent.map_err(|e| Error::broker(operation, e))? {
+        Ok(())
+    } else {
+        Err(Error::broker(
+            operation,
+            "the delivery's channel is closed or the delivery was already settled",
+        ))
+    }
+}
