@@ -83,3 +83,84 @@ async fn an_open_breaker_probes_every_open_interval_and_closes_on_success() {
     assert_eq!(kit.succeeded::<GuardedJob>().len(), 5);
     assert!(kit.dead_lettered::<GuardedJob>().is_empty());
 }
+
+static HEALTH_UP: AtomicBool = AtomicBool::new(true);
+
+#[job(
+    queue = "protect.health",
+    retry = 100,
+    backoff = fixed("1s"),
+    circuit_breaker(failure_rate = 0.5, min_attempts = 4, window = "60s", open_for = "30s")
+)]
+async fn watched(_n: u32, _ctx: JobContext) -> Result<(), JobError> {
+    if HEALTH_UP.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(JobError::msg("down"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_reports_consumers_breakers_errors_and_acks() {
+    use qjob::{BreakerHealth, Client, Worker};
+    use qjob_testkit::MemoryBroker;
+
+    let broker = MemoryBroker::new();
+    let worker = Worker::builder(broker.clone()).register(WatchedJob).build();
+    let health = worker.health();
+    assert!(!health.report().running);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    broker
+        .wait_until(|b| b.consumer_count("protect.health") == 1)
+        .await;
+    let report = health.report();
+    assert!(report.running && report.is_ready(), "{report:?}");
+    assert_eq!(report.breakers.get("watched"), Some(&BreakerHealth::Closed));
+    assert_eq!(report.last_ack, None);
+
+    let client = Client::new(broker.clone());
+    client.enqueue::<WatchedJob>(1).await.unwrap();
+    broker.wait_until_empty("protect.health").await;
+    assert!(health.report().last_ack.is_some());
+
+    HEALTH_UP.store(false, Ordering::SeqCst);
+    client.enqueue_all::<WatchedJob>(0..4).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        health.report().breakers.get("watched"),
+        Some(&BreakerHealth::Open)
+    );
+
+    broker.drop_connection();
+    let report = eventually(&health, |r| r.last_error.is_some()).await;
+    assert!(report.last_error.unwrap().contains("connection closed"));
+    eventually(&health, qjob::HealthReport::is_ready).await;
+
+    HEALTH_UP.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        health.report().breakers.get("watched"),
+        Some(&BreakerHealth::Closed)
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(!health.report().running);
+}
+
+/// Waits (on the paused clock) until the health report satisfies `check`.
+async fn eventually(
+    health: &qjob::Health,
+    check: impl Fn(&qjob::HealthReport) -> bool,
+) -> qjob::HealthReport {
+    for _ in 0..1000 {
+        let report = health.report();
+        if check(&report) {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the health report never got there: {:?}", health.report());
+}

@@ -306,4 +306,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Takes the next ready message of `queue` (`basic.get`), unsettled:
     /// the caller acks or rejects it. `None` if the queue is empty.
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error>;
+
+    /// Whether the broker is connected now (health reports).
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    /// Why the broker blocks publishing now, if it does (health reports).
+    fn blocked_reason(&self) -> Option<String> {
+        None
+    }
 }

@@ -26,8 +26,8 @@ pub use options::{
 };
 pub use qjob_macros::job;
 pub use worker::{
-    AttemptEvent, AttemptOutcome, DEFAULT_BROKER_CONSUMER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
-    Observer, Worker, WorkerBuilder,
+    AttemptEvent, AttemptOutcome, BreakerHealth, DEFAULT_BROKER_CONSUMER_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, Health, HealthReport, Observer, Worker, WorkerBuilder,
 };
 
 #[doc(hidden)]

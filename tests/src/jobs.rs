@@ -102,3 +102,4 @@ test_job!(
     )
 );
 test_job!(capped, "qjob.test.capped", max_length = 5);
+test_job!(health, "qjob.test.health", retry = 0);

@@ -148,6 +148,11 @@ async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
         unreachable!()
     };
     assert!(broker.blocked().is_some());
+    let health = qjob::Worker::builder(broker.clone())
+        .register(AlarmedJob)
+        .build()
+        .health();
+    assert!(health.report().blocked.is_some(), "health shows the alarm");
     let again = client
         .enqueue::<AlarmedJob>(Task::new("alarm", 2, Act::Succeed))
         .await;

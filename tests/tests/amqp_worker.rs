@@ -133,3 +133,31 @@ async fn fewer_partitions_than_the_queues_in_use_is_a_clear_error() {
         "{started:?}"
     );
 }
+
+#[tokio::test]
+async fn health_shows_a_running_connected_worker() {
+    use qjob_tests::jobs::HealthJob;
+    let env = Env::amqp().await;
+    env.reset::<HealthJob>().await;
+    let worker = qjob::Worker::builder_shared(env.broker())
+        .register(HealthJob)
+        .build();
+    let health = worker.health();
+    assert!(!health.report().is_ready());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let report = qjob_tests::eventually(
+        "a ready worker",
+        LIMIT,
+        || health.report(),
+        qjob::HealthReport::is_ready,
+    )
+    .await;
+    assert!(report.connected && report.blocked.is_none());
+    assert_eq!(report.consumers.get(HealthJob::QUEUE), Some(&true));
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(!health.report().running);
+}

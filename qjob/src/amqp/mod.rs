@@ -291,6 +291,14 @@ fn is_not_found(error: &lapin::Error) -> bool {
 
 #[async_trait]
 impl Broker for AmqpBroker {
+    fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    fn blocked_reason(&self) -> Option<String> {
+        self.blocked()
+    }
+
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
         bounded(
             || format!("declare queue {:?}", spec.name),

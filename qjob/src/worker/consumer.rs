@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
 use crate::policy::lanes::Lanes;
 use crate::worker::handler::Handler;
+use crate::worker::health::Health;
 use crate::{Error, JobOptions, topology};
 
 /// Longest wait between two attempts to resubscribe.
@@ -35,6 +36,7 @@ pub(crate) struct Consumer {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) tag: String,
+    pub(crate) health: Health,
 }
 
 impl Consumer {
@@ -197,8 +199,10 @@ impl Consumer {
         stop: &mut watch::Receiver<bool>,
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
+        self.health.consumer(&self.queue, false);
         match ended {
             Some(Err(error)) => {
+                self.health.error(&error);
                 tracing::warn!(queue = &*self.queue, %error, "consumer failed; resubscribing")
             }
             _ => tracing::warn!(
@@ -218,15 +222,14 @@ impl Consumer {
             }
             match self.subscribe().await {
                 Ok(subscription) => {
+                    self.health.consumer(&self.queue, true);
                     tracing::info!(queue = &*self.queue, "consumer resubscribed");
                     return Some(subscription);
                 }
-                Err(error) => tracing::warn!(
-                    queue = &*self.queue,
-                    %error,
-                    retry_in = ?delay,
-                    "resubscribe failed"
-                ),
+                Err(error) => {
+                    tracing::warn!(queue = &*self.queue, %error, retry_in = ?delay, "resubscribe failed");
+                    self.health.error(&error);
+                }
             }
         }
     }

@@ -10,9 +10,11 @@ use tokio::time::Instant;
 use crate::JobOptions;
 use crate::policy::breaker::{Admission, Breaker, BreakerState};
 use crate::policy::rate::TokenBucket;
+use crate::worker::health::BreakerHealth;
 
 pub(crate) struct Gate {
     job: &'static str,
+    queue: String,
     breaker: Option<Mutex<Breaker>>,
     bucket: Option<Mutex<TokenBucket>>,
     /// Woken when the breaker's probe finishes.
@@ -22,6 +24,7 @@ pub(crate) struct Gate {
 impl Gate {
     /// The gate of a job type, if it has a breaker or a rate limit.
     pub(crate) fn new(job: &'static str, options: &JobOptions) -> Option<Arc<Gate>> {
+        let queue = options.queue().to_owned();
         let breaker = options
             .circuit_breaker()
             .map(|b| Mutex::new(Breaker::new(b)));
@@ -31,6 +34,7 @@ impl Gate {
         (breaker.is_some() || bucket.is_some()).then(|| {
             Arc::new(Gate {
                 job,
+                queue,
                 breaker,
                 bucket,
                 probed: Notify::new(),
@@ -77,6 +81,8 @@ impl Gate {
         breaker.record(now, failed);
         let after = breaker.state(now);
         drop(breaker);
+        metrics::gauge!("qjob_circuit_breaker_state", "queue" => self.queue.clone())
+            .set(BreakerHealth::from(after).as_gauge());
         match (before, after) {
             (BreakerState::Open { .. }, _) => {}
             (_, BreakerState::Open { until }) => tracing::warn!(
@@ -94,5 +100,72 @@ impl Gate {
             _ => {}
         }
         self.probed.notify_waiters();
+    }
+
+    /// The breaker's state now, if the job has one.
+    pub(crate) fn breaker_state(&self) -> Option<BreakerState> {
+        let breaker = self.breaker.as_ref()?;
+        Some(
+            breaker
+                .lock()
+                .expect("breaker poisoned")
+                .state(Instant::now()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+    use crate::CircuitBreaker;
+
+    #[test]
+    fn breaker_state_is_a_gauge_by_queue() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let options = JobOptions::new("hooks").with_circuit_breaker(CircuitBreaker::new(
+            0.5,
+            2,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let gate = Gate::new("deliver", &options).unwrap();
+        let gauge = || {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find(|(key, ..)| key.key().name() == "qjob_circuit_breaker_state")
+                .map(|(key, _, _, value)| {
+                    (
+                        key.key()
+                            .labels()
+                            .map(|l| l.value().to_owned())
+                            .collect::<Vec<_>>(),
+                        value,
+                    )
+                })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            gate.leave(false);
+            assert_eq!(
+                gauge(),
+                Some((vec!["hooks".to_owned()], DebugValue::Gauge(0.0.into())))
+            );
+            gate.leave(true);
+            gate.leave(true);
+            assert_eq!(
+                gauge(),
+                Some((vec!["hooks".to_owned()], DebugValue::Gauge(1.0.into())))
+            );
+        });
+        assert_eq!(
+            gate.breaker_state().map(BreakerHealth::from),
+            Some(BreakerHealth::Open)
+        );
     }
 }

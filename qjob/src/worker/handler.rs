@@ -11,6 +11,7 @@ use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::gate::Gate;
+use crate::worker::health::Health;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::settle::{self, Action, Attempt, Routes};
@@ -27,6 +28,7 @@ pub(crate) struct Handler {
     pub(crate) observers: Arc<[Arc<dyn Observer>]>,
     /// The job type's circuit breaker and rate limit, shared by its consumers.
     pub(crate) gate: Option<Arc<Gate>>,
+    pub(crate) health: Health,
 }
 
 impl Handler {
@@ -179,8 +181,10 @@ impl Handler {
         let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
         if let Err(error) = settled {
             tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+            self.health.error(&error);
             return;
         }
+        self.health.acked();
         if let Some((outcome, payload, redelivered)) = report {
             self.notify(&payload, redelivered, attempt, job_id, &outcome);
         }

@@ -4,11 +4,13 @@ mod checks;
 mod consumer;
 mod gate;
 mod handler;
+mod health;
 mod observer;
 mod runnable;
 mod settle;
 
 pub use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
+pub use health::{BreakerHealth, Health, HealthReport};
 pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
 use std::collections::HashSet;
@@ -85,6 +87,7 @@ impl WorkerBuilder {
     /// The worker.
     pub fn build(self) -> Worker {
         Worker {
+            health: Health::new(self.broker.clone()),
             broker: self.broker,
             jobs: self.jobs,
             shutdown_timeout: self.shutdown_timeout,
@@ -122,6 +125,7 @@ pub struct Worker {
     shutdown_timeout: Duration,
     observers: Arc<[Arc<dyn Observer>]>,
     broker_consumer_timeout: Duration,
+    health: Health,
 }
 
 impl std::fmt::Debug for Worker {
@@ -150,6 +154,12 @@ impl Worker {
             observers: Vec::new(),
             broker_consumer_timeout: DEFAULT_BROKER_CONSUMER_TIMEOUT,
         }
+    }
+
+    /// A handle on this worker's health, to serve from a liveness or
+    /// readiness endpoint while the worker runs.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Consumes until `shutdown` resolves, then stops taking deliveries,
@@ -190,8 +200,12 @@ impl Worker {
         let mut subscriptions = Vec::with_capacity(consumers.len());
         for consumer in &consumers {
             match consumer.subscribe().await {
-                Ok(subscription) => subscriptions.push(subscription),
+                Ok(subscription) => {
+                    self.health.consumer(&consumer.queue, true);
+                    subscriptions.push(subscription);
+                }
                 Err(error) => {
+                    self.health.error(&error);
                     for subscription in subscriptions {
                         let _ = subscription.close().await;
                     }
@@ -204,6 +218,7 @@ impl Worker {
         for (consumer, subscription) in consumers.into_iter().zip(subscriptions) {
             running.spawn(consumer.run(subscription, stop_rx.clone()));
         }
+        self.health.running(true);
         shutdown.await;
         tracing::info!("shutting down: no new deliveries, waiting for in-flight handlers");
         let _ = stop_tx.send(true);
@@ -214,6 +229,7 @@ impl Worker {
                 tracing::error!(%error, "a consumer task panicked");
             }
         }
+        self.health.running(false);
         Ok(())
     }
 
@@ -237,6 +253,9 @@ impl Worker {
             }
             let slots = Arc::new(Semaphore::new(options.concurrency()));
             let gate = Gate::new(job.name(), &options);
+            if let Some(gate) = &gate {
+                self.health.watch_gate(job.name(), gate.clone());
+            }
             let consumers = topology::consumed_queues(&options)
                 .into_iter()
                 .map(|spec| Consumer {
@@ -254,12 +273,14 @@ impl Worker {
                         timeout: options.timeout(),
                         observers: self.observers.clone(),
                         gate: gate.clone(),
+                        health: self.health.clone(),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name,
                     options: options.clone(),
                     slots: slots.clone(),
                     shutdown_timeout: self.shutdown_timeout,
+                    health: self.health.clone(),
                 })
                 .collect();
             jobs.push((options, consumers));

@@ -1,0 +1,159 @@
+//! [`Health`]: what a liveness or readiness endpoint needs to know about a
+//! worker, readable while it runs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::broker::Broker;
+use crate::policy::breaker::BreakerState;
+use crate::worker::gate::Gate;
+
+/// A circuit breaker's state in a [`HealthReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerHealth {
+    /// Jobs flow.
+    Closed,
+    /// No job runs until a probe is allowed.
+    Open,
+    /// A probe decides.
+    HalfOpen,
+}
+
+impl BreakerHealth {
+    /// The gauge value of `qjob_circuit_breaker_state`: 0 closed, 1 open,
+    /// 2 half-open.
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            BreakerHealth::Closed => 0.0,
+            BreakerHealth::Open => 1.0,
+            BreakerHealth::HalfOpen => 2.0,
+        }
+    }
+}
+
+impl From<BreakerState> for BreakerHealth {
+    fn from(state: BreakerState) -> Self {
+        match state {
+            BreakerState::Closed => BreakerHealth::Closed,
+            BreakerState::Open { .. } => BreakerHealth::Open,
+            BreakerState::HalfOpen { .. } => BreakerHealth::HalfOpen,
+        }
+    }
+}
+
+/// A snapshot of a worker's health.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Whether the worker is consuming (between start and shutdown).
+    pub running: bool,
+    /// Whether the broker connection is up.
+    pub connected: bool,
+    /// Why the broker blocks publishing (a resource alarm), if it does:
+    /// retries and dead letters cannot be published meanwhile.
+    pub blocked: Option<String>,
+    /// Per consumed queue: whether its consumer is subscribed now.
+    pub consumers: BTreeMap<String, bool>,
+    /// Per job type with a circuit breaker: its state.
+    pub breakers: BTreeMap<&'static str, BreakerHealth>,
+    /// The last error the worker met (a failed subscription or settlement).
+    pub last_error: Option<String>,
+    /// When a delivery was last acked.
+    pub last_ack: Option<SystemTime>,
+}
+
+impl HealthReport {
+    /// Ready: running, connected and every consumer subscribed.
+    pub fn is_ready(&self) -> bool {
+        self.running
+            && self.connected
+            && !self.consumers.is_empty()
+            && self.consumers.values().all(|up| *up)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    running: bool,
+    consumers: BTreeMap<String, bool>,
+    last_error: Option<String>,
+    last_ack: Option<SystemTime>,
+}
+
+/// A handle on a worker's health, from [`crate::Worker::health`]; cheap to
+/// clone, usable from any task (an HTTP handler, say).
+#[derive(Clone)]
+pub struct Health {
+    broker: Arc<dyn Broker>,
+    state: Arc<Mutex<State>>,
+    gates: Arc<Mutex<Vec<WatchedGate>>>,
+}
+
+/// A job type's name and its gate.
+type WatchedGate = (&'static str, Arc<Gate>);
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Health").field(&self.report()).finish()
+    }
+}
+
+impl Health {
+    pub(crate) fn new(broker: Arc<dyn Broker>) -> Self {
+        Self {
+            broker,
+            state: Arc::default(),
+            gates: Arc::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("health state poisoned")
+    }
+
+    /// The worker's health now.
+    pub fn report(&self) -> HealthReport {
+        let breakers = self
+            .gates
+            .lock()
+            .expect("health gates poisoned")
+            .iter()
+            .filter_map(|(job, gate)| Some((*job, gate.breaker_state()?.into())))
+            .collect();
+        let state = self.state();
+        HealthReport {
+            running: state.running,
+            connected: self.broker.is_connected(),
+            blocked: self.broker.blocked_reason(),
+            consumers: state.consumers.clone(),
+            breakers,
+            last_error: state.last_error.clone(),
+            last_ack: state.last_ack,
+        }
+    }
+
+    pub(crate) fn watch_gate(&self, job: &'static str, gate: Arc<Gate>) {
+        self.gates
+            .lock()
+            .expect("health gates poisoned")
+            .push((job, gate));
+    }
+
+    pub(crate) fn running(&self, running: bool) {
+        self.state().running = running;
+    }
+
+    pub(crate) fn consumer(&self, queue: &str, up: bool) {
+        self.state().consumers.insert(queue.to_owned(), up);
+    }
+
+    pub(crate) fn error(&self, error: impl std::fmt::Display) {
+        self.state().last_error = Some(error.to_string());
+    }
+
+    pub(crate) fn acked(&self) {
+        self.state().last_ack = Some(SystemTime::now());
+    }
+}
