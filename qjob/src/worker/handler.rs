@@ -12,6 +12,7 @@ use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
+use crate::worker::metrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::settle::{self, Action, Attempt, Routes};
@@ -29,6 +30,9 @@ pub(crate) struct Handler {
     /// The job type's circuit breaker and rate limit, shared by its consumers.
     pub(crate) gate: Option<Arc<Gate>>,
     pub(crate) health: Health,
+    /// The job's queue, the `queue` label of its metrics (a partitioned
+    /// job's partition queues share their job queue's series).
+    pub(crate) job_queue: String,
 }
 
 impl Handler {
@@ -38,15 +42,17 @@ impl Handler {
         if self.deferred(&delivery) {
             return self.defer(delivery).await;
         }
-        let (outcome, attempt, job_id) = match Envelope::read(&delivery.message) {
+        metrics::consumed(&self.job_queue);
+        let (outcome, took, attempt, job_id) = match Envelope::read(&delivery.message) {
             Ok(envelope) => {
-                let outcome = self.attempt(&delivery, &envelope, envelope.attempt).await;
-                (outcome, envelope.attempt, envelope.job_id)
+                metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
+                let (outcome, took) = self.attempt(&delivery, &envelope, envelope.attempt).await;
+                (outcome, Some(took), envelope.attempt, envelope.job_id)
             }
-            Err(reason) => (Outcome::Malformed(reason), 1, unknown_id(&delivery)),
+            Err(reason) => (Outcome::Malformed(reason), None, 1, unknown_id(&delivery)),
         };
         let action = self.decide(outcome, attempt, &job_id);
-        self.settle(delivery, attempt, &job_id, action).await;
+        self.settle(delivery, attempt, &job_id, action, took).await;
     }
 
     /// Handles a delivery of a partitioned queue: retries happen in place,
@@ -57,30 +63,33 @@ impl Handler {
         if self.deferred(&delivery) {
             return self.defer(delivery).await;
         }
+        metrics::consumed(&self.job_queue);
         let envelope = match Envelope::read(&delivery.message) {
             Ok(envelope) => envelope,
             Err(reason) => {
                 let job_id = unknown_id(&delivery);
                 let action = self.decide(Outcome::Malformed(reason), 1, &job_id);
-                return self.settle(delivery, 1, &job_id, action).await;
+                return self.settle(delivery, 1, &job_id, action, None).await;
             }
         };
+        metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
         let mut attempt = envelope.attempt;
         loop {
-            let outcome = {
+            let (outcome, took) = {
                 let _slot = slots.acquire().await.expect("semaphore never closed");
                 self.attempt(&delivery, &envelope, attempt).await
             };
             match self.decide(outcome, attempt, &envelope.job_id) {
                 Action::Retry { error, delay } => {
                     let outcome = AttemptOutcome::Retrying { error, delay };
+                    metrics::attempt(&self.job_queue, &outcome, Some(took));
                     self.report(&delivery, attempt, &envelope.job_id, &outcome);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 action => {
                     return self
-                        .settle(delivery, attempt, &envelope.job_id, action)
+                        .settle(delivery, attempt, &envelope.job_id, action, Some(took))
                         .await;
                 }
             }
@@ -100,15 +109,26 @@ impl Handler {
         }
     }
 
-    /// Runs the handler once, through the gate.
-    async fn attempt(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
-        let Some(gate) = &self.gate else {
-            return self.run(delivery, envelope, attempt).await;
-        };
-        gate.enter().await;
+    /// Runs the handler once, through the gate; returns how it ended and
+    /// how long the handler ran.
+    async fn attempt(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> (Outcome, Duration) {
+        if let Some(gate) = &self.gate {
+            gate.enter().await;
+        }
+        metrics::in_flight(&self.job_queue, 1.0);
+        let started = tokio::time::Instant::now();
         let outcome = self.run(delivery, envelope, attempt).await;
-        gate.leave(!matches!(outcome, Outcome::Succeeded));
-        outcome
+        let took = started.elapsed();
+        metrics::in_flight(&self.job_queue, -1.0);
+        if let Some(gate) = &self.gate {
+            gate.leave(!matches!(outcome, Outcome::Succeeded));
+        }
+        (outcome, took)
     }
 
     async fn run(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
@@ -170,14 +190,17 @@ impl Handler {
     }
 
     /// Settles the delivery on the broker, then tells the observers.
-    async fn settle(&self, delivery: Delivery, attempt: u32, job_id: &JobId, action: Action) {
-        let report = (!self.observers.is_empty()).then(|| {
-            (
-                action.outcome(),
-                delivery.message.body.clone(),
-                delivery.redelivered,
-            )
-        });
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        attempt: u32,
+        job_id: &JobId,
+        action: Action,
+        took: Option<Duration>,
+    ) {
+        let outcome = action.outcome();
+        let report = (!self.observers.is_empty())
+            .then(|| (delivery.message.body.clone(), delivery.redelivered));
         let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
         if let Err(error) = settled {
             tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
@@ -185,7 +208,8 @@ impl Handler {
             return;
         }
         self.health.acked();
-        if let Some((outcome, payload, redelivered)) = report {
+        metrics::attempt(&self.job_queue, &outcome, took);
+        if let Some((payload, redelivered)) = report {
             self.notify(&payload, redelivered, attempt, job_id, &outcome);
         }
     }

@@ -5,6 +5,7 @@ mod consumer;
 mod gate;
 mod handler;
 mod health;
+mod metrics;
 mod observer;
 mod runnable;
 mod settle;
@@ -187,6 +188,7 @@ impl Worker {
             if let Some(warning) = warning {
                 tracing::warn!("{warning}");
             }
+            metrics::concurrency(options.queue(), options.concurrency());
             tracing::info!(
                 job,
                 queue = options.queue(),
@@ -274,6 +276,7 @@ impl Worker {
                         observers: self.observers.clone(),
                         gate: gate.clone(),
                         health: self.health.clone(),
+                        job_queue: options.queue().to_owned(),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name,
