@@ -21,7 +21,7 @@ const ADDRESS: &str = "127.0.0.1:9898";
 #[job(queue = "example.metered", retry = 2, concurrency = 4)]
 async fn metered(n: u32, ctx: JobContext) -> Result<(), JobError> {
     tokio::time::sleep(std::time::Duration::from_millis(u64::from(n % 7) * 3)).await;
-    if n % 5 == 0 && ctx.attempt() == 1 {
+    if n.is_multiple_of(5) && ctx.attempt() == 1 {
         return Err(JobError::msg("flaky downstream"));
     }
     Ok(())
