@@ -52,6 +52,8 @@ async fn every_documented_metric_is_scraped_with_its_value() {
         .await
         .unwrap();
     kit.run_until_idle().await;
+    // Let the queue sampler take a sample of the idle queues.
+    tokio::time::sleep(qjob::DEFAULT_SAMPLE_INTERVAL).await;
 
     let scrape = prometheus.render();
     let q = ("queue", "scraped");
@@ -81,6 +83,8 @@ async fn every_documented_metric_is_scraped_with_its_value() {
     );
     assert_eq!(sample(&scrape, "qjob_jobs_in_flight", &[q]), 0.0);
     assert_eq!(sample(&scrape, "qjob_worker_concurrency", &[q]), 3.0);
+    assert_eq!(sample(&scrape, "qjob_queue_depth", &[q]), 0.0);
+    assert_eq!(sample(&scrape, "qjob_queue_consumers", &[q]), 1.0);
     let guarded = ("queue", "scraped.guarded");
     assert_eq!(
         sample(&scrape, "qjob_circuit_breaker_state", &[guarded]),

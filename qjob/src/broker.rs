@@ -263,6 +263,26 @@ impl QueueSpec {
     }
 }
 
+/// What a passive declare tells about a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Ready messages (unacked ones not counted).
+    pub messages: u32,
+    /// Consumers, active or standing by.
+    pub consumers: u32,
+}
+
+impl QueueStats {
+    /// Stats of a queue.
+    pub fn new(messages: u32, consumers: u32) -> Self {
+        Self {
+            messages,
+            consumers,
+        }
+    }
+}
+
 /// Options of one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumeOptions {
@@ -299,9 +319,15 @@ pub trait Broker: Send + Sync + 'static {
         options: ConsumeOptions,
     ) -> Result<Box<dyn Subscription>, Error>;
 
+    /// The ready messages and the consumers of `queue`, or `None` if it
+    /// does not exist (a passive declare).
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error>;
+
     /// The number of ready messages in `queue`, or `None` if it does not
     /// exist.
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error>;
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error> {
+        Ok(self.queue_stats(queue).await?.map(|stats| stats.messages))
+    }
 
     /// Takes the next ready message of `queue` (`basic.get`), unsettled:
     /// the caller acks or rejects it. `None` if the queue is empty.

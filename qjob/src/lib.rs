@@ -27,7 +27,8 @@ pub use options::{
 pub use qjob_macros::job;
 pub use worker::{
     AttemptEvent, AttemptOutcome, BreakerHealth, DEFAULT_BROKER_CONSUMER_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT, Health, HealthReport, Observer, Worker, WorkerBuilder,
+    DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Health, HealthReport, Observer, Worker,
+    WorkerBuilder,
 };
 
 #[doc(hidden)]

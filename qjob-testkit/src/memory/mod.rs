@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use qjob::Error;
-use qjob::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use qjob::broker::{
+    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -446,12 +448,12 @@ impl Broker for MemoryBroker {
         }))
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error> {
-        Ok(self
-            .lock()
-            .queues
-            .get(queue)
-            .map(|q| u32::try_from(q.ready.len()).unwrap_or(u32::MAX)))
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
+        Ok(self.lock().queues.get(queue).map(|q| {
+            let messages = u32::try_from(q.ready.len()).unwrap_or(u32::MAX);
+            let consumers = u32::try_from(q.consumers.len()).unwrap_or(u32::MAX);
+            QueueStats::new(messages, consumers)
+        }))
     }
 
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {

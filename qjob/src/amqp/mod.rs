@@ -21,7 +21,9 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation};
 
 use crate::Error;
-use crate::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use crate::broker::{
+    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
+};
 
 /// The RabbitMQ broker: one connection, a confirm-mode channel for
 /// publishing, and one channel per consumer. A cheap handle: clones share
@@ -226,7 +228,7 @@ impl AmqpBroker {
         }))
     }
 
-    async fn queue_depth_unbounded(&self, queue: &str) -> Result<Option<u32>, Error> {
+    async fn queue_stats_unbounded(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
         let operation = || format!("inspect queue {queue:?}");
         // A passive declare of a missing queue closes its channel.
         let channel = self.new_channel(&operation).await?;
@@ -242,7 +244,10 @@ impl AmqpBroker {
             .await;
         close_quietly(&channel).await;
         match declared {
-            Ok(declared) => Ok(Some(declared.message_count())),
+            Ok(declared) => Ok(Some(QueueStats::new(
+                declared.message_count(),
+                declared.consumer_count(),
+            ))),
             Err(error) if is_not_found(&error) => Ok(None),
             Err(error) => Err(Error::broker(operation(), error)),
         }
@@ -346,10 +351,10 @@ impl Broker for AmqpBroker {
         .await
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error> {
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
         bounded(
             || format!("inspect queue {queue:?}"),
-            self.queue_depth_unbounded(queue),
+            self.queue_stats_unbounded(queue),
         )
         .await
     }

@@ -8,6 +8,7 @@ mod health;
 mod metrics;
 mod observer;
 mod runnable;
+mod sampler;
 mod settle;
 
 pub use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
@@ -26,6 +27,7 @@ use crate::{Error, Job};
 use consumer::Consumer;
 use gate::Gate;
 use handler::Handler;
+use sampler::Sampled;
 use settle::Routes;
 
 use crate::policy::backoff::BackoffPolicy;
@@ -42,7 +44,11 @@ pub struct WorkerBuilder {
     shutdown_timeout: Duration,
     observers: Vec<Arc<dyn Observer>>,
     broker_consumer_timeout: Duration,
+    sample_interval: Duration,
 }
+
+/// How often the worker samples its queues' depth and consumers by default.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,6 +85,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// How often the `qjob_queue_depth` and `qjob_queue_consumers` gauges
+    /// are sampled (a passive declare per queue; 15 s by default).
+    pub fn sample_interval(mut self, interval: Duration) -> Self {
+        self.sample_interval = interval;
+        self
+    }
+
     /// Adds an observer, told about every settled attempt.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observers.push(observer);
@@ -94,6 +107,7 @@ impl WorkerBuilder {
             shutdown_timeout: self.shutdown_timeout,
             observers: self.observers.into(),
             broker_consumer_timeout: self.broker_consumer_timeout,
+            sample_interval: self.sample_interval,
         }
     }
 }
@@ -126,6 +140,7 @@ pub struct Worker {
     shutdown_timeout: Duration,
     observers: Arc<[Arc<dyn Observer>]>,
     broker_consumer_timeout: Duration,
+    sample_interval: Duration,
     health: Health,
 }
 
@@ -154,6 +169,7 @@ impl Worker {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             observers: Vec::new(),
             broker_consumer_timeout: DEFAULT_BROKER_CONSUMER_TIMEOUT,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
         }
     }
 
@@ -198,6 +214,13 @@ impl Worker {
                 "consuming"
             );
         }
+        let sampled: Vec<Sampled> = jobs
+            .iter()
+            .map(|(options, consumers)| Sampled {
+                job_queue: options.queue().to_owned(),
+                queues: consumers.iter().map(|c| c.queue.clone()).collect(),
+            })
+            .collect();
         let consumers: Vec<Consumer> = jobs.into_iter().flat_map(|(_, c)| c).collect();
         let mut subscriptions = Vec::with_capacity(consumers.len());
         for consumer in &consumers {
@@ -220,6 +243,12 @@ impl Worker {
         for (consumer, subscription) in consumers.into_iter().zip(subscriptions) {
             running.spawn(consumer.run(subscription, stop_rx.clone()));
         }
+        running.spawn(sampler::run(
+            self.broker.clone(),
+            sampled,
+            self.sample_interval,
+            stop_rx.clone(),
+        ));
         self.health.running(true);
         shutdown.await;
         tracing::info!("shutting down: no new deliveries, waiting for in-flight handlers");
