@@ -24,9 +24,12 @@ const KEYS: &[&str] = &[
     "rate_limit",
     "queue_type",
     "max_length",
+    "autoscale",
 ];
 
 const BREAKER_KEYS: &[&str] = &["failure_rate", "min_attempts", "window", "open_for"];
+
+const AUTOSCALE_KEYS: &[&str] = &["min", "max", "target_latency"];
 
 /// The longest queue name accepted: AMQP allows 255 bytes, and qjob appends
 /// suffixes such as `.dlq` and `.p123`.
@@ -44,6 +47,12 @@ pub(crate) enum Backoff {
         max: u64,
         jitter: Option<bool>,
     },
+}
+
+pub(crate) struct Autoscale {
+    pub(crate) min: u64,
+    pub(crate) max: u64,
+    pub(crate) target_latency: u64,
 }
 
 pub(crate) struct Breaker {
@@ -70,6 +79,7 @@ pub(crate) struct Args {
     pub(crate) rate_limit: Option<(u64, u64)>,
     pub(crate) quorum: Option<bool>,
     pub(crate) max_length: Option<u64>,
+    pub(crate) autoscale: Option<Autoscale>,
 }
 
 impl Args {
@@ -95,6 +105,10 @@ impl Args {
     fn set(&mut self, key: &str, meta: &Meta) -> syn::Result<()> {
         if key == "circuit_breaker" {
             self.circuit_breaker = Some(breaker(meta)?);
+            return Ok(());
+        }
+        if key == "autoscale" {
+            self.autoscale = Some(autoscale(meta)?);
             return Ok(());
         }
         let value = value_of(key, meta)?;
@@ -414,4 +428,55 @@ fn positive_duration(key: &str, value: &Expr) -> syn::Result<u64> {
         ));
     }
     Ok(ms)
+}
+
+fn autoscale(meta: &Meta) -> syn::Result<Autoscale> {
+    let Meta::List(list) = meta else {
+        return Err(syn::Error::new(
+            meta.span(),
+            "`autoscale` expects arguments: autoscale(min = 1, max = 50, target_latency = \"10s\")",
+        ));
+    };
+    let inner = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+    let (mut min, mut max, mut target_latency) = (1, None, None);
+    let mut seen: Vec<String> = Vec::new();
+    for meta in &inner {
+        let key = key_of(meta, AUTOSCALE_KEYS)?;
+        if seen.contains(&key) {
+            return Err(syn::Error::new(
+                meta.path().span(),
+                format!("duplicate argument `{key}`"),
+            ));
+        }
+        let value = value_of(&key, meta)?;
+        match key.as_str() {
+            "min" => min = values::integer(&key, value, 1, u64::from(u32::MAX))?,
+            "max" => {
+                max = Some((
+                    values::integer(&key, value, 1, u64::from(u32::MAX))?,
+                    value.span(),
+                ))
+            }
+            "target_latency" => target_latency = Some(positive_duration(&key, value)?),
+            _ => unreachable!("key_of accepts only autoscale keys"),
+        }
+        seen.push(key);
+    }
+    let (Some((max, max_span)), Some(target_latency)) = (max, target_latency) else {
+        return Err(syn::Error::new(
+            list.span(),
+            "`autoscale` needs `max = N` and `target_latency = \"...\"`",
+        ));
+    };
+    if max < min {
+        return Err(syn::Error::new(
+            max_span,
+            format!("`max` must be at least `min` ({min})"),
+        ));
+    }
+    Ok(Autoscale {
+        min,
+        max,
+        target_latency,
+    })
 }

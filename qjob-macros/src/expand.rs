@@ -122,6 +122,11 @@ fn options(args: &Args, queue: &syn::LitStr) -> TokenStream {
     if args.quorum == Some(true) {
         calls.push(quote!(.with_queue_type(::qjob::QueueType::Quorum)));
     }
+    if let Some(autoscale) = &args.autoscale {
+        let (min, max) = (autoscale.min as usize, autoscale.max as usize);
+        let latency = duration(autoscale.target_latency);
+        calls.push(quote!(.with_autoscale(::qjob::Autoscale::new(#min, #max, #latency))));
+    }
     if let Some(max_length) = args.max_length {
         let max_length = max_length as u32;
         calls.push(quote!(.with_max_length(#max_length)));

@@ -21,14 +21,14 @@ pub use dead_letters::{DeadLetter, DeadLetters};
 pub use error::{BoxError, Error, FailureKind, JobError};
 pub use job::{Job, JobContext, JobId};
 pub use options::{
-    Backoff, CircuitBreaker, DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, DEFAULT_RETRY, JobOptions,
-    QueueType, RateLimit,
+    Autoscale, Backoff, CircuitBreaker, DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, DEFAULT_RETRY,
+    JobOptions, QueueType, RateLimit,
 };
 pub use qjob_macros::job;
 pub use worker::{
-    AttemptEvent, AttemptOutcome, BreakerHealth, DEFAULT_BROKER_CONSUMER_TIMEOUT,
-    DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Health, HealthReport, Observer, Worker,
-    WorkerBuilder,
+    AttemptEvent, AttemptOutcome, BreakerHealth, DEFAULT_AUTOSCALE_INTERVAL,
+    DEFAULT_BROKER_CONSUMER_TIMEOUT, DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Health,
+    HealthReport, Observer, Worker, WorkerBuilder,
 };
 
 #[doc(hidden)]

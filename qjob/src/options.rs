@@ -95,6 +95,32 @@ impl RateLimit {
     }
 }
 
+/// Adaptive concurrency: the worker runs between `min` and `max` handlers,
+/// as many as the load needs to keep jobs' wait under `target_latency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Autoscale {
+    /// The fewest handlers.
+    pub min: usize,
+    /// The most handlers.
+    pub max: usize,
+    /// How long a job may wait in the queue.
+    pub target_latency: Duration,
+}
+
+impl Autoscale {
+    /// Between `min` and `max` handlers (`min` at least 1, `max` at least
+    /// `min`), aiming at `target_latency`.
+    pub fn new(min: usize, max: usize, target_latency: Duration) -> Self {
+        let min = min.max(1);
+        Self {
+            min,
+            max: max.max(min),
+            target_latency,
+        }
+    }
+}
+
 /// Everything that configures one job type. `#[job(...)]` builds it; the
 /// environment can override the operator's knobs (see [`JobOptions::with_env_overrides`]).
 ///
@@ -121,6 +147,7 @@ pub struct JobOptions {
     rate_limit: Option<RateLimit>,
     queue_type: QueueType,
     max_length: Option<u32>,
+    autoscale: Option<Autoscale>,
 }
 
 /// The default prefetch: enough to keep a handful of handlers busy.
@@ -147,6 +174,7 @@ impl JobOptions {
             rate_limit: None,
             queue_type: QueueType::Classic,
             max_length: None,
+            autoscale: None,
         }
     }
 
@@ -224,6 +252,17 @@ impl JobOptions {
     pub fn with_max_length(mut self, max_length: u32) -> Self {
         self.max_length = Some(max_length);
         self
+    }
+
+    /// Adapts the number of handlers to the load (see [`Autoscale`]).
+    pub fn with_autoscale(mut self, autoscale: Autoscale) -> Self {
+        self.autoscale = Some(autoscale);
+        self
+    }
+
+    /// The adaptive concurrency, if any.
+    pub fn autoscale(&self) -> Option<Autoscale> {
+        self.autoscale
     }
 
     /// The work queue's name.

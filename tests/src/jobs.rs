@@ -103,3 +103,10 @@ test_job!(
 );
 test_job!(capped, "qjob.test.capped", max_length = 5);
 test_job!(health, "qjob.test.health", retry = 0);
+test_job!(
+    scaled,
+    "qjob.test.scaled",
+    prefetch = 40,
+    retry = 0,
+    autoscale(min = 1, max = 12, target_latency = "1s")
+);

@@ -161,3 +161,49 @@ async fn health_shows_a_running_connected_worker() {
     running.await.unwrap().unwrap();
     assert!(!health.report().running);
 }
+
+#[tokio::test]
+async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
+    use qjob_tests::jobs::ScaledJob;
+    use qjob_tests::{Act, Task, probe};
+    use std::sync::atomic::Ordering;
+    let env = Env::amqp().await;
+    env.reset::<ScaledJob>().await;
+    let tag = env.tag::<ScaledJob>();
+    let jobs = 300;
+    env.client()
+        .enqueue_all::<ScaledJob>((0..jobs).map(|seq| Task::new(&tag, seq, Act::Sleep(40))))
+        .await
+        .unwrap();
+    let worker = qjob::Worker::builder_shared(env.broker())
+        .register(ScaledJob)
+        .autoscale_interval(std::time::Duration::from_millis(200))
+        .build();
+    let health = worker.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let slots = || {
+        health
+            .report()
+            .concurrency
+            .get(ScaledJob::QUEUE)
+            .copied()
+            .unwrap_or(0)
+    };
+    // 300 jobs of 40 ms with a 1 s latency target: about 10 handlers needed.
+    qjob_tests::eventually("concurrency to rise", LIMIT, slots, |n| *n >= 5).await;
+    let probe = probe(&tag);
+    probe
+        .wait("every job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == jobs
+        })
+        .await;
+    let peak = probe.max_in_flight.load(Ordering::SeqCst);
+    assert!((5..=12).contains(&peak), "peak {peak} handlers");
+    // Idle, the need falls: concurrency comes down, step by step.
+    qjob_tests::eventually("concurrency to fall", LIMIT, slots, |n| *n <= 2).await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}

@@ -15,6 +15,7 @@ use crate::worker::health::Health;
 use crate::worker::metrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
+use crate::worker::scaler::Work;
 use crate::worker::settle::{self, Action, Attempt, Routes};
 use crate::{JobContext, JobId, topology};
 
@@ -33,6 +34,8 @@ pub(crate) struct Handler {
     /// The job's queue, the `queue` label of its metrics (a partitioned
     /// job's partition queues share their job queue's series).
     pub(crate) job_queue: String,
+    /// What the handlers did, for adaptive concurrency.
+    pub(crate) work: Option<Arc<Work>>,
 }
 
 impl Handler {
@@ -125,6 +128,9 @@ impl Handler {
         let outcome = self.run(delivery, envelope, attempt).await;
         let took = started.elapsed();
         metrics::in_flight(&self.job_queue, -1.0);
+        if let Some(work) = &self.work {
+            work.record(took);
+        }
         if let Some(gate) = &self.gate {
             gate.leave(!matches!(outcome, Outcome::Succeeded));
         }

@@ -56,6 +56,9 @@ pub struct HealthReport {
     pub blocked: Option<String>,
     /// Per consumed queue: whether its consumer is subscribed now.
     pub consumers: BTreeMap<String, bool>,
+    /// Per job queue: the handler slots in force (adaptive concurrency
+    /// moves it).
+    pub concurrency: BTreeMap<String, usize>,
     /// Per job type with a circuit breaker: its state.
     pub breakers: BTreeMap<&'static str, BreakerHealth>,
     /// The last error the worker met (a failed subscription or settlement).
@@ -77,6 +80,7 @@ impl HealthReport {
 #[derive(Default)]
 struct State {
     running: bool,
+    concurrency: BTreeMap<String, usize>,
     consumers: BTreeMap<String, bool>,
     last_error: Option<String>,
     last_ack: Option<SystemTime>,
@@ -128,6 +132,7 @@ impl Health {
             connected: self.broker.is_connected(),
             blocked: self.broker.blocked_reason(),
             consumers: state.consumers.clone(),
+            concurrency: state.concurrency.clone(),
             breakers,
             last_error: state.last_error.clone(),
             last_ack: state.last_ack,
@@ -147,6 +152,10 @@ impl Health {
 
     pub(crate) fn consumer(&self, queue: &str, up: bool) {
         self.state().consumers.insert(queue.to_owned(), up);
+    }
+
+    pub(crate) fn concurrency(&self, queue: &str, slots: usize) {
+        self.state().concurrency.insert(queue.to_owned(), slots);
     }
 
     pub(crate) fn error(&self, error: impl std::fmt::Display) {

@@ -9,6 +9,7 @@ mod metrics;
 mod observer;
 mod runnable;
 mod sampler;
+mod scaler;
 mod settle;
 
 pub use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
@@ -28,6 +29,9 @@ use consumer::Consumer;
 use gate::Gate;
 use handler::Handler;
 use sampler::Sampled;
+use scaler::{Scaled, Work};
+
+use crate::policy::autoscale::AutoscaleSettings;
 use settle::Routes;
 
 use crate::policy::backoff::BackoffPolicy;
@@ -45,7 +49,11 @@ pub struct WorkerBuilder {
     observers: Vec<Arc<dyn Observer>>,
     broker_consumer_timeout: Duration,
     sample_interval: Duration,
+    autoscale_interval: Duration,
 }
+
+/// How often adaptive concurrency decides, by default.
+pub const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the worker samples its queues' depth and consumers by default.
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
@@ -92,6 +100,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// How often jobs with `autoscale(...)` re-decide their concurrency
+    /// (5 s by default).
+    pub fn autoscale_interval(mut self, interval: Duration) -> Self {
+        self.autoscale_interval = interval;
+        self
+    }
+
     /// Adds an observer, told about every settled attempt.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observers.push(observer);
@@ -108,6 +123,7 @@ impl WorkerBuilder {
             observers: self.observers.into(),
             broker_consumer_timeout: self.broker_consumer_timeout,
             sample_interval: self.sample_interval,
+            autoscale_interval: self.autoscale_interval,
         }
     }
 }
@@ -141,6 +157,7 @@ pub struct Worker {
     observers: Arc<[Arc<dyn Observer>]>,
     broker_consumer_timeout: Duration,
     sample_interval: Duration,
+    autoscale_interval: Duration,
     health: Health,
 }
 
@@ -170,6 +187,7 @@ impl Worker {
             observers: Vec::new(),
             broker_consumer_timeout: DEFAULT_BROKER_CONSUMER_TIMEOUT,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            autoscale_interval: DEFAULT_AUTOSCALE_INTERVAL,
         }
     }
 
@@ -193,7 +211,7 @@ impl Worker {
     /// to declare a queue or to start a consumer. Nothing has been consumed
     /// when it returns an error.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let jobs = self.consumers()?;
+        let (jobs, scaled) = self.consumers()?;
         for (options, _) in &jobs {
             topology::declare(&*self.broker, options).await?;
         }
@@ -204,7 +222,8 @@ impl Worker {
             if let Some(warning) = warning {
                 tracing::warn!("{warning}");
             }
-            metrics::concurrency(options.queue(), options.concurrency());
+            let slots = options.autoscale().map_or(options.concurrency(), |a| a.min);
+            metrics::concurrency(options.queue(), slots);
             tracing::info!(
                 job,
                 queue = options.queue(),
@@ -243,6 +262,15 @@ impl Worker {
         for (consumer, subscription) in consumers.into_iter().zip(subscriptions) {
             running.spawn(consumer.run(subscription, stop_rx.clone()));
         }
+        for job in scaled {
+            running.spawn(scaler::run(
+                self.broker.clone(),
+                job,
+                self.autoscale_interval,
+                self.health.clone(),
+                stop_rx.clone(),
+            ));
+        }
         running.spawn(sampler::run(
             self.broker.clone(),
             sampled,
@@ -267,13 +295,15 @@ impl Worker {
     /// The consumers of every registered job: one per consumed queue (a
     /// partitioned job has one per partition), sharing the job's handler
     /// slots.
-    fn consumers(&self) -> Result<Vec<(JobOptions, Vec<Consumer>)>, Error> {
+    #[allow(clippy::type_complexity)]
+    fn consumers(&self) -> Result<(Vec<(JobOptions, Vec<Consumer>)>, Vec<Scaled>), Error> {
         if self.jobs.is_empty() {
             return Err(Error::Worker("no job registered with the worker".into()));
         }
         let mut queues = HashSet::new();
         let pid = std::process::id();
         let mut jobs = Vec::with_capacity(self.jobs.len());
+        let mut scaled = Vec::new();
         for job in &self.jobs {
             let options = job.options().with_env_overrides()?;
             if !queues.insert(options.queue().to_owned()) {
@@ -282,7 +312,10 @@ impl Worker {
                     options.queue()
                 )));
             }
-            let slots = Arc::new(Semaphore::new(options.concurrency()));
+            let initial = options.autoscale().map_or(options.concurrency(), |a| a.min);
+            let slots = Arc::new(Semaphore::new(initial));
+            self.health.concurrency(options.queue(), initial);
+            let work = options.autoscale().map(|_| Arc::new(Work::default()));
             let gate = Gate::new(job.name(), &options);
             if let Some(gate) = &gate {
                 self.health.watch_gate(job.name(), gate.clone());
@@ -306,6 +339,7 @@ impl Worker {
                         gate: gate.clone(),
                         health: self.health.clone(),
                         job_queue: options.queue().to_owned(),
+                        work: work.clone(),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name,
@@ -315,8 +349,29 @@ impl Worker {
                     health: self.health.clone(),
                 })
                 .collect();
+            if let (Some(autoscale), Some(work)) = (options.autoscale(), work) {
+                scaled.push(Scaled {
+                    job_queue: options.queue().to_owned(),
+                    queues: topology::consumed_queues(&options)
+                        .into_iter()
+                        .map(|spec| spec.name)
+                        .collect(),
+                    settings: AutoscaleSettings {
+                        // Up at most every other decision, down at most
+                        // every fourth.
+                        cooldown: self.autoscale_interval * 2,
+                        ..AutoscaleSettings::new(
+                            autoscale.min,
+                            autoscale.max,
+                            autoscale.target_latency,
+                        )
+                    },
+                    slots: slots.clone(),
+                    work,
+                });
+            }
             jobs.push((options, consumers));
         }
-        Ok(jobs)
+        Ok((jobs, scaled))
     }
 }

@@ -27,6 +27,7 @@ pub struct Webhook {
     rate_limit = "100/s",
     queue_type = "quorum",
     max_length = 50000,
+    autoscale(min = 5, max = 50, target_latency = "10s"),
 )]
 pub async fn deliver(hook: Webhook, _ctx: JobContext) -> Result<(), JobError> {
     let _ = hook.url;
@@ -59,6 +60,9 @@ fn main() {
     assert_eq!((rate.count, rate.per), (100, Duration::from_secs(1)));
     assert_eq!(options.queue_type(), QueueType::Quorum);
     assert_eq!(options.max_length(), Some(50000));
+    let autoscale = options.autoscale().unwrap();
+    assert_eq!((autoscale.min, autoscale.max), (5, 50));
+    assert_eq!(autoscale.target_latency, Duration::from_secs(10));
     let hook = Webhook {
         customer: Customer { id: 42 },
         url: "https://example.com".into(),

@@ -1,0 +1,120 @@
+//! Applies a job's [`Autoscaler`] live: every interval it samples the
+//! queue's depth and what the handlers did, and grows or shrinks the job's
+//! handler slots.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::policy::autoscale::{AutoscaleSettings, Autoscaler, Sample};
+use crate::worker::health::Health;
+
+/// What the handlers of a job did since the last sample.
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    completed: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+impl Work {
+    /// An attempt took `took`.
+    pub(crate) fn record(&self, took: Duration) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> (u64, Duration) {
+        let completed = self.completed.swap(0, Ordering::Relaxed);
+        let busy = Duration::from_nanos(self.busy_nanos.swap(0, Ordering::Relaxed));
+        (completed, busy)
+    }
+}
+
+/// One autoscaled job.
+pub(crate) struct Scaled {
+    pub(crate) job_queue: String,
+    pub(crate) queues: Vec<String>,
+    pub(crate) settings: AutoscaleSettings,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) work: Arc<Work>,
+}
+
+pub(crate) async fn run(
+    broker: Arc<dyn Broker>,
+    job: Scaled,
+    interval: Duration,
+    health: Health,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut autoscaler = Autoscaler::new(job.settings);
+    let mut current = job.settings.min;
+    // Slots to take away as running handlers give them back.
+    let mut owed = 0usize;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = ticks.tick() => {}
+        }
+        let depth = depth(&*broker, &job.queues).await;
+        let (completed, busy) = job.work.take();
+        let decision = autoscaler.observe(Sample {
+            at: Instant::now(),
+            depth,
+            completed,
+            busy,
+        });
+        let queue = job.job_queue.clone();
+        counter!("qjob_scaling_decisions_total", "queue" => queue.clone(), "reason" => decision.reason.as_str())
+            .increment(1);
+        gauge!("qjob_recommended_replicas", "queue" => queue.clone()).set(decision.replicas as f64);
+        if decision.concurrency > current {
+            let more = decision.concurrency - current;
+            let forgiven = more.min(owed);
+            owed -= forgiven;
+            job.slots.add_permits(more - forgiven);
+        } else {
+            owed += current - decision.concurrency;
+        }
+        while owed > 0 {
+            match job.slots.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    owed -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if decision.concurrency != current {
+            tracing::info!(
+                queue,
+                from = current,
+                to = decision.concurrency,
+                needed = decision.needed,
+                reason = decision.reason.as_str(),
+                "concurrency changed"
+            );
+        }
+        current = decision.concurrency;
+        gauge!("qjob_worker_concurrency", "queue" => job.job_queue.clone()).set(current as f64);
+        health.concurrency(&job.job_queue, current);
+    }
+}
+
+/// The ready messages over the job's queues, `None` if a sample failed.
+async fn depth(broker: &dyn Broker, queues: &[String]) -> Option<u64> {
+    let mut total = 0;
+    for queue in queues {
+        total += u64::from(broker.queue_stats(queue).await.ok()??.messages);
+    }
+    Some(total)
+}
