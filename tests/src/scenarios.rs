@@ -760,8 +760,12 @@ pub async fn an_open_breaker_stops_calls_until_a_probe_succeeds<J: Job<Payload =
             p.attempts.load(Ordering::SeqCst) >= breaker.min_attempts
         })
         .await;
-    // Attempts already admitted may finish; then the breaker is open.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Attempts already admitted finish; then the breaker is open.
+    probe
+        .wait("admitted attempts to finish", LIMIT, |p| {
+            p.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
     let tripped = probe.attempts.load(Ordering::SeqCst);
     assert!(
         tripped <= breaker.min_attempts + 2 * concurrency,
