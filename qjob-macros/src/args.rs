@@ -367,32 +367,21 @@ fn required_duration(named: &[(String, &Expr)], key: &str, span: Span) -> syn::R
 }
 
 fn breaker(meta: &Meta) -> syn::Result<Breaker> {
-    let Meta::List(list) = meta else {
-        return Err(syn::Error::new(
-            meta.span(),
-            "`circuit_breaker` expects arguments: circuit_breaker(failure_rate = 0.2, min_attempts = 20, window = \"60s\", open_for = \"5m\")",
-        ));
-    };
-    let inner = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+    let (inner, span) = group(
+        meta,
+        BREAKER_KEYS,
+        "`circuit_breaker` expects arguments: circuit_breaker(failure_rate = 0.2, min_attempts = 20, window = \"60s\", open_for = \"5m\")",
+    )?;
     let mut breaker = Breaker {
         failure_rate: f64::NAN,
         min_attempts: 20,
         window: 60_000,
         open_for: 300_000,
     };
-    let mut seen: Vec<String> = Vec::new();
-    for meta in &inner {
-        let key = key_of(meta, BREAKER_KEYS)?;
-        if seen.contains(&key) {
-            return Err(syn::Error::new(
-                meta.path().span(),
-                format!("duplicate argument `{key}`"),
-            ));
-        }
-        let value = value_of(&key, meta)?;
+    for (key, value) in &inner {
         match key.as_str() {
             "failure_rate" => {
-                let rate = values::number(&key, value)?;
+                let rate = values::number(key, value)?;
                 if !(rate > 0.0 && rate <= 1.0) {
                     return Err(syn::Error::new(
                         value.span(),
@@ -402,17 +391,16 @@ fn breaker(meta: &Meta) -> syn::Result<Breaker> {
                 breaker.failure_rate = rate;
             }
             "min_attempts" => {
-                breaker.min_attempts = values::integer(&key, value, 1, u64::from(u32::MAX))?
+                breaker.min_attempts = values::integer(key, value, 1, u64::from(u32::MAX))?
             }
-            "window" => breaker.window = positive_duration(&key, value)?,
-            "open_for" => breaker.open_for = positive_duration(&key, value)?,
+            "window" => breaker.window = positive_duration(key, value)?,
+            "open_for" => breaker.open_for = positive_duration(key, value)?,
             _ => unreachable!("key_of accepts only breaker keys"),
         }
-        seen.push(key);
     }
     if breaker.failure_rate.is_nan() {
         return Err(syn::Error::new(
-            list.span(),
+            span,
             "`circuit_breaker` needs `failure_rate = ...` (0 < rate <= 1)",
         ));
     }
@@ -431,40 +419,28 @@ fn positive_duration(key: &str, value: &Expr) -> syn::Result<u64> {
 }
 
 fn autoscale(meta: &Meta) -> syn::Result<Autoscale> {
-    let Meta::List(list) = meta else {
-        return Err(syn::Error::new(
-            meta.span(),
-            "`autoscale` expects arguments: autoscale(min = 1, max = 50, target_latency = \"10s\")",
-        ));
-    };
-    let inner = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+    let (inner, span) = group(
+        meta,
+        AUTOSCALE_KEYS,
+        "`autoscale` expects arguments: autoscale(min = 1, max = 50, target_latency = \"10s\")",
+    )?;
     let (mut min, mut max, mut target_latency) = (1, None, None);
-    let mut seen: Vec<String> = Vec::new();
-    for meta in &inner {
-        let key = key_of(meta, AUTOSCALE_KEYS)?;
-        if seen.contains(&key) {
-            return Err(syn::Error::new(
-                meta.path().span(),
-                format!("duplicate argument `{key}`"),
-            ));
-        }
-        let value = value_of(&key, meta)?;
+    for (key, value) in &inner {
         match key.as_str() {
-            "min" => min = values::integer(&key, value, 1, u64::from(u32::MAX))?,
+            "min" => min = values::integer(key, value, 1, u64::from(u32::MAX))?,
             "max" => {
                 max = Some((
-                    values::integer(&key, value, 1, u64::from(u32::MAX))?,
+                    values::integer(key, value, 1, u64::from(u32::MAX))?,
                     value.span(),
                 ))
             }
-            "target_latency" => target_latency = Some(positive_duration(&key, value)?),
+            "target_latency" => target_latency = Some(positive_duration(key, value)?),
             _ => unreachable!("key_of accepts only autoscale keys"),
         }
-        seen.push(key);
     }
     let (Some((max, max_span)), Some(target_latency)) = (max, target_latency) else {
         return Err(syn::Error::new(
-            list.span(),
+            span,
             "`autoscale` needs `max = N` and `target_latency = \"...\"`",
         ));
     };
@@ -479,4 +455,27 @@ fn autoscale(meta: &Meta) -> syn::Result<Autoscale> {
         max,
         target_latency,
     })
+}
+
+/// The `key = value` arguments of a nested group such as
+/// `circuit_breaker(...)`: each key once, keys from `keys`. Returns them
+/// with the group's span.
+fn group(meta: &Meta, keys: &[&str], usage: &str) -> syn::Result<(Vec<(String, Expr)>, Span)> {
+    let Meta::List(list) = meta else {
+        return Err(syn::Error::new(meta.span(), usage));
+    };
+    let inner = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+    let mut pairs: Vec<(String, Expr)> = Vec::new();
+    for meta in &inner {
+        let key = key_of(meta, keys)?;
+        if pairs.iter().any(|(seen, _)| *seen == key) {
+            return Err(syn::Error::new(
+                meta.path().span(),
+                format!("duplicate argument `{key}`"),
+            ));
+        }
+        let value = value_of(&key, meta)?.clone();
+        pairs.push((key, value));
+    }
+    Ok((pairs, list.span()))
 }
