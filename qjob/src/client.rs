@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
+use tracing::Instrument;
 
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +13,7 @@ use crate::broker::{Broker, Message};
 use crate::dead_letters::DeadLetters;
 use crate::job::{Job, JobId};
 use crate::policy::backoff;
-use crate::{Error, headers, topology};
+use crate::{Error, headers, topology, trace};
 
 /// A negative confirm from a capped queue means it is full.
 fn full<J: Job>(error: Error) -> Error {
@@ -79,8 +80,12 @@ impl Client {
     /// broker's error ([`Error::PublishRejected`], [`Error::Broker`], …): the
     /// job was then not confirmed and is the caller's to retry.
     pub async fn enqueue<J: Job>(&self, payload: J::Payload) -> Result<JobId, Error> {
-        self.ensure_declared::<J>().await?;
-        self.publish::<J>(&payload).await
+        async {
+            self.ensure_declared::<J>().await?;
+            self.publish::<J>(&payload).await
+        }
+        .instrument(enqueue_span::<J>(1))
+        .await
     }
 
     /// Publishes one job to run after `delay`, and returns its id once the
@@ -102,13 +107,17 @@ impl Client {
         if delay.is_zero() {
             return self.enqueue::<J>(payload).await;
         }
-        self.ensure_declared::<J>().await?;
-        let (id, message) = Self::message::<J>(&payload)?;
-        let target = Self::target::<J>(Some(&payload));
-        topology::delayed(&target, J::options().queue_type(), delay, message)
-            .publish(&*self.broker)
-            .await?;
-        Ok(id)
+        async {
+            self.ensure_declared::<J>().await?;
+            let (id, message) = Self::message::<J>(&payload)?;
+            let target = Self::target::<J>(Some(&payload));
+            topology::delayed(&target, J::options().queue_type(), delay, message)
+                .publish(&*self.broker)
+                .await?;
+            Ok(id)
+        }
+        .instrument(enqueue_span::<J>(1))
+        .await
     }
 
     /// Publishes one job to run at `at` (at once if that is past); see
@@ -137,13 +146,19 @@ impl Client {
         &self,
         payloads: impl IntoIterator<Item = J::Payload>,
     ) -> Result<Vec<Result<JobId, Error>>, Error> {
-        self.ensure_declared::<J>().await?;
-        let results = futures_util::stream::iter(payloads)
-            .map(|payload| async move { self.publish::<J>(&payload).await })
-            .buffered(PIPELINE)
-            .collect()
-            .await;
-        Ok(results)
+        let payloads: Vec<_> = payloads.into_iter().collect();
+        let span = enqueue_span::<J>(payloads.len());
+        async {
+            self.ensure_declared::<J>().await?;
+            let results = futures_util::stream::iter(payloads)
+                .map(|payload| async move { self.publish::<J>(&payload).await })
+                .buffered(PIPELINE)
+                .collect()
+                .await;
+            Ok(results)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<JobId, Error> {
@@ -175,7 +190,8 @@ impl Client {
             source,
         })?;
         let id = JobId::new();
-        let message = headers::new_job(J::NAME, &id, body);
+        let mut message = headers::new_job(J::NAME, &id, body);
+        trace::inject(&mut message.headers);
         Ok((id, message))
     }
 
@@ -223,4 +239,16 @@ impl Client {
             .expect("declared-queue set poisoned")
             .contains(queue)
     }
+}
+
+/// The producer span of one enqueue call: its trace context is what the
+/// jobs carry.
+fn enqueue_span<J: Job>(jobs: usize) -> tracing::Span {
+    tracing::info_span!(
+        "qjob.enqueue",
+        otel.kind = "producer",
+        job = J::NAME,
+        queue = J::QUEUE,
+        jobs,
+    )
 }

@@ -18,6 +18,7 @@
 //! | `qjob-host` | text | dead letters: the worker's host |
 //! | `qjob-replays` | integer | replays from the dead-letter queue |
 //! | `qjob-delay-left` | integer | long delays: ms still to wait after this hop |
+//! | `traceparent`, `tracestate` | text | W3C trace context of the enqueuing span ([`crate::trace`]) |
 //!
 //! Other headers are kept as they are.
 

@@ -12,6 +12,7 @@ mod job;
 mod options;
 pub mod policy;
 mod topology;
+pub mod trace;
 mod worker;
 
 pub use amqp::{AmqpBroker, AmqpOptions};

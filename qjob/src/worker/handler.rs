@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tracing::Instrument;
+use tracing::{Instrument, Span, field};
 
 use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
@@ -17,7 +17,7 @@ use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::scaler::Work;
 use crate::worker::settle::{self, Action, Attempt, Routes};
-use crate::{JobContext, JobId, topology};
+use crate::{JobContext, JobId, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
 pub(crate) struct Handler {
@@ -46,16 +46,26 @@ impl Handler {
             return self.defer(delivery).await;
         }
         metrics::consumed(&self.job_queue);
-        let (outcome, took, attempt, job_id) = match Envelope::read(&delivery.message) {
-            Ok(envelope) => {
-                metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
-                let (outcome, took) = self.attempt(&delivery, &envelope, envelope.attempt).await;
-                (outcome, Some(took), envelope.attempt, envelope.job_id)
-            }
-            Err(reason) => (Outcome::Malformed(reason), None, 1, unknown_id(&delivery)),
+        let envelope = Envelope::read(&delivery.message);
+        let (job_id, attempt) = match &envelope {
+            Ok(envelope) => (envelope.job_id.clone(), envelope.attempt),
+            Err(_) => (unknown_id(&delivery), 1),
         };
-        let action = self.decide(outcome, attempt, &job_id);
-        self.settle(delivery, attempt, &job_id, action, took).await;
+        let span = self.span(&delivery, &job_id, attempt);
+        async move {
+            let (outcome, took) = match envelope {
+                Ok(envelope) => {
+                    metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
+                    let (outcome, took) = self.attempt(&delivery, &envelope, attempt).await;
+                    (outcome, Some(took))
+                }
+                Err(reason) => (Outcome::Malformed(reason), None),
+            };
+            let action = self.decide(outcome, attempt, &job_id);
+            self.settle(delivery, attempt, &job_id, action, took).await;
+        }
+        .instrument(span)
+        .await
     }
 
     /// Handles a delivery of a partitioned queue: retries happen in place,
@@ -71,32 +81,67 @@ impl Handler {
             Ok(envelope) => envelope,
             Err(reason) => {
                 let job_id = unknown_id(&delivery);
-                let action = self.decide(Outcome::Malformed(reason), 1, &job_id);
-                return self.settle(delivery, 1, &job_id, action, None).await;
+                let span = self.span(&delivery, &job_id, 1);
+                let action = span.in_scope(|| self.decide(Outcome::Malformed(reason), 1, &job_id));
+                return self
+                    .settle(delivery, 1, &job_id, action, None)
+                    .instrument(span)
+                    .await;
             }
         };
         metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
+        let job_id = &envelope.job_id;
         let mut attempt = envelope.attempt;
         loop {
-            let (outcome, took) = {
-                let _slot = slots.acquire().await.expect("semaphore never closed");
-                self.attempt(&delivery, &envelope, attempt).await
-            };
-            match self.decide(outcome, attempt, &envelope.job_id) {
+            let span = self.span(&delivery, job_id, attempt);
+            let (action, took) = async {
+                let (outcome, took) = {
+                    let _slot = slots.acquire().await.expect("semaphore never closed");
+                    self.attempt(&delivery, &envelope, attempt).await
+                };
+                (self.decide(outcome, attempt, job_id), took)
+            }
+            .instrument(span.clone())
+            .await;
+            match action {
                 Action::Retry { error, delay } => {
                     let outcome = AttemptOutcome::Retrying { error, delay };
+                    span.record("outcome", outcome.label());
+                    span.record("otel.status_code", "error");
                     metrics::attempt(&self.job_queue, &outcome, Some(took));
-                    self.report(&delivery, attempt, &envelope.job_id, &outcome);
+                    self.report(&delivery, attempt, job_id, &outcome);
+                    drop(span);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 action => {
                     return self
-                        .settle(delivery, attempt, &envelope.job_id, action, Some(took))
+                        .settle(delivery, attempt, job_id, action, Some(took))
+                        .instrument(span)
                         .await;
                 }
             }
         }
+    }
+
+    /// The span of one attempt, a child of the trace that enqueued the job
+    /// (see [`crate::trace`]). Its `outcome` is recorded once the attempt is
+    /// settled.
+    fn span(&self, delivery: &Delivery, job_id: &JobId, attempt: u32) -> Span {
+        let span = tracing::info_span!(
+            "qjob.attempt",
+            otel.kind = "consumer",
+            otel.status_code = field::Empty,
+            job = self.job.name(),
+            queue = &*self.routes.queue,
+            job_id = %job_id,
+            attempt = i64::from(attempt),
+            redelivered = delivery.redelivered,
+            outcome = field::Empty,
+            traceparent = field::Empty,
+        );
+        trace::continue_from(&span, &delivery.message.headers);
+        span
     }
 
     fn deferred(&self, delivery: &Delivery) -> bool {
@@ -146,18 +191,9 @@ impl Handler {
             delivery.redelivered,
             envelope.enqueued_at,
         );
-        let span = tracing::info_span!(
-            "qjob.attempt",
-            job = self.job.name(),
-            queue = &*self.routes.queue,
-            job_id = %envelope.job_id,
-            attempt,
-            redelivered = delivery.redelivered,
-        );
         self.job
             .clone()
             .run(&delivery.message.body, ctx, self.timeout)
-            .instrument(span)
             .await
     }
 
@@ -208,10 +244,17 @@ impl Handler {
         let report = (!self.observers.is_empty())
             .then(|| (delivery.message.body.clone(), delivery.redelivered));
         let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
+        let span = Span::current();
         if let Err(error) = settled {
             tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+            span.record("outcome", "unsettled");
+            span.record("otel.status_code", "error");
             self.health.error(&error);
             return;
+        }
+        span.record("outcome", outcome.label());
+        if outcome != AttemptOutcome::Succeeded {
+            span.record("otel.status_code", "error");
         }
         self.health.acked();
         metrics::attempt(&self.job_queue, &outcome, took);

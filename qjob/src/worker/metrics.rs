@@ -34,11 +34,7 @@ pub(crate) fn concurrency(queue: &str, slots: usize) {
 
 /// An attempt ended (its settlement confirmed) after running `took`.
 pub(crate) fn attempt(queue: &str, outcome: &AttemptOutcome, took: Option<Duration>) {
-    let label = match outcome {
-        AttemptOutcome::Succeeded => "succeeded",
-        AttemptOutcome::Retrying { .. } => "retried",
-        AttemptOutcome::DeadLettered { .. } => "dead_lettered",
-    };
+    let label = outcome.label();
     if let Some(took) = took {
         histogram!("qjob_handler_duration_seconds", "queue" => queue.to_owned(), "outcome" => label)
             .record(took.as_secs_f64());

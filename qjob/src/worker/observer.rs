@@ -27,6 +27,18 @@ pub enum AttemptOutcome {
     },
 }
 
+impl AttemptOutcome {
+    /// The outcome's name in metrics and spans: `succeeded`, `retried` or
+    /// `dead_lettered`.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Retrying { .. } => "retried",
+            AttemptOutcome::DeadLettered { .. } => "dead_lettered",
+        }
+    }
+}
+
 /// One settled attempt.
 #[derive(Debug)]
 #[non_exhaustive]
