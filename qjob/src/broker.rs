@@ -186,6 +186,16 @@ pub trait Subscription: Send {
     /// Closes the consumer's channel: every delivery not yet settled goes
     /// back to its queue at once.
     async fn close(self: Box<Self>) -> Result<(), Error>;
+
+    /// Changes how many unacknowledged deliveries this consumer may hold,
+    /// live. RabbitMQ applies a prefetch only to consumers started after
+    /// the `basic.qos`, so the subscription starts a consumer with the new
+    /// prefetch on the same channel and cancels the old one: deliveries
+    /// held before stay valid (and are handed out first if still buffered)
+    /// but no longer count against the prefetch, which bounds what comes
+    /// from then on. Not for single-active-consumer queues: the new
+    /// consumer would queue behind the standbys.
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), Error>;
 }
 
 /// How a queue is declared. Declaring an existing queue with other

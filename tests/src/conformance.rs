@@ -626,3 +626,67 @@ pub async fn a_classic_standby_gets_unsettled_messages_in_order(env: &Env, queue
 pub async fn a_quorum_standby_gets_unsettled_messages_in_order(env: &Env, queue: &str) {
     standby_gets_unsettled_messages_in_order(env, queue, QueueType::Quorum).await;
 }
+
+/// A prefetch change applies to the live subscription: the new prefetch
+/// bounds the deliveries from then on (what was held before does not count
+/// against it, as RabbitMQ's replacement consumer behaves), the held
+/// deliveries still settle, and closing returns every unsettled one.
+pub async fn a_prefetch_change_applies_to_the_live_subscription(env: &Env, queue: &str) {
+    prefetch_change(env, QueueSpec::new(queue)).await;
+}
+
+/// The same on a quorum queue (which counts a cancelled consumer among its
+/// consumers until it settles what it holds, so the scenario does not
+/// count consumers in between).
+pub async fn a_prefetch_change_applies_to_a_live_quorum_subscription(env: &Env, queue: &str) {
+    prefetch_change(
+        env,
+        QueueSpec::new(queue).with_queue_type(QueueType::Quorum),
+    )
+    .await;
+}
+
+async fn prefetch_change(env: &Env, spec: QueueSpec) {
+    let queue = spec.name.as_str();
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&spec).await.unwrap();
+    for text in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] {
+        broker.publish(queue, message(text)).await.unwrap();
+    }
+    let mut subscription = broker.consume(queue, consume(2)).await.unwrap();
+    let a = next(&mut subscription).await;
+    let b = next(&mut subscription).await;
+    env.wait_ready(queue, 8).await;
+
+    subscription.set_prefetch(4).await.unwrap();
+    env.wait_ready(queue, 4).await;
+    let mut held = Vec::new();
+    for expected in ["c", "d", "e", "f"] {
+        let delivery = next(&mut subscription).await;
+        assert_eq!(delivery.message.body, expected.as_bytes());
+        held.push(delivery);
+    }
+    // A delivery of the replaced consumer settles; it frees no prefetch of
+    // the new one. One of the new one's does.
+    a.acker.ack().await.unwrap();
+    held.remove(0).acker.ack().await.unwrap();
+    env.wait_ready(queue, 3).await;
+    held.push(next(&mut subscription).await);
+    assert_eq!(held.last().unwrap().message.body, b"g");
+
+    subscription.set_prefetch(1).await.unwrap();
+    env.wait_ready(queue, 2).await;
+    let h = next(&mut subscription).await;
+    assert_eq!(h.message.body, b"h");
+    h.acker.ack().await.unwrap();
+    env.wait_ready(queue, 1).await;
+    held.push(next(&mut subscription).await);
+    assert_eq!(held.last().unwrap().message.body, b"i");
+
+    b.acker.ack().await.unwrap();
+    subscription.close().await.unwrap();
+    // d, e, f, g, i come back beside j; a, b, c, h are gone.
+    env.wait_ready(queue, 6).await;
+    assert_eq!(env.consumers(queue).await, 0);
+}

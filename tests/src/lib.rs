@@ -544,6 +544,8 @@ macro_rules! conformance_tests {
             get_takes_messages_one_at_a_time "qjob.test.conformance.get",
             a_classic_standby_gets_unsettled_messages_in_order "qjob.test.conformance.standby-classic",
             a_quorum_standby_gets_unsettled_messages_in_order "qjob.test.conformance.standby-quorum",
+            a_prefetch_change_applies_to_the_live_subscription "qjob.test.conformance.prefetch-change",
+            a_prefetch_change_applies_to_a_live_quorum_subscription "qjob.test.conformance.prefetch-change-quorum",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {

@@ -164,6 +164,7 @@ async fn health_shows_a_running_connected_worker() {
 
 #[tokio::test]
 async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
+    use qjob::policy::autoscale::prefetch_for;
     use qjob_tests::jobs::ScaledJob;
     use qjob_tests::{Act, Task, probe};
     use std::sync::atomic::Ordering;
@@ -192,8 +193,15 @@ async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
             .copied()
             .unwrap_or(0)
     };
+    // The prefetch (40, configured for 12 handlers) follows: 4 at 1.
+    let prefetch = || qjob_tests::consumer_prefetch(ScaledJob::QUEUE);
+    let matched = |n| usize::from(prefetch_for(n, 12, 40));
     // 300 jobs of 40 ms with a 1 s latency target: about 10 handlers needed.
     qjob_tests::eventually("concurrency to rise", LIMIT, slots, |n| *n >= 5).await;
+    qjob_tests::eventually("prefetch to rise", LIMIT, prefetch, |p| {
+        p.len() == 1 && usize::from(p[0]) >= matched(5)
+    })
+    .await;
     let probe = probe(&tag);
     probe
         .wait("every job", LIMIT, |p| {
@@ -202,8 +210,26 @@ async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
         .await;
     let peak = probe.max_in_flight.load(Ordering::SeqCst);
     assert!((5..=12).contains(&peak), "peak {peak} handlers");
-    // Idle, the need falls: concurrency comes down, step by step.
+    // Idle, the need falls: concurrency comes down, step by step, and the
+    // prefetch with it.
     qjob_tests::eventually("concurrency to fall", LIMIT, slots, |n| *n <= 2).await;
+    qjob_tests::eventually("prefetch to fall", LIMIT, prefetch, |p| {
+        p.len() == 1 && usize::from(p[0]) == matched(slots())
+    })
+    .await;
     let _ = stop.send(());
     running.await.unwrap().unwrap();
+    // Replacing consumers lost and repeated nothing: each job ran once and
+    // nothing is left unsettled (the worker's channels are closed).
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), jobs);
+    let mut done = probe.done.lock().unwrap().clone();
+    done.sort_unstable();
+    assert_eq!(done, (0..jobs).collect::<Vec<_>>());
+    assert_eq!(
+        qjob_tests::Rabbit::connect()
+            .await
+            .ready(ScaledJob::QUEUE)
+            .await,
+        0
+    );
 }

@@ -352,6 +352,17 @@ impl MemoryBroker {
         });
     }
 
+    /// Replaces `consumer` by a new one with `prefetch`; returns its id.
+    fn replace_consumer(&self, queue: &str, consumer: u64, prefetch: u16) -> u64 {
+        self.update(|state| {
+            let replacement = state.next_id();
+            if let Some(queue) = state.queues.get_mut(queue) {
+                queue.replace_consumer(consumer, replacement, usize::from(prefetch.max(1)));
+            }
+            replacement
+        })
+    }
+
     fn remove_consumer(&self, queue: &str, consumer: u64) {
         self.update(|state| {
             if let Some(queue) = state.queues.get_mut(queue) {
@@ -444,6 +455,8 @@ impl Broker for MemoryBroker {
             broker: self.clone(),
             queue: queue.to_owned(),
             id,
+            retired: Vec::new(),
+            prefetch: options.prefetch.max(1),
             receiver,
         }))
     }

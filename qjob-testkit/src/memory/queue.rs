@@ -90,6 +90,24 @@ impl Queue {
         }
     }
 
+    /// Replaces a consumer by one with another prefetch, as RabbitMQ
+    /// needs: `replacement` joins at the back and takes deliveries from
+    /// now on; the old one is cancelled and keeps what it holds, which no
+    /// longer counts against the prefetch.
+    pub(super) fn replace_consumer(&mut self, consumer: u64, replacement: u64, prefetch: usize) {
+        let Some(index) = self.consumers.iter().position(|c| c.id == consumer) else {
+            return;
+        };
+        let old = self.consumers.remove(index).expect("index is in range");
+        self.consumers.push_back(ConsumerSlot {
+            id: replacement,
+            prefetch,
+            unacked: BTreeMap::new(),
+            deliveries: old.deliveries.clone(),
+        });
+        self.cancelled.push(old);
+    }
+
     /// Removes a consumer and requeues what it held, marked redelivered.
     pub(super) fn remove_consumer(&mut self, consumer: u64) -> Option<ConsumerSlot> {
         let mut slot = if let Some(index) = self.consumers.iter().position(|c| c.id == consumer) {

@@ -15,6 +15,10 @@ pub(super) struct MemorySubscription {
     pub(super) broker: MemoryBroker,
     pub(super) queue: String,
     pub(super) id: u64,
+    /// Consumers this one replaced (prefetch changes): cancelled, holding
+    /// deliveries until they are settled or the subscription goes.
+    pub(super) retired: Vec<u64>,
+    pub(super) prefetch: u16,
     pub(super) receiver: mpsc::UnboundedReceiver<Result<Delivery, Error>>,
 }
 
@@ -32,12 +36,26 @@ impl Subscription for MemorySubscription {
     async fn close(self: Box<Self>) -> Result<(), Error> {
         Ok(())
     }
+
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), Error> {
+        let prefetch = prefetch.max(1);
+        if prefetch == self.prefetch {
+            return Ok(());
+        }
+        self.prefetch = prefetch;
+        let replacement = self.broker.replace_consumer(&self.queue, self.id, prefetch);
+        self.retired
+            .push(std::mem::replace(&mut self.id, replacement));
+        Ok(())
+    }
 }
 
 impl Drop for MemorySubscription {
     fn drop(&mut self) {
         self.receiver.close();
-        self.broker.remove_consumer(&self.queue, self.id);
+        for id in self.retired.drain(..).chain([self.id]) {
+            self.broker.remove_consumer(&self.queue, id);
+        }
     }
 }
 

@@ -3,10 +3,18 @@
 //! Handlers finish in about the order their deliveries arrived, so acks form
 //! runs of consecutive delivery tags. Whoever acks while no flush is under
 //! way becomes the flusher: it sends one `basic.ack(multiple = true)` for the
-//! longest run starting at the oldest unsettled delivery, and single acks for
-//! anything above a gap, then looks again for acks that arrived meanwhile.
-//! No ack ever waits for another to be settled: a slow handler blocks no one
-//! else's ack, it only splits a run.
+//! longest run of settled tags just above the channel's settled floor, and
+//! single acks for anything above a gap, then looks again for acks that
+//! arrived meanwhile. No ack ever waits for another to be settled: a slow
+//! handler blocks no one else's ack, it only splits a run.
+//!
+//! A multiple ack settles every outstanding tag up to its own, so it is sent
+//! only when every lower tag is known to be settled: the channel numbers its
+//! deliveries 1, 2, 3, … and the book keeps the floor below which all are
+//! settled. A tag delivered but not yet read by the consumer, or being
+//! rejected, is neither ready nor settled and stops the run; so a channel
+//! with two consumers (the old and the new one while the prefetch changes)
+//! is as safe as one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -17,11 +25,13 @@ use crate::Error;
 
 type Tag = u64;
 
-/// What is delivered and what is ready to ack; `A` is the means to send
-/// an ack (lapin's acker; anything in the tests).
+/// What is settled and what is ready to ack; `A` is the means to send an
+/// ack (lapin's acker; anything in the tests).
 struct Book<A> {
-    /// Delivered and not yet sent a settlement.
-    unsettled: BTreeSet<Tag>,
+    /// Every tag up to this one is settled (delivery tags start at 1).
+    floor: Tag,
+    /// Settled tags above the floor.
+    settled: BTreeSet<Tag>,
     /// Acked by their handler, waiting for the flusher.
     ready: BTreeMap<Tag, A>,
     flushing: bool,
@@ -30,7 +40,8 @@ struct Book<A> {
 impl<A> Default for Book<A> {
     fn default() -> Self {
         Self {
-            unsettled: BTreeSet::new(),
+            floor: 0,
+            settled: BTreeSet::new(),
             ready: BTreeMap::new(),
             flushing: false,
         }
@@ -51,11 +62,6 @@ pub(super) struct Acks {
 }
 
 impl Acks {
-    /// Records a delivery as unsettled.
-    pub(super) fn delivered(&self, tag: Tag) {
-        self.lock().unsettled.insert(tag);
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Book<lapin::Acker>> {
         self.book.lock().expect("ack book poisoned")
     }
@@ -103,39 +109,38 @@ impl Acks {
         acker: &lapin::Acker,
         requeue: bool,
     ) -> Result<(), Error> {
-        self.lock().unsettled.remove(&tag);
+        // Recorded once sent: until then no multiple ack may cover it.
         let sent = acker.reject(BasicRejectOptions { requeue }).await;
+        self.lock().settled.insert(tag);
         super::subscription::settled(sent, "reject")
     }
 }
 
 impl<A> Book<A> {
     /// The frames that settle every ready ack: one multiple ack for the run
-    /// of ready tags at the bottom of `unsettled`, single acks for the rest.
+    /// of ready (or already settled) tags just above the floor, single acks
+    /// for the rest.
     fn take_frames(&mut self) -> Vec<Frame<A>> {
-        let mut run_end = None;
-        for tag in &self.unsettled {
-            if self.ready.contains_key(tag) {
-                run_end = Some(*tag);
-            } else {
+        let mut frames = Vec::new();
+        let mut last = None;
+        let mut tag = self.floor + 1;
+        loop {
+            if let Some(acker) = self.ready.remove(&tag) {
+                last = Some(acker);
+            } else if !self.settled.remove(&tag) {
                 break;
             }
+            tag += 1;
         }
-        let mut frames = Vec::new();
-        if let Some(end) = run_end {
-            let above = self.unsettled.split_off(&(end + 1));
-            let run = std::mem::replace(&mut self.unsettled, above);
-            let mut acker = None;
-            for tag in run {
-                acker = self.ready.remove(&tag);
-            }
+        self.floor = tag - 1;
+        if let Some(acker) = last {
             frames.push(Frame {
-                acker: acker.expect("the run is not empty"),
+                acker,
                 multiple: true,
             });
         }
         for (tag, acker) in std::mem::take(&mut self.ready) {
-            self.unsettled.remove(&tag);
+            self.settled.insert(tag);
             frames.push(Frame {
                 acker,
                 multiple: false,
@@ -149,9 +154,12 @@ impl<A> Book<A> {
 mod tests {
     use super::*;
 
-    fn book(unsettled: &[Tag], ready: &[Tag]) -> Book<Tag> {
+    /// A book whose tags up to `floor` and `settled` are settled, with
+    /// `ready` acked by their handlers.
+    fn book(floor: Tag, settled: &[Tag], ready: &[Tag]) -> Book<Tag> {
         Book {
-            unsettled: unsettled.iter().copied().collect(),
+            floor,
+            settled: settled.iter().copied().collect(),
             ready: ready.iter().map(|&tag| (tag, tag)).collect(),
             flushing: false,
         }
@@ -163,30 +171,58 @@ mod tests {
 
     #[test]
     fn a_run_from_the_oldest_delivery_is_one_multiple_ack() {
-        let mut book = book(&[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5]);
+        let mut book = book(0, &[], &[1, 2, 3, 4, 5]);
         assert_eq!(book.take_frames(), [frame(5, true)]);
-        assert!(book.unsettled.is_empty() && book.ready.is_empty());
+        assert_eq!(book.floor, 5);
+        assert!(book.settled.is_empty() && book.ready.is_empty());
     }
 
     #[test]
     fn acks_above_a_slow_delivery_go_out_singly_at_once() {
-        let mut book = book(&[1, 2, 3, 4], &[2, 3]);
+        let mut book = book(0, &[], &[2, 3]);
         assert_eq!(book.take_frames(), [frame(2, false), frame(3, false)]);
-        assert_eq!(book.unsettled.iter().copied().collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(book.floor, 0);
+        assert_eq!(book.settled.iter().copied().collect::<Vec<_>>(), [2, 3]);
         assert!(book.ready.is_empty());
     }
 
     #[test]
     fn a_run_then_singles_never_cover_an_unsettled_delivery() {
-        let mut book = book(&[1, 2, 3, 4, 5], &[1, 2, 4]);
+        let mut book = book(0, &[], &[1, 2, 4]);
         assert_eq!(book.take_frames(), [frame(2, true), frame(4, false)]);
-        assert_eq!(book.unsettled.iter().copied().collect::<Vec<_>>(), [3, 5]);
+        assert_eq!(book.floor, 2);
+    }
+
+    #[test]
+    fn a_run_passes_over_tags_settled_singly_before() {
+        // 1 was slow: 2 and 3 went out singly, 4 is ready now.
+        let mut book = book(0, &[2, 3], &[1, 4]);
+        assert_eq!(book.take_frames(), [frame(4, true)]);
+        assert_eq!(book.floor, 4);
+        assert!(book.settled.is_empty());
+    }
+
+    #[test]
+    fn a_tag_not_yet_read_stops_the_run() {
+        // Two consumers on the channel: 6 went to the other one and is not
+        // read yet, so 5 and 7 must not be covered by one multiple ack.
+        let mut book = book(4, &[], &[5, 7]);
+        assert_eq!(book.take_frames(), [frame(5, true), frame(7, false)]);
+        assert_eq!(book.floor, 5);
+        let mut book = book_after(book, &[6]);
+        assert_eq!(book.take_frames(), [frame(6, true)]);
+        assert_eq!(book.floor, 7);
+    }
+
+    fn book_after(mut book: Book<Tag>, ready: &[Tag]) -> Book<Tag> {
+        book.ready.extend(ready.iter().map(|&tag| (tag, tag)));
+        book
     }
 
     #[test]
     fn nothing_ready_sends_nothing() {
-        let mut book = book(&[7, 8], &[]);
+        let mut book = book(6, &[8], &[]);
         assert!(book.take_frames().is_empty());
-        assert_eq!(book.unsettled.len(), 2);
+        assert_eq!(book.floor, 6);
     }
 }

@@ -10,6 +10,7 @@ pub use connection::AmqpOptions;
 use connection::{Connected, Inner, redact, with_heartbeat};
 use subscription::{AmqpSubscription, DirectAcker, bounded};
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -224,6 +225,10 @@ impl AmqpBroker {
             queue: queue.to_owned(),
             channel,
             consumer,
+            retiring: VecDeque::new(),
+            tag: options.tag,
+            replacements: 0,
+            prefetch: options.prefetch,
             acks: acks::Acks::default(),
         }))
     }

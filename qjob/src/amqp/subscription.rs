@@ -1,12 +1,16 @@
 //! Consuming from RabbitMQ: subscriptions, ackers, and the time bound on
 //! every operation but publishing.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
 
 use super::{acks, convert};
 use crate::Error;
@@ -39,13 +43,70 @@ pub(super) struct AmqpSubscription {
     pub(super) queue: String,
     pub(super) channel: Channel,
     pub(super) consumer: lapin::Consumer,
+    /// Consumers replaced by a prefetch change, cancelled, still handing
+    /// out what RabbitMQ sent them before the cancel; oldest first.
+    pub(super) retiring: VecDeque<lapin::Consumer>,
+    /// The consumer tag as asked for; replacements append `~<n>`.
+    pub(super) tag: String,
+    pub(super) replacements: u32,
+    pub(super) prefetch: u16,
     pub(super) acks: acks::Acks,
+}
+
+impl AmqpSubscription {
+    /// The next delivery of the oldest consumer still holding one.
+    async fn next_delivery(&mut self) -> Option<lapin::Result<lapin::message::Delivery>> {
+        while let Some(retiring) = self.retiring.front_mut() {
+            match retiring.next().await {
+                Some(delivery) => return Some(delivery),
+                None => {
+                    self.retiring.pop_front();
+                }
+            }
+        }
+        self.consumer.next().await
+    }
+
+    async fn replace_consumer(&mut self, prefetch: u16) -> Result<(), Error> {
+        let operation = || {
+            format!(
+                "change the prefetch of the consumer of queue {:?}",
+                self.queue
+            )
+        };
+        self.channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|e| Error::broker(operation(), e))?;
+        self.replacements += 1;
+        let tag = format!("{}~{}", self.tag, self.replacements);
+        let consumer = self
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::broker(operation(), e))?;
+        let old = std::mem::replace(&mut self.consumer, consumer);
+        self.prefetch = prefetch;
+        // Whatever RabbitMQ sent the old consumer before the cancel stays
+        // valid on this channel and is handed out before the new one's.
+        let cancelled = self
+            .channel
+            .basic_cancel(old.tag(), BasicCancelOptions::default())
+            .await;
+        self.retiring.push_back(old);
+        cancelled.map_err(|e| Error::broker(operation(), e))
+    }
 }
 
 #[async_trait]
 impl Subscription for AmqpSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        let delivery = match self.consumer.next().await? {
+        let delivery = match self.next_delivery().await? {
             Ok(delivery) => delivery,
             Err(e) => {
                 return Some(Err(Error::broker(
@@ -54,7 +115,6 @@ impl Subscription for AmqpSubscription {
                 )));
             }
         };
-        self.acks.delivered(delivery.delivery_tag);
         Some(Ok(Delivery {
             message: convert::message(&delivery.properties, delivery.data),
             redelivered: delivery.redelivered,
@@ -80,6 +140,18 @@ impl Subscription for AmqpSubscription {
                 .map_err(|e| Error::broker(operation.clone(), e))
         })
         .await
+    }
+
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), Error> {
+        let prefetch = prefetch.max(1);
+        if prefetch == self.prefetch {
+            return Ok(());
+        }
+        let operation = format!(
+            "change the prefetch of the consumer of queue {:?}",
+            self.queue
+        );
+        bounded(|| operation, self.replace_consumer(prefetch)).await
     }
 
     async fn close(self: Box<Self>) -> Result<(), Error> {

@@ -218,6 +218,26 @@ impl Autoscaler {
     }
 }
 
+/// The prefetch that matches `concurrency` handlers when `prefetch` is
+/// what the job configured for `max` handlers: the same share, never fewer
+/// messages than handlers (an idle handler with nothing to take is waste),
+/// never more than the configured prefetch (the operator's memory bound).
+///
+/// ```
+/// use qjob::policy::autoscale::prefetch_for;
+///
+/// assert_eq!(prefetch_for(10, 10, 200), 200);
+/// assert_eq!(prefetch_for(1, 10, 200), 20);
+/// assert_eq!(prefetch_for(3, 10, 5), 3);
+/// assert_eq!(prefetch_for(8, 10, 5), 5);
+/// ```
+pub fn prefetch_for(concurrency: usize, max: usize, prefetch: u16) -> u16 {
+    let configured = usize::from(prefetch.max(1));
+    let share = (configured * concurrency).div_ceil(max.max(1));
+    let matched = share.max(concurrency).min(configured).max(1);
+    u16::try_from(matched).unwrap_or(u16::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +375,25 @@ mod tests {
         assert_ne!(blind.reason, Reason::NoData);
         assert!(first.needed > 50 && first.replicas > 1, "{first:?}");
         assert_eq!(first.replicas, first.needed.div_ceil(50));
+    }
+
+    #[test]
+    fn prefetch_follows_concurrency_within_the_configured_bound() {
+        for max in [1, 7, 50] {
+            for prefetch in [1u16, 5, 25, 200, 65535] {
+                let mut last = 0;
+                for concurrency in 1..=max {
+                    let p = prefetch_for(concurrency, max, prefetch);
+                    assert!(
+                        p >= 1 && p <= prefetch,
+                        "{concurrency}/{max} of {prefetch}: {p}"
+                    );
+                    assert!(p >= last, "never falls as concurrency grows");
+                    assert!(usize::from(p) >= concurrency.min(usize::from(prefetch)));
+                    last = p;
+                }
+                assert_eq!(last, prefetch, "at max the configured prefetch");
+            }
+        }
     }
 }

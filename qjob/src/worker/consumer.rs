@@ -37,6 +37,9 @@ pub(crate) struct Consumer {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) tag: String,
     pub(crate) health: Health,
+    /// The prefetch to consume with, when it follows adaptive concurrency;
+    /// `None`: the job's configured prefetch.
+    pub(crate) prefetch: Option<watch::Receiver<u16>>,
 }
 
 impl Consumer {
@@ -54,7 +57,10 @@ impl Consumer {
             .consume(
                 &self.queue,
                 ConsumeOptions {
-                    prefetch: self.options.prefetch(),
+                    prefetch: self
+                        .prefetch
+                        .as_ref()
+                        .map_or(self.options.prefetch(), |target| *target.borrow()),
                     tag: self.tag.clone(),
                 },
             )
@@ -83,17 +89,47 @@ impl Consumer {
     ) {
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
+        let mut prefetch = self.prefetch.clone();
         loop {
             let slot = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
-                slot = self.slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+                target = changed(&mut prefetch) => Err(target),
+                slot = self.slots.clone().acquire_owned() => Ok(slot.expect("semaphore never closed")),
             };
-            let next = tokio::select! {
-                biased;
-                _ = stop.wait_for(|stop| *stop) => break,
-                next = subscription.next() => next,
+            let slot = match slot {
+                Ok(slot) => slot,
+                Err(target) => {
+                    match self
+                        .set_prefetch(subscription, target, &mut stop, &mut failures)
+                        .await
+                    {
+                        Some(next) => subscription = next,
+                        None => return self.drain(handlers, None).await,
+                    }
+                    continue;
+                }
             };
+            let next = loop {
+                let event = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => None,
+                    target = changed(&mut prefetch) => Some(Err(target)),
+                    next = subscription.next() => Some(Ok(next)),
+                };
+                match event {
+                    None => break None,
+                    Some(Ok(next)) => break Some(next),
+                    Some(Err(target)) => match self
+                        .set_prefetch(subscription, target, &mut stop, &mut failures)
+                        .await
+                    {
+                        Some(next) => subscription = next,
+                        None => return self.drain(handlers, None).await,
+                    },
+                }
+            };
+            let Some(next) = next else { break };
             match next {
                 Some(Ok(delivery)) => {
                     failures = 0;
@@ -190,6 +226,27 @@ impl Consumer {
         });
     }
 
+    /// Moves the subscription to a new prefetch; if that fails, replaces
+    /// the subscription (which subscribes with the new prefetch).
+    async fn set_prefetch(
+        &self,
+        mut subscription: Box<dyn Subscription>,
+        target: u16,
+        stop: &mut watch::Receiver<bool>,
+        failures: &mut u32,
+    ) -> Option<Box<dyn Subscription>> {
+        match subscription.set_prefetch(target).await {
+            Ok(()) => {
+                tracing::debug!(queue = &*self.queue, prefetch = target, "prefetch changed");
+                Some(subscription)
+            }
+            Err(error) => {
+                self.replace(subscription, Some(Err(error)), stop, failures)
+                    .await
+            }
+        }
+    }
+
     /// Logs why a subscription ended, closes it and subscribes again with
     /// backoff; `None` if the worker is stopping meanwhile.
     async fn replace(
@@ -264,4 +321,14 @@ impl Consumer {
             tracing::debug!(queue = &*self.queue, %error, "closing the subscription failed");
         }
     }
+}
+
+/// The next prefetch target; never resolves when the prefetch is fixed.
+async fn changed(target: &mut Option<watch::Receiver<u16>>) -> u16 {
+    if let Some(receiver) = target
+        && receiver.changed().await.is_ok()
+    {
+        return *receiver.borrow_and_update();
+    }
+    std::future::pending().await
 }

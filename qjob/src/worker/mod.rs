@@ -31,7 +31,7 @@ use handler::Handler;
 use sampler::Sampled;
 use scaler::{Scaled, Work};
 
-use crate::policy::autoscale::AutoscaleSettings;
+use crate::policy::autoscale::{AutoscaleSettings, prefetch_for};
 use settle::Routes;
 
 use crate::policy::backoff::BackoffPolicy;
@@ -316,12 +316,26 @@ impl Worker {
             let slots = Arc::new(Semaphore::new(initial));
             self.health.concurrency(options.queue(), initial);
             let work = options.autoscale().map(|_| Arc::new(Work::default()));
+            let specs = topology::consumed_queues(&options);
+            // Prefetch follows the autoscaled concurrency, except on
+            // single-active-consumer queues: replacing their consumer would
+            // hand the queue to a standby.
+            let prefetch = options
+                .autoscale()
+                .filter(|_| !specs.iter().any(|spec| spec.single_active))
+                .map(|autoscale| {
+                    watch::channel(prefetch_for(
+                        autoscale.min,
+                        autoscale.max,
+                        options.prefetch(),
+                    ))
+                });
             let gate = Gate::new(job.name(), &options);
             if let Some(gate) = &gate {
                 self.health.watch_gate(job.name(), gate.clone());
             }
-            let consumers = topology::consumed_queues(&options)
-                .into_iter()
+            let consumers = specs
+                .iter()
                 .map(|spec| Consumer {
                     broker: self.broker.clone(),
                     handler: Arc::new(Handler {
@@ -342,7 +356,8 @@ impl Worker {
                         work: work.clone(),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
-                    queue: spec.name,
+                    queue: spec.name.clone(),
+                    prefetch: prefetch.as_ref().map(|(_, target)| target.clone()),
                     options: options.clone(),
                     slots: slots.clone(),
                     shutdown_timeout: self.shutdown_timeout,
@@ -352,10 +367,8 @@ impl Worker {
             if let (Some(autoscale), Some(work)) = (options.autoscale(), work) {
                 scaled.push(Scaled {
                     job_queue: options.queue().to_owned(),
-                    queues: topology::consumed_queues(&options)
-                        .into_iter()
-                        .map(|spec| spec.name)
-                        .collect(),
+                    queues: specs.into_iter().map(|spec| spec.name).collect(),
+                    prefetch: prefetch.map(|(target, _)| (target, options.prefetch())),
                     settings: AutoscaleSettings {
                         // Up at most every other decision, down at most
                         // every fourth.

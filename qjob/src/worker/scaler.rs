@@ -1,6 +1,6 @@
 //! Applies a job's [`Autoscaler`] live: every interval it samples the
 //! queue's depth and what the handlers did, and grows or shrinks the job's
-//! handler slots.
+//! handler slots and its consumers' prefetch to match.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::broker::Broker;
-use crate::policy::autoscale::{AutoscaleSettings, Autoscaler, Sample};
+use crate::policy::autoscale::{AutoscaleSettings, Autoscaler, Sample, prefetch_for};
 use crate::worker::health::Health;
 
 /// What the handlers of a job did since the last sample.
@@ -43,6 +43,10 @@ pub(crate) struct Scaled {
     pub(crate) settings: AutoscaleSettings,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) work: Arc<Work>,
+    /// Where the consumers take their prefetch from, and the job's
+    /// configured prefetch (for `max` handlers); `None` when the prefetch
+    /// stays as configured (single-active-consumer queues).
+    pub(crate) prefetch: Option<(watch::Sender<u16>, u16)>,
 }
 
 pub(crate) async fn run(
@@ -95,10 +99,16 @@ pub(crate) async fn run(
             }
         }
         if decision.concurrency != current {
+            let prefetch = job.prefetch.as_ref().map(|(target, configured)| {
+                let prefetch = prefetch_for(decision.concurrency, job.settings.max, *configured);
+                target.send_replace(prefetch);
+                prefetch
+            });
             tracing::info!(
                 queue,
                 from = current,
                 to = decision.concurrency,
+                prefetch,
                 needed = decision.needed,
                 reason = decision.reason.as_str(),
                 "concurrency changed"
