@@ -97,7 +97,9 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// As [`Client::enqueue`].
+    /// As [`Client::enqueue`]; [`Error::Config`] for a job with
+    /// `max_length` (a capped queue), whose delayed jobs RabbitMQ would drop
+    /// if they came due while the queue is full.
     pub async fn enqueue_in<J: Job>(
         &self,
         payload: J::Payload,
@@ -106,6 +108,13 @@ impl Client {
         let delay = backoff::round_up(delay);
         if delay.is_zero() {
             return self.enqueue::<J>(payload).await;
+        }
+        if let Some(max_length) = J::options().max_length() {
+            return Err(Error::Config(format!(
+                "job {} cannot be delayed: its queue {:?} is capped (max_length = {max_length}),                  and RabbitMQ drops a delayed job that comes due while the queue is full;                  enqueue it when it is due, or remove the cap",
+                J::NAME,
+                J::QUEUE
+            )));
         }
         async {
             self.ensure_declared::<J>().await?;
@@ -125,7 +134,7 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// As [`Client::enqueue`].
+    /// As [`Client::enqueue_in`].
     pub async fn enqueue_at<J: Job>(
         &self,
         payload: J::Payload,

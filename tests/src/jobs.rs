@@ -102,6 +102,15 @@ test_job!(
     )
 );
 test_job!(capped, "qjob.test.capped", max_length = 5);
+test_job!(
+    capped_retry,
+    "qjob.test.capped-retry",
+    max_length = 2,
+    prefetch = 1,
+    concurrency = 1,
+    retry = 1,
+    backoff = fixed("1s")
+);
 test_job!(health, "qjob.test.health", retry = 0);
 test_job!(
     scaled,

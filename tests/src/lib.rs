@@ -581,6 +581,7 @@ macro_rules! worker_tests {
             partitioned_keys_complete_in_publish_order_across_two_workers OrderedJob,
             an_open_breaker_stops_calls_until_a_probe_succeeds BreakerJob,
             a_full_queue_is_an_error_for_the_producer CappedJob,
+            a_capped_queue_retries_in_place_while_full CappedRetryJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

@@ -812,3 +812,74 @@ pub async fn a_full_queue_is_an_error_for_the_producer<J: Job<Payload = Task>>(e
     }
     assert_eq!(env.ready(J::QUEUE).await, max);
 }
+
+/// A capped queue's retries wait in the worker, not in a delay queue:
+/// RabbitMQ drops a message that a delay queue moves into a full queue. The
+/// queue stays full through the backoff (the producer is told), no delay
+/// queue exists, and every job runs to success. Delayed enqueues into a
+/// capped queue are refused for the same reason.
+pub async fn a_capped_queue_retries_in_place_while_full<J: Job<Payload = Task>>(env: &Env, job: J) {
+    let options = J::options();
+    assert_eq!(
+        options.max_length(),
+        Some(2),
+        "scenario needs max_length = 2"
+    );
+    assert_eq!(options.prefetch(), 1, "scenario needs prefetch = 1");
+    env.reset::<J>().await;
+    let delay_queue = format!("{}.delay.1000ms", J::QUEUE);
+    env.delete_queues(&[&delay_queue]).await;
+    let tag = env.tag::<J>();
+    let probe = probe(&tag);
+    let client = env.client();
+    let refused = client
+        .enqueue_in::<J>(Task::new(&tag, 9, Act::Succeed), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::Config(text) if text.contains("capped")),
+        "{refused:?}"
+    );
+    client
+        .enqueue::<J>(Task::new(&tag, 0, Act::FailFirst))
+        .await
+        .unwrap();
+    client
+        .enqueue::<J>(Task::new(&tag, 1, Act::Succeed))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    probe
+        .wait("the first attempt of task 0", LIMIT, |p| {
+            p.attempts.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    // Task 0 waits out its backoff holding the only prefetch slot: the
+    // queue fills up and stays full.
+    client
+        .enqueue::<J>(Task::new(&tag, 2, Act::Succeed))
+        .await
+        .unwrap();
+    let full = client
+        .enqueue::<J>(Task::new(&tag, 3, Act::Succeed))
+        .await
+        .unwrap_err();
+    assert!(matches!(full, Error::QueueFull { .. }), "{full:?}");
+    probe
+        .wait("every job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 3
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [0, 1, 2]);
+    assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 2, 1, 1]);
+    assert_eq!(env.ready(J::QUEUE).await, 0);
+    assert!(
+        env.broker()
+            .queue_stats(&delay_queue)
+            .await
+            .unwrap()
+            .is_none(),
+        "a capped job's retry went through a delay queue"
+    );
+}

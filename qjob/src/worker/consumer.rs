@@ -1,7 +1,9 @@
 //! One queue's consumer: takes deliveries, runs each in its own task, and
 //! resubscribes when the subscription fails. Plain queues take a delivery
 //! only when a handler slot is free; partition queues keep taking them
-//! (prefetch bounds how many) and run them in per-key lanes.
+//! (prefetch bounds how many) and run them in per-key lanes. Partitioned
+//! and capped (`max_length`) jobs retry in place; the others through a
+//! delay queue.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,12 +92,28 @@ impl Consumer {
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
         let mut prefetch = self.prefetch.clone();
+        // A capped queue's retries wait in place (see `handle_in_place`),
+        // holding their deliveries: taking one needs no free slot, the
+        // prefetch bounds how many are held.
+        let in_place = self.options.max_length().is_some();
         loop {
+            let free_slot = async {
+                match in_place {
+                    true => None,
+                    false => Some(
+                        self.slots
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("semaphore never closed"),
+                    ),
+                }
+            };
             let slot = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
                 target = changed(&mut prefetch) => Err(target),
-                slot = self.slots.clone().acquire_owned() => Ok(slot.expect("semaphore never closed")),
+                slot = free_slot => Ok(slot),
             };
             let slot = match slot {
                 Ok(slot) => slot,
@@ -134,10 +152,21 @@ impl Consumer {
                 Some(Ok(delivery)) => {
                     failures = 0;
                     let handler = self.handler.clone();
-                    handlers.spawn(async move {
-                        handler.handle(delivery).await;
-                        drop(slot);
-                    });
+                    match slot {
+                        Some(slot) => handlers.spawn(async move {
+                            handler.handle(delivery).await;
+                            drop(slot);
+                        }),
+                        // A capped queue: RabbitMQ drops a message that a
+                        // delay queue moves back into it while it is full,
+                        // so retries wait here, holding the delivery.
+                        None => {
+                            let slots = self.slots.clone();
+                            handlers.spawn(async move {
+                                handler.handle_in_place(delivery, &slots).await
+                            })
+                        }
+                    };
                     while handlers.try_join_next().is_some() {}
                 }
                 ended => match self
