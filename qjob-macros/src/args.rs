@@ -24,6 +24,7 @@ const KEYS: &[&str] = &[
     "rate_limit",
     "queue_type",
     "max_length",
+    "delivery_limit",
     "autoscale",
 ];
 
@@ -79,6 +80,7 @@ pub(crate) struct Args {
     pub(crate) rate_limit: Option<(u64, u64)>,
     pub(crate) quorum: Option<bool>,
     pub(crate) max_length: Option<u64>,
+    pub(crate) delivery_limit: Option<(u64, Span)>,
     pub(crate) autoscale: Option<Autoscale>,
 }
 
@@ -142,6 +144,12 @@ impl Args {
             "max_length" => {
                 self.max_length = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
             }
+            "delivery_limit" => {
+                self.delivery_limit = Some((
+                    values::integer(key, value, 1, u64::from(u32::MAX))?,
+                    value.span(),
+                ))
+            }
             _ => unreachable!("key_of accepts only known keys"),
         }
         Ok(())
@@ -154,6 +162,14 @@ impl Args {
             return Err(syn::Error::new(
                 span,
                 "`jitter` applies to exponential backoff only: add `backoff = exponential(base = \"...\", max = \"...\")`",
+            ));
+        }
+        if let Some((_, span)) = self.delivery_limit
+            && self.quorum != Some(true)
+        {
+            return Err(syn::Error::new(
+                span,
+                "`delivery_limit` needs `queue_type = \"quorum\"`: RabbitMQ counts deliveries on quorum queues only",
             ));
         }
         match (&self.partition_by, &self.partitions) {

@@ -131,6 +131,10 @@ fn options(args: &Args, queue: &syn::LitStr) -> TokenStream {
         let max_length = max_length as u32;
         calls.push(quote!(.with_max_length(#max_length)));
     }
+    if let Some((limit, _)) = args.delivery_limit {
+        let limit = limit as u32;
+        calls.push(quote!(.with_delivery_limit(#limit)));
+    }
     quote!(::qjob::JobOptions::new(#queue) #(#calls)*)
 }
 

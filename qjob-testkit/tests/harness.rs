@@ -337,3 +337,64 @@ async fn partitioned_jobs_keep_each_keys_order_through_retries() {
     assert_eq!(kit.retried::<EventJob>().len(), 9);
     assert!(kit.enqueued::<EventJob>().is_empty());
 }
+
+/// Handler starts of the poison job.
+static POISON_STARTS: AtomicU32 = AtomicU32::new(0);
+
+#[job(queue = "kit.poison", queue_type = "quorum", delivery_limit = 2)]
+async fn poison(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    POISON_STARTS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_keeps_crashing_its_worker_stops_at_the_delivery_limit() {
+    let mut kit = TestKit::new().register(PoisonJob);
+    kit.enqueue::<PoisonJob>(charge("poison")).await.unwrap();
+    for _ in 0..3 {
+        kit.start().await;
+        kit.broker()
+            .wait_until(|b| b.unacked_count("kit.poison") == 1)
+            .await;
+        kit.crash_worker().await;
+    }
+    assert_eq!(POISON_STARTS.load(Ordering::SeqCst), 3);
+    assert_eq!(kit.broker().ready_count("kit.poison"), 0);
+    let dead = kit.dead_lettered::<PoisonJob>();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, "delivery-limit");
+    assert_eq!(dead[0].payload, Some(charge("poison")));
+}
+
+/// A job written by hand, as `#[job]` would refuse it: a delivery limit
+/// on a classic queue.
+struct ClassicLimitJob;
+
+impl qjob::Job for ClassicLimitJob {
+    type Payload = Charge;
+    const NAME: &'static str = "classic_limit";
+    const QUEUE: &'static str = "kit.classic-limit";
+
+    fn options() -> qjob::JobOptions {
+        qjob::JobOptions::new(Self::QUEUE).with_delivery_limit(10)
+    }
+
+    async fn perform(&self, _payload: Charge, _ctx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_limit_on_a_classic_queue_is_a_configuration_error() {
+    let kit = TestKit::new();
+    let error = kit
+        .enqueue::<ClassicLimitJob>(charge("nope"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Config(text) if text.contains("quorum")),
+        "{error:?}"
+    );
+    assert_eq!(kit.broker().ready_count("kit.classic-limit"), 0);
+}

@@ -220,6 +220,11 @@ pub struct QueueSpec {
     /// `x-expires`: the queue is deleted after being unused this long (no
     /// consumer, no redeclare).
     pub expires: Option<Duration>,
+    /// Quorum queues: `x-delivery-limit`. A message returned to the queue
+    /// (requeued, or unsettled when its consumer's channel closed) more
+    /// than this many times is dead-lettered to `dead_letter_to` (dropped
+    /// without one). Returned messages carry `x-delivery-count`.
+    pub delivery_limit: Option<u32>,
 }
 
 impl QueueSpec {
@@ -233,7 +238,14 @@ impl QueueSpec {
             message_ttl: None,
             dead_letter_to: None,
             expires: None,
+            delivery_limit: None,
         }
+    }
+
+    /// Sets `x-delivery-limit` (quorum queues; see the field).
+    pub fn with_delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = Some(limit);
+        self
     }
 
     /// Sets the queue type.

@@ -20,7 +20,9 @@ pub struct DeadLetter<P> {
     pub payload: Option<P>,
     /// The message body, as published.
     pub body: Vec<u8>,
-    /// `retries-exhausted`, `permanent` or `malformed`.
+    /// `retries-exhausted`, `permanent`, `malformed`, or `delivery-limit`
+    /// (RabbitMQ moved it: it came back unsettled more often than the
+    /// job's `delivery_limit`).
     pub reason: String,
     /// The last error.
     pub error: String,
@@ -47,12 +49,24 @@ impl<P: DeserializeOwned> DeadLetter<P> {
                 .unwrap_or_default()
         };
         let int = |name: &str| message.headers.get(name).and_then(HeaderValue::as_int);
+        let (reason, error) = if text("x-first-death-reason") == "delivery_limit"
+            && !message.headers.contains_key(headers::REASON)
+        {
+            (
+                "delivery-limit".to_owned(),
+                "returned to the queue unsettled more often than its delivery limit \
+                 (its worker crashed, or lost its connection, while holding it)"
+                    .to_owned(),
+            )
+        } else {
+            (text(headers::REASON), text(headers::ERROR))
+        };
         Self {
             job_id: message.id.clone().map(JobId::from),
             payload: serde_json::from_slice(&message.body).ok(),
             body: message.body.clone(),
-            reason: text(headers::REASON),
-            error: text(headers::ERROR),
+            reason,
+            error,
             attempts: int(headers::ATTEMPTS)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),

@@ -59,6 +59,7 @@ pub(crate) fn is_failure_history(name: &str) -> bool {
         name,
         ATTEMPT | ERROR | REASON | ATTEMPTS | FAILED_AT | FIRST_FAILED_AT | QUEUE | HOST
     ) || name == "x-death"
+        || name == "x-delivery-count"
         || name.starts_with("x-first-death-")
 }
 

@@ -147,6 +147,7 @@ pub struct JobOptions {
     rate_limit: Option<RateLimit>,
     queue_type: QueueType,
     max_length: Option<u32>,
+    delivery_limit: Option<u32>,
     autoscale: Option<Autoscale>,
 }
 
@@ -174,6 +175,7 @@ impl JobOptions {
             rate_limit: None,
             queue_type: QueueType::Classic,
             max_length: None,
+            delivery_limit: None,
             autoscale: None,
         }
     }
@@ -251,6 +253,16 @@ impl JobOptions {
     /// Caps the queue's length; publishes beyond it are rejected.
     pub fn with_max_length(mut self, max_length: u32) -> Self {
         self.max_length = Some(max_length);
+        self
+    }
+
+    /// Bounds how often a message may come back to its (quorum) queue
+    /// unsettled — a worker that crashed or lost its connection while
+    /// holding it — before RabbitMQ moves it to the dead-letter queue: a
+    /// job that kills its worker every time stops at the limit instead of
+    /// looping. Needs [`QueueType::Quorum`].
+    pub fn with_delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = Some(limit);
         self
     }
 
@@ -333,6 +345,11 @@ impl JobOptions {
     /// The queue length cap, if any.
     pub fn max_length(&self) -> Option<u32> {
         self.max_length
+    }
+
+    /// The delivery limit of a quorum queue, if any.
+    pub fn delivery_limit(&self) -> Option<u32> {
+        self.delivery_limit
     }
 
     /// The prefix of this queue's environment variables: `QJOB_` plus the

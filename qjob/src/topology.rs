@@ -24,13 +24,19 @@ pub(crate) fn consumed_queues(options: &JobOptions) -> Vec<QueueSpec> {
 }
 
 fn queue_spec(options: &JobOptions, name: String, single_active: bool) -> QueueSpec {
-    let spec = QueueSpec::new(name)
+    let mut spec = QueueSpec::new(name)
         .with_queue_type(options.queue_type())
         .with_single_active(single_active);
-    match options.max_length() {
-        Some(max_length) => spec.with_max_length(max_length),
-        None => spec,
+    if let Some(max_length) = options.max_length() {
+        spec = spec.with_max_length(max_length);
     }
+    if let Some(limit) = options.delivery_limit() {
+        // RabbitMQ moves a message past the limit to the job's DLQ.
+        spec = spec
+            .with_delivery_limit(limit)
+            .with_dead_letter_to(options.dead_letter_queue());
+    }
+    spec
 }
 
 /// The queue a job with this partition key goes to.
@@ -127,8 +133,15 @@ impl Delayed {
 ///
 /// [`Error::Config`] when partition queue `<queue>.p<N>` exists: a producer
 /// or worker with more partitions is (or was) running, and jobs would be
-/// routed to queues this side does not know.
+/// routed to queues this side does not know; or when a classic queue is
+/// given a delivery limit.
 pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result<(), Error> {
+    if options.delivery_limit().is_some() && options.queue_type() != QueueType::Quorum {
+        return Err(Error::Config(format!(
+            "job queue {:?} has a delivery limit but is a classic queue: RabbitMQ counts deliveries on quorum queues only; declare it with queue type quorum",
+            options.queue()
+        )));
+    }
     if let Some(partitions) = options.partitions() {
         let beyond = partition_queue(options.queue(), partitions);
         if broker.queue_depth(&beyond).await?.is_some() {
@@ -164,6 +177,23 @@ mod tests {
         let expected = format!("hooks.p{}", partition_for(key, 3));
         assert_eq!(route(&options, Some(key)), expected);
         assert_eq!(route(&JobOptions::new("plain"), Some(key)), "plain");
+    }
+
+    #[test]
+    fn a_delivery_limit_dead_letters_into_the_dlq() {
+        let options = JobOptions::new("billing.charge")
+            .with_queue_type(QueueType::Quorum)
+            .with_delivery_limit(10)
+            .with_partitions(2);
+        for spec in consumed_queues(&options) {
+            assert_eq!(spec.delivery_limit, Some(10));
+            assert_eq!(spec.dead_letter_to.as_deref(), Some("billing.charge.dlq"));
+        }
+        let plain = &consumed_queues(&JobOptions::new("billing.charge"))[0];
+        assert_eq!(
+            (plain.delivery_limit, plain.dead_letter_to.as_deref()),
+            (None, None)
+        );
     }
 
     #[test]

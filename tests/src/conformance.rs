@@ -690,3 +690,44 @@ async fn prefetch_change(env: &Env, spec: QueueSpec) {
     env.wait_ready(queue, 6).await;
     assert_eq!(env.consumers(queue).await, 0);
 }
+
+/// A quorum queue with a delivery limit counts every return of a message
+/// (a requeue, or a subscription closed while holding it) in
+/// `x-delivery-count`, and dead-letters it on the return past the limit.
+pub async fn a_quorum_queue_dead_letters_past_its_delivery_limit(env: &Env, queue: &str) {
+    let dlq = format!("{queue}.dlq");
+    env.delete_queues(&[queue, &dlq]).await;
+    let broker = env.broker();
+    let quorum = |name: &str| QueueSpec::new(name).with_queue_type(QueueType::Quorum);
+    broker.declare_queue(&quorum(&dlq)).await.unwrap();
+    let limited = quorum(queue)
+        .with_delivery_limit(2)
+        .with_dead_letter_to(&dlq);
+    broker.declare_queue(&limited).await.unwrap();
+    broker.publish(queue, message("a")).await.unwrap();
+    let count = |delivery: &Delivery| delivery.message.headers.get("x-delivery-count").cloned();
+
+    let mut first = broker.consume(queue, consume(1)).await.unwrap();
+    let delivery = next(&mut first).await;
+    assert!(!delivery.redelivered);
+    assert_eq!(count(&delivery), None);
+    first.close().await.unwrap();
+
+    let mut second = broker.consume(queue, consume(1)).await.unwrap();
+    let delivery = next(&mut second).await;
+    assert!(delivery.redelivered);
+    assert_eq!(count(&delivery), Some(HeaderValue::Int(1)));
+    delivery.acker.reject(true).await.unwrap();
+    let delivery = next(&mut second).await;
+    assert_eq!(count(&delivery), Some(HeaderValue::Int(2)));
+    second.close().await.unwrap();
+
+    env.wait_ready(&dlq, 1).await;
+    assert_eq!(env.ready(queue).await, 0);
+    let dead = broker.get(&dlq).await.unwrap().expect("the dead letter");
+    let text = |name: &str| dead.message.headers.get(name).cloned();
+    assert_eq!(text("x-first-death-reason"), Some("delivery_limit".into()));
+    assert_eq!(text("x-first-death-queue"), Some(queue.into()));
+    assert_eq!(dead.message.body, b"a");
+    dead.acker.ack().await.unwrap();
+}

@@ -119,3 +119,30 @@ test_job!(
     retry = 0,
     autoscale(min = 1, max = 12, target_latency = "1s")
 );
+
+/// Kills its worker process whenever it runs task 0 (a poison message);
+/// other tasks succeed. Run by `qjob-test-worker poison`, which prints
+/// `started <seq>` and `done <seq>`.
+#[qjob::job(
+    queue = "qjob.test.process.poison",
+    queue_type = "quorum",
+    delivery_limit = 2,
+    prefetch = 1
+)]
+pub async fn poison(task: crate::Task, _ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+    use std::io::Write;
+    let say = |what: &str| -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{what} {}", task.seq)?;
+        stdout.flush()
+    };
+    say("started")?;
+    if task.seq == 0 {
+        std::process::exit(POISON_EXIT);
+    }
+    say("done")?;
+    Ok(())
+}
+
+/// The exit code of a worker that ran the poison task.
+pub const POISON_EXIT: i32 = 70;

@@ -409,6 +409,28 @@ fn headers(properties: &BasicProperties) -> Headers {
     headers
 }
 
+/// Every message of `queue`, ready or unacked, as RabbitMQ reports them.
+pub fn queue_messages(queue: &str) -> u32 {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no queue {queue}"))
+}
+
 /// The prefetch counts of `queue`'s consumers, as RabbitMQ reports them.
 pub fn consumer_prefetch(queue: &str) -> Vec<u16> {
     let output = Command::new("rabbitmqctl")
@@ -546,6 +568,7 @@ macro_rules! conformance_tests {
             a_quorum_standby_gets_unsettled_messages_in_order "qjob.test.conformance.standby-quorum",
             a_prefetch_change_applies_to_the_live_subscription "qjob.test.conformance.prefetch-change",
             a_prefetch_change_applies_to_a_live_quorum_subscription "qjob.test.conformance.prefetch-change-quorum",
+            a_quorum_queue_dead_letters_past_its_delivery_limit "qjob.test.conformance.delivery-limit",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 
 use qjob::Job;
 use qjob_tests::scenarios::{Env, LIMIT};
-use qjob_tests::{Act, Rabbit, Task, consumer_prefetch, eventually, probe, test_job};
+use qjob_tests::{
+    Act, Rabbit, Task, consumer_prefetch, eventually, probe, queue_messages, test_job,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 // The same queue as the child's job, handled here by `run_task`.
@@ -221,4 +223,72 @@ async fn partitioned_order_holds_when_the_active_worker_is_killed() {
             .await,
         0
     );
+}
+
+/// A job that kills its worker every time (a poison message) is redelivered
+/// to the next worker only up to the queue's delivery limit, then RabbitMQ
+/// moves it to the DLQ, where it reads as `delivery-limit`; the job behind
+/// it runs.
+#[tokio::test]
+async fn a_job_that_kills_its_worker_stops_at_the_delivery_limit() {
+    use qjob_tests::jobs::{POISON_EXIT, PoisonJob};
+    let _serial = SERIAL.lock().await;
+    let env = Env::amqp().await;
+    env.reset::<PoisonJob>().await;
+    let tag = env.tag::<PoisonJob>();
+    let client = env.client();
+    for seq in [0, 1] {
+        client
+            .enqueue::<PoisonJob>(Task::new(&tag, seq, Act::Succeed))
+            .await
+            .unwrap();
+    }
+    let mut crashes = 0;
+    'workers: for _ in 0..6 {
+        let mut child = tokio::process::Command::new(WORKER)
+            .arg("poison")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = tokio::time::timeout(LIMIT, lines.next_line())
+                .await
+                .expect("the child reports")
+                .unwrap();
+            match line.as_deref() {
+                Some("started 0") => {
+                    let status = tokio::time::timeout(LIMIT, child.wait())
+                        .await
+                        .expect("the child exits")
+                        .unwrap();
+                    assert_eq!(status.code(), Some(POISON_EXIT));
+                    crashes += 1;
+                    continue 'workers;
+                }
+                Some("done 1") => {
+                    // Acked: the queue is empty, nothing unsettled.
+                    eventually(
+                        "the last job acked",
+                        LIMIT,
+                        || queue_messages(PoisonJob::QUEUE),
+                        |n| *n == 0,
+                    )
+                    .await;
+                    child.kill().await.unwrap();
+                    break 'workers;
+                }
+                Some(_) => {}
+                None => panic!("the child stopped without running a job"),
+            }
+        }
+    }
+    // The first delivery, then one per return up to the limit of 2.
+    assert_eq!(crashes, 3);
+    let dead = client.dead_letters::<PoisonJob>().peek(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, "delivery-limit");
+    assert_eq!(dead[0].payload.as_ref().map(|task| task.seq), Some(0));
+    assert_eq!(queue_messages(PoisonJob::QUEUE), 0);
 }

@@ -8,6 +8,8 @@ use qjob::broker::{HeaderValue, Headers};
 pub(crate) enum Reason {
     Rejected,
     Expired,
+    /// Returned to a quorum queue more often than its delivery limit.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -15,6 +17,7 @@ impl Reason {
         match self {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
 }

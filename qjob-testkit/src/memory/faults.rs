@@ -28,17 +28,26 @@ impl MemoryBroker {
     /// and acks of earlier deliveries fail. New operations work at once (the
     /// broker reconnects).
     pub fn drop_connection(&self) {
-        self.update(|state| {
-            for queue in state.queues.values_mut() {
+        let expiries = self.update(|state| {
+            let mut over_limit = Vec::new();
+            for (name, queue) in &mut state.queues {
                 for id in queue.consumer_ids() {
-                    if let Some(slot) = queue.remove_consumer(id) {
+                    if let Some((slot, messages)) = queue.remove_consumer(id) {
                         let _ = slot
                             .deliveries
                             .send(Err(Error::broker("consume", "connection closed")));
+                        over_limit.push((name.clone(), messages));
                     }
                 }
             }
+            over_limit
+                .into_iter()
+                .flat_map(|(queue, messages)| state.dead_letter_all(&queue, messages))
+                .collect::<Vec<_>>()
         });
+        for at in expiries {
+            self.expire_at(at);
+        }
     }
 
     /// Publishes raw bytes with no id and no headers, as a foreign producer

@@ -106,6 +106,7 @@ impl State {
             Stored {
                 message,
                 redelivered,
+                returns: 0,
                 expires_at,
             },
         );
@@ -125,6 +126,16 @@ impl State {
         death::record(&mut message.headers, queue, reason, unix_seconds());
         let expires_at = self.enqueue(&target, message, false)?;
         Some((target, expires_at))
+    }
+
+    /// Dead-letters messages past their queue's delivery limit; returns
+    /// the expiries that scheduled.
+    fn dead_letter_all(&mut self, queue: &str, messages: Vec<Message>) -> Vec<Instant> {
+        messages
+            .into_iter()
+            .filter_map(|message| self.dead_letter(queue, message, Reason::DeliveryLimit))
+            .map(|(_, at)| at)
+            .collect()
     }
 
     /// Expires due messages of every queue with a TTL; returns the expiries
@@ -324,14 +335,13 @@ impl MemoryBroker {
             let closed = || Error::broker("settle", "the delivery's channel is closed");
             let target = state.queues.get_mut(queue).ok_or_else(closed)?;
             let slot = target.slot_mut(consumer).ok_or_else(closed)?;
-            let mut stored = slot.unacked.remove(&sequence).ok_or_else(closed)?;
+            let stored = slot.unacked.remove(&sequence).ok_or_else(closed)?;
             match settlement {
                 Settlement::Ack => Ok(None),
-                Settlement::Requeue => {
-                    stored.redelivered = true;
-                    target.ready.insert(sequence, stored);
-                    Ok(None)
-                }
+                Settlement::Requeue => Ok(target
+                    .give_back(sequence, stored)
+                    .and_then(|message| state.dead_letter(queue, message, Reason::DeliveryLimit))
+                    .map(|(_, at)| at)),
                 Settlement::Discard => Ok(state
                     .dead_letter(queue, stored.message, Reason::Rejected)
                     .map(|(_, at)| at)),
@@ -364,11 +374,13 @@ impl MemoryBroker {
     }
 
     fn remove_consumer(&self, queue: &str, consumer: u64) {
-        self.update(|state| {
-            if let Some(queue) = state.queues.get_mut(queue) {
-                queue.remove_consumer(consumer);
-            }
+        let expiries = self.update(|state| {
+            let (_, over_limit) = state.queues.get_mut(queue)?.remove_consumer(consumer)?;
+            Some(state.dead_letter_all(queue, over_limit))
         });
+        for at in expiries.into_iter().flatten() {
+            self.expire_at(at);
+        }
     }
 }
 

@@ -7,15 +7,20 @@ use std::time::Duration;
 
 use qjob::Error;
 use qjob::QueueType;
-use qjob::broker::{Delivery, Message, QueueSpec};
+use qjob::broker::{Delivery, HeaderValue, Message, QueueSpec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{MemoryAcker, Shared};
 
+/// The header a quorum queue puts on a returned message.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
 pub(super) struct Stored {
     pub(super) message: Message,
     pub(super) redelivered: bool,
+    /// Quorum queues: how often the message was returned to the queue.
+    pub(super) returns: u32,
     /// When a message in a queue with a message TTL expires.
     pub(super) expires_at: Option<Instant>,
 }
@@ -108,8 +113,13 @@ impl Queue {
         self.cancelled.push(old);
     }
 
-    /// Removes a consumer and requeues what it held, marked redelivered.
-    pub(super) fn remove_consumer(&mut self, consumer: u64) -> Option<ConsumerSlot> {
+    /// Removes a consumer and returns what it held to the queue (see
+    /// [`Queue::give_back`]); also the messages past their delivery limit,
+    /// for the caller to dead-letter.
+    pub(super) fn remove_consumer(
+        &mut self,
+        consumer: u64,
+    ) -> Option<(ConsumerSlot, Vec<Message>)> {
         let mut slot = if let Some(index) = self.consumers.iter().position(|c| c.id == consumer) {
             self.consumers.remove(index).expect("index is in range")
         } else if let Some(index) = self.cancelled.iter().position(|c| c.id == consumer) {
@@ -117,11 +127,36 @@ impl Queue {
         } else {
             return None;
         };
-        for (sequence, mut stored) in std::mem::take(&mut slot.unacked) {
-            stored.redelivered = true;
-            self.ready.insert(sequence, stored);
+        let over_limit = std::mem::take(&mut slot.unacked)
+            .into_iter()
+            .filter_map(|(sequence, stored)| self.give_back(sequence, stored))
+            .collect();
+        Some((slot, over_limit))
+    }
+
+    /// Puts a returned delivery back at its position, marked redelivered.
+    /// A quorum queue counts the return in `x-delivery-count`; past its
+    /// `delivery_limit` the message is handed back for dead-lettering
+    /// instead (with `x-delivery-count = 0`, as RabbitMQ 3.10 writes it).
+    pub(super) fn give_back(&mut self, sequence: u64, mut stored: Stored) -> Option<Message> {
+        stored.redelivered = true;
+        if self.spec.queue_type == QueueType::Quorum {
+            stored.returns += 1;
+            let over = self
+                .spec
+                .delivery_limit
+                .is_some_and(|limit| stored.returns > limit);
+            let count = if over { 0 } else { stored.returns };
+            stored
+                .message
+                .headers
+                .insert(DELIVERY_COUNT.into(), HeaderValue::Int(count.into()));
+            if over {
+                return Some(stored.message);
+            }
         }
-        Some(slot)
+        self.ready.insert(sequence, stored);
+        None
     }
 
     /// The ids of every consumer, cancelled or not.
@@ -230,7 +265,7 @@ impl Queue {
 /// The first argument in which `requested` differs from `existing`, named
 /// and valued as RabbitMQ reports it (`none` for an absent argument).
 pub(super) fn mismatch(existing: &QueueSpec, requested: &QueueSpec) -> Error {
-    fn arguments(spec: &QueueSpec) -> [(&'static str, String); 6] {
+    fn arguments(spec: &QueueSpec) -> [(&'static str, String); 7] {
         let or_none = |value: Option<String>| value.unwrap_or_else(|| "none".to_owned());
         let millis = |d: Option<Duration>| or_none(d.map(|d| d.as_millis().to_string()));
         [
@@ -249,6 +284,10 @@ pub(super) fn mismatch(existing: &QueueSpec, requested: &QueueSpec) -> Error {
                 or_none(spec.dead_letter_to.clone()),
             ),
             ("x-expires", millis(spec.expires)),
+            (
+                "x-delivery-limit",
+                or_none(spec.delivery_limit.map(|n| n.to_string())),
+            ),
         ]
     }
     let queue = requested.name.clone();

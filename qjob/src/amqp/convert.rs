@@ -122,6 +122,12 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     if spec.single_active {
         arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
+    if let Some(limit) = spec.delivery_limit {
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(limit.into()),
+        );
+    }
     if let Some(ttl) = spec.message_ttl {
         arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(millis(ttl)));
     }

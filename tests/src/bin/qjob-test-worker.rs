@@ -4,14 +4,16 @@
 //! - `qjob-test-worker` consumes `qjob.test.process.kill`, prints
 //!   `started <seq>` for each attempt and never finishes a handler;
 //! - `qjob-test-worker ordered` runs the partitioned `OrderedKillJob`, and
-//!   prints `done <seq>` for each job it finishes.
+//!   prints `done <seq>` for each job it finishes;
+//! - `qjob-test-worker poison` runs `PoisonJob`, which exits the process
+//!   on task 0.
 
 use std::io::Write;
 use std::time::Duration;
 
 use qjob::{JobContext, JobError, Worker, job};
 use qjob_tests::Task;
-use qjob_tests::jobs::OrderedKillJob;
+use qjob_tests::jobs::{OrderedKillJob, PoisonJob};
 
 #[job(queue = "qjob.test.process.kill", prefetch = 10, concurrency = 4)]
 async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
@@ -30,6 +32,7 @@ async fn main() {
     let builder = Worker::builder(broker);
     let worker = match std::env::args().nth(1).as_deref() {
         Some("ordered") => builder.register(OrderedKillJob),
+        Some("poison") => builder.register(PoisonJob),
         _ => builder.register(StuckJob),
     }
     .build();

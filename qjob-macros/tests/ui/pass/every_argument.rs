@@ -27,6 +27,7 @@ pub struct Webhook {
     rate_limit = "100/s",
     queue_type = "quorum",
     max_length = 50000,
+    delivery_limit = 20,
     autoscale(min = 5, max = 50, target_latency = "10s"),
 )]
 pub async fn deliver(hook: Webhook, _ctx: JobContext) -> Result<(), JobError> {
@@ -60,6 +61,7 @@ fn main() {
     assert_eq!((rate.count, rate.per), (100, Duration::from_secs(1)));
     assert_eq!(options.queue_type(), QueueType::Quorum);
     assert_eq!(options.max_length(), Some(50000));
+    assert_eq!(options.delivery_limit(), Some(20));
     let autoscale = options.autoscale().unwrap();
     assert_eq!((autoscale.min, autoscale.max), (5, 50));
     assert_eq!(autoscale.target_latency, Duration::from_secs(10));
