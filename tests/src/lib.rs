@@ -409,76 +409,62 @@ fn headers(properties: &BasicProperties) -> Headers {
     headers
 }
 
-/// Every message of `queue`, ready or unacked, as RabbitMQ reports them.
-pub fn queue_messages(queue: &str) -> u32 {
+/// The rows `rabbitmqctl <list> -q --no-table-headers <columns>` prints,
+/// each split at whitespace (for columns without spaces in their values).
+fn rabbitmqctl_rows(list: &str, columns: &[&str]) -> Vec<Vec<String>> {
     let output = Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages",
-        ])
+        .args([list, "-q", "--no-table-headers"])
+        .args(columns)
         .output()
         .expect("rabbitmqctl runs");
     assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
-        })
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// The second column of the rows whose first is `key`, parsed.
+fn values_of<T: std::str::FromStr>(rows: Vec<Vec<String>>, key: &str) -> Vec<T> {
+    rows.into_iter()
+        .filter(|row| row.first().map(String::as_str) == Some(key))
+        .filter_map(|row| row.get(1)?.parse().ok())
+        .collect()
+}
+
+/// Every message of `queue`, ready or unacked, as RabbitMQ reports them.
+pub fn queue_messages(queue: &str) -> u32 {
+    let rows = rabbitmqctl_rows("list_queues", &["name", "messages"]);
+    values_of(rows, queue)
+        .first()
+        .copied()
         .unwrap_or_else(|| panic!("no queue {queue}"))
 }
 
 /// The prefetch counts of `queue`'s consumers, as RabbitMQ reports them.
 pub fn consumer_prefetch(queue: &str) -> Vec<u16> {
-    let output = Command::new("rabbitmqctl")
-        .args([
-            "list_consumers",
-            "-q",
-            "--no-table-headers",
-            "queue_name",
-            "prefetch_count",
-        ])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
-        })
-        .collect()
+    values_of(
+        rabbitmqctl_rows("list_consumers", &["queue_name", "prefetch_count"]),
+        queue,
+    )
 }
 
 /// For every consumer of a queue whose name starts with `prefix`: the queue
 /// and whether the consumer is active (single-active-consumer queues have
 /// one active consumer; the others wait).
 pub fn consumer_activity(prefix: &str) -> Vec<(String, bool)> {
-    let output = Command::new("rabbitmqctl")
-        .args([
-            "list_consumers",
-            "-q",
-            "--no-table-headers",
-            "queue_name",
-            "active",
-        ])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
-    let mut consumers: Vec<(String, bool)> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let queue = fields.next()?;
-            let active = fields.next()? == "true";
-            queue
-                .starts_with(prefix)
-                .then(|| (queue.to_owned(), active))
-        })
-        .collect();
+    let mut consumers: Vec<(String, bool)> =
+        rabbitmqctl_rows("list_consumers", &["queue_name", "active"])
+            .into_iter()
+            .filter_map(|row| {
+                let [queue, active] = row.as_slice() else {
+                    return None;
+                };
+                queue
+                    .starts_with(prefix)
+                    .then(|| (queue.clone(), active == "true"))
+            })
+            .collect();
     consumers.sort();
     consumers
 }
