@@ -151,6 +151,14 @@ pub trait Acker: Send + Sync {
     async fn ack(&self) -> Result<(), Error>;
     /// Rejects; with `requeue` the broker delivers it again.
     async fn reject(&self, requeue: bool) -> Result<(), Error>;
+
+    /// Whether the delivery can still be settled: `false` once its channel
+    /// is closed (the broker then delivers the message again) or it was
+    /// settled. The worker stops trying to settle a delivery that cannot
+    /// be. A transport that cannot tell answers `true`.
+    fn is_open(&self) -> bool {
+        true
+    }
 }
 
 /// One message handed to a consumer, with the means to settle it.

@@ -57,14 +57,23 @@ pub(crate) fn dead_letter_queue(options: &JobOptions) -> QueueSpec {
 
 /// How long a delay queue outlives its last use. Every retry redeclares its
 /// delay queue before publishing (a redeclare renews the lease), so a queue
-/// expires only after its last message has moved on.
-pub(crate) const DELAY_QUEUE_GRACE: Duration = Duration::from_secs(60);
+/// expires only after its last message has moved on: a classic queue
+/// expires its messages on time, and the grace covers a node restart.
+pub(crate) const DELAY_QUEUE_GRACE: Duration = Duration::from_secs(600);
 
 /// The delay queue for `delay`: `<queue>.delay.<ms>ms`, whose messages expire
-/// after `delay` back into the work queue. Same type as the work queue.
-pub(crate) fn delay_queue(queue: &str, queue_type: QueueType, delay: Duration) -> QueueSpec {
+/// after `delay` back into the work queue.
+///
+/// Always a classic queue, whatever the work queue's type. RabbitMQ's quorum
+/// queues do not expire messages on time when nothing consumes them (on a
+/// 3.10 cluster retries sat in a quorum delay queue well past their TTL
+/// until `x-expires` deleted the queue with them): a classic queue drops
+/// expired messages from its head on a timer of its own. It lives on the
+/// node that declared it; if that node goes down, what waits in it waits
+/// for the node, and retries meanwhile are held by their worker until the
+/// queue can be declared again (see docs/cluster.md).
+pub(crate) fn delay_queue(queue: &str, delay: Duration) -> QueueSpec {
     QueueSpec::new(format!("{queue}.delay.{}ms", delay.as_millis()))
-        .with_queue_type(queue_type)
         .with_message_ttl(delay)
         .with_dead_letter_to(queue)
         .with_expires(delay.saturating_add(DELAY_QUEUE_GRACE))
@@ -86,12 +95,7 @@ pub(crate) struct Delayed {
 /// `queue`: one hop of at most [`MAX_DELAY_HOP`], with what is left after it
 /// in the `qjob-delay-left` header (counted in hops, not on a clock, so it
 /// holds on any clock, virtual ones included).
-pub(crate) fn delayed(
-    queue: &str,
-    queue_type: QueueType,
-    delay: Duration,
-    mut message: Message,
-) -> Delayed {
+pub(crate) fn delayed(queue: &str, delay: Duration, mut message: Message) -> Delayed {
     let delay = backoff::round_up(delay);
     let hop = delay.min(MAX_DELAY_HOP);
     let left = delay - hop;
@@ -104,7 +108,7 @@ pub(crate) fn delayed(
             .insert(headers::DELAY_LEFT.into(), HeaderValue::Int(left));
     }
     Delayed {
-        spec: delay_queue(queue, queue_type, hop),
+        spec: delay_queue(queue, hop),
         message,
     }
 }
@@ -120,9 +124,9 @@ pub(crate) fn remaining_wait(message: &Message) -> Option<Duration> {
 
 impl Delayed {
     /// Declares the delay queue (renewing its lease) and publishes into it.
-    pub(crate) async fn publish(self, broker: &dyn Broker) -> Result<(), Error> {
+    pub(crate) async fn publish(&self, broker: &dyn Broker) -> Result<(), Error> {
         broker.declare_queue(&self.spec).await?;
-        broker.publish(&self.spec.name, self.message).await
+        broker.publish(&self.spec.name, self.message.clone()).await
     }
 }
 
@@ -198,38 +202,33 @@ mod tests {
 
     #[test]
     fn delay_queues_expire_back_into_the_work_queue() {
-        let spec = delay_queue(
-            "billing.charge",
-            QueueType::Quorum,
-            Duration::from_millis(1500),
-        );
+        let spec = delay_queue("billing.charge", Duration::from_millis(1500));
         assert_eq!(spec.name, "billing.charge.delay.1500ms");
         assert_eq!(spec.message_ttl, Some(Duration::from_millis(1500)));
         assert_eq!(spec.dead_letter_to.as_deref(), Some("billing.charge"));
-        assert_eq!(spec.queue_type, QueueType::Quorum);
+        assert_eq!(
+            spec.queue_type,
+            QueueType::Classic,
+            "quorum queues do not expire messages on time"
+        );
         assert!(spec.expires.unwrap() > spec.message_ttl.unwrap());
     }
 
     #[test]
     fn long_delays_hop_and_carry_the_rest_of_the_wait() {
-        let short = delayed(
-            "q",
-            QueueType::Classic,
-            Duration::from_secs(90),
-            Message::default(),
-        );
+        let short = delayed("q", Duration::from_secs(90), Message::default());
         assert_eq!(short.spec.message_ttl, Some(Duration::from_secs(90)));
         assert_eq!(remaining_wait(&short.message), None);
         let week = Duration::from_secs(7 * 24 * 3600);
-        let long = delayed("q", QueueType::Classic, week, Message::default());
+        let long = delayed("q", week, Message::default());
         assert_eq!(long.spec.message_ttl, Some(MAX_DELAY_HOP));
         assert_eq!(remaining_wait(&long.message), Some(week - MAX_DELAY_HOP));
-        let next = delayed("q", QueueType::Classic, week - MAX_DELAY_HOP, long.message);
+        let next = delayed("q", week - MAX_DELAY_HOP, long.message);
         assert_eq!(
             remaining_wait(&next.message),
             Some(week - 2 * MAX_DELAY_HOP)
         );
-        let last = delayed("q", QueueType::Classic, MAX_DELAY_HOP, next.message);
+        let last = delayed("q", MAX_DELAY_HOP, next.message);
         assert_eq!(remaining_wait(&last.message), None);
     }
 }

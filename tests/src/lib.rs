@@ -469,7 +469,8 @@ pub fn consumer_activity(prefix: &str) -> Vec<(String, bool)> {
     consumers
 }
 
-/// Closes the RabbitMQ connection named `name`, as a network failure would.
+/// Closes the RabbitMQ connections of the broker named `name` (its
+/// publishing and its consuming one), as a network failure would.
 pub fn close_connection(name: &str) {
     let output = Command::new("rabbitmqctl")
         .args([
@@ -483,20 +484,29 @@ pub fn close_connection(name: &str) {
         .expect("rabbitmqctl runs");
     assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
     let listing = String::from_utf8_lossy(&output.stdout);
-    // The name a client gives itself is in its properties, quoted.
-    let quoted = format!("\"{name}\"");
-    let pid = listing
+    // The name a client gives itself is in its properties, quoted:
+    // "<name> publish" and "<name> consume".
+    let pids: Vec<&str> = listing
         .lines()
-        .find_map(|line| {
+        .filter_map(|line| {
             let (pid, properties) = line.split_once(char::is_whitespace)?;
-            properties.contains(&quoted).then_some(pid)
+            ["publish", "consume"]
+                .iter()
+                .any(|role| properties.contains(&format!("\"{name} {role}\"")))
+                .then_some(pid)
         })
-        .unwrap_or_else(|| panic!("no connection named {name:?} in {listing}"));
-    let status = Command::new("rabbitmqctl")
-        .args(["close_connection", pid, "closed by a qjob test"])
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success());
+        .collect();
+    assert!(
+        !pids.is_empty(),
+        "no connection named {name:?} in {listing}"
+    );
+    for pid in pids {
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a qjob test"])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success());
+    }
 }
 
 /// Polls `check` every 25 ms until it holds, failing after `limit`.

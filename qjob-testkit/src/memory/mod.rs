@@ -354,6 +354,16 @@ impl MemoryBroker {
         })
     }
 
+    /// Whether `consumer` of `queue` still holds delivery `sequence`
+    /// unsettled (it does not once its connection dropped).
+    fn holds(&self, queue: &str, consumer: u64, sequence: u64) -> bool {
+        self.lock()
+            .queues
+            .get_mut(queue)
+            .and_then(|queue| queue.slot_mut(consumer))
+            .is_some_and(|slot| slot.unacked.contains_key(&sequence))
+    }
+
     fn cancel_consumer(&self, queue: &str, consumer: u64) {
         self.update(|state| {
             if let Some(queue) = state.queues.get_mut(queue) {

@@ -111,4 +111,11 @@ impl Acker for MemoryAcker {
             Settlement::Discard
         })
     }
+
+    fn is_open(&self) -> bool {
+        !self.settled.load(Ordering::SeqCst)
+            && self.shared.upgrade().is_some_and(|shared| {
+                MemoryBroker { shared }.holds(&self.queue, self.consumer, self.sequence)
+            })
+    }
 }

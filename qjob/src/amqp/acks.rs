@@ -8,6 +8,13 @@
 //! arrived meanwhile. No ack ever waits for another to be settled: a slow
 //! handler blocks no one else's ack, it only splits a run.
 //!
+//! The flush runs in a task of its own, never in the caller's future: a
+//! handler's ack future may be dropped at any await (the operation bound
+//! timing out, a shutdown aborting the handler), and a flush dropped half
+//! way would leave `flushing` set with every later ack parked behind it.
+//! Each frame it sends is bounded too, so a hung send cannot hold the acks
+//! behind it either.
+//!
 //! A multiple ack settles every outstanding tag up to its own, so it is sent
 //! only when every lower tag is known to be settled: the channel numbers its
 //! deliveries 1, 2, 3, … and the book keeps the floor below which all are
@@ -21,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
+use super::subscription::OPERATION_TIMEOUT;
 use crate::Error;
 
 type Tag = u64;
@@ -76,6 +84,16 @@ impl Acks {
             }
             book.flushing = true;
         }
+        let flush = tokio::spawn(self.clone().flush());
+        flush
+            .await
+            .unwrap_or_else(|error| Err(Error::broker("ack", error)))
+    }
+
+    /// Sends every ready ack, then whatever became ready meanwhile, until
+    /// nothing is; returns the first error.
+    async fn flush(self) -> Result<(), Error> {
+        let mut flushing = Flushing(Some(&self));
         let mut first_error = None;
         loop {
             let frames = {
@@ -83,17 +101,18 @@ impl Acks {
                 let frames = book.take_frames();
                 if frames.is_empty() {
                     book.flushing = false;
+                    flushing.0 = None;
                     break;
                 }
                 frames
             };
             for frame in frames {
-                let sent = frame
-                    .acker
-                    .ack(BasicAckOptions {
-                        multiple: frame.multiple,
-                    })
-                    .await;
+                let options = BasicAckOptions {
+                    multiple: frame.multiple,
+                };
+                let sent = tokio::time::timeout(OPERATION_TIMEOUT, frame.acker.ack(options))
+                    .await
+                    .unwrap_or_else(|_| Ok(false));
                 if let Err(error) = super::subscription::settled(sent, "ack") {
                     first_error.get_or_insert(error);
                 }
@@ -113,6 +132,20 @@ impl Acks {
         let sent = acker.reject(BasicRejectOptions { requeue }).await;
         self.lock().settled.insert(tag);
         super::subscription::settled(sent, "reject")
+    }
+}
+
+/// Ends the flush if its task ends early (a panic, the runtime shutting
+/// down), so that the next ack starts a new one.
+struct Flushing<'a>(Option<&'a Acks>);
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        if let Some(acks) = self.0
+            && let Ok(mut book) = acks.book.lock()
+        {
+            book.flushing = false;
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-//! The connection of an [`AmqpBroker`]: options, cluster addresses, heartbeat,
-//! reconnection and the broker's blocked notifications.
+//! The connections of an [`AmqpBroker`]: options, cluster addresses,
+//! heartbeat, reconnection and the broker's blocked notifications. One
+//! connection publishes, the other consumes: a resource alarm stops
+//! RabbitMQ reading from connections that publish, and acks must go on.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,8 +21,57 @@ pub(super) struct Inner {
     pub(super) preferred: AtomicUsize,
     pub(super) options: AmqpOptions,
     pub(super) name: String,
-    pub(super) current: Mutex<Option<Connected>>,
-    pub(super) reconnecting: tokio::sync::Mutex<()>,
+    /// Publishes, on a confirm-mode channel. Under a memory or disk alarm
+    /// RabbitMQ stops reading from connections that publish.
+    pub(super) publishing: Link,
+    /// Consumes, acks, declares and gets; never publishes, so an alarm
+    /// does not stop its acks (RabbitMQ's advice: one connection for each).
+    pub(super) consuming: Link,
+}
+
+/// What a connection of the broker is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Publish,
+    Consume,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Publish => "publish",
+            Role::Consume => "consume",
+        }
+    }
+}
+
+/// One of the broker's connections, reopened on demand.
+pub(super) struct Link {
+    current: Mutex<Option<Connected>>,
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    pub(super) fn new() -> Self {
+        Self {
+            current: Mutex::new(None),
+            reconnecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Connected>> {
+        self.current.lock().expect("connection lock poisoned")
+    }
+
+    /// The connection, if it is open.
+    pub(super) fn current(&self) -> Option<Connected> {
+        self.lock().clone().filter(Connected::is_usable)
+    }
+
+    /// Forgets the connection, for closing it.
+    pub(super) fn take(&self) -> Option<Connected> {
+        self.lock().take()
+    }
 }
 
 /// How [`AmqpBroker`] connects and publishes.
@@ -62,18 +113,16 @@ impl AmqpOptions {
 #[derive(Clone)]
 pub(super) struct Connected {
     pub(super) connection: Arc<Connection>,
-    pub(super) publisher: Channel,
-    /// For `basic.get`: what it takes stays unsettled on this channel.
-    pub(super) getter: Channel,
+    /// Publishing: the confirm-mode channel. Consuming: the channel of
+    /// `basic.get`, where what it takes stays unsettled.
+    pub(super) channel: Channel,
     /// Why the broker blocks this connection's publishes (a resource alarm).
     pub(super) blocked: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl Connected {
     pub(super) fn is_usable(&self) -> bool {
-        self.connection.status().connected()
-            && self.publisher.status().connected()
-            && self.getter.status().connected()
+        self.connection.status().connected() && self.channel.status().connected()
     }
 
     pub(super) fn blocked(&self) -> Option<String> {
@@ -82,33 +131,31 @@ impl Connected {
 }
 
 impl AmqpBroker {
-    pub(super) fn current(&self) -> Option<Connected> {
-        self.inner
-            .current
-            .lock()
-            .expect("connection lock poisoned")
-            .clone()
-            .filter(Connected::is_usable)
+    pub(super) fn link(&self, role: Role) -> &Link {
+        match role {
+            Role::Publish => &self.inner.publishing,
+            Role::Consume => &self.inner.consuming,
+        }
     }
 
-    /// The live connection, reconnecting if it was lost.
-    pub(super) async fn connected(&self) -> Result<Connected, Error> {
-        if let Some(connected) = self.current() {
+    /// The live connection for `role`, reconnecting if it was lost.
+    pub(super) async fn connected(&self, role: Role) -> Result<Connected, Error> {
+        let link = self.link(role);
+        if let Some(connected) = link.current() {
             return Ok(connected);
         }
-        let _one_at_a_time = self.inner.reconnecting.lock().await;
-        if let Some(connected) = self.current() {
+        let _one_at_a_time = link.reconnecting.lock().await;
+        if let Some(connected) = link.current() {
             return Ok(connected);
         }
         let urls = &self.inner.urls;
         let first = self.inner.preferred.load(Ordering::Relaxed);
         let mut last_error = None;
         for index in (0..urls.len()).map(|i| (first + i) % urls.len()) {
-            match self.open(&urls[index]).await {
+            match self.open(&urls[index], role).await {
                 Ok(connected) => {
                     self.inner.preferred.store(index, Ordering::Relaxed);
-                    *self.inner.current.lock().expect("connection lock poisoned") =
-                        Some(connected.clone());
+                    *link.lock() = Some(connected.clone());
                     return Ok(connected);
                 }
                 Err(error) => {
@@ -124,21 +171,21 @@ impl AmqpBroker {
         })
     }
 
-    /// Opens a connection to `url` with its channels, and follows its
-    /// blocked/unblocked notifications.
-    async fn open(&self, url: &str) -> Result<Connected, lapin::Error> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
+    /// Opens a connection to `url` for `role` with its channel, and follows
+    /// its blocked/unblocked notifications.
+    async fn open(&self, url: &str, role: Role) -> Result<Connected, lapin::Error> {
+        let name = format!("{} {}", self.inner.name, role.as_str());
+        let properties = ConnectionProperties::default().with_connection_name(name.as_str().into());
         let connection = Connection::connect(url, properties).await?;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let getter = connection.create_channel().await?;
+        let channel = connection.create_channel().await?;
+        if role == Role::Publish {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
         let blocked = Arc::new(tokio::sync::watch::Sender::new(None));
         let mut events = connection.events_listener();
         let flag = Arc::downgrade(&blocked);
-        let name = self.inner.name.clone();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 let Some(flag) = flag.upgrade() else { return };
@@ -157,8 +204,7 @@ impl AmqpBroker {
         });
         Ok(Connected {
             connection: Arc::new(connection),
-            publisher,
-            getter,
+            channel,
             blocked,
         })
     }

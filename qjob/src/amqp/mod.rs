@@ -7,12 +7,12 @@ mod subscription;
 
 pub use connection::AmqpOptions;
 
-use connection::{Connected, Inner, redact, with_heartbeat};
+use connection::{Connected, Inner, Link, Role, redact, with_heartbeat};
 use subscription::{AmqpSubscription, DirectAcker, bounded};
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use lapin::options::{
@@ -26,9 +26,12 @@ use crate::broker::{
     Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
 };
 
-/// The RabbitMQ broker: one connection, a confirm-mode channel for
-/// publishing, and one channel per consumer. A cheap handle: clones share
-/// the connection.
+/// The RabbitMQ broker: two connections, one that publishes (on a
+/// confirm-mode channel) and one that consumes (a channel per consumer),
+/// declares and inspects. A memory or disk alarm stops RabbitMQ reading
+/// from connections that publish; the consuming one never does, so its
+/// acks go on during an alarm. A cheap handle: clones share the
+/// connections.
 ///
 /// A closed connection is reopened on the next operation that needs it.
 ///
@@ -93,17 +96,20 @@ impl AmqpBroker {
                 preferred: AtomicUsize::new(0),
                 options,
                 name: format!("qjob pid {} #{number}", std::process::id()),
-                current: Mutex::new(None),
-                reconnecting: tokio::sync::Mutex::new(()),
+                publishing: Link::new(),
+                consuming: Link::new(),
             }),
         };
-        broker.connected().await?;
+        broker.connected(Role::Publish).await?;
+        broker.connected(Role::Consume).await?;
         Ok(broker)
     }
 
-    /// The connection's name as RabbitMQ shows it (`rabbitmqctl
-    /// list_connections client_properties`, the management UI):
-    /// `qjob pid <pid> #<n>`, `n` counting the brokers this process connected.
+    /// The name of the broker's connections as RabbitMQ shows them
+    /// (`rabbitmqctl list_connections client_properties`, the management
+    /// UI): `qjob pid <pid> #<n> publish` and `qjob pid <pid> #<n> consume`,
+    /// `n` counting the brokers this process connected; this returns the
+    /// common part, `qjob pid <pid> #<n>`.
     pub fn connection_name(&self) -> &str {
         &self.inner.name
     }
@@ -111,30 +117,28 @@ impl AmqpBroker {
     /// Why the broker blocks publishing on this connection right now (a
     /// memory or disk alarm), if it does.
     pub fn blocked(&self) -> Option<String> {
-        self.current().and_then(|c| c.blocked())
+        self.link(Role::Publish).current().and_then(|c| c.blocked())
     }
 
-    /// Closes the connection; unsettled deliveries of its consumers return
+    /// Closes the connections; unsettled deliveries of its consumers return
     /// to their queues.
     ///
     /// # Errors
     ///
-    /// The transport's error if the close handshake fails.
+    /// The transport's error if a close handshake fails.
     pub async fn close(&self) -> Result<(), Error> {
-        let current = self
-            .inner
-            .current
-            .lock()
-            .expect("connection lock poisoned")
-            .take();
-        match current {
-            Some(connected) => connected
-                .connection
-                .close(200, "qjob: closing".into())
-                .await
-                .map_err(|e| Error::broker("close the connection", e)),
-            None => Ok(()),
+        let mut result = Ok(());
+        for role in [Role::Consume, Role::Publish] {
+            if let Some(connected) = self.link(role).take() {
+                let closed = connected
+                    .connection
+                    .close(200, "qjob: closing".into())
+                    .await
+                    .map_err(|e| Error::broker("close the connection", e));
+                result = result.and(closed);
+            }
         }
+        result
     }
 }
 
@@ -148,7 +152,7 @@ impl AmqpBroker {
     ) -> Result<(), Error> {
         let operation = || format!("publish to queue {queue:?}");
         let confirm = connected
-            .publisher
+            .channel
             .basic_publish(
                 "".into(),
                 queue.into(),
@@ -259,9 +263,9 @@ impl AmqpBroker {
     }
 
     async fn get_unbounded(&self, queue: &str) -> Result<Option<Delivery>, Error> {
-        let connected = self.connected().await?;
+        let connected = self.connected(Role::Consume).await?;
         let got = connected
-            .getter
+            .channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await
             .map_err(|e| Error::broker(format!("get from queue {queue:?}"), e))?;
@@ -277,9 +281,11 @@ impl AmqpBroker {
 }
 
 impl AmqpBroker {
-    /// A fresh channel on the live connection, for one operation.
+    /// A fresh channel on the consuming connection, for one operation
+    /// (a consumer, a declare, an inspection): never on the publishing
+    /// one, which a resource alarm stops.
     async fn new_channel(&self, operation: &impl Fn() -> String) -> Result<Channel, Error> {
-        let connected = self.connected().await?;
+        let connected = self.connected(Role::Consume).await?;
         connected
             .connection
             .create_channel()
@@ -302,7 +308,7 @@ fn is_not_found(error: &lapin::Error) -> bool {
 #[async_trait]
 impl Broker for AmqpBroker {
     fn is_connected(&self) -> bool {
-        self.current().is_some()
+        self.link(Role::Publish).current().is_some() && self.link(Role::Consume).current().is_some()
     }
 
     fn blocked_reason(&self) -> Option<String> {
@@ -318,7 +324,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        let connected = self.connected().await?;
+        let connected = self.connected(Role::Publish).await?;
         if let Some(reason) = connected.blocked() {
             return Err(Error::Blocked { reason });
         }

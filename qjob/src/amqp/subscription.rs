@@ -188,13 +188,19 @@ impl Acker for AmqpAcker {
         )
         .await
     }
+
+    /// lapin marks the acker once its channel closed (RabbitMQ delivers
+    /// the message again then) or it was used.
+    fn is_open(&self) -> bool {
+        self.acker.usable()
+    }
 }
 
 /// How long an operation other than a publish (ack, reject, declare,
 /// consume, cancel, close) may take: lapin does not always fail the
 /// operations of a channel whose connection died, and a hung ack would hold
 /// a handler slot forever.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `operation`, failing with [`Error::Timeout`] after [`OPERATION_TIMEOUT`].
 pub(super) async fn bounded<T>(

@@ -153,10 +153,9 @@ impl Consumer {
                     failures = 0;
                     let handler = self.handler.clone();
                     match slot {
-                        Some(slot) => handlers.spawn(async move {
-                            handler.handle(delivery).await;
-                            drop(slot);
-                        }),
+                        Some(slot) => {
+                            handlers.spawn(async move { handler.handle(delivery, slot).await })
+                        }
                         // A capped queue: RabbitMQ drops a message that a
                         // delay queue moves back into it while it is full,
                         // so retries wait here, holding the delivery.

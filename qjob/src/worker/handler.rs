@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, Span, field};
 
 use crate::broker::{Broker, Delivery};
@@ -17,7 +17,7 @@ use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::scaler::Work;
 use crate::worker::settle::{self, Action, Attempt, Routes};
-use crate::{JobContext, JobId, topology, trace};
+use crate::{Error, JobContext, JobId, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
 pub(crate) struct Handler {
@@ -40,9 +40,13 @@ pub(crate) struct Handler {
 
 impl Handler {
     /// Handles a delivery of a plain queue: one attempt, then a retry
-    /// through the broker (a delay queue), a dead letter or an ack.
-    pub(crate) async fn handle(&self, delivery: Delivery) {
+    /// through the broker (a delay queue), a dead letter or an ack. `slot`
+    /// is the handler slot the attempt runs in; it is given back before the
+    /// settlement, which may wait on the broker (a resource alarm) while the
+    /// delivery stays held.
+    pub(crate) async fn handle(&self, delivery: Delivery, slot: OwnedSemaphorePermit) {
         if self.deferred(&delivery) {
+            drop(slot);
             return self.defer(delivery).await;
         }
         metrics::consumed(&self.job_queue);
@@ -61,6 +65,7 @@ impl Handler {
                 }
                 Err(reason) => (Outcome::Malformed(reason), None),
             };
+            drop(slot);
             let action = self.decide(outcome, attempt, &job_id);
             self.settle(delivery, attempt, &job_id, action, took).await;
         }
@@ -152,7 +157,9 @@ impl Handler {
     async fn defer(&self, delivery: Delivery) {
         let delay = topology::remaining_wait(&delivery.message).unwrap_or_default();
         let defer = Action::Defer { delay };
-        if let Err(error) = settle::apply(&*self.broker, &self.routes, 0, defer, delivery).await {
+        let failed = |error: &Error, wait| self.settlement_failed(error, wait);
+        let deferred = settle::apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
+        if let Err(error) = deferred.await {
             tracing::warn!(queue = &*self.routes.queue, %error, "could not defer a job that is not due; the broker will redeliver it");
         }
     }
@@ -243,7 +250,16 @@ impl Handler {
         let outcome = action.outcome();
         let report = (!self.observers.is_empty())
             .then(|| (delivery.message.body.clone(), delivery.redelivered));
-        let settled = settle::apply(&*self.broker, &self.routes, attempt, action, delivery).await;
+        let failed = |error: &Error, wait| self.settlement_failed(error, wait);
+        let settled = settle::apply(
+            &*self.broker,
+            &self.routes,
+            attempt,
+            action,
+            delivery,
+            failed,
+        )
+        .await;
         let span = Span::current();
         if let Err(error) = settled {
             tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
@@ -261,6 +277,13 @@ impl Handler {
         if let Some((payload, redelivered)) = report {
             self.notify(&payload, redelivered, attempt, job_id, &outcome);
         }
+    }
+
+    /// A settlement's publish failed; it is tried again after `wait`.
+    fn settlement_failed(&self, error: &Error, wait: Duration) {
+        tracing::warn!(queue = &*self.routes.queue, %error, retry_in = ?wait, "could not publish a settlement; holding the delivery and trying again");
+        self.health.error(error);
+        metrics::settlement_failed(&self.job_queue);
     }
 
     fn report(&self, delivery: &Delivery, attempt: u32, job_id: &JobId, outcome: &AttemptOutcome) {

@@ -13,6 +13,12 @@ pub(crate) fn consumed(queue: &str) {
     counter!("qjob_jobs_consumed_total", "queue" => queue.to_owned()).increment(1);
 }
 
+/// A settlement's publish (a retry, a dead letter) failed and is tried
+/// again while its delivery is held.
+pub(crate) fn settlement_failed(queue: &str) {
+    counter!("qjob_settlement_failures_total", "queue" => queue.to_owned()).increment(1);
+}
+
 /// How long a job waited between its first enqueue and this attempt.
 pub(crate) fn time_in_queue(queue: &str, enqueued_at: SystemTime) {
     let waited = SystemTime::now()

@@ -344,7 +344,6 @@ impl Worker {
                         routes: Routes {
                             queue: spec.name.clone(),
                             dead_letter_queue: options.dead_letter_queue(),
-                            queue_type: options.queue_type(),
                         },
                         backoff: BackoffPolicy::new(options.backoff()),
                         max_attempts: options.max_attempts(),

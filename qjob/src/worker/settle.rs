@@ -9,7 +9,7 @@ use crate::error::FailureKind;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::observer::AttemptOutcome;
 use crate::worker::runnable::Outcome;
-use crate::{Error, QueueType, headers, topology};
+use crate::{Error, headers, topology};
 
 /// Why a job was dead-lettered, as written in the `qjob-reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,52 +155,95 @@ pub(crate) fn dead_letter_message(
 pub(crate) struct Routes {
     pub(crate) queue: String,
     pub(crate) dead_letter_queue: String,
-    pub(crate) queue_type: QueueType,
+}
+
+/// The message that carries an outcome on, published before the original
+/// is acked.
+enum Outgoing {
+    Direct { queue: String, message: Message },
+    Delayed(topology::Delayed),
+}
+
+impl Outgoing {
+    /// What `action` publishes, if anything.
+    fn of(routes: &Routes, attempt: u32, action: Action, message: Message) -> Option<Self> {
+        let direct = |queue: &str, message| {
+            Some(Outgoing::Direct {
+                queue: queue.to_owned(),
+                message,
+            })
+        };
+        match action {
+            Action::Ack => None,
+            Action::Retry { delay, .. } if delay.is_zero() => {
+                direct(&routes.queue, retry_message(message, attempt))
+            }
+            Action::Retry { delay, .. } => {
+                let retry = retry_message(message, attempt);
+                Some(Outgoing::Delayed(topology::delayed(
+                    &routes.queue,
+                    delay,
+                    retry,
+                )))
+            }
+            Action::Defer { delay } => Some(Outgoing::Delayed(topology::delayed(
+                &routes.queue,
+                delay,
+                message,
+            ))),
+            Action::DeadLetter { reason, error } => direct(
+                &routes.dead_letter_queue,
+                dead_letter_message(message, &routes.queue, attempt, reason, &error),
+            ),
+        }
+    }
+
+    async fn publish(&self, broker: &dyn Broker) -> Result<(), Error> {
+        match self {
+            Outgoing::Direct { queue, message } => broker.publish(queue, message.clone()).await,
+            Outgoing::Delayed(delayed) => delayed.publish(broker).await,
+        }
+    }
+}
+
+/// The wait before publishing a settlement again after `failures` failed
+/// tries: 100 ms, doubling, at most 5 s.
+pub(crate) fn settle_backoff(failures: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.saturating_pow(failures.saturating_sub(1)).min(64))
+        .min(Duration::from_secs(5))
 }
 
 /// Carries out `action` for `delivery`: for a retry or a dead letter the new
-/// message is confirmed before the original is acked. If that publish fails
-/// the delivery is requeued, so nothing is lost.
+/// message is confirmed before the original is acked.
+///
+/// A publish that fails (a resource alarm, a lost connection, a missing or
+/// full queue) is tried again with [`settle_backoff`] while the delivery is
+/// held: the outcome is decided, so the handler never runs again for it and
+/// nothing loops. `failed` hears of each failure and the wait after it. Once
+/// the delivery cannot be settled any more (its channel closed) the broker
+/// delivers it again, and the error is returned.
 pub(crate) async fn apply(
     broker: &dyn Broker,
     routes: &Routes,
     attempt: u32,
     action: Action,
     delivery: Delivery,
+    failed: impl Fn(&Error, Duration),
 ) -> Result<(), Error> {
     let Delivery { message, acker, .. } = delivery;
-    let published = match action {
-        Action::Ack => Ok(()),
-        Action::Retry { delay, .. } if delay.is_zero() => {
-            broker
-                .publish(&routes.queue, retry_message(message, attempt))
-                .await
-        }
-        Action::Retry { delay, .. } => {
-            let retry = retry_message(message, attempt);
-            topology::delayed(&routes.queue, routes.queue_type, delay, retry)
-                .publish(broker)
-                .await
-        }
-        Action::Defer { delay } => {
-            topology::delayed(&routes.queue, routes.queue_type, delay, message)
-                .publish(broker)
-                .await
-        }
-        Action::DeadLetter { reason, error } => {
-            let dead = dead_letter_message(message, &routes.queue, attempt, reason, &error);
-            broker.publish(&routes.dead_letter_queue, dead).await
-        }
-    };
-    match published {
-        Ok(()) => acker.ack().await,
-        Err(error) => {
-            // Not confirmed: give the original back rather than lose it. If the
-            // channel is gone too, the broker requeues it when it notices.
-            let _ = acker.reject(true).await;
-            Err(error)
+    if let Some(outgoing) = Outgoing::of(routes, attempt, action, message) {
+        let mut failures = 0;
+        while let Err(error) = outgoing.publish(broker).await {
+            if !acker.is_open() {
+                return Err(error);
+            }
+            failures += 1;
+            let wait = settle_backoff(failures);
+            failed(&error, wait);
+            tokio::time::sleep(wait).await;
         }
     }
+    acker.ack().await
 }
 
 #[cfg(test)]
@@ -292,6 +335,15 @@ mod tests {
             panic!("expected a dead letter");
         };
         assert!(error.contains("timed out after 2s"), "{error}");
+    }
+
+    #[test]
+    fn settlements_are_tried_again_with_a_growing_bounded_wait() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| settle_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(settle_backoff(u32::MAX), Duration::from_secs(5));
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! Acks reach RabbitMQ whatever happens to the futures that sent them.
+
+use std::task::Poll;
+use std::time::Duration;
+
+use qjob::broker::{ConsumeOptions, Message, QueueSpec};
+use qjob_tests::scenarios::{Env, LIMIT};
+use qjob_tests::{eventually, queue_messages};
+
+/// A handler's ack future dropped mid-flush (a timeout, an aborted task)
+/// must not leave the channel's later acks parked forever.
+#[tokio::test]
+async fn a_dropped_ack_flush_does_not_stall_later_acks() {
+    let queue = "qjob.test.acks.dropped-flush";
+    let env = Env::amqp().await;
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    for n in 0..4u8 {
+        let message = Message {
+            body: vec![b'0' + n],
+            ..Message::default()
+        };
+        broker.publish(queue, message).await.unwrap();
+    }
+    let options = ConsumeOptions {
+        prefetch: 4,
+        tag: "acks".into(),
+    };
+    let mut subscription = broker.consume(queue, options).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..4 {
+        let next = tokio::time::timeout(LIMIT, subscription.next()).await;
+        deliveries.push(next.unwrap().unwrap().unwrap());
+    }
+    // The first ack becomes the flusher; it is dropped after one poll.
+    {
+        let mut ack = deliveries[0].acker.ack();
+        let polled = std::future::poll_fn(|cx| Poll::Ready(ack.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the flush waits on the broker");
+    }
+    for delivery in &deliveries[1..] {
+        delivery.acker.ack().await.unwrap();
+    }
+    // Every ack reached the broker: nothing is left, ready or unacked.
+    eventually(
+        "every ack to reach the broker",
+        Duration::from_secs(15),
+        || queue_messages(queue),
+        |left| *left == 0,
+    )
+    .await;
+    subscription.close().await.unwrap();
+    assert_eq!(env.ready(queue).await, 0, "nothing came back at close");
+}
