@@ -120,7 +120,7 @@ impl Client {
             self.ensure_declared::<J>().await?;
             let (id, message) = Self::message::<J>(&payload)?;
             let target = Self::target::<J>(Some(&payload));
-            topology::delayed(&target, delay, message)
+            topology::delayed(&target, J::options().queue_type(), delay, message)
                 .publish(&*self.broker)
                 .await?;
             Ok(id)

@@ -39,6 +39,24 @@ fn queue_spec(options: &JobOptions, name: String, single_active: bool) -> QueueS
     spec
 }
 
+/// Whether a job's retries wait in its worker, holding the delivery through
+/// the backoff, rather than in a delay queue on the broker:
+///
+/// - partitioned jobs, so that a key's later jobs wait behind a retry;
+/// - capped jobs (`max_length`): RabbitMQ drops a message that a delay
+///   queue dead-letters into a full `reject-publish` queue;
+/// - quorum jobs: RabbitMQ's dead-lettering from a delay queue back into
+///   the work queue is at most once (a retry coming due while the work
+///   queue elects a new leader is dropped: measured on a 3-node 3.10
+///   cluster), and its at-least-once mode strands dead letters after a
+///   node loss. Held by the worker, a retry is as safe as the quorum queue
+///   itself: if the worker dies, the queue delivers the message again.
+pub(crate) fn retries_in_place(options: &JobOptions) -> bool {
+    options.partitions().is_some()
+        || options.max_length().is_some()
+        || options.queue_type() == QueueType::Quorum
+}
+
 /// The queue a job with this partition key goes to.
 pub(crate) fn route<'a>(options: &'a JobOptions, key: Option<&str>) -> std::borrow::Cow<'a, str> {
     match (options.partitions(), key) {
@@ -55,25 +73,17 @@ pub(crate) fn dead_letter_queue(options: &JobOptions) -> QueueSpec {
     QueueSpec::new(options.dead_letter_queue()).with_queue_type(options.queue_type())
 }
 
-/// How long a delay queue outlives its last use. Every retry redeclares its
-/// delay queue before publishing (a redeclare renews the lease), so a queue
-/// expires only after its last message has moved on: a classic queue
-/// expires its messages on time, and the grace covers a node restart.
+/// How long a delay queue outlives its last use. Every delayed publish
+/// redeclares its delay queue first (a redeclare renews the lease), so a
+/// queue expires only long after its last message should have moved on;
+/// the grace covers a node restart or a leader election in between.
 pub(crate) const DELAY_QUEUE_GRACE: Duration = Duration::from_secs(600);
 
 /// The delay queue for `delay`: `<queue>.delay.<ms>ms`, whose messages expire
-/// after `delay` back into the work queue.
-///
-/// Always a classic queue, whatever the work queue's type. RabbitMQ's quorum
-/// queues do not expire messages on time when nothing consumes them (on a
-/// 3.10 cluster retries sat in a quorum delay queue well past their TTL
-/// until `x-expires` deleted the queue with them): a classic queue drops
-/// expired messages from its head on a timer of its own. It lives on the
-/// node that declared it; if that node goes down, what waits in it waits
-/// for the node, and retries meanwhile are held by their worker until the
-/// queue can be declared again (see docs/cluster.md).
-pub(crate) fn delay_queue(queue: &str, delay: Duration) -> QueueSpec {
+/// after `delay` back into the work queue. Same type as the work queue.
+pub(crate) fn delay_queue(queue: &str, queue_type: QueueType, delay: Duration) -> QueueSpec {
     QueueSpec::new(format!("{queue}.delay.{}ms", delay.as_millis()))
+        .with_queue_type(queue_type)
         .with_message_ttl(delay)
         .with_dead_letter_to(queue)
         .with_expires(delay.saturating_add(DELAY_QUEUE_GRACE))
@@ -95,7 +105,12 @@ pub(crate) struct Delayed {
 /// `queue`: one hop of at most [`MAX_DELAY_HOP`], with what is left after it
 /// in the `qjob-delay-left` header (counted in hops, not on a clock, so it
 /// holds on any clock, virtual ones included).
-pub(crate) fn delayed(queue: &str, delay: Duration, mut message: Message) -> Delayed {
+pub(crate) fn delayed(
+    queue: &str,
+    queue_type: QueueType,
+    delay: Duration,
+    mut message: Message,
+) -> Delayed {
     let delay = backoff::round_up(delay);
     let hop = delay.min(MAX_DELAY_HOP);
     let left = delay - hop;
@@ -108,7 +123,7 @@ pub(crate) fn delayed(queue: &str, delay: Duration, mut message: Message) -> Del
             .insert(headers::DELAY_LEFT.into(), HeaderValue::Int(left));
     }
     Delayed {
-        spec: delay_queue(queue, hop),
+        spec: delay_queue(queue, queue_type, hop),
         message,
     }
 }
@@ -184,6 +199,15 @@ mod tests {
     }
 
     #[test]
+    fn partitioned_capped_and_quorum_jobs_retry_in_place() {
+        let plain = JobOptions::new("q");
+        assert!(!retries_in_place(&plain));
+        assert!(retries_in_place(&plain.clone().with_partitions(2)));
+        assert!(retries_in_place(&plain.clone().with_max_length(10)));
+        assert!(retries_in_place(&plain.with_queue_type(QueueType::Quorum)));
+    }
+
+    #[test]
     fn a_delivery_limit_dead_letters_into_the_dlq() {
         let options = JobOptions::new("billing.charge")
             .with_queue_type(QueueType::Quorum)
@@ -202,33 +226,38 @@ mod tests {
 
     #[test]
     fn delay_queues_expire_back_into_the_work_queue() {
-        let spec = delay_queue("billing.charge", Duration::from_millis(1500));
+        let spec = delay_queue(
+            "billing.charge",
+            QueueType::Quorum,
+            Duration::from_millis(1500),
+        );
         assert_eq!(spec.name, "billing.charge.delay.1500ms");
         assert_eq!(spec.message_ttl, Some(Duration::from_millis(1500)));
         assert_eq!(spec.dead_letter_to.as_deref(), Some("billing.charge"));
-        assert_eq!(
-            spec.queue_type,
-            QueueType::Classic,
-            "quorum queues do not expire messages on time"
-        );
+        assert_eq!(spec.queue_type, QueueType::Quorum);
         assert!(spec.expires.unwrap() > spec.message_ttl.unwrap());
     }
 
     #[test]
     fn long_delays_hop_and_carry_the_rest_of_the_wait() {
-        let short = delayed("q", Duration::from_secs(90), Message::default());
+        let short = delayed(
+            "q",
+            QueueType::Classic,
+            Duration::from_secs(90),
+            Message::default(),
+        );
         assert_eq!(short.spec.message_ttl, Some(Duration::from_secs(90)));
         assert_eq!(remaining_wait(&short.message), None);
         let week = Duration::from_secs(7 * 24 * 3600);
-        let long = delayed("q", week, Message::default());
+        let long = delayed("q", QueueType::Classic, week, Message::default());
         assert_eq!(long.spec.message_ttl, Some(MAX_DELAY_HOP));
         assert_eq!(remaining_wait(&long.message), Some(week - MAX_DELAY_HOP));
-        let next = delayed("q", week - MAX_DELAY_HOP, long.message);
+        let next = delayed("q", QueueType::Classic, week - MAX_DELAY_HOP, long.message);
         assert_eq!(
             remaining_wait(&next.message),
             Some(week - 2 * MAX_DELAY_HOP)
         );
-        let last = delayed("q", MAX_DELAY_HOP, next.message);
+        let last = delayed("q", QueueType::Classic, MAX_DELAY_HOP, next.message);
         assert_eq!(remaining_wait(&last.message), None);
     }
 }

@@ -111,6 +111,14 @@ test_job!(
     retry = 1,
     backoff = fixed("1s")
 );
+test_job!(
+    quorum_retry,
+    "qjob.test.quorum-retry",
+    queue_type = "quorum",
+    concurrency = 2,
+    retry = 1,
+    backoff = fixed("1s")
+);
 test_job!(health, "qjob.test.health", retry = 0);
 test_job!(
     scaled,
@@ -146,3 +154,26 @@ pub async fn poison(task: crate::Task, _ctx: qjob::JobContext) -> Result<(), qjo
 
 /// The exit code of a worker that ran the poison task.
 pub const POISON_EXIT: i32 = 70;
+
+// The cluster tests' jobs (`tests/cluster.rs`), run by worker processes
+// (`qjob-test-worker cluster-retry` and `cluster-ordered`).
+test_job!(
+    cluster_retry,
+    "qjob.test.cluster.retry",
+    queue_type = "quorum",
+    prefetch = 50,
+    concurrency = 20,
+    retry = 3,
+    backoff = fixed("300ms")
+);
+test_job!(
+    cluster_ordered,
+    "qjob.test.cluster.ordered",
+    queue_type = "quorum",
+    partition_by = key,
+    partitions = 12,
+    prefetch = 20,
+    concurrency = 12,
+    retry = 3,
+    backoff = fixed("50ms")
+);

@@ -165,11 +165,21 @@ pub fn probe(tag: &str) -> Arc<Probe> {
 }
 
 /// Set in a worker process's environment: each finished task prints
-/// `done <seq>` on its stdout.
+/// `done <seq>` on its stdout; set to `stamped`, `done <seq> <finished>
+/// <started>`, both in µs since the epoch.
 pub const ANNOUNCE: &str = "QJOB_TEST_ANNOUNCE";
+
+/// Now, in µs since the Unix epoch.
+pub fn micros_since_epoch() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
 
 /// The body of every test handler: reports to the task's probe and acts.
 pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
+    let started = micros_since_epoch();
     let probe = probe(&task.tag);
     probe.attempts.fetch_add(1, Ordering::SeqCst);
     probe.attempt_numbers.lock().unwrap().push(ctx.attempt());
@@ -218,11 +228,17 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
     }
     probe.succeeded.fetch_add(1, Ordering::SeqCst);
     probe.done.lock().unwrap().push(task.seq);
-    if std::env::var_os(ANNOUNCE).is_some() {
-        // A worker process tells its parent what it finished.
+    if let Some(announce) = std::env::var_os(ANNOUNCE) {
+        // A worker process tells its parent what it finished, and when if
+        // asked (`stamped`): processes are compared by their own clocks.
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "done {}", task.seq)?;
+        if announce == "stamped" {
+            let at = micros_since_epoch();
+            writeln!(stdout, "done {} {at} {started}", task.seq)?;
+        } else {
+            writeln!(stdout, "done {}", task.seq)?;
+        }
         stdout.flush()?;
     }
     Ok(())
@@ -268,9 +284,14 @@ pub struct Rabbit {
 impl Rabbit {
     /// Connects.
     pub async fn connect() -> Self {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        Self::connect_to(&amqp_url()).await
+    }
+
+    /// Connects to the broker at `url`.
+    pub async fn connect_to(url: &str) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
-            .unwrap_or_else(|e| panic!("these tests need RabbitMQ at {}: {e}", amqp_url()));
+            .unwrap_or_else(|e| panic!("these tests need RabbitMQ at {url}: {e}"));
         let channel = connection.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -530,6 +551,7 @@ pub async fn eventually<T: std::fmt::Debug>(
     }
 }
 
+pub mod cluster;
 pub mod conformance;
 pub mod jobs;
 pub mod scenarios;
@@ -601,6 +623,7 @@ macro_rules! worker_tests {
             an_open_breaker_stops_calls_until_a_probe_succeeds BreakerJob,
             a_full_queue_is_an_error_for_the_producer CappedJob,
             a_capped_queue_retries_in_place_while_full CappedRetryJob,
+            a_quorum_job_retries_in_place QuorumRetryJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

@@ -883,3 +883,59 @@ pub async fn a_capped_queue_retries_in_place_while_full<J: Job<Payload = Task>>(
         "a capped job's retry went through a delay queue"
     );
 }
+
+/// A quorum job's retry waits in its worker, holding the delivery, never in
+/// a delay queue: RabbitMQ's dead-lettering back into a quorum queue is at
+/// most once. The held delivery stays unacked on the broker through the
+/// backoff, and a job behind it still runs meanwhile.
+pub async fn a_quorum_job_retries_in_place<J: Job<Payload = Task>>(env: &Env, job: J) {
+    let options = J::options();
+    assert_eq!(options.queue_type(), qjob::QueueType::Quorum);
+    assert_eq!(
+        options.backoff(),
+        qjob::Backoff::Fixed(Duration::from_secs(1))
+    );
+    env.reset::<J>().await;
+    let delay_queue = format!("{}.delay.1000ms", J::QUEUE);
+    env.delete_queues(&[&delay_queue]).await;
+    let tag = env.tag::<J>();
+    let probe = probe(&tag);
+    let client = env.client();
+    client
+        .enqueue::<J>(Task::new(&tag, 0, Act::FailFirst))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    probe
+        .wait("the first attempt", LIMIT, |p| {
+            p.attempts.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    client
+        .enqueue::<J>(Task::new(&tag, 1, Act::Succeed))
+        .await
+        .unwrap();
+    probe
+        .wait("the job behind the retry", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    assert_eq!(*probe.done.lock().unwrap(), [1], "task 0 is still waiting");
+    probe
+        .wait("the retry", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 1, 2]);
+    assert_eq!(env.ready(J::QUEUE).await, 0);
+    assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
+    assert!(
+        env.broker()
+            .queue_stats(&delay_queue)
+            .await
+            .unwrap()
+            .is_none(),
+        "a quorum job's retry went through a delay queue"
+    );
+}

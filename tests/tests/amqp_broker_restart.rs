@@ -119,6 +119,9 @@ impl Drop for Watermark {
 
 test_job!(alarmed, "qjob.test.memory-alarm", retry = 0);
 
+/// A memory alarm: a publish already sent when it starts is confirmed once
+/// it clears (never reported failed and published twice); once the client
+/// knows, publishes fail at once with `Blocked`, and health shows it.
 #[tokio::test]
 async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
     let _serial = SERIAL.lock().await;
@@ -131,28 +134,31 @@ async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
         .unwrap();
     let watermark = Watermark;
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
-    let started = Instant::now();
-    let blocked = client
-        .enqueue::<AlarmedJob>(Task::new("alarm", 1, Act::Succeed))
-        .await;
-    let Err(error) = blocked else {
-        panic!("published during a memory alarm");
-    };
-    assert!(matches!(error, qjob::Error::Blocked { .. }), "{error:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
-    let qjob_tests::scenarios::Env::Amqp(broker, _) = &env else {
+    // RabbitMQ tells a connection it blocks it at its first publish.
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .enqueue::<AlarmedJob>(Task::new("alarm", 1, Act::Succeed))
+                .await
+        }
+    });
+    let Env::Amqp(broker, _) = &env else {
         unreachable!()
     };
-    assert!(broker.blocked().is_some());
+    qjob_tests::eventually(
+        "the client to learn of the block",
+        LIMIT,
+        || broker.blocked(),
+        Option::is_some,
+    )
+    .await;
     let health = qjob::Worker::builder(broker.clone())
         .register(AlarmedJob)
         .build()
         .health();
     assert!(health.report().blocked.is_some(), "health shows the alarm");
+    let started = Instant::now();
     let again = client
         .enqueue::<AlarmedJob>(Task::new("alarm", 2, Act::Succeed))
         .await;
@@ -160,7 +166,16 @@ async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
         matches!(again, Err(qjob::Error::Blocked { .. })),
         "fails fast while blocked: {again:?}"
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
     drop(watermark);
+    first
+        .await
+        .unwrap()
+        .expect("the publish sent before the block is confirmed after it");
     let deadline = Instant::now() + LIMIT;
     while broker.blocked().is_some() {
         assert!(Instant::now() < deadline, "never unblocked");
@@ -170,4 +185,99 @@ async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
         .enqueue::<AlarmedJob>(Task::new("alarm", 3, Act::Succeed))
         .await
         .unwrap();
+    // Tasks 0, 1 and 3, each once; task 2 was never published.
+    assert_eq!(env.ready("qjob.test.memory-alarm").await, 3);
+}
+
+test_job!(
+    alarm_worker,
+    "qjob.test.alarm-worker",
+    prefetch = 150,
+    concurrency = 10,
+    retry = 3,
+    backoff = fixed("200ms")
+);
+
+/// A memory alarm raised before the worker starts: the jobs that need no
+/// publish are consumed and acked during the alarm (acks go on a connection
+/// that never publishes); the retries wait, holding their deliveries,
+/// without running their handlers again; once the alarm clears every job
+/// completes.
+#[tokio::test]
+async fn a_worker_keeps_acking_through_a_memory_alarm_and_resumes_after_it() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::amqp().await;
+    env.reset::<AlarmWorkerJob>().await;
+    let tag = env.tag::<AlarmWorkerJob>();
+    let queue = "qjob.test.alarm-worker";
+    let jobs = 400u32;
+    let failing = jobs / 4;
+    let tasks = (0..jobs).map(|seq| {
+        let act = if seq.is_multiple_of(4) {
+            Act::FailFirst
+        } else {
+            Act::Succeed
+        };
+        Task::new(&tag, seq, act)
+    });
+    let results = env
+        .client()
+        .enqueue_all::<AlarmWorkerJob>(tasks)
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+
+    let watermark = Watermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    let running = env.start(AlarmWorkerJob);
+    let probe = probe(&tag);
+    let attempts = |p: &qjob_tests::Probe| p.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    let plain_done = |p: &qjob_tests::Probe| {
+        let done: BTreeSet<u32> = p.done.lock().unwrap().iter().copied().collect();
+        (0..jobs)
+            .filter(|seq| seq % 4 != 0)
+            .all(|seq| done.contains(&seq))
+    };
+    probe
+        .wait("the jobs that need no publish", LIMIT, plain_done)
+        .await;
+    // Their acks reached RabbitMQ: only the failed ones are left, held by
+    // the worker while their retries wait for the alarm to clear.
+    qjob_tests::eventually(
+        "the successes' acks to reach the broker during the alarm",
+        LIMIT,
+        || qjob_tests::queue_messages(queue),
+        |left| *left == failing,
+    )
+    .await;
+    let Env::Amqp(broker, _) = &env else {
+        unreachable!()
+    };
+    assert!(broker.blocked().is_some(), "the alarm is still on");
+    // No failed job ran again while its retry could not be published: a
+    // retry sent before RabbitMQ said it blocks waits for its confirm, the
+    // others are held and published once the alarm clears, never re-run.
+    assert_eq!(attempts(&probe), jobs);
+    drop(watermark);
+
+    probe
+        .wait("every job after the alarm", Duration::from_secs(60), |p| {
+            let done: BTreeSet<u32> = p.done.lock().unwrap().iter().copied().collect();
+            done.len() == jobs as usize
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        attempts(&probe),
+        jobs + failing,
+        "each failed job ran twice, no more"
+    );
+    let after = Env::amqp().await;
+    assert_eq!(after.ready(queue).await, 0);
+    assert_eq!(after.ready("qjob.test.alarm-worker.dlq").await, 0);
+    println!(
+        "memory alarm: {} of {jobs} jobs acked during it, {failing} retries held and published \
+         after it, none lost, none run twice",
+        jobs - failing
+    );
 }

@@ -1,8 +1,11 @@
 //! The worker scenarios on RabbitMQ: every settlement path on the real broker.
 
+use std::sync::atomic::Ordering;
+
 use qjob::Job;
 use qjob_tests::jobs::PrefetchJob;
 use qjob_tests::scenarios::{Env, LIMIT};
+use qjob_tests::{Act, Task, probe, test_job};
 
 qjob_tests::worker_tests!(Env::amqp().await);
 
@@ -232,4 +235,71 @@ async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
             .await,
         0
     );
+}
+
+test_job!(server_cancel, "qjob.test.server-cancel", prefetch = 5);
+
+/// RabbitMQ cancels the consumer (`basic.cancel`) when its queue is
+/// deleted: the worker notices, shows it in health, redeclares the queue,
+/// resubscribes and handles new jobs.
+#[tokio::test]
+async fn a_queue_deleted_under_a_running_worker_is_redeclared_and_consumed_again() {
+    let env = Env::amqp().await;
+    env.reset::<ServerCancelJob>().await;
+    let tag = env.tag::<ServerCancelJob>();
+    let queue = ServerCancelJob::QUEUE;
+    let worker = qjob::Worker::builder_shared(env.broker())
+        .register(ServerCancelJob)
+        .build();
+    let health = worker.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = env.client();
+    client
+        .enqueue::<ServerCancelJob>(Task::new(&tag, 0, Act::Succeed))
+        .await
+        .unwrap();
+    let probe = probe(&tag);
+    probe
+        .wait("the first job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 1
+        })
+        .await;
+
+    env.delete_queues(&[queue]).await;
+    qjob_tests::eventually(
+        "health to show the cancelled consumer",
+        LIMIT,
+        || health.report().last_error,
+        |error| {
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("cancelled the consumer"))
+        },
+    )
+    .await;
+    // The worker declares the queue again and subscribes to it.
+    qjob_tests::eventually(
+        "a consumer on the redeclared queue",
+        LIMIT,
+        || qjob_tests::consumer_prefetch(queue),
+        |consumers| consumers.len() == 1,
+    )
+    .await;
+    assert!(health.report().is_ready(), "{:?}", health.report());
+    for seq in 1..=3 {
+        client
+            .enqueue::<ServerCancelJob>(Task::new(&tag, seq, Act::Succeed))
+            .await
+            .unwrap();
+    }
+    probe
+        .wait("the jobs after the deletion", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 4
+        })
+        .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
 }

@@ -3,8 +3,8 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::Error;
 use crate::broker::{HeaderValue, Headers, Message, QueueSpec};
+use crate::{Error, QueueType};
 
 pub(super) fn properties(message: &Message) -> BasicProperties {
     let mut properties = BasicProperties::default()
@@ -117,6 +117,17 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
         arguments.insert(
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
+        );
+    }
+    if spec.queue_type == QueueType::Quorum {
+        // On a cluster, the leader goes to the node leading the fewest
+        // queues, so that a job's partition queues spread their leaders
+        // over the nodes instead of all landing where the first worker
+        // connected. RabbitMQ 3.10 and 3.11 know this value; 3.12 and later
+        // read it as `balanced`.
+        arguments.insert(
+            "x-queue-leader-locator".into(),
+            AMQPValue::LongString("least-leaders".into()),
         );
     }
     if spec.single_active {

@@ -325,29 +325,23 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
         let connected = self.connected(Role::Publish).await?;
+        // Known blocked: fail at once, nothing sent.
         if let Some(reason) = connected.blocked() {
             return Err(Error::Blocked { reason });
         }
+        // Sent before the broker said it blocks: RabbitMQ takes the message
+        // once the alarm clears (lapin holds what it has not written yet),
+        // so wait for the confirm rather than report a failure that would
+        // be published twice; the publish timeout bounds the wait.
         let after = self.inner.options.publish_timeout;
-        let mut blocked = connected.blocked.subscribe();
-        tokio::select! {
-            published = tokio::time::timeout(after, self.confirmed_publish(&connected, queue, &message)) => {
-                published.unwrap_or_else(|_| {
-                    Err(Error::Timeout {
-                        operation: format!("publish to queue {queue:?}"),
-                        after,
-                    })
+        tokio::time::timeout(after, self.confirmed_publish(&connected, queue, &message))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    operation: format!("publish to queue {queue:?}"),
+                    after,
                 })
-            }
-            // Blocked while waiting: the broker holds the message; whether
-            // it will be stored is unknown, as with any failed publish.
-            reason = blocked.wait_for(Option::is_some) => Err(Error::Blocked {
-                reason: reason
-                    .ok()
-                    .and_then(|reason| reason.clone())
-                    .unwrap_or_default(),
-            }),
-        }
+            })
     }
 
     async fn consume(

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::JobOptions;
+use crate::policy::backoff::BackoffPolicy;
+use crate::{JobOptions, topology};
 
 /// RabbitMQ's default `consumer_timeout`: a delivery unacked for longer
 /// makes the broker close the channel and redeliver.
@@ -25,6 +26,19 @@ pub(crate) fn consumer_timeout_warning(
             options.queue()
         ));
     };
+    if let Some(held) = held_in_place(options, timeout)
+        && held >= consumer_timeout
+    {
+        return Some(format!(
+            "job {job} (queue {:?}) retries in place: a delivery can be held up to {held:?} \
+             ({} attempts of up to {timeout:?} and the backoff between them), more than the \
+             broker's consumer timeout ({consumer_timeout:?}), after which RabbitMQ closes the \
+             channel and delivers the job again from its first attempt; shorten the backoff, \
+             the retries or the timeout, or raise `consumer_timeout` in rabbitmq.conf",
+            options.queue(),
+            options.max_attempts(),
+        ));
+    }
     let runs = u32::try_from(usize::from(options.prefetch()).div_ceil(options.concurrency()))
         .unwrap_or(u32::MAX);
     let worst = timeout.saturating_mul(runs);
@@ -40,6 +54,23 @@ pub(crate) fn consumer_timeout_warning(
         )
     })
 }
+
+/// For a job that retries in place: the longest its worker holds one
+/// delivery, every attempt running to `timeout` and every backoff at its
+/// longest.
+fn held_in_place(options: &JobOptions, timeout: Duration) -> Option<Duration> {
+    if !topology::retries_in_place(options) {
+        return None;
+    }
+    let backoff = BackoffPolicy::new(options.backoff());
+    let waits = (1..options.max_attempts())
+        .map(|retry| backoff.delay(retry, LONGEST_JITTER))
+        .fold(Duration::ZERO, Duration::saturating_add);
+    Some(waits.saturating_add(timeout.saturating_mul(options.max_attempts())))
+}
+
+/// The jitter that gives the longest backoff (jitter is in `[0, 1)`).
+const LONGEST_JITTER: f64 = 0.999_999;
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +91,25 @@ mod tests {
             .with_prefetch(20)
             .with_concurrency(10);
         assert_eq!(consumer_timeout_warning("charge", &options, LIMIT), None);
+    }
+
+    #[test]
+    fn a_long_backoff_held_in_place_warns() {
+        // 8 retries of up to 10 minutes each: held about an hour.
+        let options = JobOptions::new("q")
+            .with_queue_type(crate::QueueType::Quorum)
+            .with_timeout(Duration::from_secs(30))
+            .with_retry(8)
+            .with_backoff(crate::Backoff::Exponential {
+                base: Duration::from_secs(30),
+                max: Duration::from_secs(600),
+                jitter: true,
+            });
+        let warning = consumer_timeout_warning("charge", &options, LIMIT).unwrap();
+        assert!(warning.contains("retries in place"), "{warning}");
+        // The same backoff through a delay queue holds nothing.
+        let classic = options.with_queue_type(crate::QueueType::Classic);
+        assert_eq!(consumer_timeout_warning("charge", &classic, LIMIT), None);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! One queue's consumer: takes deliveries, runs each in its own task, and
 //! resubscribes when the subscription fails. Plain queues take a delivery
 //! only when a handler slot is free; partition queues keep taking them
-//! (prefetch bounds how many) and run them in per-key lanes. Partitioned
-//! and capped (`max_length`) jobs retry in place; the others through a
-//! delay queue.
+//! (prefetch bounds how many) and run them in per-key lanes. Partitioned,
+//! capped (`max_length`) and quorum jobs retry in place; the others through
+//! a delay queue (see `topology::retries_in_place`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,10 +92,10 @@ impl Consumer {
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
         let mut prefetch = self.prefetch.clone();
-        // A capped queue's retries wait in place (see `handle_in_place`),
-        // holding their deliveries: taking one needs no free slot, the
-        // prefetch bounds how many are held.
-        let in_place = self.options.max_length().is_some();
+        // Capped and quorum jobs retry in place (see
+        // `topology::retries_in_place`), holding their deliveries: taking
+        // one needs no free slot, the prefetch bounds how many are held.
+        let in_place = topology::retries_in_place(&self.options);
         loop {
             let free_slot = async {
                 match in_place {
@@ -156,9 +156,7 @@ impl Consumer {
                         Some(slot) => {
                             handlers.spawn(async move { handler.handle(delivery, slot).await })
                         }
-                        // A capped queue: RabbitMQ drops a message that a
-                        // delay queue moves back into it while it is full,
-                        // so retries wait here, holding the delivery.
+                        // Retries wait here, holding the delivery.
                         None => {
                             let slots = self.slots.clone();
                             handlers.spawn(async move {
@@ -285,15 +283,32 @@ impl Consumer {
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
         self.health.consumer(&self.queue, false);
+        match self.handler.take_abandoned() {
+            0 => {}
+            abandoned => tracing::warn!(
+                queue = &*self.queue,
+                abandoned,
+                "deliveries of the closed channel were not started; the broker delivers them again"
+            ),
+        }
         match ended {
             Some(Err(error)) => {
                 self.health.error(&error);
                 tracing::warn!(queue = &*self.queue, %error, "consumer failed; resubscribing")
             }
-            _ => tracing::warn!(
-                queue = &*self.queue,
-                "consumer cancelled by the broker; resubscribing"
-            ),
+            _ => {
+                // `basic.cancel` from RabbitMQ: the queue was deleted, a
+                // node holding it went away, or (RabbitMQ 4) a delivery
+                // outlived the consumer timeout.
+                self.health.error(Error::broker(
+                    format!("consume queue {:?}", self.queue),
+                    "the broker cancelled the consumer (queue deleted, node lost or consumer timeout)",
+                ));
+                tracing::warn!(
+                    queue = &*self.queue,
+                    "consumer cancelled by the broker; resubscribing"
+                )
+            }
         }
         let _ = subscription.close().await;
         loop {

@@ -2,6 +2,7 @@
 //! decide, settle on the broker, tell the observers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,6 +37,9 @@ pub(crate) struct Handler {
     pub(crate) job_queue: String,
     /// What the handlers did, for adaptive concurrency.
     pub(crate) work: Option<Arc<Work>>,
+    /// Deliveries not started (or not retried) because their channel had
+    /// closed, since the consumer last reported them.
+    pub(crate) abandoned: AtomicUsize,
 }
 
 impl Handler {
@@ -45,6 +49,9 @@ impl Handler {
     /// settlement, which may wait on the broker (a resource alarm) while the
     /// delivery stays held.
     pub(crate) async fn handle(&self, delivery: Delivery, slot: OwnedSemaphorePermit) {
+        if self.abandon_if_closed(&delivery) {
+            return;
+        }
         if self.deferred(&delivery) {
             drop(slot);
             return self.defer(delivery).await;
@@ -78,6 +85,9 @@ impl Handler {
     /// stays busy). A concurrency slot is held only while the handler runs,
     /// never during the backoff.
     pub(crate) async fn handle_in_place(&self, delivery: Delivery, slots: &Semaphore) {
+        if self.abandon_if_closed(&delivery) {
+            return;
+        }
         if self.deferred(&delivery) {
             return self.defer(delivery).await;
         }
@@ -117,6 +127,9 @@ impl Handler {
                     self.report(&delivery, attempt, job_id, &outcome);
                     drop(span);
                     tokio::time::sleep(delay).await;
+                    if self.abandon_if_closed(&delivery) {
+                        return;
+                    }
                     attempt += 1;
                 }
                 action => {
@@ -127,6 +140,27 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// True (and counted) when `delivery` came on a channel that has closed
+    /// since: it can never be settled and the broker delivers it again, so
+    /// running it would only run it twice.
+    fn abandon_if_closed(&self, delivery: &Delivery) -> bool {
+        if delivery.acker.is_open() {
+            return false;
+        }
+        if self.abandoned.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                queue = &*self.routes.queue,
+                "the consumer's channel closed: its deliveries not yet started are left to the broker, which delivers them again"
+            );
+        }
+        true
+    }
+
+    /// How many deliveries were abandoned since the last call.
+    pub(crate) fn take_abandoned(&self) -> usize {
+        self.abandoned.swap(0, Ordering::Relaxed)
     }
 
     /// The span of one attempt, a child of the trace that enqueued the job

@@ -344,6 +344,7 @@ impl Worker {
                         routes: Routes {
                             queue: spec.name.clone(),
                             dead_letter_queue: options.dead_letter_queue(),
+                            queue_type: options.queue_type(),
                         },
                         backoff: BackoffPolicy::new(options.backoff()),
                         max_attempts: options.max_attempts(),
@@ -353,6 +354,7 @@ impl Worker {
                         health: self.health.clone(),
                         job_queue: options.queue().to_owned(),
                         work: work.clone(),
+                        abandoned: Default::default(),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name.clone(),

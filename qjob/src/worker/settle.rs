@@ -9,7 +9,7 @@ use crate::error::FailureKind;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::observer::AttemptOutcome;
 use crate::worker::runnable::Outcome;
-use crate::{Error, headers, topology};
+use crate::{Error, QueueType, headers, topology};
 
 /// Why a job was dead-lettered, as written in the `qjob-reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +155,7 @@ pub(crate) fn dead_letter_message(
 pub(crate) struct Routes {
     pub(crate) queue: String,
     pub(crate) dead_letter_queue: String,
+    pub(crate) queue_type: QueueType,
 }
 
 /// The message that carries an outcome on, published before the original
@@ -182,12 +183,14 @@ impl Outgoing {
                 let retry = retry_message(message, attempt);
                 Some(Outgoing::Delayed(topology::delayed(
                     &routes.queue,
+                    routes.queue_type,
                     delay,
                     retry,
                 )))
             }
             Action::Defer { delay } => Some(Outgoing::Delayed(topology::delayed(
                 &routes.queue,
+                routes.queue_type,
                 delay,
                 message,
             ))),
@@ -234,13 +237,20 @@ pub(crate) async fn apply(
     if let Some(outgoing) = Outgoing::of(routes, attempt, action, message) {
         let mut failures = 0;
         while let Err(error) = outgoing.publish(broker).await {
-            if !acker.is_open() {
-                return Err(error);
-            }
             failures += 1;
             let wait = settle_backoff(failures);
             failed(&error, wait);
-            tokio::time::sleep(wait).await;
+            // While a resource alarm lasts, publishing again would fail the
+            // same way: wait it out without churning the broker.
+            loop {
+                tokio::time::sleep(wait).await;
+                if !acker.is_open() {
+                    return Err(error);
+                }
+                if broker.blocked_reason().is_none() {
+                    break;
+                }
+            }
         }
     }
     acker.ack().await

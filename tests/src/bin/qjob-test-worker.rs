@@ -6,14 +6,19 @@
 //! - `qjob-test-worker ordered` runs the partitioned `OrderedKillJob`, and
 //!   prints `done <seq>` for each job it finishes;
 //! - `qjob-test-worker poison` runs `PoisonJob`, which exits the process
-//!   on task 0.
+//!   on task 0;
+//! - `qjob-test-worker cluster-retry` and `cluster-ordered` run the cluster
+//!   tests' jobs.
+//!
+//! With `QJOB_CLUSTER_URLS` (comma-separated) it connects to the first of
+//! those nodes that answers, and reconnects the same way.
 
 use std::io::Write;
 use std::time::Duration;
 
 use qjob::{JobContext, JobError, Worker, job};
 use qjob_tests::Task;
-use qjob_tests::jobs::{OrderedKillJob, PoisonJob};
+use qjob_tests::jobs::{ClusterOrderedJob, ClusterRetryJob, OrderedKillJob, PoisonJob};
 
 #[job(queue = "qjob.test.process.kill", prefetch = 10, concurrency = 4)]
 async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
@@ -28,11 +33,21 @@ async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
 
 #[tokio::main]
 async fn main() {
-    let broker = qjob_tests::amqp().await;
+    let broker = match std::env::var("QJOB_CLUSTER_URLS") {
+        Ok(urls) => {
+            let urls = urls.split(',').map(str::to_owned);
+            qjob::AmqpBroker::connect_with(urls, qjob::AmqpOptions::default())
+                .await
+                .expect("a cluster node answers")
+        }
+        Err(_) => qjob_tests::amqp().await,
+    };
     let builder = Worker::builder(broker);
     let worker = match std::env::args().nth(1).as_deref() {
         Some("ordered") => builder.register(OrderedKillJob),
         Some("poison") => builder.register(PoisonJob),
+        Some("cluster-retry") => builder.register(ClusterRetryJob),
+        Some("cluster-ordered") => builder.register(ClusterOrderedJob),
         _ => builder.register(StuckJob),
     }
     .build();

@@ -1,0 +1,122 @@
+//! The 3-node RabbitMQ cluster of `scripts/cluster`, for the cluster tests:
+//! started on first use if it is not running, its nodes' addresses, which
+//! node leads a queue, and node faults.
+
+use std::process::Command;
+use std::sync::Once;
+
+use qjob::{AmqpBroker, AmqpOptions};
+
+/// The cluster's nodes, numbered 1 to 3 as `scripts/cluster` numbers them.
+pub const NODES: [usize; 3] = [1, 2, 3];
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster");
+
+/// Runs `scripts/cluster <args>`, failing the test if it fails.
+pub fn script(args: &[&str]) {
+    let status = Command::new(SCRIPT)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("scripts/cluster {args:?} runs: {e}"));
+    assert!(status.success(), "scripts/cluster {args:?} failed");
+}
+
+/// Starts the cluster unless it runs (once per test binary); a cluster that
+/// cannot start fails the test, never skips it.
+pub fn ensure_started() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| script(&["start"]));
+}
+
+/// Node `n`'s Erlang node name.
+pub fn node_name(n: usize) -> String {
+    format!("qjob-c{n}@localhost")
+}
+
+/// Node `n`'s AMQP URL.
+pub fn url(n: usize) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{}/%2f", 5680 + n)
+}
+
+/// Every node's URL, `first` first, then the others in order: a client
+/// given these connects to `first` and fails over to the others.
+pub fn urls_from(first: usize) -> Vec<String> {
+    std::iter::once(first)
+        .chain(NODES.into_iter().filter(|n| *n != first))
+        .map(url)
+        .collect()
+}
+
+/// A broker connected to node `first`, failing over to the others.
+pub async fn broker(first: usize) -> AmqpBroker {
+    AmqpBroker::connect_with(urls_from(first), AmqpOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the cluster answers (scripts/cluster start): {e}"))
+}
+
+/// `rabbitmqctl <args>` on the first running node, its output's rows split
+/// at whitespace.
+pub fn rabbitmqctl_rows(args: &[&str]) -> Vec<Vec<String>> {
+    for n in NODES {
+        let output = Command::new("rabbitmqctl")
+            .args(["-n", &node_name(n)])
+            .args(args)
+            .args(["-q", "--no-table-headers"])
+            .output()
+            .expect("rabbitmqctl runs");
+        if output.status.success() {
+            return String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(|line| line.split_whitespace().map(str::to_owned).collect())
+                .collect();
+        }
+    }
+    panic!("no cluster node answers rabbitmqctl {args:?}");
+}
+
+/// The node (1 to 3) leading each quorum queue whose name starts with
+/// `prefix`, by queue name.
+pub fn leaders(prefix: &str) -> Vec<(String, usize)> {
+    let mut leaders: Vec<(String, usize)> = rabbitmqctl_rows(&["list_queues", "name", "leader"])
+        .into_iter()
+        .filter_map(|row| {
+            let [name, leader] = row.as_slice() else {
+                return None;
+            };
+            let node = NODES.into_iter().find(|n| *leader == node_name(*n))?;
+            name.starts_with(prefix).then(|| (name.clone(), node))
+        })
+        .collect();
+    leaders.sort();
+    leaders
+}
+
+/// The node leading quorum queue `queue`.
+pub fn leader(queue: &str) -> usize {
+    leaders(queue)
+        .into_iter()
+        .find(|(name, _)| name == queue)
+        .unwrap_or_else(|| panic!("no leader for queue {queue}"))
+        .1
+}
+
+/// Kills node `n` (SIGKILL: a crash, not a shutdown).
+pub fn kill(n: usize) {
+    script(&["kill", &n.to_string()]);
+}
+
+/// Starts node `n` again and waits until it runs.
+pub fn restart(n: usize) {
+    script(&["restart", &n.to_string()]);
+}
+
+/// Starts node `n` again however the test ends.
+pub struct Revive(pub usize);
+
+impl Drop for Revive {
+    fn drop(&mut self) {
+        let _ = Command::new(SCRIPT)
+            .args(["restart", &self.0.to_string()])
+            .status();
+    }
+}
