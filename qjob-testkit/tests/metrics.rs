@@ -74,6 +74,10 @@ async fn metrics_count_what_happened() {
     let mut kit = TestKit::new().register(MeteredJob);
     // 0: permanent failure; 1: fails once then succeeds; 2, 3, 4: succeed.
     kit.client().enqueue_all::<MeteredJob>(0..5).await.unwrap();
+    // The first two dead-letter publishes are refused: the settlement is
+    // held and published again, never re-run (nothing more is consumed).
+    kit.broker().fail_next_publish_to("metered.dlq");
+    kit.broker().fail_next_publish_to("metered.dlq");
     kit.start().await;
     kit.broker()
         .publish_raw("metered", "not a number")
@@ -118,6 +122,10 @@ async fn metrics_count_what_happened() {
         2
     );
     assert_eq!(samples(get("qjob_time_in_queue_seconds{queue=metered}")), 7);
+    assert_eq!(
+        count(get("qjob_settlement_failures_total{queue=metered}")),
+        2
+    );
     assert_eq!(level(get("qjob_jobs_in_flight{queue=metered}")), 0.0);
     assert_eq!(level(get("qjob_worker_concurrency{queue=metered}")), 3.0);
 }

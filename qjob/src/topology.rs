@@ -31,10 +31,13 @@ fn queue_spec(options: &JobOptions, name: String, single_active: bool) -> QueueS
         spec = spec.with_max_length(max_length);
     }
     if let Some(limit) = options.delivery_limit() {
-        // RabbitMQ moves a message past the limit to the job's DLQ.
-        spec = spec
-            .with_delivery_limit(limit)
-            .with_dead_letter_to(options.dead_letter_queue());
+        spec = spec.with_delivery_limit(limit);
+    }
+    if options.queue_type() == QueueType::Quorum {
+        // RabbitMQ moves a message past the delivery limit to the job's
+        // DLQ: the one set here, or RabbitMQ 4's default of 20 (without a
+        // target it would drop the message).
+        spec = spec.with_dead_letter_to(options.dead_letter_queue());
     }
     spec
 }
@@ -222,6 +225,12 @@ mod tests {
             (plain.delivery_limit, plain.dead_letter_to.as_deref()),
             (None, None)
         );
+        // RabbitMQ 4 limits quorum deliveries (20) even when no limit is
+        // set: a quorum queue always has the DLQ as its target.
+        let quorum = JobOptions::new("billing.charge").with_queue_type(QueueType::Quorum);
+        let quorum = &consumed_queues(&quorum)[0];
+        assert_eq!(quorum.delivery_limit, None);
+        assert_eq!(quorum.dead_letter_to.as_deref(), Some("billing.charge.dlq"));
     }
 
     #[test]

@@ -119,6 +119,20 @@ test_job!(
     retry = 1,
     backoff = fixed("1s")
 );
+test_job!(
+    quorum_declared,
+    "qjob.test.quorum-declared",
+    queue_type = "quorum"
+);
+test_job!(
+    observed,
+    "qjob.test.observed",
+    partition_by = key,
+    partitions = 1,
+    retry = 2,
+    backoff = fixed("50ms")
+);
+test_job!(dlq_deleted, "qjob.test.dlq-deleted", retry = 0);
 test_job!(health, "qjob.test.health", retry = 0);
 test_job!(
     scaled,

@@ -624,6 +624,8 @@ macro_rules! worker_tests {
             a_full_queue_is_an_error_for_the_producer CappedJob,
             a_capped_queue_retries_in_place_while_full CappedRetryJob,
             a_quorum_job_retries_in_place QuorumRetryJob,
+            a_panicking_observer_stalls_nothing ObservedJob,
+            a_deleted_dlq_is_declared_again_without_running_the_job_again DlqDeletedJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

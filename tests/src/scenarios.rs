@@ -939,3 +939,87 @@ pub async fn a_quorum_job_retries_in_place<J: Job<Payload = Task>>(env: &Env, jo
         "a quorum job's retry went through a delay queue"
     );
 }
+
+/// An observer that panics at every event (user code) stalls nothing: a
+/// partitioned key's later jobs still run, in order, after a retry that the
+/// observer was told about.
+pub async fn a_panicking_observer_stalls_nothing<J: Job<Payload = Task>>(env: &Env, job: J) {
+    struct Panicking;
+    impl qjob::Observer for Panicking {
+        fn attempt_settled(&self, _event: &qjob::AttemptEvent<'_>) {
+            panic!("an observer's bug");
+        }
+    }
+    assert!(
+        J::options().partitions().is_some(),
+        "scenario needs a partitioned job"
+    );
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let probe = probe(&tag);
+    let client = env.client();
+    for (seq, act) in [(0, Act::FailFirst), (1, Act::Succeed), (2, Act::Succeed)] {
+        client
+            .enqueue::<J>(Task::keyed(&tag, "one-key", seq, act))
+            .await
+            .unwrap();
+    }
+    let worker = Worker::builder_shared(env.broker())
+        .register(job)
+        .observer(Arc::new(Panicking))
+        .build();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    probe
+        .wait("every job of the key", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 3
+        })
+        .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [0, 1, 2]);
+    assert_eq!(env.ready(&format!("{}.p0", J::QUEUE)).await, 0);
+}
+
+/// The DLQ deleted under a running worker: the dead letter's publish is
+/// unroutable, so the worker declares the DLQ again and publishes once more,
+/// holding the delivery meanwhile; the handler runs once, never in a loop.
+pub async fn a_deleted_dlq_is_declared_again_without_running_the_job_again<
+    J: Job<Payload = Task>,
+>(
+    env: &Env,
+    job: J,
+) {
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let probe = probe(&tag);
+    let running = env.start(job);
+    let client = env.client();
+    client
+        .enqueue::<J>(Task::new(&tag, 0, Act::Succeed))
+        .await
+        .unwrap();
+    probe
+        .wait("the worker to run", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    let dlq = J::options().dead_letter_queue();
+    env.delete_queues(&[&dlq]).await;
+    client
+        .enqueue::<J>(Task::new(&tag, 1, Act::FailPermanently))
+        .await
+        .unwrap();
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        probe.attempts.load(Ordering::SeqCst),
+        2,
+        "the failed job ran once"
+    );
+    let dead = env.take_all(&dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(env.ready(J::QUEUE).await, 0);
+}

@@ -303,3 +303,49 @@ async fn a_queue_deleted_under_a_running_worker_is_redeclared_and_consumed_again
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 }
+
+/// What RabbitMQ 4 requires of qjob's queues, checked on the broker: every
+/// queue durable (4 refuses transient non-exclusive ones), and a quorum
+/// work queue dead-letters into the DLQ (4 limits quorum deliveries to 20
+/// by default and drops past the limit without a target).
+#[tokio::test]
+async fn queues_are_durable_and_quorum_queues_dead_letter_into_the_dlq() {
+    use qjob_tests::jobs::QuorumDeclaredJob;
+    let env = Env::amqp().await;
+    env.reset::<QuorumDeclaredJob>().await;
+    let tag = env.tag::<QuorumDeclaredJob>();
+    env.client()
+        .enqueue::<QuorumDeclaredJob>(Task::new(&tag, 0, Act::Succeed))
+        .await
+        .unwrap();
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "durable",
+            "arguments",
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let queue = QuorumDeclaredJob::QUEUE;
+    let dlq = QuorumDeclaredJob::options().dead_letter_queue();
+    let row = |name: &str| {
+        listing
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no queue {name} in {listing}"))
+            .to_owned()
+    };
+    for name in [queue, dlq.as_str()] {
+        assert!(row(name).contains("\ttrue\t"), "{}", row(name));
+    }
+    let work = row(queue);
+    assert!(work.contains("\"x-queue-type\",\"quorum\""), "{work}");
+    assert!(
+        work.contains(&format!("\"x-dead-letter-routing-key\",\"{dlq}\"")),
+        "{work}"
+    );
+}

@@ -84,24 +84,28 @@ impl Acks {
             }
             book.flushing = true;
         }
-        let flush = tokio::spawn(self.clone().flush());
+        // The guard exists before the task does: a task never polled (the
+        // runtime shutting down) still ends the flush when dropped.
+        let flush = tokio::spawn(Flushing(Some(self.clone())).run());
         flush
             .await
             .unwrap_or_else(|error| Err(Error::broker("ack", error)))
     }
+}
 
+impl Flushing {
     /// Sends every ready ack, then whatever became ready meanwhile, until
     /// nothing is; returns the first error.
-    async fn flush(self) -> Result<(), Error> {
-        let mut flushing = Flushing(Some(&self));
+    async fn run(mut self) -> Result<(), Error> {
+        let acks = self.0.clone().expect("a flush owns its book");
         let mut first_error = None;
         loop {
             let frames = {
-                let mut book = self.lock();
+                let mut book = acks.lock();
                 let frames = book.take_frames();
                 if frames.is_empty() {
                     book.flushing = false;
-                    flushing.0 = None;
+                    self.0 = None;
                     break;
                 }
                 frames
@@ -120,7 +124,9 @@ impl Acks {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
 
+impl Acks {
     /// Rejects `tag` at once.
     pub(super) async fn reject(
         &self,
@@ -135,13 +141,14 @@ impl Acks {
     }
 }
 
-/// Ends the flush if its task ends early (a panic, the runtime shutting
-/// down), so that the next ack starts a new one.
-struct Flushing<'a>(Option<&'a Acks>);
+/// One flush of a channel's acks. Dropped before it ran to its end (a
+/// panic, the runtime shutting down), it ends the flush, so that the next
+/// ack starts a new one.
+struct Flushing(Option<Acks>);
 
-impl Drop for Flushing<'_> {
+impl Drop for Flushing {
     fn drop(&mut self) {
-        if let Some(acks) = self.0
+        if let Some(acks) = self.0.take()
             && let Ok(mut book) = acks.book.lock()
         {
             book.flushing = false;

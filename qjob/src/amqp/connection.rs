@@ -27,6 +27,8 @@ pub(super) struct Inner {
     /// Consumes, acks, declares and gets; never publishes, so an alarm
     /// does not stop its acks (RabbitMQ's advice: one connection for each).
     pub(super) consuming: Link,
+    /// Set by `close`: nothing reopens a connection in the background then.
+    pub(super) closed: std::sync::atomic::AtomicBool,
 }
 
 /// What a connection of the broker is for.
@@ -48,7 +50,7 @@ impl Role {
 /// One of the broker's connections, reopened on demand.
 pub(super) struct Link {
     current: Mutex<Option<Connected>>,
-    reconnecting: tokio::sync::Mutex<()>,
+    pub(super) reconnecting: tokio::sync::Mutex<()>,
 }
 
 impl Link {
@@ -125,8 +127,16 @@ impl Connected {
         self.connection.status().connected() && self.channel.status().connected()
     }
 
+    /// Why the broker blocks this connection, if it does. lapin's own flag
+    /// decides (it stops writing the moment the broker says so); the
+    /// reason follows from the event a moment later.
     pub(super) fn blocked(&self) -> Option<String> {
-        self.blocked.borrow().clone()
+        self.connection.status().blocked().then(|| {
+            self.blocked
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "a resource alarm".to_owned())
+        })
     }
 }
 

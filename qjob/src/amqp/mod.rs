@@ -98,6 +98,7 @@ impl AmqpBroker {
                 name: format!("qjob pid {} #{number}", std::process::id()),
                 publishing: Link::new(),
                 consuming: Link::new(),
+                closed: Default::default(),
             }),
         };
         broker.connected(Role::Publish).await?;
@@ -127,14 +128,19 @@ impl AmqpBroker {
     ///
     /// The transport's error if a close handshake fails.
     pub async fn close(&self) -> Result<(), Error> {
+        self.inner.closed.store(true, Ordering::Relaxed);
         let mut result = Ok(());
         for role in [Role::Consume, Role::Publish] {
             if let Some(connected) = self.link(role).take() {
-                let closed = connected
-                    .connection
-                    .close(200, "qjob: closing".into())
-                    .await
-                    .map_err(|e| Error::broker("close the connection", e));
+                // Bounded: a blocked connection cannot send its close.
+                let closed = bounded(|| "close the connection".to_owned(), async {
+                    connected
+                        .connection
+                        .close(200, "qjob: closing".into())
+                        .await
+                        .map_err(|e| Error::broker("close the connection", e))
+                })
+                .await;
                 result = result.and(closed);
             }
         }
@@ -307,8 +313,26 @@ fn is_not_found(error: &lapin::Error) -> bool {
 
 #[async_trait]
 impl Broker for AmqpBroker {
+    /// Both connections are open. The consuming one is reopened by the
+    /// consumers; the publishing one by the next publish, or here, in the
+    /// background, so that a worker that publishes nothing for a while
+    /// does not report itself down for good after a connection loss.
     fn is_connected(&self) -> bool {
-        self.link(Role::Publish).current().is_some() && self.link(Role::Consume).current().is_some()
+        let consuming = self.link(Role::Consume).current().is_some();
+        let publishing = self.link(Role::Publish).current().is_some();
+        if !publishing
+            && !self.inner.closed.load(Ordering::Relaxed)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let broker = self.clone();
+            runtime.spawn(async move {
+                if let Ok(_reopening) = broker.link(Role::Publish).reconnecting.try_lock() {
+                    drop(_reopening);
+                    let _ = broker.connected(Role::Publish).await;
+                }
+            });
+        }
+        consuming && publishing
     }
 
     fn blocked_reason(&self) -> Option<String> {

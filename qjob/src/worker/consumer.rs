@@ -245,10 +245,11 @@ impl Consumer {
         delivery: Delivery,
         done: &mpsc::UnboundedSender<String>,
     ) {
-        let (handler, slots, done) = (self.handler.clone(), self.slots.clone(), done.clone());
+        let (handler, slots) = (self.handler.clone(), self.slots.clone());
+        let release = Release(Some((key, done.clone())));
         handlers.spawn(async move {
+            let _release = release;
             handler.handle_in_place(delivery, &slots).await;
-            let _ = done.send(key);
         });
     }
 
@@ -362,6 +363,18 @@ impl Consumer {
             && let Err(error) = subscription.close().await
         {
             tracing::debug!(queue = &*self.queue, %error, "closing the subscription failed");
+        }
+    }
+}
+
+/// Frees a key's lane when its handler task ends, however it ends (a
+/// panic, an abort at the shutdown timeout): the key's next delivery runs.
+struct Release(Option<(String, mpsc::UnboundedSender<String>)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some((key, done)) = self.0.take() {
+            let _ = done.send(key);
         }
     }
 }

@@ -151,7 +151,7 @@ impl Handler {
         }
         if self.abandoned.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
-                queue = &*self.routes.queue,
+                queue = self.routes.queue.name.as_str(),
                 "the consumer's channel closed: its deliveries not yet started are left to the broker, which delivers them again"
             );
         }
@@ -172,7 +172,7 @@ impl Handler {
             otel.kind = "consumer",
             otel.status_code = field::Empty,
             job = self.job.name(),
-            queue = &*self.routes.queue,
+            queue = self.routes.queue.name.as_str(),
             job_id = %job_id,
             attempt = i64::from(attempt),
             redelivered = delivery.redelivered,
@@ -194,7 +194,7 @@ impl Handler {
         let failed = |error: &Error, wait| self.settlement_failed(error, wait);
         let deferred = settle::apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
         if let Err(error) = deferred.await {
-            tracing::warn!(queue = &*self.routes.queue, %error, "could not defer a job that is not due; the broker will redeliver it");
+            tracing::warn!(queue = self.routes.queue.name.as_str(), %error, "could not defer a job that is not due; the broker will redeliver it");
         }
     }
 
@@ -225,7 +225,7 @@ impl Handler {
 
     async fn run(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
         let ctx = JobContext::delivered(
-            &self.routes.queue,
+            &self.routes.queue.name,
             envelope.job_id.clone(),
             attempt,
             self.max_attempts,
@@ -248,7 +248,7 @@ impl Handler {
                 jitter: backoff::jitter_for(job_id.as_str(), attempt),
             },
         );
-        let queue = &*self.routes.queue;
+        let queue = self.routes.queue.name.as_str();
         match &action {
             Action::Defer { .. } => {}
             Action::Ack => tracing::debug!(queue, %job_id, attempt, "job succeeded"),
@@ -296,7 +296,7 @@ impl Handler {
         .await;
         let span = Span::current();
         if let Err(error) = settled {
-            tracing::warn!(queue = &*self.routes.queue, %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+            tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not settle the delivery; the broker will redeliver it");
             span.record("outcome", "unsettled");
             span.record("otel.status_code", "error");
             self.health.error(&error);
@@ -315,7 +315,7 @@ impl Handler {
 
     /// A settlement's publish failed; it is tried again after `wait`.
     fn settlement_failed(&self, error: &Error, wait: Duration) {
-        tracing::warn!(queue = &*self.routes.queue, %error, retry_in = ?wait, "could not publish a settlement; holding the delivery and trying again");
+        tracing::warn!(queue = self.routes.queue.name.as_str(), %error, retry_in = ?wait, "could not publish a settlement; holding the delivery and trying again");
         self.health.error(error);
         metrics::settlement_failed(&self.job_queue);
     }
@@ -342,7 +342,7 @@ impl Handler {
     ) {
         let event = AttemptEvent {
             job: self.job.name(),
-            queue: &self.routes.queue,
+            queue: &self.routes.queue.name,
             job_id,
             attempt,
             redelivered,
@@ -350,7 +350,14 @@ impl Handler {
             outcome,
         };
         for observer in self.observers.iter() {
-            observer.attempt_settled(&event);
+            // An observer is user code: its panic must not skip what follows
+            // (a held delivery's settlement, a lane's release).
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                observer.attempt_settled(&event)
+            }));
+            if told.is_err() {
+                tracing::error!(queue = self.routes.queue.name.as_str(), %job_id, "an observer panicked; ignored");
+            }
         }
     }
 }

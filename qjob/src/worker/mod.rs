@@ -342,9 +342,8 @@ impl Worker {
                         broker: self.broker.clone(),
                         job: job.clone(),
                         routes: Routes {
-                            queue: spec.name.clone(),
-                            dead_letter_queue: options.dead_letter_queue(),
-                            queue_type: options.queue_type(),
+                            queue: spec.clone(),
+                            dead_letter: topology::dead_letter_queue(&options),
                         },
                         backoff: BackoffPolicy::new(options.backoff()),
                         max_attempts: options.max_attempts(),

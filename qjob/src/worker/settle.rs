@@ -4,12 +4,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::broker::{Broker, Delivery, HeaderValue, Message};
+use crate::broker::{Broker, Delivery, HeaderValue, Message, QueueSpec};
 use crate::error::FailureKind;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::observer::AttemptOutcome;
 use crate::worker::runnable::Outcome;
-use crate::{Error, QueueType, headers, topology};
+use crate::{Error, headers, topology};
 
 /// Why a job was dead-lettered, as written in the `qjob-reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,59 +151,61 @@ pub(crate) fn dead_letter_message(
     message
 }
 
-/// Where a job type's messages go.
+/// Where a job type's messages go, as declared: a settlement whose target
+/// vanished (a queue deleted under the worker) declares it again.
 pub(crate) struct Routes {
-    pub(crate) queue: String,
-    pub(crate) dead_letter_queue: String,
-    pub(crate) queue_type: QueueType,
+    /// The queue consumed: the work queue or one partition queue.
+    pub(crate) queue: QueueSpec,
+    pub(crate) dead_letter: QueueSpec,
 }
 
 /// The message that carries an outcome on, published before the original
 /// is acked.
-enum Outgoing {
-    Direct { queue: String, message: Message },
+enum Outgoing<'a> {
+    Direct {
+        queue: &'a QueueSpec,
+        message: Message,
+    },
     Delayed(topology::Delayed),
 }
 
-impl Outgoing {
+impl<'a> Outgoing<'a> {
     /// What `action` publishes, if anything.
-    fn of(routes: &Routes, attempt: u32, action: Action, message: Message) -> Option<Self> {
-        let direct = |queue: &str, message| {
-            Some(Outgoing::Direct {
-                queue: queue.to_owned(),
+    fn of(routes: &'a Routes, attempt: u32, action: Action, message: Message) -> Option<Self> {
+        let queue = &routes.queue;
+        let delayed = |delay, message| {
+            Some(Outgoing::Delayed(topology::delayed(
+                &queue.name,
+                queue.queue_type,
+                delay,
                 message,
-            })
+            )))
         };
         match action {
             Action::Ack => None,
-            Action::Retry { delay, .. } if delay.is_zero() => {
-                direct(&routes.queue, retry_message(message, attempt))
-            }
-            Action::Retry { delay, .. } => {
-                let retry = retry_message(message, attempt);
-                Some(Outgoing::Delayed(topology::delayed(
-                    &routes.queue,
-                    routes.queue_type,
-                    delay,
-                    retry,
-                )))
-            }
-            Action::Defer { delay } => Some(Outgoing::Delayed(topology::delayed(
-                &routes.queue,
-                routes.queue_type,
-                delay,
-                message,
-            ))),
-            Action::DeadLetter { reason, error } => direct(
-                &routes.dead_letter_queue,
-                dead_letter_message(message, &routes.queue, attempt, reason, &error),
-            ),
+            Action::Retry { delay, .. } if delay.is_zero() => Some(Outgoing::Direct {
+                queue,
+                message: retry_message(message, attempt),
+            }),
+            Action::Retry { delay, .. } => delayed(delay, retry_message(message, attempt)),
+            Action::Defer { delay } => delayed(delay, message),
+            Action::DeadLetter { reason, error } => Some(Outgoing::Direct {
+                queue: &routes.dead_letter,
+                message: dead_letter_message(message, &queue.name, attempt, reason, &error),
+            }),
         }
     }
 
     async fn publish(&self, broker: &dyn Broker) -> Result<(), Error> {
         match self {
-            Outgoing::Direct { queue, message } => broker.publish(queue, message.clone()).await,
+            Outgoing::Direct { queue, message } => {
+                let published = broker.publish(&queue.name, message.clone()).await;
+                if let Err(Error::Unroutable { .. }) = &published {
+                    // The queue is gone: declare it again for the next try.
+                    let _ = broker.declare_queue(queue).await;
+                }
+                published
+            }
             Outgoing::Delayed(delayed) => delayed.publish(broker).await,
         }
     }
