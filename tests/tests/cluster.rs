@@ -33,6 +33,8 @@ type Report = (u32, u128, u128);
 struct WorkerProcess {
     _child: Child,
     done: Arc<Mutex<Vec<Report>>>,
+    /// When its consumers all came up (`true`) or one went down.
+    consuming: Arc<Mutex<Vec<(bool, u128)>>>,
 }
 
 impl WorkerProcess {
@@ -46,10 +48,19 @@ impl WorkerProcess {
             .spawn()
             .unwrap();
         let done = Arc::new(Mutex::new(Vec::new()));
+        let consuming = Arc::new(Mutex::new(Vec::new()));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let sink = done.clone();
+        let (sink, changes) = (done.clone(), consuming.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(change) = line.strip_prefix("consuming ") {
+                    let mut words = change.split_whitespace();
+                    let up = words.next() == Some("true");
+                    if let Some(at) = words.next().and_then(|w| w.parse().ok()) {
+                        changes.lock().unwrap().push((up, at));
+                    }
+                    continue;
+                }
                 let mut words = line.split_whitespace().skip(1);
                 let mut number = || words.next().and_then(|w| w.parse::<u128>().ok());
                 if let (Some(seq), Some(at), Some(started)) = (number(), number(), number()) {
@@ -60,12 +71,26 @@ impl WorkerProcess {
         Self {
             _child: child,
             done,
+            consuming,
         }
     }
 
     fn done(&self) -> Vec<Done> {
         let reports = self.done.lock().unwrap();
         reports.iter().map(|(seq, at, _)| (*seq, *at)).collect()
+    }
+
+    /// When this process's consumers were all up again after `since` (µs),
+    /// having gone down.
+    fn resubscribed_after(&self, since: u128) -> Option<u128> {
+        let changes = self.consuming.lock().unwrap();
+        let went_down = changes.iter().any(|(up, at)| !up && *at > since);
+        let up_again = changes
+            .iter()
+            .filter(|(up, at)| *up && *at > since)
+            .map(|(_, at)| *at)
+            .max();
+        up_again.filter(|_| went_down)
     }
 
     /// When this process first started a handler after `since` (µs), for
@@ -234,23 +259,31 @@ async fn losing_the_leading_node_mid_run_loses_nothing() {
     let revive = Revive(lost);
     let killed_at = micros_since_epoch();
     cluster::kill(lost);
-    // Each worker takes new deliveries again: the one on the lost node once
-    // it reconnected to another node, both once the work queue has a new
-    // leader.
+    // The worker on the lost node resubscribes through another node; then
+    // both take new deliveries again (the work queue has a new leader).
+    let resubscribed = eventually(
+        "the worker on the lost node to consume again",
+        Duration::from_secs(60),
+        || a.resubscribed_after(killed_at),
+        Option::is_some,
+    )
+    .await
+    .unwrap();
     let started = eventually(
         "both workers to start jobs again",
         Duration::from_secs(60),
         || {
             (
-                a.first_started_after(killed_at),
-                b.first_started_after(killed_at),
+                a.first_started_after(resubscribed),
+                b.first_started_after(resubscribed),
             )
         },
         |(a, b)| a.is_some() && b.is_some(),
     )
     .await;
-    let after_kill = |at: Option<u128>| Duration::from_micros((at.unwrap() - killed_at) as u64);
-    let (reconnected, other) = (after_kill(started.0), after_kill(started.1));
+    let after_kill = |at: u128| Duration::from_micros((at - killed_at) as u64);
+    let reconnected = after_kill(resubscribed);
+    let resumed = after_kill(started.0.unwrap().max(started.1.unwrap()));
     cluster::restart(lost);
     drop(revive);
     let failed_publishes = producer.await.unwrap();
@@ -271,9 +304,10 @@ async fn losing_the_leading_node_mid_run_loses_nothing() {
     let twice = all.len() - distinct(&all).len();
     println!(
         "node loss: {done} of {jobs} jobs done, {dead} dead-lettered, {twice} ran twice \
-         (in flight at the loss); after the kill the worker on the lost node started jobs \
-         again within {reconnected:?} (reconnected to another node), the other within \
-         {other:?}; {failed_publishes} publishes failed and were published again"
+         (in flight at the loss); the worker on the lost node consumed again through \
+         another node {reconnected:?} after the kill, and both workers had started new \
+         jobs {resumed:?} after it; {failed_publishes} publishes failed and were \
+         published again"
     );
     assert_eq!(dead, 0);
     assert!(reconnected < Duration::from_secs(30), "{reconnected:?}");

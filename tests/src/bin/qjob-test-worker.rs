@@ -11,7 +11,8 @@
 //!   tests' jobs.
 //!
 //! With `QJOB_CLUSTER_URLS` (comma-separated) it connects to the first of
-//! those nodes that answers, and reconnects the same way.
+//! those nodes that answers, reconnects the same way, and prints
+//! `consuming <true|false> <µs>` when its consumers come up or go down.
 
 use std::io::Write;
 use std::time::Duration;
@@ -33,14 +34,15 @@ async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
 
 #[tokio::main]
 async fn main() {
-    let broker = match std::env::var("QJOB_CLUSTER_URLS") {
-        Ok(urls) => {
+    let cluster = std::env::var("QJOB_CLUSTER_URLS").ok();
+    let broker = match &cluster {
+        Some(urls) => {
             let urls = urls.split(',').map(str::to_owned);
             qjob::AmqpBroker::connect_with(urls, qjob::AmqpOptions::default())
                 .await
                 .expect("a cluster node answers")
         }
-        Err(_) => qjob_tests::amqp().await,
+        None => qjob_tests::amqp().await,
     };
     let builder = Worker::builder(broker);
     let worker = match std::env::args().nth(1).as_deref() {
@@ -51,11 +53,36 @@ async fn main() {
         _ => builder.register(StuckJob),
     }
     .build();
+    if cluster.is_some() {
+        tokio::spawn(announce_consuming(worker.health()));
+    }
     if let Err(error) = worker
         .run_until(tokio::time::sleep(Duration::from_secs(120)))
         .await
     {
         eprintln!("worker failed: {error}");
         std::process::exit(2);
+    }
+}
+
+/// Prints `consuming <true|false> <µs since the epoch>` each time the
+/// worker's consumers all come up or one goes down, for the cluster tests
+/// to time a reconnection.
+async fn announce_consuming(health: qjob::Health) {
+    let mut was = false;
+    loop {
+        let report = health.report();
+        let up = !report.consumers.is_empty() && report.consumers.values().all(|up| *up);
+        if up != was {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(
+                stdout,
+                "consuming {up} {}",
+                qjob_tests::micros_since_epoch()
+            );
+            let _ = stdout.flush();
+            was = up;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
