@@ -874,14 +874,18 @@ pub async fn a_capped_queue_retries_in_place_while_full<J: Job<Payload = Task>>(
     assert_eq!(*probe.done.lock().unwrap(), [0, 1, 2]);
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 2, 1, 1]);
     assert_eq!(env.ready(J::QUEUE).await, 0);
-    assert!(
-        env.broker()
-            .queue_stats(&delay_queue)
-            .await
-            .unwrap()
-            .is_none(),
-        "a capped job's retry went through a delay queue"
-    );
+    assert_absent(
+        env,
+        &delay_queue,
+        "a capped job's retry went through a delay queue",
+    )
+    .await;
+}
+
+/// Fails with `why` if `queue` exists.
+async fn assert_absent(env: &Env, queue: &str, why: &str) {
+    let stats = env.broker().queue_stats(queue).await.unwrap();
+    assert!(stats.is_none(), "{why}: {queue} exists");
 }
 
 /// A quorum job's retry waits in its worker, holding the delivery, never in
@@ -930,14 +934,12 @@ pub async fn a_quorum_job_retries_in_place<J: Job<Payload = Task>>(env: &Env, jo
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 1, 2]);
     assert_eq!(env.ready(J::QUEUE).await, 0);
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
-    assert!(
-        env.broker()
-            .queue_stats(&delay_queue)
-            .await
-            .unwrap()
-            .is_none(),
-        "a quorum job's retry went through a delay queue"
-    );
+    assert_absent(
+        env,
+        &delay_queue,
+        "a quorum job's retry went through a delay queue",
+    )
+    .await;
 }
 
 /// An observer that panics at every event (user code) stalls nothing: a
