@@ -133,6 +133,21 @@ test_job!(
     backoff = fixed("50ms")
 );
 test_job!(dlq_deleted, "qjob.test.dlq-deleted", retry = 0);
+test_job!(
+    handover,
+    "qjob.test.handover",
+    partition_by = key,
+    partitions = 1,
+    prefetch = 2
+);
+test_job!(
+    handover_quorum,
+    "qjob.test.handover-quorum",
+    queue_type = "quorum",
+    partition_by = key,
+    partitions = 1,
+    prefetch = 2
+);
 test_job!(health, "qjob.test.health", retry = 0);
 test_job!(
     scaled,

@@ -626,6 +626,8 @@ macro_rules! worker_tests {
             a_quorum_job_retries_in_place QuorumRetryJob,
             a_panicking_observer_stalls_nothing ObservedJob,
             a_deleted_dlq_is_declared_again_without_running_the_job_again DlqDeletedJob,
+            a_graceful_stop_hands_a_partition_over_in_order HandoverJob,
+            a_graceful_stop_hands_a_quorum_partition_over_in_order HandoverQuorumJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

@@ -1025,3 +1025,97 @@ pub async fn a_deleted_dlq_is_declared_again_without_running_the_job_again<
     assert_eq!(dead.len(), 1);
     assert_eq!(env.ready(J::QUEUE).await, 0);
 }
+
+/// A graceful stop of the active worker of a partition hands the partition
+/// over only once nothing of it runs there: the standby takes the key's
+/// next jobs after the running one finished, in publish order, and the
+/// key's jobs never overlap in time (a rolling deploy keeps per-key order).
+pub async fn a_graceful_stop_hands_a_partition_over_in_order<J: Job<Payload = Task> + Clone>(
+    env: &Env,
+    job: J,
+) {
+    let options = J::options();
+    assert_eq!(
+        options.partitions(),
+        Some(1),
+        "scenario needs one partition"
+    );
+    assert_eq!(options.prefetch(), 2, "scenario needs prefetch = 2");
+    let partition = format!("{}.p0", J::QUEUE);
+    let beyond = format!("{}.p1", J::QUEUE);
+    let dlq = options.dead_letter_queue();
+    env.delete_queues(&[&partition, &beyond, &dlq]).await;
+    let tag = env.tag::<J>();
+    let probe = probe(&tag);
+    let active = env.start(job.clone());
+    wait_consumers(env, &partition, 1).await;
+    let other = env.another().await;
+    let standby = other.start(job);
+    wait_consumers(env, &partition, 2).await;
+    let client = env.client();
+    let acts = [(1, Act::Sleep(1500)), (2, Act::Succeed), (3, Act::Succeed)];
+    for (seq, act) in acts {
+        client
+            .enqueue::<J>(Task::keyed(&tag, "one-key", seq, act))
+            .await
+            .unwrap();
+    }
+    probe
+        .wait("job 1 to run", LIMIT, |p| {
+            p.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    let stopping = active.signal();
+    client
+        .enqueue::<J>(Task::keyed(&tag, "one-key", 4, Act::Succeed))
+        .await
+        .unwrap();
+    stopping.await.unwrap().unwrap();
+    probe
+        .wait("every job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 4
+        })
+        .await;
+    standby.stop().await.unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(
+        probe.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "a key's jobs overlapped"
+    );
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 4, "none ran twice");
+}
+
+/// Waits until `queue` has `count` consumers, active or standing by
+/// (RabbitMQ's passive declare counts only the active one of a quorum
+/// single-active-consumer queue: ask `rabbitmqctl` there).
+async fn wait_consumers(env: &Env, queue: &str, count: u32) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let consumers = || async {
+        match env {
+            Env::Memory(_) => env.consumers(queue).await,
+            Env::Amqp(..) => crate::consumer_activity(queue)
+                .iter()
+                .filter(|(name, _)| name == queue)
+                .count() as u32,
+        }
+    };
+    while consumers().await != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} never had {count} consumers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The same on a quorum partition queue.
+pub async fn a_graceful_stop_hands_a_quorum_partition_over_in_order<
+    J: Job<Payload = Task> + Clone,
+>(
+    env: &Env,
+    job: J,
+) {
+    assert_eq!(J::options().queue_type(), qjob::QueueType::Quorum);
+    a_graceful_stop_hands_a_partition_over_in_order(env, job).await;
+}

@@ -335,11 +335,28 @@ impl Consumer {
         }
     }
 
+    /// Stops: no new delivery is started, in-flight handlers finish within
+    /// the shutdown timeout, and closing the subscription returns the rest.
+    ///
+    /// A single-active-consumer queue (every partition queue) is not
+    /// cancelled first: RabbitMQ would hand it to a standby at once, which
+    /// would start a key's later jobs while this worker still runs an
+    /// earlier one and holds the next. It is handed over only at the close,
+    /// once nothing of it runs here, with what it held back in the queue in
+    /// order. (Cancelling a classic single-active queue that holds unacked
+    /// messages also crashes its queue process on RabbitMQ 3.10.)
     async fn stop(&self, handlers: JoinSet<()>, mut subscription: Box<dyn Subscription>) {
-        if let Err(error) = subscription.cancel().await {
+        if !self.single_active()
+            && let Err(error) = subscription.cancel().await
+        {
             tracing::debug!(queue = &*self.queue, %error, "cancelling the consumer failed");
         }
         self.drain(handlers, Some(subscription)).await;
+    }
+
+    /// Whether this consumer's queue has one active consumer at a time.
+    fn single_active(&self) -> bool {
+        self.options.partitions().is_some() || self.options.single_active()
     }
 
     /// Waits for in-flight handlers up to the shutdown timeout, abandons the
