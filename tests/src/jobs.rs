@@ -148,6 +148,16 @@ test_job!(
     partitions = 1,
     prefetch = 2
 );
+test_job!(
+    rolling,
+    "qjob.test.rolling",
+    partition_by = key,
+    partitions = 6,
+    prefetch = 10,
+    concurrency = 6,
+    retry = 2,
+    backoff = fixed("50ms")
+);
 test_job!(health, "qjob.test.health", retry = 0);
 test_job!(
     scaled,

@@ -117,6 +117,10 @@ pub struct Probe {
     pub attempt_numbers: Mutex<Vec<u32>>,
     /// When each attempt started, in order.
     pub attempt_times: Mutex<Vec<tokio::time::Instant>>,
+    /// Per partition key: its handlers running now.
+    pub key_in_flight: Mutex<HashMap<String, usize>>,
+    /// How many attempts started while another of the same key ran.
+    pub key_overlaps: AtomicUsize,
     changed: Notify,
     released: tokio::sync::watch::Sender<bool>,
 }
@@ -190,8 +194,16 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
         .push(tokio::time::Instant::now());
     let now = probe.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     probe.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    if !task.key.is_empty() {
+        let mut keys = probe.key_in_flight.lock().unwrap();
+        let running = keys.entry(task.key.clone()).or_default();
+        *running += 1;
+        if *running > 1 {
+            probe.key_overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     probe.notify();
-    let _leave = InFlight(probe.clone());
+    let _leave = InFlight(probe.clone(), task.key.clone());
     match task.act {
         Act::Succeed => {}
         Act::Fail => return Err(JobError::msg(format!("task {} failed", task.seq))),
@@ -244,10 +256,15 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
-struct InFlight(Arc<Probe>);
+struct InFlight(Arc<Probe>, String);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if !self.1.is_empty()
+            && let Some(running) = self.0.key_in_flight.lock().unwrap().get_mut(&self.1)
+        {
+            *running -= 1;
+        }
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.notify();
     }
@@ -628,6 +645,7 @@ macro_rules! worker_tests {
             a_deleted_dlq_is_declared_again_without_running_the_job_again DlqDeletedJob,
             a_graceful_stop_hands_a_partition_over_in_order HandoverJob,
             a_graceful_stop_hands_a_quorum_partition_over_in_order HandoverQuorumJob,
+            a_rolling_restart_keeps_every_key_in_order RollingJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {
