@@ -2,3 +2,52 @@
 //! on RabbitMQ (`amqp_worker.rs`).
 
 qjob_tests::worker_tests!(qjob_tests::scenarios::Env::memory().await);
+
+use std::sync::atomic::Ordering;
+
+use qjob_tests::scenarios::{Env, LIMIT};
+use qjob_tests::{Act, Task, probe, test_job};
+
+test_job!(
+    dead_letter_nacked,
+    "qjob.test.dead-letter-nacked",
+    partition_by = key,
+    partitions = 1,
+    retry = 0
+);
+
+/// A partitioned job whose dead-letter publish is refused once keeps its
+/// lane: the dead letter is published again (the job is not run again) and
+/// only then does the key's next job run. Before, the original was requeued
+/// and the lane released: effects in order [2, 1], job 1 run twice.
+#[tokio::test]
+async fn a_refused_dead_letter_keeps_the_key_waiting_and_the_job_dead() {
+    let env = Env::memory().await;
+    let Env::Memory(broker) = &env else {
+        unreachable!()
+    };
+    let tag = env.tag::<DeadLetterNackedJob>();
+    let probe = probe(&tag);
+    broker.fail_next_publish_to("qjob.test.dead-letter-nacked.dlq");
+    let client = env.client();
+    for (seq, act) in [(1, Act::FailPermanently), (2, Act::Succeed)] {
+        client
+            .enqueue::<DeadLetterNackedJob>(Task::keyed(&tag, "one-key", seq, act))
+            .await
+            .unwrap();
+    }
+    let running = env.start(DeadLetterNackedJob);
+    probe
+        .wait("the key's second job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 2, "job 1 ran once");
+    assert_eq!(*probe.done.lock().unwrap(), [2]);
+    let dead = env.take_all("qjob.test.dead-letter-nacked.dlq").await;
+    assert_eq!(dead.len(), 1, "job 1 is dead-lettered once");
+    // Job 1 settled before job 2 started: its dead letter was confirmed
+    // first (one attempt each, in publish order).
+    assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 1]);
+}
