@@ -230,6 +230,10 @@ impl Client {
         &*self.broker
     }
 
+    pub(crate) fn shared_broker(&self) -> Arc<dyn Broker> {
+        self.broker.clone()
+    }
+
     pub(crate) async fn ensure_declared<J: Job>(&self) -> Result<(), Error> {
         if self.is_declared(J::QUEUE) {
             return Ok(());

@@ -2,11 +2,12 @@
 //! job type's dead-letter queue, and replay its jobs into the work queue.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use crate::broker::{Delivery, HeaderValue, Headers, Message};
+use crate::broker::{Broker, Delivery, HeaderValue, Headers, Message};
 use crate::headers::{self, from_millis};
 use crate::{Client, Error, Job, JobId};
 
@@ -224,11 +225,11 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         let Some(depth) = broker.queue_depth(&queue).await? else {
             return Ok(0);
         };
-        let mut kept: Vec<Delivery> = Vec::new();
+        let mut kept = Held::default();
         let mut replayed = 0;
         let mut outcome = Ok(());
         for _ in 0..depth {
-            let delivery = match broker.get(&queue).await {
+            let delivery = match get(self.client.shared_broker(), &queue).await {
                 Ok(Some(delivery)) => delivery,
                 Ok(None) => break,
                 Err(error) => {
@@ -237,32 +238,38 @@ impl<'a, J: Job> DeadLetters<'a, J> {
                 }
             };
             let letter = DeadLetter::from_message(&delivery.message);
-            match visit(&letter, &delivery.message) {
-                Visit::Keep => kept.push(delivery),
-                Visit::Stop => {
-                    kept.push(delivery);
-                    break;
-                }
-                Visit::Replay => match self.replay(&delivery, &letter).await {
-                    Ok(()) => {
-                        replayed += 1;
-                        if let Err(error) = delivery.acker.ack().await {
+            let visited = visit(&letter, &delivery.message);
+            // Held from here on: dropped, the walk puts it back.
+            kept.0.push_back(delivery);
+            match visited {
+                Visit::Keep => {}
+                Visit::Stop => break,
+                Visit::Replay => {
+                    let delivery = kept.0.back().expect("just held");
+                    match self.replay(delivery, &letter).await {
+                        Ok(()) => {
+                            replayed += 1;
+                            let delivery = kept.0.pop_back().expect("still held");
+                            if let Err(error) = delivery.acker.ack().await {
+                                outcome = Err(error);
+                                break;
+                            }
+                        }
+                        Err(error) => {
                             outcome = Err(error);
                             break;
                         }
                     }
-                    Err(error) => {
-                        kept.push(delivery);
-                        outcome = Err(error);
-                        break;
-                    }
-                },
+                }
             }
         }
-        for delivery in kept {
+        // Put back what was kept, in order; each stays held until its
+        // reject is sent.
+        while let Some(delivery) = kept.0.front() {
             if let Err(error) = delivery.acker.reject(true).await {
                 outcome = outcome.and(Err(error));
             }
+            kept.0.pop_front();
         }
         outcome.map(|()| replayed)
     }
@@ -276,6 +283,46 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         let message = replay_message(delivery.message.clone());
         let target = Client::target::<J>(letter.payload.as_ref());
         self.client.broker().publish(&target, message).await
+    }
+}
+
+/// `basic.get` from `queue`, in a task of its own, the message held as
+/// soon as it arrives: if the walk is dropped while the get is under way,
+/// or before it took the message, the message is put back instead of left
+/// unsettled on the channel.
+async fn get(broker: Arc<dyn Broker>, queue: &str) -> Result<Option<Delivery>, Error> {
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    let queue = queue.to_owned();
+    tokio::spawn(async move {
+        let got = broker.get(&queue).await;
+        let _ = got_tx.send(got.map(|got| got.map(|one| Held([one].into()))));
+    });
+    let got = got_rx
+        .await
+        .unwrap_or_else(|_| Err(Error::broker("get a dead letter", "the get task ended")))?;
+    Ok(got.and_then(|mut one| one.0.pop_front()))
+}
+
+/// The dead letters a walk holds unsettled (taken with `basic.get`). The
+/// walk puts them back itself; if its future is dropped first (a timeout, an
+/// aborted request), they are put back from a task of their own, not left
+/// invisible until the connection closes.
+#[derive(Default)]
+struct Held(std::collections::VecDeque<Delivery>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut self.0);
+        if held.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for delivery in held {
+                    let _ = delivery.acker.reject(true).await;
+                }
+            });
+        }
     }
 }
 

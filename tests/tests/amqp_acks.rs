@@ -1,4 +1,5 @@
-//! Acks reach RabbitMQ whatever happens to the futures that sent them.
+//! Settlements reach RabbitMQ whatever happens to the futures that make
+//! them: acks, and the dead letters a browse puts back.
 
 use std::task::Poll;
 use std::time::Duration;
@@ -52,4 +53,61 @@ async fn a_dropped_ack_flush_does_not_stall_later_acks() {
     .await;
     subscription.close().await.unwrap();
     assert_eq!(env.ready(queue).await, 0, "nothing came back at close");
+}
+
+qjob_tests::test_job!(browsed, "qjob.test.acks.browsed", retry = 0);
+
+/// A dead-letter browse dropped mid-way (a timeout, an aborted request)
+/// puts back what it had taken: the dead letters reappear in the DLQ at
+/// once, not when the connection closes.
+#[tokio::test]
+async fn a_dropped_browse_puts_its_dead_letters_back() {
+    use qjob::Job;
+    let env = Env::amqp().await;
+    env.reset::<BrowsedJob>().await;
+    let dlq = BrowsedJob::options().dead_letter_queue();
+    let broker = env.broker();
+    broker
+        .declare_queue(&QueueSpec::new(dlq.as_str()))
+        .await
+        .unwrap();
+    let letters = 300;
+    for n in 0..letters {
+        let message = Message {
+            body: format!("{{\"tag\":\"browsed\",\"seq\":{n},\"act\":\"Succeed\"}}").into_bytes(),
+            ..Message::default()
+        };
+        broker.publish(&dlq, message).await.unwrap();
+    }
+    let client = env.client();
+    let dead_letters = client.dead_letters::<BrowsedJob>();
+    let mut peek = Box::pin(dead_letters.peek(letters as usize));
+    // Let the browse take some, then drop it while it holds them.
+    let mut taken = 0;
+    for _ in 0..500 {
+        let slice = tokio::time::timeout(Duration::from_millis(5), peek.as_mut()).await;
+        assert!(
+            slice.is_err(),
+            "the browse finished before it could be dropped"
+        );
+        taken = letters - env.ready(&dlq).await;
+        if taken > 0 {
+            break;
+        }
+    }
+    assert!(taken > 0, "the browse took nothing");
+    drop(peek);
+    // Ready again (not merely unacked on the browse's channel).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = env.ready(&dlq).await;
+        if ready == letters {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{taken} taken by the browse, only {ready} of {letters} ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
