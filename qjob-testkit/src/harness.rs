@@ -61,6 +61,7 @@ pub struct TestKit {
     records: Arc<Records>,
     worker: Option<Running>,
     horizon: Duration,
+    consumer_timeout: Option<Duration>,
 }
 
 struct Running {
@@ -96,6 +97,7 @@ impl TestKit {
             records: Arc::default(),
             worker: None,
             horizon: DEFAULT_HORIZON,
+            consumer_timeout: None,
         }
     }
 
@@ -116,6 +118,17 @@ impl TestKit {
     /// (retries in backoff, delayed jobs); 24 hours by default.
     pub fn horizon(mut self, horizon: Duration) -> Self {
         self.horizon = horizon;
+        self
+    }
+
+    /// Models RabbitMQ's `consumer_timeout` (off by default here; 30 min on
+    /// RabbitMQ): the broker closes the channel of a consumer holding a
+    /// delivery unsettled for longer and delivers the message again, and the
+    /// worker is told the same limit (`broker_consumer_timeout`), as it
+    /// should be in production. See [`MemoryBroker::set_consumer_timeout`].
+    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.broker.set_consumer_timeout(Some(timeout));
+        self.consumer_timeout = Some(timeout);
         self
     }
 
@@ -151,9 +164,12 @@ impl TestKit {
                 !self.jobs.is_empty(),
                 "register a job with the TestKit first"
             );
-            let builder = Worker::builder(self.broker.clone())
+            let mut builder = Worker::builder(self.broker.clone())
                 .shutdown_timeout(Duration::from_secs(5))
                 .observer(self.records.clone());
+            if let Some(timeout) = self.consumer_timeout {
+                builder = builder.broker_consumer_timeout(timeout);
+            }
             let worker = self
                 .jobs
                 .iter()
@@ -187,8 +203,14 @@ impl TestKit {
     pub async fn run_until_idle(&mut self) {
         self.start().await;
         let horizon = self.horizon;
+        let queues = &self.queues;
+        // A registered queue's ready message is work even while its
+        // consumer is away (resubscribing after a lost channel).
         self.broker
-            .wait_until(|broker| !broker.has_pending_work(horizon))
+            .wait_until(|broker| {
+                !broker.has_pending_work(horizon)
+                    && queues.iter().all(|queue| broker.ready_count(queue) == 0)
+            })
             .await;
     }
 

@@ -164,3 +164,46 @@ async fn eventually(
     }
     panic!("the health report never got there: {:?}", health.report());
 }
+
+static FLAKY_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[job(queue = "protect.alarm", retry = 3, backoff = fixed("1s"))]
+async fn flaky(_n: u32, ctx: JobContext) -> Result<(), JobError> {
+    FLAKY_RUNS.fetch_add(1, Ordering::SeqCst);
+    if ctx.attempt() == 1 {
+        return Err(JobError::msg("first try fails"));
+    }
+    Ok(())
+}
+
+/// A resource alarm (publishes blocked) while a failed job's retry is being
+/// published: the delivery is held, the handler does not run again, and
+/// the retry goes out once the alarm clears.
+#[tokio::test(start_paused = true)]
+async fn a_resource_alarm_holds_the_settlement_without_rerunning_the_job() {
+    let mut kit = TestKit::new().register(FlakyJob);
+    kit.enqueue::<FlakyJob>(1).await.unwrap();
+    kit.broker().block_publishes("memory");
+    kit.start().await;
+    let broker = kit.broker().clone();
+    broker
+        .wait_until(|b| {
+            b.unacked_count("protect.alarm") == 1 && FLAKY_RUNS.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    assert_eq!(
+        qjob::broker::Broker::blocked_reason(&broker).as_deref(),
+        Some("memory")
+    );
+    assert!(matches!(
+        kit.enqueue::<FlakyJob>(2).await,
+        Err(qjob::Error::Blocked { .. })
+    ));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 1, "not run again");
+    assert_eq!(broker.unacked_count("protect.alarm"), 1, "still held");
+    broker.unblock_publishes();
+    kit.run_until_idle().await;
+    assert_eq!(kit.succeeded::<FlakyJob>(), [1]);
+    assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 2);
+}

@@ -330,6 +330,34 @@ pub async fn rejected_messages_are_dead_lettered_with_x_death(env: &Env, queue: 
     );
 }
 
+/// Dead-lettering is at most once: a message rejected into a target that
+/// is full (`reject-publish`) is dropped, not kept in its queue.
+pub async fn dead_letters_into_a_full_queue_are_dropped(env: &Env, queue: &str) {
+    let target = format!("{queue}.target");
+    env.delete_queues(&[queue, &target]).await;
+    let broker = env.broker();
+    let capped = QueueSpec::new(&target).with_max_length(1);
+    broker.declare_queue(&capped).await.unwrap();
+    broker.publish(&target, message("full")).await.unwrap();
+    let spec = QueueSpec::new(queue).with_dead_letter_to(&target);
+    broker.declare_queue(&spec).await.unwrap();
+    broker.publish(queue, message("a")).await.unwrap();
+    broker.publish(queue, message("b")).await.unwrap();
+    let mut subscription = broker.consume(queue, consume(1)).await.unwrap();
+    let a = next(&mut subscription).await;
+    assert_eq!(a.message.body, b"a");
+    a.acker.reject(false).await.unwrap();
+    // Settlements on a channel are ordered: once b arrives, a is gone.
+    let b = next(&mut subscription).await;
+    assert_eq!(b.message.body, b"b");
+    b.acker.ack().await.unwrap();
+    subscription.close().await.unwrap();
+    env.wait_ready(queue, 0).await;
+    let kept = take_one(env, &target).await;
+    assert_eq!(kept.body, b"full", "only what was there before");
+    assert_eq!(env.ready(&target).await, 0, "a was dropped");
+}
+
 /// Rejected without requeue from a queue with no dead-letter target, a
 /// message is gone.
 pub async fn rejected_messages_without_a_target_are_dropped(env: &Env, queue: &str) {

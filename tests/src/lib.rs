@@ -590,6 +590,7 @@ macro_rules! conformance_tests {
             single_active_consumer_fails_over "qjob.test.conformance.single-active",
             rejected_messages_are_dead_lettered_with_x_death "qjob.test.conformance.reject-dlx",
             rejected_messages_without_a_target_are_dropped "qjob.test.conformance.reject-drop",
+            dead_letters_into_a_full_queue_are_dropped "qjob.test.conformance.dead-letter-full",
             expired_messages_move_to_the_target_in_order "qjob.test.conformance.ttl",
             a_second_expiry_counts_up_in_x_death "qjob.test.conformance.ttl-twice",
             a_requeued_message_keeps_its_position "qjob.test.conformance.requeue-position",

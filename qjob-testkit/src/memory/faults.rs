@@ -50,6 +50,31 @@ impl MemoryBroker {
         }
     }
 
+    /// Fault: a resource alarm. Until [`MemoryBroker::unblock_publishes`]
+    /// every publish fails with [`Error::Blocked`] and nothing is stored, and
+    /// [`Broker::blocked_reason`] reports `reason`; consumers, acks and
+    /// `basic.get` go on, as RabbitMQ keeps reading connections that do not
+    /// publish.
+    pub fn block_publishes(&self, reason: &str) {
+        self.update(|state| state.blocked = Some(reason.to_owned()));
+    }
+
+    /// The resource alarm clears: publishes are stored again.
+    pub fn unblock_publishes(&self) {
+        self.update(|state| state.blocked = None);
+    }
+
+    /// RabbitMQ's `consumer_timeout` (30 minutes by default there; off
+    /// here unless set): a consumer holding a delivery unsettled for longer
+    /// has its channel closed. Its stream ends with an error and everything
+    /// it held returns to its queue, redelivered. Runs on tokio's clock.
+    pub fn set_consumer_timeout(&self, timeout: Option<std::time::Duration>) {
+        self.update(|state| {
+            state.consumer_timeout = timeout;
+            state.timeout_check = None;
+        });
+    }
+
     /// Publishes raw bytes with no id and no headers, as a foreign producer
     /// (or a corrupted message) would.
     ///

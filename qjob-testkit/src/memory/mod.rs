@@ -43,11 +43,14 @@ use subscription::{MemorySubscription, Settlement};
 ///   (`x-expires`) on tokio's clock, so `#[tokio::test(start_paused = true)]`
 ///   fast-forwards them;
 /// - consumer cancel, and channel or connection loss: everything unsettled
-///   returns to its queue.
+///   returns to its queue;
+/// - at-most-once dead-lettering: a message dead-lettered into a queue
+///   that is full (`reject-publish`) is dropped.
 ///
 /// Faults for resilience tests: [`MemoryBroker::fail_next_publish`],
 /// [`MemoryBroker::duplicate_next_publish`], [`MemoryBroker::drop_connection`],
-/// [`MemoryBroker::publish_raw`].
+/// [`MemoryBroker::publish_raw`], [`MemoryBroker::block_publishes`] (a
+/// resource alarm) and [`MemoryBroker::set_consumer_timeout`].
 #[derive(Clone, Default)]
 pub struct MemoryBroker {
     shared: Arc<Shared>,
@@ -67,6 +70,12 @@ struct State {
     failing_publishes: Vec<Option<String>>,
     /// Queues whose next published message is delivered twice.
     duplicating: HashSet<String>,
+    /// RabbitMQ's `consumer_timeout`, when modelled.
+    consumer_timeout: Option<Duration>,
+    /// When the consumer timeout is next checked, if a check is scheduled.
+    timeout_check: Option<Instant>,
+    /// Why publishing is blocked (a resource alarm), while it is.
+    blocked: Option<String>,
 }
 
 /// The consumer id under which `basic.get` holds what it took, as RabbitMQ
@@ -108,6 +117,7 @@ impl State {
                 redelivered,
                 returns: 0,
                 expires_at,
+                delivered_at: None,
             },
         );
         expires_at
@@ -123,6 +133,11 @@ impl State {
         reason: Reason,
     ) -> Option<(String, Instant)> {
         let target = self.queues.get(queue)?.spec.dead_letter_to.clone()?;
+        if self.queues.get(&target)?.is_full() {
+            // RabbitMQ dead-letters at most once: a target that rejects
+            // publishes drops the message.
+            return None;
+        }
         death::record(&mut message.headers, queue, reason, unix_seconds());
         let expires_at = self.enqueue(&target, message, false)?;
         Some((target, expires_at))
@@ -136,6 +151,56 @@ impl State {
             .filter_map(|message| self.dead_letter(queue, message, Reason::DeliveryLimit))
             .map(|(_, at)| at)
             .collect()
+    }
+
+    /// Closes every consumer holding a delivery unsettled for longer than
+    /// the consumer timeout, as RabbitMQ closes its channel: the stream
+    /// ends with an error and what the consumer held returns to its queue.
+    /// Returns the expiries that dead-lettering (past a delivery limit)
+    /// scheduled.
+    fn time_out_consumers(&mut self) -> Vec<Instant> {
+        let Some(timeout) = self.consumer_timeout else {
+            return Vec::new();
+        };
+        let Some(before) = Instant::now().checked_sub(timeout) else {
+            return Vec::new();
+        };
+        let mut over_limit = Vec::new();
+        for (name, queue) in &mut self.queues {
+            for id in queue.holding_since(before) {
+                if let Some((slot, messages)) = queue.remove_consumer(id) {
+                    let _ = slot.deliveries.send(Err(Error::broker(
+                        format!("consume queue {name:?}"),
+                        format!(
+                            "PRECONDITION_FAILED - delivery acknowledgement timed out. Timeout value used: {} ms",
+                            timeout.as_millis()
+                        ),
+                    )));
+                    over_limit.push((name.clone(), messages));
+                }
+            }
+        }
+        over_limit
+            .into_iter()
+            .flat_map(|(queue, messages)| self.dead_letter_all(&queue, messages))
+            .collect()
+    }
+
+    /// When the consumer timeout must be checked next, if that is sooner
+    /// than the check already scheduled (which it then replaces).
+    fn next_timeout_check(&mut self) -> Option<Instant> {
+        let timeout = self.consumer_timeout?;
+        let due = self
+            .queues
+            .values()
+            .filter_map(Queue::oldest_delivery)
+            .min()?
+            + timeout;
+        if self.timeout_check.is_some_and(|scheduled| scheduled <= due) {
+            return None;
+        }
+        self.timeout_check = Some(due);
+        Some(due)
     }
 
     /// Expires due messages of every queue with a TTL; returns the expiries
@@ -173,21 +238,41 @@ impl MemoryBroker {
     /// Applies `change` to the state, expires due messages, delivers what can
     /// be delivered and wakes whoever waits on a change.
     fn update<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
-        let (result, timers) = {
+        let (result, timers, timeouts, check) = {
             let mut state = self.lock();
             let result = change(&mut state);
             let timers = state.expire_due();
+            let timeouts = state.time_out_consumers();
             let shared = Arc::downgrade(&self.shared);
             for queue in state.queues.values_mut() {
                 queue.dispatch(&shared);
             }
-            (result, timers)
+            let check = state.next_timeout_check();
+            (result, timers, timeouts, check)
         };
-        for (_, at) in timers {
+        for at in timers.into_iter().map(|(_, at)| at).chain(timeouts) {
             self.expire_at(at);
+        }
+        if let Some(at) = check {
+            self.check_consumer_timeout_at(at);
         }
         self.shared.changed.notify_waiters();
         result
+    }
+
+    /// Checks the consumer timeout at `at`.
+    fn check_consumer_timeout_at(&self, at: Instant) {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = shared.upgrade() {
+                MemoryBroker { shared }.update(|state| {
+                    if state.timeout_check == Some(at) {
+                        state.timeout_check = None;
+                    }
+                });
+            }
+        });
     }
 
     /// Checks for expired messages at `at`.
@@ -418,6 +503,11 @@ impl Broker for MemoryBroker {
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
         let expiry = self.update(|state| {
+            if let Some(reason) = &state.blocked {
+                return Err(Error::Blocked {
+                    reason: reason.clone(),
+                });
+            }
             if !state.queues.contains_key(queue) {
                 return Err(Error::Unroutable {
                     queue: queue.to_owned(),
@@ -489,6 +579,10 @@ impl Broker for MemoryBroker {
             let consumers = u32::try_from(q.consumers.len()).unwrap_or(u32::MAX);
             QueueStats::new(messages, consumers)
         }))
+    }
+
+    fn blocked_reason(&self) -> Option<String> {
+        self.lock().blocked.clone()
     }
 
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {

@@ -23,6 +23,9 @@ pub(super) struct Stored {
     pub(super) returns: u32,
     /// When a message in a queue with a message TTL expires.
     pub(super) expires_at: Option<Instant>,
+    /// When it was last delivered (for the consumer timeout); `None` while
+    /// it is ready.
+    pub(super) delivered_at: Option<Instant>,
 }
 
 pub(super) type Deliveries = mpsc::UnboundedSender<Result<Delivery, Error>>;
@@ -140,6 +143,7 @@ impl Queue {
     /// instead (with `x-delivery-count = 0`, as RabbitMQ 3.10 writes it).
     pub(super) fn give_back(&mut self, sequence: u64, mut stored: Stored) -> Option<Message> {
         stored.redelivered = true;
+        stored.delivered_at = None;
         if self.spec.queue_type == QueueType::Quorum {
             stored.returns += 1;
             let over = self
@@ -157,6 +161,27 @@ impl Queue {
         }
         self.ready.insert(sequence, stored);
         None
+    }
+
+    /// The consumers (cancelled or not, and the `basic.get` holder) holding
+    /// a delivery unsettled since `before` or earlier.
+    pub(super) fn holding_since(&self, before: Instant) -> Vec<u64> {
+        self.slots()
+            .filter(|slot| {
+                slot.unacked
+                    .values()
+                    .any(|s| s.delivered_at.is_some_and(|at| at <= before))
+            })
+            .map(|slot| slot.id)
+            .collect()
+    }
+
+    /// When the longest-held unsettled delivery was delivered.
+    pub(super) fn oldest_delivery(&self) -> Option<Instant> {
+        self.slots()
+            .flat_map(|slot| slot.unacked.values())
+            .filter_map(|stored| stored.delivered_at)
+            .min()
     }
 
     /// The ids of every consumer, cancelled or not.
@@ -180,7 +205,8 @@ impl Queue {
     /// Takes the first ready message for `basic.get`: it is held, unsettled,
     /// by the consumer slot `getter` (created on first use, never dispatched to).
     pub(super) fn get(&mut self, getter: u64, shared: &Weak<Shared>) -> Option<Delivery> {
-        let (sequence, stored) = self.ready.pop_first()?;
+        let (sequence, mut stored) = self.ready.pop_first()?;
+        stored.delivered_at = Some(Instant::now());
         if !self.cancelled.iter().any(|slot| slot.id == getter) {
             let (deliveries, _) = mpsc::unbounded_channel();
             self.cancelled.push(ConsumerSlot {
@@ -239,7 +265,8 @@ impl Queue {
                 idle_turns += 1;
             } else {
                 idle_turns = 0;
-                let (sequence, stored) = self.ready.pop_first().expect("not empty");
+                let (sequence, mut stored) = self.ready.pop_first().expect("not empty");
+                stored.delivered_at = Some(Instant::now());
                 let delivery = Delivery {
                     message: stored.message.clone(),
                     redelivered: stored.redelivered,

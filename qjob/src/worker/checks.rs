@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::policy::backoff::BackoffPolicy;
+use crate::worker::held;
 use crate::{JobOptions, topology};
 
 /// RabbitMQ's default `consumer_timeout`: a delivery unacked for longer
@@ -26,27 +27,46 @@ pub(crate) fn consumer_timeout_warning(
             options.queue()
         ));
     };
-    if let Some(held) = held_in_place(options, timeout)
-        && held >= consumer_timeout
-    {
-        return Some(format!(
-            "job {job} (queue {:?}) retries in place: a delivery can be held up to {held:?} \
-             ({} attempts of up to {timeout:?} and the backoff between them), more than the \
-             broker's consumer timeout ({consumer_timeout:?}), after which RabbitMQ closes the \
-             channel and delivers the job again from its first attempt; shorten the backoff, \
-             the retries or the timeout, or raise `consumer_timeout` in rabbitmq.conf",
-            options.queue(),
-            options.max_attempts(),
-        ));
+    let breaker_wait = options
+        .circuit_breaker()
+        .map_or(Duration::ZERO, |breaker| breaker.open_for);
+    let budget = held::hold_budget(consumer_timeout);
+    if let Some(held) = held_in_place(options, timeout) {
+        let attempts = timeout
+            .saturating_mul(options.max_attempts())
+            .saturating_add(breaker_wait);
+        if attempts >= budget {
+            return Some(format!(
+                "job {job} (queue {:?}) retries in place: its {} attempts of up to {timeout:?} \
+                 (and a breaker open for {breaker_wait:?}) can hold a delivery past the broker's \
+                 consumer timeout ({consumer_timeout:?}); RabbitMQ then takes it back and delivers \
+                 it again, and only this worker remembers the attempts already made; lower the \
+                 retries or the timeout, or raise `consumer_timeout` in rabbitmq.conf",
+                options.queue(),
+                options.max_attempts(),
+            ));
+        }
+        if held.saturating_add(breaker_wait) >= budget {
+            return Some(format!(
+                "job {job} (queue {:?}) retries in place: its backoff would hold a delivery up to \
+                 {held:?} ({} attempts of up to {timeout:?} and the waits between them), past the \
+                 broker's consumer timeout ({consumer_timeout:?}); the worker shortens the waits \
+                 to keep within {budget:?}; shorten the backoff, or raise `consumer_timeout` in \
+                 rabbitmq.conf",
+                options.queue(),
+                options.max_attempts(),
+            ));
+        }
     }
     let runs = u32::try_from(usize::from(options.prefetch()).div_ceil(options.concurrency()))
         .unwrap_or(u32::MAX);
-    let worst = timeout.saturating_mul(runs);
+    let worst = timeout.saturating_mul(runs).saturating_add(breaker_wait);
     (worst >= consumer_timeout).then(|| {
         format!(
             "job {job} (queue {:?}): a delivery can wait up to {worst:?} for its ack ({runs} \
-             handler runs of up to {timeout:?}: prefetch {} over concurrency {}), more than the \
-             broker's consumer timeout ({consumer_timeout:?}); lower the timeout or the prefetch, \
+             handler runs of up to {timeout:?}: prefetch {} over concurrency {}, and a breaker \
+             open for {breaker_wait:?}), more than the broker's consumer timeout \
+             ({consumer_timeout:?}); lower the timeout, the prefetch or the breaker's `open_for`, \
              or raise `consumer_timeout` in rabbitmq.conf",
             options.queue(),
             options.prefetch(),
@@ -106,10 +126,28 @@ mod tests {
                 jitter: true,
             });
         let warning = consumer_timeout_warning("charge", &options, LIMIT).unwrap();
-        assert!(warning.contains("retries in place"), "{warning}");
+        assert!(warning.contains("shortens the waits"), "{warning}");
+        // Attempts that alone outlast the consumer timeout.
+        let slow = options.clone().with_timeout(Duration::from_secs(300));
+        let warning = consumer_timeout_warning("charge", &slow, LIMIT).unwrap();
+        assert!(warning.contains("9 attempts"), "{warning}");
         // The same backoff through a delay queue holds nothing.
         let classic = options.with_queue_type(crate::QueueType::Classic);
         assert_eq!(consumer_timeout_warning("charge", &classic, LIMIT), None);
+    }
+
+    #[test]
+    fn an_open_breaker_counts_as_a_wait() {
+        let options = JobOptions::new("q")
+            .with_timeout(Duration::from_secs(60))
+            .with_circuit_breaker(crate::CircuitBreaker::new(
+                0.5,
+                10,
+                Duration::from_secs(60),
+                LIMIT,
+            ));
+        let warning = consumer_timeout_warning("charge", &options, LIMIT).unwrap();
+        assert!(warning.contains("breaker"), "{warning}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
 use crate::policy::lanes::Lanes;
@@ -159,8 +160,9 @@ impl Consumer {
                         // Retries wait here, holding the delivery.
                         None => {
                             let slots = self.slots.clone();
+                            let received = Instant::now();
                             handlers.spawn(async move {
-                                handler.handle_in_place(delivery, &slots).await
+                                handler.handle_in_place(delivery, received, &slots).await
                             })
                         }
                     };
@@ -184,7 +186,7 @@ impl Consumer {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut handlers = JoinSet::new();
-        let mut lanes: Lanes<String, Delivery> = Lanes::default();
+        let mut lanes: Lanes<String, (Delivery, Instant)> = Lanes::default();
         let (done, mut finished) = mpsc::unbounded_channel::<String>();
         let mut failures = 0u32;
         loop {
@@ -202,17 +204,18 @@ impl Consumer {
                 }
                 LaneEvent::Next(Some(Ok(delivery))) => {
                     failures = 0;
+                    let received = Instant::now();
                     match self.handler.job.partition_key(&delivery.message.body) {
                         Some(key) => {
-                            if let Some(delivery) = lanes.admit(key.clone(), delivery) {
-                                self.spawn_in_lane(&mut handlers, key, delivery, &done);
+                            if let Some(next) = lanes.admit(key.clone(), (delivery, received)) {
+                                self.spawn_in_lane(&mut handlers, key, next, &done);
                             }
                         }
                         // No key (a malformed message): it needs no lane.
                         None => {
                             let (handler, slots) = (self.handler.clone(), self.slots.clone());
                             handlers.spawn(async move {
-                                handler.handle_in_place(delivery, &slots).await
+                                handler.handle_in_place(delivery, received, &slots).await
                             });
                         }
                     }
@@ -242,14 +245,14 @@ impl Consumer {
         &self,
         handlers: &mut JoinSet<()>,
         key: String,
-        delivery: Delivery,
+        (delivery, received): (Delivery, Instant),
         done: &mpsc::UnboundedSender<String>,
     ) {
         let (handler, slots) = (self.handler.clone(), self.slots.clone());
         let release = Release(Some((key, done.clone())));
         handlers.spawn(async move {
             let _release = release;
-            handler.handle_in_place(delivery, &slots).await;
+            handler.handle_in_place(delivery, received, &slots).await;
         });
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
 use crate::broker::{Broker, Delivery};
@@ -13,11 +14,12 @@ use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
+use crate::worker::held::{Attempts, Hold, Seen};
 use crate::worker::metrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::worker::settle::{self, Action, Attempt, Routes};
+use crate::worker::settle::{self, Action, Attempt, DeadReason, Routes};
 use crate::{Error, JobContext, JobId, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
@@ -40,6 +42,10 @@ pub(crate) struct Handler {
     /// Deliveries not started (or not retried) because their channel had
     /// closed, since the consumer last reported them.
     pub(crate) abandoned: AtomicUsize,
+    /// How long a delivery may be held (below the broker's consumer timeout).
+    pub(crate) hold_budget: Duration,
+    /// Attempts made in place by jobs not yet settled.
+    pub(crate) attempts: Attempts,
 }
 
 impl Handler {
@@ -80,11 +86,22 @@ impl Handler {
         .await
     }
 
-    /// Handles a delivery of a partitioned queue: retries happen in place,
-    /// in this task, so that the key's later jobs wait behind it (its lane
-    /// stays busy). A concurrency slot is held only while the handler runs,
-    /// never during the backoff.
-    pub(crate) async fn handle_in_place(&self, delivery: Delivery, slots: &Semaphore) {
+    /// Handles a delivery that retries in place (a partitioned, capped or
+    /// quorum queue): retries happen in this task, holding the delivery, so
+    /// that a key's later jobs wait behind it (its lane stays busy). A
+    /// concurrency slot is held only while the handler runs, never during
+    /// the backoff.
+    ///
+    /// The broker takes a delivery back once it is held past its consumer
+    /// timeout: backoffs are shortened to keep within the hold budget
+    /// (counted from `received`), and a redelivery continues from the
+    /// attempts this worker remembers, so the job still ends.
+    pub(crate) async fn handle_in_place(
+        &self,
+        delivery: Delivery,
+        received: Instant,
+        slots: &Semaphore,
+    ) {
         if self.abandon_if_closed(&delivery) {
             return;
         }
@@ -106,27 +123,48 @@ impl Handler {
         };
         metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
         let job_id = &envelope.job_id;
+        let hold = Hold::new(received, self.hold_budget, self.timeout);
         let mut attempt = envelope.attempt;
+        if delivery.redelivered
+            && let Some(seen) = self.attempts.last(job_id)
+            && seen.attempt >= attempt
+        {
+            if seen.attempt >= self.max_attempts {
+                return self.exhausted(delivery, job_id, seen).await;
+            }
+            tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, attempt = seen.attempt + 1, "a redelivered job continues from the attempts it made here");
+            attempt = seen.attempt + 1;
+        }
         loop {
             let span = self.span(&delivery, job_id, attempt);
-            let (action, took) = async {
-                let (outcome, took) = {
-                    let _slot = slots.acquire().await.expect("semaphore never closed");
-                    self.attempt(&delivery, &envelope, attempt).await
-                };
-                (self.decide(outcome, attempt, job_id), took)
+            let attempted = async {
+                let _slot = slots.acquire().await.expect("semaphore never closed");
+                if self.abandon_if_closed(&delivery) {
+                    return None;
+                }
+                self.attempts.started(job_id, attempt);
+                let (outcome, took) = self.attempt(&delivery, &envelope, attempt).await;
+                Some((self.decide(outcome, attempt, job_id), took))
             }
             .instrument(span.clone())
             .await;
+            let Some((action, took)) = attempted else {
+                return;
+            };
             match action {
                 Action::Retry { error, delay } => {
-                    let outcome = AttemptOutcome::Retrying { error, delay };
+                    self.attempts.failed(job_id, &error);
+                    let (wait, shortened) = hold.next_start(Instant::now(), delay);
+                    if shortened {
+                        tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, attempt, backoff = ?delay, retry_in = ?wait, "backoff shortened: the broker's consumer timeout would take the held delivery back first");
+                    }
+                    let outcome = AttemptOutcome::Retrying { error, delay: wait };
                     span.record("outcome", outcome.label());
                     span.record("otel.status_code", "error");
                     metrics::attempt(&self.job_queue, &outcome, Some(took));
                     self.report(&delivery, attempt, job_id, &outcome);
                     drop(span);
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(wait).await;
                     if self.abandon_if_closed(&delivery) {
                         return;
                     }
@@ -140,6 +178,26 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// A redelivered job whose attempts all ran here under an earlier
+    /// delivery (the broker took it back): dead-lettered, not run again.
+    async fn exhausted(&self, delivery: Delivery, job_id: &JobId, seen: Seen) {
+        let span = self.span(&delivery, job_id, seen.attempt);
+        let error = seen.error.unwrap_or_else(|| {
+            format!(
+                "attempt {} was interrupted: the broker took the delivery back",
+                seen.attempt
+            )
+        });
+        let action = Action::DeadLetter {
+            reason: DeadReason::RetriesExhausted,
+            error,
+        };
+        span.in_scope(|| tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, attempts = seen.attempt, "a redelivered job had made all its attempts here; dead-lettering it"));
+        self.settle(delivery, seen.attempt, job_id, action, None)
+            .instrument(span)
+            .await
     }
 
     /// True (and counted) when `delivery` came on a channel that has closed
@@ -295,6 +353,9 @@ impl Handler {
         )
         .await;
         let span = Span::current();
+        if settled.is_ok() {
+            self.attempts.forget(job_id);
+        }
         if let Err(error) = settled {
             tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not settle the delivery; the broker will redeliver it");
             span.record("outcome", "unsettled");

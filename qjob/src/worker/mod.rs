@@ -5,6 +5,7 @@ mod consumer;
 mod gate;
 mod handler;
 mod health;
+mod held;
 mod metrics;
 mod observer;
 mod runnable;
@@ -354,6 +355,8 @@ impl Worker {
                         job_queue: options.queue().to_owned(),
                         work: work.clone(),
                         abandoned: Default::default(),
+                        hold_budget: held::hold_budget(self.broker_consumer_timeout),
+                        attempts: held::Attempts::new(self.broker_consumer_timeout * 2),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name.clone(),
