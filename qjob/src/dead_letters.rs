@@ -101,6 +101,10 @@ pub(crate) fn replay_message(mut message: Message) -> Message {
     message
 }
 
+/// The most dead letters a walk holds to put back in place; further ones it
+/// keeps move to the tail of the queue instead.
+const HELD_AT_MOST: usize = 1_000;
+
 /// What to do with one dead letter while walking the queue.
 enum Visit {
     Keep,
@@ -195,6 +199,12 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     /// by the broker before its dead letter is removed; the others stay in
     /// the dead-letter queue in their order. Returns how many were replayed.
     ///
+    /// The walk holds at most 1 000 of the letters it keeps, to put them
+    /// back in place; past those, each letter kept moves to the tail of the
+    /// queue (republished, confirmed, then removed), so memory stays bounded
+    /// on a queue of any size. Their order is kept; letters dead-lettered
+    /// during the walk end up before them.
+    ///
     /// # Errors
     ///
     /// The broker's error. Replays confirmed before it stay done; the dead
@@ -242,7 +252,22 @@ impl<'a, J: Job> DeadLetters<'a, J> {
             // Held from here on: dropped, the walk puts it back.
             kept.0.push_back(delivery);
             match visited {
-                Visit::Keep => {}
+                Visit::Keep if kept.0.len() <= HELD_AT_MOST => {}
+                Visit::Keep => {
+                    // Memory stays bounded: past the first letters kept,
+                    // each one kept moves to the tail (republished and
+                    // confirmed, then removed), in order.
+                    let delivery = kept.0.back().expect("just held");
+                    if let Err(error) = broker.publish(&queue, delivery.message.clone()).await {
+                        outcome = Err(error);
+                        break;
+                    }
+                    let delivery = kept.0.pop_back().expect("still held");
+                    if let Err(error) = delivery.acker.ack().await {
+                        outcome = Err(error);
+                        break;
+                    }
+                }
                 Visit::Stop => break,
                 Visit::Replay => {
                     let delivery = kept.0.back().expect("just held");

@@ -73,8 +73,19 @@ pub(crate) fn route<'a>(options: &'a JobOptions, key: Option<&str>) -> std::borr
 /// The dead-letter queue: same type as the work queue, no length cap (dead
 /// letters are never dropped), never single-active.
 pub(crate) fn dead_letter_queue(options: &JobOptions) -> QueueSpec {
-    QueueSpec::new(options.dead_letter_queue()).with_queue_type(options.queue_type())
+    let spec = QueueSpec::new(options.dead_letter_queue()).with_queue_type(options.queue_type());
+    match options.queue_type() {
+        // Browsing takes dead letters with `basic.get` and puts them back;
+        // RabbitMQ 4 counts each as a delivery, and with its default limit
+        // of 20 would drop a dead letter after 20 looks. A limit no browse
+        // reaches keeps them.
+        QueueType::Quorum => spec.with_delivery_limit(DEAD_LETTER_DELIVERY_LIMIT),
+        _ => spec,
+    }
 }
+
+/// The delivery limit of a quorum dead-letter queue: in effect none.
+pub(crate) const DEAD_LETTER_DELIVERY_LIMIT: u32 = 1_000_000_000;
 
 /// How long a delay queue outlives its last use. Every delayed publish
 /// redeclares its delay queue first (a redeclare renews the lease), so a

@@ -42,6 +42,8 @@ test_job!(
     backoff = fixed("1s")
 );
 test_job!(replay, "qjob.test.replay", retry = 0);
+test_job!(long_walk, "qjob.test.long-walk", retry = 0);
+test_job!(quorum_dlq, "qjob.test.quorum-dlq", retry = 0, queue_type = "quorum");
 test_job!(
     ordered,
     "qjob.test.ordered",

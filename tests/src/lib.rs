@@ -637,6 +637,8 @@ macro_rules! worker_tests {
             a_delayed_job_runs_after_its_delay NoopJob,
             a_retry_survives_a_worker_restart RestartJob,
             dead_letters_can_be_peeked_at_and_replayed ReplayJob,
+            a_long_dead_letter_walk_holds_little_and_keeps_order LongWalkJob,
+            a_quorum_dlq_survives_browsing QuorumDlqJob,
             partitioned_keys_complete_in_publish_order_across_two_workers OrderedJob,
             an_open_breaker_stops_calls_until_a_probe_succeeds BreakerJob,
             a_full_queue_is_an_error_for_the_producer CappedJob,

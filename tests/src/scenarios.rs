@@ -669,6 +669,107 @@ pub async fn dead_letters_can_be_peeked_at_and_replayed<J: Job<Payload = Task>>(
     assert_eq!(done, [1, 2, 3]);
 }
 
+/// A walk over a dead-letter queue longer than what it holds in memory
+/// (1 000 letters kept): `replay_where` replays the picked letters and the
+/// rest stay, every one once, in their order.
+pub async fn a_long_dead_letter_walk_holds_little_and_keeps_order<J: Job<Payload = Task>>(
+    env: &Env,
+    _job: J,
+) {
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
+    let broker = env.broker();
+    let dlq = J::options().dead_letter_queue();
+    broker
+        .declare_queue(&qjob::broker::QueueSpec::new(&dlq).with_queue_type(J::options().queue_type()))
+        .await
+        .unwrap();
+    const LETTERS: u32 = 1_800;
+    for seq in 1..=LETTERS {
+        let body = serde_json::to_vec(&Task::new(&tag, seq, Act::Succeed)).unwrap();
+        let message = qjob::broker::Message {
+            id: Some(format!("{tag}-{seq}")),
+            body,
+            ..Default::default()
+        };
+        broker.publish(&dlq, message).await.unwrap();
+    }
+    env.wait_ready(&dlq, LETTERS).await;
+    // On MemoryBroker, watch how many letters the walk holds at once.
+    let most_held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = match env {
+        Env::Memory(memory) => {
+            let (memory, dlq, most_held) = (memory.clone(), dlq.clone(), most_held.clone());
+            Some(tokio::spawn(async move {
+                memory
+                    .wait_until(|b| {
+                        most_held.fetch_max(b.unacked_count(&dlq), Ordering::SeqCst);
+                        false
+                    })
+                    .await
+            }))
+        }
+        Env::Amqp(..) => None,
+    };
+    let replayed = env
+        .client()
+        .dead_letters::<J>()
+        .replay_where(|l| l.payload.as_ref().is_some_and(|t| t.seq % 3 == 0))
+        .await
+        .unwrap();
+    assert_eq!(replayed, 600);
+    if let Some(watcher) = watcher {
+        watcher.abort();
+        let most = most_held.load(Ordering::SeqCst);
+        assert!((1_000..=1_001).contains(&most), "held {most} at once");
+    }
+    env.wait_ready(J::QUEUE, 600).await;
+    let expected: Vec<u32> = (1..=LETTERS).filter(|seq| seq % 3 != 0).collect();
+    env.wait_ready(&dlq, expected.len() as u32).await;
+    let kept: Vec<u32> = env
+        .take_all(&dlq)
+        .await
+        .iter()
+        .map(|got| serde_json::from_slice::<Task>(&got.body).unwrap().seq)
+        .collect();
+    assert_eq!(kept, expected);
+}
+
+/// Browsing a quorum DLQ puts each letter back (a requeue), which RabbitMQ
+/// 4 counts as a delivery; with its default delivery limit of 20 a DLQ
+/// declared without its own limit would drop the letters after 20 looks (a
+/// dashboard polling the queue). MemoryBroker is given RabbitMQ 4's default
+/// here; RabbitMQ 3.10 has none, so there the scenario checks the declare.
+pub async fn a_quorum_dlq_survives_browsing<J: Job<Payload = Task> + Clone>(env: &Env, job: J) {
+    assert_eq!(J::options().retry(), 0, "scenario needs retry = 0");
+    env.reset::<J>().await;
+    if let Env::Memory(memory) = env {
+        memory.set_default_delivery_limit(Some(20));
+    }
+    let tag = env.tag::<J>();
+    let client = env.client();
+    client
+        .enqueue_all::<J>((1..=2).map(|seq| Task::new(&tag, seq, Act::FailPermanently)))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    let dlq = J::options().dead_letter_queue();
+    env.wait_ready(&dlq, 2).await;
+    running.stop().await.unwrap();
+    let dead = client.dead_letters::<J>();
+    for look in 1..=25 {
+        let seen: Vec<u32> = dead
+            .peek(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| l.payload.as_ref().unwrap().seq)
+            .collect();
+        assert_eq!(seen, [1, 2], "look {look}");
+        env.wait_ready(&dlq, 2).await;
+    }
+}
+
 /// Partitioned ordering across two workers on their own connections: 12
 /// keys × 40 jobs with varied handler times, some failing once, complete
 /// each key's jobs in publish order, none lost, none dead-lettered.

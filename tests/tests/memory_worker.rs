@@ -51,3 +51,47 @@ async fn a_refused_dead_letter_keeps_the_key_waiting_and_the_job_dead() {
     // first (one attempt each, in publish order).
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 1]);
 }
+
+test_job!(
+    server_cancel,
+    "qjob.test.server-cancel",
+    partition_by = key,
+    partitions = 1,
+    prefetch = 4
+);
+
+/// The broker cancels the consumer of a partition queue (a node holding it
+/// went away) while the key's job 1 runs and job 2 waits in its lane: the
+/// channel stays open until job 1 is settled, so job 1 runs once, and job 2
+/// comes back and runs after it. Before, the channel was closed at once:
+/// job 1 was delivered again and ran a second time.
+#[tokio::test]
+async fn a_broker_cancel_lets_running_jobs_settle_before_the_channel_closes() {
+    let env = Env::memory().await;
+    let Env::Memory(broker) = &env else {
+        unreachable!()
+    };
+    let tag = env.tag::<ServerCancelJob>();
+    let probe = probe(&tag);
+    let client = env.client();
+    for (seq, act) in [(1, Act::Block), (2, Act::Succeed)] {
+        client
+            .enqueue::<ServerCancelJob>(Task::keyed(&tag, "one-key", seq, act))
+            .await
+            .unwrap();
+    }
+    let running = env.start(ServerCancelJob);
+    let queue = "qjob.test.server-cancel.p0";
+    broker
+        .wait_until(|b| b.unacked_count(queue) == 2 && probe.attempts.load(Ordering::SeqCst) == 1)
+        .await;
+    broker.cancel_consumers(queue);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    probe.release();
+    probe
+        .wait("both jobs", LIMIT, |p| p.succeeded.load(Ordering::SeqCst) == 2)
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [1, 2]);
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 2, "each job ran once");
+}

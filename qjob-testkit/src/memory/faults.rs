@@ -75,6 +75,28 @@ impl MemoryBroker {
         });
     }
 
+    /// RabbitMQ 4's default delivery limit for quorum queues (20 there;
+    /// none on RabbitMQ 3 and here unless set): a message returned to a
+    /// quorum queue declared without a limit more often than `limit` is
+    /// dead-lettered, or dropped if the queue has no target. Applies to
+    /// queues declared from now on.
+    pub fn set_default_delivery_limit(&self, limit: Option<u32>) {
+        self.update(|state| state.default_delivery_limit = limit);
+    }
+
+    /// Fault: the broker cancels every consumer of `queue` (`basic.cancel`
+    /// from the server, as when a node holding the queue goes away). Their
+    /// streams end; what they hold stays theirs, settleable, until their
+    /// subscription is closed; a single-active-consumer queue passes to the
+    /// next consumer at once.
+    pub fn cancel_consumers(&self, queue: &str) {
+        self.update(|state| {
+            if let Some(queue) = state.queues.get_mut(queue) {
+                queue.cancel_all();
+            }
+        });
+    }
+
     /// Publishes raw bytes with no id and no headers, as a foreign producer
     /// (or a corrupted message) would.
     ///

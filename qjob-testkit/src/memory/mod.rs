@@ -76,6 +76,8 @@ struct State {
     timeout_check: Option<Instant>,
     /// Why publishing is blocked (a resource alarm), while it is.
     blocked: Option<String>,
+    /// The delivery limit of quorum queues declared without one.
+    default_delivery_limit: Option<u32>,
 }
 
 /// The consumer id under which `basic.get` holds what it took, as RabbitMQ
@@ -491,7 +493,7 @@ impl Broker for MemoryBroker {
             None => {
                 state
                     .queues
-                    .insert(spec.name.clone(), Queue::new(spec.clone()));
+                    .insert(spec.name.clone(), Queue::new(spec.clone(), state.default_delivery_limit));
                 Ok(true)
             }
         })?;

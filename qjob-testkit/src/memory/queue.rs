@@ -47,16 +47,20 @@ pub(super) struct Queue {
     pub(super) cancelled: Vec<ConsumerSlot>,
     /// Last declare or consume, for `x-expires`.
     pub(super) last_used: Instant,
+    /// The delivery limit of a quorum queue declared without one (RabbitMQ
+    /// 4: 20; RabbitMQ 3: none).
+    pub(super) default_delivery_limit: Option<u32>,
 }
 
 impl Queue {
-    pub(super) fn new(spec: QueueSpec) -> Self {
+    pub(super) fn new(spec: QueueSpec, default_delivery_limit: Option<u32>) -> Self {
         Self {
             spec,
             ready: BTreeMap::new(),
             consumers: VecDeque::new(),
             cancelled: Vec::new(),
             last_used: Instant::now(),
+            default_delivery_limit,
         }
     }
 
@@ -95,6 +99,16 @@ impl Queue {
         if let Some(index) = self.consumers.iter().position(|c| c.id == consumer) {
             let slot = self.consumers.remove(index).expect("index is in range");
             self.cancelled.push(slot);
+        }
+    }
+
+    /// Cancels every consumer from the broker's side: out of the rotation,
+    /// their streams ended (every sender of them dropped), what they hold
+    /// kept.
+    pub(super) fn cancel_all(&mut self) {
+        self.cancelled.extend(self.consumers.drain(..));
+        for slot in &mut self.cancelled {
+            slot.deliveries = mpsc::unbounded_channel().0;
         }
     }
 
@@ -149,6 +163,7 @@ impl Queue {
             let over = self
                 .spec
                 .delivery_limit
+                .or(self.default_delivery_limit)
                 .is_some_and(|limit| stored.returns > limit);
             let count = if over { 0 } else { stored.returns };
             stored

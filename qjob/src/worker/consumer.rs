@@ -120,7 +120,7 @@ impl Consumer {
                 Ok(slot) => slot,
                 Err(target) => {
                     match self
-                        .set_prefetch(subscription, target, &mut stop, &mut failures)
+                        .set_prefetch(subscription, target, &mut handlers, &mut stop, &mut failures)
                         .await
                     {
                         Some(next) => subscription = next,
@@ -140,7 +140,7 @@ impl Consumer {
                     None => break None,
                     Some(Ok(next)) => break Some(next),
                     Some(Err(target)) => match self
-                        .set_prefetch(subscription, target, &mut stop, &mut failures)
+                        .set_prefetch(subscription, target, &mut handlers, &mut stop, &mut failures)
                         .await
                     {
                         Some(next) => subscription = next,
@@ -169,7 +169,7 @@ impl Consumer {
                     while handlers.try_join_next().is_some() {}
                 }
                 ended => match self
-                    .replace(subscription, ended, &mut stop, &mut failures)
+                    .replace(subscription, ended, &mut handlers, &mut stop, &mut failures)
                     .await
                 {
                     Some(next) => subscription = next,
@@ -226,7 +226,7 @@ impl Consumer {
                     // still running keep their lanes until they finish.
                     drop(lanes.take_queued());
                     match self
-                        .replace(subscription, ended, &mut stop, &mut failures)
+                        .replace(subscription, ended, &mut handlers, &mut stop, &mut failures)
                         .await
                     {
                         Some(next) => subscription = next,
@@ -262,6 +262,7 @@ impl Consumer {
         &self,
         mut subscription: Box<dyn Subscription>,
         target: u16,
+        handlers: &mut JoinSet<()>,
         stop: &mut watch::Receiver<bool>,
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
@@ -271,7 +272,7 @@ impl Consumer {
                 Some(subscription)
             }
             Err(error) => {
-                self.replace(subscription, Some(Err(error)), stop, failures)
+                self.replace(subscription, Some(Err(error)), handlers, stop, failures)
                     .await
             }
         }
@@ -283,9 +284,11 @@ impl Consumer {
         &self,
         subscription: Box<dyn Subscription>,
         ended: Option<Result<Delivery, Error>>,
+        handlers: &mut JoinSet<()>,
         stop: &mut watch::Receiver<bool>,
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
+        let cancelled = ended.is_none();
         self.health.consumer(&self.queue, false);
         match self.handler.take_abandoned() {
             0 => {}
@@ -313,6 +316,18 @@ impl Consumer {
                     "consumer cancelled by the broker; resubscribing"
                 )
             }
+        }
+        if cancelled && self.single_active() {
+            // The channel is alive: closing it now would return the
+            // deliveries of running handlers, which would run again (on
+            // the queue's next active consumer, beside these). Their
+            // settlements land first; what was held and not started comes
+            // back at the close.
+            // Bounded like a shutdown (a stop meanwhile waits here too).
+            let _ = tokio::time::timeout(self.shutdown_timeout, async {
+                while handlers.join_next().await.is_some() {}
+            })
+            .await;
         }
         let _ = subscription.close().await;
         loop {
