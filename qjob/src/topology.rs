@@ -94,9 +94,16 @@ pub(crate) const DEAD_LETTER_DELIVERY_LIMIT: u32 = 1_000_000_000;
 pub(crate) const DELAY_QUEUE_GRACE: Duration = Duration::from_secs(600);
 
 /// The delay queue for `delay`: `<queue>.delay.<ms>ms`, whose messages expire
-/// after `delay` back into the work queue. Same type as the work queue.
+/// after `delay` back into the work queue. Same type as the work queue, and
+/// a quorum one is named for it (`<queue>.delay.<ms>ms.quorum`): a job that
+/// switches type while delayed messages wait must not meet its old delay
+/// queue, which RabbitMQ would refuse to redeclare (`PRECONDITION_FAILED`).
 pub(crate) fn delay_queue(queue: &str, queue_type: QueueType, delay: Duration) -> QueueSpec {
-    QueueSpec::new(format!("{queue}.delay.{}ms", delay.as_millis()))
+    let name = match queue_type {
+        QueueType::Classic => format!("{queue}.delay.{}ms", delay.as_millis()),
+        other => format!("{queue}.delay.{}ms.{}", delay.as_millis(), other.as_str()),
+    };
+    QueueSpec::new(name)
         .with_queue_type(queue_type)
         .with_message_ttl(delay)
         .with_dead_letter_to(queue)
@@ -251,7 +258,9 @@ mod tests {
             QueueType::Quorum,
             Duration::from_millis(1500),
         );
-        assert_eq!(spec.name, "billing.charge.delay.1500ms");
+        assert_eq!(spec.name, "billing.charge.delay.1500ms.quorum");
+        let classic = delay_queue("billing.charge", QueueType::Classic, Duration::from_secs(2));
+        assert_eq!(classic.name, "billing.charge.delay.2000ms");
         assert_eq!(spec.message_ttl, Some(Duration::from_millis(1500)));
         assert_eq!(spec.dead_letter_to.as_deref(), Some("billing.charge"));
         assert_eq!(spec.queue_type, QueueType::Quorum);

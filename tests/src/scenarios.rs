@@ -681,7 +681,9 @@ pub async fn a_long_dead_letter_walk_holds_little_and_keeps_order<J: Job<Payload
     let broker = env.broker();
     let dlq = J::options().dead_letter_queue();
     broker
-        .declare_queue(&qjob::broker::QueueSpec::new(&dlq).with_queue_type(J::options().queue_type()))
+        .declare_queue(
+            &qjob::broker::QueueSpec::new(&dlq).with_queue_type(J::options().queue_type()),
+        )
         .await
         .unwrap();
     const LETTERS: u32 = 1_800;
@@ -768,6 +770,43 @@ pub async fn a_quorum_dlq_survives_browsing<J: Job<Payload = Task> + Clone>(env:
         assert_eq!(seen, [1, 2], "look {look}");
         env.wait_ready(&dlq, 2).await;
     }
+}
+
+/// A job that switched from classic to quorum while its classic delay
+/// queue still exists: its delayed jobs use a quorum delay queue of their
+/// own. Before, both types shared the name and RabbitMQ refused the
+/// redeclare (`PRECONDITION_FAILED`), so the delayed enqueue failed (and a
+/// worker's deferral was retried without end).
+pub async fn a_delay_queue_of_the_other_type_is_not_in_the_way<J: Job<Payload = Task> + Clone>(
+    env: &Env,
+    job: J,
+) {
+    assert_eq!(J::options().queue_type(), qjob::QueueType::Quorum);
+    env.reset::<J>().await;
+    let classic = format!("{}.delay.1000ms", J::QUEUE);
+    let quorum = format!("{classic}.quorum");
+    env.delete_queues(&[&classic, &quorum]).await;
+    let broker = env.broker();
+    // What the job's classic version declared.
+    let left = qjob::broker::QueueSpec::new(&classic)
+        .with_message_ttl(Duration::from_secs(1))
+        .with_dead_letter_to(J::QUEUE)
+        .with_expires(Duration::from_secs(601));
+    broker.declare_queue(&left).await.unwrap();
+    let tag = env.tag::<J>();
+    let probe = probe(&tag);
+    let running = env.start(job);
+    env.client()
+        .enqueue_in::<J>(Task::new(&tag, 1, Act::Succeed), Duration::from_secs(1))
+        .await
+        .unwrap();
+    probe
+        .wait("the delayed job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    running.stop().await.unwrap();
+    env.delete_queues(&[&classic, &quorum]).await;
 }
 
 /// Partitioned ordering across two workers on their own connections: 12
@@ -1001,7 +1040,7 @@ pub async fn a_quorum_job_retries_in_place<J: Job<Payload = Task>>(env: &Env, jo
         qjob::Backoff::Fixed(Duration::from_secs(1))
     );
     env.reset::<J>().await;
-    let delay_queue = format!("{}.delay.1000ms", J::QUEUE);
+    let delay_queue = format!("{}.delay.1000ms.quorum", J::QUEUE);
     env.delete_queues(&[&delay_queue]).await;
     let tag = env.tag::<J>();
     let probe = probe(&tag);

@@ -89,9 +89,15 @@ async fn a_broker_cancel_lets_running_jobs_settle_before_the_channel_closes() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     probe.release();
     probe
-        .wait("both jobs", LIMIT, |p| p.succeeded.load(Ordering::SeqCst) == 2)
+        .wait("both jobs", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
         .await;
     running.stop().await.unwrap();
     assert_eq!(*probe.done.lock().unwrap(), [1, 2]);
-    assert_eq!(probe.attempts.load(Ordering::SeqCst), 2, "each job ran once");
+    assert_eq!(
+        probe.attempts.load(Ordering::SeqCst),
+        2,
+        "each job ran once"
+    );
 }

@@ -491,9 +491,10 @@ impl Broker for MemoryBroker {
                 Ok(false)
             }
             None => {
-                state
-                    .queues
-                    .insert(spec.name.clone(), Queue::new(spec.clone(), state.default_delivery_limit));
+                state.queues.insert(
+                    spec.name.clone(),
+                    Queue::new(spec.clone(), state.default_delivery_limit),
+                );
                 Ok(true)
             }
         })?;

@@ -120,7 +120,13 @@ impl Consumer {
                 Ok(slot) => slot,
                 Err(target) => {
                     match self
-                        .set_prefetch(subscription, target, &mut handlers, &mut stop, &mut failures)
+                        .set_prefetch(
+                            subscription,
+                            target,
+                            &mut handlers,
+                            &mut stop,
+                            &mut failures,
+                        )
                         .await
                     {
                         Some(next) => subscription = next,
@@ -140,7 +146,13 @@ impl Consumer {
                     None => break None,
                     Some(Ok(next)) => break Some(next),
                     Some(Err(target)) => match self
-                        .set_prefetch(subscription, target, &mut handlers, &mut stop, &mut failures)
+                        .set_prefetch(
+                            subscription,
+                            target,
+                            &mut handlers,
+                            &mut stop,
+                            &mut failures,
+                        )
                         .await
                     {
                         Some(next) => subscription = next,
