@@ -206,12 +206,18 @@ impl TestKit {
         let queues = &self.queues;
         // A registered queue's ready message is work even while its
         // consumer is away (resubscribing after a lost channel).
-        self.broker
-            .wait_until(|broker| {
-                !broker.has_pending_work(horizon)
-                    && queues.iter().all(|queue| broker.ready_count(queue) == 0)
-            })
-            .await;
+        let idle = self.broker.wait_until(|broker| {
+            !broker.has_pending_work(horizon)
+                && queues.iter().all(|queue| broker.ready_count(queue) == 0)
+        });
+        let running = self.worker.as_mut().expect("started above");
+        tokio::select! {
+            () = idle => {}
+            ended = &mut running.handle => {
+                self.worker = None;
+                panic!("the worker stopped before the jobs were done: {ended:?}");
+            }
+        }
     }
 
     /// Kills the worker as a crash would: handlers stop where they are,

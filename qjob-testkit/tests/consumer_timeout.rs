@@ -127,3 +127,50 @@ async fn a_redelivery_after_the_consumer_timeout_continues_from_its_attempts() {
     );
     assert_eq!(dead.error, "ledger timed out");
 }
+
+static LONG_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// One attempt of 35 minutes that succeeds, on a partitioned job.
+#[job(queue = "kit.timeout.long-partitioned", partition_by = account, partitions = 1, retry = 0)]
+async fn long_partitioned(_job: Sync, _ctx: JobContext) -> Result<(), JobError> {
+    LONG_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(35 * MINUTE).await;
+    Ok(())
+}
+
+static QUORUM_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The same on a quorum queue (in place, no lanes): the redelivery arrives
+/// while the attempt still runs.
+#[job(queue = "kit.timeout.long-quorum", queue_type = "quorum", retry = 0)]
+async fn long_quorum(_job: Sync, _ctx: JobContext) -> Result<(), JobError> {
+    QUORUM_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(35 * MINUTE).await;
+    Ok(())
+}
+
+/// An attempt that outlasts the consumer timeout and succeeds: its ack
+/// fails (the channel closed), and the redelivery is acked without running
+/// the job again, once the attempt has ended. Before, the redelivery was
+/// dead-lettered as out of attempts (or, on the quorum queue, run again
+/// beside the first).
+#[tokio::test(start_paused = true)]
+async fn a_success_past_the_consumer_timeout_is_acked_on_redelivery() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut kit = TestKit::new()
+        .register(LongPartitionedJob)
+        .register(LongQuorumJob)
+        .consumer_timeout(CONSUMER_TIMEOUT);
+    kit.enqueue::<LongPartitionedJob>(sync("c")).await.unwrap();
+    kit.enqueue::<LongQuorumJob>(sync("d")).await.unwrap();
+    tokio::time::timeout(6 * 60 * MINUTE, kit.run_until_idle())
+        .await
+        .expect("idle");
+    assert_eq!((LONG_RUNS.load(SeqCst), QUORUM_RUNS.load(SeqCst)), (1, 1));
+    assert_eq!(kit.succeeded::<LongPartitionedJob>(), [sync("c")]);
+    assert_eq!(kit.succeeded::<LongQuorumJob>(), [sync("d")]);
+    assert!(kit.dead_lettered::<LongPartitionedJob>().is_empty());
+    assert!(kit.dead_lettered::<LongQuorumJob>().is_empty());
+    let attempts = kit.attempts::<LongPartitionedJob>();
+    assert!(attempts.iter().all(|a| a.redelivered), "{attempts:#?}");
+}

@@ -142,7 +142,8 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         Ok(self.client.broker().queue_depth(&queue).await?.unwrap_or(0))
     }
 
-    /// The first `n` dead letters, oldest first, left in the queue.
+    /// The first `n` dead letters, oldest first, left in the queue in place
+    /// (the walk holds the `n` it reads).
     ///
     /// # Errors
     ///
@@ -152,7 +153,8 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         if n == 0 {
             return Ok(seen);
         }
-        self.walk(|_, message| {
+        // Holds the `n` it shows, moves nothing.
+        self.walk(false, |_, message| {
             seen.push(DeadLetter::from_message(message));
             if seen.len() < n {
                 Visit::Keep
@@ -183,7 +185,7 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         if n == 0 {
             return Ok(0);
         }
-        self.walk(|_, _| {
+        self.walk(true, |_, _| {
             replayed += 1;
             if replayed <= n {
                 Visit::Replay
@@ -203,7 +205,8 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     /// back in place; past those, each letter kept moves to the tail of the
     /// queue (republished, confirmed, then removed), so memory stays bounded
     /// on a queue of any size. Their order is kept; letters dead-lettered
-    /// during the walk end up before them.
+    /// during the walk end up before them, and if the walk fails part-way,
+    /// those moved so far are at the tail.
     ///
     /// # Errors
     ///
@@ -213,7 +216,7 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         &self,
         mut select: impl FnMut(&DeadLetter<J::Payload>) -> bool,
     ) -> Result<usize, Error> {
-        self.walk(|letter, _| {
+        self.walk(true, |letter, _| {
             if select(letter) {
                 Visit::Replay
             } else {
@@ -228,6 +231,7 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     /// one kept, so they return to their places.
     async fn walk(
         &self,
+        rotate: bool,
         mut visit: impl FnMut(&DeadLetter<J::Payload>, &Message) -> Visit,
     ) -> Result<usize, Error> {
         let broker = self.client.broker();
@@ -252,7 +256,7 @@ impl<'a, J: Job> DeadLetters<'a, J> {
             // Held from here on: dropped, the walk puts it back.
             kept.0.push_back(delivery);
             match visited {
-                Visit::Keep if kept.0.len() <= HELD_AT_MOST => {}
+                Visit::Keep if !rotate || kept.0.len() <= HELD_AT_MOST => {}
                 Visit::Keep => {
                     // Memory stays bounded: past the first letters kept,
                     // each one kept moves to the tail (republished and

@@ -197,7 +197,33 @@ pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result
     for spec in consumed_queues(options) {
         broker.declare_queue(&spec).await?;
     }
-    broker.declare_queue(&dead_letter_queue(options)).await
+    declare_dead_letter_queue(broker, options).await
+}
+
+/// Declares a job's dead-letter queue. A quorum DLQ declared before qjob
+/// gave it a delivery limit keeps its arguments (RabbitMQ refuses to change
+/// them): it works as before, and a warning says how to add the limit.
+pub(crate) async fn declare_dead_letter_queue(
+    broker: &dyn Broker,
+    options: &JobOptions,
+) -> Result<(), Error> {
+    match broker.declare_queue(&dead_letter_queue(options)).await {
+        Err(Error::QueueMismatch {
+            queue,
+            argument,
+            existing,
+            ..
+        }) if argument == "x-delivery-limit" && existing == "none" => {
+            tracing::warn!(
+                queue = queue.as_str(),
+                "this quorum dead-letter queue was declared without a delivery limit; on \
+                 RabbitMQ 4 (default limit 20) browsing it can drop dead letters: give it one \
+                 with a policy (`delivery-limit`), or recreate it once empty"
+            );
+            Ok(())
+        }
+        declared => declared,
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,12 @@ test_job!(
 test_job!(replay, "qjob.test.replay", retry = 0);
 test_job!(long_walk, "qjob.test.long-walk", retry = 0);
 test_job!(
+    old_quorum_dlq,
+    "qjob.test.old-quorum-dlq",
+    retry = 0,
+    queue_type = "quorum"
+);
+test_job!(
     switched_delay,
     "qjob.test.switched-delay",
     queue_type = "quorum"

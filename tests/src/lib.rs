@@ -639,6 +639,7 @@ macro_rules! worker_tests {
             dead_letters_can_be_peeked_at_and_replayed ReplayJob,
             a_long_dead_letter_walk_holds_little_and_keeps_order LongWalkJob,
             a_quorum_dlq_survives_browsing QuorumDlqJob,
+            a_quorum_dlq_declared_without_a_delivery_limit_is_kept OldQuorumDlqJob,
             a_delay_queue_of_the_other_type_is_not_in_the_way SwitchedDelayJob,
             partitioned_keys_complete_in_publish_order_across_two_workers OrderedJob,
             an_open_breaker_stops_calls_until_a_probe_succeeds BreakerJob,

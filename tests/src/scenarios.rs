@@ -772,6 +772,38 @@ pub async fn a_quorum_dlq_survives_browsing<J: Job<Payload = Task> + Clone>(env:
     }
 }
 
+/// A quorum DLQ declared before qjob gave DLQs a delivery limit (RabbitMQ
+/// refuses to add one by redeclaring): the worker starts, keeps it as it is
+/// and dead-letters into it.
+pub async fn a_quorum_dlq_declared_without_a_delivery_limit_is_kept<
+    J: Job<Payload = Task> + Clone,
+>(
+    env: &Env,
+    job: J,
+) {
+    env.reset::<J>().await;
+    let dlq = J::options().dead_letter_queue();
+    let before = qjob::broker::QueueSpec::new(&dlq).with_queue_type(qjob::QueueType::Quorum);
+    env.broker().declare_queue(&before).await.unwrap();
+    let tag = env.tag::<J>();
+    env.client()
+        .enqueue::<J>(Task::new(&tag, 1, Act::FailPermanently))
+        .await
+        .unwrap();
+    let running = env.start(job);
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        env.client()
+            .dead_letters::<J>()
+            .peek(5)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// A job that switched from classic to quorum while its classic delay
 /// queue still exists: its delayed jobs use a quorum delay queue of their
 /// own. Before, both types shared the name and RabbitMQ refused the

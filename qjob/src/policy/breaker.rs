@@ -83,6 +83,14 @@ impl Breaker {
         }
     }
 
+    /// An admitted job did not run after all: a probe it was is given up,
+    /// for the next job to make.
+    pub fn withdraw(&mut self) {
+        if let BreakerState::HalfOpen { probing: true } = self.state {
+            self.state = BreakerState::HalfOpen { probing: false };
+        }
+    }
+
     /// An admitted job finished at `now`.
     pub fn record(&mut self, now: Instant, failed: bool) {
         match self.state(now) {

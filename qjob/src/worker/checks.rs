@@ -19,6 +19,8 @@ pub(crate) fn consumer_timeout_warning(
     options: &JobOptions,
     consumer_timeout: Duration,
 ) -> Option<String> {
+    // Zero: the broker has no consumer timeout.
+    let budget = held::hold_budget(consumer_timeout)?;
     let Some(timeout) = options.timeout() else {
         return Some(format!(
             "job {job} (queue {:?}) has no timeout: a handler running longer than the broker's \
@@ -30,7 +32,6 @@ pub(crate) fn consumer_timeout_warning(
     let breaker_wait = options
         .circuit_breaker()
         .map_or(Duration::ZERO, |breaker| breaker.open_for);
-    let budget = held::hold_budget(consumer_timeout);
     if let Some(held) = held_in_place(options, timeout) {
         let attempts = timeout
             .saturating_mul(options.max_attempts())

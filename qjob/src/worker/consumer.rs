@@ -53,9 +53,7 @@ impl Consumer {
             .find(|spec| spec.name == self.queue)
             .expect("a consumer consumes one of its job's queues");
         self.broker.declare_queue(&spec).await?;
-        self.broker
-            .declare_queue(&topology::dead_letter_queue(&self.options))
-            .await?;
+        topology::declare_dead_letter_queue(&*self.broker, &self.options).await?;
         self.broker
             .consume(
                 &self.queue,

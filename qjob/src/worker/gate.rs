@@ -102,6 +102,16 @@ impl Gate {
         self.probed.notify_waiters();
     }
 
+    /// An attempt that entered does not run after all (its delivery's
+    /// channel closed while it waited): no verdict; a probe it was is made
+    /// by the next attempt.
+    pub(crate) fn withdraw(&self) {
+        if let Some(breaker) = &self.breaker {
+            breaker.lock().expect("breaker poisoned").withdraw();
+            self.probed.notify_waiters();
+        }
+    }
+
     /// The breaker's state now, if the job has one.
     pub(crate) fn breaker_state(&self) -> Option<BreakerState> {
         let breaker = self.breaker.as_ref()?;

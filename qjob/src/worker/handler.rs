@@ -14,7 +14,7 @@ use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
-use crate::worker::held::{Attempts, Hold, Seen};
+use crate::worker::held::{self, Attempts, Hold, Running, Seen};
 use crate::worker::metrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
@@ -43,7 +43,7 @@ pub(crate) struct Handler {
     /// closed, since the consumer last reported them.
     pub(crate) abandoned: AtomicUsize,
     /// How long a delivery may be held (below the broker's consumer timeout).
-    pub(crate) hold_budget: Duration,
+    pub(crate) hold_budget: Option<Duration>,
     /// Attempts made in place by jobs not yet settled.
     pub(crate) attempts: Attempts,
 }
@@ -73,7 +73,10 @@ impl Handler {
             let (outcome, took) = match envelope {
                 Ok(envelope) => {
                     metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
-                    let (outcome, took) = self.attempt(&delivery, &envelope, attempt).await;
+                    let Some((outcome, took)) = self.attempt(&delivery, &envelope, attempt).await
+                    else {
+                        return;
+                    };
                     (outcome, Some(took))
                 }
                 Err(reason) => (Outcome::Malformed(reason), None),
@@ -123,17 +126,23 @@ impl Handler {
         };
         metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
         let job_id = &envelope.job_id;
+        let key = held::key(job_id, &delivery.message);
         let hold = Hold::new(received, self.hold_budget, self.timeout);
         let mut attempt = envelope.attempt;
         if delivery.redelivered
-            && let Some(seen) = self.attempts.last(job_id)
-            && seen.attempt >= attempt
+            && let Some(seen) = self.attempts.settled_view(&key).await
         {
-            if seen.attempt >= self.max_attempts {
-                return self.exhausted(delivery, job_id, seen).await;
+            if let Some(action) = seen.decided {
+                // Decided here under the earlier delivery, never settled.
+                return self.carry_out(delivery, job_id, seen.attempt, action).await;
             }
-            tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, attempt = seen.attempt + 1, "a redelivered job continues from the attempts it made here");
-            attempt = seen.attempt + 1;
+            if seen.attempt >= attempt {
+                if seen.attempt >= self.max_attempts {
+                    return self.exhausted(delivery, job_id, seen).await;
+                }
+                tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, attempt = seen.attempt + 1, "a redelivered job continues from the attempts it made here");
+                attempt = seen.attempt + 1;
+            }
         }
         loop {
             let span = self.span(&delivery, job_id, attempt);
@@ -142,9 +151,11 @@ impl Handler {
                 if self.abandon_if_closed(&delivery) {
                     return None;
                 }
-                self.attempts.started(job_id, attempt);
-                let (outcome, took) = self.attempt(&delivery, &envelope, attempt).await;
-                Some((self.decide(outcome, attempt, job_id), took))
+                let running = Running::start(&self.attempts, &key, attempt);
+                let (outcome, took) = self.attempt(&delivery, &envelope, attempt).await?;
+                let action = self.decide(outcome, attempt, job_id);
+                running.ended(&action);
+                Some((action, took))
             }
             .instrument(span.clone())
             .await;
@@ -153,7 +164,6 @@ impl Handler {
             };
             match action {
                 Action::Retry { error, delay } => {
-                    self.attempts.failed(job_id, &error);
                     let (wait, shortened) = hold.next_start(Instant::now(), delay);
                     if shortened {
                         tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, attempt, backoff = ?delay, retry_in = ?wait, "backoff shortened: the broker's consumer timeout would take the held delivery back first");
@@ -178,6 +188,17 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// Settles a redelivered job whose outcome was decided here under an
+    /// earlier delivery that could not be settled: the handler does not run
+    /// again.
+    async fn carry_out(&self, delivery: Delivery, job_id: &JobId, attempt: u32, action: Action) {
+        let span = self.span(&delivery, job_id, attempt);
+        span.in_scope(|| tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, attempt, "a redelivered job's outcome was decided here; settling it without running it again"));
+        self.settle(delivery, attempt, job_id, action, None)
+            .instrument(span)
+            .await
     }
 
     /// A redelivered job whose attempts all ran here under an earlier
@@ -263,9 +284,14 @@ impl Handler {
         delivery: &Delivery,
         envelope: &Envelope,
         attempt: u32,
-    ) -> (Outcome, Duration) {
+    ) -> Option<(Outcome, Duration)> {
         if let Some(gate) = &self.gate {
             gate.enter().await;
+            // The breaker may have held it long: its channel may be gone.
+            if self.abandon_if_closed(delivery) {
+                gate.withdraw();
+                return None;
+            }
         }
         metrics::in_flight(&self.job_queue, 1.0);
         let started = tokio::time::Instant::now();
@@ -278,7 +304,7 @@ impl Handler {
         if let Some(gate) = &self.gate {
             gate.leave(!matches!(outcome, Outcome::Succeeded));
         }
-        (outcome, took)
+        Some((outcome, took))
     }
 
     async fn run(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
@@ -340,6 +366,7 @@ impl Handler {
         took: Option<Duration>,
     ) {
         let outcome = action.outcome();
+        let memory_key = held::key(job_id, &delivery.message);
         let report = (!self.observers.is_empty())
             .then(|| (delivery.message.body.clone(), delivery.redelivered));
         let failed = |error: &Error, wait| self.settlement_failed(error, wait);
@@ -354,7 +381,7 @@ impl Handler {
         .await;
         let span = Span::current();
         if settled.is_ok() {
-            self.attempts.forget(job_id);
+            self.attempts.forget(&memory_key);
         }
         if let Err(error) = settled {
             tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not settle the delivery; the broker will redeliver it");

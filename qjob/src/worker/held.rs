@@ -8,41 +8,46 @@
 //! attempts over each time and never reach its dead-letter queue. So the
 //! worker squeezes in-place backoffs into a hold budget below the consumer
 //! timeout ([`Hold::next_start`]), and remembers each job's attempts
-//! ([`Attempts`]) so that a redelivery continues from them.
+//! ([`Attempts`]) so that a redelivery continues from them, waits for an
+//! attempt still running, and carries out an outcome already decided.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::JobId;
+use crate::broker::{HeaderValue, Message};
+use crate::headers;
+use crate::worker::settle::Action;
 
 /// The hold budget: the part of the broker's consumer timeout a delivery
 /// may be held, leaving a tenth of it for the settlement and the broker's
-/// own timer.
-pub(crate) fn hold_budget(consumer_timeout: Duration) -> Duration {
-    consumer_timeout - consumer_timeout / 10
+/// own timer. `None` when the broker has no consumer timeout (zero).
+pub(crate) fn hold_budget(consumer_timeout: Duration) -> Option<Duration> {
+    (!consumer_timeout.is_zero()).then(|| consumer_timeout - consumer_timeout / 10)
 }
 
 /// One held delivery's clock.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hold {
-    /// When the delivery must be settled by.
-    pub(crate) deadline: Instant,
+    /// When the delivery must be settled by, if ever.
+    deadline: Option<Instant>,
     /// The longest one attempt runs (the job's timeout), if bounded.
-    pub(crate) attempt_limit: Option<Duration>,
+    attempt_limit: Option<Duration>,
 }
 
 impl Hold {
     /// The hold of a delivery received at `received`.
     pub(crate) fn new(
         received: Instant,
-        budget: Duration,
+        budget: Option<Duration>,
         attempt_limit: Option<Duration>,
     ) -> Self {
         Self {
-            deadline: received + budget,
+            deadline: budget.and_then(|budget| received.checked_add(budget)),
             attempt_limit,
         }
     }
@@ -52,8 +57,10 @@ impl Hold {
     /// (`true` when shortened). An attempt that cannot end in time anyway
     /// starts at once.
     pub(crate) fn next_start(&self, now: Instant, delay: Duration) -> (Duration, bool) {
-        let latest = self
-            .deadline
+        let Some(deadline) = self.deadline else {
+            return (delay, false);
+        };
+        let latest = deadline
             .checked_sub(self.attempt_limit.unwrap_or_default())
             .map_or(Duration::ZERO, |latest| {
                 latest.saturating_duration_since(now)
@@ -71,14 +78,35 @@ pub(crate) struct Attempts {
     seen: Mutex<HashMap<JobId, Seen>>,
     /// How long an unsettled job is remembered.
     keep: Duration,
+    /// Woken whenever an attempt ends.
+    ended: Notify,
 }
 
-/// The last attempt a job started, and how the one before it failed.
+/// What this worker knows of a job's attempts.
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
+    /// The last attempt started.
     pub(crate) attempt: u32,
+    /// Whether it still runs.
+    pub(crate) running: bool,
+    /// How the last attempt that ended failed.
     pub(crate) error: Option<String>,
+    /// The outcome decided (succeeded or dead), not yet settled.
+    pub(crate) decided: Option<Action>,
     at: Instant,
+}
+
+/// The key a job is remembered by: its id, and how often it was replayed
+/// from its DLQ (a replay starts its attempts again).
+pub(crate) fn key(job_id: &JobId, message: &Message) -> JobId {
+    match message
+        .headers
+        .get(headers::REPLAYS)
+        .and_then(HeaderValue::as_int)
+    {
+        Some(replays) => JobId::from(format!("{job_id}#replay-{replays}")),
+        None => job_id.clone(),
+    }
 }
 
 impl Attempts {
@@ -87,18 +115,32 @@ impl Attempts {
         Self {
             seen: Mutex::new(HashMap::new()),
             keep,
+            ended: Notify::new(),
         }
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Seen>> {
+    fn seen(&self) -> MutexGuard<'_, HashMap<JobId, Seen>> {
         self.seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// What this worker remembers of `job`'s attempts.
-    pub(crate) fn last(&self, job: &JobId) -> Option<Seen> {
-        self.seen().get(job).cloned()
+    /// What this worker remembers of `job`'s attempts, once no attempt of
+    /// it runs any more (waiting for one that does).
+    pub(crate) async fn settled_view(&self, job: &JobId) -> Option<Seen> {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let seen = self.seen().get(job).cloned();
+            match seen {
+                Some(seen) if Instant::now().saturating_duration_since(seen.at) >= self.keep => {
+                    return None;
+                }
+                Some(seen) if seen.running => ended.await,
+                seen => return seen,
+            }
+        }
     }
 
     /// Attempt `attempt` of `job` starts.
@@ -118,18 +160,39 @@ impl Attempts {
         }
         let entry = seen.entry(job.clone()).or_insert(Seen {
             attempt,
+            running: true,
             error: None,
+            decided: None,
             at: now,
         });
         entry.attempt = entry.attempt.max(attempt);
+        entry.running = true;
         entry.at = now;
     }
 
-    /// An attempt of `job` failed with `error` and will be retried.
-    pub(crate) fn failed(&self, job: &JobId, error: &str) {
+    /// The running attempt of `job` ended with `action`.
+    pub(crate) fn ended(&self, job: &JobId, action: &Action) {
         if let Some(seen) = self.seen().get_mut(job) {
-            seen.error = Some(error.to_owned());
+            seen.running = false;
+            match action {
+                Action::Retry { error, .. } => seen.error = Some(error.clone()),
+                Action::DeadLetter { error, .. } => {
+                    seen.error = Some(error.clone());
+                    seen.decided = Some(action.clone());
+                }
+                Action::Ack => seen.decided = Some(Action::Ack),
+                Action::Defer { .. } => {}
+            }
         }
+        self.ended.notify_waiters();
+    }
+
+    /// The running attempt of `job` was abandoned (its task ended early).
+    pub(crate) fn abandoned(&self, job: &JobId) {
+        if let Some(seen) = self.seen().get_mut(job) {
+            seen.running = false;
+        }
+        self.ended.notify_waiters();
     }
 
     /// `job` is settled: nothing to remember.
@@ -138,21 +201,56 @@ impl Attempts {
     }
 }
 
+/// Marks a job's attempt abandoned if its task ends before the attempt
+/// does (aborted at the shutdown timeout, or a panic outside the handler).
+pub(crate) struct Running<'a> {
+    attempts: &'a Attempts,
+    job: &'a JobId,
+    armed: bool,
+}
+
+impl<'a> Running<'a> {
+    pub(crate) fn start(attempts: &'a Attempts, job: &'a JobId, attempt: u32) -> Self {
+        attempts.started(job, attempt);
+        Self {
+            attempts,
+            job,
+            armed: true,
+        }
+    }
+
+    /// The attempt ended with `action`.
+    pub(crate) fn ended(mut self, action: &Action) {
+        self.armed = false;
+        self.attempts.ended(self.job, action);
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.attempts.abandoned(self.job);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::settle::DeadReason;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
     #[test]
     fn the_budget_leaves_a_tenth_of_the_consumer_timeout() {
-        assert_eq!(hold_budget(30 * MINUTE), 27 * MINUTE);
+        assert_eq!(hold_budget(30 * MINUTE), Some(27 * MINUTE));
+        assert_eq!(hold_budget(Duration::ZERO), None, "no consumer timeout");
     }
 
     #[test]
     fn a_backoff_that_would_end_past_the_deadline_is_shortened() {
         let now = Instant::now();
-        let hold = Hold::new(now, 27 * MINUTE, Some(MINUTE));
+        let hold = Hold::new(now, Some(27 * MINUTE), Some(MINUTE));
         assert_eq!(hold.next_start(now, 10 * MINUTE), (10 * MINUTE, false));
         let later = now + 20 * MINUTE;
         assert_eq!(hold.next_start(later, 10 * MINUTE), (6 * MINUTE, true));
@@ -160,25 +258,66 @@ mod tests {
         let late = now + 26 * MINUTE + 30 * Duration::from_secs(1);
         assert_eq!(hold.next_start(late, MINUTE), (Duration::ZERO, true));
         // Without a job timeout only the start must be in time.
-        let unbounded = Hold::new(now, 27 * MINUTE, None);
+        let unbounded = Hold::new(now, Some(27 * MINUTE), None);
         assert_eq!(unbounded.next_start(later, 10 * MINUTE), (7 * MINUTE, true));
+        // No consumer timeout, or one too large to add: nothing shortened.
+        for budget in [None, Some(Duration::MAX)] {
+            let free = Hold::new(now, budget, Some(MINUTE));
+            assert_eq!(free.next_start(later, 10 * MINUTE), (10 * MINUTE, false));
+        }
     }
 
-    #[test]
-    fn attempts_are_remembered_until_settled() {
+    #[tokio::test(start_paused = true)]
+    async fn attempts_are_remembered_until_settled() {
         let attempts = Attempts::new(MINUTE);
         let job = JobId::from("j");
-        assert!(attempts.last(&job).is_none());
-        attempts.started(&job, 2);
-        attempts.failed(&job, "boom");
-        attempts.started(&job, 3);
-        let seen = attempts.last(&job).unwrap();
-        assert_eq!((seen.attempt, seen.error.as_deref()), (3, Some("boom")));
-        // A redelivery with an older header does not go back.
-        attempts.started(&job, 1);
-        assert_eq!(attempts.last(&job).unwrap().attempt, 3);
+        assert!(attempts.settled_view(&job).await.is_none());
+        Running::start(&attempts, &job, 2).ended(&Action::Retry {
+            error: "boom".into(),
+            delay: MINUTE,
+        });
+        let running = Running::start(&attempts, &job, 3);
+        let dead = Action::DeadLetter {
+            reason: DeadReason::Permanent,
+            error: "declined".into(),
+        };
+        running.ended(&dead);
+        let seen = attempts.settled_view(&job).await.unwrap();
+        assert_eq!((seen.attempt, seen.running), (3, false));
+        assert_eq!(seen.error.as_deref(), Some("declined"));
+        assert_eq!(seen.decided, Some(dead));
         attempts.forget(&job);
-        assert!(attempts.last(&job).is_none());
+        assert!(attempts.settled_view(&job).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_redelivery_waits_for_the_attempt_still_running() {
+        let attempts = std::sync::Arc::new(Attempts::new(10 * MINUTE));
+        let job = JobId::from("j");
+        let running = Running::start(&attempts, &job, 1);
+        let waiting = tokio::spawn({
+            let (attempts, job) = (attempts.clone(), job.clone());
+            async move { attempts.settled_view(&job).await }
+        });
+        tokio::time::sleep(MINUTE).await;
+        assert!(!waiting.is_finished());
+        drop(running); // abandoned: no outcome
+        let seen = waiting.await.unwrap().unwrap();
+        assert_eq!((seen.attempt, seen.running, seen.decided), (1, false, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_entries_and_replays_are_not_taken_for_the_job() {
+        let attempts = Attempts::new(MINUTE);
+        let job = JobId::from("j");
+        Running::start(&attempts, &job, 4).ended(&Action::Ack);
+        tokio::time::sleep(MINUTE).await;
+        assert!(attempts.settled_view(&job).await.is_none(), "too old");
+        let mut replayed = Message::default();
+        replayed
+            .headers
+            .insert(headers::REPLAYS.into(), HeaderValue::Int(1));
+        assert_ne!(key(&job, &replayed), key(&job, &Message::default()));
     }
 
     #[test]

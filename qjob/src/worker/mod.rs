@@ -356,7 +356,9 @@ impl Worker {
                         work: work.clone(),
                         abandoned: Default::default(),
                         hold_budget: held::hold_budget(self.broker_consumer_timeout),
-                        attempts: held::Attempts::new(self.broker_consumer_timeout * 2),
+                        attempts: held::Attempts::new(
+                            self.broker_consumer_timeout.saturating_mul(2),
+                        ),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name.clone(),

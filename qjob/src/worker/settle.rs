@@ -236,6 +236,14 @@ pub(crate) async fn apply(
     failed: impl Fn(&Error, Duration),
 ) -> Result<(), Error> {
     let Delivery { message, acker, .. } = delivery;
+    if !acker.is_open() {
+        // Publishing now would only add a copy: the broker delivers the
+        // original again.
+        return Err(Error::broker(
+            "settle a delivery",
+            "its channel closed; the broker delivers it again",
+        ));
+    }
     if let Some(outgoing) = Outgoing::of(routes, attempt, action, message) {
         let mut failures = 0;
         while let Err(error) = outgoing.publish(broker).await {
