@@ -149,24 +149,39 @@ async fn long_quorum(_job: Sync, _ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
+static PLAIN_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The same on a plain (classic) job with no timeout and a free slot for
+/// the redelivery.
+#[job(queue = "kit.timeout.long-plain", retry = 0, concurrency = 2)]
+async fn long_plain(_job: Sync, _ctx: JobContext) -> Result<(), JobError> {
+    PLAIN_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(35 * MINUTE).await;
+    Ok(())
+}
+
 /// An attempt that outlasts the consumer timeout and succeeds: its ack
 /// fails (the channel closed), and the redelivery is acked without running
 /// the job again, once the attempt has ended. Before, the redelivery was
-/// dead-lettered as out of attempts (or, on the quorum queue, run again
-/// beside the first).
+/// dead-lettered as out of attempts (or, on the quorum queue and the plain
+/// job with a free slot, run again beside the first).
 #[tokio::test(start_paused = true)]
 async fn a_success_past_the_consumer_timeout_is_acked_on_redelivery() {
     use std::sync::atomic::Ordering::SeqCst;
     let mut kit = TestKit::new()
         .register(LongPartitionedJob)
         .register(LongQuorumJob)
+        .register(LongPlainJob)
         .consumer_timeout(CONSUMER_TIMEOUT);
     kit.enqueue::<LongPartitionedJob>(sync("c")).await.unwrap();
     kit.enqueue::<LongQuorumJob>(sync("d")).await.unwrap();
+    kit.enqueue::<LongPlainJob>(sync("e")).await.unwrap();
     tokio::time::timeout(6 * 60 * MINUTE, kit.run_until_idle())
         .await
         .expect("idle");
-    assert_eq!((LONG_RUNS.load(SeqCst), QUORUM_RUNS.load(SeqCst)), (1, 1));
+    let runs = [&LONG_RUNS, &QUORUM_RUNS, &PLAIN_RUNS].map(|runs| runs.load(SeqCst));
+    assert_eq!(runs, [1, 1, 1], "each job ran once");
+    assert_eq!(kit.succeeded::<LongPlainJob>(), [sync("e")]);
     assert_eq!(kit.succeeded::<LongPartitionedJob>(), [sync("c")]);
     assert_eq!(kit.succeeded::<LongQuorumJob>(), [sync("d")]);
     assert!(kit.dead_lettered::<LongPartitionedJob>().is_empty());

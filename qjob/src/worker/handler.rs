@@ -44,8 +44,13 @@ pub(crate) struct Handler {
     pub(crate) abandoned: AtomicUsize,
     /// How long a delivery may be held (below the broker's consumer timeout).
     pub(crate) hold_budget: Option<Duration>,
-    /// Attempts made in place by jobs not yet settled.
+    /// Attempts made in place by jobs not yet settled (and on the plain
+    /// path, if `remember_plain`).
     pub(crate) attempts: Attempts,
+    /// Whether one attempt of this job can outlast the broker's consumer
+    /// timeout (no job timeout, or one as long): then plain attempts are
+    /// remembered too.
+    pub(crate) remember_plain: bool,
 }
 
 impl Handler {
@@ -68,21 +73,46 @@ impl Handler {
             Ok(envelope) => (envelope.job_id.clone(), envelope.attempt),
             Err(_) => (unknown_id(&delivery), 1),
         };
+        // An attempt that can outlast the broker's consumer timeout is
+        // remembered, so that its redelivery neither runs beside it nor
+        // runs again once it is decided (see `held`).
+        let memory = match &envelope {
+            Ok(envelope) if self.remember_plain => {
+                Some(held::key(&envelope.job_id, &delivery.message))
+            }
+            _ => None,
+        };
+        let (delivery, attempt) = match &memory {
+            Some(key) => match self.resume(delivery, &job_id, key, attempt).await {
+                Resumed::Settled => return,
+                Resumed::Continue(delivery, attempt) => (delivery, attempt),
+            },
+            None => (delivery, attempt),
+        };
         let span = self.span(&delivery, &job_id, attempt);
         async move {
-            let (outcome, took) = match envelope {
+            let (action, took) = match envelope {
                 Ok(envelope) => {
                     metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
+                    let running = memory
+                        .as_ref()
+                        .map(|key| Running::start(&self.attempts, key, attempt));
                     let Some((outcome, took)) = self.attempt(&delivery, &envelope, attempt).await
                     else {
                         return;
                     };
-                    (outcome, Some(took))
+                    let action = self.decide(outcome, attempt, &job_id);
+                    if let Some(running) = running {
+                        running.ended(&action);
+                    }
+                    (action, Some(took))
                 }
-                Err(reason) => (Outcome::Malformed(reason), None),
+                Err(reason) => (
+                    self.decide(Outcome::Malformed(reason), attempt, &job_id),
+                    None,
+                ),
             };
             drop(slot);
-            let action = self.decide(outcome, attempt, &job_id);
             self.settle(delivery, attempt, &job_id, action, took).await;
         }
         .instrument(span)
@@ -128,22 +158,11 @@ impl Handler {
         let job_id = &envelope.job_id;
         let key = held::key(job_id, &delivery.message);
         let hold = Hold::new(received, self.hold_budget, self.timeout);
-        let mut attempt = envelope.attempt;
-        if delivery.redelivered
-            && let Some(seen) = self.attempts.settled_view(&key).await
-        {
-            if let Some(action) = seen.decided {
-                // Decided here under the earlier delivery, never settled.
-                return self.carry_out(delivery, job_id, seen.attempt, action).await;
-            }
-            if seen.attempt >= attempt {
-                if seen.attempt >= self.max_attempts {
-                    return self.exhausted(delivery, job_id, seen).await;
-                }
-                tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, attempt = seen.attempt + 1, "a redelivered job continues from the attempts it made here");
-                attempt = seen.attempt + 1;
-            }
-        }
+        let (delivery, mut attempt) =
+            match self.resume(delivery, job_id, &key, envelope.attempt).await {
+                Resumed::Settled => return,
+                Resumed::Continue(delivery, attempt) => (delivery, attempt),
+            };
         loop {
             let span = self.span(&delivery, job_id, attempt);
             let attempted = async {
@@ -188,6 +207,40 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// A redelivered job this worker ran before, under a delivery the
+    /// broker took back (its channel closed): waits for an attempt of it
+    /// still running, then settles an outcome already decided, or
+    /// dead-letters a job whose attempts all ran, or says which attempt
+    /// comes next.
+    async fn resume(
+        &self,
+        delivery: Delivery,
+        job_id: &JobId,
+        key: &JobId,
+        attempt: u32,
+    ) -> Resumed {
+        if !delivery.redelivered {
+            return Resumed::Continue(delivery, attempt);
+        }
+        let Some(seen) = self.attempts.settled_view(key).await else {
+            return Resumed::Continue(delivery, attempt);
+        };
+        if let Some(action) = seen.decided {
+            // Decided here under the earlier delivery, never settled.
+            self.carry_out(delivery, job_id, seen.attempt, action).await;
+            return Resumed::Settled;
+        }
+        if seen.attempt < attempt {
+            return Resumed::Continue(delivery, attempt);
+        }
+        if seen.attempt >= self.max_attempts {
+            self.exhausted(delivery, job_id, seen).await;
+            return Resumed::Settled;
+        }
+        tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, attempt = seen.attempt + 1, "a redelivered job continues from the attempts it made here");
+        Resumed::Continue(delivery, seen.attempt + 1)
     }
 
     /// Settles a redelivered job whose outcome was decided here under an
@@ -448,6 +501,14 @@ impl Handler {
             }
         }
     }
+}
+
+/// What [`Handler::resume`] made of a delivery.
+enum Resumed {
+    /// Settled without running the job.
+    Settled,
+    /// To run, from this attempt.
+    Continue(Delivery, u32),
 }
 
 fn unknown_id(delivery: &Delivery) -> JobId {

@@ -30,6 +30,16 @@ pub(crate) fn hold_budget(consumer_timeout: Duration) -> Option<Duration> {
     (!consumer_timeout.is_zero()).then(|| consumer_timeout - consumer_timeout / 10)
 }
 
+/// Whether one attempt, bounded by the job's `timeout`, can run past the
+/// hold budget.
+pub(crate) fn outlasts(timeout: Option<Duration>, consumer_timeout: Duration) -> bool {
+    match (hold_budget(consumer_timeout), timeout) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(budget), Some(timeout)) => timeout >= budget,
+    }
+}
+
 /// One held delivery's clock.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hold {
@@ -149,13 +159,12 @@ impl Attempts {
         let mut seen = self.seen();
         if seen.len() >= REMEMBERED && !seen.contains_key(job) {
             seen.retain(|_, s| now.saturating_duration_since(s.at) < self.keep);
-            if seen.len() >= REMEMBERED
-                && let Some(oldest) = seen
-                    .iter()
-                    .min_by_key(|(_, s)| s.at)
-                    .map(|(id, _)| id.clone())
-            {
-                seen.remove(&oldest);
+            if seen.len() >= REMEMBERED {
+                // Forget the oldest tenth at once, so that this scan is rare.
+                let mut times: Vec<Instant> = seen.values().map(|s| s.at).collect();
+                let (_, cutoff, _) = times.select_nth_unstable(REMEMBERED / 10);
+                let cutoff = *cutoff;
+                seen.retain(|_, s| s.at > cutoff);
             }
         }
         let entry = seen.entry(job.clone()).or_insert(Seen {
@@ -248,6 +257,14 @@ mod tests {
     }
 
     #[test]
+    fn only_attempts_that_can_outlast_the_budget_are_remembered_on_the_plain_path() {
+        assert!(outlasts(None, 30 * MINUTE));
+        assert!(outlasts(Some(27 * MINUTE), 30 * MINUTE));
+        assert!(!outlasts(Some(MINUTE), 30 * MINUTE));
+        assert!(!outlasts(None, Duration::ZERO));
+    }
+
+    #[test]
     fn a_backoff_that_would_end_past_the_deadline_is_shortened() {
         let now = Instant::now();
         let hold = Hold::new(now, Some(27 * MINUTE), Some(MINUTE));
@@ -323,9 +340,11 @@ mod tests {
     #[test]
     fn memory_is_bounded() {
         let attempts = Attempts::new(MINUTE);
-        for n in 0..REMEMBERED + 5 {
+        for n in 0..3 * REMEMBERED {
             attempts.started(&JobId::from(n.to_string()), 1);
+            assert!(attempts.seen().len() <= REMEMBERED);
         }
-        assert_eq!(attempts.seen().len(), REMEMBERED);
+        let last = JobId::from((3 * REMEMBERED - 1).to_string());
+        assert!(attempts.seen().contains_key(&last), "the newest is kept");
     }
 }

@@ -359,6 +359,10 @@ impl Worker {
                         attempts: held::Attempts::new(
                             self.broker_consumer_timeout.saturating_mul(2),
                         ),
+                        remember_plain: held::outlasts(
+                            options.timeout(),
+                            self.broker_consumer_timeout,
+                        ),
                     }),
                     tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                     queue: spec.name.clone(),
