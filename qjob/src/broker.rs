@@ -12,16 +12,18 @@ use async_trait::async_trait;
 
 use crate::{Error, QueueType};
 
-/// A header value. Transports map their own types onto these; values of
-/// other types arrive as [`HeaderValue::Other`] with a description.
+/// A header value. The common types have variants of their own; every
+/// other type a transport carries arrives as [`HeaderValue::Exact`], kept
+/// as it came, so that a foreign producer's headers survive a retry, a
+/// delay and a dead letter byte for byte and type for type.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum HeaderValue {
-    /// Text.
+    /// Text (an AMQP long string that is valid UTF-8).
     Str(String),
-    /// An integer.
+    /// A 64-bit integer.
     Int(i64),
-    /// A floating-point number.
+    /// A double-precision number.
     Float(f64),
     /// A boolean.
     Bool(bool),
@@ -29,15 +31,64 @@ pub enum HeaderValue {
     List(Vec<HeaderValue>),
     /// A nested table.
     Table(Headers),
-    /// A value of a type qjob does not interpret, described as text.
-    Other(String),
+    /// Bytes (an AMQP byte array).
+    Bytes(Vec<u8>),
+    /// A string that is not UTF-8 text (an AMQP long string holds any
+    /// bytes), kept as it came.
+    RawStr(Vec<u8>),
+    /// A value of another type, kept exactly.
+    Exact(ExactValue),
+}
+
+/// Header values of the AMQP types qjob does not interpret, kept exactly
+/// so that they are written back with the type they came with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum ExactValue {
+    /// A signed 8-bit integer.
+    I8(i8),
+    /// An unsigned 8-bit integer.
+    U8(u8),
+    /// A signed 16-bit integer.
+    I16(i16),
+    /// An unsigned 16-bit integer.
+    U16(u16),
+    /// A signed 32-bit integer.
+    I32(i32),
+    /// An unsigned 32-bit integer.
+    U32(u32),
+    /// A single-precision number.
+    F32(f32),
+    /// A decimal: `value × 10^-scale`.
+    Decimal {
+        /// Digits after the point.
+        scale: u8,
+        /// The unscaled value.
+        value: u32,
+    },
+    /// A timestamp, in seconds since the Unix epoch (RabbitMQ's `x-death`
+    /// times are these).
+    Timestamp(u64),
+    /// No value (AMQP void).
+    Void,
 }
 
 impl HeaderValue {
-    /// The value as an integer, if it is one.
+    /// The value as an integer, if it is an integer of any width or a
+    /// timestamp.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             HeaderValue::Int(n) => Some(*n),
+            HeaderValue::Exact(exact) => match *exact {
+                ExactValue::I8(n) => Some(n.into()),
+                ExactValue::U8(n) => Some(n.into()),
+                ExactValue::I16(n) => Some(n.into()),
+                ExactValue::U16(n) => Some(n.into()),
+                ExactValue::I32(n) => Some(n.into()),
+                ExactValue::U32(n) => Some(n.into()),
+                ExactValue::Timestamp(t) => i64::try_from(t).ok(),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -70,7 +121,7 @@ impl HeaderValue {
 impl fmt::Display for HeaderValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HeaderValue::Str(s) | HeaderValue::Other(s) => f.write_str(s),
+            HeaderValue::Str(s) => f.write_str(s),
             HeaderValue::Int(n) => write!(f, "{n}"),
             HeaderValue::Float(x) => write!(f, "{x}"),
             HeaderValue::Bool(b) => write!(f, "{b}"),
@@ -94,6 +145,24 @@ impl fmt::Display for HeaderValue {
                 }
                 f.write_str("}")
             }
+            HeaderValue::Bytes(bytes) | HeaderValue::RawStr(bytes) => {
+                f.write_str("0x")?;
+                bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            HeaderValue::Exact(exact) => match *exact {
+                ExactValue::I8(n) => write!(f, "{n}"),
+                ExactValue::U8(n) => write!(f, "{n}"),
+                ExactValue::I16(n) => write!(f, "{n}"),
+                ExactValue::U16(n) => write!(f, "{n}"),
+                ExactValue::I32(n) => write!(f, "{n}"),
+                ExactValue::U32(n) => write!(f, "{n}"),
+                ExactValue::F32(x) => write!(f, "{x}"),
+                ExactValue::Decimal { scale, value } => {
+                    write!(f, "{value}e-{scale}")
+                }
+                ExactValue::Timestamp(t) => write!(f, "{t}"),
+                ExactValue::Void => f.write_str("void"),
+            },
         }
     }
 }

@@ -290,6 +290,8 @@ pub struct Got {
     pub body: Vec<u8>,
     /// Its message id.
     pub id: Option<String>,
+    /// Its headers as RabbitMQ delivered them (empty on MemoryBroker).
+    pub table: lapin::types::FieldTable,
 }
 
 /// A plain lapin connection for setting up and inspecting queues.
@@ -378,6 +380,17 @@ impl Rabbit {
 
     /// Publishes raw bytes to `queue`, confirmed.
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
+        self.publish_with(
+            queue,
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+    }
+
+    /// Publishes `body` with `properties` to `queue`, as a foreign producer
+    /// would, confirmed.
+    pub async fn publish_with(&self, queue: &str, body: &[u8], properties: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish(
@@ -385,7 +398,7 @@ impl Rabbit {
                 queue.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_delivery_mode(2),
+                properties,
             )
             .await
             .unwrap()
@@ -417,6 +430,7 @@ impl Rabbit {
             delivery.ack(BasicAckOptions::default()).await.unwrap();
             got.push(Got {
                 headers: headers(&delivery.properties),
+                table: delivery.properties.headers().clone().unwrap_or_default(),
                 id: delivery
                     .properties
                     .message_id()
@@ -439,7 +453,7 @@ fn headers(properties: &BasicProperties) -> Headers {
                 AMQPValue::LongString(s) => HeaderValue::Str(s.to_string()),
                 AMQPValue::LongLongInt(n) => HeaderValue::Int(*n),
                 AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
-                other => HeaderValue::Other(format!("{other:?}")),
+                other => HeaderValue::Str(format!("{other:?}")),
             };
             headers.insert(name.to_string(), value);
         }

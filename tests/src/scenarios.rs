@@ -109,6 +109,7 @@ impl Env {
                     headers: m.headers,
                     body: m.body,
                     id: m.id,
+                    table: Default::default(),
                 })
                 .collect(),
             Env::Amqp(_, rabbit) => rabbit.take_all(queue).await,
@@ -1261,7 +1262,7 @@ pub async fn a_graceful_stop_hands_a_partition_over_in_order<J: Job<Payload = Ta
 /// Waits until `queue` has `count` consumers, active or standing by
 /// (RabbitMQ's passive declare counts only the active one of a quorum
 /// single-active-consumer queue: ask `rabbitmqctl` there).
-async fn wait_consumers(env: &Env, queue: &str, count: u32) {
+pub async fn wait_consumers(env: &Env, queue: &str, count: u32) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     let consumers = || async {
         match env {

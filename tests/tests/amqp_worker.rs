@@ -349,3 +349,86 @@ async fn queues_are_durable_and_quorum_queues_dead_letter_into_the_dlq() {
         "{work}"
     );
 }
+
+test_job!(
+    foreign_headers,
+    "qjob.test.foreign-headers",
+    retry = 1,
+    backoff = fixed("100ms")
+);
+
+/// A foreign producer's headers of every AMQP type survive a retry through
+/// a delay queue and a dead letter, byte for byte and type for type. Before,
+/// non-UTF-8 strings were made text, timestamps and narrow integers became
+/// 64-bit integers, and decimals, byte arrays and void became text.
+#[tokio::test]
+async fn foreign_headers_of_every_type_survive_a_retry_and_the_dlq() {
+    use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldTable, LongString};
+    let env = Env::amqp().await;
+    let Env::Amqp(_, rabbit) = &env else {
+        unreachable!()
+    };
+    env.reset::<ForeignHeadersJob>().await;
+    let tag = env.tag::<ForeignHeadersJob>();
+    let values = [
+        ("t", AMQPValue::Boolean(true)),
+        ("b", AMQPValue::ShortShortInt(-8)),
+        ("B", AMQPValue::ShortShortUInt(8)),
+        ("s", AMQPValue::ShortInt(-16)),
+        ("u", AMQPValue::ShortUInt(16)),
+        ("I", AMQPValue::LongInt(-32)),
+        ("i", AMQPValue::LongUInt(32)),
+        ("l", AMQPValue::LongLongInt(-64)),
+        ("f", AMQPValue::Float(0.25)),
+        ("d", AMQPValue::Double(0.5)),
+        (
+            "D",
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 12345,
+            }),
+        ),
+        ("S", AMQPValue::LongString(LongString::from("text"))),
+        (
+            "S-binary",
+            AMQPValue::LongString(LongString::from(vec![0xff, 0x00, 0xfe])),
+        ),
+        (
+            "A",
+            AMQPValue::FieldArray(vec![AMQPValue::LongInt(1), AMQPValue::Timestamp(2)].into()),
+        ),
+        ("T", AMQPValue::Timestamp(1_700_000_000)),
+        ("x", AMQPValue::ByteArray(ByteArray::from(vec![1u8, 2, 3]))),
+        ("V", AMQPValue::Void),
+    ];
+    let mut nested = FieldTable::default();
+    for (name, value) in &values {
+        nested.insert((*name).into(), value.clone());
+    }
+    let mut table = nested.clone();
+    table.insert("F".into(), AMQPValue::FieldTable(nested));
+    let body = serde_json::to_vec(&Task::new(&tag, 1, Act::Fail)).unwrap();
+    let properties = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id("foreign-1".into())
+        .with_headers(table.clone());
+    let running = env.start(ForeignHeadersJob);
+    qjob_tests::scenarios::wait_consumers(&env, ForeignHeadersJob::QUEUE, 1).await;
+    rabbit
+        .publish_with(ForeignHeadersJob::QUEUE, &body, properties)
+        .await;
+    let dlq = ForeignHeadersJob::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    let probe = probe(&tag);
+    assert_eq!(
+        probe.attempts.load(Ordering::SeqCst),
+        2,
+        "a retry, then the DLQ"
+    );
+    let dead = env.take_all(&dlq).await.remove(0);
+    let got = dead.table.inner();
+    for (name, sent) in table.inner() {
+        assert_eq!(got.get(name), Some(sent), "header {name}");
+    }
+}

@@ -1,7 +1,7 @@
 //! Dead-lettering records as RabbitMQ writes them: the `x-death` list and
 //! the `x-first-death-*` headers.
 
-use qjob::broker::{HeaderValue, Headers};
+use qjob::broker::{ExactValue, HeaderValue, Headers};
 
 /// Why a message was dead-lettered, as RabbitMQ names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,11 @@ impl Reason {
 /// since the epoch): the entry for the same queue and reason counts one
 /// more and moves to the front, or a new entry goes first; the
 /// `x-first-death-*` headers are set once.
+/// An `x-death` time, as RabbitMQ writes it: an AMQP timestamp.
+fn timestamp(seconds: i64) -> HeaderValue {
+    HeaderValue::Exact(ExactValue::Timestamp(u64::try_from(seconds).unwrap_or(0)))
+}
+
 pub(crate) fn record(headers: &mut Headers, queue: &str, reason: Reason, time: i64) {
     let mut deaths: Vec<HeaderValue> = match headers.remove("x-death") {
         Some(HeaderValue::List(items)) => items,
@@ -47,7 +52,7 @@ pub(crate) fn record(headers: &mut Headers, queue: &str, reason: Reason, time: i
                 .and_then(HeaderValue::as_int)
                 .unwrap_or(0);
             table.insert("count".into(), HeaderValue::Int(count + 1));
-            table.insert("time".into(), HeaderValue::Int(time));
+            table.insert("time".into(), timestamp(time));
             table
         }
         None => {
@@ -55,7 +60,7 @@ pub(crate) fn record(headers: &mut Headers, queue: &str, reason: Reason, time: i
             table.insert("count".into(), HeaderValue::Int(1));
             table.insert("reason".into(), reason.as_str().into());
             table.insert("queue".into(), queue.into());
-            table.insert("time".into(), HeaderValue::Int(time));
+            table.insert("time".into(), timestamp(time));
             table.insert("exchange".into(), "".into());
             table.insert("routing-keys".into(), HeaderValue::List(vec![queue.into()]));
             table
@@ -103,7 +108,7 @@ mod tests {
         record(&mut headers, "q.delay", Reason::Expired, 102);
         assert_eq!(headers["x-death"].as_list().unwrap().len(), 2);
         assert_eq!(entry(&headers, 0)["count"], HeaderValue::Int(2));
-        assert_eq!(entry(&headers, 0)["time"], HeaderValue::Int(102));
+        assert_eq!(entry(&headers, 0)["time"].as_int(), Some(102));
         assert_eq!(entry(&headers, 1)["queue"], HeaderValue::from("q"));
         assert_eq!(
             headers["x-first-death-reason"],

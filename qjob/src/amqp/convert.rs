@@ -1,9 +1,9 @@
 //! Mapping qjob's messages and headers to and from AMQP properties.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldTable, LongString, ShortString};
 
-use crate::broker::{HeaderValue, Headers, Message, QueueSpec};
+use crate::broker::{ExactValue, HeaderValue, Headers, Message, QueueSpec};
 use crate::{Error, QueueType};
 
 pub(super) fn properties(message: &Message) -> BasicProperties {
@@ -68,37 +68,59 @@ fn to_amqp(value: &HeaderValue) -> AMQPValue {
             AMQPValue::FieldArray(items.iter().map(to_amqp).collect::<Vec<_>>().into())
         }
         HeaderValue::Table(headers) => AMQPValue::FieldTable(table(headers)),
-        HeaderValue::Str(s) | HeaderValue::Other(s) => {
-            AMQPValue::LongString(LongString::from(s.as_str()))
-        }
+        HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        HeaderValue::RawStr(bytes) => AMQPValue::LongString(LongString::from(bytes.clone())),
+        HeaderValue::Bytes(bytes) => AMQPValue::ByteArray(ByteArray::from(bytes.clone())),
         HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
         HeaderValue::Float(x) => AMQPValue::Double(*x),
         HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        HeaderValue::Exact(exact) => match *exact {
+            ExactValue::I8(n) => AMQPValue::ShortShortInt(n),
+            ExactValue::U8(n) => AMQPValue::ShortShortUInt(n),
+            ExactValue::I16(n) => AMQPValue::ShortInt(n),
+            ExactValue::U16(n) => AMQPValue::ShortUInt(n),
+            ExactValue::I32(n) => AMQPValue::LongInt(n),
+            ExactValue::U32(n) => AMQPValue::LongUInt(n),
+            ExactValue::F32(x) => AMQPValue::Float(x),
+            ExactValue::Decimal { scale, value } => {
+                AMQPValue::DecimalValue(DecimalValue { scale, value })
+            }
+            ExactValue::Timestamp(t) => AMQPValue::Timestamp(t),
+            ExactValue::Void => AMQPValue::Void,
+        },
     }
 }
 
 fn from_amqp(value: &AMQPValue) -> HeaderValue {
+    let exact = HeaderValue::Exact;
     match value {
         AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
-        AMQPValue::ShortShortInt(n) => HeaderValue::Int((*n).into()),
-        AMQPValue::ShortShortUInt(n) => HeaderValue::Int((*n).into()),
-        AMQPValue::ShortInt(n) => HeaderValue::Int((*n).into()),
-        AMQPValue::ShortUInt(n) => HeaderValue::Int((*n).into()),
-        AMQPValue::LongInt(n) => HeaderValue::Int((*n).into()),
-        AMQPValue::LongUInt(n) => HeaderValue::Int((*n).into()),
+        AMQPValue::ShortShortInt(n) => exact(ExactValue::I8(*n)),
+        AMQPValue::ShortShortUInt(n) => exact(ExactValue::U8(*n)),
+        AMQPValue::ShortInt(n) => exact(ExactValue::I16(*n)),
+        AMQPValue::ShortUInt(n) => exact(ExactValue::U16(*n)),
+        AMQPValue::LongInt(n) => exact(ExactValue::I32(*n)),
+        AMQPValue::LongUInt(n) => exact(ExactValue::U32(*n)),
         AMQPValue::LongLongInt(n) => HeaderValue::Int(*n),
-        AMQPValue::Float(x) => HeaderValue::Float((*x).into()),
+        AMQPValue::Float(x) => exact(ExactValue::F32(*x)),
         AMQPValue::Double(x) => HeaderValue::Float(*x),
+        AMQPValue::DecimalValue(d) => exact(ExactValue::Decimal {
+            scale: d.scale,
+            value: d.value,
+        }),
+        // Never in a table on the wire (it has no type tag there).
         AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => {
-            HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::Timestamp(t) => HeaderValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => HeaderValue::Str(text.to_owned()),
+            Err(_) => HeaderValue::RawStr(s.as_bytes().to_vec()),
+        },
+        AMQPValue::Timestamp(t) => exact(ExactValue::Timestamp(*t)),
         AMQPValue::FieldArray(items) => {
             HeaderValue::List(items.as_slice().iter().map(from_amqp).collect())
         }
         AMQPValue::FieldTable(table) => HeaderValue::Table(headers(table)),
-        other => HeaderValue::Other(format!("{other:?}")),
+        AMQPValue::ByteArray(bytes) => HeaderValue::Bytes(bytes.as_slice().to_vec()),
+        AMQPValue::Void => exact(ExactValue::Void),
     }
 }
 
@@ -251,9 +273,36 @@ mod tests {
     }
 
     #[test]
-    fn foreign_header_types_are_kept_as_descriptions() {
-        let value = from_amqp(&AMQPValue::ByteArray(vec![1u8].into()));
-        assert!(matches!(value, HeaderValue::Other(_)));
-        assert_eq!(from_amqp(&AMQPValue::LongInt(3)), HeaderValue::Int(3));
+    fn every_amqp_type_round_trips_exactly() {
+        let values = [
+            AMQPValue::Boolean(true),
+            AMQPValue::ShortShortInt(-8),
+            AMQPValue::ShortShortUInt(8),
+            AMQPValue::ShortInt(-16),
+            AMQPValue::ShortUInt(16),
+            AMQPValue::LongInt(-32),
+            AMQPValue::LongUInt(32),
+            AMQPValue::LongLongInt(-64),
+            AMQPValue::Float(0.25),
+            AMQPValue::Double(0.5),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 12345,
+            }),
+            AMQPValue::LongString(LongString::from("text")),
+            AMQPValue::LongString(LongString::from(vec![0xff, 0x00, 0xfe])),
+            AMQPValue::FieldArray(vec![AMQPValue::LongInt(1)].into()),
+            AMQPValue::Timestamp(1_700_000_000),
+            AMQPValue::FieldTable(FieldTable::default()),
+            AMQPValue::ByteArray(ByteArray::from(vec![1u8, 2, 3])),
+            AMQPValue::Void,
+        ];
+        for value in values {
+            assert_eq!(to_amqp(&from_amqp(&value)), value);
+        }
+        let raw = from_amqp(&AMQPValue::LongString(LongString::from(vec![0xff])));
+        assert_eq!(raw, HeaderValue::RawStr(vec![0xff]), "not turned into text");
+        let time = from_amqp(&AMQPValue::Timestamp(7));
+        assert_eq!(time.as_int(), Some(7), "a timestamp reads as an integer");
     }
 }
