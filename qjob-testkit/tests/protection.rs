@@ -147,7 +147,12 @@ async fn health_reports_consumers_breakers_errors_and_acks() {
     );
     let _ = stop.send(());
     running.await.unwrap().unwrap();
-    assert!(!health.report().running);
+    // A stopped worker says so: not running, not connected, no consumer up
+    // (the broker itself is still there for clients).
+    let report = health.report();
+    assert!(!report.running && !report.connected, "{report:?}");
+    assert!(report.consumers.values().all(|up| !up), "{report:?}");
+    assert!(!report.is_ready());
 }
 
 /// Waits (on the paused clock) until the health report satisfies `check`.

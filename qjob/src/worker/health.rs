@@ -2,8 +2,9 @@
 //! worker, readable while it runs.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::broker::Broker;
 use crate::policy::breaker::BreakerState;
@@ -83,7 +84,6 @@ struct State {
     concurrency: BTreeMap<String, usize>,
     consumers: BTreeMap<String, bool>,
     last_error: Option<String>,
-    last_ack: Option<SystemTime>,
 }
 
 /// A handle on a worker's health, from [`crate::Worker::health`]; cheap to
@@ -93,6 +93,9 @@ pub struct Health {
     broker: Arc<dyn Broker>,
     state: Arc<Mutex<State>>,
     gates: Arc<Mutex<Vec<WatchedGate>>>,
+    /// The last ack, in milliseconds since the Unix epoch (0: none yet);
+    /// an atomic, since every settlement sets it.
+    last_ack: Arc<AtomicU64>,
 }
 
 /// A job type's name and its gate.
@@ -110,6 +113,7 @@ impl Health {
             broker,
             state: Arc::default(),
             gates: Arc::default(),
+            last_ack: Arc::default(),
         }
     }
 
@@ -127,15 +131,21 @@ impl Health {
             .filter_map(|(job, gate)| Some((*job, gate.breaker_state()?.into())))
             .collect();
         let state = self.state();
+        let last_ack = match self.last_ack.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(UNIX_EPOCH + Duration::from_millis(millis)),
+        };
         HealthReport {
             running: state.running,
-            connected: self.broker.is_connected(),
+            // A stopped worker holds no connection of its own, whatever a
+            // shared broker's client does.
+            connected: state.running && self.broker.is_connected(),
             blocked: self.broker.blocked_reason(),
             consumers: state.consumers.clone(),
             concurrency: state.concurrency.clone(),
             breakers,
             last_error: state.last_error.clone(),
-            last_ack: state.last_ack,
+            last_ack,
         }
     }
 
@@ -147,7 +157,12 @@ impl Health {
     }
 
     pub(crate) fn running(&self, running: bool) {
-        self.state().running = running;
+        let mut state = self.state();
+        state.running = running;
+        if !running {
+            // Its consumers are closed.
+            state.consumers.values_mut().for_each(|up| *up = false);
+        }
     }
 
     pub(crate) fn consumer(&self, queue: &str, up: bool) {
@@ -163,6 +178,9 @@ impl Health {
     }
 
     pub(crate) fn acked(&self) {
-        self.state().last_ack = Some(SystemTime::now());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        self.last_ack.store(now.max(1), Ordering::Relaxed);
     }
 }
