@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::MemoryBroker;
 use crate::records::{Attempt, Records};
+use crate::text;
 
 /// How far ahead [`TestKit::run_until_idle`] looks for delayed work by default.
 pub const DEFAULT_HORIZON: Duration = Duration::from_secs(24 * 3600);
@@ -220,6 +221,33 @@ impl TestKit {
         }
     }
 
+    /// Enqueues a job to run after `delay` (on tokio's clock under a paused
+    /// test), as [`Client::enqueue_in`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue_in`].
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        payload: J::Payload,
+        delay: Duration,
+    ) -> Result<JobId, Error> {
+        self.client.enqueue_in::<J>(payload, delay).await
+    }
+
+    /// Enqueues a job to run at `at`, as [`Client::enqueue_at`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue_at`].
+    pub async fn enqueue_at<J: Job>(
+        &self,
+        payload: J::Payload,
+        at: std::time::SystemTime,
+    ) -> Result<JobId, Error> {
+        self.client.enqueue_at::<J>(payload, at).await
+    }
+
     /// Kills the worker as a crash would: handlers stop where they are,
     /// nothing more is settled, and the broker redelivers what the worker
     /// held. The next [`TestKit::start`] or [`TestKit::run_until_idle`]
@@ -321,18 +349,13 @@ impl TestKit {
     ///
     /// # Panics
     ///
-    /// If none did, listing every attempt of `J`.
+    /// If none did, saying what happened to `J`'s jobs instead.
     pub fn assert_succeeded<J: Job>(&self, matches: impl Fn(&J::Payload) -> bool)
     where
         J::Payload: Debug,
     {
         if !self.succeeded::<J>().iter().any(&matches) {
-            panic!(
-                "no {} job matching the filter succeeded; attempts of {}: {:#?}",
-                J::NAME,
-                J::NAME,
-                self.attempts::<J>()
-            );
+            panic!("{}", self.explain::<J>("succeeded", &matches));
         }
     }
 
@@ -341,7 +364,7 @@ impl TestKit {
     ///
     /// # Panics
     ///
-    /// If none is, listing the dead letters and attempts of `J`.
+    /// If none is, saying what happened to `J`'s jobs instead.
     pub fn assert_dead_lettered<J: Job>(
         &self,
         matches: impl Fn(&J::Payload) -> bool,
@@ -355,13 +378,7 @@ impl TestKit {
             .position(|d| d.payload.as_ref().is_some_and(&matches))
         {
             Some(index) => dead.swap_remove(index),
-            None => {
-                panic!(
-                    "no {} job matching the filter was dead-lettered; dead letters: {dead:#?}; attempts: {:#?}",
-                    J::NAME,
-                    self.attempts::<J>()
-                )
-            }
+            None => panic!("{}", self.explain::<J>("was dead-lettered", &matches)),
         }
     }
 
@@ -370,7 +387,7 @@ impl TestKit {
     ///
     /// # Panics
     ///
-    /// If one did.
+    /// If one did, listing its attempts.
     pub fn assert_not_run<J: Job>(&self, matches: impl Fn(&J::Payload) -> bool)
     where
         J::Payload: Debug,
@@ -382,9 +399,74 @@ impl TestKit {
             .collect();
         assert!(
             ran.is_empty(),
-            "{} jobs matching the filter ran: {ran:#?}",
-            J::NAME
+            "{} job(s) of {} matching the filter ran:\n{}",
+            ran.len(),
+            J::NAME,
+            text::lines(&ran)
         );
+    }
+
+    /// Why no job of `J` matching the filter did `what`: whether `J` is
+    /// registered, what its jobs did, and what still waits.
+    fn explain<J: Job>(&self, what: &str, matches: &dyn Fn(&J::Payload) -> bool) -> String
+    where
+        J::Payload: Debug,
+    {
+        let mut out = format!("no {} job matching the filter {what}.", J::NAME);
+        let partitions = format!("{}.p", J::QUEUE);
+        let registered = self
+            .queues
+            .iter()
+            .any(|q| q == J::QUEUE || q.starts_with(&partitions));
+        if !registered {
+            out += &format!(
+                "\njob {} (queue {:?}) is not registered with this TestKit: add \
+                 `.register(...)` for it",
+                J::NAME,
+                J::QUEUE
+            );
+        }
+        let waiting: Vec<J::Payload> = self
+            .enqueued::<J>()
+            .into_iter()
+            .filter(|p| matches(p))
+            .collect();
+        if !waiting.is_empty() {
+            out += &format!(
+                "\n{} matching job(s) still enqueued or delayed, not run (a delay past the \
+                 horizon, {:?}, is not waited for: `.horizon(d)`):\n{}",
+                waiting.len(),
+                self.horizon,
+                text::lines(&waiting)
+            );
+        }
+        let attempts = self.attempts::<J>();
+        out += &format!(
+            "\nattempts of {} ({}):\n{}",
+            J::NAME,
+            attempts.len(),
+            text::lines(&attempts)
+        );
+        let dead: Vec<String> = self
+            .dead_lettered::<J>()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} after {} attempt(s): {} {}",
+                    d.reason,
+                    d.attempts,
+                    d.error,
+                    text::body(&d.body)
+                )
+            })
+            .collect();
+        out += &format!(
+            "\ndead letters of {} ({}):\n{}",
+            J::NAME,
+            dead.len(),
+            text::lines_of(&dead)
+        );
+        out
     }
 }
 

@@ -37,6 +37,7 @@
 mod harness;
 mod memory;
 mod records;
+mod text;
 
 pub use harness::{DEFAULT_HORIZON, TestKit};
 pub use memory::MemoryBroker;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use qjob::{AttemptEvent, AttemptOutcome, Job, JobId, Observer};
 
 /// One settled attempt of a job of type `J`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Attempt<P> {
     /// The payload, or `None` if the message did not deserialize.
@@ -20,6 +20,35 @@ pub struct Attempt<P> {
     pub redelivered: bool,
     /// How the attempt ended.
     pub outcome: AttemptOutcome,
+}
+
+/// One line: the outcome first, then the attempt, the payload as text and
+/// the job id.
+impl<P: std::fmt::Debug> std::fmt::Debug for Attempt<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = match &self.outcome {
+            AttemptOutcome::Succeeded => "succeeded".to_owned(),
+            AttemptOutcome::Retrying { error, delay } => {
+                format!("failed, retry in {delay:?}: {error}")
+            }
+            AttemptOutcome::DeadLettered { reason, error } => {
+                format!("dead-lettered ({reason}): {error}")
+            }
+            other => format!("{other:?}"),
+        };
+        let redelivered = if self.redelivered {
+            ", redelivered"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "{outcome} (attempt {}{redelivered}) {} [job {}]",
+            self.attempt,
+            crate::text::body(&self.body),
+            self.job_id
+        )
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -398,3 +398,66 @@ async fn a_delivery_limit_on_a_classic_queue_is_a_configuration_error() {
     );
     assert_eq!(kit.broker().ready_count("kit.classic-limit"), 0);
 }
+
+/// The panic message of `f`.
+fn panic_message(f: impl FnOnce()) -> String {
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+    panicked
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panicked.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+/// A failed assertion says what happened, one line per attempt with the
+/// payload as JSON text, the outcome first.
+#[tokio::test(start_paused = true)]
+async fn a_failed_assertion_reads_at_a_glance() {
+    let mut kit = TestKit::new().register(AlwaysFailsJob);
+    kit.enqueue::<AlwaysFailsJob>(charge("x")).await.unwrap();
+    kit.run_until_idle().await;
+    let message = panic_message(|| kit.assert_succeeded::<AlwaysFailsJob>(|c| c.account == "x"));
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(
+        lines[0], "no always_fails job matching the filter succeeded.",
+        "{message}"
+    );
+    assert!(lines.len() < 15, "{message}");
+    assert!(
+        lines[2].starts_with("  failed, retry in ")
+            && lines[2].contains("downstream is down (attempt 1)")
+            && lines[2].contains(r#"{"account":"x","cents":100}"#),
+        "{message}"
+    );
+    assert!(
+        message
+            .contains("dead letters of always_fails (1):\n  retries-exhausted after 6 attempt(s)"),
+        "{message}"
+    );
+}
+
+/// Delayed jobs: `enqueue_in` runs within the horizon; past it, the
+/// assertion says the job is still waiting, and an unregistered job type
+/// is named as such.
+#[tokio::test(start_paused = true)]
+async fn delayed_jobs_and_unregistered_types_are_explained() {
+    let mut kit = TestKit::new().register(NoopJob);
+    kit.enqueue_in::<NoopJob>(charge("soon"), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    kit.enqueue_in::<NoopJob>(charge("later"), Duration::from_secs(48 * 3600))
+        .await
+        .unwrap();
+    kit.run_until_idle().await;
+    kit.assert_succeeded::<NoopJob>(|c| c.account == "soon");
+    let later = panic_message(|| kit.assert_succeeded::<NoopJob>(|c| c.account == "later"));
+    assert!(
+        later.contains("1 matching job(s) still enqueued or delayed, not run"),
+        "{later}"
+    );
+    let unregistered = panic_message(|| kit.assert_succeeded::<AlwaysFailsJob>(|_| true));
+    assert!(
+        unregistered.contains("job always_fails (queue \"kit.always-fails\") is not registered"),
+        "{unregistered}"
+    );
+}

@@ -111,7 +111,9 @@ impl Client {
         }
         if let Some(max_length) = J::options().max_length() {
             return Err(Error::Config(format!(
-                "job {} cannot be delayed: its queue {:?} is capped (max_length = {max_length}),                  and RabbitMQ drops a delayed job that comes due while the queue is full;                  enqueue it when it is due, or remove the cap",
+                "job {} cannot be delayed: its queue {:?} is capped (max_length = {max_length}), \
+                 and RabbitMQ drops a delayed job that comes due while the queue is full; \
+                 enqueue it when it is due, or remove the cap",
                 J::NAME,
                 J::QUEUE
             )));

@@ -12,7 +12,7 @@ use crate::headers::{self, from_millis};
 use crate::{Client, Error, Job, JobId};
 
 /// A job in a dead-letter queue, as qjob wrote it there.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct DeadLetter<P> {
     /// The job's id.
@@ -37,6 +37,24 @@ pub struct DeadLetter<P> {
     pub host: Option<String>,
     /// Every header of the message.
     pub headers: Headers,
+}
+
+/// The body shows as text (JSON), not as a list of bytes.
+impl<P: std::fmt::Debug> std::fmt::Debug for DeadLetter<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("reason", &self.reason)
+            .field("error", &self.error)
+            .field("attempts", &self.attempts)
+            .field("job_id", &self.job_id)
+            .field("payload", &self.payload)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .field("first_failed_at", &self.first_failed_at)
+            .field("failed_at", &self.failed_at)
+            .field("host", &self.host)
+            .field("headers", &self.headers)
+            .finish()
+    }
 }
 
 impl<P: DeserializeOwned> DeadLetter<P> {

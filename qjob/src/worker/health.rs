@@ -180,7 +180,9 @@ impl Health {
     pub(crate) fn acked(&self) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(1, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            .map_or(1, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         self.last_ack.store(now.max(1), Ordering::Relaxed);
     }
 }
