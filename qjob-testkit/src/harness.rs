@@ -62,7 +62,6 @@ pub struct TestKit {
     records: Arc<Records>,
     worker: Option<Running>,
     horizon: Duration,
-    consumer_timeout: Option<Duration>,
 }
 
 struct Running {
@@ -98,7 +97,6 @@ impl TestKit {
             records: Arc::default(),
             worker: None,
             horizon: DEFAULT_HORIZON,
-            consumer_timeout: None,
         }
     }
 
@@ -124,12 +122,11 @@ impl TestKit {
 
     /// Models RabbitMQ's `consumer_timeout` (off by default here; 30 min on
     /// RabbitMQ): the broker closes the channel of a consumer holding a
-    /// delivery unsettled for longer and delivers the message again, and the
-    /// worker is told the same limit (`broker_consumer_timeout`), as it
-    /// should be in production. See [`MemoryBroker::set_consumer_timeout`].
-    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
+    /// delivery unsettled for longer and delivers the message again; the
+    /// worker learns the limit from the broker. See
+    /// [`MemoryBroker::set_consumer_timeout`].
+    pub fn consumer_timeout(self, timeout: Duration) -> Self {
         self.broker.set_consumer_timeout(Some(timeout));
-        self.consumer_timeout = Some(timeout);
         self
     }
 
@@ -165,12 +162,9 @@ impl TestKit {
                 !self.jobs.is_empty(),
                 "register a job with the TestKit first"
             );
-            let mut builder = Worker::builder(self.broker.clone())
+            let builder = Worker::builder(self.broker.clone())
                 .shutdown_timeout(Duration::from_secs(5))
                 .observer(self.records.clone());
-            if let Some(timeout) = self.consumer_timeout {
-                builder = builder.broker_consumer_timeout(timeout);
-            }
             let worker = self
                 .jobs
                 .iter()

@@ -441,4 +441,13 @@ pub trait Broker: Send + Sync + 'static {
     fn blocked_reason(&self) -> Option<String> {
         None
     }
+
+    /// The longest the broker lets a consumer hold a delivery unsettled
+    /// before it takes it back (RabbitMQ's `consumer_timeout`), if it has
+    /// such a limit. The worker keeps what it holds within it and warns at
+    /// start about jobs that could outlast it. A fake without the limit
+    /// returns `None` (the default).
+    fn consumer_timeout(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -588,6 +588,10 @@ impl Broker for MemoryBroker {
         self.lock().blocked.clone()
     }
 
+    fn consumer_timeout(&self) -> Option<Duration> {
+        self.lock().consumer_timeout
+    }
+
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
         let shared = Arc::downgrade(&self.shared);
         self.update(|state| {

@@ -395,4 +395,10 @@ impl Broker for AmqpBroker {
         )
         .await
     }
+
+    /// RabbitMQ's default (30 minutes); tell the worker another value with
+    /// `WorkerBuilder::broker_consumer_timeout`.
+    fn consumer_timeout(&self) -> Option<std::time::Duration> {
+        Some(crate::DEFAULT_BROKER_CONSUMER_TIMEOUT)
+    }
 }

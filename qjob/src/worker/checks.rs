@@ -106,6 +106,16 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_without_a_consumer_timeout_warns_of_nothing() {
+        // MemoryBroker by default: an in-memory run gets no RabbitMQ advice.
+        let options = JobOptions::new("q").with_queue_type(crate::QueueType::Quorum);
+        assert_eq!(
+            consumer_timeout_warning("charge", &options, Duration::ZERO),
+            None
+        );
+    }
+
+    #[test]
     fn a_short_timeout_with_enough_slots_is_fine() {
         let options = JobOptions::new("q")
             .with_timeout(Duration::from_secs(60))

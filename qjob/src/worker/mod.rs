@@ -48,7 +48,7 @@ pub struct WorkerBuilder {
     jobs: Vec<Arc<dyn Runnable>>,
     shutdown_timeout: Duration,
     observers: Vec<Arc<dyn Observer>>,
-    broker_consumer_timeout: Duration,
+    broker_consumer_timeout: Option<Duration>,
     sample_interval: Duration,
     autoscale_interval: Duration,
 }
@@ -86,11 +86,13 @@ impl WorkerBuilder {
         self
     }
 
-    /// The broker's `consumer_timeout` (30 min by default, RabbitMQ's):
-    /// the worker warns at start about jobs whose deliveries can stay
-    /// unacked longer.
+    /// The broker's `consumer_timeout`, when it is not the one the broker
+    /// reports ([`Broker::consumer_timeout`]: RabbitMQ's default of 30 min
+    /// for `AmqpBroker`; set this if `rabbitmq.conf` changes it; zero for
+    /// none). The worker keeps held deliveries within it and warns at start
+    /// about jobs whose deliveries can stay unacked longer.
     pub fn broker_consumer_timeout(mut self, timeout: Duration) -> Self {
-        self.broker_consumer_timeout = timeout;
+        self.broker_consumer_timeout = Some(timeout);
         self
     }
 
@@ -116,13 +118,18 @@ impl WorkerBuilder {
 
     /// The worker.
     pub fn build(self) -> Worker {
+        // Zero: the broker takes nothing back.
+        let broker_consumer_timeout = self
+            .broker_consumer_timeout
+            .or_else(|| self.broker.consumer_timeout())
+            .unwrap_or_default();
         Worker {
             health: Health::new(self.broker.clone()),
             broker: self.broker,
             jobs: self.jobs,
             shutdown_timeout: self.shutdown_timeout,
             observers: self.observers.into(),
-            broker_consumer_timeout: self.broker_consumer_timeout,
+            broker_consumer_timeout,
             sample_interval: self.sample_interval,
             autoscale_interval: self.autoscale_interval,
         }
@@ -186,7 +193,7 @@ impl Worker {
             jobs: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             observers: Vec::new(),
-            broker_consumer_timeout: DEFAULT_BROKER_CONSUMER_TIMEOUT,
+            broker_consumer_timeout: None,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             autoscale_interval: DEFAULT_AUTOSCALE_INTERVAL,
         }
