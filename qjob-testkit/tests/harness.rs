@@ -461,3 +461,22 @@ async fn delayed_jobs_and_unregistered_types_are_explained() {
         "{unregistered}"
     );
 }
+
+#[job(queue = "kit.noop", retry = 0)]
+async fn noop_twin(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Two job types on one queue: the error names both.
+#[tokio::test]
+async fn two_jobs_on_one_queue_are_named() {
+    let worker = qjob::Worker::builder(qjob_testkit::MemoryBroker::new())
+        .register(NoopJob)
+        .register(NoopTwinJob)
+        .build();
+    let error = worker.run_until(async {}).await.unwrap_err().to_string();
+    assert!(
+        error.contains("jobs noop and noop_twin both consume queue \"kit.noop\""),
+        "{error}"
+    );
+}

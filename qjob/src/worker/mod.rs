@@ -17,7 +17,7 @@ pub use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
 pub use health::{BreakerHealth, Health, HealthReport};
 pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,15 +308,17 @@ impl Worker {
         if self.jobs.is_empty() {
             return Err(Error::Worker("no job registered with the worker".into()));
         }
-        let mut queues = HashSet::new();
+        let mut queues: HashMap<String, &'static str> = HashMap::new();
         let pid = std::process::id();
         let mut jobs = Vec::with_capacity(self.jobs.len());
         let mut scaled = Vec::new();
         for job in &self.jobs {
             let options = job.options().with_env_overrides()?;
-            if !queues.insert(options.queue().to_owned()) {
+            if let Some(first) = queues.insert(options.queue().to_owned(), job.name()) {
                 return Err(Error::Worker(format!(
-                    "two registered jobs consume queue {:?}; each queue belongs to one job type",
+                    "jobs {first} and {} both consume queue {:?}; each queue belongs to one \
+                     job type: give one of them another `queue`",
+                    job.name(),
                     options.queue()
                 )));
             }
