@@ -300,14 +300,7 @@ impl Consumer {
     ) -> Option<Box<dyn Subscription>> {
         let cancelled = ended.is_none();
         self.health.consumer(&self.queue, false);
-        match self.handler.take_abandoned() {
-            0 => {}
-            abandoned => tracing::warn!(
-                queue = &*self.queue,
-                abandoned,
-                "deliveries of the closed channel were not started; the broker delivers them again"
-            ),
-        }
+        self.report_left_to_broker();
         match ended {
             Some(Err(error)) => {
                 self.health.error(&error);
@@ -387,6 +380,19 @@ impl Consumer {
         self.options.partitions().is_some() || self.options.single_active()
     }
 
+    /// Logs, once, how many deliveries of a closed channel were left to the
+    /// broker (not started, or not settled) since the last report.
+    fn report_left_to_broker(&self) {
+        match self.handler.take_abandoned() {
+            0 => {}
+            count => tracing::warn!(
+                queue = &*self.queue,
+                count,
+                "deliveries of a closed channel were left to the broker (not started, or finished and not acked); it delivers them again"
+            ),
+        }
+    }
+
     /// Waits for in-flight handlers up to the shutdown timeout, abandons the
     /// rest, and closes the subscription.
     async fn drain(&self, mut handlers: JoinSet<()>, subscription: Option<Box<dyn Subscription>>) {
@@ -409,6 +415,7 @@ impl Consumer {
         {
             tracing::debug!(queue = &*self.queue, %error, "closing the subscription failed");
         }
+        self.report_left_to_broker();
     }
 }
 

@@ -19,7 +19,7 @@ use crate::worker::metrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::worker::settle::{self, Action, Attempt, DeadReason, Routes};
+use crate::worker::settle::{self, Action, Attempt, DeadReason, Routes, Unsettled};
 use crate::{Error, JobContext, JobId, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
@@ -281,16 +281,23 @@ impl Handler {
         if delivery.acker.is_open() {
             return false;
         }
-        if self.abandoned.fetch_add(1, Ordering::Relaxed) == 0 {
-            tracing::warn!(
-                queue = self.routes.queue.name.as_str(),
-                "the consumer's channel closed: its deliveries not yet started are left to the broker, which delivers them again"
-            );
-        }
+        self.left_to_broker();
         true
     }
 
-    /// How many deliveries were abandoned since the last call.
+    /// Counts a delivery of a closed channel, not started or not settled:
+    /// the broker delivers it again. The first of a run is logged; the
+    /// consumer logs the count when it resubscribes or stops.
+    fn left_to_broker(&self) {
+        if self.abandoned.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                queue = self.routes.queue.name.as_str(),
+                "the consumer's channel closed: its deliveries are left to the broker, which delivers them again"
+            );
+        }
+    }
+
+    /// How many deliveries were left to the broker since the last call.
     pub(crate) fn take_abandoned(&self) -> usize {
         self.abandoned.swap(0, Ordering::Relaxed)
     }
@@ -325,8 +332,12 @@ impl Handler {
         let defer = Action::Defer { delay };
         let failed = |error: &Error, wait| self.settlement_failed(error, wait);
         let deferred = settle::apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
-        if let Err(error) = deferred.await {
-            tracing::warn!(queue = self.routes.queue.name.as_str(), %error, "could not defer a job that is not due; the broker will redeliver it");
+        match deferred.await {
+            Ok(()) => {}
+            Err(Unsettled::ChannelClosed) => self.left_to_broker(),
+            Err(Unsettled::Failed(error)) => {
+                tracing::warn!(queue = self.routes.queue.name.as_str(), %error, "could not defer a job that is not due; the broker will redeliver it");
+            }
         }
     }
 
@@ -436,11 +447,16 @@ impl Handler {
         if settled.is_ok() {
             self.attempts.forget(&memory_key);
         }
-        if let Err(error) = settled {
-            tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+        if let Err(unsettled) = settled {
             span.record("outcome", "unsettled");
             span.record("otel.status_code", "error");
-            self.health.error(&error);
+            match unsettled {
+                Unsettled::ChannelClosed => self.left_to_broker(),
+                Unsettled::Failed(error) => {
+                    tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+                    self.health.error(&error);
+                }
+            }
             return;
         }
         span.record("outcome", outcome.label());

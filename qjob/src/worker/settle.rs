@@ -226,7 +226,7 @@ pub(crate) fn settle_backoff(failures: u32) -> Duration {
 /// held: the outcome is decided, so the handler never runs again for it and
 /// nothing loops. `failed` hears of each failure and the wait after it. Once
 /// the delivery cannot be settled any more (its channel closed) the broker
-/// delivers it again, and the error is returned.
+/// delivers it again, and [`Unsettled`] says why.
 pub(crate) async fn apply(
     broker: &dyn Broker,
     routes: &Routes,
@@ -234,15 +234,12 @@ pub(crate) async fn apply(
     action: Action,
     delivery: Delivery,
     failed: impl Fn(&Error, Duration),
-) -> Result<(), Error> {
+) -> Result<(), Unsettled> {
     let Delivery { message, acker, .. } = delivery;
     if !acker.is_open() {
         // Publishing now would only add a copy: the broker delivers the
         // original again.
-        return Err(Error::broker(
-            "settle a delivery",
-            "its channel closed; the broker delivers it again",
-        ));
+        return Err(Unsettled::ChannelClosed);
     }
     if let Some(outgoing) = Outgoing::of(routes, attempt, action, message) {
         let mut failures = 0;
@@ -255,7 +252,7 @@ pub(crate) async fn apply(
             loop {
                 tokio::time::sleep(wait).await;
                 if !acker.is_open() {
-                    return Err(error);
+                    return Err(Unsettled::ChannelClosed);
                 }
                 if broker.blocked_reason().is_none() {
                     break;
@@ -263,7 +260,19 @@ pub(crate) async fn apply(
             }
         }
     }
-    acker.ack().await
+    acker.ack().await.map_err(|error| match acker.is_open() {
+        true => Unsettled::Failed(error),
+        false => Unsettled::ChannelClosed,
+    })
+}
+
+/// Why a delivery could not be settled; the broker delivers it again.
+#[derive(Debug)]
+pub(crate) enum Unsettled {
+    /// Its channel closed (a lost connection, a consumer timeout).
+    ChannelClosed,
+    /// The broker refused the ack.
+    Failed(Error),
 }
 
 #[cfg(test)]
