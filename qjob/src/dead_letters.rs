@@ -11,6 +11,84 @@ use crate::broker::{Broker, Delivery, HeaderValue, Headers, Message};
 use crate::headers::{self, from_millis};
 use crate::{Client, Error, Job, JobId};
 
+/// Why a job was dead-lettered: the `qjob-reason` header of its dead
+/// letter, the `reason` label of `qjob_jobs_dead_lettered_total`, and what
+/// observers and [`DeadLetter`] report.
+///
+/// ```
+/// use qjob::DeadReason;
+///
+/// assert_eq!(DeadReason::parse("retries-exhausted"), DeadReason::RetriesExhausted);
+/// assert_eq!(DeadReason::Permanent.as_str(), "permanent");
+/// assert_eq!(DeadReason::parse("cancelled-by-v9"), "cancelled-by-v9");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadReason {
+    /// Every attempt failed.
+    RetriesExhausted,
+    /// The handler returned a permanent error.
+    Permanent,
+    /// The message could not be read as the job's payload.
+    Malformed,
+    /// RabbitMQ moved it: it came back to its quorum queue unsettled more
+    /// often than the job's `delivery_limit` (its worker crashed, or lost
+    /// its connection, while holding it).
+    DeliveryLimit,
+    /// A reason this version of qjob does not know (written by another).
+    Other(String),
+}
+
+impl DeadReason {
+    /// The reason as written in the `qjob-reason` header.
+    pub fn as_str(&self) -> &str {
+        match self {
+            DeadReason::Other(reason) => reason,
+            known => known.label(),
+        }
+    }
+
+    /// The reason as a metrics label: `other` for an unknown one.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            DeadReason::RetriesExhausted => "retries-exhausted",
+            DeadReason::Permanent => "permanent",
+            DeadReason::Malformed => "malformed",
+            DeadReason::DeliveryLimit => "delivery-limit",
+            DeadReason::Other(_) => "other",
+        }
+    }
+
+    /// Reads a `qjob-reason` header.
+    pub fn parse(reason: &str) -> Self {
+        match reason {
+            "retries-exhausted" => DeadReason::RetriesExhausted,
+            "permanent" => DeadReason::Permanent,
+            "malformed" => DeadReason::Malformed,
+            "delivery-limit" => DeadReason::DeliveryLimit,
+            other => DeadReason::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for DeadReason {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for DeadReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A job in a dead-letter queue, as qjob wrote it there.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -21,10 +99,8 @@ pub struct DeadLetter<P> {
     pub payload: Option<P>,
     /// The message body, as published.
     pub body: Vec<u8>,
-    /// `retries-exhausted`, `permanent`, `malformed`, or `delivery-limit`
-    /// (RabbitMQ moved it: it came back unsettled more often than the
-    /// job's `delivery_limit`).
-    pub reason: String,
+    /// Why it was dead-lettered.
+    pub reason: DeadReason,
     /// The last error.
     pub error: String,
     /// The attempts made.
@@ -72,13 +148,16 @@ impl<P: DeserializeOwned> DeadLetter<P> {
             && !message.headers.contains_key(headers::REASON)
         {
             (
-                "delivery-limit".to_owned(),
+                DeadReason::DeliveryLimit,
                 "returned to the queue unsettled more often than its delivery limit \
                  (its worker crashed, or lost its connection, while holding it)"
                     .to_owned(),
             )
         } else {
-            (text(headers::REASON), text(headers::ERROR))
+            (
+                DeadReason::parse(&text(headers::REASON)),
+                text(headers::ERROR),
+            )
         };
         Self {
             job_id: message.id.clone().map(JobId::from),

@@ -101,9 +101,21 @@ pub enum Error {
     /// The configuration is invalid (for example a malformed environment override).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A worker was built or run in a way that cannot work.
-    #[error("{0}")]
-    Worker(String),
+    /// The worker was run with no job registered.
+    #[error("no job registered with the worker: `register` a job before running it")]
+    NoJobRegistered,
+    /// Two registered job types consume the same queue.
+    #[error(
+        "jobs {first} and {second} both consume queue {queue:?}; each queue belongs to one job type: give one of them another `queue`"
+    )]
+    QueueTaken {
+        /// The queue.
+        queue: String,
+        /// The job type registered first.
+        first: &'static str,
+        /// The job type registered second.
+        second: &'static str,
+    },
 }
 
 impl Error {

@@ -18,7 +18,7 @@ mod worker;
 pub use amqp::{AmqpBroker, AmqpOptions};
 pub use broker::Broker;
 pub use client::Client;
-pub use dead_letters::{DeadLetter, DeadLetters};
+pub use dead_letters::{DeadLetter, DeadLetters, DeadReason};
 pub use error::{BoxError, Error, FailureKind, JobError};
 pub use job::{Job, JobContext, JobId};
 pub use options::{

@@ -19,8 +19,8 @@ use crate::worker::metrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::worker::settle::{self, Action, Attempt, DeadReason, Routes, Unsettled};
-use crate::{Error, JobContext, JobId, topology, trace};
+use crate::worker::settle::{self, Action, Attempt, Routes, Unsettled};
+use crate::{DeadReason, Error, JobContext, JobId, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
 pub(crate) struct Handler {

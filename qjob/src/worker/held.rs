@@ -246,7 +246,7 @@ impl Drop for Running<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::settle::DeadReason;
+    use crate::DeadReason;
 
     const MINUTE: Duration = Duration::from_secs(60);
 

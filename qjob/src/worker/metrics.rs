@@ -54,10 +54,10 @@ pub(crate) fn attempt(queue: &str, outcome: &AttemptOutcome, took: Option<Durati
             counter!("qjob_jobs_retried_total", "queue" => queue.to_owned()).increment(1);
         }
         AttemptOutcome::DeadLettered { reason, .. } => {
-            if *reason != "malformed" {
+            if *reason != crate::DeadReason::Malformed {
                 counter!("qjob_jobs_failed_total", "queue" => queue.to_owned()).increment(1);
             }
-            counter!("qjob_jobs_dead_lettered_total", "queue" => queue.to_owned(), "reason" => *reason)
+            counter!("qjob_jobs_dead_lettered_total", "queue" => queue.to_owned(), "reason" => reason.label())
                 .increment(1);
         }
     }

@@ -306,7 +306,7 @@ impl Worker {
     #[allow(clippy::type_complexity)]
     fn consumers(&self) -> Result<(Vec<(JobOptions, Vec<Consumer>)>, Vec<Scaled>), Error> {
         if self.jobs.is_empty() {
-            return Err(Error::Worker("no job registered with the worker".into()));
+            return Err(Error::NoJobRegistered);
         }
         let mut queues: HashMap<String, &'static str> = HashMap::new();
         let pid = std::process::id();
@@ -315,12 +315,11 @@ impl Worker {
         for job in &self.jobs {
             let options = job.options().with_env_overrides()?;
             if let Some(first) = queues.insert(options.queue().to_owned(), job.name()) {
-                return Err(Error::Worker(format!(
-                    "jobs {first} and {} both consume queue {:?}; each queue belongs to one \
-                     job type: give one of them another `queue`",
-                    job.name(),
-                    options.queue()
-                )));
+                return Err(Error::QueueTaken {
+                    queue: options.queue().to_owned(),
+                    first,
+                    second: job.name(),
+                });
             }
             let initial = options.autoscale().map_or(options.concurrency(), |a| a.min);
             let slots = Arc::new(Semaphore::new(initial));

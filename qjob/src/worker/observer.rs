@@ -20,8 +20,8 @@ pub enum AttemptOutcome {
     },
     /// The job went to the dead-letter queue.
     DeadLettered {
-        /// `retries-exhausted`, `permanent` or `malformed`.
-        reason: &'static str,
+        /// Why.
+        reason: crate::DeadReason,
         /// The error, with its sources.
         error: String,
     },

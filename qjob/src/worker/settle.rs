@@ -9,25 +9,7 @@ use crate::error::FailureKind;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::observer::AttemptOutcome;
 use crate::worker::runnable::Outcome;
-use crate::{Error, headers, topology};
-
-/// Why a job was dead-lettered, as written in the `qjob-reason` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeadReason {
-    RetriesExhausted,
-    Permanent,
-    Malformed,
-}
-
-impl DeadReason {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::RetriesExhausted => "retries-exhausted",
-            DeadReason::Permanent => "permanent",
-            DeadReason::Malformed => "malformed",
-        }
-    }
-}
+use crate::{DeadReason, Error, headers, topology};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -56,7 +38,7 @@ impl Action {
                 delay: *delay,
             },
             Action::DeadLetter { reason, error } => AttemptOutcome::DeadLettered {
-                reason: reason.as_str(),
+                reason: reason.clone(),
                 error: error.clone(),
             },
         }
@@ -134,7 +116,7 @@ pub(crate) fn dead_letter_message(
     mut message: Message,
     queue: &str,
     attempt: u32,
-    reason: DeadReason,
+    reason: &DeadReason,
     error: &str,
 ) -> Message {
     let headers = &mut message.headers;
@@ -191,7 +173,7 @@ impl<'a> Outgoing<'a> {
             Action::Defer { delay } => delayed(delay, message),
             Action::DeadLetter { reason, error } => Some(Outgoing::Direct {
                 queue: &routes.dead_letter,
-                message: dead_letter_message(message, &queue.name, attempt, reason, &error),
+                message: dead_letter_message(message, &queue.name, attempt, &reason, &error),
             }),
         }
     }
@@ -387,7 +369,7 @@ mod tests {
         assert_eq!(retry.headers[headers::ATTEMPT], HeaderValue::Int(3));
         assert_eq!(retry.body, original.body);
         assert_eq!(retry.id, original.id);
-        let dead = dead_letter_message(original.clone(), "q", 3, DeadReason::Permanent, "nope");
+        let dead = dead_letter_message(original.clone(), "q", 3, &DeadReason::Permanent, "nope");
         assert_eq!(dead.body, original.body);
         assert_eq!(dead.headers["custom"], HeaderValue::from("kept"));
         assert_eq!(dead.headers[headers::ERROR], HeaderValue::from("nope"));
@@ -403,7 +385,7 @@ mod tests {
             HeaderValue::from(headers::host())
         );
         let first = retry.headers[headers::FIRST_FAILED_AT].clone();
-        let later = dead_letter_message(retry, "q", 3, DeadReason::Permanent, "nope");
+        let later = dead_letter_message(retry, "q", 3, &DeadReason::Permanent, "nope");
         assert_eq!(
             later.headers[headers::FIRST_FAILED_AT],
             first,
