@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation};
 
@@ -206,8 +207,7 @@ impl AmqpBroker {
             .await;
         close_quietly(&channel).await;
         declared.map(drop).map_err(|e| {
-            convert::queue_mismatch(&spec.name, &e.to_string())
-                .unwrap_or_else(|| Error::broker(operation(), e))
+            queue_mismatch(&spec.name, &e).unwrap_or_else(|| Error::broker(operation(), e))
         })
     }
 
@@ -307,8 +307,28 @@ async fn close_quietly(channel: &Channel) {
     }
 }
 
+/// The broker's channel-level error code of `error`, with its reply text,
+/// if it is one.
+fn soft_error(error: &lapin::Error) -> Option<(&AMQPSoftError, &str)> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(soft) => Some((soft, amqp.get_message().as_str())),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
+}
+
 fn is_not_found(error: &lapin::Error) -> bool {
-    error.to_string().contains("NOT_FOUND")
+    matches!(soft_error(error), Some((AMQPSoftError::NOTFOUND, _)))
+}
+
+/// A `PRECONDITION_FAILED` on a declare: which argument differs.
+fn queue_mismatch(queue: &str, error: &lapin::Error) -> Option<Error> {
+    match soft_error(error)? {
+        (AMQPSoftError::PRECONDITIONFAILED, text) => convert::queue_mismatch(queue, text),
+        _ => None,
+    }
 }
 
 #[async_trait]
