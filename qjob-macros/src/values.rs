@@ -88,14 +88,34 @@ pub(crate) fn number(key: &str, expr: &Expr) -> syn::Result<f64> {
     parsed.ok_or_else(|| syn::Error::new(expr.span(), format!("`{key}` expects a number")))
 }
 
-/// A duration string such as `"200ms"`, `"5s"`, `"5m"` or `"1h"`, in milliseconds.
+/// The one grammar of `#[job]`'s durations and rates. A unit is `ms`,
+/// `s` (`sec`, `second`, `seconds`), `m` (`min`, `minute`, `minutes`) or
+/// `h` (`hour`, `hours`). A duration is a number and a unit, the number
+/// whole or with decimals that make whole milliseconds: `"500ms"`, `"5s"`,
+/// `"1.5s"`, `"5min"`, `"2h"`. A rate is a whole count, `/` and a unit:
+/// `"100/s"`, `"6/min"`.
+const GRAMMAR: &str = "a number and a unit (ms, s, m or h; sec, min and hour also read), \
+                       like \"500ms\", \"1.5s\" or \"5min\"";
+
+/// Milliseconds per `unit`.
+fn unit_ms(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "ms" => 1,
+        "s" | "sec" | "second" | "seconds" => 1_000,
+        "m" | "min" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        _ => return None,
+    })
+}
+
+/// A duration string (see [`GRAMMAR`]), in milliseconds.
 pub(crate) fn duration(key: &str, expr: &Expr) -> syn::Result<u64> {
     let lit = string(key, expr)?;
     parse_duration(&lit.value()).ok_or_else(|| {
         syn::Error::new(
             lit.span(),
             format!(
-                "`{key}`: invalid duration {:?}; expected a whole number followed by ms, s, m or h, like \"500ms\" or \"5m\"",
+                "`{key}`: invalid duration {:?}; expected {GRAMMAR}",
                 lit.value()
             ),
         )
@@ -104,59 +124,82 @@ pub(crate) fn duration(key: &str, expr: &Expr) -> syn::Result<u64> {
 
 pub(crate) fn parse_duration(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor = match unit.trim() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    number.checked_mul(factor)
+    let factor = unit_ms(unit.trim())?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.contains('.') || fraction.len() > 9 {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let mut ms = whole.checked_mul(factor)?;
+    if !fraction.is_empty() {
+        let digits: u64 = fraction.parse().ok()?;
+        let scale = 10u64.pow(u32::try_from(fraction.len()).ok()?);
+        let part = digits.checked_mul(factor)?;
+        if part % scale != 0 {
+            return None; // not whole milliseconds
+        }
+        ms = ms.checked_add(part / scale)?;
+    }
+    Some(ms)
 }
 
-/// A rate such as `"100/s"`, `"20/m"` or `"1000/h"`: (count, period in ms).
+/// A rate such as `"100/s"` or `"6/min"`: (count, period in ms).
 pub(crate) fn rate(key: &str, expr: &Expr) -> syn::Result<(u64, u64)> {
     let lit = string(key, expr)?;
     let invalid = || {
         syn::Error::new(
             lit.span(),
             format!(
-                "`{key}`: invalid rate {:?}; expected a count of at least 1 per s, m or h, like \"100/s\"",
+                "`{key}`: invalid rate {:?}; expected a whole count of at least 1, `/` and a unit \
+                 (ms, s, m or h; sec, min and hour also read), like \"100/s\" or \"6/min\"",
                 lit.value()
             ),
         )
     };
-    let value = lit.value();
-    let (count, period) = value.split_once('/').ok_or_else(invalid)?;
-    let count: u64 = count.trim().parse().map_err(|_| invalid())?;
-    let per = match period.trim() {
-        "s" | "sec" | "second" => 1_000,
-        "m" | "min" | "minute" => 60_000,
-        "h" | "hour" => 3_600_000,
-        _ => return Err(invalid()),
-    };
-    if count == 0 || count > u64::from(u32::MAX) {
-        return Err(invalid());
-    }
-    Ok((count, per))
+    parse_rate(&lit.value()).ok_or_else(invalid)
+}
+
+pub(crate) fn parse_rate(text: &str) -> Option<(u64, u64)> {
+    let (count, unit) = text.split_once('/')?;
+    let count: u64 = count.trim().parse().ok()?;
+    let per = unit_ms(unit.trim())?;
+    (1..=u64::from(u32::MAX))
+        .contains(&count)
+        .then_some((count, per))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_rate};
 
     #[test]
     fn durations() {
         assert_eq!(parse_duration("200ms"), Some(200));
         assert_eq!(parse_duration("5s"), Some(5_000));
+        assert_eq!(parse_duration("1.5s"), Some(1_500));
+        assert_eq!(parse_duration("0.25s"), Some(250));
         assert_eq!(parse_duration("5m"), Some(300_000));
+        assert_eq!(parse_duration("5min"), Some(300_000));
+        assert_eq!(parse_duration("10 sec"), Some(10_000));
         assert_eq!(parse_duration("2h"), Some(7_200_000));
+        assert_eq!(parse_duration("1.5ms"), None, "not whole milliseconds");
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration(".5s"), None);
+        assert_eq!(parse_duration("1.2.3s"), None);
         assert_eq!(parse_duration("3d"), None);
+    }
+
+    #[test]
+    fn rates_share_the_units() {
+        assert_eq!(parse_rate("100/s"), Some((100, 1_000)));
+        assert_eq!(parse_rate("6/min"), Some((6, 60_000)));
+        assert_eq!(parse_rate("1000 / hour"), Some((1000, 3_600_000)));
+        assert_eq!(parse_rate("5/ms"), Some((5, 1)));
+        assert_eq!(parse_rate("0/s"), None);
+        assert_eq!(parse_rate("1.5/s"), None);
+        assert_eq!(parse_rate("10/d"), None);
     }
 }
