@@ -10,7 +10,7 @@ mod values;
 
 use proc_macro::TokenStream;
 
-/// Turns an async handler into a job type. See the `qjob` crate's docs.
+#[doc = include_str!("../ARGUMENTS.md")]
 #[proc_macro_attribute]
 pub fn job(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::job(args.into(), item.into()).into()
