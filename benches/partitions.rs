@@ -54,7 +54,12 @@ async fn count_ready(broker: &qjob::AmqpBroker) -> u32 {
     let mut total = 0;
     for index in 0..30 {
         let queue = format!("{}.p{index}", PartitionedJob::QUEUE);
-        total += broker.queue_depth(&queue).await.unwrap().unwrap_or(0);
+        total += broker
+            .queue_stats(&queue)
+            .await
+            .unwrap()
+            .map(|s| s.messages)
+            .unwrap_or(0);
     }
     total
 }

@@ -35,17 +35,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(url) => Arc::new(qjob::AmqpBroker::connect(url).await?),
         Err(_) => Arc::new(memory.clone()),
     };
-    let worker = Worker::builder_shared(broker.clone())
-        .register(MeteredJob)
-        .build();
+    let worker = Worker::builder(broker.clone()).register(MeteredJob).build();
     let health = worker.health();
     let listener = TcpListener::bind(ADDRESS).await?;
     tokio::spawn(serve(listener, metrics.clone(), health.clone()));
     println!("serving http://{ADDRESS}/metrics and http://{ADDRESS}/health");
 
-    let results = Client::from_shared(broker)
-        .enqueue_all::<MeteredJob>(0..50)
-        .await?;
+    let results = Client::new(broker).enqueue_all::<MeteredJob>(0..50).await?;
     println!("enqueued {} jobs", results.len());
     if std::env::var_os("QJOB_SERVE").is_some() {
         worker

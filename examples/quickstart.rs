@@ -89,7 +89,7 @@ async fn main() -> Result<(), qjob::Error> {
         }
     };
 
-    let client = Client::from_shared(broker.clone());
+    let client = Client::new(broker.clone());
     for (to, subject) in [
         ("ada@example.com", "welcome"),
         ("alan@example.com", "receipt"),
@@ -109,7 +109,7 @@ async fn main() -> Result<(), qjob::Error> {
     }
     println!("enqueued {JOBS} jobs");
 
-    Worker::builder_shared(broker)
+    Worker::builder(broker)
         .register(SendEmailJob)
         .register(ChargeJob)
         .build()

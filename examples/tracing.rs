@@ -54,12 +54,12 @@ async fn main() -> Result<(), qjob::Error> {
         Ok(url) => Arc::new(qjob::AmqpBroker::connect(url).await?),
         Err(_) => Arc::new(qjob_testkit::MemoryBroker::new()),
     };
-    let client = Client::from_shared(broker.clone());
+    let client = Client::new(broker.clone());
     client
         .enqueue::<ChargeJob>(Order { number: 42 })
         .instrument(tracing::info_span!("checkout", order = 42))
         .await?;
-    Worker::builder_shared(broker)
+    Worker::builder(broker)
         .register(ChargeJob)
         .build()
         .run_until(CHARGED.notified())

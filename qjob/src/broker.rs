@@ -422,12 +422,6 @@ pub trait Broker: Send + Sync + 'static {
     /// does not exist (a passive declare).
     async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error>;
 
-    /// The number of ready messages in `queue`, or `None` if it does not
-    /// exist.
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>, Error> {
-        Ok(self.queue_stats(queue).await?.map(|stats| stats.messages))
-    }
-
     /// Takes the next ready message of `queue` (`basic.get`), unsettled:
     /// the caller acks or rejects it. `None` if the queue is empty.
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error>;
@@ -450,4 +444,50 @@ pub trait Broker: Send + Sync + 'static {
     fn consumer_timeout(&self) -> Option<Duration> {
         None
     }
+}
+
+/// A broker behind an `Arc` is a broker: share one between a `Client`, a
+/// `Worker` and your own code with `Arc<AmqpBroker>` or `Arc<dyn Broker>`.
+#[async_trait]
+impl<B: Broker + ?Sized> Broker for std::sync::Arc<B> {
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
+        (**self).declare_queue(spec).await
+    }
+
+    async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
+        (**self).publish(queue, message).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<Box<dyn Subscription>, Error> {
+        (**self).consume(queue, options).await
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
+        (**self).queue_stats(queue).await
+    }
+
+    async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
+        (**self).get(queue).await
+    }
+
+    fn is_connected(&self) -> bool {
+        (**self).is_connected()
+    }
+
+    fn blocked_reason(&self) -> Option<String> {
+        (**self).blocked_reason()
+    }
+
+    fn consumer_timeout(&self) -> Option<Duration> {
+        (**self).consumer_timeout()
+    }
+}
+
+/// The number of ready messages in `queue`, or `None` if it does not exist.
+pub(crate) async fn queue_depth(broker: &dyn Broker, queue: &str) -> Result<Option<u32>, Error> {
+    Ok(broker.queue_stats(queue).await?.map(|stats| stats.messages))
 }

@@ -58,15 +58,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client publishing through `broker`.
+    /// A client publishing through `broker` (a broker shared with a
+    /// worker is an `Arc<…>`, itself a [`Broker`]).
     pub fn new(broker: impl Broker) -> Self {
-        Self::from_shared(Arc::new(broker))
-    }
-
-    /// A client on a broker already behind an `Arc`.
-    pub fn from_shared(broker: Arc<dyn Broker>) -> Self {
         Self {
-            broker,
+            broker: Arc::new(broker),
             declared: Arc::default(),
         }
     }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use crate::broker::{Broker, Delivery, HeaderValue, Headers, Message};
+use crate::broker::{Broker, Delivery, HeaderValue, Headers, Message, queue_depth};
 use crate::headers::{self, from_millis};
 use crate::{Client, Error, Job, JobId};
 
@@ -236,7 +236,9 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     /// The broker's error.
     pub async fn count(&self) -> Result<u32, Error> {
         let queue = J::options().dead_letter_queue();
-        Ok(self.client.broker().queue_depth(&queue).await?.unwrap_or(0))
+        Ok(queue_depth(self.client.broker(), &queue)
+            .await?
+            .unwrap_or(0))
     }
 
     /// The first `n` dead letters, oldest first, left in the queue in place
@@ -333,7 +335,7 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     ) -> Result<usize, Error> {
         let broker = self.client.broker();
         let queue = J::options().dead_letter_queue();
-        let Some(depth) = broker.queue_depth(&queue).await? else {
+        let Some(depth) = queue_depth(broker, &queue).await? else {
             return Ok(0);
         };
         let mut kept = Held::default();

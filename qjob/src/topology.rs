@@ -184,7 +184,7 @@ pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result
     }
     if let Some(partitions) = options.partitions() {
         let beyond = partition_queue(options.queue(), partitions);
-        if broker.queue_depth(&beyond).await?.is_some() {
+        if broker.queue_stats(&beyond).await?.is_some() {
             return Err(Error::Config(format!(
                 "job queue {:?} is declared with {partitions} partitions, but partition queue \
                  {beyond:?} exists: a producer or worker uses more partitions; drain and delete \

@@ -599,12 +599,21 @@ pub async fn an_unused_queue_expires(env: &Env, queue: &str) {
 /// messages and tells a missing queue.
 pub async fn get_takes_messages_one_at_a_time(env: &Env, queue: &str) {
     let broker = fresh_queue(env, queue, &["a", "b"]).await;
-    assert_eq!(broker.queue_depth(queue).await.unwrap(), Some(2));
+    assert_eq!(
+        broker.queue_stats(queue).await.unwrap().map(|s| s.messages),
+        Some(2)
+    );
     let a = broker.get(queue).await.unwrap().expect("a message");
     assert_eq!(a.message.body, b"a");
-    assert_eq!(broker.queue_depth(queue).await.unwrap(), Some(1));
+    assert_eq!(
+        broker.queue_stats(queue).await.unwrap().map(|s| s.messages),
+        Some(1)
+    );
     a.acker.reject(true).await.unwrap();
-    assert_eq!(broker.queue_depth(queue).await.unwrap(), Some(2));
+    assert_eq!(
+        broker.queue_stats(queue).await.unwrap().map(|s| s.messages),
+        Some(2)
+    );
     let again = broker.get(queue).await.unwrap().expect("a message");
     assert_eq!(again.message.body, b"a");
     assert!(again.redelivered);
@@ -612,9 +621,15 @@ pub async fn get_takes_messages_one_at_a_time(env: &Env, queue: &str) {
     let b = broker.get(queue).await.unwrap().expect("a message");
     b.acker.ack().await.unwrap();
     assert!(broker.get(queue).await.unwrap().is_none());
-    assert_eq!(broker.queue_depth(queue).await.unwrap(), Some(0));
+    assert_eq!(
+        broker.queue_stats(queue).await.unwrap().map(|s| s.messages),
+        Some(0)
+    );
     env.delete_queues(&[queue]).await;
-    assert_eq!(broker.queue_depth(queue).await.unwrap(), None);
+    assert_eq!(
+        broker.queue_stats(queue).await.unwrap().map(|s| s.messages),
+        None
+    );
 }
 
 /// When the active consumer of a single-active-consumer queue goes away

@@ -45,7 +45,7 @@ impl Env {
 
     /// A client on the broker.
     pub fn client(&self) -> Client {
-        Client::from_shared(self.broker())
+        Client::new(self.broker())
     }
 
     /// A probe name unique to this job type on this broker.
@@ -166,7 +166,7 @@ impl Env {
 
     /// Starts a worker for `job` with this shutdown timeout.
     pub fn start_with<J: Job>(&self, job: J, shutdown_timeout: Duration) -> Running {
-        let worker = Worker::builder_shared(self.broker())
+        let worker = Worker::builder(self.broker())
             .register(job)
             .shutdown_timeout(shutdown_timeout)
             .build();
@@ -1139,7 +1139,7 @@ pub async fn a_panicking_observer_stalls_nothing<J: Job<Payload = Task>>(env: &E
             .await
             .unwrap();
     }
-    let worker = Worker::builder_shared(env.broker())
+    let worker = Worker::builder(env.broker())
         .register(job)
         .observer(Arc::new(Panicking))
         .build();

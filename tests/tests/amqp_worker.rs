@@ -127,7 +127,7 @@ async fn fewer_partitions_than_the_queues_in_use_is_a_clear_error() {
         text.contains("2 partitions") && text.contains("qjob.test.mismatch.p2"),
         "{text}"
     );
-    let worker = qjob::Worker::builder_shared(env.broker())
+    let worker = qjob::Worker::builder(env.broker())
         .register(FewPartitionsJob)
         .build();
     let started = worker.run_until(std::future::pending()).await;
@@ -142,7 +142,7 @@ async fn health_shows_a_running_connected_worker() {
     use qjob_tests::jobs::HealthJob;
     let env = Env::amqp().await;
     env.reset::<HealthJob>().await;
-    let worker = qjob::Worker::builder_shared(env.broker())
+    let worker = qjob::Worker::builder(env.broker())
         .register(HealthJob)
         .build();
     let health = worker.health();
@@ -179,7 +179,7 @@ async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
         .enqueue_all::<ScaledJob>((0..jobs).map(|seq| Task::new(&tag, seq, Act::Sleep(40))))
         .await
         .unwrap();
-    let worker = qjob::Worker::builder_shared(env.broker())
+    let worker = qjob::Worker::builder(env.broker())
         .register(ScaledJob)
         .autoscale_interval(std::time::Duration::from_millis(200))
         .build();
@@ -248,7 +248,7 @@ async fn a_queue_deleted_under_a_running_worker_is_redeclared_and_consumed_again
     env.reset::<ServerCancelJob>().await;
     let tag = env.tag::<ServerCancelJob>();
     let queue = ServerCancelJob::QUEUE;
-    let worker = qjob::Worker::builder_shared(env.broker())
+    let worker = qjob::Worker::builder(env.broker())
         .register(ServerCancelJob)
         .build();
     let health = worker.health();

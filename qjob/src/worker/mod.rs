@@ -181,15 +181,11 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Starts building a worker on `broker`.
+    /// Starts building a worker on `broker` (a broker shared with a client
+    /// is an `Arc<…>`, itself a [`Broker`]).
     pub fn builder(broker: impl Broker) -> WorkerBuilder {
-        Self::builder_shared(Arc::new(broker))
-    }
-
-    /// Starts building a worker on a broker already behind an `Arc`.
-    pub fn builder_shared(broker: Arc<dyn Broker>) -> WorkerBuilder {
         WorkerBuilder {
-            broker,
+            broker: Arc::new(broker),
             jobs: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             observers: Vec::new(),
