@@ -2,6 +2,7 @@
 //! arguments are documented there.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, missing_debug_implementations)]
 
 mod args;
 mod check;

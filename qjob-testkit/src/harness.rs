@@ -4,7 +4,6 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qjob::policy::partition::partition_queue;
 use qjob::{AttemptOutcome, Client, DeadLetter, Error, Job, JobContext, JobError, JobId, Worker};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -104,12 +103,7 @@ impl TestKit {
     pub fn register<J: Job + Clone>(mut self, job: J) -> Self {
         self.jobs
             .push(Box::new(move |builder| builder.register(job.clone())));
-        match J::options().partitions() {
-            None => self.queues.push(J::QUEUE.to_owned()),
-            Some(partitions) => self
-                .queues
-                .extend((0..partitions).map(|i| partition_queue(J::QUEUE, i))),
-        }
+        self.queues.extend(J::options().consumed_queues());
         self
     }
 

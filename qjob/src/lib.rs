@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod amqp;
 pub mod broker;
@@ -10,7 +10,7 @@ mod error;
 pub mod headers;
 mod job;
 mod options;
-pub mod policy;
+pub(crate) mod policy;
 mod topology;
 pub mod trace;
 mod worker;

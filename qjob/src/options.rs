@@ -109,6 +109,21 @@ pub struct Autoscale {
 }
 
 impl Autoscale {
+    /// The prefetch each consumer holds at `handlers` handlers, when
+    /// `prefetch` is what the job holds at `max`: the same share, never
+    /// fewer messages than handlers, never more than `prefetch`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let scaling = qjob::Autoscale::new(1, 10, Duration::from_secs(10));
+    /// assert_eq!(scaling.prefetch_at(10, 200), 200);
+    /// assert_eq!(scaling.prefetch_at(1, 200), 20);
+    /// assert_eq!(scaling.prefetch_at(3, 5), 3);
+    /// ```
+    pub fn prefetch_at(&self, handlers: usize, prefetch: u16) -> u16 {
+        crate::policy::autoscale::prefetch_for(handlers, self.max, prefetch)
+    }
+
     /// Between `min` and `max` handlers (`min` at least 1, `max` at least
     /// `min`), aiming at `target_latency`.
     pub fn new(min: usize, max: usize, target_latency: Duration) -> Self {
@@ -350,6 +365,21 @@ impl JobOptions {
     /// The delivery limit of a quorum queue, if any.
     pub fn delivery_limit(&self) -> Option<u32> {
         self.delivery_limit
+    }
+
+    /// The queues a worker consumes for this job: its queue, or its
+    /// partition queues `<queue>.p0` … `<queue>.p<N-1>` when partitioned.
+    ///
+    /// ```
+    /// let options = qjob::JobOptions::new("events").with_partitions(3);
+    /// assert_eq!(options.consumed_queues(), ["events.p0", "events.p1", "events.p2"]);
+    /// assert_eq!(qjob::JobOptions::new("mail").consumed_queues(), ["mail"]);
+    /// ```
+    pub fn consumed_queues(&self) -> Vec<String> {
+        crate::topology::consumed_queues(self)
+            .into_iter()
+            .map(|spec| spec.name)
+            .collect()
     }
 
     /// The prefix of this queue's environment variables: `QJOB_` plus the

@@ -167,7 +167,6 @@ async fn health_shows_a_running_connected_worker() {
 
 #[tokio::test]
 async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
-    use qjob::policy::autoscale::prefetch_for;
     use qjob_tests::jobs::ScaledJob;
     use qjob_tests::{Act, Task, probe};
     use std::sync::atomic::Ordering;
@@ -198,7 +197,9 @@ async fn a_backlog_raises_concurrency_and_its_drain_lowers_it() {
     };
     // The prefetch (40, configured for 12 handlers) follows: 4 at 1.
     let prefetch = || qjob_tests::consumer_prefetch(ScaledJob::QUEUE);
-    let matched = |n| usize::from(prefetch_for(n, 12, 40));
+    let options = ScaledJob::options();
+    let scaling = options.autoscale().unwrap();
+    let matched = |n| usize::from(scaling.prefetch_at(n, options.prefetch()));
     // 300 jobs of 40 ms with a 1 s latency target: about 10 handlers needed.
     qjob_tests::eventually("concurrency to rise", LIMIT, slots, |n| *n >= 5).await;
     qjob_tests::eventually("prefetch to rise", LIMIT, prefetch, |p| {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// The controller's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AutoscaleSettings {
+pub(crate) struct AutoscaleSettings {
     /// The fewest handlers.
     pub min: usize,
     /// The most handlers (the job's `concurrency`).
@@ -36,7 +36,7 @@ impl AutoscaleSettings {
     /// Settings between `min` and `max` with a latency target, and
     /// defaults for the rest: 30 s cooldown, steps of a quarter of the range
     /// (at least 1), scale up above 110 % of the current need, down below 60 %.
-    pub fn new(min: usize, max: usize, target_latency: Duration) -> Self {
+    pub(crate) fn new(min: usize, max: usize, target_latency: Duration) -> Self {
         let min = min.max(1);
         let max = max.max(min);
         Self {
@@ -53,7 +53,7 @@ impl AutoscaleSettings {
 
 /// What was measured over the last interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// When.
     pub at: Instant,
     /// The queue's ready messages, or `None` if sampling failed (the last
@@ -67,7 +67,7 @@ pub struct Sample {
 
 /// Why the controller decided what it did (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Nothing measured yet.
     NoData,
     /// The need is within the hysteresis band.
@@ -82,7 +82,7 @@ pub enum Reason {
 
 impl Reason {
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::NoData => "no_data",
             Reason::Steady => "steady",
@@ -95,7 +95,7 @@ impl Reason {
 
 /// The controller's answer for one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The concurrency to run with now.
     pub concurrency: usize,
     /// The concurrency the load needs (unclamped by `max`).
@@ -108,7 +108,7 @@ pub struct Decision {
 
 /// The controller of one job type in one worker.
 #[derive(Debug, Clone)]
-pub struct Autoscaler {
+pub(crate) struct Autoscaler {
     settings: AutoscaleSettings,
     concurrency: usize,
     last_change: Option<Instant>,
@@ -123,7 +123,7 @@ pub struct Autoscaler {
 
 impl Autoscaler {
     /// Starts at `min`.
-    pub fn new(settings: AutoscaleSettings) -> Self {
+    pub(crate) fn new(settings: AutoscaleSettings) -> Self {
         Self {
             settings,
             concurrency: settings.min,
@@ -134,13 +134,8 @@ impl Autoscaler {
         }
     }
 
-    /// The concurrency in force.
-    pub fn concurrency(&self) -> usize {
-        self.concurrency
-    }
-
     /// Takes a sample and decides.
-    pub fn observe(&mut self, sample: Sample) -> Decision {
+    pub(crate) fn observe(&mut self, sample: Sample) -> Decision {
         let s = self.settings;
         if sample.completed > 0 {
             let per_job = sample.busy.as_secs_f64() / sample.completed as f64;
@@ -222,16 +217,7 @@ impl Autoscaler {
 /// what the job configured for `max` handlers: the same share, never fewer
 /// messages than handlers (an idle handler with nothing to take is waste),
 /// never more than the configured prefetch (the operator's memory bound).
-///
-/// ```
-/// use qjob::policy::autoscale::prefetch_for;
-///
-/// assert_eq!(prefetch_for(10, 10, 200), 200);
-/// assert_eq!(prefetch_for(1, 10, 200), 20);
-/// assert_eq!(prefetch_for(3, 10, 5), 3);
-/// assert_eq!(prefetch_for(8, 10, 5), 5);
-/// ```
-pub fn prefetch_for(concurrency: usize, max: usize, prefetch: u16) -> u16 {
+pub(crate) fn prefetch_for(concurrency: usize, max: usize, prefetch: u16) -> u16 {
     let configured = usize::from(prefetch.max(1));
     let share = (configured * concurrency).div_ceil(max.max(1));
     let matched = share.max(concurrency).min(configured).max(1);
@@ -241,6 +227,14 @@ pub fn prefetch_for(concurrency: usize, max: usize, prefetch: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_follows_the_handlers_within_bounds() {
+        assert_eq!(prefetch_for(10, 10, 200), 200);
+        assert_eq!(prefetch_for(1, 10, 200), 20);
+        assert_eq!(prefetch_for(3, 10, 5), 3);
+        assert_eq!(prefetch_for(8, 10, 5), 5);
+    }
 
     const INTERVAL: Duration = Duration::from_secs(5);
 

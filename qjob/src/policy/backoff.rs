@@ -12,32 +12,16 @@ const COARSE_FROM: Duration = Duration::from_secs(10);
 /// Jitter is drawn from this many steps, for the same reason.
 const JITTER_STEPS: u32 = 8;
 
-/// Computes retry delays from a job's [`Backoff`].
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use qjob::Backoff;
-/// use qjob::policy::backoff::BackoffPolicy;
-///
-/// let policy = BackoffPolicy::new(Backoff::Exponential {
-///     base: Duration::from_secs(1),
-///     max: Duration::from_secs(300),
-///     jitter: false,
-/// });
-/// assert_eq!(policy.delay(1, 0.0), Duration::from_secs(1));
-/// assert_eq!(policy.delay(4, 0.0), Duration::from_secs(8));
-/// assert_eq!(policy.delay(20, 0.0), Duration::from_secs(300));
-/// ```
+/// Computes retry delays from a job's [`Backoff`]: exponential from 1 s
+/// with a 300 s cap gives 1 s, 2 s, 4 s, 8 s … 300 s (unit tests below).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackoffPolicy {
+pub(crate) struct BackoffPolicy {
     backoff: Backoff,
 }
 
 impl BackoffPolicy {
     /// The policy for `backoff`.
-    pub const fn new(backoff: Backoff) -> Self {
+    pub(crate) const fn new(backoff: Backoff) -> Self {
         Self { backoff }
     }
 
@@ -45,7 +29,7 @@ impl BackoffPolicy {
     /// with `jitter` in `[0, 1)` placing it between half and all of the
     /// exponential delay when jitter is on. Never overflows; rounded up to
     /// 10 ms (whole seconds from 10 s on).
-    pub fn delay(&self, retry: u32, jitter: f64) -> Duration {
+    pub(crate) fn delay(&self, retry: u32, jitter: f64) -> Duration {
         let retry = retry.max(1);
         let raw = match self.backoff {
             Backoff::Immediate => Duration::ZERO,
@@ -88,7 +72,7 @@ fn from_nanos(nanos: u128) -> Duration {
 }
 
 /// Rounds up to the delay precision.
-pub fn round_up(delay: Duration) -> Duration {
+pub(crate) fn round_up(delay: Duration) -> Duration {
     let quantum = if delay >= COARSE_FROM {
         Duration::from_secs(1)
     } else {
@@ -101,7 +85,7 @@ pub fn round_up(delay: Duration) -> Duration {
 
 /// A jitter value in `[0, 1)` that is the same for the same job and attempt
 /// and spread across jobs (SplitMix64 over the id's FNV-1a hash).
-pub fn jitter_for(job_id: &str, attempt: u32) -> f64 {
+pub(crate) fn jitter_for(job_id: &str, attempt: u32) -> f64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in job_id.bytes() {
         hash ^= u64::from(byte);
@@ -117,6 +101,18 @@ pub fn jitter_for(job_id: &str, attempt: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exponential_delays_double_up_to_the_cap() {
+        let policy = BackoffPolicy::new(Backoff::Exponential {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            jitter: false,
+        });
+        assert_eq!(policy.delay(1, 0.0), Duration::from_secs(1));
+        assert_eq!(policy.delay(4, 0.0), Duration::from_secs(8));
+        assert_eq!(policy.delay(20, 0.0), Duration::from_secs(300));
+    }
 
     const S: Duration = Duration::from_secs(1);
 

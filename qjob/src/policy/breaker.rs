@@ -31,7 +31,7 @@ pub enum BreakerState {
 
 /// What the dispatcher may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Start a job.
     Run,
     /// Start no job until this time (then ask again).
@@ -42,7 +42,7 @@ pub enum Admission {
 
 /// The circuit breaker of one job type in one worker.
 #[derive(Debug, Clone)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: CircuitBreaker,
     state: BreakerState,
     /// Finished attempts in the window: when, and whether they failed.
@@ -51,7 +51,7 @@ pub struct Breaker {
 
 impl Breaker {
     /// A closed breaker.
-    pub fn new(settings: CircuitBreaker) -> Self {
+    pub(crate) fn new(settings: CircuitBreaker) -> Self {
         Self {
             settings,
             state: BreakerState::Closed,
@@ -60,7 +60,7 @@ impl Breaker {
     }
 
     /// The state at `now` (an open breaker whose time is up is half-open).
-    pub fn state(&mut self, now: Instant) -> BreakerState {
+    pub(crate) fn state(&mut self, now: Instant) -> BreakerState {
         if let BreakerState::Open { until } = self.state
             && now >= until
         {
@@ -71,7 +71,7 @@ impl Breaker {
 
     /// Whether a job may start at `now`. Admitting the half-open probe
     /// marks it running.
-    pub fn admit(&mut self, now: Instant) -> Admission {
+    pub(crate) fn admit(&mut self, now: Instant) -> Admission {
         match self.state(now) {
             BreakerState::Closed => Admission::Run,
             BreakerState::Open { until } => Admission::WaitUntil(until),
@@ -85,14 +85,14 @@ impl Breaker {
 
     /// An admitted job did not run after all: a probe it was is given up,
     /// for the next job to make.
-    pub fn withdraw(&mut self) {
+    pub(crate) fn withdraw(&mut self) {
         if let BreakerState::HalfOpen { probing: true } = self.state {
             self.state = BreakerState::HalfOpen { probing: false };
         }
     }
 
     /// An admitted job finished at `now`.
-    pub fn record(&mut self, now: Instant, failed: bool) {
+    pub(crate) fn record(&mut self, now: Instant, failed: bool) {
         match self.state(now) {
             BreakerState::HalfOpen { .. } => {
                 self.window.clear();
@@ -136,8 +136,9 @@ impl Breaker {
         failures as f64 / attempts as f64 >= self.settings.failure_rate
     }
 
+    #[cfg(test)]
     /// The attempts counted in the window now.
-    pub fn window_len(&self) -> usize {
+    pub(crate) fn window_len(&self) -> usize {
         self.window.len()
     }
 }

@@ -5,21 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
 /// The lanes of one consumer. `T` is whatever waits (a delivery).
-///
-/// # Examples
-///
-/// ```
-/// use qjob::policy::lanes::Lanes;
-///
-/// let mut lanes = Lanes::default();
-/// assert_eq!(lanes.admit("a", 1), Some(1)); // lane "a" was free: run it
-/// assert_eq!(lanes.admit("a", 2), None);    // queued behind 1
-/// assert_eq!(lanes.admit("b", 3), Some(3)); // another key runs at once
-/// assert_eq!(lanes.finish(&"a"), Some(2));  // 1 done: 2 is next
-/// assert_eq!(lanes.finish(&"a"), None);     // lane "a" is free again
-/// ```
 #[derive(Debug)]
-pub struct Lanes<K, T> {
+pub(crate) struct Lanes<K, T> {
     /// Keys with a job running; the jobs queued behind it, in order.
     busy: HashMap<K, VecDeque<T>>,
 }
@@ -35,7 +22,7 @@ impl<K, T> Default for Lanes<K, T> {
 impl<K: Eq + Hash, T> Lanes<K, T> {
     /// A job with `key` arrived: `Some(item)` if its lane was free (run it
     /// now; the lane is busy until [`Lanes::finish`]), `None` if it queued.
-    pub fn admit(&mut self, key: K, item: T) -> Option<T> {
+    pub(crate) fn admit(&mut self, key: K, item: T) -> Option<T> {
         match self.busy.get_mut(&key) {
             Some(queue) => {
                 queue.push_back(item);
@@ -50,7 +37,7 @@ impl<K: Eq + Hash, T> Lanes<K, T> {
 
     /// The running job of `key` finished: the next one to run, if any (the
     /// lane stays busy), or `None` (the lane is free).
-    pub fn finish(&mut self, key: &K) -> Option<T> {
+    pub(crate) fn finish(&mut self, key: &K) -> Option<T> {
         let queue = self.busy.get_mut(key)?;
         let next = queue.pop_front();
         if next.is_none() {
@@ -59,19 +46,21 @@ impl<K: Eq + Hash, T> Lanes<K, T> {
         next
     }
 
+    #[cfg(test)]
     /// Keys with a job running.
-    pub fn busy(&self) -> usize {
+    pub(crate) fn busy(&self) -> usize {
         self.busy.len()
     }
 
+    #[cfg(test)]
     /// Jobs waiting behind a running one.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.busy.values().map(VecDeque::len).sum()
     }
 
     /// Takes out everything waiting; the running jobs keep their lanes busy
     /// until they finish.
-    pub fn take_queued(&mut self) -> Vec<T> {
+    pub(crate) fn take_queued(&mut self) -> Vec<T> {
         self.busy.values_mut().flat_map(std::mem::take).collect()
     }
 }

@@ -8,7 +8,7 @@
 //! (`std`'s `DefaultHasher` makes no such promise.)
 
 /// FNV-1a, 64 bits, of `bytes`.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
         hash ^= u64::from(*byte);
@@ -22,22 +22,13 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 /// # Panics
 ///
 /// If `partitions` is 0 (`#[job]` rejects it at compile time).
-///
-/// # Examples
-///
-/// ```
-/// use qjob::policy::partition::partition_for;
-///
-/// assert_eq!(partition_for("customer-42", 30), partition_for("customer-42", 30));
-/// assert!(partition_for("customer-42", 30) < 30);
-/// ```
-pub fn partition_for(key: &str, partitions: u16) -> u16 {
+pub(crate) fn partition_for(key: &str, partitions: u16) -> u16 {
     assert!(partitions > 0, "at least one partition");
     (fnv1a64(key.as_bytes()) % u64::from(partitions)) as u16
 }
 
 /// The name of partition queue `index` of `queue`: `<queue>.p<index>`.
-pub fn partition_queue(queue: &str, index: u16) -> String {
+pub(crate) fn partition_queue(queue: &str, index: u16) -> String {
     format!("{queue}.p{index}")
 }
 

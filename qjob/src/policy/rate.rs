@@ -10,7 +10,7 @@ use crate::RateLimit;
 /// period's tokens (at least one), so a burst after a quiet spell is short
 /// and the steady rate is exact.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     tokens: f64,
     per_token: Duration,
@@ -23,7 +23,7 @@ impl TokenBucket {
     /// # Panics
     ///
     /// If the limit's count is 0 (`#[job]` rejects it at compile time).
-    pub fn new(limit: RateLimit, now: Instant) -> Self {
+    pub(crate) fn new(limit: RateLimit, now: Instant) -> Self {
         assert!(limit.count > 0, "a rate limit allows at least one start");
         let capacity = f64::from((limit.count / 10).max(1));
         Self {
@@ -46,7 +46,7 @@ impl TokenBucket {
     /// # Errors
     ///
     /// The time to try again when the bucket is empty.
-    pub fn take(&mut self, now: Instant) -> Result<(), Instant> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Instant> {
         self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
