@@ -212,13 +212,26 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
-/// Settles one delivery. Exactly one of its methods takes effect; later
-/// calls are no-ops.
+/// Settles one delivery. The first settlement takes effect; a later one
+/// changes nothing (and may return an error).
 #[async_trait]
 pub trait Acker: Send + Sync {
     /// Acknowledges: the broker forgets the message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] if its channel closed (the broker then delivers the
+    /// message again, and [`Acker::is_open`] turns `false`) or the
+    /// transport failed.
     async fn ack(&self) -> Result<(), Error>;
-    /// Rejects; with `requeue` the broker delivers it again.
+
+    /// Rejects: with `requeue` the message goes back to its place in the
+    /// queue, marked redelivered; without, it is dead-lettered if its queue
+    /// says where, and dropped otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`Acker::ack`].
     async fn reject(&self, requeue: bool) -> Result<(), Error>;
 
     /// Whether the delivery can still be settled: `false` once its channel
@@ -249,19 +262,32 @@ impl fmt::Debug for Delivery {
     }
 }
 
-/// A consumer's stream of deliveries.
+/// A consumer's stream of deliveries. Dropping it closes it, as
+/// [`Subscription::close`] does.
 #[async_trait]
 pub trait Subscription: Send {
-    /// The next delivery; `None` once the consumer is cancelled or its
-    /// channel closed, `Some(Err)` on a transport failure.
+    /// The next delivery; `None` once the broker cancelled the consumer
+    /// (its queue deleted, its node lost), `Some(Err)` when its channel or
+    /// connection failed. After either, the deliveries it held that are not
+    /// settled come back to the queue; a delivery already received from a
+    /// closed channel reports it through [`Acker::is_open`].
     async fn next(&mut self) -> Option<Result<Delivery, Error>>;
 
     /// Stops further deliveries (`basic.cancel`). Deliveries already
     /// received stay unsettled until acked, rejected or [`Subscription::close`]d.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] if the transport failed.
     async fn cancel(&mut self) -> Result<(), Error>;
 
     /// Closes the consumer's channel: every delivery not yet settled goes
-    /// back to its queue at once.
+    /// back to its queue at once, in queue order, marked redelivered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] if the transport failed (the broker returns the
+    /// deliveries anyway when the connection goes).
     async fn close(self: Box<Self>) -> Result<(), Error>;
 
     /// Changes how many unacknowledged deliveries this consumer may hold,
@@ -272,6 +298,11 @@ pub trait Subscription: Send {
     /// but no longer count against the prefetch, which bounds what comes
     /// from then on. Not for single-active-consumer queues: the new
     /// consumer would queue behind the standbys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] if the transport failed; the worker then replaces
+    /// the subscription.
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), Error>;
 }
 
@@ -395,43 +426,86 @@ pub struct ConsumeOptions {
 /// A message transport with RabbitMQ's semantics: durable queues, confirmed
 /// publishes, per-consumer prefetch and manual acknowledgement.
 ///
-/// Implementations are cheap handles: clone them freely.
+/// qjob ships two: `AmqpBroker` (RabbitMQ) and `qjob_testkit::MemoryBroker`.
+/// Another implementation (a fake for a test, a transport) must keep the
+/// contract each method states; the conformance suite in `tests/src/conformance.rs`
+/// checks it, scenario by scenario, and is the place to start. The worker
+/// relies above all on these: a publish that returns `Ok` is stored; a
+/// delivery not acked comes back (after `close`, a lost connection, a
+/// reject with requeue), marked redelivered; nothing is delivered twice at
+/// once to one consumer.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Declares a durable queue (idempotent for the same arguments).
-    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error>;
-
-    /// Publishes a persistent message to `queue` and returns once the
-    /// broker confirmed it.
+    /// Declares a durable queue; declaring it again with the same
+    /// arguments does nothing.
     ///
     /// # Errors
     ///
-    /// [`Error::PublishRejected`] on a negative confirm, [`Error::Unroutable`]
-    /// if the queue does not exist, [`Error::Broker`] if the transport failed
-    /// (the message may or may not have been stored).
+    /// [`Error::QueueMismatch`] if the queue exists with other arguments
+    /// (naming the first that differs, as RabbitMQ's `PRECONDITION_FAILED`
+    /// does); [`Error::Broker`] or [`Error::Connect`] if the transport
+    /// failed. A failed declare must not break later operations.
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error>;
+
+    /// Publishes a persistent message to `queue` and returns once the
+    /// broker confirmed it: `Ok` means stored. The message's id, headers
+    /// (of every type, unchanged), kind and timestamp travel with it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PublishRejected`] on a negative confirm (a full
+    /// `reject-publish` queue), [`Error::Unroutable`] if the queue does not
+    /// exist, [`Error::Blocked`] if the broker blocks publishing (a resource
+    /// alarm; nothing sent), [`Error::Timeout`] if no confirm came in time,
+    /// [`Error::Broker`] or [`Error::Connect`] if the transport failed. After
+    /// `Timeout` and `Broker` the message may or may not have been stored;
+    /// after the others it was not.
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error>;
 
-    /// Starts a consumer on `queue` with manual acknowledgement.
+    /// Starts a consumer on `queue` with manual acknowledgement, holding at
+    /// most `options.prefetch` unsettled deliveries. On a
+    /// single-active-consumer queue only the first consumer receives; the
+    /// next takes over, with what the first left unsettled in queue order,
+    /// when the first goes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] if the queue does not exist or the transport
+    /// failed; [`Error::Connect`] if no connection could be made.
     async fn consume(
         &self,
         queue: &str,
         options: ConsumeOptions,
     ) -> Result<Box<dyn Subscription>, Error>;
 
-    /// The ready messages and the consumers of `queue`, or `None` if it
-    /// does not exist (a passive declare).
+    /// The ready messages (not the unacked ones) and the consumers (active
+    /// or standing by) of `queue`, or `None` if it does not exist (a
+    /// passive declare).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] or [`Error::Connect`] if the transport failed.
     async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error>;
 
     /// Takes the next ready message of `queue` (`basic.get`), unsettled:
-    /// the caller acks or rejects it. `None` if the queue is empty.
+    /// the caller acks or rejects it (a reject with requeue puts it back in
+    /// its place). `None` if the queue is empty.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] if the queue does not exist or the transport
+    /// failed.
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error>;
 
-    /// Whether the broker is connected now (health reports).
+    /// Whether the broker is connected now (health reports). A fake that
+    /// cannot lose its connection keeps the default, `true`.
     fn is_connected(&self) -> bool {
         true
     }
 
-    /// Why the broker blocks publishing now, if it does (health reports).
+    /// Why the broker blocks publishing now, if it does: health reports it,
+    /// and a settlement waits for it to clear before publishing again.
+    /// `None` by default.
     fn blocked_reason(&self) -> Option<String> {
         None
     }
