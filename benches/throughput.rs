@@ -99,22 +99,18 @@ async fn main() {
 
 async fn qjob_consume(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Duration {
     qjob_benches::start_round(jobs);
-    // The job's options come from the environment, as an operator would set them.
-    set_overrides(prefetch);
-    let worker = Worker::builder(broker.clone()).register(BenchJob).build();
+    // The job's options come from the operator's overrides.
+    let prefix = BenchJob::options().env_prefix();
+    let worker = Worker::builder(broker.clone())
+        .register(BenchJob)
+        .overrides(move |name| {
+            let knob = name.strip_prefix(prefix.as_str())?;
+            matches!(knob, "PREFETCH" | "CONCURRENCY").then(|| prefetch.to_string())
+        })
+        .build();
     let started = Instant::now();
     worker.run_until(DONE.notified()).await.unwrap();
     started.elapsed()
-}
-
-fn set_overrides(prefetch: u16) {
-    let prefix = BenchJob::options().env_prefix();
-    // SAFETY: the bench sets its environment from the one thread that
-    // reads it, before the worker starts.
-    unsafe {
-        std::env::set_var(format!("{prefix}PREFETCH"), prefetch.to_string());
-        std::env::set_var(format!("{prefix}CONCURRENCY"), prefetch.to_string());
-    }
 }
 
 fn env_number(name: &str, default: usize) -> usize {

@@ -480,3 +480,35 @@ async fn two_jobs_on_one_queue_are_named() {
         "{error}"
     );
 }
+
+/// The operator's overrides come through a lookup the application gives
+/// (the process environment by default): no environment to set in tests.
+#[tokio::test]
+async fn overrides_come_through_the_builders_lookup() {
+    let broker = qjob_testkit::MemoryBroker::new();
+    let worker = qjob::Worker::builder(broker.clone())
+        .register(NoopJob)
+        .overrides(|name| (name == "QJOB_KIT_NOOP_CONCURRENCY").then(|| "3".to_owned()))
+        .build();
+    let health = worker.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    broker
+        .wait_until(|b| b.consumer_count("kit.noop") == 1)
+        .await;
+    assert_eq!(health.report().concurrency.get("kit.noop"), Some(&3));
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+
+    let malformed = qjob::Worker::builder(qjob_testkit::MemoryBroker::new())
+        .register(NoopJob)
+        .overrides(|name| (name == "QJOB_KIT_NOOP_PREFETCH").then(|| "lots".to_owned()))
+        .build();
+    let error = malformed.run_until(async {}).await.unwrap_err().to_string();
+    assert!(
+        error.contains("QJOB_KIT_NOOP_PREFETCH") && error.contains("lots"),
+        "{error}"
+    );
+}

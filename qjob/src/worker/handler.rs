@@ -15,7 +15,7 @@ use crate::policy::backoff::{self, BackoffPolicy};
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
 use crate::worker::held::{self, Attempts, Hold, Running, Seen};
-use crate::worker::metrics;
+use crate::worker::metrics::JobMetrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Outcome, Runnable};
 use crate::worker::scaler::Work;
@@ -34,9 +34,9 @@ pub(crate) struct Handler {
     /// The job type's circuit breaker and rate limit, shared by its consumers.
     pub(crate) gate: Option<Arc<Gate>>,
     pub(crate) health: Health,
-    /// The job's queue, the `queue` label of its metrics (a partitioned
-    /// job's partition queues share their job queue's series).
-    pub(crate) job_queue: String,
+    /// The job's series (a partitioned job's partition queues share their
+    /// job queue's).
+    pub(crate) metrics: JobMetrics,
     /// What the handlers did, for adaptive concurrency.
     pub(crate) work: Option<Arc<Work>>,
     /// Deliveries not started (or not retried) because their channel had
@@ -67,7 +67,7 @@ impl Handler {
             drop(slot);
             return self.defer(delivery).await;
         }
-        metrics::consumed(&self.job_queue);
+        self.metrics.consumed();
         let envelope = Envelope::read(&delivery.message);
         let (job_id, attempt) = match &envelope {
             Ok(envelope) => (envelope.job_id.clone(), envelope.attempt),
@@ -93,7 +93,7 @@ impl Handler {
         async move {
             let (action, took) = match envelope {
                 Ok(envelope) => {
-                    metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
+                    self.metrics.time_in_queue(envelope.enqueued_at);
                     let running = memory
                         .as_ref()
                         .map(|key| Running::start(&self.attempts, key, attempt));
@@ -141,7 +141,7 @@ impl Handler {
         if self.deferred(&delivery) {
             return self.defer(delivery).await;
         }
-        metrics::consumed(&self.job_queue);
+        self.metrics.consumed();
         let envelope = match Envelope::read(&delivery.message) {
             Ok(envelope) => envelope,
             Err(reason) => {
@@ -154,7 +154,7 @@ impl Handler {
                     .await;
             }
         };
-        metrics::time_in_queue(&self.job_queue, envelope.enqueued_at);
+        self.metrics.time_in_queue(envelope.enqueued_at);
         let job_id = &envelope.job_id;
         let key = held::key(job_id, &delivery.message);
         let hold = Hold::new(received, self.hold_budget, self.timeout);
@@ -190,7 +190,7 @@ impl Handler {
                     let outcome = AttemptOutcome::Retrying { error, delay: wait };
                     span.record("outcome", outcome.label());
                     span.record("otel.status_code", "error");
-                    metrics::attempt(&self.job_queue, &outcome, Some(took));
+                    self.metrics.attempt(&outcome, Some(took));
                     self.report(&delivery, attempt, job_id, &outcome);
                     drop(span);
                     tokio::time::sleep(wait).await;
@@ -357,11 +357,11 @@ impl Handler {
                 return None;
             }
         }
-        metrics::in_flight(&self.job_queue, 1.0);
+        self.metrics.in_flight(1.0);
         let started = tokio::time::Instant::now();
         let outcome = self.run(delivery, envelope, attempt).await;
         let took = started.elapsed();
-        metrics::in_flight(&self.job_queue, -1.0);
+        self.metrics.in_flight(-1.0);
         if let Some(work) = &self.work {
             work.record(took);
         }
@@ -464,7 +464,7 @@ impl Handler {
             span.record("otel.status_code", "error");
         }
         self.health.acked();
-        metrics::attempt(&self.job_queue, &outcome, took);
+        self.metrics.attempt(&outcome, took);
         if let Some((payload, redelivered)) = report {
             self.notify(&payload, redelivered, attempt, job_id, &outcome);
         }
@@ -474,7 +474,7 @@ impl Handler {
     fn settlement_failed(&self, error: &Error, wait: Duration) {
         tracing::warn!(queue = self.routes.queue.name.as_str(), %error, retry_in = ?wait, "could not publish a settlement; holding the delivery and trying again");
         self.health.error(error);
-        metrics::settlement_failed(&self.job_queue);
+        self.metrics.settlement_failed();
     }
 
     fn report(&self, delivery: &Delivery, attempt: u32, job_id: &JobId, outcome: &AttemptOutcome) {

@@ -4,61 +4,102 @@
 
 use std::time::{Duration, SystemTime};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::worker::observer::AttemptOutcome;
 
-/// A delivery was taken from `queue`.
-pub(crate) fn consumed(queue: &str) {
-    counter!("qjob_jobs_consumed_total", "queue" => queue.to_owned()).increment(1);
+/// One job type's series, registered once: recording is then a handle
+/// update, with no label allocated and no registry lookup per attempt.
+#[derive(Clone)]
+pub(crate) struct JobMetrics {
+    queue: String,
+    consumed: Counter,
+    settlement_failures: Counter,
+    time_in_queue: Histogram,
+    in_flight: Gauge,
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
+    /// `qjob_handler_duration_seconds` by outcome: succeeded, retried,
+    /// dead-lettered.
+    durations: [Histogram; 3],
 }
 
-/// A settlement's publish (a retry, a dead letter) failed and is tried
-/// again while its delivery is held.
-pub(crate) fn settlement_failed(queue: &str) {
-    counter!("qjob_settlement_failures_total", "queue" => queue.to_owned()).increment(1);
-}
+impl JobMetrics {
+    /// The series of the job whose queue is `queue` (the label a
+    /// partitioned job's partition queues share).
+    pub(crate) fn new(queue: &str) -> Self {
+        let duration = |outcome: &'static str| histogram!("qjob_handler_duration_seconds", "queue" => queue.to_owned(), "outcome" => outcome);
+        Self {
+            queue: queue.to_owned(),
+            consumed: counter!("qjob_jobs_consumed_total", "queue" => queue.to_owned()),
+            settlement_failures: counter!("qjob_settlement_failures_total", "queue" => queue.to_owned()),
+            time_in_queue: histogram!("qjob_time_in_queue_seconds", "queue" => queue.to_owned()),
+            in_flight: gauge!("qjob_jobs_in_flight", "queue" => queue.to_owned()),
+            succeeded: counter!("qjob_jobs_succeeded_total", "queue" => queue.to_owned()),
+            failed: counter!("qjob_jobs_failed_total", "queue" => queue.to_owned()),
+            retried: counter!("qjob_jobs_retried_total", "queue" => queue.to_owned()),
+            durations: [
+                duration("succeeded"),
+                duration("retried"),
+                duration("dead_lettered"),
+            ],
+        }
+    }
 
-/// How long a job waited between its first enqueue and this attempt.
-pub(crate) fn time_in_queue(queue: &str, enqueued_at: SystemTime) {
-    let waited = SystemTime::now()
-        .duration_since(enqueued_at)
-        .unwrap_or_default();
-    histogram!("qjob_time_in_queue_seconds", "queue" => queue.to_owned())
-        .record(waited.as_secs_f64());
-}
+    /// A delivery was taken.
+    pub(crate) fn consumed(&self) {
+        self.consumed.increment(1);
+    }
 
-/// Handlers of `queue` running now: +1 at start, -1 at the end.
-pub(crate) fn in_flight(queue: &str, delta: f64) {
-    gauge!("qjob_jobs_in_flight", "queue" => queue.to_owned()).increment(delta);
+    /// A settlement's publish (a retry, a dead letter) failed and is tried
+    /// again while its delivery is held.
+    pub(crate) fn settlement_failed(&self) {
+        self.settlement_failures.increment(1);
+    }
+
+    /// How long a job waited between its first enqueue and this attempt.
+    pub(crate) fn time_in_queue(&self, enqueued_at: SystemTime) {
+        let waited = SystemTime::now()
+            .duration_since(enqueued_at)
+            .unwrap_or_default();
+        self.time_in_queue.record(waited.as_secs_f64());
+    }
+
+    /// Handlers running now: +1 at start, -1 at the end.
+    pub(crate) fn in_flight(&self, delta: f64) {
+        self.in_flight.increment(delta);
+    }
+
+    /// An attempt ended (its settlement confirmed) after running `took`.
+    pub(crate) fn attempt(&self, outcome: &AttemptOutcome, took: Option<Duration>) {
+        let index = match outcome {
+            AttemptOutcome::Succeeded => 0,
+            AttemptOutcome::Retrying { .. } => 1,
+            AttemptOutcome::DeadLettered { .. } => 2,
+        };
+        if let Some(took) = took {
+            self.durations[index].record(took.as_secs_f64());
+        }
+        match outcome {
+            AttemptOutcome::Succeeded => self.succeeded.increment(1),
+            AttemptOutcome::Retrying { .. } => {
+                self.failed.increment(1);
+                self.retried.increment(1);
+            }
+            AttemptOutcome::DeadLettered { reason, .. } => {
+                if *reason != crate::DeadReason::Malformed {
+                    self.failed.increment(1);
+                }
+                // Rare: registered when it happens.
+                counter!("qjob_jobs_dead_lettered_total", "queue" => self.queue.clone(), "reason" => reason.label())
+                    .increment(1);
+            }
+        }
+    }
 }
 
 /// The configured handler slots of a job's queue.
 pub(crate) fn concurrency(queue: &str, slots: usize) {
     gauge!("qjob_worker_concurrency", "queue" => queue.to_owned()).set(slots as f64);
-}
-
-/// An attempt ended (its settlement confirmed) after running `took`.
-pub(crate) fn attempt(queue: &str, outcome: &AttemptOutcome, took: Option<Duration>) {
-    let label = outcome.label();
-    if let Some(took) = took {
-        histogram!("qjob_handler_duration_seconds", "queue" => queue.to_owned(), "outcome" => label)
-            .record(took.as_secs_f64());
-    }
-    match outcome {
-        AttemptOutcome::Succeeded => {
-            counter!("qjob_jobs_succeeded_total", "queue" => queue.to_owned()).increment(1)
-        }
-        AttemptOutcome::Retrying { .. } => {
-            counter!("qjob_jobs_failed_total", "queue" => queue.to_owned()).increment(1);
-            counter!("qjob_jobs_retried_total", "queue" => queue.to_owned()).increment(1);
-        }
-        AttemptOutcome::DeadLettered { reason, .. } => {
-            if *reason != crate::DeadReason::Malformed {
-                counter!("qjob_jobs_failed_total", "queue" => queue.to_owned()).increment(1);
-            }
-            counter!("qjob_jobs_dead_lettered_total", "queue" => queue.to_owned(), "reason" => reason.label())
-                .increment(1);
-        }
-    }
 }

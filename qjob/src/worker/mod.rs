@@ -51,7 +51,11 @@ pub struct WorkerBuilder {
     broker_consumer_timeout: Option<Duration>,
     sample_interval: Duration,
     autoscale_interval: Duration,
+    overrides: Overrides,
 }
+
+/// Where the operator's overrides (`QJOB_<QUEUE>_PREFETCH`, …) are read.
+type Overrides = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// How often adaptive concurrency decides, by default.
 pub const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(5);
@@ -96,6 +100,19 @@ impl WorkerBuilder {
         self
     }
 
+    /// Reads the operator's overrides (`QJOB_<QUEUE>_PREFETCH`,
+    /// `…_CONCURRENCY`, `…_RETRY`) through `lookup` instead of the process
+    /// environment: a test or a bench sets them without touching the
+    /// environment, an application can read them from its own
+    /// configuration. `lookup` gets the variable's name.
+    pub fn overrides(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.overrides = Arc::new(lookup);
+        self
+    }
+
     /// How often the `qjob_queue_depth` and `qjob_queue_consumers` gauges
     /// are sampled (a passive declare per queue; 15 s by default).
     pub fn sample_interval(mut self, interval: Duration) -> Self {
@@ -132,6 +149,7 @@ impl WorkerBuilder {
             broker_consumer_timeout,
             sample_interval: self.sample_interval,
             autoscale_interval: self.autoscale_interval,
+            overrides: self.overrides,
         }
     }
 }
@@ -167,6 +185,7 @@ pub struct Worker {
     sample_interval: Duration,
     autoscale_interval: Duration,
     health: Health,
+    overrides: Overrides,
 }
 
 impl std::fmt::Debug for Worker {
@@ -192,6 +211,7 @@ impl Worker {
             broker_consumer_timeout: None,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             autoscale_interval: DEFAULT_AUTOSCALE_INTERVAL,
+            overrides: Arc::new(|name| std::env::var(name).ok()),
         }
     }
 
@@ -309,7 +329,7 @@ impl Worker {
         let mut jobs = Vec::with_capacity(self.jobs.len());
         let mut scaled = Vec::new();
         for job in &self.jobs {
-            let options = job.options().with_env_overrides()?;
+            let options = job.options().with_overrides_from(&*self.overrides)?;
             if let Some(first) = queues.insert(options.queue().to_owned(), job.name()) {
                 return Err(Error::QueueTaken {
                     queue: options.queue().to_owned(),
@@ -356,7 +376,7 @@ impl Worker {
                         observers: self.observers.clone(),
                         gate: gate.clone(),
                         health: self.health.clone(),
-                        job_queue: options.queue().to_owned(),
+                        metrics: metrics::JobMetrics::new(options.queue()),
                         work: work.clone(),
                         abandoned: Default::default(),
                         hold_budget: held::hold_budget(self.broker_consumer_timeout),
