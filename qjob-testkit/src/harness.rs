@@ -390,7 +390,7 @@ impl TestKit {
             "{} job(s) of {} matching the filter ran:\n{}",
             ran.len(),
             J::NAME,
-            text::lines(&ran)
+            text::debug_lines(&ran)
         );
     }
 
@@ -425,7 +425,7 @@ impl TestKit {
                  horizon, {:?}, is not waited for: `.horizon(d)`):\n{}",
                 waiting.len(),
                 self.horizon,
-                text::lines(&waiting)
+                text::debug_lines(&waiting)
             );
         }
         let attempts = self.attempts::<J>();
@@ -433,7 +433,7 @@ impl TestKit {
             "\nattempts of {} ({}):\n{}",
             J::NAME,
             attempts.len(),
-            text::lines(&attempts)
+            text::debug_lines(&attempts)
         );
         let dead: Vec<String> = self
             .dead_lettered::<J>()
@@ -452,7 +452,7 @@ impl TestKit {
             "\ndead letters of {} ({}):\n{}",
             J::NAME,
             dead.len(),
-            text::lines_of(&dead)
+            text::lines(dead)
         );
         out
     }

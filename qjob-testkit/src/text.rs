@@ -12,27 +12,17 @@ pub(crate) fn body(body: &[u8]) -> String {
 }
 
 /// `items` one per line, indented, or `(none)`.
-pub(crate) fn lines<T: Debug>(items: &[T]) -> String {
-    if items.is_empty() {
+pub(crate) fn lines(items: impl IntoIterator<Item = String>) -> String {
+    let lines: Vec<String> = items.into_iter().map(|item| format!("  {item}")).collect();
+    if lines.is_empty() {
         return "  (none)".to_owned();
     }
-    items
-        .iter()
-        .map(|item| format!("  {item:?}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    lines.join("\n")
 }
 
-/// `items` one per line, indented, as they print, or `(none)`.
-pub(crate) fn lines_of(items: &[String]) -> String {
-    if items.is_empty() {
-        return "  (none)".to_owned();
-    }
-    items
-        .iter()
-        .map(|item| format!("  {item}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// `items` as they debug-print, one per line.
+pub(crate) fn debug_lines<T: Debug>(items: &[T]) -> String {
+    lines(items.iter().map(|item| format!("{item:?}")))
 }
 
 #[cfg(test)]
@@ -43,7 +33,7 @@ mod tests {
     fn bodies_read_as_text() {
         assert_eq!(body(br#"{"a":1}"#), r#"{"a":1}"#);
         assert!(body(&[0xff, b'a']).contains("not UTF-8"));
-        assert_eq!(lines::<u8>(&[]), "  (none)");
-        assert_eq!(lines(&[1, 2]), "  1\n  2");
+        assert_eq!(debug_lines::<u8>(&[]), "  (none)");
+        assert_eq!(debug_lines(&[1, 2]), "  1\n  2");
     }
 }

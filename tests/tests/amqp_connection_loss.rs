@@ -24,6 +24,18 @@ test_job!(
 /// The tests of this binary close every connection: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Waits until each of `jobs` jobs succeeded at least once.
+async fn wait_every_job(probe: &qjob_tests::Probe, jobs: u32) {
+    probe
+        .wait("every job", LIMIT, |p| {
+            let mut done = p.done.lock().unwrap().clone();
+            done.sort();
+            done.dedup();
+            done.len() == jobs as usize
+        })
+        .await;
+}
+
 fn close_all_connections() {
     let status = Command::new("rabbitmqctl")
         .args(["close_all_connections", "qjob connection-loss test"])
@@ -80,14 +92,7 @@ async fn the_worker_and_the_client_reconnect_after_the_broker_closes_their_conne
     );
     // The worker resubscribes on a new connection and finishes every job;
     // those in flight at the close run again (at-least-once).
-    probe
-        .wait("every job", LIMIT, |p| {
-            let mut done = p.done.lock().unwrap().clone();
-            done.sort();
-            done.dedup();
-            done.len() == jobs as usize
-        })
-        .await;
+    wait_every_job(&probe, jobs).await;
     running.stop().await.unwrap();
     let done = probe.done.lock().unwrap().clone();
     let repeats = done.len() - jobs as usize;
@@ -129,14 +134,7 @@ async fn jobs_buffered_on_a_closed_channel_are_not_started() {
         })
         .await;
     close_all_connections();
-    probe
-        .wait("every job", LIMIT, |p| {
-            let mut done = p.done.lock().unwrap().clone();
-            done.sort();
-            done.dedup();
-            done.len() == jobs as usize
-        })
-        .await;
+    wait_every_job(&probe, jobs).await;
     running.stop().await.unwrap();
     let started = probe.attempts.load(Ordering::SeqCst);
     let repeats = started - jobs;
