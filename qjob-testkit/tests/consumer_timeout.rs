@@ -189,3 +189,40 @@ async fn a_success_past_the_consumer_timeout_is_acked_on_redelivery() {
     let attempts = kit.attempts::<LongPartitionedJob>();
     assert!(attempts.iter().all(|a| a.redelivered), "{attempts:#?}");
 }
+
+/// A partitioned job that always fails: attempts 1 and 2 run, then the
+/// connection drops during the backoff.
+#[job(
+    queue = "kit.timeout.dropped",
+    partition_by = account,
+    partitions = 1,
+    retry = 3,
+    backoff = fixed("10s")
+)]
+async fn dropped(_job: Sync, _ctx: JobContext) -> Result<(), JobError> {
+    Err(JobError::msg("still down"))
+}
+
+/// On a broker without a consumer timeout (MemoryBroker's default) a lost
+/// connection still takes held deliveries back; the redelivery continues
+/// from the attempts made. Before, with no consumer timeout the worker kept
+/// no memory and the job started over from attempt 1.
+#[tokio::test(start_paused = true)]
+async fn a_redelivery_after_a_lost_connection_continues_from_its_attempts() {
+    let mut kit = TestKit::new().register(DroppedJob);
+    kit.enqueue::<DroppedJob>(sync("f")).await.unwrap();
+    kit.start().await;
+    while kit.attempts::<DroppedJob>().len() < 2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    kit.broker().drop_connection();
+    kit.run_until_idle().await;
+    let numbers: Vec<u32> = kit
+        .attempts::<DroppedJob>()
+        .iter()
+        .map(|a| a.attempt)
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4]);
+    let dead = kit.assert_dead_lettered::<DroppedJob>(|s| s.account == "f");
+    assert_eq!(dead.attempts, 4);
+}

@@ -24,7 +24,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::broker::{HeaderValue, Headers, Message};
+use crate::broker::{ExactValue, HeaderValue, Headers, Message};
 use crate::job::JobId;
 
 /// The attempt number of the delivery (1-based).
@@ -102,7 +102,10 @@ impl Envelope {
     pub(crate) fn read(message: &Message) -> Result<Self, String> {
         let attempt = match message.headers.get(ATTEMPT) {
             None => 1,
-            Some(HeaderValue::Int(n)) if *n >= 1 => u32::try_from(*n).unwrap_or(u32::MAX),
+            // Any integer width: other producers write small ints narrow.
+            Some(value) if value.as_int().is_some_and(|n| n >= 1) => {
+                u32::try_from(value.as_int().unwrap_or(1)).unwrap_or(u32::MAX)
+            }
             Some(other) => {
                 return Err(format!(
                     "header {ATTEMPT} must be an integer >= 1, found {other:?}"
@@ -119,7 +122,10 @@ impl Envelope {
                         .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
                 })
                 .unwrap_or_else(SystemTime::now),
-            Some(HeaderValue::Int(ms)) => from_millis(*ms),
+            Some(HeaderValue::Exact(ExactValue::Timestamp(secs))) => {
+                UNIX_EPOCH + Duration::from_secs(*secs)
+            }
+            Some(value) if value.as_int().is_some() => from_millis(value.as_int().unwrap_or(0)),
             Some(other) => {
                 return Err(format!(
                     "header {ENQUEUED_AT} must be an integer (ms since the epoch), found {other:?}"
@@ -148,6 +154,28 @@ pub(crate) fn new_job(job: &'static str, id: &JobId, body: Vec<u8>) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_producers_integer_widths_and_timestamps_read() {
+        let mut message = Message::default();
+        message
+            .headers
+            .insert(ATTEMPT.into(), HeaderValue::Exact(ExactValue::I32(3)));
+        message.headers.insert(
+            ENQUEUED_AT.into(),
+            HeaderValue::Exact(ExactValue::Timestamp(1_700_000_000)),
+        );
+        let envelope = Envelope::read(&message).unwrap();
+        assert_eq!(envelope.attempt, 3);
+        assert_eq!(
+            envelope.enqueued_at,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+        message
+            .headers
+            .insert(ATTEMPT.into(), HeaderValue::Exact(ExactValue::U8(0)));
+        assert!(Envelope::read(&message).is_err(), "attempt 0 is malformed");
+    }
 
     #[test]
     fn new_job_messages_read_back() {

@@ -94,11 +94,10 @@ impl Handler {
             let (action, took) = match envelope {
                 Ok(envelope) => {
                     self.metrics.time_in_queue(envelope.enqueued_at);
-                    let running = memory
-                        .as_ref()
-                        .map(|key| Running::start(&self.attempts, key, attempt));
-                    let Some((outcome, took)) = self.attempt(&delivery, &envelope, attempt).await
-                    else {
+                    let attempted = self
+                        .attempt(&delivery, &envelope, attempt, memory.as_ref())
+                        .await;
+                    let Some((outcome, took, running)) = attempted else {
                         return;
                     };
                     let action = self.decide(outcome, attempt, &job_id);
@@ -170,10 +169,13 @@ impl Handler {
                 if self.abandon_if_closed(&delivery) {
                     return None;
                 }
-                let running = Running::start(&self.attempts, &key, attempt);
-                let (outcome, took) = self.attempt(&delivery, &envelope, attempt).await?;
+                let (outcome, took, running) = self
+                    .attempt(&delivery, &envelope, attempt, Some(&key))
+                    .await?;
                 let action = self.decide(outcome, attempt, job_id);
-                running.ended(&action);
+                if let Some(running) = running {
+                    running.ended(&action);
+                }
                 Some((action, took))
             }
             .instrument(span.clone())
@@ -343,12 +345,16 @@ impl Handler {
 
     /// Runs the handler once, through the gate; returns how it ended and
     /// how long the handler ran.
-    async fn attempt(
-        &self,
+    ///
+    /// With `memory`, the attempt is remembered (see `held`) from the
+    /// moment it starts, past the gate; the caller records how it ended.
+    async fn attempt<'a>(
+        &'a self,
         delivery: &Delivery,
         envelope: &Envelope,
         attempt: u32,
-    ) -> Option<(Outcome, Duration)> {
+        memory: Option<&'a JobId>,
+    ) -> Option<(Outcome, Duration, Option<Running<'a>>)> {
         if let Some(gate) = &self.gate {
             gate.enter().await;
             // The breaker may have held it long: its channel may be gone.
@@ -357,6 +363,7 @@ impl Handler {
                 return None;
             }
         }
+        let running = memory.map(|key| Running::start(&self.attempts, key, attempt));
         self.metrics.in_flight(1.0);
         let started = tokio::time::Instant::now();
         let outcome = self.run(delivery, envelope, attempt).await;
@@ -368,7 +375,7 @@ impl Handler {
         if let Some(gate) = &self.gate {
             gate.leave(!matches!(outcome, Outcome::Succeeded));
         }
-        Some((outcome, took))
+        Some((outcome, took, running))
     }
 
     async fn run(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {

@@ -79,6 +79,9 @@ impl Hold {
     }
 }
 
+/// The shortest time a job is remembered.
+const MIN_KEEP: Duration = Duration::from_secs(3600);
+
 /// The most jobs remembered; past it the oldest are forgotten first.
 const REMEMBERED: usize = 10_000;
 
@@ -120,11 +123,13 @@ pub(crate) fn key(job_id: &JobId, message: &Message) -> JobId {
 }
 
 impl Attempts {
-    /// Remembers jobs for `keep` after their last attempt.
+    /// Remembers jobs for `keep` after their last attempt, and at least an
+    /// hour (a broker without a consumer timeout still takes deliveries
+    /// back when a connection drops).
     pub(crate) fn new(keep: Duration) -> Self {
         Self {
             seen: Mutex::new(HashMap::new()),
-            keep,
+            keep: keep.max(MIN_KEEP),
             ended: Notify::new(),
         }
     }
@@ -144,10 +149,11 @@ impl Attempts {
             ended.as_mut().enable();
             let seen = self.seen().get(job).cloned();
             match seen {
+                // An attempt still running is waited for, however old.
+                Some(seen) if seen.running => ended.await,
                 Some(seen) if Instant::now().saturating_duration_since(seen.at) >= self.keep => {
                     return None;
                 }
-                Some(seen) if seen.running => ended.await,
                 seen => return seen,
             }
         }
@@ -328,7 +334,7 @@ mod tests {
         let attempts = Attempts::new(MINUTE);
         let job = JobId::from("j");
         Running::start(&attempts, &job, 4).ended(&Action::Ack);
-        tokio::time::sleep(MINUTE).await;
+        tokio::time::sleep(MIN_KEEP).await;
         assert!(attempts.settled_view(&job).await.is_none(), "too old");
         let mut replayed = Message::default();
         replayed

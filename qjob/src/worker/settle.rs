@@ -242,10 +242,9 @@ pub(crate) async fn apply(
             }
         }
     }
-    acker.ack().await.map_err(|error| match acker.is_open() {
-        true => Unsettled::Failed(error),
-        false => Unsettled::ChannelClosed,
-    })
+    // `is_open` says nothing once the ack was tried (lapin spends the acker
+    // on the attempt): a failed ack is reported as it is.
+    acker.ack().await.map_err(Unsettled::Failed)
 }
 
 /// Why a delivery could not be settled; the broker delivers it again.
