@@ -82,26 +82,60 @@ pub(crate) struct Args {
     pub(crate) max_length: Option<u64>,
     pub(crate) delivery_limit: Option<(u64, Span)>,
     pub(crate) autoscale: Option<Autoscale>,
+    /// The arguments given, valid or not.
+    pub(crate) given: Vec<String>,
+}
+
+/// Errors collected over the whole attribute and reported together, so
+/// that a user fixes them in one pass (serde's `Ctxt` pattern).
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(errors) => errors.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    /// The value, or `None` with its error kept.
+    pub(crate) fn check<T>(&mut self, result: syn::Result<T>) -> Option<T> {
+        result.map_err(|error| self.push(error)).ok()
+    }
+
+    pub(crate) fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
 }
 
 impl Args {
-    pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Self> {
-        let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+    /// Every argument that parses; the others' errors go to `errors`.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Self {
         let mut args = Args::default();
-        let mut seen: Vec<String> = Vec::new();
+        let Some(metas) =
+            errors.check(Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens))
+        else {
+            return args;
+        };
+        let mut seen = std::mem::take(&mut args.given);
         for meta in &metas {
-            let key = key_of(meta, KEYS)?;
+            let Some(key) = errors.check(key_of(meta, KEYS)) else {
+                continue;
+            };
             if seen.contains(&key) {
-                return Err(syn::Error::new(
+                errors.push(syn::Error::new(
                     meta.path().span(),
                     format!("duplicate argument `{key}`"),
                 ));
+                continue;
             }
-            args.set(&key, meta)?;
+            errors.check(args.set(&key, meta));
             seen.push(key);
         }
-        args.check_combinations()?;
-        Ok(args)
+        args.given = seen;
+        args.check_combinations(errors);
+        args
     }
 
     fn set(&mut self, key: &str, meta: &Meta) -> syn::Result<()> {
@@ -155,11 +189,11 @@ impl Args {
         Ok(())
     }
 
-    fn check_combinations(&self) -> syn::Result<()> {
+    fn check_combinations(&self, errors: &mut Errors) {
         if let Some((_, span)) = self.jitter
             && !matches!(self.backoff, Some((Backoff::Exponential { .. }, _)))
         {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 span,
                 "`jitter` applies to exponential backoff only: add `backoff = exponential(base = \"...\", max = \"...\")`",
             ));
@@ -167,21 +201,21 @@ impl Args {
         if let Some((_, span)) = self.delivery_limit
             && self.quorum != Some(true)
         {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 span,
                 "`delivery_limit` needs `queue_type = \"quorum\"`: RabbitMQ counts deliveries on quorum queues only",
             ));
         }
         match (&self.partition_by, &self.partitions) {
-            (Some((_, span)), None) => Err(syn::Error::new(
+            (Some((_, span)), None) => errors.push(syn::Error::new(
                 *span,
                 "`partition_by` needs `partitions = N` (the number of partition queues)",
             )),
-            (None, Some((_, span))) => Err(syn::Error::new(
+            (None, Some((_, span))) => errors.push(syn::Error::new(
                 *span,
                 "`partitions` needs `partition_by = field` (the key to partition on)",
             )),
-            _ => Ok(()),
+            _ => {}
         }
     }
 }

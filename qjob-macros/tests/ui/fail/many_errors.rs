@@ -1,0 +1,22 @@
+use qjob::{job, Job, JobContext, JobError};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Charge {
+    pub account: String,
+}
+
+// Every wrong argument is reported at once, and `ChargeJob` still exists:
+// its uses below add no error.
+#[job(queue = "q", prefetch = 0, timeout = "soon", colour = "blue")]
+pub async fn charge(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+fn main() {
+    let _ = ChargeJob::options();
+    let _ = qjob::Worker::builder(qjob_testkit_free_broker()).register(ChargeJob);
+}
+
+fn qjob_testkit_free_broker() -> std::sync::Arc<dyn qjob::Broker> {
+    unimplemented!()
+}
