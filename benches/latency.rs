@@ -19,12 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::{Client, Job, JobContext, JobError, Worker, job};
-use qjob_benches::Bench;
+use qjob_benches::{Bench, env_number, reset_queue};
 
 const QUEUE: &str = "qjob.bench.latency";
 
@@ -188,28 +188,7 @@ async fn lapin_round(connection: &Connection, jobs: usize, tick: Duration) -> Ve
 /// Deletes and declares the queue as qjob declares it.
 async fn reset(connection: &Connection) {
     let channel = connection.create_channel().await.unwrap();
-    for queue in [QUEUE.to_owned(), format!("{QUEUE}.dlq")] {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-queue-type".into(),
-            lapin::types::AMQPValue::LongString("classic".into()),
-        );
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await
-            .unwrap();
-    }
+    reset_queue(&channel, QUEUE).await;
     let _ = channel.close(200, "done".into()).await;
 }
 
@@ -248,14 +227,4 @@ impl std::fmt::Display for Percentiles {
             self.count
         )
     }
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number"))
-        })
-        .unwrap_or(default)
 }

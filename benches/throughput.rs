@@ -25,12 +25,12 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::{Client, Job, Worker};
-use qjob_benches::{BENCH_QUEUE, Bench, BenchJob, DONE, payload};
+use qjob_benches::{BENCH_QUEUE, Bench, BenchJob, DONE, env_number, payload, reset_queue};
 
 /// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
 const PUBLISH_WINDOW: usize = 512;
@@ -113,16 +113,6 @@ async fn qjob_consume(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> 
     started.elapsed()
 }
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number"))
-        })
-        .unwrap_or(default)
-}
-
 fn rate(jobs: usize, elapsed: Duration) -> f64 {
     jobs as f64 / elapsed.as_secs_f64()
 }
@@ -176,28 +166,7 @@ impl Raw {
 
     /// Deletes and re-declares the bench queue as qjob declares it.
     async fn reset(&self) {
-        for queue in [BENCH_QUEUE.to_owned(), format!("{BENCH_QUEUE}.dlq")] {
-            self.channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .unwrap();
-            let mut arguments = FieldTable::default();
-            arguments.insert(
-                "x-queue-type".into(),
-                lapin::types::AMQPValue::LongString("classic".into()),
-            );
-            self.channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    arguments,
-                )
-                .await
-                .unwrap();
-        }
+        reset_queue(&self.channel, BENCH_QUEUE).await;
     }
 
     /// Publishes `jobs` persistent messages with `PUBLISH_WINDOW` confirms in flight.

@@ -103,3 +103,47 @@ pub async fn partitioned(job: Keyed, _ctx: JobContext) -> Result<(), JobError> {
     }
     Ok(())
 }
+
+/// Deletes `queue` and its `.dlq`, and declares them again as qjob does
+/// (durable, classic), so a round starts from nothing.
+pub async fn reset_queue(channel: &lapin::Channel, queue: &str) {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    for queue in [queue.to_owned(), format!("{queue}.dlq")] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A number from the environment variable `name`, or `default`.
+///
+/// # Panics
+///
+/// If the variable is set and not a number.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number"))
+        })
+        .unwrap_or(default)
+}
