@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
+use crate::broker::{Broker, ConsumeOptions, Delivery, QueueSpec, Subscription};
 use crate::policy::lanes::Lanes;
 use crate::worker::handler::Handler;
 use crate::worker::health::Health;
@@ -20,6 +20,18 @@ use crate::{Error, JobOptions, topology};
 
 /// Longest wait between two attempts to resubscribe.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
+
+/// What woke a plain queue's consumer.
+enum SlotEvent {
+    /// The worker stops.
+    Stop,
+    /// Adaptive concurrency moved the prefetch.
+    Prefetch(u16),
+    /// A delivery, and the handler slot it runs in (`None`: in place).
+    Delivery(Delivery, Option<OwnedSemaphorePermit>),
+    /// The subscription ended (`None`: cancelled by the broker).
+    Ended(Option<Result<Delivery, Error>>),
+}
 
 /// What woke a lane dispatcher.
 enum LaneEvent {
@@ -32,8 +44,8 @@ enum LaneEvent {
 pub(crate) struct Consumer {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) options: JobOptions,
-    /// The queue consumed: the work queue or one partition queue.
-    pub(crate) queue: String,
+    /// Runs the deliveries; its routes hold the queue consumed (the work
+    /// queue or one partition queue) as declared.
     pub(crate) handler: Arc<Handler>,
     /// The job type's handler slots, shared by its consumers.
     pub(crate) slots: Arc<Semaphore>,
@@ -46,17 +58,23 @@ pub(crate) struct Consumer {
 }
 
 impl Consumer {
+    /// The queue consumed, as declared.
+    fn spec(&self) -> &QueueSpec {
+        &self.handler.routes.queue
+    }
+
+    /// The name of the queue consumed.
+    pub(crate) fn queue(&self) -> &str {
+        &self.spec().name
+    }
+
     /// Declares this consumer's queues and subscribes.
     pub(crate) async fn subscribe(&self) -> Result<Box<dyn Subscription>, Error> {
-        let spec = topology::consumed_queues(&self.options)
-            .into_iter()
-            .find(|spec| spec.name == self.queue)
-            .expect("a consumer consumes one of its job's queues");
-        self.broker.declare_queue(&spec).await?;
+        self.broker.declare_queue(self.spec()).await?;
         topology::declare_dead_letter_queue(&*self.broker, &self.options).await?;
         self.broker
             .consume(
-                &self.queue,
+                self.queue(),
                 ConsumeOptions {
                     prefetch: self
                         .prefetch
@@ -91,103 +109,91 @@ impl Consumer {
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
         let mut prefetch = self.prefetch.clone();
-        // Capped and quorum jobs retry in place (see
-        // `topology::retries_in_place`), holding their deliveries: taking
-        // one needs no free slot, the prefetch bounds how many are held.
-        let in_place = topology::retries_in_place(&self.options);
         loop {
-            let free_slot = async {
-                match in_place {
-                    true => None,
-                    false => Some(
-                        self.slots
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("semaphore never closed"),
-                    ),
-                }
-            };
-            let slot = tokio::select! {
-                biased;
-                _ = stop.wait_for(|stop| *stop) => break,
-                target = changed(&mut prefetch) => Err(target),
-                slot = free_slot => Ok(slot),
-            };
-            let slot = match slot {
-                Ok(slot) => slot,
-                Err(target) => {
-                    match self
-                        .set_prefetch(
-                            subscription,
-                            target,
-                            &mut handlers,
-                            &mut stop,
-                            &mut failures,
-                        )
-                        .await
-                    {
-                        Some(next) => subscription = next,
-                        None => return self.drain(handlers, None).await,
-                    }
+            let event = self
+                .next_event(&mut subscription, &mut stop, &mut prefetch)
+                .await;
+            let replaced = match event {
+                SlotEvent::Stop => break,
+                SlotEvent::Delivery(delivery, slot) => {
+                    failures = 0;
+                    self.spawn_handler(&mut handlers, delivery, slot);
                     continue;
                 }
-            };
-            let next = loop {
-                let event = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stop| *stop) => None,
-                    target = changed(&mut prefetch) => Some(Err(target)),
-                    next = subscription.next() => Some(Ok(next)),
-                };
-                match event {
-                    None => break None,
-                    Some(Ok(next)) => break Some(next),
-                    Some(Err(target)) => match self
-                        .set_prefetch(
-                            subscription,
-                            target,
-                            &mut handlers,
-                            &mut stop,
-                            &mut failures,
-                        )
-                        .await
-                    {
-                        Some(next) => subscription = next,
-                        None => return self.drain(handlers, None).await,
-                    },
-                }
-            };
-            let Some(next) = next else { break };
-            match next {
-                Some(Ok(delivery)) => {
-                    failures = 0;
-                    let handler = self.handler.clone();
-                    match slot {
-                        Some(slot) => {
-                            handlers.spawn(async move { handler.handle(delivery, slot).await })
-                        }
-                        // Retries wait here, holding the delivery.
-                        None => {
-                            let slots = self.slots.clone();
-                            let received = Instant::now();
-                            handlers.spawn(async move {
-                                handler.handle_in_place(delivery, received, &slots).await
-                            })
-                        }
-                    };
-                    while handlers.try_join_next().is_some() {}
-                }
-                ended => match self
-                    .replace(subscription, ended, &mut handlers, &mut stop, &mut failures)
+                SlotEvent::Prefetch(target) => {
+                    self.set_prefetch(
+                        subscription,
+                        target,
+                        &mut handlers,
+                        &mut stop,
+                        &mut failures,
+                    )
                     .await
-                {
-                    Some(next) => subscription = next,
-                    None => return self.drain(handlers, None).await,
-                },
+                }
+                SlotEvent::Ended(ended) => {
+                    self.replace(subscription, ended, &mut handlers, &mut stop, &mut failures)
+                        .await
+                }
+            };
+            match replaced {
+                Some(next) => subscription = next,
+                None => return self.drain(handlers, None).await,
             }
         }
         self.stop(handlers, subscription).await;
+    }
+
+    /// What happens next on a plain queue: a free handler slot first (none
+    /// is needed by jobs that retry in place: the prefetch bounds what they
+    /// hold), then a delivery; a stop or a prefetch change wins at any point.
+    async fn next_event(
+        &self,
+        subscription: &mut Box<dyn Subscription>,
+        stop: &mut watch::Receiver<bool>,
+        prefetch: &mut Option<watch::Receiver<u16>>,
+    ) -> SlotEvent {
+        let slot = if topology::retries_in_place(&self.options) {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return SlotEvent::Stop,
+                target = changed(prefetch) => return SlotEvent::Prefetch(target),
+                slot = self.slots.clone().acquire_owned() => {
+                    Some(slot.expect("semaphore never closed"))
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => SlotEvent::Stop,
+            target = changed(prefetch) => SlotEvent::Prefetch(target),
+            next = subscription.next() => match next {
+                Some(Ok(delivery)) => SlotEvent::Delivery(delivery, slot),
+                ended => SlotEvent::Ended(ended),
+            },
+        }
+    }
+
+    /// Runs a delivery in a task of its own: in its slot, or in place,
+    /// holding it through its retries.
+    fn spawn_handler(
+        &self,
+        handlers: &mut JoinSet<()>,
+        delivery: Delivery,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
+        let handler = self.handler.clone();
+        match slot {
+            Some(slot) => handlers.spawn(async move { handler.handle(delivery, slot).await }),
+            None => {
+                let slots = self.slots.clone();
+                let received = Instant::now();
+                handlers
+                    .spawn(async move { handler.handle_in_place(delivery, received, &slots).await })
+            }
+        };
+        while handlers.try_join_next().is_some() {}
     }
 
     async fn run_lanes(
@@ -278,7 +284,7 @@ impl Consumer {
     ) -> Option<Box<dyn Subscription>> {
         match subscription.set_prefetch(target).await {
             Ok(()) => {
-                tracing::debug!(queue = &*self.queue, prefetch = target, "prefetch changed");
+                tracing::debug!(queue = self.queue(), prefetch = target, "prefetch changed");
                 Some(subscription)
             }
             Err(error) => {
@@ -299,23 +305,23 @@ impl Consumer {
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
         let cancelled = ended.is_none();
-        self.health.consumer(&self.queue, false);
+        self.health.consumer(self.queue(), false);
         self.report_left_to_broker();
         match ended {
             Some(Err(error)) => {
                 self.health.error(&error);
-                tracing::warn!(queue = &*self.queue, %error, "consumer failed; resubscribing")
+                tracing::warn!(queue = self.queue(), %error, "consumer failed; resubscribing")
             }
             _ => {
                 // `basic.cancel` from RabbitMQ: the queue was deleted, a
                 // node holding it went away, or (RabbitMQ 4) a delivery
                 // outlived the consumer timeout.
                 self.health.error(Error::broker(
-                    format!("consume queue {:?}", self.queue),
+                    format!("consume queue {:?}", self.queue()),
                     "the broker cancelled the consumer (queue deleted, node lost or consumer timeout)",
                 ));
                 tracing::warn!(
-                    queue = &*self.queue,
+                    queue = self.queue(),
                     "consumer cancelled by the broker; resubscribing"
                 )
             }
@@ -344,12 +350,12 @@ impl Consumer {
             }
             match self.subscribe().await {
                 Ok(subscription) => {
-                    self.health.consumer(&self.queue, true);
-                    tracing::info!(queue = &*self.queue, "consumer resubscribed");
+                    self.health.consumer(self.queue(), true);
+                    tracing::info!(queue = self.queue(), "consumer resubscribed");
                     return Some(subscription);
                 }
                 Err(error) => {
-                    tracing::warn!(queue = &*self.queue, %error, retry_in = ?delay, "resubscribe failed");
+                    tracing::warn!(queue = self.queue(), %error, retry_in = ?delay, "resubscribe failed");
                     self.health.error(&error);
                 }
             }
@@ -370,7 +376,7 @@ impl Consumer {
         if !self.single_active()
             && let Err(error) = subscription.cancel().await
         {
-            tracing::debug!(queue = &*self.queue, %error, "cancelling the consumer failed");
+            tracing::debug!(queue = self.queue(), %error, "cancelling the consumer failed");
         }
         self.drain(handlers, Some(subscription)).await;
     }
@@ -386,7 +392,7 @@ impl Consumer {
         match self.handler.take_abandoned() {
             0 => {}
             count => tracing::warn!(
-                queue = &*self.queue,
+                queue = self.queue(),
                 count,
                 "deliveries of a closed channel were left to the broker (not started, or finished and not acked); it delivers them again"
             ),
@@ -402,7 +408,7 @@ impl Consumer {
         .await;
         if finished.is_err() {
             tracing::warn!(
-                queue = &*self.queue,
+                queue = self.queue(),
                 in_flight = handlers.len(),
                 timeout = ?self.shutdown_timeout,
                 "shutdown timeout reached; abandoning in-flight handlers (their messages are redelivered)"
@@ -413,7 +419,7 @@ impl Consumer {
         if let Some(subscription) = subscription
             && let Err(error) = subscription.close().await
         {
-            tracing::debug!(queue = &*self.queue, %error, "closing the subscription failed");
+            tracing::debug!(queue = self.queue(), %error, "closing the subscription failed");
         }
         self.report_left_to_broker();
     }

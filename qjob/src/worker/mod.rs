@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, QueueSpec, Subscription};
 use crate::{Error, Job};
 use consumer::Consumer;
 use gate::Gate;
@@ -235,58 +235,21 @@ impl Worker {
     /// to declare a queue or to start a consumer. Nothing has been consumed
     /// when it returns an error.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let (jobs, scaled) = self.consumers()?;
-        for (options, _) in &jobs {
-            topology::declare(&*self.broker, options).await?;
-        }
-        for (options, consumers) in &jobs {
-            let job = consumers[0].handler.job.name();
-            let warning =
-                checks::consumer_timeout_warning(job, options, self.broker_consumer_timeout);
-            if let Some(warning) = warning {
-                tracing::warn!("{warning}");
-            }
-            let slots = options.autoscale().map_or(options.concurrency(), |a| a.min);
-            metrics::concurrency(options.queue(), slots);
-            tracing::info!(
-                job,
-                queue = options.queue(),
-                consumers = consumers.len(),
-                prefetch = options.prefetch(),
-                concurrency = options.concurrency(),
-                "consuming"
-            );
-        }
-        let sampled: Vec<Sampled> = jobs
-            .iter()
-            .map(|(options, consumers)| Sampled {
-                job_queue: options.queue().to_owned(),
-                queues: consumers.iter().map(|c| c.queue.clone()).collect(),
-            })
-            .collect();
-        let consumers: Vec<Consumer> = jobs.into_iter().flat_map(|(_, c)| c).collect();
-        let mut subscriptions = Vec::with_capacity(consumers.len());
-        for consumer in &consumers {
-            match consumer.subscribe().await {
-                Ok(subscription) => {
-                    self.health.consumer(&consumer.queue, true);
-                    subscriptions.push(subscription);
-                }
-                Err(error) => {
-                    self.health.error(&error);
-                    for subscription in subscriptions {
-                        let _ = subscription.close().await;
-                    }
-                    return Err(error);
-                }
-            }
-        }
+        let plans = self.plans()?;
+        self.prepare(&plans).await?;
+        let sampled: Vec<Sampled> = plans.iter().map(JobPlan::sampled).collect();
+        let (consumers, scaled): (Vec<_>, Vec<_>) = plans
+            .into_iter()
+            .map(|plan| (plan.consumers, plan.scaled))
+            .unzip();
+        let consumers: Vec<Consumer> = consumers.into_iter().flatten().collect();
+        let subscriptions = self.subscribe(&consumers).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut running = tokio::task::JoinSet::new();
         for (consumer, subscription) in consumers.into_iter().zip(subscriptions) {
             running.spawn(consumer.run(subscription, stop_rx.clone()));
         }
-        for job in scaled {
+        for job in scaled.into_iter().flatten() {
             running.spawn(scaler::run(
                 self.broker.clone(),
                 job,
@@ -299,7 +262,7 @@ impl Worker {
             self.broker.clone(),
             sampled,
             self.sample_interval,
-            stop_rx.clone(),
+            stop_rx,
         ));
         self.health.running(true);
         shutdown.await;
@@ -316,18 +279,67 @@ impl Worker {
         Ok(())
     }
 
-    /// The consumers of every registered job: one per consumed queue (a
-    /// partitioned job has one per partition), sharing the job's handler
-    /// slots.
-    #[allow(clippy::type_complexity)]
-    fn consumers(&self) -> Result<(Vec<(JobOptions, Vec<Consumer>)>, Vec<Scaled>), Error> {
+    /// Declares every job's queues, and warns about jobs that could outlast
+    /// the broker's consumer timeout.
+    async fn prepare(&self, plans: &[JobPlan]) -> Result<(), Error> {
+        for plan in plans {
+            topology::declare(&*self.broker, &plan.options).await?;
+        }
+        for JobPlan {
+            job,
+            options,
+            consumers,
+            ..
+        } in plans
+        {
+            let warning =
+                checks::consumer_timeout_warning(job, options, self.broker_consumer_timeout);
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            let slots = options.autoscale().map_or(options.concurrency(), |a| a.min);
+            metrics::concurrency(options.queue(), slots);
+            tracing::info!(
+                job,
+                queue = options.queue(),
+                consumers = consumers.len(),
+                prefetch = options.prefetch(),
+                concurrency = options.concurrency(),
+                "consuming"
+            );
+        }
+        Ok(())
+    }
+
+    /// Subscribes every consumer; if one fails, closes the others.
+    async fn subscribe(&self, consumers: &[Consumer]) -> Result<Vec<Box<dyn Subscription>>, Error> {
+        let mut subscriptions = Vec::with_capacity(consumers.len());
+        for consumer in consumers {
+            match consumer.subscribe().await {
+                Ok(subscription) => {
+                    self.health.consumer(consumer.queue(), true);
+                    subscriptions.push(subscription);
+                }
+                Err(error) => {
+                    self.health.error(&error);
+                    for subscription in subscriptions {
+                        let _ = subscription.close().await;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(subscriptions)
+    }
+
+    /// What to run for every registered job, after checking that no two
+    /// share a queue.
+    fn plans(&self) -> Result<Vec<JobPlan>, Error> {
         if self.jobs.is_empty() {
             return Err(Error::NoJobRegistered);
         }
         let mut queues: HashMap<String, &'static str> = HashMap::new();
-        let pid = std::process::id();
-        let mut jobs = Vec::with_capacity(self.jobs.len());
-        let mut scaled = Vec::new();
+        let mut plans = Vec::with_capacity(self.jobs.len());
         for job in &self.jobs {
             let options = job.options().with_overrides_from(&*self.overrides)?;
             if let Some(first) = queues.insert(options.queue().to_owned(), job.name()) {
@@ -337,87 +349,136 @@ impl Worker {
                     second: job.name(),
                 });
             }
-            let initial = options.autoscale().map_or(options.concurrency(), |a| a.min);
-            let slots = Arc::new(Semaphore::new(initial));
-            self.health.concurrency(options.queue(), initial);
-            let work = options.autoscale().map(|_| Arc::new(Work::default()));
-            let specs = topology::consumed_queues(&options);
-            // Prefetch follows the autoscaled concurrency, except on
-            // single-active-consumer queues: replacing their consumer would
-            // hand the queue to a standby.
-            let prefetch = options
-                .autoscale()
-                .filter(|_| !specs.iter().any(|spec| spec.single_active))
-                .map(|autoscale| {
-                    watch::channel(prefetch_for(
-                        autoscale.min,
-                        autoscale.max,
-                        options.prefetch(),
-                    ))
-                });
-            let gate = Gate::new(job.name(), &options);
-            if let Some(gate) = &gate {
-                self.health.watch_gate(job.name(), gate.clone());
-            }
-            let consumers = specs
-                .iter()
-                .map(|spec| Consumer {
-                    broker: self.broker.clone(),
-                    handler: Arc::new(Handler {
-                        broker: self.broker.clone(),
-                        job: job.clone(),
-                        routes: Routes {
-                            queue: spec.clone(),
-                            dead_letter: topology::dead_letter_queue(&options),
-                        },
-                        backoff: BackoffPolicy::new(options.backoff()),
-                        max_attempts: options.max_attempts(),
-                        timeout: options.timeout(),
-                        observers: self.observers.clone(),
-                        gate: gate.clone(),
-                        health: self.health.clone(),
-                        metrics: metrics::JobMetrics::new(options.queue()),
-                        work: work.clone(),
-                        abandoned: Default::default(),
-                        hold_budget: held::hold_budget(self.broker_consumer_timeout),
-                        attempts: held::Attempts::new(
-                            self.broker_consumer_timeout.saturating_mul(2),
-                        ),
-                        remember_plain: held::outlasts(
-                            options.timeout(),
-                            self.broker_consumer_timeout,
-                        ),
-                    }),
-                    tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
-                    queue: spec.name.clone(),
-                    prefetch: prefetch.as_ref().map(|(_, target)| target.clone()),
-                    options: options.clone(),
-                    slots: slots.clone(),
-                    shutdown_timeout: self.shutdown_timeout,
-                    health: self.health.clone(),
-                })
-                .collect();
-            if let (Some(autoscale), Some(work)) = (options.autoscale(), work) {
-                scaled.push(Scaled {
-                    job_queue: options.queue().to_owned(),
-                    queues: specs.into_iter().map(|spec| spec.name).collect(),
-                    prefetch: prefetch.map(|(target, _)| (target, options.prefetch())),
-                    settings: AutoscaleSettings {
-                        // Up at most every other decision, down at most
-                        // every fourth.
-                        cooldown: self.autoscale_interval * 2,
-                        ..AutoscaleSettings::new(
-                            autoscale.min,
-                            autoscale.max,
-                            autoscale.target_latency,
-                        )
-                    },
-                    slots: slots.clone(),
-                    work,
-                });
-            }
-            jobs.push((options, consumers));
+            plans.push(self.plan(job, options));
         }
-        Ok((jobs, scaled))
+        Ok(plans)
     }
+
+    /// One job's plan: a consumer per consumed queue (a partitioned job has
+    /// one per partition) sharing the job's handler slots, gate and
+    /// metrics, and its autoscaler if it has one.
+    fn plan(&self, job: &Arc<dyn Runnable>, options: JobOptions) -> JobPlan {
+        let initial = options.autoscale().map_or(options.concurrency(), |a| a.min);
+        let slots = Arc::new(Semaphore::new(initial));
+        self.health.concurrency(options.queue(), initial);
+        let work = options.autoscale().map(|_| Arc::new(Work::default()));
+        let specs = topology::consumed_queues(&options);
+        // Prefetch follows the autoscaled concurrency, except on
+        // single-active-consumer queues: replacing their consumer would
+        // hand the queue to a standby.
+        let prefetch = options
+            .autoscale()
+            .filter(|_| !specs.iter().any(|spec| spec.single_active))
+            .map(|autoscale| {
+                watch::channel(prefetch_for(
+                    autoscale.min,
+                    autoscale.max,
+                    options.prefetch(),
+                ))
+            });
+        let gate = Gate::new(job.name(), &options);
+        if let Some(gate) = &gate {
+            self.health.watch_gate(job.name(), gate.clone());
+        }
+        let shared = Shared {
+            gate,
+            work: work.clone(),
+            metrics: metrics::JobMetrics::new(options.queue()),
+        };
+        let pid = std::process::id();
+        let consumers = specs
+            .iter()
+            .map(|spec| Consumer {
+                broker: self.broker.clone(),
+                handler: Arc::new(self.handler(job, &options, spec, &shared)),
+                tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
+                prefetch: prefetch.as_ref().map(|(_, target)| target.clone()),
+                options: options.clone(),
+                slots: slots.clone(),
+                shutdown_timeout: self.shutdown_timeout,
+                health: self.health.clone(),
+            })
+            .collect();
+        let scaled = options
+            .autoscale()
+            .zip(work)
+            .map(|(autoscale, work)| Scaled {
+                job_queue: options.queue().to_owned(),
+                queues: specs.iter().map(|spec| spec.name.clone()).collect(),
+                prefetch: prefetch.map(|(target, _)| (target, options.prefetch())),
+                settings: AutoscaleSettings {
+                    // Up at most every other decision, down at most every
+                    // fourth.
+                    cooldown: self.autoscale_interval * 2,
+                    ..AutoscaleSettings::new(autoscale.min, autoscale.max, autoscale.target_latency)
+                },
+                slots,
+                work,
+            });
+        JobPlan {
+            job: job.name(),
+            options,
+            consumers,
+            scaled,
+        }
+    }
+
+    /// The handler of one consumed queue of `job`.
+    fn handler(
+        &self,
+        job: &Arc<dyn Runnable>,
+        options: &JobOptions,
+        spec: &QueueSpec,
+        shared: &Shared,
+    ) -> Handler {
+        Handler {
+            broker: self.broker.clone(),
+            job: job.clone(),
+            routes: Routes {
+                queue: spec.clone(),
+                dead_letter: topology::dead_letter_queue(options),
+            },
+            backoff: BackoffPolicy::new(options.backoff()),
+            max_attempts: options.max_attempts(),
+            timeout: options.timeout(),
+            observers: self.observers.clone(),
+            gate: shared.gate.clone(),
+            health: self.health.clone(),
+            metrics: shared.metrics.clone(),
+            work: shared.work.clone(),
+            abandoned: Default::default(),
+            hold_budget: held::hold_budget(self.broker_consumer_timeout),
+            attempts: held::Attempts::new(self.broker_consumer_timeout.saturating_mul(2)),
+            remember_plain: held::outlasts(options.timeout(), self.broker_consumer_timeout),
+        }
+    }
+}
+
+/// What the worker runs for one job type.
+struct JobPlan {
+    job: &'static str,
+    options: JobOptions,
+    consumers: Vec<Consumer>,
+    scaled: Option<Scaled>,
+}
+
+impl JobPlan {
+    /// What the sampler reads for this job: its queues' depth and consumers.
+    fn sampled(&self) -> Sampled {
+        Sampled {
+            job_queue: self.options.queue().to_owned(),
+            queues: self
+                .consumers
+                .iter()
+                .map(|c| c.queue().to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// What a job's consumers share.
+struct Shared {
+    gate: Option<Arc<Gate>>,
+    work: Option<Arc<Work>>,
+    metrics: metrics::JobMetrics,
 }
