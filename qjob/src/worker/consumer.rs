@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, QueueSpec, Subscription};
 use crate::policy::lanes::Lanes;
-use crate::worker::handler::Handler;
+use crate::worker::handler::{Handler, Retries};
 use crate::worker::health::Health;
 use crate::{Error, JobOptions, topology};
 
@@ -185,12 +185,18 @@ impl Consumer {
     ) {
         let handler = self.handler.clone();
         match slot {
-            Some(slot) => handlers.spawn(async move { handler.handle(delivery, slot).await }),
+            Some(slot) => handlers
+                .spawn(async move { handler.handle(delivery, Retries::ThroughBroker(slot)).await }),
             None => {
                 let slots = self.slots.clone();
                 let received = Instant::now();
-                handlers
-                    .spawn(async move { handler.handle_in_place(delivery, received, &slots).await })
+                handlers.spawn(async move {
+                    let in_place = Retries::InPlace {
+                        received,
+                        slots: &slots,
+                    };
+                    handler.handle(delivery, in_place).await
+                })
             }
         };
         while handlers.try_join_next().is_some() {}
@@ -231,7 +237,11 @@ impl Consumer {
                         None => {
                             let (handler, slots) = (self.handler.clone(), self.slots.clone());
                             handlers.spawn(async move {
-                                handler.handle_in_place(delivery, received, &slots).await
+                                let in_place = Retries::InPlace {
+                                    received,
+                                    slots: &slots,
+                                };
+                                handler.handle(delivery, in_place).await
                             });
                         }
                     }
@@ -268,7 +278,11 @@ impl Consumer {
         let release = Release(Some((key, done.clone())));
         handlers.spawn(async move {
             let _release = release;
-            handler.handle_in_place(delivery, received, &slots).await;
+            let in_place = Retries::InPlace {
+                received,
+                slots: &slots,
+            };
+            handler.handle(delivery, in_place).await;
         });
     }
 

@@ -54,123 +54,70 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    /// Handles a delivery of a plain queue: one attempt, then a retry
-    /// through the broker (a delay queue), a dead letter or an ack. `slot`
-    /// is the handler slot the attempt runs in; it is given back before the
-    /// settlement, which may wait on the broker (a resource alarm) while the
-    /// delivery stays held.
-    pub(crate) async fn handle(&self, delivery: Delivery, slot: OwnedSemaphorePermit) {
-        if self.abandon_if_closed(&delivery) {
-            return;
-        }
-        if self.deferred(&delivery) {
-            drop(slot);
-            return self.defer(delivery).await;
-        }
-        self.metrics.consumed();
-        let envelope = Envelope::read(&delivery.message);
-        let (job_id, attempt) = match &envelope {
-            Ok(envelope) => (envelope.job_id.clone(), envelope.attempt),
-            Err(_) => (unknown_id(&delivery), 1),
-        };
-        // An attempt that can outlast the broker's consumer timeout is
-        // remembered, so that its redelivery neither runs beside it nor
-        // runs again once it is decided (see `held`).
-        let memory = match &envelope {
-            Ok(envelope) if self.remember_plain => {
-                Some(held::key(&envelope.job_id, &delivery.message))
-            }
-            _ => None,
-        };
-        let (delivery, attempt) = match &memory {
-            Some(key) => match self.resume(delivery, &job_id, key, attempt).await {
-                Resumed::Settled => return,
-                Resumed::Continue(delivery, attempt) => (delivery, attempt),
-            },
-            None => (delivery, attempt),
-        };
-        let span = self.span(&delivery, &job_id, attempt);
-        async move {
-            let (action, took) = match envelope {
-                Ok(envelope) => {
-                    self.metrics.time_in_queue(envelope.enqueued_at);
-                    let attempted = self
-                        .attempt(&delivery, &envelope, attempt, memory.as_ref())
-                        .await;
-                    let Some((outcome, took, running)) = attempted else {
-                        return;
-                    };
-                    let action = self.decide(outcome, attempt, &job_id);
-                    if let Some(running) = running {
-                        running.ended(&action);
-                    }
-                    (action, Some(took))
-                }
-                Err(reason) => (
-                    self.decide(Outcome::Malformed(reason), attempt, &job_id),
-                    None,
-                ),
-            };
-            drop(slot);
-            self.settle(delivery, attempt, &job_id, action, took).await;
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Handles a delivery that retries in place (a partitioned, capped or
-    /// quorum queue): retries happen in this task, holding the delivery, so
-    /// that a key's later jobs wait behind it (its lane stays busy). A
-    /// concurrency slot is held only while the handler runs, never during
-    /// the backoff.
+    /// Handles one delivery, from its envelope to its settlement.
     ///
-    /// The broker takes a delivery back once it is held past its consumer
-    /// timeout: backoffs are shortened to keep within the hold budget
-    /// (counted from `received`), and a redelivery continues from the
-    /// attempts this worker remembers, so the job still ends.
-    pub(crate) async fn handle_in_place(
-        &self,
-        delivery: Delivery,
-        received: Instant,
-        slots: &Semaphore,
-    ) {
+    /// Through the broker, one attempt runs here in the given slot, and a
+    /// retry is published to a delay queue. In place, the attempts run in
+    /// this task, holding the delivery through the backoff, so that a
+    /// key's later jobs wait behind it; a slot is held only while the
+    /// handler runs. Either way the slot is given back before the
+    /// settlement, which may wait on the broker (a resource alarm).
+    ///
+    /// The broker takes a held delivery back past its consumer timeout:
+    /// in-place backoffs are shortened to keep within the hold budget, and
+    /// a redelivery continues from the attempts this worker remembers (see
+    /// `held`), so the job still ends and never runs beside itself.
+    pub(crate) async fn handle(&self, delivery: Delivery, retries: Retries<'_>) {
         if self.abandon_if_closed(&delivery) {
             return;
         }
         if self.deferred(&delivery) {
+            drop(retries);
             return self.defer(delivery).await;
         }
         self.metrics.consumed();
         let envelope = match Envelope::read(&delivery.message) {
             Ok(envelope) => envelope,
             Err(reason) => {
-                let job_id = unknown_id(&delivery);
-                let span = self.span(&delivery, &job_id, 1);
-                let action = span.in_scope(|| self.decide(Outcome::Malformed(reason), 1, &job_id));
-                return self
-                    .settle(delivery, 1, &job_id, action, None)
-                    .instrument(span)
-                    .await;
+                drop(retries);
+                return self.malformed(delivery, reason).await;
             }
         };
         self.metrics.time_in_queue(envelope.enqueued_at);
         let job_id = &envelope.job_id;
-        let key = held::key(job_id, &delivery.message);
-        let hold = Hold::new(received, self.hold_budget, self.timeout);
-        let (delivery, mut attempt) =
-            match self.resume(delivery, job_id, &key, envelope.attempt).await {
+        let (mut slot, in_place) = match retries {
+            Retries::ThroughBroker(slot) => (Some(slot), None),
+            Retries::InPlace { received, slots } => (
+                None,
+                Some((Hold::new(received, self.hold_budget, self.timeout), slots)),
+            ),
+        };
+        // Attempts held in place, or one that can outlast the consumer
+        // timeout, are remembered.
+        let memory = (in_place.is_some() || self.remember_plain)
+            .then(|| held::key(job_id, &delivery.message));
+        let (delivery, mut attempt) = match &memory {
+            Some(key) => match self.resume(delivery, job_id, key, envelope.attempt).await {
                 Resumed::Settled => return,
                 Resumed::Continue(delivery, attempt) => (delivery, attempt),
-            };
+            },
+            None => (delivery, envelope.attempt),
+        };
         loop {
             let span = self.span(&delivery, job_id, attempt);
             let attempted = async {
-                let _slot = slots.acquire().await.expect("semaphore never closed");
-                if self.abandon_if_closed(&delivery) {
-                    return None;
-                }
+                let _in_place_slot = match in_place {
+                    Some((_, slots)) => {
+                        let slot = slots.acquire().await.expect("semaphore never closed");
+                        if self.abandon_if_closed(&delivery) {
+                            return None;
+                        }
+                        Some(slot)
+                    }
+                    None => None,
+                };
                 let (outcome, took, running) = self
-                    .attempt(&delivery, &envelope, attempt, Some(&key))
+                    .attempt(&delivery, &envelope, attempt, memory.as_ref())
                     .await?;
                 let action = self.decide(outcome, attempt, job_id);
                 if let Some(running) = running {
@@ -183,8 +130,9 @@ impl Handler {
             let Some((action, took)) = attempted else {
                 return;
             };
-            match action {
-                Action::Retry { error, delay } => {
+            drop(slot.take());
+            match (action, &in_place) {
+                (Action::Retry { error, delay }, Some((hold, _))) => {
                     let (wait, shortened) = hold.next_start(Instant::now(), delay);
                     if shortened {
                         tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, attempt, backoff = ?delay, retry_in = ?wait, "backoff shortened: the broker's consumer timeout would take the held delivery back first");
@@ -201,7 +149,7 @@ impl Handler {
                     }
                     attempt += 1;
                 }
-                action => {
+                (action, _) => {
                     return self
                         .settle(delivery, attempt, job_id, action, Some(took))
                         .instrument(span)
@@ -209,6 +157,16 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// A message that is not a job of this type: dead-lettered as malformed.
+    async fn malformed(&self, delivery: Delivery, reason: String) {
+        let job_id = unknown_id(&delivery);
+        let span = self.span(&delivery, &job_id, 1);
+        let action = span.in_scope(|| self.decide(Outcome::Malformed(reason), 1, &job_id));
+        self.settle(delivery, 1, &job_id, action, None)
+            .instrument(span)
+            .await
     }
 
     /// A redelivered job this worker ran before, under a delivery the
@@ -524,6 +482,18 @@ impl Handler {
             }
         }
     }
+}
+
+/// How a delivery's retries happen (see [`Handler::handle`]).
+pub(crate) enum Retries<'a> {
+    /// Through the broker: one attempt here, in this handler slot.
+    ThroughBroker(OwnedSemaphorePermit),
+    /// In the worker, holding the delivery, received at `received`; each
+    /// attempt takes a slot of `slots`.
+    InPlace {
+        received: Instant,
+        slots: &'a Semaphore,
+    },
 }
 
 /// What [`Handler::resume`] made of a delivery.
