@@ -206,3 +206,28 @@ async fn dead_letters_are_replayed_and_run() {
     assert_eq!(attempts, [1, 2, 3, 1, 2, 3]);
     assert_eq!(dead.count().await.unwrap(), 1);
 }
+
+#[job(queue = "kit.delays.leased", retry = 0)]
+async fn leased(_job: Step, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// A delay queue is declared once per half grace, not before every delayed
+/// publish; one deleted under the client in between (an operator) is
+/// declared again and the delayed job still arrives.
+#[tokio::test(start_paused = true)]
+async fn a_delay_queue_deleted_under_its_lease_is_declared_again() {
+    let mut kit = TestKit::new().register(LeasedJob);
+    kit.enqueue_in::<LeasedJob>(step("first"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let delay_queue = "kit.delays.leased.delay.1000ms";
+    assert!(kit.broker().has_queue(delay_queue));
+    kit.broker().delete_queue(delay_queue);
+    kit.enqueue_in::<LeasedJob>(step("second"), Duration::from_secs(1))
+        .await
+        .expect("declared again");
+    kit.run_until_idle().await;
+    // The first job went with its queue; the second arrives.
+    assert_eq!(kit.succeeded::<LeasedJob>(), [step("second")]);
+}

@@ -49,6 +49,8 @@ const PIPELINE: usize = 512;
 pub struct Client {
     broker: Arc<dyn Broker>,
     declared: Arc<Mutex<HashSet<String>>>,
+    /// The delay queues' leases (see `topology::Leases`).
+    leases: Arc<topology::Leases>,
 }
 
 impl std::fmt::Debug for Client {
@@ -64,6 +66,7 @@ impl Client {
         Self {
             broker: Arc::new(broker),
             declared: Arc::default(),
+            leases: Arc::default(),
         }
     }
 
@@ -119,7 +122,7 @@ impl Client {
             let (id, message) = Self::message::<J>(&payload)?;
             let target = Self::target::<J>(Some(&payload));
             topology::delayed(&target, J::options().queue_type(), delay, message)
-                .publish(&*self.broker)
+                .publish(&*self.broker, &self.leases)
                 .await?;
             Ok(id)
         }

@@ -159,10 +159,65 @@ pub(crate) fn remaining_wait(message: &Message) -> Option<Duration> {
 }
 
 impl Delayed {
-    /// Declares the delay queue (renewing its lease) and publishes into it.
-    pub(crate) async fn publish(&self, broker: &dyn Broker) -> Result<(), Error> {
-        broker.declare_queue(&self.spec).await?;
-        broker.publish(&self.spec.name, self.message.clone()).await
+    /// Declares the delay queue when its lease is due for renewal (see
+    /// [`Leases`]) and publishes into it.
+    pub(crate) async fn publish(&self, broker: &dyn Broker, leases: &Leases) -> Result<(), Error> {
+        if leases.due(&self.spec.name) {
+            broker.declare_queue(&self.spec).await?;
+            leases.renewed(&self.spec.name);
+        }
+        match broker.publish(&self.spec.name, self.message.clone()).await {
+            // Deleted under us (an operator): declare it again, once.
+            Err(Error::Unroutable { .. }) => {
+                leases.forget(&self.spec.name);
+                broker.declare_queue(&self.spec).await?;
+                leases.renewed(&self.spec.name);
+                broker.publish(&self.spec.name, self.message.clone()).await
+            }
+            published => published,
+        }
+    }
+}
+
+/// When each delay queue's lease was last renewed by a declare. A delay
+/// queue expires `delay + DELAY_QUEUE_GRACE` after its last declare (a
+/// publish does not count as use), so a declare every half grace keeps it
+/// alive past every message published into it, with one round trip saved
+/// on every other delayed publish.
+#[derive(Debug, Default)]
+pub(crate) struct Leases(std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>);
+
+/// How often a delay queue in use is declared again.
+const RENEW_EVERY: Duration = Duration::from_secs(DELAY_QUEUE_GRACE.as_secs() / 2);
+
+impl Leases {
+    fn renewals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::time::Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `queue` must be declared before the next publish.
+    fn due(&self, queue: &str) -> bool {
+        self.renewals()
+            .get(queue)
+            .is_none_or(|at| at.elapsed() >= RENEW_EVERY)
+    }
+
+    fn renewed(&self, queue: &str) {
+        let now = tokio::time::Instant::now();
+        let mut renewals = self.renewals();
+        // Bounded: a lease past its renewal is as good as none.
+        if renewals.len() >= 1024 {
+            renewals.retain(|_, at| now.duration_since(*at) < RENEW_EVERY);
+        }
+        renewals.insert(queue.to_owned(), now);
+    }
+
+    fn forget(&self, queue: &str) {
+        self.renewals().remove(queue);
     }
 }
 
@@ -229,6 +284,25 @@ pub(crate) async fn declare_dead_letter_queue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_queue_is_declared_again_every_half_grace() {
+        let leases = Leases::default();
+        assert!(leases.due("q.delay.1000ms"), "never declared");
+        leases.renewed("q.delay.1000ms");
+        assert!(!leases.due("q.delay.1000ms"));
+        tokio::time::sleep(RENEW_EVERY - Duration::from_secs(1)).await;
+        assert!(!leases.due("q.delay.1000ms"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(leases.due("q.delay.1000ms"), "its lease needs renewing");
+        // Between two declares a queue cannot expire: it lives `delay +
+        // grace` after the last one, and a message is published into it at
+        // most half a grace later.
+        assert!(RENEW_EVERY < DELAY_QUEUE_GRACE);
+        leases.renewed("q.delay.1000ms");
+        leases.forget("q.delay.1000ms");
+        assert!(leases.due("q.delay.1000ms"), "forgotten after it vanished");
+    }
 
     #[test]
     fn partitioned_jobs_consume_single_active_partition_queues() {

@@ -381,6 +381,7 @@ impl Worker {
             self.health.watch_gate(job.name(), gate.clone());
         }
         let shared = Shared {
+            leases: Arc::default(),
             gate,
             work: work.clone(),
             metrics: metrics::JobMetrics::new(options.queue()),
@@ -437,6 +438,7 @@ impl Worker {
             routes: Routes {
                 queue: spec.clone(),
                 dead_letter: topology::dead_letter_queue(options),
+                leases: shared.leases.clone(),
             },
             backoff: BackoffPolicy::new(options.backoff()),
             max_attempts: options.max_attempts(),
@@ -478,6 +480,7 @@ impl JobPlan {
 
 /// What a job's consumers share.
 struct Shared {
+    leases: Arc<topology::Leases>,
     gate: Option<Arc<Gate>>,
     work: Option<Arc<Work>>,
     metrics: metrics::JobMetrics,

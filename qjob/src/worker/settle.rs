@@ -139,6 +139,8 @@ pub(crate) struct Routes {
     /// The queue consumed: the work queue or one partition queue.
     pub(crate) queue: QueueSpec,
     pub(crate) dead_letter: QueueSpec,
+    /// The delay queues' leases.
+    pub(crate) leases: std::sync::Arc<topology::Leases>,
 }
 
 /// The message that carries an outcome on, published before the original
@@ -178,7 +180,7 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    async fn publish(&self, broker: &dyn Broker) -> Result<(), Error> {
+    async fn publish(&self, broker: &dyn Broker, leases: &topology::Leases) -> Result<(), Error> {
         match self {
             Outgoing::Direct { queue, message } => {
                 let published = broker.publish(&queue.name, message.clone()).await;
@@ -188,7 +190,7 @@ impl<'a> Outgoing<'a> {
                 }
                 published
             }
-            Outgoing::Delayed(delayed) => delayed.publish(broker).await,
+            Outgoing::Delayed(delayed) => delayed.publish(broker, leases).await,
         }
     }
 }
@@ -225,7 +227,7 @@ pub(crate) async fn apply(
     }
     if let Some(outgoing) = Outgoing::of(routes, attempt, action, message) {
         let mut failures = 0;
-        while let Err(error) = outgoing.publish(broker).await {
+        while let Err(error) = outgoing.publish(broker, &routes.leases).await {
             failures += 1;
             let wait = settle_backoff(failures);
             failed(&error, wait);
