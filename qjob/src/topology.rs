@@ -87,10 +87,11 @@ pub(crate) fn dead_letter_queue(options: &JobOptions) -> QueueSpec {
 /// The delivery limit of a quorum dead-letter queue: in effect none.
 pub(crate) const DEAD_LETTER_DELIVERY_LIMIT: u32 = 1_000_000_000;
 
-/// How long a delay queue outlives its last use. Every delayed publish
-/// redeclares its delay queue first (a redeclare renews the lease), so a
-/// queue expires only long after its last message should have moved on;
-/// the grace covers a node restart or a leader election in between.
+/// How long a delay queue outlives its last declare beyond its delay. A
+/// delayed publish redeclares its delay queue first when the lease is half
+/// a grace old ([`Leases`]; a redeclare renews it), so a queue expires only
+/// long after its last message should have moved on; the grace covers a
+/// node restart or a leader election in between.
 pub(crate) const DELAY_QUEUE_GRACE: Duration = Duration::from_secs(600);
 
 /// The delay queue for `delay`: `<queue>.delay.<ms>ms`, whose messages expire
@@ -117,7 +118,8 @@ pub(crate) const MAX_DELAY_HOP: Duration = Duration::from_secs(24 * 3600);
 
 /// A message on its way into a delay queue.
 pub(crate) struct Delayed {
-    /// The delay queue to declare (renewing its lease) and publish to.
+    /// The delay queue to publish to (declared first when its lease is
+    /// due for renewal).
     pub(crate) spec: QueueSpec,
     pub(crate) message: Message,
 }
