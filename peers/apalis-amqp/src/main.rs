@@ -1,0 +1,214 @@
+//! Consume throughput of qjob against apalis-amqp 1.0, alternating rounds on
+//! the same broker: persistent 256-byte JSON jobs, a no-op handler, prefetch
+//! 25 and 200 with as many handlers (qjob's `concurrency`, apalis's
+//! `concurrency` layer). The queue is filled first, then timed from the
+//! worker's start until every job was handled. Prints each round and the
+//! ratio qjob / apalis of the median rates.
+//!
+//! ```text
+//! cd peers/apalis-amqp && cargo run --release
+//! QJOB_BENCH_JOBS=50000 QJOB_BENCH_ROUNDS=5 cargo run --release
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::*;
+use apalis_amqp::AmqpBackend;
+use apalis_amqp::Config;
+use qjob::{Client, JobContext, JobError, Worker, job};
+use serde::{Deserialize, Serialize};
+
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A charge padded to 256 bytes of JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Bench {
+    account: String,
+    cents: u64,
+    note: String,
+}
+
+impl Bench {
+    fn new(n: u64) -> Self {
+        let mut bench = Bench {
+            account: format!("acct-{:08}", n % 1000),
+            cents: n,
+            note: String::new(),
+        };
+        let len = serde_json::to_vec(&bench).unwrap().len();
+        bench.note = "x".repeat(256 - len);
+        bench
+    }
+}
+
+fn handled() -> bool {
+    HANDLED.fetch_add(1, Ordering::SeqCst) + 1 == TARGET.load(Ordering::SeqCst)
+}
+
+#[job(queue = "qjob.peer.bench", retry = 0)]
+async fn bench(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    if handled() {
+        DONE.notify_one();
+    }
+    Ok(())
+}
+
+async fn apalis_handler(job: Bench, worker: WorkerContext) -> Result<(), BoxDynError> {
+    std::hint::black_box(job);
+    if handled() {
+        worker.stop()?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let url = std::env::var("QJOB_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let jobs = number("QJOB_BENCH_JOBS", 20_000);
+    let rounds = number("QJOB_BENCH_ROUNDS", 3);
+    let broker = qjob::AmqpBroker::connect(url.as_str())
+        .await
+        .expect("the bench needs RabbitMQ");
+    println!("{jobs} persistent 256-byte jobs per round, {rounds} rounds");
+    for prefetch in [25u16, 200] {
+        let (mut apalis_rates, mut qjob_rates) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let queue = format!("qjob.peer.apalis.{prefetch}.{round}");
+            apalis_rates.push(rate(
+                jobs + 1,
+                apalis_round(&url, &queue, jobs, prefetch).await,
+            ));
+            qjob_rates.push(rate(jobs, qjob_round(&broker, jobs, prefetch).await));
+        }
+        let (apalis, qjob) = (median(&apalis_rates), median(&qjob_rates));
+        println!(
+            "consume, prefetch {prefetch:>3}  apalis {apalis:>8.0}/s  qjob {qjob:>8.0}/s  ratio qjob/apalis {:.2}   (rounds: apalis {:?}, qjob {:?})",
+            qjob / apalis,
+            apalis_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            qjob_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        );
+    }
+}
+
+/// Fills a fresh apalis queue with `jobs`, then times a worker draining it.
+async fn apalis_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> Duration {
+    // apalis publishes transient messages; the jobs here are persistent,
+    // as qjob's are: published raw (the body apalis's JSON codec reads),
+    // into the queue as apalis declares it.
+    fill_persistent(url, queue, jobs).await;
+    let config = Config::default().queue(queue).prefetch_count(prefetch);
+    let mut backend = AmqpBackend::<Bench>::new_from_addr(url)
+        .unwrap()
+        .with_config(config);
+    // apalis-amqp 1.0 sets up its channel on the first push, and its worker
+    // panics if it starts without one: push one more job through it.
+    backend.push(Bench::new(u64::MAX)).await.unwrap();
+    start_round(jobs + 1);
+    let started = Instant::now();
+    WorkerBuilder::new(format!("bench-{queue}"))
+        .backend(backend)
+        .concurrency(usize::from(prefetch))
+        .build(apalis_handler)
+        .run()
+        .await
+        .unwrap();
+    started.elapsed()
+}
+
+/// Declares `queue` as apalis does (durable, no arguments) and publishes
+/// `jobs` persistent messages into it, confirmed.
+async fn fill_persistent(url: &str, queue: &str, jobs: usize) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut confirms = Vec::with_capacity(jobs);
+    for n in 0..jobs as u64 {
+        let body = serde_json::to_vec(&Bench::new(n)).unwrap();
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    let _ = connection.close(200, "filled".into()).await;
+}
+
+/// Fills qjob's queue with `jobs`, then times a worker draining it.
+async fn qjob_round(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Duration {
+    use qjob::Broker;
+    let _ = broker
+        .declare_queue(&qjob::broker::QueueSpec::new("qjob.peer.bench"))
+        .await;
+    let client = Client::new(broker.clone());
+    let results = client
+        .enqueue_all::<BenchJob>((0..jobs as u64).map(Bench::new))
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    start_round(jobs);
+    let knobs = prefetch.to_string();
+    let worker = Worker::builder(broker.clone())
+        .register(BenchJob)
+        .overrides(move |name| {
+            (name.ends_with("_PREFETCH") || name.ends_with("_CONCURRENCY")).then(|| knobs.clone())
+        })
+        .build();
+    let started = Instant::now();
+    worker.run_until(DONE.notified()).await.unwrap();
+    started.elapsed()
+}
+
+fn start_round(jobs: usize) {
+    HANDLED.store(0, Ordering::SeqCst);
+    TARGET.store(jobs, Ordering::SeqCst);
+}
+
+fn rate(jobs: usize, elapsed: Duration) -> f64 {
+    jobs as f64 / elapsed.as_secs_f64()
+}
+
+fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
+}
