@@ -10,56 +10,20 @@
 //! QJOB_BENCH_JOBS=50000 QJOB_BENCH_ROUNDS=5 cargo run --release
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use apalis_amqp::AmqpBackend;
 use apalis_amqp::Config;
-use qjob::{Client, JobContext, JobError, Worker, job};
-use serde::{Deserialize, Serialize};
+use qjob::{Client, Worker};
+use qjob_benches::{BENCH_QUEUE, Bench, BenchJob, DONE, HANDLED, TARGET, env_number, start_round};
 
-static HANDLED: AtomicUsize = AtomicUsize::new(0);
-static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
-static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// A charge padded to 256 bytes of JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Bench {
-    account: String,
-    cents: u64,
-    note: String,
-}
-
-impl Bench {
-    fn new(n: u64) -> Self {
-        let mut bench = Bench {
-            account: format!("acct-{:08}", n % 1000),
-            cents: n,
-            note: String::new(),
-        };
-        let len = serde_json::to_vec(&bench).unwrap().len();
-        bench.note = "x".repeat(256 - len);
-        bench
-    }
-}
-
-fn handled() -> bool {
-    HANDLED.fetch_add(1, Ordering::SeqCst) + 1 == TARGET.load(Ordering::SeqCst)
-}
-
-#[job(queue = "qjob.peer.bench", retry = 0)]
-async fn bench(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
-    std::hint::black_box(job);
-    if handled() {
-        DONE.notify_one();
-    }
-    Ok(())
-}
-
+/// The same no-op as qjob's `BenchJob`: counts, and stops the worker at
+/// the round's last job.
 async fn apalis_handler(job: Bench, worker: WorkerContext) -> Result<(), BoxDynError> {
     std::hint::black_box(job);
-    if handled() {
+    if HANDLED.fetch_add(1, Ordering::SeqCst) + 1 == TARGET.load(Ordering::SeqCst) {
         worker.stop()?;
     }
     Ok(())
@@ -69,8 +33,8 @@ async fn apalis_handler(job: Bench, worker: WorkerContext) -> Result<(), BoxDynE
 async fn main() {
     let url = std::env::var("QJOB_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let jobs = number("QJOB_BENCH_JOBS", 20_000);
-    let rounds = number("QJOB_BENCH_ROUNDS", 3);
+    let jobs = env_number("QJOB_BENCH_JOBS", 20_000);
+    let rounds = env_number("QJOB_BENCH_ROUNDS", 3);
     let broker = qjob::AmqpBroker::connect(url.as_str())
         .await
         .expect("the bench needs RabbitMQ");
@@ -170,7 +134,7 @@ async fn fill_persistent(url: &str, queue: &str, jobs: usize) {
 async fn qjob_round(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Duration {
     use qjob::Broker;
     let _ = broker
-        .declare_queue(&qjob::broker::QueueSpec::new("qjob.peer.bench"))
+        .declare_queue(&qjob::broker::QueueSpec::new(BENCH_QUEUE))
         .await;
     let client = Client::new(broker.clone());
     let results = client
@@ -191,11 +155,6 @@ async fn qjob_round(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Du
     started.elapsed()
 }
 
-fn start_round(jobs: usize) {
-    HANDLED.store(0, Ordering::SeqCst);
-    TARGET.store(jobs, Ordering::SeqCst);
-}
-
 fn rate(jobs: usize, elapsed: Duration) -> f64 {
     jobs as f64 / elapsed.as_secs_f64()
 }
@@ -204,11 +163,4 @@ fn median(rates: &[f64]) -> f64 {
     let mut sorted = rates.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
-}
-
-fn number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
 }
