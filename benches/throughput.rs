@@ -29,8 +29,10 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use qjob::{Client, Job, Worker};
-use qjob_benches::{BENCH_QUEUE, Bench, BenchJob, DONE, env_number, payload, reset_queue};
+use qjob::Client;
+use qjob_benches::{
+    BENCH_QUEUE, Bench, BenchJob, env_number, median, payload, qjob_consume, rate, reset_queue,
+};
 
 /// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
 const PUBLISH_WINDOW: usize = 512;
@@ -97,26 +99,6 @@ async fn main() {
     raw.reset().await;
 }
 
-async fn qjob_consume(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Duration {
-    qjob_benches::start_round(jobs);
-    // The job's options come from the operator's overrides.
-    let prefix = BenchJob::options().env_prefix();
-    let worker = Worker::builder(broker.clone())
-        .register(BenchJob)
-        .overrides(move |name| {
-            let knob = name.strip_prefix(prefix.as_str())?;
-            matches!(knob, "PREFETCH" | "CONCURRENCY").then(|| prefetch.to_string())
-        })
-        .build();
-    let started = Instant::now();
-    worker.run_until(DONE.notified()).await.unwrap();
-    started.elapsed()
-}
-
-fn rate(jobs: usize, elapsed: Duration) -> f64 {
-    jobs as f64 / elapsed.as_secs_f64()
-}
-
 #[derive(Default)]
 struct Rates {
     lapin: Vec<f64>,
@@ -134,12 +116,6 @@ impl Rates {
             self.qjob.iter().map(|r| r.round()).collect::<Vec<_>>(),
         );
     }
-}
-
-fn median(rates: &[f64]) -> f64 {
-    let mut sorted = rates.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 /// The hand-written lapin loops qjob is measured against.

@@ -147,3 +147,42 @@ pub fn env_number(name: &str, default: usize) -> usize {
         })
         .unwrap_or(default)
 }
+
+/// Times a qjob worker draining `jobs` of [`BenchJob`] already enqueued,
+/// with `prefetch` and as many handlers (set through the operator's
+/// overrides, as an operator would).
+pub async fn qjob_consume(
+    broker: &qjob::AmqpBroker,
+    jobs: usize,
+    prefetch: u16,
+) -> std::time::Duration {
+    use qjob::Job;
+    start_round(jobs);
+    let prefix = BenchJob::options().env_prefix();
+    let worker = qjob::Worker::builder(broker.clone())
+        .register(BenchJob)
+        .overrides(move |name| {
+            let knob = name.strip_prefix(prefix.as_str())?;
+            matches!(knob, "PREFETCH" | "CONCURRENCY").then(|| prefetch.to_string())
+        })
+        .build();
+    let started = std::time::Instant::now();
+    worker.run_until(DONE.notified()).await.unwrap();
+    started.elapsed()
+}
+
+/// Jobs per second.
+pub fn rate(jobs: usize, elapsed: std::time::Duration) -> f64 {
+    jobs as f64 / elapsed.as_secs_f64()
+}
+
+/// The median of `rates`.
+///
+/// # Panics
+///
+/// If `rates` is empty.
+pub fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 use apalis::prelude::*;
 use apalis_amqp::AmqpBackend;
 use apalis_amqp::Config;
-use qjob::{Client, Worker};
-use qjob_benches::{BENCH_QUEUE, Bench, BenchJob, DONE, HANDLED, TARGET, env_number, start_round};
+use qjob::Client;
+use qjob_benches::{
+    Bench, BenchJob, HANDLED, TARGET, env_number, median, qjob_consume, rate, start_round,
+};
 
 /// The same no-op as qjob's `BenchJob`: counts, and stops the worker at
 /// the round's last job.
@@ -132,35 +134,11 @@ async fn fill_persistent(url: &str, queue: &str, jobs: usize) {
 
 /// Fills qjob's queue with `jobs`, then times a worker draining it.
 async fn qjob_round(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Duration {
-    use qjob::Broker;
-    let _ = broker
-        .declare_queue(&qjob::broker::QueueSpec::new(BENCH_QUEUE))
-        .await;
     let client = Client::new(broker.clone());
     let results = client
         .enqueue_all::<BenchJob>((0..jobs as u64).map(Bench::new))
         .await
         .unwrap();
     assert!(results.iter().all(Result::is_ok));
-    start_round(jobs);
-    let knobs = prefetch.to_string();
-    let worker = Worker::builder(broker.clone())
-        .register(BenchJob)
-        .overrides(move |name| {
-            (name.ends_with("_PREFETCH") || name.ends_with("_CONCURRENCY")).then(|| knobs.clone())
-        })
-        .build();
-    let started = Instant::now();
-    worker.run_until(DONE.notified()).await.unwrap();
-    started.elapsed()
-}
-
-fn rate(jobs: usize, elapsed: Duration) -> f64 {
-    jobs as f64 / elapsed.as_secs_f64()
-}
-
-fn median(rates: &[f64]) -> f64 {
-    let mut sorted = rates.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    qjob_consume(broker, jobs, prefetch).await
 }
