@@ -31,6 +31,10 @@ const QUEUE: &str = "qjob.bench.latency";
 /// Latencies of the current round, in microseconds.
 static SEEN: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
+/// The jobs of the current round, and who waits for the last one.
+static EXPECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+static ALL_SEEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 fn micros_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -39,7 +43,11 @@ fn micros_now() -> u64 {
 
 fn record(sent_micros: u64) {
     let latency = micros_now().saturating_sub(sent_micros);
-    SEEN.lock().unwrap().push(latency);
+    let mut seen = SEEN.lock().unwrap();
+    seen.push(latency);
+    if seen.len() == EXPECTED.load(std::sync::atomic::Ordering::SeqCst) {
+        ALL_SEEN.notify_one();
+    }
 }
 
 /// A job stamped with the microsecond it was sent (in `cents`).
@@ -96,12 +104,9 @@ async fn main() {
 
 async fn qjob_round(broker: &qjob::AmqpBroker, jobs: usize, tick: Duration) -> Vec<u64> {
     SEEN.lock().unwrap().clear();
+    EXPECTED.store(jobs, std::sync::atomic::Ordering::SeqCst);
     let worker = Worker::builder(broker.clone()).register(TimedJob).build();
-    let running = tokio::spawn(worker.run_until(async move {
-        while SEEN.lock().unwrap().len() < jobs {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }));
+    let running = tokio::spawn(worker.run_until(ALL_SEEN.notified()));
     let client = Client::new(broker.clone());
     // The worker consumes before the first job is sent.
     wait_for_consumer(broker).await;

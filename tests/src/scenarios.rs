@@ -58,9 +58,16 @@ impl Env {
     }
 
     /// Starts from nothing: deletes the job's queues left by earlier runs.
+    /// A partitioned job's partition queues go too, and the one past them
+    /// (which a worker with more partitions would have left).
     pub async fn reset<J: Job>(&self) {
         let options = J::options();
-        self.delete_queues(&[options.queue(), &options.dead_letter_queue()])
+        let mut queues = vec![options.queue().to_owned(), options.dead_letter_queue()];
+        if let Some(partitions) = options.partitions() {
+            queues.extend(options.consumed_queues());
+            queues.push(format!("{}.p{partitions}", options.queue()));
+        }
+        self.delete_queues(&queues.iter().map(String::as_str).collect::<Vec<_>>())
             .await;
     }
 
@@ -851,15 +858,11 @@ pub async fn partitioned_keys_complete_in_publish_order_across_two_workers<
     env: &Env,
     job: J,
 ) {
-    let partitions = J::options()
-        .partitions()
-        .expect("scenario needs partitions");
-    let queues: Vec<String> = (0..=partitions)
-        .map(|i| format!("{}.p{i}", J::QUEUE))
-        .chain([J::options().dead_letter_queue()])
-        .collect();
-    env.delete_queues(&queues.iter().map(String::as_str).collect::<Vec<_>>())
-        .await;
+    assert!(
+        J::options().partitions().is_some(),
+        "scenario needs partitions"
+    );
+    env.reset::<J>().await;
     let tag = env.tag::<J>();
     let (keys, per_key) = (12u32, 40u32);
     let tasks = (0..per_key).flat_map(|n| {
@@ -1301,15 +1304,11 @@ pub async fn a_rolling_restart_keeps_every_key_in_order<J: Job<Payload = Task> +
     env: &Env,
     job: J,
 ) {
-    let partitions = J::options()
-        .partitions()
-        .expect("scenario needs partitions");
-    let queues: Vec<String> = (0..=partitions)
-        .map(|i| format!("{}.p{i}", J::QUEUE))
-        .chain([J::options().dead_letter_queue()])
-        .collect();
-    env.delete_queues(&queues.iter().map(String::as_str).collect::<Vec<_>>())
-        .await;
+    assert!(
+        J::options().partitions().is_some(),
+        "scenario needs partitions"
+    );
+    env.reset::<J>().await;
     let tag = env.tag::<J>();
     let probe = probe(&tag);
     let (keys, per_key) = (30u32, 20u32);

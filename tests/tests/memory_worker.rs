@@ -64,8 +64,10 @@ test_job!(
 /// went away) while the key's job 1 runs and job 2 waits in its lane: the
 /// channel stays open until job 1 is settled, so job 1 runs once, and job 2
 /// comes back and runs after it. Before, the channel was closed at once:
-/// job 1 was delivered again and ran a second time.
-#[tokio::test]
+/// job 1 was delivered again and ran a second time. On the paused clock:
+/// the wait after the cancel outlasts the worker's resubscribe backoff
+/// (100 ms) deterministically.
+#[tokio::test(start_paused = true)]
 async fn a_broker_cancel_lets_running_jobs_settle_before_the_channel_closes() {
     let env = Env::memory().await;
     let Env::Memory(broker) = &env else {
@@ -86,7 +88,15 @@ async fn a_broker_cancel_lets_running_jobs_settle_before_the_channel_closes() {
         .wait_until(|b| b.unacked_count(queue) == 2 && probe.attempts.load(Ordering::SeqCst) == 1)
         .await;
     broker.cancel_consumers(queue);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // While job 1 runs, the worker keeps the cancelled channel open and does
+    // not subscribe again (its resubscribe backoff is 100 ms).
+    let resubscribed = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        broker.wait_until(|b| b.consumer_count(queue) == 1),
+    )
+    .await;
+    assert!(resubscribed.is_err(), "resubscribed while job 1 still ran");
+    assert_eq!(broker.unacked_count(queue), 2, "jobs 1 and 2 still held");
     probe.release();
     probe
         .wait("both jobs", LIMIT, |p| {
