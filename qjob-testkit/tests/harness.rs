@@ -338,6 +338,55 @@ async fn partitioned_jobs_keep_each_keys_order_through_retries() {
     assert!(kit.enqueued::<EventJob>().is_empty());
 }
 
+/// Payloads of the tallied job deserialized, counted by its `tally` field.
+static DESERIALIZED: AtomicU32 = AtomicU32::new(0);
+
+/// A unit field that counts each deserialization of its payload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tally;
+
+impl<'de> Deserialize<'de> for Tally {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        DESERIALIZED.fetch_add(1, Ordering::SeqCst);
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Ok(Tally)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tallied {
+    pub customer: String,
+    pub n: u32,
+    pub tally: Tally,
+}
+
+#[job(queue = "kit.tallied", partition_by = customer, partitions = 2, retry = 1, backoff = fixed("1s"))]
+async fn tallied(job: Tallied, ctx: JobContext) -> Result<(), JobError> {
+    if job.n == 3 && ctx.attempt() == 1 {
+        return Err(JobError::msg("flaky"));
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_payload_is_deserialized_once_per_attempt() {
+    let mut kit = TestKit::new().register(TalliedJob);
+    for n in 0..10 {
+        let customer = if n % 2 == 0 { "ada" } else { "alan" };
+        let payload = Tallied {
+            customer: customer.into(),
+            n,
+            tally: Tally,
+        };
+        kit.enqueue::<TalliedJob>(payload).await.unwrap();
+    }
+    kit.run_until_idle().await;
+    // Once to read the key, which the first attempt reuses; once more for
+    // the one retry.
+    assert_eq!(DESERIALIZED.load(Ordering::SeqCst), 11);
+    assert_eq!(kit.succeeded::<TalliedJob>().len(), 10);
+}
+
 /// Handler starts of the poison job.
 static POISON_STARTS: AtomicU32 = AtomicU32::new(0);
 

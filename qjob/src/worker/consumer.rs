@@ -16,6 +16,7 @@ use crate::broker::{Broker, ConsumeOptions, Delivery, QueueSpec, Subscription};
 use crate::policy::lanes::Lanes;
 use crate::worker::handler::{Handler, Retries};
 use crate::worker::health::Health;
+use crate::worker::runnable::Decoded;
 use crate::{Error, JobOptions, topology};
 
 /// Longest wait between two attempts to resubscribe.
@@ -185,8 +186,11 @@ impl Consumer {
     ) {
         let handler = self.handler.clone();
         match slot {
-            Some(slot) => handlers
-                .spawn(async move { handler.handle(delivery, Retries::ThroughBroker(slot)).await }),
+            Some(slot) => handlers.spawn(async move {
+                handler
+                    .handle(delivery, None, Retries::ThroughBroker(slot))
+                    .await
+            }),
             None => {
                 let slots = self.slots.clone();
                 let received = Instant::now();
@@ -195,7 +199,7 @@ impl Consumer {
                         received,
                         slots: &slots,
                     };
-                    handler.handle(delivery, in_place).await
+                    handler.handle(delivery, None, in_place).await
                 })
             }
         };
@@ -208,7 +212,7 @@ impl Consumer {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut handlers = JoinSet::new();
-        let mut lanes: Lanes<String, (Delivery, Instant)> = Lanes::default();
+        let mut lanes: Lanes<String, Admitted> = Lanes::default();
         let (done, mut finished) = mpsc::unbounded_channel::<String>();
         let mut failures = 0u32;
         loop {
@@ -221,29 +225,31 @@ impl Consumer {
             match event {
                 LaneEvent::Finished(key) => {
                     if let Some(next) = lanes.finish(&key) {
-                        self.spawn_in_lane(&mut handlers, key, next, &done);
+                        self.spawn_in_lane(&mut handlers, Some(key), next, &done);
                     }
                 }
                 LaneEvent::Next(Some(Ok(delivery))) => {
                     failures = 0;
                     let received = Instant::now();
-                    match self.handler.job.partition_key(&delivery.message.body) {
+                    let (key, decoded) = match self.handler.job.decode_keyed(&delivery.message.body)
+                    {
+                        Some((key, decoded)) => (key, Some(decoded)),
+                        None => (None, None),
+                    };
+                    let admitted = Admitted {
+                        delivery,
+                        decoded,
+                        received,
+                    };
+                    match key {
                         Some(key) => {
-                            if let Some(next) = lanes.admit(key.clone(), (delivery, received)) {
-                                self.spawn_in_lane(&mut handlers, key, next, &done);
+                            if let Some(next) = lanes.admit(key.clone(), admitted) {
+                                self.spawn_in_lane(&mut handlers, Some(key), next, &done);
                             }
                         }
-                        // No key (a malformed message): it needs no lane.
-                        None => {
-                            let (handler, slots) = (self.handler.clone(), self.slots.clone());
-                            handlers.spawn(async move {
-                                let in_place = Retries::InPlace {
-                                    received,
-                                    slots: &slots,
-                                };
-                                handler.handle(delivery, in_place).await
-                            });
-                        }
+                        // No key (a malformed message, or the job gives
+                        // none for this payload): it needs no lane.
+                        None => self.spawn_in_lane(&mut handlers, None, admitted, &done),
                     }
                 }
                 LaneEvent::Next(ended) => {
@@ -267,22 +273,27 @@ impl Consumer {
         self.stop(handlers, subscription).await;
     }
 
+    /// Runs a delivery of `key`'s lane (held in place through its retries);
+    /// when it is done, the lane's next delivery starts. Without a key it
+    /// runs on its own.
     fn spawn_in_lane(
         &self,
         handlers: &mut JoinSet<()>,
-        key: String,
-        (delivery, received): (Delivery, Instant),
+        key: Option<String>,
+        admitted: Admitted,
         done: &mpsc::UnboundedSender<String>,
     ) {
         let (handler, slots) = (self.handler.clone(), self.slots.clone());
-        let release = Release(Some((key, done.clone())));
+        let release = Release(key.map(|key| (key, done.clone())));
         handlers.spawn(async move {
             let _release = release;
             let in_place = Retries::InPlace {
-                received,
+                received: admitted.received,
                 slots: &slots,
             };
-            handler.handle(delivery, in_place).await;
+            handler
+                .handle(admitted.delivery, admitted.decoded, in_place)
+                .await;
         });
     }
 
@@ -441,6 +452,13 @@ impl Consumer {
 
 /// Frees a key's lane when its handler task ends, however it ends (a
 /// panic, an abort at the shutdown timeout): the key's next delivery runs.
+/// A delivery admitted to a lane, with its payload as decoded for its key.
+struct Admitted {
+    delivery: Delivery,
+    decoded: Option<Decoded>,
+    received: Instant,
+}
+
 struct Release(Option<(String, mpsc::UnboundedSender<String>)>);
 
 impl Drop for Release {

@@ -17,7 +17,7 @@ use crate::worker::health::Health;
 use crate::worker::held::{self, Attempts, Hold, Running, Seen};
 use crate::worker::metrics::JobMetrics;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
-use crate::worker::runnable::{Outcome, Runnable};
+use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
 use crate::worker::settle::{self, Action, Attempt, Routes, Unsettled};
 use crate::{DeadReason, Error, JobContext, JobId, topology, trace};
@@ -67,7 +67,15 @@ impl Handler {
     /// in-place backoffs are shortened to keep within the hold budget, and
     /// a redelivery continues from the attempts this worker remembers (see
     /// `held`), so the job still ends and never runs beside itself.
-    pub(crate) async fn handle(&self, delivery: Delivery, retries: Retries<'_>) {
+    ///
+    /// `decoded` is the payload if the consumer already deserialized it
+    /// (to read its partition key): the first attempt runs on it.
+    pub(crate) async fn handle(
+        &self,
+        delivery: Delivery,
+        mut decoded: Option<Decoded>,
+        retries: Retries<'_>,
+    ) {
         if self.abandon_if_closed(&delivery) {
             return;
         }
@@ -117,7 +125,13 @@ impl Handler {
                     None => None,
                 };
                 let (outcome, took, running) = self
-                    .attempt(&delivery, &envelope, attempt, memory.as_ref())
+                    .attempt(
+                        &delivery,
+                        decoded.take(),
+                        &envelope,
+                        attempt,
+                        memory.as_ref(),
+                    )
                     .await?;
                 let action = self.decide(outcome, attempt, job_id);
                 if let Some(running) = running {
@@ -309,6 +323,7 @@ impl Handler {
     async fn attempt<'a>(
         &'a self,
         delivery: &Delivery,
+        decoded: Option<Decoded>,
         envelope: &Envelope,
         attempt: u32,
         memory: Option<&'a JobId>,
@@ -324,7 +339,7 @@ impl Handler {
         let running = memory.map(|key| Running::start(&self.attempts, key, attempt));
         self.metrics.in_flight(1.0);
         let started = tokio::time::Instant::now();
-        let outcome = self.run(delivery, envelope, attempt).await;
+        let outcome = self.run(delivery, decoded, envelope, attempt).await;
         let took = started.elapsed();
         self.metrics.in_flight(-1.0);
         if let Some(work) = &self.work {
@@ -336,7 +351,13 @@ impl Handler {
         Some((outcome, took, running))
     }
 
-    async fn run(&self, delivery: &Delivery, envelope: &Envelope, attempt: u32) -> Outcome {
+    async fn run(
+        &self,
+        delivery: &Delivery,
+        decoded: Option<Decoded>,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> Outcome {
         let ctx = JobContext::delivered(
             &self.routes.queue.name,
             envelope.job_id.clone(),
@@ -347,7 +368,7 @@ impl Handler {
         );
         self.job
             .clone()
-            .run(&delivery.message.body, ctx, self.timeout)
+            .run(&delivery.message.body, decoded, ctx, self.timeout)
             .await
     }
 

@@ -1,6 +1,6 @@
 //! A registered job with its types erased, so one worker holds many.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +21,29 @@ pub(crate) enum Outcome {
     TimedOut(Duration),
 }
 
+/// A payload already deserialized (to read its partition key), handed to
+/// the first attempt so that it is not deserialized twice.
+pub(crate) struct Decoded(Box<dyn Any + Send>);
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Decoded")
+    }
+}
+
 pub(crate) trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn options(&self) -> JobOptions;
-    /// The partition key of a message, if the job is partitioned and the
-    /// body deserializes.
-    fn partition_key(&self, body: &[u8]) -> Option<String>;
-    /// Decodes the payload and runs the handler, catching panics and
-    /// enforcing the timeout.
+    /// The payload of a message with its partition key (`None` if the job
+    /// gives none), or `None` if the body does not deserialize.
+    fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)>;
+    /// Runs the handler on `decoded` (from [`Runnable::decode_keyed`], for
+    /// this job type) or else on the body deserialized, catching panics
+    /// and enforcing the timeout.
     fn run(
         self: Arc<Self>,
         body: &[u8],
+        decoded: Option<Decoded>,
         ctx: JobContext,
         timeout: Option<Duration>,
     ) -> BoxFuture<'static, Outcome>;
@@ -48,17 +60,20 @@ impl<J: Job> Runnable for Registered<J> {
         J::options()
     }
 
-    fn partition_key(&self, body: &[u8]) -> Option<String> {
-        J::partition_key(&serde_json::from_slice::<J::Payload>(body).ok()?)
+    fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)> {
+        let payload = serde_json::from_slice::<J::Payload>(body).ok()?;
+        Some((J::partition_key(&payload), Decoded(Box::new(payload))))
     }
 
     fn run(
         self: Arc<Self>,
         body: &[u8],
+        decoded: Option<Decoded>,
         ctx: JobContext,
         timeout: Option<Duration>,
     ) -> BoxFuture<'static, Outcome> {
-        let payload = match serde_json::from_slice::<J::Payload>(body) {
+        let decoded = decoded.and_then(|Decoded(payload)| payload.downcast::<J::Payload>().ok());
+        let payload = match decoded.map_or_else(|| serde_json::from_slice(body), |p| Ok(*p)) {
             Ok(payload) => payload,
             Err(error) => {
                 let reason = format!(
