@@ -2,7 +2,9 @@
 //!
 //! Handlers finish in about the order their deliveries arrived, so acks form
 //! runs of consecutive delivery tags. Whoever acks while no flush is under
-//! way becomes the flusher: it sends one `basic.ack(multiple = true)` for the
+//! way becomes the flusher: it lets the handlers the scheduler has already
+//! woken ack first (while each turn brings more acks, a few turns at most),
+//! then sends one `basic.ack(multiple = true)` for the
 //! longest run of settled tags just above the channel's settled floor, and
 //! single acks for anything above a gap, then looks again for acks that
 //! arrived meanwhile. No ack ever waits for another to be settled: a slow
@@ -32,6 +34,9 @@ use super::subscription::OPERATION_TIMEOUT;
 use crate::Error;
 
 type Tag = u64;
+
+/// Turns of the scheduler a flush waits at most for more acks to join it.
+const GATHER_TURNS: usize = 8;
 
 /// What is settled and what is ready to ack; `A` is the means to send an
 /// ack (lapin's acker; anything in the tests).
@@ -98,6 +103,18 @@ impl Flushing {
     /// nothing is; returns the first error.
     async fn run(mut self) -> Result<(), Error> {
         let acks = self.0.clone().expect("a flush owns its book");
+        // Handlers already woken (a burst of deliveries) ack first and
+        // join this flush: it waits while each turn of the scheduler
+        // brings more, a few turns at most.
+        let mut ready = acks.lock().ready.len();
+        for _ in 0..GATHER_TURNS {
+            tokio::task::yield_now().await;
+            let now = acks.lock().ready.len();
+            if now == ready {
+                break;
+            }
+            ready = now;
+        }
         let mut first_error = None;
         loop {
             let frames = {
