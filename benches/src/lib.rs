@@ -186,3 +186,74 @@ pub fn median(rates: &[f64]) -> f64 {
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
 }
+
+/// CPU time (user + system) used so far by this process and by the local
+/// RabbitMQ node (`beam.smp`, if one runs here), read from `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    /// This process.
+    pub client: std::time::Duration,
+    /// The broker's Erlang VM.
+    pub broker: Option<std::time::Duration>,
+}
+
+impl Cpu {
+    /// The CPU time used until now.
+    pub fn now() -> Self {
+        Cpu {
+            client: process_cpu("self").unwrap_or_default(),
+            broker: broker_pid().and_then(|pid| process_cpu(&pid)),
+        }
+    }
+
+    /// Microseconds of CPU per job since `self`: (client, broker).
+    pub fn per_job_since(&self, jobs: usize) -> (f64, Option<f64>) {
+        let now = Cpu::now();
+        let per_job = |d: std::time::Duration| d.as_secs_f64() * 1e6 / jobs as f64;
+        let broker = now
+            .broker
+            .zip(self.broker)
+            .map(|(b, a)| per_job(b.saturating_sub(a)));
+        (per_job(now.client.saturating_sub(self.client)), broker)
+    }
+}
+
+/// Waits (up to 10 s) until the local broker is idle: under 10 % of a core
+/// over 200 ms, so that work left from filling a queue (writes to its
+/// message store) is not timed as part of the next round.
+pub async fn broker_quiet() {
+    let Some(pid) = broker_pid() else { return };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let before = process_cpu(&pid).unwrap_or_default();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let used = process_cpu(&pid).unwrap_or_default().saturating_sub(before);
+        if used < std::time::Duration::from_millis(20) {
+            return;
+        }
+    }
+}
+
+/// User + system time of `/proc/<pid>`.
+fn process_cpu(pid: &str) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Clock ticks are 100 per second on Linux.
+    Some(std::time::Duration::from_millis(ticks * 10))
+}
+
+/// The pid of the local RabbitMQ node listening on 5672, by name: the first
+/// `beam.smp` that is not a node of `scripts/cluster` (named `qjob-c…`).
+fn broker_pid() -> Option<String> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (comm.trim() == "beam.smp" && !cmdline.contains("qjob-c")).then_some(pid)
+        })
+}

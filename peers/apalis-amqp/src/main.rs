@@ -18,7 +18,7 @@ use apalis_amqp::AmqpBackend;
 use apalis_amqp::Config;
 use qjob::Client;
 use qjob_benches::{
-    Bench, BenchJob, HANDLED, TARGET, env_number, median, qjob_consume, rate, start_round,
+    Bench, BenchJob, Cpu, broker_quiet, HANDLED, TARGET, env_number, median, qjob_consume, rate, start_round,
 };
 
 /// The same no-op as qjob's `BenchJob`: counts, and stops the worker at
@@ -43,13 +43,19 @@ async fn main() {
     println!("{jobs} persistent 256-byte jobs per round, {rounds} rounds");
     for prefetch in [25u16, 200] {
         let (mut apalis_rates, mut qjob_rates) = (Vec::new(), Vec::new());
+        let mut ceiling_rates = Vec::new();
         for round in 0..rounds {
+            let queue = format!("qjob.peer.ceiling.{prefetch}.{round}");
+            let (took, cpu) = ceiling_round(&url, &queue, jobs, prefetch).await;
+            ceiling_rates.push(rate(jobs, took));
+            println!("  ceiling round {round}: {}", cpu_text(cpu));
             let queue = format!("qjob.peer.apalis.{prefetch}.{round}");
-            apalis_rates.push(rate(
-                jobs + 1,
-                apalis_round(&url, &queue, jobs, prefetch).await,
-            ));
-            qjob_rates.push(rate(jobs, qjob_round(&broker, jobs, prefetch).await));
+            let (took, cpu) = apalis_round(&url, &queue, jobs, prefetch).await;
+            apalis_rates.push(rate(jobs + 1, took));
+            println!("  apalis round {round}: {}", cpu_text(cpu));
+            let (took, cpu) = qjob_round(&broker, jobs, prefetch).await;
+            qjob_rates.push(rate(jobs, took));
+            println!("  qjob   round {round}: {}", cpu_text(cpu));
         }
         let (apalis, qjob) = (median(&apalis_rates), median(&qjob_rates));
         println!(
@@ -58,11 +64,31 @@ async fn main() {
             apalis_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
             qjob_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
         );
+        let ceiling = median(&ceiling_rates);
+        println!(
+            "  broker ceiling (raw lapin, no work, one multiple ack per {} deliveries) {ceiling:>8.0}/s: apalis at {:.0} %, qjob at {:.0} %",
+            batch(prefetch),
+            100.0 * apalis / ceiling,
+            100.0 * qjob / ceiling,
+        );
     }
 }
 
+/// CPU microseconds per job of the client and the broker.
+type CpuPerJob = (f64, Option<f64>);
+
+fn cpu_text((client, broker): CpuPerJob) -> String {
+    let broker = broker.map_or("-".to_owned(), |b| format!("{b:.1}"));
+    format!("CPU per job: client {client:.1} µs, broker {broker} µs")
+}
+
 /// Fills a fresh apalis queue with `jobs`, then times a worker draining it.
-async fn apalis_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> Duration {
+async fn apalis_round(
+    url: &str,
+    queue: &str,
+    jobs: usize,
+    prefetch: u16,
+) -> (Duration, CpuPerJob) {
     // apalis publishes transient messages; the jobs here are persistent,
     // as qjob's are: published raw (the body apalis's JSON codec reads),
     // into the queue as apalis declares it.
@@ -74,7 +100,9 @@ async fn apalis_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> Dur
     // apalis-amqp 1.0 sets up its channel on the first push, and its worker
     // panics if it starts without one: push one more job through it.
     backend.push(Bench::new(u64::MAX)).await.unwrap();
+    broker_quiet().await;
     start_round(jobs + 1);
+    let cpu = Cpu::now();
     let started = Instant::now();
     WorkerBuilder::new(format!("bench-{queue}"))
         .backend(backend)
@@ -83,7 +111,60 @@ async fn apalis_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> Dur
         .run()
         .await
         .unwrap();
-    started.elapsed()
+    (started.elapsed(), cpu.per_job_since(jobs + 1))
+}
+
+/// The ceiling's ack batch: half the prefetch.
+fn batch(prefetch: u16) -> u64 {
+    u64::from(prefetch / 2).max(1)
+}
+
+/// What the broker delivers at most on one channel with this prefetch: a raw
+/// lapin consumer that does nothing with a delivery and acks half a
+/// prefetch window at a time with one multiple ack.
+async fn ceiling_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> (Duration, CpuPerJob) {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use futures_util::StreamExt;
+    fill_persistent(url, queue, jobs).await;
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    broker_quiet().await;
+    let cpu = Cpu::now();
+    let started = Instant::now();
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let batch = batch(prefetch);
+    let mut received = 0;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery.unwrap();
+        received += 1;
+        if delivery.delivery_tag % batch == 0 || received == jobs {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+        }
+        if received == jobs {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    let _ = connection.close(200, "done".into()).await;
+    (took, cpu.per_job_since(jobs))
 }
 
 /// Declares `queue` as apalis does (durable, no arguments) and publishes
@@ -133,12 +214,19 @@ async fn fill_persistent(url: &str, queue: &str, jobs: usize) {
 }
 
 /// Fills qjob's queue with `jobs`, then times a worker draining it.
-async fn qjob_round(broker: &qjob::AmqpBroker, jobs: usize, prefetch: u16) -> Duration {
+async fn qjob_round(
+    broker: &qjob::AmqpBroker,
+    jobs: usize,
+    prefetch: u16,
+) -> (Duration, CpuPerJob) {
     let client = Client::new(broker.clone());
     let results = client
         .enqueue_all::<BenchJob>((0..jobs as u64).map(Bench::new))
         .await
         .unwrap();
     assert!(results.iter().all(Result::is_ok));
-    qjob_consume(broker, jobs, prefetch).await
+    broker_quiet().await;
+    let cpu = Cpu::now();
+    let took = qjob_consume(broker, jobs, prefetch).await;
+    (took, cpu.per_job_since(jobs))
 }
