@@ -1,6 +1,8 @@
 //! Test support for qjob: [`MemoryBroker`], an in-memory [`qjob::Broker`]
 //! with RabbitMQ's semantics for what qjob uses, so that handlers and whole
-//! flows are tested without RabbitMQ.
+//! flows are tested without RabbitMQ. The testing guide,
+//! [`qjob::docs::testing`], shows the harness ([`TestKit`]), its assertions
+//! and the faults it can inject.
 //!
 //! ```
 //! use qjob::{job, Client, JobContext, JobError, Worker};

@@ -1,3 +1,5 @@
+// The README's reference links, resolved in rustdoc (see `docs`).
+#![doc = include_str!("docs/links.md")]
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -6,6 +8,7 @@ mod amqp;
 pub mod broker;
 mod client;
 mod dead_letters;
+pub mod docs;
 mod error;
 pub mod headers;
 mod job;

@@ -246,7 +246,7 @@ pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result
                 "job queue {:?} is declared with {partitions} partitions, but partition queue \
                  {beyond:?} exists: a producer or worker uses more partitions; drain and delete \
                  the extra partition queues, or deploy the same `partitions` everywhere \
-                 (see docs/ordering.md)",
+                 (see the ordering guide, `qjob::docs::ordering`)",
                 options.queue()
             )));
         }

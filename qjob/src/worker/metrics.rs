@@ -1,6 +1,6 @@
 //! The worker's metrics, through the `metrics` crate: install any recorder
 //! (metrics-exporter-prometheus, say) and they appear. Names, types and
-//! labels are documented in `docs/metrics.md`.
+//! labels are documented in [`crate::docs::metrics`].
 
 use std::time::{Duration, SystemTime};
 
