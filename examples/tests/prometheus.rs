@@ -52,8 +52,9 @@ async fn every_documented_metric_is_scraped_with_its_value() {
         .await
         .unwrap();
     kit.run_until_idle().await;
-    // Let the queue sampler take a sample of the idle queues.
-    tokio::time::sleep(qjob::DEFAULT_SAMPLE_INTERVAL).await;
+    // Let the queue sampler take a sample of the idle queues (every 15 s by
+    // default), on the paused clock.
+    tokio::time::sleep(std::time::Duration::from_secs(15)).await;
 
     let scrape = prometheus.render();
     let q = ("queue", "scraped");

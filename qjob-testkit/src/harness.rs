@@ -13,7 +13,7 @@ use crate::records::{Attempt, Records};
 use crate::text;
 
 /// How far ahead [`TestKit::run_until_idle`] looks for delayed work by default.
-pub const DEFAULT_HORIZON: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_HORIZON: Duration = Duration::from_secs(24 * 3600);
 
 type Register = Box<dyn Fn(qjob::WorkerBuilder) -> qjob::WorkerBuilder + Send + Sync>;
 

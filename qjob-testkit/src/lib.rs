@@ -41,7 +41,7 @@ mod memory;
 mod records;
 mod text;
 
-pub use harness::{DEFAULT_HORIZON, TestKit};
+pub use harness::TestKit;
 pub use memory::MemoryBroker;
 pub use qjob::DeadLetter;
 pub use records::Attempt;

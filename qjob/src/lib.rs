@@ -4,36 +4,56 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+// What is public, and for whom. Everything else is `pub(crate)`; a change
+// to this surface shows in `public-api.txt` (`scripts/public-api`, checked
+// in CI), so that it is a decision, not an accident.
+
 mod amqp;
-pub mod broker;
 mod client;
 mod dead_letters;
-pub mod docs;
 mod error;
-pub mod headers;
 mod job;
 mod options;
 pub(crate) mod policy;
 mod topology;
-pub mod trace;
 mod worker;
 
-pub use amqp::{AmqpBroker, AmqpOptions};
-pub use broker::Broker;
+// Defining jobs: the attribute, the trait it implements (by hand too), what
+// a handler receives and returns, and the options it declares.
+pub use error::{BoxError, FailureKind, JobError};
+pub use job::{Job, JobContext, JobId};
+pub use options::{Autoscale, Backoff, CircuitBreaker, JobOptions, QueueType, RateLimit};
+pub use qjob_macros::job;
+
+// Producing, and what becomes of jobs that failed for good: the client, and
+// the dead letters it browses and replays.
 pub use client::Client;
 pub use dead_letters::{DeadLetter, DeadLetters, DeadReason};
-pub use error::{BoxError, Error, FailureKind, JobError};
-pub use job::{Job, JobContext, JobId};
-pub use options::{
-    Autoscale, Backoff, CircuitBreaker, DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, DEFAULT_RETRY,
-    JobOptions, QueueType, RateLimit,
-};
-pub use qjob_macros::job;
+
+// Consuming: the worker and its builder, the health report readiness probes
+// read, and the observer hook for what metrics do not say.
 pub use worker::{
-    AttemptEvent, AttemptOutcome, BreakerHealth, DEFAULT_AUTOSCALE_INTERVAL,
-    DEFAULT_BROKER_CONSUMER_TIMEOUT, DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Health,
-    HealthReport, Observer, Worker, WorkerBuilder,
+    AttemptEvent, AttemptOutcome, BreakerHealth, Health, HealthReport, Observer, Worker,
+    WorkerBuilder,
 };
+
+// Connecting: RabbitMQ, the broker qjob ships. `Broker` and the `broker`
+// module are the seam another transport implements (qjob-testkit's
+// `MemoryBroker` does); the types on it are public for that reason.
+pub use amqp::{AmqpBroker, AmqpOptions};
+pub mod broker;
+pub use broker::Broker;
+
+// Every fallible call's error.
+pub use error::Error;
+
+// The header names and the trace context on qjob's messages, for producers,
+// consumers and tools outside qjob that read or write them.
+pub mod headers;
+pub mod trace;
+
+// The guides, as rustdoc pages.
+pub mod docs;
 
 #[doc(hidden)]
 pub mod __private {

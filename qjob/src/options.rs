@@ -167,11 +167,11 @@ pub struct JobOptions {
 }
 
 /// The default prefetch: enough to keep a handful of handlers busy.
-pub const DEFAULT_PREFETCH: u16 = 25;
+pub(crate) const DEFAULT_PREFETCH: u16 = 25;
 /// The default number of handlers running at once per worker.
-pub const DEFAULT_CONCURRENCY: usize = 10;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 10;
 /// The default number of retries after the first attempt.
-pub const DEFAULT_RETRY: u32 = 3;
+pub(crate) const DEFAULT_RETRY: u32 = 3;
 
 impl JobOptions {
     /// The defaults for a job consuming `queue`: prefetch 25, concurrency 10,

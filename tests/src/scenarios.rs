@@ -166,9 +166,10 @@ impl Env {
         }
     }
 
-    /// Starts a worker for `job`.
+    /// Starts a worker for `job` (with the builder's default shutdown
+    /// timeout, 30 s).
     pub fn start<J: Job>(&self, job: J) -> Running {
-        self.start_with(job, qjob::DEFAULT_SHUTDOWN_TIMEOUT)
+        self.start_with(job, Duration::from_secs(30))
     }
 
     /// Starts a worker for `job` with this shutdown timeout.

@@ -419,6 +419,6 @@ impl Broker for AmqpBroker {
     /// RabbitMQ's default (30 minutes); tell the worker another value with
     /// `WorkerBuilder::broker_consumer_timeout`.
     fn consumer_timeout(&self) -> Option<std::time::Duration> {
-        Some(crate::DEFAULT_BROKER_CONSUMER_TIMEOUT)
+        Some(crate::worker::DEFAULT_BROKER_CONSUMER_TIMEOUT)
     }
 }

@@ -8,7 +8,7 @@ use crate::{JobOptions, topology};
 
 /// RabbitMQ's default `consumer_timeout`: a delivery unacked for longer
 /// makes the broker close the channel and redeliver.
-pub const DEFAULT_BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A warning when a delivery of this job can stay unacked longer than the
 /// broker's consumer timeout. The broker counts from delivery: a message

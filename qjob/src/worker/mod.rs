@@ -13,7 +13,7 @@ mod sampler;
 mod scaler;
 mod settle;
 
-pub use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
+pub(crate) use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
 pub use health::{BreakerHealth, Health, HealthReport};
 pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
@@ -40,7 +40,7 @@ use crate::{JobOptions, topology};
 use runnable::{Registered, Runnable};
 
 /// How long in-flight handlers may run on after shutdown by default.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds a [`Worker`].
 pub struct WorkerBuilder {
@@ -58,10 +58,10 @@ pub struct WorkerBuilder {
 type Overrides = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// How often adaptive concurrency decides, by default.
-pub const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the worker samples its queues' depth and consumers by default.
-pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -35,9 +35,9 @@ async fn exp(_job: Ping, _ctx: JobContext) -> Result<(), JobError> {
 
 fn main() {
     let options = Pinger::options();
-    assert_eq!(options.prefetch(), qjob::DEFAULT_PREFETCH);
-    assert_eq!(options.concurrency(), qjob::DEFAULT_CONCURRENCY);
-    assert_eq!(options.retry(), qjob::DEFAULT_RETRY);
+    assert_eq!(options.prefetch(), 25);
+    assert_eq!(options.concurrency(), 10);
+    assert_eq!(options.retry(), 3);
     assert_eq!(options.backoff(), Backoff::Immediate);
     assert_eq!(Pinger::partition_key(&Ping), None);
     assert!(PongJob::options().single_active());
