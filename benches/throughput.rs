@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Both sides put the same messages on the wire: the JSON body, persistent,
-//! `content_type`, a UUID v7 `message_id`, `timestamp` and `type`, which is
-//! what qjob's first attempts carry (no headers).
+//! `content_type` and a UUID v7 `message_id`, which is what qjob's first
+//! attempts carry (no headers).
 //!
 //! Consume: the queue is filled first, then timed from the consumer's start
 //! until every message is acked and the consumer is closed. The raw loop
@@ -164,8 +164,6 @@ impl Raw {
                     &body,
                     BasicProperties::default()
                         .with_delivery_mode(2)
-                        .with_type("bench".into())
-                        .with_timestamp(unix_seconds())
                         .with_message_id(uuid::Uuid::now_v7().to_string().into())
                         .with_content_type("application/json".into()),
                 )
@@ -215,10 +213,4 @@ impl Raw {
         channel.close(200, "done".into()).await.unwrap();
         started.elapsed()
     }
-}
-
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -387,6 +387,58 @@ async fn a_partitioned_payload_is_deserialized_once_per_attempt() {
     assert_eq!(kit.succeeded::<TalliedJob>().len(), 10);
 }
 
+/// Whether a [`Fuse`] of `"boom"` panics (while the worker runs; the
+/// kit's queries decode payloads too).
+static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A text field whose deserialization panics on `"boom"`: user code that
+/// runs when the worker reads a partition key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fuse(pub String);
+
+impl<'de> Deserialize<'de> for Fuse {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if ARMED.load(Ordering::SeqCst) {
+            assert_ne!(text, "boom", "a fuse blew");
+        }
+        Ok(Fuse(text))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fused {
+    pub customer: String,
+    pub fuse: Fuse,
+}
+
+#[job(queue = "kit.fused", partition_by = customer, partitions = 2, retry = 1)]
+async fn fused(_job: Fused, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_payload_that_panics_while_read_for_its_key_is_dead_lettered() {
+    let mut kit = TestKit::new().register(FusedJob);
+    for fuse in ["a", "boom", "b"] {
+        let payload = Fused {
+            customer: "ada".into(),
+            fuse: Fuse(fuse.into()),
+        };
+        kit.enqueue::<FusedJob>(payload).await.unwrap();
+    }
+    ARMED.store(true, Ordering::SeqCst);
+    kit.run_until_idle().await;
+    ARMED.store(false, Ordering::SeqCst);
+    let succeeded = kit.succeeded::<FusedJob>();
+    let fuses: Vec<&str> = succeeded.iter().map(|f| f.fuse.0.as_str()).collect();
+    assert_eq!(fuses, ["a", "b"]);
+    let dead = kit.dead_lettered::<FusedJob>();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "malformed");
+    assert!(dead[0].error.contains("a fuse blew"), "{}", dead[0].error);
+}
+
 /// Handler starts of the poison job.
 static POISON_STARTS: AtomicU32 = AtomicU32::new(0);
 

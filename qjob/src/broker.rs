@@ -200,11 +200,13 @@ pub struct Message {
     /// The message id (qjob puts the job id here); `None` for messages
     /// published by other producers without one.
     pub id: Option<String>,
-    /// The message type (AMQP's `type` property); qjob writes the job
-    /// type's name here.
+    /// The message type (AMQP's `type` property). qjob does not write it
+    /// (a job's type is its queue's); other producers' is kept.
     pub kind: Option<String>,
     /// When the message was first published, in seconds since the Unix
-    /// epoch (AMQP's `timestamp` property).
+    /// epoch (AMQP's `timestamp` property). qjob does not write it (its
+    /// job ids are UUID v7, which carry the time in milliseconds); other
+    /// producers' is read as their enqueue time and kept.
     pub timestamp: Option<u64>,
     /// The headers.
     pub headers: Headers,

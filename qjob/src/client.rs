@@ -200,7 +200,7 @@ impl Client {
             source,
         })?;
         let id = JobId::new();
-        let mut message = headers::new_job(J::NAME, &id, body);
+        let mut message = headers::new_job(&id, body);
         trace::inject(&mut message.headers);
         Ok((id, message))
     }

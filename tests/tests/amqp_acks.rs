@@ -55,6 +55,55 @@ async fn a_dropped_ack_flush_does_not_stall_later_acks() {
     assert_eq!(env.ready(queue).await, 0, "nothing came back at close");
 }
 
+/// Acks made before a subscription closes reach the broker first, even when
+/// the handler whose ack was flushing them was aborted (a stop at the
+/// shutdown timeout): closing does not send their jobs back to run again.
+#[tokio::test]
+async fn acks_made_before_a_close_are_sent_before_it() {
+    let queue = "qjob.test.acks.close";
+    let env = Env::amqp().await;
+    env.delete_queues(&[queue]).await;
+    let broker = env.broker();
+    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
+    for n in 0..8u8 {
+        let message = Message {
+            body: vec![b'0' + n],
+            ..Message::default()
+        };
+        broker.publish(queue, message).await.unwrap();
+    }
+    let options = ConsumeOptions {
+        prefetch: 8,
+        tag: "acks-close".into(),
+    };
+    let mut subscription = broker.consume(queue, options).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..8 {
+        let next = tokio::time::timeout(LIMIT, subscription.next()).await;
+        deliveries.push(next.unwrap().unwrap().unwrap());
+    }
+    // The first ack starts a flush and is dropped (its handler aborted);
+    // the others join the flush and return at once.
+    {
+        let mut ack = deliveries[0].acker.ack();
+        let polled = std::future::poll_fn(|cx| Poll::Ready(ack.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the flush has not run yet");
+    }
+    for delivery in &deliveries[1..] {
+        delivery.acker.ack().await.unwrap();
+    }
+    // Closed at once, before the flush had a turn. Lost acks would leave
+    // the jobs in the queue (unacked, then ready again) for good.
+    subscription.close().await.unwrap();
+    eventually(
+        "every acked job to leave the queue",
+        Duration::from_secs(15),
+        || queue_messages(queue),
+        |left| *left == 0,
+    )
+    .await;
+}
+
 qjob_tests::test_job!(browsed, "qjob.test.acks.browsed", retry = 0);
 
 /// A dead-letter browse dropped mid-way (a timeout, an aborted request)

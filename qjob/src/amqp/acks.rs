@@ -72,6 +72,8 @@ struct Frame<A> {
 #[derive(Clone, Default)]
 pub(super) struct Acks {
     book: Arc<Mutex<Book<lapin::Acker>>>,
+    /// Notified when a flush ends.
+    flushed: Arc<tokio::sync::Notify>,
 }
 
 impl Acks {
@@ -95,6 +97,32 @@ impl Acks {
         flush
             .await
             .unwrap_or_else(|error| Err(Error::broker("ack", error)))
+    }
+}
+
+impl Acks {
+    /// Sends what handlers acked before the channel closes: waits for a
+    /// flush under way (one whose handler was aborted goes on without it),
+    /// then flushes what a flush dropped before it ran (the runtime
+    /// shutting down) left ready.
+    pub(super) async fn finish(&self) -> Result<(), Error> {
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            let flush_here = {
+                let mut book = self.lock();
+                if !book.flushing && book.ready.is_empty() {
+                    return Ok(());
+                }
+                // No flush under way: this one sends what is ready.
+                !std::mem::replace(&mut book.flushing, true)
+            };
+            if flush_here {
+                return Flushing(Some(self.clone())).run().await;
+            }
+            flushed.await;
+        }
     }
 }
 
@@ -123,6 +151,7 @@ impl Flushing {
                 if frames.is_empty() {
                     book.flushing = false;
                     self.0 = None;
+                    acks.flushed.notify_waiters();
                     break;
                 }
                 frames
@@ -165,10 +194,11 @@ struct Flushing(Option<Acks>);
 
 impl Drop for Flushing {
     fn drop(&mut self) {
-        if let Some(acks) = self.0.take()
-            && let Ok(mut book) = acks.book.lock()
-        {
-            book.flushing = false;
+        if let Some(acks) = self.0.take() {
+            if let Ok(mut book) = acks.book.lock() {
+                book.flushing = false;
+            }
+            acks.flushed.notify_waiters();
         }
     }
 }

@@ -159,6 +159,11 @@ impl Subscription for AmqpSubscription {
             return Ok(());
         }
         let operation = format!("close the consumer of queue {:?}", self.queue);
+        // Acks handlers made are sent before the close, which would
+        // otherwise return their jobs to the queue to run again.
+        if let Err(error) = bounded(|| "ack".into(), self.acks.finish()).await {
+            tracing::debug!(queue = self.queue.as_str(), %error, "acks before the close failed");
+        }
         let closed = self.channel.close(200, "qjob: consumer stopped".into());
         bounded(|| operation.clone(), async {
             closed

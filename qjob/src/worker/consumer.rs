@@ -450,15 +450,16 @@ impl Consumer {
     }
 }
 
-/// Frees a key's lane when its handler task ends, however it ends (a
-/// panic, an abort at the shutdown timeout): the key's next delivery runs.
-/// A delivery admitted to a lane, with its payload as decoded for its key.
+/// A delivery admitted to a lane, with its payload as decoded for its key
+/// (held until its first attempt starts: at most the prefetch of them).
 struct Admitted {
     delivery: Delivery,
     decoded: Option<Decoded>,
     received: Instant,
 }
 
+/// Frees a key's lane when its handler task ends, however it ends (a
+/// panic, an abort at the shutdown timeout): the key's next delivery runs.
 struct Release(Option<(String, mpsc::UnboundedSender<String>)>);
 
 impl Drop for Release {

@@ -61,8 +61,15 @@ impl<J: Job> Runnable for Registered<J> {
     }
 
     fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)> {
-        let payload = serde_json::from_slice::<J::Payload>(body).ok()?;
-        Some((J::partition_key(&payload), Decoded(Box::new(payload))))
+        // User code (a `Deserialize` or `Display` impl) runs on the
+        // consumer's task here: a panic makes the message keyless, and its
+        // attempt reports it.
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let payload = serde_json::from_slice::<J::Payload>(body).ok()?;
+            Some((J::partition_key(&payload), Decoded(Box::new(payload))))
+        }))
+        .ok()
+        .flatten()
     }
 
     fn run(
@@ -73,12 +80,22 @@ impl<J: Job> Runnable for Registered<J> {
         timeout: Option<Duration>,
     ) -> BoxFuture<'static, Outcome> {
         let decoded = decoded.and_then(|Decoded(payload)| payload.downcast::<J::Payload>().ok());
-        let payload = match decoded.map_or_else(|| serde_json::from_slice(body), |p| Ok(*p)) {
-            Ok(payload) => payload,
-            Err(error) => {
+        let payload = match decoded.map(|payload| Ok(Ok(*payload))).unwrap_or_else(|| {
+            std::panic::catch_unwind(|| serde_json::from_slice::<J::Payload>(body))
+        }) {
+            Ok(Ok(payload)) => payload,
+            Ok(Err(error)) => {
                 let reason = format!(
                     "payload does not deserialize as {}: {error}",
                     type_name::<J::Payload>()
+                );
+                return Box::pin(std::future::ready(Outcome::Malformed(reason)));
+            }
+            Err(panic) => {
+                let reason = format!(
+                    "deserializing the payload as {} panicked: {}",
+                    type_name::<J::Payload>(),
+                    panic_text(panic.as_ref())
                 );
                 return Box::pin(std::future::ready(Outcome::Malformed(reason)));
             }
@@ -101,11 +118,14 @@ impl<J: Job> Runnable for Registered<J> {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    format!("handler panicked: {}", panic_text(panic))
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-text panic payload".to_owned());
-    format!("handler panicked: {text}")
+        .unwrap_or_else(|| "non-text panic payload".to_owned())
 }
