@@ -119,8 +119,11 @@ impl Envelope {
         };
         let job_id = message.id.clone().map(JobId::from).unwrap_or_default();
         let enqueued_at = match message.headers.get(ENQUEUED_AT) {
-            None => job_id
-                .created_at()
+            // A message without an id got a fresh one here: its time is now,
+            // not the enqueue time.
+            None => (message.id.is_some())
+                .then(|| job_id.created_at())
+                .flatten()
                 .or_else(|| {
                     message
                         .timestamp
@@ -204,6 +207,17 @@ mod tests {
             Envelope::read(&message).unwrap().enqueued_at,
             from_millis(1_000)
         );
+    }
+
+    #[test]
+    fn foreign_messages_without_an_id_are_enqueued_at_their_timestamp() {
+        let message = Message {
+            timestamp: Some(1_700_000_000),
+            ..Message::default()
+        };
+        let envelope = Envelope::read(&message).unwrap();
+        assert_eq!(envelope.enqueued_at, from_millis(1_700_000_000_000));
+        assert!(envelope.job_id.created_at().is_some(), "a fresh job id");
     }
 
     #[test]

@@ -4,20 +4,18 @@
 use std::task::Poll;
 use std::time::Duration;
 
-use qjob::broker::{ConsumeOptions, Message, QueueSpec};
+use qjob::broker::{ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
 use qjob_tests::scenarios::{Env, LIMIT};
 use qjob_tests::{eventually, queue_messages};
 
-/// A handler's ack future dropped mid-flush (a timeout, an aborted task)
-/// must not leave the channel's later acks parked forever.
-#[tokio::test]
-async fn a_dropped_ack_flush_does_not_stall_later_acks() {
-    let queue = "qjob.test.acks.dropped-flush";
-    let env = Env::amqp().await;
+/// `count` messages published into a fresh `queue` and delivered to one
+/// subscription (prefetch `count`): the subscription and the deliveries,
+/// unsettled.
+async fn delivered(env: &Env, queue: &str, count: u8) -> (Box<dyn Subscription>, Vec<Delivery>) {
     env.delete_queues(&[queue]).await;
     let broker = env.broker();
     broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for n in 0..4u8 {
+    for n in 0..count {
         let message = Message {
             body: vec![b'0' + n],
             ..Message::default()
@@ -25,25 +23,34 @@ async fn a_dropped_ack_flush_does_not_stall_later_acks() {
         broker.publish(queue, message).await.unwrap();
     }
     let options = ConsumeOptions {
-        prefetch: 4,
-        tag: "acks".into(),
+        prefetch: u16::from(count),
+        tag: queue.into(),
     };
     let mut subscription = broker.consume(queue, options).await.unwrap();
     let mut deliveries = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..count {
         let next = tokio::time::timeout(LIMIT, subscription.next()).await;
         deliveries.push(next.unwrap().unwrap().unwrap());
     }
-    // The first ack becomes the flusher; it is dropped after one poll.
+    (subscription, deliveries)
+}
+
+/// Acks every delivery. The first ack becomes the flusher and is dropped
+/// after one poll (its handler timed out or was aborted); the others join
+/// its flush.
+async fn ack_with_the_flusher_dropped(deliveries: &[Delivery]) {
     {
         let mut ack = deliveries[0].acker.ack();
         let polled = std::future::poll_fn(|cx| Poll::Ready(ack.as_mut().poll(cx))).await;
-        assert!(polled.is_pending(), "the flush waits on the broker");
+        assert!(polled.is_pending(), "the flush has not run yet");
     }
     for delivery in &deliveries[1..] {
         delivery.acker.ack().await.unwrap();
     }
-    // Every ack reached the broker: nothing is left, ready or unacked.
+}
+
+/// Waits until every message of `queue` is gone, ready or unacked.
+async fn all_acked(queue: &str) {
     eventually(
         "every ack to reach the broker",
         Duration::from_secs(15),
@@ -51,6 +58,17 @@ async fn a_dropped_ack_flush_does_not_stall_later_acks() {
         |left| *left == 0,
     )
     .await;
+}
+
+/// A handler's ack future dropped mid-flush (a timeout, an aborted task)
+/// must not leave the channel's later acks parked forever.
+#[tokio::test]
+async fn a_dropped_ack_flush_does_not_stall_later_acks() {
+    let queue = "qjob.test.acks.dropped-flush";
+    let env = Env::amqp().await;
+    let (subscription, deliveries) = delivered(&env, queue, 4).await;
+    ack_with_the_flusher_dropped(&deliveries).await;
+    all_acked(queue).await;
     subscription.close().await.unwrap();
     assert_eq!(env.ready(queue).await, 0, "nothing came back at close");
 }
@@ -62,46 +80,12 @@ async fn a_dropped_ack_flush_does_not_stall_later_acks() {
 async fn acks_made_before_a_close_are_sent_before_it() {
     let queue = "qjob.test.acks.close";
     let env = Env::amqp().await;
-    env.delete_queues(&[queue]).await;
-    let broker = env.broker();
-    broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
-    for n in 0..8u8 {
-        let message = Message {
-            body: vec![b'0' + n],
-            ..Message::default()
-        };
-        broker.publish(queue, message).await.unwrap();
-    }
-    let options = ConsumeOptions {
-        prefetch: 8,
-        tag: "acks-close".into(),
-    };
-    let mut subscription = broker.consume(queue, options).await.unwrap();
-    let mut deliveries = Vec::new();
-    for _ in 0..8 {
-        let next = tokio::time::timeout(LIMIT, subscription.next()).await;
-        deliveries.push(next.unwrap().unwrap().unwrap());
-    }
-    // The first ack starts a flush and is dropped (its handler aborted);
-    // the others join the flush and return at once.
-    {
-        let mut ack = deliveries[0].acker.ack();
-        let polled = std::future::poll_fn(|cx| Poll::Ready(ack.as_mut().poll(cx))).await;
-        assert!(polled.is_pending(), "the flush has not run yet");
-    }
-    for delivery in &deliveries[1..] {
-        delivery.acker.ack().await.unwrap();
-    }
+    let (subscription, deliveries) = delivered(&env, queue, 8).await;
+    ack_with_the_flusher_dropped(&deliveries).await;
     // Closed at once, before the flush had a turn. Lost acks would leave
     // the jobs in the queue (unacked, then ready again) for good.
     subscription.close().await.unwrap();
-    eventually(
-        "every acked job to leave the queue",
-        Duration::from_secs(15),
-        || queue_messages(queue),
-        |left| *left == 0,
-    )
-    .await;
+    all_acked(queue).await;
 }
 
 qjob_tests::test_job!(browsed, "qjob.test.acks.browsed", retry = 0);

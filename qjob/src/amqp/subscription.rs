@@ -161,8 +161,19 @@ impl Subscription for AmqpSubscription {
         let operation = format!("close the consumer of queue {:?}", self.queue);
         // Acks handlers made are sent before the close, which would
         // otherwise return their jobs to the queue to run again.
-        if let Err(error) = bounded(|| "ack".into(), self.acks.finish()).await {
-            tracing::debug!(queue = self.queue.as_str(), %error, "acks before the close failed");
+        // Bounded tighter than an operation: they take microseconds unless
+        // the connection hangs, and then the close would hang too.
+        match tokio::time::timeout(FINISH_TIMEOUT, self.acks.finish()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(queue = self.queue.as_str(), %error, "acks before the close failed")
+            }
+            Err(_) => {
+                tracing::debug!(
+                    queue = self.queue.as_str(),
+                    "acks before the close timed out"
+                )
+            }
         }
         let closed = self.channel.close(200, "qjob: consumer stopped".into());
         bounded(|| operation.clone(), async {
@@ -206,6 +217,9 @@ impl Acker for AmqpAcker {
 /// operations of a channel whose connection died, and a hung ack would hold
 /// a handler slot forever.
 pub(super) const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a close waits for the acks handlers made to be sent.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `operation`, failing with [`Error::Timeout`] after [`OPERATION_TIMEOUT`].
 pub(super) async fn bounded<T>(

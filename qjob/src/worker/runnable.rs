@@ -21,13 +21,22 @@ pub(crate) enum Outcome {
     TimedOut(Duration),
 }
 
-/// A payload already deserialized (to read its partition key), handed to
-/// the first attempt so that it is not deserialized twice.
-pub(crate) struct Decoded(Box<dyn Any + Send>);
+/// A message's payload as the consumer read it (for its partition key),
+/// handed to the first attempt so that it is not deserialized twice.
+pub(crate) enum Decoded {
+    Payload(Box<dyn Any + Send>),
+    /// Reading it panicked (user code: a `Deserialize` impl, or the key's
+    /// `Display`): the job is malformed. It is not read again, since a
+    /// second read that succeeded would run it outside its key's lane.
+    Panicked(String),
+}
 
 impl std::fmt::Debug for Decoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Decoded")
+        match self {
+            Decoded::Payload(_) => f.write_str("Decoded::Payload"),
+            Decoded::Panicked(reason) => f.debug_tuple("Decoded::Panicked").field(reason).finish(),
+        }
     }
 }
 
@@ -35,7 +44,8 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn options(&self) -> JobOptions;
     /// The payload of a message with its partition key (`None` if the job
-    /// gives none), or `None` if the body does not deserialize.
+    /// gives none, or reading it panicked), or `None` if the body does not
+    /// deserialize.
     fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)>;
     /// Runs the handler on `decoded` (from [`Runnable::decode_keyed`], for
     /// this job type) or else on the body deserialized, catching panics
@@ -62,14 +72,23 @@ impl<J: Job> Runnable for Registered<J> {
 
     fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)> {
         // User code (a `Deserialize` or `Display` impl) runs on the
-        // consumer's task here: a panic makes the message keyless, and its
-        // attempt reports it.
-        std::panic::catch_unwind(AssertUnwindSafe(|| {
+        // consumer's task here: a panic must not end the consumer.
+        let read = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let payload = serde_json::from_slice::<J::Payload>(body).ok()?;
-            Some((J::partition_key(&payload), Decoded(Box::new(payload))))
-        }))
-        .ok()
-        .flatten()
+            Some((J::partition_key(&payload), payload))
+        }));
+        match read {
+            Ok(Some((key, payload))) => Some((key, Decoded::Payload(Box::new(payload)))),
+            Ok(None) => None,
+            Err(panic) => {
+                let reason = format!(
+                    "reading the payload as {} panicked: {}",
+                    type_name::<J::Payload>(),
+                    panic_text(panic.as_ref())
+                );
+                Some((None, Decoded::Panicked(reason)))
+            }
+        }
     }
 
     fn run(
@@ -79,26 +98,9 @@ impl<J: Job> Runnable for Registered<J> {
         ctx: JobContext,
         timeout: Option<Duration>,
     ) -> BoxFuture<'static, Outcome> {
-        let decoded = decoded.and_then(|Decoded(payload)| payload.downcast::<J::Payload>().ok());
-        let payload = match decoded.map(|payload| Ok(Ok(*payload))).unwrap_or_else(|| {
-            std::panic::catch_unwind(|| serde_json::from_slice::<J::Payload>(body))
-        }) {
-            Ok(Ok(payload)) => payload,
-            Ok(Err(error)) => {
-                let reason = format!(
-                    "payload does not deserialize as {}: {error}",
-                    type_name::<J::Payload>()
-                );
-                return Box::pin(std::future::ready(Outcome::Malformed(reason)));
-            }
-            Err(panic) => {
-                let reason = format!(
-                    "deserializing the payload as {} panicked: {}",
-                    type_name::<J::Payload>(),
-                    panic_text(panic.as_ref())
-                );
-                return Box::pin(std::future::ready(Outcome::Malformed(reason)));
-            }
+        let payload = match payload::<J>(body, decoded) {
+            Ok(payload) => payload,
+            Err(reason) => return Box::pin(std::future::ready(Outcome::Malformed(reason))),
         };
         Box::pin(async move {
             let attempt = AssertUnwindSafe(self.0.perform(payload, ctx)).catch_unwind();
@@ -115,6 +117,33 @@ impl<J: Job> Runnable for Registered<J> {
                 Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
             }
         })
+    }
+}
+
+/// The payload for an attempt: as the consumer decoded it, or else
+/// deserialized from the body (catching a panic of user code); the reason
+/// it is malformed otherwise.
+fn payload<J: Job>(body: &[u8], decoded: Option<Decoded>) -> Result<J::Payload, String> {
+    match decoded {
+        Some(Decoded::Panicked(reason)) => return Err(reason),
+        Some(Decoded::Payload(payload)) => {
+            if let Ok(payload) = payload.downcast::<J::Payload>() {
+                return Ok(*payload);
+            }
+        }
+        None => {}
+    }
+    match std::panic::catch_unwind(|| serde_json::from_slice::<J::Payload>(body)) {
+        Ok(Ok(payload)) => Ok(payload),
+        Ok(Err(error)) => Err(format!(
+            "payload does not deserialize as {}: {error}",
+            type_name::<J::Payload>()
+        )),
+        Err(panic) => Err(format!(
+            "reading the payload as {} panicked: {}",
+            type_name::<J::Payload>(),
+            panic_text(panic.as_ref())
+        )),
     }
 }
 
