@@ -26,6 +26,7 @@
 //! is as safe as one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
@@ -74,11 +75,25 @@ pub(super) struct Acks {
     book: Arc<Mutex<Book<lapin::Acker>>>,
     /// Notified when a flush ends.
     flushed: Arc<tokio::sync::Notify>,
+    /// The highest delivery tag handed to the worker.
+    delivered: Arc<AtomicU64>,
 }
 
 impl Acks {
     fn lock(&self) -> std::sync::MutexGuard<'_, Book<lapin::Acker>> {
         self.book.lock().expect("ack book poisoned")
+    }
+
+    /// Records that `tag` was handed to the worker.
+    pub(super) fn delivered(&self, tag: Tag) {
+        self.delivered.fetch_max(tag, Ordering::Relaxed);
+    }
+
+    /// Whether every delivery handed out is settled or ready to ack: then
+    /// no ack can join a flush by waiting.
+    fn all_ready(&self) -> bool {
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        self.lock().accounts_for(delivered)
     }
 
     /// Acks `tag`, batched with whatever else is ready.
@@ -133,9 +148,13 @@ impl Flushing {
         let acks = self.0.clone().expect("a flush owns its book");
         // Handlers already woken (a burst of deliveries) ack first and
         // join this flush: it waits while each turn of the scheduler
-        // brings more, a few turns at most.
+        // brings more, a few turns at most, and not at all when no other
+        // delivery is out (prefetch 1).
         let mut ready = acks.lock().ready.len();
         for _ in 0..GATHER_TURNS {
+            if acks.all_ready() {
+                break;
+            }
             tokio::task::yield_now().await;
             let now = acks.lock().ready.len();
             if now == ready {
@@ -204,6 +223,11 @@ impl Drop for Flushing {
 }
 
 impl<A> Book<A> {
+    /// Whether every tag up to `delivered` is settled or ready.
+    fn accounts_for(&self, delivered: Tag) -> bool {
+        delivered <= self.floor + (self.settled.len() + self.ready.len()) as Tag
+    }
+
     /// The frames that settle every ready ack: one multiple ack for the run
     /// of ready (or already settled) tags just above the floor, single acks
     /// for the rest.
@@ -304,6 +328,16 @@ mod tests {
     fn book_after(mut book: Book<Tag>, ready: &[Tag]) -> Book<Tag> {
         book.ready.extend(ready.iter().map(|&tag| (tag, tag)));
         book
+    }
+
+    #[test]
+    fn a_flush_waits_only_while_deliveries_are_out() {
+        // 1..=4 settled, 5 and 7 ready, 6 out: 7 delivered, 6 accounted.
+        let book = book(4, &[], &[5, 7]);
+        assert!(!book.accounts_for(7));
+        let book = book_after(book, &[6]);
+        assert!(book.accounts_for(7));
+        assert!(!book.accounts_for(8), "8 was handed out since");
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Subscription for AmqpSubscription {
                 )));
             }
         };
+        self.acks.delivered(delivery.delivery_tag);
         Some(Ok(Delivery {
             message: convert::message(&delivery.properties, delivery.data),
             redelivered: delivery.redelivered,
