@@ -17,14 +17,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::{Client, Job, JobContext, JobError, Worker, job};
-use qjob_benches::{Bench, env_number, reset_queue};
+use qjob_benches::{Bench, env_number, raw_consumer, reset_queue};
 
 const QUEUE: &str = "qjob.bench.latency";
 
@@ -134,19 +130,7 @@ async fn wait_for_consumer(broker: &qjob::AmqpBroker) {
 
 async fn lapin_round(connection: &Connection, jobs: usize, tick: Duration) -> Vec<u64> {
     let consuming = connection.create_channel().await.unwrap();
-    consuming
-        .basic_qos(25, BasicQosOptions { global: false })
-        .await
-        .unwrap();
-    let mut consumer = consuming
-        .basic_consume(
-            QUEUE.into(),
-            "raw-latency".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = raw_consumer(&consuming, QUEUE, "raw-latency", 25).await;
     let consume = tokio::spawn(async move {
         let mut seen = Vec::with_capacity(jobs);
         while seen.len() < jobs {

@@ -23,15 +23,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
-    BENCH_QUEUE, Bench, BenchJob, env_number, median, payload, qjob_consume, rate, reset_queue,
+    BENCH_QUEUE, Bench, BenchJob, env_number, median, payload, qjob_consume, rate, raw_consumer,
+    reset_queue,
 };
 
 /// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
@@ -181,19 +178,7 @@ impl Raw {
     async fn consume(&self, jobs: usize, prefetch: u16) -> Duration {
         let started = Instant::now();
         let channel = self.connection.create_channel().await.unwrap();
-        channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
-            .await
-            .unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                BENCH_QUEUE.into(),
-                "raw".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = raw_consumer(&channel, BENCH_QUEUE, "raw", prefetch).await;
         let mut acks = FuturesUnordered::new();
         let mut acked = 0;
         while acked < jobs {

@@ -133,6 +133,30 @@ pub async fn reset_queue(channel: &lapin::Channel, queue: &str) {
     }
 }
 
+/// A raw lapin consumer of `queue` on `channel`, with `prefetch`: the
+/// baselines' consumers.
+pub async fn raw_consumer(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
 /// A number from the environment variable `name`, or `default`.
 ///
 /// # Panics

@@ -18,7 +18,8 @@ use apalis_amqp::AmqpBackend;
 use apalis_amqp::Config;
 use qjob::Client;
 use qjob_benches::{
-    Bench, BenchJob, Cpu, broker_quiet, HANDLED, TARGET, env_number, median, qjob_consume, rate, start_round,
+    Bench, BenchJob, Cpu, HANDLED, TARGET, broker_quiet, env_number, median, qjob_consume, rate,
+    raw_consumer, start_round,
 };
 
 /// The same no-op as qjob's `BenchJob`: counts, and stops the worker at
@@ -83,12 +84,7 @@ fn cpu_text((client, broker): CpuPerJob) -> String {
 }
 
 /// Fills a fresh apalis queue with `jobs`, then times a worker draining it.
-async fn apalis_round(
-    url: &str,
-    queue: &str,
-    jobs: usize,
-    prefetch: u16,
-) -> (Duration, CpuPerJob) {
+async fn apalis_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> (Duration, CpuPerJob) {
     // apalis publishes transient messages; the jobs here are persistent,
     // as qjob's are: published raw (the body apalis's JSON codec reads),
     // into the queue as apalis declares it.
@@ -122,9 +118,14 @@ fn batch(prefetch: u16) -> u64 {
 /// What the broker delivers at most on one channel with this prefetch: a raw
 /// lapin consumer that does nothing with a delivery and acks half a
 /// prefetch window at a time with one multiple ack.
-async fn ceiling_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> (Duration, CpuPerJob) {
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+async fn ceiling_round(
+    url: &str,
+    queue: &str,
+    jobs: usize,
+    prefetch: u16,
+) -> (Duration, CpuPerJob) {
     use futures_util::StreamExt;
+    use lapin::options::BasicAckOptions;
     fill_persistent(url, queue, jobs).await;
     let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
@@ -133,19 +134,7 @@ async fn ceiling_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> (D
     broker_quiet().await;
     let cpu = Cpu::now();
     let started = Instant::now();
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "ceiling".into(),
-            BasicConsumeOptions::default(),
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = raw_consumer(&channel, queue, "ceiling", prefetch).await;
     let batch = batch(prefetch);
     let mut received = 0;
     while let Some(delivery) = consumer.next().await {
