@@ -499,6 +499,42 @@ pub trait Broker: Send + Sync + 'static {
     /// failed.
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error>;
 
+    /// Publishes `message` to the topic exchange `exchange` under
+    /// `routing_key` (words separated by `.`), for whoever listens
+    /// ([`Broker::listen`]): each listener whose patterns match gets one
+    /// copy; with none, the message is dropped. It is for live state and
+    /// commands between processes (worker heartbeats, console commands), not
+    /// for jobs: it is not persistent. The exchange is declared (topic,
+    /// durable) if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`], except that no listener is not an error
+    /// (never [`Error::Unroutable`]).
+    async fn broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), Error>;
+
+    /// Receives what is broadcast to `exchange` under routing keys that
+    /// match any of `patterns` (`*` stands for one word, `#` for zero or
+    /// more, as in RabbitMQ's topic exchanges), from now on: a private
+    /// queue of this connection, bound to the patterns and deleted when the
+    /// subscription closes or the connection is lost (the stream then
+    /// ends; listen again). Deliveries are settled as a consumer's are. The
+    /// exchange is declared if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] or [`Error::Connect`] if the transport failed.
+    async fn listen(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error>;
+
     /// Whether the broker is connected now (health reports). A fake that
     /// cannot lose its connection keeps the default, `true`.
     fn is_connected(&self) -> bool {
@@ -526,6 +562,23 @@ pub trait Broker: Send + Sync + 'static {
 /// `Worker` and your own code with `Arc<AmqpBroker>` or `Arc<dyn Broker>`.
 #[async_trait]
 impl<B: Broker + ?Sized> Broker for std::sync::Arc<B> {
+    async fn broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), Error> {
+        (**self).broadcast(exchange, routing_key, message).await
+    }
+
+    async fn listen(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        (**self).listen(exchange, patterns).await
+    }
+
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
         (**self).declare_queue(spec).await
     }

@@ -619,6 +619,7 @@ macro_rules! conformance_tests {
             a_prefetch_change_applies_to_the_live_subscription "qjob.test.conformance.prefetch-change",
             a_prefetch_change_applies_to_a_live_quorum_subscription "qjob.test.conformance.prefetch-change-quorum",
             a_quorum_queue_dead_letters_past_its_delivery_limit "qjob.test.conformance.delivery-limit",
+            broadcasts_reach_the_matching_listeners "qjob.test.conformance.broadcast",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {

@@ -5,6 +5,7 @@ mod death;
 mod faults;
 mod queue;
 mod subscription;
+mod topic;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,6 +79,8 @@ struct State {
     blocked: Option<String>,
     /// The delivery limit of quorum queues declared without one.
     default_delivery_limit: Option<u32>,
+    /// Topic exchanges: each binding's queue and pattern.
+    exchanges: HashMap<String, Vec<(String, String)>>,
 }
 
 /// The consumer id under which `basic.get` holds what it took, as RabbitMQ
@@ -481,6 +484,49 @@ impl MemoryBroker {
     }
 }
 
+impl MemoryBroker {
+    /// A consumer of `queue`.
+    fn subscribe(&self, queue: &str, options: ConsumeOptions) -> Result<MemorySubscription, Error> {
+        let (deliveries, receiver) = mpsc::unbounded_channel();
+        let id = self.update(|state| {
+            let id = state.next_id();
+            let Some(target) = state.queues.get_mut(queue) else {
+                return Err(Error::broker(
+                    format!("consume queue {queue:?}"),
+                    format!("NOT_FOUND - no queue {queue:?}"),
+                ));
+            };
+            target.last_used = Instant::now();
+            target.consumers.push_back(ConsumerSlot {
+                id,
+                prefetch: usize::from(options.prefetch.max(1)),
+                unacked: Default::default(),
+                deliveries,
+            });
+            Ok(id)
+        })?;
+        Ok(MemorySubscription {
+            broker: self.clone(),
+            queue: queue.to_owned(),
+            id,
+            retired: Vec::new(),
+            prefetch: options.prefetch.max(1),
+            receiver,
+            private: false,
+        })
+    }
+
+    /// Deletes a listener's private queue and its bindings.
+    fn delete_private(&self, queue: &str) {
+        self.update(|state| {
+            state.queues.remove(queue);
+            for bindings in state.exchanges.values_mut() {
+                bindings.retain(|(bound, _)| bound != queue);
+            }
+        });
+    }
+}
+
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
@@ -543,37 +589,69 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), Error> {
+        let expiries = self.update(|state| {
+            if let Some(reason) = &state.blocked {
+                return Err(Error::Blocked {
+                    reason: reason.clone(),
+                });
+            }
+            let bindings = state.exchanges.entry(exchange.to_owned()).or_default();
+            let mut targets: Vec<String> = bindings
+                .iter()
+                .filter(|(_, pattern)| topic::matches(pattern, routing_key))
+                .map(|(queue, _)| queue.clone())
+                .collect();
+            targets.sort();
+            targets.dedup();
+            Ok(targets
+                .iter()
+                .filter_map(|queue| state.enqueue(queue, message.clone(), false))
+                .collect::<Vec<_>>())
+        })?;
+        for at in expiries {
+            self.expire_at(at);
+        }
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        let queue = self.update(|state| {
+            let queue = format!("amq.gen-{}", state.next_id());
+            state.queues.insert(
+                queue.clone(),
+                Queue::new(QueueSpec::new(queue.as_str()), None),
+            );
+            let bindings = state.exchanges.entry(exchange.to_owned()).or_default();
+            for pattern in patterns {
+                bindings.push((queue.clone(), (*pattern).to_owned()));
+            }
+            queue
+        });
+        let options = ConsumeOptions {
+            prefetch: 100,
+            tag: format!("qjob-listen-{exchange}"),
+        };
+        let mut subscription = self.subscribe(&queue, options)?;
+        subscription.private = true;
+        Ok(Box::new(subscription))
+    }
+
     async fn consume(
         &self,
         queue: &str,
         options: ConsumeOptions,
     ) -> Result<Box<dyn Subscription>, Error> {
-        let (deliveries, receiver) = mpsc::unbounded_channel();
-        let id = self.update(|state| {
-            let id = state.next_id();
-            let Some(target) = state.queues.get_mut(queue) else {
-                return Err(Error::broker(
-                    format!("consume queue {queue:?}"),
-                    format!("NOT_FOUND - no queue {queue:?}"),
-                ));
-            };
-            target.last_used = Instant::now();
-            target.consumers.push_back(ConsumerSlot {
-                id,
-                prefetch: usize::from(options.prefetch.max(1)),
-                unacked: Default::default(),
-                deliveries,
-            });
-            Ok(id)
-        })?;
-        Ok(Box::new(MemorySubscription {
-            broker: self.clone(),
-            queue: queue.to_owned(),
-            id,
-            retired: Vec::new(),
-            prefetch: options.prefetch.max(1),
-            receiver,
-        }))
+        Ok(Box::new(self.subscribe(queue, options)?))
     }
 
     async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error> {

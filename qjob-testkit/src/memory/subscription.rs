@@ -20,6 +20,8 @@ pub(super) struct MemorySubscription {
     pub(super) retired: Vec<u64>,
     pub(super) prefetch: u16,
     pub(super) receiver: mpsc::UnboundedReceiver<Result<Delivery, Error>>,
+    /// A listener's queue, deleted with the subscription.
+    pub(super) private: bool,
 }
 
 #[async_trait]
@@ -55,6 +57,9 @@ impl Drop for MemorySubscription {
         self.receiver.close();
         for id in self.retired.drain(..).chain([self.id]) {
             self.broker.remove_consumer(&self.queue, id);
+        }
+        if self.private {
+            self.broker.delete_private(&self.queue);
         }
     }
 }

@@ -16,11 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
-use lapin::{Channel, Confirmation};
+use lapin::{Channel, Confirmation, ExchangeKind};
+
+/// How many broadcasts a listener holds unsettled.
+const LISTEN_PREFETCH: u16 = 100;
 
 use crate::Error;
 use crate::broker::{
@@ -157,18 +161,43 @@ impl AmqpBroker {
         queue: &str,
         message: &Message,
     ) -> Result<(), Error> {
-        let operation = || format!("publish to queue {queue:?}");
+        let to = Target {
+            exchange: "",
+            routing_key: queue,
+            persistent: true,
+        };
+        self.confirmed_publish_to(connected, to, message).await
+    }
+
+    /// Publishes to `to` on the confirm channel and waits for the confirm.
+    async fn confirmed_publish_to(
+        &self,
+        connected: &Connected,
+        to: Target<'_>,
+        message: &Message,
+    ) -> Result<(), Error> {
+        let queue = to.routing_key;
+        let operation = || match to.exchange {
+            "" => format!("publish to queue {queue:?}"),
+            exchange => format!("broadcast to exchange {exchange:?}"),
+        };
+        let mut properties = convert::properties(message);
+        if !to.persistent {
+            properties = properties.with_delivery_mode(1);
+        }
         let confirm = connected
             .channel
             .basic_publish(
-                "".into(),
-                queue.into(),
+                to.exchange.into(),
+                to.routing_key.into(),
                 BasicPublishOptions {
-                    mandatory: true,
+                    // A job must reach its queue; a broadcast without
+                    // listeners goes nowhere, as it should.
+                    mandatory: to.persistent,
                     immediate: false,
                 },
                 &message.body,
-                convert::properties(message),
+                properties,
             )
             .await
             .map_err(|e| Error::broker(operation(), e))?;
@@ -189,7 +218,98 @@ impl AmqpBroker {
     }
 }
 
+/// Where a message is published.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    /// A job (persistent, to a queue that must exist), or a broadcast.
+    persistent: bool,
+}
+
 impl AmqpBroker {
+    /// Declares the topic exchange `exchange` (durable), on a channel of
+    /// its own (a conflicting declare closes its channel).
+    async fn declare_exchange(&self, exchange: &str) -> Result<(), Error> {
+        let operation = || format!("declare exchange {exchange:?}");
+        let channel = self.new_channel(&operation).await?;
+        let declared = channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        close_quietly(&channel).await;
+        declared.map_err(|e| Error::broker(operation(), e))
+    }
+
+    async fn listen_unbounded(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        self.declare_exchange(exchange).await?;
+        let operation = || format!("listen to exchange {exchange:?}");
+        let channel = self.new_channel(&operation).await?;
+        let failed = |e| Error::broker(operation(), e);
+        // Server-named, this connection's only, gone with its consumer.
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?
+            .name()
+            .to_string();
+        for pattern in patterns {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.into(),
+                    (*pattern).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(failed)?;
+        }
+        channel
+            .basic_qos(LISTEN_PREFETCH, BasicQosOptions { global: false })
+            .await
+            .map_err(failed)?;
+        let tag = format!("qjob-listen-{exchange}");
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        Ok(Box::new(AmqpSubscription {
+            queue,
+            channel,
+            consumer,
+            retiring: VecDeque::new(),
+            tag,
+            replacements: 0,
+            prefetch: LISTEN_PREFETCH,
+            acks: acks::Acks::default(),
+        }))
+    }
+
     async fn declare_queue_unbounded(&self, spec: &QueueSpec) -> Result<(), Error> {
         let operation = || format!("declare queue {:?} ({spec:?})", spec.name);
         // A declare that conflicts with an existing queue closes its channel:
@@ -363,6 +483,52 @@ impl Broker for AmqpBroker {
         bounded(
             || format!("declare queue {:?}", spec.name),
             self.declare_queue_unbounded(spec),
+        )
+        .await
+    }
+
+    async fn broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), Error> {
+        // Declared each time: a publish to a missing exchange would close
+        // the shared publishing channel. Broadcasts are few (heartbeats,
+        // commands), so the round trip is cheap.
+        bounded(
+            || format!("declare exchange {exchange:?}"),
+            self.declare_exchange(exchange),
+        )
+        .await?;
+        let connected = self.connected(Role::Publish).await?;
+        if let Some(reason) = connected.blocked() {
+            return Err(Error::Blocked { reason });
+        }
+        let to = Target {
+            exchange,
+            routing_key,
+            persistent: false,
+        };
+        let after = self.inner.options.publish_timeout;
+        tokio::time::timeout(after, self.confirmed_publish_to(&connected, to, &message))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    operation: format!("broadcast to exchange {exchange:?}"),
+                    after,
+                })
+            })
+    }
+
+    async fn listen(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        bounded(
+            || format!("listen to exchange {exchange:?}"),
+            self.listen_unbounded(exchange, patterns),
         )
         .await
     }
