@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::{Client, Job, JobContext, JobError, Worker, job};
-use qjob_benches::{Bench, env_number, raw_consumer, reset_queue};
+use qjob_benches::{Bench, amqp_url, env_number, raw_consumer, reset_queue};
 
 const QUEUE: &str = "qjob.bench.latency";
 
@@ -66,8 +66,7 @@ async fn timed(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("QJOB_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = amqp_url();
     let rate = env_number("QJOB_BENCH_RATE", 1000);
     let seconds = env_number("QJOB_BENCH_SECONDS", 5);
     let rounds = env_number("QJOB_BENCH_ROUNDS", 3);

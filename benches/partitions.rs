@@ -12,12 +12,11 @@ use std::time::Instant;
 
 use qjob::broker::Broker;
 use qjob::{Client, Job, Worker};
-use qjob_benches::{DONE, Keyed, PartitionedJob, start_round};
+use qjob_benches::{DONE, Keyed, PartitionedJob, amqp_url, start_round};
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("QJOB_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = amqp_url();
     let broker = qjob::AmqpBroker::connect(url.as_str())
         .await
         .expect("the bench needs RabbitMQ");

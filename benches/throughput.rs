@@ -27,8 +27,8 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
-    BENCH_QUEUE, Bench, BenchJob, env_number, median, payload, qjob_consume, rate, raw_consumer,
-    reset_queue,
+    BENCH_QUEUE, Bench, BenchJob, amqp_url, env_number, median, payload, qjob_consume, rate,
+    raw_consumer, reset_queue,
 };
 
 /// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
@@ -36,8 +36,7 @@ const PUBLISH_WINDOW: usize = 512;
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("QJOB_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = amqp_url();
     let jobs: usize = env_number("QJOB_BENCH_JOBS", 20_000);
     let rounds: usize = env_number("QJOB_BENCH_ROUNDS", 3);
     let raw = Raw::connect(&url).await;

@@ -157,6 +157,12 @@ pub async fn raw_consumer(
         .unwrap()
 }
 
+/// The broker the benches run on: `QJOB_AMQP_URL`, or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("QJOB_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
 /// A number from the environment variable `name`, or `default`.
 ///
 /// # Panics

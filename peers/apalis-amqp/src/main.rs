@@ -18,8 +18,8 @@ use apalis_amqp::AmqpBackend;
 use apalis_amqp::Config;
 use qjob::Client;
 use qjob_benches::{
-    Bench, BenchJob, Cpu, HANDLED, TARGET, broker_quiet, env_number, median, qjob_consume, rate,
-    raw_consumer, start_round,
+    Bench, BenchJob, Cpu, HANDLED, TARGET, amqp_url, broker_quiet, env_number, median,
+    qjob_consume, rate, raw_consumer, start_round,
 };
 
 /// The same no-op as qjob's `BenchJob`: counts, and stops the worker at
@@ -34,8 +34,7 @@ async fn apalis_handler(job: Bench, worker: WorkerContext) -> Result<(), BoxDynE
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("QJOB_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = amqp_url();
     let jobs = env_number("QJOB_BENCH_JOBS", 20_000);
     let rounds = env_number("QJOB_BENCH_ROUNDS", 3);
     let broker = qjob::AmqpBroker::connect(url.as_str())

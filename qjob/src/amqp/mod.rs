@@ -154,19 +154,27 @@ impl AmqpBroker {
 }
 
 impl AmqpBroker {
-    /// Publishes on the confirm channel and waits for the confirm.
-    async fn confirmed_publish(
-        &self,
-        connected: &Connected,
-        queue: &str,
-        message: &Message,
-    ) -> Result<(), Error> {
-        let to = Target {
-            exchange: "",
-            routing_key: queue,
-            persistent: true,
-        };
-        self.confirmed_publish_to(connected, to, message).await
+    /// Publishes to `to` and waits for the confirm, within the publish
+    /// timeout.
+    async fn publish_to(&self, to: Target<'_>, message: &Message) -> Result<(), Error> {
+        let connected = self.connected(Role::Publish).await?;
+        // Known blocked: fail at once, nothing sent.
+        if let Some(reason) = connected.blocked() {
+            return Err(Error::Blocked { reason });
+        }
+        // Sent before the broker said it blocks: RabbitMQ takes the message
+        // once the alarm clears (lapin holds what it has not written yet),
+        // so wait for the confirm rather than report a failure that would
+        // be published twice; the publish timeout bounds the wait.
+        let after = self.inner.options.publish_timeout;
+        tokio::time::timeout(after, self.confirmed_publish_to(&connected, to, message))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    operation: to.operation(),
+                    after,
+                })
+            })
     }
 
     /// Publishes to `to` on the confirm channel and waits for the confirm.
@@ -177,10 +185,7 @@ impl AmqpBroker {
         message: &Message,
     ) -> Result<(), Error> {
         let queue = to.routing_key;
-        let operation = || match to.exchange {
-            "" => format!("publish to queue {queue:?}"),
-            exchange => format!("broadcast to exchange {exchange:?}"),
-        };
+        let operation = || to.operation();
         let mut properties = convert::properties(message);
         if !to.persistent {
             properties = properties.with_delivery_mode(1);
@@ -225,6 +230,25 @@ struct Target<'a> {
     routing_key: &'a str,
     /// A job (persistent, to a queue that must exist), or a broadcast.
     persistent: bool,
+}
+
+impl Target<'_> {
+    /// A job for `queue`.
+    fn queue(queue: &str) -> Target<'_> {
+        Target {
+            exchange: "",
+            routing_key: queue,
+            persistent: true,
+        }
+    }
+
+    /// What a failure names.
+    fn operation(&self) -> String {
+        match self.exchange {
+            "" => format!("publish to queue {:?}", self.routing_key),
+            exchange => format!("broadcast to exchange {exchange:?}"),
+        }
+    }
 }
 
 impl AmqpBroker {
@@ -501,24 +525,12 @@ impl Broker for AmqpBroker {
             self.declare_exchange(exchange),
         )
         .await?;
-        let connected = self.connected(Role::Publish).await?;
-        if let Some(reason) = connected.blocked() {
-            return Err(Error::Blocked { reason });
-        }
         let to = Target {
             exchange,
             routing_key,
             persistent: false,
         };
-        let after = self.inner.options.publish_timeout;
-        tokio::time::timeout(after, self.confirmed_publish_to(&connected, to, &message))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Timeout {
-                    operation: format!("broadcast to exchange {exchange:?}"),
-                    after,
-                })
-            })
+        self.publish_to(to, &message).await
     }
 
     async fn listen(
@@ -534,24 +546,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        let connected = self.connected(Role::Publish).await?;
-        // Known blocked: fail at once, nothing sent.
-        if let Some(reason) = connected.blocked() {
-            return Err(Error::Blocked { reason });
-        }
-        // Sent before the broker said it blocks: RabbitMQ takes the message
-        // once the alarm clears (lapin holds what it has not written yet),
-        // so wait for the confirm rather than report a failure that would
-        // be published twice; the publish timeout bounds the wait.
-        let after = self.inner.options.publish_timeout;
-        tokio::time::timeout(after, self.confirmed_publish(&connected, queue, &message))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Timeout {
-                    operation: format!("publish to queue {queue:?}"),
-                    after,
-                })
-            })
+        self.publish_to(Target::queue(queue), &message).await
     }
 
     async fn consume(
