@@ -83,6 +83,9 @@ struct State {
     exchanges: HashMap<String, Vec<(String, String)>>,
 }
 
+/// How many broadcasts a listener holds unsettled (as `AmqpBroker`'s do).
+const LISTEN_PREFETCH: u16 = 100;
+
 /// The consumer id under which `basic.get` holds what it took, as RabbitMQ
 /// holds it on the getting channel (consumer ids start at 1).
 const GETTER: u64 = 0;
@@ -482,9 +485,7 @@ impl MemoryBroker {
             self.expire_at(at);
         }
     }
-}
 
-impl MemoryBroker {
     /// A consumer of `queue`.
     fn subscribe(&self, queue: &str, options: ConsumeOptions) -> Result<MemorySubscription, Error> {
         let (deliveries, receiver) = mpsc::unbounded_channel();
@@ -638,7 +639,7 @@ impl Broker for MemoryBroker {
             queue
         });
         let options = ConsumeOptions {
-            prefetch: 100,
+            prefetch: LISTEN_PREFETCH,
             tag: format!("qjob-listen-{exchange}"),
         };
         let mut subscription = self.subscribe(&queue, options)?;

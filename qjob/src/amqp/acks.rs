@@ -89,11 +89,12 @@ impl Acks {
         self.delivered.fetch_max(tag, Ordering::Relaxed);
     }
 
-    /// Whether every delivery handed out is settled or ready to ack: then
-    /// no ack can join a flush by waiting.
-    fn all_ready(&self) -> bool {
+    /// How many acks are ready, and whether every delivery handed out is
+    /// settled or ready (then no ack can join a flush by waiting).
+    fn readiness(&self) -> (usize, bool) {
         let delivered = self.delivered.load(Ordering::Relaxed);
-        self.lock().accounts_for(delivered)
+        let book = self.lock();
+        (book.ready.len(), book.accounts_for(delivered))
     }
 
     /// Acks `tag`, batched with whatever else is ready.
@@ -113,9 +114,7 @@ impl Acks {
             .await
             .unwrap_or_else(|error| Err(Error::broker("ack", error)))
     }
-}
 
-impl Acks {
     /// Sends what handlers acked before the channel closes: waits for a
     /// flush under way (one whose handler was aborted goes on without it),
     /// then flushes what a flush dropped before it ran (the runtime
@@ -150,17 +149,14 @@ impl Flushing {
         // join this flush: it waits while each turn of the scheduler
         // brings more, a few turns at most, and not at all when no other
         // delivery is out (prefetch 1).
-        let mut ready = acks.lock().ready.len();
-        for _ in 0..GATHER_TURNS {
-            if acks.all_ready() {
+        let mut seen = None;
+        for _ in 0..=GATHER_TURNS {
+            let (ready, all_ready) = acks.readiness();
+            if all_ready || seen == Some(ready) {
                 break;
             }
+            seen = Some(ready);
             tokio::task::yield_now().await;
-            let now = acks.lock().ready.len();
-            if now == ready {
-                break;
-            }
-            ready = now;
         }
         let mut first_error = None;
         loop {

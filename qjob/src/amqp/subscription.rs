@@ -164,17 +164,16 @@ impl Subscription for AmqpSubscription {
         // otherwise return their jobs to the queue to run again.
         // Bounded tighter than an operation: they take microseconds unless
         // the connection hangs, and then the close would hang too.
-        match tokio::time::timeout(FINISH_TIMEOUT, self.acks.finish()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(queue = self.queue.as_str(), %error, "acks before the close failed")
-            }
-            Err(_) => {
-                tracing::debug!(
-                    queue = self.queue.as_str(),
-                    "acks before the close timed out"
-                )
-            }
+        let sent = tokio::time::timeout(FINISH_TIMEOUT, self.acks.finish())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    operation: "ack before the close".into(),
+                    after: FINISH_TIMEOUT,
+                })
+            });
+        if let Err(error) = sent {
+            tracing::debug!(queue = self.queue.as_str(), %error, "acks before the close failed");
         }
         let closed = self.channel.close(200, "qjob: consumer stopped".into());
         bounded(|| operation.clone(), async {

@@ -231,11 +231,11 @@ impl Consumer {
                 LaneEvent::Next(Some(Ok(delivery))) => {
                     failures = 0;
                     let received = Instant::now();
-                    let (key, decoded) = match self.handler.job.decode_keyed(&delivery.message.body)
-                    {
-                        Some((key, decoded)) => (key, Some(decoded)),
-                        None => (None, None),
-                    };
+                    let (key, decoded) = self
+                        .handler
+                        .job
+                        .decode_keyed(&delivery.message.body)
+                        .map_or((None, None), |(key, decoded)| (key, Some(decoded)));
                     let admitted = Admitted {
                         delivery,
                         decoded,

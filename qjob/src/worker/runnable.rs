@@ -31,15 +31,6 @@ pub(crate) enum Decoded {
     Panicked(String),
 }
 
-impl std::fmt::Debug for Decoded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Decoded::Payload(_) => f.write_str("Decoded::Payload"),
-            Decoded::Panicked(reason) => f.debug_tuple("Decoded::Panicked").field(reason).finish(),
-        }
-    }
-}
-
 pub(crate) trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn options(&self) -> JobOptions;
