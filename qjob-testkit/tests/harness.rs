@@ -596,11 +596,20 @@ async fn two_jobs_on_one_queue_are_named() {
         .register(NoopJob)
         .register(NoopTwinJob)
         .build();
-    let error = worker.run_until(async {}).await.unwrap_err().to_string();
+    let error = worker.run_until(async {}).await.unwrap_err();
+    assert!(matches!(error, Error::QueueTaken { .. }), "{error:?}");
+    let error = error.to_string();
     assert!(
         error.contains("jobs noop and noop_twin both consume queue \"kit.noop\""),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_worker_without_jobs_is_an_error() {
+    let worker = qjob::Worker::builder(qjob_testkit::MemoryBroker::new()).build();
+    let error = worker.run_until(async {}).await.unwrap_err();
+    assert!(matches!(error, Error::NoJobRegistered), "{error:?}");
 }
 
 /// The operator's overrides come through a lookup the application gives

@@ -163,6 +163,10 @@ async fn health_shows_a_running_connected_worker() {
     let _ = stop.send(());
     running.await.unwrap().unwrap();
     assert!(!health.report().running);
+    // Stopped, it no longer claims a connection or a consumer.
+    let report = health.report();
+    assert!(!report.connected, "{report:?}");
+    assert!(report.consumers.values().all(|up| !up), "{report:?}");
 }
 
 #[tokio::test]
