@@ -20,7 +20,7 @@ use crate::{Client, Error, Job, JobId};
 ///
 /// assert_eq!(DeadReason::parse("retries-exhausted"), DeadReason::RetriesExhausted);
 /// assert_eq!(DeadReason::Permanent.as_str(), "permanent");
-/// assert_eq!(DeadReason::parse("cancelled-by-v9"), "cancelled-by-v9");
+/// assert_eq!(DeadReason::parse("stopped-by-v9"), "stopped-by-v9");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -35,6 +35,9 @@ pub enum DeadReason {
     /// often than the job's `delivery_limit` (its worker crashed, or lost
     /// its connection, while holding it).
     DeliveryLimit,
+    /// An operator cancelled it ([`crate::admin::Admin::cancel`]): while it
+    /// ran (its handler did not succeed), or before it was delivered.
+    Cancelled,
     /// A reason this version of qjob does not know (written by another).
     Other(String),
 }
@@ -55,6 +58,7 @@ impl DeadReason {
             DeadReason::Permanent => "permanent",
             DeadReason::Malformed => "malformed",
             DeadReason::DeliveryLimit => "delivery-limit",
+            DeadReason::Cancelled => "cancelled",
             DeadReason::Other(_) => "other",
         }
     }
@@ -66,6 +70,7 @@ impl DeadReason {
             "permanent" => DeadReason::Permanent,
             "malformed" => DeadReason::Malformed,
             "delivery-limit" => DeadReason::DeliveryLimit,
+            "cancelled" => DeadReason::Cancelled,
             other => DeadReason::Other(other.to_owned()),
         }
     }
@@ -203,9 +208,14 @@ pub(crate) fn replay_message(mut message: Message) -> Message {
 const HELD_AT_MOST: usize = 1_000;
 
 /// What to do with one dead letter while walking the queue.
-enum Visit {
+pub(crate) enum Visit {
+    /// Leave it in its place.
     Keep,
-    Replay,
+    /// Replay it into this queue, then remove it.
+    Replay(String),
+    /// Remove it.
+    Discard,
+    /// End the walk here (this letter is kept).
     Stop,
 }
 
@@ -248,21 +258,8 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     ///
     /// The broker's error; every message taken is put back.
     pub async fn peek(&self, n: usize) -> Result<Vec<DeadLetter<J::Payload>>, Error> {
-        let mut seen = Vec::new();
-        if n == 0 {
-            return Ok(seen);
-        }
-        // Holds the `n` it shows, moves nothing.
-        self.walk(false, |_, message| {
-            seen.push(DeadLetter::from_message(message));
-            if seen.len() < n {
-                Visit::Keep
-            } else {
-                Visit::Stop
-            }
-        })
-        .await?;
-        Ok(seen)
+        let queue = J::options().dead_letter_queue();
+        peek(&self.client.shared_broker(), &queue, 0, n).await
     }
 
     /// Replays every dead letter into the work queue; returns how many.
@@ -281,16 +278,9 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     /// As [`DeadLetters::replay_where`].
     pub async fn replay_first(&self, n: usize) -> Result<usize, Error> {
         let mut replayed = 0;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.walk(true, |_, _| {
+        self.replay_until(|_| {
             replayed += 1;
-            if replayed <= n {
-                Visit::Replay
-            } else {
-                Visit::Stop
-            }
+            if replayed <= n { Some(true) } else { None }
         })
         .await
     }
@@ -315,103 +305,132 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         &self,
         mut select: impl FnMut(&DeadLetter<J::Payload>) -> bool,
     ) -> Result<usize, Error> {
-        self.walk(true, |letter, _| {
-            if select(letter) {
-                Visit::Replay
-            } else {
-                Visit::Keep
+        self.replay_until(|letter| Some(select(letter))).await
+    }
+
+    /// Replays what `select` picks (`Some(true)`) until it says stop (`None`).
+    async fn replay_until(
+        &self,
+        mut select: impl FnMut(&DeadLetter<J::Payload>) -> Option<bool>,
+    ) -> Result<usize, Error> {
+        if self.count().await? == 0 {
+            return Ok(0);
+        }
+        self.client.ensure_declared::<J>().await?;
+        let queue = J::options().dead_letter_queue();
+        walk(&self.client.shared_broker(), &queue, true, |message| {
+            let letter = DeadLetter::from_message(message);
+            match select(&letter) {
+                Some(true) => {
+                    Visit::Replay(Client::target::<J>(letter.payload.as_ref()).into_owned())
+                }
+                Some(false) => Visit::Keep,
+                None => Visit::Stop,
             }
         })
         .await
     }
+}
 
-    /// Takes each dead letter in turn (`basic.get`), as many as the queue
-    /// held at the start, replays or keeps it, and finally puts back every
-    /// one kept, so they return to their places.
-    async fn walk(
-        &self,
-        rotate: bool,
-        mut visit: impl FnMut(&DeadLetter<J::Payload>, &Message) -> Visit,
-    ) -> Result<usize, Error> {
-        let broker = self.client.broker();
-        let queue = J::options().dead_letter_queue();
-        let Some(depth) = queue_depth(broker, &queue).await? else {
-            return Ok(0);
+/// The dead letters of `queue` from `offset` on, at most `limit`, left in
+/// place and in order (the walk holds the `offset + limit` it reads).
+pub(crate) async fn peek<P: DeserializeOwned>(
+    broker: &Arc<dyn Broker>,
+    queue: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<DeadLetter<P>>, Error> {
+    let mut seen = Vec::new();
+    if limit == 0 {
+        return Ok(seen);
+    }
+    let mut index = 0;
+    walk(broker, queue, false, |message| {
+        if index >= offset {
+            seen.push(DeadLetter::from_message(message));
+        }
+        index += 1;
+        if seen.len() < limit {
+            Visit::Keep
+        } else {
+            Visit::Stop
+        }
+    })
+    .await?;
+    Ok(seen)
+}
+
+/// Takes each dead letter of `queue` in turn (`basic.get`), as many as the
+/// queue held at the start, and does what `visit` says with it; finally
+/// puts back every one kept, so they return to their places. Returns how
+/// many were replayed or discarded. With `rotate`, memory stays bounded
+/// (see [`DeadLetters::replay_where`]).
+pub(crate) async fn walk(
+    broker: &Arc<dyn Broker>,
+    queue: &str,
+    rotate: bool,
+    mut visit: impl FnMut(&Message) -> Visit,
+) -> Result<usize, Error> {
+    let Some(depth) = queue_depth(&**broker, queue).await? else {
+        return Ok(0);
+    };
+    let mut kept = Held::default();
+    let mut removed = 0;
+    let mut outcome = Ok(());
+    for _ in 0..depth {
+        let delivery = match get(broker.clone(), queue).await {
+            Ok(Some(delivery)) => delivery,
+            Ok(None) => break,
+            Err(error) => {
+                outcome = Err(error);
+                break;
+            }
         };
-        let mut kept = Held::default();
-        let mut replayed = 0;
-        let mut outcome = Ok(());
-        for _ in 0..depth {
-            let delivery = match get(self.client.shared_broker(), &queue).await {
-                Ok(Some(delivery)) => delivery,
-                Ok(None) => break,
-                Err(error) => {
-                    outcome = Err(error);
-                    break;
-                }
-            };
-            let letter = DeadLetter::from_message(&delivery.message);
-            let visited = visit(&letter, &delivery.message);
-            // Held from here on: dropped, the walk puts it back.
-            kept.0.push_back(delivery);
-            match visited {
-                Visit::Keep if !rotate || kept.0.len() <= HELD_AT_MOST => {}
-                Visit::Keep => {
-                    // Memory stays bounded: past the first letters kept,
-                    // each one kept moves to the tail (republished and
-                    // confirmed, then removed), in order.
-                    let delivery = kept.0.back().expect("just held");
-                    if let Err(error) = broker.publish(&queue, delivery.message.clone()).await {
-                        outcome = Err(error);
-                        break;
-                    }
-                    let delivery = kept.0.pop_back().expect("still held");
-                    if let Err(error) = delivery.acker.ack().await {
-                        outcome = Err(error);
-                        break;
-                    }
-                }
-                Visit::Stop => break,
-                Visit::Replay => {
-                    let delivery = kept.0.back().expect("just held");
-                    match self.replay(delivery, &letter).await {
-                        Ok(()) => {
-                            replayed += 1;
-                            let delivery = kept.0.pop_back().expect("still held");
-                            if let Err(error) = delivery.acker.ack().await {
-                                outcome = Err(error);
-                                break;
-                            }
-                        }
-                        Err(error) => {
-                            outcome = Err(error);
-                            break;
-                        }
-                    }
-                }
+        let visited = visit(&delivery.message);
+        // Held from here on: dropped, the walk puts it back.
+        kept.0.push_back(delivery);
+        let delivery = kept.0.back().expect("just held");
+        // Whether the letter leaves the queue by this walk (and counts),
+        // once the publish it needs, if any, is confirmed.
+        let published = match visited {
+            Visit::Keep if !rotate || kept.0.len() <= HELD_AT_MOST => continue,
+            Visit::Stop => break,
+            // Memory stays bounded: past the first letters kept, each one
+            // kept moves to the tail (republished and confirmed, then
+            // removed), in order.
+            Visit::Keep => broker
+                .publish(queue, delivery.message.clone())
+                .await
+                .map(|()| false),
+            Visit::Replay(target) => broker
+                .publish(&target, replay_message(delivery.message.clone()))
+                .await
+                .map(|()| true),
+            Visit::Discard => Ok(true),
+        };
+        let counts = match published {
+            Ok(counts) => counts,
+            Err(error) => {
+                outcome = Err(error);
+                break;
             }
+        };
+        let delivery = kept.0.pop_back().expect("still held");
+        if let Err(error) = delivery.acker.ack().await {
+            outcome = Err(error);
+            break;
         }
-        // Put back what was kept, in order; each stays held until its
-        // reject is sent.
-        while let Some(delivery) = kept.0.front() {
-            if let Err(error) = delivery.acker.reject(true).await {
-                outcome = outcome.and(Err(error));
-            }
-            kept.0.pop_front();
+        removed += usize::from(counts);
+    }
+    // Put back what was kept, in order; each stays held until its reject
+    // is sent.
+    while let Some(delivery) = kept.0.front() {
+        if let Err(error) = delivery.acker.reject(true).await {
+            outcome = outcome.and(Err(error));
         }
-        outcome.map(|()| replayed)
+        kept.0.pop_front();
     }
-
-    async fn replay(
-        &self,
-        delivery: &Delivery,
-        letter: &DeadLetter<J::Payload>,
-    ) -> Result<(), Error> {
-        self.client.ensure_declared::<J>().await?;
-        let message = replay_message(delivery.message.clone());
-        let target = Client::target::<J>(letter.payload.as_ref());
-        self.client.broker().publish(&target, message).await
-    }
+    outcome.map(|()| removed)
 }
 
 /// `basic.get` from `queue`, in a task of its own, the message held as

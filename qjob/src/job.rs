@@ -8,6 +8,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
+use crate::worker::Cancellations;
 use crate::{JobError, JobOptions};
 
 /// A job type: a payload, a queue, options and a handler.
@@ -136,6 +139,8 @@ pub struct JobContext {
     max_attempts: u32,
     redelivered: bool,
     enqueued_at: SystemTime,
+    /// The worker's cancelled ids (`None` outside a worker).
+    cancellations: Option<Arc<Cancellations>>,
 }
 
 impl JobContext {
@@ -148,6 +153,7 @@ impl JobContext {
             max_attempts: 1,
             redelivered: false,
             enqueued_at: SystemTime::now(),
+            cancellations: None,
         }
     }
 
@@ -159,6 +165,7 @@ impl JobContext {
         max_attempts: u32,
         redelivered: bool,
         enqueued_at: SystemTime,
+        cancellations: Arc<Cancellations>,
     ) -> Self {
         Self {
             job_id,
@@ -167,6 +174,7 @@ impl JobContext {
             max_attempts: max_attempts.max(attempt),
             redelivered,
             enqueued_at,
+            cancellations: Some(cancellations),
         }
     }
 
@@ -235,5 +243,37 @@ impl JobContext {
     /// When the job was first enqueued.
     pub fn enqueued_at(&self) -> SystemTime {
         self.enqueued_at
+    }
+
+    /// Resolves once an operator cancels this job (`qjob cancel`, the
+    /// console, [`crate::admin::Admin::cancel`]); never outside a worker.
+    /// A handler that can stop early selects on it and returns an error:
+    /// the job is then dead-lettered with reason
+    /// [`crate::DeadReason::Cancelled`], not retried. A handler that ignores
+    /// it finishes normally; if it succeeds, the job is acked as usual.
+    ///
+    /// ```
+    /// # use qjob::{JobContext, JobError};
+    /// async fn export(ctx: JobContext) -> Result<(), JobError> {
+    ///     tokio::select! {
+    ///         _ = ctx.cancelled() => Err(JobError::msg("cancelled by an operator")),
+    ///         _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => Ok(()),
+    ///     }
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
+    /// #     .block_on(export(JobContext::new("exports"))).unwrap();
+    /// ```
+    pub async fn cancelled(&self) {
+        match &self.cancellations {
+            Some(cancellations) => cancellations.cancelled(&self.job_id).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether an operator cancelled this job (see [`JobContext::cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellations
+            .as_ref()
+            .is_some_and(|cancellations| cancellations.contains(&self.job_id))
     }
 }

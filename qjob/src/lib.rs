@@ -8,6 +8,7 @@
 // to this surface shows in `public-api.txt` (`scripts/public-api`, checked
 // in CI), so that it is a decision, not an accident.
 
+pub mod admin;
 mod amqp;
 mod client;
 mod dead_letters;
@@ -43,6 +44,10 @@ pub use worker::{
 pub use amqp::{AmqpBroker, AmqpOptions};
 pub mod broker;
 pub use broker::Broker;
+
+// Operating: the console's view of workers, queues and dead letters, and
+// its commands (the `qjob` tool and `qjob-web` are built on it).
+// (`pub mod admin` above.)
 
 // Every fallible call's error.
 pub use error::Error;

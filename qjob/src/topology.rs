@@ -221,6 +221,19 @@ impl Leases {
     fn forget(&self, queue: &str) {
         self.renewals().remove(queue);
     }
+
+    /// The delay queues declared within the last grace, by name: those
+    /// that may hold messages now.
+    pub(crate) fn recent(&self) -> Vec<String> {
+        let mut recent: Vec<String> = self
+            .renewals()
+            .iter()
+            .filter(|(_, at)| at.elapsed() < DELAY_QUEUE_GRACE)
+            .map(|(queue, _)| queue.clone())
+            .collect();
+        recent.sort();
+        recent
+    }
 }
 
 /// Declares every queue of a job type, after checking that no one uses

@@ -71,6 +71,8 @@ pub enum Act {
     Sleep(u64),
     /// Waits until the probe releases it, then succeeds.
     Block,
+    /// Waits until an operator cancels the job, then fails.
+    AwaitCancel,
     /// Sleeps this many milliseconds; fails the first attempt if told to.
     Work {
         /// How long the work takes.
@@ -236,6 +238,14 @@ pub async fn run_task(task: Task, ctx: JobContext) -> Result<(), JobError> {
         Act::Block => {
             let mut released = probe.released.subscribe();
             let _ = released.wait_for(|released| *released).await;
+        }
+        Act::AwaitCancel => {
+            ctx.cancelled().await;
+            assert!(ctx.is_cancelled());
+            return Err(JobError::msg(format!(
+                "task {} stopped: cancelled",
+                task.seq
+            )));
         }
     }
     probe.succeeded.fetch_add(1, Ordering::SeqCst);
@@ -584,6 +594,7 @@ pub async fn eventually<T: std::fmt::Debug>(
 
 pub mod cluster;
 pub mod conformance;
+pub mod console;
 pub mod jobs;
 pub mod scenarios;
 
@@ -627,6 +638,32 @@ macro_rules! conformance_tests {
             #[tokio::test]
             async fn $name() {
                 $crate::conformance::$name(&$env, $queue).await;
+            }
+        )*
+    };
+}
+
+/// Defines every console scenario as a test on the broker that `$env`
+/// makes, each with its own job type from [`console`].
+#[macro_export]
+macro_rules! console_tests {
+    ($env:expr) => {
+        $crate::console_tests!(@tests $env;
+            heartbeats_show_each_worker_and_a_stopped_one_as_gone,
+            pause_and_resume_lose_nothing_and_reject_nothing,
+            a_cancelled_running_job_is_told_and_dead_lettered,
+            a_cancelled_queued_job_is_dead_lettered_when_it_arrives,
+            a_handler_that_ignores_a_cancel_finishes_normally,
+            set_concurrency_resizes_the_handler_slots,
+            browsing_1000_dead_letters_leaves_them_in_place_and_in_order,
+            replay_and_discard_do_what_they_say,
+        );
+    };
+    (@tests $env:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::console::$name(&$env).await;
             }
         )*
     };

@@ -174,10 +174,16 @@ impl Env {
 
     /// Starts a worker for `job` with this shutdown timeout.
     pub fn start_with<J: Job>(&self, job: J, shutdown_timeout: Duration) -> Running {
-        let worker = Worker::builder(self.broker())
-            .register(job)
-            .shutdown_timeout(shutdown_timeout)
-            .build();
+        self.run(
+            Worker::builder(self.broker())
+                .register(job)
+                .shutdown_timeout(shutdown_timeout)
+                .build(),
+        )
+    }
+
+    /// Runs `worker` until [`Running::stop`].
+    pub fn run(&self, worker: Worker) -> Running {
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(worker.run_until(async move {
             let _ = stopped.await;

@@ -26,6 +26,8 @@ const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 enum SlotEvent {
     /// The worker stops.
     Stop,
+    /// An operator paused the job.
+    Pause,
     /// Adaptive concurrency moved the prefetch.
     Prefetch(u16),
     /// A delivery, and the handler slot it runs in (`None`: in place).
@@ -36,6 +38,8 @@ enum SlotEvent {
 
 /// What woke a lane dispatcher.
 enum LaneEvent {
+    /// An operator paused the job.
+    Pause,
     /// A handler of this key finished.
     Finished(String),
     /// The subscription yielded.
@@ -56,6 +60,8 @@ pub(crate) struct Consumer {
     /// The prefetch to consume with, when it follows adaptive concurrency;
     /// `None`: the job's configured prefetch.
     pub(crate) prefetch: Option<watch::Receiver<u16>>,
+    /// Whether an operator paused the job (shared by its consumers).
+    pub(crate) paused: watch::Receiver<bool>,
 }
 
 impl Consumer {
@@ -110,12 +116,17 @@ impl Consumer {
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
         let mut prefetch = self.prefetch.clone();
+        let mut paused = self.paused.clone();
         loop {
             let event = self
-                .next_event(&mut subscription, &mut stop, &mut prefetch)
+                .next_event(&mut subscription, &mut stop, &mut prefetch, &mut paused)
                 .await;
             let replaced = match event {
                 SlotEvent::Stop => break,
+                SlotEvent::Pause => {
+                    self.pause(subscription, &mut handlers, &mut stop, &mut paused)
+                        .await
+                }
                 SlotEvent::Delivery(delivery, slot) => {
                     failures = 0;
                     self.spawn_handler(&mut handlers, delivery, slot);
@@ -152,6 +163,7 @@ impl Consumer {
         subscription: &mut Box<dyn Subscription>,
         stop: &mut watch::Receiver<bool>,
         prefetch: &mut Option<watch::Receiver<u16>>,
+        paused: &mut watch::Receiver<bool>,
     ) -> SlotEvent {
         let slot = if topology::retries_in_place(&self.options) {
             None
@@ -159,6 +171,7 @@ impl Consumer {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return SlotEvent::Stop,
+                _ = paused.wait_for(|paused| *paused) => return SlotEvent::Pause,
                 target = changed(prefetch) => return SlotEvent::Prefetch(target),
                 slot = self.slots.clone().acquire_owned() => {
                     Some(slot.expect("semaphore never closed"))
@@ -168,6 +181,7 @@ impl Consumer {
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => SlotEvent::Stop,
+            _ = paused.wait_for(|paused| *paused) => SlotEvent::Pause,
             target = changed(prefetch) => SlotEvent::Prefetch(target),
             next = subscription.next() => match next {
                 Some(Ok(delivery)) => SlotEvent::Delivery(delivery, slot),
@@ -215,14 +229,33 @@ impl Consumer {
         let mut lanes: Lanes<String, Admitted> = Lanes::default();
         let (done, mut finished) = mpsc::unbounded_channel::<String>();
         let mut failures = 0u32;
+        let mut paused = self.paused.clone();
         loop {
             let event = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
+                _ = paused.wait_for(|paused| *paused) => LaneEvent::Pause,
                 Some(key) = finished.recv() => LaneEvent::Finished(key),
                 next = subscription.next() => LaneEvent::Next(next),
             };
             match event {
+                LaneEvent::Pause => {
+                    // What waits in the lanes goes back to the queue, in
+                    // order, when the paused subscription closes; the
+                    // running keys finish first.
+                    drop(lanes.take_queued());
+                    let resumed = self
+                        .pause(subscription, &mut handlers, &mut stop, &mut paused)
+                        .await;
+                    // Every handler ended: the lanes start afresh, and the
+                    // releases they sent are stale.
+                    lanes = Lanes::default();
+                    while finished.try_recv().is_ok() {}
+                    match resumed {
+                        Some(next) => subscription = next,
+                        None => return self.drain(handlers, None).await,
+                    }
+                }
                 LaneEvent::Finished(key) => {
                     if let Some(next) = lanes.finish(&key) {
                         self.spawn_in_lane(&mut handlers, Some(key), next, &done);
@@ -364,6 +397,16 @@ impl Consumer {
             .await;
         }
         let _ = subscription.close().await;
+        self.resubscribe(stop, failures).await
+    }
+
+    /// Subscribes again, with backoff after each failure; `None` if the
+    /// worker stops meanwhile.
+    async fn resubscribe(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        failures: &mut u32,
+    ) -> Option<Box<dyn Subscription>> {
         loop {
             *failures = failures.saturating_add(1);
             let delay = (Duration::from_millis(100) * 2u32.saturating_pow(*failures - 1).min(64))
@@ -385,6 +428,60 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// Pauses the job on this queue: the consumer is cancelled (not a
+    /// message rejected), the handlers running finish, and closing the
+    /// subscription returns what it held and had not started, in order;
+    /// then it waits for a resume and subscribes again. `None` if the
+    /// worker stops meanwhile (the caller drains what still runs).
+    async fn pause(
+        &self,
+        mut subscription: Box<dyn Subscription>,
+        handlers: &mut JoinSet<()>,
+        stop: &mut watch::Receiver<bool>,
+        paused: &mut watch::Receiver<bool>,
+    ) -> Option<Box<dyn Subscription>> {
+        tracing::info!(
+            queue = self.queue(),
+            in_flight = handlers.len(),
+            "pausing: the consumer is cancelled, running handlers finish"
+        );
+        self.health.paused(self.queue(), true);
+        // As at a stop, a single-active-consumer queue is not cancelled
+        // first: it would pass to a standby while this worker still runs
+        // its jobs (every worker pauses it, but not at the same instant).
+        if !self.single_active()
+            && let Err(error) = subscription.cancel().await
+        {
+            tracing::debug!(queue = self.queue(), %error, "cancelling the consumer failed");
+        }
+        let finished = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => false,
+            _ = async { while handlers.join_next().await.is_some() {} } => true,
+        };
+        if !finished {
+            // Stopping: the handlers still running keep their channel open
+            // until they settle, within the shutdown timeout.
+            self.drain(std::mem::take(handlers), Some(subscription))
+                .await;
+            return None;
+        }
+        self.health.consumer(self.queue(), false);
+        if let Err(error) = subscription.close().await {
+            tracing::debug!(queue = self.queue(), %error, "closing the paused subscription failed");
+        }
+        self.report_left_to_broker();
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return None,
+            _ = paused.wait_for(|paused| !*paused) => {}
+        }
+        self.health.paused(self.queue(), false);
+        tracing::info!(queue = self.queue(), "resuming");
+        let mut failures = 0;
+        self.resubscribe(stop, &mut failures).await
     }
 
     /// Stops: no new delivery is started, in-flight handlers finish within

@@ -12,6 +12,7 @@ use tracing::{Instrument, Span, field};
 use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
+use crate::worker::control::Cancellations;
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
 use crate::worker::held::{self, Attempts, Hold, Running, Seen};
@@ -51,6 +52,8 @@ pub(crate) struct Handler {
     /// timeout (no job timeout, or one as long): then plain attempts are
     /// remembered too.
     pub(crate) remember_plain: bool,
+    /// The job ids an operator cancelled (the worker's, shared).
+    pub(crate) cancellations: Arc<Cancellations>,
 }
 
 impl Handler {
@@ -93,6 +96,13 @@ impl Handler {
         };
         self.metrics.time_in_queue(envelope.enqueued_at);
         let job_id = &envelope.job_id;
+        if self.cancellations.contains(job_id) {
+            drop(retries);
+            let cancelled = Outcome::Cancelled(CANCELLED_BEFORE.to_owned());
+            return self
+                .without_running(delivery, job_id, envelope.attempt, cancelled)
+                .await;
+        }
         let (mut slot, in_place) = match retries {
             Retries::ThroughBroker(slot) => (Some(slot), None),
             Retries::InPlace { received, slots } => (
@@ -133,6 +143,7 @@ impl Handler {
                         memory.as_ref(),
                     )
                     .await?;
+                let outcome = self.unless_cancelled(outcome, job_id);
                 let action = self.decide(outcome, attempt, job_id);
                 if let Some(running) = running {
                     running.ended(&action);
@@ -157,9 +168,18 @@ impl Handler {
                     self.metrics.attempt(&outcome, Some(took));
                     self.report(&delivery, attempt, job_id, &outcome);
                     drop(span);
-                    tokio::time::sleep(wait).await;
+                    let cancelled = tokio::select! {
+                        _ = tokio::time::sleep(wait) => false,
+                        _ = self.cancellations.cancelled(job_id) => true,
+                    };
                     if self.abandon_if_closed(&delivery) {
                         return;
+                    }
+                    if cancelled {
+                        let cancelled = Outcome::Cancelled(CANCELLED_WAITING.to_owned());
+                        return self
+                            .without_running(delivery, job_id, attempt, cancelled)
+                            .await;
                     }
                     attempt += 1;
                 }
@@ -176,11 +196,43 @@ impl Handler {
     /// A message that is not a job of this type: dead-lettered as malformed.
     async fn malformed(&self, delivery: Delivery, reason: String) {
         let job_id = unknown_id(&delivery);
-        let span = self.span(&delivery, &job_id, 1);
-        let action = span.in_scope(|| self.decide(Outcome::Malformed(reason), 1, &job_id));
-        self.settle(delivery, 1, &job_id, action, None)
+        self.without_running(delivery, &job_id, 1, Outcome::Malformed(reason))
+            .await
+    }
+
+    /// Settles a delivery whose fate is known without running the handler
+    /// (malformed, cancelled).
+    async fn without_running(
+        &self,
+        delivery: Delivery,
+        job_id: &JobId,
+        attempt: u32,
+        outcome: Outcome,
+    ) {
+        let span = self.span(&delivery, job_id, attempt);
+        let action = span.in_scope(|| self.decide(outcome, attempt, job_id));
+        self.settle(delivery, attempt, job_id, action, None)
             .instrument(span)
             .await
+    }
+
+    /// An attempt that did not succeed of a job an operator cancelled
+    /// meanwhile is dead-lettered as cancelled, not retried.
+    fn unless_cancelled(&self, outcome: Outcome, job_id: &JobId) -> Outcome {
+        if matches!(outcome, Outcome::Succeeded) || !self.cancellations.contains(job_id) {
+            return outcome;
+        }
+        let ended = match outcome {
+            Outcome::Failed(error) => error.chain(),
+            Outcome::Panicked(message) => format!("panicked: {message}"),
+            Outcome::TimedOut(limit) => format!("timed out after {limit:?}"),
+            Outcome::Succeeded | Outcome::Malformed(_) | Outcome::Cancelled(_) => {
+                return outcome;
+            }
+        };
+        Outcome::Cancelled(format!(
+            "{CANCELLED_RUNNING}; the handler ended with: {ended}"
+        ))
     }
 
     /// A redelivered job this worker ran before, under a delivery the
@@ -365,6 +417,7 @@ impl Handler {
             self.max_attempts,
             delivery.redelivered,
             envelope.enqueued_at,
+            self.cancellations.clone(),
         );
         self.job
             .clone()
@@ -524,6 +577,15 @@ enum Resumed {
     /// To run, from this attempt.
     Continue(Delivery, u32),
 }
+
+/// The error of a job cancelled before it was delivered.
+const CANCELLED_BEFORE: &str = "cancelled by an operator before it ran";
+
+/// The error of a job cancelled while it waited in place for a retry.
+const CANCELLED_WAITING: &str = "cancelled by an operator while it waited to be retried";
+
+/// The error of a job cancelled while its handler ran.
+const CANCELLED_RUNNING: &str = "cancelled by an operator while it ran";
 
 fn unknown_id(delivery: &Delivery) -> JobId {
     JobId::from(delivery.message.id.clone().unwrap_or_default())

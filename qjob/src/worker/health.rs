@@ -1,7 +1,7 @@
 //! [`Health`]: what a liveness or readiness endpoint needs to know about a
 //! worker, readable while it runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,8 +10,10 @@ use crate::broker::Broker;
 use crate::policy::breaker::BreakerState;
 use crate::worker::gate::Gate;
 
-/// A circuit breaker's state in a [`HealthReport`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A circuit breaker's state in a [`HealthReport`] and a worker's
+/// heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum BreakerHealth {
     /// Jobs flow.
@@ -57,6 +59,9 @@ pub struct HealthReport {
     pub blocked: Option<String>,
     /// Per consumed queue: whether its consumer is subscribed now.
     pub consumers: BTreeMap<String, bool>,
+    /// The consumed queues an operator paused (their consumers are
+    /// cancelled on purpose; see [`crate::admin`]).
+    pub paused: BTreeSet<String>,
     /// Per job queue: the handler slots in force (adaptive concurrency
     /// moves it).
     pub concurrency: BTreeMap<String, usize>,
@@ -69,12 +74,16 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    /// Ready: running, connected and every consumer subscribed.
+    /// Ready: running, connected and every consumer subscribed, or
+    /// paused by an operator.
     pub fn is_ready(&self) -> bool {
         self.running
             && self.connected
             && !self.consumers.is_empty()
-            && self.consumers.values().all(|up| *up)
+            && self
+                .consumers
+                .iter()
+                .all(|(queue, up)| *up || self.paused.contains(queue))
     }
 }
 
@@ -83,6 +92,7 @@ struct State {
     running: bool,
     concurrency: BTreeMap<String, usize>,
     consumers: BTreeMap<String, bool>,
+    paused: BTreeSet<String>,
     last_error: Option<String>,
 }
 
@@ -142,6 +152,7 @@ impl Health {
             connected: state.running && self.broker.is_connected(),
             blocked: self.broker.blocked_reason(),
             consumers: state.consumers.clone(),
+            paused: state.paused.clone(),
             concurrency: state.concurrency.clone(),
             breakers,
             last_error: state.last_error.clone(),
@@ -167,6 +178,15 @@ impl Health {
 
     pub(crate) fn consumer(&self, queue: &str, up: bool) {
         self.state().consumers.insert(queue.to_owned(), up);
+    }
+
+    pub(crate) fn paused(&self, queue: &str, paused: bool) {
+        let mut state = self.state();
+        if paused {
+            state.paused.insert(queue.to_owned());
+        } else {
+            state.paused.remove(queue);
+        }
     }
 
     pub(crate) fn concurrency(&self, queue: &str, slots: usize) {

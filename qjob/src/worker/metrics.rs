@@ -2,6 +2,8 @@
 //! (metrics-exporter-prometheus, say) and they appear. Names, types and
 //! labels are documented in [`crate::docs::metrics`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -23,6 +25,31 @@ pub(crate) struct JobMetrics {
     /// `qjob_handler_duration_seconds` by outcome: succeeded, retried,
     /// dead-lettered.
     durations: [Histogram; 3],
+    /// The same counts, read back for the worker's heartbeats.
+    counts: Arc<Counts>,
+}
+
+/// A job type's counts since the worker started, as its heartbeats report
+/// them: one relaxed atomic add per settlement.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    /// The last failure's error (only failures take the lock).
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+impl Counts {
+    fn failed(&self, error: &str) {
+        *self.last_error.lock().expect("last error poisoned") = Some(error.to_owned());
+    }
+
+    pub(crate) fn load(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 impl JobMetrics {
@@ -44,7 +71,13 @@ impl JobMetrics {
                 duration("retried"),
                 duration("dead_lettered"),
             ],
+            counts: Arc::default(),
         }
+    }
+
+    /// The counts the heartbeats report.
+    pub(crate) fn counts(&self) -> &Arc<Counts> {
+        &self.counts
     }
 
     /// A delivery was taken.
@@ -69,6 +102,11 @@ impl JobMetrics {
     /// Handlers running now: +1 at start, -1 at the end.
     pub(crate) fn in_flight(&self, delta: f64) {
         self.in_flight.increment(delta);
+        if delta > 0.0 {
+            self.counts.in_flight.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counts.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// An attempt ended (its settlement confirmed) after running `took`.
@@ -81,16 +119,31 @@ impl JobMetrics {
         if let Some(took) = took {
             self.durations[index].record(took.as_secs_f64());
         }
+        let counts = &*self.counts;
         match outcome {
-            AttemptOutcome::Succeeded => self.succeeded.increment(1),
-            AttemptOutcome::Retrying { .. } => {
+            AttemptOutcome::Succeeded => {
+                self.succeeded.increment(1);
+                counts.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            AttemptOutcome::Retrying { error, .. } => {
                 self.failed.increment(1);
                 self.retried.increment(1);
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                counts.retried.fetch_add(1, Ordering::Relaxed);
+                counts.failed(error);
             }
-            AttemptOutcome::DeadLettered { reason, .. } => {
-                if *reason != crate::DeadReason::Malformed {
+            AttemptOutcome::DeadLettered { reason, error } => {
+                // Neither a malformed message nor a cancelled job is a
+                // handler's failure.
+                if !matches!(
+                    reason,
+                    crate::DeadReason::Malformed | crate::DeadReason::Cancelled
+                ) {
                     self.failed.increment(1);
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
                 }
+                counts.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                counts.failed(error);
                 // Rare: registered when it happens.
                 counter!("qjob_jobs_dead_lettered_total", "queue" => self.queue.clone(), "reason" => reason.label())
                     .increment(1);

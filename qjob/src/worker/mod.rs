@@ -1,7 +1,9 @@
 //! [`Worker`]: consumes the registered jobs' queues and runs their handlers.
 
 mod checks;
+mod console;
 mod consumer;
+mod control;
 mod gate;
 mod handler;
 mod health;
@@ -14,19 +16,24 @@ mod scaler;
 mod settle;
 
 pub(crate) use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
+pub(crate) use console::DEFAULT_HEARTBEAT_INTERVAL;
+pub(crate) use control::{Cancellations, DEFAULT_CANCEL_MEMORY};
 pub use health::{BreakerHealth, Health, HealthReport};
 pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+use crate::admin::wire::WorkerState;
 use crate::broker::{Broker, QueueSpec, Subscription};
 use crate::{Error, Job};
+use console::{Console, ConsoleJob};
 use consumer::Consumer;
+use control::Slots;
 use gate::Gate;
 use handler::Handler;
 use sampler::Sampled;
@@ -52,6 +59,9 @@ pub struct WorkerBuilder {
     sample_interval: Duration,
     autoscale_interval: Duration,
     overrides: Overrides,
+    console: bool,
+    heartbeat_interval: Duration,
+    cancel_memory: Duration,
 }
 
 /// Where the operator's overrides (`QJOB_<QUEUE>_PREFETCH`, …) are read.
@@ -127,6 +137,31 @@ impl WorkerBuilder {
         self
     }
 
+    /// Whether the worker takes part in the console (on by default): it
+    /// broadcasts heartbeats to [`crate::admin::STATUS_EXCHANGE`] and takes
+    /// commands (pause, resume, concurrency, cancel) from
+    /// [`crate::admin::CONTROL_EXCHANGE`]. Off, it does neither, and
+    /// consoles do not see it.
+    pub fn console(mut self, on: bool) -> Self {
+        self.console = on;
+        self
+    }
+
+    /// How often the worker sends a heartbeat (5 s by default); a console
+    /// counts a worker gone after three missed ones.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long a cancelled job id is remembered (24 h by default, and at
+    /// most 100 000 ids): a job cancelled before it was delivered is
+    /// dead-lettered if it arrives within this time.
+    pub fn cancel_memory(mut self, memory: Duration) -> Self {
+        self.cancel_memory = memory;
+        self
+    }
+
     /// Adds an observer, told about every settled attempt.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observers.push(observer);
@@ -150,6 +185,9 @@ impl WorkerBuilder {
             sample_interval: self.sample_interval,
             autoscale_interval: self.autoscale_interval,
             overrides: self.overrides,
+            console: self.console,
+            heartbeat_interval: self.heartbeat_interval,
+            cancellations: Arc::new(Cancellations::new(self.cancel_memory)),
         }
     }
 }
@@ -186,6 +224,9 @@ pub struct Worker {
     autoscale_interval: Duration,
     health: Health,
     overrides: Overrides,
+    console: bool,
+    heartbeat_interval: Duration,
+    cancellations: Arc<Cancellations>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -212,6 +253,9 @@ impl Worker {
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             autoscale_interval: DEFAULT_AUTOSCALE_INTERVAL,
             overrides: Arc::new(|name| std::env::var(name).ok()),
+            console: true,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            cancel_memory: DEFAULT_CANCEL_MEMORY,
         }
     }
 
@@ -238,18 +282,21 @@ impl Worker {
         let plans = self.plans()?;
         self.prepare(&plans).await?;
         let sampled: Vec<Sampled> = plans.iter().map(JobPlan::sampled).collect();
-        let (consumers, scaled): (Vec<_>, Vec<_>) = plans
-            .into_iter()
-            .map(|plan| (plan.consumers, plan.scaled))
-            .unzip();
-        let consumers: Vec<Consumer> = consumers.into_iter().flatten().collect();
+        let mut consumers = Vec::new();
+        let mut scaled = Vec::new();
+        let mut console_jobs = Vec::new();
+        for plan in plans {
+            consumers.extend(plan.consumers);
+            scaled.extend(plan.scaled);
+            console_jobs.push(plan.console);
+        }
         let subscriptions = self.subscribe(&consumers).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut running = tokio::task::JoinSet::new();
         for (consumer, subscription) in consumers.into_iter().zip(subscriptions) {
             running.spawn(consumer.run(subscription, stop_rx.clone()));
         }
-        for job in scaled.into_iter().flatten() {
+        for job in scaled {
             running.spawn(scaler::run(
                 self.broker.clone(),
                 job,
@@ -262,12 +309,34 @@ impl Worker {
             self.broker.clone(),
             sampled,
             self.sample_interval,
-            stop_rx,
+            stop_rx.clone(),
         ));
         self.health.running(true);
+        let console = if self.console {
+            let console = Arc::new(Console {
+                broker: self.broker.clone(),
+                worker_id: uuid::Uuid::now_v7().simple().to_string(),
+                started_at: SystemTime::now(),
+                interval: self.heartbeat_interval,
+                health: self.health.clone(),
+                jobs: console_jobs,
+                cancellations: self.cancellations.clone(),
+            });
+            // Listening before the first heartbeat: a console that sees
+            // the worker can command it.
+            let listener = console.listen().await;
+            running.spawn(console.clone().commands(listener, stop_rx.clone()));
+            running.spawn(console.clone().heartbeats(stop_rx.clone()));
+            Some(console)
+        } else {
+            None
+        };
         shutdown.await;
         tracing::info!("shutting down: no new deliveries, waiting for in-flight handlers");
         let _ = stop_tx.send(true);
+        if let Some(console) = &console {
+            console.heartbeat(WorkerState::Stopping).await;
+        }
         while let Some(joined) = running.join_next().await {
             if let Err(error) = joined
                 && error.is_panic()
@@ -276,6 +345,9 @@ impl Worker {
             }
         }
         self.health.running(false);
+        if let Some(console) = &console {
+            console.heartbeat(WorkerState::Stopped).await;
+        }
         Ok(())
     }
 
@@ -359,7 +431,8 @@ impl Worker {
     /// metrics, and its autoscaler if it has one.
     fn plan(&self, job: &Arc<dyn Runnable>, options: JobOptions) -> JobPlan {
         let initial = options.autoscale().map_or(options.concurrency(), |a| a.min);
-        let slots = Arc::new(Semaphore::new(initial));
+        let slots = Arc::new(Slots::new(initial));
+        let (paused, _) = watch::channel(false);
         self.health.concurrency(options.queue(), initial);
         let work = options.autoscale().map(|_| Arc::new(Work::default()));
         let specs = topology::consumed_queues(&options);
@@ -395,7 +468,8 @@ impl Worker {
                 tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                 prefetch: prefetch.as_ref().map(|(_, target)| target.clone()),
                 options: options.clone(),
-                slots: slots.clone(),
+                slots: slots.semaphore().clone(),
+                paused: paused.subscribe(),
                 shutdown_timeout: self.shutdown_timeout,
                 health: self.health.clone(),
             })
@@ -413,14 +487,25 @@ impl Worker {
                     cooldown: self.autoscale_interval * 2,
                     ..AutoscaleSettings::new(autoscale.min, autoscale.max, autoscale.target_latency)
                 },
-                slots,
+                slots: slots.clone(),
                 work,
             });
+        let console = ConsoleJob {
+            name: job.name(),
+            options: options.clone(),
+            consumed: specs.iter().map(|spec| spec.name.clone()).collect(),
+            slots,
+            paused,
+            counts: shared.metrics.counts().clone(),
+            leases: shared.leases.clone(),
+            gate: shared.gate.clone(),
+        };
         JobPlan {
             job: job.name(),
             options,
             consumers,
             scaled,
+            console,
         }
     }
 
@@ -452,6 +537,7 @@ impl Worker {
             hold_budget: held::hold_budget(self.broker_consumer_timeout),
             attempts: held::Attempts::new(self.broker_consumer_timeout.saturating_mul(2)),
             remember_plain: held::outlasts(options.timeout(), self.broker_consumer_timeout),
+            cancellations: self.cancellations.clone(),
         }
     }
 }
@@ -462,6 +548,7 @@ struct JobPlan {
     options: JobOptions,
     consumers: Vec<Consumer>,
     scaled: Option<Scaled>,
+    console: ConsoleJob,
 }
 
 impl JobPlan {

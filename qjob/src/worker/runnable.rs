@@ -19,6 +19,9 @@ pub(crate) enum Outcome {
     Malformed(String),
     Panicked(String),
     TimedOut(Duration),
+    /// An operator cancelled the job: before it ran, or while it ran and
+    /// its handler did not succeed.
+    Cancelled(String),
 }
 
 /// A message's payload as the consumer read it (for its partition key),

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::broker::Broker;
 use crate::policy::autoscale::{AutoscaleSettings, Autoscaler, Sample, prefetch_for};
+use crate::worker::control::Slots;
 use crate::worker::health::Health;
 
 /// What the handlers of a job did since the last sample.
@@ -41,7 +42,7 @@ pub(crate) struct Scaled {
     pub(crate) job_queue: String,
     pub(crate) queues: Vec<String>,
     pub(crate) settings: AutoscaleSettings,
-    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Slots>,
     pub(crate) work: Arc<Work>,
     /// Where the consumers take their prefetch from, and the job's
     /// configured prefetch (for `max` handlers); `None` when the prefetch
@@ -58,8 +59,6 @@ pub(crate) async fn run(
 ) {
     let mut autoscaler = Autoscaler::new(job.settings);
     let mut current = job.settings.min;
-    // Slots to take away as running handlers give them back.
-    let mut owed = 0usize;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -81,23 +80,7 @@ pub(crate) async fn run(
         counter!("qjob_scaling_decisions_total", "queue" => queue.clone(), "reason" => decision.reason.as_str())
             .increment(1);
         gauge!("qjob_recommended_replicas", "queue" => queue.clone()).set(decision.replicas as f64);
-        if decision.concurrency > current {
-            let more = decision.concurrency - current;
-            let forgiven = more.min(owed);
-            owed -= forgiven;
-            job.slots.add_permits(more - forgiven);
-        } else {
-            owed += current - decision.concurrency;
-        }
-        while owed > 0 {
-            match job.slots.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    owed -= 1;
-                }
-                Err(_) => break,
-            }
-        }
+        job.slots.resize(decision.concurrency);
         if decision.concurrency != current {
             let prefetch = job.prefetch.as_ref().map(|(target, configured)| {
                 let prefetch = prefetch_for(decision.concurrency, job.settings.max, *configured);

@@ -65,6 +65,12 @@ pub(crate) fn decide(outcome: Outcome, attempt: &Attempt<'_>) -> Action {
                 error: reason,
             };
         }
+        Outcome::Cancelled(error) => {
+            return Action::DeadLetter {
+                reason: DeadReason::Cancelled,
+                error,
+            };
+        }
         Outcome::Failed(error) => {
             if let FailureKind::RetryAfter(delay) = error.kind() {
                 after = Some(delay);

@@ -1,0 +1,830 @@
+//! The operator's view of qjob, over the broker alone: which workers run
+//! and how their job types do (from their heartbeats), the queues with
+//! their depth, the dead letters (browsed in place, replayed, discarded),
+//! and commands to the workers (pause, resume, concurrency, cancel).
+//!
+//! [`Admin`] is what the `qjob` command-line tool and the `qjob-web`
+//! dashboard are built on; it works the same on `AmqpBroker` and on
+//! `qjob_testkit::MemoryBroker`.
+//!
+//! ```
+//! # use qjob::{job, JobContext, JobError, Worker};
+//! use qjob::admin::Admin;
+//! use qjob_testkit::MemoryBroker;
+//! # #[job(queue = "docs.admin.email")]
+//! # async fn email(_to: String, _ctx: JobContext) -> Result<(), JobError> { Ok(()) }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), qjob::Error> {
+//! let broker = MemoryBroker::new();
+//! let admin = Admin::connect(broker.clone()).await?;
+//! let worker = Worker::builder(broker.clone()).register(EmailJob).build();
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = tokio::spawn(worker.run_until(async { let _ = stopped.await; }));
+//!
+//! let workers = admin.wait_for_workers(1, std::time::Duration::from_secs(5)).await;
+//! assert_eq!(workers[0].status.jobs[0].job, "email");
+//! admin.pause("email").await?;
+//! # stop.send(()).unwrap(); running.await.unwrap()?;
+//! # Ok(()) }
+//! ```
+
+pub(crate) mod wire;
+
+pub use wire::{
+    CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, FORMAT, JobStatus, Reply,
+    STATUS_EXCHANGE, WorkerState, WorkerStatus,
+};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::broker::{Broker, Message, QueueStats, Subscription};
+use crate::dead_letters::{self, Visit};
+use crate::{DeadLetter, Error, headers};
+
+/// How long a console waits for the workers' replies to a command by
+/// default.
+pub const DEFAULT_REPLY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Heartbeats a worker may miss before a console counts it gone.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// How long a gone worker stays in view.
+const GONE_KEPT: Duration = Duration::from_secs(600);
+
+/// The console's handle on the broker: see the [module](self).
+///
+/// It listens to the status exchange from [`Admin::connect`] on (a
+/// private queue of its connection), so it knows the workers whose
+/// heartbeats came since; [`Admin::refresh`] asks every worker for one at
+/// once. Dropping it stops listening.
+pub struct Admin {
+    broker: Arc<dyn Broker>,
+    id: String,
+    seen: Arc<Mutex<Seen>>,
+    listener: tokio::task::JoinHandle<()>,
+    reply_window: Duration,
+    commands: AtomicU64,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// What the console heard.
+#[derive(Default)]
+struct Seen {
+    workers: BTreeMap<String, Tracked>,
+    /// Replies to the commands awaited now, by command id.
+    replies: HashMap<String, Vec<Reply>>,
+    /// Woken at each heartbeat and reply.
+    heard: Arc<Notify>,
+    /// Whether the listener is lost (the connection closed).
+    lost: Option<String>,
+}
+
+/// One worker as last heard.
+struct Tracked {
+    status: WorkerStatus,
+    heard_at: Instant,
+    /// Per job: jobs settled per second between its last two heartbeats.
+    rates: HashMap<String, f64>,
+}
+
+impl Seen {
+    fn heartbeat(&mut self, status: WorkerStatus) {
+        let now = Instant::now();
+        let rates = match self.workers.get(&status.worker_id) {
+            Some(before) => rates(&before.status, &status),
+            None => HashMap::new(),
+        };
+        self.workers.insert(
+            status.worker_id.clone(),
+            Tracked {
+                status,
+                heard_at: now,
+                rates,
+            },
+        );
+        self.workers
+            .retain(|_, tracked| now.duration_since(tracked.heard_at) < GONE_KEPT);
+    }
+}
+
+/// Jobs settled per second, per job, between two heartbeats of a worker.
+fn rates(before: &WorkerStatus, now: &WorkerStatus) -> HashMap<String, f64> {
+    let Ok(between) = now.sent_at.duration_since(before.sent_at) else {
+        return HashMap::new();
+    };
+    if between.is_zero() {
+        return HashMap::new();
+    }
+    now.jobs
+        .iter()
+        .filter_map(|job| {
+            let earlier = before.jobs.iter().find(|b| b.job == job.job)?;
+            let settled = settled(job).saturating_sub(settled(earlier));
+            Some((job.job.clone(), settled as f64 / between.as_secs_f64()))
+        })
+        .collect()
+}
+
+/// Attempts that ended: succeeded, or failed (retried or dead-lettered).
+fn settled(job: &JobStatus) -> u64 {
+    job.succeeded + job.failed
+}
+
+/// A worker as the console knows it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WorkerView {
+    /// Its last heartbeat.
+    pub status: WorkerStatus,
+    /// Running and heard from within [`MISSED_HEARTBEATS`] intervals; a
+    /// worker that stopped, or went silent (killed, cut off), is gone.
+    pub alive: bool,
+    /// How long ago its last heartbeat came.
+    pub silent_for: Duration,
+}
+
+/// A job type across the workers that run it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JobView {
+    /// The job type's name.
+    pub job: String,
+    /// How one worker runs it (the settings, and that worker's counts).
+    pub status: JobStatus,
+    /// The alive workers that run it.
+    pub workers: usize,
+    /// Of those, the ones that have it paused.
+    pub paused_on: usize,
+    /// Of those, the ones whose circuit breaker for it is not closed.
+    pub breakers_open: usize,
+    /// Handler slots over the alive workers.
+    pub concurrency: usize,
+    /// Handlers running now over the alive workers.
+    pub in_flight: u64,
+    /// Counts over the alive workers since each started.
+    pub succeeded: u64,
+    /// Failed attempts (retried or dead-lettered).
+    pub failed: u64,
+    /// Failed attempts scheduled again.
+    pub retried: u64,
+    /// Jobs dead-lettered.
+    pub dead_lettered: u64,
+    /// Attempts settled per second over the alive workers, between their
+    /// last two heartbeats; `None` before a second heartbeat came.
+    pub rate: Option<f64>,
+    /// The most recent last error among the workers.
+    pub last_error: Option<String>,
+    /// Its queues on the broker: work (or partition) queues, the
+    /// dead-letter queue, and the delay queues its retries used lately.
+    pub queues: Vec<QueueView>,
+}
+
+impl JobView {
+    /// Ready messages over its work (or partition) queues.
+    pub fn depth(&self) -> u64 {
+        self.queues_of(QueueRole::Work)
+            .map(|queue| u64::from(queue.stats.map_or(0, |stats| stats.messages)))
+            .sum()
+    }
+
+    /// Its dead letters.
+    pub fn dead_letters(&self) -> u64 {
+        self.queues_of(QueueRole::DeadLetter)
+            .map(|queue| u64::from(queue.stats.map_or(0, |stats| stats.messages)))
+            .sum()
+    }
+
+    /// Messages waiting in its delay queues.
+    pub fn delayed(&self) -> u64 {
+        self.queues_of(QueueRole::Delay)
+            .map(|queue| u64::from(queue.stats.map_or(0, |stats| stats.messages)))
+            .sum()
+    }
+
+    fn queues_of(&self, role: QueueRole) -> impl Iterator<Item = &QueueView> {
+        self.queues.iter().filter(move |queue| queue.role == role)
+    }
+}
+
+/// One of a job type's queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueView {
+    /// Its name.
+    pub name: String,
+    /// What it is to the job.
+    pub role: QueueRole,
+    /// Its ready messages and consumers; `None` if it does not exist.
+    pub stats: Option<QueueStats>,
+}
+
+/// What a queue is to its job type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueueRole {
+    /// The work queue, or one of its partition queues.
+    Work,
+    /// The dead-letter queue.
+    DeadLetter,
+    /// A delay queue, where retries wait out their backoff.
+    Delay,
+}
+
+/// Which dead letters to act on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LetterFilter {
+    /// Only those dead-lettered for this reason (`permanent`, …).
+    pub reason: Option<String>,
+    /// Only those whose error contains this text.
+    pub error_contains: Option<String>,
+}
+
+impl LetterFilter {
+    /// Every letter.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only letters dead-lettered for `reason`.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Only letters whose error contains `text`.
+    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
+        self.error_contains = Some(text.into());
+        self
+    }
+
+    /// Whether `letter` passes.
+    pub fn matches<P>(&self, letter: &DeadLetter<P>) -> bool {
+        self.reason
+            .as_deref()
+            .is_none_or(|reason| letter.reason == reason)
+            && self
+                .error_contains
+                .as_deref()
+                .is_none_or(|text| letter.error.contains(text))
+    }
+}
+
+/// A dead letter as the console shows it: its payload as JSON.
+pub type Letter = DeadLetter<serde_json::Value>;
+
+impl Admin {
+    /// Starts listening to the workers' heartbeats on `broker` (a shared
+    /// broker is an `Arc<…>`, itself a [`Broker`]) and asks every worker
+    /// for one.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error, if it cannot listen or send.
+    pub async fn connect(broker: impl Broker) -> Result<Self, Error> {
+        let broker: Arc<dyn Broker> = Arc::new(broker);
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let patterns = ["worker.*".to_owned(), format!("reply.{id}")];
+        let listener = broker
+            .listen(STATUS_EXCHANGE, &[&patterns[0], &patterns[1]])
+            .await?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let admin = Self {
+            listener: tokio::spawn(listen(broker.clone(), patterns, listener, seen.clone())),
+            broker,
+            id,
+            seen,
+            reply_window: DEFAULT_REPLY_WINDOW,
+            commands: AtomicU64::new(0),
+        };
+        admin.send(Command::Ping).await?;
+        Ok(admin)
+    }
+
+    /// How long a command waits for the workers' replies (2 s by default):
+    /// it returns sooner once every alive worker concerned replied.
+    pub fn with_reply_window(mut self, window: Duration) -> Self {
+        self.reply_window = window;
+        self
+    }
+
+    /// The broker the console acts on.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().expect("console state poisoned")
+    }
+
+    /// Asks every worker for a heartbeat now and waits the reply window
+    /// for them.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        self.send(Command::Ping).await?;
+        tokio::time::sleep(self.reply_window).await;
+        Ok(())
+    }
+
+    /// The workers heard from (alive ones first, then gone ones, each by
+    /// host and id).
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let now = Instant::now();
+        let mut workers: Vec<WorkerView> = self
+            .seen()
+            .workers
+            .values()
+            .map(|tracked| {
+                let silent_for = now.duration_since(tracked.heard_at);
+                let alive = tracked.status.state != WorkerState::Stopped
+                    && silent_for <= tracked.status.interval * MISSED_HEARTBEATS;
+                WorkerView {
+                    status: tracked.status.clone(),
+                    alive,
+                    silent_for,
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| {
+            (!a.alive, &a.status.host, &a.status.worker_id).cmp(&(
+                !b.alive,
+                &b.status.host,
+                &b.status.worker_id,
+            ))
+        });
+        workers
+    }
+
+    /// Waits until at least `count` alive workers were heard from, or
+    /// `limit` passed; returns the workers then.
+    pub async fn wait_for_workers(&self, count: usize, limit: Duration) -> Vec<WorkerView> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let heard = self.seen().heard.clone();
+            let notified = heard.notified();
+            let workers = self.workers();
+            if workers.iter().filter(|w| w.alive).count() >= count || Instant::now() >= deadline {
+                return workers;
+            }
+            // Wake at the next heartbeat, or in a while: a worker that went
+            // silent turns gone without one.
+            let _ = tokio::time::timeout_at(
+                deadline.min(Instant::now() + Duration::from_millis(250)),
+                notified,
+            )
+            .await;
+        }
+    }
+
+    /// The job types the alive workers run, by name, with their queues as
+    /// the broker has them now.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error while reading a queue's stats.
+    pub async fn jobs(&self) -> Result<Vec<JobView>, Error> {
+        let mut jobs: BTreeMap<String, JobView> = BTreeMap::new();
+        let alive: Vec<String> = self
+            .workers()
+            .into_iter()
+            .filter(|w| w.alive)
+            .map(|w| w.status.worker_id)
+            .collect();
+        {
+            let seen = self.seen();
+            for tracked in alive.iter().filter_map(|id| seen.workers.get(id)) {
+                for status in &tracked.status.jobs {
+                    let view = jobs
+                        .entry(status.job.clone())
+                        .or_insert_with(|| JobView::of(status));
+                    view.add(status, tracked.rates.get(&status.job).copied());
+                }
+            }
+        }
+        let mut views: Vec<JobView> = jobs.into_values().collect();
+        for view in &mut views {
+            for queue in &mut view.queues {
+                queue.stats = self.broker.queue_stats(&queue.name).await?;
+            }
+        }
+        Ok(views)
+    }
+
+    /// Ready messages and consumers of `queue`, `None` if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn queue(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
+        self.broker.queue_stats(queue).await
+    }
+
+    /// The dead letters of dead-letter queue `queue` from `offset` on, at
+    /// most `limit`, oldest first. They stay in the queue, in their order:
+    /// each is taken (`basic.get`) and held until the page is read, then
+    /// all are put back in place. A page deep in a long queue holds
+    /// `offset + limit` letters meanwhile, and another browse at the same
+    /// time sees the queue without them.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error; every letter taken is put back.
+    pub async fn dead_letters(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Letter>, Error> {
+        dead_letters::peek(&self.broker, queue, offset, limit).await
+    }
+
+    /// The dead letter of job `job_id` in `queue`, if it is there (left in
+    /// place).
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn dead_letter(&self, queue: &str, job_id: &str) -> Result<Option<Letter>, Error> {
+        let mut found = None;
+        dead_letters::walk(&self.broker, queue, false, |message| {
+            if message.id.as_deref() == Some(job_id) {
+                found = Some(DeadLetter::from_message(message));
+                Visit::Stop
+            } else {
+                Visit::Keep
+            }
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Replays the dead letter of job `job_id` from `queue` into the queue
+    /// it failed on, its attempts counted afresh; the others stay in place.
+    /// Returns whether it was there.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error (the queue it failed on no longer exists:
+    /// [`Error::Unroutable`]); the letter then stays.
+    pub async fn replay(&self, queue: &str, job_id: &str) -> Result<bool, Error> {
+        let mut done = false;
+        let replayed = dead_letters::walk(&self.broker, queue, true, |message| {
+            if done {
+                Visit::Stop
+            } else if message.id.as_deref() == Some(job_id) {
+                done = true;
+                Visit::Replay(replay_target(queue, message))
+            } else {
+                Visit::Keep
+            }
+        })
+        .await?;
+        Ok(replayed > 0)
+    }
+
+    /// Replays every dead letter of `queue` that `filter` passes, oldest
+    /// first; the others stay in place and in order. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::DeadLetters::replay_where`].
+    pub async fn replay_matching(
+        &self,
+        queue: &str,
+        filter: &LetterFilter,
+    ) -> Result<usize, Error> {
+        dead_letters::walk(&self.broker, queue, true, |message| {
+            let letter: DeadLetter<serde_json::Value> = DeadLetter::from_message(message);
+            if filter.matches(&letter) {
+                Visit::Replay(replay_target(queue, message))
+            } else {
+                Visit::Keep
+            }
+        })
+        .await
+    }
+
+    /// Removes the dead letter of job `job_id` from `queue`; the others stay
+    /// in place. Returns whether it was there.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn discard(&self, queue: &str, job_id: &str) -> Result<bool, Error> {
+        let mut done = false;
+        let discarded = dead_letters::walk(&self.broker, queue, true, |message| {
+            if done {
+                Visit::Stop
+            } else if message.id.as_deref() == Some(job_id) {
+                done = true;
+                Visit::Discard
+            } else {
+                Visit::Keep
+            }
+        })
+        .await?;
+        Ok(discarded > 0)
+    }
+
+    /// Removes every letter `queue` held when the purge started (those
+    /// dead-lettered meanwhile stay); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error; what was removed before it stays removed.
+    pub async fn purge(&self, queue: &str) -> Result<usize, Error> {
+        dead_letters::walk(&self.broker, queue, true, |_| Visit::Discard).await
+    }
+
+    /// Pauses job type `job` (its name or queue) on every worker that runs
+    /// it: their consumers are cancelled, running handlers finish, nothing
+    /// is rejected. A worker started later consumes it (the pause belongs
+    /// to the running workers). Returns the workers' replies.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn pause(&self, job: &str) -> Result<Vec<Reply>, Error> {
+        self.send(Command::Pause {
+            job: job.to_owned(),
+        })
+        .await
+    }
+
+    /// Resumes job type `job` on every worker that runs it.
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn resume(&self, job: &str) -> Result<Vec<Reply>, Error> {
+        self.send(Command::Resume {
+            job: job.to_owned(),
+        })
+        .await
+    }
+
+    /// Sets job type `job`'s handler slots on every worker that runs it
+    /// (refused, in the replies, for an autoscaled job or 0).
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn set_concurrency(
+        &self,
+        job: &str,
+        concurrency: usize,
+    ) -> Result<Vec<Reply>, Error> {
+        self.send(Command::SetConcurrency {
+            job: job.to_owned(),
+            concurrency,
+        })
+        .await
+    }
+
+    /// Cancels job `job_id` on every worker: a running handler is told
+    /// ([`crate::JobContext::cancelled`]) and the job is dead-lettered as
+    /// cancelled unless its handler succeeds; a delivery of it still to
+    /// come is dead-lettered as cancelled when it arrives (within the
+    /// workers' cancel memory, 24 h by default).
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn cancel(&self, job_id: &str) -> Result<Vec<Reply>, Error> {
+        self.send(Command::Cancel {
+            job_id: job_id.to_owned(),
+        })
+        .await
+    }
+
+    /// Sends `command` to every worker and collects the replies of those
+    /// concerned, until each alive one concerned replied or the reply
+    /// window passed (a ping is not replied to: it returns at once).
+    ///
+    /// # Errors
+    ///
+    /// The broker's error, or the console's listener was lost.
+    pub async fn send(&self, command: Command) -> Result<Vec<Reply>, Error> {
+        if let Some(lost) = self.seen().lost.clone() {
+            return Err(Error::broker("listen to the workers", lost));
+        }
+        let id = format!(
+            "{}-{}",
+            self.id,
+            self.commands.fetch_add(1, Ordering::Relaxed)
+        );
+        let expected = self.concerned(&command);
+        let ping = matches!(command, Command::Ping);
+        if !ping {
+            self.seen().replies.insert(id.clone(), Vec::new());
+        }
+        let message = wire::message(&CommandMessage {
+            format: FORMAT,
+            id: id.clone(),
+            reply_to: self.id.clone(),
+            command: command.clone(),
+        });
+        let key = format!("command.{}", command.name());
+        let sent = self.broker.broadcast(CONTROL_EXCHANGE, &key, message).await;
+        if let Err(error) = sent {
+            self.seen().replies.remove(&id);
+            return Err(error);
+        }
+        if ping {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + self.reply_window;
+        loop {
+            let heard = self.seen().heard.clone();
+            let notified = heard.notified();
+            {
+                let seen = self.seen();
+                let replies = &seen.replies[&id];
+                let all = !expected.is_empty()
+                    && expected
+                        .iter()
+                        .all(|worker| replies.iter().any(|r| &r.worker_id == worker));
+                if all || Instant::now() >= deadline {
+                    drop(seen);
+                    return Ok(self.seen().replies.remove(&id).unwrap_or_default());
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    /// The alive workers a command concerns: those running (a stopping
+    /// worker takes no command) that run its job, or all for a cancel.
+    fn concerned(&self, command: &Command) -> Vec<String> {
+        self.workers()
+            .into_iter()
+            .filter(|worker| worker.alive && worker.status.state == WorkerState::Running)
+            .filter(|worker| match command.job() {
+                Some(job) => worker
+                    .status
+                    .jobs
+                    .iter()
+                    .any(|status| status.job == job || status.queue == job),
+                None => true,
+            })
+            .map(|worker| worker.status.worker_id)
+            .collect()
+    }
+}
+
+impl JobView {
+    fn of(status: &JobStatus) -> Self {
+        let role = |role| {
+            move |name: &String| QueueView {
+                name: name.clone(),
+                role,
+                stats: None,
+            }
+        };
+        let mut queues: Vec<QueueView> = status
+            .consumed_queues
+            .iter()
+            .map(role(QueueRole::Work))
+            .collect();
+        queues.push(role(QueueRole::DeadLetter)(&status.dead_letter_queue));
+        Self {
+            job: status.job.clone(),
+            status: status.clone(),
+            workers: 0,
+            paused_on: 0,
+            breakers_open: 0,
+            concurrency: 0,
+            in_flight: 0,
+            succeeded: 0,
+            failed: 0,
+            retried: 0,
+            dead_lettered: 0,
+            rate: None,
+            last_error: None,
+            queues,
+        }
+    }
+
+    /// Adds one worker's status of this job.
+    fn add(&mut self, status: &JobStatus, rate: Option<f64>) {
+        self.workers += 1;
+        self.paused_on += usize::from(status.paused);
+        self.breakers_open += usize::from(
+            status
+                .breaker
+                .is_some_and(|breaker| breaker != crate::BreakerHealth::Closed),
+        );
+        self.concurrency += status.concurrency;
+        self.in_flight += status.in_flight;
+        self.succeeded += status.succeeded;
+        self.failed += status.failed;
+        self.retried += status.retried;
+        self.dead_lettered += status.dead_lettered;
+        if let Some(rate) = rate {
+            self.rate = Some(self.rate.unwrap_or(0.0) + rate);
+        }
+        if status.last_error.is_some() {
+            self.last_error.clone_from(&status.last_error);
+        }
+        for delay in &status.delay_queues {
+            if !self.queues.iter().any(|queue| &queue.name == delay) {
+                self.queues.push(QueueView {
+                    name: delay.clone(),
+                    role: QueueRole::Delay,
+                    stats: None,
+                });
+            }
+        }
+    }
+}
+
+/// Where a dead letter of `queue` is replayed: the queue it failed on
+/// (`qjob-queue`; RabbitMQ's `x-first-death-queue` for one RabbitMQ moved),
+/// or else the work queue the dead-letter queue is named after.
+fn replay_target(queue: &str, message: &Message) -> String {
+    [headers::QUEUE, "x-first-death-queue"]
+        .iter()
+        .find_map(|name| message.headers.get(*name)?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| queue.strip_suffix(".dlq").unwrap_or(queue).to_owned())
+}
+
+/// Reads the status exchange into `seen`; when the listener is lost (the
+/// connection closed), says so in `seen` and listens again, with backoff.
+async fn listen(
+    broker: Arc<dyn Broker>,
+    patterns: [String; 2],
+    mut listener: Box<dyn Subscription>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let lost = read(&mut listener, &seen).await;
+        mark_lost(&seen, Some(lost));
+        listener = loop {
+            failures = failures.saturating_add(1);
+            let delay = Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6));
+            tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+            let patterns = [patterns[0].as_str(), patterns[1].as_str()];
+            match broker.listen(STATUS_EXCHANGE, &patterns).await {
+                Ok(listener) => break listener,
+                Err(error) => mark_lost(&seen, Some(error.to_string())),
+            }
+        };
+        failures = 0;
+        mark_lost(&seen, None);
+    }
+}
+
+fn mark_lost(seen: &Mutex<Seen>, lost: Option<String>) {
+    let mut seen = seen.lock().expect("console state poisoned");
+    seen.lost = lost;
+    seen.heard.notify_waiters();
+}
+
+/// Reads heartbeats and replies into `seen` until the listener ends; why.
+async fn read(listener: &mut Box<dyn Subscription>, seen: &Mutex<Seen>) -> String {
+    loop {
+        match listener.next().await {
+            Some(Ok(delivery)) => {
+                let _ = delivery.acker.ack().await;
+                let Some(message) = wire::StatusMessage::read(&delivery.message) else {
+                    continue;
+                };
+                let mut seen = seen.lock().expect("console state poisoned");
+                match message {
+                    wire::StatusMessage::Heartbeat(status) => seen.heartbeat(status),
+                    wire::StatusMessage::Reply(reply) => {
+                        if let Some(replies) = seen.replies.get_mut(&reply.command_id) {
+                            replies.push(reply);
+                        }
+                    }
+                }
+                seen.heard.notify_waiters();
+            }
+            Some(Err(error)) => return error.to_string(),
+            None => return "the broker cancelled the listener".to_owned(),
+        }
+    }
+}

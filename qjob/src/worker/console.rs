@@ -1,0 +1,310 @@
+//! The worker's side of the console: heartbeats on the status exchange, and
+//! the commands it takes from the control exchange (see [`crate::admin`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::admin::wire::{
+    self, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, FORMAT, JobStatus, Reply,
+    STATUS_EXCHANGE, WorkerState, WorkerStatus,
+};
+use crate::broker::{Broker, Delivery, Subscription};
+use crate::worker::control::{Cancellations, Slots};
+use crate::worker::gate::Gate;
+use crate::worker::health::Health;
+use crate::worker::metrics::{self, Counts};
+use crate::{JobId, JobOptions, topology};
+
+/// How often a worker sends a heartbeat by default.
+pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest wait between two attempts to listen for commands again.
+const MAX_RELISTEN_DELAY: Duration = Duration::from_secs(5);
+
+/// What the console sees of, and does to, one job type.
+pub(crate) struct ConsoleJob {
+    pub(crate) name: &'static str,
+    pub(crate) options: JobOptions,
+    pub(crate) consumed: Vec<String>,
+    pub(crate) slots: Arc<Slots>,
+    pub(crate) paused: watch::Sender<bool>,
+    pub(crate) counts: Arc<Counts>,
+    pub(crate) leases: Arc<topology::Leases>,
+    pub(crate) gate: Option<Arc<Gate>>,
+}
+
+impl ConsoleJob {
+    fn is(&self, job: &str) -> bool {
+        self.name == job || self.options.queue() == job
+    }
+
+    fn status(&self) -> JobStatus {
+        let options = &self.options;
+        let counts = &*self.counts;
+        JobStatus {
+            job: self.name.to_owned(),
+            queue: options.queue().to_owned(),
+            consumed_queues: self.consumed.clone(),
+            dead_letter_queue: options.dead_letter_queue(),
+            delay_queues: self.leases.recent(),
+            queue_type: options.queue_type().as_str().to_owned(),
+            partitions: options.partitions(),
+            prefetch: options.prefetch(),
+            concurrency: self.slots.size(),
+            autoscale: options
+                .autoscale()
+                .map(|autoscale| ConcurrencyRange::new(autoscale.min, autoscale.max)),
+            max_attempts: options.max_attempts(),
+            in_flight: Counts::load(&counts.in_flight),
+            breaker: self
+                .gate
+                .as_ref()
+                .and_then(|gate| gate.breaker_state())
+                .map(Into::into),
+            paused: *self.paused.borrow(),
+            succeeded: Counts::load(&counts.succeeded),
+            failed: Counts::load(&counts.failed),
+            retried: Counts::load(&counts.retried),
+            dead_lettered: Counts::load(&counts.dead_lettered),
+            last_error: counts
+                .last_error
+                .lock()
+                .expect("last error poisoned")
+                .clone(),
+        }
+    }
+}
+
+/// A running worker as the console sees it.
+pub(crate) struct Console {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) worker_id: String,
+    pub(crate) started_at: SystemTime,
+    pub(crate) interval: Duration,
+    pub(crate) health: Health,
+    pub(crate) jobs: Vec<ConsoleJob>,
+    pub(crate) cancellations: Arc<Cancellations>,
+}
+
+impl Console {
+    fn status(&self, state: WorkerState) -> WorkerStatus {
+        let report = self.health.report();
+        WorkerStatus {
+            format: FORMAT,
+            worker_id: self.worker_id.clone(),
+            host: crate::headers::host().to_owned(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.started_at,
+            sent_at: SystemTime::now(),
+            interval: self.interval,
+            state,
+            connected: self.broker.is_connected(),
+            blocked: report.blocked,
+            jobs: self.jobs.iter().map(ConsoleJob::status).collect(),
+        }
+    }
+
+    /// Broadcasts a heartbeat. A failure (the broker blocked, the
+    /// connection down) is logged: the next one may pass.
+    pub(crate) async fn heartbeat(&self, state: WorkerState) {
+        let key = format!("worker.{}", self.worker_id);
+        let status = wire::message(&self.status(state));
+        if let Err(error) = self.broker.broadcast(STATUS_EXCHANGE, &key, status).await {
+            tracing::debug!(%error, "could not send a heartbeat");
+        }
+    }
+
+    /// Sends a heartbeat at start and every interval until `stop`.
+    pub(crate) async fn heartbeats(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = ticks.tick() => {}
+            }
+            self.heartbeat(WorkerState::Running).await;
+        }
+    }
+
+    /// Starts listening for commands: the worker does before its first
+    /// heartbeat, so that a console that sees it can command it. A failure
+    /// is logged; [`Console::commands`] listens again.
+    pub(crate) async fn listen(&self) -> Option<Box<dyn Subscription>> {
+        match self.broker.listen(CONTROL_EXCHANGE, &["command.#"]).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "could not listen for console commands; trying again");
+                None
+            }
+        }
+    }
+
+    /// Takes commands from `listener` until `stop`, listening again (with
+    /// backoff) when it is lost or missing.
+    pub(crate) async fn commands(
+        self: Arc<Self>,
+        mut listener: Option<Box<dyn Subscription>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            if let Some(listener) = listener.take() {
+                if self.obey_until_lost(listener, &mut stop).await {
+                    return;
+                }
+            } else {
+                failures = failures.saturating_add(1);
+            }
+            let delay = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
+                .min(MAX_RELISTEN_DELAY);
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            listener = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                listener = self.listen() => listener,
+            };
+            if listener.is_some() {
+                failures = 0;
+            }
+        }
+    }
+
+    /// Obeys what `listener` brings; true when the worker stops, false when
+    /// the listener is lost.
+    async fn obey_until_lost(
+        &self,
+        mut listener: Box<dyn Subscription>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => None,
+                next = listener.next() => Some(next),
+            };
+            let Some(next) = next else {
+                let _ = listener.close().await;
+                return true;
+            };
+            match next {
+                Some(Ok(delivery)) => self.take(delivery).await,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "the console listener failed; listening again");
+                    return false;
+                }
+                None => return false,
+            }
+        }
+    }
+
+    async fn take(&self, delivery: Delivery) {
+        // A command is live state: acked at once, whatever it says.
+        let _ = delivery.acker.ack().await;
+        let Ok(command) = serde_json::from_slice::<CommandMessage>(&delivery.message.body) else {
+            tracing::debug!("ignored a console message that is not a command of this format");
+            return;
+        };
+        if command.format != FORMAT {
+            return;
+        }
+        if matches!(command.command, Command::Ping) {
+            return self.heartbeat(WorkerState::Running).await;
+        }
+        tracing::info!(
+            command = command.command.name(),
+            id = command.id.as_str(),
+            "console command"
+        );
+        let Some((ok, message)) = self.obey(&command.command) else {
+            return;
+        };
+        let reply = Reply {
+            format: FORMAT,
+            command_id: command.id,
+            worker_id: self.worker_id.clone(),
+            ok,
+            message,
+        };
+        let key = format!("reply.{}", command.reply_to);
+        if let Err(error) = self
+            .broker
+            .broadcast(STATUS_EXCHANGE, &key, wire::message(&reply))
+            .await
+        {
+            tracing::debug!(%error, "could not reply to a console command");
+        }
+        // The change shows at once, not at the next heartbeat.
+        self.heartbeat(WorkerState::Running).await;
+    }
+
+    /// Carries out a command: whether it did, and what it says about it;
+    /// `None` when the command is for job types this worker does not run.
+    fn obey(&self, command: &Command) -> Option<(bool, String)> {
+        if let Command::Cancel { job_id } = command {
+            self.cancellations.cancel(JobId::from(job_id.as_str()));
+            return Some((
+                true,
+                format!(
+                    "job {job_id} cancelled: its handler here, if running, is told; a delivery of it here is dead-lettered"
+                ),
+            ));
+        }
+        let job = self
+            .jobs
+            .iter()
+            .find(|job| command.job().is_some_and(|name| job.is(name)))?;
+        Some(match command {
+            Command::Pause { .. } => {
+                job.paused.send_replace(true);
+                (
+                    true,
+                    format!(
+                        "{} paused: its consumers are cancelled, running handlers finish",
+                        job.name
+                    ),
+                )
+            }
+            Command::Resume { .. } => {
+                job.paused.send_replace(false);
+                (true, format!("{} resumed", job.name))
+            }
+            Command::SetConcurrency { concurrency, .. } => self.set_concurrency(job, *concurrency),
+            Command::Ping | Command::Cancel { .. } => return None,
+        })
+    }
+
+    fn set_concurrency(&self, job: &ConsoleJob, concurrency: usize) -> (bool, String) {
+        if let Some(autoscale) = job.options.autoscale() {
+            return (
+                false,
+                format!(
+                    "{} is autoscaled between {} and {} handlers; its concurrency is not set by hand",
+                    job.name, autoscale.min, autoscale.max
+                ),
+            );
+        }
+        if concurrency == 0 {
+            return (
+                false,
+                "a concurrency of 0 would stall the job; pause it instead".to_owned(),
+            );
+        }
+        let was = job.slots.size();
+        job.slots.resize(concurrency);
+        self.health.concurrency(job.options.queue(), concurrency);
+        metrics::concurrency(job.options.queue(), concurrency);
+        (
+            true,
+            format!("{} concurrency {was} → {concurrency}", job.name),
+        )
+    }
+}

@@ -1,0 +1,287 @@
+//! What the console's commands act on while a worker runs: a job type's
+//! handler slots (resized by hand or by the autoscaler), whether it is
+//! paused, and the job ids an operator cancelled.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::JobId;
+
+/// A job type's handler slots, shared by its consumers. Growing adds
+/// permits at once; shrinking takes the free ones at once, and a task
+/// takes the rest as running handlers give theirs back.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    semaphore: Arc<Semaphore>,
+    sizes: Arc<Mutex<Sizes>>,
+}
+
+#[derive(Debug)]
+struct Sizes {
+    current: usize,
+    /// Permits to take away as running handlers give them back.
+    owed: usize,
+    /// Whether a task is taking them.
+    collecting: bool,
+}
+
+impl Slots {
+    pub(crate) fn new(size: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(size)),
+            sizes: Arc::new(Mutex::new(Sizes {
+                current: size,
+                owed: 0,
+                collecting: false,
+            })),
+        }
+    }
+
+    /// The semaphore handlers take their slot from.
+    pub(crate) fn semaphore(&self) -> &Arc<Semaphore> {
+        &self.semaphore
+    }
+
+    /// The number of slots in force.
+    pub(crate) fn size(&self) -> usize {
+        lock(&self.sizes).current
+    }
+
+    /// Sets the number of slots to `size` (in a Tokio runtime).
+    pub(crate) fn resize(&self, size: usize) {
+        let mut sizes = lock(&self.sizes);
+        if size > sizes.current {
+            let more = size - sizes.current;
+            let forgiven = more.min(sizes.owed);
+            sizes.owed -= forgiven;
+            self.semaphore.add_permits(more - forgiven);
+        } else {
+            sizes.owed += sizes.current - size;
+        }
+        sizes.current = size;
+        while sizes.owed > 0 {
+            match self.semaphore.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    sizes.owed -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if sizes.owed > 0 && !sizes.collecting {
+            sizes.collecting = true;
+            tokio::spawn(collect(self.semaphore.clone(), self.sizes.clone()));
+        }
+    }
+}
+
+fn lock(sizes: &Mutex<Sizes>) -> std::sync::MutexGuard<'_, Sizes> {
+    sizes.lock().expect("slot sizes poisoned")
+}
+
+/// Takes the permits owed as handlers give them back; ends when none is
+/// owed (a resize may forgive them). Every permit owed is held by a
+/// running handler, so it ends once those finish.
+async fn collect(semaphore: Arc<Semaphore>, sizes: Arc<Mutex<Sizes>>) {
+    loop {
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let mut sizes = lock(&sizes);
+        if sizes.owed == 0 {
+            sizes.collecting = false;
+            return;
+        }
+        permit.forget();
+        sizes.owed -= 1;
+        if sizes.owed == 0 {
+            sizes.collecting = false;
+            return;
+        }
+    }
+}
+
+/// How long a worker remembers a cancelled job id by default.
+pub(crate) const DEFAULT_CANCEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
+/// The most cancelled ids a worker remembers; the oldest go first.
+pub(crate) const CANCELLED_IDS_AT_MOST: usize = 100_000;
+
+/// The job ids an operator cancelled, remembered for a bounded time and
+/// number: a job not yet delivered is dead-lettered when it arrives, a
+/// running one is told through its [`crate::JobContext`].
+#[derive(Debug)]
+pub(crate) struct Cancellations {
+    ids: Mutex<Remembered>,
+    /// Whether any id is remembered: the per-delivery check takes no lock
+    /// while none is.
+    any: AtomicBool,
+    /// Bumped at each cancel, for handlers waiting on `ctx.cancelled()`.
+    changed: watch::Sender<()>,
+    memory: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Remembered {
+    since: HashMap<JobId, Instant>,
+    order: VecDeque<(JobId, Instant)>,
+}
+
+impl Cancellations {
+    pub(crate) fn new(memory: Duration) -> Self {
+        Self {
+            ids: Mutex::default(),
+            any: AtomicBool::new(false),
+            changed: watch::Sender::new(()),
+            memory,
+        }
+    }
+
+    fn ids(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        self.ids.lock().expect("cancelled ids poisoned")
+    }
+
+    /// Remembers `job_id` as cancelled and tells its running handler, if any.
+    pub(crate) fn cancel(&self, job_id: JobId) {
+        let now = Instant::now();
+        {
+            let mut ids = self.ids();
+            self.expire(&mut ids, now);
+            if ids.since.insert(job_id.clone(), now).is_none() {
+                ids.order.push_back((job_id, now));
+            }
+            while ids.order.len() > CANCELLED_IDS_AT_MOST {
+                let (oldest, _) = ids.order.pop_front().expect("over the bound");
+                ids.since.remove(&oldest);
+            }
+            self.any.store(true, Ordering::Release);
+        }
+        self.changed.send_replace(());
+    }
+
+    /// Whether `job_id` was cancelled (and is still remembered).
+    pub(crate) fn contains(&self, job_id: &JobId) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut ids = self.ids();
+        self.expire(&mut ids, Instant::now());
+        ids.since.contains_key(job_id)
+    }
+
+    /// Resolves once `job_id` is cancelled.
+    pub(crate) async fn cancelled(&self, job_id: &JobId) {
+        let mut changed = self.changed.subscribe();
+        while !self.contains(job_id) {
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn expire(&self, ids: &mut Remembered, now: Instant) {
+        while let Some((id, at)) = ids.order.front() {
+            if now.duration_since(*at) < self.memory {
+                break;
+            }
+            if ids.since.get(id) == Some(at) {
+                ids.since.remove(id);
+            }
+            ids.order.pop_front();
+        }
+        if ids.order.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lets the collector task run until it waits again.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn slots_shrink_as_permits_come_back() {
+        let slots = Slots::new(3);
+        let mut held: Vec<_> = (0..3)
+            .map(|_| slots.semaphore().clone().try_acquire_owned().unwrap())
+            .collect();
+        slots.resize(1);
+        assert_eq!(slots.size(), 1);
+        held.pop();
+        settle().await;
+        assert_eq!(slots.semaphore().available_permits(), 0, "taken back");
+        drop(held);
+        settle().await;
+        assert_eq!(slots.semaphore().available_permits(), 1);
+        assert!(!lock(&slots.sizes).collecting, "the collector ended");
+        slots.resize(4);
+        assert_eq!(slots.semaphore().available_permits(), 4);
+    }
+
+    #[tokio::test]
+    async fn growing_forgives_what_is_owed_first() {
+        let slots = Slots::new(2);
+        let held: Vec<_> = (0..2)
+            .map(|_| slots.semaphore().clone().try_acquire_owned().unwrap())
+            .collect();
+        slots.resize(0);
+        slots.resize(2);
+        drop(held);
+        settle().await;
+        assert_eq!(slots.semaphore().available_permits(), 2);
+        assert!(!lock(&slots.sizes).collecting);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_ids_are_forgotten_after_their_memory() {
+        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let id = JobId::from("job-1");
+        assert!(!cancellations.contains(&id));
+        cancellations.cancel(id.clone());
+        assert!(cancellations.contains(&id));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(!cancellations.contains(&id));
+        assert!(!cancellations.any.load(Ordering::Acquire));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_ids_are_bounded() {
+        let cancellations = Cancellations::new(Duration::from_secs(60));
+        for n in 0..=CANCELLED_IDS_AT_MOST {
+            cancellations.cancel(JobId::from(n.to_string()));
+        }
+        assert!(!cancellations.contains(&JobId::from("0")));
+        assert!(cancellations.contains(&JobId::from("1")));
+        assert_eq!(cancellations.ids().since.len(), CANCELLED_IDS_AT_MOST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_handler_is_told() {
+        let cancellations = Arc::new(Cancellations::new(Duration::from_secs(60)));
+        let id = JobId::from("job-2");
+        let waiting = tokio::spawn({
+            let (cancellations, id) = (cancellations.clone(), id.clone());
+            async move { cancellations.cancelled(&id).await }
+        });
+        tokio::task::yield_now().await;
+        cancellations.cancel(JobId::from("another"));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        cancellations.cancel(id);
+        waiting.await.unwrap();
+    }
+}
