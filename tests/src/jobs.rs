@@ -185,6 +185,15 @@ test_job!(
     autoscale(min = 1, max = 12, target_latency = "1s")
 );
 
+// Run by worker processes the console tests command
+// (`qjob-test-worker console`).
+test_job!(
+    console_process,
+    "qjob.test.process.console",
+    prefetch = 5,
+    concurrency = 2
+);
+
 /// Kills its worker process whenever it runs task 0 (a poison message);
 /// other tasks succeed. Run by `qjob-test-worker poison`, which prints
 /// `started <seq>` and `done <seq>`.

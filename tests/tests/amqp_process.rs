@@ -292,3 +292,196 @@ async fn a_job_that_kills_its_worker_stops_at_the_delivery_limit() {
     assert_eq!(dead[0].payload.as_ref().map(|task| task.seq), Some(0));
     assert_eq!(queue_messages(PoisonJob::QUEUE), 0);
 }
+
+/// Starts a worker process running `ConsoleProcessJob` for the console
+/// tests; it announces each job done, and stops when its stdin closes.
+fn console_worker() -> tokio::process::Child {
+    tokio::process::Command::new(WORKER)
+        .arg("console")
+        .env(qjob_tests::ANNOUNCE, "1")
+        .env("QJOB_TEST_HEARTBEAT_MS", "200")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The workers the console sees among `pids`.
+fn workers_among(admin: &qjob::admin::Admin, pids: &[u32]) -> Vec<qjob::admin::WorkerView> {
+    admin
+        .workers()
+        .into_iter()
+        .filter(|worker| pids.contains(&worker.status.pid))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_console_sees_two_worker_processes_and_each_gone_once_stopped_or_killed() {
+    use qjob::admin::{Admin, WorkerState};
+    use qjob_tests::jobs::ConsoleProcessJob;
+    let _serial = SERIAL.lock().await;
+    let admin = Admin::connect(qjob_tests::amqp().await).await.unwrap();
+    let mut stopped = console_worker();
+    let mut killed = console_worker();
+    let pids = [stopped.id().unwrap(), killed.id().unwrap()];
+    let workers = eventually(
+        "both processes' heartbeats",
+        LIMIT,
+        || workers_among(&admin, &pids),
+        |w| w.len() == 2 && w.iter().all(|w| w.alive),
+    )
+    .await;
+    for worker in &workers {
+        assert_eq!(worker.status.jobs[0].job, ConsoleProcessJob::NAME);
+        assert_eq!(worker.status.state, WorkerState::Running);
+    }
+
+    // A graceful stop says so: gone at once, as stopped.
+    drop(stopped.stdin.take());
+    assert!(stopped.wait().await.unwrap().success());
+    let workers = eventually(
+        "the stopped process gone",
+        LIMIT,
+        || workers_among(&admin, &pids),
+        |w| w.iter().any(|w| w.status.pid == pids[0] && !w.alive),
+    )
+    .await;
+    let gone = workers.iter().find(|w| w.status.pid == pids[0]).unwrap();
+    assert_eq!(gone.status.state, WorkerState::Stopped);
+    assert!(workers.iter().any(|w| w.status.pid == pids[1] && w.alive));
+
+    // A killed one goes silent: gone after three missed heartbeats.
+    killed.kill().await.unwrap();
+    let workers = eventually(
+        "the killed process gone",
+        LIMIT,
+        || workers_among(&admin, &pids),
+        |w| w.iter().all(|w| !w.alive),
+    )
+    .await;
+    let gone = workers.iter().find(|w| w.status.pid == pids[1]).unwrap();
+    assert_eq!(
+        gone.status.state,
+        WorkerState::Running,
+        "it never said goodbye"
+    );
+    assert!(gone.silent_for >= gone.status.interval * qjob::admin::MISSED_HEARTBEATS);
+}
+
+#[tokio::test]
+async fn pause_and_resume_across_two_worker_processes_lose_and_reject_nothing() {
+    use qjob::admin::Admin;
+    use qjob_tests::jobs::ConsoleProcessJob;
+    let _serial = SERIAL.lock().await;
+    let env = Env::amqp().await;
+    env.reset::<ConsoleProcessJob>().await;
+    let rabbit = Rabbit::connect().await;
+    let queue = ConsoleProcessJob::QUEUE;
+    let admin = Admin::connect(env.broker())
+        .await
+        .unwrap()
+        .with_reply_window(LIMIT);
+    let mut children = [console_worker(), console_worker()];
+    let pids: Vec<u32> = children.iter().map(|c| c.id().unwrap()).collect();
+    eventually(
+        "both processes' heartbeats",
+        LIMIT,
+        || workers_among(&admin, &pids),
+        |w| w.len() == 2 && w.iter().all(|w| w.alive),
+    )
+    .await;
+    // Every `done <seq>` line of both children.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    for child in &mut children {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(seq) = line.strip_prefix("done ") {
+                    let _ = done_tx.send(seq.parse().unwrap());
+                }
+            }
+        });
+    }
+    let jobs = 200u32;
+    let tag = env.tag::<ConsoleProcessJob>();
+    env.client()
+        .enqueue_all::<ConsoleProcessJob>((0..jobs).map(|seq| Task::new(&tag, seq, Act::Sleep(10))))
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    while done.len() < 20 {
+        done.push(
+            tokio::time::timeout(LIMIT, done_rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+
+    let replies = admin.pause(ConsoleProcessJob::NAME).await.unwrap();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(replies.iter().all(|reply| reply.ok), "{replies:?}");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while rabbit.consumers(queue).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the consumers stay");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // Both paused, nothing running: what is not done is back in the queue.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let view = admin
+            .jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|v| v.job == ConsoleProcessJob::NAME)
+            .unwrap_or_else(|| panic!("{:#?}", workers_among(&admin, &pids)));
+        if view.paused_on == 2 && view.in_flight == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{view:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    while let Ok(seq) = done_rx.try_recv() {
+        done.push(seq);
+    }
+    let paused_at = done.len() as u32;
+    assert!(paused_at < jobs, "paused before the end");
+    rabbit.wait_ready(queue, jobs - paused_at, LIMIT).await;
+    assert_eq!(rabbit.consumers(queue).await, 0);
+
+    let replies = admin.resume(ConsoleProcessJob::NAME).await.unwrap();
+    assert_eq!(
+        replies.iter().filter(|reply| reply.ok).count(),
+        2,
+        "{replies:?}"
+    );
+    while done.len() < jobs as usize {
+        done.push(
+            tokio::time::timeout(LIMIT, done_rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    done.sort();
+    assert_eq!(
+        done,
+        (0..jobs).collect::<Vec<_>>(),
+        "each job done once, by one process"
+    );
+    assert_eq!(rabbit.ready(queue).await, 0);
+    assert_eq!(
+        rabbit
+            .ready(&ConsoleProcessJob::options().dead_letter_queue())
+            .await,
+        0
+    );
+    for child in &mut children {
+        drop(child.stdin.take());
+        assert!(child.wait().await.unwrap().success());
+    }
+    assert!(done_rx.try_recv().is_err(), "nothing ran twice");
+}

@@ -8,7 +8,10 @@
 //! - `qjob-test-worker poison` runs `PoisonJob`, which exits the process
 //!   on task 0;
 //! - `qjob-test-worker cluster-retry` and `cluster-ordered` run the cluster
-//!   tests' jobs.
+//!   tests' jobs;
+//! - `qjob-test-worker console` runs `ConsoleProcessJob` with a heartbeat
+//!   every `QJOB_TEST_HEARTBEAT_MS` (200 by default), and stops gracefully
+//!   when its stdin closes.
 //!
 //! With `QJOB_CLUSTER_URLS` (comma-separated) it connects to the first of
 //! those nodes that answers, reconnects the same way, and prints
@@ -19,7 +22,10 @@ use std::time::Duration;
 
 use qjob::{JobContext, JobError, Worker, job};
 use qjob_tests::Task;
-use qjob_tests::jobs::{ClusterOrderedJob, ClusterRetryJob, OrderedKillJob, PoisonJob};
+use qjob_tests::jobs::{
+    ClusterOrderedJob, ClusterRetryJob, ConsoleProcessJob, OrderedKillJob, PoisonJob,
+};
+use tokio::io::AsyncReadExt;
 
 #[job(queue = "qjob.test.process.kill", prefetch = 10, concurrency = 4)]
 async fn stuck(task: Task, _ctx: JobContext) -> Result<(), JobError> {
@@ -45,7 +51,17 @@ async fn main() {
         None => qjob_tests::amqp().await,
     };
     let builder = Worker::builder(broker);
-    let worker = match std::env::args().nth(1).as_deref() {
+    let mode = std::env::args().nth(1);
+    let worker = match mode.as_deref() {
+        Some("console") => {
+            let heartbeat = std::env::var("QJOB_TEST_HEARTBEAT_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(200);
+            builder
+                .register(ConsoleProcessJob)
+                .heartbeat_interval(Duration::from_millis(heartbeat))
+        }
         Some("ordered") => builder.register(OrderedKillJob),
         Some("poison") => builder.register(PoisonJob),
         Some("cluster-retry") => builder.register(ClusterRetryJob),
@@ -56,10 +72,22 @@ async fn main() {
     if cluster.is_some() {
         tokio::spawn(announce_consuming(worker.health()));
     }
-    if let Err(error) = worker
-        .run_until(tokio::time::sleep(Duration::from_secs(120)))
-        .await
-    {
+    let stop = async {
+        if mode.as_deref() == Some("console") {
+            // Until the parent closes stdin.
+            let mut rest = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut rest).await;
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    let shutdown = async {
+        tokio::select! {
+            _ = stop => {}
+            _ = tokio::time::sleep(Duration::from_secs(120)) => {}
+        }
+    };
+    if let Err(error) = worker.run_until(shutdown).await {
         eprintln!("worker failed: {error}");
         std::process::exit(2);
     }
