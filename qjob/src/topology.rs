@@ -111,6 +111,26 @@ pub(crate) fn delay_queue(queue: &str, queue_type: QueueType, delay: Duration) -
         .with_expires(delay.saturating_add(DELAY_QUEUE_GRACE))
 }
 
+/// The delay queue named `name` of a job on `queue`, as
+/// [`delay_queue`] declares it; `None` if the name is not one of its.
+pub(crate) fn delay_queue_named(
+    queue: &str,
+    queue_type: QueueType,
+    name: &str,
+) -> Option<QueueSpec> {
+    let rest = name.strip_prefix(queue)?.strip_prefix(".delay.")?;
+    let millis = match queue_type {
+        QueueType::Classic => rest.strip_suffix("ms")?,
+        other => rest
+            .strip_suffix(other.as_str())?
+            .strip_suffix(".")?
+            .strip_suffix("ms")?,
+    };
+    let delay = Duration::from_millis(millis.parse().ok()?);
+    let spec = delay_queue(queue, queue_type, delay);
+    (spec.name == name).then_some(spec)
+}
+
 /// The longest a message waits in one delay queue. A longer delay waits
 /// there, comes back with the rest of its wait in `qjob-delay-left`, and
 /// waits again (see [`Delayed`]).
@@ -364,6 +384,29 @@ mod tests {
         let quorum = &consumed_queues(&quorum)[0];
         assert_eq!(quorum.delivery_limit, None);
         assert_eq!(quorum.dead_letter_to.as_deref(), Some("billing.charge.dlq"));
+    }
+
+    #[test]
+    fn delay_queues_are_known_by_their_name() {
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            let spec = delay_queue("jobs", queue_type, Duration::from_millis(1500));
+            assert_eq!(
+                delay_queue_named("jobs", queue_type, &spec.name),
+                Some(spec)
+            );
+        }
+        assert_eq!(
+            delay_queue_named("jobs", QueueType::Classic, "jobs.delay.x"),
+            None
+        );
+        assert_eq!(
+            delay_queue_named("jobs", QueueType::Classic, "other.delay.5ms"),
+            None
+        );
+        assert_eq!(
+            delay_queue_named("jobs", QueueType::Quorum, "jobs.delay.5ms"),
+            None
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::BreakerHealth;
-use crate::broker::Message;
+use crate::broker::{Message, QueueSpec};
+use crate::{BreakerHealth, QueueType};
 
 /// The topic exchange workers broadcast their heartbeats
 /// (`worker.<worker id>`) and command replies (`reply.<console id>`) to.
@@ -128,6 +128,70 @@ pub struct JobStatus {
     pub dead_lettered: u64,
     /// The last failure's error.
     pub last_error: Option<String>,
+    /// Its queues as it declares them (work or partition queues, the
+    /// dead-letter queue, and the delay queues it used lately), for
+    /// checking the broker's topology.
+    pub declared: Vec<DeclaredQueue>,
+}
+
+/// A queue as a worker declares it: [`QueueSpec`] in the format.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct DeclaredQueue {
+    /// Its name.
+    pub name: String,
+    /// `classic` or `quorum`.
+    pub queue_type: String,
+    /// `x-max-length`.
+    pub max_length: Option<u32>,
+    /// `x-single-active-consumer`.
+    pub single_active: bool,
+    /// `x-message-ttl`, in milliseconds.
+    pub message_ttl_ms: Option<u64>,
+    /// `x-dead-letter-routing-key` (through the default exchange).
+    pub dead_letter_to: Option<String>,
+    /// `x-expires`, in milliseconds.
+    pub expires_ms: Option<u64>,
+    /// `x-delivery-limit`.
+    pub delivery_limit: Option<u32>,
+}
+
+impl From<&QueueSpec> for DeclaredQueue {
+    fn from(spec: &QueueSpec) -> Self {
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            name: spec.name.clone(),
+            queue_type: spec.queue_type.as_str().to_owned(),
+            max_length: spec.max_length,
+            single_active: spec.single_active,
+            message_ttl_ms: spec.message_ttl.map(millis),
+            dead_letter_to: spec.dead_letter_to.clone(),
+            expires_ms: spec.expires.map(millis),
+            delivery_limit: spec.delivery_limit,
+        }
+    }
+}
+
+impl DeclaredQueue {
+    /// The queue as the broker declares it; `None` for a queue type this
+    /// qjob does not know.
+    pub fn spec(&self) -> Option<QueueSpec> {
+        let queue_type = match self.queue_type.as_str() {
+            "classic" => QueueType::Classic,
+            "quorum" => QueueType::Quorum,
+            _ => return None,
+        };
+        let mut spec = QueueSpec::new(self.name.clone())
+            .with_queue_type(queue_type)
+            .with_single_active(self.single_active);
+        spec.max_length = self.max_length;
+        spec.message_ttl = self.message_ttl_ms.map(Duration::from_millis);
+        spec.dead_letter_to.clone_from(&self.dead_letter_to);
+        spec.expires = self.expires_ms.map(Duration::from_millis);
+        spec.delivery_limit = self.delivery_limit;
+        Some(spec)
+    }
 }
 
 /// The bounds of an autoscaled job's concurrency.

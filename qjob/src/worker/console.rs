@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::admin::wire::{
-    self, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, FORMAT, JobStatus, Reply,
-    STATUS_EXCHANGE, WorkerState, WorkerStatus,
+    self, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue, FORMAT,
+    JobStatus, Reply, STATUS_EXCHANGE, WorkerState, WorkerStatus,
 };
 use crate::broker::{Broker, Delivery, Subscription};
 use crate::worker::control::{Cancellations, Slots};
@@ -43,12 +43,20 @@ impl ConsoleJob {
     fn status(&self) -> JobStatus {
         let options = &self.options;
         let counts = &*self.counts;
+        let delay_queues = self.leases.recent();
+        let mut specs = topology::consumed_queues(options);
+        specs.push(topology::dead_letter_queue(options));
+        specs.extend(delay_queues.iter().filter_map(|name| {
+            topology::delay_queue_named(options.queue(), options.queue_type(), name)
+        }));
+        let declared = specs.iter().map(DeclaredQueue::from).collect();
         JobStatus {
             job: self.name.to_owned(),
             queue: options.queue().to_owned(),
             consumed_queues: self.consumed.clone(),
             dead_letter_queue: options.dead_letter_queue(),
-            delay_queues: self.leases.recent(),
+            delay_queues,
+            declared,
             queue_type: options.queue_type().as_str().to_owned(),
             partitions: options.partitions(),
             prefetch: options.prefetch(),

@@ -1,0 +1,97 @@
+//! Plain-text tables for the terminal.
+
+use std::time::{Duration, SystemTime};
+
+/// Rows under a header, columns as wide as their widest cell.
+pub(crate) struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(crate) fn new<const N: usize>(header: [&str; N]) -> Self {
+        Self {
+            rows: vec![header.iter().map(|cell| (*cell).to_owned()).collect()],
+        }
+    }
+
+    pub(crate) fn row<const N: usize>(&mut self, cells: [String; N]) {
+        self.rows.push(cells.into());
+    }
+
+    pub(crate) fn print(&self) {
+        print!("{self}");
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let columns = self.rows[0].len();
+        let widths: Vec<usize> = (0..columns)
+            .map(|column| {
+                self.rows
+                    .iter()
+                    .map(|row| row[column].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (column, cell) in row.iter().enumerate() {
+                if column + 1 < columns {
+                    line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// `text` cut to `chars` characters, on one line.
+pub(crate) fn short(text: &str, chars: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() <= chars && !text.contains('\n') {
+        return line.to_owned();
+    }
+    let cut: String = line.chars().take(chars.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+/// How long ago `at` was, roughly: `12s`, `5m`, `3h`, `2d`.
+pub(crate) fn ago(at: SystemTime) -> String {
+    let since = SystemTime::now()
+        .duration_since(at)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    match since {
+        0..60 => format!("{since}s"),
+        60..3600 => format!("{}m", since / 60),
+        3600..86_400 => format!("{}h", since / 3600),
+        _ => format!("{}d", since / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let mut table = Table::new(["A", "LONG HEADER", "C"]);
+        table.row(["wide cell".to_owned(), "x".to_owned(), "last".to_owned()]);
+        assert_eq!(
+            table.to_string(),
+            "A          LONG HEADER  C\nwide cell  x            last\n"
+        );
+    }
+
+    #[test]
+    fn long_text_is_cut_on_one_line() {
+        assert_eq!(short("short", 10), "short");
+        assert_eq!(short("a longer text", 6), "a lon…");
+        assert_eq!(short("two\nlines", 10), "two…");
+    }
+}

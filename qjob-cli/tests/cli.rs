@@ -1,0 +1,378 @@
+//! The `qjob` binary against RabbitMQ (`QJOB_AMQP_URL`, or 127.0.0.1:5672),
+//! with workers running in this process: output and exit codes.
+
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use qjob::broker::{Broker, QueueSpec};
+use qjob::{AmqpBroker, Client, Job, JobContext, JobError, Worker, job};
+use serde_json::Value;
+
+const QJOB: &str = env!("CARGO_BIN_EXE_qjob");
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn url() -> String {
+    std::env::var("QJOB_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+async fn broker() -> AmqpBroker {
+    AmqpBroker::connect(url())
+        .await
+        .unwrap_or_else(|error| panic!("these tests need RabbitMQ ({}): {error}", url()))
+}
+
+/// Runs `qjob args…` and returns its output.
+async fn qjob(args: &[&str]) -> Output {
+    tokio::process::Command::new(QJOB)
+        .args(args)
+        .args(["--wait", "600"])
+        .env("QJOB_AMQP_URL", url())
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap()
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {}", stdout(output)))
+}
+
+/// Starts a worker for `job`, heartbeat every 100 ms; stopped when the
+/// returned sender drops.
+fn start<J: Job>(broker: &AmqpBroker, job: J) -> tokio::sync::oneshot::Sender<()> {
+    let worker = Worker::builder(broker.clone())
+        .register(job)
+        .heartbeat_interval(Duration::from_millis(100))
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    stop
+}
+
+/// Deletes `J`'s queues left by earlier runs (and a partition past them).
+async fn reset<J: Job>() {
+    qjob_tests::scenarios::Env::amqp().await.reset::<J>().await;
+}
+
+/// Waits until `check` passes on `qjob args…`'s output.
+async fn until(args: &[&str], check: impl Fn(&Output) -> bool) -> Output {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let output = qjob(args).await;
+        if check(&output) {
+            return output;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "qjob {args:?} never passed: {} {}",
+            stdout(&output),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Work {
+    n: u32,
+    fail: bool,
+}
+
+static SUCCEEDED: AtomicU32 = AtomicU32::new(0);
+static HEALED: AtomicBool = AtomicBool::new(false);
+
+#[job(queue = "qjob.test.cli.status", prefetch = 4, concurrency = 3)]
+async fn cli_status(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    let _ = work.n;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_and_workers_show_a_running_worker() {
+    let broker = broker().await;
+    reset::<CliStatusJob>().await;
+    let _running = start(&broker, CliStatusJob);
+    let output = until(&["workers"], |o| stdout(o).contains("cli_status")).await;
+    assert_eq!(code(&output), 0);
+    let text = stdout(&output);
+    assert!(text.starts_with("WORKER  "), "{text}");
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    assert!(text.contains("running"), "{text}");
+
+    let output = qjob(&["status", "--json"]).await;
+    assert_eq!(code(&output), 0);
+    let status = json(&output);
+    assert!(status["workers"]["alive"].as_u64().unwrap() >= 1);
+    let job = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["job"] == "cli_status")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(job["queue"], CliStatusJob::QUEUE);
+    assert_eq!(job["concurrency"], 3);
+    assert_eq!(job["paused_on"], 0);
+
+    let output = qjob(&["queues"]).await;
+    assert_eq!(code(&output), 0);
+    let text = stdout(&output);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("qjob.test.cli.status "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" work "), "{line}");
+}
+
+#[job(queue = "qjob.test.cli.letters", retry = 0)]
+async fn cli_dlq(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    if work.fail && !HEALED.load(Ordering::SeqCst) {
+        return Err(JobError::msg(format!("job {} is broken", work.n)));
+    }
+    SUCCEEDED.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_replayed_discarded_and_purged() {
+    let broker = broker().await;
+    reset::<CliDlqJob>().await;
+    let _running = start(&broker, CliDlqJob);
+    let client = Client::new(broker.clone());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            client
+                .enqueue::<CliDlqJob>(Work { n, fail: true })
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let dlq = CliDlqJob::options().dead_letter_queue();
+    let output = until(&["dlq", "list", CliDlqJob::QUEUE, "--json"], |o| {
+        json(o)["letters"].as_array().is_some_and(|l| l.len() == 3)
+    })
+    .await;
+    assert_eq!(json(&output)["queue"], dlq.as_str());
+    let letters = json(&output);
+    let listed: Vec<&str> = letters["letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|letter| letter["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "oldest first");
+
+    let output = qjob(&["dlq", "show", &dlq, &ids[1]]).await;
+    assert_eq!(code(&output), 0);
+    assert!(
+        stdout(&output).contains("error:     job 1 is broken"),
+        "{}",
+        stdout(&output)
+    );
+    let output = qjob(&["dlq", "show", &dlq, "no-such-job"]).await;
+    assert_eq!(code(&output), 3, "not found");
+
+    let output = qjob(&["dlq", "discard", "cli_dlq", &ids[0]]).await;
+    assert_eq!(
+        (code(&output), stdout(&output).trim()),
+        (0, format!("discarded {} from {dlq}", ids[0]).as_str())
+    );
+    assert_eq!(
+        code(&qjob(&["dlq", "discard", &dlq, &ids[0]]).await),
+        3,
+        "gone already"
+    );
+
+    HEALED.store(true, Ordering::SeqCst);
+    let output = qjob(&["dlq", "replay", &dlq, &ids[1]]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while SUCCEEDED.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replayed job runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        code(&qjob(&["dlq", "replay", &dlq]).await),
+        2,
+        "which ones?"
+    );
+    let output = qjob(&["dlq", "purge", &dlq]).await;
+    assert_eq!(code(&output), 2, "purging asks for --yes");
+    let output = qjob(&["dlq", "purge", &dlq, "--yes", "--json"]).await;
+    assert_eq!(
+        (code(&output), json(&output)["purged"].as_u64()),
+        (0, Some(1))
+    );
+    assert_eq!(broker.queue_stats(&dlq).await.unwrap().unwrap().messages, 0);
+    assert_eq!(
+        code(&qjob(&["dlq", "list", "qjob.test.cli.nothing-here"]).await),
+        3
+    );
+}
+
+#[job(queue = "qjob.test.cli.control", prefetch = 2, concurrency = 1)]
+async fn cli_control(work: Work, ctx: JobContext) -> Result<(), JobError> {
+    let _ = work.n;
+    ctx.cancelled().await;
+    Err(JobError::msg("stopped"))
+}
+
+#[tokio::test]
+async fn pause_resume_concurrency_and_cancel_reach_the_workers() {
+    let broker = broker().await;
+    reset::<CliControlJob>().await;
+    let _running = start(&broker, CliControlJob);
+    until(&["workers"], |o| stdout(o).contains("cli_control")).await;
+    let queue = CliControlJob::QUEUE;
+
+    let output = qjob(&["pause", "cli_control"]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout(&output).contains("ok: cli_control paused"),
+        "{}",
+        stdout(&output)
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while broker.queue_stats(queue).await.unwrap().unwrap().consumers > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer is cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = qjob(&["resume", queue, "--json"]).await;
+    assert_eq!(code(&output), 0);
+    assert_eq!(json(&output)["replies"][0]["ok"], true);
+    let output = qjob(&["concurrency", "cli_control", "4"]).await;
+    assert_eq!(code(&output), 0);
+    assert!(
+        stdout(&output).contains("concurrency 1 → 4"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(
+        code(&qjob(&["concurrency", "cli_control", "0"]).await),
+        2,
+        "usage"
+    );
+    assert_eq!(
+        code(&qjob(&["pause", "no-such-job"]).await),
+        4,
+        "nobody runs it"
+    );
+
+    let id = Client::new(broker.clone())
+        .enqueue::<CliControlJob>(Work { n: 0, fail: false })
+        .await
+        .unwrap();
+    let dlq = CliControlJob::options().dead_letter_queue();
+    let output = qjob(&["cancel", id.as_str()]).await;
+    assert_eq!(code(&output), 0);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while broker.queue_stats(&dlq).await.unwrap().unwrap().messages == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cancelled job is dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = qjob(&["dlq", "list", &dlq, "--reason", "cancelled", "--json"]).await;
+    assert_eq!(json(&output)["letters"][0]["job_id"], id.as_str());
+}
+
+#[job(queue = "qjob.test.cli.topology", partitions = 2, partition_by = n)]
+async fn cli_topology(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    let _ = work.fail;
+    Ok(())
+}
+
+#[tokio::test]
+async fn topology_check_reports_what_differs_with_its_exit_code() {
+    let broker = broker().await;
+    reset::<CliTopologyJob>().await;
+    let extra = format!("{}.p2", CliTopologyJob::QUEUE);
+    let _running = start(&broker, CliTopologyJob);
+    until(&["workers"], |o| stdout(o).contains("cli_topology")).await;
+    // Other tests' workers share the broker: only this job's lines count.
+    let ours = |output: &Output| -> Vec<String> {
+        stdout(output)
+            .lines()
+            .filter(|line| line.contains("qjob.test.cli.topology"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let output = qjob(&["topology", "check"]).await;
+    assert!(ours(&output).is_empty(), "{}", stdout(&output));
+
+    broker
+        .declare_queue(&QueueSpec::new(extra.clone()))
+        .await
+        .unwrap();
+    let output = qjob(&["topology", "check"]).await;
+    assert_eq!(code(&output), 5);
+    assert_eq!(
+        ours(&output),
+        [format!(
+            "{extra}: a partition past job cli_topology's partitions, 0 messages never consumed"
+        )]
+    );
+    qjob_tests::Rabbit::connect().await.delete(&[&extra]).await;
+}
+
+#[tokio::test]
+async fn every_command_has_help_and_a_dead_broker_is_exit_code_1() {
+    let commands: [&[&str]; 15] = [
+        &[],
+        &["status"],
+        &["workers"],
+        &["queues"],
+        &["dlq"],
+        &["dlq", "list"],
+        &["dlq", "show"],
+        &["dlq", "replay"],
+        &["dlq", "discard"],
+        &["dlq", "purge"],
+        &["pause"],
+        &["resume"],
+        &["concurrency"],
+        &["cancel"],
+        &["topology", "check"],
+    ];
+    for command in commands {
+        let output = qjob(&[command, &["--help"]].concat()).await;
+        assert_eq!(code(&output), 0, "{command:?}");
+        assert!(stdout(&output).contains("Usage: qjob"), "{command:?}");
+    }
+    let output = tokio::process::Command::new(QJOB)
+        .args(["workers", "--url", "amqp://guest:guest@127.0.0.1:1/%2f"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(code(&output), 1);
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("qjob: "));
+}
