@@ -200,6 +200,10 @@ pub(crate) fn replay_message(mut message: Message) -> Message {
     message
         .headers
         .insert(headers::REPLAYS.into(), HeaderValue::Int(replays + 1));
+    message.headers.insert(
+        headers::REPLAYED_AT.into(),
+        HeaderValue::Int(headers::millis(SystemTime::now())),
+    );
     message
 }
 
@@ -503,7 +507,7 @@ mod tests {
         assert_eq!(replay.id, message.id);
         assert_eq!(replay.body, message.body);
         let names: Vec<&str> = replay.headers.keys().map(String::as_str).collect();
-        assert_eq!(names, [headers::REPLAYS, "tenant"]);
+        assert_eq!(names, [headers::REPLAYED_AT, headers::REPLAYS, "tenant"]);
         let again = replay_message(replay);
         assert_eq!(again.headers[headers::REPLAYS], HeaderValue::Int(2));
     }

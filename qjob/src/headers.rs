@@ -53,6 +53,10 @@ pub const FIRST_FAILED_AT: &str = "qjob-first-failed-at";
 pub const HOST: &str = "qjob-host";
 /// How many times the job was replayed from its dead-letter queue.
 pub const REPLAYS: &str = "qjob-replays";
+/// When the job was last replayed from its dead-letter queue, milliseconds
+/// since the Unix epoch: an operator's cancel from before does not apply to
+/// the replayed job.
+pub const REPLAYED_AT: &str = "qjob-replayed-at";
 /// The wait left, in milliseconds, after the current delay-queue hop: a job
 /// delayed longer than one delay queue holds comes back and waits again.
 pub const DELAY_LEFT: &str = "qjob-delay-left";
@@ -98,6 +102,8 @@ pub(crate) struct Envelope {
     pub(crate) job_id: JobId,
     pub(crate) attempt: u32,
     pub(crate) enqueued_at: SystemTime,
+    /// When it was last replayed from its dead-letter queue.
+    pub(crate) replayed_at: Option<SystemTime>,
 }
 
 impl Envelope {
@@ -140,10 +146,16 @@ impl Envelope {
                 ));
             }
         };
+        let replayed_at = message
+            .headers
+            .get(REPLAYED_AT)
+            .and_then(HeaderValue::as_int)
+            .map(from_millis);
         Ok(Self {
             job_id,
             attempt,
             enqueued_at,
+            replayed_at,
         })
     }
 }

@@ -141,6 +141,8 @@ pub struct JobContext {
     enqueued_at: SystemTime,
     /// The worker's cancelled ids (`None` outside a worker).
     cancellations: Option<Arc<Cancellations>>,
+    /// When this delivery was replayed from the dead-letter queue.
+    replayed_at: Option<SystemTime>,
 }
 
 impl JobContext {
@@ -154,6 +156,7 @@ impl JobContext {
             redelivered: false,
             enqueued_at: SystemTime::now(),
             cancellations: None,
+            replayed_at: None,
         }
     }
 
@@ -166,6 +169,7 @@ impl JobContext {
         redelivered: bool,
         enqueued_at: SystemTime,
         cancellations: Arc<Cancellations>,
+        replayed_at: Option<SystemTime>,
     ) -> Self {
         Self {
             job_id,
@@ -175,6 +179,7 @@ impl JobContext {
             redelivered,
             enqueued_at,
             cancellations: Some(cancellations),
+            replayed_at,
         }
     }
 
@@ -265,7 +270,11 @@ impl JobContext {
     /// ```
     pub async fn cancelled(&self) {
         match &self.cancellations {
-            Some(cancellations) => cancellations.cancelled(&self.job_id).await,
+            Some(cancellations) => {
+                cancellations
+                    .cancelled(&self.job_id, self.replayed_at)
+                    .await
+            }
             None => std::future::pending().await,
         }
     }
@@ -274,6 +283,6 @@ impl JobContext {
     pub fn is_cancelled(&self) -> bool {
         self.cancellations
             .as_ref()
-            .is_some_and(|cancellations| cancellations.contains(&self.job_id))
+            .is_some_and(|cancellations| cancellations.contains(&self.job_id, self.replayed_at))
     }
 }

@@ -310,20 +310,32 @@ pub async fn a_cancelled_queued_job_is_dead_lettered_when_it_arrives(env: &Env) 
             p.succeeded.load(Ordering::SeqCst) == 1
         })
         .await;
-    let letter = only_dead_letter::<CancelQueuedJob>(env).await;
-    worker.stop().await.unwrap();
-    assert_eq!(letter.id.as_deref(), Some(cancelled.as_str()));
-    assert_eq!(text(&letter, headers::REASON), "cancelled");
-    assert_eq!(
-        text(&letter, headers::ERROR),
-        "cancelled by an operator before it ran"
-    );
+    let dlq = CancelQueuedJob::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    let letter = admin
+        .dead_letter(&dlq, cancelled.as_str())
+        .await
+        .unwrap()
+        .expect("dead-lettered");
+    assert_eq!(letter.reason, DeadReason::Cancelled);
+    assert_eq!(letter.error, "cancelled by an operator before it ran");
     assert_eq!(
         *probe.done.lock().unwrap(),
         [1],
         "job {kept} ran, the other never"
     );
     assert_eq!(probe.attempts.load(Ordering::SeqCst), 1);
+
+    // Replayed after the cancel, it runs.
+    assert!(admin.replay(&dlq, cancelled.as_str()).await.unwrap());
+    probe
+        .wait("the replayed job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    worker.stop().await.unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [1, 0]);
+    assert_eq!(env.ready(&dlq).await, 0);
 }
 
 pub async fn a_handler_that_ignores_a_cancel_finishes_normally(env: &Env) {

@@ -102,22 +102,31 @@ struct Seen {
 struct Tracked {
     status: WorkerStatus,
     heard_at: Instant,
-    /// Per job: jobs settled per second between its last two heartbeats.
+    /// The heartbeat its rates are measured from.
+    baseline: WorkerStatus,
+    /// Per job: jobs settled per second between the baseline and the one
+    /// before it.
     rates: HashMap<String, f64>,
 }
 
 impl Seen {
     fn heartbeat(&mut self, status: WorkerStatus) {
         let now = Instant::now();
-        let rates = match self.workers.get(&status.worker_id) {
-            Some(before) => rates(&before.status, &status),
-            None => HashMap::new(),
+        let (baseline, rates) = match self.workers.remove(&status.worker_id) {
+            // Rates are measured over at least half an interval: a
+            // heartbeat a command asked for comes right after another.
+            Some(before) if measurable(&before.baseline, &status) => {
+                (status.clone(), rates(&before.baseline, &status))
+            }
+            Some(before) => (before.baseline, before.rates),
+            None => (status.clone(), HashMap::new()),
         };
         self.workers.insert(
             status.worker_id.clone(),
             Tracked {
                 status,
                 heard_at: now,
+                baseline,
                 rates,
             },
         );
@@ -126,14 +135,18 @@ impl Seen {
     }
 }
 
+/// Whether `now` came at least half an interval after `before`.
+fn measurable(before: &WorkerStatus, now: &WorkerStatus) -> bool {
+    now.sent_at
+        .duration_since(before.sent_at)
+        .is_ok_and(|between| between >= now.interval / 2 && !between.is_zero())
+}
+
 /// Jobs settled per second, per job, between two heartbeats of a worker.
 fn rates(before: &WorkerStatus, now: &WorkerStatus) -> HashMap<String, f64> {
     let Ok(between) = now.sent_at.duration_since(before.sent_at) else {
         return HashMap::new();
     };
-    if between.is_zero() {
-        return HashMap::new();
-    }
     now.jobs
         .iter()
         .filter_map(|job| {
@@ -663,7 +676,8 @@ impl Admin {
     }
 
     /// The dead letter of job `job_id` in `queue`, if it is there (left in
-    /// place).
+    /// place; the walk holds the letters before it, all of them if it is
+    /// not there).
     ///
     /// # Errors
     ///
@@ -683,8 +697,9 @@ impl Admin {
     }
 
     /// Replays the dead letter of job `job_id` from `queue` into the queue
-    /// it failed on, its attempts counted afresh; the others stay in place.
-    /// Returns whether it was there.
+    /// it failed on, its attempts counted afresh; the others stay in place
+    /// (the walk holds the letters before it until it is found). Returns
+    /// whether it was there.
     ///
     /// # Errors
     ///
@@ -692,7 +707,7 @@ impl Admin {
     /// [`Error::Unroutable`]); the letter then stays.
     pub async fn replay(&self, queue: &str, job_id: &str) -> Result<bool, Error> {
         let mut done = false;
-        let replayed = dead_letters::walk(&self.broker, queue, true, |message| {
+        let replayed = dead_letters::walk(&self.broker, queue, false, |message| {
             if done {
                 Visit::Stop
             } else if message.id.as_deref() == Some(job_id) {
@@ -729,14 +744,15 @@ impl Admin {
     }
 
     /// Removes the dead letter of job `job_id` from `queue`; the others stay
-    /// in place. Returns whether it was there.
+    /// in place (the walk holds the letters before it until it is found).
+    /// Returns whether it was there.
     ///
     /// # Errors
     ///
     /// The broker's error.
     pub async fn discard(&self, queue: &str, job_id: &str) -> Result<bool, Error> {
         let mut done = false;
-        let discarded = dead_letters::walk(&self.broker, queue, true, |message| {
+        let discarded = dead_letters::walk(&self.broker, queue, false, |message| {
             if done {
                 Visit::Stop
             } else if message.id.as_deref() == Some(job_id) {
@@ -809,12 +825,20 @@ impl Admin {
     /// ([`crate::JobContext::cancelled`]) and the job is dead-lettered as
     /// cancelled unless its handler succeeds; a delivery of it still to
     /// come is dead-lettered as cancelled when it arrives (within the
-    /// workers' cancel memory, 24 h by default).
+    /// workers' cancel memory, 24 h by default). A replay of its dead
+    /// letter after the cancel runs normally.
+    ///
+    /// The workers running now remember it: one started later, or one that
+    /// was reconnecting when the command went out (it has not replied),
+    /// does not.
     ///
     /// # Errors
     ///
-    /// The broker's error.
+    /// [`Error::Config`] for an empty id; the broker's error.
     pub async fn cancel(&self, job_id: &str) -> Result<Vec<Reply>, Error> {
+        if job_id.trim().is_empty() {
+            return Err(Error::Config("an empty job id cancels nothing".to_owned()));
+        }
         self.send(Command::Cancel {
             job_id: job_id.to_owned(),
         })
@@ -839,9 +863,12 @@ impl Admin {
         );
         let expected = self.concerned(&command);
         let ping = matches!(command, Command::Ping);
-        if !ping {
+        // Replies are collected from here on; the entry goes however this
+        // ends (dropped too).
+        let _collecting = (!ping).then(|| {
             self.seen().replies.insert(id.clone(), Vec::new());
-        }
+            Collecting(&self.seen, &id)
+        });
         let message = wire::message(&CommandMessage {
             format: FORMAT,
             id: id.clone(),
@@ -849,11 +876,9 @@ impl Admin {
             command: command.clone(),
         });
         let key = format!("command.{}", command.name());
-        let sent = self.broker.broadcast(CONTROL_EXCHANGE, &key, message).await;
-        if let Err(error) = sent {
-            self.seen().replies.remove(&id);
-            return Err(error);
-        }
+        self.broker
+            .broadcast(CONTROL_EXCHANGE, &key, message)
+            .await?;
         if ping {
             return Ok(Vec::new());
         }
@@ -869,8 +894,7 @@ impl Admin {
                         .iter()
                         .all(|worker| replies.iter().any(|r| &r.worker_id == worker));
                 if all || Instant::now() >= deadline {
-                    drop(seen);
-                    return Ok(self.seen().replies.remove(&id).unwrap_or_default());
+                    return Ok(replies.clone());
                 }
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
@@ -893,6 +917,19 @@ impl Admin {
             })
             .map(|worker| worker.status.worker_id)
             .collect()
+    }
+}
+
+/// Removes a command's reply entry when its `send` ends.
+struct Collecting<'a>(&'a Mutex<Seen>, &'a str);
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.replies.remove(self.1);
     }
 }
 

@@ -11,7 +11,7 @@ use crate::admin::wire::{
     JobStatus, Reply, STATUS_EXCHANGE, WorkerState, WorkerStatus,
 };
 use crate::broker::{Broker, Delivery, Subscription};
-use crate::worker::control::{Cancellations, Slots};
+use crate::worker::control::{Cancellations, MAX_CONSOLE_CONCURRENCY, Slots};
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
 use crate::worker::metrics::{self, Counts};
@@ -19,6 +19,9 @@ use crate::{JobId, JobOptions, topology};
 
 /// How often a worker sends a heartbeat by default.
 pub(crate) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest a heartbeat or a reply may take to send.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest wait between two attempts to listen for commands again.
 const MAX_RELISTEN_DELAY: Duration = Duration::from_secs(5);
@@ -120,22 +123,32 @@ impl Console {
     pub(crate) async fn heartbeat(&self, state: WorkerState) {
         let key = format!("worker.{}", self.worker_id);
         let status = wire::message(&self.status(state));
-        if let Err(error) = self.broker.broadcast(STATUS_EXCHANGE, &key, status).await {
+        if let Err(error) = self.broadcast(&key, status).await {
             tracing::debug!(%error, "could not send a heartbeat");
         }
     }
 
-    /// Sends a heartbeat at start and every interval until `stop`.
-    pub(crate) async fn heartbeats(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Sends a heartbeat at start and every interval until `end`: running,
+    /// then stopping once `stopping` (while in-flight handlers finish).
+    pub(crate) async fn heartbeats(
+        self: Arc<Self>,
+        stopping: watch::Receiver<bool>,
+        mut end: watch::Receiver<bool>,
+    ) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = end.wait_for(|end| *end) => return,
                 _ = ticks.tick() => {}
             }
-            self.heartbeat(WorkerState::Running).await;
+            let state = if *stopping.borrow() {
+                WorkerState::Stopping
+            } else {
+                WorkerState::Running
+            };
+            self.heartbeat(state).await;
         }
     }
 
@@ -217,13 +230,25 @@ impl Console {
     async fn take(&self, delivery: Delivery) {
         // A command is live state: acked at once, whatever it says.
         let _ = delivery.acker.ack().await;
-        let Ok(command) = serde_json::from_slice::<CommandMessage>(&delivery.message.body) else {
-            tracing::debug!("ignored a console message that is not a command of this format");
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&delivery.message.body) else {
+            tracing::debug!("ignored a console message that is not JSON");
             return;
         };
-        if command.format != FORMAT {
+        if value.get("format").and_then(serde_json::Value::as_u64) != Some(u64::from(FORMAT)) {
             return;
         }
+        let command = match serde_json::from_value::<CommandMessage>(value.clone()) {
+            Ok(command) => command,
+            Err(error) => {
+                // Say so to the console that sent it, if it can be told.
+                let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+                if let (Some(id), Some(reply_to)) = (field("id"), field("reply_to")) {
+                    let message = format!("not a command this worker knows: {error}");
+                    self.reply(id, reply_to, false, message).await;
+                }
+                return;
+            }
+        };
         if matches!(command.command, Command::Ping) {
             return self.heartbeat(WorkerState::Running).await;
         }
@@ -235,29 +260,54 @@ impl Console {
         let Some((ok, message)) = self.obey(&command.command) else {
             return;
         };
+        self.reply(&command.id, &command.reply_to, ok, message)
+            .await;
+        // The change shows at once, not at the next heartbeat.
+        self.heartbeat(WorkerState::Running).await;
+    }
+
+    async fn reply(&self, command_id: &str, reply_to: &str, ok: bool, message: String) {
         let reply = Reply {
             format: FORMAT,
-            command_id: command.id,
+            command_id: command_id.to_owned(),
             worker_id: self.worker_id.clone(),
             ok,
             message,
         };
-        let key = format!("reply.{}", command.reply_to);
-        if let Err(error) = self
-            .broker
-            .broadcast(STATUS_EXCHANGE, &key, wire::message(&reply))
-            .await
-        {
+        let key = format!("reply.{reply_to}");
+        let sent = self.broadcast(&key, wire::message(&reply)).await;
+        if let Err(error) = sent {
             tracing::debug!(%error, "could not reply to a console command");
         }
-        // The change shows at once, not at the next heartbeat.
-        self.heartbeat(WorkerState::Running).await;
+    }
+
+    /// Broadcasts on the status exchange, within [`SEND_TIMEOUT`]: live
+    /// state is not worth waiting for (a stop must not wait on it).
+    async fn broadcast(
+        &self,
+        key: &str,
+        message: crate::broker::Message,
+    ) -> Result<(), crate::Error> {
+        tokio::time::timeout(
+            SEND_TIMEOUT,
+            self.broker.broadcast(STATUS_EXCHANGE, key, message),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::Error::Timeout {
+                operation: format!("broadcast to {STATUS_EXCHANGE}"),
+                after: SEND_TIMEOUT,
+            })
+        })
     }
 
     /// Carries out a command: whether it did, and what it says about it;
     /// `None` when the command is for job types this worker does not run.
     fn obey(&self, command: &Command) -> Option<(bool, String)> {
         if let Command::Cancel { job_id } = command {
+            if job_id.trim().is_empty() {
+                return Some((false, "an empty job id cancels nothing".to_owned()));
+            }
             self.cancellations.cancel(JobId::from(job_id.as_str()));
             return Some((
                 true,
@@ -304,6 +354,12 @@ impl Console {
             return (
                 false,
                 "a concurrency of 0 would stall the job; pause it instead".to_owned(),
+            );
+        }
+        if concurrency > MAX_CONSOLE_CONCURRENCY {
+            return (
+                false,
+                format!("a concurrency above {MAX_CONSOLE_CONCURRENCY} is refused"),
             );
         }
         let was = job.slots.size();

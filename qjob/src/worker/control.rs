@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -64,15 +64,8 @@ impl Slots {
             sizes.owed += sizes.current - size;
         }
         sizes.current = size;
-        while sizes.owed > 0 {
-            match self.semaphore.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    sizes.owed -= 1;
-                }
-                Err(_) => break,
-            }
-        }
+        let taken = self.semaphore.forget_permits(sizes.owed);
+        sizes.owed -= taken;
         if sizes.owed > 0 && !sizes.collecting {
             sizes.collecting = true;
             tokio::spawn(collect(self.semaphore.clone(), self.sizes.clone()));
@@ -81,7 +74,10 @@ impl Slots {
 }
 
 fn lock(sizes: &Mutex<Sizes>) -> std::sync::MutexGuard<'_, Sizes> {
-    sizes.lock().expect("slot sizes poisoned")
+    // Nothing under this lock panics; a poisoned one holds consistent sizes.
+    sizes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Takes the permits owed as handlers give them back; ends when none is
@@ -108,6 +104,9 @@ async fn collect(semaphore: Arc<Semaphore>, sizes: Arc<Mutex<Sizes>>) {
     }
 }
 
+/// The most handler slots a console may set for one job type on one worker.
+pub(crate) const MAX_CONSOLE_CONCURRENCY: usize = 100_000;
+
 /// How long a worker remembers a cancelled job id by default.
 pub(crate) const DEFAULT_CANCEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
@@ -130,7 +129,9 @@ pub(crate) struct Cancellations {
 
 #[derive(Debug, Default)]
 struct Remembered {
-    since: HashMap<JobId, Instant>,
+    /// When each id was cancelled: by this worker's clock (to forget it)
+    /// and by the wall clock (a replay after it is not cancelled).
+    since: HashMap<JobId, (Instant, SystemTime)>,
     order: VecDeque<(JobId, Instant)>,
 }
 
@@ -148,13 +149,15 @@ impl Cancellations {
         self.ids.lock().expect("cancelled ids poisoned")
     }
 
-    /// Remembers `job_id` as cancelled and tells its running handler, if any.
+    /// Remembers `job_id` as cancelled and tells its running handler, if
+    /// any. Cancelling it again changes nothing.
     pub(crate) fn cancel(&self, job_id: JobId) {
         let now = Instant::now();
         {
             let mut ids = self.ids();
             self.expire(&mut ids, now);
-            if ids.since.insert(job_id.clone(), now).is_none() {
+            if !ids.since.contains_key(&job_id) {
+                ids.since.insert(job_id.clone(), (now, SystemTime::now()));
                 ids.order.push_back((job_id, now));
             }
             while ids.order.len() > CANCELLED_IDS_AT_MOST {
@@ -166,20 +169,24 @@ impl Cancellations {
         self.changed.send_replace(());
     }
 
-    /// Whether `job_id` was cancelled (and is still remembered).
-    pub(crate) fn contains(&self, job_id: &JobId) -> bool {
+    /// Whether `job_id` was cancelled (and is still remembered), unless
+    /// this delivery of it was replayed from its dead-letter queue after
+    /// the cancel (`replayed_at`).
+    pub(crate) fn contains(&self, job_id: &JobId, replayed_at: Option<SystemTime>) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return false;
         }
         let mut ids = self.ids();
         self.expire(&mut ids, Instant::now());
-        ids.since.contains_key(job_id)
+        ids.since
+            .get(job_id)
+            .is_some_and(|(_, at)| replayed_at.is_none_or(|replayed| replayed < *at))
     }
 
-    /// Resolves once `job_id` is cancelled.
-    pub(crate) async fn cancelled(&self, job_id: &JobId) {
+    /// Resolves once `job_id` is cancelled (see [`Cancellations::contains`]).
+    pub(crate) async fn cancelled(&self, job_id: &JobId, replayed_at: Option<SystemTime>) {
         let mut changed = self.changed.subscribe();
-        while !self.contains(job_id) {
+        while !self.contains(job_id, replayed_at) {
             if changed.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
@@ -191,7 +198,7 @@ impl Cancellations {
             if now.duration_since(*at) < self.memory {
                 break;
             }
-            if ids.since.get(id) == Some(at) {
+            if ids.since.get(id).is_some_and(|(since, _)| since == at) {
                 ids.since.remove(id);
             }
             ids.order.pop_front();
@@ -250,11 +257,13 @@ mod tests {
     async fn cancelled_ids_are_forgotten_after_their_memory() {
         let cancellations = Cancellations::new(Duration::from_secs(60));
         let id = JobId::from("job-1");
-        assert!(!cancellations.contains(&id));
+        assert!(!cancellations.contains(&id, None));
         cancellations.cancel(id.clone());
-        assert!(cancellations.contains(&id));
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(!cancellations.contains(&id));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        cancellations.cancel(id.clone());
+        assert!(cancellations.contains(&id, None));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(!cancellations.contains(&id, None), "from the first cancel");
         assert!(!cancellations.any.load(Ordering::Acquire));
     }
 
@@ -264,9 +273,20 @@ mod tests {
         for n in 0..=CANCELLED_IDS_AT_MOST {
             cancellations.cancel(JobId::from(n.to_string()));
         }
-        assert!(!cancellations.contains(&JobId::from("0")));
-        assert!(cancellations.contains(&JobId::from("1")));
+        assert!(!cancellations.contains(&JobId::from("0"), None));
+        assert!(cancellations.contains(&JobId::from("1"), None));
         assert_eq!(cancellations.ids().since.len(), CANCELLED_IDS_AT_MOST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_after_the_cancel_is_not_cancelled() {
+        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let id = JobId::from("job-3");
+        let before = SystemTime::now() - Duration::from_secs(1);
+        cancellations.cancel(id.clone());
+        let after = SystemTime::now() + Duration::from_secs(1);
+        assert!(cancellations.contains(&id, Some(before)));
+        assert!(!cancellations.contains(&id, Some(after)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -275,7 +295,7 @@ mod tests {
         let id = JobId::from("job-2");
         let waiting = tokio::spawn({
             let (cancellations, id) = (cancellations.clone(), id.clone());
-            async move { cancellations.cancelled(&id).await }
+            async move { cancellations.cancelled(&id, None).await }
         });
         tokio::task::yield_now().await;
         cancellations.cancel(JobId::from("another"));

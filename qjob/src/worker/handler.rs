@@ -96,13 +96,6 @@ impl Handler {
         };
         self.metrics.time_in_queue(envelope.enqueued_at);
         let job_id = &envelope.job_id;
-        if self.cancellations.contains(job_id) {
-            drop(retries);
-            let cancelled = Outcome::Cancelled(CANCELLED_BEFORE.to_owned());
-            return self
-                .without_running(delivery, job_id, envelope.attempt, cancelled)
-                .await;
-        }
         let (mut slot, in_place) = match retries {
             Retries::ThroughBroker(slot) => (Some(slot), None),
             Retries::InPlace { received, slots } => (
@@ -121,6 +114,15 @@ impl Handler {
             },
             None => (delivery, envelope.attempt),
         };
+        // After `resume`: a redelivered job decided here is settled as
+        // decided, and one still running here is waited for.
+        if self.is_cancelled(&envelope) {
+            drop(slot);
+            let cancelled = Outcome::Cancelled(CANCELLED_BEFORE.to_owned());
+            return self
+                .without_running(delivery, job_id, attempt, cancelled)
+                .await;
+        }
         loop {
             let span = self.span(&delivery, job_id, attempt);
             let attempted = async {
@@ -143,7 +145,7 @@ impl Handler {
                         memory.as_ref(),
                     )
                     .await?;
-                let outcome = self.unless_cancelled(outcome, job_id);
+                let outcome = self.unless_cancelled(outcome, &envelope);
                 let action = self.decide(outcome, attempt, job_id);
                 if let Some(running) = running {
                     running.ended(&action);
@@ -170,7 +172,7 @@ impl Handler {
                     drop(span);
                     let cancelled = tokio::select! {
                         _ = tokio::time::sleep(wait) => false,
-                        _ = self.cancellations.cancelled(job_id) => true,
+                        _ = self.cancellations.cancelled(job_id, envelope.replayed_at) => true,
                     };
                     if self.abandon_if_closed(&delivery) {
                         return;
@@ -216,10 +218,17 @@ impl Handler {
             .await
     }
 
+    /// Whether an operator cancelled this job (this delivery of it: not
+    /// one replayed after the cancel).
+    fn is_cancelled(&self, envelope: &Envelope) -> bool {
+        self.cancellations
+            .contains(&envelope.job_id, envelope.replayed_at)
+    }
+
     /// An attempt that did not succeed of a job an operator cancelled
     /// meanwhile is dead-lettered as cancelled, not retried.
-    fn unless_cancelled(&self, outcome: Outcome, job_id: &JobId) -> Outcome {
-        if matches!(outcome, Outcome::Succeeded) || !self.cancellations.contains(job_id) {
+    fn unless_cancelled(&self, outcome: Outcome, envelope: &Envelope) -> Outcome {
+        if matches!(outcome, Outcome::Succeeded) || !self.is_cancelled(envelope) {
             return outcome;
         }
         let ended = match outcome {
@@ -388,6 +397,15 @@ impl Handler {
                 return None;
             }
         }
+        // The last wait before the handler runs is behind us (a slot, the
+        // gate): a cancel that came meanwhile stops it here.
+        if self.is_cancelled(envelope) {
+            if let Some(gate) = &self.gate {
+                gate.withdraw();
+            }
+            let cancelled = Outcome::Cancelled(CANCELLED_BEFORE.to_owned());
+            return Some((cancelled, Duration::ZERO, None));
+        }
         let running = memory.map(|key| Running::start(&self.attempts, key, attempt));
         self.metrics.in_flight(1.0);
         let started = tokio::time::Instant::now();
@@ -418,6 +436,7 @@ impl Handler {
             delivery.redelivered,
             envelope.enqueued_at,
             self.cancellations.clone(),
+            envelope.replayed_at,
         );
         self.job
             .clone()

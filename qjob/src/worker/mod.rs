@@ -312,6 +312,11 @@ impl Worker {
             stop_rx.clone(),
         ));
         self.health.running(true);
+        // The console's tasks outlive the consumers: a stopping worker
+        // still reports (as stopping) and takes cancels while its
+        // in-flight handlers finish.
+        let (end_console, console_end) = watch::channel(false);
+        let mut console_tasks = tokio::task::JoinSet::new();
         let console = if self.console {
             let console = Arc::new(Console {
                 broker: self.broker.clone(),
@@ -325,8 +330,8 @@ impl Worker {
             // Listening before the first heartbeat: a console that sees
             // the worker can command it.
             let listener = console.listen().await;
-            running.spawn(console.clone().commands(listener, stop_rx.clone()));
-            running.spawn(console.clone().heartbeats(stop_rx.clone()));
+            console_tasks.spawn(console.clone().commands(listener, console_end.clone()));
+            console_tasks.spawn(console.clone().heartbeats(stop_rx.clone(), console_end));
             Some(console)
         } else {
             None
@@ -345,6 +350,8 @@ impl Worker {
             }
         }
         self.health.running(false);
+        let _ = end_console.send(true);
+        while console_tasks.join_next().await.is_some() {}
         if let Some(console) = &console {
             console.heartbeat(WorkerState::Stopped).await;
         }
@@ -489,6 +496,7 @@ impl Worker {
                 },
                 slots: slots.clone(),
                 work,
+                paused: paused.subscribe(),
             });
         let console = ConsoleJob {
             name: job.name(),

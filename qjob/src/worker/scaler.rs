@@ -48,6 +48,9 @@ pub(crate) struct Scaled {
     /// configured prefetch (for `max` handlers); `None` when the prefetch
     /// stays as configured (single-active-consumer queues).
     pub(crate) prefetch: Option<(watch::Sender<u16>, u16)>,
+    /// Whether an operator paused the job: no decision meanwhile (an empty
+    /// run with a growing queue would scale it up, and ask for replicas).
+    pub(crate) paused: watch::Receiver<bool>,
 }
 
 pub(crate) async fn run(
@@ -68,8 +71,11 @@ pub(crate) async fn run(
             _ = stop.wait_for(|stop| *stop) => return,
             _ = ticks.tick() => {}
         }
-        let depth = depth(&*broker, &job.queues).await;
         let (completed, busy) = job.work.take();
+        if *job.paused.borrow() {
+            continue;
+        }
+        let depth = depth(&*broker, &job.queues).await;
         let decision = autoscaler.observe(Sample {
             at: Instant::now(),
             depth,
