@@ -27,3 +27,4 @@ page!(operations, "../docs/operations.md");
 page!(configuration, "../docs/configuration.md");
 page!(settlement, "../docs/settlement.md");
 page!(cluster, "../docs/cluster.md");
+page!(console, "../docs/console.md");

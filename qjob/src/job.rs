@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use std::sync::Arc;
 
+use crate::headers::Envelope;
 use crate::worker::Cancellations;
 use crate::{JobError, JobOptions};
 
@@ -160,26 +161,24 @@ impl JobContext {
         }
     }
 
-    /// The context of a delivered attempt.
+    /// The context of attempt `attempt` of the job `envelope` describes.
     pub(crate) fn delivered(
         queue: &str,
-        job_id: JobId,
+        envelope: &Envelope,
         attempt: u32,
         max_attempts: u32,
         redelivered: bool,
-        enqueued_at: SystemTime,
         cancellations: Arc<Cancellations>,
-        replayed_at: Option<SystemTime>,
     ) -> Self {
         Self {
-            job_id,
+            job_id: envelope.job_id.clone(),
             queue: queue.to_owned(),
             attempt,
             max_attempts: max_attempts.max(attempt),
             redelivered,
-            enqueued_at,
+            enqueued_at: envelope.enqueued_at,
             cancellations: Some(cancellations),
-            replayed_at,
+            replayed_at: envelope.replayed_at,
         }
     }
 

@@ -430,13 +430,11 @@ impl Handler {
     ) -> Outcome {
         let ctx = JobContext::delivered(
             &self.routes.queue.name,
-            envelope.job_id.clone(),
+            envelope,
             attempt,
             self.max_attempts,
             delivery.redelivered,
-            envelope.enqueued_at,
             self.cancellations.clone(),
-            envelope.replayed_at,
         );
         self.job
             .clone()

@@ -1,0 +1,157 @@
+//! The console over a running demo: `cargo run --example console`, then
+//! open <http://127.0.0.1:8080>. It needs RabbitMQ: `QJOB_AMQP_URL`, or
+//! 127.0.0.1:5672 (guest/guest). `QJOB_CONSOLE_ADDR` moves the address.
+//!
+//! Two workers run three job types while a producer enqueues: `demo.email`
+//! succeeds, `demo.report` fails now and then and retries with a backoff,
+//! `demo.import` fails for good the first time it sees a job (a bug, fixed
+//! since: a replayed import succeeds). Pause a job type, replay a dead
+//! letter, cancel a slow report, and watch the workers.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qjob::admin::Admin;
+use qjob::{AmqpBroker, Client, Error, JobContext, JobError, Worker, job};
+use serde::{Deserialize, Serialize};
+
+/// A demo job's payload.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Task {
+    pub n: u64,
+}
+
+#[job(queue = "demo.email", prefetch = 10, concurrency = 4)]
+async fn email(task: Task, _ctx: JobContext) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_millis(20 + task.n % 30)).await;
+    Ok(())
+}
+
+#[job(queue = "demo.report", retry = 3, backoff = fixed("2s"), concurrency = 2)]
+async fn report(task: Task, ctx: JobContext) -> Result<(), JobError> {
+    tokio::select! {
+        _ = ctx.cancelled() => return Err(JobError::msg("cancelled while rendering")),
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+    if task.n.is_multiple_of(5) && ctx.attempt() == 1 {
+        return Err(JobError::msg(format!(
+            "report {}: upstream timed out",
+            task.n
+        )));
+    }
+    Ok(())
+}
+
+/// The imports seen: the first run of each fails (the bug), a replay runs
+/// again and succeeds.
+static IMPORTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// How many imports succeeded.
+pub static IMPORTS_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[job(queue = "demo.import", retry = 0)]
+async fn import(task: Task, ctx: JobContext) -> Result<(), JobError> {
+    let first = IMPORTED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(ctx.job_id().to_string());
+    if first && task.n.is_multiple_of(3) {
+        return Err(JobError::permanent(JobError::msg(format!(
+            "import {}: column \"amount\" is not a number",
+            task.n
+        ))));
+    }
+    IMPORTS_DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// The running demo: its workers and producer stop when it is dropped.
+pub struct Demo {
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    producer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.producer.abort();
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts two workers and a producer on `broker`, with a few dead letters
+/// to look at.
+pub async fn start(broker: AmqpBroker, heartbeat: Duration) -> Result<Demo, Error> {
+    let broker = Arc::new(broker);
+    let mut stop = Vec::new();
+    let workers = [
+        Worker::builder(broker.clone())
+            .register(EmailJob)
+            .register(ReportJob)
+            .register(ImportJob),
+        Worker::builder(broker.clone())
+            .register(EmailJob)
+            .register(ImportJob),
+    ];
+    for builder in workers {
+        let worker = builder.heartbeat_interval(heartbeat).build();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stop.push(tx);
+        tokio::spawn(async move {
+            let stopped = worker.run_until(async {
+                let _ = rx.await;
+            });
+            if let Err(error) = stopped.await {
+                eprintln!("worker failed: {error}");
+            }
+        });
+    }
+    let client = Client::new(broker.clone());
+    for n in 0..6 {
+        client.enqueue::<ImportJob>(Task { n }).await?;
+    }
+    let producer = tokio::spawn(async move {
+        let mut n = 6;
+        loop {
+            let _ = client.enqueue::<EmailJob>(Task { n }).await;
+            if n.is_multiple_of(4) {
+                let _ = client.enqueue::<ReportJob>(Task { n }).await;
+            }
+            if n.is_multiple_of(25) {
+                let _ = client.enqueue::<ImportJob>(Task { n }).await;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    Ok(Demo { stop, producer })
+}
+
+/// The console's router over `broker`.
+pub async fn console(broker: AmqpBroker, refresh: Duration) -> Result<axum::Router, Error> {
+    let admin = Arc::new(Admin::connect(broker).await?);
+    Ok(qjob_web::Console::new(admin).refresh(refresh).router())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("QJOB_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let broker = AmqpBroker::connect(url).await?;
+    let _demo = start(broker.clone(), Duration::from_secs(2)).await?;
+    let router = console(broker, Duration::from_secs(3)).await?;
+    let addr = std::env::var("QJOB_CONSOLE_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("qjob console on http://{addr} (Ctrl-C stops)");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The actions: `POST` forms that carry the CSRF token, act through
+//! [`Admin`](qjob::admin::Admin), and redirect back with what happened
+//! (post/redirect/get).
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use qjob::admin::{LetterFilter, Reply};
+use serde::Deserialize;
+
+use crate::Shared;
+use crate::csrf::Token;
+use crate::html::segment;
+
+/// A form with nothing but the token.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Plain {
+    csrf: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Concurrency {
+    csrf: String,
+    concurrency: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Cancel {
+    csrf: String,
+    job_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Matching {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    error: String,
+}
+
+/// A form whose token is the request's cookie token: anything else is
+/// refused (403) before the handler runs.
+pub(crate) struct Checked<T>(T);
+
+/// A form that carries the CSRF token.
+pub(crate) trait Tokened {
+    fn csrf(&self) -> &str;
+}
+
+macro_rules! tokened {
+    ($($form:ty),*) => {
+        $(impl Tokened for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        })*
+    };
+}
+
+tokened!(Plain, Concurrency, Cancel, Matching);
+
+impl<S, T> FromRequest<S> for Checked<T>
+where
+    S: Send + Sync,
+    T: Tokened + serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let token = request.extensions().get::<Token>().cloned();
+        let Form(form) = Form::<T>::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match token {
+            Some(token) if token.accepts(form.csrf()) => Ok(Checked(form)),
+            _ => Err((
+                StatusCode::FORBIDDEN,
+                "refused: the form's token does not match (reload the page and try again)",
+            )
+                .into_response()),
+        }
+    }
+}
+
+/// Back to `path` with a notice.
+fn back(shared: &Shared, path: &str, notice: &str) -> Response {
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let target = format!("{}{separator}notice={}", shared.link(path), segment(notice));
+    Redirect::to(&target).into_response()
+}
+
+fn broker_error(error: qjob::Error) -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        format!("the broker failed: {error}"),
+    )
+        .into_response()
+}
+
+/// What the workers said, in one line.
+fn replied(what: &str, replies: &[Reply]) -> String {
+    if replies.is_empty() {
+        return format!("{what}: no running worker replied");
+    }
+    let ok = replies.iter().filter(|reply| reply.ok).count();
+    let refused: Vec<&str> = replies
+        .iter()
+        .filter(|reply| !reply.ok)
+        .map(|reply| reply.message.as_str())
+        .collect();
+    if refused.is_empty() {
+        format!("{what}: done by {ok} worker(s)")
+    } else {
+        format!(
+            "{what}: done by {ok}, refused by {}: {}",
+            refused.len(),
+            refused[0]
+        )
+    }
+}
+
+pub(crate) async fn pause(
+    State(shared): State<Arc<Shared>>,
+    Path(job): Path<String>,
+    _: Checked<Plain>,
+) -> Response {
+    match shared.admin.pause(&job).await {
+        Ok(replies) => back(
+            &shared,
+            &format!("/jobs/{}", segment(&job)),
+            &replied(&format!("pause {job}"), &replies),
+        ),
+        Err(error) => broker_error(error),
+    }
+}
+
+pub(crate) async fn resume(
+    State(shared): State<Arc<Shared>>,
+    Path(job): Path<String>,
+    _: Checked<Plain>,
+) -> Response {
+    match shared.admin.resume(&job).await {
+        Ok(replies) => back(
+            &shared,
+            &format!("/jobs/{}", segment(&job)),
+            &replied(&format!("resume {job}"), &replies),
+        ),
+        Err(error) => broker_error(error),
+    }
+}
+
+pub(crate) async fn concurrency(
+    State(shared): State<Arc<Shared>>,
+    Path(job): Path<String>,
+    Checked(form): Checked<Concurrency>,
+) -> Response {
+    let page = format!("/jobs/{}", segment(&job));
+    let Ok(concurrency) = form.concurrency.trim().parse::<usize>() else {
+        return back(&shared, &page, "concurrency: a whole number, please");
+    };
+    match shared.admin.set_concurrency(&job, concurrency).await {
+        Ok(replies) => back(
+            &shared,
+            &page,
+            &replied(&format!("concurrency {concurrency}"), &replies),
+        ),
+        Err(error) => broker_error(error),
+    }
+}
+
+pub(crate) async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    Checked(form): Checked<Cancel>,
+) -> Response {
+    let job_id = form.job_id.trim();
+    if job_id.is_empty() {
+        return back(&shared, "/", "cancel: which job id?");
+    }
+    match shared.admin.cancel(job_id).await {
+        Ok(replies) => back(
+            &shared,
+            "/",
+            &replied(&format!("cancel {job_id}"), &replies),
+        ),
+        Err(error) => broker_error(error),
+    }
+}
+
+pub(crate) async fn replay(
+    State(shared): State<Arc<Shared>>,
+    Path((queue, job_id)): Path<(String, String)>,
+    _: Checked<Plain>,
+) -> Response {
+    let page = format!("/dead-letters/{}", segment(&queue));
+    match shared.admin.replay(&queue, &job_id).await {
+        Ok(true) => back(&shared, &page, &format!("replayed {job_id}")),
+        Ok(false) => back(&shared, &page, &format!("{job_id} is no longer in {queue}")),
+        Err(error) => broker_error(error),
+    }
+}
+
+pub(crate) async fn discard(
+    State(shared): State<Arc<Shared>>,
+    Path((queue, job_id)): Path<(String, String)>,
+    _: Checked<Plain>,
+) -> Response {
+    let page = format!("/dead-letters/{}", segment(&queue));
+    match shared.admin.discard(&queue, &job_id).await {
+        Ok(true) => back(&shared, &page, &format!("discarded {job_id}")),
+        Ok(false) => back(&shared, &page, &format!("{job_id} is no longer in {queue}")),
+        Err(error) => broker_error(error),
+    }
+}
+
+pub(crate) async fn replay_matching(
+    State(shared): State<Arc<Shared>>,
+    Path(queue): Path<String>,
+    Checked(form): Checked<Matching>,
+) -> Response {
+    let mut filter = LetterFilter::all();
+    if !form.reason.trim().is_empty() {
+        filter = filter.reason(form.reason.trim());
+    }
+    if !form.error.is_empty() {
+        filter = filter.error_contains(form.error.as_str());
+    }
+    let page = format!("/dead-letters/{}", segment(&queue));
+    match shared.admin.replay_matching(&queue, &filter).await {
+        Ok(replayed) => back(
+            &shared,
+            &page,
+            &format!("replayed {replayed} dead letter(s)"),
+        ),
+        Err(error) => broker_error(error),
+    }
+}

@@ -1,0 +1,272 @@
+//! The console in headless Chromium (Debian's `chromium` and
+//! `chromium-driver`; `.ci/run` installs them), over the example's demo on
+//! RabbitMQ: the overview lists the workers, pausing a job type stops its
+//! consumption on the broker, replaying a dead letter runs it. It also
+//! renews the overview's screenshot in `qjob/docs/`.
+
+#[path = "../examples/console.rs"]
+mod demo;
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use qjob::broker::Broker;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The screenshot the console guide shows.
+const SCREENSHOT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../qjob/docs/console-overview.png"
+);
+
+/// A free port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts chromedriver and a headless Chromium session.
+async fn browser() -> (Client, tokio::process::Child) {
+    let port = free_port();
+    let driver = tokio::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!(
+                "this test needs chromedriver (apt-get install chromium chromium-driver): {error}"
+            )
+        });
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"] }),
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let connected = ClientBuilder::rustls()
+            .expect("a TLS configuration")
+            .capabilities(capabilities.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await;
+        match connected {
+            Ok(client) => return (client, driver),
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "chromedriver did not start: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reloads `url` until its `<main>` text passes `check`; returns the text.
+async fn until_page(
+    client: &Client,
+    url: &str,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        client.goto(url).await.unwrap();
+        let text = client
+            .find(Locator::Css("main"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if check(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what}; last: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `check` holds.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    let rabbit = qjob_tests::Rabbit::connect().await;
+    let queues = [
+        "demo.email",
+        "demo.email.dlq",
+        "demo.report",
+        "demo.report.dlq",
+        "demo.import",
+        "demo.import.dlq",
+    ];
+    rabbit.delete(&queues).await;
+    let broker = qjob_tests::amqp().await;
+    let _demo = demo::start(broker.clone(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    let router = demo::console(broker.clone(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (client, _driver) = browser().await;
+
+    // The overview lists both workers, running.
+    let overview = until_page(&client, &format!("{base}/"), "two workers", |text| {
+        text.matches("running").count() >= 2
+    })
+    .await;
+    assert!(overview.contains("workers alive"), "{overview}");
+    // The script refreshes the content in place (it runs under the CSP).
+    client
+        .execute(
+            "document.querySelector('main h1').setAttribute('data-seen', '1'); return null;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    until("a refresh by the script", async || {
+        let marked = client
+            .find(Locator::Css("main h1[data-seen]"))
+            .await
+            .is_ok();
+        !marked
+    })
+    .await;
+
+    // Pausing `email` stops its consumption on the broker.
+    client.goto(&format!("{base}/jobs/email")).await.unwrap();
+    client
+        .find(Locator::XPath("//button[text()='Pause']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = client
+        .find(Locator::Css("p.notice"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(notice, "pause email: done by 2 worker(s)");
+    until("no consumer on demo.email", async || {
+        broker
+            .queue_stats("demo.email")
+            .await
+            .unwrap()
+            .unwrap()
+            .consumers
+            == 0
+    })
+    .await;
+    let waiting = broker
+        .queue_stats("demo.email")
+        .await
+        .unwrap()
+        .unwrap()
+        .messages;
+    until("the producer's jobs waiting", async || {
+        broker
+            .queue_stats("demo.email")
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            > waiting + 5
+    })
+    .await;
+    client
+        .find(Locator::XPath("//button[text()='Resume']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("both consumers back", async || {
+        broker
+            .queue_stats("demo.email")
+            .await
+            .unwrap()
+            .unwrap()
+            .consumers
+            == 2
+    })
+    .await;
+
+    // Replaying a dead letter runs it: the import bug is fixed since.
+    let letters = format!("{base}/dead-letters/demo.import.dlq");
+    until_page(&client, &letters, "the import dead letters", |text| {
+        text.contains("is not a number")
+    })
+    .await;
+    let done = demo::IMPORTS_DONE.load(Ordering::SeqCst);
+    let dead = broker
+        .queue_stats("demo.import.dlq")
+        .await
+        .unwrap()
+        .unwrap()
+        .messages;
+    client
+        .find(Locator::XPath("//button[text()='Replay']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = client
+        .find(Locator::Css("p.notice"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(notice.starts_with("replayed "), "{notice}");
+    until("the replayed import done", async || {
+        demo::IMPORTS_DONE.load(Ordering::SeqCst) > done
+    })
+    .await;
+    until("one letter fewer", async || {
+        broker
+            .queue_stats("demo.import.dlq")
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            < dead
+    })
+    .await;
+
+    // The overview's screenshot, for the guide.
+    client.goto(&format!("{base}/")).await.unwrap();
+    until("a throughput chart", async || {
+        client.find(Locator::Css("main svg.spark")).await.is_ok()
+    })
+    .await;
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    std::fs::write(SCREENSHOT, png).unwrap();
+    client.close().await.unwrap();
+}

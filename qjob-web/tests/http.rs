@@ -1,0 +1,245 @@
+//! The console's HTTP contract, without a browser, on MemoryBroker: the
+//! security headers, the cross-site checks of actions, the read-only mode
+//! and the authorization hook.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use qjob::admin::Admin;
+use qjob::{JobContext, JobError, Worker, job};
+use qjob_testkit::MemoryBroker;
+use qjob_web::{Access, Console};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[job(queue = "web.http.email")]
+async fn email(_to: String, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Serves `console` on a free port; returns its address.
+async fn serve(console: Console) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, console.router()).await });
+    addr
+}
+
+/// A raw HTTP/1.1 exchange: the status, the headers (lower-case names) and
+/// the body.
+async fn http(addr: &str, request: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_lowercase(), value.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn get(addr: &str, path: &str, cookie: Option<&str>) -> String {
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie}Connection: close\r\n\r\n")
+}
+
+fn post(addr: &str, path: &str, extra: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A broker with one worker reporting, and a console's admin on it.
+async fn running() -> (Arc<Admin>, tokio::sync::oneshot::Sender<()>) {
+    let broker = MemoryBroker::new();
+    let admin = Arc::new(Admin::connect(broker.clone()).await.unwrap());
+    let worker = Worker::builder(broker)
+        .register(EmailJob)
+        .heartbeat_interval(Duration::from_millis(50))
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    admin.wait_for_workers(1, Duration::from_secs(10)).await;
+    (admin, stop)
+}
+
+#[tokio::test]
+async fn pages_carry_a_strict_policy_and_a_token_cookie() {
+    let (admin, _stop) = running().await;
+    let addr = serve(Console::new(admin)).await;
+    let (status, headers, body) = http(&addr, &get(&addr, "/", None)).await;
+    assert_eq!(status, 200);
+    let policy = header(&headers, "content-security-policy").unwrap();
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("default-src 'none'"),
+        "{policy}"
+    );
+    assert!(!body.contains("<script>"), "no inline script");
+    assert!(!body.contains("style="), "no inline style");
+    assert!(
+        !body.contains("http://") && !body.contains("https://"),
+        "nothing from elsewhere"
+    );
+    assert!(
+        body.contains(r#"<a href="/jobs/email">email</a>"#),
+        "{body}"
+    );
+    let cookie = header(&headers, "set-cookie").unwrap();
+    assert!(
+        cookie.starts_with("qjob_csrf=")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("HttpOnly")
+    );
+    let (status, headers, script) = http(&addr, &get(&addr, "/assets/console.js", None)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(script.contains("data-refresh"));
+}
+
+#[tokio::test]
+async fn actions_need_the_cookie_token_and_this_origin() {
+    let (admin, _stop) = running().await;
+    let addr = serve(Console::new(admin)).await;
+    let (_, headers, body) = http(&addr, &get(&addr, "/jobs/email", None)).await;
+    let cookie = header(&headers, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = cookie.trim_start_matches("qjob_csrf=");
+    assert!(body.contains(&format!(r#"name="csrf" value="{token}""#)));
+    let form = format!("csrf={token}");
+
+    // No cookie: another site's form cannot send it.
+    let (status, _, _) = http(&addr, &post(&addr, "/jobs/email/pause", "", &form)).await;
+    assert_eq!(status, 403);
+    // The cookie but a wrong token.
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+    let wrong = "csrf=0123456789abcdef0123456789abcdef";
+    let (status, _, _) = http(
+        &addr,
+        &post(&addr, "/jobs/email/pause", &with_cookie, wrong),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // The browser says it comes from elsewhere.
+    let cross = format!("{with_cookie}Origin: https://evil.example\r\n");
+    let (status, _, _) = http(&addr, &post(&addr, "/jobs/email/pause", &cross, &form)).await;
+    assert_eq!(status, 403);
+    let cross = format!("{with_cookie}Sec-Fetch-Site: cross-site\r\n");
+    let (status, _, _) = http(&addr, &post(&addr, "/jobs/email/pause", &cross, &form)).await;
+    assert_eq!(status, 403);
+    // From this origin, with the token: done, and back to the page.
+    let same = format!("{with_cookie}Origin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n");
+    let (status, headers, _) = http(&addr, &post(&addr, "/jobs/email/pause", &same, &form)).await;
+    assert_eq!(status, 303);
+    let location = header(&headers, "location").unwrap();
+    assert_eq!(
+        location,
+        "/jobs/email?notice=pause%20email%3A%20done%20by%201%20worker%28s%29"
+    );
+    let (_, _, page) = http(&addr, &get(&addr, location, Some(&cookie))).await;
+    assert!(
+        page.contains(r#"<p class="notice" role="status">pause email: done by 1 worker(s)</p>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains("<dt>Paused on</dt><dd>1 of 1</dd>")
+            || page.contains("<dt>Paused on</dt><dd>0 of 1</dd>")
+    );
+}
+
+#[tokio::test]
+async fn read_only_shows_no_action_and_refuses_them() {
+    let (admin, _stop) = running().await;
+    let addr = serve(Console::new(admin).read_only(true)).await;
+    let (_, headers, body) = http(&addr, &get(&addr, "/jobs/email", None)).await;
+    assert!(body.contains(r#"<span class="badge">read-only</span>"#));
+    assert!(!body.contains(r#"method="post""#), "no form posts");
+    let cookie = header(&headers, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = cookie.trim_start_matches("qjob_csrf=");
+    let extra = format!("Cookie: {cookie}\r\n");
+    let (status, _, body) = http(
+        &addr,
+        &post(&addr, "/jobs/email/pause", &extra, &format!("csrf={token}")),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (403, "this console is read-only"));
+}
+
+#[tokio::test]
+async fn the_application_decides_who_sees_and_who_acts() {
+    let (admin, _stop) = running().await;
+    let console = Console::new(admin).authorize(|request, access| {
+        let user = request.headers.get("x-user").and_then(|v| v.to_str().ok());
+        match (user, access) {
+            (Some("admin"), _) | (Some("viewer"), Access::View) => Ok(()),
+            _ => Err((StatusCode::UNAUTHORIZED, "log in first").into()),
+        }
+    });
+    let addr = serve(console).await;
+    let (status, _, _) = http(&addr, &get(&addr, "/", None)).await;
+    assert_eq!(status, 401);
+    let request =
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\nX-User: viewer\r\nConnection: close\r\n\r\n");
+    let (status, _, _) = http(&addr, &request).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = http(
+        &addr,
+        &post(&addr, "/jobs/email/pause", "X-User: viewer\r\n", "csrf=x"),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (401, "log in first"));
+}
+
+#[tokio::test]
+async fn what_comes_from_outside_is_escaped() {
+    let (admin, _stop) = running().await;
+    let addr = serve(Console::new(admin)).await;
+    let (status, _, body) = http(
+        &addr,
+        &get(&addr, "/jobs/%3Cscript%3Ealert(1)%3C%2Fscript%3E", None),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{body}"
+    );
+    assert!(!body.contains("<script>alert"));
+    let (status, _, body) = http(&addr, &get(&addr, "/dead-letters/no.such.queue", None)).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("No such queue."));
+}
