@@ -18,6 +18,10 @@
 //! publishes, with the same number of confirms in flight.
 //!
 //! Prints each round and the ratio qjob / lapin of the median rates.
+//!
+//! `QJOB_BENCH_ONLY=console` measures instead what the console costs: qjob
+//! with its console on (a heartbeat every second, five times the default
+//! rate) against the console off, alternating rounds, prefetch 25 and 200.
 
 use std::time::{Duration, Instant};
 
@@ -27,8 +31,8 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
-    BENCH_QUEUE, Bench, BenchJob, amqp_url, env_number, median, payload, qjob_consume, rate,
-    raw_consumer, reset_queue,
+    BENCH_QUEUE, Bench, BenchJob, amqp_url, env_number, median, payload, qjob_consume,
+    qjob_consume_with, rate, raw_consumer, reset_queue,
 };
 
 /// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
@@ -49,6 +53,9 @@ async fn main() {
     );
 
     let only = std::env::var("QJOB_BENCH_ONLY").unwrap_or_default();
+    if only == "console" {
+        return console_cost(&raw, &broker, jobs, rounds).await;
+    }
     let mut publish = Rates::default();
     for _ in 0..rounds {
         if only == "consume" {
@@ -91,6 +98,33 @@ async fn main() {
                 .push(rate(jobs, qjob_consume(&broker, jobs, prefetch).await));
         }
         consume.report(&format!("consume, prefetch {prefetch:>3}"));
+    }
+    raw.reset().await;
+}
+
+/// qjob's consume rate with its console on against off, same run.
+async fn console_cost(raw: &Raw, broker: &qjob::AmqpBroker, jobs: usize, rounds: usize) {
+    for prefetch in [25u16, 200] {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            for heartbeat in [Some(Duration::from_secs(1)), None] {
+                raw.reset().await;
+                raw.publish(jobs).await;
+                let took = qjob_consume_with(broker, jobs, prefetch, heartbeat).await;
+                match heartbeat {
+                    Some(_) => on.push(rate(jobs, took)),
+                    None => off.push(rate(jobs, took)),
+                }
+            }
+        }
+        println!(
+            "consume, prefetch {prefetch:>3}  console off {:>8.0}/s  on {:>8.0}/s  ratio on/off {:.3}   (rounds: off {:?}, on {:?})",
+            median(&off),
+            median(&on),
+            median(&on) / median(&off),
+            off.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            on.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        );
     }
     raw.reset().await;
 }

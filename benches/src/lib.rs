@@ -186,16 +186,37 @@ pub async fn qjob_consume(
     jobs: usize,
     prefetch: u16,
 ) -> std::time::Duration {
+    qjob_consume_with(
+        broker,
+        jobs,
+        prefetch,
+        Some(std::time::Duration::from_secs(5)),
+    )
+    .await
+}
+
+/// As [`qjob_consume`], with the worker's console heartbeat every
+/// `heartbeat` (`None`: the console off).
+pub async fn qjob_consume_with(
+    broker: &qjob::AmqpBroker,
+    jobs: usize,
+    prefetch: u16,
+    heartbeat: Option<std::time::Duration>,
+) -> std::time::Duration {
     use qjob::Job;
     start_round(jobs);
     let prefix = BenchJob::options().env_prefix();
-    let worker = qjob::Worker::builder(broker.clone())
+    let builder = qjob::Worker::builder(broker.clone())
         .register(BenchJob)
         .overrides(move |name| {
             let knob = name.strip_prefix(prefix.as_str())?;
             matches!(knob, "PREFETCH" | "CONCURRENCY").then(|| prefetch.to_string())
-        })
-        .build();
+        });
+    let worker = match heartbeat {
+        Some(every) => builder.heartbeat_interval(every),
+        None => builder.console(false),
+    }
+    .build();
     let started = std::time::Instant::now();
     worker.run_until(DONE.notified()).await.unwrap();
     started.elapsed()

@@ -66,6 +66,15 @@ async fn reset<J: Job>() {
     qjob_tests::scenarios::Env::amqp().await.reset::<J>().await;
 }
 
+/// Waits until `done` holds, failing the test after [`LIMIT`].
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until `check` passes on `qjob args…`'s output.
 async fn until(args: &[&str], check: impl Fn(&Output) -> bool) -> Output {
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -203,14 +212,10 @@ async fn dead_letters_are_listed_shown_replayed_discarded_and_purged() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while SUCCEEDED.load(Ordering::SeqCst) < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the replayed job runs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the replayed job runs", async || {
+        SUCCEEDED.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     assert_eq!(
         code(&qjob(&["dlq", "replay", &dlq]).await),
         2,
@@ -257,14 +262,10 @@ async fn pause_resume_concurrency_and_cancel_reach_the_workers() {
         "{}",
         stdout(&output)
     );
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while broker.queue_stats(queue).await.unwrap().unwrap().consumers > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the consumer is cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the consumer is cancelled", async || {
+        broker.queue_stats(queue).await.unwrap().unwrap().consumers == 0
+    })
+    .await;
     let output = qjob(&["resume", queue, "--json"]).await;
     assert_eq!(code(&output), 0);
     assert_eq!(json(&output)["replies"][0]["ok"], true);
@@ -293,14 +294,10 @@ async fn pause_resume_concurrency_and_cancel_reach_the_workers() {
     let dlq = CliControlJob::options().dead_letter_queue();
     let output = qjob(&["cancel", id.as_str()]).await;
     assert_eq!(code(&output), 0);
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while broker.queue_stats(&dlq).await.unwrap().unwrap().messages == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cancelled job is dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the cancelled job is dead-lettered", async || {
+        broker.queue_stats(&dlq).await.unwrap().unwrap().messages > 0
+    })
+    .await;
     let output = qjob(&["dlq", "list", &dlq, "--reason", "cancelled", "--json"]).await;
     assert_eq!(json(&output)["letters"][0]["job_id"], id.as_str());
 }

@@ -195,12 +195,8 @@ pub(crate) async fn replay(
     Path((queue, job_id)): Path<(String, String)>,
     _: Checked<Plain>,
 ) -> Response {
-    let page = format!("/dead-letters/{}", segment(&queue));
-    match shared.admin.replay(&queue, &job_id).await {
-        Ok(true) => back(&shared, &page, &format!("replayed {job_id}")),
-        Ok(false) => back(&shared, &page, &format!("{job_id} is no longer in {queue}")),
-        Err(error) => broker_error(error),
-    }
+    let replayed = shared.admin.replay(&queue, &job_id).await;
+    one_letter(&shared, &queue, &job_id, "replayed", replayed)
 }
 
 pub(crate) async fn discard(
@@ -208,10 +204,22 @@ pub(crate) async fn discard(
     Path((queue, job_id)): Path<(String, String)>,
     _: Checked<Plain>,
 ) -> Response {
-    let page = format!("/dead-letters/{}", segment(&queue));
-    match shared.admin.discard(&queue, &job_id).await {
-        Ok(true) => back(&shared, &page, &format!("discarded {job_id}")),
-        Ok(false) => back(&shared, &page, &format!("{job_id} is no longer in {queue}")),
+    let discarded = shared.admin.discard(&queue, &job_id).await;
+    one_letter(&shared, &queue, &job_id, "discarded", discarded)
+}
+
+/// Back to the dead letters of `queue`, saying what became of `job_id`'s.
+fn one_letter(
+    shared: &Shared,
+    queue: &str,
+    job_id: &str,
+    done: &str,
+    outcome: Result<bool, qjob::Error>,
+) -> Response {
+    let page = format!("/dead-letters/{}", segment(queue));
+    match outcome {
+        Ok(true) => back(shared, &page, &format!("{done} {job_id}")),
+        Ok(false) => back(shared, &page, &format!("{job_id} is no longer in {queue}")),
         Err(error) => broker_error(error),
     }
 }

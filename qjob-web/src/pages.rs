@@ -66,6 +66,13 @@ fn page(shared: &Shared, title: &str, notice: Option<&str>, content: &str) -> Re
     Html(html).into_response()
 }
 
+/// A page saying what was not found, with status 404.
+fn not_found(shared: &Shared, title: &str, notice: Option<&str>, html: &str) -> Response {
+    let mut response = page(shared, title, notice, html);
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
 fn failed(shared: &Shared, error: qjob::Error) -> Response {
     let mut response = page(
         shared,
@@ -259,14 +266,12 @@ pub(crate) async fn job(
         .iter()
         .find(|job| job.job == name || job.status.queue == name)
     else {
-        let mut response = page(
+        return not_found(
             &shared,
             &name,
             params.notice.as_deref(),
             "<p>No running worker runs this job type.</p>",
         );
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        return response;
     };
     let status = &job.status;
     let mut html = String::new();
@@ -330,7 +335,7 @@ pub(crate) async fn job(
             Some(stats) => (stats.messages.to_string(), stats.consumers.to_string()),
             None => ("missing".to_owned(), "–".to_owned()),
         };
-        let name = if queue.role == QueueRole::DeadLetter {
+        let name = if matches!(queue.role, QueueRole::DeadLetter | QueueRole::Delay) {
             format!(
                 r#"<a href="{}">{}</a>"#,
                 escape(&shared.link(&format!("/dead-letters/{}", segment(&queue.name)))),
@@ -386,14 +391,12 @@ pub(crate) async fn dead_letters(
         Err(error) => return failed(&shared, error),
     };
     let Some(stats) = stats else {
-        let mut response = page(
+        return not_found(
             &shared,
             &queue,
             params.notice.as_deref(),
             "<p>No such queue.</p>",
         );
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        return response;
     };
     let offset = params.offset.unwrap_or(0);
     let letters = match shared.admin.dead_letters(&queue, offset, PAGE).await {
@@ -411,10 +414,13 @@ pub(crate) async fn dead_letters(
     }
     let shown: Vec<&Letter> = letters.iter().filter(|l| filter.matches(l)).collect();
     let path = format!("/dead-letters/{}", segment(&queue));
+    // Another queue of a job (a delay queue) shows what waits there, with
+    // no action.
+    let actions = !shared.read_only && queue.ends_with(".dlq");
     let mut html = String::new();
     let _ = write!(
         html,
-        r#"<p>{total} letter(s) in the queue; letters {from}–{to} read in place, {shown} match.</p>
+        r#"<p>{total} message(s) in the queue; {from}–{to} read in place, {shown} match.</p>
 <form method="get" action="{action}" class="row"><label>Reason <select name="reason">{options}</select></label><label>Error contains <input name="error" value="{error}"></label><button type="submit">Filter</button></form>"#,
         total = stats.messages,
         from = offset + usize::from(!letters.is_empty()),
@@ -439,7 +445,7 @@ pub(crate) async fn dead_letters(
         .collect::<String>(),
         error = escape(&error_text),
     );
-    if !shared.read_only {
+    if actions {
         let _ = write!(
             html,
             r#"<form method="post" action="{action}" class="row"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="reason" value="{reason}"><input type="hidden" name="error" value="{error}"><button type="submit">Replay every letter that matches</button></form>"#,
@@ -469,23 +475,25 @@ pub(crate) async fn dead_letters(
                 .failed_at
                 .map_or("–".to_owned(), |at| format!("{} ago", ago(at))),
             escape(&letter.error),
-            format!(
-                "{}{}",
-                button(
+            if actions {
+                let replay = button(
                     &shared,
                     &token,
                     &format!("{letter_path}/replay"),
                     "Replay",
-                    ""
-                ),
-                button(
+                    "",
+                );
+                let discard = button(
                     &shared,
                     &token,
                     &format!("{letter_path}/discard"),
                     "Discard",
-                    "danger"
-                ),
-            ),
+                    "danger",
+                );
+                format!("{replay}{discard}")
+            } else {
+                String::new()
+            },
         ]);
     }
     html.push_str(&table.finish("no dead letter here"));
@@ -527,18 +535,12 @@ pub(crate) async fn dead_letter(
         Err(error) => return failed(&shared, error),
     };
     let Some(letter) = letter else {
-        let mut response = page(
-            &shared,
-            &job_id,
-            params.notice.as_deref(),
-            &format!(
-                "<p>No dead letter of job {} in {}.</p>",
-                escape(&job_id),
-                escape(&queue)
-            ),
+        let html = format!(
+            "<p>No dead letter of job {} in {}.</p>",
+            escape(&job_id),
+            escape(&queue)
         );
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        return response;
+        return not_found(&shared, &job_id, params.notice.as_deref(), &html);
     };
     let path = format!("/dead-letters/{}/{}", segment(&queue), segment(&job_id));
     let payload = match &letter.payload {

@@ -99,6 +99,21 @@ async fn until_page(
     }
 }
 
+/// Clicks the page's first button labelled `label`; returns the notice of
+/// the page it leads back to.
+async fn click(client: &Client, label: &str) -> String {
+    let button = format!("//button[text()='{label}']");
+    client
+        .find(Locator::XPath(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = client.find(Locator::Css("p.notice")).await.unwrap();
+    notice.text().await.unwrap()
+}
+
 /// Waits until `check` holds.
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -156,63 +171,27 @@ async fn the_console_works_in_a_real_browser() {
     .await;
 
     // Pausing `email` stops its consumption on the broker.
+    let stats = async |queue: &str| broker.queue_stats(queue).await.unwrap().unwrap();
     client.goto(&format!("{base}/jobs/email")).await.unwrap();
-    client
-        .find(Locator::XPath("//button[text()='Pause']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let notice = client
-        .find(Locator::Css("p.notice"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(notice, "pause email: done by 2 worker(s)");
+    assert_eq!(
+        click(&client, "Pause").await,
+        "pause email: done by 2 worker(s)"
+    );
     until("no consumer on demo.email", async || {
-        broker
-            .queue_stats("demo.email")
-            .await
-            .unwrap()
-            .unwrap()
-            .consumers
-            == 0
+        stats("demo.email").await.consumers == 0
     })
     .await;
-    let waiting = broker
-        .queue_stats("demo.email")
-        .await
-        .unwrap()
-        .unwrap()
-        .messages;
+    let waiting = stats("demo.email").await.messages;
     until("the producer's jobs waiting", async || {
-        broker
-            .queue_stats("demo.email")
-            .await
-            .unwrap()
-            .unwrap()
-            .messages
-            > waiting + 5
+        stats("demo.email").await.messages > waiting + 5
     })
     .await;
-    client
-        .find(Locator::XPath("//button[text()='Resume']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    assert_eq!(
+        click(&client, "Resume").await,
+        "resume email: done by 2 worker(s)"
+    );
     until("both consumers back", async || {
-        broker
-            .queue_stats("demo.email")
-            .await
-            .unwrap()
-            .unwrap()
-            .consumers
-            == 2
+        stats("demo.email").await.consumers == 2
     })
     .await;
 
@@ -223,39 +202,15 @@ async fn the_console_works_in_a_real_browser() {
     })
     .await;
     let done = demo::IMPORTS_DONE.load(Ordering::SeqCst);
-    let dead = broker
-        .queue_stats("demo.import.dlq")
-        .await
-        .unwrap()
-        .unwrap()
-        .messages;
-    client
-        .find(Locator::XPath("//button[text()='Replay']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let notice = client
-        .find(Locator::Css("p.notice"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let dead = stats("demo.import.dlq").await.messages;
+    let notice = click(&client, "Replay").await;
     assert!(notice.starts_with("replayed "), "{notice}");
     until("the replayed import done", async || {
         demo::IMPORTS_DONE.load(Ordering::SeqCst) > done
     })
     .await;
     until("one letter fewer", async || {
-        broker
-            .queue_stats("demo.import.dlq")
-            .await
-            .unwrap()
-            .unwrap()
-            .messages
-            < dead
+        stats("demo.import.dlq").await.messages < dead
     })
     .await;
 

@@ -56,6 +56,14 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The `name=value` of the token cookie a page set, and the token.
+fn token_cookie(headers: &[(String, String)]) -> (String, String) {
+    let set = header(headers, "set-cookie").expect("a token cookie");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let token = cookie.trim_start_matches("qjob_csrf=").to_owned();
+    (cookie, token)
+}
+
 fn get(addr: &str, path: &str, cookie: Option<&str>) -> String {
     let cookie = cookie
         .map(|c| format!("Cookie: {c}\r\n"))
@@ -127,13 +135,7 @@ async fn actions_need_the_cookie_token_and_this_origin() {
     let (admin, _stop) = running().await;
     let addr = serve(Console::new(admin)).await;
     let (_, headers, body) = http(&addr, &get(&addr, "/jobs/email", None)).await;
-    let cookie = header(&headers, "set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let token = cookie.trim_start_matches("qjob_csrf=");
+    let (cookie, token) = token_cookie(&headers);
     assert!(body.contains(&format!(r#"name="csrf" value="{token}""#)));
     let form = format!("csrf={token}");
 
@@ -183,13 +185,7 @@ async fn read_only_shows_no_action_and_refuses_them() {
     let (_, headers, body) = http(&addr, &get(&addr, "/jobs/email", None)).await;
     assert!(body.contains(r#"<span class="badge">read-only</span>"#));
     assert!(!body.contains(r#"method="post""#), "no form posts");
-    let cookie = header(&headers, "set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let token = cookie.trim_start_matches("qjob_csrf=");
+    let (cookie, token) = token_cookie(&headers);
     let extra = format!("Cookie: {cookie}\r\n");
     let (status, _, body) = http(
         &addr,

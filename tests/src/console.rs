@@ -74,7 +74,11 @@ async fn wait_workers<J: Job>(
 }
 
 /// Waits until `J`'s view across the alive workers passes `check`.
-async fn wait_job<J: Job>(admin: &Admin, what: &str, check: impl Fn(&JobView) -> bool) -> JobView {
+pub async fn wait_job<J: Job>(
+    admin: &Admin,
+    what: &str,
+    check: impl Fn(&JobView) -> bool,
+) -> JobView {
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         let view = admin
@@ -245,16 +249,21 @@ fn text(got: &crate::Got, name: &str) -> String {
         .unwrap_or_default()
 }
 
-pub async fn a_cancelled_running_job_is_told_and_dead_lettered(env: &Env) {
-    env.reset::<CancelRunningJob>().await;
-    let tag = env.tag::<CancelRunningJob>();
+/// A worker of `job` that a console sees, running task 0 (`act`) of it.
+async fn running_one<J: Job<Payload = Task>>(
+    env: &Env,
+    job: J,
+    act: Act,
+) -> (Admin, Running, std::sync::Arc<crate::Probe>, qjob::JobId) {
+    env.reset::<J>().await;
+    let tag = env.tag::<J>();
     let probe = probe(&tag);
     let admin = connect(env).await;
-    let worker = start(env, CancelRunningJob);
-    wait_workers::<CancelRunningJob>(&admin, "the worker", |w| w.len() == 1).await;
+    let worker = start(env, job);
+    wait_workers::<J>(&admin, "the worker", |w| w.len() == 1).await;
     let id = env
         .client()
-        .enqueue::<CancelRunningJob>(Task::new(&tag, 0, Act::AwaitCancel))
+        .enqueue::<J>(Task::new(&tag, 0, act))
         .await
         .unwrap();
     probe
@@ -262,6 +271,11 @@ pub async fn a_cancelled_running_job_is_told_and_dead_lettered(env: &Env) {
             p.in_flight.load(Ordering::SeqCst) == 1
         })
         .await;
+    (admin, worker, probe, id)
+}
+
+pub async fn a_cancelled_running_job_is_told_and_dead_lettered(env: &Env) {
+    let (admin, worker, probe, id) = running_one(env, CancelRunningJob, Act::AwaitCancel).await;
     let replies = admin.cancel(id.as_str()).await.unwrap();
     assert!(
         !replies.is_empty() && replies.iter().all(|reply| reply.ok),
@@ -339,22 +353,7 @@ pub async fn a_cancelled_queued_job_is_dead_lettered_when_it_arrives(env: &Env) 
 }
 
 pub async fn a_handler_that_ignores_a_cancel_finishes_normally(env: &Env) {
-    env.reset::<CancelIgnoredJob>().await;
-    let tag = env.tag::<CancelIgnoredJob>();
-    let probe = probe(&tag);
-    let admin = connect(env).await;
-    let worker = start(env, CancelIgnoredJob);
-    wait_workers::<CancelIgnoredJob>(&admin, "the worker", |w| w.len() == 1).await;
-    let id = env
-        .client()
-        .enqueue::<CancelIgnoredJob>(Task::new(&tag, 0, Act::Block))
-        .await
-        .unwrap();
-    probe
-        .wait("the job running", LIMIT, |p| {
-            p.in_flight.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    let (admin, worker, probe, id) = running_one(env, CancelIgnoredJob, Act::Block).await;
     let replies = admin.cancel(id.as_str()).await.unwrap();
     assert!(replies.iter().all(|reply| reply.ok), "{replies:?}");
     probe.release();

@@ -429,21 +429,10 @@ async fn pause_and_resume_across_two_worker_processes_lose_and_reject_nothing() 
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     // Both paused, nothing running: what is not done is back in the queue.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let view = admin
-            .jobs()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|v| v.job == ConsoleProcessJob::NAME)
-            .unwrap_or_else(|| panic!("{:#?}", workers_among(&admin, &pids)));
-        if view.paused_on == 2 && view.in_flight == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{view:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    qjob_tests::console::wait_job::<ConsoleProcessJob>(&admin, "both paused, idle", |view| {
+        view.paused_on == 2 && view.in_flight == 0
+    })
+    .await;
     while let Ok(seq) = done_rx.try_recv() {
         done.push(seq);
     }

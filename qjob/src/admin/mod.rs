@@ -663,6 +663,9 @@ impl Admin {
     /// `offset + limit` letters meanwhile, and another browse at the same
     /// time sees the queue without them.
     ///
+    /// It reads any queue the same way: on a delay queue, it shows what
+    /// waits there (its messages expire on time once put back).
+    ///
     /// # Errors
     ///
     /// The broker's error; every letter taken is put back.
