@@ -18,6 +18,14 @@ use serde_json::{Value, json};
 
 use table::{Table, ago, short};
 
+/// `println!` through [`table::say`]: cleaned of control characters, and
+/// quiet on a closed pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        table::say(&format!($($arg)*))
+    };
+}
+
 /// Operate qjob's jobs on RabbitMQ: workers, queues, dead letters.
 #[derive(Debug, Parser)]
 #[command(name = "qjob", version, about, long_about = None)]
@@ -89,11 +97,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum Dlq {
-    /// Lists dead letters, oldest first, leaving them in place.
+    /// Lists dead letters, oldest first, leaving them in place (it reads at
+    /// most the first 10 000).
     List {
         /// The job type's name, its queue, or its dead-letter queue.
         queue: String,
-        /// Skip this many.
+        /// Skip this many (of those that pass the filter).
         #[arg(long, default_value_t = 0)]
         offset: usize,
         /// Show at most this many.
@@ -114,6 +123,7 @@ enum Dlq {
         /// The job type's name, its queue, or its dead-letter queue.
         queue: String,
         /// The job to replay; without it, `--all` or a filter says which.
+        #[arg(conflicts_with_all = ["reason", "error"])]
         job_id: Option<String>,
         /// Replay every dead letter.
         #[arg(long, conflicts_with_all = ["job_id", "reason", "error"])]
@@ -230,20 +240,17 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Dlq(dlq) => dead_letters(&out, &admin, dlq).await,
         Command::Pause { job } => {
-            admin.refresh().await?;
+            running(&admin, job).await?;
             obey(&out, job, admin.pause(job).await?)
         }
         Command::Resume { job } => {
-            admin.refresh().await?;
+            running(&admin, job).await?;
             obey(&out, job, admin.resume(job).await?)
         }
         Command::Concurrency { job, concurrency } => {
-            admin.refresh().await?;
-            obey(
-                &out,
-                job,
-                admin.set_concurrency(job, *concurrency as usize).await?,
-            )
+            running(&admin, job).await?;
+            let replies = admin.set_concurrency(job, *concurrency as usize).await?;
+            obey(&out, job, replies)
         }
         Command::Cancel { job_id } => {
             admin.refresh().await?;
@@ -256,9 +263,9 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 out.print_json(&json!({ "problems": problems }));
             } else if problems.is_empty() {
-                println!("the broker's queues match what the running workers declare");
+                say!("the broker's queues match what the running workers declare");
             } else {
-                problems.iter().for_each(|problem| println!("{problem}"));
+                problems.iter().for_each(|problem| say!("{problem}"));
             }
             if problems.is_empty() {
                 Ok(())
@@ -279,7 +286,7 @@ struct Out {
 
 impl Out {
     fn print_json(&self, value: &Value) {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(value).expect("JSON values serialize")
         );
@@ -293,8 +300,10 @@ fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView]) {
         .iter()
         .filter(|w| w.alive)
         .filter_map(|w| {
-            let blocked = w.status.blocked.as_ref()?;
-            Some(format!("{} ({}): {blocked}", w.status.host, w.status.pid))
+            let blocked = w.status.blocked.as_ref().map(|b| format!("blocked: {b}"));
+            let down = (!w.status.connected).then(|| "disconnected".to_owned());
+            let what = blocked.or(down)?;
+            Some(format!("{} (pid {}): {what}", w.status.host, w.status.pid))
         })
         .collect();
     if out.json {
@@ -305,9 +314,9 @@ fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView]) {
         }));
         return;
     }
-    println!("workers: {alive} alive, {gone} gone");
+    say!("workers: {alive} alive, {gone} gone");
     for alarm in &alarms {
-        println!("alarm: {alarm}");
+        say!("alarm: {alarm}");
     }
     let mut table = Table::new([
         "JOB",
@@ -362,7 +371,7 @@ fn job_json(job: &JobView) -> Value {
         "last_error": job.last_error,
         "queues": job.queues.iter().map(|queue| json!({
             "name": queue.name,
-            "role": format!("{:?}", queue.role).to_lowercase(),
+            "role": queue.role.as_str(),
             "exists": queue.stats.is_some(),
             "ready": queue.stats.map(|s| s.messages),
             "consumers": queue.stats.map(|s| s.consumers),
@@ -442,13 +451,33 @@ fn queues(out: &Out, jobs: &[JobView]) {
             table.row([
                 queue.name.clone(),
                 job.job.clone(),
-                format!("{:?}", queue.role).to_lowercase(),
+                queue.role.as_str().to_owned(),
                 ready,
                 consumers,
             ]);
         }
     }
     table.print();
+}
+
+/// Waits for the workers' heartbeats; not found (3) when no running worker
+/// runs job type `job` (by name or queue).
+async fn running(admin: &Admin, job: &str) -> Result<(), Failure> {
+    admin.refresh().await?;
+    let runs = admin
+        .workers()
+        .iter()
+        .filter(|worker| worker.alive)
+        .flat_map(|worker| &worker.status.jobs)
+        .any(|status| status.job == job || status.queue == job);
+    if runs {
+        Ok(())
+    } else {
+        Err(Failure(
+            NOT_FOUND,
+            format!("no running worker runs job type {job:?}"),
+        ))
+    }
 }
 
 /// The dead-letter queue `name` stands for: a dead-letter queue, a job's
@@ -485,10 +514,8 @@ async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Result<(), Fai
             filter,
         } => {
             let queue = dead_letter_queue(admin, queue).await?;
-            let mut letters = admin.dead_letters(&queue, *offset, *limit).await?;
-            if let Some(filter) = filter.letters() {
-                letters.retain(|letter| filter.matches(letter));
-            }
+            let filter = filter.letters().unwrap_or_else(LetterFilter::all);
+            let letters = admin.dead_letters(&queue, &filter, *offset, *limit).await?;
             list(out, &queue, &letters);
             Ok(())
         }
@@ -575,7 +602,7 @@ fn done(out: &Out, text: &str, value: Value) {
     if out.json {
         out.print_json(&value);
     } else {
-        println!("{text}");
+        say!("{text}");
     }
 }
 
@@ -629,27 +656,27 @@ fn show(out: &Out, letter: &Letter) {
         .job_id
         .as_ref()
         .map_or("-".to_owned(), ToString::to_string);
-    println!("job id:    {job_id}");
-    println!("reason:    {}", letter.reason);
-    println!("error:     {}", letter.error);
-    println!("attempts:  {}", letter.attempts);
+    say!("job id:    {job_id}");
+    say!("reason:    {}", letter.reason);
+    say!("error:     {}", letter.error);
+    say!("attempts:  {}", letter.attempts);
     if let Some(at) = letter.failed_at {
-        println!("failed:    {} ago", ago(at));
+        say!("failed:    {} ago", ago(at));
     }
     if let Some(host) = &letter.host {
-        println!("host:      {host}");
+        say!("host:      {host}");
     }
-    println!("payload:");
+    say!("payload:");
     match &letter.payload {
-        Some(payload) => println!(
+        Some(payload) => say!(
             "{}",
             serde_json::to_string_pretty(payload).expect("JSON values serialize")
         ),
-        None => println!("{}", String::from_utf8_lossy(&letter.body)),
+        None => say!("{}", String::from_utf8_lossy(&letter.body)),
     }
-    println!("headers:");
+    say!("headers:");
     for (name, value) in &letter.headers {
-        println!("  {name}: {value}");
+        say!("  {name}: {value}");
     }
 }
 
@@ -666,7 +693,7 @@ fn obey(out: &Out, target: &str, replies: Vec<Reply>) -> Result<(), Failure> {
         for reply in &replies {
             let worker = short_id(&reply.worker_id);
             let verdict = if reply.ok { "ok" } else { "refused" };
-            println!("{worker}: {verdict}: {}", reply.message);
+            say!("{worker}: {verdict}: {}", reply.message);
         }
     }
     if replies.is_empty() {

@@ -19,7 +19,7 @@ impl Table {
     }
 
     pub(crate) fn print(&self) {
-        print!("{self}");
+        say(self.to_string().trim_end_matches('\n'));
     }
 }
 
@@ -30,7 +30,7 @@ impl std::fmt::Display for Table {
             .map(|column| {
                 self.rows
                     .iter()
-                    .map(|row| row[column].chars().count())
+                    .map(|row| clean(&row[column], false).chars().count())
                     .max()
                     .unwrap_or(0)
             })
@@ -38,15 +38,47 @@ impl std::fmt::Display for Table {
         for row in &self.rows {
             let mut line = String::new();
             for (column, cell) in row.iter().enumerate() {
+                let cell = clean(cell, false);
                 if column + 1 < columns {
                     line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
                 } else {
-                    line.push_str(cell);
+                    line.push_str(&cell);
                 }
             }
             writeln!(f, "{}", line.trim_end())?;
         }
         Ok(())
+    }
+}
+
+/// `text` with every control character shown escaped (`\u{1b}`): nothing
+/// a message carries can move the cursor, clear the screen or reach the
+/// clipboard. Line breaks stay, with `newlines`.
+pub(crate) fn clean(text: &str, newlines: bool) -> String {
+    let mut cleaned = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(newlines && c == '\n') {
+            cleaned.extend(c.escape_default());
+        } else {
+            cleaned.push(c);
+        }
+    }
+    cleaned
+}
+
+/// Writes `text` and a line break to stdout, cleaned of control
+/// characters. A closed pipe (`qjob … | head`) ends the program quietly,
+/// with success: the reader had what it wanted.
+pub(crate) fn say(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(stdout, "{}", clean(text, true)).and_then(|()| stdout.flush());
+    if let Err(error) = written {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("qjob: cannot write the output: {error}");
+        std::process::exit(1);
     }
 }
 
@@ -86,6 +118,18 @@ mod tests {
             table.to_string(),
             "A          LONG HEADER  C\nwide cell  x            last\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(
+            clean("a\u{1b}]52;c;x\u{7}b\r", false),
+            "a\\u{1b}]52;c;x\\u{7}b\\r"
+        );
+        assert_eq!(clean("two\nlines\tx", true), "two\nlines\\tx");
+        let mut table = Table::new(["A"]);
+        table.row(["\u{1b}[2J".to_owned()]);
+        assert_eq!(table.to_string(), "A\n\\u{1b}[2J\n");
     }
 
     #[test]

@@ -221,6 +221,8 @@ async fn dead_letters_are_listed_shown_replayed_discarded_and_purged() {
         2,
         "which ones?"
     );
+    let both = qjob(&["dlq", "replay", &dlq, &ids[2], "--reason", "permanent"]).await;
+    assert_eq!(code(&both), 2, "one letter, or a filter");
     let output = qjob(&["dlq", "purge", &dlq]).await;
     assert_eq!(code(&output), 2, "purging asks for --yes");
     let output = qjob(&["dlq", "purge", &dlq, "--yes", "--json"]).await;
@@ -283,7 +285,7 @@ async fn pause_resume_concurrency_and_cancel_reach_the_workers() {
     );
     assert_eq!(
         code(&qjob(&["pause", "no-such-job"]).await),
-        4,
+        3,
         "nobody runs it"
     );
 
@@ -339,6 +341,18 @@ async fn topology_check_reports_what_differs_with_its_exit_code() {
         )]
     );
     qjob_tests::Rabbit::connect().await.delete(&[&extra]).await;
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_early_is_no_failure() {
+    let mut child = tokio::process::Command::new(QJOB)
+        .args(["workers", "--wait", "300"])
+        .env("QJOB_AMQP_URL", url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // `qjob workers | head -0`
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }
 
 #[tokio::test]

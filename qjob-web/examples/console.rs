@@ -132,10 +132,18 @@ pub async fn start(broker: AmqpBroker, heartbeat: Duration) -> Result<Demo, Erro
     Ok(Demo { stop, producer })
 }
 
-/// The console's router over `broker`.
-pub async fn console(broker: AmqpBroker, refresh: Duration) -> Result<axum::Router, Error> {
+/// The console's router over `broker`, answering at `host` only (it has no
+/// authentication: no other site may rebind its name to it).
+pub async fn console(
+    broker: AmqpBroker,
+    refresh: Duration,
+    host: &str,
+) -> Result<axum::Router, Error> {
     let admin = Arc::new(Admin::connect(broker).await?);
-    Ok(qjob_web::Console::new(admin).refresh(refresh).router())
+    let console = qjob_web::Console::new(admin)
+        .refresh(refresh)
+        .allowed_hosts([host]);
+    Ok(console.router())
 }
 
 #[tokio::main]
@@ -144,9 +152,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     let broker = AmqpBroker::connect(url).await?;
     let _demo = start(broker.clone(), Duration::from_secs(2)).await?;
-    let router = console(broker, Duration::from_secs(3)).await?;
     let addr = std::env::var("QJOB_CONSOLE_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let router = console(broker, Duration::from_secs(3), &addr).await?;
     println!("qjob console on http://{addr} (Ctrl-C stops)");
     axum::serve(listener, router)
         .with_graceful_shutdown(async {

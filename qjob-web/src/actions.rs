@@ -7,18 +7,25 @@ use std::sync::Arc;
 use axum::Form;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use axum::http::header::{self, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use qjob::admin::{LetterFilter, Reply};
 use serde::Deserialize;
 
-use crate::Shared;
-use crate::csrf::Token;
 use crate::html::segment;
+use crate::{Context, Shared};
 
 /// A form with nothing but the token.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Plain {
     csrf: String,
+}
+
+/// A form about one dead letter.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Letter {
+    csrf: String,
+    job_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,7 +68,7 @@ macro_rules! tokened {
     };
 }
 
-tokened!(Plain, Concurrency, Cancel, Matching);
+tokened!(Plain, Letter, Concurrency, Cancel, Matching);
 
 impl<S, T> FromRequest<S> for Checked<T>
 where
@@ -71,7 +78,10 @@ where
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let token = request.extensions().get::<Token>().cloned();
+        let token = request
+            .extensions()
+            .get::<Context>()
+            .map(|context| context.token.clone());
         let Form(form) = Form::<T>::from_request(request, state)
             .await
             .map_err(IntoResponse::into_response)?;
@@ -86,11 +96,15 @@ where
     }
 }
 
-/// Back to `path` with a notice.
+/// Back to `path`, leaving `notice` for it (in a cookie, shown once: a
+/// link cannot forge it).
 fn back(shared: &Shared, path: &str, notice: &str) -> Response {
-    let separator = if path.contains('?') { '&' } else { '?' };
-    let target = format!("{}{separator}notice={}", shared.link(path), segment(notice));
-    Redirect::to(&target).into_response()
+    let mut response = Redirect::to(&shared.link(path)).into_response();
+    let cookie = crate::csrf::notice_cookie(&shared.base, Some(notice));
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 fn broker_error(error: qjob::Error) -> Response {
@@ -192,20 +206,38 @@ pub(crate) async fn cancel(
 
 pub(crate) async fn replay(
     State(shared): State<Arc<Shared>>,
-    Path((queue, job_id)): Path<(String, String)>,
-    _: Checked<Plain>,
+    Path(queue): Path<String>,
+    Checked(form): Checked<Letter>,
 ) -> Response {
-    let replayed = shared.admin.replay(&queue, &job_id).await;
-    one_letter(&shared, &queue, &job_id, "replayed", replayed)
+    if let Some(refused) = unknown_queue(&shared, &queue) {
+        return refused;
+    }
+    let replayed = shared.admin.replay(&queue, &form.job_id).await;
+    one_letter(&shared, &queue, &form.job_id, "replayed", replayed)
 }
 
 pub(crate) async fn discard(
     State(shared): State<Arc<Shared>>,
-    Path((queue, job_id)): Path<(String, String)>,
-    _: Checked<Plain>,
+    Path(queue): Path<String>,
+    Checked(form): Checked<Letter>,
 ) -> Response {
-    let discarded = shared.admin.discard(&queue, &job_id).await;
-    one_letter(&shared, &queue, &job_id, "discarded", discarded)
+    if let Some(refused) = unknown_queue(&shared, &queue) {
+        return refused;
+    }
+    let discarded = shared.admin.discard(&queue, &form.job_id).await;
+    one_letter(&shared, &queue, &form.job_id, "discarded", discarded)
+}
+
+/// Refuses a queue that is not the dead-letter queue of a job type the
+/// workers report.
+fn unknown_queue(shared: &Shared, queue: &str) -> Option<Response> {
+    (!shared.is_dead_letter_queue(queue)).then(|| {
+        (
+            StatusCode::NOT_FOUND,
+            "not the dead-letter queue of a job type a running worker reports",
+        )
+            .into_response()
+    })
 }
 
 /// Back to the dead letters of `queue`, saying what became of `job_id`'s.
@@ -229,6 +261,9 @@ pub(crate) async fn replay_matching(
     Path(queue): Path<String>,
     Checked(form): Checked<Matching>,
 ) -> Response {
+    if let Some(refused) = unknown_queue(&shared, &queue) {
+        return refused;
+    }
     let mut filter = LetterFilter::all();
     if !form.reason.trim().is_empty() {
         filter = filter.reason(form.reason.trim());

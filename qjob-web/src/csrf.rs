@@ -35,20 +35,25 @@ impl Token {
     }
 }
 
-/// The token from the request's cookie, or a new random one.
-pub(crate) fn token(headers: &HeaderMap) -> Token {
-    let sent = headers
+/// The value of cookie `name` the request sent.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|cookies| cookies.split(';'))
         .filter_map(|cookie| cookie.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .find(|(sent, _)| *sent == name)
+        .map(|(_, value)| value)
+}
+
+/// The token from the request's cookie, or a new random one.
+pub(crate) fn token(headers: &HeaderMap) -> Token {
+    let sent = cookie(headers, COOKIE)
         .filter(|value| value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()));
     match sent {
         Some(value) => Token {
-            value,
+            value: value.to_owned(),
             is_new: false,
         },
         None => Token {
@@ -58,28 +63,79 @@ pub(crate) fn token(headers: &HeaderMap) -> Token {
     }
 }
 
-/// Refuses a request the browser says comes from another site.
-pub(crate) fn same_site(parts: &Parts) -> Result<(), &'static str> {
+/// The cookie carrying the notice an action leaves for the page it
+/// redirects to.
+const NOTICE: &str = "qjob_notice";
+
+/// The notice the last action left, if any.
+pub(crate) fn notice(headers: &HeaderMap) -> Option<String> {
+    let encoded = cookie(headers, NOTICE)?;
+    let bytes = encoded.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).ok()?;
+                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded)
+        .ok()
+        .filter(|text| !text.is_empty())
+}
+
+/// The `Set-Cookie` value that leaves `notice` for the next page (or, with
+/// `None`, clears it).
+pub(crate) fn notice_cookie(base: &str, notice: Option<&str>) -> String {
+    let path = if base.is_empty() { "/" } else { base };
+    match notice {
+        Some(text) => format!(
+            "{NOTICE}={}; Path={path}; Max-Age=60; HttpOnly; SameSite=Strict",
+            crate::html::segment(text)
+        ),
+        None => format!("{NOTICE}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Strict"),
+    }
+}
+
+/// The host the request was sent to: `Host`, or the URI's authority
+/// (HTTP/2).
+pub(crate) fn host(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|authority| authority.as_str()))
+}
+
+/// Refuses a request the browser says comes from another site: its
+/// `Sec-Fetch-Site`, or an `Origin` that is neither the request's own host
+/// nor one of `allowed` (`scheme://host[:port]`, lower-case).
+pub(crate) fn same_site(parts: &Parts, allowed: &[String]) -> Result<(), &'static str> {
     if let Some(site) = parts.headers.get("sec-fetch-site")
         && !matches!(site.as_bytes(), b"same-origin" | b"none")
     {
         return Err("refused: a request from another site");
     }
-    if let Some(origin) = parts.headers.get(header::ORIGIN) {
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok());
-        let origin_host = origin
-            .to_str()
-            .ok()
-            .and_then(|origin| origin.split_once("://"))
-            .map(|(_, authority)| authority);
-        if origin_host.is_none() || origin_host != host {
-            return Err("refused: a request from another origin");
-        }
+    let Some(origin) = parts.headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().to_ascii_lowercase();
+    if allowed.contains(&origin) {
+        return Ok(());
     }
-    Ok(())
+    let origin_host = origin.split_once("://").map(|(_, authority)| authority);
+    let host = host(parts).map(str::to_ascii_lowercase);
+    match (origin_host, host) {
+        (Some(origin_host), Some(host)) if origin_host == host => Ok(()),
+        _ => Err("refused: a request from another origin"),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -115,24 +171,34 @@ mod tests {
 
     #[test]
     fn cross_site_requests_are_refused() {
-        assert!(same_site(&parts(&[("host", "a.example")])).is_ok());
-        assert!(
-            same_site(&parts(&[
-                ("host", "a.example"),
-                ("origin", "https://a.example")
-            ]))
-            .is_ok()
+        let none: &[String] = &[];
+        let check = |headers: &[(&str, &str)]| same_site(&parts(headers), none);
+        assert!(check(&[("host", "a.example")]).is_ok());
+        assert!(check(&[("host", "a.example"), ("origin", "https://A.example")]).is_ok());
+        assert!(check(&[("host", "a.example"), ("origin", "https://evil.example")]).is_err());
+        assert!(check(&[("host", "a.example"), ("origin", "null")]).is_err());
+        assert!(check(&[("sec-fetch-site", "cross-site")]).is_err());
+        assert!(check(&[("sec-fetch-site", "same-site")]).is_err());
+        assert!(check(&[("sec-fetch-site", "same-origin")]).is_ok());
+        // Behind a proxy that rewrites Host: the public origin, allowed.
+        let proxied = parts(&[
+            ("host", "backend:8080"),
+            ("origin", "https://console.example"),
+        ]);
+        assert!(same_site(&proxied, none).is_err());
+        assert!(same_site(&proxied, &["https://console.example".to_owned()]).is_ok());
+    }
+
+    #[test]
+    fn a_notice_reads_back_once_encoded() {
+        let set = notice_cookie("/qjob", Some("replayed 3 letter(s): “x” & y"));
+        let value = set.split(';').next().unwrap();
+        let sent = notice(&parts(&[("cookie", value)]).headers);
+        assert_eq!(sent.as_deref(), Some("replayed 3 letter(s): “x” & y"));
+        assert!(notice_cookie("", None).contains("Max-Age=0; "));
+        assert_eq!(
+            notice(&parts(&[("cookie", "qjob_notice=%zz")]).headers),
+            None
         );
-        assert!(
-            same_site(&parts(&[
-                ("host", "a.example"),
-                ("origin", "https://evil.example")
-            ]))
-            .is_err()
-        );
-        assert!(same_site(&parts(&[("host", "a.example"), ("origin", "null")])).is_err());
-        assert!(same_site(&parts(&[("sec-fetch-site", "cross-site")])).is_err());
-        assert!(same_site(&parts(&[("sec-fetch-site", "same-site")])).is_err());
-        assert!(same_site(&parts(&[("sec-fetch-site", "same-origin")])).is_ok());
     }
 }

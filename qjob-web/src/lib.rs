@@ -90,6 +90,8 @@ pub struct Console {
     base: String,
     refresh: Duration,
     authorize: Option<Arc<Authorize>>,
+    hosts: Vec<String>,
+    origins: Vec<String>,
 }
 
 impl std::fmt::Debug for Console {
@@ -110,6 +112,8 @@ impl Console {
             base: String::new(),
             refresh: Duration::from_secs(5),
             authorize: None,
+            hosts: Vec::new(),
+            origins: Vec::new(),
         }
     }
 
@@ -120,9 +124,43 @@ impl Console {
     }
 
     /// Where the router is mounted (`"/qjob"` for `.nest("/qjob", …)`), for
-    /// the links it writes; empty (the root) by default.
+    /// the links it writes; empty (the root) by default. Each segment is
+    /// percent-encoded as needed.
     pub fn base_path(mut self, base: impl Into<String>) -> Self {
-        self.base = base.into().trim_end_matches('/').to_owned();
+        self.base = base
+            .into()
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .map(|segment| format!("/{}", html::segment(segment)))
+            .collect();
+        self
+    }
+
+    /// The `Host` names (with the port, as browsers send them:
+    /// `"console.example.com"`, `"127.0.0.1:8080"`) the console answers;
+    /// others get 421. By default any: set it when the console is served
+    /// without authentication, so that a site that rebinds its name to
+    /// this address cannot use it.
+    pub fn allowed_hosts<I: IntoIterator<Item = S>, S: Into<String>>(mut self, hosts: I) -> Self {
+        self.hosts = hosts
+            .into_iter()
+            .map(|host| host.into().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// Further origins (`"https://console.example.com"`) an action may come
+    /// from, when the `Host` the console sees is not the one the browser
+    /// used (a proxy that rewrites it). By default only the request's own
+    /// host.
+    pub fn allowed_origins<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        origins: I,
+    ) -> Self {
+        self.origins = origins
+            .into_iter()
+            .map(|origin| origin.into().to_ascii_lowercase())
+            .collect();
         self
     }
 
@@ -151,6 +189,8 @@ impl Console {
             base: self.base,
             refresh: self.refresh,
             authorize: self.authorize,
+            hosts: self.hosts,
+            origins: self.origins,
             history: Mutex::default(),
         });
         Router::new()
@@ -167,15 +207,8 @@ impl Console {
                 "/dead-letters/{queue}/replay",
                 post(actions::replay_matching),
             )
-            .route("/dead-letters/{queue}/{job_id}", get(pages::dead_letter))
-            .route(
-                "/dead-letters/{queue}/{job_id}/replay",
-                post(actions::replay),
-            )
-            .route(
-                "/dead-letters/{queue}/{job_id}/discard",
-                post(actions::discard),
-            )
+            .route("/dead-letters/{queue}/replay-one", post(actions::replay))
+            .route("/dead-letters/{queue}/discard-one", post(actions::discard))
             .route("/assets/console.css", get(stylesheet))
             .route("/assets/console.js", get(script))
             .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -190,6 +223,8 @@ pub(crate) struct Shared {
     pub(crate) base: String,
     pub(crate) refresh: Duration,
     authorize: Option<Arc<Authorize>>,
+    hosts: Vec<String>,
+    origins: Vec<String>,
     /// Per job type: its recent rates, oldest first, for the chart.
     history: Mutex<HashMap<String, VecDeque<(Instant, f64)>>>,
 }
@@ -221,6 +256,24 @@ impl Shared {
     pub(crate) fn link(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// Whether `queue` is the dead-letter queue of a job type the workers
+    /// report: the only queues the console reads or changes.
+    pub(crate) fn is_dead_letter_queue(&self, queue: &str) -> bool {
+        self.admin
+            .workers()
+            .iter()
+            .flat_map(|worker| &worker.status.jobs)
+            .any(|job| job.dead_letter_queue == queue)
+    }
+}
+
+/// What the guard tells the handlers about a request: its CSRF token, and
+/// the notice the last action left (read once).
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) token: csrf::Token,
+    pub(crate) notice: Option<String>,
 }
 
 /// Runs before every route: the application's authorization, the read-only
@@ -232,6 +285,12 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         Access::View
     };
     let (parts, body) = request.into_parts();
+    if !shared.hosts.is_empty() {
+        let host = csrf::host(&parts).map(str::to_ascii_lowercase);
+        if !host.is_some_and(|host| shared.hosts.contains(&host)) {
+            return secure((StatusCode::MISDIRECTED_REQUEST, "unknown host").into_response());
+        }
+    }
     if let Some(authorize) = &shared.authorize
         && let Err(Denied(denied)) = authorize(&parts, access)
     {
@@ -241,18 +300,31 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         if shared.read_only {
             return secure((StatusCode::FORBIDDEN, "this console is read-only").into_response());
         }
-        if let Err(refused) = csrf::same_site(&parts) {
+        if let Err(refused) = csrf::same_site(&parts, &shared.origins) {
             return secure((StatusCode::FORBIDDEN, refused).into_response());
         }
     }
     let token = csrf::token(&parts.headers);
+    let notice = csrf::notice(&parts.headers);
+    let context = Context {
+        token: token.clone(),
+        notice: notice.clone(),
+    };
     let mut request = Request::from_parts(parts, body);
-    request.extensions_mut().insert(token.clone());
+    request.extensions_mut().insert(context);
     let mut response = next.run(request).await;
-    if token.is_new
-        && let Ok(cookie) = HeaderValue::from_str(&token.cookie(&shared.base))
-    {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+    let mut cookies = Vec::new();
+    if token.is_new {
+        cookies.push(token.cookie(&shared.base));
+    }
+    if notice.is_some() && access == Access::View {
+        // Shown once.
+        cookies.push(csrf::notice_cookie(&shared.base, None));
+    }
+    for cookie in cookies {
+        if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
     }
     secure(response)
 }

@@ -7,37 +7,57 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use qjob::admin::{JobView, Letter, LetterFilter, QueueRole, WorkerState, WorkerView};
+use qjob::admin::{JobView, LetterFilter, QueueRole, WorkerState, WorkerView};
 use serde::Deserialize;
 
-use crate::Shared;
-use crate::csrf::Token;
 use crate::html::{Table, ago, duration, escape, segment, sparkline};
+use crate::{Context, Shared};
 
-/// What a page's query may say.
+/// What a dead-letter page's query may say.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Params {
-    /// What the last action did.
-    #[serde(default)]
-    notice: Option<String>,
-    /// Dead letters: only this reason.
+    /// Only this reason.
     #[serde(default)]
     reason: Option<String>,
-    /// Dead letters: only errors containing this.
+    /// Only errors containing this.
     #[serde(default)]
     error: Option<String>,
-    /// Dead letters: from this position in the queue.
+    /// From this letter on, among those that pass the filter.
     #[serde(default)]
     offset: Option<usize>,
+    /// One letter: its job id.
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// Dead letters shown per page.
 const PAGE: usize = 50;
 
+/// The dead-letter reasons a filter offers.
+const REASONS: [&str; 5] = [
+    "permanent",
+    "retries-exhausted",
+    "malformed",
+    "delivery-limit",
+    "cancelled",
+];
+
+/// Whether the script refreshes a page. Pages with a button per row do
+/// not: a row could move under the click.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    Live,
+    Still,
+}
+
 /// A page: the layout around `content`.
-fn page(shared: &Shared, title: &str, notice: Option<&str>, content: &str) -> Response {
-    let base = &shared.base;
+fn page(shared: &Shared, ctx: &Context, title: &str, refresh: Refresh, content: &str) -> Response {
+    let base = escape(&shared.base);
     let mut html = String::with_capacity(content.len() + 2048);
+    let refresh = match refresh {
+        Refresh::Live => format!(r#" data-refresh="{}""#, shared.refresh.as_secs()),
+        Refresh::Still => String::new(),
+    };
     let _ = write!(
         html,
         r#"<!doctype html>
@@ -45,16 +65,15 @@ fn page(shared: &Shared, title: &str, notice: Option<&str>, content: &str) -> Re
 <title>{title} · qjob</title>
 <link rel="stylesheet" href="{base}/assets/console.css"><script src="{base}/assets/console.js" defer></script>
 </head><body><header><a class="brand" href="{base}/">qjob</a><nav><a href="{base}/">Overview</a><a href="{base}/workers">Workers</a><a href="{base}/dead-letters">Dead letters</a></nav>{mode}</header>
-<main data-refresh="{refresh}"><h1>{title}</h1>"#,
+<main{refresh}><h1>{title}</h1>"#,
         title = escape(title),
         mode = if shared.read_only {
             r#"<span class="badge">read-only</span>"#
         } else {
             ""
         },
-        refresh = shared.refresh.as_secs(),
     );
-    if let Some(notice) = notice.filter(|n| !n.is_empty()) {
+    if let Some(notice) = ctx.notice.as_deref().filter(|n| !n.is_empty()) {
         let _ = write!(
             html,
             r#"<p class="notice" role="status">{}</p>"#,
@@ -67,32 +86,44 @@ fn page(shared: &Shared, title: &str, notice: Option<&str>, content: &str) -> Re
 }
 
 /// A page saying what was not found, with status 404.
-fn not_found(shared: &Shared, title: &str, notice: Option<&str>, html: &str) -> Response {
-    let mut response = page(shared, title, notice, html);
+fn not_found(shared: &Shared, ctx: &Context, title: &str, html: &str) -> Response {
+    let mut response = page(shared, ctx, title, Refresh::Still, html);
     *response.status_mut() = StatusCode::NOT_FOUND;
     response
 }
 
-fn failed(shared: &Shared, error: qjob::Error) -> Response {
-    let mut response = page(
-        shared,
-        "The broker failed",
-        None,
-        &format!("<p>{}</p>", escape(&error.to_string())),
-    );
+fn failed(shared: &Shared, ctx: &Context, error: qjob::Error) -> Response {
+    let html = format!("<p>{}</p>", escape(&error.to_string()));
+    let mut response = page(shared, ctx, "The broker failed", Refresh::Still, &html);
     *response.status_mut() = StatusCode::BAD_GATEWAY;
     response
 }
 
-/// A `POST` button (none in read-only mode).
-fn button(shared: &Shared, token: &Token, action: &str, label: &str, class: &str) -> String {
+/// A `POST` button with hidden `fields` (none in read-only mode).
+fn button(
+    shared: &Shared,
+    ctx: &Context,
+    action: &str,
+    fields: &[(&str, &str)],
+    label: &str,
+    class: &str,
+) -> String {
     if shared.read_only {
         return String::new();
     }
+    let mut hidden = String::new();
+    for (name, value) in fields {
+        let _ = write!(
+            hidden,
+            r#"<input type="hidden" name="{}" value="{}">"#,
+            escape(name),
+            escape(value)
+        );
+    }
     format!(
-        r#"<form method="post" action="{action}" class="inline"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="{class}">{label}</button></form>"#,
+        r#"<form method="post" action="{action}" class="inline"><input type="hidden" name="csrf" value="{csrf}">{hidden}<button type="submit" class="{class}">{label}</button></form>"#,
         action = escape(&shared.link(action)),
-        csrf = escape(&token.value),
+        csrf = escape(&ctx.token.value),
         label = escape(label),
     )
 }
@@ -105,10 +136,11 @@ fn job_link(shared: &Shared, job: &str) -> String {
     )
 }
 
-fn queue_link(shared: &Shared, queue: &str, count: u64) -> String {
+fn queue_link(shared: &Shared, queue: &str, text: &str) -> String {
     format!(
-        r#"<a href="{}">{count}</a>"#,
-        escape(&shared.link(&format!("/dead-letters/{}", segment(queue))))
+        r#"<a href="{}">{}</a>"#,
+        escape(&shared.link(&format!("/dead-letters/{}", segment(queue)))),
+        escape(text)
     )
 }
 
@@ -122,12 +154,11 @@ fn state(worker: &WorkerView) -> &'static str {
 
 pub(crate) async fn overview(
     State(shared): State<Arc<Shared>>,
-    Extension(token): Extension<Token>,
-    Query(params): Query<Params>,
+    Extension(ctx): Extension<Context>,
 ) -> Response {
     let jobs = match shared.admin.jobs().await {
         Ok(jobs) => jobs,
-        Err(error) => return failed(&shared, error),
+        Err(error) => return failed(&shared, &ctx, error),
     };
     let workers = shared.admin.workers();
     let alive = workers.iter().filter(|w| w.alive).count();
@@ -177,7 +208,11 @@ pub(crate) async fn overview(
             job_link(&shared, &job.job),
             job.depth().to_string(),
             job.delayed().to_string(),
-            queue_link(&shared, &job.status.dead_letter_queue, job.dead_letters()),
+            queue_link(
+                &shared,
+                &job.status.dead_letter_queue,
+                &job.dead_letters().to_string(),
+            ),
             job.workers.to_string(),
             job.paused_on.to_string(),
             job.concurrency.to_string(),
@@ -196,10 +231,10 @@ pub(crate) async fn overview(
             html,
             r#"<h2>Cancel a job</h2><form method="post" action="{action}" class="row"><input type="hidden" name="csrf" value="{csrf}"><label>Job id <input name="job_id" required size="40"></label><button type="submit" class="danger">Cancel</button></form>"#,
             action = escape(&shared.link("/cancel")),
-            csrf = escape(&token.value),
+            csrf = escape(&ctx.token.value),
         );
     }
-    page(&shared, "Overview", params.notice.as_deref(), &html)
+    page(&shared, &ctx, "Overview", Refresh::Live, &html)
 }
 
 fn workers_table(workers: &[WorkerView]) -> String {
@@ -215,14 +250,11 @@ fn workers_table(workers: &[WorkerView]) -> String {
     ]);
     for worker in workers {
         let status = &worker.status;
+        let chars = status.worker_id.chars().count();
         let id: String = status
             .worker_id
             .chars()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
+            .skip(chars.saturating_sub(8))
             .collect();
         let jobs: Vec<&str> = status.jobs.iter().map(|job| job.job.as_str()).collect();
         table.row(&[
@@ -241,37 +273,33 @@ fn workers_table(workers: &[WorkerView]) -> String {
 
 pub(crate) async fn workers(
     State(shared): State<Arc<Shared>>,
-    Query(params): Query<Params>,
+    Extension(ctx): Extension<Context>,
 ) -> Response {
     let workers = shared.admin.workers();
     page(
         &shared,
+        &ctx,
         "Workers",
-        params.notice.as_deref(),
+        Refresh::Live,
         &workers_table(&workers),
     )
 }
 
 pub(crate) async fn job(
     State(shared): State<Arc<Shared>>,
-    Extension(token): Extension<Token>,
+    Extension(ctx): Extension<Context>,
     Path(name): Path<String>,
-    Query(params): Query<Params>,
 ) -> Response {
     let jobs = match shared.admin.jobs().await {
         Ok(jobs) => jobs,
-        Err(error) => return failed(&shared, error),
+        Err(error) => return failed(&shared, &ctx, error),
     };
     let Some(job) = jobs
         .iter()
         .find(|job| job.job == name || job.status.queue == name)
     else {
-        return not_found(
-            &shared,
-            &name,
-            params.notice.as_deref(),
-            "<p>No running worker runs this job type.</p>",
-        );
+        let html = "<p>No running worker runs this job type.</p>";
+        return not_found(&shared, &ctx, &name, html);
     };
     let status = &job.status;
     let mut html = String::new();
@@ -301,15 +329,17 @@ pub(crate) async fn job(
         html.push_str(r#"<section class="actions">"#);
         html.push_str(&button(
             &shared,
-            &token,
+            &ctx,
             &format!("{base}/pause"),
+            &[],
             "Pause",
             "danger",
         ));
         html.push_str(&button(
             &shared,
-            &token,
+            &ctx,
             &format!("{base}/resume"),
+            &[],
             "Resume",
             "",
         ));
@@ -317,7 +347,7 @@ pub(crate) async fn job(
             html,
             r#"<form method="post" action="{action}" class="inline"><input type="hidden" name="csrf" value="{csrf}"><label>Concurrency per worker <input name="concurrency" type="number" min="1" max="100000" required value="{current}"></label><button type="submit">Set</button></form>"#,
             action = escape(&shared.link(&format!("{base}/concurrency"))),
-            csrf = escape(&token.value),
+            csrf = escape(&ctx.token.value),
             current = status.concurrency,
         );
         html.push_str("</section>");
@@ -325,256 +355,252 @@ pub(crate) async fn job(
     html.push_str("<h2>Queues</h2>");
     let mut table = Table::new(&["Queue", "Role", "Ready", "Consumers"]);
     for queue in &job.queues {
-        let role = match queue.role {
-            QueueRole::Work => "work",
-            QueueRole::DeadLetter => "dead letters",
-            QueueRole::Delay => "delay",
-            _ => "other",
-        };
         let (ready, consumers) = match queue.stats {
             Some(stats) => (stats.messages.to_string(), stats.consumers.to_string()),
             None => ("missing".to_owned(), "–".to_owned()),
         };
-        let name = if matches!(queue.role, QueueRole::DeadLetter | QueueRole::Delay) {
-            format!(
-                r#"<a href="{}">{}</a>"#,
-                escape(&shared.link(&format!("/dead-letters/{}", segment(&queue.name)))),
-                escape(&queue.name)
-            )
-        } else {
-            escape(&queue.name)
+        let name = match queue.role {
+            QueueRole::DeadLetter => queue_link(&shared, &queue.name, &queue.name),
+            _ => escape(&queue.name),
         };
-        table.row(&[name, role.to_owned(), ready, consumers]);
+        table.row(&[name, queue.role.as_str().to_owned(), ready, consumers]);
     }
     html.push_str(&table.finish("no queue"));
     if let Some(error) = &job.last_error {
         let _ = write!(html, "<h2>Last error</h2><pre>{}</pre>", escape(error));
     }
-    page(&shared, &job.job, params.notice.as_deref(), &html)
+    page(&shared, &ctx, &job.job, Refresh::Live, &html)
 }
 
 pub(crate) async fn dead_letter_queues(
     State(shared): State<Arc<Shared>>,
-    Query(params): Query<Params>,
+    Extension(ctx): Extension<Context>,
 ) -> Response {
     let jobs = match shared.admin.jobs().await {
         Ok(jobs) => jobs,
-        Err(error) => return failed(&shared, error),
+        Err(error) => return failed(&shared, &ctx, error),
     };
     let mut table = Table::new(&["Dead-letter queue", "Job", "Letters"]);
     for job in &jobs {
+        let queue = &job.status.dead_letter_queue;
         table.row(&[
-            format!(
-                r#"<a href="{}">{}</a>"#,
-                escape(&shared.link(&format!(
-                    "/dead-letters/{}",
-                    segment(&job.status.dead_letter_queue)
-                ))),
-                escape(&job.status.dead_letter_queue)
-            ),
+            queue_link(&shared, queue, queue),
             job_link(&shared, &job.job),
             job.dead_letters().to_string(),
         ]);
     }
     let html = table.finish("no running worker has reported yet");
-    page(&shared, "Dead letters", params.notice.as_deref(), &html)
+    page(&shared, &ctx, "Dead letters", Refresh::Live, &html)
 }
 
-pub(crate) async fn dead_letters(
-    State(shared): State<Arc<Shared>>,
-    Extension(token): Extension<Token>,
-    Path(queue): Path<String>,
-    Query(params): Query<Params>,
-) -> Response {
-    let stats = match shared.admin.queue(&queue).await {
-        Ok(stats) => stats,
-        Err(error) => return failed(&shared, error),
-    };
-    let Some(stats) = stats else {
-        return not_found(
-            &shared,
-            &queue,
-            params.notice.as_deref(),
-            "<p>No such queue.</p>",
-        );
-    };
-    let offset = params.offset.unwrap_or(0);
-    let letters = match shared.admin.dead_letters(&queue, offset, PAGE).await {
-        Ok(letters) => letters,
-        Err(error) => return failed(&shared, error),
-    };
-    let reason = params.reason.clone().unwrap_or_default();
-    let error_text = params.error.clone().unwrap_or_default();
+/// The filter a dead-letter page's query asks for, with its reason and
+/// error text (empty for none); an unknown reason is none.
+fn filter(params: &Params) -> (LetterFilter, String, String) {
+    let reason = params
+        .reason
+        .clone()
+        .filter(|reason| REASONS.contains(&reason.as_str()))
+        .unwrap_or_default();
+    let error = params.error.clone().unwrap_or_default();
     let mut filter = LetterFilter::all();
     if !reason.is_empty() {
         filter = filter.reason(reason.as_str());
     }
-    if !error_text.is_empty() {
-        filter = filter.error_contains(error_text.as_str());
+    if !error.is_empty() {
+        filter = filter.error_contains(error.as_str());
     }
-    let shown: Vec<&Letter> = letters.iter().filter(|l| filter.matches(l)).collect();
+    (filter, reason, error)
+}
+
+pub(crate) async fn dead_letters(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Context>,
+    Path(queue): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    if !shared.is_dead_letter_queue(&queue) {
+        let html = "<p>Not the dead-letter queue of a job type a running worker reports.</p>";
+        return not_found(&shared, &ctx, &queue, html);
+    }
+    if params.id.is_some() {
+        return dead_letter(&shared, &ctx, &queue, &params).await;
+    }
+    let total = match shared.admin.queue(&queue).await {
+        Ok(stats) => stats.map_or(0, |stats| stats.messages),
+        Err(error) => return failed(&shared, &ctx, error),
+    };
+    let offset = params.offset.unwrap_or(0);
+    let (filter, reason, error_text) = filter(&params);
+    let letters = match shared
+        .admin
+        .dead_letters(&queue, &filter, offset, PAGE)
+        .await
+    {
+        Ok(letters) => letters,
+        Err(error) => return failed(&shared, &ctx, error),
+    };
     let path = format!("/dead-letters/{}", segment(&queue));
-    // Another queue of a job (a delay queue) shows what waits there, with
-    // no action.
-    let actions = !shared.read_only && queue.ends_with(".dlq");
     let mut html = String::new();
+    let options: String = [""]
+        .iter()
+        .chain(REASONS.iter())
+        .map(|option| {
+            format!(
+                r#"<option value="{option}"{selected}>{label}</option>"#,
+                selected = if *option == reason { " selected" } else { "" },
+                label = if option.is_empty() { "any" } else { option },
+            )
+        })
+        .collect();
     let _ = write!(
         html,
-        r#"<p>{total} message(s) in the queue; {from}–{to} read in place, {shown} match.</p>
+        r#"<p>{total} letter(s) in the queue, read in place (at most the first {most}).</p>
 <form method="get" action="{action}" class="row"><label>Reason <select name="reason">{options}</select></label><label>Error contains <input name="error" value="{error}"></label><button type="submit">Filter</button></form>"#,
-        total = stats.messages,
-        from = offset + usize::from(!letters.is_empty()),
-        to = offset + letters.len(),
-        shown = shown.len(),
+        most = qjob::admin::BROWSE_AT_MOST,
         action = escape(&shared.link(&path)),
-        options = [
-            "",
-            "permanent",
-            "retries-exhausted",
-            "malformed",
-            "delivery-limit",
-            "cancelled"
-        ]
-        .iter()
-        .map(|option| format!(
-            r#"<option value="{0}"{1}>{2}</option>"#,
-            option,
-            if *option == reason { " selected" } else { "" },
-            if option.is_empty() { "any" } else { option }
-        ))
-        .collect::<String>(),
         error = escape(&error_text),
     );
-    if actions {
-        let _ = write!(
-            html,
-            r#"<form method="post" action="{action}" class="row"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="reason" value="{reason}"><input type="hidden" name="error" value="{error}"><button type="submit">Replay every letter that matches</button></form>"#,
-            action = escape(&shared.link(&format!("{path}/replay"))),
-            csrf = escape(&token.value),
-            reason = escape(&reason),
-            error = escape(&error_text),
-        );
+    if !letters.is_empty() {
+        let which = match (reason.as_str(), error_text.as_str()) {
+            ("", "") => "Replay every letter".to_owned(),
+            (reason, "") => format!("Replay every letter with reason {reason}"),
+            ("", error) => format!("Replay every letter whose error contains “{error}”"),
+            (reason, error) => {
+                format!("Replay every letter with reason {reason} whose error contains “{error}”")
+            }
+        };
+        let fields = [("reason", reason.as_str()), ("error", error_text.as_str())];
+        html.push_str(&button(
+            &shared,
+            &ctx,
+            &format!("{path}/replay"),
+            &fields,
+            &which,
+            "",
+        ));
     }
     let mut table = Table::new(&["Job id", "Reason", "Attempts", "Failed", "Error", ""]);
-    for letter in shown {
-        let id = letter
-            .job_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let letter_path = format!("{path}/{}", segment(&id));
-        table.row(&[
-            format!(
-                r#"<a href="{}">{}</a>"#,
-                escape(&shared.link(&letter_path)),
-                escape(&id)
+    for letter in &letters {
+        let id = letter.job_id.as_ref().map(ToString::to_string);
+        let (link, actions) = match &id {
+            Some(id) => {
+                let query = format!("{path}?id={}", segment(id));
+                let fields = [("job_id", id.as_str())];
+                (
+                    format!(
+                        r#"<a href="{}">{}</a>"#,
+                        escape(&shared.link(&query)),
+                        escape(id)
+                    ),
+                    format!(
+                        "{}{}",
+                        button(
+                            &shared,
+                            &ctx,
+                            &format!("{path}/replay-one"),
+                            &fields,
+                            "Replay",
+                            ""
+                        ),
+                        button(
+                            &shared,
+                            &ctx,
+                            &format!("{path}/discard-one"),
+                            &fields,
+                            "Discard",
+                            "danger"
+                        ),
+                    ),
+                )
+            }
+            None => (
+                r#"<span class="muted">no id</span>"#.to_owned(),
+                String::new(),
             ),
+        };
+        table.row(&[
+            link,
             escape(letter.reason.as_str()),
             letter.attempts.to_string(),
             letter
                 .failed_at
                 .map_or("–".to_owned(), |at| format!("{} ago", ago(at))),
             escape(&letter.error),
-            if actions {
-                let replay = button(
-                    &shared,
-                    &token,
-                    &format!("{letter_path}/replay"),
-                    "Replay",
-                    "",
-                );
-                let discard = button(
-                    &shared,
-                    &token,
-                    &format!("{letter_path}/discard"),
-                    "Discard",
-                    "danger",
-                );
-                format!("{replay}{discard}")
-            } else {
-                String::new()
-            },
+            actions,
         ]);
     }
     html.push_str(&table.finish("no dead letter here"));
-    let query = |offset: usize| {
-        format!(
+    let more = |offset: usize, label: &str| {
+        let href = format!(
             "{}?offset={offset}&reason={}&error={}",
             shared.link(&path),
             segment(&reason),
             segment(&error_text)
-        )
+        );
+        format!(r#"<a href="{}">{label}</a>"#, escape(&href))
     };
     html.push_str(r#"<nav class="pages">"#);
     if offset > 0 {
-        let _ = write!(
-            html,
-            r#"<a href="{}">← newer</a>"#,
-            escape(&query(offset.saturating_sub(PAGE)))
-        );
+        html.push_str(&more(offset.saturating_sub(PAGE), "← newer"));
     }
-    if offset + letters.len() < stats.messages as usize {
-        let _ = write!(
-            html,
-            r#"<a href="{}">older →</a>"#,
-            escape(&query(offset + PAGE))
-        );
+    if letters.len() == PAGE {
+        html.push_str(&more(offset + PAGE, "older →"));
     }
     html.push_str("</nav>");
-    page(&shared, &queue, params.notice.as_deref(), &html)
+    page(&shared, &ctx, &queue, Refresh::Still, &html)
 }
 
-pub(crate) async fn dead_letter(
-    State(shared): State<Arc<Shared>>,
-    Extension(token): Extension<Token>,
-    Path((queue, job_id)): Path<(String, String)>,
-    Query(params): Query<Params>,
-) -> Response {
-    let letter = match shared.admin.dead_letter(&queue, &job_id).await {
+/// One dead letter: its error, payload and headers.
+async fn dead_letter(shared: &Shared, ctx: &Context, queue: &str, params: &Params) -> Response {
+    let job_id = params.id.clone().unwrap_or_default();
+    let letter = match shared.admin.dead_letter(queue, &job_id).await {
         Ok(letter) => letter,
-        Err(error) => return failed(&shared, error),
+        Err(error) => return failed(shared, ctx, error),
     };
     let Some(letter) = letter else {
         let html = format!(
-            "<p>No dead letter of job {} in {}.</p>",
+            "<p>No dead letter of job {} in {} (among its first {} letters).</p>",
             escape(&job_id),
-            escape(&queue)
+            escape(queue),
+            qjob::admin::BROWSE_AT_MOST
         );
-        return not_found(&shared, &job_id, params.notice.as_deref(), &html);
+        return not_found(shared, ctx, &job_id, &html);
     };
-    let path = format!("/dead-letters/{}/{}", segment(&queue), segment(&job_id));
+    let path = format!("/dead-letters/{}", segment(queue));
     let payload = match &letter.payload {
         Some(payload) => serde_json::to_string_pretty(payload).unwrap_or_default(),
         None => String::from_utf8_lossy(&letter.body).into_owned(),
+    };
+    let when = |at: Option<std::time::SystemTime>| {
+        at.map_or("–".to_owned(), |at| format!("{} ago", ago(at)))
     };
     let mut html = String::new();
     let _ = write!(
         html,
         r#"<section class="settings"><dl><dt>Queue</dt><dd>{queue}</dd><dt>Reason</dt><dd>{reason}</dd><dt>Error</dt><dd>{error}</dd><dt>Attempts</dt><dd>{attempts}</dd><dt>First failed</dt><dd>{first}</dd><dt>Last failed</dt><dd>{last}</dd><dt>Host</dt><dd>{host}</dd></dl></section>"#,
-        queue = escape(&queue),
+        queue = queue_link(shared, queue, queue),
         reason = escape(letter.reason.as_str()),
         error = escape(&letter.error),
         attempts = letter.attempts,
-        first = letter
-            .first_failed_at
-            .map_or("–".to_owned(), |at| format!("{} ago", ago(at))),
-        last = letter
-            .failed_at
-            .map_or("–".to_owned(), |at| format!("{} ago", ago(at))),
+        first = when(letter.first_failed_at),
+        last = when(letter.failed_at),
         host = escape(letter.host.as_deref().unwrap_or("–")),
     );
+    let fields = [("job_id", job_id.as_str())];
     html.push_str(r#"<section class="actions">"#);
     html.push_str(&button(
-        &shared,
-        &token,
-        &format!("{path}/replay"),
+        shared,
+        ctx,
+        &format!("{path}/replay-one"),
+        &fields,
         "Replay",
         "",
     ));
     html.push_str(&button(
-        &shared,
-        &token,
-        &format!("{path}/discard"),
+        shared,
+        ctx,
+        &format!("{path}/discard-one"),
+        &fields,
         "Discard",
         "danger",
     ));
@@ -589,5 +615,5 @@ pub(crate) async fn dead_letter(
         table.row(&[escape(name), escape(&value.to_string())]);
     }
     html.push_str(&table.finish("no header"));
-    page(&shared, &job_id, params.notice.as_deref(), &html)
+    page(shared, ctx, &job_id, Refresh::Still, &html)
 }

@@ -139,11 +139,12 @@ async fn the_console_works_in_a_real_browser() {
     let _demo = demo::start(broker.clone(), Duration::from_millis(200))
         .await
         .unwrap();
-    let router = demo::console(broker.clone(), Duration::from_secs(1))
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let base = format!("http://{addr}");
+    let router = demo::console(broker.clone(), Duration::from_secs(1), &addr)
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
     let (client, _driver) = browser().await;
 

@@ -162,20 +162,59 @@ async fn actions_need_the_cookie_token_and_this_origin() {
     let same = format!("{with_cookie}Origin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n");
     let (status, headers, _) = http(&addr, &post(&addr, "/jobs/email/pause", &same, &form)).await;
     assert_eq!(status, 303);
-    let location = header(&headers, "location").unwrap();
+    assert_eq!(header(&headers, "location"), Some("/jobs/email"));
+    // What it did comes in a cookie, shown once: a link cannot forge it.
+    let set = header(&headers, "set-cookie").unwrap();
+    let notice = set.split(';').next().unwrap();
     assert_eq!(
-        location,
-        "/jobs/email?notice=pause%20email%3A%20done%20by%201%20worker%28s%29"
+        notice,
+        "qjob_notice=pause%20email%3A%20done%20by%201%20worker%28s%29"
     );
-    let (_, _, page) = http(&addr, &get(&addr, location, Some(&cookie))).await;
+    let cookies = format!("{cookie}; {notice}");
+    let (_, headers, page) = http(&addr, &get(&addr, "/jobs/email", Some(&cookies))).await;
     assert!(
         page.contains(r#"<p class="notice" role="status">pause email: done by 1 worker(s)</p>"#),
         "{page}"
     );
     assert!(
-        page.contains("<dt>Paused on</dt><dd>1 of 1</dd>")
-            || page.contains("<dt>Paused on</dt><dd>0 of 1</dd>")
+        header(&headers, "set-cookie")
+            .unwrap()
+            .starts_with("qjob_notice=; ")
     );
+    // The worker's heartbeat after the command says it is paused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, page) = http(&addr, &get(&addr, "/jobs/email", Some(&cookie))).await;
+        if page.contains("<dt>Paused on</dt><dd>1 of 1</dd>") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn only_known_dead_letter_queues_and_hosts_are_served() {
+    let (admin, _stop) = running().await;
+    let addr = serve(Console::new(admin.clone())).await;
+    let (status, _, body) = http(&addr, &get(&addr, "/dead-letters/web.http.email", None)).await;
+    assert_eq!(status, 404, "a work queue is not browsed");
+    assert!(body.contains("Not the dead-letter queue of a job type"));
+    let (status, _, _) = http(&addr, &get(&addr, "/dead-letters/web.http.email.dlq", None)).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = http(
+        &addr,
+        &get(&addr, "/dead-letters/web.http.email.dlq?id=.", None),
+    )
+    .await;
+    assert_eq!(status, 404, "no letter of that id");
+
+    let only = serve(Console::new(admin).allowed_hosts(["console.example"])).await;
+    let (status, _, _) = http(&only, &get(&only, "/", None)).await;
+    assert_eq!(status, 421, "a rebound name is refused");
+    let request = "GET / HTTP/1.1\r\nHost: Console.Example\r\nConnection: close\r\n\r\n";
+    let (status, _, _) = http(&only, request).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
@@ -237,5 +276,5 @@ async fn what_comes_from_outside_is_escaped() {
     assert!(!body.contains("<script>alert"));
     let (status, _, body) = http(&addr, &get(&addr, "/dead-letters/no.such.queue", None)).await;
     assert_eq!(status, 404);
-    assert!(body.contains("No such queue."));
+    assert!(body.contains("Not the dead-letter queue of a job type"));
 }

@@ -263,7 +263,13 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     /// The broker's error; every message taken is put back.
     pub async fn peek(&self, n: usize) -> Result<Vec<DeadLetter<J::Payload>>, Error> {
         let queue = J::options().dead_letter_queue();
-        peek(&self.client.shared_broker(), &queue, 0, n).await
+        peek(
+            &self.client.shared_broker(),
+            &queue,
+            (0, n, usize::MAX),
+            |_| true,
+        )
+        .await
     }
 
     /// Replays every dead letter into the work queue; returns how many.
@@ -336,24 +342,32 @@ impl<'a, J: Job> DeadLetters<'a, J> {
     }
 }
 
-/// The dead letters of `queue` from `offset` on, at most `limit`, left in
-/// place and in order (the walk holds the `offset + limit` it reads).
+/// The dead letters of `queue` that `select` picks, from the `offset`-th
+/// of those on, at most `limit`, left in place and in order. The walk holds
+/// what it reads, and reads at most `at_most` letters.
 pub(crate) async fn peek<P: DeserializeOwned>(
     broker: &Arc<dyn Broker>,
     queue: &str,
-    offset: usize,
-    limit: usize,
+    (offset, limit, at_most): (usize, usize, usize),
+    mut select: impl FnMut(&DeadLetter<P>) -> bool,
 ) -> Result<Vec<DeadLetter<P>>, Error> {
     let mut seen = Vec::new();
     if limit == 0 {
         return Ok(seen);
     }
-    let mut index = 0;
+    let (mut read, mut selected) = (0, 0);
     walk(broker, queue, false, |message| {
-        if index >= offset {
-            seen.push(DeadLetter::from_message(message));
+        if read == at_most {
+            return Visit::Stop;
         }
-        index += 1;
+        read += 1;
+        let letter = DeadLetter::from_message(message);
+        if select(&letter) {
+            selected += 1;
+            if selected > offset {
+                seen.push(letter);
+            }
+        }
         if seen.len() < limit {
             Visit::Keep
         } else {

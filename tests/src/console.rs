@@ -452,7 +452,10 @@ pub async fn browsing_1000_dead_letters_leaves_them_in_place_and_in_order(env: &
     let admin = connect(env).await;
     let mut browsed = Vec::new();
     for page in 0..4 {
-        let letters = admin.dead_letters(&dlq, page * 250, 250).await.unwrap();
+        let letters = admin
+            .dead_letters(&dlq, &LetterFilter::all(), page * 250, 250)
+            .await
+            .unwrap();
         assert_eq!(letters.len(), 250);
         browsed.extend(letters);
         // Each letter goes back as soon as the page is read.
@@ -469,7 +472,23 @@ pub async fn browsing_1000_dead_letters_leaves_them_in_place_and_in_order(env: &
         (last.reason.clone(), last.error.as_str(), last.attempts),
         (DeadReason::RetriesExhausted, "error 999", 3)
     );
-    assert!(admin.dead_letters(&dlq, 990, 100).await.unwrap().len() == 10);
+    assert!(
+        admin
+            .dead_letters(&dlq, &LetterFilter::all(), 990, 100)
+            .await
+            .unwrap()
+            .len()
+            == 10
+    );
+    env.wait_ready(&dlq, 1000).await;
+    // Filtered: the offset counts the letters that pass.
+    let odd = LetterFilter::all().reason("retries-exhausted");
+    let page = admin.dead_letters(&dlq, &odd, 10, 3).await.unwrap();
+    let filtered: Vec<String> = page
+        .iter()
+        .map(|l| l.job_id.clone().unwrap().to_string())
+        .collect();
+    assert_eq!(filtered, ["letter-0021", "letter-0023", "letter-0025"]);
     env.wait_ready(&dlq, 1000).await;
     let left: Vec<String> = env
         .take_all(&dlq)
@@ -511,7 +530,7 @@ pub async fn replay_and_discard_do_what_they_say(env: &Env) {
     assert_eq!(shown.reason, DeadReason::RetriesExhausted);
     assert_eq!(shown.error, "task 2 not released");
     let left: Vec<String> = admin
-        .dead_letters(&dlq, 0, 10)
+        .dead_letters(&dlq, &LetterFilter::all(), 0, 10)
         .await
         .unwrap()
         .into_iter()

@@ -54,6 +54,10 @@ pub const DEFAULT_REPLY_WINDOW: Duration = Duration::from_secs(2);
 /// Heartbeats a worker may miss before a console counts it gone.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
+/// The most letters a browse, or a look-up by job id, reads from a queue
+/// (holding them until it puts them back).
+pub const BROWSE_AT_MOST: usize = 10_000;
+
 /// How long a gone worker stays in view.
 const GONE_KEPT: Duration = Duration::from_secs(600);
 
@@ -260,6 +264,17 @@ pub enum QueueRole {
     DeadLetter,
     /// A delay queue, where retries wait out their backoff.
     Delay,
+}
+
+impl QueueRole {
+    /// The role's name: `work`, `dead-letter` or `delay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueRole::Work => "work",
+            QueueRole::DeadLetter => "dead-letter",
+            QueueRole::Delay => "delay",
+        }
+    }
 }
 
 /// Which dead letters to act on.
@@ -656,15 +671,14 @@ impl Admin {
         self.broker.queue_stats(queue).await
     }
 
-    /// The dead letters of dead-letter queue `queue` from `offset` on, at
-    /// most `limit`, oldest first. They stay in the queue, in their order:
-    /// each is taken (`basic.get`) and held until the page is read, then
-    /// all are put back in place. A page deep in a long queue holds
-    /// `offset + limit` letters meanwhile, and another browse at the same
-    /// time sees the queue without them.
-    ///
-    /// It reads any queue the same way: on a delay queue, it shows what
-    /// waits there (its messages expire on time once put back).
+    /// The dead letters of dead-letter queue `queue` that `filter` passes,
+    /// from the `offset`-th of those on, at most `limit`, oldest first.
+    /// They stay in the queue, in their order: each is taken
+    /// (`basic.get`) and held until the page is read, then all are put back
+    /// in place. A page deep in a long queue holds every letter before it
+    /// meanwhile, and another browse at the same time sees the queue
+    /// without them; no browse reads more than the first
+    /// [`BROWSE_AT_MOST`] letters (replay the rest by filter).
     ///
     /// # Errors
     ///
@@ -672,56 +686,50 @@ impl Admin {
     pub async fn dead_letters(
         &self,
         queue: &str,
+        filter: &LetterFilter,
         offset: usize,
         limit: usize,
     ) -> Result<Vec<Letter>, Error> {
-        dead_letters::peek(&self.broker, queue, offset, limit).await
+        let bounds = (offset, limit, BROWSE_AT_MOST);
+        dead_letters::peek(&self.broker, queue, bounds, |letter| filter.matches(letter)).await
     }
 
-    /// The dead letter of job `job_id` in `queue`, if it is there (left in
-    /// place; the walk holds the letters before it, all of them if it is
-    /// not there).
+    /// The dead letter of job `job_id` in `queue`, if it is among the first
+    /// [`BROWSE_AT_MOST`] (left in place; the walk holds the letters before
+    /// it).
     ///
     /// # Errors
     ///
     /// The broker's error.
     pub async fn dead_letter(&self, queue: &str, job_id: &str) -> Result<Option<Letter>, Error> {
         let mut found = None;
-        dead_letters::walk(&self.broker, queue, false, |message| {
-            if message.id.as_deref() == Some(job_id) {
+        dead_letters::walk(
+            &self.broker,
+            queue,
+            false,
+            within(job_id, |message| {
                 found = Some(DeadLetter::from_message(message));
                 Visit::Stop
-            } else {
-                Visit::Keep
-            }
-        })
+            }),
+        )
         .await?;
         Ok(found)
     }
 
     /// Replays the dead letter of job `job_id` from `queue` into the queue
     /// it failed on, its attempts counted afresh; the others stay in place
-    /// (the walk holds the letters before it until it is found). Returns
-    /// whether it was there.
+    /// (the walk holds the letters before it until it is found, among the
+    /// first [`BROWSE_AT_MOST`]). Returns whether it was found.
     ///
     /// # Errors
     ///
     /// The broker's error (the queue it failed on no longer exists:
     /// [`Error::Unroutable`]); the letter then stays.
     pub async fn replay(&self, queue: &str, job_id: &str) -> Result<bool, Error> {
-        let mut done = false;
-        let replayed = dead_letters::walk(&self.broker, queue, false, |message| {
-            if done {
-                Visit::Stop
-            } else if message.id.as_deref() == Some(job_id) {
-                done = true;
-                Visit::Replay(replay_target(queue, message))
-            } else {
-                Visit::Keep
-            }
-        })
-        .await?;
-        Ok(replayed > 0)
+        let visit = within(job_id, |message| {
+            Visit::Replay(replay_target(queue, message))
+        });
+        Ok(dead_letters::walk(&self.broker, queue, false, visit).await? > 0)
     }
 
     /// Replays every dead letter of `queue` that `filter` passes, oldest
@@ -747,26 +755,15 @@ impl Admin {
     }
 
     /// Removes the dead letter of job `job_id` from `queue`; the others stay
-    /// in place (the walk holds the letters before it until it is found).
-    /// Returns whether it was there.
+    /// in place (the walk holds the letters before it until it is found,
+    /// among the first [`BROWSE_AT_MOST`]). Returns whether it was found.
     ///
     /// # Errors
     ///
     /// The broker's error.
     pub async fn discard(&self, queue: &str, job_id: &str) -> Result<bool, Error> {
-        let mut done = false;
-        let discarded = dead_letters::walk(&self.broker, queue, false, |message| {
-            if done {
-                Visit::Stop
-            } else if message.id.as_deref() == Some(job_id) {
-                done = true;
-                Visit::Discard
-            } else {
-                Visit::Keep
-            }
-        })
-        .await?;
-        Ok(discarded > 0)
+        let visit = within(job_id, |_| Visit::Discard);
+        Ok(dead_letters::walk(&self.broker, queue, false, visit).await? > 0)
     }
 
     /// Removes every letter `queue` held when the purge started (those
@@ -998,6 +995,24 @@ impl JobView {
                     stats: None,
                 });
             }
+        }
+    }
+}
+
+/// A walk's visit for the letter of `job_id` among the first
+/// [`BROWSE_AT_MOST`]: `found` says what to do with it; the letters before
+/// it are kept, and the walk stops after it (or at the bound).
+fn within(job_id: &str, mut found: impl FnMut(&Message) -> Visit) -> impl FnMut(&Message) -> Visit {
+    let (mut read, mut done) = (0, false);
+    move |message| {
+        read += 1;
+        if done || read > BROWSE_AT_MOST {
+            Visit::Stop
+        } else if message.id.as_deref() == Some(job_id) {
+            done = true;
+            found(message)
+        } else {
+            Visit::Keep
         }
     }
 }
