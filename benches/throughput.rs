@@ -21,7 +21,8 @@
 //!
 //! `QJOB_BENCH_ONLY=console` measures instead what the console costs: qjob
 //! with its console on (a heartbeat every second, five times the default
-//! rate) against the console off, alternating rounds, prefetch 25 and 200.
+//! rate) against the console off, alternating rounds, prefetch 1, 25 and
+//! 200.
 
 use std::time::{Duration, Instant};
 
@@ -104,7 +105,9 @@ async fn main() {
 
 /// qjob's consume rate with its console on against off, same run.
 async fn console_cost(raw: &Raw, broker: &qjob::AmqpBroker, jobs: usize, rounds: usize) {
-    for prefetch in [25u16, 200] {
+    for prefetch in [1u16, 25, 200] {
+        // Prefetch 1 is latency-bound: fewer jobs keep the round short.
+        let jobs = if prefetch == 1 { jobs / 4 } else { jobs };
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             for heartbeat in [Some(Duration::from_secs(1)), None] {
