@@ -26,11 +26,22 @@ const KEYS: &[&str] = &[
     "max_length",
     "delivery_limit",
     "autoscale",
+    "unique",
 ];
 
 const BREAKER_KEYS: &[&str] = &["failure_rate", "min_attempts", "window", "open_for"];
 
 const AUTOSCALE_KEYS: &[&str] = &["min", "max", "target_latency"];
+
+const UNIQUE_KEYS: &[&str] = &["key", "within", "until"];
+
+/// `unique(...)`: the key's field path (none: the whole payload), the
+/// window in milliseconds, and when a worker frees the lock.
+pub(crate) struct Unique {
+    pub(crate) key: Option<(Vec<Ident>, Span)>,
+    pub(crate) within: u64,
+    pub(crate) until: &'static str,
+}
 
 /// The longest queue name accepted: AMQP allows 255 bytes, and qjob appends
 /// suffixes such as `.dlq` and `.p123`.
@@ -82,6 +93,7 @@ pub(crate) struct Args {
     pub(crate) max_length: Option<u64>,
     pub(crate) delivery_limit: Option<(u64, Span)>,
     pub(crate) autoscale: Option<Autoscale>,
+    pub(crate) unique: Option<Unique>,
     /// The arguments given, valid or not.
     pub(crate) given: Vec<String>,
 }
@@ -143,6 +155,10 @@ impl Args {
             self.circuit_breaker = Some(breaker(meta)?);
             return Ok(());
         }
+        if key == "unique" {
+            self.unique = Some(unique(meta)?);
+            return Ok(());
+        }
         if key == "autoscale" {
             self.autoscale = Some(autoscale(meta)?);
             return Ok(());
@@ -168,7 +184,7 @@ impl Args {
                 }
                 self.timeout = Some(ms);
             }
-            "partition_by" => self.partition_by = Some((field_path(value)?, value.span())),
+            "partition_by" => self.partition_by = Some((field_path(key, value)?, value.span())),
             "partitions" => {
                 self.partitions = Some((values::integer(key, value, 1, 1024)?, value.span()))
             }
@@ -293,11 +309,13 @@ fn queue_type(value: &Expr) -> syn::Result<bool> {
 }
 
 /// `field` or `field.nested`.
-fn field_path(value: &Expr) -> syn::Result<Vec<Ident>> {
+fn field_path(key: &str, value: &Expr) -> syn::Result<Vec<Ident>> {
     let invalid = || {
         syn::Error::new(
             value.span(),
-            "`partition_by` expects a field of the payload, like `partition_by = account` or `partition_by = customer.id`",
+            format!(
+                "`{key}` expects a field of the payload, like `{key} = account` or `{key} = customer.id`"
+            ),
         )
     };
     match value {
@@ -308,7 +326,7 @@ fn field_path(value: &Expr) -> syn::Result<Vec<Ident>> {
             .map(|i| vec![i])
             .ok_or_else(invalid),
         Expr::Field(field) => {
-            let mut path = field_path(&field.base)?;
+            let mut path = field_path(key, &field.base)?;
             match &field.member {
                 syn::Member::Named(ident) => path.push(ident.clone()),
                 syn::Member::Unnamed(_) => return Err(invalid()),
@@ -505,6 +523,43 @@ fn autoscale(meta: &Meta) -> syn::Result<Autoscale> {
         max,
         target_latency,
     })
+}
+
+fn unique(meta: &Meta) -> syn::Result<Unique> {
+    let (inner, span) = group(
+        meta,
+        UNIQUE_KEYS,
+        "`unique` expects arguments: unique(key = field, within = \"10m\", until = \"finished\")",
+    )?;
+    let (mut key, mut within, mut until) = (None, None, "finished");
+    for (name, value) in &inner {
+        match name.as_str() {
+            "key" => key = Some((field_path(name, value)?, value.span())),
+            "within" => within = Some(positive_duration(name, value)?),
+            "until" => {
+                let lit = values::string(name, value)?;
+                until = match lit.value().as_str() {
+                    "started" => "started",
+                    "finished" => "finished",
+                    "expired" => "expired",
+                    _ => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`until` is \"started\" (unique while queued), \"finished\" (until it succeeded or was dead-lettered) or \"expired\" (for the whole window)",
+                        ));
+                    }
+                };
+            }
+            _ => unreachable!("key_of accepts only unique keys"),
+        }
+    }
+    let Some(within) = within else {
+        return Err(syn::Error::new(
+            span,
+            "`unique` needs `within = \"...\"`: how long the lock lasts at most",
+        ));
+    };
+    Ok(Unique { key, within, until })
 }
 
 /// The `key = value` arguments of a nested group such as

@@ -58,6 +58,7 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
         .unwrap_or_else(|| format_ident!("{}Job", upper_camel(&job_name)));
     let options = options(args, &queue);
     let partition_key = partition_key(args, payload);
+    let unique_key = unique_key(args, payload);
     // A wrong error type is reported at the handler's return type.
     let output = match &function.sig.output {
         syn::ReturnType::Type(_, ty) => ty.span(),
@@ -88,6 +89,8 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
             }
 
             #partition_key
+
+            #unique_key
 
             fn perform(
                 &self,
@@ -163,6 +166,15 @@ fn options(args: &Args, queue: &syn::LitStr) -> TokenStream {
         let limit = limit as u32;
         calls.push(quote!(.with_delivery_limit(#limit)));
     }
+    if let Some(unique) = &args.unique {
+        let within = duration(unique.within);
+        let until = match unique.until {
+            "started" => quote!(::qjob::UniqueUntil::Started),
+            "expired" => quote!(::qjob::UniqueUntil::Expired),
+            _ => quote!(::qjob::UniqueUntil::Finished),
+        };
+        calls.push(quote!(.with_unique(::qjob::Unique::new(#within, #until))));
+    }
     quote!(::qjob::JobOptions::new(#queue) #(#calls)*)
 }
 
@@ -212,6 +224,22 @@ fn partition_key(args: &Args, payload: &Type) -> TokenStream {
         fn partition_key(payload: &#payload) -> ::core::option::Option<::std::string::String> {
             let #key = &payload #(.#path)*;
             ::core::option::Option::Some(#text)
+        }
+    }
+}
+
+/// A unique job keyed by a field: the field's JSON. (By the whole
+/// payload: the trait's default.)
+fn unique_key(args: &Args, payload: &Type) -> TokenStream {
+    let Some((path, span)) = args.unique.as_ref().and_then(|unique| unique.key.as_ref()) else {
+        return TokenStream::new();
+    };
+    let key = syn::Ident::new("key", *span);
+    let text = quote_spanned!(*span=> ::qjob::__private::unique_key(#key));
+    quote! {
+        fn unique_key(payload: &#payload) -> ::core::option::Option<::std::string::String> {
+            let #key = &payload #(.#path)*;
+            #text
         }
     }
 }

@@ -102,6 +102,14 @@ async fn until_page(
 /// Clicks the page's first button labelled `label`; returns the notice of
 /// the page it leads back to.
 async fn click(client: &Client, label: &str) -> String {
+    // The notice of an earlier action must not pass for this one's.
+    client
+        .execute(
+            "document.querySelectorAll('p.notice').forEach(n => n.remove()); return null;",
+            vec![],
+        )
+        .await
+        .unwrap();
     let button = format!("//button[text()='{label}']");
     client
         .find(Locator::XPath(&button))
@@ -110,7 +118,13 @@ async fn click(client: &Client, label: &str) -> String {
         .click()
         .await
         .unwrap();
-    let notice = client.find(Locator::Css("p.notice")).await.unwrap();
+    // The click may return before the next page is there: wait for it.
+    let notice = client
+        .wait()
+        .at_most(LIMIT)
+        .for_element(Locator::Css("p.notice"))
+        .await
+        .unwrap();
     notice.text().await.unwrap()
 }
 

@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use tracing::Instrument;
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use crate::broker::{Broker, Message};
 use crate::dead_letters::DeadLetters;
 use crate::job::{Job, JobId};
 use crate::policy::backoff;
+use crate::store::Store;
 use crate::{Error, headers, topology, trace};
 
 /// A negative confirm from a capped queue means it is full.
@@ -23,6 +25,21 @@ fn full<J: Job>(error: Error) -> Error {
         }
         (error, _) => error,
     }
+}
+
+/// What taking a unique job's lock gave.
+enum Locked {
+    /// The job is not unique (or its payload has no key).
+    NotUnique,
+    /// Taken: the store and key, to give it back if the publish fails.
+    Taken((Arc<dyn Store>, String)),
+    /// Held by this job.
+    Duplicate(JobId),
+}
+
+/// The store key of a unique job's lock: its queue and its key.
+pub(crate) fn unique_lock_key(queue: &str, key: &str) -> String {
+    format!("unique:{queue}:{key}")
 }
 
 /// How many publishes [`Client::enqueue_all`] keeps awaiting confirms at once.
@@ -51,6 +68,33 @@ pub struct Client {
     declared: Arc<Mutex<HashSet<String>>>,
     /// The delay queues' leases (see `topology::Leases`).
     leases: Arc<topology::Leases>,
+    /// Where unique jobs' locks are kept.
+    store: Option<Arc<dyn Store>>,
+}
+
+/// What [`Client::enqueue_unique`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Enqueued {
+    /// Published: the new job's id.
+    New(JobId),
+    /// Not published: a job with the same unique key holds the lock; its id.
+    Duplicate(JobId),
+}
+
+impl Enqueued {
+    /// The id of the job that will run: the new one, or the one already
+    /// there.
+    pub fn id(&self) -> &JobId {
+        match self {
+            Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+
+    /// Whether a job with the same key was already there.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Enqueued::Duplicate(_))
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -67,24 +111,54 @@ impl Client {
             broker: Arc::new(broker),
             declared: Arc::default(),
             leases: Arc::default(),
+            store: None,
         }
     }
 
-    /// Publishes one job and returns its id once the broker confirmed it.
-    /// The job type's queues are declared on first use.
+    /// Keeps unique jobs' locks in `store` (needed to enqueue a job with
+    /// [`JobOptions::with_unique`](crate::JobOptions::with_unique); a shared
+    /// store, such as [`RedisStore`](crate::store), across processes).
+    pub fn with_store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Publishes one job, unless it is unique and a job with the same key
+    /// holds the lock: then nothing is published and that job's id comes
+    /// back as [`Enqueued::Duplicate`]. A job that is not unique is always
+    /// [`Enqueued::New`].
+    ///
+    /// The lock is taken before the publish, and given back if the publish
+    /// fails: of producers enqueueing the same key at once, exactly one
+    /// publishes.
     ///
     /// # Errors
     ///
-    /// [`Error::Serialize`] if the payload does not serialize, or the
-    /// broker's error ([`Error::PublishRejected`], [`Error::Broker`], …): the
-    /// job was then not confirmed and is the caller's to retry.
-    pub async fn enqueue<J: Job>(&self, payload: J::Payload) -> Result<JobId, Error> {
+    /// As [`Client::enqueue`]; [`Error::Store`] if the store failed (nothing
+    /// published), [`Error::Config`] for a unique job without a store.
+    pub async fn enqueue_unique<J: Job>(&self, payload: J::Payload) -> Result<Enqueued, Error> {
         async {
             self.ensure_declared::<J>().await?;
             self.publish::<J>(&payload).await
         }
         .instrument(enqueue_span::<J>(1))
         .await
+    }
+
+    /// Publishes one job and returns its id once the broker confirmed it.
+    /// The job type's queues are declared on first use. A unique job whose
+    /// key is taken is not published: the id is the job's already there
+    /// ([`Client::enqueue_unique`] says which happened).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the payload does not serialize, or the
+    /// broker's error ([`Error::PublishRejected`], [`Error::Broker`], …): the
+    /// job was then not confirmed and is the caller's to retry. For a unique
+    /// job, as [`Client::enqueue_unique`].
+    pub async fn enqueue<J: Job>(&self, payload: J::Payload) -> Result<JobId, Error> {
+        let enqueued = self.enqueue_unique::<J>(payload).await?;
+        Ok(enqueued.id().clone())
     }
 
     /// Publishes one job to run after `delay`, and returns its id once the
@@ -121,10 +195,10 @@ impl Client {
             self.ensure_declared::<J>().await?;
             let (id, message) = Self::message::<J>(&payload)?;
             let target = Self::target::<J>(Some(&payload));
-            topology::delayed(&target, J::options().queue_type(), delay, message)
-                .publish(&*self.broker, &self.leases)
-                .await?;
-            Ok(id)
+            let delayed = topology::delayed(&target, J::options().queue_type(), delay, message);
+            let publish = delayed.publish(&*self.broker, &self.leases);
+            let enqueued = self.locked::<J>(&payload, id, publish).await?;
+            Ok(enqueued.id().clone())
         }
         .instrument(enqueue_span::<J>(1))
         .await
@@ -161,7 +235,10 @@ impl Client {
         async {
             self.ensure_declared::<J>().await?;
             let results = futures_util::stream::iter(payloads)
-                .map(|payload| async move { self.publish::<J>(&payload).await })
+                .map(|payload| async move {
+                    let enqueued = self.publish::<J>(&payload).await?;
+                    Ok(enqueued.id().clone())
+                })
                 .buffered(PIPELINE)
                 .collect()
                 .await;
@@ -171,14 +248,60 @@ impl Client {
         .await
     }
 
-    async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<JobId, Error> {
+    async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
         let (id, message) = Self::message::<J>(payload)?;
         let target = Self::target::<J>(Some(payload));
-        self.broker
-            .publish(&target, message)
-            .await
-            .map_err(full::<J>)?;
-        Ok(id)
+        let publish = async {
+            let published = self.broker.publish(&target, message).await;
+            published.map_err(full::<J>)
+        };
+        self.locked::<J>(payload, id, publish).await
+    }
+
+    /// Runs `publish` for job `id`, under its unique lock if it is unique:
+    /// not at all if another job holds the lock, and giving the lock back
+    /// if the publish fails.
+    async fn locked<J: Job>(
+        &self,
+        payload: &J::Payload,
+        id: JobId,
+        publish: impl Future<Output = Result<(), Error>>,
+    ) -> Result<Enqueued, Error> {
+        let lock = match self.lock::<J>(payload, &id).await? {
+            Locked::Duplicate(holder) => return Ok(Enqueued::Duplicate(holder)),
+            Locked::Taken(lock) => Some(lock),
+            Locked::NotUnique => None,
+        };
+        if let Err(error) = publish.await {
+            if let Some((store, key)) = lock {
+                // Not published: the next enqueue may publish. If this
+                // fails, the lock expires at the end of its window.
+                let _ = store.release(&key, id.as_str()).await;
+            }
+            return Err(error);
+        }
+        Ok(Enqueued::New(id))
+    }
+
+    /// Takes a unique job's lock for `id`.
+    async fn lock<J: Job>(&self, payload: &J::Payload, id: &JobId) -> Result<Locked, Error> {
+        let Some(unique) = J::options().unique() else {
+            return Ok(Locked::NotUnique);
+        };
+        let Some(key) = J::unique_key(payload) else {
+            return Ok(Locked::NotUnique);
+        };
+        let Some(store) = &self.store else {
+            return Err(Error::Config(format!(
+                "job {} is unique: the client needs a store (Client::with_store)",
+                J::NAME
+            )));
+        };
+        let key = unique_lock_key(J::QUEUE, &key);
+        match store.acquire(&key, id.as_str(), unique.within).await? {
+            Some(holder) => Ok(Locked::Duplicate(JobId::from(holder))),
+            None => Ok(Locked::Taken((store.clone(), key))),
+        }
     }
 
     /// The queue a job goes to: the work queue, or for a partitioned job the

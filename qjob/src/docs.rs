@@ -28,3 +28,4 @@ page!(configuration, "../docs/configuration.md");
 page!(settlement, "../docs/settlement.md");
 page!(cluster, "../docs/cluster.md");
 page!(console, "../docs/console.md");
+page!(unique, "../docs/unique.md");

@@ -101,6 +101,15 @@ pub enum Error {
     /// The configuration is invalid (for example a malformed environment override).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The store of locks ([`crate::store::Store`]) could not be reached or
+    /// refused: a unique job is then not enqueued.
+    #[error("the store failed to {operation}: {message}")]
+    Store {
+        /// What was asked of it.
+        operation: String,
+        /// Why it failed.
+        message: String,
+    },
     /// The worker was run with no job registered.
     #[error("no job registered with the worker: `register` a job before running it")]
     NoJobRegistered,

@@ -61,6 +61,12 @@ pub trait Job: Send + Sync + 'static {
         None
     }
 
+    /// The uniqueness key of a payload, for unique jobs
+    /// ([`JobOptions::with_unique`]): by default the payload's JSON.
+    fn unique_key(payload: &Self::Payload) -> Option<String> {
+        serde_json::to_string(payload).ok()
+    }
+
     /// Handles one payload.
     fn perform(
         &self,

@@ -16,6 +16,7 @@ mod error;
 mod job;
 mod options;
 pub(crate) mod policy;
+pub mod store;
 mod topology;
 mod worker;
 
@@ -23,12 +24,14 @@ mod worker;
 // a handler receives and returns, and the options it declares.
 pub use error::{BoxError, FailureKind, JobError};
 pub use job::{Job, JobContext, JobId};
-pub use options::{Autoscale, Backoff, CircuitBreaker, JobOptions, QueueType, RateLimit};
+pub use options::{
+    Autoscale, Backoff, CircuitBreaker, JobOptions, QueueType, RateLimit, Unique, UniqueUntil,
+};
 pub use qjob_macros::job;
 
 // Producing, and what becomes of jobs that failed for good: the client, and
 // the dead letters it browses and replays.
-pub use client::Client;
+pub use client::{Client, Enqueued};
 pub use dead_letters::{DeadLetter, DeadLetters, DeadReason};
 
 // Consuming: the worker and its builder, the health report readiness probes
@@ -103,6 +106,11 @@ pub mod __private {
         fn key_text(&self) -> String {
             self.to_string()
         }
+    }
+
+    /// The unique key of a payload's `unique(key = …)` field: its JSON.
+    pub fn unique_key<K: serde::Serialize + ?Sized>(key: &K) -> Option<String> {
+        serde_json::to_string(key).ok()
     }
 
     /// The partition key of a payload's `partition_by` field.

@@ -136,6 +136,51 @@ impl Autoscale {
     }
 }
 
+/// A unique job: while its lock is held, enqueueing another job with the
+/// same key returns the first one's id instead of publishing (see
+/// [`crate::Client::enqueue_unique`]). The lock lives in a
+/// [`crate::store::Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unique {
+    /// The longest the lock is held: it expires then whatever happened (a
+    /// worker that crashed never holds it for good).
+    pub within: Duration,
+    /// When a worker frees it before that.
+    pub until: UniqueUntil,
+}
+
+impl Unique {
+    /// A lock held at most `within`, freed by a worker at `until`.
+    pub fn new(within: Duration, until: UniqueUntil) -> Self {
+        Self { within, until }
+    }
+}
+
+/// When a unique job's lock is freed (besides its expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UniqueUntil {
+    /// When a worker starts the job: unique while it waits in the queue.
+    Started,
+    /// When the job succeeded or was dead-lettered: unique until it is done
+    /// (retries included).
+    Finished,
+    /// Never: unique for the whole window, however soon it ran.
+    Expired,
+}
+
+impl UniqueUntil {
+    /// The mode as `#[job(unique(until = "…"))]` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UniqueUntil::Started => "started",
+            UniqueUntil::Finished => "finished",
+            UniqueUntil::Expired => "expired",
+        }
+    }
+}
+
 /// Everything that configures one job type. `#[job(...)]` builds it; the
 /// environment can override the operator's knobs (see [`JobOptions::with_env_overrides`]).
 ///
@@ -164,6 +209,7 @@ pub struct JobOptions {
     max_length: Option<u32>,
     delivery_limit: Option<u32>,
     autoscale: Option<Autoscale>,
+    unique: Option<Unique>,
 }
 
 /// The default prefetch: enough to keep a handful of handlers busy.
@@ -192,6 +238,7 @@ impl JobOptions {
             max_length: None,
             delivery_limit: None,
             autoscale: None,
+            unique: None,
         }
     }
 
@@ -290,6 +337,17 @@ impl JobOptions {
     /// The adaptive concurrency, if any.
     pub fn autoscale(&self) -> Option<Autoscale> {
         self.autoscale
+    }
+
+    /// Makes the job unique by [`crate::Job::unique_key`] (see [`Unique`]).
+    pub fn with_unique(mut self, unique: Unique) -> Self {
+        self.unique = Some(unique);
+        self
+    }
+
+    /// The uniqueness, if any.
+    pub fn unique(&self) -> Option<Unique> {
+        self.unique
     }
 
     /// The work queue's name.

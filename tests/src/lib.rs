@@ -597,6 +597,7 @@ pub mod conformance;
 pub mod console;
 pub mod jobs;
 pub mod scenarios;
+pub mod unique;
 
 /// Defines every broker conformance scenario as a test on the broker that
 /// `$env` (an async expression giving a `scenarios::Env`) makes.
@@ -664,6 +665,27 @@ macro_rules! console_tests {
             #[tokio::test]
             async fn $name() {
                 $crate::console::$name(&$env).await;
+            }
+        )*
+    };
+}
+
+/// Defines every unique-job scenario as a test on the broker that `$env`
+/// makes.
+#[macro_export]
+macro_rules! unique_tests {
+    ($env:expr) => {
+        $crate::unique_tests!(@tests $env;
+            a_second_enqueue_returns_the_first_job_until_it_is_done,
+            a_started_job_frees_its_key,
+            an_unreachable_store_is_an_error_and_nothing_is_enqueued,
+        );
+    };
+    (@tests $env:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::unique::$name(&$env).await;
             }
         )*
     };

@@ -10,8 +10,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
 use crate::broker::{Broker, Delivery};
+use crate::client::unique_lock_key;
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
+use crate::store::Store;
 use crate::worker::control::Cancellations;
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
@@ -21,7 +23,7 @@ use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
 use crate::worker::settle::{self, Action, Attempt, Routes, Unsettled};
-use crate::{DeadReason, Error, JobContext, JobId, topology, trace};
+use crate::{DeadReason, Error, JobContext, JobId, UniqueUntil, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
 pub(crate) struct Handler {
@@ -54,6 +56,14 @@ pub(crate) struct Handler {
     pub(crate) remember_plain: bool,
     /// The job ids an operator cancelled (the worker's, shared).
     pub(crate) cancellations: Arc<Cancellations>,
+    /// A unique job's lock, freed when the job starts or finishes.
+    pub(crate) unique: Option<UniqueLock>,
+}
+
+/// Where a unique job's lock is, and when the worker frees it.
+pub(crate) struct UniqueLock {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) until: UniqueUntil,
 }
 
 impl Handler {
@@ -123,6 +133,8 @@ impl Handler {
                 .without_running(delivery, job_id, attempt, cancelled)
                 .await;
         }
+        self.free_unique(&delivery, job_id, UniqueUntil::Started)
+            .await;
         loop {
             let span = self.span(&delivery, job_id, attempt);
             let attempted = async {
@@ -476,6 +488,32 @@ impl Handler {
         action
     }
 
+    /// Frees a unique job's lock if it is freed `at` this point (the lock is
+    /// the job's: another job's lock of the same key stays).
+    async fn free_unique(&self, delivery: &Delivery, job_id: &JobId, at: UniqueUntil) {
+        if let Some((store, key)) = self.unique_lock(&delivery.message.body, at) {
+            self.release(&*store, &key, job_id).await;
+        }
+    }
+
+    /// The store and key of this job's lock, if it is freed `at` this point.
+    fn unique_lock(&self, body: &[u8], at: UniqueUntil) -> Option<(Arc<dyn Store>, String)> {
+        let unique = self.unique.as_ref().filter(|unique| unique.until == at)?;
+        let key = self.job.unique_key(body)?;
+        Some((
+            unique.store.clone(),
+            unique_lock_key(self.job.options().queue(), &key),
+        ))
+    }
+
+    /// Frees a lock; a failure is logged: the lock then expires at the end
+    /// of its window.
+    async fn release(&self, store: &dyn Store, key: &str, job_id: &JobId) {
+        if let Err(error) = store.release(key, job_id.as_str()).await {
+            tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not free the unique job's lock; it expires at the end of its window");
+        }
+    }
+
     /// Settles the delivery on the broker, then tells the observers.
     async fn settle(
         &self,
@@ -487,6 +525,11 @@ impl Handler {
     ) {
         let outcome = action.outcome();
         let memory_key = held::key(job_id, &delivery.message);
+        // A job done (succeeded or dead) frees its lock once settled.
+        let finished = !matches!(action, Action::Retry { .. } | Action::Defer { .. });
+        let lock = finished
+            .then(|| self.unique_lock(&delivery.message.body, UniqueUntil::Finished))
+            .flatten();
         let report = (!self.observers.is_empty())
             .then(|| (delivery.message.body.clone(), delivery.redelivered));
         let failed = |error: &Error, wait| self.settlement_failed(error, wait);
@@ -502,6 +545,9 @@ impl Handler {
         let span = Span::current();
         if settled.is_ok() {
             self.attempts.forget(&memory_key);
+            if let Some((store, key)) = lock {
+                self.release(&*store, &key, job_id).await;
+            }
         }
         if let Err(unsettled) = settled {
             span.record("outcome", "unsettled");

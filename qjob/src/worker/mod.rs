@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::admin::wire::WorkerState;
 use crate::broker::{Broker, QueueSpec, Subscription};
+use crate::store::Store;
 use crate::{Error, Job};
 use console::{Console, ConsoleJob};
 use consumer::Consumer;
@@ -62,6 +63,7 @@ pub struct WorkerBuilder {
     console: bool,
     heartbeat_interval: Duration,
     cancel_memory: Duration,
+    store: Option<Arc<dyn Store>>,
 }
 
 /// Where the operator's overrides (`QJOB_<QUEUE>_PREFETCH`, …) are read.
@@ -162,6 +164,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Where unique jobs' locks are kept (the producers' store): the worker
+    /// frees a lock when its job starts or finishes, as the job says
+    /// ([`crate::UniqueUntil`]). Needed to run a unique job.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// Adds an observer, told about every settled attempt.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observers.push(observer);
@@ -188,6 +198,7 @@ impl WorkerBuilder {
             console: self.console,
             heartbeat_interval: self.heartbeat_interval,
             cancellations: Arc::new(Cancellations::new(self.cancel_memory)),
+            store: self.store,
         }
     }
 }
@@ -227,6 +238,7 @@ pub struct Worker {
     console: bool,
     heartbeat_interval: Duration,
     cancellations: Arc<Cancellations>,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -256,6 +268,7 @@ impl Worker {
             console: true,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             cancel_memory: DEFAULT_CANCEL_MEMORY,
+            store: None,
         }
     }
 
@@ -421,6 +434,12 @@ impl Worker {
         let mut plans = Vec::with_capacity(self.jobs.len());
         for job in &self.jobs {
             let options = job.options().with_overrides_from(&*self.overrides)?;
+            if options.unique().is_some() && self.store.is_none() {
+                return Err(Error::Config(format!(
+                    "job {} is unique: the worker needs the producers' store (WorkerBuilder::store)",
+                    job.name()
+                )));
+            }
             if let Some(first) = queues.insert(options.queue().to_owned(), job.name()) {
                 return Err(Error::QueueTaken {
                     queue: options.queue().to_owned(),
@@ -546,6 +565,13 @@ impl Worker {
             attempts: held::Attempts::new(self.broker_consumer_timeout.saturating_mul(2)),
             remember_plain: held::outlasts(options.timeout(), self.broker_consumer_timeout),
             cancellations: self.cancellations.clone(),
+            unique: options
+                .unique()
+                .zip(self.store.clone())
+                .map(|(unique, store)| handler::UniqueLock {
+                    store,
+                    until: unique.until,
+                }),
         }
     }
 }

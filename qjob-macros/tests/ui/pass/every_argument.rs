@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use qjob::{Backoff, Job, JobContext, JobError, QueueType, job};
+use qjob::{Backoff, Job, JobContext, JobError, QueueType, Unique, UniqueUntil, job};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Customer {
@@ -29,6 +29,7 @@ pub struct Webhook {
     max_length = 50000,
     delivery_limit = 20,
     autoscale(min = 5, max = 50, target_latency = "10s"),
+    unique(key = customer.id, within = "10m", until = "started"),
 )]
 pub async fn deliver(hook: Webhook, _ctx: JobContext) -> Result<(), JobError> {
     let _ = hook.url;
@@ -70,4 +71,9 @@ fn main() {
         url: "https://example.com".into(),
     };
     assert_eq!(DeliverJob::partition_key(&hook).as_deref(), Some("42"));
+    assert_eq!(
+        options.unique(),
+        Some(Unique::new(Duration::from_secs(600), UniqueUntil::Started))
+    );
+    assert_eq!(DeliverJob::unique_key(&hook).as_deref(), Some("42"));
 }

@@ -1,0 +1,194 @@
+//! Unique-job scenarios written once and run on both brokers (with a
+//! `MemoryStore`): on RabbitMQ in `tests/amqp_unique.rs`, in memory in
+//! `tests/memory_unique.rs`. RabbitMQ with Redis: `tests/redis_unique.rs`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qjob::store::{MemoryStore, Store};
+use qjob::{Enqueued, Error, Job, Worker};
+
+use crate::scenarios::{Env, LIMIT, Running};
+use crate::{Act, Task, probe};
+
+test_job!(
+    unique_finished,
+    "qjob.test.unique.finished",
+    retry = 0,
+    unique(key = key, within = "10m")
+);
+test_job!(
+    unique_started,
+    "qjob.test.unique.started",
+    unique(key = key, within = "10m", until = "started")
+);
+test_job!(
+    unique_store_down,
+    "qjob.test.unique.store-down",
+    unique(within = "10m")
+);
+
+/// Runs a worker for `job` with `store`.
+fn start<J: Job>(env: &Env, job: J, store: &MemoryStore) -> Running {
+    env.run(
+        Worker::builder(env.broker())
+            .register(job)
+            .store(store.clone())
+            .build(),
+    )
+}
+
+pub async fn a_second_enqueue_returns_the_first_job_until_it_is_done(env: &Env) {
+    env.reset::<UniqueFinishedJob>().await;
+    let tag = env.tag::<UniqueFinishedJob>();
+    let probe = probe(&tag);
+    let store = MemoryStore::new();
+    let client = env.client().with_store(store.clone());
+    let task = |seq, act| Task::keyed(&tag, "account-7", seq, act);
+    let first = client
+        .enqueue_unique::<UniqueFinishedJob>(task(0, Act::Succeed))
+        .await
+        .unwrap();
+    assert!(!first.is_duplicate());
+    let again = client
+        .enqueue_unique::<UniqueFinishedJob>(task(1, Act::Succeed))
+        .await
+        .unwrap();
+    assert_eq!(again, Enqueued::Duplicate(first.id().clone()));
+    // `enqueue` says the same with the id alone.
+    let id = client
+        .enqueue::<UniqueFinishedJob>(task(2, Act::Succeed))
+        .await
+        .unwrap();
+    assert_eq!(&id, first.id());
+    let other = client
+        .enqueue_unique::<UniqueFinishedJob>(Task::keyed(
+            &tag,
+            "account-8",
+            3,
+            Act::FailPermanently,
+        ))
+        .await
+        .unwrap();
+    assert!(!other.is_duplicate(), "another key");
+    env.wait_ready(UniqueFinishedJob::QUEUE, 2).await;
+
+    let worker = start(env, UniqueFinishedJob, &store);
+    probe
+        .wait("both jobs", LIMIT, |p| {
+            p.attempts.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    // Done (one succeeded, one dead-lettered): both keys are free.
+    let key = |account: &str| format!("unique:{}:\"{account}\"", UniqueFinishedJob::QUEUE);
+    crate::eventually(
+        "the keys freed",
+        LIMIT,
+        || {
+            (
+                store.holder(&key("account-7")),
+                store.holder(&key("account-8")),
+            )
+        },
+        |held| *held == (None, None),
+    )
+    .await;
+    let next = client
+        .enqueue_unique::<UniqueFinishedJob>(task(4, Act::Succeed))
+        .await
+        .unwrap();
+    assert!(!next.is_duplicate());
+    assert_ne!(next.id(), first.id());
+    probe
+        .wait("the next job", LIMIT, |p| {
+            p.attempts.load(Ordering::SeqCst) == 3
+        })
+        .await;
+    worker.stop().await.unwrap();
+    assert_eq!(*probe.done.lock().unwrap(), [0, 4]);
+}
+
+pub async fn a_started_job_frees_its_key(env: &Env) {
+    env.reset::<UniqueStartedJob>().await;
+    let tag = env.tag::<UniqueStartedJob>();
+    let probe = probe(&tag);
+    let store = MemoryStore::new();
+    let client = env.client().with_store(store.clone());
+    let task = |seq, act| Task::keyed(&tag, "report-1", seq, act);
+    let first = client
+        .enqueue_unique::<UniqueStartedJob>(task(0, Act::Block))
+        .await
+        .unwrap();
+    let worker = start(env, UniqueStartedJob, &store);
+    probe
+        .wait("the first job running", LIMIT, |p| {
+            p.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    // It runs: another of the same key may wait in the queue behind it.
+    let second = client
+        .enqueue_unique::<UniqueStartedJob>(task(1, Act::Succeed))
+        .await
+        .unwrap();
+    assert!(!second.is_duplicate());
+    assert_ne!(second.id(), first.id());
+    let third = client
+        .enqueue_unique::<UniqueStartedJob>(task(2, Act::Succeed))
+        .await
+        .unwrap();
+    assert_eq!(&third, &Enqueued::Duplicate(second.id().clone()));
+    probe.release();
+    probe
+        .wait("both jobs", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    worker.stop().await.unwrap();
+}
+
+/// A store that cannot be reached.
+struct Unreachable;
+
+#[async_trait]
+impl Store for Unreachable {
+    async fn acquire(&self, _: &str, _: &str, _: Duration) -> Result<Option<String>, Error> {
+        Err(Error::Store {
+            operation: "acquire".into(),
+            message: "connection refused".into(),
+        })
+    }
+
+    async fn release(&self, _: &str, _: &str) -> Result<bool, Error> {
+        Err(Error::Store {
+            operation: "release".into(),
+            message: "connection refused".into(),
+        })
+    }
+}
+
+pub async fn an_unreachable_store_is_an_error_and_nothing_is_enqueued(env: &Env) {
+    env.reset::<UniqueStoreDownJob>().await;
+    let tag = env.tag::<UniqueStoreDownJob>();
+    let client = env.client().with_store(Unreachable);
+    let error = client
+        .enqueue::<UniqueStoreDownJob>(Task::new(&tag, 0, Act::Succeed))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Store { .. }), "{error}");
+    let without = env
+        .client()
+        .enqueue::<UniqueStoreDownJob>(Task::new(&tag, 1, Act::Succeed))
+        .await
+        .unwrap_err();
+    assert!(matches!(without, Error::Config(_)), "{without}");
+    assert_eq!(env.ready(UniqueStoreDownJob::QUEUE).await, 0);
+    let worker = Worker::builder(env.broker())
+        .register(UniqueStoreDownJob)
+        .build();
+    let refused = worker.run_until(std::future::ready(())).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("WorkerBuilder::store"),
+        "{refused}"
+    );
+}
