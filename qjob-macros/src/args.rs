@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "delivery_limit",
     "autoscale",
     "unique",
+    "inbox",
 ];
 
 const BREAKER_KEYS: &[&str] = &["failure_rate", "min_attempts", "window", "open_for"];
@@ -94,6 +95,7 @@ pub(crate) struct Args {
     pub(crate) delivery_limit: Option<(u64, Span)>,
     pub(crate) autoscale: Option<Autoscale>,
     pub(crate) unique: Option<Unique>,
+    pub(crate) inbox: Option<u64>,
     /// The arguments given, valid or not.
     pub(crate) given: Vec<String>,
 }
@@ -194,6 +196,7 @@ impl Args {
             "max_length" => {
                 self.max_length = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
             }
+            "inbox" => self.inbox = Some(positive_duration(key, value)?),
             "delivery_limit" => {
                 self.delivery_limit = Some((
                     values::integer(key, value, 1, u64::from(u32::MAX))?,

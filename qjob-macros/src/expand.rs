@@ -166,6 +166,10 @@ fn options(args: &Args, queue: &syn::LitStr) -> TokenStream {
         let limit = limit as u32;
         calls.push(quote!(.with_delivery_limit(#limit)));
     }
+    if let Some(window) = args.inbox {
+        let window = duration(window);
+        calls.push(quote!(.with_inbox(#window)));
+    }
     if let Some(unique) = &args.unique {
         let within = duration(unique.within);
         let until = match unique.until {

@@ -210,6 +210,7 @@ pub struct JobOptions {
     delivery_limit: Option<u32>,
     autoscale: Option<Autoscale>,
     unique: Option<Unique>,
+    inbox: Option<Duration>,
 }
 
 /// The default prefetch: enough to keep a handful of handlers busy.
@@ -239,6 +240,7 @@ impl JobOptions {
             delivery_limit: None,
             autoscale: None,
             unique: None,
+            inbox: None,
         }
     }
 
@@ -348,6 +350,20 @@ impl JobOptions {
     /// The uniqueness, if any.
     pub fn unique(&self) -> Option<Unique> {
         self.unique
+    }
+
+    /// Deduplicates deliveries by job id on the consumer side (an inbox):
+    /// once a job succeeded, another delivery of the same id within
+    /// `window` is acked without running (a producer that published
+    /// twice). Kept in the worker's [`crate::store::Store`].
+    pub fn with_inbox(mut self, window: Duration) -> Self {
+        self.inbox = Some(window);
+        self
+    }
+
+    /// The inbox window, if the job deduplicates by job id.
+    pub fn inbox(&self) -> Option<Duration> {
+        self.inbox
     }
 
     /// The work queue's name.

@@ -39,6 +39,13 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// [`Error::Store`] if the store could not be reached or refused.
     async fn release(&self, key: &str, owner: &str) -> Result<bool, Error>;
+
+    /// Who holds `key` now, if anyone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn holder(&self, key: &str) -> Result<Option<String>, Error>;
 }
 
 /// A store behind an `Arc` is a store.
@@ -55,6 +62,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, Error> {
         (**self).release(key, owner).await
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
+        (**self).holder(key).await
     }
 }
 
@@ -78,8 +89,8 @@ impl MemoryStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The owner holding `key` now, if any.
-    pub fn holder(&self, key: &str) -> Option<String> {
+    /// The owner holding `key` now, if any (as [`Store::holder`], at once).
+    pub fn held(&self, key: &str) -> Option<String> {
         let now = Instant::now();
         self.locks()
             .get(key)
@@ -120,6 +131,10 @@ impl Store for MemoryStore {
             locks.remove(key);
         }
         Ok(held)
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self.held(key))
     }
 }
 
@@ -225,6 +240,14 @@ mod redis_store {
                 .map_err(|e| store_error("acquire", e))
         }
 
+        async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
+            redis::cmd("GET")
+                .arg(format!("{}{key}", self.prefix))
+                .query_async(&mut self.connection.clone())
+                .await
+                .map_err(|e| store_error("get", e))
+        }
+
         async fn release(&self, key: &str, owner: &str) -> Result<bool, Error> {
             let deleted: i64 = self
                 .release
@@ -253,7 +276,8 @@ mod tests {
         );
         assert!(!store.release("k", "b").await.unwrap(), "not b's");
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(store.holder("k"), None, "expired");
+        assert_eq!(store.held("k"), None, "expired");
+        assert_eq!(store.holder("k").await.unwrap(), None);
         assert_eq!(store.acquire("k", "b", ttl).await.unwrap(), None);
         assert!(!store.release("k", "a").await.unwrap());
         assert!(store.release("k", "b").await.unwrap());

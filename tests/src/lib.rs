@@ -679,6 +679,7 @@ macro_rules! unique_tests {
             a_second_enqueue_returns_the_first_job_until_it_is_done,
             a_started_job_frees_its_key,
             an_unreachable_store_is_an_error_and_nothing_is_enqueued,
+            a_job_delivered_twice_runs_once_with_an_inbox,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

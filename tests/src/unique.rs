@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use qjob::broker::Message;
 use qjob::store::{MemoryStore, Store};
 use qjob::{Enqueued, Error, Job, Worker};
 
@@ -18,9 +19,11 @@ test_job!(
     retry = 0,
     unique(key = key, within = "10m")
 );
+// One handler: the second job of a key waits while the first runs.
 test_job!(
     unique_started,
     "qjob.test.unique.started",
+    concurrency = 1,
     unique(key = key, within = "10m", until = "started")
 );
 test_job!(
@@ -28,6 +31,8 @@ test_job!(
     "qjob.test.unique.store-down",
     unique(within = "10m")
 );
+
+test_job!(inbox, "qjob.test.unique.inbox", inbox = "1h");
 
 /// Runs a worker for `job` with `store`.
 fn start<J: Job>(env: &Env, job: J, store: &MemoryStore) -> Running {
@@ -85,12 +90,7 @@ pub async fn a_second_enqueue_returns_the_first_job_until_it_is_done(env: &Env) 
     crate::eventually(
         "the keys freed",
         LIMIT,
-        || {
-            (
-                store.holder(&key("account-7")),
-                store.holder(&key("account-8")),
-            )
-        },
+        || (store.held(&key("account-7")), store.held(&key("account-8"))),
         |held| *held == (None, None),
     )
     .await;
@@ -165,6 +165,13 @@ impl Store for Unreachable {
             message: "connection refused".into(),
         })
     }
+
+    async fn holder(&self, _: &str) -> Result<Option<String>, Error> {
+        Err(Error::Store {
+            operation: "get".into(),
+            message: "connection refused".into(),
+        })
+    }
 }
 
 pub async fn an_unreachable_store_is_an_error_and_nothing_is_enqueued(env: &Env) {
@@ -191,4 +198,44 @@ pub async fn an_unreachable_store_is_an_error_and_nothing_is_enqueued(env: &Env)
         refused.to_string().contains("WorkerBuilder::store"),
         "{refused}"
     );
+}
+
+pub async fn a_job_delivered_twice_runs_once_with_an_inbox(env: &Env) {
+    env.reset::<InboxJob>().await;
+    let tag = env.tag::<InboxJob>();
+    let probe = probe(&tag);
+    let store = MemoryStore::new();
+    // A producer that published the same job twice (same id), and
+    // another job.
+    let message = |seq: u32, id: &str| Message {
+        id: Some(id.to_owned()),
+        body: serde_json::to_vec(&Task::new(&tag, seq, Act::Succeed)).unwrap(),
+        ..Message::default()
+    };
+    let broker = env.broker();
+    broker
+        .declare_queue(&qjob::broker::QueueSpec::new(InboxJob::QUEUE))
+        .await
+        .unwrap();
+    for (seq, id) in [(0, "job-a"), (0, "job-a"), (1, "job-b")] {
+        broker
+            .publish(InboxJob::QUEUE, message(seq, id))
+            .await
+            .unwrap();
+    }
+    let worker = start(env, InboxJob, &store);
+    env.wait_ready(InboxJob::QUEUE, 0).await;
+    probe
+        .wait("both jobs", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    worker.stop().await.unwrap();
+    let mut done = probe.done.lock().unwrap().clone();
+    done.sort();
+    assert_eq!(done, [0, 1], "job-a ran once");
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(env.ready(&InboxJob::options().dead_letter_queue()).await, 0);
+    let key = format!("inbox:{}:job-a", InboxJob::QUEUE);
+    assert_eq!(store.held(&key).as_deref(), Some("job-a"));
 }

@@ -58,6 +58,14 @@ pub(crate) struct Handler {
     pub(crate) cancellations: Arc<Cancellations>,
     /// A unique job's lock, freed when the job starts or finishes.
     pub(crate) unique: Option<UniqueLock>,
+    /// The job ids done lately, for a job that deduplicates deliveries.
+    pub(crate) inbox: Option<Inbox>,
+}
+
+/// Where a job's inbox is kept, and for how long an id is remembered.
+pub(crate) struct Inbox {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) window: Duration,
 }
 
 /// Where a unique job's lock is, and when the worker frees it.
@@ -135,6 +143,12 @@ impl Handler {
         }
         self.free_unique(&delivery, job_id, UniqueUntil::Started)
             .await;
+        if self.already_done(job_id).await {
+            tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, "a job already done (a duplicate delivery); acking it without running it");
+            return self
+                .without_running(delivery, job_id, attempt, Outcome::Succeeded)
+                .await;
+        }
         loop {
             let span = self.span(&delivery, job_id, attempt);
             let attempted = async {
@@ -506,6 +520,43 @@ impl Handler {
         ))
     }
 
+    /// The inbox's key of job `job_id`.
+    fn inbox_key(&self, job_id: &JobId) -> String {
+        format!("inbox:{}:{job_id}", self.job.options().queue())
+    }
+
+    /// Whether the inbox says job `job_id` succeeded already. A store that
+    /// cannot be reached cannot say: the job runs (at least once), and the
+    /// warning says a duplicate may run.
+    async fn already_done(&self, job_id: &JobId) -> bool {
+        let Some(inbox) = &self.inbox else {
+            return false;
+        };
+        match inbox.store.holder(&self.inbox_key(job_id)).await {
+            Ok(done) => done.is_some(),
+            Err(error) => {
+                tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "the inbox cannot be read: running the job, which may be a duplicate");
+                false
+            }
+        }
+    }
+
+    /// Records in the inbox that job `job_id` succeeded (before its ack:
+    /// a redelivery after a crash in between is then known as done).
+    async fn mark_done(&self, job_id: &JobId) {
+        let Some(inbox) = &self.inbox else {
+            return;
+        };
+        let key = self.inbox_key(job_id);
+        if let Err(error) = inbox
+            .store
+            .acquire(&key, job_id.as_str(), inbox.window)
+            .await
+        {
+            tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not record the job as done in the inbox: a duplicate delivery of it would run");
+        }
+    }
+
     /// Frees a lock; a failure is logged: the lock then expires at the end
     /// of its window.
     async fn release(&self, store: &dyn Store, key: &str, job_id: &JobId) {
@@ -530,6 +581,9 @@ impl Handler {
         let lock = finished
             .then(|| self.unique_lock(&delivery.message.body, UniqueUntil::Finished))
             .flatten();
+        if matches!(action, Action::Ack) {
+            self.mark_done(job_id).await;
+        }
         let report = (!self.observers.is_empty())
             .then(|| (delivery.message.body.clone(), delivery.redelivered));
         let failed = |error: &Error, wait| self.settlement_failed(error, wait);

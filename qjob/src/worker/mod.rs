@@ -434,9 +434,14 @@ impl Worker {
         let mut plans = Vec::with_capacity(self.jobs.len());
         for job in &self.jobs {
             let options = job.options().with_overrides_from(&*self.overrides)?;
-            if options.unique().is_some() && self.store.is_none() {
+            let needs = match (options.unique(), options.inbox()) {
+                (Some(_), _) => Some("is unique"),
+                (None, Some(_)) => Some("has an inbox"),
+                (None, None) => None,
+            };
+            if let (Some(needs), None) = (needs, &self.store) {
                 return Err(Error::Config(format!(
-                    "job {} is unique: the worker needs the producers' store (WorkerBuilder::store)",
+                    "job {} {needs}: the worker needs a store (WorkerBuilder::store)",
                     job.name()
                 )));
             }
@@ -572,6 +577,10 @@ impl Worker {
                     store,
                     until: unique.until,
                 }),
+            inbox: options
+                .inbox()
+                .zip(self.store.clone())
+                .map(|(window, store)| handler::Inbox { store, window }),
         }
     }
 }

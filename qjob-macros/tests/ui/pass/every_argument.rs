@@ -30,6 +30,7 @@ pub struct Webhook {
     delivery_limit = 20,
     autoscale(min = 5, max = 50, target_latency = "10s"),
     unique(key = customer.id, within = "10m", until = "started"),
+    inbox = "1h",
 )]
 pub async fn deliver(hook: Webhook, _ctx: JobContext) -> Result<(), JobError> {
     let _ = hook.url;
@@ -76,4 +77,5 @@ fn main() {
         Some(Unique::new(Duration::from_secs(600), UniqueUntil::Started))
     );
     assert_eq!(DeliverJob::unique_key(&hook).as_deref(), Some("42"));
+    assert_eq!(options.inbox(), Some(Duration::from_secs(3600)));
 }
