@@ -27,14 +27,40 @@ fn full<J: Job>(error: Error) -> Error {
     }
 }
 
-/// What taking a unique job's lock gave.
-enum Locked {
-    /// The job is not unique (or its payload has no key).
-    NotUnique,
-    /// Taken: the store and key, to give it back if the publish fails.
-    Taken((Arc<dyn Store>, String)),
-    /// Held by this job.
-    Duplicate(JobId),
+/// Gives a unique job's lock back when dropped, unless disarmed (its
+/// `store` taken): from a task of its own, so that a dropped enqueue
+/// still frees it.
+struct Unlock {
+    store: Option<Arc<dyn Store>>,
+    key: String,
+    owner: String,
+}
+
+impl Drop for Unlock {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let (key, owner) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // If this fails, the lock expires at the end of its window.
+                let _ = store.release(&key, &owner).await;
+            });
+        }
+    }
+}
+
+/// Whether a failed publish may have been stored all the same: no confirm
+/// came (a timeout), or the connection went after the message was sent.
+fn maybe_stored(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. }
+    )
 }
 
 /// The store key of a unique job's lock: its queue and its key.
@@ -83,8 +109,7 @@ pub enum Enqueued {
 }
 
 impl Enqueued {
-    /// The id of the job that will run: the new one, or the one already
-    /// there.
+    /// The job's id: the new one, or the one that holds the key.
     pub fn id(&self) -> &JobId {
         match self {
             Enqueued::New(id) | Enqueued::Duplicate(id) => id,
@@ -193,11 +218,11 @@ impl Client {
         }
         async {
             self.ensure_declared::<J>().await?;
-            let (id, message) = Self::message::<J>(&payload)?;
+            let (id, message, lock) = Self::unique_message::<J>(&payload)?;
             let target = Self::target::<J>(Some(&payload));
             let delayed = topology::delayed(&target, J::options().queue_type(), delay, message);
             let publish = delayed.publish(&*self.broker, &self.leases);
-            let enqueued = self.locked::<J>(&payload, id, publish).await?;
+            let enqueued = self.locked::<J>(lock, id, publish).await?;
             Ok(enqueued.id().clone())
         }
         .instrument(enqueue_span::<J>(1))
@@ -249,58 +274,83 @@ impl Client {
     }
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
-        let (id, message) = Self::message::<J>(payload)?;
+        let (id, message, lock) = Self::unique_message::<J>(payload)?;
         let target = Self::target::<J>(Some(payload));
         let publish = async {
             let published = self.broker.publish(&target, message).await;
             published.map_err(full::<J>)
         };
-        self.locked::<J>(payload, id, publish).await
+        self.locked::<J>(lock, id, publish).await
     }
 
-    /// Runs `publish` for job `id`, under its unique lock if it is unique:
-    /// not at all if another job holds the lock, and giving the lock back
-    /// if the publish fails.
+    /// The message of a job and, for a unique job, its lock's key, which
+    /// travels in the `qjob-unique-key` header: the worker frees the lock
+    /// by it, never by a key computed again from the payload.
+    fn unique_message<J: Job>(
+        payload: &J::Payload,
+    ) -> Result<(JobId, Message, Option<String>), Error> {
+        let (id, mut message) = Self::message::<J>(payload)?;
+        let lock = J::options()
+            .unique()
+            .and_then(|_| J::unique_key(payload))
+            .map(|key| unique_lock_key(J::QUEUE, &key));
+        if let Some(lock) = &lock {
+            message
+                .headers
+                .insert(headers::UNIQUE_KEY.into(), lock.clone().into());
+        }
+        Ok((id, message, lock))
+    }
+
+    /// Runs `publish` for job `id`, under lock `lock` if the job is unique:
+    /// not at all if another job holds the lock. A publish that failed
+    /// before anything was stored gives the lock back; one that may have
+    /// been stored (a timeout, a lost connection) keeps it, as does a
+    /// publish that was abandoned (its future dropped) once sent.
     async fn locked<J: Job>(
         &self,
-        payload: &J::Payload,
+        lock: Option<String>,
         id: JobId,
         publish: impl Future<Output = Result<(), Error>>,
     ) -> Result<Enqueued, Error> {
-        let lock = match self.lock::<J>(payload, &id).await? {
-            Locked::Duplicate(holder) => return Ok(Enqueued::Duplicate(holder)),
-            Locked::Taken(lock) => Some(lock),
-            Locked::NotUnique => None,
+        let Some(key) = lock else {
+            publish.await?;
+            return Ok(Enqueued::New(id));
         };
-        if let Err(error) = publish.await {
-            if let Some((store, key)) = lock {
-                // Not published: the next enqueue may publish. If this
-                // fails, the lock expires at the end of its window.
-                let _ = store.release(&key, id.as_str()).await;
-            }
-            return Err(error);
-        }
-        Ok(Enqueued::New(id))
-    }
-
-    /// Takes a unique job's lock for `id`.
-    async fn lock<J: Job>(&self, payload: &J::Payload, id: &JobId) -> Result<Locked, Error> {
         let Some(unique) = J::options().unique() else {
-            return Ok(Locked::NotUnique);
+            publish.await?;
+            return Ok(Enqueued::New(id));
         };
-        let Some(key) = J::unique_key(payload) else {
-            return Ok(Locked::NotUnique);
-        };
-        let Some(store) = &self.store else {
+        let Some(store) = self.store.clone() else {
             return Err(Error::Config(format!(
                 "job {} is unique: the client needs a store (Client::with_store)",
                 J::NAME
             )));
         };
-        let key = unique_lock_key(J::QUEUE, &key);
-        match store.acquire(&key, id.as_str(), unique.within).await? {
-            Some(holder) => Ok(Locked::Duplicate(JobId::from(holder))),
-            None => Ok(Locked::Taken((store.clone(), key))),
+        // Given back if this is dropped before the publish was sent (or
+        // if the store failed after taking it).
+        let mut guard = Unlock {
+            store: Some(store.clone()),
+            key: key.clone(),
+            owner: id.to_string(),
+        };
+        if let Some(holder) = store.acquire(&key, id.as_str(), unique.within).await? {
+            guard.store = None;
+            return Ok(Enqueued::Duplicate(JobId::from(holder)));
+        }
+        match publish.await {
+            Ok(()) => {
+                guard.store = None;
+                Ok(Enqueued::New(id))
+            }
+            Err(error) if maybe_stored(&error) => {
+                // The job may exist and run: its lock stays (it expires at
+                // the end of its window if the job never comes).
+                guard.store = None;
+                Err(error)
+            }
+            // Nothing stored: the guard gives the lock back.
+            Err(error) => Err(error),
         }
     }
 

@@ -57,6 +57,9 @@ pub const REPLAYS: &str = "qjob-replays";
 /// since the Unix epoch: an operator's cancel from before does not apply to
 /// the replayed job.
 pub const REPLAYED_AT: &str = "qjob-replayed-at";
+/// A unique job's lock in the store (`unique:<queue>:<key>`): the worker
+/// frees it by this name when the job starts or finishes.
+pub const UNIQUE_KEY: &str = "qjob-unique-key";
 /// The wait left, in milliseconds, after the current delay-queue hop: a job
 /// delayed longer than one delay queue holds comes back and waits again.
 pub const DELAY_LEFT: &str = "qjob-delay-left";

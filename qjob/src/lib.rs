@@ -108,9 +108,13 @@ pub mod __private {
         }
     }
 
-    /// The unique key of a payload's `unique(key = …)` field: its JSON.
+    /// The unique key of a payload's `unique(key = …)` field: its JSON;
+    /// none (the job is not unique) for a `null` (an `Option` that is
+    /// `None`).
     pub fn unique_key<K: serde::Serialize + ?Sized>(key: &K) -> Option<String> {
-        serde_json::to_string(key).ok()
+        serde_json::to_string(key)
+            .ok()
+            .filter(|json| json != "null")
     }
 
     /// The partition key of a payload's `partition_by` field.

@@ -18,8 +18,8 @@ use crate::Error;
 /// Locks with an owner and an expiry, set atomically.
 ///
 /// Implement it to keep qjob's locks elsewhere; the contract is what
-/// [`MemoryStore`] and [`RedisStore`] do, and `tests/src/store.rs` checks
-/// it on both.
+/// [`MemoryStore`] and `RedisStore` do (the scenarios of
+/// `tests/src/unique.rs` run on them).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Takes `key` for `owner` during `ttl`, unless someone holds it:
@@ -69,6 +69,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
 }
 
+/// The longest a lock lasts, whatever window was asked.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Locks in this process's memory, on Tokio's clock (so tests on virtual
 /// time see them expire). Clones share the locks. Right for tests and for
 /// one process; several processes need a shared store ([`RedisStore`]).
@@ -116,7 +119,11 @@ impl Store for MemoryStore {
         match locks.get(key) {
             Some((holder, until)) if *until > now => Ok(Some(holder.clone())),
             _ => {
-                locks.insert(key.to_owned(), (owner.to_owned(), now + ttl));
+                // A window too long for the clock lasts a century.
+                let until = now
+                    .checked_add(ttl.max(Duration::from_millis(1)))
+                    .unwrap_or_else(|| now + CENTURY);
+                locks.insert(key.to_owned(), (owner.to_owned(), until));
                 Ok(None)
             }
         }
@@ -151,12 +158,13 @@ mod redis_store {
     use super::Store;
     use crate::Error;
 
-    /// Takes a free key (`SET NX PX`) or returns its holder, in one step.
+    /// Takes a free key (`SET … PX`) or returns its holder, in one step;
+    /// an empty string when taken now (the same reply in RESP2 and RESP3).
     const ACQUIRE: &str = r"
         local holder = redis.call('GET', KEYS[1])
         if holder then return holder end
         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        return false
+        return ''
     ";
 
     /// Deletes a key only if `owner` holds it.
@@ -230,14 +238,18 @@ mod redis_store {
             owner: &str,
             ttl: Duration,
         ) -> Result<Option<String>, Error> {
-            let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            self.acquire
+            let millis = u64::try_from(ttl.min(super::CENTURY).as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let holder: String = self
+                .acquire
                 .key(format!("{}{key}", self.prefix))
                 .arg(owner)
                 .arg(millis)
                 .invoke_async(&mut self.connection.clone())
                 .await
-                .map_err(|e| store_error("acquire", e))
+                .map_err(|e| store_error("acquire", e))?;
+            Ok(Some(holder).filter(|holder| !holder.is_empty()))
         }
 
         async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
@@ -282,5 +294,11 @@ mod tests {
         assert!(!store.release("k", "a").await.unwrap());
         assert!(store.release("k", "b").await.unwrap());
         assert_eq!(store.acquire("k", "c", ttl).await.unwrap(), None);
+        // A window longer than the clock holds is a long one, not a panic.
+        assert_eq!(
+            store.acquire("long", "d", Duration::MAX).await.unwrap(),
+            None
+        );
+        assert_eq!(store.held("long").as_deref(), Some("d"));
     }
 }

@@ -9,8 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
-use crate::broker::{Broker, Delivery};
-use crate::client::unique_lock_key;
+use crate::broker::{Broker, Delivery, Message};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::store::Store;
@@ -23,7 +22,7 @@ use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
 use crate::worker::settle::{self, Action, Attempt, Routes, Unsettled};
-use crate::{DeadReason, Error, JobContext, JobId, UniqueUntil, topology, trace};
+use crate::{DeadReason, Error, JobContext, JobId, UniqueUntil, headers, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
 pub(crate) struct Handler {
@@ -141,8 +140,6 @@ impl Handler {
                 .without_running(delivery, job_id, attempt, cancelled)
                 .await;
         }
-        self.free_unique(&delivery, job_id, UniqueUntil::Started)
-            .await;
         if self.already_done(job_id).await {
             tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, "a job already done (a duplicate delivery); acking it without running it");
             return self
@@ -432,6 +429,11 @@ impl Handler {
             let cancelled = Outcome::Cancelled(CANCELLED_BEFORE.to_owned());
             return Some((cancelled, Duration::ZERO, None));
         }
+        // The job starts now (past the gate, in its slot): a lock held
+        // while it waited is freed.
+        if let Some((store, key)) = self.unique_lock(&delivery.message, &[UniqueUntil::Started]) {
+            self.release(&*store, &key, &envelope.job_id).await;
+        }
         let running = memory.map(|key| Running::start(&self.attempts, key, attempt));
         self.metrics.in_flight(1.0);
         let started = tokio::time::Instant::now();
@@ -502,22 +504,20 @@ impl Handler {
         action
     }
 
-    /// Frees a unique job's lock if it is freed `at` this point (the lock is
-    /// the job's: another job's lock of the same key stays).
-    async fn free_unique(&self, delivery: &Delivery, job_id: &JobId, at: UniqueUntil) {
-        if let Some((store, key)) = self.unique_lock(&delivery.message.body, at) {
-            self.release(&*store, &key, job_id).await;
-        }
-    }
-
-    /// The store and key of this job's lock, if it is freed `at` this point.
-    fn unique_lock(&self, body: &[u8], at: UniqueUntil) -> Option<(Arc<dyn Store>, String)> {
-        let unique = self.unique.as_ref().filter(|unique| unique.until == at)?;
-        let key = self.job.unique_key(body)?;
-        Some((
-            unique.store.clone(),
-            unique_lock_key(self.job.options().queue(), &key),
-        ))
+    /// The store and name of this delivery's unique lock (its
+    /// `qjob-unique-key` header, as the producer took it), if the job frees
+    /// it at one of `at`.
+    fn unique_lock(
+        &self,
+        message: &Message,
+        at: &[UniqueUntil],
+    ) -> Option<(Arc<dyn Store>, String)> {
+        let unique = self
+            .unique
+            .as_ref()
+            .filter(|unique| at.contains(&unique.until))?;
+        let key = message.headers.get(headers::UNIQUE_KEY)?.as_str()?;
+        Some((unique.store.clone(), key.to_owned()))
     }
 
     /// The inbox's key of job `job_id`.
@@ -578,8 +578,11 @@ impl Handler {
         let memory_key = held::key(job_id, &delivery.message);
         // A job done (succeeded or dead) frees its lock once settled.
         let finished = !matches!(action, Action::Retry { .. } | Action::Defer { .. });
+        // (A job that never started, cancelled or malformed, frees a lock
+        // meant to go at its start too.)
+        let until = [UniqueUntil::Started, UniqueUntil::Finished];
         let lock = finished
-            .then(|| self.unique_lock(&delivery.message.body, UniqueUntil::Finished))
+            .then(|| self.unique_lock(&delivery.message, &until))
             .flatten();
         if matches!(action, Action::Ack) {
             self.mark_done(job_id).await;

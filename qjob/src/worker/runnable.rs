@@ -41,9 +41,6 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// gives none, or reading it panicked), or `None` if the body does not
     /// deserialize.
     fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)>;
-    /// The unique key of a message's payload (see [`Job::unique_key`]);
-    /// `None` if it has none, does not deserialize, or reading it panicked.
-    fn unique_key(&self, body: &[u8]) -> Option<String>;
     /// Runs the handler on `decoded` (from [`Runnable::decode_keyed`], for
     /// this job type) or else on the body deserialized, catching panics
     /// and enforcing the timeout.
@@ -86,15 +83,6 @@ impl<J: Job> Runnable for Registered<J> {
                 Some((None, Decoded::Panicked(reason)))
             }
         }
-    }
-
-    fn unique_key(&self, body: &[u8]) -> Option<String> {
-        std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let payload = serde_json::from_slice::<J::Payload>(body).ok()?;
-            J::unique_key(&payload)
-        }))
-        .ok()
-        .flatten()
     }
 
     fn run(
