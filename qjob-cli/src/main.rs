@@ -296,16 +296,7 @@ impl Out {
 fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView]) {
     let alive = workers.iter().filter(|w| w.alive).count();
     let gone = workers.len() - alive;
-    let alarms: Vec<String> = workers
-        .iter()
-        .filter(|w| w.alive)
-        .filter_map(|w| {
-            let blocked = w.status.blocked.as_ref().map(|b| format!("blocked: {b}"));
-            let down = (!w.status.connected).then(|| "disconnected".to_owned());
-            let what = blocked.or(down)?;
-            Some(format!("{} (pid {}): {what}", w.status.host, w.status.pid))
-        })
-        .collect();
+    let alarms: Vec<String> = workers.iter().filter_map(WorkerView::alarm).collect();
     if out.json {
         out.print_json(&json!({
             "workers": { "alive": alive, "gone": gone },

@@ -142,14 +142,8 @@ pub(crate) async fn pause(
     Path(job): Path<String>,
     _: Checked<Plain>,
 ) -> Response {
-    match shared.admin.pause(&job).await {
-        Ok(replies) => back(
-            &shared,
-            &format!("/jobs/{}", segment(&job)),
-            &replied(&format!("pause {job}"), &replies),
-        ),
-        Err(error) => broker_error(error),
-    }
+    let replies = shared.admin.pause(&job).await;
+    commanded(&shared, &job, "pause", replies)
 }
 
 pub(crate) async fn resume(
@@ -157,11 +151,22 @@ pub(crate) async fn resume(
     Path(job): Path<String>,
     _: Checked<Plain>,
 ) -> Response {
-    match shared.admin.resume(&job).await {
+    let replies = shared.admin.resume(&job).await;
+    commanded(&shared, &job, "resume", replies)
+}
+
+/// Back to job `job`'s page, saying what the workers replied to `what`.
+fn commanded(
+    shared: &Shared,
+    job: &str,
+    what: &str,
+    replies: Result<Vec<Reply>, qjob::Error>,
+) -> Response {
+    match replies {
         Ok(replies) => back(
-            &shared,
-            &format!("/jobs/{}", segment(&job)),
-            &replied(&format!("resume {job}"), &replies),
+            shared,
+            &format!("/jobs/{}", segment(job)),
+            &replied(&format!("{what} {job}"), &replies),
         ),
         Err(error) => broker_error(error),
     }

@@ -170,16 +170,7 @@ pub(crate) async fn overview(
         types = jobs.len(),
         dead = jobs.iter().map(JobView::dead_letters).sum::<u64>(),
     );
-    let alarms: Vec<String> = workers
-        .iter()
-        .filter(|w| w.alive)
-        .filter_map(|w| {
-            let blocked = w.status.blocked.as_ref().map(|b| format!("blocked: {b}"));
-            let down = (!w.status.connected).then(|| "disconnected".to_owned());
-            let what = blocked.or(down)?;
-            Some(format!("{} (pid {}): {what}", w.status.host, w.status.pid))
-        })
-        .collect();
+    let alarms: Vec<String> = workers.iter().filter_map(WorkerView::alarm).collect();
     if !alarms.is_empty() {
         html.push_str(r#"<section class="alarms"><h2>Alarms</h2><ul>"#);
         for alarm in alarms {

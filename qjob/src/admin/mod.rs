@@ -179,6 +179,23 @@ pub struct WorkerView {
     pub silent_for: Duration,
 }
 
+impl WorkerView {
+    /// What is wrong with an alive worker, if anything: the broker blocks
+    /// it (a resource alarm), or it lost its connection.
+    pub fn alarm(&self) -> Option<String> {
+        if !self.alive {
+            return None;
+        }
+        let status = &self.status;
+        let what = match (&status.blocked, status.connected) {
+            (Some(blocked), _) => format!("blocked: {blocked}"),
+            (None, false) => "disconnected".to_owned(),
+            (None, true) => return None,
+        };
+        Some(format!("{} (pid {}): {what}", status.host, status.pid))
+    }
+}
+
 /// A job type across the workers that run it.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
