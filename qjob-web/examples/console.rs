@@ -49,23 +49,37 @@ async fn report(task: Task, ctx: JobContext) -> Result<(), JobError> {
 /// again and succeeds.
 static IMPORTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
-/// How many imports succeeded.
-pub static IMPORTS_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The imports that succeeded, by job id.
+static IMPORTS_DONE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Whether the import with job id `id` succeeded.
+pub fn import_done(id: &str) -> bool {
+    IMPORTS_DONE
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|done| done.contains(id))
+}
 
 #[job(queue = "demo.import", retry = 0)]
 async fn import(task: Task, ctx: JobContext) -> Result<(), JobError> {
+    let id = ctx.job_id().to_string();
     let first = IMPORTED
         .lock()
         .unwrap()
         .get_or_insert_with(HashSet::new)
-        .insert(ctx.job_id().to_string());
+        .insert(id.clone());
     if first && task.n.is_multiple_of(3) {
         return Err(JobError::permanent(JobError::msg(format!(
             "import {}: column \"amount\" is not a number",
             task.n
         ))));
     }
-    IMPORTS_DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    IMPORTS_DONE
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(id);
     Ok(())
 }
 

@@ -8,7 +8,6 @@
 mod demo;
 
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -216,16 +215,19 @@ async fn the_console_works_in_a_real_browser() {
         text.contains("is not a number")
     })
     .await;
-    let done = demo::IMPORTS_DONE.load(Ordering::SeqCst);
-    let dead = stats("demo.import.dlq").await.messages;
+    // The first row's letter: its job id is the row's link.
+    let first = client
+        .find(Locator::Css("main tbody tr td a"))
+        .await
+        .unwrap();
+    let id = first.text().await.unwrap();
+    assert!(!demo::import_done(&id));
     let notice = click(&client, "Replay").await;
-    assert!(notice.starts_with("replayed "), "{notice}");
-    until("the replayed import done", async || {
-        demo::IMPORTS_DONE.load(Ordering::SeqCst) > done
-    })
-    .await;
-    until("one letter fewer", async || {
-        stats("demo.import.dlq").await.messages < dead
+    assert_eq!(notice, format!("replayed {id}"));
+    until("the replayed import done", async || demo::import_done(&id)).await;
+    let letter = format!("{letters}?id={id}");
+    until_page(&client, &letter, "the letter gone from the queue", |text| {
+        text.contains("No dead letter of job")
     })
     .await;
 
