@@ -67,12 +67,8 @@ async fn reset<J: Job>() {
 }
 
 /// Waits until `done` holds, failing the test after [`LIMIT`].
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for(what: &str, done: impl AsyncFnMut() -> bool) {
+    qjob_tests::until(what, LIMIT, done).await
 }
 
 /// Waits until `check` passes on `qjob args…`'s output.

@@ -128,12 +128,8 @@ async fn click(client: &Client, label: &str) -> String {
 }
 
 /// Waits until `check` holds.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until(what: &str, check: impl AsyncFnMut() -> bool) {
+    qjob_tests::until(what, LIMIT, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,15 +182,15 @@ async fn actions_need_the_cookie_token_and_this_origin() {
             .starts_with("qjob_notice=; ")
     );
     // The worker's heartbeat after the command says it is paused.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, page) = http(&addr, &get(&addr, "/jobs/email", Some(&cookie))).await;
-        if page.contains("<dt>Paused on</dt><dd>1 of 1</dd>") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{page}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    qjob_tests::until(
+        "the job paused on its worker",
+        Duration::from_secs(10),
+        async || {
+            let (_, _, page) = http(&addr, &get(&addr, "/jobs/email", Some(&cookie))).await;
+            page.contains("<dt>Paused on</dt><dd>1 of 1</dd>")
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -423,11 +423,10 @@ async fn pause_and_resume_across_two_worker_processes_lose_and_reject_nothing() 
     let replies = admin.pause(ConsoleProcessJob::NAME).await.unwrap();
     assert_eq!(replies.len(), 2, "{replies:?}");
     assert!(replies.iter().all(|reply| reply.ok), "{replies:?}");
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while rabbit.consumers(queue).await > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the consumers stay");
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    qjob_tests::until("no consumer on the queue", LIMIT, async || {
+        rabbit.consumers(queue).await == 0
+    })
+    .await;
     // Both paused, nothing running: what is not done is back in the queue.
     qjob_tests::console::wait_job::<ConsoleProcessJob>(&admin, "both paused, idle", |view| {
         view.paused_on == 2 && view.in_flight == 0
