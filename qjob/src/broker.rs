@@ -464,6 +464,22 @@ pub trait Broker: Send + Sync + 'static {
     /// after the others it was not.
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error>;
 
+    /// Publishes each message to its queue, in order (what one queue
+    /// receives arrives in this order), as [`Broker::publish`] would, and
+    /// returns each one's outcome in order. A broker may pipeline them;
+    /// the default publishes one after the other.
+    ///
+    /// # Errors
+    ///
+    /// Each outcome as for [`Broker::publish`].
+    async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (queue, message) in messages {
+            outcomes.push(self.publish(&queue, message).await);
+        }
+        outcomes
+    }
+
     /// Starts a consumer on `queue` with manual acknowledgement, holding at
     /// most `options.prefetch` unsettled deliveries. On a
     /// single-active-consumer queue only the first consumer receives; the
@@ -585,6 +601,10 @@ impl<B: Broker + ?Sized> Broker for std::sync::Arc<B> {
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
         (**self).publish(queue, message).await
+    }
+
+    async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
+        (**self).publish_all(messages).await
     }
 
     async fn consume(

@@ -68,8 +68,46 @@ pub(crate) fn unique_lock_key(queue: &str, key: &str) -> String {
     format!("unique:{queue}:{key}")
 }
 
-/// How many publishes [`Client::enqueue_all`] keeps awaiting confirms at once.
+/// How many locks [`Client::enqueue_all`] claims at once.
 const PIPELINE: usize = 512;
+
+/// How many jobs [`Client::enqueue_all`] publishes in one
+/// [`Broker::publish_all`].
+const CHUNK: usize = 4096;
+
+/// Whether a unique job may publish: its lock, taken (`None` if the job is
+/// not unique), or the job that holds it.
+enum Claim {
+    Free(Option<Unlock>),
+    Held(JobId),
+}
+
+/// A job of [`Client::enqueue_all`] with its lock claimed.
+enum Claimed {
+    Publish {
+        id: JobId,
+        queue: String,
+        message: Message,
+        guard: Option<Unlock>,
+    },
+    Duplicate(JobId),
+}
+
+/// After a unique job's publish: its lock stays if the job was, or may
+/// have been, stored (a timeout, a lost connection: it expires at the end
+/// of its window if the job never comes); otherwise the guard gives it
+/// back.
+fn keep_if_stored(guard: Option<Unlock>, outcome: &Result<(), Error>) {
+    if let Some(mut guard) = guard {
+        let stored = match outcome {
+            Ok(()) => true,
+            Err(error) => maybe_stored(error),
+        };
+        if stored {
+            guard.store = None;
+        }
+    }
+}
 
 /// Enqueues jobs. Cheap to clone; clones share the broker and what was declared.
 ///
@@ -245,7 +283,8 @@ impl Client {
     }
 
     /// Publishes many jobs with their confirms pipelined, and returns each
-    /// one's outcome in input order.
+    /// one's outcome in input order. Jobs that go to the same queue are
+    /// published in input order (a partitioned job's key keeps its order).
     ///
     /// # Errors
     ///
@@ -259,18 +298,70 @@ impl Client {
         let span = enqueue_span::<J>(payloads.len());
         async {
             self.ensure_declared::<J>().await?;
-            let results = futures_util::stream::iter(payloads)
-                .map(|payload| async move {
-                    let enqueued = self.publish::<J>(&payload).await?;
-                    Ok(enqueued.id().clone())
-                })
-                .buffered(PIPELINE)
-                .collect()
-                .await;
+            let mut results = Vec::with_capacity(payloads.len());
+            let mut payloads = payloads.into_iter().peekable();
+            // A chunk at a time, each pipelined on one session and
+            // confirmed before the next is sent: order holds, and memory
+            // is bounded by the chunk.
+            while payloads.peek().is_some() {
+                let chunk: Vec<_> = payloads.by_ref().take(CHUNK).collect();
+                results.extend(self.enqueue_chunk::<J>(chunk).await);
+            }
             Ok(results)
         }
         .instrument(span)
         .await
+    }
+
+    /// Publishes `payloads` in one [`Broker::publish_all`], after claiming
+    /// the locks of the unique ones.
+    async fn enqueue_chunk<J: Job>(&self, payloads: Vec<J::Payload>) -> Vec<Result<JobId, Error>> {
+        let claimed: Vec<Result<Claimed, Error>> = futures_util::stream::iter(payloads)
+            .map(|payload| async move {
+                let (id, message, lock) = Self::unique_message::<J>(&payload)?;
+                let queue = Self::target::<J>(Some(&payload)).into_owned();
+                Ok(match self.claim::<J>(lock, &id).await? {
+                    Claim::Held(holder) => Claimed::Duplicate(holder),
+                    Claim::Free(guard) => Claimed::Publish {
+                        id,
+                        queue,
+                        message,
+                        guard,
+                    },
+                })
+            })
+            .buffered(PIPELINE)
+            .collect()
+            .await;
+        let mut sent = Vec::new();
+        let mut results: Vec<Option<Result<JobId, Error>>> = Vec::with_capacity(claimed.len());
+        let mut waiting = Vec::new();
+        for claimed in claimed {
+            match claimed {
+                Ok(Claimed::Publish {
+                    id,
+                    queue,
+                    message,
+                    guard,
+                }) => {
+                    sent.push((queue, message));
+                    waiting.push((results.len(), id, guard));
+                    results.push(None);
+                }
+                Ok(Claimed::Duplicate(holder)) => results.push(Some(Ok(holder))),
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        let outcomes = self.broker.publish_all(sent).await;
+        for ((index, id, guard), outcome) in waiting.into_iter().zip(outcomes) {
+            let outcome = outcome.map_err(full::<J>);
+            keep_if_stored(guard, &outcome);
+            results[index] = Some(outcome.map(|()| id));
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every job has its outcome"))
+            .collect()
     }
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
@@ -303,23 +394,29 @@ impl Client {
     }
 
     /// Runs `publish` for job `id`, under lock `lock` if the job is unique:
-    /// not at all if another job holds the lock. A publish that failed
-    /// before anything was stored gives the lock back; one that may have
-    /// been stored (a timeout, a lost connection) keeps it, as does a
-    /// publish that was abandoned (its future dropped) once sent.
+    /// not at all if another job holds the lock.
     async fn locked<J: Job>(
         &self,
         lock: Option<String>,
         id: JobId,
         publish: impl Future<Output = Result<(), Error>>,
     ) -> Result<Enqueued, Error> {
-        let Some(key) = lock else {
-            publish.await?;
-            return Ok(Enqueued::New(id));
+        let guard = match self.claim::<J>(lock, &id).await? {
+            Claim::Held(holder) => return Ok(Enqueued::Duplicate(holder)),
+            Claim::Free(guard) => guard,
         };
-        let Some(unique) = J::options().unique() else {
-            publish.await?;
-            return Ok(Enqueued::New(id));
+        let outcome = publish.await;
+        keep_if_stored(guard, &outcome);
+        outcome.map(|()| Enqueued::New(id))
+    }
+
+    /// Takes lock `lock` for job `id` if the job is unique. A publish that
+    /// failed before anything was stored gives the lock back through the
+    /// guard (see [`keep_if_stored`]), as does one abandoned (its future
+    /// dropped) before it was confirmed.
+    async fn claim<J: Job>(&self, lock: Option<String>, id: &JobId) -> Result<Claim, Error> {
+        let (Some(key), Some(unique)) = (lock, J::options().unique()) else {
+            return Ok(Claim::Free(None));
         };
         let Some(store) = self.store.clone() else {
             return Err(Error::Config(format!(
@@ -336,22 +433,9 @@ impl Client {
         };
         if let Some(holder) = store.acquire(&key, id.as_str(), unique.within).await? {
             guard.store = None;
-            return Ok(Enqueued::Duplicate(JobId::from(holder)));
+            return Ok(Claim::Held(JobId::from(holder)));
         }
-        match publish.await {
-            Ok(()) => {
-                guard.store = None;
-                Ok(Enqueued::New(id))
-            }
-            Err(error) if maybe_stored(&error) => {
-                // The job may exist and run: its lock stays (it expires at
-                // the end of its window if the job never comes).
-                guard.store = None;
-                Err(error)
-            }
-            // Nothing stored: the guard gives the lock back.
-            Err(error) => Err(error),
-        }
+        Ok(Claim::Free(Some(guard)))
     }
 
     /// The queue a job goes to: the work queue, or for a partitioned job the

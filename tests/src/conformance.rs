@@ -55,6 +55,63 @@ pub async fn publish_to_a_missing_queue_is_unroutable(env: &Env, queue: &str) {
     assert!(error.to_string().contains(queue), "{error}");
 }
 
+/// Publishes to a queue that exists and to one that does not, at once
+/// from many publishers sharing the broker and in one `publish_all`: each
+/// message's outcome is its own. (lapin gives a return to whichever
+/// confirm completes next: shared naively, a job to the missing queue read
+/// as stored, and one to the existing queue as unroutable.)
+pub async fn each_publisher_learns_its_own_return(env: &Env, queue: &str) {
+    let missing = format!("{queue}.missing");
+    let broker = fresh_queue(env, queue, &[]).await;
+    env.delete_queues(&[&missing]).await;
+    let target = |i: usize| if i % 2 == 0 { queue } else { missing.as_str() };
+    const EACH: usize = 300;
+    const ROUNDS: usize = 3;
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS {
+        let outcomes = futures_util::future::join_all((0..EACH).map(|i| {
+            let broker = broker.clone();
+            let to = target(i).to_owned();
+            async move {
+                broker
+                    .publish(&to, message(&format!("single-{round}-{i}")))
+                    .await
+            }
+        }))
+        .await;
+        rounds.push(outcomes);
+    }
+    let batch = (0..EACH)
+        .map(|i| (target(i).to_owned(), message(&format!("batch-{i}"))))
+        .collect();
+    rounds.push(broker.publish_all(batch).await);
+    for outcomes in rounds {
+        assert_eq!(outcomes.len(), EACH);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match (i % 2, outcome) {
+                (0, Ok(())) => {}
+                (1, Err(Error::Unroutable { queue, .. })) => assert_eq!(queue, &missing),
+                (_, outcome) => panic!("publish {i} to {}: {outcome:?}", target(i)),
+            }
+        }
+    }
+    let stored = (ROUNDS + 1) * EACH / 2;
+    env.wait_ready(queue, stored as u32).await;
+    // The batch arrived in its order.
+    let mut subscription = broker.consume(queue, consume(50)).await.unwrap();
+    let mut batch = Vec::new();
+    for _ in 0..stored {
+        let delivery = next(&mut subscription).await;
+        let text = String::from_utf8(delivery.message.body.clone()).unwrap();
+        if let Some(i) = text.strip_prefix("batch-") {
+            batch.push(i.parse::<usize>().unwrap());
+        }
+        delivery.acker.ack().await.unwrap();
+    }
+    subscription.close().await.unwrap();
+    assert_eq!(batch, (0..EACH).step_by(2).collect::<Vec<_>>());
+}
+
 /// A full queue with `reject-publish` answers with a negative confirm.
 pub async fn a_full_queue_rejects_publishes(env: &Env, queue: &str) {
     assert_eq!(fill(env, queue, QueueType::Classic).await, ["a", "b"]);

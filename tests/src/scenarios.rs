@@ -48,15 +48,6 @@ impl Env {
         Client::new(self.broker())
     }
 
-    /// A client on a connection of its own (RabbitMQ), whose publishes
-    /// share no channel with the worker's.
-    pub async fn own_client(&self) -> Client {
-        match self {
-            Env::Memory(_) => self.client(),
-            Env::Amqp(..) => Client::new(crate::amqp().await),
-        }
-    }
-
     /// A probe name unique to this job type on this broker.
     pub fn tag<J: Job>(&self) -> String {
         let kind = match self {
@@ -1190,11 +1181,9 @@ pub async fn a_deleted_dlq_is_declared_again_without_running_the_job_again<
     let tag = env.tag::<J>();
     let probe = probe(&tag);
     let running = env.start(job);
-    // Its own connection: on a channel shared with the worker, lapin can
-    // hand the return of the worker's unroutable dead letter to this
-    // enqueue's confirm (a multiple ack covering both), a known defect
-    // this scenario is not about.
-    let client = env.own_client().await;
+    // The worker's broker: its unroutable dead letter and this enqueue
+    // share the publishing connection.
+    let client = env.client();
     client
         .enqueue::<J>(Task::new(&tag, 0, Act::Succeed))
         .await

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::AmqpBroker;
+use super::publisher::Channels as Publishers;
 use crate::Error;
 
 pub(super) struct Inner {
@@ -21,7 +21,7 @@ pub(super) struct Inner {
     pub(super) preferred: AtomicUsize,
     pub(super) options: AmqpOptions,
     pub(super) name: String,
-    /// Publishes, on a confirm-mode channel. Under a memory or disk alarm
+    /// Publishes, on confirm-mode channels. Under a memory or disk alarm
     /// RabbitMQ stops reading from connections that publish.
     pub(super) publishing: Link,
     /// Consumes, acks, declares and gets; never publishes, so an alarm
@@ -115,16 +115,29 @@ impl AmqpOptions {
 #[derive(Clone)]
 pub(super) struct Connected {
     pub(super) connection: Arc<Connection>,
-    /// Publishing: the confirm-mode channel. Consuming: the channel of
-    /// `basic.get`, where what it takes stays unsettled.
-    pub(super) channel: Channel,
+    pub(super) channels: Channels,
     /// Why the broker blocks this connection's publishes (a resource alarm).
     pub(super) blocked: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
+/// The channels a connection keeps open.
+#[derive(Clone)]
+pub(super) enum Channels {
+    /// Consuming: the channel of `basic.get`, where what it takes stays
+    /// unsettled.
+    Get(Channel),
+    /// Publishing: the confirm-mode channels, each lent to one publisher
+    /// at a time.
+    Publish(Arc<Publishers>),
+}
+
 impl Connected {
     pub(super) fn is_usable(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
+        self.connection.status().connected()
+            && match &self.channels {
+                Channels::Get(channel) => channel.status().connected(),
+                Channels::Publish(_) => true,
+            }
     }
 
     /// Why the broker blocks this connection, if it does. lapin's own flag
@@ -187,12 +200,10 @@ impl AmqpBroker {
         let name = format!("{} {}", self.inner.name, role.as_str());
         let properties = ConnectionProperties::default().with_connection_name(name.as_str().into());
         let connection = Connection::connect(url, properties).await?;
-        let channel = connection.create_channel().await?;
-        if role == Role::Publish {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-        }
+        let channels = match role {
+            Role::Publish => Channels::Publish(Publishers::new()),
+            Role::Consume => Channels::Get(connection.create_channel().await?),
+        };
         let blocked = Arc::new(tokio::sync::watch::Sender::new(None));
         let mut events = connection.events_listener();
         let flag = Arc::downgrade(&blocked);
@@ -214,7 +225,7 @@ impl AmqpBroker {
         });
         Ok(Connected {
             connection: Arc::new(connection),
-            channel,
+            channels,
             blocked,
         })
     }

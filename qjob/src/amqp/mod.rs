@@ -3,11 +3,13 @@
 mod acks;
 mod connection;
 mod convert;
+mod publisher;
 mod subscription;
 
 pub use connection::AmqpOptions;
 
-use connection::{Connected, Inner, Link, Role, redact, with_heartbeat};
+use connection::{Channels, Inner, Link, Role, redact, with_heartbeat};
+use publisher::Target;
 use subscription::{AmqpSubscription, DirectAcker, bounded};
 
 use std::collections::VecDeque;
@@ -16,12 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
-use lapin::{Channel, Confirmation, ExchangeKind};
+use lapin::{Channel, ExchangeKind};
 
 /// How many broadcasts a listener holds unsettled.
 const LISTEN_PREFETCH: u16 = 100;
@@ -154,100 +156,63 @@ impl AmqpBroker {
 }
 
 impl AmqpBroker {
-    /// Publishes to `to` and waits for the confirm, within the publish
-    /// timeout.
-    async fn publish_to(&self, to: Target<'_>, message: &Message) -> Result<(), Error> {
-        let connected = self.connected(Role::Publish).await?;
+    /// Publishes each message to its target in order, pipelined on one
+    /// session, and returns each one's outcome in order.
+    async fn publish_to(&self, messages: &[(Target<'_>, &Message)]) -> Vec<Result<(), Error>> {
+        let all = |error: &dyn Fn() -> Error| messages.iter().map(|_| Err(error())).collect();
+        let connected = match self.connected(Role::Publish).await {
+            Ok(connected) => connected,
+            Err(error) => {
+                let text = error.to_string();
+                let mut outcomes = vec![Err(error)];
+                outcomes.extend(
+                    messages
+                        .iter()
+                        .skip(1)
+                        .map(|(to, _)| Err(Error::broker(to.operation(), text.clone()))),
+                );
+                return outcomes;
+            }
+        };
         // Known blocked: fail at once, nothing sent.
         if let Some(reason) = connected.blocked() {
-            return Err(Error::Blocked { reason });
+            return all(&|| Error::Blocked {
+                reason: reason.clone(),
+            });
         }
+        let Channels::Publish(channels) = &connected.channels else {
+            unreachable!("the publishing connection has publishing channels");
+        };
+        let timeout = self.inner.options.publish_timeout;
+        let session = tokio::time::timeout(timeout, channels.session(&connected.connection));
+        let mut session = match session.await {
+            Ok(Ok(session)) => session,
+            Ok(Err(error)) => {
+                let text = error.to_string();
+                return all(&|| Error::broker("open a publishing channel", text.clone()));
+            }
+            Err(_) => {
+                return all(&|| Error::Timeout {
+                    operation: "open a publishing channel".to_owned(),
+                    after: timeout,
+                });
+            }
+        };
         // Sent before the broker said it blocks: RabbitMQ takes the message
         // once the alarm clears (lapin holds what it has not written yet),
         // so wait for the confirm rather than report a failure that would
         // be published twice; the publish timeout bounds the wait.
-        let after = self.inner.options.publish_timeout;
-        tokio::time::timeout(after, self.confirmed_publish_to(&connected, to, message))
+        session
+            .publish(messages, timeout, || connected.blocked())
             .await
-            .unwrap_or_else(|_| {
-                Err(Error::Timeout {
-                    operation: to.operation(),
-                    after,
-                })
-            })
     }
 
-    /// Publishes to `to` on the confirm channel and waits for the confirm.
-    async fn confirmed_publish_to(
-        &self,
-        connected: &Connected,
-        to: Target<'_>,
-        message: &Message,
-    ) -> Result<(), Error> {
-        let queue = to.routing_key;
-        let operation = || to.operation();
-        let mut properties = convert::properties(message);
-        if !to.persistent {
-            properties = properties.with_delivery_mode(1);
-        }
-        let confirm = connected
-            .channel
-            .basic_publish(
-                to.exchange.into(),
-                to.routing_key.into(),
-                BasicPublishOptions {
-                    // A job must reach its queue; a broadcast without
-                    // listeners goes nowhere, as it should.
-                    mandatory: to.persistent,
-                    immediate: false,
-                },
-                &message.body,
-                properties,
-            )
+    /// Publishes one message and waits for its confirm.
+    async fn publish_one(&self, to: Target<'_>, message: &Message) -> Result<(), Error> {
+        self.publish_to(&[(to, message)])
             .await
-            .map_err(|e| Error::broker(operation(), e))?;
-        match confirm.await.map_err(|e| Error::broker(operation(), e))? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(Error::Unroutable {
-                queue: queue.to_owned(),
-                reason: returned.reply_text.to_string(),
-            }),
-            Confirmation::Nack(_) => Err(Error::PublishRejected {
-                queue: queue.to_owned(),
-            }),
-            Confirmation::NotRequested => Err(Error::broker(
-                operation(),
-                "the publishing channel is not in confirm mode",
-            )),
-        }
-    }
-}
-
-/// Where a message is published.
-#[derive(Clone, Copy)]
-struct Target<'a> {
-    exchange: &'a str,
-    routing_key: &'a str,
-    /// A job (persistent, to a queue that must exist), or a broadcast.
-    persistent: bool,
-}
-
-impl Target<'_> {
-    /// A job for `queue`.
-    fn queue(queue: &str) -> Target<'_> {
-        Target {
-            exchange: "",
-            routing_key: queue,
-            persistent: true,
-        }
-    }
-
-    /// What a failure names.
-    fn operation(&self) -> String {
-        match self.exchange {
-            "" => format!("publish to queue {:?}", self.routing_key),
-            exchange => format!("broadcast to exchange {exchange:?}"),
-        }
+            .pop()
+            .expect("one outcome for one message")
     }
 }
 
@@ -414,8 +379,10 @@ impl AmqpBroker {
 
     async fn get_unbounded(&self, queue: &str) -> Result<Option<Delivery>, Error> {
         let connected = self.connected(Role::Consume).await?;
-        let got = connected
-            .channel
+        let Channels::Get(channel) = &connected.channels else {
+            unreachable!("the consuming connection has a basic.get channel");
+        };
+        let got = channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await
             .map_err(|e| Error::broker(format!("get from queue {queue:?}"), e))?;
@@ -530,7 +497,7 @@ impl Broker for AmqpBroker {
             routing_key,
             persistent: false,
         };
-        self.publish_to(to, &message).await
+        self.publish_one(to, &message).await
     }
 
     async fn listen(
@@ -546,7 +513,16 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        self.publish_to(Target::queue(queue), &message).await
+        self.publish_one(Target::queue(queue), &message).await
+    }
+
+    /// One session: the messages are pipelined on one channel, in order.
+    async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
+        let messages: Vec<(Target<'_>, &Message)> = messages
+            .iter()
+            .map(|(queue, message)| (Target::queue(queue), message))
+            .collect();
+        self.publish_to(&messages).await
     }
 
     async fn consume(

@@ -1,0 +1,317 @@
+//! Publishing with confirms: confirm-mode channels of the publishing
+//! connection, each lent to one publisher at a time.
+//!
+//! lapin hands each `basic.return` to the confirm it completes next, and a
+//! multiple ack completes several confirms in no set order: two publishers
+//! sharing a channel could swap a return, and the one whose message was
+//! returned would read its confirm as stored, a job lost. So a channel
+//! serves one session at a time, and a session waits for all its confirms
+//! before its channel serves another: every return a session's confirms
+//! carry is for one of its own messages (RabbitMQ sends a message's return
+//! before its ack), and a session of several messages gives each return to
+//! its message by routing key and message id.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::message::BasicReturnMessage;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::convert;
+use crate::Error;
+use crate::broker::Message;
+
+/// The most sessions publishing at once on one connection (each on its own
+/// channel); more wait for one to end.
+const MAX_SESSIONS: usize = 256;
+
+/// The most unconfirmed messages of one session.
+const WINDOW: usize = 512;
+
+/// Where a message is published.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Target<'a> {
+    pub(super) exchange: &'a str,
+    pub(super) routing_key: &'a str,
+    /// A job (persistent, to a queue that must exist), or a broadcast.
+    pub(super) persistent: bool,
+}
+
+impl Target<'_> {
+    /// A job for `queue`.
+    pub(super) fn queue(queue: &str) -> Target<'_> {
+        Target {
+            exchange: "",
+            routing_key: queue,
+            persistent: true,
+        }
+    }
+
+    /// What a failure names.
+    pub(super) fn operation(&self) -> String {
+        match self.exchange {
+            "" => format!("publish to queue {:?}", self.routing_key),
+            exchange => format!("broadcast to exchange {exchange:?}"),
+        }
+    }
+}
+
+/// The idle confirm channels of one publishing connection.
+pub(super) struct Channels {
+    idle: Mutex<Vec<Channel>>,
+    sessions: Arc<Semaphore>,
+}
+
+impl Channels {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
+            sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+        })
+    }
+
+    /// A session on an idle channel, or on a new one of `connection`.
+    pub(super) async fn session(
+        self: &Arc<Self>,
+        connection: &Connection,
+    ) -> Result<Session, lapin::Error> {
+        let permit = Arc::clone(&self.sessions)
+            .acquire_owned()
+            .await
+            .expect("the session semaphore is never closed");
+        let idle = loop {
+            let channel = self.idle.lock().expect("channel pool poisoned").pop();
+            match channel {
+                Some(channel) if !channel.status().connected() => continue,
+                channel => break channel,
+            }
+        };
+        let channel = match idle {
+            Some(channel) => channel,
+            None => {
+                let channel = connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                channel
+            }
+        };
+        Ok(Session {
+            channel: Some(channel),
+            channels: Arc::clone(self),
+            settled: false,
+            _permit: permit,
+        })
+    }
+}
+
+/// One publisher's use of a channel. Its channel goes back to the pool
+/// once every confirm came; a session dropped before (a timeout, an
+/// abandoned publish) closes its channel instead, with the confirms it
+/// still waited for.
+pub(super) struct Session {
+    channel: Option<Channel>,
+    channels: Arc<Channels>,
+    settled: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(channel) = self.channel.take() else {
+            return;
+        };
+        if self.settled && channel.status().connected() {
+            self.channels
+                .idle
+                .lock()
+                .expect("channel pool poisoned")
+                .push(channel);
+        }
+        // Otherwise dropped: lapin closes a channel when its last handle
+        // goes.
+    }
+}
+
+/// What stops a session before all its messages were sent.
+type Stop = Box<dyn Fn() -> Error + Send + Sync>;
+
+impl Session {
+    /// Publishes each message to its target, in order, with at most
+    /// [`WINDOW`] unconfirmed, and returns each one's outcome in order.
+    /// `blocked` tells whether the broker blocks publishing now: nothing
+    /// more is sent then. Each confirm is waited for at most `timeout`.
+    pub(super) async fn publish(
+        &mut self,
+        messages: &[(Target<'_>, &Message)],
+        timeout: Duration,
+        blocked: impl Fn() -> Option<String>,
+    ) -> Vec<Result<(), Error>> {
+        let channel = self.channel.clone().expect("a session has its channel");
+        let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::new();
+        outcomes.resize_with(messages.len(), || None);
+        let mut returned: Vec<BasicReturnMessage> = Vec::new();
+        let mut unconfirmed: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
+        let mut stop: Option<Stop> = None;
+        for (index, (to, message)) in messages.iter().enumerate() {
+            if unconfirmed.len() == WINDOW {
+                let (first, confirm) = unconfirmed.pop_front().expect("the window is full");
+                let to = messages[first].0;
+                match confirmed(to, confirm, timeout, &mut returned).await {
+                    Ok(outcome) => outcomes[first] = Some(outcome),
+                    Err(error) => {
+                        outcomes[first] = Some(Err(error));
+                        stop = Some(timed_out(timeout));
+                        break;
+                    }
+                }
+            }
+            if let Some(reason) = blocked() {
+                stop = Some(Box::new(move || Error::Blocked {
+                    reason: reason.clone(),
+                }));
+                break;
+            }
+            match send(&channel, *to, message).await {
+                Ok(confirm) => unconfirmed.push_back((index, confirm)),
+                Err(error) => {
+                    let operation = to.operation();
+                    let text = error.to_string();
+                    outcomes[index] = Some(Err(Error::broker(to.operation(), error)));
+                    stop = Some(Box::new(move || {
+                        Error::broker(operation.clone(), format!("not sent: {text}"))
+                    }));
+                    break;
+                }
+            }
+        }
+        // What was sent is confirmed (or not) whatever stopped the sending.
+        let mut late: Option<Stop> = None;
+        while let Some((index, confirm)) = unconfirmed.pop_front() {
+            let to = messages[index].0;
+            if late.is_some() {
+                outcomes[index] = Some(Err(Error::Timeout {
+                    operation: to.operation(),
+                    after: timeout,
+                }));
+                continue;
+            }
+            match confirmed(to, confirm, timeout, &mut returned).await {
+                Ok(outcome) => outcomes[index] = Some(outcome),
+                Err(error) => {
+                    outcomes[index] = Some(Err(error));
+                    late = Some(timed_out(timeout));
+                }
+            }
+        }
+        self.settled = late.is_none() && stop.is_none();
+        let mut outcomes: Vec<Result<(), Error>> = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome
+                    .unwrap_or_else(|| Err(stop.as_ref().expect("a message unsent means a stop")()))
+            })
+            .collect();
+        for message in returned {
+            attribute(&message, messages, &mut outcomes);
+        }
+        outcomes
+    }
+}
+
+/// An error for what the timeout left without a confirm.
+fn timed_out(after: Duration) -> Stop {
+    Box::new(move || Error::Timeout {
+        operation: "publish".to_owned(),
+        after,
+    })
+}
+
+async fn send(
+    channel: &Channel,
+    to: Target<'_>,
+    message: &Message,
+) -> Result<PublisherConfirm, lapin::Error> {
+    let mut properties = convert::properties(message);
+    if !to.persistent {
+        properties = properties.with_delivery_mode(1);
+    }
+    channel
+        .basic_publish(
+            to.exchange.into(),
+            to.routing_key.into(),
+            BasicPublishOptions {
+                // A job must reach its queue; a broadcast without
+                // listeners goes nowhere, as it should.
+                mandatory: to.persistent,
+                immediate: false,
+            },
+            &message.body,
+            properties,
+        )
+        .await
+}
+
+/// Waits for `confirm`: `Ok(outcome)` when it came (a return it carries
+/// goes to `returned`, whoever's it is), `Err` when it did not in time or
+/// the channel failed. A return does not decide the outcome here: see
+/// [`attribute`].
+async fn confirmed(
+    to: Target<'_>,
+    confirm: PublisherConfirm,
+    timeout: Duration,
+    returned: &mut Vec<BasicReturnMessage>,
+) -> Result<Result<(), Error>, Error> {
+    let confirmation = tokio::time::timeout(timeout, confirm)
+        .await
+        .map_err(|_| Error::Timeout {
+            operation: to.operation(),
+            after: timeout,
+        })?
+        .map_err(|e| Error::broker(to.operation(), e))?;
+    Ok(match confirmation {
+        Confirmation::Ack(message) => {
+            returned.extend(message);
+            Ok(())
+        }
+        Confirmation::Nack(message) => {
+            returned.extend(message);
+            Err(Error::PublishRejected {
+                queue: to.routing_key.to_owned(),
+            })
+        }
+        Confirmation::NotRequested => Err(Error::broker(
+            to.operation(),
+            "the publishing channel is not in confirm mode",
+        )),
+    })
+}
+
+/// Marks the message of the session that `message` is the return of as
+/// unroutable: the one with its routing key and message id, or, when it
+/// has no id, every one with its routing key that has none (a possible
+/// loss becomes a possible duplicate).
+fn attribute(
+    message: &BasicReturnMessage,
+    messages: &[(Target<'_>, &Message)],
+    outcomes: &mut [Result<(), Error>],
+) {
+    let routing_key = message.delivery.routing_key.as_str();
+    let id = message
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str());
+    for ((to, sent), outcome) in messages.iter().zip(outcomes.iter_mut()) {
+        if to.persistent && to.routing_key == routing_key && sent.id.as_deref() == id {
+            *outcome = Err(Error::Unroutable {
+                queue: routing_key.to_owned(),
+                reason: message.reply_text.to_string(),
+            });
+        }
+    }
+}
