@@ -459,9 +459,10 @@ pub trait Broker: Send + Sync + 'static {
     /// `reject-publish` queue), [`Error::Unroutable`] if the queue does not
     /// exist, [`Error::Blocked`] if the broker blocks publishing (a resource
     /// alarm; nothing sent), [`Error::Timeout`] if no confirm came in time,
-    /// [`Error::Broker`] or [`Error::Connect`] if the transport failed. After
-    /// `Timeout` and `Broker` the message may or may not have been stored;
-    /// after the others it was not.
+    /// [`Error::Broker`] or [`Error::Connect`] if the transport failed,
+    /// [`Error::NotSent`] if it was not sent at all. After `Timeout` and
+    /// `Broker` the message may or may not have been stored; after the
+    /// others it was not.
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error>;
 
     /// Publishes each message to its queue, in order (what one queue

@@ -1,7 +1,7 @@
 //! [`Client`]: the typed producer.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -305,7 +305,21 @@ impl Client {
             // is bounded by the chunk.
             while payloads.peek().is_some() {
                 let chunk: Vec<_> = payloads.by_ref().take(CHUNK).collect();
-                results.extend(self.enqueue_chunk::<J>(chunk).await);
+                let chunk = self.enqueue_chunk::<J>(chunk).await;
+                let unsettled = chunk
+                    .iter()
+                    .any(|result| result.as_ref().is_err_and(maybe_stored));
+                results.extend(chunk);
+                if unsettled {
+                    // A job of the chunk may yet be stored late, on its own
+                    // channel: the next ones could overtake it.
+                    results.extend(payloads.by_ref().map(|_| {
+                        Err(Error::NotSent {
+                            operation: format!("enqueue job {}", J::NAME),
+                            reason: "an earlier job of the batch may not have been stored".into(),
+                        })
+                    }));
+                }
             }
             Ok(results)
         }
@@ -336,6 +350,7 @@ impl Client {
         let mut sent = Vec::new();
         let mut results: Vec<Option<Result<JobId, Error>>> = Vec::with_capacity(claimed.len());
         let mut waiting = Vec::new();
+        let mut duplicates = Vec::new();
         for claimed in claimed {
             match claimed {
                 Ok(Claimed::Publish {
@@ -348,19 +363,55 @@ impl Client {
                     waiting.push((results.len(), id, guard));
                     results.push(None);
                 }
-                Ok(Claimed::Duplicate(holder)) => results.push(Some(Ok(holder))),
+                Ok(Claimed::Duplicate(holder)) => {
+                    duplicates.push(results.len());
+                    results.push(Some(Ok(holder)));
+                }
                 Err(error) => results.push(Some(Err(error))),
             }
         }
-        let outcomes = self.broker.publish_all(sent).await;
+        let outcomes = if sent.is_empty() {
+            Vec::new()
+        } else {
+            self.broker.publish_all(sent).await
+        };
+        // The jobs of this chunk that were not stored, and gave their
+        // locks back: a duplicate of one of them is not stored either.
+        let mut lost: HashMap<JobId, String> = HashMap::new();
         for ((index, id, guard), outcome) in waiting.into_iter().zip(outcomes) {
             let outcome = outcome.map_err(full::<J>);
             keep_if_stored(guard, &outcome);
+            if let Err(error) = &outcome
+                && !maybe_stored(error)
+            {
+                lost.insert(id.clone(), error.to_string());
+            }
             results[index] = Some(outcome.map(|()| id));
         }
+        for index in duplicates {
+            if let Some(Ok(holder)) = &results[index]
+                && let Some(error) = lost.get(holder)
+            {
+                results[index] = Some(Err(Error::NotSent {
+                    operation: format!("enqueue job {}", J::NAME),
+                    reason: format!(
+                        "the job {holder} holding its key in the same batch was not stored ({error})"
+                    ),
+                }));
+            }
+        }
+        // A broker that answered for fewer messages than it was given:
+        // the others' fate is unknown.
         results
             .into_iter()
-            .map(|result| result.expect("every job has its outcome"))
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(Error::broker(
+                        format!("enqueue job {}", J::NAME),
+                        "the broker gave no outcome for it",
+                    ))
+                })
+            })
             .collect()
     }
 

@@ -80,6 +80,16 @@ pub enum Error {
         /// The broker's reason.
         reason: String,
     },
+    /// A publish was not sent at all (an earlier one of its batch failed,
+    /// or no publishing channel came free in time): nothing of it reached
+    /// the broker, so retrying cannot duplicate it.
+    #[error("{operation}: not sent, {reason}")]
+    NotSent {
+        /// The publish.
+        operation: String,
+        /// Why it was not sent.
+        reason: String,
+    },
     /// An operation took longer than its limit; its outcome is unknown (a
     /// publish may or may not have been stored).
     #[error("{operation} did not complete within {after:?}")]

@@ -32,3 +32,25 @@ async fn a_refused_publish_gives_the_lock_back() {
     assert!(!next.is_duplicate());
     assert_eq!(broker.ready_count(UniqueFinishedJob::QUEUE), 1);
 }
+
+/// In one `enqueue_all`, a second job of a key whose first job the broker
+/// refused is not reported as enqueued under the first one's id: neither
+/// was stored.
+#[tokio::test]
+async fn a_duplicate_of_a_refused_job_in_one_batch_is_not_enqueued() {
+    let broker = qjob_testkit::MemoryBroker::new();
+    let store = MemoryStore::new();
+    let client = qjob::Client::new(broker.clone()).with_store(store.clone());
+    let task = |seq| Task::keyed("memory:batch-refused", "account-1", seq, Act::Succeed);
+    broker.fail_next_publish_to(UniqueFinishedJob::QUEUE);
+    let results = client
+        .enqueue_all::<UniqueFinishedJob>([task(0), task(1)])
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(qjob::Error::NotSent { reason, .. }) if reason.contains("same batch")),
+        "{results:?}"
+    );
+    assert_eq!(broker.ready_count(UniqueFinishedJob::QUEUE), 0);
+}

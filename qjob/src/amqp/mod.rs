@@ -159,26 +159,40 @@ impl AmqpBroker {
     /// Publishes each message to its target in order, pipelined on one
     /// session, and returns each one's outcome in order.
     async fn publish_to(&self, messages: &[(Target<'_>, &Message)]) -> Vec<Result<(), Error>> {
-        let all = |error: &dyn Fn() -> Error| messages.iter().map(|_| Err(error())).collect();
+        if messages.is_empty() {
+            return Vec::new();
+        }
+        // Nothing is sent before the session: each failure so far leaves
+        // every message unsent.
+        let unsent = |reason: String| -> Vec<Result<(), Error>> {
+            messages
+                .iter()
+                .map(|(to, _)| {
+                    Err(Error::NotSent {
+                        operation: to.operation(),
+                        reason: reason.clone(),
+                    })
+                })
+                .collect()
+        };
         let connected = match self.connected(Role::Publish).await {
             Ok(connected) => connected,
             Err(error) => {
-                let text = error.to_string();
-                let mut outcomes = vec![Err(error)];
-                outcomes.extend(
-                    messages
-                        .iter()
-                        .skip(1)
-                        .map(|(to, _)| Err(Error::broker(to.operation(), text.clone()))),
-                );
+                let mut outcomes = unsent(error.to_string());
+                outcomes[0] = Err(error);
                 return outcomes;
             }
         };
         // Known blocked: fail at once, nothing sent.
         if let Some(reason) = connected.blocked() {
-            return all(&|| Error::Blocked {
-                reason: reason.clone(),
-            });
+            return messages
+                .iter()
+                .map(|_| {
+                    Err(Error::Blocked {
+                        reason: reason.clone(),
+                    })
+                })
+                .collect();
         }
         let Channels::Publish(channels) = &connected.channels else {
             unreachable!("the publishing connection has publishing channels");
@@ -187,15 +201,11 @@ impl AmqpBroker {
         let session = tokio::time::timeout(timeout, channels.session(&connected.connection));
         let mut session = match session.await {
             Ok(Ok(session)) => session,
-            Ok(Err(error)) => {
-                let text = error.to_string();
-                return all(&|| Error::broker("open a publishing channel", text.clone()));
-            }
+            Ok(Err(error)) => return unsent(format!("no publishing channel: {error}")),
             Err(_) => {
-                return all(&|| Error::Timeout {
-                    operation: "open a publishing channel".to_owned(),
-                    after: timeout,
-                });
+                return unsent(format!(
+                    "no publishing channel came free within {timeout:?}"
+                ));
             }
         };
         // Sent before the broker said it blocks: RabbitMQ takes the message
@@ -485,7 +495,7 @@ impl Broker for AmqpBroker {
         message: Message,
     ) -> Result<(), Error> {
         // Declared each time: a publish to a missing exchange would close
-        // the shared publishing channel. Broadcasts are few (heartbeats,
+        // its publishing channel. Broadcasts are few (heartbeats,
         // commands), so the round trip is cheap.
         bounded(
             || format!("declare exchange {exchange:?}"),

@@ -25,8 +25,8 @@ use crate::Error;
 use crate::broker::Message;
 
 /// The most sessions publishing at once on one connection (each on its own
-/// channel); more wait for one to end.
-const MAX_SESSIONS: usize = 256;
+/// channel; RabbitMQ allows 2047 by default); more wait for one to end.
+const MAX_SESSIONS: usize = 1024;
 
 /// The most unconfirmed messages of one session.
 const WINDOW: usize = 512;
@@ -136,14 +136,34 @@ impl Drop for Session {
     }
 }
 
-/// What stops a session before all its messages were sent.
-type Stop = Box<dyn Fn() -> Error + Send + Sync>;
+/// Why the rest of a session's messages were not sent.
+enum Unsent {
+    /// The broker blocks publishing.
+    Blocked(String),
+    /// An earlier message failed.
+    After(&'static str),
+}
+
+impl Unsent {
+    fn error(&self, to: Target<'_>) -> Error {
+        match self {
+            Unsent::Blocked(reason) => Error::Blocked {
+                reason: reason.clone(),
+            },
+            Unsent::After(reason) => Error::NotSent {
+                operation: to.operation(),
+                reason: (*reason).to_owned(),
+            },
+        }
+    }
+}
 
 impl Session {
     /// Publishes each message to its target, in order, with at most
     /// [`WINDOW`] unconfirmed, and returns each one's outcome in order.
     /// `blocked` tells whether the broker blocks publishing now: nothing
-    /// more is sent then. Each confirm is waited for at most `timeout`.
+    /// more is sent then. Writing a message and waiting for its confirm
+    /// are each bounded by `timeout`.
     pub(super) async fn publish(
         &mut self,
         messages: &[(Target<'_>, &Message)],
@@ -155,44 +175,54 @@ impl Session {
         outcomes.resize_with(messages.len(), || None);
         let mut returned: Vec<BasicReturnMessage> = Vec::new();
         let mut unconfirmed: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
-        let mut stop: Option<Stop> = None;
+        let mut unsent: Option<Unsent> = None;
+        // Whether the channel may serve another session: every message
+        // sent was confirmed.
+        let mut clean = true;
         for (index, (to, message)) in messages.iter().enumerate() {
             if unconfirmed.len() == WINDOW {
                 let (first, confirm) = unconfirmed.pop_front().expect("the window is full");
-                let to = messages[first].0;
-                match confirmed(to, confirm, timeout, &mut returned).await {
+                match confirmed(messages[first].0, confirm, timeout, &mut returned).await {
                     Ok(outcome) => outcomes[first] = Some(outcome),
                     Err(error) => {
                         outcomes[first] = Some(Err(error));
-                        stop = Some(timed_out(timeout));
+                        unsent = Some(Unsent::After("an earlier publish got no confirm"));
+                        clean = false;
                         break;
                     }
                 }
             }
             if let Some(reason) = blocked() {
-                stop = Some(Box::new(move || Error::Blocked {
-                    reason: reason.clone(),
-                }));
+                unsent = Some(Unsent::Blocked(reason));
                 break;
             }
-            match send(&channel, *to, message).await {
-                Ok(confirm) => unconfirmed.push_back((index, confirm)),
-                Err(error) => {
-                    let operation = to.operation();
-                    let text = error.to_string();
+            // lapin waits for the frames to be written, which it does not
+            // while the broker blocks the connection.
+            match tokio::time::timeout(timeout, send(&channel, *to, message)).await {
+                Ok(Ok(confirm)) => unconfirmed.push_back((index, confirm)),
+                Ok(Err(error)) => {
                     outcomes[index] = Some(Err(Error::broker(to.operation(), error)));
-                    stop = Some(Box::new(move || {
-                        Error::broker(operation.clone(), format!("not sent: {text}"))
+                    unsent = Some(Unsent::After("an earlier publish failed"));
+                    clean = false;
+                    break;
+                }
+                Err(_) => {
+                    // Handed to lapin, which may still write it.
+                    outcomes[index] = Some(Err(Error::Timeout {
+                        operation: to.operation(),
+                        after: timeout,
                     }));
+                    unsent = Some(Unsent::After("an earlier publish was not written in time"));
+                    clean = false;
                     break;
                 }
             }
         }
-        // What was sent is confirmed (or not) whatever stopped the sending.
-        let mut late: Option<Stop> = None;
+        // What was sent is confirmed (or not) whatever stopped the sending;
+        // after a confirm that did not come, the rest are not waited for.
         while let Some((index, confirm)) = unconfirmed.pop_front() {
             let to = messages[index].0;
-            if late.is_some() {
+            if !clean {
                 outcomes[index] = Some(Err(Error::Timeout {
                     operation: to.operation(),
                     after: timeout,
@@ -203,16 +233,21 @@ impl Session {
                 Ok(outcome) => outcomes[index] = Some(outcome),
                 Err(error) => {
                     outcomes[index] = Some(Err(error));
-                    late = Some(timed_out(timeout));
+                    clean = false;
                 }
             }
         }
-        self.settled = late.is_none() && stop.is_none();
+        self.settled = clean;
         let mut outcomes: Vec<Result<(), Error>> = outcomes
             .into_iter()
-            .map(|outcome| {
-                outcome
-                    .unwrap_or_else(|| Err(stop.as_ref().expect("a message unsent means a stop")()))
+            .zip(messages)
+            .map(|(outcome, (to, _))| {
+                outcome.unwrap_or_else(|| {
+                    Err(unsent
+                        .as_ref()
+                        .expect("a message unsent means a stop")
+                        .error(*to))
+                })
             })
             .collect();
         for message in returned {
@@ -220,14 +255,6 @@ impl Session {
         }
         outcomes
     }
-}
-
-/// An error for what the timeout left without a confirm.
-fn timed_out(after: Duration) -> Stop {
-    Box::new(move || Error::Timeout {
-        operation: "publish".to_owned(),
-        after,
-    })
 }
 
 async fn send(
@@ -291,9 +318,10 @@ async fn confirmed(
 }
 
 /// Marks the message of the session that `message` is the return of as
-/// unroutable: the one with its routing key and message id, or, when it
-/// has no id, every one with its routing key that has none (a possible
-/// loss becomes a possible duplicate).
+/// unroutable: the one with its routing key and message id (every one
+/// with both, if ids repeat). A return that matches none (it should not
+/// happen) marks every message with its routing key: a possible loss
+/// becomes a possible duplicate.
 fn attribute(
     message: &BasicReturnMessage,
     messages: &[(Target<'_>, &Message)],
@@ -306,8 +334,12 @@ fn attribute(
         .message_id()
         .as_ref()
         .map(|id| id.as_str());
+    let to_queue = |to: &Target<'_>| to.persistent && to.routing_key == routing_key;
+    let matches = messages
+        .iter()
+        .any(|(to, sent)| to_queue(to) && sent.id.as_deref() == id);
     for ((to, sent), outcome) in messages.iter().zip(outcomes.iter_mut()) {
-        if to.persistent && to.routing_key == routing_key && sent.id.as_deref() == id {
+        if to_queue(to) && (!matches || sent.id.as_deref() == id) {
             *outcome = Err(Error::Unroutable {
                 queue: routing_key.to_owned(),
                 reason: message.reply_text.to_string(),
