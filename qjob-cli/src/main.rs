@@ -12,11 +12,13 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use qjob::admin::{Admin, JobView, Letter, LetterFilter, Reply, WorkerState, WorkerView};
+use qjob::admin::{
+    Admin, JobView, Letter, LetterFilter, Reply, ScheduleView, WorkerState, WorkerView,
+};
 use qjob::{AmqpBroker, Error};
 use serde_json::{Value, json};
 
-use table::{Table, ago, short};
+use table::{Table, ago, short, until};
 
 /// `println!` through [`table::say`]: cleaned of control characters, and
 /// quiet on a closed pipe.
@@ -225,7 +227,12 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Status => {
             admin.refresh().await?;
-            status(&out, &admin.workers(), &admin.jobs().await?);
+            status(
+                &out,
+                &admin.workers(),
+                &admin.jobs().await?,
+                &admin.schedules(),
+            );
             Ok(())
         }
         Command::Workers => {
@@ -293,7 +300,7 @@ impl Out {
     }
 }
 
-fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView]) {
+fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView], schedules: &[ScheduleView]) {
     let alive = workers.iter().filter(|w| w.alive).count();
     let gone = workers.len() - alive;
     let alarms: Vec<String> = workers.iter().filter_map(WorkerView::alarm).collect();
@@ -302,6 +309,16 @@ fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView]) {
             "workers": { "alive": alive, "gone": gone },
             "alarms": alarms,
             "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "schedules": schedules.iter().map(|s| json!({
+                "name": s.name,
+                "job": s.schedule.job,
+                "cron": s.schedule.expression,
+                "zone": s.schedule.zone,
+                "leader": s.leader.as_ref().map(|(host, pid)| json!({ "host": host, "pid": pid })),
+                "workers": s.workers,
+                "next_ms": s.schedule.next.map(millis),
+                "last_fired_ms": s.schedule.last_fired.map(millis),
+            })).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -337,6 +354,39 @@ fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView]) {
             job.rate.map_or("-".to_owned(), |rate| format!("{rate:.1}")),
             job.breakers_open.to_string(),
             short(job.last_error.as_deref().unwrap_or("-"), 60),
+        ]);
+    }
+    table.print();
+    if schedules.is_empty() {
+        return;
+    }
+    say!("");
+    let mut table = Table::new([
+        "SCHEDULE",
+        "JOB",
+        "CRON",
+        "ZONE",
+        "LEADER",
+        "WORKERS",
+        "NEXT",
+        "LAST FIRED",
+    ]);
+    for s in schedules {
+        table.row([
+            s.name.clone(),
+            s.schedule.job.clone(),
+            s.schedule.expression.clone(),
+            s.schedule.zone.clone(),
+            s.leader.as_ref().map_or("none".to_owned(), |(host, pid)| {
+                format!("{host} (pid {pid})")
+            }),
+            s.workers.to_string(),
+            s.schedule
+                .next
+                .map_or("-".to_owned(), |next| format!("in {}", until(next))),
+            s.schedule
+                .last_fired
+                .map_or("-".to_owned(), |at| format!("{} ago", ago(at))),
         ]);
     }
     table.print();

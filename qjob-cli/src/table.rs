@@ -94,15 +94,28 @@ pub(crate) fn short(text: &str, chars: usize) -> String {
 
 /// How long ago `at` was, roughly: `12s`, `5m`, `3h`, `2d`.
 pub(crate) fn ago(at: SystemTime) -> String {
-    let since = SystemTime::now()
-        .duration_since(at)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    match since {
-        0..60 => format!("{since}s"),
-        60..3600 => format!("{}m", since / 60),
-        3600..86_400 => format!("{}h", since / 3600),
-        _ => format!("{}d", since / 86_400),
+    span(
+        SystemTime::now()
+            .duration_since(at)
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// How long until `at`, as [`ago`] says it.
+pub(crate) fn until(at: SystemTime) -> String {
+    span(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn span(span: Duration) -> String {
+    let secs = span.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
     }
 }
 

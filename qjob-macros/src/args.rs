@@ -28,6 +28,7 @@ const KEYS: &[&str] = &[
     "autoscale",
     "unique",
     "inbox",
+    "cron",
 ];
 
 const BREAKER_KEYS: &[&str] = &["failure_rate", "min_attempts", "window", "open_for"];
@@ -96,6 +97,9 @@ pub(crate) struct Args {
     pub(crate) autoscale: Option<Autoscale>,
     pub(crate) unique: Option<Unique>,
     pub(crate) inbox: Option<u64>,
+    /// `cron = "..."`: the schedule the job fires on, with its payload's
+    /// default.
+    pub(crate) cron: Option<LitStr>,
     /// The arguments given, valid or not.
     pub(crate) given: Vec<String>,
 }
@@ -197,6 +201,7 @@ impl Args {
                 self.max_length = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
             }
             "inbox" => self.inbox = Some(positive_duration(key, value)?),
+            "cron" => self.cron = Some(values::cron(key, value)?),
             "delivery_limit" => {
                 self.delivery_limit = Some((
                     values::integer(key, value, 1, u64::from(u32::MAX))?,

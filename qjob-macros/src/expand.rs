@@ -59,6 +59,7 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
     let options = options(args, &queue);
     let partition_key = partition_key(args, payload);
     let unique_key = unique_key(args, payload);
+    let schedule = schedule(args, payload);
     // A wrong error type is reported at the handler's return type.
     let output = match &function.sig.output {
         syn::ReturnType::Type(_, ty) => ty.span(),
@@ -91,6 +92,8 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
             #partition_key
 
             #unique_key
+
+            #schedule
 
             fn perform(
                 &self,
@@ -228,6 +231,21 @@ fn partition_key(args: &Args, payload: &Type) -> TokenStream {
         fn partition_key(payload: &#payload) -> ::core::option::Option<::std::string::String> {
             let #key = &payload #(.#path)*;
             ::core::option::Option::Some(#text)
+        }
+    }
+}
+
+/// `cron = "..."`: the job fires on that schedule with its payload's
+/// default (a payload without one is an error at the expression).
+fn schedule(args: &Args, payload: &Type) -> TokenStream {
+    let Some(cron) = &args.cron else {
+        return TokenStream::new();
+    };
+    let default =
+        quote_spanned!(cron.span()=> <#payload as ::qjob::__private::SchedulePayload>::ticked());
+    quote! {
+        fn schedule() -> ::core::option::Option<(::qjob::Schedule, #payload)> {
+            ::core::option::Option::Some((::qjob::__private::schedule(#cron), #default))
         }
     }
 }

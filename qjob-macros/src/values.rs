@@ -203,3 +203,73 @@ mod tests {
         assert_eq!(parse_rate("10/d"), None);
     }
 }
+
+/// A cron expression (five fields as in Unix cron, six with seconds, seven
+/// with a year, or `@hourly` and the like), checked as `qjob::Schedule`
+/// reads it.
+pub(crate) fn cron(key: &str, expr: &Expr) -> syn::Result<LitStr> {
+    let lit = string(key, expr)?;
+    check_cron(&lit.value()).map_err(|error| {
+        syn::Error::new(
+            lit.span(),
+            format!("`{key}`: malformed cron expression: {error}"),
+        )
+    })?;
+    Ok(lit)
+}
+
+fn check_cron(expression: &str) -> Result<(), String> {
+    let mut fields: Vec<String> = expression.split_whitespace().map(str::to_owned).collect();
+    if fields.len() == 5 {
+        // Unix cron's days of week (0 and 7 Sunday) in the crate's 1–7,
+        // for the check only; qjob reads them as names.
+        let mut days = String::new();
+        let mut after_slash = false;
+        for part in fields[4].split_inclusive(|c: char| !c.is_ascii_digit()) {
+            let digits = part.trim_end_matches(|c: char| !c.is_ascii_digit());
+            let rest = &part[digits.len()..];
+            match digits.parse::<u32>() {
+                Ok(day) if !after_slash && day > 7 => {
+                    return Err(format!("day of week {day} is not 0 to 7"));
+                }
+                Ok(day) if !after_slash => days.push_str(&(day % 7 + 1).to_string()),
+                _ => days.push_str(digits),
+            }
+            days.push_str(rest);
+            after_slash = rest.ends_with('/');
+        }
+        fields[4] = days;
+        fields.insert(0, "0".to_owned());
+    }
+    <cron::Schedule as std::str::FromStr>::from_str(&fields.join(" "))
+        .map(drop)
+        .map_err(|error| reason(&error.to_string()))
+}
+
+/// The reason in the cron crate's error text, without the expression it
+/// shows (as normalized, not as written).
+fn reason(text: &str) -> String {
+    text.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+#[cfg(test)]
+mod cron_tests {
+    use super::check_cron;
+
+    #[test]
+    fn cron_expressions_are_checked_as_qjob_reads_them() {
+        for good in [
+            "* * * * *",
+            "0 9 * * 1-5",
+            "0 9 * * 0,7",
+            "*/5 * * * * *",
+            "@daily",
+            "0 0 9 * * Mon-Fri 2030",
+        ] {
+            assert!(check_cron(good).is_ok(), "{good}");
+        }
+        for bad in ["", "* * *", "61 * * * *", "0 9 * * 8", "@often"] {
+            assert!(check_cron(bad).is_err(), "{bad}");
+        }
+    }
+}

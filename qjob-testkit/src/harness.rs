@@ -66,6 +66,7 @@ pub struct TestKit {
 struct Running {
     stop: oneshot::Sender<()>,
     handle: JoinHandle<Result<(), Error>>,
+    health: qjob::Health,
 }
 
 impl std::fmt::Debug for TestKit {
@@ -104,6 +105,28 @@ impl TestKit {
         self.jobs
             .push(Box::new(move |builder| builder.register(job.clone())));
         self.queues.extend(J::options().consumed_queues());
+        self
+    }
+
+    /// Gives the harness's client and worker `store`, for unique jobs,
+    /// inboxes and batches (a [`qjob::store::MemoryStore`] in tests).
+    pub fn store<S: qjob::store::Store + Clone>(mut self, store: S) -> Self {
+        self.client = self.client.clone().with_store(store.clone());
+        self.jobs
+            .push(Box::new(move |builder| builder.store(store.clone())));
+        self
+    }
+
+    /// Adds a schedule to the harness's worker, as
+    /// [`qjob::WorkerBuilder::schedule`] does (a job registered with a
+    /// `cron` attribute brings its own).
+    pub fn schedule<J: Job>(mut self, schedule: qjob::Schedule, payload: J::Payload) -> Self
+    where
+        J::Payload: Clone + Sync,
+    {
+        self.jobs.push(Box::new(move |builder| {
+            builder.schedule::<J>(schedule.clone(), payload.clone())
+        }));
         self
     }
 
@@ -164,11 +187,16 @@ impl TestKit {
                 .iter()
                 .fold(builder, |b, register| register(b))
                 .build();
+            let health = worker.health();
             let (stop, stopped) = oneshot::channel::<()>();
             let handle = tokio::spawn(worker.run_until(async move {
                 let _ = stopped.await;
             }));
-            self.worker = Some(Running { stop, handle });
+            self.worker = Some(Running {
+                stop,
+                handle,
+                health,
+            });
         }
         let queues = self.queues.clone();
         let running = self.worker.as_mut().expect("started above");
@@ -209,6 +237,23 @@ impl TestKit {
         }
     }
 
+    /// Lets `duration` pass on tokio's clock with the worker running, then
+    /// runs until idle: in a test with paused time (`#[tokio::test(start_paused
+    /// = true)]`), an hour of schedule ticks, retries and delays passes at
+    /// once.
+    pub async fn advance(&mut self, duration: Duration) {
+        self.start().await;
+        let running = self.worker.as_mut().expect("started above");
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            ended = &mut running.handle => {
+                self.worker = None;
+                panic!("the worker stopped while time passed: {ended:?}");
+            }
+        }
+        self.run_until_idle().await;
+    }
+
     /// Enqueues a job to run after `delay` (on tokio's clock under a paused
     /// test), as [`Client::enqueue_in`].
     ///
@@ -234,6 +279,12 @@ impl TestKit {
         at: std::time::SystemTime,
     ) -> Result<JobId, Error> {
         self.client.enqueue_at::<J>(payload, at).await
+    }
+
+    /// The running worker's health report (its schedules, consumers,
+    /// breakers), or `None` if no worker runs.
+    pub fn health(&self) -> Option<qjob::HealthReport> {
+        self.worker.as_ref().map(|running| running.health.report())
     }
 
     /// Kills the worker as a crash would: handlers stop where they are,

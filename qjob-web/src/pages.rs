@@ -7,8 +7,9 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use qjob::admin::{JobView, LetterFilter, QueueRole, WorkerState, WorkerView};
+use qjob::admin::{JobView, LetterFilter, QueueRole, ScheduleView, WorkerState, WorkerView};
 use serde::Deserialize;
+use std::time::SystemTime;
 
 use crate::html::{Table, ago, duration, escape, segment, sparkline};
 use crate::{Context, Shared};
@@ -215,6 +216,11 @@ pub(crate) async fn overview(
         ]);
     }
     html.push_str(&table.finish("no running worker has reported yet"));
+    let schedules = shared.admin.schedules();
+    if !schedules.is_empty() {
+        html.push_str("<h2>Schedules</h2>");
+        html.push_str(&schedules_table(&schedules));
+    }
     html.push_str("<h2>Workers</h2>");
     html.push_str(&workers_table(&workers));
     if !shared.read_only {
@@ -226,6 +232,43 @@ pub(crate) async fn overview(
         );
     }
     page(&shared, &ctx, "Overview", Refresh::Live, &html)
+}
+
+fn schedules_table(schedules: &[ScheduleView]) -> String {
+    let mut table = Table::new(&[
+        "Schedule",
+        "Job",
+        "Cron",
+        "Zone",
+        "Leader",
+        "Workers",
+        "Next tick",
+        "Last fired",
+    ]);
+    for view in schedules {
+        let schedule = &view.schedule;
+        let next = schedule.next.map_or("–".to_owned(), |next| {
+            let until = next.duration_since(SystemTime::now()).unwrap_or_default();
+            format!("in {}", duration(until))
+        });
+        table.row(&[
+            escape(&view.name),
+            escape(&schedule.job),
+            format!("<code>{}</code>", escape(&schedule.expression)),
+            escape(&schedule.zone),
+            view.leader
+                .as_ref()
+                .map_or("none".to_owned(), |(host, pid)| {
+                    escape(&format!("{host} (pid {pid})"))
+                }),
+            view.workers.to_string(),
+            next,
+            schedule
+                .last_fired
+                .map_or("–".to_owned(), |at| format!("{} ago", ago(at))),
+        ]);
+    }
+    table.finish("no schedule")
 }
 
 fn workers_table(workers: &[WorkerView]) -> String {

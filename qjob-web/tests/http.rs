@@ -82,8 +82,12 @@ fn post(addr: &str, path: &str, extra: &str, body: &str) -> String {
 async fn running() -> (Arc<Admin>, tokio::sync::oneshot::Sender<()>) {
     let broker = MemoryBroker::new();
     let admin = Arc::new(Admin::connect(broker.clone()).await.unwrap());
+    let hourly = qjob::Schedule::cron("@hourly")
+        .unwrap()
+        .named("hourly-email");
     let worker = Worker::builder(broker)
         .register(EmailJob)
+        .schedule::<EmailJob>(hourly, "ops@example.com".into())
         .heartbeat_interval(Duration::from_millis(50))
         .build();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -113,6 +117,12 @@ async fn pages_carry_a_strict_policy_and_a_token_cookie() {
     );
     assert!(
         body.contains(r#"<a href="/jobs/email">email</a>"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("<h2>Schedules</h2>")
+            && body.contains("<td>hourly-email</td>")
+            && body.contains("<code>@hourly</code>"),
         "{body}"
     );
     let cookie = header(&headers, "set-cookie").unwrap();

@@ -56,7 +56,7 @@ impl Drop for Unlock {
 
 /// Whether a failed publish may have been stored all the same: no confirm
 /// came (a timeout), or the connection went after the message was sent.
-fn maybe_stored(error: &Error) -> bool {
+pub(crate) fn maybe_stored(error: &Error) -> bool {
     matches!(
         error,
         Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. }
@@ -132,8 +132,10 @@ pub struct Client {
     declared: Arc<Mutex<HashSet<String>>>,
     /// The delay queues' leases (see `topology::Leases`).
     leases: Arc<topology::Leases>,
-    /// Where unique jobs' locks are kept.
+    /// Where unique jobs' locks and batches are kept.
     store: Option<Arc<dyn Store>>,
+    /// The batch the jobs it enqueues are members of.
+    batch: Option<Arc<str>>,
 }
 
 /// What [`Client::enqueue_unique`] did.
@@ -175,6 +177,42 @@ impl Client {
             declared: Arc::default(),
             leases: Arc::default(),
             store: None,
+            batch: None,
+        }
+    }
+
+    /// Starts a batch: jobs enqueued through it are its members, and its
+    /// callback job runs once they have all finished (see
+    /// [`crate::docs::batches`]). Needs a store ([`Client::with_store`]).
+    pub fn batch(&self) -> crate::batch::BatchBuilder {
+        crate::batch::BatchBuilder::new(self.clone())
+    }
+
+    /// The progress of batch `batch` (by its id), or `None` if the store
+    /// knows no such batch (never created, or expired).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] without a store; [`Error::Store`] if it failed.
+    pub async fn batch_progress(
+        &self,
+        batch: &str,
+    ) -> Result<Option<crate::batch::BatchProgress>, Error> {
+        crate::batch::progress(&*self.batch_store()?, batch).await
+    }
+
+    /// The store, which batches need.
+    pub(crate) fn batch_store(&self) -> Result<Arc<dyn Store>, Error> {
+        self.store
+            .clone()
+            .ok_or_else(|| Error::Config("batches need a store: Client::with_store".into()))
+    }
+
+    /// This client, enqueueing members of batch `batch`.
+    pub(crate) fn in_batch(&self, batch: &str) -> Self {
+        Self {
+            batch: Some(batch.into()),
+            ..self.clone()
         }
     }
 
@@ -256,7 +294,7 @@ impl Client {
         }
         async {
             self.ensure_declared::<J>().await?;
-            let (id, message, lock) = Self::unique_message::<J>(&payload)?;
+            let (id, message, lock) = self.unique_message::<J>(&payload)?;
             let target = Self::target::<J>(Some(&payload));
             let delayed = topology::delayed(&target, J::options().queue_type(), delay, message);
             let publish = delayed.publish(&*self.broker, &self.leases);
@@ -332,7 +370,7 @@ impl Client {
     async fn enqueue_chunk<J: Job>(&self, payloads: Vec<J::Payload>) -> Vec<Result<JobId, Error>> {
         let claimed: Vec<Result<Claimed, Error>> = futures_util::stream::iter(payloads)
             .map(|payload| async move {
-                let (id, message, lock) = Self::unique_message::<J>(&payload)?;
+                let (id, message, lock) = self.unique_message::<J>(&payload)?;
                 let queue = Self::target::<J>(Some(&payload)).into_owned();
                 Ok(match self.claim::<J>(lock, &id).await? {
                     Claim::Held(holder) => Claimed::Duplicate(holder),
@@ -416,7 +454,7 @@ impl Client {
     }
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
-        let (id, message, lock) = Self::unique_message::<J>(payload)?;
+        let (id, message, lock) = self.unique_message::<J>(payload)?;
         let target = Self::target::<J>(Some(payload));
         let publish = async {
             let published = self.broker.publish(&target, message).await;
@@ -429,9 +467,15 @@ impl Client {
     /// travels in the `qjob-unique-key` header: the worker frees the lock
     /// by it, never by a key computed again from the payload.
     fn unique_message<J: Job>(
+        &self,
         payload: &J::Payload,
     ) -> Result<(JobId, Message, Option<String>), Error> {
         let (id, mut message) = Self::message::<J>(payload)?;
+        if let Some(batch) = &self.batch {
+            message
+                .headers
+                .insert(headers::BATCH.into(), batch.to_string().into());
+        }
         let lock = J::options()
             .unique()
             .and_then(|_| J::unique_key(payload))
@@ -544,14 +588,19 @@ impl Client {
     }
 
     pub(crate) async fn ensure_declared<J: Job>(&self) -> Result<(), Error> {
-        if self.is_declared(J::QUEUE) {
+        self.declare(&J::options()).await
+    }
+
+    /// Declares the queues of a job type with `options`, once.
+    pub(crate) async fn declare(&self, options: &crate::JobOptions) -> Result<(), Error> {
+        if self.is_declared(options.queue()) {
             return Ok(());
         }
-        topology::declare(&*self.broker, &J::options()).await?;
+        topology::declare(&*self.broker, options).await?;
         self.declared
             .lock()
             .expect("declared-queue set poisoned")
-            .insert(J::QUEUE.to_owned());
+            .insert(options.queue().to_owned());
         Ok(())
     }
 

@@ -29,3 +29,5 @@ page!(settlement, "../docs/settlement.md");
 page!(cluster, "../docs/cluster.md");
 page!(console, "../docs/console.md");
 page!(unique, "../docs/unique.md");
+page!(periodic, "../docs/periodic.md");
+page!(batches, "../docs/batches.md");

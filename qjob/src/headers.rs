@@ -23,6 +23,8 @@
 //! | `qjob-host` | text | dead letters: the worker's host |
 //! | `qjob-replays` | integer | replays from the dead-letter queue |
 //! | `qjob-delay-left` | integer | long delays: ms still to wait after this hop |
+//! | `qjob-unique-key` | text | unique jobs: the lock's name in the store |
+//! | `qjob-batch` | text | batch members: the batch's id |
 //! | `traceparent`, `tracestate` | text | W3C trace context of the enqueuing span ([`crate::trace`]) |
 //!
 //! Other headers are kept as they are.
@@ -60,6 +62,9 @@ pub const REPLAYED_AT: &str = "qjob-replayed-at";
 /// A unique job's lock in the store (`unique:<queue>:<key>`): the worker
 /// frees it by this name when the job starts or finishes.
 pub const UNIQUE_KEY: &str = "qjob-unique-key";
+/// The batch a job is a member of: the worker counts it there when the job
+/// succeeds or is dead-lettered.
+pub const BATCH: &str = "qjob-batch";
 /// The wait left, in milliseconds, after the current delay-queue hop: a job
 /// delayed longer than one delay queue holds comes back and waits again.
 pub const DELAY_LEFT: &str = "qjob-delay-left";

@@ -67,6 +67,13 @@ pub trait Job: Send + Sync + 'static {
         serde_json::to_string(payload).ok()
     }
 
+    /// The schedule `#[job(cron = "...")]` declares, with the payload its
+    /// ticks carry: a worker that registers the job type also fires it on
+    /// this schedule ([`crate::WorkerBuilder::schedule`] adds others).
+    fn schedule() -> Option<(crate::Schedule, Self::Payload)> {
+        None
+    }
+
     /// Handles one payload.
     fn perform(
         &self,

@@ -37,9 +37,17 @@ pub use dead_letters::{DeadLetter, DeadLetters, DeadReason};
 // Consuming: the worker and its builder, the health report readiness probes
 // read, and the observer hook for what metrics do not say.
 pub use worker::{
-    AttemptEvent, AttemptOutcome, BreakerHealth, Health, HealthReport, Observer, Worker,
-    WorkerBuilder,
+    AttemptEvent, AttemptOutcome, BreakerHealth, Health, HealthReport, Observer, ScheduleHealth,
+    Worker, WorkerBuilder,
 };
+
+// Periodic jobs: when they fire, and what a new leader does with the ticks
+// it missed.
+pub mod schedule;
+pub use schedule::Schedule;
+
+// Batches: jobs with a callback once they have all finished.
+pub mod batch;
 
 // Connecting: RabbitMQ, the broker qjob ships. `Broker` and the `broker`
 // module are the seam another transport implements (qjob-testkit's
@@ -89,6 +97,29 @@ pub mod __private {
     /// Converts a handler's result into the runtime's.
     pub fn into_job_result<E: HandlerError>(result: Result<(), E>) -> Result<(), crate::JobError> {
         result.map_err(HandlerError::into_job_error)
+    }
+
+    /// The schedule of `#[job(cron = "...")]`, whose expression the macro
+    /// checked.
+    pub fn schedule(expression: &str) -> crate::Schedule {
+        crate::Schedule::cron(expression).expect("#[job] checked the cron expression")
+    }
+
+    /// A `cron` job's payload: one with a default, which each tick carries.
+    #[diagnostic::on_unimplemented(
+        message = "a job with `cron` needs a payload with a default: `{Self}` does not implement `Default`",
+        label = "the schedule's payload",
+        note = "use `()` or a payload that implements `Default`, or leave `cron` out and add the schedule with its payload through `WorkerBuilder::schedule`"
+    )]
+    pub trait SchedulePayload {
+        /// The payload each tick carries.
+        fn ticked() -> Self;
+    }
+
+    impl<T: Default> SchedulePayload for T {
+        fn ticked() -> Self {
+            T::default()
+        }
     }
 
     /// A `partition_by` field: anything with a text form.

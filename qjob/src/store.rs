@@ -46,6 +46,93 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// [`Error::Store`] if the store could not be reached or refused.
     async fn holder(&self, key: &str) -> Result<Option<String>, Error>;
+
+    /// Creates batch `batch` (no member, open), kept for `ttl`, with its
+    /// callback's description; `false` if it exists already.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn batch_create(&self, batch: &str, callback: &str, ttl: Duration)
+    -> Result<bool, Error>;
+
+    /// Applies `update` to batch `batch` atomically and returns its counts
+    /// after it, or `None` if there is no such batch (or it expired). When
+    /// the batch is complete (closed, every member finished) and nobody
+    /// claimed its callback yet, `claimant` claims it (the counts say
+    /// who did). [`BatchUpdate::Finish`] counts a member once, however
+    /// often it is told.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused;
+    /// [`Error::Config`] for [`BatchUpdate::Add`] of members to a closed
+    /// batch.
+    async fn batch_update(
+        &self,
+        batch: &str,
+        update: BatchUpdate<'_>,
+        claimant: &str,
+    ) -> Result<Option<BatchCounts>, Error>;
+}
+
+/// A change to a batch's counts ([`Store::batch_update`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchUpdate<'a> {
+    /// Nothing: read the counts.
+    Read,
+    /// Members enqueued (a negative count: members whose enqueue failed
+    /// after they were added). Refused once the batch is closed, unless
+    /// negative.
+    Add(i64),
+    /// No member will be added any more.
+    Close,
+    /// Member `member` (its job id) finished: it succeeded, or was
+    /// dead-lettered. Its first finish counts; later ones change nothing.
+    Finish {
+        /// The member's job id.
+        member: &'a str,
+        /// Whether it succeeded.
+        succeeded: bool,
+    },
+    /// The callback was enqueued (or, for a callback only on success,
+    /// found not to be due).
+    Fired,
+}
+
+/// A batch's counts as a store keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BatchCounts {
+    /// Members added.
+    pub total: u64,
+    /// Members that succeeded.
+    pub succeeded: u64,
+    /// Members that were dead-lettered.
+    pub dead_lettered: u64,
+    /// Whether the batch is closed (no member will be added).
+    pub closed: bool,
+    /// Who fires the callback, once the batch is complete.
+    pub claimed_by: Option<String>,
+    /// Whether the callback was enqueued.
+    pub fired: bool,
+    /// The callback's description, as given at creation.
+    pub callback: String,
+}
+
+impl BatchCounts {
+    /// Members not finished yet.
+    pub fn pending(&self) -> u64 {
+        self.total
+            .saturating_sub(self.succeeded)
+            .saturating_sub(self.dead_lettered)
+    }
+
+    /// Closed, with every member finished.
+    pub fn is_complete(&self) -> bool {
+        self.closed && self.pending() == 0
+    }
 }
 
 /// A store behind an `Arc` is a store.
@@ -67,6 +154,24 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
         (**self).holder(key).await
     }
+
+    async fn batch_create(
+        &self,
+        batch: &str,
+        callback: &str,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        (**self).batch_create(batch, callback, ttl).await
+    }
+
+    async fn batch_update(
+        &self,
+        batch: &str,
+        update: BatchUpdate<'_>,
+        claimant: &str,
+    ) -> Result<Option<BatchCounts>, Error> {
+        (**self).batch_update(batch, update, claimant).await
+    }
 }
 
 /// The longest a lock lasts, whatever window was asked.
@@ -78,6 +183,22 @@ const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     locks: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    batches: Arc<Mutex<HashMap<String, MemoryBatch>>>,
+}
+
+#[derive(Debug)]
+struct MemoryBatch {
+    counts: BatchCounts,
+    /// The members finished, by job id.
+    finished: std::collections::HashSet<String>,
+    until: Instant,
+}
+
+/// The error for members added to a closed batch.
+fn closed_batch(batch: &str) -> Error {
+    Error::Config(format!(
+        "batch {batch} is closed: no member can be added to it"
+    ))
 }
 
 impl MemoryStore {
@@ -143,6 +264,80 @@ impl Store for MemoryStore {
     async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
         Ok(self.held(key))
     }
+
+    async fn batch_create(
+        &self,
+        batch: &str,
+        callback: &str,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let now = Instant::now();
+        let mut batches = self
+            .batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        batches.retain(|_, b| b.until > now);
+        if batches.contains_key(batch) {
+            return Ok(false);
+        }
+        let until = now.checked_add(ttl).unwrap_or_else(|| now + CENTURY);
+        let counts = BatchCounts {
+            callback: callback.to_owned(),
+            ..BatchCounts::default()
+        };
+        let finished = std::collections::HashSet::new();
+        batches.insert(
+            batch.to_owned(),
+            MemoryBatch {
+                counts,
+                finished,
+                until,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn batch_update(
+        &self,
+        batch: &str,
+        update: BatchUpdate<'_>,
+        claimant: &str,
+    ) -> Result<Option<BatchCounts>, Error> {
+        let mut batches = self
+            .batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(entry) = batches.get_mut(batch).filter(|b| b.until > Instant::now()) else {
+            return Ok(None);
+        };
+        let counts = &mut entry.counts;
+        match update {
+            BatchUpdate::Read | BatchUpdate::Fired => {}
+            BatchUpdate::Add(members) if members > 0 && counts.closed => {
+                return Err(closed_batch(batch));
+            }
+            BatchUpdate::Add(members) => {
+                counts.total = counts.total.saturating_add_signed(members);
+            }
+            BatchUpdate::Close => counts.closed = true,
+            BatchUpdate::Finish { member, succeeded } => {
+                if entry.finished.insert(member.to_owned()) {
+                    if succeeded {
+                        counts.succeeded += 1;
+                    } else {
+                        counts.dead_lettered += 1;
+                    }
+                }
+            }
+        }
+        if update == BatchUpdate::Fired {
+            counts.fired = true;
+        } else if update != BatchUpdate::Read && counts.is_complete() && counts.claimed_by.is_none()
+        {
+            counts.claimed_by = Some(claimant.to_owned());
+        }
+        Ok(Some(counts.clone()))
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -155,7 +350,7 @@ mod redis_store {
     use async_trait::async_trait;
     use redis::aio::ConnectionManager;
 
-    use super::Store;
+    use super::{BatchCounts, BatchUpdate, Store};
     use crate::Error;
 
     /// Takes a free key (`SET … PX`) or returns its holder, in one step;
@@ -175,6 +370,51 @@ mod redis_store {
         return 0
     ";
 
+    /// Creates a batch's hash unless it exists.
+    const BATCH_CREATE: &str = r"
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        redis.call('HSET', KEYS[1], 'total', 0, 'succeeded', 0, 'dead', 0,
+            'closed', 0, 'claim', '', 'fired', 0, 'callback', ARGV[1])
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        return 1
+    ";
+
+    /// Applies an update to a batch and returns its counts: `{1}` if it
+    /// does not exist, `{2}` for members added once closed, else `{0,
+    /// total, succeeded, dead, closed, claim, fired, callback}`. Members
+    /// finished are a hash beside it, so that each counts once.
+    const BATCH_UPDATE: &str = r"
+        if redis.call('EXISTS', KEYS[1]) == 0 then return {1} end
+        local op = ARGV[1]
+        if op == 'add' then
+            local members = tonumber(ARGV[2])
+            if members > 0 and redis.call('HGET', KEYS[1], 'closed') == '1' then return {2} end
+            redis.call('HINCRBY', KEYS[1], 'total', members)
+        elseif op == 'close' then
+            redis.call('HSET', KEYS[1], 'closed', 1)
+        elseif op == 'finish' then
+            if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
+                redis.call('PEXPIRE', KEYS[2], math.max(redis.call('PTTL', KEYS[1]), 1))
+                if ARGV[3] == '1' then
+                    redis.call('HINCRBY', KEYS[1], 'succeeded', 1)
+                else
+                    redis.call('HINCRBY', KEYS[1], 'dead', 1)
+                end
+            end
+        elseif op == 'fired' then
+            redis.call('HSET', KEYS[1], 'fired', 1)
+        end
+        local f = redis.call('HMGET', KEYS[1], 'total', 'succeeded', 'dead', 'closed', 'claim', 'fired', 'callback')
+        local total = tonumber(f[1]) or 0
+        local done = (tonumber(f[2]) or 0) + (tonumber(f[3]) or 0)
+        local claim = f[5] or ''
+        if op ~= 'read' and op ~= 'fired' and f[4] == '1' and done >= total and claim == '' then
+            claim = ARGV[4]
+            redis.call('HSET', KEYS[1], 'claim', claim)
+        end
+        return {0, tostring(total), tostring(f[2] or 0), tostring(f[3] or 0), tostring(f[4] or 0), claim, tostring(f[6] or 0), f[7] or ''}
+    ";
+
     /// Locks in Redis, shared by every process that uses the same server
     /// and prefix. It reconnects by itself after a lost connection; a call
     /// meanwhile is an [`Error::Store`].
@@ -184,6 +424,8 @@ mod redis_store {
         prefix: String,
         acquire: redis::Script,
         release: redis::Script,
+        batch_create: redis::Script,
+        batch_update: redis::Script,
     }
 
     impl std::fmt::Debug for RedisStore {
@@ -212,6 +454,8 @@ mod redis_store {
                 prefix: "qjob:".to_owned(),
                 acquire: redis::Script::new(ACQUIRE),
                 release: redis::Script::new(RELEASE),
+                batch_create: redis::Script::new(BATCH_CREATE),
+                batch_update: redis::Script::new(BATCH_UPDATE),
             })
         }
 
@@ -238,14 +482,11 @@ mod redis_store {
             owner: &str,
             ttl: Duration,
         ) -> Result<Option<String>, Error> {
-            let millis = u64::try_from(ttl.min(super::CENTURY).as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
             let holder: String = self
                 .acquire
                 .key(format!("{}{key}", self.prefix))
                 .arg(owner)
-                .arg(millis)
+                .arg(millis(ttl))
                 .invoke_async(&mut self.connection.clone())
                 .await
                 .map_err(|e| store_error("acquire", e))?;
@@ -270,6 +511,76 @@ mod redis_store {
                 .map_err(|e| store_error("release", e))?;
             Ok(deleted == 1)
         }
+
+        async fn batch_create(
+            &self,
+            batch: &str,
+            callback: &str,
+            ttl: Duration,
+        ) -> Result<bool, Error> {
+            let created: i64 = self
+                .batch_create
+                .key(format!("{}batch:{batch}", self.prefix))
+                .arg(callback)
+                .arg(millis(ttl))
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(|e| store_error("create a batch", e))?;
+            Ok(created == 1)
+        }
+
+        async fn batch_update(
+            &self,
+            batch: &str,
+            update: BatchUpdate<'_>,
+            claimant: &str,
+        ) -> Result<Option<BatchCounts>, Error> {
+            let (op, arg, succeeded) = match update {
+                BatchUpdate::Read => ("read", String::new(), false),
+                BatchUpdate::Add(members) => ("add", members.to_string(), false),
+                BatchUpdate::Close => ("close", String::new(), false),
+                BatchUpdate::Finish { member, succeeded } => {
+                    ("finish", member.to_owned(), succeeded)
+                }
+                BatchUpdate::Fired => ("fired", String::new(), false),
+            };
+            let reply: Vec<String> = self
+                .batch_update
+                .key(format!("{}batch:{batch}", self.prefix))
+                .key(format!("{}batch:{batch}:members", self.prefix))
+                .arg(op)
+                .arg(arg)
+                .arg(if succeeded { "1" } else { "0" })
+                .arg(claimant)
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(|e| store_error("update a batch", e))?;
+            let number = |i: usize| {
+                reply
+                    .get(i)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            match reply.first().map(String::as_str) {
+                Some("0") => Ok(Some(BatchCounts {
+                    total: number(1),
+                    succeeded: number(2),
+                    dead_lettered: number(3),
+                    closed: number(4) == 1,
+                    claimed_by: reply.get(5).filter(|c| !c.is_empty()).cloned(),
+                    fired: number(6) == 1,
+                    callback: reply.get(7).cloned().unwrap_or_default(),
+                })),
+                Some("2") => Err(super::closed_batch(batch)),
+                _ => Ok(None),
+            }
+        }
+    }
+
+    fn millis(duration: Duration) -> u64 {
+        u64::try_from(duration.min(super::CENTURY).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 }
 

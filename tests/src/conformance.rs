@@ -64,7 +64,13 @@ pub async fn each_publisher_learns_its_own_return(env: &Env, queue: &str) {
     let missing = format!("{queue}.missing");
     let broker = fresh_queue(env, queue, &[]).await;
     env.delete_queues(&[&missing]).await;
-    let target = |i: usize| if i % 2 == 0 { queue } else { missing.as_str() };
+    let target = |i: usize| {
+        if i.is_multiple_of(2) {
+            queue
+        } else {
+            missing.as_str()
+        }
+    };
     const EACH: usize = 300;
     const ROUNDS: usize = 3;
     let mut rounds = Vec::new();

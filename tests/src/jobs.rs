@@ -243,3 +243,49 @@ test_job!(
     retry = 3,
     backoff = fixed("50ms")
 );
+
+/// The job the schedule processes fire every second (they do not consume
+/// it: the test reads its queue).
+#[qjob::job(queue = "qjob.test.process.schedule")]
+pub async fn schedule_tick(_: (), _ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+    Ok(())
+}
+
+/// A member of the process test's batch: dead-lettered (no retry) when
+/// `fail`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BatchPart {
+    /// Its number.
+    pub n: u32,
+    /// Whether it fails.
+    pub fail: bool,
+}
+
+#[qjob::job(queue = "qjob.test.process.batch-part", retry = 0, concurrency = 8)]
+pub async fn batch_part(part: BatchPart, _ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    if part.fail {
+        return Err(qjob::JobError::msg(format!("part {} failed", part.n)));
+    }
+    Ok(())
+}
+
+/// The batch's callback: prints `callback <batch> <total> <succeeded>
+/// <dead-lettered>`. Its inbox drops a second delivery of the same
+/// callback (a worker killed between enqueueing it and acking the last
+/// member enqueues it again, with the same id).
+#[qjob::job(queue = "qjob.test.process.batch-done", inbox = "1h")]
+pub async fn batch_done(
+    done: qjob::batch::BatchDone,
+    _ctx: qjob::JobContext,
+) -> Result<(), qjob::JobError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "callback {} {} {} {}",
+        done.batch, done.total, done.succeeded, done.dead_lettered
+    )?;
+    stdout.flush()?;
+    Ok(())
+}

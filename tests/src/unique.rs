@@ -150,27 +150,38 @@ pub async fn a_started_job_frees_its_key(env: &Env) {
 /// A store that cannot be reached.
 struct Unreachable;
 
+fn refused<T>(operation: &str) -> Result<T, Error> {
+    Err(Error::Store {
+        operation: operation.into(),
+        message: "connection refused".into(),
+    })
+}
+
 #[async_trait]
 impl Store for Unreachable {
     async fn acquire(&self, _: &str, _: &str, _: Duration) -> Result<Option<String>, Error> {
-        Err(Error::Store {
-            operation: "acquire".into(),
-            message: "connection refused".into(),
-        })
+        refused("acquire")
     }
 
     async fn release(&self, _: &str, _: &str) -> Result<bool, Error> {
-        Err(Error::Store {
-            operation: "release".into(),
-            message: "connection refused".into(),
-        })
+        refused("release")
     }
 
     async fn holder(&self, _: &str) -> Result<Option<String>, Error> {
-        Err(Error::Store {
-            operation: "get".into(),
-            message: "connection refused".into(),
-        })
+        refused("get")
+    }
+
+    async fn batch_create(&self, _: &str, _: &str, _: Duration) -> Result<bool, Error> {
+        refused("create a batch")
+    }
+
+    async fn batch_update(
+        &self,
+        _: &str,
+        _: qjob::store::BatchUpdate<'_>,
+        _: &str,
+    ) -> Result<Option<qjob::store::BatchCounts>, Error> {
+        refused("update a batch")
     }
 }
 
@@ -190,6 +201,14 @@ pub async fn an_unreachable_store_is_an_error_and_nothing_is_enqueued(env: &Env)
         .unwrap_err();
     assert!(matches!(without, Error::Config(_)), "{without}");
     assert_eq!(env.ready(UniqueStoreDownJob::QUEUE).await, 0);
+    // A batch cannot start without its store either.
+    let batch = client
+        .batch()
+        .on_complete::<crate::jobs::BatchDoneJob>()
+        .open()
+        .await
+        .unwrap_err();
+    assert!(matches!(batch, Error::Store { .. }), "{batch}");
     let worker = Worker::builder(env.broker())
         .register(UniqueStoreDownJob)
         .build();

@@ -473,3 +473,226 @@ async fn pause_and_resume_across_two_worker_processes_lose_and_reject_nothing() 
     }
     assert!(done_rx.try_recv().is_err(), "nothing ran twice");
 }
+
+/// Starts a worker process carrying the per-second schedule of
+/// `ScheduleTickJob`; it stops when its stdin closes.
+fn schedule_worker() -> tokio::process::Child {
+    tokio::process::Command::new(WORKER)
+        .arg("schedule")
+        .env("QJOB_TEST_HEARTBEAT_MS", "200")
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The pid of the live worker among `workers` that leads `schedule`.
+fn leader_of(workers: &[qjob::admin::WorkerView], schedule: &str) -> Option<u32> {
+    workers
+        .iter()
+        .find(|w| w.alive && w.status.schedules.get(schedule).is_some_and(|s| s.leader))
+        .map(|w| w.status.pid)
+}
+
+/// Three processes carry a per-second schedule for 30 s and the leader is
+/// SIGKILLed half-way: each tick is enqueued once, the next leader takes
+/// over within seconds, and a tick missed meanwhile is fired late (the
+/// latest one, the default policy) or not at all, never twice.
+#[tokio::test]
+async fn a_schedule_on_three_processes_fires_each_tick_once_across_a_leader_kill() {
+    use qjob_tests::jobs::ScheduleTickJob;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let _serial = SERIAL.lock().await;
+    let schedule = ScheduleTickJob::NAME;
+    let lease_queue = format!("{}{schedule}", qjob::schedule::LEASE_QUEUE_PREFIX);
+    let rabbit = Rabbit::connect().await;
+    rabbit.delete(&[&lease_queue, ScheduleTickJob::QUEUE]).await;
+    let admin = qjob::admin::Admin::connect(qjob_tests::amqp().await)
+        .await
+        .unwrap();
+    let mut children: Vec<_> = (0..3).map(|_| schedule_worker()).collect();
+    let pids: Vec<u32> = children.iter().map(|c| c.id().unwrap()).collect();
+    let started = tokio::time::Instant::now();
+    let workers = eventually(
+        "three processes, one leading",
+        LIMIT,
+        || workers_among(&admin, &pids),
+        |w| w.len() == 3 && leader_of(w, schedule).is_some(),
+    )
+    .await;
+    let first = leader_of(&workers, schedule).unwrap();
+
+    // The schedule runs for 12 s; then its leader is killed half-way between
+    // two ticks (a tick fires as its second starts, so the kill cannot fall
+    // between a tick's job and its new lease: see docs/periodic.md).
+    tokio::time::sleep_until(started + Duration::from_secs(12)).await;
+    let into_second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
+    let to_half = (1500 - u64::from(into_second)) % 1000;
+    tokio::time::sleep(Duration::from_millis(to_half)).await;
+    let index = pids.iter().position(|pid| *pid == first).unwrap();
+    children[index].kill().await.unwrap();
+    let killed_at = SystemTime::now();
+    let workers = eventually(
+        "another process leading",
+        LIMIT,
+        || workers_among(&admin, &pids),
+        |w| leader_of(w, schedule).is_some_and(|pid| pid != first),
+    )
+    .await;
+    let took_over = killed_at.elapsed().unwrap();
+    assert!(took_over < Duration::from_secs(5), "took {took_over:?}");
+    assert!(leader_of(&workers, schedule).is_some());
+
+    tokio::time::sleep_until(started + Duration::from_secs(30)).await;
+    for (i, child) in children.iter_mut().enumerate() {
+        if i != index {
+            drop(child.stdin.take());
+            assert!(child.wait().await.unwrap().success());
+        }
+    }
+
+    let ids: Vec<String> = rabbit
+        .take_all(ScheduleTickJob::QUEUE)
+        .await
+        .into_iter()
+        .map(|got| got.id.unwrap())
+        .collect();
+    let ticks: Vec<SystemTime> = ids
+        .iter()
+        .map(|id| {
+            let at = id.strip_prefix(&format!("{schedule}@")).unwrap();
+            let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+            UNIX_EPOCH + Duration::from_millis(at.timestamp_millis() as u64)
+        })
+        .collect();
+    let mut sorted = ticks.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ticks.len(), "a tick enqueued twice: {ids:?}");
+    assert_eq!(sorted, ticks, "ticks enqueued in order: {ids:?}");
+    assert!(ticks.len() >= 25, "{} ticks in 30 s: {ids:?}", ticks.len());
+    // Every second has its tick, except those missed between the kill and
+    // the takeover, the latest of which fires late.
+    let missed_from = killed_at - Duration::from_secs(1);
+    let missed_until = killed_at + took_over;
+    for pair in ticks.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap();
+        assert!(
+            gap == Duration::from_secs(1)
+                || (pair[0] >= missed_from && pair[1] <= missed_until + Duration::from_secs(1)),
+            "a gap of {gap:?} after {:?} (killed at {killed_at:?}, {took_over:?} to take over): {ids:?}",
+            pair[0]
+        );
+    }
+    assert!(ticks.first().unwrap() < &killed_at && ticks.last().unwrap() > &killed_at);
+}
+
+/// Starts a worker process for the batch test; it stops when its stdin
+/// closes.
+fn batch_worker(prefix: &str) -> tokio::process::Child {
+    tokio::process::Command::new(WORKER)
+        .arg("batch")
+        .env("QJOB_TEST_REDIS_PREFIX", prefix)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The `callback …` lines a worker process printed, until its stdout
+/// closed or `enough` lines came.
+async fn callbacks(child: &mut tokio::process::Child, enough: usize) -> Vec<String> {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while seen.len() < enough {
+        match tokio::time::timeout(LIMIT, lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.starts_with("callback ") => seen.push(line),
+            Ok(Ok(Some(_))) => {}
+            Ok(_) => break,
+            Err(_) => panic!("no callback within {LIMIT:?}"),
+        }
+    }
+    seen
+}
+
+/// 1 000 members, 5 % dead-lettered, counted in Redis; the worker is
+/// SIGKILLed with the batch part done and another takes over: the callback
+/// runs once, with the right counts, and each member is counted once.
+#[tokio::test]
+async fn a_batch_completes_once_across_a_killed_worker() {
+    use qjob_tests::jobs::{BatchDoneJob, BatchPart, BatchPartJob};
+    let _serial = SERIAL.lock().await;
+    let rabbit = Rabbit::connect().await;
+    rabbit
+        .delete(&[
+            BatchPartJob::QUEUE,
+            &BatchPartJob::options().dead_letter_queue(),
+            BatchDoneJob::QUEUE,
+            &BatchDoneJob::options().dead_letter_queue(),
+        ])
+        .await;
+    let prefix = format!("qjob-test:{}:", uuid::Uuid::now_v7().simple());
+    let url = std::env::var("QJOB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let store = qjob::store::RedisStore::connect(&url)
+        .await
+        .unwrap_or_else(|error| panic!("this test needs Redis ({url}): {error}"))
+        .with_prefix(prefix.clone());
+    let client = qjob::Client::new(qjob_tests::amqp().await).with_store(store);
+    let batch = client
+        .batch()
+        .on_complete::<BatchDoneJob>()
+        .open()
+        .await
+        .unwrap();
+    let parts = (0..1000).map(|n| BatchPart {
+        n,
+        fail: n % 20 == 7,
+    });
+    let results = batch.enqueue_all::<BatchPartJob>(parts).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    batch.close().await.unwrap();
+
+    let mut first = batch_worker(&prefix);
+    let finished = || async {
+        let progress = client.batch_progress(batch.id()).await.unwrap().unwrap();
+        progress.succeeded + progress.failed
+    };
+    qjob_tests::until("a part of the batch done", LIMIT, async || {
+        finished().await >= 300
+    })
+    .await;
+    first.kill().await.unwrap();
+    let done_at_kill = finished().await;
+    assert!(done_at_kill < 1000, "killed after the batch was done");
+
+    let mut second = batch_worker(&prefix);
+    let seen = callbacks(&mut second, 1).await;
+    let expected = format!("callback {} 1000 950 50", batch.id());
+    assert_eq!(seen, [expected]);
+    drop(second.stdin.take());
+    assert!(second.wait().await.unwrap().success());
+    // The killed worker never ran it (it died before the batch was done),
+    // and the survivor ran it once.
+    assert!(callbacks(&mut first, 1).await.is_empty());
+    let progress = client.batch_progress(batch.id()).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            progress.total,
+            progress.pending,
+            progress.succeeded,
+            progress.failed
+        ),
+        (1000, 0, 950, 50)
+    );
+    assert!(progress.callback_enqueued);
+    assert_eq!(queue_messages(BatchPartJob::QUEUE), 0);
+    assert_eq!(
+        queue_messages(&BatchPartJob::options().dead_letter_queue()),
+        50
+    );
+    assert_eq!(queue_messages(BatchDoneJob::QUEUE), 0);
+}

@@ -366,15 +366,22 @@ impl MemoryBroker {
     /// Whether there is work that will happen without anyone publishing: a
     /// delivery unsettled, a message ready in a consumed queue, or a message
     /// due back from a delay within `horizon` (a qjob delay longer than one
-    /// delay-queue hop counts with all its hops).
+    /// delay-queue hop counts with all its hops). A schedule's lease,
+    /// which its leader holds for as long as it leads, is not work.
     pub fn has_pending_work(&self, horizon: Duration) -> bool {
         let state = self.lock();
         let until = Instant::now() + horizon;
-        state.queues.values().any(|q| {
-            q.unacked() > 0
-                || (!q.consumers.is_empty() && !q.ready.is_empty())
-                || (q.spec.dead_letter_to.is_some() && q.next_due().is_some_and(|at| at <= until))
-        })
+        let leases = qjob::schedule::LEASE_QUEUE_PREFIX;
+        state
+            .queues
+            .iter()
+            .filter(|(name, _)| !name.starts_with(leases))
+            .any(|(_, q)| {
+                q.unacked() > 0
+                    || (!q.consumers.is_empty() && !q.ready.is_empty())
+                    || (q.spec.dead_letter_to.is_some()
+                        && q.next_due().is_some_and(|at| at <= until))
+            })
     }
 
     /// Resolves once `queue` exists and holds no message, ready or unacked:

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, Message, QueueStats, Subscription};
 use crate::dead_letters::{self, Visit};
-use crate::{DeadLetter, Error, headers};
+use crate::{DeadLetter, Error, ScheduleHealth, headers};
 
 /// How long a console waits for the workers' replies to a command by
 /// default.
@@ -194,6 +194,21 @@ impl WorkerView {
         };
         Some(format!("{} (pid {}): {what}", status.host, status.pid))
     }
+}
+
+/// A periodic job's schedule across the alive workers that carry it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ScheduleView {
+    /// The schedule's name.
+    pub name: String,
+    /// As its leader reports it (its next tick, the last it fired), or as
+    /// another worker does while none leads.
+    pub schedule: ScheduleHealth,
+    /// The leader's host and pid, if a worker leads it now.
+    pub leader: Option<(String, u32)>,
+    /// The alive workers that carry it.
+    pub workers: usize,
 }
 
 /// A job type across the workers that run it.
@@ -537,6 +552,29 @@ impl Admin {
             )
             .await;
         }
+    }
+
+    /// The schedules the alive workers carry, by name, with their leaders.
+    pub fn schedules(&self) -> Vec<ScheduleView> {
+        let mut schedules: BTreeMap<String, ScheduleView> = BTreeMap::new();
+        for worker in self.workers().into_iter().filter(|w| w.alive) {
+            for (name, schedule) in worker.status.schedules {
+                let view = schedules
+                    .entry(name.clone())
+                    .or_insert_with(|| ScheduleView {
+                        name,
+                        schedule: schedule.clone(),
+                        leader: None,
+                        workers: 0,
+                    });
+                view.workers += 1;
+                if schedule.leader {
+                    view.leader = Some((worker.status.host.clone(), worker.status.pid));
+                    view.schedule = schedule;
+                }
+            }
+        }
+        schedules.into_values().collect()
     }
 
     /// The job types the alive workers run, by name, with their queues as

@@ -7,12 +7,13 @@
 //! for what is missing); a change that older readers would misread bumps
 //! it, and readers skip messages of a version they do not know.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Message, QueueSpec};
-use crate::{BreakerHealth, QueueType};
+use crate::{BreakerHealth, QueueType, ScheduleHealth};
 
 /// The topic exchange workers broadcast their heartbeats
 /// (`worker.<worker id>`) and command replies (`reply.<console id>`) to.
@@ -59,6 +60,9 @@ pub struct WorkerStatus {
     /// Its job types.
     #[serde(default)]
     pub jobs: Vec<JobStatus>,
+    /// The schedules it carries, by name (each led by one worker).
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleHealth>,
 }
 
 /// Where a worker is in its life.
@@ -347,6 +351,29 @@ mod millis {
     }
 }
 
+/// Optional times as milliseconds since the Unix epoch (`null` for none).
+pub(crate) mod millis_opt {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        at: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => s.serialize_some(&super::to_millis(*at)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+    }
+}
+
 /// Durations as milliseconds.
 mod duration_millis {
     use std::time::Duration;
@@ -409,6 +436,13 @@ mod tests {
                 breaker: Some(BreakerHealth::HalfOpen),
                 ..JobStatus::default()
             }],
+            schedules: [("nightly".to_owned(), {
+                let mut schedule = ScheduleHealth::new("report", "0 2 * * *", "UTC");
+                schedule.leader = true;
+                schedule.next = Some(UNIX_EPOCH + Duration::from_millis(3_000));
+                schedule
+            })]
+            .into(),
         };
         let Some(StatusMessage::Heartbeat(read)) = StatusMessage::read(&message(&status)) else {
             panic!("a heartbeat reads back");

@@ -115,6 +115,7 @@ impl Console {
             connected: self.broker.is_connected(),
             blocked: report.blocked,
             jobs: self.jobs.iter().map(ConsoleJob::status).collect(),
+            schedules: report.schedules,
         }
     }
 

@@ -9,10 +9,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
+use crate::batch;
 use crate::broker::{Broker, Delivery, Message};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
-use crate::store::Store;
+use crate::store::{BatchUpdate, Store};
 use crate::worker::control::Cancellations;
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
@@ -59,6 +60,8 @@ pub(crate) struct Handler {
     pub(crate) unique: Option<UniqueLock>,
     /// The job ids done lately, for a job that deduplicates deliveries.
     pub(crate) inbox: Option<Inbox>,
+    /// Where batches are counted (the worker's store).
+    pub(crate) batches: Option<Arc<dyn Store>>,
 }
 
 /// Where a job's inbox is kept, and for how long an id is remembered.
@@ -557,6 +560,55 @@ impl Handler {
         }
     }
 
+    /// Counts member `job_id` as finished in `batch`, and enqueues the
+    /// batch's callback if this completed it; tried again while the store
+    /// or the broker fails, as long as the delivery's channel is open.
+    /// `false` if the channel closed first (the broker redelivers the
+    /// member, which is counted then).
+    async fn count_in_batch(
+        &self,
+        delivery: &Delivery,
+        batch: &str,
+        job_id: &JobId,
+        succeeded: bool,
+    ) -> bool {
+        let queue = self.routes.queue.name.as_str();
+        let Some(store) = &self.batches else {
+            tracing::error!(queue, %job_id, batch, "a batch member, but the worker has no store (WorkerBuilder::store): the batch will not complete");
+            self.health
+                .error(format!("batch {batch}: the worker has no store"));
+            return true;
+        };
+        let mut failures: u32 = 0;
+        loop {
+            let member = job_id.as_str();
+            let update = BatchUpdate::Finish { member, succeeded };
+            let counted = match store.batch_update(batch, update, member).await {
+                Ok(Some(counts)) => batch::fire(&*self.broker, &**store, batch, counts, member)
+                    .await
+                    .map(drop),
+                Ok(None) => {
+                    tracing::warn!(queue, %job_id, batch, "the batch is gone from the store (expired?): the member is not counted");
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
+            let Err(error) = counted else {
+                return true;
+            };
+            failures = failures.saturating_add(1);
+            let wait = (Duration::from_millis(100) * 2u32.saturating_pow(failures - 1).min(64))
+                .min(Duration::from_secs(5));
+            tracing::warn!(queue, %job_id, batch, %error, retry_in = ?wait, "could not count a batch member; holding it and trying again");
+            self.health.error(&error);
+            tokio::time::sleep(wait).await;
+            if !delivery.acker.is_open() {
+                self.left_to_broker();
+                return false;
+            }
+        }
+    }
+
     /// Frees a lock; a failure is logged: the lock then expires at the end
     /// of its window.
     async fn release(&self, store: &dyn Store, key: &str, job_id: &JobId) {
@@ -586,6 +638,20 @@ impl Handler {
             .flatten();
         if matches!(action, Action::Ack) {
             self.mark_done(job_id).await;
+        }
+        // A batch member is counted before it is settled: a crash in
+        // between redelivers it, and it is not counted twice.
+        if finished
+            && let Some(batch) = delivery
+                .message
+                .headers
+                .get(headers::BATCH)
+                .and_then(|b| b.as_str())
+            && !self
+                .count_in_batch(&delivery, batch, job_id, matches!(action, Action::Ack))
+                .await
+        {
+            return;
         }
         let report = (!self.observers.is_empty())
             .then(|| (delivery.message.body.clone(), delivery.redelivered));

@@ -71,6 +71,45 @@ pub struct HealthReport {
     pub last_error: Option<String>,
     /// When a delivery was last acked.
     pub last_ack: Option<SystemTime>,
+    /// Per schedule this worker carries (by name): its expression, next
+    /// tick and whether this worker leads it.
+    pub schedules: BTreeMap<String, ScheduleHealth>,
+}
+
+/// A periodic job's schedule in a [`HealthReport`] and a worker's
+/// heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct ScheduleHealth {
+    /// The job type it enqueues.
+    pub job: String,
+    /// The cron expression.
+    pub expression: String,
+    /// Its time zone.
+    pub zone: String,
+    /// Whether this worker is the schedule's leader (the one that fires
+    /// its ticks) now.
+    pub leader: bool,
+    /// The next tick, as the leader sees it (`None` on the others, or when
+    /// no tick comes any more).
+    #[serde(with = "crate::admin::wire::millis_opt")]
+    pub next: Option<SystemTime>,
+    /// The last tick this worker fired, if it fired any.
+    #[serde(with = "crate::admin::wire::millis_opt")]
+    pub last_fired: Option<SystemTime>,
+}
+
+impl ScheduleHealth {
+    pub(crate) fn new(job: &str, expression: &str, zone: &str) -> Self {
+        Self {
+            job: job.to_owned(),
+            expression: expression.to_owned(),
+            zone: zone.to_owned(),
+            leader: false,
+            next: None,
+            last_fired: None,
+        }
+    }
 }
 
 impl HealthReport {
@@ -94,6 +133,7 @@ struct State {
     consumers: BTreeMap<String, bool>,
     paused: BTreeSet<String>,
     last_error: Option<String>,
+    schedules: BTreeMap<String, ScheduleHealth>,
 }
 
 /// A handle on a worker's health, from [`crate::Worker::health`]; cheap to
@@ -157,6 +197,7 @@ impl Health {
             breakers,
             last_error: state.last_error.clone(),
             last_ack,
+            schedules: state.schedules.clone(),
         }
     }
 
@@ -191,6 +232,17 @@ impl Health {
 
     pub(crate) fn concurrency(&self, queue: &str, slots: usize) {
         self.state().concurrency.insert(queue.to_owned(), slots);
+    }
+
+    /// Changes what the report says of schedule `name`.
+    pub(crate) fn schedule(&self, name: &str, change: impl FnOnce(&mut ScheduleHealth)) {
+        if let Some(schedule) = self.state().schedules.get_mut(name) {
+            change(schedule);
+        }
+    }
+
+    pub(crate) fn add_schedule(&self, name: &str, schedule: ScheduleHealth) {
+        self.state().schedules.insert(name.to_owned(), schedule);
     }
 
     pub(crate) fn error(&self, error: impl std::fmt::Display) {

@@ -13,15 +13,16 @@ mod observer;
 mod runnable;
 mod sampler;
 mod scaler;
+mod scheduler;
 mod settle;
 
 pub(crate) use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
 pub(crate) use console::DEFAULT_HEARTBEAT_INTERVAL;
 pub(crate) use control::{Cancellations, DEFAULT_CANCEL_MEMORY};
-pub use health::{BreakerHealth, Health, HealthReport};
+pub use health::{BreakerHealth, Health, HealthReport, ScheduleHealth};
 pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,7 +32,7 @@ use tokio::sync::watch;
 use crate::admin::wire::WorkerState;
 use crate::broker::{Broker, QueueSpec, Subscription};
 use crate::store::Store;
-use crate::{Error, Job};
+use crate::{Error, Job, Schedule};
 use console::{Console, ConsoleJob};
 use consumer::Consumer;
 use control::Slots;
@@ -64,6 +65,7 @@ pub struct WorkerBuilder {
     heartbeat_interval: Duration,
     cancel_memory: Duration,
     store: Option<Arc<dyn Store>>,
+    schedules: Vec<Result<scheduler::Planned, Error>>,
 }
 
 /// Where the operator's overrides (`QJOB_<QUEUE>_PREFETCH`, …) are read.
@@ -91,6 +93,24 @@ impl WorkerBuilder {
     /// Adds a job type; the worker consumes its queue.
     pub fn register<J: Job>(mut self, job: J) -> Self {
         self.jobs.push(Arc::new(Registered(job)));
+        if let Some((schedule, payload)) = J::schedule() {
+            self = self.schedule::<J>(schedule, payload);
+        }
+        self
+    }
+
+    /// Fires job type `J` with `payload` on `schedule`: at each tick, one
+    /// job, however many workers carry the same schedule (they elect a
+    /// leader through RabbitMQ; see [`crate::docs::periodic`]). The job
+    /// type need not be registered on this worker. Its id is the tick's
+    /// ([`crate::schedule::tick_id`]).
+    ///
+    /// A schedule is known by its name ([`Schedule::named`]; the job
+    /// type's name by default): every worker that carries it must give it
+    /// the same expression and payload.
+    pub fn schedule<J: Job>(mut self, schedule: Schedule, payload: J::Payload) -> Self {
+        self.schedules
+            .push(scheduler::Planned::new::<J>(schedule, &payload));
         self
     }
 
@@ -199,6 +219,7 @@ impl WorkerBuilder {
             heartbeat_interval: self.heartbeat_interval,
             cancellations: Arc::new(Cancellations::new(self.cancel_memory)),
             store: self.store,
+            schedules: self.schedules,
         }
     }
 }
@@ -239,6 +260,7 @@ pub struct Worker {
     heartbeat_interval: Duration,
     cancellations: Arc<Cancellations>,
     store: Option<Arc<dyn Store>>,
+    schedules: Vec<Result<scheduler::Planned, Error>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -269,6 +291,7 @@ impl Worker {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             cancel_memory: DEFAULT_CANCEL_MEMORY,
             store: None,
+            schedules: Vec::new(),
         }
     }
 
@@ -291,8 +314,9 @@ impl Worker {
     /// `QJOB_<QUEUE>_…` override ([`Error::Config`]), or the broker refusing
     /// to declare a queue or to start a consumer. Nothing has been consumed
     /// when it returns an error.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let plans = self.plans()?;
+        let schedules = self.schedules()?;
         self.prepare(&plans).await?;
         let sampled: Vec<Sampled> = plans.iter().map(JobPlan::sampled).collect();
         let mut consumers = Vec::new();
@@ -314,6 +338,15 @@ impl Worker {
                 self.broker.clone(),
                 job,
                 self.autoscale_interval,
+                self.health.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        for planned in schedules {
+            self.health.add_schedule(&planned.name, planned.health());
+            running.spawn(scheduler::run(
+                self.broker.clone(),
+                planned,
                 self.health.clone(),
                 stop_rx.clone(),
             ));
@@ -426,8 +459,25 @@ impl Worker {
 
     /// What to run for every registered job, after checking that no two
     /// share a queue.
+    /// The schedules to run, each named once.
+    fn schedules(&mut self) -> Result<Vec<scheduler::Planned>, Error> {
+        let mut names = HashSet::new();
+        let mut schedules = Vec::new();
+        for planned in std::mem::take(&mut self.schedules) {
+            let planned = planned?;
+            if !names.insert(planned.name.clone()) {
+                return Err(Error::Config(format!(
+                    "two schedules are named {:?}: name each with Schedule::named",
+                    planned.name
+                )));
+            }
+            schedules.push(planned);
+        }
+        Ok(schedules)
+    }
+
     fn plans(&self) -> Result<Vec<JobPlan>, Error> {
-        if self.jobs.is_empty() {
+        if self.jobs.is_empty() && self.schedules.is_empty() {
             return Err(Error::NoJobRegistered);
         }
         let mut queues: HashMap<String, &'static str> = HashMap::new();
@@ -581,6 +631,7 @@ impl Worker {
                 .inbox()
                 .zip(self.store.clone())
                 .map(|(window, store)| handler::Inbox { store, window }),
+            batches: self.store.clone(),
         }
     }
 }

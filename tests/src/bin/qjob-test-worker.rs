@@ -11,7 +11,13 @@
 //!   tests' jobs;
 //! - `qjob-test-worker console` runs `ConsoleProcessJob` with a heartbeat
 //!   every `QJOB_TEST_HEARTBEAT_MS` (200 by default), and stops gracefully
-//!   when its stdin closes.
+//!   when its stdin closes;
+//! - `qjob-test-worker batch` runs `BatchPartJob` and `BatchDoneJob` with
+//!   a Redis store (`QJOB_REDIS_URL`, keys under `QJOB_TEST_REDIS_PREFIX`),
+//!   and stops when its stdin closes;
+//! - `qjob-test-worker schedule` carries a schedule that enqueues
+//!   `ScheduleTickJob` every second (it consumes nothing), with heartbeats
+//!   as `console`, and stops when its stdin closes.
 //!
 //! With `QJOB_CLUSTER_URLS` (comma-separated) it connects to the first of
 //! those nodes that answers, reconnects the same way, and prints
@@ -23,7 +29,8 @@ use std::time::Duration;
 use qjob::{JobContext, JobError, Worker, job};
 use qjob_tests::Task;
 use qjob_tests::jobs::{
-    ClusterOrderedJob, ClusterRetryJob, ConsoleProcessJob, OrderedKillJob, PoisonJob,
+    BatchDoneJob, BatchPartJob, ClusterOrderedJob, ClusterRetryJob, ConsoleProcessJob,
+    OrderedKillJob, PoisonJob, ScheduleTickJob,
 };
 use tokio::io::AsyncReadExt;
 
@@ -52,16 +59,33 @@ async fn main() {
     };
     let builder = Worker::builder(broker);
     let mode = std::env::args().nth(1);
+    let heartbeat = std::env::var("QJOB_TEST_HEARTBEAT_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_millis(200), Duration::from_millis);
     let worker = match mode.as_deref() {
-        Some("console") => {
-            let heartbeat = std::env::var("QJOB_TEST_HEARTBEAT_MS")
-                .ok()
-                .and_then(|ms| ms.parse().ok())
-                .unwrap_or(200);
+        Some("console") => builder
+            .register(ConsoleProcessJob)
+            .heartbeat_interval(heartbeat),
+        Some("batch") => {
+            let url = std::env::var("QJOB_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
+            let prefix = std::env::var("QJOB_TEST_REDIS_PREFIX").expect("a key prefix");
+            let store = qjob::store::RedisStore::connect(&url)
+                .await
+                .expect("Redis answers")
+                .with_prefix(prefix);
             builder
-                .register(ConsoleProcessJob)
-                .heartbeat_interval(Duration::from_millis(heartbeat))
+                .register(BatchPartJob)
+                .register(BatchDoneJob)
+                .store(store)
         }
+        Some("schedule") => builder
+            .schedule::<ScheduleTickJob>(
+                qjob::Schedule::cron("* * * * * *").expect("a valid expression"),
+                (),
+            )
+            .heartbeat_interval(heartbeat),
         Some("ordered") => builder.register(OrderedKillJob),
         Some("poison") => builder.register(PoisonJob),
         Some("cluster-retry") => builder.register(ClusterRetryJob),
@@ -73,7 +97,7 @@ async fn main() {
         tokio::spawn(announce_consuming(worker.health()));
     }
     let stop = async {
-        if mode.as_deref() == Some("console") {
+        if matches!(mode.as_deref(), Some("console" | "schedule" | "batch")) {
             // Until the parent closes stdin.
             let mut rest = Vec::new();
             let _ = tokio::io::stdin().read_to_end(&mut rest).await;

@@ -1,0 +1,246 @@
+//! Batches on the in-memory store and broker: the callback runs once,
+//! with the members' outcomes, however the members ended.
+
+use std::time::Duration;
+
+use qjob::batch::BatchDone;
+use qjob::store::MemoryStore;
+use qjob::{JobContext, JobError, job};
+use qjob_testkit::TestKit;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Part {
+    n: u32,
+    fail: bool,
+}
+
+fn parts(count: u32, failing: impl Fn(u32) -> bool) -> Vec<Part> {
+    (0..count)
+        .map(|n| Part {
+            n,
+            fail: failing(n),
+        })
+        .collect()
+}
+
+#[job(queue = "kit.batch.part", retry = 2, backoff = fixed("1s"), concurrency = 2)]
+async fn part(part: Part, _ctx: JobContext) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if part.fail {
+        return Err(JobError::msg("part failed"));
+    }
+    Ok(())
+}
+
+#[job(queue = "kit.batch.done")]
+async fn done(_done: BatchDone, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+fn kit() -> TestKit {
+    TestKit::new()
+        .register(PartJob)
+        .register(DoneJob)
+        .store(MemoryStore::new())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callback_runs_once_with_the_members_outcomes() {
+    let mut kit = kit();
+    let batch = kit
+        .client()
+        .batch()
+        .on_complete::<DoneJob>()
+        .data(serde_json::json!({ "report": 7 }))
+        .open()
+        .await
+        .unwrap();
+    let results = batch
+        .enqueue_all::<PartJob>(parts(20, |n| n % 10 == 3))
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let progress = batch.close().await.unwrap();
+    assert_eq!((progress.total, progress.pending), (20, 20));
+    kit.run_until_idle().await;
+
+    let callbacks = kit.succeeded::<DoneJob>();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    let done = &callbacks[0];
+    assert_eq!(done.batch, batch.id());
+    assert_eq!(
+        (done.total, done.succeeded, done.dead_lettered),
+        (20, 18, 2)
+    );
+    assert_eq!(done.data["report"], 7);
+    assert_eq!(
+        kit.attempts::<DoneJob>()[0].job_id,
+        qjob::batch::callback_id(batch.id())
+    );
+    let progress = kit
+        .client()
+        .batch_progress(batch.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            progress.total,
+            progress.pending,
+            progress.succeeded,
+            progress.failed
+        ),
+        (20, 0, 18, 2)
+    );
+    assert!(progress.closed && progress.callback_enqueued);
+}
+
+#[tokio::test(start_paused = true)]
+async fn members_added_while_open_count_and_the_callback_waits_for_the_close() {
+    let mut kit = kit();
+    let batch = kit
+        .client()
+        .batch()
+        .on_complete::<DoneJob>()
+        .open()
+        .await
+        .unwrap();
+    batch
+        .enqueue::<PartJob>(Part { n: 0, fail: false })
+        .await
+        .unwrap();
+    kit.run_until_idle().await;
+    assert!(
+        kit.succeeded::<DoneJob>().is_empty(),
+        "open: no callback yet"
+    );
+    let progress = kit
+        .client()
+        .batch_progress(batch.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (progress.total, progress.pending, progress.closed),
+        (1, 0, false)
+    );
+    batch
+        .enqueue_all::<PartJob>(parts(4, |_| false))
+        .await
+        .unwrap();
+    // Closing once every member finished enqueues the callback at once.
+    kit.run_until_idle().await;
+    let progress = batch.close().await.unwrap();
+    assert!(progress.callback_enqueued);
+    kit.run_until_idle().await;
+    let callbacks = kit.succeeded::<DoneJob>();
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!((callbacks[0].total, callbacks[0].succeeded), (5, 5));
+    let error = batch
+        .enqueue::<PartJob>(Part { n: 9, fail: false })
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("closed"), "{error}");
+    // Closing again changes nothing.
+    batch.close().await.unwrap();
+    kit.run_until_idle().await;
+    assert_eq!(kit.succeeded::<DoneJob>().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_only_on_success_does_not_run_when_a_member_failed() {
+    let mut kit = kit();
+    let failing = kit
+        .client()
+        .batch()
+        .on_success::<DoneJob>()
+        .open()
+        .await
+        .unwrap();
+    failing
+        .enqueue_all::<PartJob>(parts(5, |n| n == 2))
+        .await
+        .unwrap();
+    failing.close().await.unwrap();
+    let fine = kit
+        .client()
+        .batch()
+        .on_success::<DoneJob>()
+        .open()
+        .await
+        .unwrap();
+    fine.enqueue_all::<PartJob>(parts(5, |_| false))
+        .await
+        .unwrap();
+    fine.close().await.unwrap();
+    kit.run_until_idle().await;
+    let callbacks = kit.succeeded::<DoneJob>();
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0].batch, fine.id());
+    let progress = kit
+        .client()
+        .batch_progress(failing.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((progress.failed, progress.pending), (1, 0));
+    assert!(progress.callback_enqueued, "found not due");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_crash_mid_batch_counts_each_member_once() {
+    let mut kit = kit();
+    let batch = kit
+        .client()
+        .batch()
+        .on_complete::<DoneJob>()
+        .open()
+        .await
+        .unwrap();
+    batch
+        .enqueue_all::<PartJob>(parts(30, |n| n % 10 == 0))
+        .await
+        .unwrap();
+    batch.close().await.unwrap();
+    kit.start().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kit.crash_worker().await;
+    let progress = kit
+        .client()
+        .batch_progress(batch.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        progress.pending > 0 && progress.pending < 30,
+        "{progress:?}"
+    );
+    kit.run_until_idle().await;
+    let callbacks = kit.succeeded::<DoneJob>();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(
+        (
+            callbacks[0].total,
+            callbacks[0].succeeded,
+            callbacks[0].dead_lettered
+        ),
+        (30, 27, 3)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_needs_a_callback_and_a_store() {
+    let kit = kit();
+    let error = kit.client().batch().open().await.unwrap_err();
+    assert!(error.to_string().contains("callback"), "{error}");
+    let bare = TestKit::new().register(PartJob);
+    let error = bare
+        .client()
+        .batch()
+        .on_complete::<DoneJob>()
+        .open()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("store"), "{error}");
+}
