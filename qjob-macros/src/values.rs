@@ -221,29 +221,51 @@ pub(crate) fn cron(key: &str, expr: &Expr) -> syn::Result<LitStr> {
 fn check_cron(expression: &str) -> Result<(), String> {
     let mut fields: Vec<String> = expression.split_whitespace().map(str::to_owned).collect();
     if fields.len() == 5 {
-        // Unix cron's days of week (0 and 7 Sunday) in the crate's 1–7,
-        // for the check only; qjob reads them as names.
-        let mut days = String::new();
-        let mut after_slash = false;
-        for part in fields[4].split_inclusive(|c: char| !c.is_ascii_digit()) {
-            let digits = part.trim_end_matches(|c: char| !c.is_ascii_digit());
-            let rest = &part[digits.len()..];
-            match digits.parse::<u32>() {
-                Ok(day) if !after_slash && day > 7 => {
-                    return Err(format!("day of week {day} is not 0 to 7"));
-                }
-                Ok(day) if !after_slash => days.push_str(&(day % 7 + 1).to_string()),
-                _ => days.push_str(digits),
-            }
-            days.push_str(rest);
-            after_slash = rest.ends_with('/');
-        }
-        fields[4] = days;
+        fields[4] = unix_days_of_week(&fields[4])?;
         fields.insert(0, "0".to_owned());
     }
     <cron::Schedule as std::str::FromStr>::from_str(&fields.join(" "))
         .map(drop)
         .map_err(|error| reason(&error.to_string()))
+}
+
+/// Unix cron's day-of-week numbers (0–7, ranges going forward, a step
+/// after them) checked, each numeric item then written as a day the crate
+/// accepts: qjob reads them as the days' names.
+fn unix_days_of_week(field: &str) -> Result<String, String> {
+    let day = |text: &str| -> Result<Option<u32>, String> {
+        if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
+            return Ok(None);
+        }
+        match text.parse::<u32>() {
+            Ok(day) if day <= 7 => Ok(Some(day)),
+            _ => Err(format!("day of week {text} is not 0 to 7")),
+        }
+    };
+    let mut items = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = item
+            .split_once('/')
+            .map_or((item, None), |(r, s)| (r, Some(s)));
+        let bounds = match range.split_once('-') {
+            Some((from, to)) => day(from)?.zip(day(to)?),
+            None => day(range)?.map(|d| (d, d)),
+        };
+        let Some((from, to)) = bounds else {
+            items.push(item.to_owned());
+            continue;
+        };
+        if from > to {
+            return Err(format!("day-of-week range {range} goes backwards"));
+        }
+        if step.is_some_and(|step| step.parse::<u32>().map_or(true, |step| step == 0)) {
+            return Err(format!(
+                "day-of-week step in {item} is not a positive number"
+            ));
+        }
+        items.push("1".to_owned());
+    }
+    Ok(items.join(","))
 }
 
 /// The reason in the cron crate's error text, without the expression it
@@ -268,7 +290,14 @@ mod cron_tests {
         ] {
             assert!(check_cron(good).is_ok(), "{good}");
         }
-        for bad in ["", "* * *", "61 * * * *", "0 9 * * 8", "@often"] {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "0 9 * * 8",
+            "0 9 * * 5-1",
+            "@often",
+        ] {
             assert!(check_cron(bad).is_err(), "{bad}");
         }
     }

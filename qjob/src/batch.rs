@@ -232,7 +232,7 @@ impl Batch {
         let results = match self.client.enqueue_all::<J>(payloads).await {
             Ok(results) => results,
             Err(error) => {
-                self.update(BatchUpdate::Add(-count)).await?;
+                self.uncount(count).await;
                 return Err(error);
             }
         };
@@ -243,10 +243,24 @@ impl Batch {
         };
         let missing = results.iter().filter(|r| !stored(r)).count();
         if missing > 0 {
-            let missing = i64::try_from(missing).unwrap_or(i64::MAX);
-            self.update(BatchUpdate::Add(-missing)).await?;
+            self.uncount(i64::try_from(missing).unwrap_or(i64::MAX))
+                .await;
         }
         Ok(results)
+    }
+
+    /// Takes back `members` counted but not stored; if that completes a
+    /// closed batch (the others all finished), the callback goes now. A
+    /// failure is logged, not returned: the members that were stored are,
+    /// and the caller must not enqueue them again.
+    async fn uncount(&self, members: i64) {
+        let uncounted = async {
+            let counts = self.update(BatchUpdate::Add(-members)).await?;
+            fire(self.client.broker(), &*self.store, &self.id, counts, CLOSER).await
+        };
+        if let Err(error) = uncounted.await {
+            tracing::error!(batch = %self.id, members, %error, "could not take back batch members that were not stored: the batch waits for them (close it again to retry its callback)");
+        }
     }
 
     /// Closes the batch: no member can be added any more. If every member
@@ -259,9 +273,7 @@ impl Batch {
     /// [`Error::Store`] if the store failed, or the broker's error while
     /// enqueueing the callback (close again to retry it).
     pub async fn close(&self) -> Result<BatchProgress, Error> {
-        let counts = self.update(BatchUpdate::Close).await?;
-        let counts = fire(self.client.broker(), &*self.store, &self.id, counts, CLOSER).await?;
-        Ok(counts.into())
+        close(&self.client, &*self.store, &self.id).await
     }
 
     async fn update(&self, update: BatchUpdate<'_>) -> Result<BatchCounts, Error> {
@@ -281,6 +293,20 @@ fn gone(batch: &str) -> Error {
         operation: "update a batch".into(),
         message: format!("no batch {batch} (never created, or expired)"),
     }
+}
+
+/// Closes batch `batch` and enqueues its callback if that completed it.
+pub(crate) async fn close(
+    client: &Client,
+    store: &dyn Store,
+    batch: &str,
+) -> Result<BatchProgress, Error> {
+    let counts = store
+        .batch_update(batch, BatchUpdate::Close, CLOSER)
+        .await?
+        .ok_or_else(|| gone(batch))?;
+    let counts = fire(client.broker(), store, batch, counts, CLOSER).await?;
+    Ok(counts.into())
 }
 
 /// The job id of batch `batch`'s callback.

@@ -56,11 +56,9 @@ impl Drop for Unlock {
 
 /// Whether a failed publish may have been stored all the same: no confirm
 /// came (a timeout), or the connection went after the message was sent.
+/// (`Connect` is a publish that found no connection: nothing was sent.)
 pub(crate) fn maybe_stored(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. }
-    )
+    matches!(error, Error::Timeout { .. } | Error::Broker { .. })
 }
 
 /// The store key of a unique job's lock: its queue and its key.
@@ -199,6 +197,18 @@ impl Client {
         batch: &str,
     ) -> Result<Option<crate::batch::BatchProgress>, Error> {
         crate::batch::progress(&*self.batch_store()?, batch).await
+    }
+
+    /// Closes batch `batch` by its id, as [`crate::batch::Batch::close`]
+    /// does: from any process, and again to enqueue a callback that a
+    /// close which failed (or died) had claimed.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::batch::Batch::close`]; [`Error::Store`] if there is no
+    /// such batch.
+    pub async fn close_batch(&self, batch: &str) -> Result<crate::batch::BatchProgress, Error> {
+        crate::batch::close(self, &*self.batch_store()?, batch).await
     }
 
     /// The store, which batches need.

@@ -150,38 +150,37 @@ impl Schedule {
     /// The first tick strictly after `after`, or `None` if none comes (an
     /// expression whose years are all past).
     pub fn next_after(&self, after: SystemTime) -> Option<SystemTime> {
-        let after = to_utc(after);
+        // Strictly after: around a daylight-saving change, the crate can
+        // give a local time whose instant is not after `after`.
+        let utc = to_utc(after);
         let next = match &self.zone {
-            Zone::Utc => self
-                .cron
-                .after(&after)
-                .next()
-                .map(|t| t.with_timezone(&Utc)),
+            Zone::Utc => self.cron.after(&utc).find(|t| *t > utc),
             Zone::Named(tz) => self
                 .cron
-                .after(&after.with_timezone(tz))
-                .next()
-                .map(|t| t.with_timezone(&Utc)),
+                .after(&utc.with_timezone(tz))
+                .map(|t| t.with_timezone(&Utc))
+                .find(|t| *t > utc),
         };
         next.map(from_utc)
     }
 
     /// The latest tick at or before `at` and strictly after `since`, if
     /// there is one: what [`Missed::Latest`] fires when a leader takes over
-    /// at `at` after the tick `since`.
+    /// at `at` after the tick `since`. One step back from `at`, however
+    /// many ticks were missed.
     pub(crate) fn latest_between(&self, since: SystemTime, at: SystemTime) -> Option<SystemTime> {
-        let mut latest = None;
-        let mut cursor = since;
-        // Bounded: missed ticks are counted, not fired; a per-second
-        // schedule down for a day walks 86 400 ticks once.
-        while let Some(tick) = self.next_after(cursor) {
-            if tick > at {
-                break;
-            }
-            latest = Some(tick);
-            cursor = tick;
-        }
+        let bound = to_utc(at) + chrono::Duration::milliseconds(1);
+        let latest = match &self.zone {
+            Zone::Utc => self.cron.after(&bound).next_back(),
+            Zone::Named(tz) => self
+                .cron
+                .after(&bound.with_timezone(tz))
+                .next_back()
+                .map(|t| t.with_timezone(&Utc)),
+        };
         latest
+            .map(from_utc)
+            .filter(|tick| *tick > since && *tick <= at)
     }
 }
 
@@ -234,40 +233,51 @@ pub fn parse(expression: &str) -> Result<cron::Schedule, String> {
 }
 
 /// A Unix day-of-week field with its numbers (0–7, Sunday 0 and 7) as
-/// names; a step (`/2`) stays a number.
+/// names: a numeric range (`1-5`, `0-7`, with a step or not) becomes the
+/// list of its days.
 fn unix_days_of_week(field: &str) -> Result<String, String> {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    let mut out = String::new();
-    let mut number = String::new();
-    let mut after_slash = false;
-    let flush = |number: &mut String, out: &mut String, after_slash: bool| -> Result<(), String> {
-        if number.is_empty() {
-            return Ok(());
+    let day = |text: &str| -> Result<Option<usize>, String> {
+        if !text.chars().all(|c| c.is_ascii_digit()) || text.is_empty() {
+            return Ok(None);
         }
-        if after_slash {
-            out.push_str(number);
-        } else {
-            let day: usize = number
-                .parse()
-                .ok()
-                .filter(|day| *day <= 7)
-                .ok_or_else(|| format!("day of week {number} is not 0 to 7"))?;
-            out.push_str(DAYS[day % 7]);
+        match text.parse::<usize>() {
+            Ok(day) if day <= 7 => Ok(Some(day)),
+            _ => Err(format!("day of week {text} is not 0 to 7")),
         }
-        number.clear();
-        Ok(())
     };
-    for c in field.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
+    let mut items = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (item, None),
+        };
+        let bounds = match range.split_once('-') {
+            Some((from, to)) => day(from)?.zip(day(to)?),
+            None => day(range)?.map(|d| (d, d)),
+        };
+        let Some((from, to)) = bounds else {
+            // Names, `*`, `?`: as they are.
+            items.push(item.to_owned());
             continue;
+        };
+        if from > to {
+            return Err(format!("day-of-week range {range} goes backwards"));
         }
-        flush(&mut number, &mut out, after_slash)?;
-        after_slash = c == '/';
-        out.push(c);
+        let step = match step {
+            Some(step) => step
+                .parse::<usize>()
+                .ok()
+                .filter(|step| *step > 0)
+                .ok_or_else(|| format!("day-of-week step {step} is not a positive number"))?,
+            None => 1,
+        };
+        let mut days: Vec<usize> = (from..=to).step_by(step).map(|d| d % 7).collect();
+        days.sort_unstable();
+        days.dedup();
+        items.extend(days.into_iter().map(|d| DAYS[d].to_owned()));
     }
-    flush(&mut number, &mut out, after_slash)?;
-    Ok(out)
+    Ok(items.join(","))
 }
 
 fn to_utc(time: SystemTime) -> DateTime<Utc> {
@@ -361,6 +371,57 @@ mod tests {
             minutely.latest_between(since, at("2026-11-28T10:00:59Z")),
             None
         );
+        assert_eq!(
+            minutely.latest_between(since, at("2026-11-28T10:05:00Z")),
+            Some(at("2026-11-28T10:05:00Z"))
+        );
+        // A month down, per second: one step.
+        let every_second = Schedule::cron("* * * * * *").unwrap();
+        assert_eq!(
+            every_second.latest_between(at("2026-10-28T10:00:00Z"), at("2026-11-28T10:00:00.5Z")),
+            Some(at("2026-11-28T10:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn the_autumn_change_never_goes_back() {
+        // Paris leaves summer time at 03:00 CEST (01:00Z) on 2026-10-25.
+        let quarterly = Schedule::cron("*/15 * * * *")
+            .unwrap()
+            .in_zone("Europe/Paris")
+            .unwrap();
+        let mut tick = at("2026-10-24T23:30:00Z");
+        for _ in 0..16 {
+            let next = quarterly.next_after(tick).unwrap();
+            assert!(next > tick, "{next:?} after {tick:?}");
+            tick = next;
+        }
+    }
+
+    #[test]
+    fn unix_day_of_week_ranges_read_as_unix_cron() {
+        let saturday = at("2026-11-28T10:00:00Z");
+        for (expression, next) in [
+            ("0 9 * * 0-7", "2026-11-29T09:00:00Z"),
+            ("0 9 * * 1-7", "2026-11-29T09:00:00Z"),
+            ("0 9 * * 5-7", "2026-11-29T09:00:00Z"),
+            ("0 9 * * 0-6/2", "2026-11-29T09:00:00Z"),
+            ("0 9 * * 1-5/2", "2026-11-30T09:00:00Z"),
+        ] {
+            let schedule = Schedule::cron(expression).unwrap();
+            assert_eq!(
+                schedule.next_after(saturday),
+                Some(at(next)),
+                "{expression}"
+            );
+        }
+        let every_day = Schedule::cron("0 9 * * 0-7").unwrap();
+        assert_eq!(
+            every_day.next_after(at("2026-11-29T10:00:00Z")),
+            Some(at("2026-11-30T09:00:00Z")),
+            "Monday too"
+        );
+        assert!(Schedule::cron("0 9 * * 5-1").is_err(), "descending");
     }
 
     #[test]

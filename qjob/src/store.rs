@@ -389,7 +389,9 @@ mod redis_store {
         if op == 'add' then
             local members = tonumber(ARGV[2])
             if members > 0 and redis.call('HGET', KEYS[1], 'closed') == '1' then return {2} end
-            redis.call('HINCRBY', KEYS[1], 'total', members)
+            if redis.call('HINCRBY', KEYS[1], 'total', members) < 0 then
+                redis.call('HSET', KEYS[1], 'total', 0)
+            end
         elseif op == 'close' then
             redis.call('HSET', KEYS[1], 'closed', 1)
         elseif op == 'finish' then
@@ -520,7 +522,7 @@ mod redis_store {
         ) -> Result<bool, Error> {
             let created: i64 = self
                 .batch_create
-                .key(format!("{}batch:{batch}", self.prefix))
+                .key(batch_key(&self.prefix, batch))
                 .arg(callback)
                 .arg(millis(ttl))
                 .invoke_async(&mut self.connection.clone())
@@ -546,8 +548,8 @@ mod redis_store {
             };
             let reply: Vec<String> = self
                 .batch_update
-                .key(format!("{}batch:{batch}", self.prefix))
-                .key(format!("{}batch:{batch}:members", self.prefix))
+                .key(batch_key(&self.prefix, batch))
+                .key(format!("{}:members", batch_key(&self.prefix, batch)))
                 .arg(op)
                 .arg(arg)
                 .arg(if succeeded { "1" } else { "0" })
@@ -575,6 +577,12 @@ mod redis_store {
                 _ => Ok(None),
             }
         }
+    }
+
+    /// A batch's key; its id is the hash tag, so that its members' key
+    /// lands in the same slot of a Redis Cluster.
+    fn batch_key(prefix: &str, batch: &str) -> String {
+        format!("{prefix}batch:{{{batch}}}")
     }
 
     fn millis(duration: Duration) -> u64 {

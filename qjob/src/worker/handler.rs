@@ -579,8 +579,16 @@ impl Handler {
                 .error(format!("batch {batch}: the worker has no store"));
             return true;
         };
+        // Held while trying, within the hold budget (the broker's consumer
+        // timeout would take back every delivery of the channel).
+        let started = Instant::now();
+        let budget = self.hold_budget.unwrap_or(Duration::from_secs(600));
         let mut failures: u32 = 0;
         loop {
+            if !delivery.acker.is_open() {
+                self.left_to_broker();
+                return false;
+            }
             let member = job_id.as_str();
             let update = BatchUpdate::Finish { member, succeeded };
             let counted = match store.batch_update(batch, update, member).await {
@@ -599,13 +607,14 @@ impl Handler {
             failures = failures.saturating_add(1);
             let wait = (Duration::from_millis(100) * 2u32.saturating_pow(failures - 1).min(64))
                 .min(Duration::from_secs(5));
-            tracing::warn!(queue, %job_id, batch, %error, retry_in = ?wait, "could not count a batch member; holding it and trying again");
             self.health.error(&error);
-            tokio::time::sleep(wait).await;
-            if !delivery.acker.is_open() {
-                self.left_to_broker();
+            if started.elapsed() + wait >= budget {
+                tracing::warn!(queue, %job_id, batch, %error, "could not count a batch member within the hold budget; it goes back to the queue");
+                let _ = delivery.acker.reject(true).await;
                 return false;
             }
+            tracing::warn!(queue, %job_id, batch, %error, retry_in = ?wait, "could not count a batch member; holding it and trying again");
+            tokio::time::sleep(wait).await;
         }
     }
 

@@ -348,6 +348,7 @@ impl Worker {
                 self.broker.clone(),
                 planned,
                 self.health.clone(),
+                self.broker_consumer_timeout,
                 stop_rx.clone(),
             ));
         }

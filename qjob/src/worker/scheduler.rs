@@ -37,10 +37,15 @@ const LEASE_PREFETCH: u16 = 10;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// How long a leader holds one lease delivery before it records the same
-/// tick in a new one: well within RabbitMQ's `consumer_timeout` (30 min by
-/// default), which would otherwise take the lease back from a leader of a
-/// schedule that ticks less often.
+/// tick in a new one (at most; a third of the broker's consumer timeout if
+/// that is shorter): RabbitMQ's `consumer_timeout` would otherwise take the
+/// lease back from the leader of a schedule that ticks less often.
 const RENEW_EVERY: Duration = Duration::from_secs(300);
+
+/// How long a leader waits for a lease it recorded to come back to it: one
+/// that does not was taken by another consumer, so this one no longer
+/// leads (its consuming connection is gone, and it does not know yet).
+const RECORD_RETURNS_WITHIN: Duration = Duration::from_secs(10);
 
 /// The lease message's format version.
 const LEASE_FORMAT: u32 = 1;
@@ -156,9 +161,14 @@ pub(crate) async fn run(
     broker: Arc<dyn Broker>,
     planned: Planned,
     health: Health,
+    consumer_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let clock = Clock;
+    let renew_every = match consumer_timeout {
+        Duration::ZERO => RENEW_EVERY,
+        timeout => RENEW_EVERY.min(timeout / 3),
+    };
     let mut failures: u32 = 0;
     loop {
         let mut leader = Leader {
@@ -168,9 +178,11 @@ pub(crate) async fn run(
             clock,
             held: None,
             held_since: Instant::now(),
+            renew_every,
             last: None,
             leading: false,
             recorded: true,
+            returning: None,
         };
         let outcome = leader.run(&mut stop).await;
         health.schedule(&planned.name, |s| {
@@ -213,6 +225,7 @@ struct Leader<'a> {
     /// The lease held (unacked), with its tick and when it came.
     held: Option<(Delivery, Lease)>,
     held_since: Instant,
+    renew_every: Duration,
     /// The last tick fired, as this leader knows it.
     last: Option<SystemTime>,
     /// Whether this worker leads (it received a lease on this
@@ -221,6 +234,8 @@ struct Leader<'a> {
     /// Whether the lease queue records `last` (a new lease was published
     /// after the last tick fired).
     recorded: bool,
+    /// Until when the lease last recorded must come back to this leader.
+    returning: Option<Instant>,
 }
 
 impl Leader<'_> {
@@ -228,9 +243,12 @@ impl Leader<'_> {
     /// fails (`Err`: the caller subscribes again).
     async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Error> {
         let queue = self.planned.lease_queue();
+        // A lease handed from leader to leader is delivered again each
+        // time: RabbitMQ 4's default delivery limit (20) would drop it.
         let spec = QueueSpec::new(&queue)
             .with_queue_type(QueueType::Quorum)
-            .with_single_active(true);
+            .with_single_active(true)
+            .with_delivery_limit(topology::DEAD_LETTER_DELIVERY_LIMIT);
         self.broker.declare_queue(&spec).await?;
         topology::declare(self.broker, &self.planned.options).await?;
         // No lease anywhere (the first start, or a purged queue): add one.
@@ -266,6 +284,8 @@ impl Leader<'_> {
                 Some(tick) => self.clock.wake_for(tick),
                 None => Instant::now() + MAX_SLEEP,
             };
+            let renew = self.held_since + self.renew_every;
+            let returning = self.returning.unwrap_or_else(|| Instant::now() + MAX_SLEEP);
             tokio::select! {
                 biased;
                 () = stopped(stop) => return Ok(()),
@@ -278,19 +298,35 @@ impl Leader<'_> {
                     self.take(delivery).await?;
                     if took_over {
                         self.settle_in(subscription, queue).await?;
-                        next = self.take_over().await?;
+                        next = self.catch_up(true).await?;
+                        // A fresh lease: each takeover starts its own.
+                        self.recorded = false;
+                    } else if next.is_some_and(|tick| Some(tick) <= self.last) {
+                        // Another leader's later tick: go on after it.
+                        next = self.catch_up(false).await?;
                     }
                 }
                 () = tokio::time::sleep_until(wake), if next.is_some() => {
                     let tick = next.expect("a tick is due");
-                    if self.clock.now() >= tick {
+                    let now = self.clock.now();
+                    if now >= tick + MAX_SLEEP {
+                        // Far behind (the clock jumped, or this process
+                        // stalled): the missed-tick policy decides.
+                        next = self.catch_up(false).await?;
+                    } else if now >= tick {
                         self.fire(tick).await?;
                         next = self.planned.schedule.next_after(tick);
                     }
                 }
-                () = tokio::time::sleep_until(self.held_since + RENEW_EVERY), if self.held.is_some() => {
+                () = tokio::time::sleep_until(renew), if self.held.is_some() => {
                     self.recorded = false;
                     self.held_since = Instant::now();
+                }
+                () = tokio::time::sleep_until(returning), if self.returning.is_some() => {
+                    return Err(Error::broker(
+                        format!("consume queue {queue:?}"),
+                        "the lease recorded did not come back: another worker leads",
+                    ));
                 }
             }
             if !self.recorded {
@@ -308,6 +344,10 @@ impl Leader<'_> {
     async fn take(&mut self, delivery: Delivery) -> Result<(), Error> {
         let lease = Lease::read(&delivery);
         self.leading = true;
+        if lease.last() >= self.last {
+            // What this leader recorded came back (or a later tick).
+            self.returning = None;
+        }
         if lease.last() > self.last {
             self.last = lease.last();
         }
@@ -361,13 +401,18 @@ impl Leader<'_> {
         Ok(())
     }
 
-    /// What a new leader does first: fires the latest missed tick (or
-    /// skips them), and returns the next tick.
-    async fn take_over(&mut self) -> Result<Option<SystemTime>, Error> {
+    /// Fires the latest tick missed since the last one fired (or skips
+    /// them, as the schedule says), and returns the next tick: what a new
+    /// leader does first (`taking_over`), and a leader far behind its
+    /// schedule. A last tick later than now (a clock that was ahead) counts
+    /// as now.
+    async fn catch_up(&mut self, taking_over: bool) -> Result<Option<SystemTime>, Error> {
         let now = self.clock.now();
         let schedule = &self.planned.schedule;
-        tracing::info!(schedule = %self.planned.name, last = ?self.last, "schedule: leading");
-        let Some(last) = self.last else {
+        if taking_over {
+            tracing::info!(schedule = %self.planned.name, last = ?self.last, "schedule: leading");
+        }
+        let Some(last) = self.last.map(|last| last.min(now)) else {
             // No tick fired yet: from now on.
             return Ok(schedule.next_after(now));
         };
@@ -378,15 +423,18 @@ impl Leader<'_> {
                     tracing::info!(schedule = %self.planned.name, latest = ?missed, "schedule: skipping missed ticks");
                 }
             }
-            return Ok(schedule.next_after(missed.max(now)));
         }
-        Ok(schedule.next_after(last))
+        Ok(schedule.next_after(now.max(self.last.unwrap_or(now))))
     }
 
     /// Enqueues the job of `tick`. A failure gives up the lead (the caller
     /// closes the subscription): the next leader fires the tick as a
     /// missed one, under the schedule's policy.
     async fn fire(&mut self, tick: SystemTime) -> Result<(), Error> {
+        if Some(tick) <= self.last {
+            // Fired already (by this leader, or one whose lease came).
+            return Ok(());
+        }
         let id = schedule::tick_id(&self.planned.name, tick);
         let mut message = headers::new_job(&id, self.planned.body.clone());
         trace::inject(&mut message.headers);
@@ -406,6 +454,7 @@ impl Leader<'_> {
             .publish(queue, Lease::new(self.last).message())
             .await?;
         self.recorded = true;
+        self.returning = Some(Instant::now() + RECORD_RETURNS_WITHIN);
         Ok(())
     }
 }
