@@ -38,6 +38,20 @@ async fn done(_done: BatchDone, _ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
+/// A batch with `DoneJob` for its callback (only on success, or not).
+async fn open_batch(kit: &TestKit, only_on_success: bool) -> qjob::batch::Batch {
+    let builder = kit.client().batch();
+    let builder = match only_on_success {
+        true => builder.on_success::<DoneJob>(),
+        false => builder.on_complete::<DoneJob>(),
+    };
+    builder.open().await.unwrap()
+}
+
+async fn progress_of(kit: &TestKit, batch: &str) -> qjob::batch::BatchProgress {
+    kit.client().batch_progress(batch).await.unwrap().unwrap()
+}
+
 fn kit() -> TestKit {
     TestKit::new()
         .register(PartJob)
@@ -78,12 +92,7 @@ async fn the_callback_runs_once_with_the_members_outcomes() {
         kit.attempts::<DoneJob>()[0].job_id,
         qjob::batch::callback_id(batch.id())
     );
-    let progress = kit
-        .client()
-        .batch_progress(batch.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let progress = progress_of(&kit, batch.id()).await;
     assert_eq!(
         (
             progress.total,
@@ -99,13 +108,7 @@ async fn the_callback_runs_once_with_the_members_outcomes() {
 #[tokio::test(start_paused = true)]
 async fn members_added_while_open_count_and_the_callback_waits_for_the_close() {
     let mut kit = kit();
-    let batch = kit
-        .client()
-        .batch()
-        .on_complete::<DoneJob>()
-        .open()
-        .await
-        .unwrap();
+    let batch = open_batch(&kit, false).await;
     batch
         .enqueue::<PartJob>(Part { n: 0, fail: false })
         .await
@@ -115,12 +118,7 @@ async fn members_added_while_open_count_and_the_callback_waits_for_the_close() {
         kit.succeeded::<DoneJob>().is_empty(),
         "open: no callback yet"
     );
-    let progress = kit
-        .client()
-        .batch_progress(batch.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let progress = progress_of(&kit, batch.id()).await;
     assert_eq!(
         (progress.total, progress.pending, progress.closed),
         (1, 0, false)
@@ -152,25 +150,13 @@ async fn members_added_while_open_count_and_the_callback_waits_for_the_close() {
 #[tokio::test(start_paused = true)]
 async fn a_callback_only_on_success_does_not_run_when_a_member_failed() {
     let mut kit = kit();
-    let failing = kit
-        .client()
-        .batch()
-        .on_success::<DoneJob>()
-        .open()
-        .await
-        .unwrap();
+    let failing = open_batch(&kit, true).await;
     failing
         .enqueue_all::<PartJob>(parts(5, |n| n == 2))
         .await
         .unwrap();
     failing.close().await.unwrap();
-    let fine = kit
-        .client()
-        .batch()
-        .on_success::<DoneJob>()
-        .open()
-        .await
-        .unwrap();
+    let fine = open_batch(&kit, true).await;
     fine.enqueue_all::<PartJob>(parts(5, |_| false))
         .await
         .unwrap();
@@ -179,12 +165,7 @@ async fn a_callback_only_on_success_does_not_run_when_a_member_failed() {
     let callbacks = kit.succeeded::<DoneJob>();
     assert_eq!(callbacks.len(), 1);
     assert_eq!(callbacks[0].batch, fine.id());
-    let progress = kit
-        .client()
-        .batch_progress(failing.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let progress = progress_of(&kit, failing.id()).await;
     assert_eq!((progress.failed, progress.pending), (1, 0));
     assert!(progress.callback_enqueued, "found not due");
 }
@@ -192,13 +173,7 @@ async fn a_callback_only_on_success_does_not_run_when_a_member_failed() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_crash_mid_batch_counts_each_member_once() {
     let mut kit = kit();
-    let batch = kit
-        .client()
-        .batch()
-        .on_complete::<DoneJob>()
-        .open()
-        .await
-        .unwrap();
+    let batch = open_batch(&kit, false).await;
     batch
         .enqueue_all::<PartJob>(parts(30, |n| n % 10 == 0))
         .await
@@ -207,12 +182,7 @@ async fn a_worker_crash_mid_batch_counts_each_member_once() {
     kit.start().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     kit.crash_worker().await;
-    let progress = kit
-        .client()
-        .batch_progress(batch.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let progress = progress_of(&kit, batch.id()).await;
     assert!(
         progress.pending > 0 && progress.pending < 30,
         "{progress:?}"
