@@ -153,3 +153,16 @@ async fn two_schedules_with_one_name_are_refused() {
         "{error}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_queue_declared_with_other_arguments_is_used_as_it_is() {
+    use qjob::Broker;
+    let mut kit = TestKit::new().register(MinutelyJob);
+    let queue = format!("{}minutely", qjob::schedule::LEASE_QUEUE_PREFIX);
+    kit.broker()
+        .declare_queue(&qjob::broker::QueueSpec::new(&queue).with_single_active(true))
+        .await
+        .unwrap();
+    kit.advance(Duration::from_secs(600)).await;
+    assert_eq!(kit.attempts::<MinutelyJob>().len(), 10);
+}

@@ -249,7 +249,17 @@ impl Leader<'_> {
             .with_queue_type(QueueType::Quorum)
             .with_single_active(true)
             .with_delivery_limit(topology::DEAD_LETTER_DELIVERY_LIMIT);
-        self.broker.declare_queue(&spec).await?;
+        match self.broker.declare_queue(&spec).await {
+            // Declared by another version with other arguments: used as
+            // it is (its lease is what matters).
+            Err(Error::QueueMismatch { .. }) => {
+                tracing::warn!(
+                    queue,
+                    "the lease queue exists with other arguments; using it as it is"
+                );
+            }
+            declared => declared?,
+        }
         topology::declare(self.broker, &self.planned.options).await?;
         // No lease anywhere (the first start, or a purged queue): add one.
         // Two workers starting at once may both add one; the leader merges.
