@@ -71,7 +71,7 @@ const PIPELINE: usize = 512;
 
 /// How many jobs [`Client::enqueue_all`] publishes in one
 /// [`Broker::publish_all`].
-const CHUNK: usize = 4096;
+const CHUNK: usize = 16_384;
 
 /// Whether a unique job may publish: its lock, taken (`None` if the job is
 /// not unique), or the job that holds it.

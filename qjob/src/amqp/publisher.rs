@@ -176,6 +176,10 @@ impl Session {
         let mut returned: Vec<BasicReturnMessage> = Vec::new();
         let mut unconfirmed: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         let mut unsent: Option<Unsent> = None;
+        // One timer for every send (a timer each would cost a message's
+        // worth of time per message): see `bounded_send`.
+        let stall = tokio::time::sleep(timeout);
+        tokio::pin!(stall);
         // Whether the channel may serve another session: every message
         // sent was confirmed.
         let mut clean = true;
@@ -198,7 +202,7 @@ impl Session {
             }
             // lapin waits for the frames to be written, which it does not
             // while the broker blocks the connection.
-            match tokio::time::timeout(timeout, send(&channel, *to, message)).await {
+            match bounded_send(&channel, *to, message, timeout, stall.as_mut()).await {
                 Ok(Ok(confirm)) => unconfirmed.push_back((index, confirm)),
                 Ok(Err(error)) => {
                     outcomes[index] = Some(Err(Error::broker(to.operation(), error)));
@@ -206,7 +210,7 @@ impl Session {
                     clean = false;
                     break;
                 }
-                Err(_) => {
+                Err(()) => {
                     // Handed to lapin, which may still write it.
                     outcomes[index] = Some(Err(Error::Timeout {
                         operation: to.operation(),
@@ -254,6 +258,33 @@ impl Session {
             attribute(&message, messages, &mut outcomes);
         }
         outcomes
+    }
+}
+
+/// Sends `message`, giving up once the send took `timeout`. `stall` is the
+/// session's one timer: when it goes off during a send that started less
+/// than `timeout` ago, it is set again for that send.
+async fn bounded_send(
+    channel: &Channel,
+    to: Target<'_>,
+    message: &Message,
+    timeout: Duration,
+    mut stall: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Result<Result<PublisherConfirm, lapin::Error>, ()> {
+    let started = tokio::time::Instant::now();
+    let send = send(channel, to, message);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            biased;
+            sent = &mut send => return Ok(sent),
+            () = &mut stall => {
+                if started.elapsed() >= timeout {
+                    return Err(());
+                }
+                stall.as_mut().reset(started + timeout);
+            }
+        }
     }
 }
 
