@@ -166,3 +166,28 @@ async fn a_lease_queue_declared_with_other_arguments_is_used_as_it_is() {
     kit.advance(Duration::from_secs(600)).await;
     assert_eq!(kit.attempts::<MinutelyJob>().len(), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tick_whose_publish_failed_fires_late_once() {
+    let mut kit = TestKit::new().register(MinutelyJob);
+    kit.advance(Duration::from_secs(90)).await;
+    kit.broker()
+        .fail_next_publish_to(<MinutelyJob as qjob::Job>::QUEUE);
+    kit.advance(Duration::from_secs(210)).await;
+    let ids: Vec<String> = kit
+        .attempts::<MinutelyJob>()
+        .into_iter()
+        .map(|a| a.job_id.to_string())
+        .collect();
+    // The third tick's publish was refused: the leader gave up the lease,
+    // took it again, and fired that tick as the latest missed one.
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    let ticks = ticks(ids.iter().cloned());
+    assert!(
+        ticks
+            .windows(2)
+            .all(|w| w[1].duration_since(w[0]).unwrap() == Duration::from_secs(60)),
+        "{ids:?}"
+    );
+    assert!(kit.health().unwrap().last_error.is_some());
+}
