@@ -61,6 +61,21 @@ pub(crate) fn maybe_stored(error: &Error) -> bool {
     matches!(error, Error::Timeout { .. } | Error::Broker { .. })
 }
 
+/// Refuses to delay a job whose queue is capped: RabbitMQ would drop it if
+/// it came due while the queue is full.
+pub(crate) fn delayable<J: Job>() -> Result<(), Error> {
+    match J::options().max_length() {
+        None => Ok(()),
+        Some(max_length) => Err(Error::Config(format!(
+            "job {} cannot be delayed: its queue {:?} is capped (max_length = {max_length}), \
+             and RabbitMQ drops a delayed job that comes due while the queue is full; \
+             enqueue it when it is due, or remove the cap",
+            J::NAME,
+            J::QUEUE
+        ))),
+    }
+}
+
 /// The store key of a unique job's lock: its queue and its key.
 pub(crate) fn unique_lock_key(queue: &str, key: &str) -> String {
     format!("unique:{queue}:{key}")
@@ -293,21 +308,12 @@ impl Client {
         if delay.is_zero() {
             return self.enqueue::<J>(payload).await;
         }
-        if let Some(max_length) = J::options().max_length() {
-            return Err(Error::Config(format!(
-                "job {} cannot be delayed: its queue {:?} is capped (max_length = {max_length}), \
-                 and RabbitMQ drops a delayed job that comes due while the queue is full; \
-                 enqueue it when it is due, or remove the cap",
-                J::NAME,
-                J::QUEUE
-            )));
-        }
+        delayable::<J>()?;
         async {
             self.ensure_declared::<J>().await?;
             let (id, message, lock) = self.unique_message::<J>(&payload)?;
             let target = Self::target::<J>(Some(&payload));
-            let delayed = topology::delayed(&target, J::options().queue_type(), delay, message);
-            let publish = delayed.publish(&*self.broker, &self.leases);
+            let publish = self.publish_delayed(&target, J::options().queue_type(), delay, message);
             let enqueued = self.locked::<J>(lock, id, publish).await?;
             Ok(enqueued.id().clone())
         }
@@ -556,7 +562,7 @@ impl Client {
         Cow::Owned(topology::route(&J::options(), Some(&key)).into_owned())
     }
 
-    fn message<J: Job>(payload: &J::Payload) -> Result<(JobId, Message), Error> {
+    pub(crate) fn message<J: Job>(payload: &J::Payload) -> Result<(JobId, Message), Error> {
         let body = serde_json::to_vec(payload).map_err(|source| Error::Serialize {
             job: J::NAME,
             source,
@@ -587,6 +593,19 @@ impl Client {
     /// ```
     pub fn dead_letters<J: Job>(&self) -> DeadLetters<'_, J> {
         DeadLetters::new(self)
+    }
+
+    /// Publishes `message` to wait `delay` in a delay queue before it goes
+    /// into `queue`.
+    pub(crate) async fn publish_delayed(
+        &self,
+        queue: &str,
+        queue_type: crate::QueueType,
+        delay: Duration,
+        message: Message,
+    ) -> Result<(), Error> {
+        let delayed = topology::delayed(queue, queue_type, delay, message);
+        delayed.publish(&*self.broker, &self.leases).await
     }
 
     pub(crate) fn broker(&self) -> &dyn Broker {

@@ -31,3 +31,4 @@ page!(console, "../docs/console.md");
 page!(unique, "../docs/unique.md");
 page!(periodic, "../docs/periodic.md");
 page!(batches, "../docs/batches.md");
+page!(outbox, "../docs/outbox.md");

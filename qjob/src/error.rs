@@ -120,6 +120,17 @@ pub enum Error {
         /// Why it failed.
         message: String,
     },
+    /// The database of the outbox ([`crate::outbox`]) failed: the job was
+    /// then not written (the caller's transaction should roll back), or a
+    /// relay's round did not complete (its rows are published later).
+    #[error("the database failed to {operation}: {source}")]
+    Database {
+        /// What was asked of it.
+        operation: String,
+        /// The database driver's error (a `sqlx::Error`).
+        #[source]
+        source: BoxError,
+    },
     /// The worker was run with no job registered.
     #[error("no job registered with the worker: `register` a job before running it")]
     NoJobRegistered,

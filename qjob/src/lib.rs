@@ -49,6 +49,10 @@ pub use schedule::Schedule;
 // Batches: jobs with a callback once they have all finished.
 pub mod batch;
 
+// Enqueueing inside a PostgreSQL transaction (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod outbox;
+
 // Connecting: RabbitMQ, the broker qjob ships. `Broker` and the `broker`
 // module are the seam another transport implements (qjob-testkit's
 // `MemoryBroker` does); the types on it are public for that reason.

@@ -289,3 +289,10 @@ pub async fn batch_done(
     stdout.flush()?;
     Ok(())
 }
+
+/// The outbox tests' jobs: no handler runs them (the tests read their
+/// queues), except where a test says so.
+#[qjob::job(queue = "qjob.test.outbox.kill")]
+pub async fn outbox_kill(task: crate::Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+    crate::run_task(task, ctx).await
+}

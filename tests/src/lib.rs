@@ -609,6 +609,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod console;
 pub mod jobs;
+pub mod outbox;
 pub mod scenarios;
 pub mod unique;
 

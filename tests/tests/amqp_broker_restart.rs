@@ -281,3 +281,88 @@ async fn a_worker_keeps_acking_through_a_memory_alarm_and_resumes_after_it() {
         jobs - failing
     );
 }
+
+#[qjob::job(queue = "qjob.test.outbox.restart")]
+async fn outbox_restart(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+    qjob_tests::run_task(task, ctx).await
+}
+
+/// Writes `seqs` into the outbox in one committed transaction; their ids.
+async fn write_outbox(
+    outbox: &qjob::outbox::Outbox,
+    pool: &sqlx::PgPool,
+    seqs: std::ops::Range<u32>,
+) -> Vec<String> {
+    let mut tx = pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for seq in seqs {
+        let id = outbox
+            .enqueue::<OutboxRestartJob>(&mut tx, Task::new("outbox-restart", seq, Act::Succeed))
+            .await
+            .unwrap();
+        ids.push(id.to_string());
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+/// RabbitMQ stopped under a running relay: the app's transactions still
+/// commit their jobs, the rows wait, and they go out when it returns.
+#[tokio::test]
+async fn outbox_rows_wait_while_the_broker_is_down_and_go_out_when_it_returns() {
+    use qjob_tests::outbox::{fresh, pg_pool, rows};
+    let _serial = SERIAL.lock().await;
+    let queue = "qjob.test.outbox.restart";
+    let rabbit = qjob_tests::Rabbit::connect().await;
+    rabbit.delete(&[queue]).await;
+    let pool = pg_pool().await;
+    let outbox = qjob::outbox::Outbox::new(qjob::Client::new(qjob_tests::amqp().await))
+        .table("qjob_test_outbox_restart")
+        .unwrap();
+    let table = outbox.table_name().to_owned();
+    fresh(&pool, &outbox).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        outbox
+            .relay(pool.clone())
+            .job::<OutboxRestartJob>()
+            .run_until(async {
+                let _ = stopped.await;
+            }),
+    );
+    let mut ids = write_outbox(&outbox, &pool, 0..50).await;
+    rabbit.wait_ready(queue, 50, LIMIT).await;
+    drop(rabbit);
+
+    let restart = Restart;
+    rabbitmqctl(&["stop_app"]);
+    ids.extend(write_outbox(&outbox, &pool, 50..150).await);
+    // A round while the broker is down publishes nothing and keeps every row.
+    let probe = outbox.relay(pool.clone());
+    qjob_tests::until(
+        "a round that claims the rows and fails",
+        LIMIT,
+        async || match probe.relay_once().await {
+            Err(_) => true,
+            Ok(round) => round.claimed > 0 && round.published == 0 && round.failed.is_some(),
+        },
+    )
+    .await;
+    assert_eq!(rows(&pool, &table).await, 100);
+    drop(restart);
+
+    let rabbit = qjob_tests::Rabbit::connect().await;
+    qjob_tests::until("every row published", Duration::from_secs(60), async || {
+        rows(&pool, &table).await == 0
+    })
+    .await;
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+    let got = rabbit.take_all(queue).await;
+    let delivered: BTreeSet<String> = got.iter().filter_map(|got| got.id.clone()).collect();
+    assert_eq!(delivered, ids.into_iter().collect::<BTreeSet<_>>());
+    println!(
+        "outbox across a broker restart: {} messages for 150 jobs, none lost",
+        got.len()
+    );
+}

@@ -66,6 +66,8 @@ pub struct WorkerBuilder {
     cancel_memory: Duration,
     store: Option<Arc<dyn Store>>,
     schedules: Vec<Result<scheduler::Planned, Error>>,
+    #[cfg(feature = "postgres")]
+    relays: Vec<crate::outbox::Relay>,
 }
 
 /// Where the operator's overrides (`QJOB_<QUEUE>_PREFETCH`, …) are read.
@@ -192,6 +194,16 @@ impl WorkerBuilder {
         self
     }
 
+    /// Runs an outbox relay in the worker ([`crate::outbox`]), stopped with
+    /// it. The relay declares the queues of the worker's registered job
+    /// types before it publishes their rows. A worker may run relays and
+    /// no job.
+    #[cfg(feature = "postgres")]
+    pub fn relay(mut self, relay: crate::outbox::Relay) -> Self {
+        self.relays.push(relay);
+        self
+    }
+
     /// Adds an observer, told about every settled attempt.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observers.push(observer);
@@ -220,6 +232,8 @@ impl WorkerBuilder {
             cancellations: Arc::new(Cancellations::new(self.cancel_memory)),
             store: self.store,
             schedules: self.schedules,
+            #[cfg(feature = "postgres")]
+            relays: self.relays,
         }
     }
 }
@@ -261,6 +275,8 @@ pub struct Worker {
     cancellations: Arc<Cancellations>,
     store: Option<Arc<dyn Store>>,
     schedules: Vec<Result<scheduler::Planned, Error>>,
+    #[cfg(feature = "postgres")]
+    relays: Vec<crate::outbox::Relay>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -292,6 +308,8 @@ impl Worker {
             cancel_memory: DEFAULT_CANCEL_MEMORY,
             store: None,
             schedules: Vec::new(),
+            #[cfg(feature = "postgres")]
+            relays: Vec::new(),
         }
     }
 
@@ -318,6 +336,8 @@ impl Worker {
         let plans = self.plans()?;
         let schedules = self.schedules()?;
         self.prepare(&plans).await?;
+        #[cfg(feature = "postgres")]
+        let relays = self.relays(&plans).await?;
         let sampled: Vec<Sampled> = plans.iter().map(JobPlan::sampled).collect();
         let mut consumers = Vec::new();
         let mut scaled = Vec::new();
@@ -351,6 +371,13 @@ impl Worker {
                 self.broker_consumer_timeout,
                 stop_rx.clone(),
             ));
+        }
+        #[cfg(feature = "postgres")]
+        for relay in relays {
+            let mut stop = stop_rx.clone();
+            running.spawn(relay.relay_until(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            }));
         }
         running.spawn(sampler::run(
             self.broker.clone(),
@@ -403,6 +430,20 @@ impl Worker {
             console.heartbeat(WorkerState::Stopped).await;
         }
         Ok(())
+    }
+
+    /// The relays to run, each told the registered jobs' options, once
+    /// each has found its table.
+    #[cfg(feature = "postgres")]
+    async fn relays(&mut self, plans: &[JobPlan]) -> Result<Vec<crate::outbox::Relay>, Error> {
+        let relays = std::mem::take(&mut self.relays);
+        for relay in &relays {
+            for plan in plans {
+                relay.knows(plan.job, &plan.options);
+            }
+            relay.check().await?;
+        }
+        Ok(relays)
     }
 
     /// Declares every job's queues, and warns about jobs that could outlast
@@ -478,7 +519,11 @@ impl Worker {
     }
 
     fn plans(&self) -> Result<Vec<JobPlan>, Error> {
-        if self.jobs.is_empty() && self.schedules.is_empty() {
+        #[cfg(feature = "postgres")]
+        let relays = !self.relays.is_empty();
+        #[cfg(not(feature = "postgres"))]
+        let relays = false;
+        if self.jobs.is_empty() && self.schedules.is_empty() && !relays {
             return Err(Error::NoJobRegistered);
         }
         let mut queues: HashMap<String, &'static str> = HashMap::new();

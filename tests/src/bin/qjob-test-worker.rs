@@ -17,7 +17,10 @@
 //!   and stops when its stdin closes;
 //! - `qjob-test-worker schedule` carries a schedule that enqueues
 //!   `ScheduleTickJob` every second (it consumes nothing), with heartbeats
-//!   as `console`, and stops when its stdin closes.
+//!   as `console`, and stops when its stdin closes;
+//! - `qjob-test-worker relay` runs only an outbox relay on the table
+//!   `QJOB_TEST_OUTBOX_TABLE` (PostgreSQL at `QJOB_PG_URL`), for
+//!   `OutboxKillJob`'s rows, and stops when its stdin closes.
 //!
 //! With `QJOB_CLUSTER_URLS` (comma-separated) it connects to the first of
 //! those nodes that answers, reconnects the same way, and prints
@@ -30,7 +33,7 @@ use qjob::{JobContext, JobError, Worker, job};
 use qjob_tests::Task;
 use qjob_tests::jobs::{
     BatchDoneJob, BatchPartJob, ClusterOrderedJob, ClusterRetryJob, ConsoleProcessJob,
-    OrderedKillJob, PoisonJob, ScheduleTickJob,
+    OrderedKillJob, OutboxKillJob, PoisonJob, ScheduleTickJob,
 };
 use tokio::io::AsyncReadExt;
 
@@ -57,6 +60,7 @@ async fn main() {
         }
         None => qjob_tests::amqp().await,
     };
+    let client = qjob::Client::new(broker.clone());
     let builder = Worker::builder(broker);
     let mode = std::env::args().nth(1);
     let heartbeat = std::env::var("QJOB_TEST_HEARTBEAT_MS")
@@ -86,6 +90,16 @@ async fn main() {
                 (),
             )
             .heartbeat_interval(heartbeat),
+        Some("relay") => {
+            let table = std::env::var("QJOB_TEST_OUTBOX_TABLE").expect("a table");
+            let outbox = qjob::outbox::Outbox::new(client)
+                .table(&table)
+                .expect("a valid table name");
+            let pool = qjob_tests::outbox::pg_pool().await;
+            builder
+                .relay(outbox.relay(pool).job::<OutboxKillJob>())
+                .console(false)
+        }
         Some("ordered") => builder.register(OrderedKillJob),
         Some("poison") => builder.register(PoisonJob),
         Some("cluster-retry") => builder.register(ClusterRetryJob),
@@ -97,7 +111,10 @@ async fn main() {
         tokio::spawn(announce_consuming(worker.health()));
     }
     let stop = async {
-        if matches!(mode.as_deref(), Some("console" | "schedule" | "batch")) {
+        if matches!(
+            mode.as_deref(),
+            Some("console" | "schedule" | "batch" | "relay")
+        ) {
             // Until the parent closes stdin.
             let mut rest = Vec::new();
             let _ = tokio::io::stdin().read_to_end(&mut rest).await;

@@ -1,0 +1,261 @@
+//! The transactional outbox against plain `Client::enqueue`, in the same
+//! run: persistent 256-byte jobs enqueued by 1 and by 16 concurrent
+//! producers.
+//!
+//! ```text
+//! cargo bench -p qjob-benches --bench outbox
+//! QJOB_BENCH_JOBS=20000 QJOB_BENCH_ROUNDS=5 cargo bench -p qjob-benches --bench outbox
+//! ```
+//!
+//! Needs PostgreSQL (`QJOB_PG_URL`, by default the database `test` on
+//! 127.0.0.1:5432) beside RabbitMQ.
+//!
+//! - plain: each producer awaits `Client::enqueue` (one confirmed publish)
+//!   per job;
+//! - outbox: each producer runs one transaction per job (`BEGIN`,
+//!   `Outbox::enqueue`, `COMMIT`), as a request handler would, while a
+//!   relay in the same process publishes; timed until the relay has
+//!   published and deleted every row. Once with commits waking the relay
+//!   (`NOTIFY`, the default), once with the relay polling every 10 ms
+//!   (`Outbox::notify(false)`);
+//! - relay alone: the rows committed beforehand in one transaction, timed
+//!   from the relay's start until every row is published.
+//!
+//! Rounds alternate. Prints, per producer count, the median rates, the
+//! ratio of each outbox's end-to-end rate to plain's, and the client CPU
+//! per job.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties};
+use qjob::Client;
+use qjob::outbox::Outbox;
+use qjob_benches::{
+    BENCH_QUEUE, Bench, BenchJob, Cpu, amqp_url, broker_quiet, env_number, median, rate,
+    reset_queue,
+};
+use sqlx::PgPool;
+
+/// The tables: with the notify trigger, and without.
+const NOTIFIED: &str = "qjob_bench_outbox";
+const POLLED: &str = "qjob_bench_outbox_polled";
+
+/// One round's figures: jobs per second and client CPU µs per job.
+#[derive(Default)]
+struct Figures {
+    rates: Vec<f64>,
+    committed: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+impl Figures {
+    fn rate(&self) -> f64 {
+        median(&self.rates)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let jobs: usize = env_number("QJOB_BENCH_JOBS", 5_000);
+    let rounds: usize = env_number("QJOB_BENCH_ROUNDS", 3);
+    let pg_url = std::env::var("QJOB_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(24)
+        .connect(&pg_url)
+        .await
+        .expect("the bench needs PostgreSQL");
+    let url = amqp_url();
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("the bench needs RabbitMQ");
+    let channel = connection.create_channel().await.unwrap();
+    let client = Client::new(qjob::AmqpBroker::connect(url.as_str()).await.unwrap());
+    let notified = Outbox::new(client.clone()).table(NOTIFIED).unwrap();
+    let polled = Outbox::new(client.clone())
+        .table(POLLED)
+        .unwrap()
+        .notify(false);
+    for outbox in [&notified, &polled] {
+        drop_table(&pool, outbox.table_name()).await;
+        outbox.migrate(&pool).await.unwrap();
+    }
+    println!("{jobs} persistent 256-byte jobs per round, {rounds} rounds, alternating");
+
+    for producers in [1, 16] {
+        let (mut plain, mut by_notify, mut by_poll, mut alone) = Default::default();
+        for _ in 0..rounds {
+            round(
+                &channel,
+                &mut plain,
+                || {
+                    produce(producers, jobs, |n| {
+                        let client = client.clone();
+                        async move {
+                            client.enqueue::<BenchJob>(Bench::new(n)).await.unwrap();
+                        }
+                    })
+                },
+                jobs,
+            )
+            .await;
+            for (outbox, figures) in [(&notified, &mut by_notify), (&polled, &mut by_poll)] {
+                round(
+                    &channel,
+                    figures,
+                    || outbox_round(outbox, &pool, producers, jobs),
+                    jobs,
+                )
+                .await;
+            }
+            if producers == 1 {
+                relay_alone(&channel, &mut alone, &notified, &pool, jobs).await;
+            }
+        }
+        println!("{producers:>2} producer(s):");
+        let plain_rate = plain.rate();
+        println!(
+            "   plain enqueue           {plain_rate:>7.0}/s  {:>4.0} µs CPU/job",
+            median(&plain.cpu)
+        );
+        for (name, figures) in [
+            ("outbox, NOTIFY", &by_notify),
+            ("outbox, 10 ms poll", &by_poll),
+        ] {
+            println!(
+                "   {name:<22}  {:>7.0}/s  {:>4.0} µs CPU/job  (commits {:.0}/s)  ratio to plain {:.2}",
+                figures.rate(),
+                median(&figures.cpu),
+                median(&figures.committed),
+                figures.rate() / plain_rate
+            );
+        }
+        if producers == 1 {
+            println!(
+                "   relay alone             {:>7.0}/s  {:>4.0} µs CPU/job",
+                alone.rate(),
+                median(&alone.cpu)
+            );
+        }
+    }
+    reset_queue(&channel, BENCH_QUEUE).await;
+    for table in [NOTIFIED, POLLED] {
+        drop_table(&pool, table).await;
+    }
+}
+
+async fn drop_table(pool: &PgPool, table: &str) {
+    sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Runs one timed round on an empty queue; `run` returns when every job
+/// is in the queue, and the rate its producers committed at (if any).
+async fn round<F, Fut>(channel: &lapin::Channel, figures: &mut Figures, run: F, jobs: usize)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<f64>>,
+{
+    reset_queue(channel, BENCH_QUEUE).await;
+    broker_quiet().await;
+    let cpu = Cpu::now();
+    let started = Instant::now();
+    if let Some(committed) = run().await {
+        figures.committed.push(committed);
+    }
+    figures.rates.push(rate(jobs, started.elapsed()));
+    figures.cpu.push(cpu.per_job_since(jobs).0);
+}
+
+/// Producers committing one job per transaction while a relay publishes;
+/// returns once the relay has published every row, with the commit rate.
+async fn outbox_round(
+    outbox: &Outbox,
+    pool: &PgPool,
+    producers: usize,
+    jobs: usize,
+) -> Option<f64> {
+    let relay = outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_millis(10));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay.run_until(async {
+        let _ = stopped.await;
+    }));
+    let started = Instant::now();
+    produce(producers, jobs, |n| {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            outbox
+                .enqueue::<BenchJob>(&mut tx, Bench::new(n))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await;
+    let committed = rate(jobs, started.elapsed());
+    drained(outbox, pool).await;
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+    Some(committed)
+}
+
+/// The relay on `jobs` rows committed beforehand: timed from its start
+/// until every row is published.
+async fn relay_alone(
+    channel: &lapin::Channel,
+    figures: &mut Figures,
+    outbox: &Outbox,
+    pool: &PgPool,
+    jobs: usize,
+) {
+    reset_queue(channel, BENCH_QUEUE).await;
+    let mut tx = pool.begin().await.unwrap();
+    for n in 0..jobs as u64 {
+        outbox
+            .enqueue::<BenchJob>(&mut tx, Bench::new(n))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    broker_quiet().await;
+    let cpu = Cpu::now();
+    let started = Instant::now();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(outbox.relay(pool.clone()).run_until(async {
+        let _ = stopped.await;
+    }));
+    drained(outbox, pool).await;
+    figures.rates.push(rate(jobs, started.elapsed()));
+    figures.cpu.push(cpu.per_job_since(jobs).0);
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+}
+
+/// Returns once the outbox is empty.
+async fn drained(outbox: &Outbox, pool: &PgPool) {
+    while outbox.stats(pool).await.unwrap().depth > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `enqueue(n)` for n in 0..jobs on `producers` concurrent producers
+/// (no commit rate: plain enqueue commits nothing).
+async fn produce<F, Fut>(producers: usize, jobs: usize, enqueue: F) -> Option<f64>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    futures_util::stream::iter(0..jobs as u64)
+        .map(enqueue)
+        .buffer_unordered(producers)
+        .collect::<()>()
+        .await;
+    None
+}

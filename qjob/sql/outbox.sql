@@ -1,0 +1,49 @@
+-- qjob's transactional outbox (qjob::outbox, feature `postgres`).
+--
+-- `Outbox::migrate` applies this with the table's name in place of
+-- `qjob_outbox`; `Outbox::schema` returns it so. Applying it again changes
+-- nothing. Run as is, it creates the default table.
+--
+-- One row is one job, written by `Outbox::enqueue` inside the caller's
+-- transaction. A relay publishes committed rows in `seq` order, with
+-- publisher confirms, and deletes each row once its confirm came.
+
+CREATE TABLE IF NOT EXISTS qjob_outbox (
+    -- The order the relay publishes in.
+    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The job's id: the message id, the same on a republish.
+    job_id     text        NOT NULL,
+    -- The job type's name, and the queue its message goes to (the work
+    -- queue, or a partitioned job's partition queue).
+    job        text        NOT NULL,
+    queue      text        NOT NULL,
+    -- `classic` or `quorum`: the type of the delay queue a delayed job
+    -- waits in.
+    queue_type text        NOT NULL DEFAULT 'classic',
+    -- When a delayed job is due (`enqueue_in`, `enqueue_at`); NULL: at once.
+    run_at     timestamptz,
+    -- The message's headers (a JSON object of strings, numbers and
+    -- booleans) and its body (the JSON payload).
+    headers    jsonb       NOT NULL DEFAULT '{}',
+    body       bytea       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- A row the broker refused: how often, until when it waits, and why.
+    attempts   integer     NOT NULL DEFAULT 0,
+    retry_at   timestamptz,
+    last_error text
+);
+
+-- Wakes the relays when a transaction that wrote rows commits (a
+-- notification is delivered at commit, and never for a rollback).
+CREATE OR REPLACE FUNCTION qjob_outbox_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('qjob_outbox', '');
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS qjob_outbox_notify ON qjob_outbox;
+CREATE TRIGGER qjob_outbox_notify
+    AFTER INSERT ON qjob_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION qjob_outbox_notify();

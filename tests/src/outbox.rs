@@ -1,0 +1,224 @@
+//! The outbox tests' PostgreSQL: a pool on `QJOB_PG_URL` (or the test
+//! database on 127.0.0.1:5432), a fresh table per test, and a broker that
+//! records what each relay publishes, in order.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qjob::Error;
+use qjob::broker::{
+    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
+};
+use qjob::outbox::Outbox;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The database the tests use: `QJOB_PG_URL`, or `test` on 127.0.0.1:5432.
+pub fn pg_url() -> String {
+    std::env::var("QJOB_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A pool on the test database; an unreachable PostgreSQL fails the test.
+pub async fn pg_pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&pg_url())
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "these tests need PostgreSQL ({}; see README.md): {error}",
+                pg_url()
+            )
+        })
+}
+
+/// Drops `table` (and its notify function) if an earlier run left it,
+/// then migrates `outbox` into it.
+pub async fn fresh(pool: &PgPool, outbox: &Outbox) {
+    let table = outbox.table_name();
+    sqlx::raw_sql(&format!(
+        "DROP TABLE IF EXISTS {table}; DROP FUNCTION IF EXISTS {table}_notify();"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    outbox.migrate(pool).await.unwrap();
+}
+
+/// Rows in `table`.
+pub async fn rows(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A broker that records the ids of the messages published through it, in
+/// the order they were handed to it, and forwards everything to `inner`.
+#[derive(Clone)]
+pub struct Recording<B> {
+    inner: B,
+    /// The message ids, in publish order.
+    pub published: Arc<Mutex<Vec<String>>>,
+}
+
+impl<B> Recording<B> {
+    /// Records what goes through `inner`.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            published: Arc::default(),
+        }
+    }
+
+    /// The ids recorded so far.
+    pub fn ids(&self) -> Vec<String> {
+        self.published.lock().unwrap().clone()
+    }
+
+    fn record<'a>(&self, messages: impl IntoIterator<Item = &'a Message>) {
+        let mut published = self.published.lock().unwrap();
+        published.extend(messages.into_iter().filter_map(|m| m.id.clone()));
+    }
+}
+
+#[async_trait]
+impl<B: Broker> Broker for Recording<B> {
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
+        self.inner.declare_queue(spec).await
+    }
+
+    async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
+        self.record([&message]);
+        self.inner.publish(queue, message).await
+    }
+
+    async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
+        self.record(messages.iter().map(|(_, message)| message));
+        self.inner.publish_all(messages).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<Box<dyn Subscription>, Error> {
+        self.inner.consume(queue, options).await
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
+        self.inner.queue_stats(queue).await
+    }
+
+    async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
+        self.inner.get(queue).await
+    }
+
+    async fn broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), Error> {
+        self.inner.broadcast(exchange, routing_key, message).await
+    }
+
+    async fn listen(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        self.inner.listen(exchange, patterns).await
+    }
+}
+
+/// A metrics recorder that keeps every counter's and gauge's last value
+/// by `name{label=value,…}`, to read at any time (histograms are not kept).
+#[derive(Default, Clone)]
+pub struct Metrics(
+    Arc<Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicU64>>>>,
+);
+
+impl Metrics {
+    /// The recorder of this test binary, installed at the first call.
+    pub fn installed() -> Self {
+        static INSTALLED: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+        INSTALLED
+            .get_or_init(|| {
+                let metrics = Metrics::default();
+                metrics::set_global_recorder(metrics.clone())
+                    .expect("no other recorder in this binary");
+                metrics
+            })
+            .clone()
+    }
+
+    fn cell(&self, key: &metrics::Key) -> Arc<std::sync::atomic::AtomicU64> {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|label| format!("{}={}", label.key(), label.value()))
+            .collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        self.0.lock().unwrap().entry(name).or_default().clone()
+    }
+
+    fn value(&self, series: &str) -> Option<u64> {
+        let cells = self.0.lock().unwrap();
+        let cell = cells.get(series)?;
+        Some(cell.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Counter `series` (`name{label=value}`), 0 if never recorded.
+    pub fn counter(&self, series: &str) -> u64 {
+        self.value(series).unwrap_or(0)
+    }
+
+    /// Gauge `series`, if recorded.
+    pub fn gauge(&self, series: &str) -> Option<f64> {
+        self.value(series).map(f64::from_bits)
+    }
+}
+
+impl metrics::Recorder for Metrics {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.cell(key))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.cell(key))
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
