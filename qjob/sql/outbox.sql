@@ -2,13 +2,14 @@
 --
 -- `Outbox::migrate` applies this with the table's name in place of
 -- `qjob_outbox`; `Outbox::schema` returns it so. Applying it again changes
--- nothing. Run as is, it creates the default table.
+-- nothing, and takes no lock on an existing table. Run as is, it creates
+-- the default table.
 --
 -- One row is one job, written by `Outbox::enqueue` inside the caller's
 -- transaction. A relay publishes committed rows in `seq` order, with
 -- publisher confirms, and deletes each row once its confirm came.
 
-CREATE TABLE IF NOT EXISTS qjob_outbox (
+CREATE TABLE IF NOT EXISTS "qjob_outbox" (
     -- The order the relay publishes in.
     seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- The job's id: the message id, the same on a republish.
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS qjob_outbox (
 
 -- Wakes the relays when a transaction that wrote rows commits (a
 -- notification is delivered at commit, and never for a rollback).
-CREATE OR REPLACE FUNCTION qjob_outbox_notify() RETURNS trigger
+CREATE OR REPLACE FUNCTION "qjob_outbox_notify"() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('qjob_outbox', '');
@@ -43,7 +44,15 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS qjob_outbox_notify ON qjob_outbox;
-CREATE TRIGGER qjob_outbox_notify
-    AFTER INSERT ON qjob_outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION qjob_outbox_notify();
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = 'qjob_outbox_notify' AND tgrelid = '"qjob_outbox"'::regclass
+    ) THEN
+        CREATE TRIGGER "qjob_outbox_notify"
+            AFTER INSERT ON "qjob_outbox"
+            FOR EACH STATEMENT EXECUTE FUNCTION "qjob_outbox_notify"();
+    END IF;
+END
+$$;

@@ -10,12 +10,12 @@
 //!
 //! See the [guide](crate::docs::outbox).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::FutureExt;
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::{Acquire, PgConnection, Postgres, Row};
 
@@ -37,7 +37,12 @@ const DEFAULT_TABLE: &str = "qjob_outbox";
 /// 63 bytes.
 const MAX_TABLE_NAME: usize = 50;
 
-/// Delayed rows published at once in a round.
+/// The latest `run_at` a row takes: the end of the year 9999, in ms since
+/// the Unix epoch (PostgreSQL's range goes further; a later time is a
+/// mistake).
+const LATEST_RUN_AT_MS: i64 = 253_402_300_799_999;
+
+/// Delay queues published to at once in a round.
 const DELAYED_IN_FLIGHT: usize = 64;
 
 /// The longest a refused row waits before it is tried again.
@@ -116,7 +121,7 @@ impl Table {
         Self {
             name: name.into(),
             insert: format!(
-                "INSERT INTO {name} (job_id, job, queue, queue_type, run_at, headers, body) \
+                "INSERT INTO \"{name}\" (job_id, job, queue, queue_type, run_at, headers, body) \
                  VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), $6::jsonb, $7)"
             )
             .into(),
@@ -124,13 +129,13 @@ impl Table {
                 "SELECT seq, job_id, job, queue, queue_type, \
                  (extract(epoch FROM run_at) * 1000)::int8 AS run_at_ms, \
                  headers::text AS headers, body, attempts \
-                 FROM {name} WHERE retry_at IS NULL OR retry_at <= clock_timestamp() \
+                 FROM \"{name}\" WHERE retry_at IS NULL OR retry_at <= clock_timestamp() \
                  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
             )
             .into(),
-            delete: format!("DELETE FROM {name} WHERE seq = ANY($1)").into(),
+            delete: format!("DELETE FROM \"{name}\" WHERE seq = ANY($1)").into(),
             refuse: format!(
-                "UPDATE {name} SET attempts = attempts + 1, last_error = $2, \
+                "UPDATE \"{name}\" SET attempts = attempts + 1, last_error = $2, \
                  retry_at = clock_timestamp() + make_interval(secs => $3::float8) \
                  WHERE seq = $1"
             )
@@ -138,7 +143,7 @@ impl Table {
             stats: format!(
                 "SELECT count(*)::int8, \
                  extract(epoch FROM clock_timestamp() - min(created_at))::float8, \
-                 count(*) FILTER (WHERE attempts > 0)::int8 FROM {name}"
+                 count(*) FILTER (WHERE attempts > 0)::int8 FROM \"{name}\""
             )
             .into(),
         }
@@ -264,8 +269,13 @@ impl Outbox {
         payload: J::Payload,
         delay: Duration,
     ) -> Result<JobId, Error> {
-        self.enqueue_at::<J>(conn, payload, SystemTime::now() + delay)
-            .await
+        let at = SystemTime::now().checked_add(delay).ok_or_else(|| {
+            Error::Config(format!(
+                "job {}: a delay of {delay:?} is out of range",
+                J::NAME
+            ))
+        })?;
+        self.enqueue_at::<J>(conn, payload, at).await
     }
 
     /// Writes job `J` to run at `at` (at once if that is past); see
@@ -284,6 +294,12 @@ impl Outbox {
             return self.write::<J>(conn, &payload, None).await;
         }
         delayable::<J>()?;
+        if millis_since_epoch(at) > LATEST_RUN_AT_MS {
+            return Err(Error::Config(format!(
+                "job {}: {at:?} is after the year 9999, out of range for the outbox",
+                J::NAME
+            )));
+        }
         self.write::<J>(conn, &payload, Some(at)).await
     }
 
@@ -396,7 +412,17 @@ fn schema_for(name: &str, notify: bool) -> String {
     let schema = match SCHEMA.split_once(NOTIFY_SECTION) {
         Some((table, _)) if !notify => format!(
             "{table}-- Relays poll: no trigger wakes them.\n\
-             DROP TRIGGER IF EXISTS {DEFAULT_TABLE}_notify ON {DEFAULT_TABLE};\n"
+             DO $$\n\
+             BEGIN\n    \
+                 IF EXISTS (\n        \
+                     SELECT 1 FROM pg_trigger\n        \
+                     WHERE tgname = '{DEFAULT_TABLE}_notify' \
+                     AND tgrelid = '\"{DEFAULT_TABLE}\"'::regclass\n    \
+                 ) THEN\n        \
+                     DROP TRIGGER \"{DEFAULT_TABLE}_notify\" ON \"{DEFAULT_TABLE}\";\n    \
+                 END IF;\n\
+             END\n\
+             $$;\n"
         ),
         _ => SCHEMA.to_owned(),
     };
@@ -543,17 +569,45 @@ impl Claimed {
     }
 }
 
-/// Whether the broker refused this message for what it is, not for
-/// being unreachable: the row waits on its own, the others go on.
-fn refused(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::PublishRejected { .. }
-            | Error::QueueFull { .. }
-            | Error::Unroutable { .. }
-            | Error::QueueMismatch { .. }
-            | Error::Config(_)
-    )
+/// What became of a claimed row in a round.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// Confirmed: deleted.
+    Published,
+    /// Refused for what it is (an unroutable message, a full queue, a
+    /// queue declared otherwise): it waits on its own, with backoff, and
+    /// the other rows go on.
+    Refused(String),
+    /// Not published for now (the broker unreachable, blocking, or not
+    /// confirming in time): it stays, and the relay backs off.
+    Failed(String),
+}
+
+impl Outcome {
+    fn from_publish(result: Result<(), Error>) -> Self {
+        match result {
+            Ok(()) => Outcome::Published,
+            Err(error) => Outcome::from(error),
+        }
+    }
+}
+
+impl From<Error> for Outcome {
+    fn from(error: Error) -> Self {
+        let refused = matches!(
+            error,
+            Error::PublishRejected { .. }
+                | Error::QueueFull { .. }
+                | Error::Unroutable { .. }
+                | Error::QueueMismatch { .. }
+                | Error::Config(_)
+        );
+        if refused {
+            Outcome::Refused(error.to_string())
+        } else {
+            Outcome::Failed(error.to_string())
+        }
+    }
 }
 
 /// How long a row refused `attempts` times waits: 1 s, 2 s, 4 s, … up to
@@ -581,8 +635,8 @@ impl Relay {
     /// relay knows the job types its outbox wrote in this process, and a
     /// worker's relay ([`crate::WorkerBuilder::relay`]) those registered
     /// with the worker; a row of a job type it does not know goes to its
-    /// queue as it is, and waits (refused, unroutable) while that queue
-    /// does not exist.
+    /// queue as it is, and waits (refused) while that queue does not
+    /// exist.
     pub fn job<J: Job>(self) -> Self {
         self.outbox.learn(J::NAME, J::options());
         self
@@ -629,17 +683,15 @@ impl Relay {
             }
         }
         drop(rows);
-        self.declare(&claimed).await?;
-        let outcomes = self.publish(&claimed).await;
+        let blocked = self.blocked(&claimed).await;
+        let outcomes = self.publish(&claimed, &blocked).await;
         let mut published = Vec::new();
         for (row, outcome) in claimed.iter().zip(outcomes) {
             match outcome {
-                Ok(()) => published.push(row.seq),
-                Err(error) if refused(&error) => {
-                    refusals.push((row.seq, row.attempts, error.to_string()));
-                }
-                Err(error) => {
-                    relayed.failed.get_or_insert_with(|| error.to_string());
+                Outcome::Published => published.push(row.seq),
+                Outcome::Refused(error) => refusals.push((row.seq, row.attempts, error)),
+                Outcome::Failed(error) => {
+                    relayed.failed.get_or_insert(error);
                 }
             }
         }
@@ -671,30 +723,77 @@ impl Relay {
         Ok(relayed)
     }
 
-    /// Declares the queues of the claimed rows' job types this relay
-    /// knows (the client declares each once).
-    async fn declare(&self, claimed: &[Claimed]) -> Result<(), Error> {
-        let jobs: HashSet<&str> = claimed.iter().map(|row| row.job.as_str()).collect();
-        for job in jobs {
-            if let Some(options) = self.outbox.options_of(job) {
-                self.outbox.client.declare(&options).await?;
+    /// The rows that cannot go out this round, each with why: its job
+    /// type's queues could not be declared, or it is a delayed row of a
+    /// type this relay does not know whose queue does not exist (it would
+    /// wait in its delay queue, then be dropped). Declares the known job
+    /// types' queues on the way (the client declares each once).
+    async fn blocked(&self, claimed: &[Claimed]) -> HashMap<usize, Outcome> {
+        let mut by_job: HashMap<&str, Option<Outcome>> = HashMap::new();
+        let mut by_queue: HashMap<&str, Option<Outcome>> = HashMap::new();
+        let mut blocked = HashMap::new();
+        let now_ms = millis_since_epoch(SystemTime::now());
+        for (index, row) in claimed.iter().enumerate() {
+            let options = self.outbox.options_of(&row.job);
+            if !by_job.contains_key(row.job.as_str()) {
+                let outcome = match &options {
+                    Some(options) => self.outbox.client.declare(options).await.err(),
+                    None => None,
+                };
+                by_job.insert(&row.job, outcome.map(Outcome::from));
+            }
+            if let Some(Some(outcome)) = by_job.get(row.job.as_str()) {
+                blocked.insert(index, outcome.clone());
+                continue;
+            }
+            if options.is_some() || row.wait(now_ms).is_none() {
+                continue;
+            }
+            if !by_queue.contains_key(row.queue.as_str()) {
+                let outcome = match self.outbox.client.broker().queue_stats(&row.queue).await {
+                    Ok(Some(_)) => None,
+                    Ok(None) => Some(Outcome::Refused(format!(
+                        "queue {:?} does not exist: a delayed job of {} would be dropped when \
+                         due; declare its queues (run its worker, or Relay::job)",
+                        row.queue, row.job
+                    ))),
+                    Err(error) => Some(Outcome::from(error)),
+                };
+                by_queue.insert(&row.queue, outcome);
+            }
+            if let Some(Some(outcome)) = by_queue.get(row.queue.as_str()) {
+                blocked.insert(index, outcome.clone());
             }
         }
-        Ok(())
+        blocked
     }
 
-    /// Publishes the rows: those due at once pipelined in order on one
-    /// session, the delayed ones into their delay queues.
-    async fn publish(&self, claimed: &[Claimed]) -> Vec<Result<(), Error>> {
+    /// Publishes the rows not `blocked`: those due at once pipelined in
+    /// order on one session, the delayed ones into their delay queues, in
+    /// order for each delay queue.
+    async fn publish(
+        &self,
+        claimed: &[Claimed],
+        blocked: &HashMap<usize, Outcome>,
+    ) -> Vec<Outcome> {
         let now_ms = millis_since_epoch(SystemTime::now());
         let client = &self.outbox.client;
-        let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::new();
+        let mut outcomes: Vec<Option<Outcome>> = Vec::new();
         outcomes.resize_with(claimed.len(), || None);
-        let (mut direct, mut delayed) = (Vec::new(), Vec::new());
+        let mut direct = Vec::new();
+        // By target queue and delay: each group is one delay queue.
+        let mut delayed: BTreeMap<(&str, Duration), Vec<usize>> = BTreeMap::new();
         for (index, row) in claimed.iter().enumerate() {
+            if let Some(outcome) = blocked.get(&index) {
+                outcomes[index] = Some(outcome.clone());
+                continue;
+            }
             match row.wait(now_ms) {
                 None => direct.push(index),
-                Some(wait) => delayed.push((index, wait)),
+                Some(wait) => delayed
+                    .entry((row.queue.as_str(), backoff::round_up(wait)))
+                    .or_default()
+                    .push(index),
             }
         }
         if !direct.is_empty() {
@@ -704,34 +803,39 @@ impl Relay {
                 .collect();
             let results = client.broker().publish_all(messages).await;
             for (&index, result) in direct.iter().zip(results) {
-                outcomes[index] = Some(result);
+                outcomes[index] = Some(Outcome::from_publish(result));
             }
         }
-        let results: Vec<(usize, Result<(), Error>)> = futures_util::stream::iter(delayed)
-            .map(|(index, wait)| {
-                let row = &claimed[index];
-                let publish = client.publish_delayed(
-                    &row.queue,
-                    row.queue_type,
-                    backoff::round_up(wait),
-                    row.message.clone(),
-                );
-                async move { (index, publish.await) }
-            })
-            .buffer_unordered(DELAYED_IN_FLIGHT)
-            .collect()
-            .await;
-        for (index, result) in results {
-            outcomes[index] = Some(result);
+        // Each group in order on its own session, a few groups at once.
+        let mut groups = Vec::new();
+        for ((queue, wait), indices) in delayed {
+            groups.push(async move {
+                let mut results = Vec::with_capacity(indices.len());
+                for index in indices {
+                    let row = &claimed[index];
+                    let message = row.message.clone();
+                    let result = client
+                        .publish_delayed(queue, row.queue_type, wait, message)
+                        .await;
+                    results.push((index, result));
+                }
+                results
+            });
+        }
+        let mut results = Vec::new();
+        let mut groups = groups.into_iter().peekable();
+        while groups.peek().is_some() {
+            let some: Vec<_> = groups.by_ref().take(DELAYED_IN_FLIGHT).collect();
+            results.extend(futures_util::future::join_all(some).await);
+        }
+        for (index, result) in results.into_iter().flatten() {
+            outcomes[index] = Some(Outcome::from_publish(result));
         }
         outcomes
             .into_iter()
             .map(|outcome| {
                 outcome.unwrap_or_else(|| {
-                    Err(Error::broker(
-                        "relay an outbox row",
-                        "the broker gave no outcome for it",
-                    ))
+                    Outcome::Failed("the broker gave no outcome for it".to_owned())
                 })
             })
             .collect()
@@ -777,7 +881,10 @@ impl Relay {
         let mut dirty = true;
         loop {
             if listener.is_none() && self.outbox.notify {
-                listener = self.listen(&channel).await;
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    listening = self.listen(&channel) => listener = listening,
+                }
             }
             let wait = match self.relay_once().await {
                 Ok(relayed) => {
@@ -808,20 +915,34 @@ impl Relay {
             if stale || (dirty && !wait.is_zero()) {
                 stats_at = Some(Instant::now());
                 dirty = false;
-                self.record_stats().await;
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = self.record_stats() => {}
+                }
             }
             if wait.is_zero() {
+                // More rows wait: the next round at once, unless told to stop.
+                if (&mut shutdown).now_or_never().is_some() {
+                    return;
+                }
                 continue;
             }
+            // After a failure, the backoff holds: commits do not cut it short.
+            let listening = listener.as_mut().filter(|_| failures == 0);
+            let mut lost = false;
             let notified = async {
-                match listener.as_mut() {
-                    Some(listening) => match listening.recv().await {
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::debug!(%error, "outbox listener lost; polling until it is back");
-                            listener = None;
+                match listening {
+                    Some(listening) => {
+                        match listening.recv().await {
+                            // One round takes what every notification so
+                            // far announced.
+                            Ok(_) => while listening.next_buffered().is_some() {},
+                            Err(error) => {
+                                tracing::debug!(%error, "outbox listener lost; polling until it is back");
+                                lost = true;
+                            }
                         }
-                    },
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -829,6 +950,9 @@ impl Relay {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(wait) => {}
                 () = notified => {}
+            }
+            if lost {
+                listener = None;
             }
         }
     }
@@ -843,8 +967,15 @@ impl Relay {
         backoff.min(MAX_RELAY_BACKOFF)
     }
 
+    /// A listener on `channel`, on a connection of its own (a listener
+    /// holds its connection for good: not one of the pool's).
     async fn listen(&self, channel: &str) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool)
+        let options = (*self.pool.connect_options()).clone();
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&own)
             .await
             .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not connect"))
             .ok()?;
@@ -922,14 +1053,14 @@ mod tests {
         }
         check_table_name("orders_outbox_2").unwrap();
         let schema = schema_for("orders_outbox", true);
-        assert!(schema.contains("CREATE TABLE IF NOT EXISTS orders_outbox ("));
+        assert!(schema.contains("CREATE TABLE IF NOT EXISTS \"orders_outbox\" ("));
         assert!(schema.contains("pg_notify('orders_outbox', '')"));
-        assert!(schema.contains("CREATE TRIGGER orders_outbox_notify"));
+        assert!(schema.contains("CREATE TRIGGER \"orders_outbox_notify\""));
         assert!(!schema.contains(DEFAULT_TABLE));
         let polled = schema_for("orders_outbox", false);
-        assert!(polled.contains("CREATE TABLE IF NOT EXISTS orders_outbox ("));
+        assert!(polled.contains("CREATE TABLE IF NOT EXISTS \"orders_outbox\" ("));
         assert!(!polled.contains("CREATE TRIGGER"));
-        assert!(polled.contains("DROP TRIGGER IF EXISTS orders_outbox_notify ON orders_outbox;"));
+        assert!(polled.contains("DROP TRIGGER \"orders_outbox_notify\" ON \"orders_outbox\";"));
     }
 
     #[test]

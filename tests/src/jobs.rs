@@ -290,9 +290,5 @@ pub async fn batch_done(
     Ok(())
 }
 
-/// The outbox tests' jobs: no handler runs them (the tests read their
-/// queues), except where a test says so.
-#[qjob::job(queue = "qjob.test.outbox.kill")]
-pub async fn outbox_kill(task: crate::Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    crate::run_task(task, ctx).await
-}
+// The outbox kill test's job: the relay process declares its queue.
+test_job!(outbox_kill, "qjob.test.outbox.kill");

@@ -40,7 +40,7 @@ pub async fn pg_pool() -> PgPool {
 pub async fn fresh(pool: &PgPool, outbox: &Outbox) {
     let table = outbox.table_name();
     sqlx::raw_sql(&format!(
-        "DROP TABLE IF EXISTS {table}; DROP FUNCTION IF EXISTS {table}_notify();"
+        r#"DROP TABLE IF EXISTS "{table}"; DROP FUNCTION IF EXISTS "{table}_notify"();"#
     ))
     .execute(pool)
     .await
@@ -50,7 +50,7 @@ pub async fn fresh(pool: &PgPool, outbox: &Outbox) {
 
 /// Rows in `table`.
 pub async fn rows(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+    sqlx::query_scalar(&format!(r#"SELECT count(*) FROM "{table}""#))
         .fetch_one(pool)
         .await
         .unwrap()
@@ -221,4 +221,27 @@ impl metrics::Recorder for Metrics {
     ) -> metrics::Histogram {
         metrics::Histogram::noop()
     }
+}
+
+/// Writes a `Task` for each of `seqs` into `outbox` in one transaction,
+/// commits it, and returns the jobs' ids in order.
+pub async fn committed<J: qjob::Job<Payload = crate::Task>>(
+    outbox: &Outbox,
+    pool: &PgPool,
+    seqs: impl IntoIterator<Item = u32>,
+) -> Vec<String> {
+    let mut tx = pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for seq in seqs {
+        let task = crate::Task::new("outbox", seq, crate::Act::Succeed);
+        ids.push(
+            outbox
+                .enqueue::<J>(&mut tx, task)
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    tx.commit().await.unwrap();
+    ids
 }

@@ -282,29 +282,7 @@ async fn a_worker_keeps_acking_through_a_memory_alarm_and_resumes_after_it() {
     );
 }
 
-#[qjob::job(queue = "qjob.test.outbox.restart")]
-async fn outbox_restart(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
-
-/// Writes `seqs` into the outbox in one committed transaction; their ids.
-async fn write_outbox(
-    outbox: &qjob::outbox::Outbox,
-    pool: &sqlx::PgPool,
-    seqs: std::ops::Range<u32>,
-) -> Vec<String> {
-    let mut tx = pool.begin().await.unwrap();
-    let mut ids = Vec::new();
-    for seq in seqs {
-        let id = outbox
-            .enqueue::<OutboxRestartJob>(&mut tx, Task::new("outbox-restart", seq, Act::Succeed))
-            .await
-            .unwrap();
-        ids.push(id.to_string());
-    }
-    tx.commit().await.unwrap();
-    ids
-}
+test_job!(outbox_restart, "qjob.test.outbox.restart");
 
 /// RabbitMQ stopped under a running relay: the app's transactions still
 /// commit their jobs, the rows wait, and they go out when it returns.
@@ -330,21 +308,21 @@ async fn outbox_rows_wait_while_the_broker_is_down_and_go_out_when_it_returns() 
                 let _ = stopped.await;
             }),
     );
-    let mut ids = write_outbox(&outbox, &pool, 0..50).await;
+    let mut ids = qjob_tests::outbox::committed::<OutboxRestartJob>(&outbox, &pool, 0..50).await;
     rabbit.wait_ready(queue, 50, LIMIT).await;
     drop(rabbit);
 
     let restart = Restart;
     rabbitmqctl(&["stop_app"]);
-    ids.extend(write_outbox(&outbox, &pool, 50..150).await);
+    ids.extend(qjob_tests::outbox::committed::<OutboxRestartJob>(&outbox, &pool, 50..150).await);
     // A round while the broker is down publishes nothing and keeps every row.
     let probe = outbox.relay(pool.clone());
     qjob_tests::until(
         "a round that claims the rows and fails",
         LIMIT,
-        async || match probe.relay_once().await {
-            Err(_) => true,
-            Ok(round) => round.claimed > 0 && round.published == 0 && round.failed.is_some(),
+        async || {
+            let round = probe.relay_once().await.unwrap();
+            round.claimed > 0 && round.published == 0 && round.failed.is_some()
         },
     )
     .await;

@@ -11,46 +11,29 @@ use qjob::Client;
 use qjob::broker::{Broker, QueueSpec};
 use qjob::outbox::{Outbox, Relay};
 use qjob_tests::jobs::OutboxKillJob;
-use qjob_tests::outbox::{Metrics, Recording, fresh, pg_pool, rows};
-use qjob_tests::{Act, Rabbit, Task, amqp, until};
+use qjob_tests::outbox::{Metrics, Recording, committed, fresh, pg_pool, rows};
+use qjob_tests::{Act, Rabbit, Task, amqp, test_job, until};
 use tokio::sync::oneshot;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_qjob-test-worker");
 
-#[qjob::job(queue = "qjob.test.outbox.commit")]
-async fn outbox_commit(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
+test_job!(outbox_commit, "qjob.test.outbox.commit");
 
-#[qjob::job(queue = "qjob.test.outbox.poll")]
-async fn outbox_poll(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
+test_job!(outbox_poll, "qjob.test.outbox.poll");
 
-#[qjob::job(queue = "qjob.test.outbox.delayed")]
-async fn outbox_delayed(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
+test_job!(outbox_delayed, "qjob.test.outbox.delayed");
 
-#[qjob::job(queue = "qjob.test.outbox.refused")]
-async fn outbox_refused(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
+test_job!(outbox_refused, "qjob.test.outbox.refused");
 
-#[qjob::job(queue = "qjob.test.outbox.metered")]
-async fn outbox_metered(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
+test_job!(outbox_metered, "qjob.test.outbox.metered");
 
-#[qjob::job(queue = "qjob.test.outbox.two")]
-async fn outbox_two(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
+test_job!(outbox_two, "qjob.test.outbox.two");
 
-#[qjob::job(queue = "qjob.test.outbox.unique", unique(within = "10m"))]
-async fn outbox_unique(task: Task, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
-    qjob_tests::run_task(task, ctx).await
-}
+test_job!(
+    outbox_unique,
+    "qjob.test.outbox.unique",
+    unique(within = "10m")
+);
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -108,7 +91,7 @@ async fn a_rolled_back_transaction_enqueues_nothing_and_a_committed_one_is_deliv
     tx.rollback().await.unwrap();
 
     let mut tx = pool.begin().await.unwrap();
-    let committed = outbox
+    let first = outbox
         .enqueue::<OutboxCommitJob>(&mut tx, Task::new("outbox", 2, Act::Succeed))
         .await
         .unwrap();
@@ -116,18 +99,32 @@ async fn a_rolled_back_transaction_enqueues_nothing_and_a_committed_one_is_deliv
     assert_eq!(rows(&pool, outbox.table_name()).await, 0);
     assert_eq!(rabbit.ready(queue).await, 0);
     tx.commit().await.unwrap();
-
     rabbit.wait_ready(queue, 1, LIMIT).await;
     until("the published row deleted", LIMIT, async || {
         rows(&pool, outbox.table_name()).await == 0
     })
     .await;
+
+    // The round that published that row is over: only the notification
+    // of this commit can wake the relay for the next one.
+    let notified = committed::<OutboxCommitJob>(&outbox, &pool, [3])
+        .await
+        .remove(0);
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    until("the second row deleted", LIMIT, async || {
+        rows(&pool, outbox.table_name()).await == 0
+    })
+    .await;
     relay.stop().await;
     let got = rabbit.take_all(queue).await;
-    assert_eq!(got.len(), 1, "one message: the committed job, once");
-    assert_eq!(got[0].id.as_deref(), Some(committed.as_str()));
-    assert_eq!(seq_of(&got[0]), 2);
-    assert_ne!(rolled_back, committed);
+    let ids: Vec<&str> = got.iter().filter_map(|got| got.id.as_deref()).collect();
+    assert_eq!(
+        ids,
+        [first.as_str(), notified.as_str()],
+        "each once, in order"
+    );
+    assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), [2, 3]);
+    assert!(![first.to_string(), notified].contains(&rolled_back.to_string()));
     let stats = outbox.stats(&pool).await.unwrap();
     assert_eq!((stats.depth, stats.oldest, stats.refused), (0, None, 0));
 }
@@ -149,12 +146,9 @@ async fn without_notifications_the_poll_finds_the_rows() {
     let relay = run(outbox
         .relay(pool.clone())
         .poll_interval(Duration::from_millis(100)));
-    let mut tx = pool.begin().await.unwrap();
-    let id = outbox
-        .enqueue::<OutboxPollJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+    let id = committed::<OutboxPollJob>(&outbox, &pool, [1])
         .await
-        .unwrap();
-    tx.commit().await.unwrap();
+        .remove(0);
     rabbit.wait_ready(queue, 1, LIMIT).await;
     relay.stop().await;
     let got = rabbit.take_all(queue).await;
@@ -165,7 +159,7 @@ async fn without_notifications_the_poll_finds_the_rows() {
 async fn a_delayed_job_waits_its_delay_counted_from_the_enqueue() {
     let queue = "qjob.test.outbox.delayed";
     let (outbox, pool, rabbit) = setup("qjob_test_outbox_delayed", queue).await;
-    let delay = Duration::from_millis(1500);
+    let delay = Duration::from_secs(2);
     let mut tx = pool.begin().await.unwrap();
     let enqueued = Instant::now();
     let id = outbox
@@ -179,22 +173,33 @@ async fn a_delayed_job_waits_its_delay_counted_from_the_enqueue() {
     })
     .await;
     let relay = run(outbox.relay(pool.clone()));
-    until(
-        "the row published into its delay queue",
-        LIMIT,
-        async || rows(&pool, outbox.table_name()).await == 0,
-    )
-    .await;
-    assert_eq!(rabbit.ready(queue).await, 0, "not due yet");
     rabbit.wait_ready(queue, 1, LIMIT).await;
     let waited = enqueued.elapsed();
+    // Due at 2 s: a relay that waited the whole delay from its own start
+    // would deliver it after 3 s.
     assert!(
-        waited >= delay - Duration::from_millis(50) && waited < delay + Duration::from_secs(5),
+        waited >= delay - Duration::from_millis(50) && waited < delay + Duration::from_millis(700),
         "due {delay:?} after the enqueue, came after {waited:?}"
     );
-    relay.stop().await;
+    assert_eq!(rows(&pool, outbox.table_name()).await, 0);
     let got = rabbit.take_all(queue).await;
     assert_eq!(got[0].id.as_deref(), Some(id.as_str()));
+
+    // Jobs due at the same time arrive in the order written (one delay
+    // queue, published in order).
+    let due = std::time::SystemTime::now() + Duration::from_millis(500);
+    let mut tx = pool.begin().await.unwrap();
+    for seq in 0..50 {
+        outbox
+            .enqueue_at::<OutboxDelayedJob>(&mut tx, Task::new("outbox", seq, Act::Succeed), due)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    rabbit.wait_ready(queue, 50, LIMIT).await;
+    relay.stop().await;
+    let seqs: Vec<u32> = rabbit.take_all(queue).await.iter().map(seq_of).collect();
+    assert_eq!(seqs, (0..50).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -209,41 +214,125 @@ async fn a_row_the_broker_refuses_waits_with_its_reason_and_goes_out_once_its_qu
     let relay = run(elsewhere
         .relay(pool.clone())
         .poll_interval(Duration::from_millis(100)));
+    // One job due at once, one delayed: published into its delay queue,
+    // the delayed one would be dropped when due (its queue is missing).
     let mut tx = pool.begin().await.unwrap();
-    let id = outbox
+    let now = outbox
         .enqueue::<OutboxRefusedJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
         .await
         .unwrap();
+    let later = outbox
+        .enqueue_in::<OutboxRefusedJob>(
+            &mut tx,
+            Task::new("outbox", 2, Act::Succeed),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
-    until("the row refused", LIMIT, async || {
-        outbox.stats(&pool).await.unwrap().refused == 1
+    until("both rows refused", LIMIT, async || {
+        outbox.stats(&pool).await.unwrap().refused == 2
     })
     .await;
-    let (attempts, error): (i32, String) = sqlx::query_as(&format!(
-        "SELECT attempts, last_error FROM {}",
+    let refusals: Vec<(i32, String)> = sqlx::query_as(&format!(
+        "SELECT attempts, last_error FROM {} ORDER BY seq",
         outbox.table_name()
     ))
-    .fetch_one(&pool)
+    .fetch_all(&pool)
     .await
     .unwrap();
-    assert!(attempts >= 1);
-    assert!(error.contains("unroutable"), "{error}");
-    assert_eq!(outbox.stats(&pool).await.unwrap().depth, 1, "it waits");
+    assert!(refusals.iter().all(|(attempts, _)| *attempts >= 1));
+    assert!(refusals[0].1.contains("unroutable"), "{}", refusals[0].1);
+    assert!(
+        refusals[1].1.contains("does not exist"),
+        "{}",
+        refusals[1].1
+    );
+    assert_eq!(outbox.stats(&pool).await.unwrap().depth, 2, "they wait");
 
     amqp()
         .await
         .declare_queue(&QueueSpec::new(queue))
         .await
         .unwrap();
-    rabbit.wait_ready(queue, 1, LIMIT).await;
-    until("the row deleted", LIMIT, async || {
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    until("the rows deleted", LIMIT, async || {
         rows(&pool, outbox.table_name()).await == 0
     })
     .await;
     relay.stop().await;
     let got = rabbit.take_all(queue).await;
-    assert_eq!(got[0].id.as_deref(), Some(id.as_str()));
+    let ids: HashSet<&str> = got.iter().filter_map(|got| got.id.as_deref()).collect();
+    assert_eq!(ids, HashSet::from([now.as_str(), later.as_str()]));
 }
+
+test_job!(outbox_mismatch, "qjob.test.outbox.mismatch");
+
+test_job!(outbox_beside, "qjob.test.outbox.beside");
+
+#[tokio::test]
+async fn a_job_type_whose_queues_cannot_be_declared_holds_back_only_its_rows() {
+    let (outbox, pool, rabbit) =
+        setup("qjob_test_outbox_mismatch", "qjob.test.outbox.mismatch").await;
+    rabbit.delete(&["qjob.test.outbox.beside"]).await;
+    // Declared by someone else with other arguments.
+    amqp()
+        .await
+        .declare_queue(&QueueSpec::new("qjob.test.outbox.mismatch").with_max_length(5))
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue::<OutboxMismatchJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+        .await
+        .unwrap();
+    let beside = outbox
+        .enqueue::<OutboxBesideJob>(&mut tx, Task::new("outbox", 2, Act::Succeed))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let relay = run(outbox.relay(pool.clone()));
+    rabbit.wait_ready("qjob.test.outbox.beside", 1, LIMIT).await;
+    until("the other row refused", LIMIT, async || {
+        outbox.stats(&pool).await.unwrap().refused == 1
+    })
+    .await;
+    relay.stop().await;
+    let error: String =
+        sqlx::query_scalar(&format!("SELECT last_error FROM {}", outbox.table_name()))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(error.contains("qjob.test.outbox.mismatch"), "{error}");
+    assert_eq!(rabbit.ready("qjob.test.outbox.mismatch").await, 0);
+    let got = rabbit.take_all("qjob.test.outbox.beside").await;
+    assert_eq!(got[0].id.as_deref(), Some(beside.as_str()));
+    rabbit.delete(&["qjob.test.outbox.mismatch"]).await;
+}
+
+#[tokio::test]
+async fn a_relay_stops_between_rounds_while_rows_remain() {
+    let queue = "qjob.test.outbox.stop";
+    let (outbox, pool, rabbit) = setup("qjob_test_outbox_stop", queue).await;
+    committed::<OutboxStopJob>(&outbox, &pool, 0..2000).await;
+    // One row a round: full batches, one after the other.
+    let relay = run(outbox.relay(pool.clone()).batch_size(1));
+    until("a few rows published", LIMIT, async || {
+        rabbit.ready(queue).await >= 10
+    })
+    .await;
+    relay.stop().await;
+    let left = rows(&pool, outbox.table_name()).await;
+    let published = rabbit.ready(queue).await;
+    assert!(left > 0, "the relay ran until the table was empty");
+    assert_eq!(
+        i64::from(published) + left,
+        2000,
+        "every row published or waiting"
+    );
+}
+
+test_job!(outbox_stop, "qjob.test.outbox.stop");
 
 #[tokio::test]
 async fn bad_input_is_a_clear_error_and_writes_nothing() {
@@ -260,6 +349,49 @@ async fn bad_input_is_a_clear_error_and_writes_nothing() {
         matches!(&unique, Err(qjob::Error::Config(reason)) if reason.contains("unique")),
         "{unique:?}"
     );
+    tx.commit().await.unwrap();
+    assert_eq!(rows(&pool, outbox.table_name()).await, 0);
+
+    // A table named with a reserved word works (names are quoted).
+    let reserved = Outbox::new(Client::new(amqp().await))
+        .table("user")
+        .unwrap();
+    fresh(&pool, &reserved).await;
+    let mut tx = pool.begin().await.unwrap();
+    reserved
+        .enqueue::<OutboxUniqueJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+        .await
+        .unwrap_err();
+    reserved
+        .enqueue::<OutboxRefusedJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(reserved.stats(&pool).await.unwrap().depth, 1);
+    sqlx::raw_sql(r#"DROP TABLE "user"; DROP FUNCTION "user_notify"();"#)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // A delay out of range is a clear error, before anything is written.
+    let mut tx = pool.begin().await.unwrap();
+    let far = outbox
+        .enqueue_in::<OutboxRefusedJob>(
+            &mut tx,
+            Task::new("outbox", 1, Act::Succeed),
+            Duration::MAX,
+        )
+        .await;
+    assert!(matches!(far, Err(qjob::Error::Config(_))), "{far:?}");
+    let far = outbox
+        .enqueue_at::<OutboxRefusedJob>(
+            &mut tx,
+            Task::new("outbox", 1, Act::Succeed),
+            std::time::UNIX_EPOCH + Duration::from_secs(400_000_000_000),
+        )
+        .await;
+    assert!(matches!(far, Err(qjob::Error::Config(_))), "{far:?}");
+    // The transaction is still good.
     tx.commit().await.unwrap();
     assert_eq!(rows(&pool, outbox.table_name()).await, 0);
 
@@ -285,7 +417,7 @@ async fn delete_waits(pool: &sqlx::PgPool, table: &str) -> bool {
         "SELECT count(*) FROM pg_stat_activity \
          WHERE wait_event_type = 'Lock' AND query LIKE $1",
     )
-    .bind(format!("DELETE FROM {table} %"))
+    .bind(format!(r#"DELETE FROM "{table}" %"#))
     .fetch_one(pool)
     .await
     .unwrap()
@@ -298,18 +430,7 @@ async fn a_relay_killed_between_confirm_and_delete_loses_nothing_and_repeats_the
     let table = "qjob_test_outbox_kill";
     let (outbox, pool, rabbit) = setup(table, queue).await;
     let jobs = 200;
-    let mut ids = Vec::new();
-    let mut tx = pool.begin().await.unwrap();
-    for seq in 0..jobs {
-        ids.push(
-            outbox
-                .enqueue::<OutboxKillJob>(&mut tx, Task::new("outbox-kill", seq, Act::Succeed))
-                .await
-                .unwrap()
-                .to_string(),
-        );
-    }
-    tx.commit().await.unwrap();
+    let ids = committed::<OutboxKillJob>(&outbox, &pool, 0..jobs).await;
 
     // The table locked against deletes (not against claims): the relay
     // publishes, gets its confirms, and waits to delete.
@@ -374,15 +495,9 @@ async fn two_relays_publish_ten_thousand_rows_once_each_in_order_per_relay() {
     let mut seq_of_id: HashMap<String, u32> = HashMap::new();
     // In 100 transactions of 100 jobs, committed in order.
     for chunk in 0..jobs / 100 {
-        let mut tx = pool.begin().await.unwrap();
-        for seq in chunk * 100..(chunk + 1) * 100 {
-            let id = outbox
-                .enqueue::<OutboxTwoJob>(&mut tx, Task::new("outbox-two", seq, Act::Succeed))
-                .await
-                .unwrap();
-            seq_of_id.insert(id.to_string(), seq);
-        }
-        tx.commit().await.unwrap();
+        let seqs = chunk * 100..(chunk + 1) * 100;
+        let ids = committed::<OutboxTwoJob>(&outbox, &pool, seqs.clone()).await;
+        seq_of_id.extend(ids.into_iter().zip(seqs));
     }
     // Two relays, each with its own connection, recording what it publishes.
     let broker = amqp().await;
@@ -436,14 +551,7 @@ async fn the_relay_reports_depth_age_and_what_it_published_and_refused() {
     let queue = "qjob.test.outbox.metered";
     let (outbox, pool, rabbit) = setup("qjob_test_outbox_metered", queue).await;
     let label = |name: &str| format!("{name}{{table=qjob_test_outbox_metered}}");
-    let mut tx = pool.begin().await.unwrap();
-    for seq in 0..3 {
-        outbox
-            .enqueue::<OutboxMeteredJob>(&mut tx, Task::new("outbox", seq, Act::Succeed))
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
+    committed::<OutboxMeteredJob>(&outbox, &pool, 0..3).await;
     // Its queue missing, and unknown to the relay: the rows are refused.
     let elsewhere = Outbox::new(Client::new(amqp().await))
         .table(outbox.table_name())
