@@ -608,6 +608,12 @@ impl Client {
         delayed.publish(&*self.broker, &self.leases).await
     }
 
+    /// The delay queues' leases (see `topology::Leases`).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn leases(&self) -> &topology::Leases {
+        &self.leases
+    }
+
     pub(crate) fn broker(&self) -> &dyn Broker {
         &*self.broker
     }

@@ -19,12 +19,12 @@ use futures_util::FutureExt;
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::{Acquire, PgConnection, Postgres, Row};
 
-use crate::Error;
 use crate::broker::{HeaderValue, Headers, Message};
 use crate::client::{Client, delayable};
 use crate::job::{Job, JobId};
 use crate::options::{JobOptions, QueueType};
 use crate::policy::backoff;
+use crate::{Error, topology};
 
 /// The outbox table's SQL, for the default name `qjob_outbox`: what
 /// [`Outbox::migrate`] applies, with the table's own name in its place.
@@ -47,6 +47,9 @@ const DELAYED_IN_FLIGHT: usize = 64;
 
 /// The longest a refused row waits before it is tried again.
 const MAX_ROW_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// How long a row whose job type's queues could not be declared waits.
+const DEFER_FOR: Duration = Duration::from_secs(5);
 
 /// The longest a relay waits before a round after a failed one.
 const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(5);
@@ -135,7 +138,7 @@ impl Table {
             .into(),
             delete: format!("DELETE FROM \"{name}\" WHERE seq = ANY($1)").into(),
             refuse: format!(
-                "UPDATE \"{name}\" SET attempts = attempts + 1, last_error = $2, \
+                "UPDATE \"{name}\" SET attempts = attempts + $4, last_error = $2, \
                  retry_at = clock_timestamp() + make_interval(secs => $3::float8) \
                  WHERE seq = $1"
             )
@@ -581,9 +584,22 @@ enum Outcome {
     /// Not published for now (the broker unreachable, blocking, or not
     /// confirming in time): it stays, and the relay backs off.
     Failed(String),
+    /// Not sent, for a reason of its job type's (its queues could not be
+    /// declared, or checked): it waits a few seconds on its own, without
+    /// counting as refused, and the other rows go on.
+    Deferred(String),
 }
 
 impl Outcome {
+    /// A row not sent because of `error` about its job type: refused if
+    /// the error is about what it is, deferred otherwise.
+    fn blocking(error: Error) -> Self {
+        match Outcome::from(error) {
+            Outcome::Failed(error) => Outcome::Deferred(error),
+            outcome => outcome,
+        }
+    }
+
     fn from_publish(result: Result<(), Error>) -> Self {
         match result {
             Ok(()) => Outcome::Published,
@@ -675,6 +691,7 @@ impl Relay {
             return Ok(relayed);
         }
         let mut refusals: Vec<(i64, i32, String)> = Vec::new();
+        let mut deferrals: Vec<(i64, String)> = Vec::new();
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             match Claimed::read(row) {
@@ -693,6 +710,7 @@ impl Relay {
                 Outcome::Failed(error) => {
                     relayed.failed.get_or_insert(error);
                 }
+                Outcome::Deferred(error) => deferrals.push((row.seq, error)),
             }
         }
         sqlx::query(&table.delete)
@@ -706,9 +724,21 @@ impl Relay {
                 .bind(seq)
                 .bind(error)
                 .bind(row_backoff(*attempts).as_secs_f64())
+                .bind(1i32)
                 .execute(&mut *tx)
                 .await
                 .map_err(database("mark a refused row"))?;
+        }
+        for (seq, error) in &deferrals {
+            tracing::warn!(table = %table.name, seq, %error, "outbox row deferred; it is tried again in a few seconds");
+            sqlx::query(&table.refuse)
+                .bind(seq)
+                .bind(error)
+                .bind(DEFER_FOR.as_secs_f64())
+                .bind(0i32)
+                .execute(&mut *tx)
+                .await
+                .map_err(database("defer a row"))?;
         }
         tx.commit()
             .await
@@ -740,7 +770,7 @@ impl Relay {
                     Some(options) => self.outbox.client.declare(options).await.err(),
                     None => None,
                 };
-                by_job.insert(&row.job, outcome.map(Outcome::from));
+                by_job.insert(&row.job, outcome.map(Outcome::blocking));
             }
             if let Some(Some(outcome)) = by_job.get(row.job.as_str()) {
                 blocked.insert(index, outcome.clone());
@@ -757,7 +787,7 @@ impl Relay {
                          due; declare its queues (run its worker, or Relay::job)",
                         row.queue, row.job
                     ))),
-                    Err(error) => Some(Outcome::from(error)),
+                    Err(error) => Some(Outcome::blocking(error)),
                 };
                 by_queue.insert(&row.queue, outcome);
             }
@@ -806,20 +836,30 @@ impl Relay {
                 outcomes[index] = Some(Outcome::from_publish(result));
             }
         }
-        // Each group in order on its own session, a few groups at once.
+        // Each group pipelined in order on its own session, a few groups
+        // at once.
         let mut groups = Vec::new();
         for ((queue, wait), indices) in delayed {
             groups.push(async move {
-                let mut results = Vec::with_capacity(indices.len());
-                for index in indices {
-                    let row = &claimed[index];
-                    let message = row.message.clone();
-                    let result = client
-                        .publish_delayed(queue, row.queue_type, wait, message)
-                        .await;
-                    results.push((index, result));
-                }
-                results
+                let messages = indices
+                    .iter()
+                    .map(|&index| claimed[index].message.clone())
+                    .collect();
+                let queue_type = claimed[indices[0]].queue_type;
+                let published = topology::publish_delayed_all(
+                    client.broker(),
+                    client.leases(),
+                    queue,
+                    queue_type,
+                    wait,
+                    messages,
+                )
+                .await;
+                let outcomes: Vec<Outcome> = match published {
+                    Ok(results) => results.into_iter().map(Outcome::from_publish).collect(),
+                    Err(error) => vec![Outcome::from(error); indices.len()],
+                };
+                indices.into_iter().zip(outcomes).collect::<Vec<_>>()
             });
         }
         let mut results = Vec::new();
@@ -828,8 +868,8 @@ impl Relay {
             let some: Vec<_> = groups.by_ref().take(DELAYED_IN_FLIGHT).collect();
             results.extend(futures_util::future::join_all(some).await);
         }
-        for (index, result) in results.into_iter().flatten() {
-            outcomes[index] = Some(Outcome::from_publish(result));
+        for (index, outcome) in results.into_iter().flatten() {
+            outcomes[index] = Some(outcome);
         }
         outcomes
             .into_iter()
@@ -875,15 +915,24 @@ impl Relay {
         tokio::pin!(shutdown);
         let channel = self.outbox.table.name.to_string();
         let mut listener: Option<PgListener> = None;
+        let (mut listen_at, mut listen_failures) = (Instant::now(), 0u32);
         let mut failures = 0u32;
         let mut stats_at: Option<Instant> = None;
         // Whether a round claimed rows since the metrics were last read.
         let mut dirty = true;
         loop {
-            if listener.is_none() && self.outbox.notify {
+            if listener.is_none() && self.outbox.notify && Instant::now() >= listen_at {
                 tokio::select! {
                     () = &mut shutdown => return,
                     listening = self.listen(&channel) => listener = listening,
+                }
+                // Failing, it is tried again after a while: rounds go on,
+                // polling, meanwhile.
+                if listener.is_none() {
+                    listen_failures += 1;
+                    listen_at = Instant::now() + self.wait_after(listen_failures).max(self.poll);
+                } else {
+                    listen_failures = 0;
                 }
             }
             let wait = match self.relay_once().await {
@@ -936,7 +985,16 @@ impl Relay {
                         match listening.recv().await {
                             // One round takes what every notification so
                             // far announced.
-                            Ok(_) => while listening.next_buffered().is_some() {},
+                            Ok(_) => loop {
+                                match listening.try_recv().now_or_never() {
+                                    Some(Ok(Some(_))) => {}
+                                    Some(Err(_)) => {
+                                        lost = true;
+                                        break;
+                                    }
+                                    Some(Ok(None)) | None => break,
+                                }
+                            },
                             Err(error) => {
                                 tracing::debug!(%error, "outbox listener lost; polling until it is back");
                                 lost = true;
@@ -973,7 +1031,7 @@ impl Relay {
         let options = (*self.pool.connect_options()).clone();
         let own = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(2))
             .connect_lazy_with(options);
         let mut listener = PgListener::connect_with(&own)
             .await

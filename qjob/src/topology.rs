@@ -180,6 +180,55 @@ pub(crate) fn remaining_wait(message: &Message) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// Publishes `messages`, in order and pipelined, to wait `delay` before
+/// they go into `queue`: one delay queue, declared when its lease is due.
+/// The outer error is a failed declare (nothing was sent); each inner
+/// result is as for [`Broker::publish`]. Messages returned unroutable (the
+/// delay queue deleted under us) are published again, in order, after
+/// one declare.
+#[cfg(feature = "postgres")]
+pub(crate) async fn publish_delayed_all(
+    broker: &dyn Broker,
+    leases: &Leases,
+    queue: &str,
+    queue_type: QueueType,
+    delay: Duration,
+    messages: Vec<Message>,
+) -> Result<Vec<Result<(), Error>>, Error> {
+    let planned: Vec<Delayed> = messages
+        .into_iter()
+        .map(|message| delayed(queue, queue_type, delay, message))
+        .collect();
+    let Some(spec) = planned.first().map(|first| first.spec.clone()) else {
+        return Ok(Vec::new());
+    };
+    if leases.due(&spec.name) {
+        broker.declare_queue(&spec).await?;
+        leases.renewed(&spec.name);
+    }
+    let sent = planned
+        .iter()
+        .map(|d| (spec.name.clone(), d.message.clone()))
+        .collect();
+    let mut outcomes = broker.publish_all(sent).await;
+    let unroutable: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| matches!(outcomes[i], Err(Error::Unroutable { .. })))
+        .collect();
+    if !unroutable.is_empty() {
+        leases.forget(&spec.name);
+        broker.declare_queue(&spec).await?;
+        leases.renewed(&spec.name);
+        let again = unroutable
+            .iter()
+            .map(|&i| (spec.name.clone(), planned[i].message.clone()))
+            .collect();
+        for (i, outcome) in unroutable.into_iter().zip(broker.publish_all(again).await) {
+            outcomes[i] = outcome;
+        }
+    }
+    Ok(outcomes)
+}
+
 impl Delayed {
     /// Declares the delay queue when its lease is due for renewal (see
     /// [`Leases`]) and publishes into it.
