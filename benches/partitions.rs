@@ -8,11 +8,11 @@
 //! With 30 keys (one lane per partition at most) the ideal is 30 / 10 ms =
 //! 3000 jobs/s; with 300 keys it is concurrency-bound, 50 / 10 ms = 5000.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use qjob::broker::Broker;
 use qjob::{Client, Job, Worker};
-use qjob_benches::{DONE, Keyed, PartitionedJob, amqp_url, start_round};
+use qjob_benches::{DONE, Keyed, PartitionedJob, amqp_url, start_round, timers_alone};
 
 #[tokio::main]
 async fn main() {
@@ -42,9 +42,16 @@ async fn main() {
             .await
             .unwrap();
         let rate = jobs as f64 / started.elapsed().as_secs_f64();
+        // The same waits with no broker: one task per key (30) or per
+        // handler slot (50), whichever binds.
+        let lanes = keys.min(50) as usize;
+        let timers = timers_alone(jobs as usize, lanes, Duration::from_millis(10)).await;
         println!(
-            "{keys:>3} keys over 30 partitions, 10 ms handlers, concurrency 50: {rate:.0} jobs/s ({:.0}% of the ideal {ideal})",
-            100.0 * rate / ideal
+            "{keys:>3} keys over 30 partitions, 10 ms handlers, concurrency 50: {rate:.0} jobs/s \
+             ({:.0}% of the ideal {ideal}; {:.0}% of {timers:.0}/s, the same 10 ms timers on \
+             {lanes} tasks without a broker)",
+            100.0 * rate / ideal,
+            100.0 * rate / timers
         );
     }
 }

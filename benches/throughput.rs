@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
     BENCH_QUEUE, Bench, BenchJob, amqp_url, env_number, median, payload, qjob_consume,
-    qjob_consume_with, rate, raw_consumer, reset_queue,
+    qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
 };
 
 /// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
@@ -214,23 +214,12 @@ impl Raw {
     async fn consume(&self, jobs: usize, prefetch: u16) -> Duration {
         let started = Instant::now();
         let channel = self.connection.create_channel().await.unwrap();
-        let mut consumer = raw_consumer(&channel, BENCH_QUEUE, "raw", prefetch).await;
-        let mut acks = FuturesUnordered::new();
-        let mut acked = 0;
-        while acked < jobs {
-            tokio::select! {
-                Some(delivery) = consumer.next() => {
-                    let delivery = delivery.unwrap();
-                    let job: Bench = serde_json::from_slice(&delivery.data).unwrap();
-                    std::hint::black_box(job);
-                    acks.push(async move { delivery.acker.ack(BasicAckOptions::default()).await });
-                }
-                Some(ack) = acks.next() => {
-                    ack.unwrap();
-                    acked += 1;
-                }
-            }
-        }
+        let consumer = raw_consumer(&channel, BENCH_QUEUE, "raw", prefetch).await;
+        raw_ack_all(consumer, jobs, |body| {
+            let job: Bench = serde_json::from_slice(body).unwrap();
+            std::hint::black_box(job);
+        })
+        .await;
         channel.close(200, "done".into()).await.unwrap();
         started.elapsed()
     }

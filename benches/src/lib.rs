@@ -17,6 +17,14 @@ pub static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Notified when [`HANDLED`] reaches [`TARGET`].
 pub static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// Counts a handled job, and notifies [`DONE`] at the round's last.
+pub fn handled() {
+    let handled = HANDLED.fetch_add(1, Ordering::SeqCst) + 1;
+    if handled == TARGET.load(Ordering::SeqCst) {
+        DONE.notify_one();
+    }
+}
+
 /// Starts a round that ends after `jobs` jobs.
 pub fn start_round(jobs: usize) {
     HANDLED.store(0, Ordering::SeqCst);
@@ -57,10 +65,7 @@ pub fn payload(n: u64) -> Vec<u8> {
 #[job(queue = "qjob.bench", retry = 0)]
 pub async fn bench(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
     std::hint::black_box(job);
-    let handled = HANDLED.fetch_add(1, Ordering::SeqCst) + 1;
-    if handled == TARGET.load(Ordering::SeqCst) {
-        DONE.notify_one();
-    }
+    handled();
     Ok(())
 }
 
@@ -97,10 +102,7 @@ pub struct Keyed {
 pub async fn partitioned(job: Keyed, _ctx: JobContext) -> Result<(), JobError> {
     std::hint::black_box(job);
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    let handled = HANDLED.fetch_add(1, Ordering::SeqCst) + 1;
-    if handled == TARGET.load(Ordering::SeqCst) {
-        DONE.notify_one();
-    }
+    handled();
     Ok(())
 }
 
@@ -307,4 +309,57 @@ fn broker_pid() -> Option<String> {
             let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
             (comm.trim() == "beam.smp" && !cmdline.contains("qjob-c")).then_some(pid)
         })
+}
+
+/// A job that awaits 10 ms of I/O (a timer), for the I/O-bound bench; its
+/// prefetch and concurrency are set per round through the overrides.
+#[job(queue = "qjob.bench.io", retry = 0)]
+pub async fn io_bound(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    handled();
+    Ok(())
+}
+
+/// `jobs` awaits of a `wait` timer spread over `tasks` tasks, no broker:
+/// the rate the runtime's timers allow (a 10 ms sleep ends on the next
+/// millisecond tick after its deadline, and a little later under load),
+/// the baseline of the benches whose handlers sleep.
+pub async fn timers_alone(jobs: usize, tasks: usize, wait: std::time::Duration) -> f64 {
+    let started = std::time::Instant::now();
+    let per_task = jobs / tasks;
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        running.spawn(async move {
+            for _ in 0..per_task {
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
+    rate(per_task * tasks, started.elapsed())
+}
+
+/// Consumes `jobs` deliveries of `consumer`, acking each at once with the
+/// acks kept in flight (a tuned hand-written consumer); `inspect` sees each
+/// body first.
+pub async fn raw_ack_all(mut consumer: lapin::Consumer, jobs: usize, inspect: impl Fn(&[u8])) {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    use lapin::options::BasicAckOptions;
+    let mut acks = FuturesUnordered::new();
+    let mut acked = 0;
+    while acked < jobs {
+        tokio::select! {
+            Some(delivery) = consumer.next() => {
+                let delivery = delivery.unwrap();
+                inspect(&delivery.data);
+                acks.push(async move { delivery.acker.ack(BasicAckOptions::default()).await });
+            }
+            Some(ack) = acks.next() => {
+                ack.unwrap();
+                acked += 1;
+            }
+        }
+    }
 }

@@ -32,3 +32,4 @@ page!(unique, "../docs/unique.md");
 page!(periodic, "../docs/periodic.md");
 page!(batches, "../docs/batches.md");
 page!(outbox, "../docs/outbox.md");
+page!(performance, "../docs/performance.md");

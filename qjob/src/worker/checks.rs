@@ -14,6 +14,29 @@ pub(crate) const DEFAULT_BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs
 /// broker's consumer timeout. The broker counts from delivery: a message
 /// prefetched while every handler slot is busy waits for up to
 /// `ceil(prefetch / concurrency)` handler runs before it is acked.
+/// A job whose consumers prefetch fewer messages in all than it has
+/// handler slots: the slots past the prefetch never run. (An autoscaled
+/// job's prefetch follows its slots.)
+pub(crate) fn prefetch_warning(
+    job: &str,
+    options: &JobOptions,
+    consumers: usize,
+) -> Option<String> {
+    if options.autoscale().is_some() {
+        return None;
+    }
+    let prefetched = usize::from(options.prefetch()).saturating_mul(consumers.max(1));
+    (prefetched < options.concurrency()).then(|| {
+        format!(
+            "job {job} (queue {:?}) has {} handler slots but its consumers prefetch {prefetched} \
+             messages in all, so at most {prefetched} handlers run at once; set `prefetch` to at \
+             least the concurrency (twice it keeps every slot busy while acks travel)",
+            options.queue(),
+            options.concurrency()
+        )
+    })
+}
+
 pub(crate) fn consumer_timeout_warning(
     job: &str,
     options: &JobOptions,
@@ -98,6 +121,17 @@ mod tests {
     use super::*;
 
     const LIMIT: Duration = DEFAULT_BROKER_CONSUMER_TIMEOUT;
+
+    #[test]
+    fn a_prefetch_below_the_slots_warns() {
+        let options = JobOptions::new("q").with_concurrency(100);
+        let warning = prefetch_warning("fetch", &options, 1).unwrap();
+        assert!(warning.contains("at most 25 handlers"), "{warning}");
+        // Partition consumers prefetch together.
+        let options = options.with_prefetch(10);
+        assert_eq!(prefetch_warning("fetch", &options, 30), None);
+        assert!(prefetch_warning("fetch", &JobOptions::new("q"), 1).is_none());
+    }
 
     #[test]
     fn no_timeout_warns() {

@@ -461,7 +461,8 @@ impl Worker {
         {
             let warning =
                 checks::consumer_timeout_warning(job, options, self.broker_consumer_timeout);
-            if let Some(warning) = warning {
+            let starved = checks::prefetch_warning(job, options, consumers.len());
+            for warning in warning.into_iter().chain(starved) {
                 tracing::warn!("{warning}");
             }
             let slots = options.autoscale().map_or(options.concurrency(), |a| a.min);

@@ -1,0 +1,118 @@
+//! Enqueue throughput of qjob against rusty-celery 0.5.5, alternating
+//! rounds on the same broker: the same persistent 256-byte jobs (a charge
+//! padded to 256 bytes of JSON), one producer.
+//!
+//! - qjob: `Client::enqueue_all`, every job confirmed by the broker;
+//! - celery: `Celery::send_task` for each job, as its producers do,
+//!   *without* publisher confirms (celery's AMQP broker has none), timed
+//!   until the broker holds every message (its queue depth, polled);
+//! - qjob one by one: `Client::enqueue` awaited per job, for reference.
+//!
+//! Prints the median rates, the ratio qjob / celery and the client CPU per
+//! job.
+//!
+//! ```text
+//! cd peers/rusty-celery && cargo run --release
+//! QJOB_BENCH_JOBS=50000 QJOB_BENCH_ROUNDS=5 cargo run --release
+//! ```
+
+use std::time::{Duration, Instant};
+
+use celery::prelude::*;
+use qjob::Client;
+use qjob::broker::Broker;
+use qjob_benches::{
+    BENCH_QUEUE, Bench, BenchJob, Cpu, amqp_url, broker_quiet, env_number, median, rate,
+    reset_queue,
+};
+
+const CELERY_QUEUE: &str = "qjob.bench.celery";
+
+#[celery::task]
+fn charge(account: String, cents: u64, note: String) -> TaskResult<()> {
+    std::hint::black_box((account, cents, note));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let url = amqp_url();
+    let jobs = env_number("QJOB_BENCH_JOBS", 50_000);
+    let rounds = env_number("QJOB_BENCH_ROUNDS", 3);
+    let broker = qjob::AmqpBroker::connect(url.as_str())
+        .await
+        .expect("the bench needs RabbitMQ");
+    let celery = celery::app!(
+        broker = AMQPBroker { url.clone() },
+        tasks = [charge],
+        task_routes = ["*" => CELERY_QUEUE],
+    )
+    .await
+    .expect("celery connects");
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    println!("{jobs} persistent 256-byte jobs per round, {rounds} rounds, alternating");
+
+    let (mut qjob_rates, mut celery_rates) = (Vec::new(), Vec::new());
+    let (mut qjob_cpu, mut celery_cpu) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        reset_queue(&channel, BENCH_QUEUE).await;
+        broker_quiet().await;
+        let client = Client::new(broker.clone());
+        let cpu = Cpu::now();
+        let started = Instant::now();
+        let results = client
+            .enqueue_all::<BenchJob>((0..jobs).map(|n| Bench::new(n as u64)))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        qjob_rates.push(rate(jobs, started.elapsed()));
+        qjob_cpu.push(cpu.per_job_since(jobs).0);
+
+        reset_queue(&channel, CELERY_QUEUE).await;
+        broker_quiet().await;
+        let cpu = Cpu::now();
+        let started = Instant::now();
+        for n in 0..jobs {
+            let Bench {
+                account,
+                cents,
+                note,
+            } = Bench::new(n as u64);
+            celery
+                .send_task(charge::new(account, cents, note))
+                .await
+                .unwrap();
+        }
+        // Not confirmed: done when the broker holds them all.
+        while depth(&broker, CELERY_QUEUE).await < jobs as u32 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        celery_rates.push(rate(jobs, started.elapsed()));
+        celery_cpu.push(cpu.per_job_since(jobs).0);
+        println!(
+            "round {round}: qjob {:.0}/s, celery {:.0}/s",
+            qjob_rates[round], celery_rates[round]
+        );
+    }
+    let (q, c) = (median(&qjob_rates), median(&celery_rates));
+    println!(
+        "enqueue: qjob enqueue_all (confirmed) {q:.0}/s ({:.0} µs CPU/job), celery send_task \
+         (unconfirmed) {c:.0}/s ({:.0} µs CPU/job): ratio qjob/celery {:.2}",
+        median(&qjob_cpu),
+        median(&celery_cpu),
+        q / c
+    );
+    reset_queue(&channel, BENCH_QUEUE).await;
+    reset_queue(&channel, CELERY_QUEUE).await;
+}
+
+async fn depth(broker: &qjob::AmqpBroker, queue: &str) -> u32 {
+    broker
+        .queue_stats(queue)
+        .await
+        .unwrap()
+        .map_or(0, |stats| stats.messages)
+}
