@@ -759,24 +759,30 @@ impl Relay {
     /// wait in its delay queue, then be dropped). Declares the known job
     /// types' queues on the way (the client declares each once).
     async fn blocked(&self, claimed: &[Claimed]) -> HashMap<usize, Outcome> {
-        let mut by_job: HashMap<&str, Option<Outcome>> = HashMap::new();
+        // By job type: whether this relay knows it, and why its rows are
+        // held back (if they are).
+        let mut by_job: HashMap<&str, (bool, Option<Outcome>)> = HashMap::new();
         let mut by_queue: HashMap<&str, Option<Outcome>> = HashMap::new();
         let mut blocked = HashMap::new();
         let now_ms = millis_since_epoch(SystemTime::now());
         for (index, row) in claimed.iter().enumerate() {
-            let options = self.outbox.options_of(&row.job);
             if !by_job.contains_key(row.job.as_str()) {
+                let options = self.outbox.options_of(&row.job);
                 let outcome = match &options {
                     Some(options) => self.outbox.client.declare(options).await.err(),
                     None => None,
                 };
-                by_job.insert(&row.job, outcome.map(Outcome::blocking));
+                by_job.insert(
+                    &row.job,
+                    (options.is_some(), outcome.map(Outcome::blocking)),
+                );
             }
-            if let Some(Some(outcome)) = by_job.get(row.job.as_str()) {
+            let (known, outcome) = &by_job[row.job.as_str()];
+            if let Some(outcome) = outcome {
                 blocked.insert(index, outcome.clone());
                 continue;
             }
-            if options.is_some() || row.wait(now_ms).is_none() {
+            if *known || row.wait(now_ms).is_none() {
                 continue;
             }
             if !by_queue.contains_key(row.queue.as_str()) {

@@ -202,10 +202,7 @@ pub(crate) async fn publish_delayed_all(
     let Some(spec) = planned.first().map(|first| first.spec.clone()) else {
         return Ok(Vec::new());
     };
-    if leases.due(&spec.name) {
-        broker.declare_queue(&spec).await?;
-        leases.renewed(&spec.name);
-    }
+    leases.keep(broker, &spec).await?;
     let sent = planned
         .iter()
         .map(|d| (spec.name.clone(), d.message.clone()))
@@ -215,9 +212,7 @@ pub(crate) async fn publish_delayed_all(
         .filter(|&i| matches!(outcomes[i], Err(Error::Unroutable { .. })))
         .collect();
     if !unroutable.is_empty() {
-        leases.forget(&spec.name);
-        broker.declare_queue(&spec).await?;
-        leases.renewed(&spec.name);
+        leases.restore(broker, &spec).await?;
         let again = unroutable
             .iter()
             .map(|&i| (spec.name.clone(), planned[i].message.clone()))
@@ -233,16 +228,11 @@ impl Delayed {
     /// Declares the delay queue when its lease is due for renewal (see
     /// [`Leases`]) and publishes into it.
     pub(crate) async fn publish(&self, broker: &dyn Broker, leases: &Leases) -> Result<(), Error> {
-        if leases.due(&self.spec.name) {
-            broker.declare_queue(&self.spec).await?;
-            leases.renewed(&self.spec.name);
-        }
+        leases.keep(broker, &self.spec).await?;
         match broker.publish(&self.spec.name, self.message.clone()).await {
             // Deleted under us (an operator): declare it again, once.
             Err(Error::Unroutable { .. }) => {
-                leases.forget(&self.spec.name);
-                broker.declare_queue(&self.spec).await?;
-                leases.renewed(&self.spec.name);
+                leases.restore(broker, &self.spec).await?;
                 broker.publish(&self.spec.name, self.message.clone()).await
             }
             published => published,
@@ -289,6 +279,24 @@ impl Leases {
 
     fn forget(&self, queue: &str) {
         self.renewals().remove(queue);
+    }
+
+    /// Declares delay queue `spec` if its lease is due for renewal.
+    async fn keep(&self, broker: &dyn Broker, spec: &QueueSpec) -> Result<(), Error> {
+        if self.due(&spec.name) {
+            broker.declare_queue(spec).await?;
+            self.renewed(&spec.name);
+        }
+        Ok(())
+    }
+
+    /// Declares delay queue `spec` again: it was found missing (deleted
+    /// under us, by an operator).
+    async fn restore(&self, broker: &dyn Broker, spec: &QueueSpec) -> Result<(), Error> {
+        self.forget(&spec.name);
+        broker.declare_queue(spec).await?;
+        self.renewed(&spec.name);
+        Ok(())
     }
 
     /// The delay queues declared within the last grace, by name: those
