@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench -p qjob-benches --bench scaling
+//! QJOB_BENCH_ONLY=memory cargo bench -p qjob-benches --bench scaling
 //! QJOB_BENCH_JOBS=60000 QJOB_BENCH_ROUNDS=3 cargo bench -p qjob-benches --bench scaling
 //! ```
 //!
@@ -14,10 +15,13 @@
 //!   one process and the workers' CPU per job;
 //! - job types: one worker with 1, 10 or 50 job types, the jobs spread
 //!   evenly over their queues (prefetch and concurrency 25 each);
-//! - memory: this process's resident memory after building and starting
-//!   a worker with 1 job type, then with 50 (the difference over 49 is
-//!   the cost of a job type); then with 1 000 handlers blocked in flight
-//!   (prefetch and concurrency 1 000), against the same worker idle.
+//! - memory (`QJOB_BENCH_ONLY=memory` for it alone): the resident memory
+//!   of a fresh process after building and starting a worker with 1 job
+//!   type, then with 10, 25 and 50 (the difference over the added types
+//!   is the cost of a job type); then with 1 000 and 4 000 handlers blocked
+//!   in flight on 256-byte jobs, and 1 000 on 4 KB jobs (prefetch and
+//!   concurrency to match), against the same worker idle. Each figure is
+//!   the median of 3 processes.
 //!
 //! On a 2-core machine the broker shares the cores with the workers, so
 //! more processes cannot add cores: the ratios say what they cost.
@@ -126,10 +130,15 @@ async fn main() {
         let broker = qjob::AmqpBroker::connect(amqp_url().as_str())
             .await
             .unwrap();
+        let number = |n: usize| -> usize {
+            let arg = args
+                .get(at + n)
+                .expect("--memory <types> | in-flight <jobs> <bytes>");
+            arg.parse().expect("a number")
+        };
         return match args.get(at + 1).map(String::as_str) {
-            Some("in-flight") => in_flight_memory(&broker).await,
-            Some(types) => types_memory(&broker, types.parse().unwrap()).await,
-            None => panic!("--memory <types|in-flight>"),
+            Some("in-flight") => in_flight_memory(&broker, number(2), number(3)).await,
+            _ => types_memory(&broker, number(1)).await,
         };
     }
     let jobs = env_number("QJOB_BENCH_JOBS", 40_000);
@@ -137,9 +146,12 @@ async fn main() {
     let broker = qjob::AmqpBroker::connect(amqp_url().as_str())
         .await
         .expect("the bench needs RabbitMQ");
-    println!("{jobs} persistent 256-byte no-op jobs per round, {rounds} rounds");
-    processes(&broker, jobs, rounds).await;
-    job_types(&broker, jobs, rounds).await;
+    let only = std::env::var("QJOB_BENCH_ONLY").unwrap_or_default();
+    if only != "memory" {
+        println!("{jobs} persistent 256-byte no-op jobs per round, {rounds} rounds");
+        processes(&broker, jobs, rounds).await;
+        job_types(&broker, jobs, rounds).await;
+    }
     memory(&broker).await;
 }
 
@@ -278,36 +290,53 @@ async fn job_types(broker: &qjob::AmqpBroker, jobs: usize, rounds: usize) {
     }
 }
 
-/// Runs this binary with `--memory <what>` (a fresh process: resident
-/// memory never shrinks back) and returns the numbers it prints.
-fn measured(what: &str) -> Vec<f64> {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--memory", what])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
+/// Runs this binary with `--memory <what>` in fresh processes (resident
+/// memory never shrinks back), `MEMORY_RUNS` times, and returns the median
+/// of each number it prints.
+fn measured(what: &[&str]) -> Vec<f64> {
+    let runs: Vec<Vec<f64>> = (0..MEMORY_RUNS)
+        .map(|_| {
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .arg("--memory")
+                .args(what)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .collect();
+    (0..runs[0].len())
+        .map(|i| median(&runs.iter().map(|run| run[i]).collect::<Vec<_>>()))
         .collect()
 }
 
+/// Fresh processes per memory figure; the median is printed.
+const MEMORY_RUNS: usize = 3;
+
 async fn memory(_broker: &qjob::AmqpBroker) {
-    let one = measured("1")[0];
-    let fifty = measured("50")[0];
-    println!(
-        "memory: {:.1} MB resident with 1 job type, {:.1} MB with 50: {:.0} KB per job type",
-        one / 1e6,
-        fifty / 1e6,
-        (fifty - one) / 49.0 / 1e3
-    );
-    let held = measured("in-flight");
-    println!(
-        "memory: {:.1} MB resident idle, {:.1} MB with 1 000 handlers in flight: {:.0} KB per 1 000 (256-byte jobs)",
-        held[0] / 1e6,
-        held[1] / 1e6,
-        (held[1] - held[0]) / 1e3
-    );
+    let one = measured(&["1"])[0];
+    for types in [10usize, 25, 50] {
+        let resident = measured(&[&types.to_string()])[0];
+        println!(
+            "memory: {:.1} MB resident with 1 job type, {:.1} MB with {types}: {:.0} KB per job type",
+            one / 1e6,
+            resident / 1e6,
+            (resident - one) / (types - 1) as f64 / 1e3
+        );
+    }
+    for (jobs, bytes) in [(1000usize, 256usize), (4000, 256), (1000, 4096)] {
+        let held = measured(&["in-flight", &jobs.to_string(), &bytes.to_string()]);
+        println!(
+            "memory: {:.1} MB resident idle, {:.1} MB with {jobs} handlers in flight on \
+             {bytes}-byte jobs: {:.1} KB per job in flight",
+            held[0] / 1e6,
+            held[1] / 1e6,
+            (held[1] - held[0]) / jobs as f64 / 1e3
+        );
+    }
 }
 
 /// Prints the resident memory with a worker of `types` job types started.
@@ -321,27 +350,31 @@ async fn types_memory(broker: &qjob::AmqpBroker, types: usize) {
     running.await.unwrap().unwrap();
 }
 
-/// Prints the resident memory of an idle worker, then with 1 000 handlers
-/// in flight.
-async fn in_flight_memory(broker: &qjob::AmqpBroker) {
+/// Prints the resident memory of an idle worker, then with `jobs`
+/// handlers in flight, each holding a payload of about `bytes` bytes.
+async fn in_flight_memory(broker: &qjob::AmqpBroker, jobs: usize, bytes: usize) {
     let client = Client::new(broker.clone());
     let prefix = HeldJob::options().env_prefix();
+    let slots = jobs.to_string();
     let worker = Worker::builder(broker.clone())
         .register(HeldJob)
         .console(false)
         .overrides(move |name| {
             let knob = name.strip_prefix(prefix.as_str())?;
-            matches!(knob, "PREFETCH" | "CONCURRENCY").then(|| "1000".to_owned())
+            matches!(knob, "PREFETCH" | "CONCURRENCY").then(|| slots.clone())
         })
         .build();
     let (stop, running) = started(worker).await;
     let idle = resident_bytes();
-    let results = client
-        .enqueue_all::<HeldJob>((0..1000).map(|n| Bench::new(n as u64)))
-        .await
-        .unwrap();
+    let payloads = (0..jobs).map(|n| {
+        let mut job = Bench::new(n as u64);
+        let padding = bytes.saturating_sub(256);
+        job.note.push_str(&"x".repeat(padding));
+        job
+    });
+    let results = client.enqueue_all::<HeldJob>(payloads).await.unwrap();
     assert!(results.iter().all(Result::is_ok));
-    while STARTED.load(Ordering::SeqCst) < 1000 {
+    while STARTED.load(Ordering::SeqCst) < jobs {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("{idle} {}", resident_bytes());

@@ -14,8 +14,11 @@
 //! until every message is acked and the consumer is closed. The raw loop
 //! keeps its acks in flight (a `FuturesUnordered`), as a tuned hand-written
 //! consumer does; qjob acks each job after its (no-op) handler returns, with
-//! `concurrency = prefetch`. Publish: the same number of confirmed
-//! publishes, with the same number of confirms in flight.
+//! `concurrency = prefetch`. Publish: `enqueue_all` against the same
+//! confirmed publishes spread the same way (contiguous runs on four
+//! channels, 512 confirms in flight on each), and against one channel
+//! publishing without confirms, timed until the queue holds every message
+//! (the ceiling: what the broker stores when nobody waits for it).
 //!
 //! Prints each round and the ratio qjob / lapin of the median rates.
 //!
@@ -32,12 +35,17 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
-    BENCH_QUEUE, Bench, BenchJob, amqp_url, env_number, median, payload, qjob_consume,
-    qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
+    BENCH_QUEUE, Bench, BenchJob, amqp_url, broker_quiet, env_number, median, payload,
+    qjob_consume, qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
 };
 
-/// Confirms in flight at once in both publish loops (qjob's `enqueue_all` window).
+/// Confirms in flight at once on each channel of the publish loops (qjob's
+/// window per channel).
 const PUBLISH_WINDOW: usize = 512;
+
+/// Channels the raw loop publishes one batch on at once (qjob's lanes in
+/// `enqueue_all`).
+const LANES: usize = 4;
 
 #[tokio::main]
 async fn main() {
@@ -58,13 +66,21 @@ async fn main() {
         return console_cost(&raw, &broker, jobs, rounds).await;
     }
     let mut publish = Rates::default();
+    let mut unconfirmed = Vec::new();
     for _ in 0..rounds {
         if only == "consume" {
             break;
         }
         raw.reset().await;
-        publish.lapin.push(rate(jobs, raw.publish(jobs).await));
+        broker_quiet().await;
+        unconfirmed.push(rate(jobs, raw.publish_unconfirmed(jobs).await));
         raw.reset().await;
+        broker_quiet().await;
+        publish
+            .lapin
+            .push(rate(jobs, raw.publish_lanes(jobs).await));
+        raw.reset().await;
+        broker_quiet().await;
         let client = Client::new(broker.clone());
         let started = Instant::now();
         let results = client
@@ -76,6 +92,12 @@ async fn main() {
     }
     if only != "consume" {
         publish.report("publish (confirmed)");
+        println!(
+            "publish: lapin unconfirmed {:>8.0}/s; qjob confirmed / lapin unconfirmed {:.2}   (rounds: {:?})",
+            median(&unconfirmed),
+            median(&publish.qjob) / median(&unconfirmed),
+            unconfirmed.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        );
     }
     if only == "publish" {
         return;
@@ -151,10 +173,62 @@ impl Rates {
     }
 }
 
+/// Publishes messages `run` (persistent, as qjob's first attempts) on
+/// `channel` with `PUBLISH_WINDOW` confirms in flight, or unconfirmed.
+async fn publish_run(channel: &lapin::Channel, run: std::ops::Range<usize>, confirmed: bool) {
+    let mut confirms: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
+    for n in run {
+        if confirms.len() >= PUBLISH_WINDOW {
+            let confirm: lapin::Confirmation = confirms.next().await.unwrap().unwrap();
+            assert!(confirm.is_ack());
+        }
+        let body = payload(n as u64);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                BENCH_QUEUE.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap();
+        if confirmed {
+            confirms.push(confirm);
+        }
+    }
+    while let Some(confirm) = confirms.next().await {
+        assert!(confirm.unwrap().is_ack());
+    }
+}
+
+/// Ready messages in the bench queue.
+async fn ready(channel: &lapin::Channel) -> usize {
+    let queue = channel
+        .queue_declare(
+            BENCH_QUEUE.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    queue.message_count() as usize
+}
+
 /// The hand-written lapin loops qjob is measured against.
 struct Raw {
     connection: Connection,
     channel: lapin::Channel,
+    /// Confirm channels for `publish_lanes`.
+    lanes: Vec<lapin::Channel>,
+    /// A channel without confirms.
+    unconfirmed: lapin::Channel,
 }
 
 impl Raw {
@@ -162,14 +236,25 @@ impl Raw {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("the bench needs RabbitMQ");
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let confirming = || async {
+            let channel = connection.create_channel().await.unwrap();
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            channel
+        };
+        let channel = confirming().await;
+        let mut lanes = Vec::new();
+        for _ in 0..LANES {
+            lanes.push(confirming().await);
+        }
+        let unconfirmed = connection.create_channel().await.unwrap();
         Self {
             connection,
             channel,
+            lanes,
+            unconfirmed,
         }
     }
 
@@ -181,31 +266,31 @@ impl Raw {
     /// Publishes `jobs` persistent messages with `PUBLISH_WINDOW` confirms in flight.
     async fn publish(&self, jobs: usize) -> Duration {
         let started = Instant::now();
-        let mut confirms: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
-        for n in 0..jobs {
-            if confirms.len() >= PUBLISH_WINDOW {
-                let confirm: lapin::Confirmation = confirms.next().await.unwrap().unwrap();
-                assert!(confirm.is_ack());
-            }
-            let body = payload(n as u64);
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "".into(),
-                    BENCH_QUEUE.into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_message_id(uuid::Uuid::now_v7().to_string().into())
-                        .with_content_type("application/json".into()),
-                )
-                .await
-                .unwrap();
-            confirms.push(confirm);
-        }
-        while let Some(confirm) = confirms.next().await {
-            assert!(confirm.unwrap().is_ack());
+        publish_run(&self.channel, 0..jobs, true).await;
+        started.elapsed()
+    }
+
+    /// Publishes `jobs` persistent messages as `enqueue_all` does: contiguous
+    /// runs on `LANES` confirm channels at once, `PUBLISH_WINDOW` confirms
+    /// in flight on each.
+    async fn publish_lanes(&self, jobs: usize) -> Duration {
+        let started = Instant::now();
+        let per_lane = jobs.div_ceil(self.lanes.len());
+        let runs = self.lanes.iter().enumerate().map(|(lane, channel)| {
+            let run = lane * per_lane..((lane + 1) * per_lane).min(jobs);
+            publish_run(channel, run, true)
+        });
+        futures_util::future::join_all(runs).await;
+        started.elapsed()
+    }
+
+    /// Publishes `jobs` persistent messages without confirms, timed until
+    /// the queue holds them all.
+    async fn publish_unconfirmed(&self, jobs: usize) -> Duration {
+        let started = Instant::now();
+        publish_run(&self.unconfirmed, 0..jobs, false).await;
+        while ready(&self.channel).await < jobs {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         started.elapsed()
     }

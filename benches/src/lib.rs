@@ -1,6 +1,8 @@
 //! The job the benches run: a no-op handler over a 256-byte JSON payload.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use qjob::{JobContext, JobError, job};
 use serde::{Deserialize, Serialize};
@@ -17,18 +19,39 @@ pub static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Notified when [`HANDLED`] reaches [`TARGET`].
 pub static DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// When the round's first handler began (see [`begun`]) and its last job
+/// was handled.
+static SPAN: Mutex<(Option<Instant>, Option<Instant>)> = Mutex::new((None, None));
+
+/// Marks a handler's start: the first of the round starts its span.
+pub fn begun() {
+    let mut span = SPAN.lock().unwrap();
+    span.0.get_or_insert_with(Instant::now);
+}
+
 /// Counts a handled job, and notifies [`DONE`] at the round's last.
 pub fn handled() {
     let handled = HANDLED.fetch_add(1, Ordering::SeqCst) + 1;
     if handled == TARGET.load(Ordering::SeqCst) {
+        SPAN.lock().unwrap().1 = Some(Instant::now());
         DONE.notify_one();
     }
 }
 
 /// Starts a round that ends after `jobs` jobs.
 pub fn start_round(jobs: usize) {
+    *SPAN.lock().unwrap() = (None, None);
     HANDLED.store(0, Ordering::SeqCst);
     TARGET.store(jobs, Ordering::SeqCst);
+}
+
+/// From the round's first handler start ([`begun`]) to its last job
+/// handled: the worker's start and stop left out.
+pub fn round_span() -> Option<Duration> {
+    match *SPAN.lock().unwrap() {
+        (Some(first), Some(last)) => Some(last - first),
+        _ => None,
+    }
 }
 
 /// The payload: a charge padded to 256 bytes of JSON.
@@ -100,6 +123,7 @@ pub struct Keyed {
     retry = 0
 )]
 pub async fn partitioned(job: Keyed, _ctx: JobContext) -> Result<(), JobError> {
+    begun();
     std::hint::black_box(job);
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     handled();

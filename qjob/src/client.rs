@@ -81,12 +81,52 @@ pub(crate) fn unique_lock_key(queue: &str, key: &str) -> String {
     format!("unique:{queue}:{key}")
 }
 
+/// Messages of one [`Broker::publish_all`], each with its index in the
+/// batch it came from.
+type Lane = Vec<(usize, (String, Message))>;
+
+/// Splits a batch of `J`'s messages into lanes published concurrently:
+/// one per [`LANE_MIN`] messages, at most [`LANES`]. A job whose queues
+/// keep an order (partitioned or single-active: the queues say so, not a
+/// worker's settings) has each of its queues whole on one lane, in input
+/// order. Any other job runs concurrently anyway: its batch is cut into
+/// contiguous runs, so one queue fills through several channels.
+fn lanes<J: Job>(messages: Vec<(String, Message)>) -> Vec<Lane> {
+    let options = J::options();
+    let ordered = options.partitions().is_some() || options.single_active();
+    let count = messages.len();
+    let lanes = (count / LANE_MIN).clamp(1, LANES);
+    let per_lane = count.div_ceil(lanes);
+    let mut by_queue: HashMap<String, usize> = HashMap::new();
+    let mut split: Vec<Lane> = (0..lanes).map(|_| Vec::new()).collect();
+    for (index, (queue, message)) in messages.into_iter().enumerate() {
+        let lane = if ordered {
+            let queues = by_queue.len();
+            *by_queue.entry(queue.clone()).or_insert(queues % lanes)
+        } else {
+            index / per_lane
+        };
+        split[lane].push((index, (queue, message)));
+    }
+    split.retain(|lane| !lane.is_empty());
+    split
+}
+
 /// How many locks [`Client::enqueue_all`] claims at once.
 const PIPELINE: usize = 512;
 
-/// How many jobs [`Client::enqueue_all`] publishes in one
-/// [`Broker::publish_all`].
+/// How many jobs [`Client::enqueue_all`] has in flight at most: the
+/// next chunk is sent once every job of this one was confirmed.
 const CHUNK: usize = 16_384;
+
+/// How many [`Broker::publish_all`] of one chunk run at once, each on its
+/// own channel. One queue's messages are stored by one broker process, so
+/// more lanes than this gain nothing (`benches/throughput.rs`).
+const LANES: usize = 4;
+
+/// Jobs of a batch per lane: a batch of fewer than twice this goes out on
+/// one channel, since another costs more than it brings.
+const LANE_MIN: usize = 1_024;
 
 /// Whether a unique job may publish: its lock, taken (`None` if the job is
 /// not unique), or the job that holds it.
@@ -337,8 +377,15 @@ impl Client {
     }
 
     /// Publishes many jobs with their confirms pipelined, and returns each
-    /// one's outcome in input order. Jobs that go to the same queue are
-    /// published in input order (a partitioned job's key keeps its order).
+    /// one's outcome in input order.
+    ///
+    /// A job whose queues keep an order (partitioned or `single_active`)
+    /// is published to each of its queues in input order, its partition
+    /// queues side by side: a key keeps its order. Any other job's
+    /// handlers run in no set order: a batch of 2 048 jobs or more is
+    /// spread over up to four channels at once, so its jobs may reach the
+    /// queue in another order than given (and on a full `reject-publish`
+    /// queue, the refused ones are not only the last).
     ///
     /// # Errors
     ///
@@ -354,9 +401,9 @@ impl Client {
             self.ensure_declared::<J>().await?;
             let mut results = Vec::with_capacity(payloads.len());
             let mut payloads = payloads.into_iter().peekable();
-            // A chunk at a time, each pipelined on one session and
-            // confirmed before the next is sent: order holds, and memory
-            // is bounded by the chunk.
+            // A chunk at a time, each confirmed before the next is sent:
+            // order holds where it is kept, and memory is bounded by the
+            // chunk.
             while payloads.peek().is_some() {
                 let chunk: Vec<_> = payloads.by_ref().take(CHUNK).collect();
                 let chunk = self.enqueue_chunk::<J>(chunk).await;
@@ -424,11 +471,7 @@ impl Client {
                 Err(error) => results.push(Some(Err(error))),
             }
         }
-        let outcomes = if sent.is_empty() {
-            Vec::new()
-        } else {
-            self.broker.publish_all(sent).await
-        };
+        let outcomes = self.publish_lanes(sent.len(), lanes::<J>(sent)).await;
         // The jobs of this chunk that were not stored, and gave their
         // locks back: a duplicate of one of them is not stored either.
         let mut lost: HashMap<JobId, String> = HashMap::new();
@@ -462,6 +505,38 @@ impl Client {
                 result.unwrap_or_else(|| {
                     Err(Error::broker(
                         format!("enqueue job {}", J::NAME),
+                        "the broker gave no outcome for it",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Publishes each lane with its own [`Broker::publish_all`], up to
+    /// [`LANES`] at once, and returns the outcome of each of the `count`
+    /// messages at the index [`lanes`] gave it.
+    async fn publish_lanes(&self, count: usize, lanes: Vec<Lane>) -> Vec<Result<(), Error>> {
+        let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::new();
+        outcomes.resize_with(count, || None);
+        let mut published = futures_util::stream::iter(lanes)
+            .map(|lane| async move {
+                let (indices, messages): (Vec<usize>, Vec<_>) = lane.into_iter().unzip();
+                indices
+                    .into_iter()
+                    .zip(self.broker.publish_all(messages).await)
+            })
+            .buffer_unordered(LANES);
+        while let Some(lane) = published.next().await {
+            for (index, outcome) in lane {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    Err(Error::broker(
+                        "publish",
                         "the broker gave no outcome for it",
                     ))
                 })
@@ -524,7 +599,8 @@ impl Client {
     /// Takes lock `lock` for job `id` if the job is unique. A publish that
     /// failed before anything was stored gives the lock back through the
     /// guard (see [`keep_if_stored`]), as does one abandoned (its future
-    /// dropped) before it was confirmed.
+    /// dropped) before its outcome was read: for `enqueue_all`, every lock
+    /// of the chunk in flight, even of jobs already confirmed.
     async fn claim<J: Job>(&self, lock: Option<String>, id: &JobId) -> Result<Claim, Error> {
         let (Some(key), Some(unique)) = (lock, J::options().unique()) else {
             return Ok(Claim::Free(None));

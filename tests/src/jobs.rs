@@ -292,3 +292,19 @@ pub async fn batch_done(
 
 // The outbox kill test's job: the relay process declares its queue.
 test_job!(outbox_kill, "qjob.test.outbox.kill");
+
+// `enqueue_all` of large batches: a job without an order to keep, the same
+// on a capped queue, one partitioned and one single-active.
+test_job!(spread, "qjob.test.batch.spread");
+test_job!(spread_capped, "qjob.test.batch.capped", max_length = 2500);
+test_job!(
+    spread_partitioned,
+    "qjob.test.batch.partitioned",
+    partition_by = key,
+    partitions = 3
+);
+test_job!(
+    spread_single_active,
+    "qjob.test.batch.single-active",
+    single_active = true
+);

@@ -610,6 +610,7 @@ pub mod conformance;
 pub mod console;
 pub mod jobs;
 pub mod outbox;
+pub mod recording;
 pub mod scenarios;
 pub mod unique;
 
@@ -741,6 +742,10 @@ macro_rules! worker_tests {
             a_graceful_stop_hands_a_partition_over_in_order HandoverJob,
             a_graceful_stop_hands_a_quorum_partition_over_in_order HandoverQuorumJob,
             a_rolling_restart_keeps_every_key_in_order RollingJob,
+            a_large_batch_goes_out_on_several_lanes SpreadJob,
+            a_large_batch_on_a_capped_queue_reports_each_refusal SpreadCappedJob,
+            a_large_partitioned_batch_keeps_each_key_in_order SpreadPartitionedJob,
+            a_large_single_active_batch_keeps_its_order SpreadSingleActiveJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

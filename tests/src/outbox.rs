@@ -1,15 +1,10 @@
 //! The outbox tests' PostgreSQL: a pool on `QJOB_PG_URL` (or the test
-//! database on 127.0.0.1:5432), a fresh table per test, and a broker that
-//! records what each relay publishes, in order.
+//! database on 127.0.0.1:5432), a fresh table per test, and a metrics
+//! recorder.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use qjob::Error;
-use qjob::broker::{
-    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
-};
 use qjob::outbox::Outbox;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -54,85 +49,6 @@ pub async fn rows(pool: &PgPool, table: &str) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-/// A broker that records the ids of the messages published through it, in
-/// the order they were handed to it, and forwards everything to `inner`.
-#[derive(Clone)]
-pub struct Recording<B> {
-    inner: B,
-    /// The message ids, in publish order.
-    pub published: Arc<Mutex<Vec<String>>>,
-}
-
-impl<B> Recording<B> {
-    /// Records what goes through `inner`.
-    pub fn new(inner: B) -> Self {
-        Self {
-            inner,
-            published: Arc::default(),
-        }
-    }
-
-    /// The ids recorded so far.
-    pub fn ids(&self) -> Vec<String> {
-        self.published.lock().unwrap().clone()
-    }
-
-    fn record<'a>(&self, messages: impl IntoIterator<Item = &'a Message>) {
-        let mut published = self.published.lock().unwrap();
-        published.extend(messages.into_iter().filter_map(|m| m.id.clone()));
-    }
-}
-
-#[async_trait]
-impl<B: Broker> Broker for Recording<B> {
-    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
-        self.inner.declare_queue(spec).await
-    }
-
-    async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        self.record([&message]);
-        self.inner.publish(queue, message).await
-    }
-
-    async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
-        self.record(messages.iter().map(|(_, message)| message));
-        self.inner.publish_all(messages).await
-    }
-
-    async fn consume(
-        &self,
-        queue: &str,
-        options: ConsumeOptions,
-    ) -> Result<Box<dyn Subscription>, Error> {
-        self.inner.consume(queue, options).await
-    }
-
-    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
-        self.inner.queue_stats(queue).await
-    }
-
-    async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
-        self.inner.get(queue).await
-    }
-
-    async fn broadcast(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message: Message,
-    ) -> Result<(), Error> {
-        self.inner.broadcast(exchange, routing_key, message).await
-    }
-
-    async fn listen(
-        &self,
-        exchange: &str,
-        patterns: &[&str],
-    ) -> Result<Box<dyn Subscription>, Error> {
-        self.inner.listen(exchange, patterns).await
-    }
 }
 
 /// A metrics recorder that keeps every counter's and gauge's last value

@@ -1386,3 +1386,142 @@ pub async fn a_rolling_restart_keeps_every_key_in_order<J: Job<Payload = Task> +
     );
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
 }
+
+/// `enqueue_all` of a batch large enough to be split: exactly the jobs
+/// whose result is `Ok` are stored, once each (on a capped queue, as many
+/// as it holds). A job whose queues keep an order has each queue whole on
+/// one of at most four `publish_all` calls, and each queue holds its jobs
+/// in input order; any other job's batch goes out as four contiguous runs
+/// at once.
+async fn a_large_batch<J: Job<Payload = Task>>(env: &Env) {
+    env.reset::<J>().await;
+    let recording = crate::recording::Recording::new(env.broker());
+    let client = Client::new(recording.clone());
+    let tag = env.tag::<J>();
+    let jobs = 6_000;
+    let tasks = (0..jobs).map(|seq| Task {
+        key: format!("k{}", seq % 30),
+        ..Task::new(&tag, seq, Act::Succeed)
+    });
+    let results = client.enqueue_all::<J>(tasks).await.unwrap();
+    let options = J::options();
+    let ordered = options.partitions().is_some() || options.single_active();
+    // Each stored job's input position (its seq), and its queue.
+    let mut stored: Vec<u32> = Vec::new();
+    let mut queue_of: std::collections::HashMap<String, String> = Default::default();
+    for queue in options.consumed_queues() {
+        let got = env.take_all(&queue).await;
+        let mut last: Option<u32> = None;
+        let mut last_of_key: std::collections::HashMap<String, u32> = Default::default();
+        for message in got {
+            let task: Task = serde_json::from_slice(&message.body).unwrap();
+            let id = message.id.expect("a job has its id");
+            let result = &results[task.seq as usize];
+            assert_eq!(
+                result.as_ref().ok().map(ToString::to_string),
+                Some(id.clone()),
+                "job {} stored, and its result says so with its id",
+                task.seq
+            );
+            if ordered {
+                if options.partitions().is_none() {
+                    assert!(last < Some(task.seq), "{queue}: out of input order");
+                }
+                if let Some(before) = last_of_key.insert(task.key.clone(), task.seq) {
+                    assert!(before < task.seq, "{queue}: key {} out of order", task.key);
+                }
+            }
+            last = Some(task.seq);
+            stored.push(task.seq);
+            queue_of.insert(id, queue.clone());
+        }
+    }
+    stored.sort();
+    let ok: Vec<u32> = (0..jobs)
+        .filter(|&seq| results[seq as usize].is_ok())
+        .collect();
+    assert_eq!(
+        stored, ok,
+        "exactly the jobs whose result is Ok are stored, once"
+    );
+    match options.max_length() {
+        Some(cap) => {
+            assert_eq!(ok.len(), cap as usize, "the capped queue is full");
+            for result in results.iter().filter_map(|result| result.as_ref().err()) {
+                assert!(matches!(result, Error::QueueFull { .. }), "{result:?}");
+            }
+        }
+        None => assert_eq!(ok.len(), jobs as usize, "every job stored"),
+    }
+    let calls = recording.calls.lock().unwrap().clone();
+    let queues = queue_of
+        .values()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let lanes = if ordered { queues.min(4) } else { 4 };
+    assert_eq!(calls.len(), lanes, "the batch's lanes");
+    if ordered {
+        for queue in queue_of.values() {
+            let holding = calls
+                .iter()
+                .filter(|call| call.iter().any(|id| queue_of.get(id) == Some(queue)))
+                .count();
+            assert_eq!(holding, 1, "{queue} whole on one lane");
+        }
+    } else {
+        let position: std::collections::HashMap<String, usize> = results
+            .iter()
+            .enumerate()
+            .filter_map(|(seq, result)| Some((result.as_ref().ok()?.to_string(), seq)))
+            .collect();
+        for call in &calls {
+            let seqs: Vec<usize> = call
+                .iter()
+                .filter_map(|id| position.get(id).copied())
+                .collect();
+            assert!(
+                seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+                "each lane a contiguous run"
+            );
+        }
+    }
+    if let Env::Amqp(..) = env {
+        // In memory a publish never waits: each lane ends before the next
+        // is polled.
+        assert_eq!(
+            recording.most_at_once(),
+            calls.len(),
+            "the lanes run at once"
+        );
+    }
+}
+
+/// `enqueue_all` of a batch large enough to be split, for a job without an order to keep.
+pub async fn a_large_batch_goes_out_on_several_lanes<J: Job<Payload = Task>>(env: &Env, _job: J) {
+    a_large_batch::<J>(env).await;
+}
+
+/// `enqueue_all` of a batch large enough to be split, for a job without
+/// an order to keep on a capped `reject-publish` queue.
+pub async fn a_large_batch_on_a_capped_queue_reports_each_refusal<J: Job<Payload = Task>>(
+    env: &Env,
+    _job: J,
+) {
+    a_large_batch::<J>(env).await;
+}
+
+/// `enqueue_all` of a batch large enough to be split, for a partitioned job.
+pub async fn a_large_partitioned_batch_keeps_each_key_in_order<J: Job<Payload = Task>>(
+    env: &Env,
+    _job: J,
+) {
+    a_large_batch::<J>(env).await;
+}
+
+/// `enqueue_all` of a batch large enough to be split, for a single-active job.
+pub async fn a_large_single_active_batch_keeps_its_order<J: Job<Payload = Task>>(
+    env: &Env,
+    _job: J,
+) {
+    a_large_batch::<J>(env).await;
+}

@@ -11,7 +11,8 @@ use qjob::Client;
 use qjob::broker::{Broker, QueueSpec};
 use qjob::outbox::{Outbox, Relay};
 use qjob_tests::jobs::OutboxKillJob;
-use qjob_tests::outbox::{Metrics, Recording, committed, fresh, pg_pool, rows};
+use qjob_tests::outbox::{Metrics, committed, fresh, pg_pool, rows};
+use qjob_tests::recording::Recording;
 use qjob_tests::{Act, Rabbit, Task, amqp, test_job, until};
 use tokio::sync::oneshot;
 

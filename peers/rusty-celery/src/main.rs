@@ -57,6 +57,7 @@ async fn main() {
 
     let (mut qjob_rates, mut celery_rates) = (Vec::new(), Vec::new());
     let (mut qjob_cpu, mut celery_cpu) = (Vec::new(), Vec::new());
+    let (mut qjob_broker, mut celery_broker) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         reset_queue(&channel, BENCH_QUEUE).await;
         broker_quiet().await;
@@ -69,7 +70,9 @@ async fn main() {
             .unwrap();
         assert!(results.iter().all(Result::is_ok));
         qjob_rates.push(rate(jobs, started.elapsed()));
-        qjob_cpu.push(cpu.per_job_since(jobs).0);
+        let (client, broker_cpu) = cpu.per_job_since(jobs);
+        qjob_cpu.push(client);
+        qjob_broker.extend(broker_cpu);
 
         reset_queue(&channel, CELERY_QUEUE).await;
         broker_quiet().await;
@@ -91,7 +94,9 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         celery_rates.push(rate(jobs, started.elapsed()));
-        celery_cpu.push(cpu.per_job_since(jobs).0);
+        let (client, broker_cpu) = cpu.per_job_since(jobs);
+        celery_cpu.push(client);
+        celery_broker.extend(broker_cpu);
         println!(
             "round {round}: qjob {:.0}/s, celery {:.0}/s",
             qjob_rates[round], celery_rates[round]
@@ -105,6 +110,13 @@ async fn main() {
         median(&celery_cpu),
         q / c
     );
+    if !qjob_broker.is_empty() {
+        println!(
+            "broker CPU per job: qjob {:.0} µs, celery {:.0} µs",
+            median(&qjob_broker),
+            median(&celery_broker)
+        );
+    }
     reset_queue(&channel, BENCH_QUEUE).await;
     reset_queue(&channel, CELERY_QUEUE).await;
 }
