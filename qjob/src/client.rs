@@ -85,15 +85,30 @@ pub(crate) fn unique_lock_key(queue: &str, key: &str) -> String {
 /// batch it came from.
 type Lane = Vec<(usize, (String, Message))>;
 
+/// Whether `J`'s queues keep its jobs in order: partitioned or
+/// single-active (the queues say so, not a worker's settings).
+fn keeps_order<J: Job>() -> bool {
+    let options = J::options();
+    options.partitions().is_some() || options.single_active()
+}
+
+/// The error of a job of a batch not sent because an earlier one `reason`
+/// ("was not stored", "may not have been stored").
+fn not_after<J: Job>(reason: &str) -> Error {
+    Error::NotSent {
+        operation: format!("enqueue job {}", J::NAME),
+        reason: format!("an earlier job of the batch {reason}"),
+    }
+}
+
 /// Splits a batch of `J`'s messages into lanes published concurrently:
 /// one per [`LANE_MIN`] messages, at most [`LANES`]. A job whose queues
-/// keep an order (partitioned or single-active: the queues say so, not a
-/// worker's settings) has each of its queues whole on one lane, in input
-/// order. Any other job runs concurrently anyway: its batch is cut into
-/// contiguous runs, so one queue fills through several channels.
+/// keep an order ([`keeps_order`]) has each of its queues whole on one
+/// lane, in input order. Any other job runs concurrently anyway: its batch
+/// is cut into contiguous runs, so one queue fills through several
+/// channels.
 fn lanes<J: Job>(messages: Vec<(String, Message)>) -> Vec<Lane> {
-    let options = J::options();
-    let ordered = options.partitions().is_some() || options.single_active();
+    let ordered = keeps_order::<J>();
     let count = messages.len();
     let lanes = (count / LANE_MIN).clamp(1, LANES);
     let per_lane = count.div_ceil(lanes);
@@ -387,6 +402,13 @@ impl Client {
     /// queue in another order than given (and on a full `reject-publish`
     /// queue, the refused ones are not only the last).
     ///
+    /// A job that may have been stored (a timeout, a lost connection) stops
+    /// the batch: the jobs after its chunk of 16 384 are
+    /// [`Error::NotSent`]. For a job whose queues keep an order, so does a
+    /// job that was not stored: enqueue it and the ones after it again, in
+    /// order. (Jobs of its chunk sent before its refusal came back are not
+    /// recalled.)
+    ///
     /// # Errors
     ///
     /// The outer error is a failure to declare the queues (nothing was
@@ -406,20 +428,22 @@ impl Client {
             // chunk.
             while payloads.peek().is_some() {
                 let chunk: Vec<_> = payloads.by_ref().take(CHUNK).collect();
-                let chunk = self.enqueue_chunk::<J>(chunk).await;
-                let unsettled = chunk
-                    .iter()
-                    .any(|result| result.as_ref().is_err_and(maybe_stored));
+                let claimed = self.claim_chunk::<J>(chunk).await;
+                let chunk = self.publish_chunk::<J>(claimed).await;
+                let failed = chunk.iter().filter_map(|result| result.as_ref().err());
+                // A job of the chunk may yet be stored late, on its own
+                // channel, and the next ones could overtake it; and one of
+                // an ordered job type that was not stored must not be
+                // overtaken either.
+                let stop =
+                    match failed.fold(None, |worst, error| worst.max(Some(maybe_stored(error)))) {
+                        Some(true) => Some("may not have been stored"),
+                        Some(false) if keeps_order::<J>() => Some("was not stored"),
+                        _ => None,
+                    };
                 results.extend(chunk);
-                if unsettled {
-                    // A job of the chunk may yet be stored late, on its own
-                    // channel: the next ones could overtake it.
-                    results.extend(payloads.by_ref().map(|_| {
-                        Err(Error::NotSent {
-                            operation: format!("enqueue job {}", J::NAME),
-                            reason: "an earlier job of the batch may not have been stored".into(),
-                        })
-                    }));
+                if let Some(reason) = stop {
+                    results.extend(payloads.by_ref().map(|_| Err(not_after::<J>(reason))));
                 }
             }
             Ok(results)
@@ -428,10 +452,10 @@ impl Client {
         .await
     }
 
-    /// Publishes `payloads` in one [`Broker::publish_all`], after claiming
-    /// the locks of the unique ones.
-    async fn enqueue_chunk<J: Job>(&self, payloads: Vec<J::Payload>) -> Vec<Result<JobId, Error>> {
-        let claimed: Vec<Result<Claimed, Error>> = futures_util::stream::iter(payloads)
+    /// Makes the messages of `payloads` and claims the locks of the unique
+    /// ones.
+    async fn claim_chunk<J: Job>(&self, payloads: Vec<J::Payload>) -> Vec<Result<Claimed, Error>> {
+        futures_util::stream::iter(payloads)
             .map(|payload| async move {
                 let (id, message, lock) = self.unique_message::<J>(&payload)?;
                 let queue = Self::target::<J>(Some(&payload)).into_owned();
@@ -447,13 +471,27 @@ impl Client {
             })
             .buffered(PIPELINE)
             .collect()
-            .await;
+            .await
+    }
+
+    /// Publishes the messages of a claimed chunk over [`lanes`], and
+    /// returns each job's outcome in input order.
+    async fn publish_chunk<J: Job>(
+        &self,
+        claimed: Vec<Result<Claimed, Error>>,
+    ) -> Vec<Result<JobId, Error>> {
         let mut sent = Vec::new();
         let mut results: Vec<Option<Result<JobId, Error>>> = Vec::with_capacity(claimed.len());
         let mut waiting = Vec::new();
         let mut duplicates = Vec::new();
+        // A job of an ordered job type that cannot go out stops the ones
+        // after it, which would overtake it.
+        let mut stopped = false;
         for claimed in claimed {
             match claimed {
+                Ok(Claimed::Publish { .. } | Claimed::Duplicate(_)) if stopped => {
+                    results.push(Some(Err(not_after::<J>("was not stored"))));
+                }
                 Ok(Claimed::Publish {
                     id,
                     queue,
@@ -468,7 +506,10 @@ impl Client {
                     duplicates.push(results.len());
                     results.push(Some(Ok(holder)));
                 }
-                Err(error) => results.push(Some(Err(error))),
+                Err(error) => {
+                    stopped = keeps_order::<J>();
+                    results.push(Some(Err(error)));
+                }
             }
         }
         let outcomes = self.publish_lanes(sent.len(), lanes::<J>(sent)).await;

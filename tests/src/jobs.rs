@@ -304,6 +304,13 @@ test_job!(
     partitions = 3
 );
 test_job!(
+    spread_capped_partitioned,
+    "qjob.test.batch.capped-partitioned",
+    partition_by = key,
+    partitions = 2,
+    max_length = 5000
+);
+test_job!(
     spread_single_active,
     "qjob.test.batch.single-active",
     single_active = true

@@ -746,6 +746,7 @@ macro_rules! worker_tests {
             a_large_batch_on_a_capped_queue_reports_each_refusal SpreadCappedJob,
             a_large_partitioned_batch_keeps_each_key_in_order SpreadPartitionedJob,
             a_large_single_active_batch_keeps_its_order SpreadSingleActiveJob,
+            a_refused_job_stops_an_ordered_batch_after_its_chunk SpreadCappedPartitionedJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

@@ -1525,3 +1525,53 @@ pub async fn a_large_single_active_batch_keeps_its_order<J: Job<Payload = Task>>
 ) {
     a_large_batch::<J>(env).await;
 }
+
+/// An ordered job's batch over more than one chunk (16 384 jobs) into
+/// capped partition queues: the refusals of the first chunk stop the
+/// batch, every later job is `NotSent`, and each key's stored jobs are the
+/// first of its jobs, in order.
+pub async fn a_refused_job_stops_an_ordered_batch_after_its_chunk<J: Job<Payload = Task>>(
+    env: &Env,
+    _job: J,
+) {
+    env.reset::<J>().await;
+    let client = env.client();
+    let tag = env.tag::<J>();
+    let (jobs, chunk) = (20_000, 16_384);
+    let tasks = (0..jobs).map(|seq| Task {
+        key: format!("k{}", seq % 30),
+        ..Task::new(&tag, seq, Act::Succeed)
+    });
+    let results = client.enqueue_all::<J>(tasks).await.unwrap();
+    let options = J::options();
+    let cap = options.max_length().expect("a capped job") as usize;
+    let queues = options.consumed_queues();
+    assert_eq!(
+        results.iter().filter(|result| result.is_ok()).count(),
+        cap * queues.len(),
+        "every partition queue filled in the first chunk"
+    );
+    for (seq, result) in results.iter().enumerate().skip(chunk) {
+        let error = result
+            .as_ref()
+            .expect_err("after the chunk nothing is sent");
+        assert!(
+            matches!(error, Error::NotSent { reason, .. } if reason.contains("was not stored")),
+            "job {seq}: {error:?}"
+        );
+    }
+    let mut stored_of_key: std::collections::HashMap<String, Vec<u32>> = Default::default();
+    for queue in &queues {
+        for message in env.take_all(queue).await {
+            let task: Task = serde_json::from_slice(&message.body).unwrap();
+            stored_of_key.entry(task.key).or_default().push(task.seq);
+        }
+    }
+    for (key, stored) in stored_of_key {
+        let first: Vec<u32> = (0..jobs)
+            .filter(|seq| format!("k{}", seq % 30) == key)
+            .take(stored.len())
+            .collect();
+        assert_eq!(stored, first, "key {key}: its first jobs, in order");
+    }
+}

@@ -6,10 +6,12 @@
 //! - celery: `Celery::send_task` for each job, as its producers do,
 //!   *without* publisher confirms (celery's AMQP broker has none), timed
 //!   until the broker holds every message (its queue depth, polled);
-//! - qjob one by one: `Client::enqueue` awaited per job, for reference.
+//! - qjob partitioned: the same jobs as a job partitioned by account over
+//!   four queues, `Client::enqueue_all`, confirmed: what spreading one job
+//!   type over several broker queue processes brings.
 //!
-//! Prints the median rates, the ratio qjob / celery and the client CPU per
-//! job.
+//! Prints the median rates, the ratios to celery, and the client's and the
+//! local broker's CPU per job.
 //!
 //! ```text
 //! cd peers/rusty-celery && cargo run --release
@@ -19,14 +21,27 @@
 use std::time::{Duration, Instant};
 
 use celery::prelude::*;
-use qjob::Client;
 use qjob::broker::Broker;
+use qjob::{Client, Job};
 use qjob_benches::{
     BENCH_QUEUE, Bench, BenchJob, Cpu, amqp_url, broker_quiet, env_number, median, rate,
     reset_queue,
 };
 
 const CELERY_QUEUE: &str = "qjob.bench.celery";
+
+/// The same jobs, partitioned by account over four queues: what one job
+/// type gains when its jobs are spread over several broker queue processes.
+#[qjob::job(
+    queue = "qjob.bench.partitioned4",
+    partition_by = account,
+    partitions = 4,
+    retry = 0
+)]
+async fn partitioned4(job: Bench, _ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+    std::hint::black_box(job);
+    Ok(())
+}
 
 #[celery::task]
 fn charge(account: String, cents: u64, note: String) -> TaskResult<()> {
@@ -58,7 +73,24 @@ async fn main() {
     let (mut qjob_rates, mut celery_rates) = (Vec::new(), Vec::new());
     let (mut qjob_cpu, mut celery_cpu) = (Vec::new(), Vec::new());
     let (mut qjob_broker, mut celery_broker) = (Vec::new(), Vec::new());
+    let mut partitioned_rates = Vec::new();
     for round in 0..rounds {
+        for queue in Partitioned4Job::options().consumed_queues() {
+            channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        }
+        broker_quiet().await;
+        let client = Client::new(broker.clone());
+        let started = Instant::now();
+        let results = client
+            .enqueue_all::<Partitioned4Job>((0..jobs).map(|n| Bench::new(n as u64)))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        partitioned_rates.push(rate(jobs, started.elapsed()));
+
         reset_queue(&channel, BENCH_QUEUE).await;
         broker_quiet().await;
         let client = Client::new(broker.clone());
@@ -109,6 +141,12 @@ async fn main() {
         median(&qjob_cpu),
         median(&celery_cpu),
         q / c
+    );
+    println!(
+        "enqueue: qjob enqueue_all of a job partitioned over 4 queues (confirmed) {:.0}/s: \
+         ratio to celery's one queue {:.2}",
+        median(&partitioned_rates),
+        median(&partitioned_rates) / c
     );
     if !qjob_broker.is_empty() {
         println!(
