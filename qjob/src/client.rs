@@ -161,20 +161,32 @@ enum Claimed {
     Duplicate(JobId),
 }
 
-/// After a unique job's publish: its lock stays if the job was, or may
-/// have been, stored (a timeout, a lost connection: it expires at the end
-/// of its window if the job never comes); otherwise the guard gives it
-/// back.
-fn keep_if_stored(guard: Option<Unlock>, outcome: &Result<(), Error>) {
-    if let Some(mut guard) = guard {
-        let stored = match outcome {
-            Ok(()) => true,
-            Err(error) => maybe_stored(error),
-        };
-        if stored {
-            guard.store = None;
+impl Unlock {
+    /// Gives the lock back and waits until the store has it, so that the
+    /// caller's next enqueue of the key finds it free.
+    async fn release(mut self) {
+        if let Some(store) = self.store.take() {
+            // If this fails, the lock expires at the end of its window.
+            let _ = store.release(&self.key, &self.owner).await;
         }
     }
+}
+
+/// After a unique job's publish: its lock stays if the job was, or may
+/// have been, stored (a timeout, a lost connection: it expires at the end
+/// of its window if the job never comes); otherwise the guard is returned,
+/// to [`Unlock::release`].
+fn unless_stored(guard: Option<Unlock>, outcome: &Result<(), Error>) -> Option<Unlock> {
+    let mut guard = guard?;
+    let stored = match outcome {
+        Ok(()) => true,
+        Err(error) => maybe_stored(error),
+    };
+    if stored {
+        guard.store = None;
+        return None;
+    }
+    Some(guard)
 }
 
 /// Enqueues jobs. Cheap to clone; clones share the broker and what was declared.
@@ -404,10 +416,15 @@ impl Client {
     ///
     /// A job that may have been stored (a timeout, a lost connection) stops
     /// the batch: the jobs after its chunk of 16 384 are
-    /// [`Error::NotSent`]. For a job whose queues keep an order, so does a
-    /// job that was not stored: enqueue it and the ones after it again, in
-    /// order. (Jobs of its chunk sent before its refusal came back are not
-    /// recalled.)
+    /// [`Error::NotSent`]. For a job whose queues keep an order, so does
+    /// any job that was not stored, and one that could not be made or
+    /// claimed (serialization, the unique store) also stops the jobs after
+    /// it in its chunk. The broker's refusals (a full queue) come back
+    /// while the chunk is being sent, so its later jobs still go out: on a
+    /// capped queue that a worker drains meanwhile, a key's later job may
+    /// be stored after its refused one. The `Ok` results were stored;
+    /// enqueue the `Err` ones again, in order. A unique job that was not
+    /// stored has its lock free again when this returns.
     ///
     /// # Errors
     ///
@@ -484,12 +501,22 @@ impl Client {
         let mut results: Vec<Option<Result<JobId, Error>>> = Vec::with_capacity(claimed.len());
         let mut waiting = Vec::new();
         let mut duplicates = Vec::new();
+        // The jobs of this chunk that were not stored, and whose locks go
+        // back: a duplicate of one of them is not stored either.
+        let mut lost: HashMap<JobId, String> = HashMap::new();
+        let mut releases = Vec::new();
         // A job of an ordered job type that cannot go out stops the ones
         // after it, which would overtake it.
         let mut stopped = false;
         for claimed in claimed {
             match claimed {
-                Ok(Claimed::Publish { .. } | Claimed::Duplicate(_)) if stopped => {
+                Ok(Claimed::Publish { id, guard, .. }) if stopped => {
+                    let error = not_after::<J>("was not stored");
+                    lost.insert(id, error.to_string());
+                    releases.extend(guard);
+                    results.push(Some(Err(error)));
+                }
+                Ok(Claimed::Duplicate(_)) if stopped => {
                     results.push(Some(Err(not_after::<J>("was not stored"))));
                 }
                 Ok(Claimed::Publish {
@@ -513,12 +540,9 @@ impl Client {
             }
         }
         let outcomes = self.publish_lanes(sent.len(), lanes::<J>(sent)).await;
-        // The jobs of this chunk that were not stored, and gave their
-        // locks back: a duplicate of one of them is not stored either.
-        let mut lost: HashMap<JobId, String> = HashMap::new();
         for ((index, id, guard), outcome) in waiting.into_iter().zip(outcomes) {
             let outcome = outcome.map_err(full::<J>);
-            keep_if_stored(guard, &outcome);
+            releases.extend(unless_stored(guard, &outcome));
             if let Err(error) = &outcome
                 && !maybe_stored(error)
             {
@@ -538,6 +562,11 @@ impl Client {
                 }));
             }
         }
+        // Given back before the results, so that enqueueing a key again
+        // (the next chunk, or the caller's retry) finds it free.
+        futures_util::stream::iter(releases)
+            .for_each_concurrent(PIPELINE, Unlock::release)
+            .await;
         // A broker that answered for fewer messages than it was given:
         // the others' fate is unknown.
         results
@@ -633,13 +662,15 @@ impl Client {
             Claim::Free(guard) => guard,
         };
         let outcome = publish.await;
-        keep_if_stored(guard, &outcome);
+        if let Some(guard) = unless_stored(guard, &outcome) {
+            guard.release().await;
+        }
         outcome.map(|()| Enqueued::New(id))
     }
 
     /// Takes lock `lock` for job `id` if the job is unique. A publish that
     /// failed before anything was stored gives the lock back through the
-    /// guard (see [`keep_if_stored`]), as does one abandoned (its future
+    /// guard (see [`unless_stored`]), as does one abandoned (its future
     /// dropped) before its outcome was read: for `enqueue_all`, every lock
     /// of the chunk in flight, even of jobs already confirmed.
     async fn claim<J: Job>(&self, lock: Option<String>, id: &JobId) -> Result<Claim, Error> {

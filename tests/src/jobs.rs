@@ -311,6 +311,11 @@ test_job!(
     max_length = 5000
 );
 test_job!(
+    spread_capped_plain,
+    "qjob.test.batch.capped-plain",
+    max_length = 5000
+);
+test_job!(
     spread_single_active,
     "qjob.test.batch.single-active",
     single_active = true

@@ -747,6 +747,7 @@ macro_rules! worker_tests {
             a_large_partitioned_batch_keeps_each_key_in_order SpreadPartitionedJob,
             a_large_single_active_batch_keeps_its_order SpreadSingleActiveJob,
             a_refused_job_stops_an_ordered_batch_after_its_chunk SpreadCappedPartitionedJob,
+            a_refused_job_does_not_stop_an_unordered_batch SpreadCappedPlainJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

@@ -1526,16 +1526,18 @@ pub async fn a_large_single_active_batch_keeps_its_order<J: Job<Payload = Task>>
     a_large_batch::<J>(env).await;
 }
 
-/// An ordered job's batch over more than one chunk (16 384 jobs) into
-/// capped partition queues: the refusals of the first chunk stop the
-/// batch, every later job is `NotSent`, and each key's stored jobs are the
-/// first of its jobs, in order.
-pub async fn a_refused_job_stops_an_ordered_batch_after_its_chunk<J: Job<Payload = Task>>(
-    env: &Env,
-    _job: J,
-) {
+/// A batch over two chunks (20 000 jobs; `enqueue_all` sends 16 384 at a
+/// time) into capped queues that the first chunk fills. For a job whose
+/// queues keep an order, the refusals of the first chunk stop the batch:
+/// nothing of the second chunk is sent, every job of it is `NotSent`, and
+/// each key's stored jobs are its first ones, in order. Any other job's
+/// batch goes on: every job is sent, and the refused ones are
+/// `QueueFull`. Either way exactly the jobs whose result is `Ok` are
+/// stored.
+async fn a_refusal_over_two_chunks<J: Job<Payload = Task>>(env: &Env) {
     env.reset::<J>().await;
-    let client = env.client();
+    let recording = crate::recording::Recording::new(env.broker());
+    let client = Client::new(recording.clone());
     let tag = env.tag::<J>();
     let (jobs, chunk) = (20_000, 16_384);
     let tasks = (0..jobs).map(|seq| Task {
@@ -1544,34 +1546,74 @@ pub async fn a_refused_job_stops_an_ordered_batch_after_its_chunk<J: Job<Payload
     });
     let results = client.enqueue_all::<J>(tasks).await.unwrap();
     let options = J::options();
+    let ordered = options.partitions().is_some() || options.single_active();
     let cap = options.max_length().expect("a capped job") as usize;
     let queues = options.consumed_queues();
-    assert_eq!(
-        results.iter().filter(|result| result.is_ok()).count(),
-        cap * queues.len(),
-        "every partition queue filled in the first chunk"
-    );
-    for (seq, result) in results.iter().enumerate().skip(chunk) {
-        let error = result
-            .as_ref()
-            .expect_err("after the chunk nothing is sent");
-        assert!(
-            matches!(error, Error::NotSent { reason, .. } if reason.contains("was not stored")),
-            "job {seq}: {error:?}"
-        );
-    }
     let mut stored_of_key: std::collections::HashMap<String, Vec<u32>> = Default::default();
+    let mut stored = Vec::new();
     for queue in &queues {
         for message in env.take_all(queue).await {
             let task: Task = serde_json::from_slice(&message.body).unwrap();
+            assert_eq!(
+                results[task.seq as usize]
+                    .as_ref()
+                    .ok()
+                    .map(ToString::to_string),
+                message.id,
+                "job {} stored, and its result says so with its id",
+                task.seq
+            );
+            stored.push(task.seq);
             stored_of_key.entry(task.key).or_default().push(task.seq);
         }
     }
-    for (key, stored) in stored_of_key {
-        let first: Vec<u32> = (0..jobs)
-            .filter(|seq| format!("k{}", seq % 30) == key)
-            .take(stored.len())
-            .collect();
-        assert_eq!(stored, first, "key {key}: its first jobs, in order");
+    stored.sort();
+    let ok: Vec<u32> = (0..jobs)
+        .filter(|&seq| results[seq as usize].is_ok())
+        .collect();
+    assert_eq!(stored, ok, "exactly the jobs whose result is Ok are stored");
+    assert_eq!(ok.len(), cap * queues.len(), "every queue filled");
+    let sent = recording.published.lock().unwrap().len();
+    for (seq, result) in results.iter().enumerate() {
+        let Err(error) = result else { continue };
+        if ordered && seq >= chunk {
+            assert!(
+                matches!(error, Error::NotSent { reason, .. } if reason.contains("was not stored")),
+                "job {seq}: {error:?}"
+            );
+        } else {
+            assert!(
+                matches!(error, Error::QueueFull { .. }),
+                "job {seq}: {error:?}"
+            );
+        }
     }
+    if ordered {
+        assert_eq!(sent, chunk, "nothing after the first chunk is sent");
+        for (key, stored) in stored_of_key {
+            let first: Vec<u32> = (0..jobs)
+                .filter(|seq| format!("k{}", seq % 30) == key)
+                .take(stored.len())
+                .collect();
+            assert_eq!(stored, first, "key {key}: its first jobs, in order");
+        }
+    } else {
+        assert_eq!(sent, jobs as usize, "every job is sent");
+    }
+}
+
+/// See `a_refusal_over_two_chunks`: a partitioned job.
+pub async fn a_refused_job_stops_an_ordered_batch_after_its_chunk<J: Job<Payload = Task>>(
+    env: &Env,
+    _job: J,
+) {
+    a_refusal_over_two_chunks::<J>(env).await;
+}
+
+/// See `a_refusal_over_two_chunks`: a job without an order to keep.
+pub async fn a_refused_job_does_not_stop_an_unordered_batch<J: Job<Payload = Task>>(
+    env: &Env,
+    _job: J,
+) {
+    a_refusal_over_two_chunks::<J>(env).await;
 }
