@@ -167,6 +167,41 @@ async fn a_lease_queue_declared_with_other_arguments_is_used_as_it_is() {
     assert_eq!(kit.attempts::<MinutelyJob>().len(), 10);
 }
 
+/// The first tick ever, refused: the lease recorded when the schedule
+/// started, so the leader that takes over fires it as the missed one
+/// (before, a leader that had fired no tick started from now, and the
+/// first tick was never enqueued).
+#[tokio::test(start_paused = true)]
+async fn a_first_tick_whose_publish_failed_fires_late_once() {
+    let started = SystemTime::now();
+    let mut kit = TestKit::new().register(MinutelyJob);
+    kit.broker()
+        .fail_next_publish_to(<MinutelyJob as qjob::Job>::QUEUE);
+    kit.advance(Duration::from_secs(150)).await;
+    let ids: Vec<String> = kit
+        .attempts::<MinutelyJob>()
+        .into_iter()
+        .map(|a| a.job_id.to_string())
+        .collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no tick twice: {ids:?}");
+    let ticks = ticks(ids.iter().cloned());
+    // The first minute boundary after the start was refused, then fired
+    // late; the next ones on time.
+    assert!(ticks.len() >= 2, "{ids:?}");
+    assert!(
+        ticks[0] > started && ticks[0] <= started + Duration::from_secs(60),
+        "the first tick fired: {ids:?}"
+    );
+    assert!(
+        ticks
+            .windows(2)
+            .all(|w| w[1].duration_since(w[0]).unwrap() == Duration::from_secs(60)),
+        "{ids:?}"
+    );
+    assert!(kit.health().unwrap().last_error.is_some());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_tick_whose_publish_failed_fires_late_once() {
     let mut kit = TestKit::new().register(MinutelyJob);

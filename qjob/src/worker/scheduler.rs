@@ -226,7 +226,8 @@ struct Leader<'a> {
     held: Option<(Delivery, Lease)>,
     held_since: Instant,
     renew_every: Duration,
-    /// The last tick fired, as this leader knows it.
+    /// The last tick fired, as this leader knows it, or when the schedule
+    /// started if none was.
     last: Option<SystemTime>,
     /// Whether this worker leads (it received a lease on this
     /// subscription: the active consumer stays so while subscribed).
@@ -423,7 +424,12 @@ impl Leader<'_> {
             tracing::info!(schedule = %self.planned.name, last = ?self.last, "schedule: leading");
         }
         let Some(last) = self.last.map(|last| last.min(now)) else {
-            // No tick fired yet: from now on.
+            // No tick fired yet: from now on. The lease records now as the
+            // schedule's start (to the millisecond it keeps), so that a
+            // first tick this leader cannot fire is a missed tick for the
+            // next, not one that never was.
+            self.last = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(millis(now)));
+            self.recorded = false;
             return Ok(schedule.next_after(now));
         };
         if let Some(missed) = schedule.latest_between(last, now) {
