@@ -3,7 +3,8 @@
 //!
 //! Leadership needs RabbitMQ alone. Every worker with the schedule consumes
 //! its lease queue (`qjob.schedule.<name>`, single active consumer); the
-//! queue holds one lease message, recording the last tick fired. The
+//! queue holds one lease message, recording the last tick fired (or,
+//! before the first, when the schedule started). The
 //! active consumer receives the lease and holds it unacked: it is the
 //! leader. At each tick it publishes the tick's job (its id derived from
 //! the schedule and the tick), then a new lease with that tick; the old
@@ -90,7 +91,8 @@ impl Planned {
     }
 }
 
-/// The lease: the last tick fired, in milliseconds since the Unix epoch.
+/// The lease: the last tick fired (or, before the first, when the
+/// schedule started), in milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Lease {
     format: u32,
@@ -233,7 +235,7 @@ struct Leader<'a> {
     /// subscription: the active consumer stays so while subscribed).
     leading: bool,
     /// Whether the lease queue records `last` (a new lease was published
-    /// after the last tick fired).
+    /// after the last tick fired, or the schedule's start).
     recorded: bool,
     /// Until when the lease last recorded must come back to this leader.
     returning: Option<Instant>,
@@ -421,7 +423,7 @@ impl Leader<'_> {
         let now = self.clock.now();
         let schedule = &self.planned.schedule;
         if taking_over {
-            tracing::info!(schedule = %self.planned.name, last = ?self.last, "schedule: leading");
+            tracing::info!(schedule = %self.planned.name, last_or_start = ?self.last, "schedule: leading");
         }
         let Some(last) = self.last.map(|last| last.min(now)) else {
             // No tick fired yet: from now on. The lease records now as the
