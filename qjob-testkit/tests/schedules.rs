@@ -35,6 +35,14 @@ fn ticks(ids: impl IntoIterator<Item = String>) -> Vec<SystemTime> {
         .collect()
 }
 
+/// The ids of the per-minute schedule's jobs run, in the order they ran.
+fn minutely_ids(kit: &TestKit) -> Vec<String> {
+    kit.attempts::<MinutelyJob>()
+        .into_iter()
+        .map(|a| a.job_id.to_string())
+        .collect()
+}
+
 fn minute_aligned(tick: SystemTime) -> bool {
     tick.duration_since(UNIX_EPOCH)
         .unwrap()
@@ -47,11 +55,7 @@ async fn an_hour_of_a_per_minute_schedule_is_60_ticks_each_once() {
     let mut kit = TestKit::new().register(MinutelyJob);
     let started = SystemTime::now();
     kit.advance(Duration::from_secs(3600)).await;
-    let ids: Vec<String> = kit
-        .attempts::<MinutelyJob>()
-        .into_iter()
-        .map(|a| a.job_id.to_string())
-        .collect();
+    let ids = minutely_ids(&kit);
     assert_eq!(ids.len(), 60, "{ids:?}");
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), 60, "no tick twice");
@@ -178,11 +182,7 @@ async fn a_first_tick_whose_publish_failed_fires_late_once() {
     kit.broker()
         .fail_next_publish_to(<MinutelyJob as qjob::Job>::QUEUE);
     kit.advance(Duration::from_secs(150)).await;
-    let ids: Vec<String> = kit
-        .attempts::<MinutelyJob>()
-        .into_iter()
-        .map(|a| a.job_id.to_string())
-        .collect();
+    let ids = minutely_ids(&kit);
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no tick twice: {ids:?}");
     let ticks = ticks(ids.iter().cloned());
@@ -209,11 +209,7 @@ async fn a_tick_whose_publish_failed_fires_late_once() {
     kit.broker()
         .fail_next_publish_to(<MinutelyJob as qjob::Job>::QUEUE);
     kit.advance(Duration::from_secs(210)).await;
-    let ids: Vec<String> = kit
-        .attempts::<MinutelyJob>()
-        .into_iter()
-        .map(|a| a.job_id.to_string())
-        .collect();
+    let ids = minutely_ids(&kit);
     // The third tick's publish was refused: the leader gave up the lease,
     // took it again, and fired that tick as the latest missed one.
     assert_eq!(ids.len(), 5, "{ids:?}");

@@ -742,12 +742,17 @@ macro_rules! worker_tests {
             a_graceful_stop_hands_a_partition_over_in_order HandoverJob,
             a_graceful_stop_hands_a_quorum_partition_over_in_order HandoverQuorumJob,
             a_rolling_restart_keeps_every_key_in_order RollingJob,
-            a_large_batch_goes_out_on_several_lanes SpreadJob,
-            a_large_batch_on_a_capped_queue_reports_each_refusal SpreadCappedJob,
-            a_large_partitioned_batch_keeps_each_key_in_order SpreadPartitionedJob,
-            a_large_single_active_batch_keeps_its_order SpreadSingleActiveJob,
-            a_refused_job_stops_an_ordered_batch_after_its_chunk SpreadCappedPartitionedJob,
-            a_refused_job_does_not_stop_an_unordered_batch SpreadCappedPlainJob,
+        );
+        // One scenario, several job types: a test each.
+        $crate::worker_tests!(@typed $env;
+            a_large_batch_goes_out_on_several_lanes a_large_batch SpreadJob,
+            a_large_batch_on_a_capped_queue_reports_each_refusal a_large_batch SpreadCappedJob,
+            a_large_partitioned_batch_keeps_each_key_in_order a_large_batch SpreadPartitionedJob,
+            a_large_single_active_batch_keeps_its_order a_large_batch SpreadSingleActiveJob,
+            a_refused_job_stops_an_ordered_batch_after_its_chunk
+                a_refusal_over_two_chunks SpreadCappedPartitionedJob,
+            a_refused_job_does_not_stop_an_unordered_batch
+                a_refusal_over_two_chunks SpreadCappedPlainJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {
@@ -755,6 +760,14 @@ macro_rules! worker_tests {
             #[tokio::test]
             async fn $name() {
                 $crate::scenarios::$name(&$env, $crate::jobs::$job).await;
+            }
+        )*
+    };
+    (@typed $env:expr; $($name:ident $scenario:ident $job:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::scenarios::$scenario::<$crate::jobs::$job>(&$env).await;
             }
         )*
     };

@@ -1393,7 +1393,7 @@ pub async fn a_rolling_restart_keeps_every_key_in_order<J: Job<Payload = Task> +
 /// one of at most four `publish_all` calls, and each queue holds its jobs
 /// in input order; any other job's batch goes out as four contiguous runs
 /// at once.
-async fn a_large_batch<J: Job<Payload = Task>>(env: &Env) {
+pub async fn a_large_batch<J: Job<Payload = Task>>(env: &Env) {
     env.reset::<J>().await;
     let recording = crate::recording::Recording::new(env.broker());
     let client = Client::new(recording.clone());
@@ -1496,36 +1496,6 @@ async fn a_large_batch<J: Job<Payload = Task>>(env: &Env) {
     }
 }
 
-/// `enqueue_all` of a batch large enough to be split, for a job without an order to keep.
-pub async fn a_large_batch_goes_out_on_several_lanes<J: Job<Payload = Task>>(env: &Env, _job: J) {
-    a_large_batch::<J>(env).await;
-}
-
-/// `enqueue_all` of a batch large enough to be split, for a job without
-/// an order to keep on a capped `reject-publish` queue.
-pub async fn a_large_batch_on_a_capped_queue_reports_each_refusal<J: Job<Payload = Task>>(
-    env: &Env,
-    _job: J,
-) {
-    a_large_batch::<J>(env).await;
-}
-
-/// `enqueue_all` of a batch large enough to be split, for a partitioned job.
-pub async fn a_large_partitioned_batch_keeps_each_key_in_order<J: Job<Payload = Task>>(
-    env: &Env,
-    _job: J,
-) {
-    a_large_batch::<J>(env).await;
-}
-
-/// `enqueue_all` of a batch large enough to be split, for a single-active job.
-pub async fn a_large_single_active_batch_keeps_its_order<J: Job<Payload = Task>>(
-    env: &Env,
-    _job: J,
-) {
-    a_large_batch::<J>(env).await;
-}
-
 /// A batch over two chunks (20 000 jobs; `enqueue_all` sends 16 384 at a
 /// time) into capped queues that the first chunk fills. For a job whose
 /// queues keep an order, the refusals of the first chunk stop the batch:
@@ -1534,7 +1504,7 @@ pub async fn a_large_single_active_batch_keeps_its_order<J: Job<Payload = Task>>
 /// batch goes on: every job is sent, and the refused ones are
 /// `QueueFull`. Either way exactly the jobs whose result is `Ok` are
 /// stored.
-async fn a_refusal_over_two_chunks<J: Job<Payload = Task>>(env: &Env) {
+pub async fn a_refusal_over_two_chunks<J: Job<Payload = Task>>(env: &Env) {
     env.reset::<J>().await;
     let recording = crate::recording::Recording::new(env.broker());
     let client = Client::new(recording.clone());
@@ -1600,20 +1570,4 @@ async fn a_refusal_over_two_chunks<J: Job<Payload = Task>>(env: &Env) {
     } else {
         assert_eq!(sent, jobs as usize, "every job is sent");
     }
-}
-
-/// See `a_refusal_over_two_chunks`: a partitioned job.
-pub async fn a_refused_job_stops_an_ordered_batch_after_its_chunk<J: Job<Payload = Task>>(
-    env: &Env,
-    _job: J,
-) {
-    a_refusal_over_two_chunks::<J>(env).await;
-}
-
-/// See `a_refusal_over_two_chunks`: a job without an order to keep.
-pub async fn a_refused_job_does_not_stop_an_unordered_batch<J: Job<Payload = Task>>(
-    env: &Env,
-    _job: J,
-) {
-    a_refusal_over_two_chunks::<J>(env).await;
 }
