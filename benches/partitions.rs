@@ -1,5 +1,7 @@
 //! Partitioned throughput on RabbitMQ: 30 partition queues, handlers of
-//! 10 ms, concurrency 50, prefetch 10 per partition consumer.
+//! 10 ms of I/O (`qjob_benches::io`: a service call, or with
+//! `QJOB_BENCH_IO=timer` a tokio sleep), concurrency 50, prefetch 10 per
+//! partition consumer.
 //!
 //! ```text
 //! cargo bench -p qjob-benches --bench partitions
@@ -18,12 +20,13 @@ use std::time::{Duration, Instant};
 use qjob::broker::Broker;
 use qjob::{Client, Job, Worker};
 use qjob_benches::{
-    DONE, Keyed, PartitionedJob, amqp_url, env_number, median, rate, round_span, start_round,
-    timers_alone,
+    DONE, Keyed, PartitionedJob, amqp_url, env_number, io_alone, median, rate, round_span,
+    start_round,
 };
 
 #[tokio::main]
 async fn main() {
+    qjob_benches::io_from_env();
     let url = amqp_url();
     let broker = qjob::AmqpBroker::connect(url.as_str())
         .await
@@ -40,13 +43,13 @@ async fn main() {
             let (span, took) = round(&broker, &client, jobs, keys).await;
             steady.push(rate(jobs as usize, span));
             whole.push(rate(jobs as usize, took));
-            timers.push(timers_alone(jobs as usize, lanes, Duration::from_millis(10)).await);
+            timers.push(io_alone(jobs as usize, lanes, Duration::from_millis(10)).await);
         }
         let (steady, whole, timers) = (median(&steady), median(&whole), median(&timers));
         println!(
             "{keys:>3} keys over 30 partitions, 10 ms handlers, concurrency 50: {steady:.0} jobs/s \
              from the first handler to the last job ({:.0}% of the ideal {ideal}; {:.0}% of \
-             {timers:.0}/s, the same 10 ms timers on {lanes} tasks without a broker); \
+             {timers:.0}/s, the same 10 ms of I/O on {lanes} tasks without a broker); \
              {whole:.0}/s with the worker's start and stop ({:.0}%)",
             100.0 * steady / ideal,
             100.0 * steady / timers,

@@ -125,7 +125,7 @@ pub struct Keyed {
 pub async fn partitioned(job: Keyed, _ctx: JobContext) -> Result<(), JobError> {
     begun();
     std::hint::black_box(job);
-    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    io(std::time::Duration::from_millis(10)).await;
     handled();
     Ok(())
 }
@@ -335,28 +335,114 @@ fn broker_pid() -> Option<String> {
         })
 }
 
-/// A job that awaits 10 ms of I/O (a timer), for the I/O-bound bench; its
+/// A job that awaits 10 ms of I/O ([`io`]), for the I/O-bound bench; its
 /// prefetch and concurrency are set per round through the overrides.
 #[job(queue = "qjob.bench.io", retry = 0)]
 pub async fn io_bound(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
     std::hint::black_box(job);
-    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    io(std::time::Duration::from_millis(10)).await;
     handled();
     Ok(())
 }
 
-/// `jobs` awaits of a `wait` timer spread over `tasks` tasks, no broker:
-/// the rate the runtime's timers allow (a 10 ms sleep ends on the next
-/// millisecond tick after its deadline, and a little later under load),
-/// the baseline of the benches whose handlers sleep.
-pub async fn timers_alone(jobs: usize, tasks: usize, wait: std::time::Duration) -> f64 {
+/// Whether [`io`] is a tokio sleep rather than a [`service_call`].
+static TIMER_IO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What stands for a handler's I/O: a call to a service that answers
+/// after exactly `wait` ([`service_call`]), or after [`timer_io`] (or
+/// [`io_from_env`] with `QJOB_BENCH_IO=timer`) a tokio sleep, which ends on the first
+/// millisecond tick after its deadline (a 10 ms sleep takes 10–11 ms,
+/// more under load) but costs less CPU.
+pub async fn io(wait: std::time::Duration) {
+    if TIMER_IO.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(wait).await;
+    } else {
+        service_call(wait).await;
+    }
+}
+
+/// Reads `QJOB_BENCH_IO` (`service`, the default, or `timer`) for [`io`];
+/// a bench calls it first.
+///
+/// # Panics
+///
+/// On another value.
+pub fn io_from_env() {
+    match std::env::var("QJOB_BENCH_IO").as_deref() {
+        Ok("timer") => timer_io(),
+        Ok("service") | Err(_) => {}
+        Ok(other) => panic!("QJOB_BENCH_IO is `service` or `timer`, not {other:?}"),
+    }
+}
+
+/// Makes [`io`] a tokio sleep from now on: where the I/O's precision does
+/// not matter and its cost would (the service's thread wakes a task per
+/// call, tens of microseconds of CPU that the worker and the broker need).
+pub fn timer_io() {
+    TIMER_IO.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A call to a service that answers `wait` after it was made. The
+/// service is a thread of its own that keeps the deadlines on the
+/// system's clock, as a remote service would: its answers are not rounded
+/// to the runtime's millisecond tick (the OS wakes it within tens of
+/// microseconds).
+pub async fn service_call(wait: std::time::Duration) {
+    use std::sync::mpsc;
+    type Reply = tokio::sync::oneshot::Sender<()>;
+    type Call = (std::time::Instant, Reply);
+    static SERVICE: std::sync::OnceLock<mpsc::Sender<Call>> = std::sync::OnceLock::new();
+    let service = SERVICE.get_or_init(|| {
+        let (calls, incoming) = mpsc::channel::<Call>();
+        std::thread::Builder::new()
+            .name("bench-service".into())
+            .spawn(move || {
+                // Due calls by deadline (and arrival, for equal ones).
+                let mut due: std::collections::BTreeMap<(std::time::Instant, u64), Reply> =
+                    std::collections::BTreeMap::new();
+                for arrival in 0u64.. {
+                    let now = std::time::Instant::now();
+                    while let Some(entry) = due.first_entry() {
+                        let &(at, _) = entry.key();
+                        if at > now {
+                            break;
+                        }
+                        let _ = entry.remove().send(());
+                    }
+                    let call = match due.keys().next() {
+                        Some(&(at, _)) => match incoming.recv_timeout(at - now) {
+                            Ok(call) => call,
+                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        },
+                        None => match incoming.recv() {
+                            Ok(call) => call,
+                            Err(_) => return,
+                        },
+                    };
+                    due.insert((call.0, arrival), call.1);
+                }
+            })
+            .expect("the bench's service starts");
+        calls
+    });
+    let (reply, answered) = tokio::sync::oneshot::channel();
+    let call = (std::time::Instant::now() + wait, reply);
+    service.send(call).expect("the bench's service runs");
+    let _ = answered.await;
+}
+
+/// `jobs` awaits of [`io`] for `wait` spread over `tasks` tasks, no broker:
+/// the rate that I/O allows, the baseline of the benches whose handlers
+/// wait on it.
+pub async fn io_alone(jobs: usize, tasks: usize, wait: std::time::Duration) -> f64 {
     let started = std::time::Instant::now();
     let per_task = jobs / tasks;
     let mut running = tokio::task::JoinSet::new();
     for _ in 0..tasks {
         running.spawn(async move {
             for _ in 0..per_task {
-                tokio::time::sleep(wait).await;
+                io(wait).await;
             }
         });
     }

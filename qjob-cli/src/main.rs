@@ -179,8 +179,8 @@ impl Filter {
 
 #[derive(Debug, Subcommand)]
 enum Topology {
-    /// Missing queues, arguments that differ, extra partitions, orphan
-    /// delay queues.
+    /// Missing queues, arguments that differ, extra partitions or shards,
+    /// orphan delay queues.
     Check,
 }
 

@@ -341,18 +341,44 @@ async fn cli_topology(work: Work, _ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
+#[job(queue = "qjob.test.cli.shards", shards = 2)]
+async fn cli_shards(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    let _ = work.fail;
+    Ok(())
+}
+
 #[tokio::test]
-async fn topology_check_reports_what_differs_with_its_exit_code() {
+async fn topology_check_reports_an_extra_partition_with_its_exit_code() {
+    extra_queue_is_reported(
+        CliTopologyJob,
+        "qjob.test.cli.topology.p2",
+        "a partition past job cli_topology's partitions",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn topology_check_reports_an_extra_shard_with_its_exit_code() {
+    extra_queue_is_reported(
+        CliShardsJob,
+        "qjob.test.cli.shards.s2",
+        "a shard past job cli_shards's shards",
+    )
+    .await;
+}
+
+/// `qjob topology check` is clean for `job`'s worker until `extra` exists,
+/// then says `problem` of it and exits 5.
+async fn extra_queue_is_reported<J: Job>(job: J, extra: &str, problem: &str) {
     let broker = broker().await;
-    reset::<CliTopologyJob>().await;
-    let extra = format!("{}.p2", CliTopologyJob::QUEUE);
-    let _running = start(&broker, CliTopologyJob);
-    until(&["workers"], |o| stdout(o).contains("cli_topology")).await;
+    reset::<J>().await;
+    let _running = start(&broker, job);
+    until(&["workers"], |o| stdout(o).contains(J::NAME)).await;
     // Other tests' workers share the broker: only this job's lines count.
     let ours = |output: &Output| -> Vec<String> {
         stdout(output)
             .lines()
-            .filter(|line| line.contains("qjob.test.cli.topology"))
+            .filter(|line| line.contains(J::QUEUE))
             .map(str::to_owned)
             .collect()
     };
@@ -360,18 +386,16 @@ async fn topology_check_reports_what_differs_with_its_exit_code() {
     assert!(ours(&output).is_empty(), "{}", stdout(&output));
 
     broker
-        .declare_queue(&QueueSpec::new(extra.clone()))
+        .declare_queue(&QueueSpec::new(extra.to_owned()))
         .await
         .unwrap();
     let output = qjob(&["topology", "check"]).await;
     assert_eq!(code(&output), 5);
     assert_eq!(
         ours(&output),
-        [format!(
-            "{extra}: a partition past job cli_topology's partitions, 0 messages never consumed"
-        )]
+        [format!("{extra}: {problem}, 0 messages never consumed")]
     );
-    qjob_tests::Rabbit::connect().await.delete(&[&extra]).await;
+    qjob_tests::Rabbit::connect().await.delete(&[extra]).await;
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ const KEYS: &[&str] = &[
     "timeout",
     "partition_by",
     "partitions",
+    "shards",
     "single_active",
     "circuit_breaker",
     "rate_limit",
@@ -88,6 +89,7 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<u64>,
     pub(crate) partition_by: Option<(Vec<Ident>, Span)>,
     pub(crate) partitions: Option<(u64, Span)>,
+    pub(crate) shards: Option<(u64, Span)>,
     pub(crate) single_active: Option<bool>,
     pub(crate) circuit_breaker: Option<Breaker>,
     pub(crate) rate_limit: Option<(u64, u64)>,
@@ -194,6 +196,7 @@ impl Args {
             "partitions" => {
                 self.partitions = Some((values::integer(key, value, 1, 1024)?, value.span()))
             }
+            "shards" => self.shards = Some((values::integer(key, value, 1, 1024)?, value.span())),
             "single_active" => self.single_active = Some(values::boolean(key, value)?),
             "rate_limit" => self.rate_limit = Some(values::rate(key, value)?),
             "queue_type" => self.quorum = Some(queue_type(value)?),
@@ -240,6 +243,22 @@ impl Args {
                 "`partitions` needs `partition_by = field` (the key to partition on)",
             )),
             _ => {}
+        }
+        if let Some((shards, span)) = self.shards
+            && shards > 1
+        {
+            if self.partitions.is_some() || self.partition_by.is_some() {
+                errors.push(syn::Error::new(
+                    span,
+                    "`shards` spreads jobs in no order and `partitions` keeps a key's order: choose one",
+                ));
+            }
+            if self.single_active == Some(true) {
+                errors.push(syn::Error::new(
+                    span,
+                    "`shards` spreads jobs over queues that every worker consumes, and `single_active` keeps one consumer: choose one",
+                ));
+            }
         }
     }
 }

@@ -141,6 +141,10 @@ fn options(args: &Args, queue: &syn::LitStr) -> TokenStream {
         let partitions = partitions as u16;
         calls.push(quote!(.with_partitions(#partitions)));
     }
+    if let Some((shards, _)) = args.shards {
+        let shards = shards as u16;
+        calls.push(quote!(.with_shards(#shards)));
+    }
     if let Some(single_active) = args.single_active {
         calls.push(quote!(.with_single_active(#single_active)));
     }

@@ -452,11 +452,10 @@ impl TestKit {
         J::Payload: Debug,
     {
         let mut out = format!("no {} job matching the filter {what}.", J::NAME);
-        let partitions = format!("{}.p", J::QUEUE);
-        let registered = self
-            .queues
+        let registered = J::options()
+            .consumed_queues()
             .iter()
-            .any(|q| q == J::QUEUE || q.starts_with(&partitions));
+            .any(|consumed| self.queues.contains(consumed));
         if !registered {
             out += &format!(
                 "\njob {} (queue {:?}) is not registered with this TestKit: add \

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use qjob::{AttemptOutcome, Client, Error, JobContext, JobError, job};
+use qjob::{AttemptOutcome, Client, Error, Job, JobContext, JobError, job};
 use qjob_testkit::TestKit;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -366,6 +366,36 @@ async fn tallied(job: Tallied, ctx: JobContext) -> Result<(), JobError> {
         return Err(JobError::msg("flaky"));
     }
     Ok(())
+}
+
+#[job(queue = "kit.sharded", shards = 3, retry = 1, backoff = fixed("1s"))]
+async fn sharded(job: Charge, ctx: JobContext) -> Result<(), JobError> {
+    if job.cents.is_multiple_of(5) && ctx.attempt() == 1 {
+        return Err(JobError::msg("flaky"));
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sharded_job_runs_from_every_shard_with_its_retries() {
+    // 60 jobs over 3 shards: one left empty once in 10^10 runs.
+    let mut kit = TestKit::new().register(ShardedJob);
+    for cents in 0..60 {
+        let payload = Charge {
+            account: "ada".into(),
+            cents,
+        };
+        kit.enqueue::<ShardedJob>(payload).await.unwrap();
+    }
+    for shard in ShardedJob::options().consumed_queues() {
+        assert!(kit.broker().ready_count(&shard) > 0, "{shard} holds jobs");
+    }
+    assert_eq!(kit.enqueued::<ShardedJob>().len(), 60);
+    kit.run_until_idle().await;
+    assert_eq!(kit.succeeded::<ShardedJob>().len(), 60);
+    assert_eq!(kit.retried::<ShardedJob>().len(), 12);
+    assert!(kit.enqueued::<ShardedJob>().is_empty());
+    assert!(kit.dead_lettered::<ShardedJob>().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -342,12 +342,13 @@ pub(crate) async fn job(
     });
     let _ = write!(
         html,
-        r#"<section class="settings"><dl><dt>Queue</dt><dd>{queue}</dd><dt>Queue type</dt><dd>{kind}</dd><dt>Partitions</dt><dd>{partitions}</dd><dt>Prefetch</dt><dd>{prefetch}</dd><dt>Concurrency</dt><dd>{concurrency} over {workers} worker(s)</dd><dt>Autoscale</dt><dd>{autoscale}</dd><dt>Attempts</dt><dd>{attempts}</dd><dt>Paused on</dt><dd>{paused} of {workers}</dd><dt>Settled</dt><dd>{succeeded} succeeded, {failed} failed, {retried} retried, {dead} dead-lettered</dd></dl></section>"#,
+        r#"<section class="settings"><dl><dt>Queue</dt><dd>{queue}</dd><dt>Queue type</dt><dd>{kind}</dd><dt>Partitions</dt><dd>{partitions}</dd><dt>Shards</dt><dd>{shards}</dd><dt>Prefetch</dt><dd>{prefetch}</dd><dt>Concurrency</dt><dd>{concurrency} over {workers} worker(s)</dd><dt>Autoscale</dt><dd>{autoscale}</dd><dt>Attempts</dt><dd>{attempts}</dd><dt>Paused on</dt><dd>{paused} of {workers}</dd><dt>Settled</dt><dd>{succeeded} succeeded, {failed} failed, {retried} retried, {dead} dead-lettered</dd></dl></section>"#,
         queue = escape(&status.queue),
         kind = escape(&status.queue_type),
         partitions = status
             .partitions
             .map_or("none".to_owned(), |p| p.to_string()),
+        shards = status.shards.unwrap_or(1),
         prefetch = status.prefetch,
         concurrency = job.concurrency,
         workers = job.workers,

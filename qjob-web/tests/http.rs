@@ -12,7 +12,7 @@ use qjob_testkit::MemoryBroker;
 use qjob_web::{Access, Console};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[job(queue = "web.http.email")]
+#[job(queue = "web.http.email", shards = 2)]
 async fn email(_to: String, _ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
@@ -145,6 +145,7 @@ async fn actions_need_the_cookie_token_and_this_origin() {
     let (admin, _stop) = running().await;
     let addr = serve(Console::new(admin)).await;
     let (_, headers, body) = http(&addr, &get(&addr, "/jobs/email", None)).await;
+    assert!(body.contains("<dt>Shards</dt><dd>2</dd>"), "{body}");
     let (cookie, token) = token_cookie(&headers);
     assert!(body.contains(&format!(r#"name="csrf" value="{token}""#)));
     let form = format!("csrf={token}");

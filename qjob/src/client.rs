@@ -475,7 +475,7 @@ impl Client {
         futures_util::stream::iter(payloads)
             .map(|payload| async move {
                 let (id, message, lock) = self.unique_message::<J>(&payload)?;
-                let queue = Self::target::<J>(Some(&payload)).into_owned();
+                let queue = Self::target_now::<J>(&payload).into_owned();
                 Ok(match self.claim::<J>(lock, &id).await? {
                     Claim::Held(holder) => Claimed::Duplicate(holder),
                     Claim::Free(guard) => Claimed::Publish {
@@ -616,7 +616,7 @@ impl Client {
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
         let (id, message, lock) = self.unique_message::<J>(payload)?;
-        let target = Self::target::<J>(Some(payload));
+        let target = Self::target_now::<J>(payload);
         let publish = async {
             let published = self.broker.publish(&target, message).await;
             published.map_err(full::<J>)
@@ -699,7 +699,8 @@ impl Client {
 
     /// The queue a job goes to: the work queue, or for a partitioned job the
     /// partition queue of its key (partition 0 when there is no payload to
-    /// take a key from).
+    /// take a key from). A sharded job's jobs that go out at once spread
+    /// over its shards ([`Client::target_now`]); what waits goes here.
     pub(crate) fn target<J: Job>(payload: Option<&J::Payload>) -> Cow<'static, str> {
         // Only partitioned jobs have keys: the common case needs no options.
         let key = match payload.map(J::partition_key) {
@@ -708,6 +709,15 @@ impl Client {
             None => String::new(),
         };
         Cow::Owned(topology::route(&J::options(), Some(&key)).into_owned())
+    }
+
+    /// The queue a job that goes out now goes to: [`Client::target`], or
+    /// for a sharded job any of its shards.
+    pub(crate) fn target_now<J: Job>(payload: &J::Payload) -> Cow<'static, str> {
+        match topology::any_shard(&J::options()) {
+            Some(shard) => Cow::Owned(shard),
+            None => Self::target::<J>(Some(payload)),
+        }
     }
 
     pub(crate) fn message<J: Job>(payload: &J::Payload) -> Result<(JobId, Message), Error> {

@@ -202,6 +202,7 @@ pub struct JobOptions {
     backoff: Backoff,
     timeout: Option<Duration>,
     partitions: Option<u16>,
+    shards: u16,
     single_active: bool,
     circuit_breaker: Option<CircuitBreaker>,
     rate_limit: Option<RateLimit>,
@@ -232,6 +233,7 @@ impl JobOptions {
             backoff: Backoff::Immediate,
             timeout: None,
             partitions: None,
+            shards: 1,
             single_active: false,
             circuit_breaker: None,
             rate_limit: None,
@@ -287,6 +289,36 @@ impl JobOptions {
     /// Spreads the job over `partitions` partition queues by key.
     pub fn with_partitions(mut self, partitions: u16) -> Self {
         self.partitions = Some(partitions);
+        self
+    }
+
+    /// Spreads a job with no order to keep over `shards` queues: its work
+    /// queue and `<queue>.s1` … `<queue>.s<N-1>`. A queue is one process on
+    /// the broker: shards carry more jobs a second than one queue can.
+    ///
+    /// Producers spread the jobs that go out at once over the shards, and
+    /// every worker consumes all of them, `prefetch` (and `max_length`)
+    /// per shard. What waits (retries, delayed jobs) and what comes back
+    /// (replayed dead letters, a schedule's ticks) goes to the work queue,
+    /// which every worker consumes whatever its `shards`; a quorum or
+    /// capped job holds its retries in the worker, as any quorum or capped
+    /// job does. Dead letters go to the one dead-letter queue. Not with
+    /// partitions or single-active (they keep an order; shards do not). A
+    /// worker also consumes the shards past its `shards` that exist when it
+    /// starts, until they are deleted: a deploy that changes `shards`
+    /// strands nothing (the performance guide, `qjob::docs::performance`).
+    ///
+    /// ```
+    /// let options = qjob::JobOptions::new("mail").with_shards(3);
+    /// assert_eq!(options.consumed_queues(), ["mail", "mail.s1", "mail.s2"]);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `shards` is 0 (`#[job]` rejects it at compile time).
+    pub fn with_shards(mut self, shards: u16) -> Self {
+        assert!(shards >= 1, "shards must be at least 1");
+        self.shards = shards;
         self
     }
 
@@ -411,6 +443,12 @@ impl JobOptions {
         self.partitions
     }
 
+    /// The number of queues a job without a key is spread over: 1 unless
+    /// sharded ([`JobOptions::with_shards`]).
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
     /// Whether the queue is single-active-consumer.
     pub fn single_active(&self) -> bool {
         self.single_active
@@ -441,8 +479,9 @@ impl JobOptions {
         self.delivery_limit
     }
 
-    /// The queues a worker consumes for this job: its queue, or its
-    /// partition queues `<queue>.p0` … `<queue>.p<N-1>` when partitioned.
+    /// The queues a worker consumes for this job: its queue, its partition
+    /// queues `<queue>.p0` … `<queue>.p<N-1>` when partitioned, or its queue
+    /// and `<queue>.s1` … `<queue>.s<N-1>` when sharded.
     ///
     /// ```
     /// let options = qjob::JobOptions::new("events").with_partitions(3);

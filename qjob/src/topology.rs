@@ -7,16 +7,19 @@ use crate::policy::backoff;
 use crate::policy::partition::{partition_for, partition_queue};
 use crate::{Error, JobOptions, QueueType, headers};
 
-/// The queues a job type's workers consume: the work queue, or for a
+/// The queues a job type's workers consume: the work queue; for a
 /// partitioned job its partition queues `<queue>.p0` … `<queue>.p<N-1>`,
-/// each single-active-consumer so that one worker at a time drives it.
+/// each single-active-consumer so that one worker at a time drives it; for
+/// a sharded one its shards, the work queue and `<queue>.s1` …
+/// `<queue>.s<N-1>`, each consumed by every worker.
 pub(crate) fn consumed_queues(options: &JobOptions) -> Vec<QueueSpec> {
     match options.partitions() {
-        None => vec![queue_spec(
-            options,
-            options.queue().to_owned(),
-            options.single_active(),
-        )],
+        None => (0..options.shards())
+            .map(|index| {
+                let name = shard_queue(options.queue(), index);
+                queue_spec(options, name, options.single_active())
+            })
+            .collect(),
         Some(partitions) => (0..partitions)
             .map(|index| queue_spec(options, partition_queue(options.queue(), index), true))
             .collect(),
@@ -68,6 +71,86 @@ pub(crate) fn route<'a>(options: &'a JobOptions, key: Option<&str>) -> std::borr
         }
         _ => options.queue().into(),
     }
+}
+
+/// The name of shard `index` of `queue`: the work queue itself for shard
+/// 0, so that sharding a job strands nothing, and `<queue>.s<index>` after.
+pub(crate) fn shard_queue(queue: &str, index: u16) -> String {
+    match index {
+        0 => queue.to_owned(),
+        index => format!("{queue}.s{index}"),
+    }
+}
+
+/// Which shard of the job on `queue` the queue `name` is, if it is one
+/// past shard 0 (`<queue>.s<index>`).
+pub(crate) fn shard_index(queue: &str, name: &str) -> Option<u16> {
+    let index = name.strip_prefix(queue)?.strip_prefix(".s")?;
+    if index.starts_with('0') || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    index.parse().ok().filter(|&index| index > 0)
+}
+
+/// A shard of a job without a key, picked at random for one job that
+/// goes out now; `None` unless the job is sharded. What waits (a delayed
+/// job, a retry) goes to the work queue instead: see [`retry_queue`].
+pub(crate) fn any_shard(options: &JobOptions) -> Option<String> {
+    use std::hash::BuildHasher;
+    let shards = options.shards();
+    (shards > 1).then(|| {
+        // Each `RandomState` is keyed afresh: its hash is a cheap random
+        // number, and the shards fill evenly.
+        let pick = std::hash::RandomState::new().hash_one(0u8) % u64::from(shards);
+        shard_queue(options.queue(), pick as u16)
+    })
+}
+
+/// Where the retries of a job consumed from `consumed` go: back to a
+/// partition queue, and otherwise to the work queue. The work queue is
+/// shard 0, which every worker consumes whatever its `shards`: a retry
+/// from a shard (or a delayed job, which [`crate::Client`] sends the same
+/// way) never waits for a shard that a later deploy stops consuming.
+pub(crate) fn retry_queue(options: &JobOptions, consumed: &QueueSpec) -> QueueSpec {
+    match options.partitions() {
+        Some(_) => consumed.clone(),
+        None => queue_spec(options, options.queue().to_owned(), options.single_active()),
+    }
+}
+
+/// How many missing shards in a row end the search for shards past a
+/// job's `shards` ([`shards_past`]): an operator deleting them one by one
+/// may leave gaps.
+const SHARD_GAP: u16 = 4;
+
+/// The shards of the job on `queue` from `from` up that exist, with their
+/// stats: left by a deploy with more shards. The search ends after
+/// [`SHARD_GAP`] missing in a row.
+pub(crate) async fn shards_past(
+    broker: &dyn Broker,
+    queue: &str,
+    from: u16,
+) -> Result<Vec<(String, crate::broker::QueueStats)>, Error> {
+    let mut found = Vec::new();
+    let mut missing = 0;
+    for index in from.max(1)..=u16::MAX {
+        let shard = shard_queue(queue, index);
+        match broker.queue_stats(&shard).await? {
+            Some(stats) => {
+                missing = 0;
+                found.push((shard, stats));
+            }
+            None if missing + 1 == SHARD_GAP => break,
+            None => missing += 1,
+        }
+    }
+    Ok(found)
+}
+
+/// A shard past the job's `shards` as its workers consume it: like any
+/// other shard, but never declared (it goes once it is deleted).
+pub(crate) fn inherited_shard(options: &JobOptions, name: String) -> QueueSpec {
+    queue_spec(options, name, false)
 }
 
 /// The dead-letter queue: same type as the work queue, no length cap (dead
@@ -320,13 +403,28 @@ impl Leases {
 ///
 /// [`Error::Config`] when partition queue `<queue>.p<N>` exists: a producer
 /// or worker with more partitions is (or was) running, and jobs would be
-/// routed to queues this side does not know; or when a classic queue is
-/// given a delivery limit.
+/// routed to queues this side does not know; when a classic queue is given
+/// a delivery limit; or when a sharded job is also partitioned or
+/// single-active. (A shard past `shards` is no error here: a rolling
+/// deploy that changes `shards` has both kinds of process running at
+/// once; `Admin::check_topology` reports a shard that no worker consumes.)
 pub(crate) async fn declare(broker: &dyn Broker, options: &JobOptions) -> Result<(), Error> {
     if options.delivery_limit().is_some() && options.queue_type() != QueueType::Quorum {
         return Err(Error::Config(format!(
             "job queue {:?} has a delivery limit but is a classic queue: RabbitMQ counts deliveries on quorum queues only; declare it with queue type quorum",
             options.queue()
+        )));
+    }
+    if options.shards() > 1 && (options.partitions().is_some() || options.single_active()) {
+        return Err(Error::Config(format!(
+            "job queue {:?} is sharded and {}: shards spread jobs in no order, which \
+             partitions and single-active queues keep; choose one",
+            options.queue(),
+            if options.single_active() {
+                "single-active"
+            } else {
+                "partitioned"
+            },
         )));
     }
     if let Some(partitions) = options.partitions() {
@@ -394,6 +492,37 @@ mod tests {
         leases.renewed("q.delay.1000ms");
         leases.forget("q.delay.1000ms");
         assert!(leases.due("q.delay.1000ms"), "forgotten after it vanished");
+    }
+
+    #[test]
+    fn a_sharded_job_spreads_over_its_shards_each_consumed_by_every_worker() {
+        let options = JobOptions::new("mail").with_shards(4);
+        let specs = consumed_queues(&options);
+        let names: Vec<&str> = specs.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["mail", "mail.s1", "mail.s2", "mail.s3"]);
+        assert!(specs.iter().all(|spec| !spec.single_active));
+        assert!(!retries_in_place(&options), "retries wait in delay queues");
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..4_000 {
+            *counts.entry(any_shard(&options).unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 4, "every shard and only they: {counts:?}");
+        assert!(counts.values().all(|&n| n > 800), "evenly: {counts:?}");
+        assert_eq!(any_shard(&JobOptions::new("mail")), None);
+        assert_eq!(shard_index("mail", "mail.s3"), Some(3));
+        for other in [
+            "mail", "mail.s0", "mail.s03", "mail.sx", "mail.p1", "mails.s1", "mail.s",
+        ] {
+            assert_eq!(shard_index("mail", other), None, "{other}");
+        }
+        // What waits goes to the work queue, from every shard.
+        let shard = &consumed_queues(&options)[2];
+        assert_eq!(retry_queue(&options, shard).name, "mail");
+        let plain = JobOptions::new("mail");
+        assert_eq!(
+            retry_queue(&plain, &consumed_queues(&plain)[0]).name,
+            "mail"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use qjob::admin::{Admin, JobView, LetterFilter, WorkerState, WorkerView};
+use qjob::admin::{
+    Admin, JobView, LetterFilter, QueueRole, TopologyProblem, WorkerState, WorkerView,
+};
 use qjob::broker::{HeaderValue, Message, QueueSpec};
 use qjob::{DeadReason, Job, Worker, headers};
 
@@ -43,6 +45,13 @@ test_job!(
     concurrency = 1
 );
 test_job!(browse, "qjob.test.console.browse");
+test_job!(
+    sharded_view,
+    "qjob.test.console.sharded",
+    shards = 2,
+    retry = 1,
+    backoff = fixed("1h")
+);
 test_job!(replay, "qjob.test.console.replay", retry = 0);
 
 /// Starts a worker for `job` that reports to the console every [`HEARTBEAT`].
@@ -568,4 +577,86 @@ pub async fn replay_and_discard_do_what_they_say(env: &Env) {
         6,
         "4 first attempts and 2 replays"
     );
+}
+
+/// A sharded job as the console sees it: its shards, the work queue's
+/// delay queue where the retries of every shard wait, and the shards past
+/// its `shards` (left by a deploy with more) with what they hold. Once the
+/// last worker is gone, the delay queue is an orphan.
+pub async fn a_sharded_job_shows_its_shards_and_the_extra_ones(env: &Env) {
+    let shards = ShardedViewJob::options().consumed_queues();
+    let work = ShardedViewJob::QUEUE;
+    let delay_queue = format!("{work}.delay.3600000ms");
+    let extra: Vec<String> = (2..4).map(|index| format!("{work}.s{index}")).collect();
+    env.reset::<ShardedViewJob>().await;
+    env.delete_queues(&[&delay_queue, &extra[0], &extra[1]])
+        .await;
+    let tag = env.tag::<ShardedViewJob>();
+    let admin = connect(env).await;
+    let worker = start(env, ShardedViewJob);
+    wait_workers::<ShardedViewJob>(&admin, "the worker", |w| w.len() == 1).await;
+    // One failing job in each shard, as a foreign producer would send it.
+    for (seq, shard) in shards.iter().enumerate() {
+        let task = Task::new(&tag, seq as u32, Act::Fail);
+        env.publish_raw(shard, &serde_json::to_vec(&task).unwrap())
+            .await;
+    }
+    let view =
+        wait_job::<ShardedViewJob>(&admin, "both retries waiting", |view| view.delayed() == 2)
+            .await;
+    assert_eq!(view.status.shards, Some(2));
+    assert_eq!(view.status.consumed_queues, shards);
+    let work_queues: Vec<&str> = view
+        .queues
+        .iter()
+        .filter(|queue| queue.role == QueueRole::Work)
+        .map(|queue| queue.name.as_str())
+        .collect();
+    assert_eq!(work_queues, shards);
+    assert_eq!(view.status.delay_queues, [delay_queue.as_str()]);
+    let ours = |problems: Vec<TopologyProblem>| -> Vec<TopologyProblem> {
+        problems
+            .into_iter()
+            .filter(|problem| problem.to_string().contains(work))
+            .collect()
+    };
+    assert_eq!(ours(admin.check_topology().await.unwrap()), []);
+
+    // Two shards past the worker's, the last one holding a job.
+    let broker = env.broker();
+    for queue in &extra {
+        broker
+            .declare_queue(&QueueSpec::new(queue.clone()))
+            .await
+            .unwrap();
+    }
+    broker.publish(&extra[1], Message::default()).await.unwrap();
+    let problems = ours(admin.check_topology().await.unwrap());
+    let extra_shards: Vec<(String, u32)> = problems
+        .iter()
+        .filter_map(|problem| match problem {
+            TopologyProblem::ExtraShard {
+                queue, messages, ..
+            } => Some((queue.clone(), *messages)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        extra_shards,
+        [(extra[0].clone(), 0), (extra[1].clone(), 1)],
+        "{problems:?}"
+    );
+    env.delete_queues(&[&extra[0], &extra[1]]).await;
+
+    worker.stop().await.unwrap();
+    wait_workers::<ShardedViewJob>(&admin, "the worker gone", |w| !w[0].alive).await;
+    let problems = ours(admin.check_topology().await.unwrap());
+    let orphan = TopologyProblem::OrphanDelayQueue {
+        queue: delay_queue.clone(),
+        messages: 2,
+        target: work.to_owned(),
+        target_exists: true,
+    };
+    assert_eq!(problems, [orphan]);
+    env.delete_queues(&[&delay_queue]).await;
 }

@@ -315,8 +315,23 @@ test_job!(
     "qjob.test.batch.capped-plain",
     max_length = 5000
 );
+test_job!(spread_sharded, "qjob.test.batch.sharded", shards = 4);
 test_job!(
     spread_single_active,
     "qjob.test.batch.single-active",
     single_active = true
 );
+
+// A job sharded over three queues, whose retries wait 200 ms.
+test_job!(
+    sharded,
+    "qjob.test.sharded",
+    shards = 3,
+    retry = 1,
+    backoff = fixed("200ms")
+);
+
+// One queue sharded three ways and not at all, as in a deploy that
+// changes `shards`.
+test_job!(more_shards, "qjob.test.shard-deploy", shards = 3);
+test_job!(unsharded, "qjob.test.shard-deploy");

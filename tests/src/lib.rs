@@ -674,6 +674,7 @@ macro_rules! console_tests {
             set_concurrency_resizes_the_handler_slots,
             browsing_1000_dead_letters_leaves_them_in_place_and_in_order,
             replay_and_discard_do_what_they_say,
+            a_sharded_job_shows_its_shards_and_the_extra_ones,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {
@@ -742,6 +743,7 @@ macro_rules! worker_tests {
             a_graceful_stop_hands_a_partition_over_in_order HandoverJob,
             a_graceful_stop_hands_a_quorum_partition_over_in_order HandoverQuorumJob,
             a_rolling_restart_keeps_every_key_in_order RollingJob,
+            a_sharded_job_runs_from_every_shard_and_retries_through_its_work_queue ShardedJob,
         );
         // One scenario, several job types: a test each.
         $crate::worker_tests!(@typed $env;
@@ -749,6 +751,7 @@ macro_rules! worker_tests {
             a_large_batch_on_a_capped_queue_reports_each_refusal a_large_batch SpreadCappedJob,
             a_large_partitioned_batch_keeps_each_key_in_order a_large_batch SpreadPartitionedJob,
             a_large_single_active_batch_keeps_its_order a_large_batch SpreadSingleActiveJob,
+            a_large_sharded_batch_fills_every_shard a_large_batch SpreadShardedJob,
             a_refused_job_stops_an_ordered_batch_after_its_chunk
                 a_refusal_over_two_chunks SpreadCappedPartitionedJob,
             a_refused_job_does_not_stop_an_unordered_batch

@@ -16,6 +16,8 @@ pub struct Recording<B> {
     inner: B,
     /// The message ids, in publish order.
     pub published: Arc<Mutex<Vec<String>>>,
+    /// The queue each message id was published to.
+    pub queues: Arc<Mutex<std::collections::HashMap<String, String>>>,
     /// The ids of each `publish_all`, in the order the calls began.
     pub calls: Arc<Mutex<Vec<Vec<String>>>>,
     /// `publish_all` calls running now, and the most that ran at once.
@@ -28,6 +30,7 @@ impl<B> Recording<B> {
         Self {
             inner,
             published: Arc::default(),
+            queues: Arc::default(),
             calls: Arc::default(),
             at_once: Arc::default(),
         }
@@ -43,9 +46,15 @@ impl<B> Recording<B> {
         self.at_once.1.load(Ordering::SeqCst)
     }
 
-    fn record<'a>(&self, messages: impl IntoIterator<Item = &'a Message>) {
+    fn record<'a>(&self, messages: impl IntoIterator<Item = (&'a str, &'a Message)>) {
         let mut published = self.published.lock().unwrap();
-        published.extend(messages.into_iter().filter_map(|m| m.id.clone()));
+        let mut queues = self.queues.lock().unwrap();
+        for (queue, message) in messages {
+            if let Some(id) = &message.id {
+                published.push(id.clone());
+                queues.insert(id.clone(), queue.to_owned());
+            }
+        }
     }
 }
 
@@ -56,12 +65,16 @@ impl<B: Broker> Broker for Recording<B> {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        self.record([&message]);
+        self.record([(queue, &message)]);
         self.inner.publish(queue, message).await
     }
 
     async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
-        self.record(messages.iter().map(|(_, message)| message));
+        self.record(
+            messages
+                .iter()
+                .map(|(queue, message)| (queue.as_str(), message)),
+        );
         self.calls.lock().unwrap().push(
             messages
                 .iter()

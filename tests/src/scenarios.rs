@@ -58,15 +58,16 @@ impl Env {
     }
 
     /// Starts from nothing: deletes the job's queues left by earlier runs.
-    /// A partitioned job's partition queues go too, and the one past them
-    /// (which a worker with more partitions would have left).
+    /// A partitioned or sharded job's queues go too, and the one past them
+    /// (which a worker with more partitions or shards would have left).
     pub async fn reset<J: Job>(&self) {
         let options = J::options();
         let mut queues = vec![options.queue().to_owned(), options.dead_letter_queue()];
-        if let Some(partitions) = options.partitions() {
-            queues.extend(options.consumed_queues());
-            queues.push(format!("{}.p{partitions}", options.queue()));
-        }
+        queues.extend(options.consumed_queues());
+        queues.push(match options.partitions() {
+            Some(partitions) => format!("{}.p{partitions}", options.queue()),
+            None => format!("{}.s{}", options.queue(), options.shards()),
+        });
         self.delete_queues(&queues.iter().map(String::as_str).collect::<Vec<_>>())
             .await;
     }
@@ -1444,6 +1445,16 @@ pub async fn a_large_batch<J: Job<Payload = Task>>(env: &Env) {
         stored, ok,
         "exactly the jobs whose result is Ok are stored, once"
     );
+    if options.shards() > 1 {
+        for queue in options.consumed_queues() {
+            let held = queue_of.values().filter(|q| **q == queue).count();
+            let even = jobs as usize / usize::from(options.shards());
+            assert!(
+                held > even / 2,
+                "{queue} holds {held} of {jobs}: shards fill evenly"
+            );
+        }
+    }
     match options.max_length() {
         Some(cap) => {
             assert_eq!(ok.len(), cap as usize, "the capped queue is full");
@@ -1569,5 +1580,106 @@ pub async fn a_refusal_over_two_chunks<J: Job<Payload = Task>>(env: &Env) {
         }
     } else {
         assert_eq!(sent, jobs as usize, "every job is sent");
+    }
+}
+
+/// A sharded job: producers spread its jobs over every shard, one by one
+/// and in batches; a worker consumes every shard; a retry waits in the
+/// work queue's delay queue and comes back to the work queue (shard 0,
+/// which every worker consumes); the dead letters of every shard go to the
+/// one dead-letter queue.
+pub async fn a_sharded_job_runs_from_every_shard_and_retries_through_its_work_queue<
+    J: Job<Payload = Task>,
+>(
+    env: &Env,
+    job: J,
+) {
+    let options = J::options();
+    let shards = options.consumed_queues();
+    assert!(shards.len() >= 3, "scenario needs 3 shards or more");
+    assert_eq!(options.retry(), 1, "scenario needs retry = 1");
+    let qjob::Backoff::Fixed(delay) = options.backoff() else {
+        panic!("scenario needs a fixed backoff");
+    };
+    let delay_queue = |shard: &str| format!("{shard}.delay.{}ms", delay.as_millis());
+    env.reset::<J>().await;
+    let delay_queues: Vec<String> = shards.iter().map(|shard| delay_queue(shard)).collect();
+    env.delete_queues(&delay_queues.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let recording = crate::recording::Recording::new(env.broker());
+    let client = Client::new(recording.clone());
+    let tag = env.tag::<J>();
+    let (succeeding, failing) = (60, 30);
+    for seq in 0..failing {
+        client
+            .enqueue::<J>(Task::new(&tag, seq, Act::Fail))
+            .await
+            .unwrap();
+    }
+    let batch = (failing..failing + succeeding).map(|seq| Task::new(&tag, seq, Act::Succeed));
+    let results = client.enqueue_all::<J>(batch).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let published = recording.queues.lock().unwrap().clone();
+    assert_eq!(published.len() as u32, failing + succeeding);
+    for shard in &shards {
+        let held = published.values().filter(|queue| *queue == shard).count() as u32;
+        assert!(held > 0, "{shard}: the producer sends to every shard");
+        assert_eq!(
+            env.ready(shard).await,
+            held,
+            "{shard} holds what went to it"
+        );
+    }
+    // A delayed job waits in the work queue's delay queue.
+    let later = Task::new(&tag, failing + succeeding, Act::Succeed);
+    let delayed = client.enqueue_in::<J>(later, delay).await.unwrap();
+    let queues = recording.queues.lock().unwrap().clone();
+    assert_eq!(queues.get(delayed.as_str()), Some(&delay_queues[0]));
+    let running = env.start(job);
+    for shard in &shards {
+        wait_consumers(env, shard, 1).await;
+    }
+    let dlq = options.dead_letter_queue();
+    env.wait_ready(&dlq, failing).await;
+    let probe = probe(&tag);
+    probe
+        .wait("every job", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == succeeding + 1
+        })
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        probe.attempts.load(Ordering::SeqCst),
+        succeeding + 1 + 2 * failing
+    );
+    let dead = env.take_all(&dlq).await;
+    assert_eq!(dead.len() as u32, failing);
+    for dead in dead {
+        // The second attempt ran from the work queue, whichever shard the
+        // first ran from.
+        let queue = header(&dead, headers::QUEUE);
+        assert_eq!(
+            queue,
+            &HeaderValue::from(J::QUEUE),
+            "the retry came back to the work queue"
+        );
+        assert_eq!(header(&dead, headers::ATTEMPTS), &HeaderValue::Int(2));
+    }
+    for shard in &shards {
+        assert_eq!(env.ready(shard).await, 0, "{shard} drained");
+    }
+    assert!(
+        env.broker()
+            .queue_stats(&delay_queues[0])
+            .await
+            .unwrap()
+            .is_some(),
+        "the retries waited in the work queue's delay queue"
+    );
+    for unused in &delay_queues[1..] {
+        assert!(
+            env.broker().queue_stats(unused).await.unwrap().is_none(),
+            "{unused}: no shard past the work queue has a delay queue"
+        );
     }
 }

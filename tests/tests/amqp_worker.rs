@@ -104,6 +104,146 @@ async fn a_single_active_queue_has_one_active_consumer_and_fails_over() {
     single_active_consumers_fail_over(SingleActiveJob, &[SingleActiveJob::QUEUE.to_owned()]).await;
 }
 
+/// Deploys that change `shards` while the old processes still run:
+/// nothing is refused, nothing lost, nothing strands.
+///
+/// Raising: an unsharded worker leaves the new shards' jobs waiting until
+/// a sharded worker comes; an unsharded producer's jobs go to the work
+/// queue, which both consume. Lowering: an unsharded worker that starts
+/// while the extra shards exist consumes them, an old producer's jobs in
+/// them included; once they are deleted, it lets them go (and does not
+/// declare them again) and stays ready.
+#[tokio::test]
+async fn deploys_that_change_shards_lose_nothing() {
+    use qjob_tests::jobs::{MoreShardsJob, UnshardedJob};
+    let env = Env::amqp().await;
+    env.reset::<MoreShardsJob>().await;
+    let tag = "amqp:shard-deploy";
+    let probe = probe(tag);
+    let shards = MoreShardsJob::options().consumed_queues();
+    let tasks = |range: std::ops::Range<u32>| range.map(|seq| Task::new(tag, seq, Act::Succeed));
+    let all_stored = |results: Vec<Result<qjob::JobId, qjob::Error>>| {
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    };
+    let handled = |count: u32| {
+        probe.wait("the jobs handled", LIMIT, move |p| {
+            p.succeeded.load(Ordering::SeqCst) == count
+        })
+    };
+
+    // Raising: the old worker runs, the new producer spreads.
+    let old = env.start(UnshardedJob);
+    qjob_tests::scenarios::wait_consumers(&env, UnshardedJob::QUEUE, 1).await;
+    all_stored(
+        env.client()
+            .enqueue_all::<MoreShardsJob>(tasks(0..300))
+            .await
+            .unwrap(),
+    );
+    all_stored(
+        env.client()
+            .enqueue_all::<UnshardedJob>(tasks(300..400))
+            .await
+            .unwrap(),
+    );
+    let mut waiting = 0;
+    for shard in &shards[1..] {
+        let held = env.ready(shard).await;
+        assert!(held > 0, "{shard} holds jobs the old worker does not take");
+        waiting += held;
+    }
+    handled(400 - waiting).await;
+    let new = env.start(MoreShardsJob);
+    handled(400).await;
+    old.stop().await.unwrap();
+    new.stop().await.unwrap();
+
+    // Lowering: an old producer still spreads; the new worker finds the
+    // extra shards at its start and consumes them.
+    all_stored(
+        env.client()
+            .enqueue_all::<MoreShardsJob>(tasks(400..700))
+            .await
+            .unwrap(),
+    );
+    let worker = qjob::Worker::builder(env.broker())
+        .register(UnshardedJob)
+        .build();
+    let health = worker.health();
+    let lowered = env.run(worker);
+    handled(700).await;
+    for shard in &shards[1..] {
+        assert_eq!(env.ready(shard).await, 0, "{shard} drained");
+    }
+    // Deleted once empty: the worker lets them go and stays ready.
+    env.delete_queues(&shards[1..].iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let report = qjob_tests::eventually(
+        "the worker to let the deleted shards go",
+        LIMIT,
+        || health.report(),
+        |report| report.consumers.keys().eq([UnshardedJob::QUEUE]),
+    )
+    .await;
+    assert!(report.is_ready(), "{report:?}");
+    all_stored(
+        env.client()
+            .enqueue_all::<UnshardedJob>(tasks(700..750))
+            .await
+            .unwrap(),
+    );
+    handled(750).await;
+    lowered.stop().await.unwrap();
+    for shard in &shards[1..] {
+        let found = env.broker().queue_stats(shard).await.unwrap();
+        assert!(found.is_none(), "{shard} not declared again");
+    }
+    let mut done = probe.done.lock().unwrap().clone();
+    done.sort();
+    assert_eq!(done, (0..750).collect::<Vec<_>>(), "each job once");
+}
+
+/// Shards keep no order: with partitions or single-active, a clear error
+/// before anything is declared (`#[job]` refuses them at compile time; a
+/// job written by hand gets here).
+#[tokio::test]
+async fn shards_with_an_order_to_keep_are_a_clear_error() {
+    struct Ordered;
+    impl Job for Ordered {
+        type Payload = Task;
+        const NAME: &'static str = "ordered-shards";
+        const QUEUE: &'static str = "qjob.test.ordered-shards";
+        fn options() -> qjob::JobOptions {
+            qjob::JobOptions::new(Self::QUEUE)
+                .with_shards(2)
+                .with_single_active(true)
+        }
+        async fn perform(&self, _: Task, _: qjob::JobContext) -> Result<(), qjob::JobError> {
+            Ok(())
+        }
+    }
+    let env = Env::amqp().await;
+    env.reset::<Ordered>().await;
+    let error = env
+        .client()
+        .enqueue::<Ordered>(Task::new("ordered-shards", 1, Act::Succeed))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, qjob::Error::Config(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("sharded and single-active"),
+        "{error}"
+    );
+    assert!(
+        env.broker()
+            .queue_stats(Ordered::QUEUE)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing declared"
+    );
+}
+
 #[tokio::test]
 async fn fewer_partitions_than_the_queues_in_use_is_a_clear_error() {
     use qjob_tests::jobs::{FewPartitionsJob, MorePartitionsJob};

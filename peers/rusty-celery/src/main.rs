@@ -6,9 +6,9 @@
 //! - celery: `Celery::send_task` for each job, as its producers do,
 //!   *without* publisher confirms (celery's AMQP broker has none), timed
 //!   until the broker holds every message (its queue depth, polled);
-//! - qjob partitioned: the same jobs as a job partitioned by account over
-//!   four queues, `Client::enqueue_all`, confirmed: what spreading one job
-//!   type over several broker queue processes brings.
+//! - qjob sharded: the same jobs as a job sharded over four queues
+//!   (`shards = 4`), `Client::enqueue_all`, confirmed: what spreading one
+//!   job type over several broker queue processes brings.
 //!
 //! Prints the median rates, the ratios to celery, and the client's and the
 //! local broker's CPU per job.
@@ -30,15 +30,10 @@ use qjob_benches::{
 
 const CELERY_QUEUE: &str = "qjob.bench.celery";
 
-/// The same jobs, partitioned by account over four queues: what one job
-/// type gains when its jobs are spread over several broker queue processes.
-#[qjob::job(
-    queue = "qjob.bench.partitioned4",
-    partition_by = account,
-    partitions = 4,
-    retry = 0
-)]
-async fn partitioned4(job: Bench, _ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+/// The same jobs, sharded over four queues: what one job type gains when
+/// its jobs are spread over several broker queue processes.
+#[qjob::job(queue = "qjob.bench.sharded4", shards = 4, retry = 0)]
+async fn sharded4(job: Bench, _ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
     std::hint::black_box(job);
     Ok(())
 }
@@ -73,23 +68,24 @@ async fn main() {
     let (mut qjob_rates, mut celery_rates) = (Vec::new(), Vec::new());
     let (mut qjob_cpu, mut celery_cpu) = (Vec::new(), Vec::new());
     let (mut qjob_broker, mut celery_broker) = (Vec::new(), Vec::new());
-    let mut partitioned_rates = Vec::new();
+    let (mut sharded_rates, mut sharded_cpu, mut sharded_broker) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        for queue in Partitioned4Job::options().consumed_queues() {
-            channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await
-                .unwrap();
+        for queue in Sharded4Job::options().consumed_queues() {
+            reset_queue(&channel, &queue).await;
         }
         broker_quiet().await;
         let client = Client::new(broker.clone());
+        let cpu = Cpu::now();
         let started = Instant::now();
         let results = client
-            .enqueue_all::<Partitioned4Job>((0..jobs).map(|n| Bench::new(n as u64)))
+            .enqueue_all::<Sharded4Job>((0..jobs).map(|n| Bench::new(n as u64)))
             .await
             .unwrap();
         assert!(results.iter().all(Result::is_ok));
-        partitioned_rates.push(rate(jobs, started.elapsed()));
+        sharded_rates.push(rate(jobs, started.elapsed()));
+        let (client, broker_cpu) = cpu.per_job_since(jobs);
+        sharded_cpu.push(client);
+        sharded_broker.extend(broker_cpu);
 
         reset_queue(&channel, BENCH_QUEUE).await;
         broker_quiet().await;
@@ -130,8 +126,8 @@ async fn main() {
         celery_cpu.push(client);
         celery_broker.extend(broker_cpu);
         println!(
-            "round {round}: qjob {:.0}/s, celery {:.0}/s",
-            qjob_rates[round], celery_rates[round]
+            "round {round}: qjob {:.0}/s, qjob sharded {:.0}/s, celery {:.0}/s",
+            qjob_rates[round], sharded_rates[round], celery_rates[round]
         );
     }
     let (q, c) = (median(&qjob_rates), median(&celery_rates));
@@ -143,20 +139,25 @@ async fn main() {
         q / c
     );
     println!(
-        "enqueue: qjob enqueue_all of a job partitioned over 4 queues (confirmed) {:.0}/s: \
-         ratio to celery's one queue {:.2}",
-        median(&partitioned_rates),
-        median(&partitioned_rates) / c
+        "enqueue: qjob enqueue_all of a job sharded over 4 queues (confirmed) {:.0}/s ({:.0} µs \
+         CPU/job): ratio to celery's one queue {:.2}",
+        median(&sharded_rates),
+        median(&sharded_cpu),
+        median(&sharded_rates) / c
     );
     if !qjob_broker.is_empty() {
         println!(
-            "broker CPU per job: qjob {:.0} µs, celery {:.0} µs",
+            "broker CPU per job: qjob {:.0} µs, qjob sharded {:.0} µs, celery {:.0} µs",
             median(&qjob_broker),
+            median(&sharded_broker),
             median(&celery_broker)
         );
     }
     reset_queue(&channel, BENCH_QUEUE).await;
     reset_queue(&channel, CELERY_QUEUE).await;
+    for queue in Sharded4Job::options().consumed_queues() {
+        reset_queue(&channel, &queue).await;
+    }
 }
 
 async fn depth(broker: &qjob::AmqpBroker, queue: &str) -> u32 {

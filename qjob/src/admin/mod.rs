@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, Message, QueueStats, Subscription};
 use crate::dead_letters::{self, Visit};
-use crate::{DeadLetter, Error, ScheduleHealth, headers};
+use crate::{DeadLetter, Error, ScheduleHealth, headers, topology};
 
 /// How long a console waits for the workers' replies to a command by
 /// default.
@@ -242,13 +242,13 @@ pub struct JobView {
     pub rate: Option<f64>,
     /// The most recent last error among the workers.
     pub last_error: Option<String>,
-    /// Its queues on the broker: work (or partition) queues, the
+    /// Its queues on the broker: work (or partition, or shard) queues, the
     /// dead-letter queue, and the delay queues its retries used lately.
     pub queues: Vec<QueueView>,
 }
 
 impl JobView {
-    /// Ready messages over its work (or partition) queues.
+    /// Ready messages over its work (or partition, or shard) queues.
     pub fn depth(&self) -> u64 {
         self.queues_of(QueueRole::Work)
             .map(|queue| u64::from(queue.stats.map_or(0, |stats| stats.messages)))
@@ -290,7 +290,7 @@ pub struct QueueView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueueRole {
-    /// The work queue, or one of its partition queues.
+    /// The work queue, or one of its partition queues or shards.
     Work,
     /// The dead-letter queue.
     DeadLetter,
@@ -399,6 +399,19 @@ pub enum TopologyProblem {
         /// Messages in it.
         messages: u32,
     },
+    /// A shard past the job's shards, left by a worker or producer with
+    /// more. A worker that finds it at its start consumes it until it is
+    /// deleted; one that starts before it exists does not.
+    ExtraShard {
+        /// The job type.
+        job: String,
+        /// The queue.
+        queue: String,
+        /// Messages in it.
+        messages: u32,
+        /// Whether an alive worker consumes it.
+        consumed: bool,
+    },
 }
 
 impl std::fmt::Display for TopologyProblem {
@@ -440,6 +453,25 @@ impl std::fmt::Display for TopologyProblem {
             } => write!(
                 f,
                 "{queue}: a partition past job {job}'s partitions, {messages} messages never consumed"
+            ),
+            TopologyProblem::ExtraShard {
+                job,
+                queue,
+                messages,
+                consumed: false,
+            } => write!(
+                f,
+                "{queue}: a shard past job {job}'s shards, {messages} messages never consumed"
+            ),
+            TopologyProblem::ExtraShard {
+                job,
+                queue,
+                messages,
+                consumed: true,
+            } => write!(
+                f,
+                "{queue}: a shard past job {job}'s shards, {messages} messages, consumed \
+                 until it is deleted (delete it once it holds no message, ready or unacked)"
             ),
         }
     }
@@ -612,8 +644,8 @@ impl Admin {
     }
 
     /// Compares the queues the alive workers declare with the broker's:
-    /// missing queues, arguments that differ, partition queues past a
-    /// job's partitions, and delay queues the workers used lately that hold
+    /// missing queues, arguments that differ, partition queues or shards
+    /// past a job's partitions or shards, and delay queues the workers used lately that hold
     /// messages for a job no running worker runs or a work queue that is
     /// gone. AMQP cannot list a broker's queues, so a delay queue no worker
     /// reported within the last ten minutes is not seen.
@@ -651,7 +683,12 @@ impl Admin {
                 }
             }
         }
-        let run: Vec<&str> = alive.iter().map(|job| job.queue.as_str()).collect();
+        problems.extend(self.extra_shards(&alive).await?);
+        let run: Vec<&str> = alive
+            .iter()
+            .flat_map(|job| &job.consumed_queues)
+            .map(String::as_str)
+            .collect();
         let delay_queues: BTreeMap<&str, &DeclaredQueue> = workers
             .iter()
             .flat_map(|worker| &worker.status.jobs)
@@ -676,6 +713,35 @@ impl Admin {
                     messages: stats.messages,
                     target,
                     target_exists,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
+    /// The shards past the most any alive worker of a job runs with:
+    /// while a deploy changes `shards`, a shard the new workers drop is
+    /// still consumed by the old ones, and by the new ones that found it at
+    /// their start.
+    async fn extra_shards(&self, alive: &[&JobStatus]) -> Result<Vec<TopologyProblem>, Error> {
+        let mut most: BTreeMap<(&str, &str), u16> = BTreeMap::new();
+        for job in alive.iter().filter(|job| job.partitions.is_none()) {
+            let shards = most.entry((&job.job, &job.queue)).or_default();
+            *shards = (*shards).max(job.shards.unwrap_or(1));
+        }
+        let consumed: std::collections::HashSet<&str> = alive
+            .iter()
+            .flat_map(|job| &job.consumed_queues)
+            .map(String::as_str)
+            .collect();
+        let mut problems = Vec::new();
+        for ((job, queue), shards) in most {
+            for (extra, stats) in topology::shards_past(&*self.broker, queue, shards).await? {
+                problems.push(TopologyProblem::ExtraShard {
+                    job: job.to_owned(),
+                    consumed: consumed.contains(extra.as_str()),
+                    queue: extra,
+                    messages: stats.messages,
                 });
             }
         }
@@ -1075,11 +1141,16 @@ fn within(job_id: &str, mut found: impl FnMut(&Message) -> Visit) -> impl FnMut(
 /// Where a dead letter of `queue` is replayed: the queue it failed on
 /// (`qjob-queue`; RabbitMQ's `x-first-death-queue` for one RabbitMQ moved),
 /// or else the work queue the dead-letter queue is named after.
+/// A sharded job's dead letter goes to the work queue, which every worker
+/// consumes whatever its `shards`.
 fn replay_target(queue: &str, message: &Message) -> String {
+    let work = queue.strip_suffix(".dlq").unwrap_or(queue);
     [headers::QUEUE, "x-first-death-queue"]
         .iter()
-        .find_map(|name| message.headers.get(*name)?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| queue.strip_suffix(".dlq").unwrap_or(queue).to_owned())
+        .find_map(|name| message.headers.get(*name)?.as_str())
+        .filter(|failed| topology::shard_index(work, failed).is_none())
+        .unwrap_or(work)
+        .to_owned()
 }
 
 /// Reads the status exchange into `seen`; when the listener is lost (the
@@ -1138,5 +1209,30 @@ async fn read(listener: &mut Box<dyn Subscription>, seen: &Mutex<Seen>) -> Strin
             Some(Err(error)) => return error.to_string(),
             None => return "the broker cancelled the listener".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_on(queue: &str) -> Message {
+        let mut message = Message::default();
+        message
+            .headers
+            .insert(headers::QUEUE.into(), queue.to_owned().into());
+        message
+    }
+
+    #[test]
+    fn a_dead_letter_goes_back_where_it_failed_except_to_a_shard() {
+        let dlq = "mail.dlq";
+        assert_eq!(replay_target(dlq, &failed_on("mail")), "mail");
+        assert_eq!(replay_target(dlq, &failed_on("mail.p3")), "mail.p3");
+        // A shard a later deploy may have dropped: the work queue, which
+        // every worker consumes.
+        assert_eq!(replay_target(dlq, &failed_on("mail.s3")), "mail");
+        assert_eq!(replay_target(dlq, &failed_on("mail.sx")), "mail.sx");
+        assert_eq!(replay_target(dlq, &Message::default()), "mail");
     }
 }

@@ -98,7 +98,8 @@ pub struct JobStatus {
     pub job: String,
     /// Its work queue.
     pub queue: String,
-    /// The queues it consumes: the work queue, or its partition queues.
+    /// The queues it consumes: the work queue, its partition queues or its
+    /// shards.
     pub consumed_queues: Vec<String>,
     /// Its dead-letter queue.
     pub dead_letter_queue: String,
@@ -108,6 +109,8 @@ pub struct JobStatus {
     pub queue_type: String,
     /// Its partitions, if it is partitioned.
     pub partitions: Option<u16>,
+    /// Its shards, if it is sharded over more than one queue.
+    pub shards: Option<u16>,
     /// Unacked deliveries per consumer.
     pub prefetch: u16,
     /// The handler slots in force.
@@ -132,7 +135,7 @@ pub struct JobStatus {
     pub dead_lettered: u64,
     /// The last failure's error.
     pub last_error: Option<String>,
-    /// Its queues as it declares them (work or partition queues, the
+    /// Its queues as it declares them (work, partition or shard queues, the
     /// dead-letter queue, and the delay queues it used lately), for
     /// checking the broker's topology.
     pub declared: Vec<DeclaredQueue>,

@@ -82,18 +82,18 @@ pub(crate) fn consumer_timeout_warning(
             ));
         }
     }
-    let runs = u32::try_from(usize::from(options.prefetch()).div_ceil(options.concurrency()))
-        .unwrap_or(u32::MAX);
+    // A sharded job's consumers each prefetch, into the same slots.
+    let prefetched = usize::from(options.prefetch()) * usize::from(options.shards());
+    let runs = u32::try_from(prefetched.div_ceil(options.concurrency())).unwrap_or(u32::MAX);
     let worst = timeout.saturating_mul(runs).saturating_add(breaker_wait);
     (worst >= consumer_timeout).then(|| {
         format!(
             "job {job} (queue {:?}): a delivery can wait up to {worst:?} for its ack ({runs} \
-             handler runs of up to {timeout:?}: prefetch {} over concurrency {}, and a breaker \
+             handler runs of up to {timeout:?}: {prefetched} prefetched over concurrency {}, and a breaker \
              open for {breaker_wait:?}), more than the broker's consumer timeout \
              ({consumer_timeout:?}); lower the timeout, the prefetch or the breaker's `open_for`, \
              or raise `consumer_timeout` in rabbitmq.conf",
             options.queue(),
-            options.prefetch(),
             options.concurrency()
         )
     })

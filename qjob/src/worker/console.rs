@@ -48,10 +48,16 @@ impl ConsoleJob {
         let counts = &*self.counts;
         let delay_queues = self.leases.recent();
         let mut specs = topology::consumed_queues(options);
+        let delay_specs: Vec<_> = delay_queues
+            .iter()
+            .filter_map(|name| {
+                specs.iter().find_map(|consumed| {
+                    topology::delay_queue_named(&consumed.name, options.queue_type(), name)
+                })
+            })
+            .collect();
         specs.push(topology::dead_letter_queue(options));
-        specs.extend(delay_queues.iter().filter_map(|name| {
-            topology::delay_queue_named(options.queue(), options.queue_type(), name)
-        }));
+        specs.extend(delay_specs);
         let declared = specs.iter().map(DeclaredQueue::from).collect();
         JobStatus {
             job: self.name.to_owned(),
@@ -62,6 +68,7 @@ impl ConsoleJob {
             declared,
             queue_type: options.queue_type().as_str().to_owned(),
             partitions: options.partitions(),
+            shards: (options.shards() > 1).then_some(options.shards()),
             prefetch: options.prefetch(),
             concurrency: self.slots.size(),
             autoscale: options

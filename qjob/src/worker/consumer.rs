@@ -62,6 +62,9 @@ pub(crate) struct Consumer {
     pub(crate) prefetch: Option<watch::Receiver<u16>>,
     /// Whether an operator paused the job (shared by its consumers).
     pub(crate) paused: watch::Receiver<bool>,
+    /// Whether the queue is a shard past the job's `shards`, left by a
+    /// deploy with more: consumed while it exists, never declared.
+    pub(crate) inherited: bool,
 }
 
 impl Consumer {
@@ -77,7 +80,9 @@ impl Consumer {
 
     /// Declares this consumer's queues and subscribes.
     pub(crate) async fn subscribe(&self) -> Result<Box<dyn Subscription>, Error> {
-        self.broker.declare_queue(self.spec()).await?;
+        if !self.inherited {
+            self.broker.declare_queue(self.spec()).await?;
+        }
         topology::declare_dead_letter_queue(&*self.broker, &self.options).await?;
         self.broker
             .consume(
@@ -415,6 +420,17 @@ impl Consumer {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return None,
                 _ = tokio::time::sleep(delay) => {}
+            }
+            if self.inherited && matches!(self.broker.queue_stats(self.queue()).await, Ok(None)) {
+                // Deleted: what it held is gone with it, and nothing goes
+                // to it any more. Its consumer ends with the worker.
+                tracing::info!(
+                    queue = self.queue(),
+                    "the shard past the job's shards is gone"
+                );
+                self.health.forget_consumer(self.queue());
+                let _ = stop.wait_for(|stop| *stop).await;
+                return None;
             }
             match self.subscribe().await {
                 Ok(subscription) => {

@@ -221,6 +221,14 @@ impl Health {
         self.state().consumers.insert(queue.to_owned(), up);
     }
 
+    /// Forgets the consumer of a queue that is gone for good (a shard past
+    /// the job's `shards`, deleted).
+    pub(crate) fn forget_consumer(&self, queue: &str) {
+        let mut state = self.state();
+        state.consumers.remove(queue);
+        state.paused.remove(queue);
+    }
+
     pub(crate) fn paused(&self, queue: &str, paused: bool) {
         let mut state = self.state();
         if paused {

@@ -333,7 +333,8 @@ impl Worker {
     /// to declare a queue or to start a consumer. Nothing has been consumed
     /// when it returns an error.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let plans = self.plans()?;
+        let inherited = self.inherited_shards().await?;
+        let plans = self.plans(&inherited)?;
         let schedules = self.schedules()?;
         self.prepare(&plans).await?;
         #[cfg(feature = "postgres")]
@@ -519,7 +520,35 @@ impl Worker {
         Ok(schedules)
     }
 
-    fn plans(&self) -> Result<Vec<JobPlan>, Error> {
+    /// The shards past each job's `shards` that exist, by work queue: left
+    /// by a deploy with more shards, consumed until they are deleted so
+    /// that nothing in them waits for a worker that no longer runs.
+    async fn inherited_shards(&self) -> Result<HashMap<String, Vec<String>>, Error> {
+        let mut inherited = HashMap::new();
+        for job in &self.jobs {
+            let options = job.options();
+            if options.partitions().is_some() {
+                continue;
+            }
+            let found =
+                topology::shards_past(&*self.broker, options.queue(), options.shards()).await?;
+            for (shard, stats) in &found {
+                tracing::info!(
+                    job = job.name(),
+                    queue = shard,
+                    messages = stats.messages,
+                    shards = options.shards(),
+                    "consuming a shard past the job's shards, left by a deploy with more, \
+                     until it is deleted"
+                );
+            }
+            let shards = found.into_iter().map(|(shard, _)| shard).collect();
+            inherited.insert(options.queue().to_owned(), shards);
+        }
+        Ok(inherited)
+    }
+
+    fn plans(&self, inherited: &HashMap<String, Vec<String>>) -> Result<Vec<JobPlan>, Error> {
         #[cfg(feature = "postgres")]
         let relays = !self.relays.is_empty();
         #[cfg(not(feature = "postgres"))]
@@ -549,21 +578,31 @@ impl Worker {
                     second: job.name(),
                 });
             }
-            plans.push(self.plan(job, options));
+            let extra = inherited
+                .get(options.queue())
+                .map_or(&[][..], Vec::as_slice);
+            plans.push(self.plan(job, options, extra));
         }
         Ok(plans)
     }
 
     /// One job's plan: a consumer per consumed queue (a partitioned job has
-    /// one per partition) sharing the job's handler slots, gate and
+    /// one per partition, a sharded one per shard, and any job one per
+    /// shard it `inherited`) sharing the job's handler slots, gate and
     /// metrics, and its autoscaler if it has one.
-    fn plan(&self, job: &Arc<dyn Runnable>, options: JobOptions) -> JobPlan {
+    fn plan(&self, job: &Arc<dyn Runnable>, options: JobOptions, inherited: &[String]) -> JobPlan {
         let initial = options.autoscale().map_or(options.concurrency(), |a| a.min);
         let slots = Arc::new(Slots::new(initial));
         let (paused, _) = watch::channel(false);
         self.health.concurrency(options.queue(), initial);
         let work = options.autoscale().map(|_| Arc::new(Work::default()));
-        let specs = topology::consumed_queues(&options);
+        let mut specs = topology::consumed_queues(&options);
+        let own = specs.len();
+        specs.extend(
+            inherited
+                .iter()
+                .map(|shard| topology::inherited_shard(&options, shard.clone())),
+        );
         // Prefetch follows the autoscaled concurrency, except on
         // single-active-consumer queues: replacing their consumer would
         // hand the queue to a standby.
@@ -590,7 +629,9 @@ impl Worker {
         let pid = std::process::id();
         let consumers = specs
             .iter()
-            .map(|spec| Consumer {
+            .enumerate()
+            .map(|(index, spec)| Consumer {
+                inherited: index >= own,
                 broker: self.broker.clone(),
                 handler: Arc::new(self.handler(job, &options, spec, &shared)),
                 tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
@@ -651,6 +692,7 @@ impl Worker {
             job: job.clone(),
             routes: Routes {
                 queue: spec.clone(),
+                retry: topology::retry_queue(options, spec),
                 dead_letter: topology::dead_letter_queue(options),
                 leases: shared.leases.clone(),
             },

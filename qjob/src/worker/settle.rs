@@ -142,8 +142,12 @@ pub(crate) fn dead_letter_message(
 /// Where a job type's messages go, as declared: a settlement whose target
 /// vanished (a queue deleted under the worker) declares it again.
 pub(crate) struct Routes {
-    /// The queue consumed: the work queue or one partition queue.
+    /// The queue consumed: the work queue, one partition queue or one
+    /// shard.
     pub(crate) queue: QueueSpec,
+    /// Where retries go: the queue consumed, or a sharded job's work queue
+    /// (which every worker consumes, whatever its `shards`).
+    pub(crate) retry: QueueSpec,
     pub(crate) dead_letter: QueueSpec,
     /// The delay queues' leases.
     pub(crate) leases: std::sync::Arc<topology::Leases>,
@@ -162,11 +166,11 @@ enum Outgoing<'a> {
 impl<'a> Outgoing<'a> {
     /// What `action` publishes, if anything.
     fn of(routes: &'a Routes, attempt: u32, action: Action, message: Message) -> Option<Self> {
-        let queue = &routes.queue;
+        let (queue, retry) = (&routes.queue, &routes.retry);
         let delayed = |delay, message| {
             Some(Outgoing::Delayed(topology::delayed(
-                &queue.name,
-                queue.queue_type,
+                &retry.name,
+                retry.queue_type,
                 delay,
                 message,
             )))
@@ -174,7 +178,7 @@ impl<'a> Outgoing<'a> {
         match action {
             Action::Ack => None,
             Action::Retry { delay, .. } if delay.is_zero() => Some(Outgoing::Direct {
-                queue,
+                queue: retry,
                 message: retry_message(message, attempt),
             }),
             Action::Retry { delay, .. } => delayed(delay, retry_message(message, attempt)),

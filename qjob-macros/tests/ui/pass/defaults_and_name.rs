@@ -28,6 +28,11 @@ pub(crate) async fn pong(_job: Ping, ctx: qjob::JobContext) -> Result<(), JobErr
     Ok(())
 }
 
+#[job(queue = "mail", shards = 4)]
+async fn mail(_job: Ping, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
 #[job(queue = "exp", backoff = exponential(base = "1s", max = "1h"))]
 async fn exp(_job: Ping, _ctx: JobContext) -> Result<(), JobError> {
     Ok(())
@@ -41,6 +46,9 @@ fn main() {
     assert_eq!(options.backoff(), Backoff::Immediate);
     assert_eq!(Pinger::partition_key(&Ping), None);
     assert!(PongJob::options().single_active());
+    assert_eq!(options.shards(), 1);
+    assert_eq!(MailJob::options().shards(), 4);
+    assert_eq!(MailJob::options().consumed_queues(), ["mail", "mail.s1", "mail.s2", "mail.s3"]);
     assert_eq!(
         PongJob::options().backoff(),
         Backoff::Incremental { base: Duration::from_secs(1), step: Duration::from_secs(2) }
