@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::{Client, Job, JobContext, JobError, Worker, job};
 use qjob_benches::{Bench, amqp_url, env_number, raw_consumer, reset_queue};
@@ -140,11 +140,7 @@ async fn lapin_round(connection: &Connection, jobs: usize, tick: Duration) -> Ve
         }
         seen
     });
-    let publishing = connection.create_channel().await.unwrap();
-    publishing
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let publishing = qjob_benches::confirming_channel(connection).await;
     let mut interval = tokio::time::interval(tick);
     for n in 0..jobs {
         interval.tick().await;

@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
-    BENCH_QUEUE, Bench, BenchJob, amqp_url, broker_quiet, env_number, median, payload,
-    qjob_consume, qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
+    BENCH_QUEUE, Bench, BenchJob, amqp_url, broker_quiet, confirming_channel, env_number, median,
+    payload, qjob_consume, qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
 };
 
 /// Confirms in flight at once on each channel of the publish loops (qjob's
@@ -236,18 +236,10 @@ impl Raw {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("the bench needs RabbitMQ");
-        let confirming = || async {
-            let channel = connection.create_channel().await.unwrap();
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .unwrap();
-            channel
-        };
-        let channel = confirming().await;
+        let channel = confirming_channel(&connection).await;
         let mut lanes = Vec::new();
         for _ in 0..LANES {
-            lanes.push(confirming().await);
+            lanes.push(confirming_channel(&connection).await);
         }
         let unconfirmed = connection.create_channel().await.unwrap();
         Self {

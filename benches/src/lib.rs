@@ -130,6 +130,17 @@ pub async fn partitioned(job: Keyed, _ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
+/// A new channel on `connection` in confirm mode: each publish is
+/// confirmed by the broker.
+pub async fn confirming_channel(connection: &lapin::Connection) -> lapin::Channel {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+}
+
 /// Deletes `queue` and its `.dlq`, and declares them again as qjob does
 /// (durable, classic), so a round starts from nothing.
 pub async fn reset_queue(channel: &lapin::Channel, queue: &str) {

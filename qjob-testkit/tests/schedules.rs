@@ -35,6 +35,21 @@ fn ticks(ids: impl IntoIterator<Item = String>) -> Vec<SystemTime> {
         .collect()
 }
 
+/// The time between each tick and the next.
+fn gaps(ticks: &[SystemTime]) -> Vec<Duration> {
+    ticks
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap())
+        .collect()
+}
+
+/// Whether every tick came a minute after the one before.
+fn a_minute_apart(ticks: &[SystemTime]) -> bool {
+    gaps(ticks)
+        .iter()
+        .all(|gap| *gap == Duration::from_secs(60))
+}
+
 /// The ids of the per-minute schedule's jobs run, in the order they ran.
 fn minutely_ids(kit: &TestKit) -> Vec<String> {
     kit.attempts::<MinutelyJob>()
@@ -61,11 +76,7 @@ async fn an_hour_of_a_per_minute_schedule_is_60_ticks_each_once() {
     assert_eq!(unique.len(), 60, "no tick twice");
     let ticks = ticks(ids.iter().cloned());
     assert!(ticks.iter().all(|t| minute_aligned(*t)), "{ticks:?}");
-    assert!(
-        ticks
-            .windows(2)
-            .all(|w| w[1].duration_since(w[0]).unwrap() == Duration::from_secs(60))
-    );
+    assert!(a_minute_apart(&ticks), "{ticks:?}");
     assert!(ticks[0] > started && ticks[0] <= started + Duration::from_secs(60));
     assert!(ids[0].starts_with("minutely@"), "{}", ids[0]);
     let health = kit.health().expect("the worker runs");
@@ -121,22 +132,16 @@ async fn the_latest_missed_tick_fires_once_by_default() {
     let ticks = after_a_crash_and_10_minutes_down(Missed::Latest).await;
     // 5 before, the latest of the 10 missed, 5 after.
     assert_eq!(ticks.len(), 11, "{ticks:?}");
-    let gaps: Vec<u64> = ticks
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).unwrap().as_secs() / 60)
-        .collect();
-    assert_eq!(gaps, [1, 1, 1, 1, 10, 1, 1, 1, 1, 1], "{ticks:?}");
+    let minutes: Vec<u64> = gaps(&ticks).iter().map(|gap| gap.as_secs() / 60).collect();
+    assert_eq!(minutes, [1, 1, 1, 1, 10, 1, 1, 1, 1, 1], "{ticks:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn missed_ticks_can_be_skipped() {
     let ticks = after_a_crash_and_10_minutes_down(Missed::Skip).await;
     assert_eq!(ticks.len(), 10, "{ticks:?}");
-    let gaps: Vec<u64> = ticks
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).unwrap().as_secs() / 60)
-        .collect();
-    assert_eq!(gaps, [1, 1, 1, 1, 11, 1, 1, 1, 1], "{ticks:?}");
+    let minutes: Vec<u64> = gaps(&ticks).iter().map(|gap| gap.as_secs() / 60).collect();
+    assert_eq!(minutes, [1, 1, 1, 1, 11, 1, 1, 1, 1], "{ticks:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -193,12 +198,7 @@ async fn a_first_tick_whose_publish_failed_fires_late_once() {
         ticks[0] > started && ticks[0] <= started + Duration::from_secs(60),
         "the first tick fired: {ids:?}"
     );
-    assert!(
-        ticks
-            .windows(2)
-            .all(|w| w[1].duration_since(w[0]).unwrap() == Duration::from_secs(60)),
-        "{ids:?}"
-    );
+    assert!(a_minute_apart(&ticks), "{ids:?}");
     assert!(kit.health().unwrap().last_error.is_some());
 }
 
@@ -214,11 +214,6 @@ async fn a_tick_whose_publish_failed_fires_late_once() {
     // took it again, and fired that tick as the latest missed one.
     assert_eq!(ids.len(), 5, "{ids:?}");
     let ticks = ticks(ids.iter().cloned());
-    assert!(
-        ticks
-            .windows(2)
-            .all(|w| w[1].duration_since(w[0]).unwrap() == Duration::from_secs(60)),
-        "{ids:?}"
-    );
+    assert!(a_minute_apart(&ticks), "{ids:?}");
     assert!(kit.health().unwrap().last_error.is_some());
 }

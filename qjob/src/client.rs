@@ -472,10 +472,11 @@ impl Client {
     /// Makes the messages of `payloads` and claims the locks of the unique
     /// ones.
     async fn claim_chunk<J: Job>(&self, payloads: Vec<J::Payload>) -> Vec<Result<Claimed, Error>> {
+        let options = &J::options();
         futures_util::stream::iter(payloads)
             .map(|payload| async move {
                 let (id, message, lock) = self.unique_message::<J>(&payload)?;
-                let queue = Self::target_now::<J>(&payload).into_owned();
+                let queue = Self::target_now::<J>(options, &payload).into_owned();
                 Ok(match self.claim::<J>(lock, &id).await? {
                     Claim::Held(holder) => Claimed::Duplicate(holder),
                     Claim::Free(guard) => Claimed::Publish {
@@ -616,7 +617,7 @@ impl Client {
 
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
         let (id, message, lock) = self.unique_message::<J>(payload)?;
-        let target = Self::target_now::<J>(payload);
+        let target = Self::target_now::<J>(&J::options(), payload);
         let publish = async {
             let published = self.broker.publish(&target, message).await;
             published.map_err(full::<J>)
@@ -712,9 +713,9 @@ impl Client {
     }
 
     /// The queue a job that goes out now goes to: [`Client::target`], or
-    /// for a sharded job any of its shards.
-    pub(crate) fn target_now<J: Job>(payload: &J::Payload) -> Cow<'static, str> {
-        match topology::any_shard(&J::options()) {
+    /// for a sharded job (`options` are `J`'s) any of its shards.
+    fn target_now<J: Job>(options: &crate::JobOptions, payload: &J::Payload) -> Cow<'static, str> {
+        match topology::any_shard(options) {
             Some(shard) => Cow::Owned(shard),
             None => Self::target::<J>(Some(payload)),
         }

@@ -1388,6 +1388,34 @@ pub async fn a_rolling_restart_keeps_every_key_in_order<J: Job<Payload = Task> +
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
 }
 
+/// From a reset start, `jobs` tasks of `J` over 30 keys (`k0` … `k29`)
+/// in one `enqueue_all` through a recording broker: the recording and
+/// each job's outcome.
+async fn enqueue_keyed<J: Job<Payload = Task>>(
+    env: &Env,
+    jobs: u32,
+) -> (
+    crate::recording::Recording<Arc<dyn Broker>>,
+    Vec<Result<qjob::JobId, Error>>,
+) {
+    env.reset::<J>().await;
+    let recording = crate::recording::Recording::new(env.broker());
+    let client = Client::new(recording.clone());
+    let tag = env.tag::<J>();
+    let tasks = (0..jobs).map(|seq| Task {
+        key: format!("k{}", seq % 30),
+        ..Task::new(&tag, seq, Act::Succeed)
+    });
+    let results = client.enqueue_all::<J>(tasks).await.unwrap();
+    (recording, results)
+}
+
+/// Whether a job's queues keep its jobs in order: partitioned or
+/// single-active.
+fn keeps_order(options: &qjob::JobOptions) -> bool {
+    options.partitions().is_some() || options.single_active()
+}
+
 /// `enqueue_all` of a batch large enough to be split: exactly the jobs
 /// whose result is `Ok` are stored, once each (on a capped queue, as many
 /// as it holds). A job whose queues keep an order has each queue whole on
@@ -1395,18 +1423,10 @@ pub async fn a_rolling_restart_keeps_every_key_in_order<J: Job<Payload = Task> +
 /// in input order; any other job's batch goes out as four contiguous runs
 /// at once.
 pub async fn a_large_batch<J: Job<Payload = Task>>(env: &Env) {
-    env.reset::<J>().await;
-    let recording = crate::recording::Recording::new(env.broker());
-    let client = Client::new(recording.clone());
-    let tag = env.tag::<J>();
     let jobs = 6_000;
-    let tasks = (0..jobs).map(|seq| Task {
-        key: format!("k{}", seq % 30),
-        ..Task::new(&tag, seq, Act::Succeed)
-    });
-    let results = client.enqueue_all::<J>(tasks).await.unwrap();
+    let (recording, results) = enqueue_keyed::<J>(env, jobs).await;
     let options = J::options();
-    let ordered = options.partitions().is_some() || options.single_active();
+    let ordered = keeps_order(&options);
     // Each stored job's input position (its seq), and its queue.
     let mut stored: Vec<u32> = Vec::new();
     let mut queue_of: std::collections::HashMap<String, String> = Default::default();
@@ -1516,18 +1536,10 @@ pub async fn a_large_batch<J: Job<Payload = Task>>(env: &Env) {
 /// `QueueFull`. Either way exactly the jobs whose result is `Ok` are
 /// stored.
 pub async fn a_refusal_over_two_chunks<J: Job<Payload = Task>>(env: &Env) {
-    env.reset::<J>().await;
-    let recording = crate::recording::Recording::new(env.broker());
-    let client = Client::new(recording.clone());
-    let tag = env.tag::<J>();
     let (jobs, chunk) = (20_000, 16_384);
-    let tasks = (0..jobs).map(|seq| Task {
-        key: format!("k{}", seq % 30),
-        ..Task::new(&tag, seq, Act::Succeed)
-    });
-    let results = client.enqueue_all::<J>(tasks).await.unwrap();
+    let (recording, results) = enqueue_keyed::<J>(env, jobs).await;
     let options = J::options();
-    let ordered = options.partitions().is_some() || options.single_active();
+    let ordered = keeps_order(&options);
     let cap = options.max_length().expect("a capped job") as usize;
     let queues = options.consumed_queues();
     let mut stored_of_key: std::collections::HashMap<String, Vec<u32>> = Default::default();

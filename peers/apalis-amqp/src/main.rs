@@ -158,15 +158,11 @@ async fn ceiling_round(
 /// Declares `queue` as apalis does (durable, no arguments) and publishes
 /// `jobs` persistent messages into it, confirmed.
 async fn fill_persistent(url: &str, queue: &str, jobs: usize) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
     let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let channel = qjob_benches::confirming_channel(&connection).await;
     channel
         .queue_declare(
             queue.into(),

@@ -65,92 +65,62 @@ async fn main() {
     let channel = connection.create_channel().await.unwrap();
     println!("{jobs} persistent 256-byte jobs per round, {rounds} rounds, alternating");
 
-    let (mut qjob_rates, mut celery_rates) = (Vec::new(), Vec::new());
-    let (mut qjob_cpu, mut celery_cpu) = (Vec::new(), Vec::new());
-    let (mut qjob_broker, mut celery_broker) = (Vec::new(), Vec::new());
-    let (mut sharded_rates, mut sharded_cpu, mut sharded_broker) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut qjob, mut sharded, mut celery_side) = (
+        Measured::default(),
+        Measured::default(),
+        Measured::default(),
+    );
     for round in 0..rounds {
-        for queue in Sharded4Job::options().consumed_queues() {
-            reset_queue(&channel, &queue).await;
-        }
-        broker_quiet().await;
-        let client = Client::new(broker.clone());
-        let cpu = Cpu::now();
-        let started = Instant::now();
-        let results = client
-            .enqueue_all::<Sharded4Job>((0..jobs).map(|n| Bench::new(n as u64)))
-            .await
-            .unwrap();
-        assert!(results.iter().all(Result::is_ok));
-        sharded_rates.push(rate(jobs, started.elapsed()));
-        let (client, broker_cpu) = cpu.per_job_since(jobs);
-        sharded_cpu.push(client);
-        sharded_broker.extend(broker_cpu);
-
-        reset_queue(&channel, BENCH_QUEUE).await;
-        broker_quiet().await;
-        let client = Client::new(broker.clone());
-        let cpu = Cpu::now();
-        let started = Instant::now();
-        let results = client
-            .enqueue_all::<BenchJob>((0..jobs).map(|n| Bench::new(n as u64)))
-            .await
-            .unwrap();
-        assert!(results.iter().all(Result::is_ok));
-        qjob_rates.push(rate(jobs, started.elapsed()));
-        let (client, broker_cpu) = cpu.per_job_since(jobs);
-        qjob_cpu.push(client);
-        qjob_broker.extend(broker_cpu);
-
-        reset_queue(&channel, CELERY_QUEUE).await;
-        broker_quiet().await;
-        let cpu = Cpu::now();
-        let started = Instant::now();
-        for n in 0..jobs {
-            let Bench {
-                account,
-                cents,
-                note,
-            } = Bench::new(n as u64);
-            celery
-                .send_task(charge::new(account, cents, note))
-                .await
-                .unwrap();
-        }
-        // Not confirmed: done when the broker holds them all.
-        while depth(&broker, CELERY_QUEUE).await < jobs as u32 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        celery_rates.push(rate(jobs, started.elapsed()));
-        let (client, broker_cpu) = cpu.per_job_since(jobs);
-        celery_cpu.push(client);
-        celery_broker.extend(broker_cpu);
+        let shards = Sharded4Job::options().consumed_queues();
+        let enqueue_sharded = enqueue::<Sharded4Job>(&broker, jobs);
+        sharded.push(measure(&channel, shards, jobs, enqueue_sharded).await);
+        let enqueue_plain = enqueue::<BenchJob>(&broker, jobs);
+        qjob.push(measure(&channel, vec![BENCH_QUEUE.into()], jobs, enqueue_plain).await);
+        let send = async {
+            for n in 0..jobs {
+                let Bench {
+                    account,
+                    cents,
+                    note,
+                } = Bench::new(n as u64);
+                celery
+                    .send_task(charge::new(account, cents, note))
+                    .await
+                    .unwrap();
+            }
+            // Not confirmed: done when the broker holds them all.
+            while depth(&broker, CELERY_QUEUE).await < jobs as u32 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        celery_side.push(measure(&channel, vec![CELERY_QUEUE.into()], jobs, send).await);
         println!(
             "round {round}: qjob {:.0}/s, qjob sharded {:.0}/s, celery {:.0}/s",
-            qjob_rates[round], sharded_rates[round], celery_rates[round]
+            qjob.rates[round], sharded.rates[round], celery_side.rates[round]
         );
     }
-    let (q, c) = (median(&qjob_rates), median(&celery_rates));
+    let c = median(&celery_side.rates);
     println!(
-        "enqueue: qjob enqueue_all (confirmed) {q:.0}/s ({:.0} µs CPU/job), celery send_task \
+        "enqueue: qjob enqueue_all (confirmed) {:.0}/s ({:.0} µs CPU/job), celery send_task \
          (unconfirmed) {c:.0}/s ({:.0} µs CPU/job): ratio qjob/celery {:.2}",
-        median(&qjob_cpu),
-        median(&celery_cpu),
-        q / c
+        median(&qjob.rates),
+        median(&qjob.client),
+        median(&celery_side.client),
+        median(&qjob.rates) / c
     );
     println!(
         "enqueue: qjob enqueue_all of a job sharded over 4 queues (confirmed) {:.0}/s ({:.0} µs \
          CPU/job): ratio to celery's one queue {:.2}",
-        median(&sharded_rates),
-        median(&sharded_cpu),
-        median(&sharded_rates) / c
+        median(&sharded.rates),
+        median(&sharded.client),
+        median(&sharded.rates) / c
     );
-    if !qjob_broker.is_empty() {
+    if !qjob.broker.is_empty() {
         println!(
             "broker CPU per job: qjob {:.0} µs, qjob sharded {:.0} µs, celery {:.0} µs",
-            median(&qjob_broker),
-            median(&sharded_broker),
-            median(&celery_broker)
+            median(&qjob.broker),
+            median(&sharded.broker),
+            median(&celery_side.broker)
         );
     }
     reset_queue(&channel, BENCH_QUEUE).await;
@@ -158,6 +128,52 @@ async fn main() {
     for queue in Sharded4Job::options().consumed_queues() {
         reset_queue(&channel, &queue).await;
     }
+}
+
+/// What the rounds of one producer measured: rates, and client and broker
+/// CPU per job.
+#[derive(Default)]
+struct Measured {
+    rates: Vec<f64>,
+    client: Vec<f64>,
+    broker: Vec<f64>,
+}
+
+impl Measured {
+    fn push(&mut self, (rate, client, broker): (f64, f64, Option<f64>)) {
+        self.rates.push(rate);
+        self.client.push(client);
+        self.broker.extend(broker);
+    }
+}
+
+/// One round: `queues` emptied, the broker quiet, then `enqueue` timed
+/// with the CPU it and the broker spent per job.
+async fn measure(
+    channel: &lapin::Channel,
+    queues: Vec<String>,
+    jobs: usize,
+    enqueue: impl std::future::Future<Output = ()>,
+) -> (f64, f64, Option<f64>) {
+    for queue in &queues {
+        reset_queue(channel, queue).await;
+    }
+    broker_quiet().await;
+    let cpu = Cpu::now();
+    let started = Instant::now();
+    enqueue.await;
+    let rate = rate(jobs, started.elapsed());
+    let (client, broker) = cpu.per_job_since(jobs);
+    (rate, client, broker)
+}
+
+/// `Client::enqueue_all` of `jobs` jobs of `J`, every one confirmed.
+async fn enqueue<J: Job<Payload = Bench>>(broker: &qjob::AmqpBroker, jobs: usize) {
+    let results = Client::new(broker.clone())
+        .enqueue_all::<J>((0..jobs).map(|n| Bench::new(n as u64)))
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
 }
 
 async fn depth(broker: &qjob::AmqpBroker, queue: &str) -> u32 {
