@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use qjob::broker::Broker;
 use qjob::{Client, Job, Worker};
 use qjob_benches::{
-    DONE, Keyed, PartitionedJob, amqp_url, env_number, io_alone, median, rate, round_span,
+    Cpu, DONE, Keyed, PartitionedJob, amqp_url, env_number, io_alone, median, rate, round_span,
     start_round,
 };
 
@@ -39,10 +39,12 @@ async fn main() {
         // handler slot (50), whichever binds.
         let lanes = keys.min(50) as usize;
         let (mut steady, mut whole, mut timers) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu = Vec::new();
         for _ in 0..rounds {
-            let (span, took) = round(&broker, &client, jobs, keys).await;
+            let (span, took, used) = round(&broker, &client, jobs, keys).await;
             steady.push(rate(jobs as usize, span));
             whole.push(rate(jobs as usize, took));
+            cpu.push(used);
             timers.push(io_alone(jobs as usize, lanes, Duration::from_millis(10)).await);
         }
         let (steady, whole, timers) = (median(&steady), median(&whole), median(&timers));
@@ -50,23 +52,24 @@ async fn main() {
             "{keys:>3} keys over 30 partitions, 10 ms handlers, concurrency 50: {steady:.0} jobs/s \
              from the first handler to the last job ({:.0}% of the ideal {ideal}; {:.0}% of \
              {timers:.0}/s, the same 10 ms of I/O on {lanes} tasks without a broker); \
-             {whole:.0}/s with the worker's start and stop ({:.0}%)",
+             {whole:.0}/s with the worker's start and stop ({:.0}%); {:.0} µs CPU/job",
             100.0 * steady / ideal,
             100.0 * steady / timers,
             100.0 * whole / ideal,
+            median(&cpu),
         );
     }
 }
 
 /// Enqueues `jobs` jobs over `keys` keys and runs a worker until every
 /// one was handled: the span from the first handler start to the last job
-/// handled, and the worker's whole run.
+/// handled, the worker's whole run, and its CPU per job.
 async fn round(
     broker: &qjob::AmqpBroker,
     client: &Client,
     jobs: u64,
     keys: u64,
-) -> (Duration, Duration) {
+) -> (Duration, Duration, f64) {
     let total = count_ready(broker).await;
     assert_eq!(total, 0, "the partition queues start empty");
     let results = client
@@ -78,6 +81,7 @@ async fn round(
         .unwrap();
     assert!(results.iter().all(Result::is_ok));
     start_round(jobs as usize);
+    let cpu = Cpu::now();
     let started = Instant::now();
     Worker::builder(broker.clone())
         .register(PartitionedJob)
@@ -86,7 +90,8 @@ async fn round(
         .await
         .unwrap();
     let took = started.elapsed();
-    (round_span().expect("the round ran"), took)
+    let used = cpu.per_job_since(jobs as usize).0;
+    (round_span().expect("the round ran"), took, used)
 }
 
 async fn count_ready(broker: &qjob::AmqpBroker) -> u32 {

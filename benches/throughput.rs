@@ -35,8 +35,8 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
-    BENCH_QUEUE, Bench, BenchJob, amqp_url, broker_quiet, confirming_channel, env_number, median,
-    payload, qjob_consume, qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
+    BENCH_QUEUE, Bench, BenchJob, Cpu, amqp_url, broker_quiet, confirming_channel, env_number,
+    median, payload, qjob_consume, qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
 };
 
 /// Confirms in flight at once on each channel of the publish loops (qjob's
@@ -76,19 +76,20 @@ async fn main() {
         unconfirmed.push(rate(jobs, raw.publish_unconfirmed(jobs).await));
         raw.reset().await;
         broker_quiet().await;
-        publish
-            .lapin
-            .push(rate(jobs, raw.publish_lanes(jobs).await));
+        publish.lapin(measured(jobs, raw.publish_lanes(jobs)).await);
         raw.reset().await;
         broker_quiet().await;
-        let client = Client::new(broker.clone());
-        let started = Instant::now();
-        let results = client
-            .enqueue_all::<BenchJob>((0..jobs).map(|n| Bench::new(n as u64)))
-            .await
-            .unwrap();
-        assert!(results.iter().all(Result::is_ok));
-        publish.qjob.push(rate(jobs, started.elapsed()));
+        let enqueue = async {
+            let client = Client::new(broker.clone());
+            let started = Instant::now();
+            let results = client
+                .enqueue_all::<BenchJob>((0..jobs).map(|n| Bench::new(n as u64)))
+                .await
+                .unwrap();
+            assert!(results.iter().all(Result::is_ok));
+            started.elapsed()
+        };
+        publish.qjob(measured(jobs, enqueue).await);
     }
     if only != "consume" {
         publish.report("publish (confirmed)");
@@ -110,15 +111,11 @@ async fn main() {
         for _ in 0..rounds {
             raw.reset().await;
             raw.publish(jobs).await;
-            consume
-                .lapin
-                .push(rate(jobs, raw.consume(jobs, prefetch).await));
+            consume.lapin(measured(jobs, raw.consume(jobs, prefetch)).await);
 
             raw.reset().await;
             raw.publish(jobs).await;
-            consume
-                .qjob
-                .push(rate(jobs, qjob_consume(&broker, jobs, prefetch).await));
+            consume.qjob(measured(jobs, qjob_consume(&broker, jobs, prefetch)).await);
         }
         consume.report(&format!("consume, prefetch {prefetch:>3}"));
     }
@@ -154,18 +151,40 @@ async fn console_cost(raw: &Raw, broker: &qjob::AmqpBroker, jobs: usize, rounds:
     raw.reset().await;
 }
 
+/// A round's rate over `jobs` and this process's CPU per job in it.
+async fn measured(jobs: usize, round: impl std::future::Future<Output = Duration>) -> (f64, f64) {
+    let cpu = Cpu::now();
+    let took = round.await;
+    (rate(jobs, took), cpu.per_job_since(jobs).0)
+}
+
+/// The rounds of lapin and of qjob: rates and client CPU per job.
 #[derive(Default)]
 struct Rates {
     lapin: Vec<f64>,
     qjob: Vec<f64>,
+    lapin_cpu: Vec<f64>,
+    qjob_cpu: Vec<f64>,
 }
 
 impl Rates {
+    fn lapin(&mut self, (rate, cpu): (f64, f64)) {
+        self.lapin.push(rate);
+        self.lapin_cpu.push(cpu);
+    }
+
+    fn qjob(&mut self, (rate, cpu): (f64, f64)) {
+        self.qjob.push(rate);
+        self.qjob_cpu.push(cpu);
+    }
+
     fn report(&self, what: &str) {
         let lapin = median(&self.lapin);
         let qjob = median(&self.qjob);
         println!(
-            "{what:<24} lapin {lapin:>8.0}/s  qjob {qjob:>8.0}/s  ratio qjob/lapin {:.2}   (rounds: lapin {:?}, qjob {:?})",
+            "{what:<24} lapin {lapin:>8.0}/s ({:.0} µs CPU/job)  qjob {qjob:>8.0}/s ({:.0} µs CPU/job)  ratio qjob/lapin {:.2}   (rounds: lapin {:?}, qjob {:?})",
+            median(&self.lapin_cpu),
+            median(&self.qjob_cpu),
             qjob / lapin,
             self.lapin.iter().map(|r| r.round()).collect::<Vec<_>>(),
             self.qjob.iter().map(|r| r.round()).collect::<Vec<_>>(),
