@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use qjob::broker::Broker;
 use qjob::{Client, Job, JobContext, JobError, Worker, WorkerBuilder, job};
 use qjob_benches::{
-    BENCH_QUEUE, Bench, BenchJob, amqp_url, broker_quiet, env_number, median, rate,
+    BENCH_QUEUE, Bench, BenchJob, Cpu, amqp_url, broker_quiet, env_number, median, rate,
 };
 use tokio::sync::Notify;
 
@@ -259,9 +259,10 @@ async fn processes(broker: &qjob::AmqpBroker, jobs: usize, rounds: usize) {
 
 async fn job_types(broker: &qjob::AmqpBroker, jobs: usize, rounds: usize) {
     let client = Client::new(broker.clone());
-    let mut by_types: Vec<(usize, Vec<f64>)> = vec![(1, vec![]), (10, vec![]), (50, vec![])];
+    let mut by_types: Vec<(usize, Vec<f64>, Vec<f64>)> =
+        [1, 10, 50].map(|types| (types, vec![], vec![])).into();
     for _ in 0..rounds {
-        for (types, rates) in &mut by_types {
+        for (types, rates, cpu) in &mut by_types {
             let total = jobs / *types * *types;
             fill(&client, *types, total).await;
             broker_quiet().await;
@@ -269,23 +270,26 @@ async fn job_types(broker: &qjob::AmqpBroker, jobs: usize, rounds: usize) {
             let worker = register(Worker::builder(broker.clone()), *types)
                 .console(false)
                 .build();
+            let used = Cpu::now();
             let started = Instant::now();
             worker
                 .run_until(qjob_benches::DONE.notified())
                 .await
                 .unwrap();
             rates.push(rate(total, started.elapsed()));
+            cpu.push(used.per_job_since(total).0);
             while held_messages(&queues(*types)) > 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
     let one = median(&by_types[0].1);
-    for (types, rates) in &by_types {
+    for (types, rates, cpu) in &by_types {
         let rate = median(rates);
         println!(
-            "{types:>2} job type(s) in one worker: {rate:>7.0} jobs/s, {:.2}× one type",
-            rate / one
+            "{types:>2} job type(s) in one worker: {rate:>7.0} jobs/s, {:.2}× one type, {:.0} µs CPU/job",
+            rate / one,
+            median(cpu)
         );
     }
 }

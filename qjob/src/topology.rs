@@ -118,18 +118,19 @@ pub(crate) fn retry_queue(options: &JobOptions, consumed: &QueueSpec) -> QueueSp
     }
 }
 
-/// How many missing shards in a row end the search for shards past a
-/// job's `shards` ([`shards_past`]): an operator deleting them one by one
-/// may leave gaps.
-const SHARD_GAP: u16 = 4;
+/// How many missing shards in a row end a thorough search for shards past
+/// a job's `shards` ([`shards_past`]): an operator deleting them one by
+/// one may leave gaps.
+pub(crate) const SHARD_GAP: u16 = 4;
 
 /// The shards of the job on `queue` from `from` up that exist, with their
-/// stats: left by a deploy with more shards. The search ends after
-/// [`SHARD_GAP`] missing in a row.
+/// stats: left by a deploy with more shards. The search ends after `gap`
+/// missing in a row.
 pub(crate) async fn shards_past(
     broker: &dyn Broker,
     queue: &str,
     from: u16,
+    gap: u16,
 ) -> Result<Vec<(String, crate::broker::QueueStats)>, Error> {
     let mut found = Vec::new();
     let mut missing = 0;
@@ -140,7 +141,7 @@ pub(crate) async fn shards_past(
                 missing = 0;
                 found.push((shard, stats));
             }
-            None if missing + 1 == SHARD_GAP => break,
+            None if missing + 1 >= gap => break,
             None => missing += 1,
         }
     }

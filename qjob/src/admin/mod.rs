@@ -736,7 +736,8 @@ impl Admin {
             .collect();
         let mut problems = Vec::new();
         for ((job, queue), shards) in most {
-            for (extra, stats) in topology::shards_past(&*self.broker, queue, shards).await? {
+            let found = topology::shards_past(&*self.broker, queue, shards, topology::SHARD_GAP);
+            for (extra, stats) in found.await? {
                 problems.push(TopologyProblem::ExtraShard {
                     job: job.to_owned(),
                     consumed: consumed.contains(extra.as_str()),

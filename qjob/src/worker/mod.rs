@@ -522,30 +522,36 @@ impl Worker {
 
     /// The shards past each job's `shards` that exist, by work queue: left
     /// by a deploy with more shards, consumed until they are deleted so
-    /// that nothing in them waits for a worker that no longer runs.
+    /// that nothing in them waits for a worker that no longer runs. One
+    /// passive declare per job, all at once, unless a shard is found: the
+    /// search goes on from there, to the first missing one. (The console's
+    /// topology check also looks past gaps.)
     async fn inherited_shards(&self) -> Result<HashMap<String, Vec<String>>, Error> {
-        let mut inherited = HashMap::new();
-        for job in &self.jobs {
-            let options = job.options();
-            if options.partitions().is_some() {
-                continue;
-            }
-            let found =
-                topology::shards_past(&*self.broker, options.queue(), options.shards()).await?;
-            for (shard, stats) in &found {
-                tracing::info!(
-                    job = job.name(),
-                    queue = shard,
-                    messages = stats.messages,
-                    shards = options.shards(),
-                    "consuming a shard past the job's shards, left by a deploy with more, \
-                     until it is deleted"
-                );
-            }
-            let shards = found.into_iter().map(|(shard, _)| shard).collect();
-            inherited.insert(options.queue().to_owned(), shards);
-        }
-        Ok(inherited)
+        let searches = self
+            .jobs
+            .iter()
+            .map(|job| (job.name(), job.options()))
+            .filter(|(_, options)| options.partitions().is_none())
+            .map(|(job, options)| async move {
+                let found =
+                    topology::shards_past(&*self.broker, options.queue(), options.shards(), 1)
+                        .await?;
+                for (shard, stats) in &found {
+                    tracing::info!(
+                        job,
+                        queue = shard,
+                        messages = stats.messages,
+                        shards = options.shards(),
+                        "consuming a shard past the job's shards, left by a deploy with more, \
+                         until it is deleted"
+                    );
+                }
+                let shards = found.into_iter().map(|(shard, _)| shard).collect();
+                Ok::<_, Error>((options.queue().to_owned(), shards))
+            });
+        futures_util::future::try_join_all(searches)
+            .await
+            .map(HashMap::from_iter)
     }
 
     fn plans(&self, inherited: &HashMap<String, Vec<String>>) -> Result<Vec<JobPlan>, Error> {
