@@ -577,3 +577,81 @@ async fn foreign_headers_of_every_type_survive_a_retry_and_the_dlq() {
         assert_eq!(got.get(name), Some(sent), "header {name}");
     }
 }
+
+test_job!(takeover, "it.schedule.takeover");
+
+/// A takeover on RabbitMQ: the quorum lease queue delivers both leases a
+/// stopped leader left (T0, then T1) into the new leader's prefetch at
+/// once. It reads both before acting, so T1 does not fire again; it used
+/// to act on T0 and fire T1 a second time.
+#[tokio::test]
+async fn a_new_leader_reads_every_lease_before_it_fires_on_rabbitmq() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use qjob::Broker;
+    use qjob::broker::QueueSpec;
+    use qjob::schedule::{LEASE_QUEUE_PREFIX, Schedule};
+
+    const PERIOD_MS: u128 = 10_000;
+    let name = "it-takeover";
+    let lease_queue = format!("{LEASE_QUEUE_PREFIX}{name}");
+    let rabbit = qjob_tests::Rabbit::connect().await;
+    rabbit.delete(&[&lease_queue, TakeoverJob::QUEUE]).await;
+    let broker = qjob_tests::amqp().await;
+    broker
+        .declare_queue(
+            &QueueSpec::new(&lease_queue)
+                .with_queue_type(qjob::QueueType::Quorum)
+                .with_single_active(true)
+                .with_delivery_limit(1_000_000_000),
+        )
+        .await
+        .unwrap();
+    let now_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    // At least 4 s before the next tick, for the takeover.
+    if now_ms() % PERIOD_MS > PERIOD_MS - 4_000 {
+        let left = PERIOD_MS - now_ms() % PERIOD_MS;
+        tokio::time::sleep(Duration::from_millis(left as u64 + 200)).await;
+    }
+    let t1 = now_ms() - now_ms() % PERIOD_MS;
+    let t0 = t1 - PERIOD_MS;
+    for tick in [t0, t1] {
+        rabbit
+            .publish_raw(
+                &lease_queue,
+                format!(r#"{{"format":1,"last_ms":{tick}}}"#).as_bytes(),
+            )
+            .await;
+    }
+    let tick_id = |ms: u128| {
+        qjob::schedule::tick_id(name, UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    };
+    let schedule = Schedule::cron("*/10 * * * * *").unwrap().named(name);
+    let worker = qjob::Worker::builder(broker)
+        .schedule::<TakeoverJob>(schedule, Task::new("takeover", 0, Act::Succeed))
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    // The next tick, and nothing before it.
+    qjob_tests::until("the next tick", Duration::from_secs(20), async || {
+        rabbit.ready(TakeoverJob::QUEUE).await >= 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let ids: Vec<String> = rabbit
+        .take_all(TakeoverJob::QUEUE)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(ids, [tick_id(t1 + PERIOD_MS)], "{t1}");
+    rabbit.delete(&[&lease_queue, TakeoverJob::QUEUE]).await;
+}

@@ -97,6 +97,12 @@ pub struct ScheduleHealth {
     /// The last tick this worker fired, if it fired any.
     #[serde(with = "crate::admin::wire::millis_opt")]
     pub last_fired: Option<SystemTime>,
+    /// What keeps this worker from leading the schedule as it should, if
+    /// anything: a lease queue without a single active consumer (the
+    /// schedule is stopped on this worker), or a lease that recorded a
+    /// tick far ahead of this worker's clock (counted as now).
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 impl ScheduleHealth {
@@ -108,6 +114,7 @@ impl ScheduleHealth {
             leader: false,
             next: None,
             last_fired: None,
+            problem: None,
         }
     }
 }

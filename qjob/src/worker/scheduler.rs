@@ -16,9 +16,11 @@
 //!
 //! Two leases can exist for a moment (a crash between publishing a new one
 //! and acking the old, two workers starting at once on an empty queue):
-//! the leader keeps the one with the later tick and acks the other, and
-//! takes up no tick until it has all the leases the queue holds.
+//! the leader keeps the one with the later tick and acks the other. A new
+//! leader publishes a lease first and takes up no tick until it comes
+//! back: the queue delivers in order, so it has read every lease then.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -92,11 +94,15 @@ impl Planned {
 }
 
 /// The lease: the last tick fired (or, before the first, when the
-/// schedule started), in milliseconds since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// schedule started), in milliseconds since the Unix epoch, and the id of
+/// the record (each lease published carries a fresh one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Lease {
     format: u32,
     last_ms: Option<u64>,
+    /// Absent in the leases of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
 }
 
 impl Lease {
@@ -104,6 +110,7 @@ impl Lease {
         Self {
             format: LEASE_FORMAT,
             last_ms: last.map(millis),
+            id: Some(uuid::Uuid::now_v7().to_string()),
         }
     }
 
@@ -122,7 +129,11 @@ impl Lease {
     /// A lease read from a delivery; one that does not read (another
     /// format) counts as knowing no tick.
     fn read(delivery: &Delivery) -> Self {
-        serde_json::from_slice(&delivery.message.body).unwrap_or(Lease::new(None))
+        serde_json::from_slice(&delivery.message.body).unwrap_or(Lease {
+            format: LEASE_FORMAT,
+            last_ms: None,
+            id: None,
+        })
     }
 }
 
@@ -131,22 +142,35 @@ fn millis(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The wall clock as schedules read it: tokio's clock from an anchor taken
-/// once per process, so that ticks follow a paused test's virtual time
-/// (across worker restarts too), and never behind the system's clock (a
-/// machine back from a suspend, which tokio's clock does not count).
+/// `at` to the millisecond a lease keeps.
+fn truncated(at: SystemTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(millis(at))
+}
+
+/// The wall clock as schedules read it: the system's clock, both ways
+/// (a step back by NTP as much as a suspend), plus how far tokio's clock
+/// ran ahead of the monotonic one since the process started: nothing in
+/// production, and a paused test's virtual time in tests (across worker
+/// restarts too).
 #[derive(Clone, Copy)]
 struct Clock;
 
 /// Sleeps are cut to this and the clock read again, so that a jump of the
-/// system clock (a suspend) delays a tick by at most this.
+/// system clock (a suspend, a step either way) is seen within this.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// A lease may record a tick this far ahead of the reader's clock (two
+/// workers' clocks a little apart) and be taken as it is; further ahead,
+/// it counts as now, and the schedule reports the problem.
+const AHEAD_TOLERANCE: Duration = Duration::from_secs(30);
 
 impl Clock {
     fn now(self) -> SystemTime {
-        static ANCHOR: std::sync::OnceLock<(SystemTime, Instant)> = std::sync::OnceLock::new();
-        let (wall, at) = *ANCHOR.get_or_init(|| (SystemTime::now(), Instant::now()));
-        (wall + at.elapsed()).max(SystemTime::now())
+        static ANCHOR: std::sync::OnceLock<(Instant, std::time::Instant)> =
+            std::sync::OnceLock::new();
+        let (tokio_at, std_at) =
+            *ANCHOR.get_or_init(|| (Instant::now(), std::time::Instant::now()));
+        wall(SystemTime::now(), tokio_at.elapsed(), std_at.elapsed())
     }
 
     /// When to wake up for `time`: at it, or after [`MAX_SLEEP`] to look
@@ -156,6 +180,21 @@ impl Clock {
         Instant::now() + until.min(MAX_SLEEP)
     }
 }
+
+/// The system's time `system`, moved by how far tokio's clock ran ahead
+/// of (or behind, while paused) the monotonic clock since the same
+/// anchor.
+fn wall(system: SystemTime, tokio_elapsed: Duration, std_elapsed: Duration) -> SystemTime {
+    if tokio_elapsed >= std_elapsed {
+        system + (tokio_elapsed - std_elapsed)
+    } else {
+        system - (std_elapsed - tokio_elapsed)
+    }
+}
+
+/// Why a schedule stopped for good on this worker (it does not lead it
+/// until it restarts).
+struct Refused(String);
 
 /// Runs schedule `planned` until `stop`: leads it when this worker is the
 /// lease queue's active consumer, stands by otherwise.
@@ -179,12 +218,12 @@ pub(crate) async fn run(
             health: &health,
             clock,
             held: None,
-            held_since: Instant::now(),
             renew_every,
             last: None,
             leading: false,
             recorded: true,
-            returning: None,
+            unreturned: VecDeque::new(),
+            settling: None,
         };
         let outcome = leader.run(&mut stop).await;
         health.schedule(&planned.name, |s| {
@@ -192,7 +231,14 @@ pub(crate) async fn run(
             s.next = None;
         });
         match outcome {
-            Ok(()) => return,
+            Ok(None) => return,
+            Ok(Some(Refused(why))) => {
+                tracing::error!(schedule = %planned.name, "schedule stopped on this worker: {why}");
+                health.error(format!("schedule {}: {why}", planned.name));
+                health.schedule(&planned.name, |s| s.problem = Some(why));
+                stopped(&mut stop).await;
+                return;
+            }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 let delay = retry_delay(failures);
@@ -200,8 +246,8 @@ pub(crate) async fn run(
                 health.error(&error);
                 tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stop| *stop) => return,
-                    _ = tokio::time::sleep(delay) => {}
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
@@ -218,15 +264,24 @@ fn retry_delay(failures: u32) -> Duration {
         .min(MAX_RETRY_DELAY)
 }
 
+/// The lease a leader holds unacked.
+struct Held {
+    delivery: Delivery,
+    /// The tick it records, as this leader counts it (a tick far ahead of
+    /// its clock counts as now).
+    last: Option<SystemTime>,
+    id: Option<String>,
+    /// When it came (or was last renewed).
+    since: Instant,
+}
+
 /// One subscription to the lease queue.
 struct Leader<'a> {
     broker: &'a dyn Broker,
     planned: &'a Planned,
     health: &'a Health,
     clock: Clock,
-    /// The lease held (unacked), with its tick and when it came.
-    held: Option<(Delivery, Lease)>,
-    held_since: Instant,
+    held: Option<Held>,
     renew_every: Duration,
     /// The last tick fired, as this leader knows it, or when the schedule
     /// started if none was.
@@ -237,31 +292,25 @@ struct Leader<'a> {
     /// Whether the lease queue records `last` (a new lease was published
     /// after the last tick fired, or the schedule's start).
     recorded: bool,
-    /// Until when the lease last recorded must come back to this leader.
-    returning: Option<Instant>,
+    /// The leases this leader recorded that have not come back to it yet,
+    /// oldest first, each with when it must have come back by: the
+    /// deadline is the oldest one's, however many ticks followed.
+    unreturned: VecDeque<(String, Instant)>,
+    /// While taking over: the id of the lease recorded on taking the first
+    /// one. Every lease the queue held was delivered before it (one
+    /// active consumer, in queue order), so none is left unread once it
+    /// comes back; until then no tick fires.
+    settling: Option<String>,
 }
 
 impl Leader<'_> {
-    /// Leads or stands by until `stop` (`Ok`) or until the subscription
-    /// fails (`Err`: the caller subscribes again).
-    async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Error> {
+    /// Leads or stands by until `stop` (`Ok(None)`), until the schedule
+    /// cannot be led safely (`Ok(Some)`), or until the subscription fails
+    /// (`Err`: the caller subscribes again).
+    async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Option<Refused>, Error> {
         let queue = self.planned.lease_queue();
-        // A lease handed from leader to leader is delivered again each
-        // time: RabbitMQ 4's default delivery limit (20) would drop it.
-        let spec = QueueSpec::new(&queue)
-            .with_queue_type(QueueType::Quorum)
-            .with_single_active(true)
-            .with_delivery_limit(topology::DEAD_LETTER_DELIVERY_LIMIT);
-        match self.broker.declare_queue(&spec).await {
-            // Declared by another version with other arguments: used as
-            // it is (its lease is what matters).
-            Err(Error::QueueMismatch { .. }) => {
-                tracing::warn!(
-                    queue,
-                    "the lease queue exists with other arguments; using it as it is"
-                );
-            }
-            declared => declared?,
+        if let Some(refused) = declare_lease_queue(self.broker, &queue).await? {
+            return Ok(Some(refused));
         }
         topology::declare(self.broker, &self.planned.options).await?;
         // No lease anywhere (the first start, or a purged queue): add one.
@@ -282,7 +331,7 @@ impl Leader<'_> {
         let result = self.lead(&mut *subscription, &queue, stop).await;
         // Whatever it held goes back to the queue, to the next leader.
         let closed = subscription.close().await;
-        result.and(closed)
+        result.and(closed).map(|()| None)
     }
 
     async fn lead(
@@ -297,8 +346,11 @@ impl Leader<'_> {
                 Some(tick) => self.clock.wake_for(tick),
                 None => Instant::now() + MAX_SLEEP,
             };
-            let renew = self.held_since + self.renew_every;
-            let returning = self.returning.unwrap_or_else(|| Instant::now() + MAX_SLEEP);
+            let renew = self
+                .held
+                .as_ref()
+                .map_or_else(Instant::now, |held| held.since + self.renew_every);
+            let returning = self.unreturned.front().map(|(_, by)| *by);
             tokio::select! {
                 biased;
                 () = stopped(stop) => return Ok(()),
@@ -308,13 +360,19 @@ impl Leader<'_> {
                         "the subscription ended",
                     ))??;
                     let took_over = !self.leading;
-                    self.take(delivery).await?;
+                    let id = self.take(delivery).await?;
                     if took_over {
-                        self.settle_in(subscription, queue).await?;
+                        tracing::info!(schedule = %self.planned.name, "schedule: taking over; reading every lease first");
+                        self.settling = Some(self.record(queue).await?);
+                    } else if self.settling.is_some() && id == self.settling {
+                        self.settling = None;
                         next = self.catch_up(true).await?;
                         // A fresh lease: each takeover starts its own.
-                        self.recorded = false;
-                    } else if next.is_some_and(|tick| Some(tick) <= self.last) {
+                        let fresh = self.held.as_ref().is_some_and(|held| held.id == id);
+                        self.recorded &= fresh;
+                    } else if self.settling.is_none()
+                        && next.is_some_and(|tick| Some(tick) <= self.last)
+                    {
                         // Another leader's later tick: go on after it.
                         next = self.catch_up(false).await?;
                     }
@@ -322,9 +380,10 @@ impl Leader<'_> {
                 () = tokio::time::sleep_until(wake), if next.is_some() => {
                     let tick = next.expect("a tick is due");
                     let now = self.clock.now();
-                    if now >= tick + MAX_SLEEP {
-                        // Far behind (the clock jumped, or this process
-                        // stalled): the missed-tick policy decides.
+                    if self.behind_the_last(now) || now >= tick + MAX_SLEEP {
+                        // The clock stepped back past the last tick fired,
+                        // or far ahead of the schedule (a jump, a stalled
+                        // process): the missed-tick policy decides.
                         next = self.catch_up(false).await?;
                     } else if now >= tick {
                         self.fire(tick).await?;
@@ -333,16 +392,18 @@ impl Leader<'_> {
                 }
                 () = tokio::time::sleep_until(renew), if self.held.is_some() => {
                     self.recorded = false;
-                    self.held_since = Instant::now();
+                    if let Some(held) = &mut self.held {
+                        held.since = Instant::now();
+                    }
                 }
-                () = tokio::time::sleep_until(returning), if self.returning.is_some() => {
+                () = tokio::time::sleep_until(returning.unwrap_or(wake)), if returning.is_some() => {
                     return Err(Error::broker(
                         format!("consume queue {queue:?}"),
-                        "the lease recorded did not come back: another worker leads",
+                        "a lease recorded did not come back within 10 s: another worker leads",
                     ));
                 }
             }
-            if !self.recorded {
+            if !self.recorded && self.settling.is_none() {
                 self.record(queue).await?;
             }
             self.health.schedule(&self.planned.name, |s| {
@@ -354,71 +415,98 @@ impl Leader<'_> {
 
     /// Takes a lease delivered: the first makes this worker the leader; of
     /// two, the one with the later tick stays held and the other is acked.
-    async fn take(&mut self, delivery: Delivery) -> Result<(), Error> {
+    /// Returns the lease's id.
+    async fn take(&mut self, delivery: Delivery) -> Result<Option<String>, Error> {
         let lease = Lease::read(&delivery);
+        let last = self.counted(lease.last());
         self.leading = true;
-        if lease.last() >= self.last {
-            // What this leader recorded came back (or a later tick).
-            self.returning = None;
+        if let Some(id) = &lease.id
+            && let Some(at) = self.unreturned.iter().position(|(sent, _)| sent == id)
+        {
+            // It came back, and so did every record before it.
+            self.unreturned.drain(..=at);
         }
-        if lease.last() > self.last {
-            self.last = lease.last();
+        if last > self.last {
+            self.last = last;
         }
+        let id = lease.id.clone();
+        let new = Held {
+            delivery,
+            last,
+            id: lease.id,
+            since: Instant::now(),
+        };
         match self.held.take() {
-            None => {
-                self.held = Some((delivery, lease));
-                self.held_since = Instant::now();
-            }
-            Some((held, held_lease)) => {
+            None => self.held = Some(new),
+            Some(held) => {
                 // The newer delivery wins a tie: it renews the lease.
-                let (keep, drop) = if lease.last() >= held_lease.last() {
-                    self.held_since = Instant::now();
-                    ((delivery, lease), held)
+                let (keep, drop) = if new.last >= held.last {
+                    (new, held)
                 } else {
-                    ((held, held_lease), delivery)
+                    (held, new)
                 };
                 self.held = Some(keep);
-                drop.acker.ack().await?;
+                drop.delivery.acker.ack().await?;
             }
         }
         // The queue records the last tick if the lease held does.
-        self.recorded = self.held.as_ref().map(|(_, lease)| lease.last()) == Some(self.last);
-        Ok(())
+        self.recorded = self.held.as_ref().map(|held| held.last) == Some(self.last);
+        Ok(id)
     }
 
-    /// Before acting as leader: takes every lease the queue still holds
-    /// (a crashed leader's two), so as not to fire a tick one of them
-    /// records.
-    async fn settle_in(
-        &mut self,
-        subscription: &mut dyn Subscription,
-        queue: &str,
-    ) -> Result<(), Error> {
-        while self
-            .broker
-            .queue_stats(queue)
-            .await?
-            .is_some_and(|stats| stats.messages > 0)
-        {
-            let delivery = tokio::time::timeout(MAX_RETRY_DELAY, subscription.next())
-                .await
-                .map_err(|_| Error::Timeout {
-                    operation: format!("take the leases of queue {queue:?}"),
-                    after: MAX_RETRY_DELAY,
-                })?
-                .ok_or_else(|| {
-                    Error::broker(format!("consume queue {queue:?}"), "the subscription ended")
-                })??;
-            self.take(delivery).await?;
+    /// A lease's tick as this leader counts it: as it is, or now if it is
+    /// further ahead of this worker's clock than two clocks in sync can
+    /// be (a leader whose clock was wrong recorded it), reported loudly.
+    fn counted(&self, last: Option<SystemTime>) -> Option<SystemTime> {
+        let now = self.clock.now();
+        match last {
+            Some(tick) if tick > now + AHEAD_TOLERANCE => {
+                let ahead = tick.duration_since(now).unwrap_or_default();
+                self.ahead(ahead, "a lease records");
+                Some(truncated(now))
+            }
+            last => last,
         }
-        Ok(())
+    }
+
+    /// Whether this worker's clock stepped back more than the tolerance
+    /// since it fired or read its last tick; if so, the last tick counts
+    /// as now from here on (reported loudly), and the queue records it
+    /// again.
+    fn behind_the_last(&mut self, now: SystemTime) -> bool {
+        let Some(last) = self.last else { return false };
+        if last <= now + AHEAD_TOLERANCE {
+            return false;
+        }
+        self.ahead(
+            last.duration_since(now).unwrap_or_default(),
+            "the last tick fired is",
+        );
+        self.last = Some(truncated(now));
+        if let Some(held) = &mut self.held {
+            held.last = held.last.min(self.last);
+        }
+        self.recorded = false;
+        true
+    }
+
+    fn ahead(&self, by: Duration, what: &str) {
+        let why = format!(
+            "{what} a tick {} s ahead of this worker's clock ({}); counted as now: \
+             check the workers' clocks (NTP)",
+            by.as_secs(),
+            schedule::tick_id(&self.planned.name, self.clock.now()),
+        );
+        tracing::error!(schedule = %self.planned.name, "{why}");
+        self.health
+            .schedule(&self.planned.name, |s| s.problem = Some(why));
     }
 
     /// Fires the latest tick missed since the last one fired (or skips
     /// them, as the schedule says), and returns the next tick: what a new
     /// leader does first (`taking_over`), and a leader far behind its
-    /// schedule. A last tick later than now (a clock that was ahead) counts
-    /// as now.
+    /// schedule. A last tick later than now (clocks a little apart) counts
+    /// as now for the missed tick.
     async fn catch_up(&mut self, taking_over: bool) -> Result<Option<SystemTime>, Error> {
         let now = self.clock.now();
         let schedule = &self.planned.schedule;
@@ -430,7 +518,7 @@ impl Leader<'_> {
             // schedule's start (to the millisecond it keeps), so that a
             // first tick this leader cannot fire is a missed tick for the
             // next, not one that never was.
-            self.last = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(millis(now)));
+            self.last = Some(truncated(now));
             self.recorded = false;
             return Ok(schedule.next_after(now));
         };
@@ -465,16 +553,81 @@ impl Leader<'_> {
         Ok(())
     }
 
-    /// Records the last tick fired in a new lease; the old one is acked
-    /// when the new one comes back ([`Leader::take`]).
-    async fn record(&mut self, queue: &str) -> Result<(), Error> {
-        self.broker
-            .publish(queue, Lease::new(self.last).message())
-            .await?;
+    /// Records the last tick fired in a new lease, and returns its id; the
+    /// old one is acked when the new one comes back ([`Leader::take`]),
+    /// which must be within [`RECORD_RETURNS_WITHIN`].
+    async fn record(&mut self, queue: &str) -> Result<String, Error> {
+        let lease = Lease::new(self.last);
+        let id = lease.id.clone().expect("a new lease has an id");
+        // Counted before the publish: a lease that went out and was lost
+        // with its confirm must still come back.
+        self.unreturned
+            .push_back((id.clone(), Instant::now() + RECORD_RETURNS_WITHIN));
+        self.broker.publish(queue, lease.message()).await?;
         self.recorded = true;
-        self.returning = Some(Instant::now() + RECORD_RETURNS_WITHIN);
-        Ok(())
+        Ok(id)
     }
+}
+
+/// Declares the lease queue, or checks that the one there elects one
+/// leader: declared by another version with other arguments, it is used
+/// as it is if it has a single active consumer; without one every worker
+/// would lead, so the schedule is refused (`Some`).
+async fn declare_lease_queue(broker: &dyn Broker, queue: &str) -> Result<Option<Refused>, Error> {
+    // A lease handed from leader to leader is delivered again each time:
+    // RabbitMQ 4's default delivery limit (20) would drop it.
+    let mut spec = QueueSpec::new(queue)
+        .with_queue_type(QueueType::Quorum)
+        .with_single_active(true)
+        .with_delivery_limit(topology::DEAD_LETTER_DELIVERY_LIMIT);
+    // Each try takes the existing value of the argument that differed,
+    // but for the single active consumer.
+    for _ in 0..4 {
+        let (argument, existing) = match broker.declare_queue(&spec).await {
+            Ok(()) => return Ok(None),
+            Err(Error::QueueMismatch {
+                argument, existing, ..
+            }) => (argument, existing),
+            Err(error) => return Err(error),
+        };
+        spec = match (argument.as_str(), existing.as_str()) {
+            ("x-queue-type", "classic") => QueueSpec {
+                delivery_limit: None,
+                ..spec.with_queue_type(QueueType::Classic)
+            },
+            ("x-queue-type", "quorum") => spec.with_queue_type(QueueType::Quorum),
+            ("x-delivery-limit", "none") => QueueSpec {
+                delivery_limit: None,
+                ..spec
+            },
+            ("x-delivery-limit", limit) if limit.parse::<u32>().is_ok() => {
+                spec.with_delivery_limit(limit.parse().expect("a number"))
+            }
+            ("x-single-active-consumer", _) => {
+                return Ok(Some(Refused(format!(
+                    "the lease queue {queue:?} exists without a single active consumer \
+                     ({argument} = {existing}): every worker would lead it; delete the \
+                     queue (no worker carrying the schedule running) to start afresh"
+                ))));
+            }
+            _ => {
+                return Ok(Some(Refused(format!(
+                    "the lease queue {queue:?} exists with {argument} = {existing}, which \
+                     qjob never declares: it cannot tell whether it elects one leader; \
+                     delete the queue to start afresh"
+                ))));
+            }
+        };
+        tracing::warn!(
+            queue,
+            argument,
+            existing,
+            "the lease queue exists with other arguments; using it as it is"
+        );
+    }
+    Ok(Some(Refused(format!(
+        "the lease queue {queue:?} exists with arguments qjob does not know"
+    ))))
 }
 
 #[cfg(test)]
@@ -511,5 +664,35 @@ mod tests {
             Some(at)
         );
         assert_eq!(Lease::read(&delivery(b"junk".to_vec())).last(), None);
+    }
+
+    /// The schedules' clock follows the system's both ways: a process
+    /// that started with its clock ahead (before NTP stepped it back)
+    /// used to fire early for its whole life, its clock never behind
+    /// where it started.
+    #[test]
+    fn the_clock_follows_a_step_of_the_system_clock_either_way() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let minute = Duration::from_secs(60);
+        // Ten minutes on, with no virtual time: the system's clock.
+        assert_eq!(
+            wall(start + 10 * minute, 10 * minute, 10 * minute),
+            start + 10 * minute
+        );
+        // Stepped back an hour at minute 10: an hour back.
+        let stepped = start + 10 * minute - 60 * minute;
+        assert_eq!(wall(stepped, 10 * minute, 10 * minute), stepped);
+        // Stepped forward (a suspend the monotonic clocks did not count).
+        assert_eq!(
+            wall(start + 90 * minute, minute, minute),
+            start + 90 * minute
+        );
+        // Virtual time (a paused test) an hour ahead of the monotonic clock.
+        assert_eq!(
+            wall(start + minute, 61 * minute, minute),
+            start + 61 * minute
+        );
+        // Tokio's clock paused while the monotonic one ran on.
+        assert_eq!(wall(start + 2 * minute, Duration::ZERO, 2 * minute), start);
     }
 }
