@@ -318,6 +318,7 @@ fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView], schedules: &[Sche
                 "workers": s.workers,
                 "next_ms": s.schedule.next.map(millis),
                 "last_fired_ms": s.schedule.last_fired.map(millis),
+                "problem": s.schedule.problem,
             })).collect::<Vec<_>>(),
         }));
         return;
@@ -390,6 +391,11 @@ fn status(out: &Out, workers: &[WorkerView], jobs: &[JobView], schedules: &[Sche
         ]);
     }
     table.print();
+    for s in schedules {
+        if let Some(problem) = &s.schedule.problem {
+            say!("problem: schedule {}: {problem}", s.name);
+        }
+    }
 }
 
 fn job_json(job: &JobView) -> Value {

@@ -170,6 +170,47 @@ async fn status_and_workers_show_a_running_worker() {
     assert!(line.contains(" work "), "{line}");
 }
 
+#[job(queue = "qjob.test.cli.refused", cron = "0 0 * * * *")]
+async fn cli_refused(_: (), _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// A schedule refused on a worker (its lease queue has no single active
+/// consumer) shows its problem in `qjob status`, as text and JSON.
+#[tokio::test]
+async fn status_shows_a_schedule_refused_with_its_problem() {
+    let broker = broker().await;
+    reset::<CliRefusedJob>().await;
+    let lease_queue = format!("{}cli_refused", qjob::schedule::LEASE_QUEUE_PREFIX);
+    let rabbit = qjob_tests::Rabbit::connect().await;
+    rabbit.delete(&[&lease_queue]).await;
+    broker
+        .declare_queue(&QueueSpec::new(&lease_queue))
+        .await
+        .unwrap();
+    let _running = start(&broker, CliRefusedJob);
+    let refused = |o: &Output| {
+        json(o)["schedules"].as_array().is_some_and(|schedules| {
+            schedules.iter().any(|s| {
+                s["name"] == "cli_refused"
+                    && s["leader"].is_null()
+                    && s["problem"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("without a single active consumer"))
+            })
+        })
+    };
+    until(&["status", "--json"], refused).await;
+    let text = stdout(&qjob(&["status"]).await);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("problem: schedule cli_refused: ")
+                && line.contains("without a single active consumer")),
+        "{text}"
+    );
+    rabbit.delete(&[&lease_queue]).await;
+}
+
 #[job(queue = "qjob.test.cli.letters", retry = 0)]
 async fn cli_dlq(work: Work, _ctx: JobContext) -> Result<(), JobError> {
     if work.fail && !HEALED.load(Ordering::SeqCst) {

@@ -244,6 +244,7 @@ fn schedules_table(schedules: &[ScheduleView]) -> String {
         "Workers",
         "Next tick",
         "Last fired",
+        "Problem",
     ]);
     for view in schedules {
         let schedule = &view.schedule;
@@ -266,6 +267,7 @@ fn schedules_table(schedules: &[ScheduleView]) -> String {
             schedule
                 .last_fired
                 .map_or("–".to_owned(), |at| format!("{} ago", ago(at))),
+            schedule.problem.as_deref().map_or("–".to_owned(), escape),
         ]);
     }
     table.finish("no schedule")

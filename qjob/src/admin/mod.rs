@@ -600,10 +600,13 @@ impl Admin {
                         workers: 0,
                     });
                 view.workers += 1;
+                // A problem any worker reports stays in view.
+                let problem = view.schedule.problem.take().or(schedule.problem.clone());
                 if schedule.leader {
                     view.leader = Some((worker.status.host.clone(), worker.status.pid));
                     view.schedule = schedule;
                 }
+                view.schedule.problem = view.schedule.problem.take().or(problem);
             }
         }
         schedules.into_values().collect()

@@ -443,6 +443,7 @@ mod tests {
                 let mut schedule = ScheduleHealth::new("report", "0 2 * * *", "UTC");
                 schedule.leader = true;
                 schedule.next = Some(UNIX_EPOCH + Duration::from_millis(3_000));
+                schedule.problem = Some("a lease records a tick 86400 s ahead".into());
                 schedule
             })]
             .into(),
@@ -453,6 +454,16 @@ mod tests {
         assert_eq!(read, status);
         let mut json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["jobs"][0]["breaker"], "half-open");
+        // An earlier version's schedule says no problem.
+        let mut earlier = json.clone();
+        earlier["schedules"]["nightly"]
+            .as_object_mut()
+            .unwrap()
+            .remove("problem");
+        let Some(StatusMessage::Heartbeat(read)) = StatusMessage::read(&message(&earlier)) else {
+            panic!("an earlier heartbeat reads");
+        };
+        assert_eq!(read.schedules["nightly"].problem, None);
         json["format"] = 2.into();
         let newer = message(&json);
         assert!(StatusMessage::read(&newer).is_none());
