@@ -675,6 +675,8 @@ macro_rules! console_tests {
             browsing_1000_dead_letters_leaves_them_in_place_and_in_order,
             replay_and_discard_do_what_they_say,
             a_sharded_job_shows_its_shards_and_the_extra_ones,
+            a_pause_starts_no_job_held_in_place,
+            a_stop_starts_no_job_held_in_place,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

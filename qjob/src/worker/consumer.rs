@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, QueueSpec, Subscription};
 use crate::policy::lanes::Lanes;
-use crate::worker::handler::{Handler, Retries};
+use crate::worker::handler::{Halt, Handler, Retries};
 use crate::worker::health::Health;
 use crate::worker::runnable::Decoded;
 use crate::{Error, JobOptions, topology};
@@ -134,7 +134,8 @@ impl Consumer {
                 }
                 SlotEvent::Delivery(delivery, slot) => {
                     failures = 0;
-                    self.spawn_handler(&mut handlers, delivery, slot);
+                    let halt = Halt::new(stop.clone(), self.paused.clone());
+                    self.spawn_handler(&mut handlers, delivery, slot, halt);
                     continue;
                 }
                 SlotEvent::Prefetch(target) => {
@@ -202,6 +203,7 @@ impl Consumer {
         handlers: &mut JoinSet<()>,
         delivery: Delivery,
         slot: Option<OwnedSemaphorePermit>,
+        halt: Halt,
     ) {
         let handler = self.handler.clone();
         match slot {
@@ -217,6 +219,7 @@ impl Consumer {
                     let in_place = Retries::InPlace {
                         received,
                         slots: &slots,
+                        halt,
                     };
                     handler.handle(delivery, None, in_place).await
                 })
@@ -263,7 +266,7 @@ impl Consumer {
                 }
                 LaneEvent::Finished(key) => {
                     if let Some(next) = lanes.finish(&key) {
-                        self.spawn_in_lane(&mut handlers, Some(key), next, &done);
+                        self.spawn_in_lane(&mut handlers, Some(key), next, &done, &stop);
                     }
                 }
                 LaneEvent::Next(Some(Ok(delivery))) => {
@@ -282,12 +285,12 @@ impl Consumer {
                     match key {
                         Some(key) => {
                             if let Some(next) = lanes.admit(key.clone(), admitted) {
-                                self.spawn_in_lane(&mut handlers, Some(key), next, &done);
+                                self.spawn_in_lane(&mut handlers, Some(key), next, &done, &stop);
                             }
                         }
                         // No key (a malformed message, or the job gives
                         // none for this payload): it needs no lane.
-                        None => self.spawn_in_lane(&mut handlers, None, admitted, &done),
+                        None => self.spawn_in_lane(&mut handlers, None, admitted, &done, &stop),
                     }
                 }
                 LaneEvent::Next(ended) => {
@@ -320,14 +323,17 @@ impl Consumer {
         key: Option<String>,
         admitted: Admitted,
         done: &mpsc::UnboundedSender<String>,
+        stop: &watch::Receiver<bool>,
     ) {
         let (handler, slots) = (self.handler.clone(), self.slots.clone());
+        let halt = Halt::new(stop.clone(), self.paused.clone());
         let release = Release(key.map(|key| (key, done.clone())));
         handlers.spawn(async move {
             let _release = release;
             let in_place = Retries::InPlace {
                 received: admitted.received,
                 slots: &slots,
+                halt,
             };
             handler
                 .handle(admitted.delivery, admitted.decoded, in_place)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
@@ -116,11 +116,16 @@ impl Handler {
         };
         self.metrics.time_in_queue(envelope.enqueued_at);
         let job_id = &envelope.job_id;
-        let (mut slot, in_place) = match retries {
-            Retries::ThroughBroker(slot) => (Some(slot), None),
-            Retries::InPlace { received, slots } => (
+        let (mut slot, in_place, halt) = match retries {
+            Retries::ThroughBroker(slot) => (Some(slot), None, None),
+            Retries::InPlace {
+                received,
+                slots,
+                halt,
+            } => (
                 None,
                 Some((Hold::new(received, self.hold_budget, self.timeout), slots)),
+                Some(halt),
             ),
         };
         // Attempts held in place, or one that can outlast the consumer
@@ -152,15 +157,23 @@ impl Handler {
         loop {
             let span = self.span(&delivery, job_id, attempt);
             let attempted = async {
-                let _in_place_slot = match in_place {
-                    Some((_, slots)) => {
-                        let slot = slots.acquire().await.expect("semaphore never closed");
+                let _in_place_slot = match (in_place, &halt) {
+                    (Some((_, slots)), Some(halt)) => {
+                        let slot = tokio::select! {
+                            biased;
+                            () = halt.clone().asked() => None,
+                            slot = slots.acquire() => Some(slot.expect("semaphore never closed")),
+                        };
+                        if halt.is_asked() || slot.is_none() {
+                            self.halted(job_id, attempt);
+                            return None;
+                        }
                         if self.abandon_if_closed(&delivery) {
                             return None;
                         }
-                        Some(slot)
+                        slot
                     }
-                    None => None,
+                    _ => None,
                 };
                 let (outcome, took, running) = self
                     .attempt(
@@ -196,9 +209,19 @@ impl Handler {
                     self.metrics.attempt(&outcome, Some(took));
                     self.report(&delivery, attempt, job_id, &outcome);
                     drop(span);
+                    let asked = async {
+                        match halt.clone() {
+                            Some(halt) => halt.asked().await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     let cancelled = tokio::select! {
                         _ = tokio::time::sleep(wait) => false,
                         _ = self.cancellations.cancelled(job_id, envelope.replayed_at) => true,
+                        () = asked => {
+                            self.halted(job_id, attempt + 1);
+                            return;
+                        }
                     };
                     if self.abandon_if_closed(&delivery) {
                         return;
@@ -344,6 +367,13 @@ impl Handler {
         }
         self.left_to_broker();
         true
+    }
+
+    /// A held delivery whose next attempt (`attempt`) does not start: the
+    /// job pauses or the worker stops. It is left unsettled; the broker
+    /// has it back, in its place, when the subscription closes.
+    fn halted(&self, job_id: &JobId, attempt: u32) {
+        tracing::debug!(queue = self.routes.queue.name.as_str(), %job_id, attempt, "pausing or stopping: a held job's attempt does not start; it goes back to the queue");
     }
 
     /// Counts a delivery of a closed channel, not started or not settled:
@@ -762,7 +792,43 @@ pub(crate) enum Retries<'a> {
     InPlace {
         received: Instant,
         slots: &'a Semaphore,
+        /// Asked once the job pauses or the worker stops: an attempt not
+        /// started by then never starts.
+        halt: Halt,
     },
+}
+
+/// Whether the consumer holding a delivery in place pauses or stops: its
+/// next attempt does not start, and the delivery is left unsettled, to go
+/// back to the queue (in its place) when the subscription closes.
+#[derive(Clone)]
+pub(crate) struct Halt {
+    stop: watch::Receiver<bool>,
+    paused: watch::Receiver<bool>,
+}
+
+impl Halt {
+    pub(crate) fn new(stop: watch::Receiver<bool>, paused: watch::Receiver<bool>) -> Self {
+        Self { stop, paused }
+    }
+
+    fn is_asked(&self) -> bool {
+        *self.stop.borrow() || *self.paused.borrow()
+    }
+
+    /// Resolves once a pause or a stop is asked (never if neither can be
+    /// any more).
+    async fn asked(mut self) {
+        async fn on(flag: &mut watch::Receiver<bool>) {
+            if flag.wait_for(|on| *on).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        tokio::select! {
+            () = on(&mut self.stop) => {}
+            () = on(&mut self.paused) => {}
+        }
+    }
 }
 
 /// What [`Handler::resume`] made of a delivery.
