@@ -212,3 +212,58 @@ async fn a_resource_alarm_holds_the_settlement_without_rerunning_the_job() {
     assert_eq!(kit.succeeded::<FlakyJob>(), [1]);
     assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 2);
 }
+
+static ALARM_RUNS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+#[job(
+    queue = "protect.alarm-window",
+    prefetch = 20,
+    concurrency = 10,
+    retry = 3,
+    backoff = fixed("1s")
+)]
+async fn alarm_window(n: u32, ctx: JobContext) -> Result<(), JobError> {
+    ALARM_RUNS.lock().unwrap().push(n);
+    if n.is_multiple_of(4) && ctx.attempt() == 1 {
+        return Err(JobError::msg("first try fails"));
+    }
+    Ok(())
+}
+
+/// A resource alarm through 400 jobs, a quarter failing once, prefetch
+/// 20: the held retries are kept out of the window, so all 300 that need
+/// no publish run and are acked during the alarm (before, the worker
+/// stopped once 20 held retries filled its prefetch: 77 jobs had run);
+/// after it, all 400 succeed, none run twice but the retries.
+#[tokio::test(start_paused = true)]
+async fn held_settlements_stay_out_of_the_window_during_an_alarm() {
+    let mut kit = TestKit::new().register(AlarmWindowJob);
+    let results = kit
+        .client()
+        .enqueue_all::<AlarmWindowJob>(0..400)
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    kit.broker().block_publishes("memory");
+    kit.start().await;
+    let broker = kit.broker().clone();
+    let queue = <AlarmWindowJob as qjob::Job>::QUEUE;
+    let runs = || ALARM_RUNS.lock().unwrap().len();
+    let started = Instant::now();
+    while !(runs() == 400 && broker.ready_count(queue) == 0 && broker.unacked_count(queue) == 100) {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{} runs, {} ready, {} unacked during the alarm",
+            runs(),
+            broker.ready_count(queue),
+            broker.unacked_count(queue)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.unblock_publishes();
+    kit.run_until_idle().await;
+    let mut succeeded = kit.succeeded::<AlarmWindowJob>();
+    succeeded.sort_unstable();
+    assert_eq!(succeeded, (0..400).collect::<Vec<_>>());
+    assert_eq!(runs(), 500, "each job once, the failed ones twice");
+}

@@ -192,7 +192,7 @@ async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
 test_job!(
     alarm_worker,
     "qjob.test.alarm-worker",
-    prefetch = 150,
+    prefetch = 20,
     concurrency = 10,
     retry = 3,
     backoff = fixed("200ms")
@@ -201,7 +201,8 @@ test_job!(
 /// A memory alarm raised before the worker starts: the jobs that need no
 /// publish are consumed and acked during the alarm (acks go on a connection
 /// that never publishes); the retries wait, holding their deliveries,
-/// without running their handlers again; once the alarm clears every job
+/// without running their handlers again, and out of the prefetch window
+/// (100 held with a prefetch of 20); once the alarm clears every job
 /// completes.
 #[tokio::test]
 async fn a_worker_keeps_acking_through_a_memory_alarm_and_resumes_after_it() {

@@ -22,6 +22,24 @@ use crate::{Error, JobOptions, topology};
 /// Longest wait between two attempts to resubscribe.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 
+/// The most settlements held by a resource alarm that a consumer keeps
+/// out of its prefetch window (each holds its message in memory); past
+/// them, held settlements fill the window and consumption waits for the
+/// alarm to clear.
+pub(crate) const MAX_HELD_OUTSIDE_THE_WINDOW: usize = 1_000;
+
+/// The prefetch for a window of `base` with `held` settlements held: base
+/// plus what is held (up to [`MAX_HELD_OUTSIDE_THE_WINDOW`]), rounded up
+/// to a multiple of `base` so that the consumer is not replaced at every
+/// one.
+fn widened(base: u16, held: usize) -> u16 {
+    let base = base.max(1);
+    let held = held.min(MAX_HELD_OUTSIDE_THE_WINDOW);
+    let step = usize::from(base);
+    let extra = held.div_ceil(step) * step;
+    u16::try_from(usize::from(base) + extra).unwrap_or(u16::MAX)
+}
+
 /// What woke a plain queue's consumer.
 enum SlotEvent {
     /// The worker stops.
@@ -30,6 +48,8 @@ enum SlotEvent {
     Pause,
     /// Adaptive concurrency moved the prefetch.
     Prefetch(u16),
+    /// The settlements held by a resource alarm changed.
+    Held(usize),
     /// A delivery, and the handler slot it runs in (`None`: in place).
     Delivery(Delivery, Option<OwnedSemaphorePermit>),
     /// The subscription ended (`None`: cancelled by the broker).
@@ -122,9 +142,24 @@ impl Consumer {
         let mut failures = 0u32;
         let mut prefetch = self.prefetch.clone();
         let mut paused = self.paused.clone();
+        // Settlements held by a resource alarm are kept out of the window:
+        // the consumer is renewed with its prefetch widened by them (its
+        // old consumer's deliveries no longer count against it), so the
+        // jobs that succeed, which need no publish, go on.
+        let mut held = self.handler.held.subscribe();
+        let mut base = prefetch
+            .as_ref()
+            .map_or(self.options.prefetch(), |target| *target.borrow());
+        let mut held_now = 0;
         loop {
             let event = self
-                .next_event(&mut subscription, &mut stop, &mut prefetch, &mut paused)
+                .next_event(
+                    &mut subscription,
+                    &mut stop,
+                    &mut prefetch,
+                    &mut paused,
+                    &mut held,
+                )
                 .await;
             let replaced = match event {
                 SlotEvent::Stop => break,
@@ -139,6 +174,32 @@ impl Consumer {
                     continue;
                 }
                 SlotEvent::Prefetch(target) => {
+                    base = target;
+                    self.set_prefetch(
+                        subscription,
+                        widened(base, held_now),
+                        &mut handlers,
+                        &mut stop,
+                        &mut failures,
+                    )
+                    .await
+                }
+                SlotEvent::Held(count) => {
+                    // Widened as they grow, narrowed once none is left.
+                    let target = widened(base, count);
+                    if count > 0 && target <= widened(base, held_now) {
+                        held_now = held_now.max(count);
+                        continue;
+                    }
+                    held_now = count;
+                    if count > 0 {
+                        tracing::info!(
+                            queue = self.queue(),
+                            held = count,
+                            prefetch = target,
+                            "settlements held by a resource alarm: the consumer's window is widened"
+                        );
+                    }
                     self.set_prefetch(
                         subscription,
                         target,
@@ -170,6 +231,7 @@ impl Consumer {
         stop: &mut watch::Receiver<bool>,
         prefetch: &mut Option<watch::Receiver<u16>>,
         paused: &mut watch::Receiver<bool>,
+        held: &mut watch::Receiver<usize>,
     ) -> SlotEvent {
         let slot = if topology::retries_in_place(&self.options) {
             None
@@ -179,6 +241,7 @@ impl Consumer {
                 _ = stop.wait_for(|stop| *stop) => return SlotEvent::Stop,
                 _ = paused.wait_for(|paused| *paused) => return SlotEvent::Pause,
                 target = changed(prefetch) => return SlotEvent::Prefetch(target),
+                Ok(()) = held.changed() => return SlotEvent::Held(*held.borrow_and_update()),
                 slot = self.slots.clone().acquire_owned() => {
                     Some(slot.expect("semaphore never closed"))
                 }
@@ -189,6 +252,7 @@ impl Consumer {
             _ = stop.wait_for(|stop| *stop) => SlotEvent::Stop,
             _ = paused.wait_for(|paused| *paused) => SlotEvent::Pause,
             target = changed(prefetch) => SlotEvent::Prefetch(target),
+            Ok(()) = held.changed() => SlotEvent::Held(*held.borrow_and_update()),
             next = subscription.next() => match next {
                 Some(Ok(delivery)) => SlotEvent::Delivery(delivery, slot),
                 ended => SlotEvent::Ended(ended),
@@ -597,4 +661,20 @@ async fn changed(target: &mut Option<watch::Receiver<u16>>) -> u16 {
         return *receiver.borrow_and_update();
     }
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_settlements_widen_the_window_in_steps_of_the_prefetch_within_the_budget() {
+        assert_eq!(widened(20, 0), 20);
+        assert_eq!(widened(20, 1), 40);
+        assert_eq!(widened(20, 20), 40);
+        assert_eq!(widened(20, 21), 60);
+        assert_eq!(widened(20, 5_000), 1_020);
+        assert_eq!(widened(60_000, 1), u16::MAX);
+        assert_eq!(widened(0, 0), 1);
+    }
 }

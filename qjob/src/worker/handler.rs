@@ -62,6 +62,25 @@ pub(crate) struct Handler {
     pub(crate) inbox: Option<Inbox>,
     /// Where batches are counted (the worker's store).
     pub(crate) batches: Option<Arc<dyn Store>>,
+    /// How many settlements wait for a publish that failed (a resource
+    /// alarm): the consumer widens its window by them.
+    pub(crate) held: watch::Sender<usize>,
+}
+
+/// Counts one settlement as held while it lives (however its future ends).
+struct HeldSettlement<'a>(&'a watch::Sender<usize>);
+
+impl<'a> HeldSettlement<'a> {
+    fn new(held: &'a watch::Sender<usize>) -> Self {
+        held.send_modify(|count| *count += 1);
+        Self(held)
+    }
+}
+
+impl Drop for HeldSettlement<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.saturating_sub(1));
+    }
 }
 
 /// Where a job's inbox is kept, and for how long an id is remembered.
@@ -421,7 +440,12 @@ impl Handler {
     async fn defer(&self, delivery: Delivery) {
         let delay = topology::remaining_wait(&delivery.message).unwrap_or_default();
         let defer = Action::Defer { delay };
-        let failed = |error: &Error, wait| self.settlement_failed(error, wait);
+        // Held from its first failed publish until it settles.
+        let held = std::sync::OnceLock::new();
+        let failed = |error: &Error, wait| {
+            held.get_or_init(|| HeldSettlement::new(&self.held));
+            self.settlement_failed(error, wait);
+        };
         let deferred = settle::apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
         match deferred.await {
             Ok(()) => {}
@@ -694,7 +718,12 @@ impl Handler {
         }
         let report = (!self.observers.is_empty())
             .then(|| (delivery.message.body.clone(), delivery.redelivered));
-        let failed = |error: &Error, wait| self.settlement_failed(error, wait);
+        // Held from its first failed publish until it settles.
+        let held = std::sync::OnceLock::new();
+        let failed = |error: &Error, wait| {
+            held.get_or_init(|| HeldSettlement::new(&self.held));
+            self.settlement_failed(error, wait);
+        };
         let settled = settle::apply(
             &*self.broker,
             &self.routes,

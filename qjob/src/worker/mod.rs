@@ -727,6 +727,7 @@ impl Worker {
                 .zip(self.store.clone())
                 .map(|(window, store)| handler::Inbox { store, window }),
             batches: self.store.clone(),
+            held: watch::Sender::new(0),
         }
     }
 }
