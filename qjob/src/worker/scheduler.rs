@@ -560,10 +560,16 @@ impl Leader<'_> {
         let lease = Lease::new(self.last);
         let id = lease.id.clone().expect("a new lease has an id");
         // Counted before the publish: a lease that went out and was lost
-        // with its confirm must still come back.
+        // with its confirm must still come back. Its time runs from the
+        // confirm (a quorum queue electing a leader confirms late).
         self.unreturned
             .push_back((id.clone(), Instant::now() + RECORD_RETURNS_WITHIN));
         self.broker.publish(queue, lease.message()).await?;
+        if let Some((sent, by)) = self.unreturned.back_mut()
+            && *sent == id
+        {
+            *by = Instant::now() + RECORD_RETURNS_WITHIN;
+        }
         self.recorded = true;
         Ok(id)
     }
