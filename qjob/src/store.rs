@@ -6,14 +6,18 @@
 //! ([`Error::Store`]): qjob never enqueues a unique job it could not lock,
 //! so an outage never turns into a silent duplicate.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::Error;
+
+mod expiring;
+
+use expiring::ExpiringMap;
 
 /// Locks with an owner and an expiry, set atomically.
 ///
@@ -180,18 +184,21 @@ const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Locks in this process's memory, on Tokio's clock (so tests on virtual
 /// time see them expire). Clones share the locks. Right for tests and for
 /// one process; several processes need a shared store ([`RedisStore`]).
+///
+/// A call costs O(log n) in the n locks (or batches) held, whatever their
+/// number: expired ones go in the order of their deadlines.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    locks: Arc<Mutex<HashMap<String, (String, Instant)>>>,
-    batches: Arc<Mutex<HashMap<String, MemoryBatch>>>,
+    /// Owners by key.
+    locks: Arc<Mutex<ExpiringMap<String>>>,
+    batches: Arc<Mutex<ExpiringMap<MemoryBatch>>>,
 }
 
 #[derive(Debug)]
 struct MemoryBatch {
     counts: BatchCounts,
     /// The members finished, by job id.
-    finished: std::collections::HashSet<String>,
-    until: Instant,
+    finished: HashSet<String>,
 }
 
 /// The error for members added to a closed batch.
@@ -207,20 +214,25 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn locks(&self) -> MutexGuard<'_, ExpiringMap<String>> {
+        self.locks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn batches(&self) -> MutexGuard<'_, ExpiringMap<MemoryBatch>> {
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The owner holding `key` now, if any (as [`Store::holder`], at once).
     pub fn held(&self, key: &str) -> Option<String> {
-        let now = Instant::now();
         self.locks()
-            .get(key)
-            .filter(|(_, until)| *until > now)
+            .get(key, Instant::now())
             .map(|(owner, _)| owner.clone())
     }
+}
+
+/// `now + ttl`, or a century from now for a window too long for the clock.
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl).unwrap_or_else(|| now + CENTURY)
 }
 
 #[async_trait]
@@ -233,28 +245,20 @@ impl Store for MemoryStore {
     ) -> Result<Option<String>, Error> {
         let now = Instant::now();
         let mut locks = self.locks();
-        // Expired locks go as they are met, and all of them now and then.
-        if locks.len() > 1024 {
-            locks.retain(|_, (_, until)| *until > now);
+        locks.expire(now);
+        if let Some((holder, _)) = locks.get(key, now) {
+            return Ok(Some(holder.clone()));
         }
-        match locks.get(key) {
-            Some((holder, until)) if *until > now => Ok(Some(holder.clone())),
-            _ => {
-                // A window too long for the clock lasts a century.
-                let until = now
-                    .checked_add(ttl.max(Duration::from_millis(1)))
-                    .unwrap_or_else(|| now + CENTURY);
-                locks.insert(key.to_owned(), (owner.to_owned(), until));
-                Ok(None)
-            }
-        }
+        let until = deadline(now, ttl.max(Duration::from_millis(1)));
+        locks.insert(key, owner.to_owned(), until);
+        Ok(None)
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, Error> {
         let mut locks = self.locks();
         let held = locks
-            .get(key)
-            .is_some_and(|(holder, until)| holder == owner && *until > Instant::now());
+            .get(key, Instant::now())
+            .is_some_and(|(holder, _)| holder == owner);
         if held {
             locks.remove(key);
         }
@@ -272,28 +276,17 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let now = Instant::now();
-        let mut batches = self
-            .batches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        batches.retain(|_, b| b.until > now);
-        if batches.contains_key(batch) {
+        let mut batches = self.batches();
+        batches.expire(now);
+        if batches.get(batch, now).is_some() {
             return Ok(false);
         }
-        let until = now.checked_add(ttl).unwrap_or_else(|| now + CENTURY);
         let counts = BatchCounts {
             callback: callback.to_owned(),
             ..BatchCounts::default()
         };
-        let finished = std::collections::HashSet::new();
-        batches.insert(
-            batch.to_owned(),
-            MemoryBatch {
-                counts,
-                finished,
-                until,
-            },
-        );
+        let finished = HashSet::new();
+        batches.insert(batch, MemoryBatch { counts, finished }, deadline(now, ttl));
         Ok(true)
     }
 
@@ -303,11 +296,8 @@ impl Store for MemoryStore {
         update: BatchUpdate<'_>,
         claimant: &str,
     ) -> Result<Option<BatchCounts>, Error> {
-        let mut batches = self
-            .batches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(entry) = batches.get_mut(batch).filter(|b| b.until > Instant::now()) else {
+        let mut batches = self.batches();
+        let Some(entry) = batches.get_mut(batch, Instant::now()) else {
             return Ok(None);
         };
         let counts = &mut entry.counts;
@@ -619,5 +609,83 @@ mod tests {
             None
         );
         assert_eq!(store.held("long").as_deref(), Some("d"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acquire_looks_only_at_locks_that_expired() {
+        let store = MemoryStore::new();
+        let hour = Duration::from_secs(3600);
+        for i in 0..100 {
+            let key = format!("short-{i}");
+            store
+                .acquire(&key, "a", Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        for i in 0..10_000 {
+            store
+                .acquire(&format!("live-{i}"), "a", hour)
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let before = store.locks().examined();
+        for i in 0..1_000 {
+            let key = format!("new-{i}");
+            assert_eq!(store.acquire(&key, "b", hour).await.unwrap(), None);
+        }
+        let examined = store.locks().examined() - before;
+        // The 100 expired locks, and one look at a live deadline per call.
+        assert!(
+            examined <= 100 + 1_000,
+            "1 000 acquires at 10 000 live locks examined {examined} locks"
+        );
+        assert_eq!(store.locks().len(), 11_000, "the expired ones gone");
+        assert_eq!(store.held("short-7"), None, "expired");
+        let taken = store.acquire("short-7", "b", hour).await.unwrap();
+        assert_eq!(taken, None, "free again");
+        let held = store.acquire("live-7", "b", hour).await.unwrap();
+        assert_eq!(held, Some("a".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_taken_again_outlives_its_first_deadline() {
+        let store = MemoryStore::new();
+        let minute = Duration::from_secs(60);
+        assert_eq!(store.acquire("k", "a", minute).await.unwrap(), None);
+        assert!(store.release("k", "a").await.unwrap());
+        assert_eq!(store.acquire("k", "b", minute * 10).await.unwrap(), None);
+        // a's deadline passes; its entry in the heap must not free b's lock.
+        tokio::time::advance(minute * 2).await;
+        assert_eq!(store.acquire("other", "c", minute).await.unwrap(), None);
+        assert_eq!(store.held("k").as_deref(), Some("b"));
+        let held = store.acquire("k", "c", minute).await.unwrap();
+        assert_eq!(held, Some("b".into()));
+        tokio::time::advance(minute * 9).await;
+        assert_eq!(
+            store.acquire("k", "c", minute).await.unwrap(),
+            None,
+            "b's expired"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_expires_and_its_id_can_be_created_again() {
+        let store = MemoryStore::new();
+        let minute = Duration::from_secs(60);
+        assert!(store.batch_create("b", "cb", minute).await.unwrap());
+        assert!(!store.batch_create("b", "cb", minute).await.unwrap());
+        let counts = store
+            .batch_update("b", BatchUpdate::Add(2), "w")
+            .await
+            .unwrap();
+        assert_eq!(counts.map(|c| c.total), Some(2));
+        tokio::time::advance(minute).await;
+        let gone = store
+            .batch_update("b", BatchUpdate::Read, "w")
+            .await
+            .unwrap();
+        assert_eq!(gone, None);
+        assert!(store.batch_create("b", "cb", minute).await.unwrap());
     }
 }
