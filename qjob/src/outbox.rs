@@ -982,32 +982,42 @@ impl Relay {
                 }
                 continue;
             }
-            // After a failure, the backoff holds: commits do not cut it short.
-            let listening = listener.as_mut().filter(|_| failures == 0);
+            // After a failure, the backoff holds: commits do not cut it
+            // short. The listener is read all the same: PostgreSQL keeps
+            // every notification until each listener has read it, and a
+            // queue full of them fails the application's own commits.
+            let wakes = failures == 0;
             let mut lost = false;
             let notified = async {
-                match listening {
-                    Some(listening) => {
-                        match listening.recv().await {
-                            // One round takes what every notification so
-                            // far announced.
-                            Ok(_) => loop {
-                                match listening.try_recv().now_or_never() {
-                                    Some(Ok(Some(_))) => {}
-                                    Some(Err(_)) => {
-                                        lost = true;
-                                        break;
-                                    }
-                                    Some(Ok(None)) | None => break,
+                let Some(listening) = listener.as_mut() else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    match listening.recv().await {
+                        // One round takes what every notification so far
+                        // announced.
+                        Ok(_) => loop {
+                            match listening.try_recv().now_or_never() {
+                                Some(Ok(Some(_))) => {}
+                                Some(Err(_)) => {
+                                    lost = true;
+                                    break;
                                 }
-                            },
-                            Err(error) => {
-                                tracing::debug!(%error, "outbox listener lost; polling until it is back");
-                                lost = true;
+                                Some(Ok(None)) | None => break,
                             }
+                        },
+                        Err(error) => {
+                            tracing::debug!(%error, "outbox listener lost; polling until it is back");
+                            lost = true;
                         }
                     }
-                    None => std::future::pending().await,
+                    if wakes || lost {
+                        break;
+                    }
+                }
+                if !wakes {
+                    // Only the backoff's end starts the next round.
+                    std::future::pending::<()>().await;
                 }
             };
             tokio::select! {

@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use qjob::Client;
 use qjob::broker::{Broker, QueueSpec};
 use qjob::outbox::{Outbox, Relay};
+use qjob::{Client, Job};
 use qjob_tests::jobs::OutboxKillJob;
 use qjob_tests::outbox::{Metrics, committed, fresh, pg_pool, rows};
 use qjob_tests::recording::Recording;
@@ -593,4 +593,85 @@ async fn the_relay_reports_depth_age_and_what_it_published_and_refused() {
     );
     relay.stop().await;
     assert_eq!(rabbit.take_all(queue).await.len(), 3);
+}
+
+test_job!(outbox_outage, "qjob.test.outbox.outage");
+
+/// The wait and the share of PostgreSQL's notification queue in use,
+/// seen from the relay's listener connection (by its application name).
+async fn listener_state(pool: &sqlx::PgPool, application: &str) -> (Option<String>, f64) {
+    sqlx::query_as(
+        "SELECT (SELECT wait_event FROM pg_stat_activity \
+                 WHERE application_name = $1 AND query ILIKE 'LISTEN%' LIMIT 1), \
+                pg_notification_queue_usage()",
+    )
+    .bind(application)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_relay_backing_off_from_a_broker_outage_keeps_reading_its_notifications() {
+    let application = "qjob_test_outbox_outage";
+    let options: sqlx::postgres::PgConnectOptions = qjob_tests::outbox::pg_url().parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options.application_name(application))
+        .await
+        .unwrap();
+    // The outage: every publish fails, so every round fails and the relay
+    // backs off (up to 5 s a round).
+    let broker = qjob_testkit::MemoryBroker::new();
+    broker.block_publishes("the test's outage");
+    let outbox = Outbox::new(Client::new(broker.clone()))
+        .table(application)
+        .unwrap();
+    fresh(&pool, &outbox).await;
+    committed::<OutboxOutageJob>(&outbox, &pool, [0]).await;
+    let relay = run(outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600)));
+    until("the relay listening", LIMIT, async || {
+        listener_state(&pool, application).await.0.is_some()
+    })
+    .await;
+    // Commits go on during the outage, each with its notification; and,
+    // as many commits' worth, notifications of 8 kB (more than the
+    // sockets between PostgreSQL and the relay hold).
+    for seq in 1..=100 {
+        committed::<OutboxOutageJob>(&outbox, &pool, [seq]).await;
+    }
+    let notifications = 6_000;
+    for _ in 0..notifications / 100 {
+        sqlx::query(
+            "SELECT count(pg_notify($1, i || repeat('x', 7900))) FROM generate_series(1, 100) i",
+        )
+        .bind(outbox.table_name())
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let (wait, pushed) = listener_state(&pool, application).await;
+    // Read while the relay fails: the queue empties again, and the
+    // listener's backend does not wait on the relay to read.
+    let started = Instant::now();
+    let (mut wait, mut usage) = (wait, pushed);
+    while started.elapsed() < Duration::from_secs(10)
+        && (wait.as_deref() == Some("ClientWrite") || usage > 0.0)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (wait, usage) = listener_state(&pool, application).await;
+    }
+    assert!(
+        broker.ready_count(OutboxOutageJob::QUEUE) == 0 && rows(&pool, application).await == 101,
+        "the outage held"
+    );
+    relay.stop().await;
+    println!("notification queue usage: {pushed} right after, {usage} at the end");
+    assert!(
+        wait.as_deref() != Some("ClientWrite") && usage < 0.0005,
+        "{notifications} notifications during the outage: the listener's backend waits on {wait:?}, \
+         notification queue usage {usage} ({pushed} right after them)"
+    );
 }
