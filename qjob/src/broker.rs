@@ -335,6 +335,13 @@ pub struct QueueSpec {
     /// than this many times is dead-lettered to `dead_letter_to` (dropped
     /// without one). Returned messages carry `x-delivery-count`.
     pub delivery_limit: Option<u32>,
+    /// The work queue this queue is a shard of (`x-qjob-shard-of`): the
+    /// broker marks the queue as one, so that [`Broker::is_shard_of`]
+    /// tells it from another application's queue of the same name. Not
+    /// compared by a declare (RabbitMQ compares only the arguments it
+    /// knows): declaring a queue with it marks an existing queue, and
+    /// declaring one without it leaves a mark in place.
+    pub shard_of: Option<String>,
 }
 
 impl QueueSpec {
@@ -349,6 +356,7 @@ impl QueueSpec {
             dead_letter_to: None,
             expires: None,
             delivery_limit: None,
+            shard_of: None,
         }
     }
 
@@ -391,6 +399,13 @@ impl QueueSpec {
     /// Deletes the queue after it was unused for `expires`.
     pub fn with_expires(mut self, expires: Duration) -> Self {
         self.expires = Some(expires);
+        self
+    }
+
+    /// Marks the queue as a shard of the work queue `work_queue` (see the
+    /// field).
+    pub fn with_shard_of(mut self, work_queue: impl Into<String>) -> Self {
+        self.shard_of = Some(work_queue.into());
         self
     }
 }
@@ -506,6 +521,20 @@ pub trait Broker: Send + Sync + 'static {
     /// [`Error::Broker`] or [`Error::Connect`] if the transport failed.
     async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error>;
 
+    /// Whether `queue` exists and was declared as a shard of `work_queue`
+    /// ([`QueueSpec::shard_of`]). A worker consumes a queue named like a
+    /// shard past its job's `shards` only if it is one. The default,
+    /// `false`, is right for a broker that cannot mark queues: such a
+    /// worker consumes only the shards its job declares.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] or [`Error::Connect`] if the transport failed.
+    async fn is_shard_of(&self, queue: &str, work_queue: &str) -> Result<bool, Error> {
+        let _ = (queue, work_queue);
+        Ok(false)
+    }
+
     /// Takes the next ready message of `queue` (`basic.get`), unsettled:
     /// the caller acks or rejects it (a reject with requeue puts it back in
     /// its place). `None` if the queue is empty.
@@ -618,6 +647,10 @@ impl<B: Broker + ?Sized> Broker for std::sync::Arc<B> {
 
     async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, Error> {
         (**self).queue_stats(queue).await
+    }
+
+    async fn is_shard_of(&self, queue: &str, work_queue: &str) -> Result<bool, Error> {
+        (**self).is_shard_of(queue, work_queue).await
     }
 
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {

@@ -11,13 +11,14 @@ use crate::{Error, JobOptions, QueueType, headers};
 /// partitioned job its partition queues `<queue>.p0` … `<queue>.p<N-1>`,
 /// each single-active-consumer so that one worker at a time drives it; for
 /// a sharded one its shards, the work queue and `<queue>.s1` …
-/// `<queue>.s<N-1>`, each consumed by every worker.
+/// `<queue>.s<N-1>`, each consumed by every worker and marked as a shard
+/// of the work queue ([`QueueSpec::shard_of`]).
 pub(crate) fn consumed_queues(options: &JobOptions) -> Vec<QueueSpec> {
     match options.partitions() {
         None => (0..options.shards())
-            .map(|index| {
-                let name = shard_queue(options.queue(), index);
-                queue_spec(options, name, options.single_active())
+            .map(|index| match index {
+                0 => queue_spec(options, options.queue().to_owned(), options.single_active()),
+                index => inherited_shard(options, shard_queue(options.queue(), index)),
             })
             .collect(),
         Some(partitions) => (0..partitions)
@@ -148,10 +149,11 @@ pub(crate) async fn shards_past(
     Ok(found)
 }
 
-/// A shard past the job's `shards` as its workers consume it: like any
-/// other shard, but never declared (it goes once it is deleted).
+/// Shard `name` (past shard 0) of a job: a work queue marked as a shard
+/// of the job's. A shard past the job's `shards` is consumed as such, but
+/// never declared (it goes once it is deleted).
 pub(crate) fn inherited_shard(options: &JobOptions, name: String) -> QueueSpec {
-    queue_spec(options, name, false)
+    queue_spec(options, name, false).with_shard_of(options.queue())
 }
 
 /// The dead-letter queue: same type as the work queue, no length cap (dead

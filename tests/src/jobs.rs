@@ -335,3 +335,7 @@ test_job!(
 // changes `shards`.
 test_job!(more_shards, "qjob.test.shard-deploy", shards = 3);
 test_job!(unsharded, "qjob.test.shard-deploy");
+
+// A job whose queue has a namesake of its shards that qjob did not
+// declare.
+test_job!(foreign_shard, "qjob.test.foreign-shard");

@@ -746,6 +746,7 @@ macro_rules! worker_tests {
             a_graceful_stop_hands_a_quorum_partition_over_in_order HandoverQuorumJob,
             a_rolling_restart_keeps_every_key_in_order RollingJob,
             a_sharded_job_runs_from_every_shard_and_retries_through_its_work_queue ShardedJob,
+            a_queue_named_like_a_shard_is_not_consumed_unless_qjob_declared_it ForeignShardJob,
         );
         // One scenario, several job types: a test each.
         $crate::worker_tests!(@typed $env;

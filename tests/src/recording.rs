@@ -100,6 +100,10 @@ impl<B: Broker> Broker for Recording<B> {
         self.inner.queue_stats(queue).await
     }
 
+    async fn is_shard_of(&self, queue: &str, work_queue: &str) -> Result<bool, Error> {
+        self.inner.is_shard_of(queue, work_queue).await
+    }
+
     async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
         self.inner.get(queue).await
     }

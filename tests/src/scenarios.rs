@@ -1695,3 +1695,49 @@ pub async fn a_sharded_job_runs_from_every_shard_and_retries_through_its_work_qu
         );
     }
 }
+
+/// A queue named like a shard of a job (`<queue>.s1`) that qjob did not
+/// declare as one (another application's): the worker does not consume
+/// it, and its messages stay. One that qjob declared as a shard, past it
+/// (`<queue>.s2`, left by a deploy with three shards), it consumes.
+pub async fn a_queue_named_like_a_shard_is_not_consumed_unless_qjob_declared_it<J: Job>(
+    env: &Env,
+    job: J,
+) {
+    let queue = J::QUEUE;
+    let (foreign, shard) = (format!("{queue}.s1"), format!("{queue}.s2"));
+    env.reset::<J>().await;
+    env.delete_queues(&[&shard]).await;
+    let broker = env.broker();
+    broker
+        .declare_queue(&qjob::broker::QueueSpec::new(&foreign))
+        .await
+        .unwrap();
+    broker
+        .declare_queue(&qjob::broker::QueueSpec::new(&shard).with_shard_of(queue))
+        .await
+        .unwrap();
+    assert!(!broker.is_shard_of(&foreign, queue).await.unwrap());
+    assert!(broker.is_shard_of(&shard, queue).await.unwrap());
+    env.publish_raw(&foreign, b"another application's message")
+        .await;
+    let worker = env.start(job);
+    wait_consumers(env, queue, 1).await;
+    wait_consumers(env, &shard, 1).await;
+    let (consumers, ready) = (env.consumers(&foreign).await, env.ready(&foreign).await);
+    worker.stop().await.unwrap();
+    // Deleted, a shard takes its mark with it.
+    env.delete_queues(&[&foreign, &shard]).await;
+    broker
+        .declare_queue(&qjob::broker::QueueSpec::new(&shard))
+        .await
+        .unwrap();
+    let marked_again = broker.is_shard_of(&shard, queue).await.unwrap();
+    env.delete_queues(&[&shard]).await;
+    assert_eq!(
+        (consumers, ready),
+        (0, 1),
+        "{foreign}: consumers and ready messages"
+    );
+    assert!(!marked_again, "{shard} declared again is not marked");
+}

@@ -30,7 +30,9 @@ use subscription::{MemorySubscription, Settlement};
 /// in `tests/` on every CI run:
 ///
 /// - durable queues declared with arguments; a second declare with other
-///   arguments fails with `PRECONDITION_FAILED`;
+///   arguments fails with `PRECONDITION_FAILED` (the shard mark,
+///   `QueueSpec::shard_of`, is not compared: it marks the queue, and stays
+///   until the queue is deleted);
 /// - publishes confirmed at once; to a missing queue, returned unroutable;
 /// - `x-max-length` with `reject-publish` (a negative confirm; a quorum
 ///   queue takes one message over the limit first, as RabbitMQ's does);
@@ -538,10 +540,22 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
+        // As RabbitMQ, a declare does not compare the shard mark: it marks
+        // an existing queue, and a declare without it keeps the mark.
+        let unmarked = |spec: &QueueSpec| {
+            let mut spec = spec.clone();
+            spec.shard_of = None;
+            spec
+        };
         let created = self.update(|state| match state.queues.get_mut(&spec.name) {
-            Some(existing) if existing.spec != *spec => Err(mismatch(&existing.spec, spec)),
+            Some(existing) if unmarked(&existing.spec) != unmarked(spec) => {
+                Err(mismatch(&existing.spec, spec))
+            }
             Some(existing) => {
                 existing.last_used = Instant::now();
+                if spec.shard_of.is_some() {
+                    existing.spec.shard_of.clone_from(&spec.shard_of);
+                }
                 Ok(false)
             }
             None => {
@@ -668,6 +682,15 @@ impl Broker for MemoryBroker {
             let consumers = u32::try_from(q.consumers.len()).unwrap_or(u32::MAX);
             QueueStats::new(messages, consumers)
         }))
+    }
+
+    async fn is_shard_of(&self, queue: &str, work_queue: &str) -> Result<bool, Error> {
+        let state = self.lock();
+        let marked = state
+            .queues
+            .get(queue)
+            .and_then(|q| q.spec.shard_of.as_deref());
+        Ok(marked == Some(work_queue))
     }
 
     fn blocked_reason(&self) -> Option<String> {

@@ -180,6 +180,15 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
             AMQPValue::LongLongInt(millis(expires).max(1)),
         );
     }
+    if let Some(work_queue) = &spec.shard_of {
+        // For operators (`rabbitmqctl list_queues name arguments`):
+        // RabbitMQ neither compares nor returns it; the mark qjob reads
+        // is `mark_shard`'s exchange.
+        arguments.insert(
+            "x-qjob-shard-of".into(),
+            AMQPValue::LongString(work_queue.as_str().into()),
+        );
+    }
     arguments
 }
 

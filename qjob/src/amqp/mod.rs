@@ -323,11 +323,42 @@ impl AmqpBroker {
                 },
                 convert::queue_arguments(spec),
             )
-            .await;
+            .await
+            .map(drop);
+        let declared = match (declared, &spec.shard_of) {
+            (Ok(()), Some(work_queue)) => mark_shard(&channel, &spec.name, work_queue).await,
+            (declared, _) => declared,
+        };
         close_quietly(&channel).await;
-        declared.map(drop).map_err(|e| {
+        declared.map_err(|e| {
             queue_mismatch(&spec.name, &e).unwrap_or_else(|| Error::broker(operation(), e))
         })
+    }
+
+    async fn is_shard_of_unbounded(&self, queue: &str) -> Result<bool, Error> {
+        let Some(mark) = shard_mark(queue) else {
+            return Ok(false);
+        };
+        let operation = || format!("inspect exchange {mark:?}");
+        // A passive declare of a missing exchange closes its channel.
+        let channel = self.new_channel(&operation).await?;
+        let declared = channel
+            .exchange_declare(
+                mark.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        close_quietly(&channel).await;
+        match declared {
+            Ok(()) => Ok(true),
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(Error::broker(operation(), error)),
+        }
     }
 
     async fn consume_unbounded(
@@ -438,6 +469,44 @@ fn soft_error(error: &lapin::Error) -> Option<(&AMQPSoftError, &str)> {
         },
         _ => None,
     }
+}
+
+/// The exchange that marks queue `queue` as a shard (`qjob.shard:<queue>`),
+/// if the name fits in AMQP's 255 bytes.
+fn shard_mark(queue: &str) -> Option<String> {
+    Some(format!("qjob.shard:{queue}")).filter(|mark| mark.len() <= 255)
+}
+
+/// Marks the shard `queue` of `work_queue`: AMQP cannot read a queue's
+/// arguments back, and RabbitMQ does not compare ones it does not know, so
+/// the mark is an exchange of its own (fanout, durable, auto-delete)
+/// bound to the queue. Deleting the queue removes the binding, and with
+/// it the exchange: a queue declared again under that name is unmarked.
+async fn mark_shard(channel: &Channel, queue: &str, work_queue: &str) -> Result<(), lapin::Error> {
+    let Some(mark) = shard_mark(queue) else {
+        return Ok(());
+    };
+    channel
+        .exchange_declare(
+            mark.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            mark.as_str().into(),
+            work_queue.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 fn is_not_found(error: &lapin::Error) -> bool {
@@ -551,6 +620,16 @@ impl Broker for AmqpBroker {
         bounded(
             || format!("inspect queue {queue:?}"),
             self.queue_stats_unbounded(queue),
+        )
+        .await
+    }
+
+    /// Whether the exchange that marks `queue` as a shard exists (see
+    /// `mark_shard`); the queue's name says of which work queue.
+    async fn is_shard_of(&self, queue: &str, _work_queue: &str) -> Result<bool, Error> {
+        bounded(
+            || format!("inspect shard {queue:?}"),
+            self.is_shard_of_unbounded(queue),
         )
         .await
     }

@@ -525,7 +525,10 @@ impl Worker {
     /// that nothing in them waits for a worker that no longer runs. One
     /// passive declare per job, all at once, unless a shard is found: the
     /// search goes on from there, to the first missing one. (The console's
-    /// topology check also looks past gaps.)
+    /// topology check also looks past gaps.) A queue found is consumed only
+    /// if its broker marked it as a shard of the job
+    /// ([`Broker::is_shard_of`]): another application's queue of that
+    /// name, or a shard declared before qjob marked them, stays as it is.
     async fn inherited_shards(&self) -> Result<HashMap<String, Vec<String>>, Error> {
         let searches = self
             .jobs
@@ -536,7 +539,19 @@ impl Worker {
                 let found =
                     topology::shards_past(&*self.broker, options.queue(), options.shards(), 1)
                         .await?;
-                for (shard, stats) in &found {
+                let mut shards = Vec::with_capacity(found.len());
+                for (shard, stats) in found {
+                    if !self.broker.is_shard_of(&shard, options.queue()).await? {
+                        tracing::warn!(
+                            job,
+                            queue = shard,
+                            messages = stats.messages,
+                            "a queue named like a shard of the job is not marked as one \
+                             (another application's, or declared before qjob marked its shards): \
+                             not consumed"
+                        );
+                        continue;
+                    }
                     tracing::info!(
                         job,
                         queue = shard,
@@ -545,8 +560,8 @@ impl Worker {
                         "consuming a shard past the job's shards, left by a deploy with more, \
                          until it is deleted"
                     );
+                    shards.push(shard);
                 }
-                let shards = found.into_iter().map(|(shard, _)| shard).collect();
                 Ok::<_, Error>((options.queue().to_owned(), shards))
             });
         futures_util::future::try_join_all(searches)
