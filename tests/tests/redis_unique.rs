@@ -60,3 +60,92 @@ async fn an_unreachable_redis_is_an_error_to_the_producer() {
         .unwrap_err();
     assert!(matches!(error, Error::Store { .. }), "{error}");
 }
+
+/// A redis-server of this test's own, on a free port, with `settings`;
+/// stopped when dropped. (The shared Redis's settings stay as they are.)
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    async fn start(settings: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(settings)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("these tests need redis-server on the PATH (.ci/run installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn connect_refuses_a_redis_that_evicts_keys_when_full() {
+    for policy in ["allkeys-lru", "volatile-ttl"] {
+        let redis = OwnRedis::start(&["--maxmemory", "64mb", "--maxmemory-policy", policy]).await;
+        let error = RedisStore::connect(&redis.url).await.unwrap_err();
+        assert!(matches!(error, Error::Config(_)), "{policy}: {error:?}");
+        assert!(error.to_string().contains(policy), "{error}");
+        assert!(error.to_string().contains("noeviction"), "{error}");
+    }
+    // No limit, or noeviction: nothing is evicted.
+    for settings in [
+        &["--maxmemory", "0", "--maxmemory-policy", "allkeys-lru"][..],
+        &["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"][..],
+    ] {
+        let redis = OwnRedis::start(settings).await;
+        let store = RedisStore::connect(&redis.url).await;
+        assert!(store.is_ok(), "{settings:?}: {store:?}");
+    }
+}
+
+#[tokio::test]
+async fn connect_warns_but_succeeds_when_the_policy_cannot_be_read() {
+    let redis = OwnRedis::start(&[
+        "--maxmemory",
+        "64mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--rename-command",
+        "CONFIG",
+        "",
+    ])
+    .await;
+    let store = RedisStore::connect(&redis.url).await;
+    assert!(store.is_ok(), "{store:?}");
+}
+
+#[tokio::test]
+async fn connect_succeeds_on_the_tests_redis() {
+    // The shared Redis of the tests runs with no limit or noeviction (as
+    // .ci/run starts it); a store on it is what the other tests use.
+    store().await;
+}

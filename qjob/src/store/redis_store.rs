@@ -97,15 +97,47 @@ impl RedisStore {
     /// Connects to Redis at `url` (`redis://host:port/db`); keys are
     /// written under `qjob:`.
     ///
+    /// It reads Redis's `maxmemory` and `maxmemory-policy` first: every key
+    /// qjob writes carries a TTL, so a Redis that evicts keys when full
+    /// (any policy but `noeviction`, `volatile-*` included) could drop a
+    /// lock or a batch's counts and let a duplicate through. Such a Redis
+    /// is refused. If the settings cannot be read (`CONFIG` renamed or
+    /// not permitted, as on some managed services), a warning says so and
+    /// the store connects. See the unique jobs guide,
+    /// `qjob::docs::unique`, "Redis settings".
+    ///
     /// # Errors
     ///
     /// [`Error::Store`] if the URL is malformed or Redis cannot be
-    /// reached.
+    /// reached; [`Error::Config`] if Redis has a memory limit and evicts
+    /// keys when it reaches it.
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(|e| store_error("open", e))?;
-        let connection = ConnectionManager::new(client)
+        let mut connection = ConnectionManager::new(client)
             .await
             .map_err(|e| store_error("connect", e))?;
+        match read_eviction(&mut connection).await {
+            Ok(Eviction::Never) => {}
+            Ok(Eviction::Evicts { policy, maxmemory }) => {
+                return Err(Error::Config(format!(
+                    "Redis evicts keys when full (maxmemory-policy {policy}, maxmemory \
+                     {maxmemory} bytes): qjob's keys all carry a TTL, so it could drop a \
+                     unique job's lock or a batch's counts (a duplicate job, a callback that \
+                     never fires). Set maxmemory-policy noeviction (a full Redis then fails \
+                     writes, which qjob reports as errors) or give qjob a Redis of its own"
+                )));
+            }
+            Ok(Eviction::Unknown { policy }) => tracing::warn!(
+                policy,
+                "Redis's maxmemory-policy is unknown to qjob: if it evicts keys, qjob's locks \
+                 and batch counts can be lost; noeviction keeps them"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "could not read Redis's maxmemory-policy (CONFIG GET): if Redis evicts keys \
+                 when full, qjob's locks and batch counts can be lost; noeviction keeps them"
+            ),
+        }
         Ok(Self {
             connection,
             prefix: "qjob:".to_owned(),
@@ -121,6 +153,72 @@ impl RedisStore {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+}
+
+/// What Redis does with qjob's keys when it reaches its memory limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Eviction {
+    /// Nothing is evicted: no limit (`maxmemory 0`), or `noeviction`
+    /// (writes fail instead, and qjob reports them as errors).
+    Never,
+    /// Keys with a TTL, or all keys, may go. Every key qjob writes has a
+    /// TTL (a lock's window, an inbox's, a batch's `ttl`), so `volatile-*`
+    /// evicts them as readily as `allkeys-*`.
+    Evicts { policy: String, maxmemory: u64 },
+    /// A policy this version does not know.
+    Unknown { policy: String },
+}
+
+/// What `maxmemory` bytes under `policy` mean for qjob's keys.
+fn eviction(maxmemory: u64, policy: &str) -> Eviction {
+    const EVICTING: [&str; 7] = [
+        "allkeys-lru",
+        "allkeys-lfu",
+        "allkeys-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-random",
+        "volatile-ttl",
+    ];
+    let policy = policy.to_ascii_lowercase();
+    if maxmemory == 0 || policy == "noeviction" {
+        Eviction::Never
+    } else if EVICTING.contains(&policy.as_str()) {
+        Eviction::Evicts { policy, maxmemory }
+    } else {
+        Eviction::Unknown { policy }
+    }
+}
+
+/// Reads `maxmemory` and `maxmemory-policy` (`CONFIG GET`, one at a time:
+/// Redis before 7 takes one pattern).
+async fn read_eviction(connection: &mut ConnectionManager) -> Result<Eviction, redis::RedisError> {
+    async fn get(
+        connection: &mut ConnectionManager,
+        name: &str,
+    ) -> Result<Option<String>, redis::RedisError> {
+        let reply: redis::Value = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(connection)
+            .await?;
+        // `[name, value]` in RESP2, `{name: value}` in RESP3.
+        let value = match reply {
+            redis::Value::Array(items) => items.into_iter().nth(1),
+            redis::Value::Map(pairs) => pairs.into_iter().next().map(|(_, value)| value),
+            _ => None,
+        };
+        Ok(value.map(redis::from_redis_value).transpose()?)
+    }
+    let maxmemory = get(connection, "maxmemory").await?;
+    let policy = get(connection, "maxmemory-policy").await?;
+    match (maxmemory.and_then(|m| m.parse().ok()), policy) {
+        (Some(maxmemory), Some(policy)) => Ok(eviction(maxmemory, &policy)),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "CONFIG GET returned no maxmemory or maxmemory-policy",
+        ))),
     }
 }
 
@@ -242,4 +340,46 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.min(super::CENTURY).as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_redis_that_never_evicts_keeps_qjobs_keys() {
+        let gb = 1 << 30;
+        assert_eq!(eviction(gb, "noeviction"), Eviction::Never);
+        for policy in ["allkeys-lru", "volatile-lru", "noeviction", "unheard-of"] {
+            assert_eq!(eviction(0, policy), Eviction::Never, "no limit: {policy}");
+        }
+        for policy in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            let expected = Eviction::Evicts {
+                policy: policy.to_owned(),
+                maxmemory: gb,
+            };
+            assert_eq!(eviction(gb, policy), expected);
+        }
+        assert_eq!(
+            eviction(gb, "VOLATILE-LRU"),
+            Eviction::Evicts {
+                policy: "volatile-lru".to_owned(),
+                maxmemory: gb
+            }
+        );
+        assert_eq!(
+            eviction(gb, "unheard-of"),
+            Eviction::Unknown {
+                policy: "unheard-of".to_owned()
+            }
+        );
+    }
 }
