@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -430,6 +431,45 @@ impl QueueStats {
     }
 }
 
+/// How many messages of one publish have gone out, from the first: handed
+/// to the transport, so that the broker may store them even if the
+/// publish is abandoned (its future dropped) before the confirm. Filled by
+/// [`Broker::publish_tracked`] and [`Broker::publish_all_tracked`]; the
+/// producer reads it when it is dropped mid-publish, to keep the lock (or
+/// the batch count) of a job that may exist and give back those of jobs
+/// that cannot.
+///
+/// # Examples
+///
+/// ```
+/// use qjob::broker::Sent;
+///
+/// let sent = Sent::new();
+/// sent.mark(2);
+/// sent.mark(1); // never goes back
+/// assert_eq!(sent.count(), 2);
+/// ```
+#[derive(Debug, Default)]
+pub struct Sent(AtomicUsize);
+
+impl Sent {
+    /// None sent yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that the first `count` messages (in the order given) have
+    /// gone out. A lower count than one marked before changes nothing.
+    pub fn mark(&self, count: usize) {
+        self.0.fetch_max(count, Ordering::SeqCst);
+    }
+
+    /// How many messages, from the first, have gone out.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Options of one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumeOptions {
@@ -494,6 +534,46 @@ pub trait Broker: Send + Sync + 'static {
             outcomes.push(self.publish(&queue, message).await);
         }
         outcomes
+    }
+
+    /// As [`Broker::publish`], marking `sent` (a count of 1) once the
+    /// message has gone out: from then on it may be stored even if this
+    /// future is dropped. Before, dropping the future stores nothing.
+    ///
+    /// The default marks it before calling [`Broker::publish`]: a broker
+    /// that cannot tell is taken to have sent the message from the start
+    /// (a producer abandoning it then keeps the job's unique lock until its
+    /// window ends). `AmqpBroker` marks it when it hands the message to its
+    /// channel, after waiting for a connection and a channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`].
+    async fn publish_tracked(
+        &self,
+        queue: &str,
+        message: Message,
+        sent: &Sent,
+    ) -> Result<(), Error> {
+        sent.mark(1);
+        self.publish(queue, message).await
+    }
+
+    /// As [`Broker::publish_all`], marking in `sent` how many of the
+    /// messages, from the first, have gone out (see
+    /// [`Broker::publish_tracked`]). The default marks them all before
+    /// calling [`Broker::publish_all`].
+    ///
+    /// # Errors
+    ///
+    /// Each outcome as for [`Broker::publish`].
+    async fn publish_all_tracked(
+        &self,
+        messages: Vec<(String, Message)>,
+        sent: &Sent,
+    ) -> Vec<Result<(), Error>> {
+        sent.mark(messages.len());
+        self.publish_all(messages).await
     }
 
     /// Starts a consumer on `queue` with manual acknowledgement, holding at
@@ -635,6 +715,23 @@ impl<B: Broker + ?Sized> Broker for std::sync::Arc<B> {
 
     async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
         (**self).publish_all(messages).await
+    }
+
+    async fn publish_tracked(
+        &self,
+        queue: &str,
+        message: Message,
+        sent: &Sent,
+    ) -> Result<(), Error> {
+        (**self).publish_tracked(queue, message, sent).await
+    }
+
+    async fn publish_all_tracked(
+        &self,
+        messages: Vec<(String, Message)>,
+        sent: &Sent,
+    ) -> Vec<Result<(), Error>> {
+        (**self).publish_all_tracked(messages, sent).await
     }
 
     async fn consume(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use qjob::broker::{
-    Broker, ConsumeOptions, Delivery, HeaderValue, Headers, Message, QueueSpec, Subscription,
+    Broker, ConsumeOptions, Delivery, HeaderValue, Headers, Message, QueueSpec, Sent, Subscription,
 };
 use qjob::{Error, QueueType};
 
@@ -53,6 +53,25 @@ pub async fn publish_to_a_missing_queue_is_unroutable(env: &Env, queue: &str) {
     let error = env.broker().publish(queue, message("a")).await.unwrap_err();
     assert!(matches!(error, Error::Unroutable { .. }), "{error:?}");
     assert!(error.to_string().contains(queue), "{error}");
+}
+
+/// A tracked publish marks every message it stored as gone out: a
+/// producer dropped after the confirm keeps what it holds for the job
+/// (its unique lock, its batch count).
+pub async fn a_tracked_publish_marks_what_it_sent(env: &Env, queue: &str) {
+    let broker = fresh_queue(env, queue, &[]).await;
+    let sent = Sent::new();
+    broker
+        .publish_tracked(queue, message("a"), &sent)
+        .await
+        .unwrap();
+    assert_eq!(sent.count(), 1);
+    let sent = Sent::new();
+    let messages = ["b", "c", "d"].map(|text| (queue.to_owned(), message(text)));
+    let outcomes = broker.publish_all_tracked(messages.to_vec(), &sent).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(sent.count(), 3);
+    assert_eq!(env.ready(queue).await, 4);
 }
 
 /// Publishes to a queue that exists and to one that does not, at once

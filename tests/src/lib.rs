@@ -621,6 +621,7 @@ macro_rules! conformance_tests {
     ($env:expr) => {
         $crate::conformance_tests!(@tests $env;
             publish_to_a_missing_queue_is_unroutable "qjob.test.conformance.missing",
+            a_tracked_publish_marks_what_it_sent "qjob.test.conformance.tracked",
             each_publisher_learns_its_own_return "qjob.test.conformance.returns",
             a_full_queue_rejects_publishes "qjob.test.conformance.full",
             a_full_quorum_queue_rejects_publishes "qjob.test.conformance.quorum-full",

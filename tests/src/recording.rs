@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use qjob::Error;
 use qjob::broker::{
-    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
+    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Sent, Subscription,
 };
 
 /// A broker that records the ids of the messages published through it, in
@@ -65,11 +65,28 @@ impl<B: Broker> Broker for Recording<B> {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        self.record([(queue, &message)]);
-        self.inner.publish(queue, message).await
+        self.publish_tracked(queue, message, &Sent::new()).await
     }
 
     async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
+        self.publish_all_tracked(messages, &Sent::new()).await
+    }
+
+    async fn publish_tracked(
+        &self,
+        queue: &str,
+        message: Message,
+        sent: &Sent,
+    ) -> Result<(), Error> {
+        self.record([(queue, &message)]);
+        self.inner.publish_tracked(queue, message, sent).await
+    }
+
+    async fn publish_all_tracked(
+        &self,
+        messages: Vec<(String, Message)>,
+        sent: &Sent,
+    ) -> Vec<Result<(), Error>> {
         self.record(
             messages
                 .iter()
@@ -83,7 +100,7 @@ impl<B: Broker> Broker for Recording<B> {
         );
         let (now, most) = &*self.at_once;
         most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-        let outcomes = self.inner.publish_all(messages).await;
+        let outcomes = self.inner.publish_all_tracked(messages, sent).await;
         now.fetch_sub(1, Ordering::SeqCst);
         outcomes
     }

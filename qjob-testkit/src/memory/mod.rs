@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use qjob::Error;
 use qjob::broker::{
-    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
+    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Sent, Subscription,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -268,6 +268,48 @@ impl MemoryBroker {
         }
         self.shared.changed.notify_waiters();
         result
+    }
+
+    /// Publishes `message` to `queue`, calling `mark` as it is stored (see
+    /// [`Sent`]).
+    async fn send(&self, queue: &str, message: Message, mark: impl FnOnce()) -> Result<(), Error> {
+        let expiry = self.update(|state| {
+            if let Some(reason) = &state.blocked {
+                return Err(Error::Blocked {
+                    reason: reason.clone(),
+                });
+            }
+            if !state.queues.contains_key(queue) {
+                return Err(Error::Unroutable {
+                    queue: queue.to_owned(),
+                    reason: "NO_ROUTE".into(),
+                });
+            }
+            let failing = state
+                .failing_publishes
+                .iter()
+                .position(|target| target.as_deref().is_none_or(|t| t == queue));
+            if let Some(index) = failing {
+                state.failing_publishes.remove(index);
+                return Err(Error::PublishRejected {
+                    queue: queue.to_owned(),
+                });
+            }
+            if state.queues[queue].is_full() {
+                return Err(Error::PublishRejected {
+                    queue: queue.to_owned(),
+                });
+            }
+            mark();
+            if state.duplicating.remove(queue) {
+                state.enqueue(queue, message.clone(), true);
+            }
+            Ok(state.enqueue(queue, message, false))
+        })?;
+        if let Some(at) = expiry {
+            self.expire_at(at);
+        }
+        Ok(())
     }
 
     /// Checks the consumer timeout at `at`.
@@ -573,42 +615,30 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        let expiry = self.update(|state| {
-            if let Some(reason) = &state.blocked {
-                return Err(Error::Blocked {
-                    reason: reason.clone(),
-                });
-            }
-            if !state.queues.contains_key(queue) {
-                return Err(Error::Unroutable {
-                    queue: queue.to_owned(),
-                    reason: "NO_ROUTE".into(),
-                });
-            }
-            let failing = state
-                .failing_publishes
-                .iter()
-                .position(|target| target.as_deref().is_none_or(|t| t == queue));
-            if let Some(index) = failing {
-                state.failing_publishes.remove(index);
-                return Err(Error::PublishRejected {
-                    queue: queue.to_owned(),
-                });
-            }
-            if state.queues[queue].is_full() {
-                return Err(Error::PublishRejected {
-                    queue: queue.to_owned(),
-                });
-            }
-            if state.duplicating.remove(queue) {
-                state.enqueue(queue, message.clone(), true);
-            }
-            Ok(state.enqueue(queue, message, false))
-        })?;
-        if let Some(at) = expiry {
-            self.expire_at(at);
+        self.send(queue, message, || ()).await
+    }
+
+    /// Marked as the message is stored.
+    async fn publish_tracked(
+        &self,
+        queue: &str,
+        message: Message,
+        sent: &Sent,
+    ) -> Result<(), Error> {
+        self.send(queue, message, || sent.mark(1)).await
+    }
+
+    /// Marked as each message is stored.
+    async fn publish_all_tracked(
+        &self,
+        messages: Vec<(String, Message)>,
+        sent: &Sent,
+    ) -> Vec<Result<(), Error>> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (index, (queue, message)) in messages.into_iter().enumerate() {
+            outcomes.push(self.send(&queue, message, || sent.mark(index + 1)).await);
         }
-        Ok(())
+        outcomes
     }
 
     async fn broadcast(

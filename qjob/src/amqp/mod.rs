@@ -30,7 +30,7 @@ const LISTEN_PREFETCH: u16 = 100;
 
 use crate::Error;
 use crate::broker::{
-    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
+    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Sent, Subscription,
 };
 
 /// The RabbitMQ broker: two connections, one that publishes (on a
@@ -157,8 +157,14 @@ impl AmqpBroker {
 
 impl AmqpBroker {
     /// Publishes each message to its target in order, pipelined on one
-    /// session, and returns each one's outcome in order.
-    async fn publish_to(&self, messages: &[(Target<'_>, &Message)]) -> Vec<Result<(), Error>> {
+    /// session, and returns each one's outcome in order. `sent` counts
+    /// those handed to the channel: none while it waits for a connection
+    /// or a channel.
+    async fn publish_to(
+        &self,
+        messages: &[(Target<'_>, &Message)],
+        sent: &Sent,
+    ) -> Vec<Result<(), Error>> {
         if messages.is_empty() {
             return Vec::new();
         }
@@ -213,13 +219,18 @@ impl AmqpBroker {
         // so wait for the confirm rather than report a failure that would
         // be published twice; the publish timeout bounds the wait.
         session
-            .publish(messages, timeout, || connected.blocked())
+            .publish(messages, timeout, || connected.blocked(), sent)
             .await
     }
 
     /// Publishes one message and waits for its confirm.
-    async fn publish_one(&self, to: Target<'_>, message: &Message) -> Result<(), Error> {
-        self.publish_to(&[(to, message)])
+    async fn publish_one(
+        &self,
+        to: Target<'_>,
+        message: &Message,
+        sent: &Sent,
+    ) -> Result<(), Error> {
+        self.publish_to(&[(to, message)], sent)
             .await
             .pop()
             .expect("one outcome for one message")
@@ -576,7 +587,7 @@ impl Broker for AmqpBroker {
             routing_key,
             persistent: false,
         };
-        self.publish_one(to, &message).await
+        self.publish_one(to, &message, &Sent::new()).await
     }
 
     async fn listen(
@@ -592,16 +603,35 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        self.publish_one(Target::queue(queue), &message).await
+        self.publish_tracked(queue, message, &Sent::new()).await
     }
 
     /// One session: the messages are pipelined on one channel, in order.
     async fn publish_all(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), Error>> {
+        self.publish_all_tracked(messages, &Sent::new()).await
+    }
+
+    /// Marked as the message is handed to its channel.
+    async fn publish_tracked(
+        &self,
+        queue: &str,
+        message: Message,
+        sent: &Sent,
+    ) -> Result<(), Error> {
+        self.publish_one(Target::queue(queue), &message, sent).await
+    }
+
+    /// Marked as each message is handed to the channel.
+    async fn publish_all_tracked(
+        &self,
+        messages: Vec<(String, Message)>,
+        sent: &Sent,
+    ) -> Vec<Result<(), Error>> {
         let messages: Vec<(Target<'_>, &Message)> = messages
             .iter()
             .map(|(queue, message)| (Target::queue(queue), message))
             .collect();
-        self.publish_to(&messages).await
+        self.publish_to(&messages, sent).await
     }
 
     async fn consume(

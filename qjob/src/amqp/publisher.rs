@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::convert;
 use crate::Error;
-use crate::broker::Message;
+use crate::broker::{Message, Sent};
 
 /// The most sessions publishing at once on one connection (each on its own
 /// channel; RabbitMQ allows 2047 by default); more wait for one to end.
@@ -163,12 +163,14 @@ impl Session {
     /// [`WINDOW`] unconfirmed, and returns each one's outcome in order.
     /// `blocked` tells whether the broker blocks publishing now: nothing
     /// more is sent then. Writing a message and waiting for its confirm
-    /// are each bounded by `timeout`.
+    /// are each bounded by `timeout`. A message is marked in `sent` as it
+    /// is handed to lapin, which may write it from then on.
     pub(super) async fn publish(
         &mut self,
         messages: &[(Target<'_>, &Message)],
         timeout: Duration,
         blocked: impl Fn() -> Option<String>,
+        sent: &Sent,
     ) -> Vec<Result<(), Error>> {
         let channel = self.channel.clone().expect("a session has its channel");
         let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::new();
@@ -202,6 +204,7 @@ impl Session {
             }
             // lapin waits for the frames to be written, which it does not
             // while the broker blocks the connection.
+            sent.mark(index + 1);
             match bounded_send(&channel, *to, message, timeout, stall.as_mut()).await {
                 Ok(Ok(confirm)) => unconfirmed.push_back((index, confirm)),
                 Ok(Err(error)) => {
