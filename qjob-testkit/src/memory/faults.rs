@@ -23,6 +23,21 @@ impl MemoryBroker {
         self.lock().duplicating.insert(queue.to_owned());
     }
 
+    /// Fault: publishes to `queue` never go out, as when the publishing
+    /// connection hangs: nothing is stored, nothing is marked
+    /// [`Sent`](qjob::broker::Sent), and each publish waits until its
+    /// caller gives up on it (a timeout, a dropped future).
+    pub fn hang_publishes_to(&self, queue: &str) {
+        self.lock().hanging.insert(queue.to_owned());
+    }
+
+    /// Fault: the next message published to `queue` is stored, but its
+    /// confirm never comes, as when the connection goes after the message
+    /// was sent: the publish waits until its caller gives up on it.
+    pub fn lose_next_confirm_to(&self, queue: &str) {
+        self.lock().unconfirmed.insert(queue.to_owned());
+    }
+
     /// Fault: the connection drops. Every consumer's stream ends with an
     /// error, everything unsettled returns to its queue marked redelivered,
     /// and acks of earlier deliveries fail. New operations work at once (the

@@ -73,6 +73,10 @@ struct State {
     failing_publishes: Vec<Option<String>>,
     /// Queues whose next published message is delivered twice.
     duplicating: HashSet<String>,
+    /// Queues whose publishes never go out.
+    hanging: HashSet<String>,
+    /// Queues whose next published message is stored but never confirmed.
+    unconfirmed: HashSet<String>,
     /// RabbitMQ's `consumer_timeout`, when modelled.
     consumer_timeout: Option<Duration>,
     /// When the consumer timeout is next checked, if a check is scheduled.
@@ -271,9 +275,12 @@ impl MemoryBroker {
     }
 
     /// Publishes `message` to `queue`, calling `mark` as it is stored (see
-    /// [`Sent`]).
+    /// [`Sent`]); the faults of `faults.rs` hang it before, or after.
     async fn send(&self, queue: &str, message: Message, mark: impl FnOnce()) -> Result<(), Error> {
-        let expiry = self.update(|state| {
+        if self.lock().hanging.contains(queue) {
+            return std::future::pending().await;
+        }
+        let (expiry, unconfirmed) = self.update(|state| {
             if let Some(reason) = &state.blocked {
                 return Err(Error::Blocked {
                     reason: reason.clone(),
@@ -304,10 +311,14 @@ impl MemoryBroker {
             if state.duplicating.remove(queue) {
                 state.enqueue(queue, message.clone(), true);
             }
-            Ok(state.enqueue(queue, message, false))
+            let unconfirmed = state.unconfirmed.remove(queue);
+            Ok((state.enqueue(queue, message, false), unconfirmed))
         })?;
         if let Some(at) = expiry {
             self.expire_at(at);
+        }
+        if unconfirmed {
+            return std::future::pending().await;
         }
         Ok(())
     }
