@@ -10,7 +10,7 @@ use tracing::Instrument;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use crate::broker::{Broker, Message};
+use crate::broker::{Broker, Message, Sent};
 use crate::dead_letters::DeadLetters;
 use crate::job::{Job, JobId};
 use crate::policy::backoff;
@@ -28,16 +28,32 @@ fn full<J: Job>(error: Error) -> Error {
 }
 
 /// Gives a unique job's lock back when dropped, unless disarmed (its
-/// `store` taken): from a task of its own, so that a dropped enqueue
-/// still frees it.
+/// `store` taken) or its job's message went out: from a task of its own,
+/// so that an enqueue dropped before its publish sent anything still
+/// frees it, and one dropped after keeps the lock of a job that may exist.
 struct Unlock {
     store: Option<Arc<dyn Store>>,
     key: String,
     owner: String,
+    /// The publish of the job's message, and its place in it.
+    sent: Option<(Arc<Sent>, usize)>,
+}
+
+impl Unlock {
+    /// Keeps the lock, once dropped, if message `position` of the publish
+    /// `sent` tracks went out.
+    fn kept_once_sent(&mut self, sent: &Arc<Sent>, position: usize) {
+        self.sent = Some((Arc::clone(sent), position));
+    }
 }
 
 impl Drop for Unlock {
     fn drop(&mut self) {
+        if let Some((sent, position)) = &self.sent
+            && sent.count() > *position
+        {
+            return;
+        }
         let Some(store) = self.store.take() else {
             return;
         };
@@ -151,6 +167,10 @@ enum Claim {
 }
 
 /// A job of [`Client::enqueue_all`] with its lock claimed.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a chunk of them at a time; boxing would allocate for every job"
+)]
 enum Claimed {
     Publish {
         id: JobId,
@@ -163,12 +183,14 @@ enum Claimed {
 
 impl Unlock {
     /// Gives the lock back and waits until the store has it, so that the
-    /// caller's next enqueue of the key finds it free.
+    /// caller's next enqueue of the key finds it free. Armed until the
+    /// store answered: dropped before, it gives the lock back from a task.
     async fn release(mut self) {
-        if let Some(store) = self.store.take() {
+        if let Some(store) = self.store.clone() {
             // If this fails, the lock expires at the end of its window.
             let _ = store.release(&self.key, &self.owner).await;
         }
+        self.store = None;
     }
 }
 
@@ -186,6 +208,9 @@ fn unless_stored(guard: Option<Unlock>, outcome: &Result<(), Error>) -> Option<U
         guard.store = None;
         return None;
     }
+    // Not stored: the lock goes back even if the enqueue is dropped now,
+    // whether or not the message went out.
+    guard.sent = None;
     Some(guard)
 }
 
@@ -322,8 +347,10 @@ impl Client {
     /// [`Enqueued::New`].
     ///
     /// The lock is taken before the publish, and given back if the publish
-    /// fails: of producers enqueueing the same key at once, exactly one
-    /// publishes.
+    /// fails before anything was stored: of producers enqueueing the same
+    /// key at once, exactly one publishes. Dropped before it returns, this
+    /// keeps the lock if the message went out and gives it back if not
+    /// ([`crate::docs::unique`] says when a message goes out).
     ///
     /// # Errors
     ///
@@ -380,8 +407,12 @@ impl Client {
             self.ensure_declared::<J>().await?;
             let (id, message, lock) = self.unique_message::<J>(&payload)?;
             let target = Self::target::<J>(Some(&payload));
-            let publish = self.publish_delayed(&target, J::options().queue_type(), delay, message);
-            let enqueued = self.locked::<J>(lock, id, publish).await?;
+            let queue_type = J::options().queue_type();
+            let publish = |sent: Arc<Sent>| async move {
+                self.publish_delayed(&target, queue_type, delay, message, &sent)
+                    .await
+            };
+            let enqueued = self.locked::<J, _>(lock, id, publish).await?;
             Ok(enqueued.id().clone())
         }
         .instrument(enqueue_span::<J>(1))
@@ -424,7 +455,9 @@ impl Client {
     /// capped queue that a worker drains meanwhile, a key's later job may
     /// be stored after its refused one. The `Ok` results were stored;
     /// enqueue the `Err` ones again, in order. A unique job that was not
-    /// stored has its lock free again when this returns.
+    /// stored has its lock free again when this returns; dropped before,
+    /// this keeps the locks of the jobs whose messages went out, as
+    /// [`Client::enqueue_unique`] does.
     ///
     /// # Errors
     ///
@@ -498,7 +531,7 @@ impl Client {
         &self,
         claimed: Vec<Result<Claimed, Error>>,
     ) -> Vec<Result<JobId, Error>> {
-        let mut sent = Vec::new();
+        let mut outgoing = Vec::new();
         let mut results: Vec<Option<Result<JobId, Error>>> = Vec::with_capacity(claimed.len());
         let mut waiting = Vec::new();
         let mut duplicates = Vec::new();
@@ -526,7 +559,7 @@ impl Client {
                     message,
                     guard,
                 }) => {
-                    sent.push((queue, message));
+                    outgoing.push((queue, message));
                     waiting.push((results.len(), id, guard));
                     results.push(None);
                 }
@@ -540,7 +573,21 @@ impl Client {
                 }
             }
         }
-        let outcomes = self.publish_lanes(sent.len(), lanes::<J>(sent)).await;
+        let count = outgoing.len();
+        let lanes: Vec<(Arc<Sent>, Lane)> = lanes::<J>(outgoing)
+            .into_iter()
+            .map(|lane| (Arc::default(), lane))
+            .collect();
+        // Dropped mid-publish, this keeps the locks of the jobs that went
+        // out, confirmed or not, and gives back the others'.
+        for (sent, lane) in &lanes {
+            for (position, (index, _)) in lane.iter().enumerate() {
+                if let Some(guard) = &mut waiting[*index].2 {
+                    guard.kept_once_sent(sent, position);
+                }
+            }
+        }
+        let outcomes = self.publish_lanes(count, lanes).await;
         for ((index, id, guard), outcome) in waiting.into_iter().zip(outcomes) {
             let outcome = outcome.map_err(full::<J>);
             releases.extend(unless_stored(guard, &outcome));
@@ -583,18 +630,22 @@ impl Client {
             .collect()
     }
 
-    /// Publishes each lane with its own [`Broker::publish_all`], up to
-    /// [`LANES`] at once, and returns the outcome of each of the `count`
-    /// messages at the index [`lanes`] gave it.
-    async fn publish_lanes(&self, count: usize, lanes: Vec<Lane>) -> Vec<Result<(), Error>> {
+    /// Publishes each lane with its own [`Broker::publish_all_tracked`],
+    /// marking what went out in the lane's [`Sent`], up to [`LANES`] at
+    /// once, and returns the outcome of each of the `count` messages at
+    /// the index [`lanes`] gave it.
+    async fn publish_lanes(
+        &self,
+        count: usize,
+        lanes: Vec<(Arc<Sent>, Lane)>,
+    ) -> Vec<Result<(), Error>> {
         let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::new();
         outcomes.resize_with(count, || None);
         let mut published = futures_util::stream::iter(lanes)
-            .map(|lane| async move {
+            .map(|(sent, lane)| async move {
                 let (indices, messages): (Vec<usize>, Vec<_>) = lane.into_iter().unzip();
-                indices
-                    .into_iter()
-                    .zip(self.broker.publish_all(messages).await)
+                let lane = self.broker.publish_all_tracked(messages, &sent).await;
+                indices.into_iter().zip(lane)
             })
             .buffer_unordered(LANES);
         while let Some(lane) = published.next().await {
@@ -618,11 +669,11 @@ impl Client {
     async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
         let (id, message, lock) = self.unique_message::<J>(payload)?;
         let target = Self::target_now::<J>(&J::options(), payload);
-        let publish = async {
-            let published = self.broker.publish(&target, message).await;
+        let publish = |sent: Arc<Sent>| async move {
+            let published = self.broker.publish_tracked(&target, message, &sent).await;
             published.map_err(full::<J>)
         };
-        self.locked::<J>(lock, id, publish).await
+        self.locked::<J, _>(lock, id, publish).await
     }
 
     /// The message of a job and, for a unique job, its lock's key, which
@@ -651,18 +702,28 @@ impl Client {
     }
 
     /// Runs `publish` for job `id`, under lock `lock` if the job is unique:
-    /// not at all if another job holds the lock.
-    async fn locked<J: Job>(
+    /// not at all if another job holds the lock. `publish` marks the
+    /// [`Sent`] it is given when the message goes out: dropped from then
+    /// on, this keeps the lock (the job may exist); dropped before, it
+    /// gives it back.
+    async fn locked<J: Job, F>(
         &self,
         lock: Option<String>,
         id: JobId,
-        publish: impl Future<Output = Result<(), Error>>,
-    ) -> Result<Enqueued, Error> {
-        let guard = match self.claim::<J>(lock, &id).await? {
+        publish: impl FnOnce(Arc<Sent>) -> F,
+    ) -> Result<Enqueued, Error>
+    where
+        F: Future<Output = Result<(), Error>>,
+    {
+        let mut guard = match self.claim::<J>(lock, &id).await? {
             Claim::Held(holder) => return Ok(Enqueued::Duplicate(holder)),
             Claim::Free(guard) => guard,
         };
-        let outcome = publish.await;
+        let sent = Arc::new(Sent::new());
+        if let Some(guard) = &mut guard {
+            guard.kept_once_sent(&sent, 0);
+        }
+        let outcome = publish(sent).await;
         if let Some(guard) = unless_stored(guard, &outcome) {
             guard.release().await;
         }
@@ -672,8 +733,7 @@ impl Client {
     /// Takes lock `lock` for job `id` if the job is unique. A publish that
     /// failed before anything was stored gives the lock back through the
     /// guard (see [`unless_stored`]), as does one abandoned (its future
-    /// dropped) before its outcome was read: for `enqueue_all`, every lock
-    /// of the chunk in flight, even of jobs already confirmed.
+    /// dropped) before its message went out (see [`Unlock`]).
     async fn claim<J: Job>(&self, lock: Option<String>, id: &JobId) -> Result<Claim, Error> {
         let (Some(key), Some(unique)) = (lock, J::options().unique()) else {
             return Ok(Claim::Free(None));
@@ -690,6 +750,7 @@ impl Client {
             store: Some(store.clone()),
             key: key.clone(),
             owner: id.to_string(),
+            sent: None,
         };
         if let Some(holder) = store.acquire(&key, id.as_str(), unique.within).await? {
             guard.store = None;
@@ -755,16 +816,19 @@ impl Client {
     }
 
     /// Publishes `message` to wait `delay` in a delay queue before it goes
-    /// into `queue`.
-    pub(crate) async fn publish_delayed(
+    /// into `queue`, marking `sent` when it goes out.
+    async fn publish_delayed(
         &self,
         queue: &str,
         queue_type: crate::QueueType,
         delay: Duration,
         message: Message,
+        sent: &Sent,
     ) -> Result<(), Error> {
         let delayed = topology::delayed(queue, queue_type, delay, message);
-        delayed.publish(&*self.broker, &self.leases).await
+        delayed
+            .publish_tracked(&*self.broker, &self.leases, sent)
+            .await
     }
 
     /// The delay queues' leases (see `topology::Leases`).

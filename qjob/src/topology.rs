@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::broker::{Broker, HeaderValue, Message, QueueSpec};
+use crate::broker::{Broker, HeaderValue, Message, QueueSpec, Sent};
 use crate::policy::backoff;
 use crate::policy::partition::{partition_for, partition_queue};
 use crate::{Error, JobOptions, QueueType, headers};
@@ -314,12 +314,29 @@ impl Delayed {
     /// Declares the delay queue when its lease is due for renewal (see
     /// [`Leases`]) and publishes into it.
     pub(crate) async fn publish(&self, broker: &dyn Broker, leases: &Leases) -> Result<(), Error> {
+        self.publish_tracked(broker, leases, &Sent::new()).await
+    }
+
+    /// As [`Delayed::publish`], marking `sent` when the message goes out
+    /// (the first time, if the queue had to be declared again).
+    pub(crate) async fn publish_tracked(
+        &self,
+        broker: &dyn Broker,
+        leases: &Leases,
+        sent: &Sent,
+    ) -> Result<(), Error> {
         leases.keep(broker, &self.spec).await?;
-        match broker.publish(&self.spec.name, self.message.clone()).await {
+        let name = &self.spec.name;
+        match broker
+            .publish_tracked(name, self.message.clone(), sent)
+            .await
+        {
             // Deleted under us (an operator): declare it again, once.
             Err(Error::Unroutable { .. }) => {
                 leases.restore(broker, &self.spec).await?;
-                broker.publish(&self.spec.name, self.message.clone()).await
+                broker
+                    .publish_tracked(name, self.message.clone(), sent)
+                    .await
             }
             published => published,
         }
