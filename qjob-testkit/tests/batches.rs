@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use qjob::batch::BatchDone;
 use qjob::store::MemoryStore;
-use qjob::{JobContext, JobError, job};
+use qjob::{Job, JobContext, JobError, job};
 use qjob_testkit::TestKit;
 use serde::{Deserialize, Serialize};
 
@@ -214,4 +214,63 @@ async fn a_batch_needs_a_callback_and_a_store() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("store"), "{error}");
+}
+
+/// How long a caller waits for an enqueue before it gives up on it (a
+/// request timeout).
+const GIVE_UP: Duration = Duration::from_millis(100);
+
+/// Members whose publish hung before anything went out, given up by their
+/// caller: nothing was stored, so nothing stays counted, and the close
+/// brings the callback.
+#[tokio::test(start_paused = true)]
+async fn members_given_up_before_they_went_out_are_not_counted() {
+    let mut kit = kit();
+    let batch = open_batch(&kit, false).await;
+    kit.broker().hang_publishes_to(PartJob::QUEUE);
+    let given_up =
+        tokio::time::timeout(GIVE_UP, batch.enqueue_all::<PartJob>(parts(2, |_| false))).await;
+    assert!(given_up.is_err(), "the publish hangs: {given_up:?}");
+    assert_eq!(kit.broker().ready_count(PartJob::QUEUE), 0);
+    batch.close().await.unwrap();
+    kit.run_until_idle().await;
+    let progress = progress_of(&kit, batch.id()).await;
+    assert_eq!(
+        (progress.total, progress.pending, progress.callback_enqueued),
+        (0, 0, true),
+        "{progress:?}"
+    );
+    let callbacks = kit.succeeded::<DoneJob>();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0].total, 0);
+}
+
+/// Given up after the first member was stored (its confirm lost) and
+/// before the second went out: the first stays counted and runs, the
+/// second is taken back, and the callback comes with the first alone.
+#[tokio::test(start_paused = true)]
+async fn a_member_given_up_after_it_went_out_stays_counted() {
+    let mut kit = kit();
+    let batch = open_batch(&kit, false).await;
+    kit.broker().lose_next_confirm_to(PartJob::QUEUE);
+    let given_up =
+        tokio::time::timeout(GIVE_UP, batch.enqueue_all::<PartJob>(parts(2, |_| false))).await;
+    assert!(given_up.is_err(), "no confirm: {given_up:?}");
+    assert_eq!(kit.broker().ready_count(PartJob::QUEUE), 1);
+    batch.close().await.unwrap();
+    kit.run_until_idle().await;
+    let progress = progress_of(&kit, batch.id()).await;
+    assert_eq!(
+        (
+            progress.total,
+            progress.pending,
+            progress.succeeded,
+            progress.callback_enqueued
+        ),
+        (1, 0, 1, true),
+        "{progress:?}"
+    );
+    let callbacks = kit.succeeded::<DoneJob>();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!((callbacks[0].total, callbacks[0].succeeded), (1, 1));
 }

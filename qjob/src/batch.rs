@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, Message};
+use tokio::sync::oneshot;
+
+use crate::broker::{Broker, Message, Sent};
 use crate::job::{Job, JobId};
 use crate::store::{BatchCounts, BatchUpdate, Store};
 use crate::{Client, Error, headers};
@@ -208,14 +210,19 @@ impl Batch {
         ids.pop().expect("one result for one member")
     }
 
-    /// Enqueues members, as [`Client::enqueue_all`]: each is counted in the
-    /// batch before it is published, and uncounted if it was not stored.
+    /// Enqueues members, as [`Client::enqueue_all`]: each chunk is counted
+    /// in the batch just before it is published, and its members that
+    /// were not stored are taken back; dropped mid-way, this takes back
+    /// the members that had not gone out ([`crate::docs::batches`]).
     ///
     /// # Errors
     ///
     /// The outer error: the batch is closed ([`Error::Config`]), the
     /// store failed, or the queues could not be declared; nothing was
-    /// published then. Each inner result as [`Client::enqueue_all`]'s.
+    /// published then. Each inner result as [`Client::enqueue_all`]'s; a
+    /// chunk after the first that its batch could not count (closed
+    /// meanwhile, the store down) and the jobs after it are
+    /// [`Error::NotSent`].
     pub async fn enqueue_all<J: Job>(
         &self,
         payloads: impl IntoIterator<Item = J::Payload>,
@@ -226,41 +233,7 @@ impl Batch {
                 J::NAME
             )));
         }
-        let payloads: Vec<J::Payload> = payloads.into_iter().collect();
-        let count = i64::try_from(payloads.len()).unwrap_or(i64::MAX);
-        self.update(BatchUpdate::Add(count)).await?;
-        let results = match self.client.enqueue_all::<J>(payloads).await {
-            Ok(results) => results,
-            Err(error) => {
-                self.uncount(count).await;
-                return Err(error);
-            }
-        };
-        // A job not stored is not a member: it will not finish.
-        let stored = |result: &Result<JobId, Error>| match result {
-            Ok(_) => true,
-            Err(error) => crate::client::maybe_stored(error),
-        };
-        let missing = results.iter().filter(|r| !stored(r)).count();
-        if missing > 0 {
-            self.uncount(i64::try_from(missing).unwrap_or(i64::MAX))
-                .await;
-        }
-        Ok(results)
-    }
-
-    /// Takes back `members` counted but not stored; if that completes a
-    /// closed batch (the others all finished), the callback goes now. A
-    /// failure is logged, not returned: the members that were stored are,
-    /// and the caller must not enqueue them again.
-    async fn uncount(&self, members: i64) {
-        let uncounted = async {
-            let counts = self.update(BatchUpdate::Add(-members)).await?;
-            fire(self.client.broker(), &*self.store, &self.id, counts, CLOSER).await
-        };
-        if let Err(error) = uncounted.await {
-            tracing::error!(batch = %self.id, members, %error, "could not take back batch members that were not stored: the batch waits for them (close it again to retry its callback)");
-        }
+        self.client.enqueue_all::<J>(payloads).await
     }
 
     /// Closes the batch: no member can be added any more. If every member
@@ -275,12 +248,110 @@ impl Batch {
     pub async fn close(&self) -> Result<BatchProgress, Error> {
         close(&self.client, &*self.store, &self.id).await
     }
+}
 
-    async fn update(&self, update: BatchUpdate<'_>) -> Result<BatchCounts, Error> {
-        self.store
-            .batch_update(&self.id, update, CLOSER)
+/// Members of a batch counted for one publish ([`count`]). A task of its
+/// own keeps the count, so that an enqueue dropped at any point, even
+/// while the count is being written, leaves counted only the members that
+/// went out.
+pub(crate) struct Counted {
+    /// To the task: how many of the members were not stored, and where
+    /// to say they were taken back. Dropped unsent, the publish was
+    /// abandoned.
+    settled: oneshot::Sender<(usize, oneshot::Sender<()>)>,
+}
+
+impl Counted {
+    /// After the publish: takes back the `not_stored` members, and waits
+    /// until the store has that, so that a close right after sees it.
+    pub(crate) async fn settle(self, not_stored: usize) {
+        let (done, taken_back) = oneshot::channel();
+        if self.settled.send((not_stored, done)).is_ok() {
+            let _ = taken_back.await;
+        }
+    }
+}
+
+/// Counts `members` in batch `batch` just before they are published on
+/// lanes that `sent` track. If the returned [`Counted`] is dropped before
+/// it is settled, the members that did not go out are taken back (those
+/// that did may be stored, and stay counted); if this is dropped while
+/// counting, all of them are, once counted.
+///
+/// # Errors
+///
+/// [`Error::Config`] if the batch is closed, [`Error::Store`] if the
+/// store failed or has no such batch: nothing was counted then.
+pub(crate) async fn count(
+    client: &Client,
+    batch: &str,
+    members: usize,
+    sent: Vec<Arc<Sent>>,
+) -> Result<Counted, Error> {
+    let store = client.batch_store()?;
+    let broker = client.shared_broker();
+    let batch = batch.to_owned();
+    let (counted_tx, counted) = oneshot::channel();
+    let (settled, settle) = oneshot::channel::<(usize, oneshot::Sender<()>)>();
+    tokio::spawn(async move {
+        let added = store
+            .batch_update(&batch, BatchUpdate::Add(signed(members)), CLOSER)
+            .await
+            .and_then(|counts| counts.map(drop).ok_or_else(|| gone(&batch)));
+        let added_ok = added.is_ok();
+        if counted_tx.send(added).is_err() {
+            // Dropped while counting: nothing went out.
+            if added_ok {
+                uncount(&*broker, &*store, &batch, members).await;
+            }
+            return;
+        }
+        if !added_ok {
+            return;
+        }
+        match settle.await {
+            Ok((not_stored, done)) => {
+                uncount(&*broker, &*store, &batch, not_stored).await;
+                let _ = done.send(());
+            }
+            // Dropped mid-publish: what went out may be stored.
+            Err(_) => {
+                let went_out: usize = sent.iter().map(|lane| lane.count()).sum();
+                uncount(&*broker, &*store, &batch, members.saturating_sub(went_out)).await;
+            }
+        }
+    });
+    match counted.await {
+        Ok(Ok(())) => Ok(Counted { settled }),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(Error::Store {
+            operation: "count batch members".into(),
+            message: "the counting task ended without an answer".into(),
+        }),
+    }
+}
+
+fn signed(members: usize) -> i64 {
+    i64::try_from(members).unwrap_or(i64::MAX)
+}
+
+/// Takes back `members` of batch `batch` counted but not stored; if that
+/// completes a closed batch (the others all finished), the callback goes
+/// now. A failure is logged, not returned: the members that were stored
+/// are, and the caller must not enqueue them again.
+async fn uncount(broker: &dyn Broker, store: &dyn Store, batch: &str, members: usize) {
+    if members == 0 {
+        return;
+    }
+    let uncounted = async {
+        let counts = store
+            .batch_update(batch, BatchUpdate::Add(-signed(members)), CLOSER)
             .await?
-            .ok_or_else(|| gone(&self.id))
+            .ok_or_else(|| gone(batch))?;
+        fire(broker, store, batch, counts, CLOSER).await
+    };
+    if let Err(error) = uncounted.await {
+        tracing::error!(batch, members, %error, "could not take back batch members that were not stored: the batch waits for them (close it again to retry its callback)");
     }
 }
 

@@ -478,8 +478,25 @@ impl Client {
             // chunk.
             while payloads.peek().is_some() {
                 let chunk: Vec<_> = payloads.by_ref().take(CHUNK).collect();
+                let size = chunk.len();
                 let claimed = self.claim_chunk::<J>(chunk).await;
-                let chunk = self.publish_chunk::<J>(claimed).await;
+                let chunk = match self.publish_chunk::<J>(claimed).await {
+                    Ok(chunk) => chunk,
+                    // Nothing published yet: the batch is closed, or the
+                    // store failed.
+                    Err(error) if results.is_empty() => return Err(error),
+                    Err(error) => {
+                        let reason = format!("its batch could not count it ({error})");
+                        let unsent = size + payloads.by_ref().count();
+                        results.extend((0..unsent).map(|_| {
+                            Err(Error::NotSent {
+                                operation: format!("enqueue job {}", J::NAME),
+                                reason: reason.clone(),
+                            })
+                        }));
+                        break;
+                    }
+                };
                 let failed = chunk.iter().filter_map(|result| result.as_ref().err());
                 // A job of the chunk may yet be stored late, on its own
                 // channel, and the next ones could overtake it; and one of
@@ -526,11 +543,14 @@ impl Client {
     }
 
     /// Publishes the messages of a claimed chunk over [`lanes`], and
-    /// returns each job's outcome in input order.
+    /// returns each job's outcome in input order. The members of a batch
+    /// are counted in it just before they are published (see
+    /// [`crate::batch::count`]); the outer error is that count's, and
+    /// nothing was published then.
     async fn publish_chunk<J: Job>(
         &self,
         claimed: Vec<Result<Claimed, Error>>,
-    ) -> Vec<Result<JobId, Error>> {
+    ) -> Result<Vec<Result<JobId, Error>>, Error> {
         let mut outgoing = Vec::new();
         let mut results: Vec<Option<Result<JobId, Error>>> = Vec::with_capacity(claimed.len());
         let mut waiting = Vec::new();
@@ -587,16 +607,29 @@ impl Client {
                 }
             }
         }
+        let counted = match &self.batch {
+            Some(batch) if count > 0 => {
+                let sent = lanes.iter().map(|(sent, _)| Arc::clone(sent)).collect();
+                Some(crate::batch::count(self, batch, count, sent).await?)
+            }
+            _ => None,
+        };
         let outcomes = self.publish_lanes(count, lanes).await;
+        let mut not_stored = 0;
         for ((index, id, guard), outcome) in waiting.into_iter().zip(outcomes) {
             let outcome = outcome.map_err(full::<J>);
             releases.extend(unless_stored(guard, &outcome));
             if let Err(error) = &outcome
                 && !maybe_stored(error)
             {
+                not_stored += 1;
                 lost.insert(id.clone(), error.to_string());
             }
             results[index] = Some(outcome.map(|()| id));
+        }
+        // A member not stored will not finish: it is taken back.
+        if let Some(counted) = counted {
+            counted.settle(not_stored).await;
         }
         for index in duplicates {
             if let Some(Ok(holder)) = &results[index]
@@ -617,7 +650,7 @@ impl Client {
             .await;
         // A broker that answered for fewer messages than it was given:
         // the others' fate is unknown.
-        results
+        Ok(results
             .into_iter()
             .map(|result| {
                 result.unwrap_or_else(|| {
@@ -627,7 +660,7 @@ impl Client {
                     ))
                 })
             })
-            .collect()
+            .collect())
     }
 
     /// Publishes each lane with its own [`Broker::publish_all_tracked`],
