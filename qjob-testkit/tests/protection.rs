@@ -1,7 +1,7 @@
 //! Rate limits and circuit breakers on the paused clock.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use qjob::{JobContext, JobError, job};
@@ -266,4 +266,157 @@ async fn held_settlements_stay_out_of_the_window_during_an_alarm() {
     succeeded.sort_unstable();
     assert_eq!(succeeded, (0..400).collect::<Vec<_>>());
     assert_eq!(runs(), 500, "each job once, the failed ones twice");
+}
+
+/// A worker on `broker` for `job`, with `shutdown_timeout`; stopped by
+/// the sender.
+fn spawn_worker<J: qjob::Job + Clone>(
+    broker: &qjob_testkit::MemoryBroker,
+    job: J,
+    shutdown_timeout: Duration,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), qjob::Error>>,
+) {
+    let worker = qjob::Worker::builder(broker.clone())
+        .register(job)
+        .shutdown_timeout(shutdown_timeout)
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+static SERIAL_RUNNING: AtomicUsize = AtomicUsize::new(0);
+static SERIAL_MOST: AtomicUsize = AtomicUsize::new(0);
+static SERIAL_ORDER: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+#[job(
+    queue = "protect.alarm-single-active",
+    single_active = true,
+    prefetch = 10,
+    concurrency = 1,
+    retry = 3,
+    backoff = fixed("1s")
+)]
+async fn serial(n: u32, ctx: JobContext) -> Result<(), JobError> {
+    let now = SERIAL_RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+    SERIAL_MOST.fetch_max(now, Ordering::SeqCst);
+    SERIAL_ORDER.lock().unwrap().push(n);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    SERIAL_RUNNING.fetch_sub(1, Ordering::SeqCst);
+    if n == 0 && ctx.attempt() == 1 {
+        return Err(JobError::msg("first try fails"));
+    }
+    Ok(())
+}
+
+/// A single-active job keeps its window through an alarm: renewing its
+/// consumer for the held settlement would hand the queue to the standby
+/// worker while this one still runs what it holds (it did: two at once,
+/// order 0, 1, 10, 2, 11, …).
+#[tokio::test(start_paused = true)]
+async fn a_single_active_job_keeps_one_consumer_through_an_alarm() {
+    let broker = qjob_testkit::MemoryBroker::new();
+    let client = qjob::Client::new(broker.clone());
+    let _a = spawn_worker(&broker, SerialJob, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _b = spawn_worker(&broker, SerialJob, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 0..30u32 {
+        client.enqueue::<SerialJob>(n).await.unwrap();
+    }
+    broker.block_publishes("memory");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let order = SERIAL_ORDER.lock().unwrap().clone();
+    assert_eq!(SERIAL_MOST.load(Ordering::SeqCst), 1, "{order:?}");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+}
+
+static GATED_STARTS: Mutex<Vec<(u32, Instant)>> = Mutex::new(Vec::new());
+
+#[job(
+    queue = "protect.gated-stop",
+    max_length = 1000,
+    rate_limit = "6/min",
+    prefetch = 10,
+    concurrency = 5
+)]
+async fn gated(n: u32, _ctx: JobContext) -> Result<(), JobError> {
+    GATED_STARTS.lock().unwrap().push((n, Instant::now()));
+    Ok(())
+}
+
+/// A stop asked while held jobs wait at their rate limit starts none of
+/// them (they started one every 10 s after it, until the shutdown
+/// timeout), and they are back in the queue.
+#[tokio::test(start_paused = true)]
+async fn a_stop_starts_no_job_waiting_at_its_gate() {
+    let broker = qjob_testkit::MemoryBroker::new();
+    let client = qjob::Client::new(broker.clone());
+    let (stop, running) = spawn_worker(&broker, GatedJob, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 0..10u32 {
+        client.enqueue::<GatedJob>(n).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "the stop took {:?}",
+        asked.elapsed()
+    );
+    let starts = GATED_STARTS.lock().unwrap().clone();
+    let after: Vec<u32> = starts
+        .iter()
+        .filter(|(_, at)| *at > asked)
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(after.is_empty(), "started after the stop: {after:?}");
+    assert_eq!(
+        broker.ready_count(<GatedJob as qjob::Job>::QUEUE),
+        10 - starts.len(),
+        "the rest are back"
+    );
+}
+
+static BACKOFF_SEEN: Mutex<Vec<(&'static str, u32)>> = Mutex::new(Vec::new());
+static BACKOFF_WHO: Mutex<&'static str> = Mutex::new("a");
+
+#[job(
+    queue = "protect.stop-in-backoff",
+    max_length = 1000,
+    retry = 2,
+    backoff = fixed("2s")
+)]
+async fn always_failing(_n: u32, ctx: JobContext) -> Result<(), JobError> {
+    let who = *BACKOFF_WHO.lock().unwrap();
+    BACKOFF_SEEN.lock().unwrap().push((who, ctx.attempt()));
+    Err(JobError::msg("always fails"))
+}
+
+/// A stop while a job waits out an in-place backoff lets it run its
+/// retries within the shutdown timeout: its attempts live in this
+/// worker's memory, and halting it made the next worker start them over
+/// (4 runs for 3 attempts).
+#[tokio::test(start_paused = true)]
+async fn a_stop_lets_a_retry_held_in_place_finish_its_attempts() {
+    let broker = qjob_testkit::MemoryBroker::new();
+    let client = qjob::Client::new(broker.clone());
+    let (stop_a, a) = spawn_worker(&broker, AlwaysFailingJob, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.enqueue::<AlwaysFailingJob>(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_a.send(()).unwrap();
+    a.await.unwrap().unwrap();
+    *BACKOFF_WHO.lock().unwrap() = "b";
+    let _b = spawn_worker(&broker, AlwaysFailingJob, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let seen = BACKOFF_SEEN.lock().unwrap().clone();
+    assert_eq!(seen, [("a", 1), ("a", 2), ("a", 3)]);
+    assert_eq!(broker.ready_count("protect.stop-in-backoff.dlq"), 1);
 }

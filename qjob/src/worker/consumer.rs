@@ -108,10 +108,7 @@ impl Consumer {
             .consume(
                 self.queue(),
                 ConsumeOptions {
-                    prefetch: self
-                        .prefetch
-                        .as_ref()
-                        .map_or(self.options.prefetch(), |target| *target.borrow()),
+                    prefetch: self.subscribed_prefetch(),
                     tag: self.tag.clone(),
                 },
             )
@@ -145,12 +142,13 @@ impl Consumer {
         // Settlements held by a resource alarm are kept out of the window:
         // the consumer is renewed with its prefetch widened by them (its
         // old consumer's deliveries no longer count against it), so the
-        // jobs that succeed, which need no publish, go on.
+        // jobs that succeed, which need no publish, go on. Not on a
+        // single-active queue: renewing its consumer would hand the queue
+        // to a standby while this worker still runs what it holds.
         let mut held = self.handler.held.subscribe();
-        let mut base = prefetch
-            .as_ref()
-            .map_or(self.options.prefetch(), |target| *target.borrow());
-        let mut held_now = 0;
+        let mut base = self.subscribed_prefetch();
+        // The prefetch of the subscription in use.
+        let mut window = base;
         loop {
             let event = self
                 .next_event(
@@ -161,12 +159,13 @@ impl Consumer {
                     &mut held,
                 )
                 .await;
-            let replaced = match event {
+            let (replaced, prefetch_now) = match event {
                 SlotEvent::Stop => break,
-                SlotEvent::Pause => {
+                SlotEvent::Pause => (
                     self.pause(subscription, &mut handlers, &mut stop, &mut paused)
-                        .await
-                }
+                        .await,
+                    base,
+                ),
                 SlotEvent::Delivery(delivery, slot) => {
                     failures = 0;
                     let halt = Halt::new(stop.clone(), self.paused.clone());
@@ -175,23 +174,28 @@ impl Consumer {
                 }
                 SlotEvent::Prefetch(target) => {
                     base = target;
+                    let held_now = if self.single_active() {
+                        0
+                    } else {
+                        *held.borrow()
+                    };
+                    let target = widened(base, held_now);
                     self.set_prefetch(
                         subscription,
-                        widened(base, held_now),
+                        target,
                         &mut handlers,
                         &mut stop,
                         &mut failures,
                     )
                     .await
                 }
+                SlotEvent::Held(_) if self.single_active() => continue,
                 SlotEvent::Held(count) => {
                     // Widened as they grow, narrowed once none is left.
                     let target = widened(base, count);
-                    if count > 0 && target <= widened(base, held_now) {
-                        held_now = held_now.max(count);
+                    if (count > 0 && target <= window) || (count == 0 && window == base) {
                         continue;
                     }
-                    held_now = count;
                     if count > 0 {
                         tracing::info!(
                             queue = self.queue(),
@@ -209,11 +213,13 @@ impl Consumer {
                     )
                     .await
                 }
-                SlotEvent::Ended(ended) => {
+                SlotEvent::Ended(ended) => (
                     self.replace(subscription, ended, &mut handlers, &mut stop, &mut failures)
-                        .await
-                }
+                        .await,
+                    base,
+                ),
             };
+            window = prefetch_now;
             match replaced {
                 Some(next) => subscription = next,
                 None => return self.drain(handlers, None).await,
@@ -273,7 +279,7 @@ impl Consumer {
         match slot {
             Some(slot) => handlers.spawn(async move {
                 handler
-                    .handle(delivery, None, Retries::ThroughBroker(slot))
+                    .handle(delivery, None, Retries::ThroughBroker(slot, halt))
                     .await
             }),
             None => {
@@ -406,7 +412,8 @@ impl Consumer {
     }
 
     /// Moves the subscription to a new prefetch; if that fails, replaces
-    /// the subscription (which subscribes with the new prefetch).
+    /// the subscription (which subscribes with the configured prefetch, or
+    /// adaptive concurrency's). Returns the subscription and its prefetch.
     async fn set_prefetch(
         &self,
         mut subscription: Box<dyn Subscription>,
@@ -414,17 +421,25 @@ impl Consumer {
         handlers: &mut JoinSet<()>,
         stop: &mut watch::Receiver<bool>,
         failures: &mut u32,
-    ) -> Option<Box<dyn Subscription>> {
+    ) -> (Option<Box<dyn Subscription>>, u16) {
         match subscription.set_prefetch(target).await {
             Ok(()) => {
                 tracing::debug!(queue = self.queue(), prefetch = target, "prefetch changed");
-                Some(subscription)
+                (Some(subscription), target)
             }
-            Err(error) => {
+            Err(error) => (
                 self.replace(subscription, Some(Err(error)), handlers, stop, failures)
-                    .await
-            }
+                    .await,
+                self.subscribed_prefetch(),
+            ),
         }
+    }
+
+    /// The prefetch [`Consumer::subscribe`] subscribes with.
+    fn subscribed_prefetch(&self) -> u16 {
+        self.prefetch
+            .as_ref()
+            .map_or(self.options.prefetch(), |target| *target.borrow())
     }
 
     /// Logs why a subscription ended, closes it and subscribes again with

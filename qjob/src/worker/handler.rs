@@ -136,7 +136,7 @@ impl Handler {
         self.metrics.time_in_queue(envelope.enqueued_at);
         let job_id = &envelope.job_id;
         let (mut slot, in_place, halt) = match retries {
-            Retries::ThroughBroker(slot) => (Some(slot), None, None),
+            Retries::ThroughBroker(slot, halt) => (Some(slot), None, halt),
             Retries::InPlace {
                 received,
                 slots,
@@ -144,9 +144,11 @@ impl Handler {
             } => (
                 None,
                 Some((Hold::new(received, self.hold_budget, self.timeout), slots)),
-                Some(halt),
+                halt,
             ),
         };
+        // Whether an attempt of this delivery ran in this task.
+        let mut ran = false;
         // Attempts held in place, or one that can outlast the consumer
         // timeout, are remembered.
         let memory = (in_place.is_some() || self.remember_plain)
@@ -176,14 +178,14 @@ impl Handler {
         loop {
             let span = self.span(&delivery, job_id, attempt);
             let attempted = async {
-                let _in_place_slot = match (in_place, &halt) {
-                    (Some((_, slots)), Some(halt)) => {
+                let _in_place_slot = match in_place {
+                    Some((_, slots)) => {
                         let slot = tokio::select! {
                             biased;
-                            () = halt.clone().asked() => None,
+                            () = halt.clone().asked(ran) => None,
                             slot = slots.acquire() => Some(slot.expect("semaphore never closed")),
                         };
-                        if halt.is_asked() || slot.is_none() {
+                        if halt.is_asked(ran) || slot.is_none() {
                             self.halted(job_id, attempt);
                             return None;
                         }
@@ -192,7 +194,7 @@ impl Handler {
                         }
                         slot
                     }
-                    _ => None,
+                    None => None,
                 };
                 let (outcome, took, running) = self
                     .attempt(
@@ -201,6 +203,7 @@ impl Handler {
                         &envelope,
                         attempt,
                         memory.as_ref(),
+                        (&halt, ran),
                     )
                     .await?;
                 let outcome = self.unless_cancelled(outcome, &envelope);
@@ -215,6 +218,7 @@ impl Handler {
             let Some((action, took)) = attempted else {
                 return;
             };
+            ran = true;
             drop(slot.take());
             match (action, &in_place) {
                 (Action::Retry { error, delay }, Some((hold, _))) => {
@@ -228,12 +232,7 @@ impl Handler {
                     self.metrics.attempt(&outcome, Some(took));
                     self.report(&delivery, attempt, job_id, &outcome);
                     drop(span);
-                    let asked = async {
-                        match halt.clone() {
-                            Some(halt) => halt.asked().await,
-                            None => std::future::pending().await,
-                        }
-                    };
+                    let asked = halt.clone().asked(ran);
                     let cancelled = tokio::select! {
                         _ = tokio::time::sleep(wait) => false,
                         _ = self.cancellations.cancelled(job_id, envelope.replayed_at) => true,
@@ -388,8 +387,8 @@ impl Handler {
         true
     }
 
-    /// A held delivery whose next attempt (`attempt`) does not start: the
-    /// job pauses or the worker stops. It is left unsettled; the broker
+    /// A delivery whose next attempt (`attempt`) does not start: the job
+    /// pauses or the worker stops (see [`Halt`]). It is left unsettled; the broker
     /// has it back, in its place, when the subscription closes.
     fn halted(&self, job_id: &JobId, attempt: u32) {
         tracing::debug!(queue = self.routes.queue.name.as_str(), %job_id, attempt, "pausing or stopping: a held job's attempt does not start; it goes back to the queue");
@@ -468,9 +467,22 @@ impl Handler {
         envelope: &Envelope,
         attempt: u32,
         memory: Option<&'a JobId>,
+        (halt, ran): (&Halt, bool),
     ) -> Option<(Outcome, Duration, Option<Running<'a>>)> {
         if let Some(gate) = &self.gate {
-            gate.enter().await;
+            let entered = tokio::select! {
+                biased;
+                () = halt.clone().asked(ran) => false,
+                () = gate.enter() => true,
+            };
+            if !entered || halt.is_asked(ran) {
+                // A pause or a stop while it waited at the gate.
+                if entered {
+                    gate.withdraw();
+                }
+                self.halted(&envelope.job_id, attempt);
+                return None;
+            }
             // The breaker may have held it long: its channel may be gone.
             if self.abandon_if_closed(delivery) {
                 gate.withdraw();
@@ -814,22 +826,32 @@ impl Handler {
 
 /// How a delivery's retries happen (see [`Handler::handle`]).
 pub(crate) enum Retries<'a> {
-    /// Through the broker: one attempt here, in this handler slot.
-    ThroughBroker(OwnedSemaphorePermit),
+    /// Through the broker: one attempt here, in this handler slot (it
+    /// does not start once a pause or stop is asked, e.g. while it waits
+    /// at the gate).
+    ThroughBroker(OwnedSemaphorePermit, Halt),
     /// In the worker, holding the delivery, received at `received`; each
     /// attempt takes a slot of `slots`.
     InPlace {
         received: Instant,
         slots: &'a Semaphore,
-        /// Asked once the job pauses or the worker stops: an attempt not
-        /// started by then never starts.
+        /// Asked once the job pauses or the worker stops: the first
+        /// attempt, not started by then, never starts; nor does a retry
+        /// once the job pauses.
         halt: Halt,
     },
 }
 
-/// Whether the consumer holding a delivery in place pauses or stops: its
-/// next attempt does not start, and the delivery is left unsettled, to go
-/// back to the queue (in its place) when the subscription closes.
+/// Whether the consumer holding a delivery pauses or stops: an attempt
+/// that has not started does not start, and the delivery is left
+/// unsettled, to go back to the queue (in its place) when the
+/// subscription closes.
+///
+/// A stop halts a delivery whose first attempt has not started (`ran` is
+/// false); one retrying in place goes on within the shutdown timeout, as
+/// its attempts so far live in this worker's memory and would start over
+/// on another. A pause halts both: this worker keeps the attempts, and
+/// continues from them when the job comes back to it.
 #[derive(Clone)]
 pub(crate) struct Halt {
     stop: watch::Receiver<bool>,
@@ -841,20 +863,20 @@ impl Halt {
         Self { stop, paused }
     }
 
-    fn is_asked(&self) -> bool {
-        *self.stop.borrow() || *self.paused.borrow()
+    fn is_asked(&self, ran: bool) -> bool {
+        *self.paused.borrow() || (!ran && *self.stop.borrow())
     }
 
-    /// Resolves once a pause or a stop is asked (never if neither can be
-    /// any more).
-    async fn asked(mut self) {
+    /// Resolves once a pause (or, before any attempt `ran`, a stop) is
+    /// asked; never if none can be any more.
+    async fn asked(mut self, ran: bool) {
         async fn on(flag: &mut watch::Receiver<bool>) {
             if flag.wait_for(|on| *on).await.is_err() {
                 std::future::pending::<()>().await;
             }
         }
         tokio::select! {
-            () = on(&mut self.stop) => {}
+            () = on(&mut self.stop), if !ran => {}
             () = on(&mut self.paused) => {}
         }
     }
