@@ -270,6 +270,8 @@ struct Held {
     /// The tick it records, as this leader counts it (a tick far ahead of
     /// its clock counts as now).
     last: Option<SystemTime>,
+    /// Whether `last` is not what it records (it was far ahead).
+    corrected: bool,
     id: Option<String>,
     /// When it came (or was last renewed).
     since: Instant,
@@ -419,6 +421,7 @@ impl Leader<'_> {
     async fn take(&mut self, delivery: Delivery) -> Result<Option<String>, Error> {
         let lease = Lease::read(&delivery);
         let last = self.counted(lease.last());
+        let corrected = last != lease.last();
         self.leading = true;
         if let Some(id) = &lease.id
             && let Some(at) = self.unreturned.iter().position(|(sent, _)| sent == id)
@@ -433,6 +436,7 @@ impl Leader<'_> {
         let new = Held {
             delivery,
             last,
+            corrected,
             id: lease.id,
             since: Instant::now(),
         };
@@ -449,8 +453,12 @@ impl Leader<'_> {
                 drop.delivery.acker.ack().await?;
             }
         }
-        // The queue records the last tick if the lease held does.
-        self.recorded = self.held.as_ref().map(|held| held.last) == Some(self.last);
+        // The queue records the last tick if the lease held does (one
+        // counted as now records another tick: it is recorded afresh).
+        self.recorded = self
+            .held
+            .as_ref()
+            .is_some_and(|held| held.last == self.last && !held.corrected);
         Ok(id)
     }
 
@@ -483,8 +491,11 @@ impl Leader<'_> {
             "the last tick fired is",
         );
         self.last = Some(truncated(now));
-        if let Some(held) = &mut self.held {
-            held.last = held.last.min(self.last);
+        if let Some(held) = &mut self.held
+            && held.last > self.last
+        {
+            held.last = self.last;
+            held.corrected = true;
         }
         self.recorded = false;
         true
