@@ -3,7 +3,6 @@
 //! whose behaviour each test scripts.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -474,13 +473,11 @@ fn headers(properties: &BasicProperties) -> Headers {
 /// The rows `rabbitmqctl <list> -q --no-table-headers <columns>` prints,
 /// each split at whitespace (for columns without spaces in their values).
 fn rabbitmqctl_rows(list: &str, columns: &[&str]) -> Vec<Vec<String>> {
-    let output = Command::new("rabbitmqctl")
-        .args([list, "-q", "--no-table-headers"])
-        .args(columns)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
-    String::from_utf8_lossy(&output.stdout)
+    let args: Vec<&str> = [list, "-q", "--no-table-headers"]
+        .into_iter()
+        .chain(columns.iter().copied())
+        .collect();
+    rabbitmqctl_ok(&args)
         .lines()
         .map(|line| line.split_whitespace().map(str::to_owned).collect())
         .collect()
@@ -534,18 +531,13 @@ pub fn consumer_activity(prefix: &str) -> Vec<(String, bool)> {
 /// Closes the RabbitMQ connections of the broker named `name` (its
 /// publishing and its consuming one), as a network failure would.
 pub fn close_connection(name: &str) {
-    let output = Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
-    let listing = String::from_utf8_lossy(&output.stdout);
+    let listing = rabbitmqctl_ok(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
     // The name a client gives itself is in its properties, quoted:
     // "<name> publish" and "<name> consume".
     let pids: Vec<&str> = listing
@@ -563,11 +555,7 @@ pub fn close_connection(name: &str) {
         "no connection named {name:?} in {listing}"
     );
     for pid in pids {
-        let status = Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "closed by a qjob test"])
-            .status()
-            .expect("rabbitmqctl runs");
-        assert!(status.success());
+        rabbitmqctl_ok(&["close_connection", pid, "closed by a qjob test"]);
     }
 }
 
@@ -612,7 +600,10 @@ pub mod jobs;
 pub mod outbox;
 pub mod recording;
 pub mod scenarios;
+pub mod tools;
 pub mod unique;
+
+pub use tools::{rabbitmqctl, rabbitmqctl_ok};
 
 /// Defines every broker conformance scenario as a test on the broker that
 /// `$env` (an async expression giving a `scenarios::Env`) makes.

@@ -3,11 +3,10 @@
 //! own binary, one test at a time: no other test runs meanwhile.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use qjob_tests::scenarios::{Env, LIMIT};
-use qjob_tests::{Act, Task, probe, test_job};
+use qjob_tests::{Act, Task, probe, rabbitmqctl, rabbitmqctl_ok, test_job};
 
 test_job!(
     restart_chaos,
@@ -17,23 +16,13 @@ test_job!(
     retry = 3
 );
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
 /// Starts the broker again however the test ends.
 struct Restart;
 
 impl Drop for Restart {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
-        let _ = Command::new("rabbitmqctl")
-            .args(["await_startup", "--timeout", "120"])
-            .status();
+        let _ = rabbitmqctl(&["start_app"]);
+        let _ = rabbitmqctl(&["await_startup", "--timeout", "120"]);
     }
 }
 
@@ -62,7 +51,7 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         .await;
 
     let restart = Restart;
-    rabbitmqctl(&["stop_app"]);
+    rabbitmqctl_ok(&["stop_app"]);
     // While the broker is down, publishing fails at once, with an error.
     let started = Instant::now();
     let during = client
@@ -111,9 +100,7 @@ struct Watermark;
 
 impl Drop for Watermark {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["set_vm_memory_high_watermark", "0.4"])
-            .status();
+        let _ = rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
     }
 }
 
@@ -133,7 +120,7 @@ async fn a_memory_alarm_blocks_publishing_with_a_clear_error() {
         .await
         .unwrap();
     let watermark = Watermark;
-    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    rabbitmqctl_ok(&["set_vm_memory_high_watermark", "0.0000001"]);
     // RabbitMQ tells a connection it blocks it at its first publish.
     let first = tokio::spawn({
         let client = client.clone();
@@ -229,7 +216,7 @@ async fn a_worker_keeps_acking_through_a_memory_alarm_and_resumes_after_it() {
     assert!(results.iter().all(Result::is_ok));
 
     let watermark = Watermark;
-    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    rabbitmqctl_ok(&["set_vm_memory_high_watermark", "0.0000001"]);
     let running = env.start(AlarmWorkerJob);
     let probe = probe(&tag);
     let attempts = |p: &qjob_tests::Probe| p.attempts.load(std::sync::atomic::Ordering::SeqCst);
@@ -314,7 +301,7 @@ async fn outbox_rows_wait_while_the_broker_is_down_and_go_out_when_it_returns() 
     drop(rabbit);
 
     let restart = Restart;
-    rabbitmqctl(&["stop_app"]);
+    rabbitmqctl_ok(&["stop_app"]);
     ids.extend(qjob_tests::outbox::committed::<OutboxRestartJob>(&outbox, &pool, 50..150).await);
     // A round while the broker is down publishes nothing and keeps every row.
     let probe = outbox.relay(pool.clone());

@@ -1,11 +1,10 @@
 //! Closing every connection on the broker in the middle of a run. This test
 //! has its own binary so that it breaks no other test's connection.
 
-use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use qjob_tests::scenarios::{Env, LIMIT};
-use qjob_tests::{Act, Task, probe, test_job};
+use qjob_tests::{Act, Task, probe, rabbitmqctl_ok, test_job};
 
 test_job!(
     connection_loss,
@@ -37,11 +36,7 @@ async fn wait_every_job(probe: &qjob_tests::Probe, jobs: u32) {
 }
 
 fn close_all_connections() {
-    let status = Command::new("rabbitmqctl")
-        .args(["close_all_connections", "qjob connection-loss test"])
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success());
+    rabbitmqctl_ok(&["close_all_connections", "qjob connection-loss test"]);
 }
 
 #[tokio::test]

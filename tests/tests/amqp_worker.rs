@@ -463,18 +463,14 @@ async fn queues_are_durable_and_quorum_queues_dead_letter_into_the_dlq() {
         .enqueue::<QuorumDeclaredJob>(Task::new(&tag, 0, Act::Succeed))
         .await
         .unwrap();
-    let output = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "durable",
-            "arguments",
-        ])
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&output.stdout);
+    let listing = qjob_tests::rabbitmqctl_ok(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "durable",
+        "arguments",
+    ]);
     let queue = QuorumDeclaredJob::QUEUE;
     let dlq = QuorumDeclaredJob::options().dead_letter_queue();
     let row = |name: &str| {

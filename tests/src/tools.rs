@@ -1,0 +1,86 @@
+//! The broker's command-line tools, named in one place so that the same
+//! suite runs against any RabbitMQ node: every test that shells out to
+//! `rabbitmqctl` or to the cluster's script goes through here.
+//!
+//! - `QJOB_RABBITMQCTL`: the command line that runs `rabbitmqctl` against
+//!   the broker under test (`QJOB_AMQP_URL`), split at whitespace;
+//!   `rabbitmqctl` by default. For the RabbitMQ 4 node and cluster of
+//!   `scripts/rabbitmq4`: `scripts/rabbitmq4 ctl`.
+//! - `QJOB_CLUSTER_SCRIPT`: the command line of the script that runs the
+//!   cluster tests' 3-node cluster (`start`, `urls`, `nodes`, `kill N`,
+//!   `restart N`), split at whitespace; `scripts/cluster` (RabbitMQ 3) by
+//!   default, `scripts/rabbitmq4 cluster` for RabbitMQ 4.
+//!
+//! A relative program path (`scripts/…`) is taken from the repository's
+//! root. README.md ("Get started") shows them in use.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const DEFAULT_CLUSTER_SCRIPT: &str = "scripts/cluster";
+
+/// The command named by the environment variable `var` (a command line),
+/// or by `default`.
+fn command(var: &str, default: &str) -> (String, Command) {
+    let line = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let mut words = line.split_whitespace();
+    let program = words
+        .next()
+        .unwrap_or_else(|| panic!("{var} names no command"));
+    let mut command = if program.contains('/') && Path::new(program).is_relative() {
+        Command::new(Path::new(ROOT).join(program))
+    } else {
+        Command::new(program)
+    };
+    command.args(words);
+    (line, command)
+}
+
+/// Runs `rabbitmqctl <args>` (as `QJOB_RABBITMQCTL` names it) against the
+/// broker under test, or another node with `-n`, and returns its output;
+/// the caller checks its status. Fails the test if the tool does not run,
+/// or if `QJOB_AMQP_URL` or `QJOB_CLUSTER_SCRIPT` names another broker
+/// than the default while `QJOB_RABBITMQCTL` is unset (its `rabbitmqctl`
+/// would disturb the wrong one).
+pub fn rabbitmqctl(args: &[&str]) -> Output {
+    if std::env::var_os("QJOB_RABBITMQCTL").is_none() {
+        let other_url = std::env::var("QJOB_AMQP_URL").is_ok_and(|url| url != DEFAULT_URL);
+        let other_cluster = std::env::var("QJOB_CLUSTER_SCRIPT")
+            .is_ok_and(|script| script.trim() != DEFAULT_CLUSTER_SCRIPT);
+        assert!(
+            !other_url && !other_cluster,
+            "QJOB_AMQP_URL or QJOB_CLUSTER_SCRIPT names another broker than the \
+             default: set QJOB_RABBITMQCTL to its rabbitmqctl (see README.md)"
+        );
+    }
+    let (line, mut command) = command("QJOB_RABBITMQCTL", "rabbitmqctl");
+    command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{line} {args:?} runs (QJOB_RABBITMQCTL): {e}"))
+}
+
+/// Runs `rabbitmqctl <args>`, failing the test unless it succeeds; its
+/// standard output.
+pub fn rabbitmqctl_ok(args: &[&str]) -> String {
+    let output = rabbitmqctl(args);
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {output:?}"
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs the cluster's script (`QJOB_CLUSTER_SCRIPT`) with `args` and
+/// returns its output; the caller checks its status. Its standard error
+/// (progress, failures) goes to the test's.
+pub fn cluster_script(args: &[&str]) -> Output {
+    let (line, mut command) = command("QJOB_CLUSTER_SCRIPT", DEFAULT_CLUSTER_SCRIPT);
+    command
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{line} {args:?} runs (QJOB_CLUSTER_SCRIPT): {e}"))
+}
