@@ -1,41 +1,64 @@
-//! The 3-node RabbitMQ cluster of `scripts/cluster`, for the cluster tests:
-//! started on first use if it is not running, its nodes' addresses, which
-//! node leads a queue, and node faults.
+//! The 3-node RabbitMQ cluster of `QJOB_CLUSTER_SCRIPT` (`scripts/cluster`
+//! by default, `scripts/rabbitmq4 cluster` for RabbitMQ 4; see
+//! [`crate::tools`]), for the cluster tests: started on first use if it is
+//! not running, its nodes' names and addresses as the script reports them,
+//! which node leads a queue, and node faults.
 
-use std::process::Command;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 use qjob::{AmqpBroker, AmqpOptions};
 
-/// The cluster's nodes, numbered 1 to 3 as `scripts/cluster` numbers them.
+use crate::tools::{cluster_script, rabbitmqctl};
+
+/// The cluster's nodes, numbered 1 to 3 as its script numbers them.
 pub const NODES: [usize; 3] = [1, 2, 3];
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster");
-
-/// Runs `scripts/cluster <args>`, failing the test if it fails.
-pub fn script(args: &[&str]) {
-    let status = Command::new(SCRIPT)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("scripts/cluster {args:?} runs: {e}"));
-    assert!(status.success(), "scripts/cluster {args:?} failed");
+/// Runs the cluster's script with `args`, failing the test if it fails;
+/// its standard output.
+pub fn script(args: &[&str]) -> String {
+    let output = cluster_script(args);
+    assert!(
+        output.status.success(),
+        "the cluster script (QJOB_CLUSTER_SCRIPT) {args:?} failed: {output:?}"
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Starts the cluster unless it runs (once per test binary); a cluster that
 /// cannot start fails the test, never skips it.
 pub fn ensure_started() {
     static STARTED: Once = Once::new();
-    STARTED.call_once(|| script(&["start"]));
+    STARTED.call_once(|| {
+        script(&["start"]);
+    });
+}
+
+/// What the script prints for `what` (`urls` or `nodes`): one entry per
+/// node, comma-separated.
+fn listed(what: &str) -> Vec<String> {
+    let listed: Vec<String> = script(&[what])
+        .trim()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        listed.len(),
+        NODES.len(),
+        "the cluster script's {what}: {listed:?}"
+    );
+    listed
 }
 
 /// Node `n`'s Erlang node name.
 pub fn node_name(n: usize) -> String {
-    format!("qjob-c{n}@localhost")
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    NAMES.get_or_init(|| listed("nodes"))[n - 1].clone()
 }
 
 /// Node `n`'s AMQP URL.
 pub fn url(n: usize) -> String {
-    format!("amqp://guest:guest@127.0.0.1:{}/%2f", 5680 + n)
+    static URLS: OnceLock<Vec<String>> = OnceLock::new();
+    URLS.get_or_init(|| listed("urls"))[n - 1].clone()
 }
 
 /// Every node's URL, `first` first, then the others in order: a client
@@ -51,19 +74,18 @@ pub fn urls_from(first: usize) -> Vec<String> {
 pub async fn broker(first: usize) -> AmqpBroker {
     AmqpBroker::connect_with(urls_from(first), AmqpOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("the cluster answers (scripts/cluster start): {e}"))
+        .unwrap_or_else(|e| panic!("the cluster answers (QJOB_CLUSTER_SCRIPT start): {e}"))
 }
 
 /// `rabbitmqctl <args>` on the first running node, its output's rows split
 /// at whitespace.
 pub fn rabbitmqctl_rows(args: &[&str]) -> Vec<Vec<String>> {
     for n in NODES {
-        let output = Command::new("rabbitmqctl")
-            .args(["-n", &node_name(n)])
-            .args(args)
-            .args(["-q", "--no-table-headers"])
-            .output()
-            .expect("rabbitmqctl runs");
+        let node = node_name(n);
+        let mut full = vec!["-n", &node];
+        full.extend_from_slice(args);
+        full.extend(["-q", "--no-table-headers"]);
+        let output = rabbitmqctl(&full);
         if output.status.success() {
             return String::from_utf8_lossy(&output.stdout)
                 .lines()
@@ -115,8 +137,6 @@ pub struct Revive(pub usize);
 
 impl Drop for Revive {
     fn drop(&mut self) {
-        let _ = Command::new(SCRIPT)
-            .args(["restart", &self.0.to_string()])
-            .status();
+        let _ = cluster_script(&["restart", &self.0.to_string()]);
     }
 }

@@ -1,6 +1,7 @@
-//! qjob on a 3-node RabbitMQ cluster (`scripts/cluster`, started here if it
-//! is not running): quorum retries, the loss of a node, per-key order
-//! through a node restart, and partition leaders spread over the nodes.
+//! qjob on a 3-node RabbitMQ cluster (the one `QJOB_CLUSTER_SCRIPT` runs,
+//! `scripts/cluster` by default; started here if it is not running):
+//! quorum retries, the loss of a node, per-key order through a node
+//! restart, and partition leaders spread over the nodes.
 //! Workers run in child processes, each connected to its own node. One
 //! test at a time: they stop nodes.
 
