@@ -495,9 +495,14 @@ pub async fn expired_messages_move_to_the_target_in_order(env: &Env, queue: &str
     assert_eq!(env.ready(queue).await, 0);
 }
 
-/// A message delayed twice through the same queue counts 2 in one `x-death`
-/// entry, and keeps its first death.
-pub async fn a_second_expiry_counts_up_in_x_death(env: &Env, queue: &str) {
+/// A message delayed twice through the same queue, republished by a client
+/// in between with the headers it got: RabbitMQ 3 (and `MemoryBroker`,
+/// which follows it here) counts 2 in one `x-death` entry; RabbitMQ 4
+/// ignores the `x-death` a publisher sets and starts a new count, 1. Either
+/// way the first death is kept. qjob reads neither count: its own headers
+/// carry the attempts, and only `x-first-death-*` of a message RabbitMQ
+/// itself moved (`qjob::dead_letters`).
+pub async fn a_second_expiry_counts_up_in_x_death_on_3_and_anew_on_4(env: &Env, queue: &str) {
     let target = format!("{queue}.target");
     env.delete_queues(&[queue, &target]).await;
     let broker = env.broker();
@@ -517,7 +522,11 @@ pub async fn a_second_expiry_counts_up_in_x_death(env: &Env, queue: &str) {
     let twice = take_one(env, &target).await;
     let deaths = x_death(&twice);
     assert_eq!(deaths.len(), 1, "{deaths:?}");
-    assert_death(&deaths[0], queue, "expired", 2);
+    let count = match env {
+        Env::Amqp(..) if crate::rabbitmq_major() >= 4 => 1,
+        _ => 2,
+    };
+    assert_death(&deaths[0], queue, "expired", count);
     assert_eq!(
         twice.headers["x-first-death-reason"],
         HeaderValue::from("expired")

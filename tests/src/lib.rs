@@ -603,7 +603,7 @@ pub mod scenarios;
 pub mod tools;
 pub mod unique;
 
-pub use tools::{rabbitmqctl, rabbitmqctl_ok};
+pub use tools::{rabbitmq_major, rabbitmqctl, rabbitmqctl_ok};
 
 /// Defines every broker conformance scenario as a test on the broker that
 /// `$env` (an async expression giving a `scenarios::Env`) makes.
@@ -626,7 +626,7 @@ macro_rules! conformance_tests {
             rejected_messages_without_a_target_are_dropped "qjob.test.conformance.reject-drop",
             dead_letters_into_a_full_queue_are_dropped "qjob.test.conformance.dead-letter-full",
             expired_messages_move_to_the_target_in_order "qjob.test.conformance.ttl",
-            a_second_expiry_counts_up_in_x_death "qjob.test.conformance.ttl-twice",
+            a_second_expiry_counts_up_in_x_death_on_3_and_anew_on_4 "qjob.test.conformance.ttl-twice",
             a_requeued_message_keeps_its_position "qjob.test.conformance.requeue-position",
             connection_loss_returns_unsettled_deliveries "qjob.test.conformance.connection-loss",
             a_cancelled_consumer_still_settles_what_it_holds "qjob.test.conformance.cancel",

@@ -84,3 +84,19 @@ pub fn cluster_script(args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("{line} {args:?} runs (QJOB_CLUSTER_SCRIPT): {e}"))
 }
+
+/// The major version of the RabbitMQ under test (`rabbitmqctl version`),
+/// read once: for the few scenarios whose broker behaviour differs between
+/// versions, each named for it.
+pub fn rabbitmq_major() -> u32 {
+    static MAJOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let version = rabbitmqctl_ok(&["version"]);
+        version
+            .trim()
+            .split('.')
+            .next()
+            .and_then(|major| major.parse().ok())
+            .unwrap_or_else(|| panic!("rabbitmqctl version printed {version:?}"))
+    })
+}
