@@ -651,3 +651,53 @@ async fn a_new_leader_reads_every_lease_before_it_fires_on_rabbitmq() {
     assert_eq!(ids, [tick_id(t1 + PERIOD_MS)], "{t1}");
     rabbit.delete(&[&lease_queue, TakeoverJob::QUEUE]).await;
 }
+
+test_job!(
+    default_limit,
+    "it.quorum.default-delivery-limit",
+    queue_type = "quorum"
+);
+
+/// A quorum job's message returned to its queue unsettled again and again
+/// (workers crashing while they hold it): RabbitMQ 4's default delivery
+/// limit (20) dead-letters it into the job's DLQ, where qjob reads the
+/// reason as `delivery-limit`; nothing is dropped. RabbitMQ 3 has no
+/// default limit: it stays in the queue.
+#[tokio::test]
+async fn a_quorum_job_past_rabbitmq_4s_default_delivery_limit_is_dead_lettered() {
+    use qjob::Broker;
+    let env = Env::amqp().await;
+    env.reset::<DefaultLimitJob>().await;
+    let client = env.client();
+    client
+        .enqueue::<DefaultLimitJob>(Task::new("default-limit", 0, Act::Succeed))
+        .await
+        .unwrap();
+    let broker = qjob_tests::amqp().await;
+    let dlq = DefaultLimitJob::options().dead_letter_queue();
+    let mut returned = 0;
+    while let Some(delivery) = broker.get(DefaultLimitJob::QUEUE).await.unwrap() {
+        delivery.acker.reject(true).await.unwrap();
+        returned += 1;
+        if returned == 25 {
+            break;
+        }
+    }
+    if qjob_tests::rabbitmq_major() >= 4 {
+        assert_eq!(returned, 21, "delivered 21 times, then dead-lettered");
+        env.wait_ready(&dlq, 1).await;
+        let letters = client
+            .dead_letters::<DefaultLimitJob>()
+            .peek(10)
+            .await
+            .unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].reason, qjob::DeadReason::DeliveryLimit);
+        assert_eq!(env.ready(DefaultLimitJob::QUEUE).await, 0);
+    } else {
+        assert_eq!(returned, 25, "no default limit on RabbitMQ 3");
+        assert_eq!(env.ready(DefaultLimitJob::QUEUE).await, 1);
+        assert_eq!(env.ready(&dlq).await, 0);
+    }
+    env.reset::<DefaultLimitJob>().await;
+}
