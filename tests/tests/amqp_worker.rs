@@ -701,3 +701,61 @@ async fn a_quorum_job_past_rabbitmq_4s_default_delivery_limit_is_dead_lettered()
     }
     env.reset::<DefaultLimitJob>().await;
 }
+
+test_job!(
+    held_timeout,
+    "it.quorum.held-consumer-timeout",
+    queue_type = "quorum",
+    retry = 3,
+    backoff = fixed("10s")
+);
+
+/// RabbitMQ 4's per-queue consumer timeout (a `consumer-timeout` policy,
+/// here 3 s) on a job that holds its retries in place: told the timeout,
+/// the worker squeezes the 10 s backoffs into the hold budget, so the job
+/// makes its 4 attempts and reaches its DLQ on one delivery, which the
+/// broker never takes back. RabbitMQ 3.10 has no per-queue timeout: the
+/// policy is refused there.
+#[tokio::test]
+async fn held_retries_keep_within_rabbitmq_4s_per_queue_consumer_timeout() {
+    let env = Env::amqp().await;
+    env.reset::<HeldTimeoutJob>().await;
+    let policy = "qjob-test-held-consumer-timeout";
+    let pattern = format!("^{}$", HeldTimeoutJob::QUEUE.replace('.', "\\."));
+    let set = qjob_tests::rabbitmqctl(&[
+        "set_policy",
+        policy,
+        &pattern,
+        r#"{"consumer-timeout":3000}"#,
+        "--apply-to",
+        "queues",
+    ]);
+    if qjob_tests::rabbitmq_major() < 4 {
+        assert!(!set.status.success(), "3.10 took a consumer-timeout policy");
+        return;
+    }
+    assert!(set.status.success(), "{set:?}");
+    let tag = env.tag::<HeldTimeoutJob>();
+    let probe = probe(&tag);
+    env.client()
+        .enqueue::<HeldTimeoutJob>(Task::new(&tag, 0, Act::Fail))
+        .await
+        .unwrap();
+    let running = env.run(
+        qjob::Worker::builder(env.broker())
+            .register(HeldTimeoutJob)
+            .broker_consumer_timeout(std::time::Duration::from_secs(3))
+            .build(),
+    );
+    let dlq = HeldTimeoutJob::options().dead_letter_queue();
+    env.wait_ready(&dlq, 1).await;
+    running.stop().await.unwrap();
+    qjob_tests::rabbitmqctl_ok(&["clear_policy", policy]);
+    assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 2, 3, 4]);
+    let letter = env.take_all(&dlq).await.remove(0);
+    assert_eq!(
+        letter.headers["qjob-attempts"],
+        qjob::broker::HeaderValue::from(4)
+    );
+    env.reset::<HeldTimeoutJob>().await;
+}
