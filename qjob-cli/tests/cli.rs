@@ -392,7 +392,7 @@ async fn cli_shards(work: Work, _ctx: JobContext) -> Result<(), JobError> {
 async fn topology_check_reports_an_extra_partition_with_its_exit_code() {
     extra_queue_is_reported(
         CliTopologyJob,
-        "qjob.test.cli.topology.p2",
+        QueueSpec::new("qjob.test.cli.topology.p2"),
         "a partition past job cli_topology's partitions",
     )
     .await;
@@ -400,9 +400,10 @@ async fn topology_check_reports_an_extra_partition_with_its_exit_code() {
 
 #[tokio::test]
 async fn topology_check_reports_an_extra_shard_with_its_exit_code() {
+    // Marked as qjob marks the shards it declares (a producer with more).
     extra_queue_is_reported(
         CliShardsJob,
-        "qjob.test.cli.shards.s2",
+        QueueSpec::new("qjob.test.cli.shards.s2").with_shard_of(CliShardsJob::QUEUE),
         "a shard past job cli_shards's shards",
     )
     .await;
@@ -410,7 +411,9 @@ async fn topology_check_reports_an_extra_shard_with_its_exit_code() {
 
 /// `qjob topology check` is clean for `job`'s worker until `extra` exists,
 /// then says `problem` of it and exits 5.
-async fn extra_queue_is_reported<J: Job>(job: J, extra: &str, problem: &str) {
+async fn extra_queue_is_reported<J: Job>(job: J, spec: QueueSpec, problem: &str) {
+    let extra = spec.name.clone();
+    let extra = extra.as_str();
     let broker = broker().await;
     reset::<J>().await;
     let _running = start(&broker, job);
@@ -426,10 +429,7 @@ async fn extra_queue_is_reported<J: Job>(job: J, extra: &str, problem: &str) {
     let output = qjob(&["topology", "check"]).await;
     assert!(ours(&output).is_empty(), "{}", stdout(&output));
 
-    broker
-        .declare_queue(&QueueSpec::new(extra.to_owned()))
-        .await
-        .unwrap();
+    broker.declare_queue(&spec).await.unwrap();
     let output = qjob(&["topology", "check"]).await;
     assert_eq!(code(&output), 5);
     assert_eq!(

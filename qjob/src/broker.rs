@@ -468,6 +468,12 @@ impl Sent {
     pub fn count(&self) -> usize {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// None went out after all: the broker refused the one publish it
+    /// tracks for good (the queue was missing) before it is tried again.
+    pub(crate) fn clear(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
 }
 
 /// Options of one consumer.

@@ -195,14 +195,19 @@ impl Unlock {
 }
 
 /// After a unique job's publish: its lock stays if the job was, or may
-/// have been, stored (a timeout, a lost connection: it expires at the end
-/// of its window if the job never comes); otherwise the guard is returned,
-/// to [`Unlock::release`].
+/// have been, stored (a timeout, a lost connection after the message went
+/// out: it expires at the end of its window if the job never comes);
+/// otherwise, and when the message never went out (a delay queue's
+/// declare that timed out), the guard is returned, to [`Unlock::release`].
 fn unless_stored(guard: Option<Unlock>, outcome: &Result<(), Error>) -> Option<Unlock> {
     let mut guard = guard?;
+    let went_out = guard
+        .sent
+        .as_ref()
+        .is_none_or(|(sent, position)| sent.count() > *position);
     let stored = match outcome {
         Ok(()) => true,
-        Err(error) => maybe_stored(error),
+        Err(error) => maybe_stored(error) && went_out,
     };
     if stored {
         guard.store = None;

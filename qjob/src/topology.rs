@@ -332,7 +332,9 @@ impl Delayed {
             .await
         {
             // Deleted under us (an operator): declare it again, once.
+            // Nothing was stored, whatever happens to this future now.
             Err(Error::Unroutable { .. }) => {
+                sent.clear();
                 leases.restore(broker, &self.spec).await?;
                 broker
                     .publish_tracked(name, self.message.clone(), sent)

@@ -735,15 +735,23 @@ pub async fn a_sharded_job_shows_its_shards_and_the_extra_ones(env: &Env) {
     };
     assert_eq!(ours(admin.check_topology().await.unwrap()), []);
 
-    // Two shards past the worker's, the last one holding a job.
+    // Two shards past the worker's (as a producer with more shards
+    // declares them), the last one holding a job; then a queue of another
+    // application named like the next shard, which is not reported.
     let broker = env.broker();
     for queue in &extra {
         broker
-            .declare_queue(&QueueSpec::new(queue.clone()))
+            .declare_queue(&QueueSpec::new(queue.clone()).with_shard_of(work))
             .await
             .unwrap();
     }
     broker.publish(&extra[1], Message::default()).await.unwrap();
+    let foreign = format!("{work}.s4");
+    env.delete_queues(&[&foreign]).await;
+    broker
+        .declare_queue(&QueueSpec::new(foreign.clone()))
+        .await
+        .unwrap();
     let problems = ours(admin.check_topology().await.unwrap());
     let extra_shards: Vec<(String, u32)> = problems
         .iter()
@@ -759,7 +767,7 @@ pub async fn a_sharded_job_shows_its_shards_and_the_extra_ones(env: &Env) {
         [(extra[0].clone(), 0), (extra[1].clone(), 1)],
         "{problems:?}"
     );
-    env.delete_queues(&[&extra[0], &extra[1]]).await;
+    env.delete_queues(&[&extra[0], &extra[1], &foreign]).await;
 
     worker.stop().await.unwrap();
     wait_workers::<ShardedViewJob>(&admin, "the worker gone", |w| !w[0].alive).await;

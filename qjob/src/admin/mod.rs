@@ -741,9 +741,16 @@ impl Admin {
         for ((job, queue), shards) in most {
             let found = topology::shards_past(&*self.broker, queue, shards, topology::SHARD_GAP);
             for (extra, stats) in found.await? {
+                let consumed = consumed.contains(extra.as_str());
+                // Another application's queue that only looks like a shard
+                // (qjob did not mark it, and no worker consumes it) is not
+                // one of this job's.
+                if !consumed && !self.broker.is_shard_of(&extra, queue).await? {
+                    continue;
+                }
                 problems.push(TopologyProblem::ExtraShard {
                     job: job.to_owned(),
-                    consumed: consumed.contains(extra.as_str()),
+                    consumed,
                     queue: extra,
                     messages: stats.messages,
                 });
