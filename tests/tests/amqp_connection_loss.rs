@@ -108,10 +108,11 @@ async fn the_worker_and_the_client_reconnect_after_the_broker_closes_their_conne
 /// buffered and not started are not started on the closed channel (they
 /// could never be acked); those running finish, and their redeliveries are
 /// settled with the outcome the worker remembers instead of running again.
-/// Only a job whose ack was lost with the connection runs twice: 0 in runs
-/// here on RabbitMQ 3.10 (with 200 ms jobs, 23–24: the acks of the last
-/// ~0.2 s); on 4.0, up to every held delivery (below). Before, every held
-/// delivery ran twice: 40.
+/// A job whose ack was lost with the connection is acked again when it
+/// comes back, without running: 0 ran twice here on RabbitMQ 3.10 and 4.0.
+/// On 4.0, which stops reading a connection it closes before the client
+/// learns of it, 20 to 39 ran twice before the worker remembered the jobs
+/// it settled lately; before anything, every held delivery ran twice: 40.
 #[tokio::test]
 async fn jobs_buffered_on_a_closed_channel_are_not_started() {
     let _serial = SERIAL.lock().await;
@@ -138,24 +139,9 @@ async fn jobs_buffered_on_a_closed_channel_are_not_started() {
     let started = probe.attempts.load(Ordering::SeqCst);
     let repeats = started - jobs;
     println!("{jobs} jobs: {repeats} started again after the connection closed");
-    if qjob_tests::rabbitmq_major() >= 4 {
-        // On RabbitMQ 4 nearly every held delivery runs again (20 to 39
-        // of 40 here, on an idle machine too); our reading, not yet
-        // proven: it stops reading a connection it closes well before the
-        // client learns of the close, so the acks sent meanwhile are lost
-        // and the deliveries buffered meanwhile start on a channel that
-        // still looks open. AMQP acks are not confirmed, so qjob cannot
-        // tell; at-least-once holds: at most what the worker held runs
-        // again. Issue 27 keeps this open.
-        assert!(
-            repeats <= 40,
-            "more than the 40 held deliveries ran again: {repeats}"
-        );
-    } else {
-        // A loaded machine loses more acks with the connection; never all 40.
-        assert!(
-            repeats <= 20 + 10,
-            "only the jobs running at the close run again; {repeats} did"
-        );
-    }
+    // A loaded machine loses more acks with the connection; never all 40.
+    assert!(
+        repeats <= 20 + 10,
+        "only the jobs running at the close run again; {repeats} did"
+    );
 }

@@ -151,14 +151,14 @@ impl Handler {
         let mut ran = false;
         // Attempts held in place, or one that can outlast the consumer
         // timeout, are remembered.
-        let memory = (in_place.is_some() || self.remember_plain)
-            .then(|| held::key(job_id, &delivery.message));
-        let (delivery, mut attempt) = match &memory {
-            Some(key) => match self.resume(delivery, job_id, key, envelope.attempt).await {
-                Resumed::Settled => return,
-                Resumed::Continue(delivery, attempt) => (delivery, attempt),
-            },
-            None => (delivery, envelope.attempt),
+        let key = held::key(job_id, &delivery.message);
+        let memory = (in_place.is_some() || self.remember_plain).then(|| key.clone());
+        let (delivery, mut attempt) = match self
+            .resume(delivery, job_id, &key, envelope.attempt, memory.is_some())
+            .await
+        {
+            Resumed::Settled => return,
+            Resumed::Continue(delivery, attempt) => (delivery, attempt),
         };
         // After `resume`: a redelivered job decided here is settled as
         // decided, and one still running here is waited for.
@@ -316,17 +316,37 @@ impl Handler {
     /// still running, then settles an outcome already decided, or
     /// dead-letters a job whose attempts all ran, or says which attempt
     /// comes next.
+    /// Its attempts are looked up if this job's are remembered
+    /// (`remembered`). Either way, a redelivered job this worker settled
+    /// lately is acked again without running: its ack was lost (RabbitMQ 4
+    /// stops reading a connection it closes before the client learns of
+    /// the close).
     async fn resume(
         &self,
         delivery: Delivery,
         job_id: &JobId,
         key: &JobId,
         attempt: u32,
+        remembered: bool,
     ) -> Resumed {
         if !delivery.redelivered {
             return Resumed::Continue(delivery, attempt);
         }
-        let Some(seen) = self.attempts.settled_view(key).await else {
+        // An attempt still running here is waited for first: it may be
+        // about to settle.
+        let seen = if remembered {
+            self.attempts.settled_view(key).await
+        } else {
+            None
+        };
+        if self.attempts.was_settled(key) {
+            tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, "a redelivered job this worker settled already (its ack was lost); acking it again without running it");
+            if let Err(error) = delivery.acker.ack().await {
+                tracing::debug!(queue = self.routes.queue.name.as_str(), %job_id, %error, "acking a job settled already failed; it comes back");
+            }
+            return Resumed::Settled;
+        }
+        let Some(seen) = seen else {
             return Resumed::Continue(delivery, attempt);
         };
         if let Some(action) = seen.decided {

@@ -85,10 +85,19 @@ const MIN_KEEP: Duration = Duration::from_secs(3600);
 /// The most jobs remembered; past it the oldest are forgotten first.
 const REMEMBERED: usize = 10_000;
 
+/// The most jobs remembered as settled here lately (see
+/// [`Attempts::was_settled`]).
+const SETTLED_REMEMBERED: usize = 4_096;
+
 /// Attempts made in place, per job, until the job is settled.
 #[derive(Debug)]
 pub(crate) struct Attempts {
     seen: Mutex<HashMap<JobId, Seen>>,
+    /// The jobs settled here lately, oldest first, and the same as a set.
+    settled: Mutex<(
+        std::collections::VecDeque<JobId>,
+        std::collections::HashSet<JobId>,
+    )>,
     /// How long an unsettled job is remembered.
     keep: Duration,
     /// Woken whenever an attempt ends.
@@ -129,6 +138,7 @@ impl Attempts {
     pub(crate) fn new(keep: Duration) -> Self {
         Self {
             seen: Mutex::new(HashMap::new()),
+            settled: Mutex::default(),
             keep: keep.max(MIN_KEEP),
             ended: Notify::new(),
         }
@@ -210,9 +220,29 @@ impl Attempts {
         self.ended.notify_waiters();
     }
 
-    /// `job` is settled: nothing to remember.
+    /// `job` is settled: nothing to remember of its attempts; it is kept
+    /// among the last jobs settled here, for a redelivery whose ack was
+    /// lost.
     pub(crate) fn forget(&self, job: &JobId) {
         self.seen().remove(job);
+        let mut settled = self.settled.lock().expect("settled jobs poisoned");
+        let (order, set) = &mut *settled;
+        if set.insert(job.clone()) {
+            order.push_back(job.clone());
+            if order.len() > SETTLED_REMEMBERED
+                && let Some(oldest) = order.pop_front()
+            {
+                set.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether `job` was settled here lately: a redelivery of it means the
+    /// ack went out on a connection the broker had stopped reading (the
+    /// acker could not tell), and its outcome was carried out already.
+    pub(crate) fn was_settled(&self, job: &JobId) -> bool {
+        let settled = self.settled.lock().expect("settled jobs poisoned");
+        settled.1.contains(job)
     }
 }
 
@@ -352,5 +382,26 @@ mod tests {
         }
         let last = JobId::from((3 * REMEMBERED - 1).to_string());
         assert!(attempts.seen().contains_key(&last), "the newest is kept");
+    }
+
+    #[test]
+    fn the_last_jobs_settled_are_remembered_within_a_bound() {
+        let attempts = Attempts::new(Duration::from_secs(60));
+        let id = |n: usize| JobId::from(format!("job-{n}"));
+        assert!(!attempts.was_settled(&id(0)));
+        for n in 0..=SETTLED_REMEMBERED {
+            attempts.forget(&id(n));
+        }
+        assert!(!attempts.was_settled(&id(0)), "the oldest is forgotten");
+        assert!(attempts.was_settled(&id(1)));
+        assert!(attempts.was_settled(&id(SETTLED_REMEMBERED)));
+        attempts.forget(&id(1));
+        let settled = attempts.settled.lock().unwrap();
+        assert_eq!(
+            settled.0.len(),
+            SETTLED_REMEMBERED,
+            "settled twice, kept once"
+        );
+        assert_eq!(settled.1.len(), SETTLED_REMEMBERED);
     }
 }
