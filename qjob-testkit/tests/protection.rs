@@ -268,6 +268,16 @@ async fn held_settlements_stay_out_of_the_window_during_an_alarm() {
     assert_eq!(runs(), 500, "each job once, the failed ones twice");
 }
 
+/// Waits on virtual time, in steps of 100 ms, until `done` holds; fails the
+/// test after `limit`.
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A worker on `broker` for `job`, with `shutdown_timeout`; stopped by
 /// the sender.
 fn spawn_worker<J: qjob::Job + Clone>(
@@ -321,15 +331,26 @@ async fn serial(n: u32, ctx: JobContext) -> Result<(), JobError> {
 async fn a_single_active_job_keeps_one_consumer_through_an_alarm() {
     let broker = qjob_testkit::MemoryBroker::new();
     let client = qjob::Client::new(broker.clone());
+    let queue = <SerialJob as qjob::Job>::QUEUE;
     let _a = spawn_worker(&broker, SerialJob, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for("the active worker", Duration::from_secs(5), || {
+        broker.consumer_count(queue) == 1
+    })
+    .await;
     let _b = spawn_worker(&broker, SerialJob, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for("the standby", Duration::from_secs(5), || {
+        broker.consumer_count(queue) == 2
+    })
+    .await;
     for n in 0..30u32 {
         client.enqueue::<SerialJob>(n).await.unwrap();
     }
     broker.block_publishes("memory");
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Job 0's retry is held by the alarm; the 29 others run.
+    wait_for("every job's first attempt", Duration::from_secs(60), || {
+        SERIAL_ORDER.lock().unwrap().len() == 30 && SERIAL_RUNNING.load(Ordering::SeqCst) == 0
+    })
+    .await;
     let order = SERIAL_ORDER.lock().unwrap().clone();
     assert_eq!(SERIAL_MOST.load(Ordering::SeqCst), 1, "{order:?}");
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
@@ -357,11 +378,14 @@ async fn a_stop_starts_no_job_waiting_at_its_gate() {
     let broker = qjob_testkit::MemoryBroker::new();
     let client = qjob::Client::new(broker.clone());
     let (stop, running) = spawn_worker(&broker, GatedJob, Duration::from_secs(60));
-    tokio::time::sleep(Duration::from_millis(100)).await;
     for n in 0..10u32 {
         client.enqueue::<GatedJob>(n).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The first starts; the rest wait at the rate limit (one per 10 s).
+    wait_for("the first start", Duration::from_secs(5), || {
+        !GATED_STARTS.lock().unwrap().is_empty()
+    })
+    .await;
     let asked = Instant::now();
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
@@ -408,14 +432,21 @@ async fn a_stop_lets_a_retry_held_in_place_finish_its_attempts() {
     let broker = qjob_testkit::MemoryBroker::new();
     let client = qjob::Client::new(broker.clone());
     let (stop_a, a) = spawn_worker(&broker, AlwaysFailingJob, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(100)).await;
     client.enqueue::<AlwaysFailingJob>(1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(
+        "the first attempt, then its backoff",
+        Duration::from_secs(1),
+        || BACKOFF_SEEN.lock().unwrap().len() == 1,
+    )
+    .await;
     stop_a.send(()).unwrap();
     a.await.unwrap().unwrap();
     *BACKOFF_WHO.lock().unwrap() = "b";
     let _b = spawn_worker(&broker, AlwaysFailingJob, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    wait_for("the dead letter", Duration::from_secs(60), || {
+        broker.ready_count("protect.stop-in-backoff.dlq") == 1
+    })
+    .await;
     let seen = BACKOFF_SEEN.lock().unwrap().clone();
     assert_eq!(seen, [("a", 1), ("a", 2), ("a", 3)]);
     assert_eq!(broker.ready_count("protect.stop-in-backoff.dlq"), 1);

@@ -1,14 +1,14 @@
 //! Periodic jobs on virtual time: an hour of ticks in milliseconds, a
 //! leader crash, and each missed-tick policy.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qjob::broker::{
-    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Subscription,
-};
+use common::Faulty;
+use qjob::broker::{Broker, QueueSpec};
 use qjob::schedule::{LEASE_QUEUE_PREFIX, Missed, Schedule};
 use qjob::{JobContext, JobError, Worker, job};
 use qjob_testkit::TestKit;
@@ -221,78 +221,6 @@ async fn a_tick_whose_publish_failed_fires_late_once() {
     let ticks = ticks(ids.iter().cloned());
     assert!(a_minute_apart(&ticks), "{ids:?}");
     assert!(kit.health().unwrap().last_error.is_some());
-}
-
-/// A broker that forwards everything to a [`MemoryBroker`], but for what
-/// a test arms: lease records that go elsewhere (as if another consumer
-/// were active and received them).
-#[derive(Clone)]
-struct Faulty {
-    inner: qjob_testkit::MemoryBroker,
-    leases_elsewhere: Arc<AtomicBool>,
-    /// How long a lease's publish takes, in milliseconds.
-    lease_latency: Arc<AtomicU64>,
-}
-
-impl Faulty {
-    fn new(inner: qjob_testkit::MemoryBroker) -> Self {
-        Self {
-            inner,
-            leases_elsewhere: Arc::default(),
-            lease_latency: Arc::default(),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Broker for Faulty {
-    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), qjob::Error> {
-        self.inner.declare_queue(spec).await
-    }
-
-    async fn publish(&self, queue: &str, message: Message) -> Result<(), qjob::Error> {
-        if queue.starts_with(LEASE_QUEUE_PREFIX) {
-            let latency = self.lease_latency.load(Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(latency)).await;
-            if self.leases_elsewhere.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-        }
-        self.inner.publish(queue, message).await
-    }
-
-    async fn consume(
-        &self,
-        queue: &str,
-        options: ConsumeOptions,
-    ) -> Result<Box<dyn Subscription>, qjob::Error> {
-        self.inner.consume(queue, options).await
-    }
-
-    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, qjob::Error> {
-        self.inner.queue_stats(queue).await
-    }
-
-    async fn get(&self, queue: &str) -> Result<Option<Delivery>, qjob::Error> {
-        self.inner.get(queue).await
-    }
-
-    async fn broadcast(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message: Message,
-    ) -> Result<(), qjob::Error> {
-        self.inner.broadcast(exchange, routing_key, message).await
-    }
-
-    async fn listen(
-        &self,
-        exchange: &str,
-        patterns: &[&str],
-    ) -> Result<Box<dyn Subscription>, qjob::Error> {
-        self.inner.listen(exchange, patterns).await
-    }
 }
 
 /// A worker carrying `schedule` (of [`ReportJob`]) on `broker`, running

@@ -1,11 +1,10 @@
 //! Unique jobs on virtual time: the lock's window passes in milliseconds.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use qjob::broker::{
-    Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Sent, Subscription,
-};
 use qjob::store::MemoryStore;
 use qjob::{Enqueued, Job, JobContext, JobError, job};
 use qjob_testkit::TestKit;
@@ -190,63 +189,6 @@ async fn an_enqueue_all_given_up_keeps_the_keys_of_the_jobs_sent_only() {
     );
 }
 
-/// A broker whose delay-queue declares time out (a slow broker).
-struct SlowDelayDeclare {
-    inner: qjob_testkit::MemoryBroker,
-}
-
-#[async_trait::async_trait]
-impl Broker for SlowDelayDeclare {
-    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), qjob::Error> {
-        if spec.name.contains(".delay.") {
-            return Err(qjob::Error::Timeout {
-                operation: format!("declare queue {:?}", spec.name),
-                after: Duration::from_secs(10),
-            });
-        }
-        self.inner.declare_queue(spec).await
-    }
-    async fn publish(&self, queue: &str, message: Message) -> Result<(), qjob::Error> {
-        self.inner.publish(queue, message).await
-    }
-    async fn publish_tracked(
-        &self,
-        queue: &str,
-        message: Message,
-        sent: &Sent,
-    ) -> Result<(), qjob::Error> {
-        self.inner.publish_tracked(queue, message, sent).await
-    }
-    async fn consume(
-        &self,
-        queue: &str,
-        options: ConsumeOptions,
-    ) -> Result<Box<dyn Subscription>, qjob::Error> {
-        self.inner.consume(queue, options).await
-    }
-    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, qjob::Error> {
-        self.inner.queue_stats(queue).await
-    }
-    async fn get(&self, queue: &str) -> Result<Option<Delivery>, qjob::Error> {
-        self.inner.get(queue).await
-    }
-    async fn broadcast(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message: Message,
-    ) -> Result<(), qjob::Error> {
-        self.inner.broadcast(exchange, routing_key, message).await
-    }
-    async fn listen(
-        &self,
-        exchange: &str,
-        patterns: &[&str],
-    ) -> Result<Box<dyn Subscription>, qjob::Error> {
-        self.inner.listen(exchange, patterns).await
-    }
-}
-
 /// A delayed enqueue whose delay queue could not be declared (a timeout)
 /// sent nothing: its key is free again. A timeout used to count as "may
 /// have been stored" whatever failed, and the key stayed held for its
@@ -254,10 +196,11 @@ impl Broker for SlowDelayDeclare {
 #[tokio::test(start_paused = true)]
 async fn a_delayed_enqueue_that_sent_nothing_frees_its_key() {
     let memory = qjob_testkit::MemoryBroker::new();
-    let client = qjob::Client::new(SlowDelayDeclare {
-        inner: memory.clone(),
-    })
-    .with_store(MemoryStore::new());
+    let broker = common::Faulty {
+        declares_time_out: Some(".delay."),
+        ..common::Faulty::new(memory.clone())
+    };
+    let client = qjob::Client::new(broker).with_store(MemoryStore::new());
     let error = client
         .enqueue_in::<DigestJob>(digest_of("a"), Duration::from_secs(60))
         .await
