@@ -759,3 +759,83 @@ async fn held_retries_keep_within_rabbitmq_4s_per_queue_consumer_timeout() {
     );
     env.reset::<HeldTimeoutJob>().await;
 }
+
+test_job!(rolling_leader, "it.schedule.rolling-leader");
+
+/// A rolling deploy on RabbitMQ: three workers, each on a connection of
+/// its own, carry a 2 s schedule; 1 s after each of 6 ticks the leader
+/// stops gracefully and a new worker starts. Every tick is enqueued once.
+#[tokio::test]
+async fn graceful_stops_of_the_leader_fire_no_tick_twice_on_rabbitmq() {
+    use std::time::Duration;
+
+    use qjob::schedule::{LEASE_QUEUE_PREFIX, Schedule};
+
+    let name = "it-rolling-leader";
+    let lease_queue = format!("{LEASE_QUEUE_PREFIX}{name}");
+    let rabbit = qjob_tests::Rabbit::connect().await;
+    rabbit
+        .delete(&[&lease_queue, RollingLeaderJob::QUEUE])
+        .await;
+    let start = async || {
+        let worker = qjob::Worker::builder(qjob_tests::amqp().await)
+            .schedule::<RollingLeaderJob>(
+                Schedule::cron("*/2 * * * * *").unwrap().named(name),
+                Task::new("rolling-leader", 0, Act::Succeed),
+            )
+            .build();
+        let health = worker.health();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run_until(async {
+            let _ = stopped.await;
+        }));
+        (health, stop, running)
+    };
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(start().await);
+    }
+    let fired = |workers: &[(qjob::Health, _, _)]| {
+        workers
+            .iter()
+            .filter_map(|(health, _, _)| health.report().schedules.get(name)?.last_fired)
+            .max()
+    };
+    let mut last = None;
+    for round in 0..6 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while fired(&workers) <= last {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no tick"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        last = fired(&workers);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = workers
+            .iter()
+            .position(|(health, _, _)| health.report().schedules[name].leader)
+            .unwrap_or_else(|| panic!("round {round}: no leader"));
+        let (_, stop, running) = workers.remove(leader);
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        workers.push(start().await);
+    }
+    for (_, stop, running) in workers {
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+    }
+    let ids: Vec<String> = rabbit
+        .take_all(RollingLeaderJob::QUEUE)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a tick twice: {ids:?}");
+    assert!(ids.len() >= 6, "{ids:?}");
+    rabbit
+        .delete(&[&lease_queue, RollingLeaderJob::QUEUE])
+        .await;
+}
