@@ -1037,8 +1037,7 @@ impl Relay {
         if failures == 0 {
             return self.poll;
         }
-        let backoff = Duration::from_millis(100) * 2u32.saturating_pow(failures.min(10) - 1);
-        backoff.min(MAX_RELAY_BACKOFF)
+        backoff::retry_delay(failures, MAX_RELAY_BACKOFF)
     }
 
     /// A listener on `channel`, on a connection of its own (a listener

@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, Message, QueueStats, Subscription};
 use crate::dead_letters::{self, Visit};
+use crate::policy::backoff;
 use crate::{DeadLetter, Error, ScheduleHealth, headers, topology};
 
 /// How long a console waits for the workers' replies to a command by
@@ -1178,8 +1179,7 @@ async fn listen(
         mark_lost(&seen, Some(lost));
         listener = loop {
             failures = failures.saturating_add(1);
-            let delay = Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6));
-            tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+            tokio::time::sleep(backoff::retry_delay(failures, Duration::from_secs(5))).await;
             let patterns = [patterns[0].as_str(), patterns[1].as_str()];
             match broker.listen(STATUS_EXCHANGE, &patterns).await {
                 Ok(listener) => break listener,

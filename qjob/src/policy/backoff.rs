@@ -71,6 +71,15 @@ fn from_nanos(nanos: u128) -> Duration {
     }
 }
 
+/// The wait before trying again something that failed `failures` times in
+/// a row (a reconnect, a re-publish, a relay round; 0 counts as 1): 100 ms,
+/// doubling, at most 6.4 s and at most `max`. Not a job's backoff, which
+/// its options set ([`BackoffPolicy`]).
+pub(crate) fn retry_delay(failures: u32, max: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    (Duration::from_millis(100) * 2u32.pow(doublings)).min(max)
+}
+
 /// Rounds up to the delay precision.
 pub(crate) fn round_up(delay: Duration) -> Duration {
     let quantum = if delay >= COARSE_FROM {

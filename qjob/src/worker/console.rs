@@ -11,6 +11,7 @@ use crate::admin::wire::{
     JobStatus, Reply, STATUS_EXCHANGE, WorkerState, WorkerStatus,
 };
 use crate::broker::{Broker, Delivery, Subscription};
+use crate::policy::backoff;
 use crate::worker::control::{Cancellations, MAX_CONSOLE_CONCURRENCY, Slots};
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
@@ -189,8 +190,7 @@ impl Console {
             } else {
                 failures = failures.saturating_add(1);
             }
-            let delay = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
-                .min(MAX_RELISTEN_DELAY);
+            let delay = backoff::retry_delay(failures, MAX_RELISTEN_DELAY);
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, QueueSpec, Subscription};
+use crate::policy::backoff;
 use crate::policy::lanes::Lanes;
 use crate::worker::handler::{Halt, Handler, Retries};
 use crate::worker::health::Health;
@@ -499,8 +500,7 @@ impl Consumer {
     ) -> Option<Box<dyn Subscription>> {
         loop {
             *failures = failures.saturating_add(1);
-            let delay = (Duration::from_millis(100) * 2u32.saturating_pow(*failures - 1).min(64))
-                .min(MAX_RESUBSCRIBE_DELAY);
+            let delay = backoff::retry_delay(*failures, MAX_RESUBSCRIBE_DELAY);
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return None,

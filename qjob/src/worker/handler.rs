@@ -691,8 +691,7 @@ impl Handler {
                 return true;
             };
             failures = failures.saturating_add(1);
-            let wait = (Duration::from_millis(100) * 2u32.saturating_pow(failures - 1).min(64))
-                .min(Duration::from_secs(5));
+            let wait = backoff::retry_delay(failures, Duration::from_secs(5));
             self.health.error(&error);
             if started.elapsed() + wait >= budget {
                 tracing::warn!(queue, %job_id, batch, %error, "could not count a batch member within the hold budget; it goes back to the queue");

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use crate::policy::backoff;
 use crate::schedule::{self, LEASE_QUEUE_PREFIX, Missed, Schedule};
 use crate::worker::health::{Health, ScheduleHealth};
 use crate::{Error, Job, JobOptions, QueueType, headers, topology, trace};
@@ -260,8 +261,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 fn retry_delay(failures: u32) -> Duration {
-    (Duration::from_millis(100) * 2u32.saturating_pow(failures.saturating_sub(1)).min(64))
-        .min(MAX_RETRY_DELAY)
+    backoff::retry_delay(failures, MAX_RETRY_DELAY)
 }
 
 /// The lease a leader holds unacked.

@@ -208,8 +208,7 @@ impl<'a> Outgoing<'a> {
 /// The wait before publishing a settlement again after `failures` failed
 /// tries: 100 ms, doubling, at most 5 s.
 pub(crate) fn settle_backoff(failures: u32) -> Duration {
-    (Duration::from_millis(100) * 2u32.saturating_pow(failures.saturating_sub(1)).min(64))
-        .min(Duration::from_secs(5))
+    backoff::retry_delay(failures, Duration::from_secs(5))
 }
 
 /// Carries out `action` for `delivery`: for a retry or a dead letter the new
