@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::Error;
+use crate::topology::names;
 
 /// How long to wait before a retry. Only its description lives here; the
 /// delays themselves are computed by the backoff policy.
@@ -405,7 +406,7 @@ impl JobOptions {
 
     /// The name of the dead-letter queue: the work queue's name plus `.dlq`.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.queue)
+        names::dead_letter_queue(&self.queue)
     }
 
     /// Unacked deliveries per consumer.
@@ -489,10 +490,7 @@ impl JobOptions {
     /// assert_eq!(qjob::JobOptions::new("mail").consumed_queues(), ["mail"]);
     /// ```
     pub fn consumed_queues(&self) -> Vec<String> {
-        crate::topology::consumed_queues(self)
-            .into_iter()
-            .map(|spec| spec.name)
-            .collect()
+        names::consumed_queues(&self.queue, self.partitions, self.shards)
     }
 
     /// The prefix of this queue's environment variables: `QJOB_` plus the

@@ -12,7 +12,7 @@ use crate::job::JobId;
 /// The prefix of the queue of a schedule's lease (`qjob.schedule.<name>`):
 /// a single-active-consumer queue whose active consumer is the schedule's
 /// leader.
-pub const LEASE_QUEUE_PREFIX: &str = "qjob.schedule.";
+pub const LEASE_QUEUE_PREFIX: &str = crate::topology::names::LEASE_QUEUE_PREFIX;
 
 /// The longest schedule name: it goes into a queue name.
 const MAX_NAME_LEN: usize = 200;

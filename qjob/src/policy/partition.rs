@@ -27,11 +27,6 @@ pub(crate) fn partition_for(key: &str, partitions: u16) -> u16 {
     (fnv1a64(key.as_bytes()) % u64::from(partitions)) as u16
 }
 
-/// The name of partition queue `index` of `queue`: `<queue>.p<index>`.
-pub(crate) fn partition_queue(queue: &str, index: u16) -> String {
-    format!("{queue}.p{index}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,10 +54,5 @@ mod tests {
             counts[usize::from(partition_for(&format!("key-{n}"), 30))] += 1;
         }
         assert!(counts.iter().all(|c| (700..1300).contains(c)), "{counts:?}");
-    }
-
-    #[test]
-    fn partition_queues_are_named_predictably() {
-        assert_eq!(partition_queue("webhooks", 7), "webhooks.p7");
     }
 }

@@ -30,7 +30,8 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
 use crate::policy::backoff;
-use crate::schedule::{self, LEASE_QUEUE_PREFIX, Missed, Schedule};
+use crate::schedule::{self, Missed, Schedule};
+use crate::topology::names;
 use crate::worker::health::{Health, ScheduleHealth};
 use crate::{Error, Job, JobOptions, QueueType, headers, topology, trace};
 
@@ -86,7 +87,7 @@ impl Planned {
     }
 
     fn lease_queue(&self) -> String {
-        format!("{LEASE_QUEUE_PREFIX}{}", self.name)
+        names::lease_queue(&self.name)
     }
 
     pub(crate) fn health(&self) -> ScheduleHealth {
