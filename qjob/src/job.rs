@@ -8,10 +8,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use std::sync::Arc;
 
-use crate::headers::Envelope;
-use crate::worker::Cancellations;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::{JobError, JobOptions};
 
 /// A job type: a payload, a queue, options and a handler.
@@ -153,10 +153,9 @@ pub struct JobContext {
     max_attempts: u32,
     redelivered: bool,
     enqueued_at: SystemTime,
-    /// The worker's cancelled ids (`None` outside a worker).
-    cancellations: Option<Arc<Cancellations>>,
-    /// When this delivery was replayed from the dead-letter queue.
-    replayed_at: Option<SystemTime>,
+    /// Cancelled when an operator cancels this job (`None` outside a
+    /// worker).
+    cancel: Option<CancellationToken>,
 }
 
 impl JobContext {
@@ -169,29 +168,29 @@ impl JobContext {
             max_attempts: 1,
             redelivered: false,
             enqueued_at: SystemTime::now(),
-            cancellations: None,
-            replayed_at: None,
+            cancel: None,
         }
     }
 
-    /// The context of attempt `attempt` of the job `envelope` describes.
-    pub(crate) fn delivered(
+    /// The context of an attempt in a worker: attempt `attempt` of
+    /// `max_attempts` of the job `job_id` enqueued at `enqueued_at`,
+    /// consumed from `queue`, told of a cancel through `cancel`.
+    pub(crate) fn of_attempt(
         queue: &str,
-        envelope: &Envelope,
-        attempt: u32,
-        max_attempts: u32,
+        job_id: JobId,
+        enqueued_at: SystemTime,
+        (attempt, max_attempts): (u32, u32),
         redelivered: bool,
-        cancellations: Arc<Cancellations>,
+        cancel: CancellationToken,
     ) -> Self {
         Self {
-            job_id: envelope.job_id.clone(),
+            job_id,
             queue: queue.to_owned(),
             attempt,
             max_attempts: max_attempts.max(attempt),
             redelivered,
-            enqueued_at: envelope.enqueued_at,
-            cancellations: Some(cancellations),
-            replayed_at: envelope.replayed_at,
+            enqueued_at,
+            cancel: Some(cancel),
         }
     }
 
@@ -281,20 +280,16 @@ impl JobContext {
     /// #     .block_on(export(JobContext::new("exports"))).unwrap();
     /// ```
     pub async fn cancelled(&self) {
-        match &self.cancellations {
-            Some(cancellations) => {
-                cancellations
-                    .cancelled(&self.job_id, self.replayed_at)
-                    .await
-            }
+        match &self.cancel {
+            Some(cancel) => cancel.cancelled().await,
             None => std::future::pending().await,
         }
     }
 
     /// Whether an operator cancelled this job (see [`JobContext::cancelled`]).
     pub fn is_cancelled(&self) -> bool {
-        self.cancellations
+        self.cancel
             .as_ref()
-            .is_some_and(|cancellations| cancellations.contains(&self.job_id, self.replayed_at))
+            .is_some_and(CancellationToken::is_cancelled)
     }
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio::time::Instant;
 
 use crate::JobId;
@@ -115,15 +116,14 @@ pub(crate) const CANCELLED_IDS_AT_MOST: usize = 100_000;
 
 /// The job ids an operator cancelled, remembered for a bounded time and
 /// number: a job not yet delivered is dead-lettered when it arrives, a
-/// running one is told through its [`crate::JobContext`].
+/// running one is told through its attempt's token ([`Cancellations::watch`],
+/// which its [`crate::JobContext`] carries).
 #[derive(Debug)]
 pub(crate) struct Cancellations {
     ids: Mutex<Remembered>,
     /// Whether any id is remembered: the per-delivery check takes no lock
     /// while none is.
     any: AtomicBool,
-    /// Bumped at each cancel, for handlers waiting on `ctx.cancelled()`.
-    changed: watch::Sender<()>,
     memory: Duration,
 }
 
@@ -133,6 +133,44 @@ struct Remembered {
     /// and by the wall clock (a replay after it is not cancelled).
     since: HashMap<JobId, (Instant, SystemTime)>,
     order: VecDeque<(JobId, Instant)>,
+    /// The tokens of the attempts and waits in progress, by job id, with
+    /// when their delivery was replayed and a number to find them by.
+    watched: HashMap<JobId, Vec<(u64, Option<SystemTime>, CancellationToken)>>,
+    next_watch: u64,
+}
+
+/// The token of one attempt (or wait) of a job, cancelled when an operator
+/// cancels the job; unregistered when dropped.
+#[derive(Debug)]
+pub(crate) struct Watch<'a> {
+    cancellations: &'a Cancellations,
+    job_id: JobId,
+    number: u64,
+    token: CancellationToken,
+}
+
+impl Watch<'_> {
+    /// The token, for the attempt's [`crate::JobContext`].
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Resolves once the job is cancelled.
+    pub(crate) async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut ids = self.cancellations.ids();
+        if let Some(watches) = ids.watched.get_mut(&self.job_id) {
+            watches.retain(|(number, _, _)| *number != self.number);
+            if watches.is_empty() {
+                ids.watched.remove(&self.job_id);
+            }
+        }
+    }
 }
 
 impl Cancellations {
@@ -140,7 +178,6 @@ impl Cancellations {
         Self {
             ids: Mutex::default(),
             any: AtomicBool::new(false),
-            changed: watch::Sender::new(()),
             memory,
         }
     }
@@ -153,20 +190,46 @@ impl Cancellations {
     /// any. Cancelling it again changes nothing.
     pub(crate) fn cancel(&self, job_id: JobId) {
         let now = Instant::now();
-        {
-            let mut ids = self.ids();
-            self.expire(&mut ids, now);
-            if !ids.since.contains_key(&job_id) {
-                ids.since.insert(job_id.clone(), (now, SystemTime::now()));
-                ids.order.push_back((job_id, now));
-            }
-            while ids.order.len() > CANCELLED_IDS_AT_MOST {
-                let (oldest, _) = ids.order.pop_front().expect("over the bound");
-                ids.since.remove(&oldest);
-            }
-            self.any.store(true, Ordering::Release);
+        let mut ids = self.ids();
+        self.expire(&mut ids, now);
+        if !ids.since.contains_key(&job_id) {
+            ids.since.insert(job_id.clone(), (now, SystemTime::now()));
+            ids.order.push_back((job_id.clone(), now));
         }
-        self.changed.send_replace(());
+        while ids.order.len() > CANCELLED_IDS_AT_MOST {
+            let (oldest, _) = ids.order.pop_front().expect("over the bound");
+            ids.since.remove(&oldest);
+        }
+        self.any.store(true, Ordering::Release);
+        let since = ids.since.get(&job_id).map(|(_, at)| *at);
+        for (_, replayed_at, token) in ids.watched.get(&job_id).into_iter().flatten() {
+            if since.is_some_and(|at| replayed_at.is_none_or(|replayed| replayed < at)) {
+                token.cancel();
+            }
+        }
+    }
+
+    /// A token for an attempt (or a wait) of `job_id`, as delivered with
+    /// `replayed_at`: cancelled already if the job is, and when it is.
+    pub(crate) fn watch(&self, job_id: &JobId, replayed_at: Option<SystemTime>) -> Watch<'_> {
+        let token = CancellationToken::new();
+        if self.contains(job_id, replayed_at) {
+            token.cancel();
+        }
+        let mut ids = self.ids();
+        let number = ids.next_watch;
+        ids.next_watch += 1;
+        ids.watched.entry(job_id.clone()).or_default().push((
+            number,
+            replayed_at,
+            token.clone(),
+        ));
+        Watch {
+            cancellations: self,
+            job_id: job_id.clone(),
+            number,
+            token,
+        }
     }
 
     /// Whether `job_id` was cancelled (and is still remembered), unless
@@ -181,16 +244,6 @@ impl Cancellations {
         ids.since
             .get(job_id)
             .is_some_and(|(_, at)| replayed_at.is_none_or(|replayed| replayed < *at))
-    }
-
-    /// Resolves once `job_id` is cancelled (see [`Cancellations::contains`]).
-    pub(crate) async fn cancelled(&self, job_id: &JobId, replayed_at: Option<SystemTime>) {
-        let mut changed = self.changed.subscribe();
-        while !self.contains(job_id, replayed_at) {
-            if changed.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
     }
 
     fn expire(&self, ids: &mut Remembered, now: Instant) {
@@ -293,15 +346,24 @@ mod tests {
     async fn a_waiting_handler_is_told() {
         let cancellations = Arc::new(Cancellations::new(Duration::from_secs(60)));
         let id = JobId::from("job-2");
-        let waiting = tokio::spawn({
-            let (cancellations, id) = (cancellations.clone(), id.clone());
-            async move { cancellations.cancelled(&id, None).await }
-        });
+        let watch = cancellations.watch(&id, None);
+        let token = watch.token();
+        let waiting = tokio::spawn(async move { token.cancelled().await });
         tokio::task::yield_now().await;
         cancellations.cancel(JobId::from("another"));
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        cancellations.cancel(id);
+        cancellations.cancel(id.clone());
         waiting.await.unwrap();
+        drop(watch);
+        assert!(cancellations.ids().watched.is_empty(), "unregistered");
+        assert!(
+            cancellations.watch(&id, None).token().is_cancelled(),
+            "a later attempt of a cancelled job starts cancelled"
+        );
+        let replayed = SystemTime::now() + Duration::from_secs(1);
+        let replay = cancellations.watch(&id, Some(replayed));
+        cancellations.cancel(id);
+        assert!(!replay.token().is_cancelled(), "a replay after the cancel");
     }
 }

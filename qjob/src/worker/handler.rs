@@ -233,9 +233,10 @@ impl Handler {
                     self.report(&delivery, attempt, job_id, &outcome);
                     drop(span);
                     let asked = halt.clone().asked(ran);
+                    let cancel = self.cancellations.watch(job_id, envelope.replayed_at);
                     let cancelled = tokio::select! {
                         _ = tokio::time::sleep(wait) => false,
-                        _ = self.cancellations.cancelled(job_id, envelope.replayed_at) => true,
+                        _ = cancel.cancelled() => true,
                         () = asked => {
                             self.halted(job_id, attempt + 1);
                             return;
@@ -545,13 +546,14 @@ impl Handler {
         envelope: &Envelope,
         attempt: u32,
     ) -> Outcome {
-        let ctx = JobContext::delivered(
+        let cancel = self.cancellations.watch(&envelope.job_id, envelope.replayed_at);
+        let ctx = JobContext::of_attempt(
             &self.routes.queue.name,
-            envelope,
-            attempt,
-            self.max_attempts,
+            envelope.job_id.clone(),
+            envelope.enqueued_at,
+            (attempt, self.max_attempts),
             delivery.redelivered,
-            self.cancellations.clone(),
+            cancel.token(),
         );
         self.job
             .clone()
