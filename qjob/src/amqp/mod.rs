@@ -672,9 +672,11 @@ impl Broker for AmqpBroker {
         .await
     }
 
-    /// RabbitMQ's default (30 minutes); tell the worker another value with
+    /// RabbitMQ's default `consumer_timeout`, 30 minutes: a delivery
+    /// unacked for longer makes the broker close the channel and redeliver.
+    /// Tell the worker another value with
     /// `WorkerBuilder::broker_consumer_timeout`.
     fn consumer_timeout(&self) -> Option<std::time::Duration> {
-        Some(crate::worker::DEFAULT_BROKER_CONSUMER_TIMEOUT)
+        Some(std::time::Duration::from_secs(30 * 60))
     }
 }

@@ -6,9 +6,6 @@ use crate::policy::backoff::BackoffPolicy;
 use crate::worker::held;
 use crate::{JobOptions, topology};
 
-/// RabbitMQ's default `consumer_timeout`: a delivery unacked for longer
-/// makes the broker close the channel and redeliver.
-pub(crate) const DEFAULT_BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A warning when a delivery of this job can stay unacked longer than the
 /// broker's consumer timeout. The broker counts from delivery: a message
@@ -120,7 +117,8 @@ const LONGEST_JITTER: f64 = 0.999_999;
 mod tests {
     use super::*;
 
-    const LIMIT: Duration = DEFAULT_BROKER_CONSUMER_TIMEOUT;
+    /// RabbitMQ's default consumer timeout.
+    const LIMIT: Duration = Duration::from_secs(30 * 60);
 
     #[test]
     fn a_prefetch_below_the_slots_warns() {

@@ -16,7 +16,6 @@ mod scaler;
 mod scheduler;
 mod settle;
 
-pub(crate) use checks::DEFAULT_BROKER_CONSUMER_TIMEOUT;
 pub(crate) use console::DEFAULT_HEARTBEAT_INTERVAL;
 pub(crate) use control::{Cancellations, DEFAULT_CANCEL_MEMORY};
 pub use health::{BreakerHealth, Health, HealthReport, ScheduleHealth};
