@@ -8,8 +8,6 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-
-
 use tokio_util::sync::CancellationToken;
 
 use crate::{JobError, JobOptions};

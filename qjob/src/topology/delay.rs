@@ -268,7 +268,6 @@ mod tests {
         assert!(leases.due("q.delay.1000ms"), "forgotten after it vanished");
     }
 
-
     #[test]
     fn delay_queues_are_known_by_their_name() {
         for queue_type in [QueueType::Classic, QueueType::Quorum] {

@@ -108,16 +108,29 @@ mod tests {
         assert_eq!(work_queue_of("mail"), "mail");
         assert_eq!(partition_queue("webhooks", 7), "webhooks.p7");
         assert_eq!(consumed_queues("mail", None, 1), ["mail"]);
-        assert_eq!(consumed_queues("mail", None, 3), ["mail", "mail.s1", "mail.s2"]);
+        assert_eq!(
+            consumed_queues("mail", None, 3),
+            ["mail", "mail.s1", "mail.s2"]
+        );
         assert_eq!(consumed_queues("h", Some(2), 1), ["h.p0", "h.p1"]);
         let classic = delay_queue("q", Duration::from_millis(1500), None);
         assert_eq!(classic, "q.delay.1500ms");
-        assert_eq!(delay_of("q", &classic, None), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            delay_of("q", &classic, None),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(delay_of("q", &classic, Some("quorum")), None);
         let quorum = delay_queue("q", Duration::from_millis(1500), Some("quorum"));
         assert_eq!(quorum, "q.delay.1500ms.quorum");
-        assert_eq!(delay_of("q", &quorum, Some("quorum")), Some(Duration::from_millis(1500)));
-        assert_eq!(delay_of("q", "q.delay.01500ms", None), None, "one name per delay");
+        assert_eq!(
+            delay_of("q", &quorum, Some("quorum")),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            delay_of("q", "q.delay.01500ms", None),
+            None,
+            "one name per delay"
+        );
         assert_eq!(lease_queue("nightly"), "qjob.schedule.nightly");
     }
 }

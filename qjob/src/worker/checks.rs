@@ -6,7 +6,6 @@ use crate::policy::backoff::BackoffPolicy;
 use crate::worker::held;
 use crate::{JobOptions, topology};
 
-
 /// A warning when a delivery of this job can stay unacked longer than the
 /// broker's consumer timeout. The broker counts from delivery: a message
 /// prefetched while every handler slot is busy waits for up to

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::wire::{
     self, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue, FORMAT,
@@ -141,18 +142,18 @@ impl Console {
     /// then stopping once `stopping` (while in-flight handlers finish).
     pub(crate) async fn heartbeats(
         self: Arc<Self>,
-        stopping: watch::Receiver<bool>,
-        mut end: watch::Receiver<bool>,
+        stopping: CancellationToken,
+        end: CancellationToken,
     ) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = end.wait_for(|end| *end) => return,
+                _ = end.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let state = if *stopping.borrow() {
+            let state = if stopping.is_cancelled() {
                 WorkerState::Stopping
             } else {
                 WorkerState::Running
@@ -179,12 +180,12 @@ impl Console {
     pub(crate) async fn commands(
         self: Arc<Self>,
         mut listener: Option<Box<dyn Subscription>>,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         let mut failures = 0u32;
         loop {
             if let Some(listener) = listener.take() {
-                if self.obey_until_lost(listener, &mut stop).await {
+                if self.obey_until_lost(listener, &stop).await {
                     return;
                 }
             } else {
@@ -193,12 +194,12 @@ impl Console {
             let delay = backoff::retry_delay(failures, MAX_RELISTEN_DELAY);
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
             listener = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = stop.cancelled() => return,
                 listener = self.listen() => listener,
             };
             if listener.is_some() {
@@ -212,12 +213,12 @@ impl Console {
     async fn obey_until_lost(
         &self,
         mut listener: Box<dyn Subscription>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) -> bool {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => None,
+                _ = stop.cancelled() => None,
                 next = listener.next() => Some(next),
             };
             let Some(next) = next else {

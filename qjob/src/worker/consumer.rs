@@ -11,11 +11,13 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, QueueSpec, Subscription};
 use crate::policy::backoff;
 use crate::policy::lanes::Lanes;
-use crate::worker::handler::{Halt, Handler, Retries};
+use crate::worker::halt::{Halt, Retries};
+use crate::worker::handler::Handler;
 use crate::worker::health::Health;
 use crate::worker::runnable::Decoded;
 use crate::{Error, JobOptions, topology};
@@ -119,11 +121,7 @@ impl Consumer {
     /// Consumes until `stop` turns true, then cancels the consumer, lets
     /// in-flight handlers finish within the shutdown timeout and closes the
     /// subscription, so that the broker redelivers whatever was not settled.
-    pub(crate) async fn run(
-        self,
-        subscription: Box<dyn Subscription>,
-        stop: watch::Receiver<bool>,
-    ) {
+    pub(crate) async fn run(self, subscription: Box<dyn Subscription>, stop: CancellationToken) {
         if self.options.partitions().is_some() {
             self.run_lanes(subscription, stop).await
         } else {
@@ -131,11 +129,7 @@ impl Consumer {
         }
     }
 
-    async fn run_slots(
-        self,
-        mut subscription: Box<dyn Subscription>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn run_slots(self, mut subscription: Box<dyn Subscription>, stop: CancellationToken) {
         let mut handlers = JoinSet::new();
         let mut failures = 0u32;
         let mut prefetch = self.prefetch.clone();
@@ -154,7 +148,7 @@ impl Consumer {
             let event = self
                 .next_event(
                     &mut subscription,
-                    &mut stop,
+                    &stop,
                     &mut prefetch,
                     &mut paused,
                     &mut held,
@@ -163,7 +157,7 @@ impl Consumer {
             let (replaced, prefetch_now) = match event {
                 SlotEvent::Stop => break,
                 SlotEvent::Pause => (
-                    self.pause(subscription, &mut handlers, &mut stop, &mut paused)
+                    self.pause(subscription, &mut handlers, &stop, &mut paused)
                         .await,
                     base,
                 ),
@@ -181,14 +175,8 @@ impl Consumer {
                         *held.borrow()
                     };
                     let target = widened(base, held_now);
-                    self.set_prefetch(
-                        subscription,
-                        target,
-                        &mut handlers,
-                        &mut stop,
-                        &mut failures,
-                    )
-                    .await
+                    self.set_prefetch(subscription, target, &mut handlers, &stop, &mut failures)
+                        .await
                 }
                 SlotEvent::Held(_) if self.single_active() => continue,
                 SlotEvent::Held(count) => {
@@ -205,17 +193,11 @@ impl Consumer {
                             "settlements held by a resource alarm: the consumer's window is widened"
                         );
                     }
-                    self.set_prefetch(
-                        subscription,
-                        target,
-                        &mut handlers,
-                        &mut stop,
-                        &mut failures,
-                    )
-                    .await
+                    self.set_prefetch(subscription, target, &mut handlers, &stop, &mut failures)
+                        .await
                 }
                 SlotEvent::Ended(ended) => (
-                    self.replace(subscription, ended, &mut handlers, &mut stop, &mut failures)
+                    self.replace(subscription, ended, &mut handlers, &stop, &mut failures)
                         .await,
                     base,
                 ),
@@ -235,7 +217,7 @@ impl Consumer {
     async fn next_event(
         &self,
         subscription: &mut Box<dyn Subscription>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
         prefetch: &mut Option<watch::Receiver<u16>>,
         paused: &mut watch::Receiver<bool>,
         held: &mut watch::Receiver<usize>,
@@ -245,7 +227,7 @@ impl Consumer {
         } else {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return SlotEvent::Stop,
+                _ = stop.cancelled() => return SlotEvent::Stop,
                 _ = paused.wait_for(|paused| *paused) => return SlotEvent::Pause,
                 target = changed(prefetch) => return SlotEvent::Prefetch(target),
                 Ok(()) = held.changed() => return SlotEvent::Held(*held.borrow_and_update()),
@@ -256,7 +238,7 @@ impl Consumer {
         };
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => SlotEvent::Stop,
+            _ = stop.cancelled() => SlotEvent::Stop,
             _ = paused.wait_for(|paused| *paused) => SlotEvent::Pause,
             target = changed(prefetch) => SlotEvent::Prefetch(target),
             Ok(()) = held.changed() => SlotEvent::Held(*held.borrow_and_update()),
@@ -299,11 +281,7 @@ impl Consumer {
         while handlers.try_join_next().is_some() {}
     }
 
-    async fn run_lanes(
-        self,
-        mut subscription: Box<dyn Subscription>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn run_lanes(self, mut subscription: Box<dyn Subscription>, stop: CancellationToken) {
         let mut handlers = JoinSet::new();
         let mut lanes: Lanes<String, Admitted> = Lanes::default();
         let (done, mut finished) = mpsc::unbounded_channel::<String>();
@@ -312,7 +290,7 @@ impl Consumer {
         loop {
             let event = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => break,
+                _ = stop.cancelled() => break,
                 _ = paused.wait_for(|paused| *paused) => LaneEvent::Pause,
                 Some(key) = finished.recv() => LaneEvent::Finished(key),
                 next = subscription.next() => LaneEvent::Next(next),
@@ -324,7 +302,7 @@ impl Consumer {
                     // running keys finish first.
                     drop(lanes.take_queued());
                     let resumed = self
-                        .pause(subscription, &mut handlers, &mut stop, &mut paused)
+                        .pause(subscription, &mut handlers, &stop, &mut paused)
                         .await;
                     // Every handler ended: the lanes start afresh, and the
                     // releases they sent are stale.
@@ -370,7 +348,7 @@ impl Consumer {
                     // still running keep their lanes until they finish.
                     drop(lanes.take_queued());
                     match self
-                        .replace(subscription, ended, &mut handlers, &mut stop, &mut failures)
+                        .replace(subscription, ended, &mut handlers, &stop, &mut failures)
                         .await
                     {
                         Some(next) => subscription = next,
@@ -394,7 +372,7 @@ impl Consumer {
         key: Option<String>,
         admitted: Admitted,
         done: &mpsc::UnboundedSender<String>,
-        stop: &watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) {
         let (handler, slots) = (self.handler.clone(), self.slots.clone());
         let halt = Halt::new(stop.clone(), self.paused.clone());
@@ -420,7 +398,7 @@ impl Consumer {
         mut subscription: Box<dyn Subscription>,
         target: u16,
         handlers: &mut JoinSet<()>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
         failures: &mut u32,
     ) -> (Option<Box<dyn Subscription>>, u16) {
         match subscription.set_prefetch(target).await {
@@ -450,7 +428,7 @@ impl Consumer {
         subscription: Box<dyn Subscription>,
         ended: Option<Result<Delivery, Error>>,
         handlers: &mut JoinSet<()>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
         let cancelled = ended.is_none();
@@ -495,7 +473,7 @@ impl Consumer {
     /// worker stops meanwhile.
     async fn resubscribe(
         &self,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
         failures: &mut u32,
     ) -> Option<Box<dyn Subscription>> {
         loop {
@@ -503,7 +481,7 @@ impl Consumer {
             let delay = backoff::retry_delay(*failures, MAX_RESUBSCRIBE_DELAY);
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return None,
+                _ = stop.cancelled() => return None,
                 _ = tokio::time::sleep(delay) => {}
             }
             if self.inherited && matches!(self.broker.queue_stats(self.queue()).await, Ok(None)) {
@@ -514,7 +492,7 @@ impl Consumer {
                     "the shard past the job's shards is gone"
                 );
                 self.health.forget_consumer(self.queue());
-                let _ = stop.wait_for(|stop| *stop).await;
+                stop.cancelled().await;
                 return None;
             }
             match self.subscribe().await {
@@ -540,7 +518,7 @@ impl Consumer {
         &self,
         mut subscription: Box<dyn Subscription>,
         handlers: &mut JoinSet<()>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
         paused: &mut watch::Receiver<bool>,
     ) -> Option<Box<dyn Subscription>> {
         tracing::info!(
@@ -559,7 +537,7 @@ impl Consumer {
         }
         let finished = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => false,
+            _ = stop.cancelled() => false,
             _ = async { while handlers.join_next().await.is_some() {} } => true,
         };
         if !finished {
@@ -576,7 +554,7 @@ impl Consumer {
         self.report_left_to_broker();
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => return None,
+            _ = stop.cancelled() => return None,
             _ = paused.wait_for(|paused| !*paused) => {}
         }
         self.health.paused(self.queue(), false);

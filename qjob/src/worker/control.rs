@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::JobId;
 
@@ -219,11 +219,10 @@ impl Cancellations {
         let mut ids = self.ids();
         let number = ids.next_watch;
         ids.next_watch += 1;
-        ids.watched.entry(job_id.clone()).or_default().push((
-            number,
-            replayed_at,
-            token.clone(),
-        ));
+        ids.watched
+            .entry(job_id.clone())
+            .or_default()
+            .push((number, replayed_at, token.clone()));
         Watch {
             cancellations: self,
             job_id: job_id.clone(),

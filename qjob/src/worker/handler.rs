@@ -5,25 +5,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
-use crate::batch;
-use crate::broker::{Broker, Delivery, Message};
+use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
-use crate::store::{BatchUpdate, Store};
+use crate::store::Store;
+pub(crate) use crate::worker::bookkeeping::{Inbox, UniqueLock};
 use crate::worker::control::Cancellations;
+use crate::worker::decide::{self, Action, Attempt};
 use crate::worker::gate::Gate;
+use crate::worker::halt::{Halt, Retries};
 use crate::worker::health::Health;
 use crate::worker::held::{self, Attempts, Hold, Running, Seen};
 use crate::worker::metrics::JobMetrics;
-use crate::worker::observer::{AttemptEvent, AttemptOutcome, Observer};
+use crate::worker::observer::{AttemptOutcome, Observer};
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::worker::settle::{self, Action, Attempt, Routes, Unsettled};
-use crate::{DeadReason, Error, JobContext, JobId, UniqueUntil, headers, topology, trace};
+use crate::worker::settle::Routes;
+use crate::{DeadReason, JobContext, JobId, UniqueUntil, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
 pub(crate) struct Handler {
@@ -65,34 +67,6 @@ pub(crate) struct Handler {
     /// How many settlements wait for a publish that failed (a resource
     /// alarm): the consumer widens its window by them.
     pub(crate) held: watch::Sender<usize>,
-}
-
-/// Counts one settlement as held while it lives (however its future ends).
-struct HeldSettlement<'a>(&'a watch::Sender<usize>);
-
-impl<'a> HeldSettlement<'a> {
-    fn new(held: &'a watch::Sender<usize>) -> Self {
-        held.send_modify(|count| *count += 1);
-        Self(held)
-    }
-}
-
-impl Drop for HeldSettlement<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|count| *count = count.saturating_sub(1));
-    }
-}
-
-/// Where a job's inbox is kept, and for how long an id is remembered.
-pub(crate) struct Inbox {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) window: Duration,
-}
-
-/// Where a unique job's lock is, and when the worker frees it.
-pub(crate) struct UniqueLock {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) until: UniqueUntil,
 }
 
 impl Handler {
@@ -207,7 +181,7 @@ impl Handler {
                     )
                     .await?;
                 let outcome = self.unless_cancelled(outcome, &envelope);
-                let action = self.decide(outcome, attempt, job_id);
+                let action = self.action_for(outcome, attempt, job_id);
                 if let Some(running) = running {
                     running.ended(&action);
                 }
@@ -270,32 +244,16 @@ impl Handler {
             .await
     }
 
-    /// Settles a delivery whose fate is known without running the handler
-    /// (malformed, cancelled).
-    async fn without_running(
-        &self,
-        delivery: Delivery,
-        job_id: &JobId,
-        attempt: u32,
-        outcome: Outcome,
-    ) {
-        let span = self.span(&delivery, job_id, attempt);
-        let action = span.in_scope(|| self.decide(outcome, attempt, job_id));
-        self.settle(delivery, attempt, job_id, action, None)
-            .instrument(span)
-            .await
-    }
-
     /// Whether an operator cancelled this job (this delivery of it: not
     /// one replayed after the cancel).
-    fn is_cancelled(&self, envelope: &Envelope) -> bool {
+    pub(super) fn is_cancelled(&self, envelope: &Envelope) -> bool {
         self.cancellations
             .contains(&envelope.job_id, envelope.replayed_at)
     }
 
     /// An attempt that did not succeed of a job an operator cancelled
     /// meanwhile is dead-lettered as cancelled, not retried.
-    fn unless_cancelled(&self, outcome: Outcome, envelope: &Envelope) -> Outcome {
+    pub(super) fn unless_cancelled(&self, outcome: Outcome, envelope: &Envelope) -> Outcome {
         if matches!(outcome, Outcome::Succeeded) || !self.is_cancelled(envelope) {
             return outcome;
         }
@@ -400,7 +358,7 @@ impl Handler {
     /// True (and counted) when `delivery` came on a channel that has closed
     /// since: it can never be settled and the broker delivers it again, so
     /// running it would only run it twice.
-    fn abandon_if_closed(&self, delivery: &Delivery) -> bool {
+    pub(super) fn abandon_if_closed(&self, delivery: &Delivery) -> bool {
         if delivery.acker.is_open() {
             return false;
         }
@@ -411,14 +369,14 @@ impl Handler {
     /// A delivery whose next attempt (`attempt`) does not start: the job
     /// pauses or the worker stops (see [`Halt`]). It is left unsettled; the broker
     /// has it back, in its place, when the subscription closes.
-    fn halted(&self, job_id: &JobId, attempt: u32) {
+    pub(super) fn halted(&self, job_id: &JobId, attempt: u32) {
         tracing::debug!(queue = self.routes.queue.name.as_str(), %job_id, attempt, "pausing or stopping: a held job's attempt does not start; it goes back to the queue");
     }
 
     /// Counts a delivery of a closed channel, not started or not settled:
     /// the broker delivers it again. The first of a run is logged; the
     /// consumer logs the count when it resubscribes or stops.
-    fn left_to_broker(&self) {
+    pub(super) fn left_to_broker(&self) {
         if self.abandoned.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 queue = self.routes.queue.name.as_str(),
@@ -435,7 +393,7 @@ impl Handler {
     /// The span of one attempt, a child of the trace that enqueued the job
     /// (see [`crate::trace`]). Its `outcome` is recorded once the attempt is
     /// settled.
-    fn span(&self, delivery: &Delivery, job_id: &JobId, attempt: u32) -> Span {
+    pub(super) fn span(&self, delivery: &Delivery, job_id: &JobId, attempt: u32) -> Span {
         let span = tracing::info_span!(
             "qjob.attempt",
             otel.kind = "consumer",
@@ -452,28 +410,8 @@ impl Handler {
         span
     }
 
-    fn deferred(&self, delivery: &Delivery) -> bool {
+    pub(super) fn deferred(&self, delivery: &Delivery) -> bool {
         topology::remaining_wait(&delivery.message).is_some()
-    }
-
-    /// Sends a job that is not due yet back into a delay queue.
-    async fn defer(&self, delivery: Delivery) {
-        let delay = topology::remaining_wait(&delivery.message).unwrap_or_default();
-        let defer = Action::Defer { delay };
-        // Held from its first failed publish until it settles.
-        let held = std::sync::OnceLock::new();
-        let failed = |error: &Error, wait| {
-            held.get_or_init(|| HeldSettlement::new(&self.held));
-            self.settlement_failed(error, wait);
-        };
-        let deferred = settle::apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
-        match deferred.await {
-            Ok(()) => {}
-            Err(Unsettled::ChannelClosed) => self.left_to_broker(),
-            Err(Unsettled::Failed(error)) => {
-                tracing::warn!(queue = self.routes.queue.name.as_str(), %error, "could not defer a job that is not due; the broker will redeliver it");
-            }
-        }
     }
 
     /// Runs the handler once, through the gate; returns how it ended and
@@ -546,7 +484,9 @@ impl Handler {
         envelope: &Envelope,
         attempt: u32,
     ) -> Outcome {
-        let cancel = self.cancellations.watch(&envelope.job_id, envelope.replayed_at);
+        let cancel = self
+            .cancellations
+            .watch(&envelope.job_id, envelope.replayed_at);
         let ctx = JobContext::of_attempt(
             &self.routes.queue.name,
             envelope.job_id.clone(),
@@ -561,8 +501,9 @@ impl Handler {
             .await
     }
 
-    fn decide(&self, outcome: Outcome, attempt: u32, job_id: &JobId) -> Action {
-        let action = settle::decide(
+    /// What becomes of this attempt ([`decide::decide`]), logged.
+    pub(super) fn action_for(&self, outcome: Outcome, attempt: u32, job_id: &JobId) -> Action {
+        let action = decide::decide(
             outcome,
             &Attempt {
                 number: attempt,
@@ -593,313 +534,6 @@ impl Handler {
             ),
         }
         action
-    }
-
-    /// The store and name of this delivery's unique lock (its
-    /// `qjob-unique-key` header, as the producer took it), if the job frees
-    /// it at one of `at`.
-    fn unique_lock(
-        &self,
-        message: &Message,
-        at: &[UniqueUntil],
-    ) -> Option<(Arc<dyn Store>, String)> {
-        let unique = self
-            .unique
-            .as_ref()
-            .filter(|unique| at.contains(&unique.until))?;
-        let key = message.headers.get(headers::UNIQUE_KEY)?.as_str()?;
-        Some((unique.store.clone(), key.to_owned()))
-    }
-
-    /// The inbox's key of job `job_id`.
-    fn inbox_key(&self, job_id: &JobId) -> String {
-        format!("inbox:{}:{job_id}", self.job.options().queue())
-    }
-
-    /// Whether the inbox says job `job_id` succeeded already. A store that
-    /// cannot be reached cannot say: the job runs (at least once), and the
-    /// warning says a duplicate may run.
-    async fn already_done(&self, job_id: &JobId) -> bool {
-        let Some(inbox) = &self.inbox else {
-            return false;
-        };
-        match inbox.store.holder(&self.inbox_key(job_id)).await {
-            Ok(done) => done.is_some(),
-            Err(error) => {
-                tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "the inbox cannot be read: running the job, which may be a duplicate");
-                false
-            }
-        }
-    }
-
-    /// Records in the inbox that job `job_id` succeeded (before its ack:
-    /// a redelivery after a crash in between is then known as done).
-    async fn mark_done(&self, job_id: &JobId) {
-        let Some(inbox) = &self.inbox else {
-            return;
-        };
-        let key = self.inbox_key(job_id);
-        if let Err(error) = inbox
-            .store
-            .acquire(&key, job_id.as_str(), inbox.window)
-            .await
-        {
-            tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not record the job as done in the inbox: a duplicate delivery of it would run");
-        }
-    }
-
-    /// Counts member `job_id` as finished in `batch`, and enqueues the
-    /// batch's callback if this completed it; tried again while the store
-    /// or the broker fails, as long as the delivery's channel is open.
-    /// `false` if the channel closed first (the broker redelivers the
-    /// member, which is counted then).
-    async fn count_in_batch(
-        &self,
-        delivery: &Delivery,
-        batch: &str,
-        job_id: &JobId,
-        succeeded: bool,
-    ) -> bool {
-        let queue = self.routes.queue.name.as_str();
-        let Some(store) = &self.batches else {
-            tracing::error!(queue, %job_id, batch, "a batch member, but the worker has no store (WorkerBuilder::store): the batch will not complete");
-            self.health
-                .error(format!("batch {batch}: the worker has no store"));
-            return true;
-        };
-        // Held while trying, within the hold budget (the broker's consumer
-        // timeout would take back every delivery of the channel).
-        let started = Instant::now();
-        let budget = self.hold_budget.unwrap_or(Duration::from_secs(600));
-        let mut failures: u32 = 0;
-        loop {
-            if !delivery.acker.is_open() {
-                self.left_to_broker();
-                return false;
-            }
-            let member = job_id.as_str();
-            let update = BatchUpdate::Finish { member, succeeded };
-            let counted = match store.batch_update(batch, update, member).await {
-                Ok(Some(counts)) => batch::fire(&*self.broker, &**store, batch, counts, member)
-                    .await
-                    .map(drop),
-                Ok(None) => {
-                    tracing::warn!(queue, %job_id, batch, "the batch is gone from the store (expired?): the member is not counted");
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            };
-            let Err(error) = counted else {
-                return true;
-            };
-            failures = failures.saturating_add(1);
-            let wait = backoff::retry_delay(failures, Duration::from_secs(5));
-            self.health.error(&error);
-            if started.elapsed() + wait >= budget {
-                tracing::warn!(queue, %job_id, batch, %error, "could not count a batch member within the hold budget; it goes back to the queue");
-                let _ = delivery.acker.reject(true).await;
-                return false;
-            }
-            tracing::warn!(queue, %job_id, batch, %error, retry_in = ?wait, "could not count a batch member; holding it and trying again");
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// Frees a lock; a failure is logged: the lock then expires at the end
-    /// of its window.
-    async fn release(&self, store: &dyn Store, key: &str, job_id: &JobId) {
-        if let Err(error) = store.release(key, job_id.as_str()).await {
-            tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not free the unique job's lock; it expires at the end of its window");
-        }
-    }
-
-    /// Settles the delivery on the broker, then tells the observers.
-    async fn settle(
-        &self,
-        delivery: Delivery,
-        attempt: u32,
-        job_id: &JobId,
-        action: Action,
-        took: Option<Duration>,
-    ) {
-        let outcome = action.outcome();
-        let memory_key = held::key(job_id, &delivery.message);
-        // A job done (succeeded or dead) frees its lock once settled.
-        let finished = !matches!(action, Action::Retry { .. } | Action::Defer { .. });
-        // (A job that never started, cancelled or malformed, frees a lock
-        // meant to go at its start too.)
-        let until = [UniqueUntil::Started, UniqueUntil::Finished];
-        let lock = finished
-            .then(|| self.unique_lock(&delivery.message, &until))
-            .flatten();
-        if matches!(action, Action::Ack) {
-            self.mark_done(job_id).await;
-        }
-        // A batch member is counted before it is settled: a crash in
-        // between redelivers it, and it is not counted twice.
-        if finished
-            && let Some(batch) = delivery
-                .message
-                .headers
-                .get(headers::BATCH)
-                .and_then(|b| b.as_str())
-            && !self
-                .count_in_batch(&delivery, batch, job_id, matches!(action, Action::Ack))
-                .await
-        {
-            return;
-        }
-        let report = (!self.observers.is_empty())
-            .then(|| (delivery.message.body.clone(), delivery.redelivered));
-        // Held from its first failed publish until it settles.
-        let held = std::sync::OnceLock::new();
-        let failed = |error: &Error, wait| {
-            held.get_or_init(|| HeldSettlement::new(&self.held));
-            self.settlement_failed(error, wait);
-        };
-        let settled = settle::apply(
-            &*self.broker,
-            &self.routes,
-            attempt,
-            action,
-            delivery,
-            failed,
-        )
-        .await;
-        let span = Span::current();
-        if settled.is_ok() {
-            self.attempts.forget(&memory_key);
-            if let Some((store, key)) = lock {
-                self.release(&*store, &key, job_id).await;
-            }
-        }
-        if let Err(unsettled) = settled {
-            span.record("outcome", "unsettled");
-            span.record("otel.status_code", "error");
-            match unsettled {
-                Unsettled::ChannelClosed => self.left_to_broker(),
-                Unsettled::Failed(error) => {
-                    tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not settle the delivery; the broker will redeliver it");
-                    self.health.error(&error);
-                }
-            }
-            return;
-        }
-        span.record("outcome", outcome.label());
-        if outcome != AttemptOutcome::Succeeded {
-            span.record("otel.status_code", "error");
-        }
-        self.health.acked();
-        self.metrics.attempt(&outcome, took);
-        if let Some((payload, redelivered)) = report {
-            self.notify(&payload, redelivered, attempt, job_id, &outcome);
-        }
-    }
-
-    /// A settlement's publish failed; it is tried again after `wait`.
-    fn settlement_failed(&self, error: &Error, wait: Duration) {
-        tracing::warn!(queue = self.routes.queue.name.as_str(), %error, retry_in = ?wait, "could not publish a settlement; holding the delivery and trying again");
-        self.health.error(error);
-        self.metrics.settlement_failed();
-    }
-
-    fn report(&self, delivery: &Delivery, attempt: u32, job_id: &JobId, outcome: &AttemptOutcome) {
-        if !self.observers.is_empty() {
-            self.notify(
-                &delivery.message.body,
-                delivery.redelivered,
-                attempt,
-                job_id,
-                outcome,
-            );
-        }
-    }
-
-    fn notify(
-        &self,
-        payload: &[u8],
-        redelivered: bool,
-        attempt: u32,
-        job_id: &JobId,
-        outcome: &AttemptOutcome,
-    ) {
-        let event = AttemptEvent {
-            job: self.job.name(),
-            queue: &self.routes.queue.name,
-            job_id,
-            attempt,
-            redelivered,
-            payload,
-            outcome,
-        };
-        for observer in self.observers.iter() {
-            // An observer is user code: its panic must not skip what follows
-            // (a held delivery's settlement, a lane's release).
-            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                observer.attempt_settled(&event)
-            }));
-            if told.is_err() {
-                tracing::error!(queue = self.routes.queue.name.as_str(), %job_id, "an observer panicked; ignored");
-            }
-        }
-    }
-}
-
-/// How a delivery's retries happen (see [`Handler::handle`]).
-pub(crate) enum Retries<'a> {
-    /// Through the broker: one attempt here, in this handler slot (it
-    /// does not start once a pause or stop is asked, e.g. while it waits
-    /// at the gate).
-    ThroughBroker(OwnedSemaphorePermit, Halt),
-    /// In the worker, holding the delivery, received at `received`; each
-    /// attempt takes a slot of `slots`.
-    InPlace {
-        received: Instant,
-        slots: &'a Semaphore,
-        /// Asked once the job pauses or the worker stops: the first
-        /// attempt, not started by then, never starts; nor does a retry
-        /// once the job pauses.
-        halt: Halt,
-    },
-}
-
-/// Whether the consumer holding a delivery pauses or stops: an attempt
-/// that has not started does not start, and the delivery is left
-/// unsettled, to go back to the queue (in its place) when the
-/// subscription closes.
-///
-/// A stop halts a delivery whose first attempt has not started (`ran` is
-/// false); one retrying in place goes on within the shutdown timeout, as
-/// its attempts so far live in this worker's memory and would start over
-/// on another. A pause halts both: this worker keeps the attempts, and
-/// continues from them when the job comes back to it.
-#[derive(Clone)]
-pub(crate) struct Halt {
-    stop: watch::Receiver<bool>,
-    paused: watch::Receiver<bool>,
-}
-
-impl Halt {
-    pub(crate) fn new(stop: watch::Receiver<bool>, paused: watch::Receiver<bool>) -> Self {
-        Self { stop, paused }
-    }
-
-    fn is_asked(&self, ran: bool) -> bool {
-        *self.paused.borrow() || (!ran && *self.stop.borrow())
-    }
-
-    /// Resolves once a pause (or, before any attempt `ran`, a stop) is
-    /// asked; never if none can be any more.
-    async fn asked(mut self, ran: bool) {
-        async fn on(flag: &mut watch::Receiver<bool>) {
-            if flag.wait_for(|on| *on).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        tokio::select! {
-            () = on(&mut self.stop), if !ran => {}
-            () = on(&mut self.paused) => {}
-        }
     }
 }
 

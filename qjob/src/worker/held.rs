@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::JobId;
 use crate::broker::{HeaderValue, Message};
 use crate::headers;
-use crate::worker::settle::Action;
+use crate::worker::decide::Action;
 
 /// The hold budget: the part of the broker's consumer timeout a delivery
 /// may be held, leaving a tenth of it for the settlement and the broker's

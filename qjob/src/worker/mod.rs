@@ -1,10 +1,13 @@
 //! [`Worker`]: consumes the registered jobs' queues and runs their handlers.
 
+mod bookkeeping;
 mod checks;
 mod console;
 mod consumer;
 mod control;
+mod decide;
 mod gate;
+mod halt;
 mod handler;
 mod health;
 mod held;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::wire::WorkerState;
 use crate::broker::{Broker, QueueSpec, Subscription};
@@ -348,10 +352,10 @@ impl Worker {
             console_jobs.push(plan.console);
         }
         let subscriptions = self.subscribe(&consumers).await?;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let mut running = tokio::task::JoinSet::new();
         for (consumer, subscription) in consumers.into_iter().zip(subscriptions) {
-            running.spawn(consumer.run(subscription, stop_rx.clone()));
+            running.spawn(consumer.run(subscription, stop.clone()));
         }
         for job in scaled {
             running.spawn(scaler::run(
@@ -359,7 +363,7 @@ impl Worker {
                 job,
                 self.autoscale_interval,
                 self.health.clone(),
-                stop_rx.clone(),
+                stop.clone(),
             ));
         }
         for planned in schedules {
@@ -369,27 +373,24 @@ impl Worker {
                 planned,
                 self.health.clone(),
                 self.broker_consumer_timeout,
-                stop_rx.clone(),
+                stop.clone(),
             ));
         }
         #[cfg(feature = "postgres")]
         for relay in relays {
-            let mut stop = stop_rx.clone();
-            running.spawn(relay.relay_until(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            }));
+            running.spawn(relay.relay_until(stop.clone().cancelled_owned()));
         }
         running.spawn(sampler::run(
             self.broker.clone(),
             sampled,
             self.sample_interval,
-            stop_rx.clone(),
+            stop.clone(),
         ));
         self.health.running(true);
         // The console's tasks outlive the consumers: a stopping worker
         // still reports (as stopping) and takes cancels while its
         // in-flight handlers finish.
-        let (end_console, console_end) = watch::channel(false);
+        let end_console = CancellationToken::new();
         let mut console_tasks = tokio::task::JoinSet::new();
         let console = if self.console {
             let console = Arc::new(Console {
@@ -404,15 +405,19 @@ impl Worker {
             // Listening before the first heartbeat: a console that sees
             // the worker can command it.
             let listener = console.listen().await;
-            console_tasks.spawn(console.clone().commands(listener, console_end.clone()));
-            console_tasks.spawn(console.clone().heartbeats(stop_rx.clone(), console_end));
+            console_tasks.spawn(console.clone().commands(listener, end_console.clone()));
+            console_tasks.spawn(
+                console
+                    .clone()
+                    .heartbeats(stop.clone(), end_console.clone()),
+            );
             Some(console)
         } else {
             None
         };
         shutdown.await;
         tracing::info!("shutting down: no new deliveries, waiting for in-flight handlers");
-        let _ = stop_tx.send(true);
+        stop.cancel();
         if let Some(console) = &console {
             console.heartbeat(WorkerState::Stopping).await;
         }
@@ -424,7 +429,7 @@ impl Worker {
             }
         }
         self.health.running(false);
-        let _ = end_console.send(true);
+        end_console.cancel();
         while console_tasks.join_next().await.is_some() {}
         if let Some(console) = &console {
             console.heartbeat(WorkerState::Stopped).await;

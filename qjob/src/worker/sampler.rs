@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::gauge;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 
@@ -20,14 +20,14 @@ pub(crate) async fn run(
     broker: Arc<dyn Broker>,
     jobs: Vec<Sampled>,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
         for job in &jobs {

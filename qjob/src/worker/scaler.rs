@@ -9,6 +9,7 @@ use std::time::Duration;
 use metrics::{counter, gauge};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::policy::autoscale::{AutoscaleSettings, Autoscaler, Sample, prefetch_for};
@@ -58,7 +59,7 @@ pub(crate) async fn run(
     job: Scaled,
     interval: Duration,
     health: Health,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut autoscaler = Autoscaler::new(job.settings);
     let mut current = job.settings.min;
@@ -68,7 +69,7 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
         let (completed, busy) = job.work.take();

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
 use crate::policy::backoff;
@@ -205,7 +205,7 @@ pub(crate) async fn run(
     planned: Planned,
     health: Health,
     consumer_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let clock = Clock;
     let renew_every = match consumer_timeout {
@@ -227,7 +227,7 @@ pub(crate) async fn run(
             unreturned: VecDeque::new(),
             settling: None,
         };
-        let outcome = leader.run(&mut stop).await;
+        let outcome = leader.run(&stop).await;
         health.schedule(&planned.name, |s| {
             s.leader = false;
             s.next = None;
@@ -238,7 +238,7 @@ pub(crate) async fn run(
                 tracing::error!(schedule = %planned.name, "schedule stopped on this worker: {why}");
                 health.error(format!("schedule {}: {why}", planned.name));
                 health.schedule(&planned.name, |s| s.problem = Some(why));
-                stopped(&mut stop).await;
+                stop.cancelled().await;
                 return;
             }
             Err(error) => {
@@ -248,17 +248,12 @@ pub(crate) async fn run(
                 health.error(&error);
                 tokio::select! {
                     biased;
-                    () = stopped(&mut stop) => return,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
-}
-
-/// Resolves once the worker stops.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 fn retry_delay(failures: u32) -> Duration {
@@ -310,7 +305,7 @@ impl Leader<'_> {
     /// Leads or stands by until `stop` (`Ok(None)`), until the schedule
     /// cannot be led safely (`Ok(Some)`), or until the subscription fails
     /// (`Err`: the caller subscribes again).
-    async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Option<Refused>, Error> {
+    async fn run(&mut self, stop: &CancellationToken) -> Result<Option<Refused>, Error> {
         let queue = self.planned.lease_queue();
         if let Some(refused) = declare_lease_queue(self.broker, &queue).await? {
             return Ok(Some(refused));
@@ -341,7 +336,7 @@ impl Leader<'_> {
         &mut self,
         subscription: &mut dyn Subscription,
         queue: &str,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) -> Result<(), Error> {
         let mut next: Option<SystemTime> = None;
         loop {
@@ -356,7 +351,7 @@ impl Leader<'_> {
             let returning = self.unreturned.front().map(|(_, by)| *by);
             tokio::select! {
                 biased;
-                () = stopped(stop) => return Ok(()),
+                () = stop.cancelled() => return Ok(()),
                 delivery = subscription.next() => {
                     let delivery = delivery.ok_or_else(|| Error::broker(
                         format!("consume queue {queue:?}"),

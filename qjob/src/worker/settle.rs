@@ -1,143 +1,22 @@
-//! What to do with a delivery once its attempt ended: a pure decision,
-//! then the broker operations that carry it out in an at-least-once order
-//! (publish and confirm first, ack last).
+//! Settling a delivery: carrying out the decided [`Action`] on the broker
+//! in an at-least-once order (publish and confirm first, ack last), tried
+//! again while the broker refuses (a resource alarm), and what the
+//! handler records once it is settled.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::broker::{Broker, Delivery, HeaderValue, Message, QueueSpec};
-use crate::error::FailureKind;
-use crate::policy::backoff::{self, BackoffPolicy};
+use tokio::sync::watch;
+
+use tracing::{Instrument, Span};
+
+use crate::broker::{Broker, Delivery, Message, QueueSpec};
+use crate::policy::backoff;
+use crate::worker::decide::{Action, dead_letter_message, retry_message};
+use crate::worker::handler::Handler;
+use crate::worker::held;
 use crate::worker::observer::AttemptOutcome;
 use crate::worker::runnable::Outcome;
-use crate::{DeadReason, Error, headers, topology};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Action {
-    Ack,
-    /// Not due yet (`qjob-delay-left`): wait again, no attempt counted.
-    Defer {
-        delay: Duration,
-    },
-    Retry {
-        error: String,
-        delay: Duration,
-    },
-    DeadLetter {
-        reason: DeadReason,
-        error: String,
-    },
-}
-
-impl Action {
-    /// The outcome as observers see it.
-    pub(crate) fn outcome(&self) -> AttemptOutcome {
-        match self {
-            Action::Ack | Action::Defer { .. } => AttemptOutcome::Succeeded,
-            Action::Retry { error, delay } => AttemptOutcome::Retrying {
-                error: error.clone(),
-                delay: *delay,
-            },
-            Action::DeadLetter { reason, error } => AttemptOutcome::DeadLettered {
-                reason: reason.clone(),
-                error: error.clone(),
-            },
-        }
-    }
-}
-
-/// What the decision needs to know about the attempt beyond its outcome.
-pub(crate) struct Attempt<'a> {
-    pub(crate) number: u32,
-    pub(crate) max_attempts: u32,
-    pub(crate) backoff: &'a BackoffPolicy,
-    /// In `[0, 1)`, for the backoff's jitter.
-    pub(crate) jitter: f64,
-}
-
-/// Decides the fate of an attempt.
-pub(crate) fn decide(outcome: Outcome, attempt: &Attempt<'_>) -> Action {
-    let mut after = None;
-    let (error, retryable) = match outcome {
-        Outcome::Succeeded => return Action::Ack,
-        Outcome::Malformed(reason) => {
-            return Action::DeadLetter {
-                reason: DeadReason::Malformed,
-                error: reason,
-            };
-        }
-        Outcome::Cancelled(error) => {
-            return Action::DeadLetter {
-                reason: DeadReason::Cancelled,
-                error,
-            };
-        }
-        Outcome::Failed(error) => {
-            if let FailureKind::RetryAfter(delay) = error.kind() {
-                after = Some(delay);
-            }
-            (error.chain(), error.kind() != FailureKind::Permanent)
-        }
-        Outcome::Panicked(message) => (message, true),
-        Outcome::TimedOut(limit) => (format!("handler timed out after {limit:?}"), true),
-    };
-    if !retryable {
-        Action::DeadLetter {
-            reason: DeadReason::Permanent,
-            error,
-        }
-    } else if attempt.number < attempt.max_attempts {
-        let delay = match after {
-            Some(delay) => backoff::round_up(delay),
-            None => attempt.backoff.delay(attempt.number, attempt.jitter),
-        };
-        Action::Retry { error, delay }
-    } else {
-        Action::DeadLetter {
-            reason: DeadReason::RetriesExhausted,
-            error,
-        }
-    }
-}
-
-/// The message of the next attempt: the same id, body and headers, attempt
-/// + 1, and the time of the first failure.
-pub(crate) fn retry_message(mut message: Message, attempt: u32) -> Message {
-    message.headers.insert(
-        headers::ATTEMPT.into(),
-        HeaderValue::Int(i64::from(attempt) + 1),
-    );
-    record_first_failure(&mut message);
-    message
-}
-
-fn record_first_failure(message: &mut Message) {
-    message
-        .headers
-        .entry(headers::FIRST_FAILED_AT.into())
-        .or_insert_with(|| HeaderValue::Int(headers::millis(SystemTime::now())));
-}
-
-/// The dead letter: the original message plus what happened to it.
-pub(crate) fn dead_letter_message(
-    mut message: Message,
-    queue: &str,
-    attempt: u32,
-    reason: &DeadReason,
-    error: &str,
-) -> Message {
-    let headers = &mut message.headers;
-    headers.insert(headers::ERROR.into(), error.into());
-    headers.insert(headers::REASON.into(), reason.as_str().into());
-    headers.insert(headers::ATTEMPTS.into(), HeaderValue::Int(attempt.into()));
-    headers.insert(
-        headers::FAILED_AT.into(),
-        HeaderValue::Int(headers::millis(SystemTime::now())),
-    );
-    headers.insert(headers::QUEUE.into(), queue.into());
-    headers.insert(headers::HOST.into(), headers::host().into());
-    record_first_failure(&mut message);
-    message
-}
+use crate::{Error, JobId, UniqueUntil, headers, topology};
 
 /// Where a job type's messages go, as declared: a settlement whose target
 /// vanished (a queue deleted under the worker) declares it again.
@@ -267,96 +146,153 @@ pub(crate) enum Unsettled {
     Failed(Error),
 }
 
+/// Counts one settlement as held while it lives (however its future ends).
+struct HeldSettlement<'a>(&'a watch::Sender<usize>);
+
+impl<'a> HeldSettlement<'a> {
+    fn new(held: &'a watch::Sender<usize>) -> Self {
+        held.send_modify(|count| *count += 1);
+        Self(held)
+    }
+}
+
+impl Drop for HeldSettlement<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.saturating_sub(1));
+    }
+}
+
+impl Handler {
+    /// Sends a job that is not due yet back into a delay queue.
+    pub(super) async fn defer(&self, delivery: Delivery) {
+        let delay = topology::remaining_wait(&delivery.message).unwrap_or_default();
+        let defer = Action::Defer { delay };
+        // Held from its first failed publish until it settles.
+        let held = std::sync::OnceLock::new();
+        let failed = |error: &Error, wait| {
+            held.get_or_init(|| HeldSettlement::new(&self.held));
+            self.settlement_failed(error, wait);
+        };
+        let deferred = apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
+        match deferred.await {
+            Ok(()) => {}
+            Err(Unsettled::ChannelClosed) => self.left_to_broker(),
+            Err(Unsettled::Failed(error)) => {
+                tracing::warn!(queue = self.routes.queue.name.as_str(), %error, "could not defer a job that is not due; the broker will redeliver it");
+            }
+        }
+    }
+
+    /// Settles a delivery whose fate is known without running the handler
+    /// (malformed, cancelled).
+    pub(super) async fn without_running(
+        &self,
+        delivery: Delivery,
+        job_id: &JobId,
+        attempt: u32,
+        outcome: Outcome,
+    ) {
+        let span = self.span(&delivery, job_id, attempt);
+        let action = span.in_scope(|| self.action_for(outcome, attempt, job_id));
+        self.settle(delivery, attempt, job_id, action, None)
+            .instrument(span)
+            .await
+    }
+
+    /// Settles the delivery on the broker, then tells the observers.
+    pub(super) async fn settle(
+        &self,
+        delivery: Delivery,
+        attempt: u32,
+        job_id: &JobId,
+        action: Action,
+        took: Option<Duration>,
+    ) {
+        let outcome = action.outcome();
+        let memory_key = held::key(job_id, &delivery.message);
+        // A job done (succeeded or dead) frees its lock once settled.
+        let finished = !matches!(action, Action::Retry { .. } | Action::Defer { .. });
+        // (A job that never started, cancelled or malformed, frees a lock
+        // meant to go at its start too.)
+        let until = [UniqueUntil::Started, UniqueUntil::Finished];
+        let lock = finished
+            .then(|| self.unique_lock(&delivery.message, &until))
+            .flatten();
+        if matches!(action, Action::Ack) {
+            self.mark_done(job_id).await;
+        }
+        // A batch member is counted before it is settled: a crash in
+        // between redelivers it, and it is not counted twice.
+        if finished
+            && let Some(batch) = delivery
+                .message
+                .headers
+                .get(headers::BATCH)
+                .and_then(|b| b.as_str())
+            && !self
+                .count_in_batch(&delivery, batch, job_id, matches!(action, Action::Ack))
+                .await
+        {
+            return;
+        }
+        let report = (!self.observers.is_empty())
+            .then(|| (delivery.message.body.clone(), delivery.redelivered));
+        // Held from its first failed publish until it settles.
+        let held = std::sync::OnceLock::new();
+        let failed = |error: &Error, wait| {
+            held.get_or_init(|| HeldSettlement::new(&self.held));
+            self.settlement_failed(error, wait);
+        };
+        let settled = apply(
+            &*self.broker,
+            &self.routes,
+            attempt,
+            action,
+            delivery,
+            failed,
+        )
+        .await;
+        let span = Span::current();
+        if settled.is_ok() {
+            self.attempts.forget(&memory_key);
+            if let Some((store, key)) = lock {
+                self.release(&*store, &key, job_id).await;
+            }
+        }
+        if let Err(unsettled) = settled {
+            span.record("outcome", "unsettled");
+            span.record("otel.status_code", "error");
+            match unsettled {
+                Unsettled::ChannelClosed => self.left_to_broker(),
+                Unsettled::Failed(error) => {
+                    tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, %error, "could not settle the delivery; the broker will redeliver it");
+                    self.health.error(&error);
+                }
+            }
+            return;
+        }
+        span.record("outcome", outcome.label());
+        if outcome != AttemptOutcome::Succeeded {
+            span.record("otel.status_code", "error");
+        }
+        self.health.acked();
+        self.metrics.attempt(&outcome, took);
+        if let Some((payload, redelivered)) = report {
+            self.notify(&payload, redelivered, attempt, job_id, &outcome);
+        }
+    }
+
+    /// A settlement's publish failed; it is tried again after `wait`.
+    pub(super) fn settlement_failed(&self, error: &Error, wait: Duration) {
+        tracing::warn!(queue = self.routes.queue.name.as_str(), %error, retry_in = ?wait, "could not publish a settlement; holding the delivery and trying again");
+        self.health.error(error);
+        self.metrics.settlement_failed();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::JobError;
-
-    const FIXED: BackoffPolicy = BackoffPolicy::new(crate::Backoff::Fixed(Duration::from_secs(2)));
-
-    fn decide(outcome: Outcome, number: u32, max_attempts: u32) -> Action {
-        super::decide(
-            outcome,
-            &Attempt {
-                number,
-                max_attempts,
-                backoff: &FIXED,
-                jitter: 0.5,
-            },
-        )
-    }
-
-    #[test]
-    fn success_acks() {
-        assert_eq!(decide(Outcome::Succeeded, 1, 1), Action::Ack);
-    }
-
-    #[test]
-    fn retries_wait_the_backoff_or_what_the_error_asks() {
-        let failed = Outcome::Failed(JobError::msg("boom"));
-        assert_eq!(
-            decide(failed, 1, 3),
-            Action::Retry {
-                error: "boom".into(),
-                delay: Duration::from_secs(2)
-            }
-        );
-        let busy = JobError::retry_after(JobError::msg("busy"), Duration::from_millis(7001));
-        assert_eq!(
-            decide(Outcome::Failed(busy), 1, 3),
-            Action::Retry {
-                error: "busy".into(),
-                delay: Duration::from_millis(7010)
-            }
-        );
-    }
-
-    #[test]
-    fn retryable_failures_retry_until_the_last_attempt() {
-        let failed = || Outcome::Failed(JobError::msg("boom"));
-        assert!(matches!(decide(failed(), 1, 4), Action::Retry { .. }));
-        assert!(matches!(decide(failed(), 3, 4), Action::Retry { .. }));
-        assert_eq!(
-            decide(failed(), 4, 4),
-            Action::DeadLetter {
-                reason: DeadReason::RetriesExhausted,
-                error: "boom".into()
-            }
-        );
-    }
-
-    #[test]
-    fn permanent_errors_and_malformed_payloads_dead_letter_at_once() {
-        let permanent = Outcome::Failed(JobError::permanent(JobError::msg("declined")));
-        assert!(matches!(
-            decide(permanent, 1, 6),
-            Action::DeadLetter {
-                reason: DeadReason::Permanent,
-                ..
-            }
-        ));
-        assert!(matches!(
-            decide(Outcome::Malformed("bad json".into()), 1, 6),
-            Action::DeadLetter {
-                reason: DeadReason::Malformed,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn panics_and_timeouts_are_failed_attempts() {
-        assert!(matches!(
-            decide(Outcome::Panicked("handler panicked: x".into()), 1, 2),
-            Action::Retry { .. }
-        ));
-        let Action::DeadLetter { error, .. } =
-            decide(Outcome::TimedOut(Duration::from_secs(2)), 2, 2)
-        else {
-            panic!("expected a dead letter");
-        };
-        assert!(error.contains("timed out after 2s"), "{error}");
-    }
 
     #[test]
     fn settlements_are_tried_again_with_a_growing_bounded_wait() {
@@ -365,41 +301,5 @@ mod tests {
             .collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(settle_backoff(u32::MAX), Duration::from_secs(5));
-    }
-
-    #[test]
-    fn retry_and_dead_letter_messages_keep_the_original() {
-        let mut original = Message {
-            id: Some("id-1".into()),
-            body: b"{\"a\":1}".to_vec(),
-            ..Message::default()
-        };
-        original.headers.insert("custom".into(), "kept".into());
-        let retry = retry_message(original.clone(), 2);
-        assert_eq!(retry.headers[headers::ATTEMPT], HeaderValue::Int(3));
-        assert_eq!(retry.body, original.body);
-        assert_eq!(retry.id, original.id);
-        let dead = dead_letter_message(original.clone(), "q", 3, &DeadReason::Permanent, "nope");
-        assert_eq!(dead.body, original.body);
-        assert_eq!(dead.headers["custom"], HeaderValue::from("kept"));
-        assert_eq!(dead.headers[headers::ERROR], HeaderValue::from("nope"));
-        assert_eq!(
-            dead.headers[headers::REASON],
-            HeaderValue::from("permanent")
-        );
-        assert_eq!(dead.headers[headers::ATTEMPTS], HeaderValue::Int(3));
-        assert_eq!(dead.headers[headers::QUEUE], HeaderValue::from("q"));
-        assert!(dead.headers[headers::FAILED_AT].as_int().unwrap() > 0);
-        assert_eq!(
-            dead.headers[headers::HOST],
-            HeaderValue::from(headers::host())
-        );
-        let first = retry.headers[headers::FIRST_FAILED_AT].clone();
-        let later = dead_letter_message(retry, "q", 3, &DeadReason::Permanent, "nope");
-        assert_eq!(
-            later.headers[headers::FIRST_FAILED_AT],
-            first,
-            "the first failure is kept"
-        );
     }
 }
