@@ -1,4 +1,8 @@
-//! The headers qjob writes on its messages, and reading them back.
+//! The headers qjob writes on its messages and reads back, and the reasons
+//! a job is dead-lettered: the one reference of both, which the guides link
+//! to.
+//!
+//! # A first attempt
 //!
 //! A first attempt carries no headers at all and only three AMQP
 //! properties: `delivery_mode` 2 (persistent), `content_type`
@@ -10,24 +14,61 @@
 //! fifth slower (the peer bench, `peers/apalis-amqp`), most of it once the
 //! encoded properties pass 64 bytes.
 //!
-//! | header | type | meaning |
-//! |---|---|---|
-//! | `qjob-attempt` | integer | the attempt this delivery is (1-based; absent on the first) |
-//! | `qjob-enqueued-at` | integer | first enqueue, ms since the Unix epoch (read if present, for producers whose ids are not UUID v7) |
-//! | `qjob-error` | text | dead letters: the last error |
-//! | `qjob-reason` | text | dead letters: why (`retries-exhausted`, `permanent`, `malformed`) |
-//! | `qjob-attempts` | integer | dead letters: attempts made |
-//! | `qjob-failed-at` | integer | dead letters: time of the last failure, ms since the epoch |
-//! | `qjob-queue` | text | dead letters: the work queue the job came from |
-//! | `qjob-first-failed-at` | integer | time of the first failure, ms since the epoch |
-//! | `qjob-host` | text | dead letters: the worker's host |
-//! | `qjob-replays` | integer | replays from the dead-letter queue |
-//! | `qjob-delay-left` | integer | long delays: ms still to wait after this hop |
-//! | `qjob-unique-key` | text | unique jobs: the lock's name in the store |
-//! | `qjob-batch` | text | batch members: the batch's id |
-//! | `traceparent`, `tracestate` | text | W3C trace context of the enqueuing span ([`crate::trace`]) |
+//! Messages from other producers are jobs too: without `qjob-attempt` a
+//! message is a first attempt; without a message id it gets a fresh job id;
+//! its enqueue time is `qjob-enqueued-at`, or else the time in a UUID v7
+//! message id, or else the `timestamp` property. A qjob header of the wrong
+//! type (`qjob-attempt` not an integer >= 1, `qjob-enqueued-at` neither an
+//! integer nor a timestamp) makes the message `malformed`.
 //!
-//! Other headers are kept as they are.
+//! # Headers
+//!
+//! | header | type | written on | meaning |
+//! |---|---|---|---|
+//! | `qjob-attempt` | integer | a retry | the attempt this delivery is, 1-based; absent on the first, so the first retry carries 2 |
+//! | `qjob-enqueued-at` | integer | never by qjob | first enqueue, ms since the Unix epoch: read if present, for producers whose ids are not UUID v7 (an AMQP timestamp, in seconds, is read too) |
+//! | `qjob-first-failed-at` | integer | the first retry or dead letter, then kept | time of the first failure, ms since the epoch |
+//! | `qjob-error` | text | a dead letter | the last error, with its chain of sources |
+//! | `qjob-reason` | text | a dead letter | why: one of the [reasons](#dead-letter-reasons) |
+//! | `qjob-attempts` | integer | a dead letter | the attempts made |
+//! | `qjob-failed-at` | integer | a dead letter | time of the last failure, ms since the epoch |
+//! | `qjob-queue` | text | a dead letter | the queue the job was consumed from: the work queue, or the partition queue (`<queue>.p<N>`) or shard (`<queue>.s<N>`) that delivered it. The console replays a dead letter there, a shard's to the work queue |
+//! | `qjob-host` | text | a dead letter | the host of the worker that dead-lettered it (`$HOSTNAME`, else `/etc/hostname`) |
+//! | `qjob-replays` | integer | a replay | how many times the job was replayed from its dead-letter queue |
+//! | `qjob-replayed-at` | integer | a replay | when it was last replayed, ms since the epoch: an operator's cancel from before does not apply to the replayed job |
+//! | `qjob-delay-left` | integer | a delay longer than one delay-queue hop | ms still to wait after this hop |
+//! | `qjob-unique-key` | text | a unique job's enqueue | the lock's name in the store (`unique:<queue>:<key>`), which the worker frees by it |
+//! | `qjob-batch` | text | a batch member's enqueue | the batch's id: the worker counts the member there when it succeeds or is dead-lettered |
+//! | `traceparent`, `tracestate` | text | an enqueue inside a span, with the `opentelemetry` feature | W3C trace context of the enqueuing span ([`crate::trace`]) |
+//!
+//! Other headers are kept as they are through retries, delays and dead
+//! letters. A replay from the dead-letter queue removes the failure history
+//! (`qjob-attempt`, `qjob-error`, `qjob-reason`, `qjob-attempts`,
+//! `qjob-failed-at`, `qjob-first-failed-at`, `qjob-queue`, `qjob-host`, and
+//! RabbitMQ's `x-death`, `x-delivery-count` and `x-first-death-*`), so the
+//! attempts count afresh, and keeps the rest.
+//!
+//! Of RabbitMQ's own headers qjob reads two, on dead letters:
+//! `x-first-death-reason` `delivery_limit` (without `qjob-reason`) is the
+//! reason `delivery-limit`, and `x-first-death-queue` is where the console
+//! replays a dead letter that has no `qjob-queue`.
+//!
+//! # Dead-letter reasons
+//!
+//! A dead letter goes to `<queue>.dlq`, keeping the body, the message id and
+//! every header, with its reason in `qjob-reason`, read back as
+//! [`DeadReason`](crate::DeadReason):
+//!
+//! | reason | when |
+//! |---|---|
+//! | `retries-exhausted` | every attempt failed: an error, a panic or a timeout, `retry` + 1 times |
+//! | `permanent` | the handler returned a permanent error ([`JobError::permanent`](crate::JobError::permanent)); not retried |
+//! | `malformed` | the body does not deserialize into the payload, or a qjob header has the wrong type; dead-lettered at once, not counted as an attempt |
+//! | `cancelled` | an operator cancelled the job ([the console](crate::docs::console)): while it ran, and its handler did not succeed, or before it was delivered; not retried |
+//! | `delivery-limit` | RabbitMQ moved it, not qjob: it came back to its quorum queue unsettled more often than the job's `delivery_limit` (its worker crashed, or lost its connection, while holding it). It carries no qjob dead-letter headers, only RabbitMQ's `x-death` and `x-first-death-*` |
+//!
+//! A reason another version of qjob wrote and this one does not know reads
+//! as `DeadReason::Other`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
