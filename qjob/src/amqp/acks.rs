@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
-use super::subscription::OPERATION_TIMEOUT;
+use super::bounded::{OPERATION_TIMEOUT, settled};
 use crate::Error;
 
 type Tag = u64;
@@ -178,7 +178,7 @@ impl Flushing {
                 let sent = tokio::time::timeout(OPERATION_TIMEOUT, frame.acker.ack(options))
                     .await
                     .unwrap_or_else(|_| Ok(false));
-                if let Err(error) = super::subscription::settled(sent, "ack") {
+                if let Err(error) = settled(sent, "ack") {
                     first_error.get_or_insert(error);
                 }
             }
@@ -198,7 +198,7 @@ impl Acks {
         // Recorded once sent: until then no multiple ack may cover it.
         let sent = acker.reject(BasicRejectOptions { requeue }).await;
         self.lock().settled.insert(tag);
-        super::subscription::settled(sent, "reject")
+        settled(sent, "reject")
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties};
 
-use super::AmqpBroker;
 use super::publisher::Channels as Publishers;
 use crate::Error;
 
@@ -73,6 +72,38 @@ impl Link {
     /// Forgets the connection, for closing it.
     pub(super) fn take(&self) -> Option<Connected> {
         self.lock().take()
+    }
+}
+
+/// The RabbitMQ broker: two connections, one that publishes (on a
+/// confirm-mode channel) and one that consumes (a channel per consumer),
+/// declares and inspects. A memory or disk alarm stops RabbitMQ reading
+/// from connections that publish; the consuming one never does, so its
+/// acks go on during an alarm. A cheap handle: clones share the
+/// connections.
+///
+/// A closed connection is reopened on the next operation that needs it.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), qjob::Error> {
+/// let broker = qjob::AmqpBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// let client = qjob::Client::new(broker.clone());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AmqpBroker {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.inner.urls.iter().map(|u| redact(u)).collect();
+        f.debug_struct("AmqpBroker")
+            .field("urls", &urls)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,16 +1,18 @@
 //! [`AmqpBroker`]: the [`Broker`] on RabbitMQ, through lapin.
 
 mod acks;
+mod bounded;
 mod connection;
 mod convert;
 mod publisher;
 mod subscription;
 
-pub use connection::AmqpOptions;
+pub use connection::{AmqpBroker, AmqpOptions};
 
-use connection::{Channels, Inner, Link, Role, redact, with_heartbeat};
+use bounded::bounded;
+use connection::{Channels, Inner, Link, Role, with_heartbeat};
 use publisher::Target;
-use subscription::{AmqpSubscription, DirectAcker, bounded};
+use subscription::{AmqpSubscription, DirectAcker};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,38 +34,6 @@ use crate::Error;
 use crate::broker::{
     Broker, ConsumeOptions, Delivery, Message, QueueSpec, QueueStats, Sent, Subscription,
 };
-
-/// The RabbitMQ broker: two connections, one that publishes (on a
-/// confirm-mode channel) and one that consumes (a channel per consumer),
-/// declares and inspects. A memory or disk alarm stops RabbitMQ reading
-/// from connections that publish; the consuming one never does, so its
-/// acks go on during an alarm. A cheap handle: clones share the
-/// connections.
-///
-/// A closed connection is reopened on the next operation that needs it.
-///
-/// # Examples
-///
-/// ```no_run
-/// # #[tokio::main] async fn main() -> Result<(), qjob::Error> {
-/// let broker = qjob::AmqpBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
-/// let client = qjob::Client::new(broker.clone());
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct AmqpBroker {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for AmqpBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let urls: Vec<String> = self.inner.urls.iter().map(|u| redact(u)).collect();
-        f.debug_struct("AmqpBroker")
-            .field("urls", &urls)
-            .field("options", &self.inner.options)
-            .finish_non_exhaustive()
-    }
-}
 
 impl AmqpBroker {
     /// Connects to the broker at `url` (`amqp://user:pass@host:port/vhost`).
