@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Message, Sent};
-use crate::job::{Job, JobId};
 use crate::store::{BatchCounts, BatchUpdate, Store};
 use crate::{Client, Error, headers};
+use crate::{Job, JobId};
 
 /// How long a store keeps a batch's counts by default.
 pub const DEFAULT_BATCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);

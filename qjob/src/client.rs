@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::broker::{Broker, Message, Sent};
 use crate::dead_letters::DeadLetters;
-use crate::job::{Job, JobId};
 use crate::policy::backoff;
 use crate::store::Store;
 use crate::{Error, headers, topology, trace};
+use crate::{Job, JobId};
 
 /// A negative confirm from a capped queue means it is full.
 fn full<J: Job>(error: Error) -> Error {

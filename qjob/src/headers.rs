@@ -72,8 +72,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::JobId;
 use crate::broker::{ExactValue, HeaderValue, Message};
-use crate::job::JobId;
 
 /// The attempt number of the delivery (1-based).
 pub const ATTEMPT: &str = "qjob-attempt";

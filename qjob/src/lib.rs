@@ -13,6 +13,7 @@ mod amqp;
 mod client;
 mod dead_letters;
 mod error;
+mod id;
 mod job;
 mod options;
 pub(crate) mod policy;
@@ -23,7 +24,8 @@ mod worker;
 // Defining jobs: the attribute, the trait it implements (by hand too), what
 // a handler receives and returns, and the options it declares.
 pub use error::{BoxError, FailureKind, JobError};
-pub use job::{Job, JobContext, JobId};
+pub use id::JobId;
+pub use job::{Job, JobContext};
 pub use options::{
     Autoscale, Backoff, CircuitBreaker, JobOptions, QueueType, RateLimit, Unique, UniqueUntil,
 };

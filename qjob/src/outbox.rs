@@ -21,10 +21,10 @@ use sqlx::{Acquire, PgConnection, Postgres, Row};
 
 use crate::broker::{HeaderValue, Headers, Message};
 use crate::client::{Client, delayable};
-use crate::job::{Job, JobId};
 use crate::options::{JobOptions, QueueType};
 use crate::policy::backoff;
 use crate::{Error, topology};
+use crate::{Job, JobId};
 
 /// The outbox table's SQL, for the default name `qjob_outbox`: what
 /// [`Outbox::migrate`] applies, with the table's own name in its place.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::Error;
-use crate::job::JobId;
+use crate::JobId;
 
 /// The prefix of the queue of a schedule's lease (`qjob.schedule.<name>`):
 /// a single-active-consumer queue whose active consumer is the schedule's
