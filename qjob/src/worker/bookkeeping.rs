@@ -15,18 +15,6 @@ use crate::worker::handler::Handler;
 use crate::worker::observer::{AttemptEvent, AttemptOutcome};
 use crate::{JobId, UniqueUntil, headers};
 
-/// Where a job's inbox is kept, and for how long an id is remembered.
-pub(crate) struct Inbox {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) window: Duration,
-}
-
-/// Where a unique job's lock is, and when the worker frees it.
-pub(crate) struct UniqueLock {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) until: UniqueUntil,
-}
-
 impl Handler {
     /// The store and name of this delivery's unique lock (its
     /// `qjob-unique-key` header, as the producer took it), if the job frees

@@ -13,7 +13,6 @@ use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::store::Store;
-pub(crate) use crate::worker::bookkeeping::{Inbox, UniqueLock};
 use crate::worker::control::Cancellations;
 use crate::worker::decide::{self, Action, Attempt};
 use crate::worker::gate::Gate;
@@ -22,9 +21,9 @@ use crate::worker::health::Health;
 use crate::worker::held::{self, Attempts, Hold, Running, Seen};
 use crate::worker::metrics::JobMetrics;
 use crate::worker::observer::{AttemptOutcome, Observer};
+use crate::worker::routes::Routes;
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::worker::settle::Routes;
 use crate::{DeadReason, JobContext, JobId, UniqueUntil, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
@@ -67,6 +66,18 @@ pub(crate) struct Handler {
     /// How many settlements wait for a publish that failed (a resource
     /// alarm): the consumer widens its window by them.
     pub(crate) held: watch::Sender<usize>,
+}
+
+/// Where a job's inbox is kept, and for how long an id is remembered.
+pub(crate) struct Inbox {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) window: Duration,
+}
+
+/// Where a unique job's lock is, and when the worker frees it.
+pub(crate) struct UniqueLock {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) until: UniqueUntil,
 }
 
 impl Handler {

@@ -13,6 +13,7 @@ mod health;
 mod held;
 mod metrics;
 mod observer;
+mod routes;
 mod runnable;
 mod sampler;
 mod scaler;
@@ -45,7 +46,7 @@ use sampler::Sampled;
 use scaler::{Scaled, Work};
 
 use crate::policy::autoscale::{AutoscaleSettings, prefetch_for};
-use settle::Routes;
+use routes::Routes;
 
 use crate::policy::backoff::BackoffPolicy;
 use crate::{JobOptions, topology};

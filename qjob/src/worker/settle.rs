@@ -15,22 +15,9 @@ use crate::worker::decide::{Action, dead_letter_message, retry_message};
 use crate::worker::handler::Handler;
 use crate::worker::held;
 use crate::worker::observer::AttemptOutcome;
+use crate::worker::routes::Routes;
 use crate::worker::runnable::Outcome;
 use crate::{Error, JobId, UniqueUntil, headers, topology};
-
-/// Where a job type's messages go, as declared: a settlement whose target
-/// vanished (a queue deleted under the worker) declares it again.
-pub(crate) struct Routes {
-    /// The queue consumed: the work queue, one partition queue or one
-    /// shard.
-    pub(crate) queue: QueueSpec,
-    /// Where retries go: the queue consumed, or a sharded job's work queue
-    /// (which every worker consumes, whatever its `shards`).
-    pub(crate) retry: QueueSpec,
-    pub(crate) dead_letter: QueueSpec,
-    /// The delay queues' leases.
-    pub(crate) leases: std::sync::Arc<topology::Leases>,
-}
 
 /// The message that carries an outcome on, published before the original
 /// is acked.
