@@ -16,6 +16,7 @@ mod error;
 mod job;
 mod options;
 pub(crate) mod policy;
+mod protocol;
 pub mod store;
 mod topology;
 mod worker;

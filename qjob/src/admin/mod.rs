@@ -28,9 +28,7 @@
 //! # Ok(()) }
 //! ```
 
-pub(crate) mod wire;
-
-pub use wire::{
+pub use crate::protocol::{
     CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue, FORMAT, JobStatus,
     Reply, STATUS_EXCHANGE, WorkerState, WorkerStatus,
 };
@@ -46,6 +44,7 @@ use tokio::time::Instant;
 use crate::broker::{Broker, Message, QueueStats, Subscription};
 use crate::dead_letters::{self, Visit};
 use crate::policy::backoff;
+use crate::protocol::{self, StatusMessage};
 use crate::{DeadLetter, Error, ScheduleHealth, headers, topology};
 
 /// How long a console waits for the workers' replies to a command by
@@ -1002,7 +1001,7 @@ impl Admin {
             self.seen().replies.insert(id.clone(), Vec::new());
             Collecting(&self.seen, &id)
         });
-        let message = wire::message(&CommandMessage {
+        let message = protocol::message(&CommandMessage {
             format: FORMAT,
             id: id.clone(),
             reply_to: self.id.clone(),
@@ -1203,13 +1202,13 @@ async fn read(listener: &mut Box<dyn Subscription>, seen: &Mutex<Seen>) -> Strin
         match listener.next().await {
             Some(Ok(delivery)) => {
                 let _ = delivery.acker.ack().await;
-                let Some(message) = wire::StatusMessage::read(&delivery.message) else {
+                let Some(message) = StatusMessage::read(&delivery.message) else {
                     continue;
                 };
                 let mut seen = seen.lock().expect("console state poisoned");
                 match message {
-                    wire::StatusMessage::Heartbeat(status) => seen.heartbeat(status),
-                    wire::StatusMessage::Reply(reply) => {
+                    StatusMessage::Heartbeat(status) => seen.heartbeat(status),
+                    StatusMessage::Reply(reply) => {
                         if let Some(replies) = seen.replies.get_mut(&reply.command_id) {
                             replies.push(reply);
                         }

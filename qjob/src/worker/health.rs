@@ -92,10 +92,10 @@ pub struct ScheduleHealth {
     pub leader: bool,
     /// The next tick, as the leader sees it (`None` on the others, or when
     /// no tick comes any more).
-    #[serde(with = "crate::admin::wire::millis_opt")]
+    #[serde(with = "crate::protocol::millis_opt")]
     pub next: Option<SystemTime>,
     /// The last tick this worker fired, if it fired any.
-    #[serde(with = "crate::admin::wire::millis_opt")]
+    #[serde(with = "crate::protocol::millis_opt")]
     pub last_fired: Option<SystemTime>,
     /// What keeps this worker from leading the schedule as it should, if
     /// anything: a lease queue without a single active consumer (the
