@@ -12,8 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::QueueType;
 use crate::broker::{Message, QueueSpec};
-use crate::{BreakerHealth, QueueType, ScheduleHealth};
+
+mod health;
+
+pub use health::{BreakerHealth, ScheduleHealth};
 
 /// The topic exchange workers broadcast their heartbeats
 /// (`worker.<worker id>`) and command replies (`reply.<console id>`) to.
