@@ -45,10 +45,10 @@ pub struct ScheduleHealth {
     pub leader: bool,
     /// The next tick, as the leader sees it (`None` on the others, or when
     /// no tick comes any more).
-    #[serde(with = "super::millis_opt")]
+    #[serde(with = "super::time::millis_opt")]
     pub next: Option<SystemTime>,
     /// The last tick this worker fired, if it fired any.
-    #[serde(with = "super::millis_opt")]
+    #[serde(with = "super::time::millis_opt")]
     pub last_fired: Option<SystemTime>,
     /// What keeps this worker from leading the schedule as it should, if
     /// anything: a lease queue without a single active consumer (the
