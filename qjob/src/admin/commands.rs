@@ -102,12 +102,14 @@ impl Admin {
 
     /// Sends `command` to every worker and collects the replies of those
     /// concerned, until each alive one concerned replied or the reply
-    /// window passed (a ping is not replied to: it returns at once).
+    /// window passed (a ping is not replied to: it returns at once). The
+    /// one path every command takes: the methods above, and the ping of
+    /// [`Admin::connect`] and [`Admin::refresh`].
     ///
     /// # Errors
     ///
     /// The broker's error, or the console's listener was lost.
-    pub async fn send(&self, command: Command) -> Result<Vec<Reply>, Error> {
+    pub(super) async fn send(&self, command: Command) -> Result<Vec<Reply>, Error> {
         if let Some(lost) = self.seen().lost.clone() {
             return Err(Error::broker("listen to the workers", lost));
         }
