@@ -17,6 +17,7 @@ mod id;
 mod job;
 mod options;
 pub(crate) mod policy;
+mod protocol;
 pub mod store;
 mod topology;
 mod worker;

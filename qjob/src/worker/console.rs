@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::wire::{
+use crate::broker::{Broker, Delivery, Subscription};
+use crate::policy::backoff;
+use crate::protocol::{
     self, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue, FORMAT,
     JobStatus, Reply, STATUS_EXCHANGE, WorkerState, WorkerStatus,
 };
-use crate::broker::{Broker, Delivery, Subscription};
-use crate::policy::backoff;
 use crate::worker::control::{Cancellations, MAX_CONSOLE_CONCURRENCY, Slots};
 use crate::worker::gate::Gate;
 use crate::worker::health::Health;
@@ -132,7 +132,7 @@ impl Console {
     /// connection down) is logged: the next one may pass.
     pub(crate) async fn heartbeat(&self, state: WorkerState) {
         let key = format!("worker.{}", self.worker_id);
-        let status = wire::message(&self.status(state));
+        let status = protocol::message(&self.status(state));
         if let Err(error) = self.broadcast(&key, status).await {
             tracing::debug!(%error, "could not send a heartbeat");
         }
@@ -284,7 +284,7 @@ impl Console {
             message,
         };
         let key = format!("reply.{reply_to}");
-        let sent = self.broadcast(&key, wire::message(&reply)).await;
+        let sent = self.broadcast(&key, protocol::message(&reply)).await;
         if let Err(error) = sent {
             tracing::debug!(%error, "could not reply to a console command");
         }

@@ -33,8 +33,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::wire::WorkerState;
 use crate::broker::{Broker, QueueSpec, Subscription};
+use crate::protocol::WorkerState;
 use crate::store::Store;
 use crate::{Error, Job, Schedule};
 use console::{Console, ConsoleJob};

@@ -1,0 +1,115 @@
+//! A console's commands to the workers, and the workers' replies.
+
+use serde::{Deserialize, Serialize};
+
+/// A command to the workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Command {
+    /// Every worker sends a heartbeat now.
+    Ping,
+    /// The workers running job type `job` (its name or its queue) cancel
+    /// its consumers; its running handlers finish, and nothing is rejected.
+    Pause {
+        /// The job type's name or queue.
+        job: String,
+    },
+    /// The workers running `job` consume it again.
+    Resume {
+        /// The job type's name or queue.
+        job: String,
+    },
+    /// The workers running `job` use this many handler slots each.
+    SetConcurrency {
+        /// The job type's name or queue.
+        job: String,
+        /// Handler slots per worker (at least 1).
+        concurrency: usize,
+    },
+    /// Cancels the job with this id: its running handler is told
+    /// ([`crate::JobContext::cancelled`]), and a delivery of it yet to come
+    /// is dead-lettered as cancelled.
+    Cancel {
+        /// The job's id.
+        job_id: String,
+    },
+}
+
+impl Command {
+    /// The command's name, as written in the format (and the last word of
+    /// its routing key).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::SetConcurrency { .. } => "set-concurrency",
+            Command::Cancel { .. } => "cancel",
+        }
+    }
+
+    /// The job type it acts on, if it acts on one.
+    pub fn job(&self) -> Option<&str> {
+        match self {
+            Command::Pause { job } | Command::Resume { job } => Some(job),
+            Command::SetConcurrency { job, .. } => Some(job),
+            Command::Ping | Command::Cancel { .. } => None,
+        }
+    }
+}
+
+/// A command as sent: the command, its id and where replies go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CommandMessage {
+    /// The format version ([`FORMAT`](super::FORMAT)).
+    pub format: u32,
+    /// The command's id, which replies carry.
+    pub id: String,
+    /// The console's id: replies go to `reply.<reply_to>`.
+    pub reply_to: String,
+    /// The command.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// A worker's answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Reply {
+    /// The format version ([`FORMAT`](super::FORMAT)).
+    pub format: u32,
+    /// The command answered.
+    pub command_id: String,
+    /// The worker answering.
+    pub worker_id: String,
+    /// Whether the worker did what the command asked.
+    pub ok: bool,
+    /// What it did, or why not.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FORMAT;
+
+    #[test]
+    fn commands_read_back_with_their_tag() {
+        let sent = CommandMessage {
+            format: FORMAT,
+            id: "c-1".into(),
+            reply_to: "console".into(),
+            command: Command::SetConcurrency {
+                job: "email".into(),
+                concurrency: 4,
+            },
+        };
+        let json = serde_json::to_value(&sent).unwrap();
+        assert_eq!(json["command"], "set-concurrency");
+        assert_eq!(json["concurrency"], 4);
+        let read: CommandMessage = serde_json::from_value(json).unwrap();
+        assert_eq!(read, sent);
+    }
+}

@@ -1,0 +1,202 @@
+//! A worker's heartbeat: who it is, and how each of its job types is doing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BreakerHealth, ScheduleHealth};
+use crate::QueueType;
+use crate::broker::QueueSpec;
+
+/// A worker's heartbeat: who it is and how each of its job types is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// The format version ([`FORMAT`](super::FORMAT)).
+    pub format: u32,
+    /// The worker's id, unique per run (a UUID).
+    pub worker_id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The qjob version it runs.
+    pub version: String,
+    /// When it started consuming.
+    #[serde(with = "super::time::millis")]
+    pub started_at: SystemTime,
+    /// When this heartbeat was sent.
+    #[serde(with = "super::time::millis")]
+    pub sent_at: SystemTime,
+    /// How often it sends heartbeats: a console counts it gone after a few
+    /// missed ones.
+    #[serde(with = "super::time::duration_millis")]
+    pub interval: Duration,
+    /// Running, stopping or stopped (its last heartbeat).
+    pub state: WorkerState,
+    /// Whether its broker connection is up.
+    pub connected: bool,
+    /// Why the broker blocks its publishes (a resource alarm), if it does.
+    #[serde(default)]
+    pub blocked: Option<String>,
+    /// Its job types.
+    #[serde(default)]
+    pub jobs: Vec<JobStatus>,
+    /// The schedules it carries, by name (each led by one worker).
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleHealth>,
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Consuming.
+    Running,
+    /// Shutting down: no new deliveries, in-flight handlers finishing.
+    Stopping,
+    /// Stopped (its last heartbeat).
+    Stopped,
+}
+
+impl WorkerState {
+    /// The state as written in the format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Running => "running",
+            WorkerState::Stopping => "stopping",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One job type as one worker runs it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job type's name.
+    pub job: String,
+    /// Its work queue.
+    pub queue: String,
+    /// The queues it consumes: the work queue, its partition queues or its
+    /// shards.
+    pub consumed_queues: Vec<String>,
+    /// Its dead-letter queue.
+    pub dead_letter_queue: String,
+    /// The delay queues its retries used lately (each expires once unused).
+    pub delay_queues: Vec<String>,
+    /// `classic` or `quorum`.
+    pub queue_type: String,
+    /// Its partitions, if it is partitioned.
+    pub partitions: Option<u16>,
+    /// Its shards, if it is sharded over more than one queue.
+    pub shards: Option<u16>,
+    /// Unacked deliveries per consumer.
+    pub prefetch: u16,
+    /// The handler slots in force.
+    pub concurrency: usize,
+    /// The autoscaler's bounds, if its concurrency adapts.
+    pub autoscale: Option<ConcurrencyRange>,
+    /// The attempts a job gets in all.
+    pub max_attempts: u32,
+    /// Handlers running now.
+    pub in_flight: u64,
+    /// Its circuit breaker's state, if it has one.
+    pub breaker: Option<BreakerHealth>,
+    /// Whether an operator paused it on this worker.
+    pub paused: bool,
+    /// Attempts that succeeded since the worker started.
+    pub succeeded: u64,
+    /// Attempts that failed (retried or dead-lettered).
+    pub failed: u64,
+    /// Failed attempts scheduled again.
+    pub retried: u64,
+    /// Jobs dead-lettered.
+    pub dead_lettered: u64,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+    /// Its queues as it declares them (work, partition or shard queues, the
+    /// dead-letter queue, and the delay queues it used lately), for
+    /// checking the broker's topology.
+    pub declared: Vec<DeclaredQueue>,
+}
+
+/// A queue as a worker declares it: [`QueueSpec`] in the format.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct DeclaredQueue {
+    /// Its name.
+    pub name: String,
+    /// `classic` or `quorum`.
+    pub queue_type: String,
+    /// `x-max-length`.
+    pub max_length: Option<u32>,
+    /// `x-single-active-consumer`.
+    pub single_active: bool,
+    /// `x-message-ttl`, in milliseconds.
+    pub message_ttl_ms: Option<u64>,
+    /// `x-dead-letter-routing-key` (through the default exchange).
+    pub dead_letter_to: Option<String>,
+    /// `x-expires`, in milliseconds.
+    pub expires_ms: Option<u64>,
+    /// `x-delivery-limit`.
+    pub delivery_limit: Option<u32>,
+}
+
+impl From<&QueueSpec> for DeclaredQueue {
+    fn from(spec: &QueueSpec) -> Self {
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            name: spec.name.clone(),
+            queue_type: spec.queue_type.as_str().to_owned(),
+            max_length: spec.max_length,
+            single_active: spec.single_active,
+            message_ttl_ms: spec.message_ttl.map(millis),
+            dead_letter_to: spec.dead_letter_to.clone(),
+            expires_ms: spec.expires.map(millis),
+            delivery_limit: spec.delivery_limit,
+        }
+    }
+}
+
+impl DeclaredQueue {
+    /// The queue as the broker declares it; `None` for a queue type this
+    /// qjob does not know.
+    pub fn spec(&self) -> Option<QueueSpec> {
+        let queue_type = match self.queue_type.as_str() {
+            "classic" => QueueType::Classic,
+            "quorum" => QueueType::Quorum,
+            _ => return None,
+        };
+        let mut spec = QueueSpec::new(self.name.clone())
+            .with_queue_type(queue_type)
+            .with_single_active(self.single_active);
+        spec.max_length = self.max_length;
+        spec.message_ttl = self.message_ttl_ms.map(Duration::from_millis);
+        spec.dead_letter_to.clone_from(&self.dead_letter_to);
+        spec.expires = self.expires_ms.map(Duration::from_millis);
+        spec.delivery_limit = self.delivery_limit;
+        Some(spec)
+    }
+}
+
+/// The bounds of an autoscaled job's concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConcurrencyRange {
+    /// The least handler slots.
+    pub min: usize,
+    /// The most.
+    pub max: usize,
+}
+
+impl ConcurrencyRange {
+    /// The bounds `min..=max`.
+    pub fn new(min: usize, max: usize) -> Self {
+        Self { min, max }
+    }
+}
