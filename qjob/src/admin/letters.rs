@@ -4,6 +4,7 @@
 use super::Admin;
 use crate::broker::Message;
 use crate::dead_letters::{self, Visit};
+use crate::topology::names;
 use crate::{DeadLetter, Error, headers, topology};
 
 /// The most letters a browse, or a look-up by job id, reads from a queue
@@ -184,7 +185,7 @@ fn within(job_id: &str, mut found: impl FnMut(&Message) -> Visit) -> impl FnMut(
 /// A sharded job's dead letter goes to the work queue, which every worker
 /// consumes whatever its `shards`.
 fn replay_target(queue: &str, message: &Message) -> String {
-    let work = queue.strip_suffix(".dlq").unwrap_or(queue);
+    let work = names::work_queue_of(queue);
     [headers::QUEUE, "x-first-death-queue"]
         .iter()
         .find_map(|name| message.headers.get(*name)?.as_str())

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::Admin;
 use crate::protocol::{DeclaredQueue, JobStatus};
+use crate::topology::names;
 use crate::{Error, topology};
 
 /// Where the broker's queues differ from what the running workers declare
@@ -164,7 +165,7 @@ impl Admin {
                 problems.extend(self.check_queue(&job.job, declared).await?);
             }
             if let Some(partitions) = job.partitions {
-                let extra = format!("{}.p{partitions}", job.queue);
+                let extra = names::partition_queue(&job.queue, partitions);
                 if checked.insert(extra.clone())
                     && let Some(stats) = self.broker.queue_stats(&extra).await?
                 {
