@@ -20,7 +20,8 @@ use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::{Acquire, PgConnection, Postgres, Row};
 
 use crate::broker::{HeaderValue, Headers, Message};
-use crate::client::{Client, delayable};
+use crate::client::Client;
+use crate::client::message::delayable;
 use crate::job::{Job, JobId};
 use crate::options::{JobOptions, QueueType};
 use crate::policy::backoff;
