@@ -1,79 +1,53 @@
 //! Batches: a set of jobs with a callback job that runs once every member
 //! has finished. The guide is [`crate::docs::batches`].
+//!
+//! This file holds what a user handles (a builder, an open batch, and the
+//! client's methods for them); [`ledger`] what the store keeps of a batch
+//! and the callback's enqueue, which the worker uses too; the client
+//! counts members as it publishes them (`client/batch.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use tokio::sync::oneshot;
-
-use crate::broker::{Broker, Message, Sent};
 use crate::job::{Job, JobId};
-use crate::store::{BatchCounts, BatchUpdate, Store};
-use crate::{Client, Error, headers};
+use crate::store::Store;
+use crate::{Client, Error};
 
-/// How long a store keeps a batch's counts by default.
-pub const DEFAULT_BATCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) mod ledger;
 
-/// The payload of a batch's callback job: the batch and how its members
-/// ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct BatchDone {
-    /// The batch's id.
-    pub batch: String,
-    /// Its members.
-    pub total: u64,
-    /// The members that succeeded.
-    pub succeeded: u64,
-    /// The members that were dead-lettered.
-    pub dead_lettered: u64,
-    /// What the batch was given at creation ([`BatchBuilder::data`]).
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
+use ledger::Callback;
+pub(crate) use ledger::fire;
+pub use ledger::{BatchDone, BatchProgress, DEFAULT_BATCH_TTL, callback_id};
 
-/// A batch's progress ([`Client::batch_progress`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BatchProgress {
-    /// Members added.
-    pub total: u64,
-    /// Members not finished yet.
-    pub pending: u64,
-    /// Members that succeeded.
-    pub succeeded: u64,
-    /// Members that were dead-lettered.
-    pub failed: u64,
-    /// Whether it is closed (no member will be added).
-    pub closed: bool,
-    /// Whether its callback was enqueued (or, for a callback only on
-    /// success, found not due).
-    pub callback_enqueued: bool,
-}
-
-impl From<BatchCounts> for BatchProgress {
-    fn from(counts: BatchCounts) -> Self {
-        Self {
-            total: counts.total,
-            pending: counts.pending(),
-            succeeded: counts.succeeded,
-            failed: counts.dead_lettered,
-            closed: counts.closed,
-            callback_enqueued: counts.fired,
-        }
+impl Client {
+    /// Starts a batch: jobs enqueued through it are its members, and its
+    /// callback job runs once they have all finished (see
+    /// [`crate::docs::batches`]). Needs a store ([`Client::with_store`]).
+    pub fn batch(&self) -> BatchBuilder {
+        BatchBuilder::new(self.clone())
     }
-}
 
-/// The callback as the store keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Callback {
-    job: String,
-    queue: String,
-    only_on_success: bool,
-    #[serde(default)]
-    data: serde_json::Value,
+    /// The progress of batch `batch` (by its id), or `None` if the store
+    /// knows no such batch (never created, or expired).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] without a store; [`Error::Store`] if it failed.
+    pub async fn batch_progress(&self, batch: &str) -> Result<Option<BatchProgress>, Error> {
+        ledger::progress(&*self.batch_store()?, batch).await
+    }
+
+    /// Closes batch `batch` by its id, as [`Batch::close`]
+    /// does: from any process, and again to enqueue a callback that a
+    /// close which failed (or died) had claimed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Batch::close`]; [`Error::Store`] if there is no
+    /// such batch.
+    pub async fn close_batch(&self, batch: &str) -> Result<BatchProgress, Error> {
+        ledger::close(self.broker(), &*self.batch_store()?, batch).await
+    }
 }
 
 /// Builds a batch: its callback, the data the callback gets, how long the
@@ -246,188 +220,6 @@ impl Batch {
     /// [`Error::Store`] if the store failed, or the broker's error while
     /// enqueueing the callback (close again to retry it).
     pub async fn close(&self) -> Result<BatchProgress, Error> {
-        close(&self.client, &*self.store, &self.id).await
+        ledger::close(self.client.broker(), &*self.store, &self.id).await
     }
-}
-
-/// Members of a batch counted for one publish ([`count`]). A task of its
-/// own keeps the count, so that an enqueue dropped at any point, even
-/// while the count is being written, leaves counted only the members that
-/// went out.
-pub(crate) struct Counted {
-    /// To the task: how many of the members were not stored, and where
-    /// to say they were taken back. Dropped unsent, the publish was
-    /// abandoned.
-    settled: oneshot::Sender<(usize, oneshot::Sender<()>)>,
-}
-
-impl Counted {
-    /// After the publish: takes back the `not_stored` members, and waits
-    /// until the store has that, so that a close right after sees it.
-    pub(crate) async fn settle(self, not_stored: usize) {
-        let (done, taken_back) = oneshot::channel();
-        if self.settled.send((not_stored, done)).is_ok() {
-            let _ = taken_back.await;
-        }
-    }
-}
-
-/// Counts `members` in batch `batch` just before they are published on
-/// lanes that `sent` track. If the returned [`Counted`] is dropped before
-/// it is settled, the members that did not go out are taken back (those
-/// that did may be stored, and stay counted); if this is dropped while
-/// counting, all of them are, once counted.
-///
-/// # Errors
-///
-/// [`Error::Config`] if the batch is closed, [`Error::Store`] if the
-/// store failed or has no such batch: nothing was counted then.
-pub(crate) async fn count(
-    client: &Client,
-    batch: &str,
-    members: usize,
-    sent: Vec<Arc<Sent>>,
-) -> Result<Counted, Error> {
-    let store = client.batch_store()?;
-    let broker = client.shared_broker();
-    let batch = batch.to_owned();
-    let (counted_tx, counted) = oneshot::channel();
-    let (settled, settle) = oneshot::channel::<(usize, oneshot::Sender<()>)>();
-    tokio::spawn(async move {
-        let added = store
-            .batch_update(&batch, BatchUpdate::Add(signed(members)), CLOSER)
-            .await
-            .and_then(|counts| counts.map(drop).ok_or_else(|| gone(&batch)));
-        let added_ok = added.is_ok();
-        if counted_tx.send(added).is_err() {
-            // Dropped while counting: nothing went out.
-            if added_ok {
-                uncount(&*broker, &*store, &batch, members).await;
-            }
-            return;
-        }
-        if !added_ok {
-            return;
-        }
-        match settle.await {
-            Ok((not_stored, done)) => {
-                uncount(&*broker, &*store, &batch, not_stored).await;
-                let _ = done.send(());
-            }
-            // Dropped mid-publish: what went out may be stored.
-            Err(_) => {
-                let went_out: usize = sent.iter().map(|lane| lane.count()).sum();
-                uncount(&*broker, &*store, &batch, members.saturating_sub(went_out)).await;
-            }
-        }
-    });
-    match counted.await {
-        Ok(Ok(())) => Ok(Counted { settled }),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err(Error::Store {
-            operation: "count batch members".into(),
-            message: "the counting task ended without an answer".into(),
-        }),
-    }
-}
-
-fn signed(members: usize) -> i64 {
-    i64::try_from(members).unwrap_or(i64::MAX)
-}
-
-/// Takes back `members` of batch `batch` counted but not stored; if that
-/// completes a closed batch (the others all finished), the callback goes
-/// now. A failure is logged, not returned: the members that were stored
-/// are, and the caller must not enqueue them again.
-async fn uncount(broker: &dyn Broker, store: &dyn Store, batch: &str, members: usize) {
-    if members == 0 {
-        return;
-    }
-    let uncounted = async {
-        let counts = store
-            .batch_update(batch, BatchUpdate::Add(-signed(members)), CLOSER)
-            .await?
-            .ok_or_else(|| gone(batch))?;
-        fire(broker, store, batch, counts, CLOSER).await
-    };
-    if let Err(error) = uncounted.await {
-        tracing::error!(batch, members, %error, "could not take back batch members that were not stored: the batch waits for them (close it again to retry its callback)");
-    }
-}
-
-/// Who claims a callback when the batch completes as it closes (or as a
-/// member whose enqueue failed is uncounted).
-const CLOSER: &str = "client";
-
-fn gone(batch: &str) -> Error {
-    Error::Store {
-        operation: "update a batch".into(),
-        message: format!("no batch {batch} (never created, or expired)"),
-    }
-}
-
-/// Closes batch `batch` and enqueues its callback if that completed it.
-pub(crate) async fn close(
-    client: &Client,
-    store: &dyn Store,
-    batch: &str,
-) -> Result<BatchProgress, Error> {
-    let counts = store
-        .batch_update(batch, BatchUpdate::Close, CLOSER)
-        .await?
-        .ok_or_else(|| gone(batch))?;
-    let counts = fire(client.broker(), store, batch, counts, CLOSER).await?;
-    Ok(counts.into())
-}
-
-/// The job id of batch `batch`'s callback.
-pub fn callback_id(batch: &str) -> JobId {
-    JobId::from(format!("{batch}:done"))
-}
-
-/// Enqueues the callback of batch `batch` if `claimant` claimed it and it
-/// is not enqueued yet, then records it enqueued; returns the counts after.
-pub(crate) async fn fire(
-    broker: &dyn Broker,
-    store: &dyn Store,
-    batch: &str,
-    counts: BatchCounts,
-    claimant: &str,
-) -> Result<BatchCounts, Error> {
-    if counts.fired || counts.claimed_by.as_deref() != Some(claimant) {
-        return Ok(counts);
-    }
-    let callback: Callback = serde_json::from_str(&counts.callback).map_err(|e| Error::Store {
-        operation: "read a batch's callback".into(),
-        message: e.to_string(),
-    })?;
-    if !(callback.only_on_success && counts.dead_lettered > 0) {
-        let done = BatchDone {
-            batch: batch.to_owned(),
-            total: counts.total,
-            succeeded: counts.succeeded,
-            dead_lettered: counts.dead_lettered,
-            data: callback.data,
-        };
-        let body = serde_json::to_vec(&done).expect("a batch's outcome serializes");
-        let mut message: Message = headers::new_job(&callback_id(batch), body);
-        crate::trace::inject(&mut message.headers);
-        broker.publish(&callback.queue, message).await?;
-        tracing::info!(batch, job = %callback.job, "batch complete: callback enqueued");
-    }
-    Ok(store
-        .batch_update(batch, BatchUpdate::Fired, claimant)
-        .await?
-        .unwrap_or(counts))
-}
-
-/// The progress of batch `batch` in `store`.
-pub(crate) async fn progress(
-    store: &dyn Store,
-    batch: &str,
-) -> Result<Option<BatchProgress>, Error> {
-    Ok(store
-        .batch_update(batch, BatchUpdate::Read, "")
-        .await?
-        .map(BatchProgress::from))
 }

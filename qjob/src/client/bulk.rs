@@ -204,7 +204,7 @@ impl Client {
     /// Publishes the messages of a claimed chunk over [`lanes`], and
     /// returns each job's outcome in input order. The members of a batch
     /// are counted in it just before they are published (see
-    /// [`crate::batch::count`]); the outer error is that count's, and
+    /// [`super::batch::count`]); the outer error is that count's, and
     /// nothing was published then.
     async fn publish_chunk<J: Job>(
         &self,
@@ -269,7 +269,7 @@ impl Client {
         let counted = match &self.batch {
             Some(batch) if count > 0 => {
                 let sent = lanes.iter().map(|(sent, _)| Arc::clone(sent)).collect();
-                Some(crate::batch::count(self, batch, count, sent).await?)
+                Some(super::batch::count(self, batch, count, sent).await?)
             }
             _ => None,
         };
