@@ -15,6 +15,7 @@ mod dead_letters;
 mod error;
 mod job;
 mod options;
+mod outcomes;
 pub(crate) mod policy;
 pub mod store;
 mod topology;

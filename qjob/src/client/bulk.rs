@@ -3,6 +3,7 @@
 //! a few channels at once.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -14,6 +15,7 @@ use super::{Client, enqueue_span};
 use crate::Error;
 use crate::broker::{Broker, Message, Sent};
 use crate::job::{Job, JobId};
+use crate::outcomes::Outcomes;
 
 /// Messages of one [`Broker::publish_all`], each with its index in the
 /// batch it came from.
@@ -210,62 +212,9 @@ impl Client {
         &self,
         claimed: Vec<Result<Claimed, Error>>,
     ) -> Result<Vec<Result<JobId, Error>>, Error> {
-        let mut outgoing = Vec::new();
-        let mut results: Vec<Option<Result<JobId, Error>>> = Vec::with_capacity(claimed.len());
-        let mut waiting = Vec::new();
-        let mut duplicates = Vec::new();
-        // The jobs of this chunk that were not stored, and whose locks go
-        // back: a duplicate of one of them is not stored either.
-        let mut lost: HashMap<JobId, String> = HashMap::new();
-        let mut releases = Vec::new();
-        // A job of an ordered job type that cannot go out stops the ones
-        // after it, which would overtake it.
-        let mut stopped = false;
-        for claimed in claimed {
-            match claimed {
-                Ok(Claimed::Publish { id, guard, .. }) if stopped => {
-                    let error = not_after::<J>("was not stored");
-                    lost.insert(id, error.to_string());
-                    releases.extend(guard);
-                    results.push(Some(Err(error)));
-                }
-                Ok(Claimed::Duplicate(_)) if stopped => {
-                    results.push(Some(Err(not_after::<J>("was not stored"))));
-                }
-                Ok(Claimed::Publish {
-                    id,
-                    queue,
-                    message,
-                    guard,
-                }) => {
-                    outgoing.push((queue, message));
-                    waiting.push((results.len(), id, guard));
-                    results.push(None);
-                }
-                Ok(Claimed::Duplicate(holder)) => {
-                    duplicates.push(results.len());
-                    results.push(Some(Ok(holder)));
-                }
-                Err(error) => {
-                    stopped = keeps_order::<J>();
-                    results.push(Some(Err(error)));
-                }
-            }
-        }
-        let count = outgoing.len();
-        let lanes: Vec<(Arc<Sent>, Lane)> = lanes::<J>(outgoing)
-            .into_iter()
-            .map(|lane| (Arc::default(), lane))
-            .collect();
-        // Dropped mid-publish, this keeps the locks of the jobs that went
-        // out, confirmed or not, and gives back the others'.
-        for (sent, lane) in &lanes {
-            for (position, (index, _)) in lane.iter().enumerate() {
-                if let Some(guard) = &mut waiting[*index].2 {
-                    guard.kept_once_sent(sent, position);
-                }
-            }
-        }
+        let mut chunk = Chunk::<J>::sort(claimed);
+        let count = chunk.outgoing.len();
+        let lanes = chunk.lanes();
         let counted = match &self.batch {
             Some(batch) if count > 0 => {
                 let sent = lanes.iter().map(|(sent, _)| Arc::clone(sent)).collect();
@@ -274,52 +223,13 @@ impl Client {
             _ => None,
         };
         let outcomes = self.publish_lanes(count, lanes).await;
-        let mut not_stored = 0;
-        for ((index, id, guard), outcome) in waiting.into_iter().zip(outcomes) {
-            let outcome = outcome.map_err(full::<J>);
-            releases.extend(unless_stored(guard, &outcome));
-            if let Err(error) = &outcome
-                && !maybe_stored(error)
-            {
-                not_stored += 1;
-                lost.insert(id.clone(), error.to_string());
-            }
-            results[index] = Some(outcome.map(|()| id));
-        }
+        let not_stored = chunk.record(outcomes);
         // A member not stored will not finish: it is taken back.
         if let Some(counted) = counted {
             counted.settle(not_stored).await;
         }
-        for index in duplicates {
-            if let Some(Ok(holder)) = &results[index]
-                && let Some(error) = lost.get(holder)
-            {
-                results[index] = Some(Err(Error::NotSent {
-                    operation: format!("enqueue job {}", J::NAME),
-                    reason: format!(
-                        "the job {holder} holding its key in the same batch was not stored ({error})"
-                    ),
-                }));
-            }
-        }
-        // Given back before the results, so that enqueueing a key again
-        // (the next chunk, or the caller's retry) finds it free.
-        futures_util::stream::iter(releases)
-            .for_each_concurrent(PIPELINE, Unlock::release)
-            .await;
-        // A broker that answered for fewer messages than it was given:
-        // the others' fate is unknown.
-        Ok(results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| {
-                    Err(Error::broker(
-                        format!("enqueue job {}", J::NAME),
-                        "the broker gave no outcome for it",
-                    ))
-                })
-            })
-            .collect())
+        chunk.fail_duplicates_of_lost();
+        Ok(chunk.finish().await)
     }
 
     /// Publishes each lane with its own [`Broker::publish_all_tracked`],
@@ -331,8 +241,7 @@ impl Client {
         count: usize,
         lanes: Vec<(Arc<Sent>, Lane)>,
     ) -> Vec<Result<(), Error>> {
-        let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::new();
-        outcomes.resize_with(count, || None);
+        let mut outcomes = Outcomes::new(count);
         let mut published = futures_util::stream::iter(lanes)
             .map(|(sent, lane)| async move {
                 let (indices, messages): (Vec<usize>, Vec<_>) = lane.into_iter().unzip();
@@ -342,19 +251,162 @@ impl Client {
             .buffer_unordered(LANES);
         while let Some(lane) = published.next().await {
             for (index, outcome) in lane {
-                outcomes[index] = Some(outcome);
+                outcomes.set(index, outcome);
             }
         }
-        outcomes
+        outcomes.finish(|| {
+            Err(Error::broker(
+                "publish",
+                "the broker gave no outcome for it",
+            ))
+        })
+    }
+}
+
+/// A claimed chunk of [`Client::enqueue_all`], on its way out: what goes
+/// out, what does not, and each job's outcome by its index in the chunk.
+struct Chunk<J> {
+    /// Each job's outcome; a job that goes out has none until its
+    /// publish answered.
+    results: Outcomes<Result<JobId, Error>>,
+    /// The messages that go out, in order.
+    outgoing: Vec<(String, Message)>,
+    /// For each message of `outgoing`: its job's index, id and lock.
+    waiting: Vec<(usize, JobId, Option<Unlock>)>,
+    /// The duplicates, by index: the job holding their key may be one of
+    /// this chunk's.
+    duplicates: Vec<usize>,
+    /// The jobs of this chunk that were not stored, with why: a duplicate
+    /// of one of them is not stored either.
+    lost: HashMap<JobId, String>,
+    /// The locks that go back before the results.
+    releases: Vec<Unlock>,
+    job: PhantomData<fn() -> J>,
+}
+
+impl<J: Job> Chunk<J> {
+    /// Sorts the claimed jobs: those that go out, the duplicates, those
+    /// that failed. A job of an ordered job type that cannot go out stops
+    /// the ones after it, which would overtake it.
+    fn sort(claimed: Vec<Result<Claimed, Error>>) -> Self {
+        let mut chunk = Self {
+            results: Outcomes::with_capacity(claimed.len()),
+            outgoing: Vec::new(),
+            waiting: Vec::new(),
+            duplicates: Vec::new(),
+            lost: HashMap::new(),
+            releases: Vec::new(),
+            job: PhantomData,
+        };
+        let mut stopped = false;
+        for claimed in claimed {
+            match claimed {
+                Ok(Claimed::Publish { id, guard, .. }) if stopped => {
+                    let error = not_after::<J>("was not stored");
+                    chunk.lost.insert(id, error.to_string());
+                    chunk.releases.extend(guard);
+                    chunk.results.push(Some(Err(error)));
+                }
+                Ok(Claimed::Duplicate(_)) if stopped => {
+                    chunk
+                        .results
+                        .push(Some(Err(not_after::<J>("was not stored"))));
+                }
+                Ok(Claimed::Publish {
+                    id,
+                    queue,
+                    message,
+                    guard,
+                }) => {
+                    chunk.outgoing.push((queue, message));
+                    let index = chunk.results.push(None);
+                    chunk.waiting.push((index, id, guard));
+                }
+                Ok(Claimed::Duplicate(holder)) => {
+                    let index = chunk.results.push(Some(Ok(holder)));
+                    chunk.duplicates.push(index);
+                }
+                Err(error) => {
+                    stopped = keeps_order::<J>();
+                    chunk.results.push(Some(Err(error)));
+                }
+            }
+        }
+        chunk
+    }
+
+    /// The outgoing messages split into [`lanes`], each with the [`Sent`]
+    /// its publish marks. Dropped mid-publish from then on, the chunk
+    /// keeps the locks of the jobs that went out, confirmed or not, and
+    /// gives back the others'.
+    fn lanes(&mut self) -> Vec<(Arc<Sent>, Lane)> {
+        let outgoing = std::mem::take(&mut self.outgoing);
+        let lanes: Vec<(Arc<Sent>, Lane)> = lanes::<J>(outgoing)
             .into_iter()
-            .map(|outcome| {
-                outcome.unwrap_or_else(|| {
-                    Err(Error::broker(
-                        "publish",
-                        "the broker gave no outcome for it",
-                    ))
-                })
-            })
-            .collect()
+            .map(|lane| (Arc::default(), lane))
+            .collect();
+        for (sent, lane) in &lanes {
+            for (position, (index, _)) in lane.iter().enumerate() {
+                if let Some(guard) = &mut self.waiting[*index].2 {
+                    guard.kept_once_sent(sent, position);
+                }
+            }
+        }
+        lanes
+    }
+
+    /// Records the publish's outcomes, in the order of the outgoing
+    /// messages: each lock goes back unless its job was (or may have
+    /// been) stored. Returns how many jobs were not stored.
+    fn record(&mut self, outcomes: Vec<Result<(), Error>>) -> usize {
+        let mut not_stored = 0;
+        for ((index, id, guard), outcome) in self.waiting.drain(..).zip(outcomes) {
+            let outcome = outcome.map_err(full::<J>);
+            self.releases.extend(unless_stored(guard, &outcome));
+            if let Err(error) = &outcome
+                && !maybe_stored(error)
+            {
+                not_stored += 1;
+                self.lost.insert(id.clone(), error.to_string());
+            }
+            self.results.set(index, outcome.map(|()| id));
+        }
+        not_stored
+    }
+
+    /// A duplicate whose key's holder is a job of this chunk that was not
+    /// stored was not stored either.
+    fn fail_duplicates_of_lost(&mut self) {
+        for &index in &self.duplicates {
+            if let Some(Ok(holder)) = self.results.get(index)
+                && let Some(error) = self.lost.get(holder)
+            {
+                let error = Error::NotSent {
+                    operation: format!("enqueue job {}", J::NAME),
+                    reason: format!(
+                        "the job {holder} holding its key in the same batch was not stored ({error})"
+                    ),
+                };
+                self.results.set(index, Err(error));
+            }
+        }
+    }
+
+    /// Gives back the locks of the jobs not stored, then returns each
+    /// job's outcome in input order.
+    async fn finish(self) -> Vec<Result<JobId, Error>> {
+        // Given back before the results, so that enqueueing a key again
+        // (the next chunk, or the caller's retry) finds it free.
+        futures_util::stream::iter(self.releases)
+            .for_each_concurrent(PIPELINE, Unlock::release)
+            .await;
+        // A broker that answered for fewer messages than it was given:
+        // the others' fate is unknown.
+        self.results.finish(|| {
+            Err(Error::broker(
+                format!("enqueue job {}", J::NAME),
+                "the broker gave no outcome for it",
+            ))
+        })
     }
 }
