@@ -29,7 +29,7 @@ use crate::{Error, topology};
 
 /// The outbox table's SQL, for the default name `qjob_outbox`: what
 /// [`Outbox::migrate`] applies, with the table's own name in its place.
-pub const SCHEMA: &str = include_str!("../sql/outbox.sql");
+pub const SCHEMA: &str = include_str!("../../sql/outbox.sql");
 
 /// The table's name in [`SCHEMA`].
 const DEFAULT_TABLE: &str = "qjob_outbox";
