@@ -1,10 +1,10 @@
 //! Batches: a set of jobs with a callback job that runs once every member
 //! has finished. The guide is [`crate::docs::batches`].
-//!
-//! This file holds what a user handles (a builder, an open batch, and the
-//! client's methods for them); [`ledger`] what the store keeps of a batch
-//! and the callback's enqueue, which the worker uses too; the client
-//! counts members as it publishes them (`client/batch.rs`).
+
+// This file holds what a user handles (a builder, an open batch, and the
+// client's methods for them); `ledger.rs` what the store keeps of a batch
+// and the callback's enqueue, which the worker uses too; the client
+// counts members as it publishes them (`client/batch.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;

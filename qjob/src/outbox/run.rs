@@ -103,7 +103,7 @@ impl Relay {
     /// # Errors
     ///
     /// [`Error::Database`] at start if the table does not exist
-    /// ([`Outbox::migrate`] creates it). Later failures are logged and
+    /// ([`Outbox::migrate`](super::Outbox::migrate) creates it). Later failures are logged and
     /// retried; they do not end the run.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         self.check().await?;
