@@ -1,7 +1,8 @@
-//! Dead letters users can act on: read them ([`DeadLetter`]), peek at a
-//! job type's dead-letter queue, and replay its jobs into the work queue.
+//! Dead letters: what they say ([`DeadLetter`], [`DeadReason`]), and the
+//! walk over a dead-letter queue that peeks at them, replays them into the
+//! work queue or discards them, for the client ([`crate::DeadLetters`])
+//! and the console alike.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::broker::{Broker, Delivery, HeaderValue, Headers, Message, queue_depth};
 use crate::headers::{self, from_millis};
-use crate::{Client, Error, Job, JobId};
+use crate::{Error, JobId};
 
 /// Why a job was dead-lettered: the `qjob-reason` header of its dead
 /// letter, the `reason` label of `qjob_jobs_dead_lettered_total`, and what
@@ -223,125 +224,6 @@ pub(crate) enum Visit {
     Stop,
 }
 
-/// The dead-letter queue of job type `J`: [`Client::dead_letters`].
-pub struct DeadLetters<'a, J> {
-    client: &'a Client,
-    job: PhantomData<J>,
-}
-
-impl<J> std::fmt::Debug for DeadLetters<'_, J> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetters").finish_non_exhaustive()
-    }
-}
-
-impl<'a, J: Job> DeadLetters<'a, J> {
-    pub(crate) fn new(client: &'a Client) -> Self {
-        Self {
-            client,
-            job: PhantomData,
-        }
-    }
-
-    /// The number of dead letters.
-    ///
-    /// # Errors
-    ///
-    /// The broker's error.
-    pub async fn count(&self) -> Result<u32, Error> {
-        let queue = J::options().dead_letter_queue();
-        Ok(queue_depth(self.client.broker(), &queue)
-            .await?
-            .unwrap_or(0))
-    }
-
-    /// The first `n` dead letters, oldest first, left in the queue in place
-    /// (the walk holds the `n` it reads).
-    ///
-    /// # Errors
-    ///
-    /// The broker's error; every message taken is put back.
-    pub async fn peek(&self, n: usize) -> Result<Vec<DeadLetter<J::Payload>>, Error> {
-        let queue = J::options().dead_letter_queue();
-        peek(
-            &self.client.shared_broker(),
-            &queue,
-            (0, n, usize::MAX),
-            |_| true,
-        )
-        .await
-    }
-
-    /// Replays every dead letter into the work queue; returns how many.
-    ///
-    /// # Errors
-    ///
-    /// As [`DeadLetters::replay_where`].
-    pub async fn replay_all(&self) -> Result<usize, Error> {
-        self.replay_where(|_| true).await
-    }
-
-    /// Replays the oldest `n` dead letters; returns how many.
-    ///
-    /// # Errors
-    ///
-    /// As [`DeadLetters::replay_where`].
-    pub async fn replay_first(&self, n: usize) -> Result<usize, Error> {
-        let mut replayed = 0;
-        self.replay_until(|_| {
-            replayed += 1;
-            if replayed <= n { Some(true) } else { None }
-        })
-        .await
-    }
-
-    /// Replays the dead letters that `select` picks, oldest first, into the
-    /// work queue with their attempt count reset. Each replay is confirmed
-    /// by the broker before its dead letter is removed; the others stay in
-    /// the dead-letter queue in their order. Returns how many were replayed.
-    ///
-    /// The walk holds at most 1 000 of the letters it keeps, to put them
-    /// back in place; past those, each letter kept moves to the tail of the
-    /// queue (republished, confirmed, then removed), so memory stays bounded
-    /// on a queue of any size. Their order is kept; letters dead-lettered
-    /// during the walk end up before them, and if the walk fails part-way,
-    /// those moved so far are at the tail.
-    ///
-    /// # Errors
-    ///
-    /// The broker's error. Replays confirmed before it stay done; the dead
-    /// letter being replayed and every one not replayed stay in the queue.
-    pub async fn replay_where(
-        &self,
-        mut select: impl FnMut(&DeadLetter<J::Payload>) -> bool,
-    ) -> Result<usize, Error> {
-        self.replay_until(|letter| Some(select(letter))).await
-    }
-
-    /// Replays what `select` picks (`Some(true)`) until it says stop (`None`).
-    async fn replay_until(
-        &self,
-        mut select: impl FnMut(&DeadLetter<J::Payload>) -> Option<bool>,
-    ) -> Result<usize, Error> {
-        if self.count().await? == 0 {
-            return Ok(0);
-        }
-        self.client.ensure_declared::<J>().await?;
-        let queue = J::options().dead_letter_queue();
-        walk(&self.client.shared_broker(), &queue, true, |message| {
-            let letter = DeadLetter::from_message(message);
-            match select(&letter) {
-                Some(true) => {
-                    Visit::Replay(Client::target::<J>(letter.payload.as_ref()).into_owned())
-                }
-                Some(false) => Visit::Keep,
-                None => Visit::Stop,
-            }
-        })
-        .await
-    }
-}
-
 /// The dead letters of `queue` that `select` picks, from the `offset`-th
 /// of those on, at most `limit`, left in place and in order. The walk holds
 /// what it reads, and reads at most `at_most` letters.
@@ -382,7 +264,7 @@ pub(crate) async fn peek<P: DeserializeOwned>(
 /// queue held at the start, and does what `visit` says with it; finally
 /// puts back every one kept, so they return to their places. Returns how
 /// many were replayed or discarded. With `rotate`, memory stays bounded
-/// (see [`DeadLetters::replay_where`]).
+/// (see [`crate::DeadLetters::replay_where`]).
 pub(crate) async fn walk(
     broker: &Arc<dyn Broker>,
     queue: &str,

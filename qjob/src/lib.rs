@@ -16,6 +16,7 @@ mod error;
 mod id;
 mod job;
 mod options;
+mod outcomes;
 pub(crate) mod policy;
 mod protocol;
 pub mod store;
@@ -34,8 +35,9 @@ pub use qjob_macros::job;
 
 // Producing, and what becomes of jobs that failed for good: the client, and
 // the dead letters it browses and replays.
+pub use client::dead_letters::DeadLetters;
 pub use client::{Client, Enqueued};
-pub use dead_letters::{DeadLetter, DeadLetters, DeadReason};
+pub use dead_letters::{DeadLetter, DeadReason};
 
 // Consuming: the worker and its builder, the health report readiness probes
 // read, and the observer hook for what metrics do not say.

@@ -1,0 +1,135 @@
+//! Enqueueing one job: now, after a delay, or at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::Instrument;
+
+use super::message::{delayable, full};
+use super::{Client, Enqueued, enqueue_span};
+use crate::Error;
+use crate::broker::{Message, Sent};
+use crate::policy::backoff;
+use crate::topology;
+use crate::{Job, JobId};
+
+impl Client {
+    /// Publishes one job, unless it is unique and a job with the same key
+    /// holds the lock: then nothing is published and that job's id comes
+    /// back as [`Enqueued::Duplicate`]. A job that is not unique is always
+    /// [`Enqueued::New`].
+    ///
+    /// The lock is taken before the publish, and given back if the publish
+    /// fails before anything was stored: of producers enqueueing the same
+    /// key at once, exactly one publishes. Dropped before it returns, this
+    /// keeps the lock if the message went out and gives it back if not
+    /// ([`crate::docs::unique`] says when a message goes out).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue`]; [`Error::Store`] if the store failed (nothing
+    /// published), [`Error::Config`] for a unique job without a store.
+    pub async fn enqueue_unique<J: Job>(&self, payload: J::Payload) -> Result<Enqueued, Error> {
+        async {
+            self.ensure_declared::<J>().await?;
+            self.publish::<J>(&payload).await
+        }
+        .instrument(enqueue_span::<J>(1))
+        .await
+    }
+
+    /// Publishes one job and returns its id once the broker confirmed it.
+    /// The job type's queues are declared on first use. A unique job whose
+    /// key is taken is not published: the id is the job's already there
+    /// ([`Client::enqueue_unique`] says which happened).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the payload does not serialize, or the
+    /// broker's error ([`Error::PublishRejected`], [`Error::Broker`], …): the
+    /// job was then not confirmed and is the caller's to retry. For a unique
+    /// job, as [`Client::enqueue_unique`].
+    pub async fn enqueue<J: Job>(&self, payload: J::Payload) -> Result<JobId, Error> {
+        let enqueued = self.enqueue_unique::<J>(payload).await?;
+        Ok(enqueued.id().clone())
+    }
+
+    /// Publishes one job to run after `delay`, and returns its id once the
+    /// broker confirmed it. The job waits in a delay queue on the broker
+    /// (`<queue>.delay.<ms>ms`, a message TTL that dead-letters into the work
+    /// queue), so it survives restarts and needs no broker plugin. The delay
+    /// is rounded up to 10 ms (to whole seconds from 10 s). Delays longer
+    /// than a day wait in day-long hops.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue`]; [`Error::Config`] for a job with
+    /// `max_length` (a capped queue), whose delayed jobs RabbitMQ would drop
+    /// if they came due while the queue is full.
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        payload: J::Payload,
+        delay: Duration,
+    ) -> Result<JobId, Error> {
+        let delay = backoff::round_up(delay);
+        if delay.is_zero() {
+            return self.enqueue::<J>(payload).await;
+        }
+        delayable::<J>()?;
+        async {
+            self.ensure_declared::<J>().await?;
+            let (id, message, lock) = self.unique_message::<J>(&payload)?;
+            let target = Self::target::<J>(Some(&payload));
+            let queue_type = J::options().queue_type();
+            let publish = |sent: Arc<Sent>| async move {
+                self.publish_delayed(&target, queue_type, delay, message, &sent)
+                    .await
+            };
+            let enqueued = self.locked::<J, _>(lock, id, publish).await?;
+            Ok(enqueued.id().clone())
+        }
+        .instrument(enqueue_span::<J>(1))
+        .await
+    }
+
+    /// Publishes one job to run at `at` (at once if that is past); see
+    /// [`Client::enqueue_in`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue_in`].
+    pub async fn enqueue_at<J: Job>(
+        &self,
+        payload: J::Payload,
+        at: SystemTime,
+    ) -> Result<JobId, Error> {
+        let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
+        self.enqueue_in::<J>(payload, delay).await
+    }
+
+    async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
+        let (id, message, lock) = self.unique_message::<J>(payload)?;
+        let target = Self::target_now::<J>(&J::options(), payload);
+        let publish = |sent: Arc<Sent>| async move {
+            let published = self.broker.publish_tracked(&target, message, &sent).await;
+            published.map_err(full::<J>)
+        };
+        self.locked::<J, _>(lock, id, publish).await
+    }
+
+    /// Publishes `message` to wait `delay` in a delay queue before it goes
+    /// into `queue`, marking `sent` when it goes out.
+    async fn publish_delayed(
+        &self,
+        queue: &str,
+        queue_type: crate::QueueType,
+        delay: Duration,
+        message: Message,
+        sent: &Sent,
+    ) -> Result<(), Error> {
+        let delayed = topology::delayed(queue, queue_type, delay, message);
+        delayed
+            .publish_tracked(&*self.broker, &self.leases, sent)
+            .await
+    }
+}
