@@ -13,7 +13,7 @@ use qjob::broker::{HeaderValue, Message, QueueSpec};
 use qjob::{DeadReason, Job, Worker, headers};
 
 use crate::scenarios::{Env, LIMIT, Running};
-use crate::{Act, Task, probe};
+use crate::{Act, Task, probe, test_job};
 
 /// The scenarios' heartbeat interval: a stopped worker shows at once, a
 /// silent one after three of these.

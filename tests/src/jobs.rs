@@ -1,6 +1,8 @@
 //! The job types of the worker scenarios, one queue each. The memory tests
 //! use the same names: a fresh `MemoryBroker` shares nothing with RabbitMQ.
 
+use crate::test_job;
+
 test_job!(retry, "qjob.test.retry", retry = 3);
 test_job!(permanent, "qjob.test.permanent", retry = 5);
 test_job!(garbage, "qjob.test.garbage", retry = 2);

@@ -11,7 +11,7 @@ use qjob::store::{MemoryStore, Store};
 use qjob::{Enqueued, Error, Job, Worker};
 
 use crate::scenarios::{Env, LIMIT, Running};
-use crate::{Act, Task, probe};
+use crate::{Act, Task, probe, test_job};
 
 test_job!(
     unique_finished,
