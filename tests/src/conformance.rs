@@ -11,7 +11,7 @@ use qjob::broker::{
 };
 use qjob::{Error, QueueType};
 
-use crate::scenarios::{Env, LIMIT};
+use crate::env::{Env, LIMIT};
 
 fn message(text: &str) -> Message {
     Message {

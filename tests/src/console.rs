@@ -12,7 +12,7 @@ use qjob::admin::{
 use qjob::broker::{HeaderValue, Message, QueueSpec};
 use qjob::{DeadReason, Job, Worker, headers};
 
-use crate::scenarios::{Env, LIMIT, Running};
+use crate::env::{Env, LIMIT, Running};
 use crate::{Act, Task, probe, test_job};
 
 /// The scenarios' heartbeat interval: a stopped worker shows at once, a

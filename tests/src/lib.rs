@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod conformance;
 pub mod console;
+pub mod env;
 pub mod jobs;
 pub mod outbox;
 mod rabbit;
