@@ -101,7 +101,7 @@ macro_rules! unique_tests {
 }
 
 /// Defines every worker scenario as a test on the broker that `$env` makes,
-/// each with its own job type from [`jobs`](crate::jobs).
+/// each with its own job type from [`scenarios`](crate::scenarios).
 #[macro_export]
 macro_rules! worker_tests {
     ($env:expr) => {
@@ -154,7 +154,7 @@ macro_rules! worker_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                $crate::scenarios::$name(&$env, $crate::jobs::$job).await;
+                $crate::scenarios::$name(&$env, $crate::scenarios::$job).await;
             }
         )*
     };
@@ -162,7 +162,7 @@ macro_rules! worker_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                $crate::scenarios::$scenario::<$crate::jobs::$job>(&$env).await;
+                $crate::scenarios::$scenario::<$crate::scenarios::$job>(&$env).await;
             }
         )*
     };
