@@ -1,75 +1,13 @@
-//! The job types of the worker scenarios, one queue each. The memory tests
-//! use the same names: a fresh `MemoryBroker` shares nothing with RabbitMQ.
+//! The job types that tests use outside the shared scenarios (whose jobs
+//! sit beside them in [`scenarios`](crate::scenarios)): the RabbitMQ-only
+//! tests of `tests/amqp_worker.rs` and `tests/amqp_process.rs`, and the
+//! jobs that worker processes (`qjob-test-worker`) run for
+//! `tests/amqp_process.rs`, `tests/cluster.rs` and
+//! `tests/postgres_outbox.rs`.
 
-test_job!(retry, "qjob.test.retry", retry = 3);
-test_job!(permanent, "qjob.test.permanent", retry = 5);
-test_job!(garbage, "qjob.test.garbage", retry = 2);
-test_job!(panic, "qjob.test.panic", retry = 2);
-test_job!(
-    concurrency,
-    "qjob.test.concurrency",
-    prefetch = 10,
-    concurrency = 4
-);
-test_job!(
-    shutdown,
-    "qjob.test.shutdown",
-    prefetch = 10,
-    concurrency = 2
-);
-test_job!(stuck, "qjob.test.stuck");
+use crate::test_job;
+
 test_job!(prefetch, "qjob.test.prefetch", prefetch = 7);
-test_job!(panic_always, "qjob.test.panic-always", retry = 1);
-test_job!(timeout, "qjob.test.timeout", retry = 0, timeout = "150ms");
-test_job!(
-    backoff,
-    "qjob.test.backoff",
-    retry = 2,
-    backoff = fixed("300ms")
-);
-test_job!(
-    single_slot,
-    "qjob.test.single-slot",
-    prefetch = 1,
-    concurrency = 1,
-    backoff = fixed("1s")
-);
-test_job!(noop, "qjob.test.noop", retry = 0);
-test_job!(
-    restart,
-    "qjob.test.restart",
-    retry = 2,
-    backoff = fixed("1s")
-);
-test_job!(replay, "qjob.test.replay", retry = 0);
-test_job!(long_walk, "qjob.test.long-walk", retry = 0);
-test_job!(
-    old_quorum_dlq,
-    "qjob.test.old-quorum-dlq",
-    retry = 0,
-    queue_type = "quorum"
-);
-test_job!(
-    switched_delay,
-    "qjob.test.switched-delay",
-    queue_type = "quorum"
-);
-test_job!(
-    quorum_dlq,
-    "qjob.test.quorum-dlq",
-    retry = 0,
-    queue_type = "quorum"
-);
-test_job!(
-    ordered,
-    "qjob.test.ordered",
-    partition_by = key,
-    partitions = 4,
-    prefetch = 20,
-    concurrency = 6,
-    retry = 2,
-    backoff = fixed("50ms")
-);
 test_job!(
     sac,
     "qjob.test.sac",
@@ -106,75 +44,9 @@ test_job!(
     retry = 0
 );
 test_job!(
-    breaker,
-    "qjob.test.breaker",
-    retry = 100,
-    backoff = fixed("100ms"),
-    concurrency = 2,
-    prefetch = 4,
-    circuit_breaker(
-        failure_rate = 0.5,
-        min_attempts = 10,
-        window = "60s",
-        open_for = "3s"
-    )
-);
-test_job!(capped, "qjob.test.capped", max_length = 5);
-test_job!(
-    capped_retry,
-    "qjob.test.capped-retry",
-    max_length = 2,
-    prefetch = 1,
-    concurrency = 1,
-    retry = 1,
-    backoff = fixed("1s")
-);
-test_job!(
-    quorum_retry,
-    "qjob.test.quorum-retry",
-    queue_type = "quorum",
-    concurrency = 2,
-    retry = 1,
-    backoff = fixed("1s")
-);
-test_job!(
     quorum_declared,
     "qjob.test.quorum-declared",
     queue_type = "quorum"
-);
-test_job!(
-    observed,
-    "qjob.test.observed",
-    partition_by = key,
-    partitions = 1,
-    retry = 2,
-    backoff = fixed("50ms")
-);
-test_job!(dlq_deleted, "qjob.test.dlq-deleted", retry = 0);
-test_job!(
-    handover,
-    "qjob.test.handover",
-    partition_by = key,
-    partitions = 1,
-    prefetch = 2
-);
-test_job!(
-    handover_quorum,
-    "qjob.test.handover-quorum",
-    queue_type = "quorum",
-    partition_by = key,
-    partitions = 1,
-    prefetch = 2
-);
-test_job!(
-    rolling,
-    "qjob.test.rolling",
-    partition_by = key,
-    partitions = 6,
-    prefetch = 10,
-    concurrency = 6,
-    retry = 2,
-    backoff = fixed("50ms")
 );
 test_job!(health, "qjob.test.health", retry = 0);
 test_job!(
@@ -293,49 +165,7 @@ pub async fn batch_done(
 // The outbox kill test's job: the relay process declares its queue.
 test_job!(outbox_kill, "qjob.test.outbox.kill");
 
-// `enqueue_all` of large batches: a job without an order to keep, the same
-// on a capped queue, one partitioned and one single-active.
-test_job!(spread, "qjob.test.batch.spread");
-test_job!(spread_capped, "qjob.test.batch.capped", max_length = 2500);
-test_job!(
-    spread_partitioned,
-    "qjob.test.batch.partitioned",
-    partition_by = key,
-    partitions = 3
-);
-test_job!(
-    spread_capped_partitioned,
-    "qjob.test.batch.capped-partitioned",
-    partition_by = key,
-    partitions = 2,
-    max_length = 5000
-);
-test_job!(
-    spread_capped_plain,
-    "qjob.test.batch.capped-plain",
-    max_length = 5000
-);
-test_job!(spread_sharded, "qjob.test.batch.sharded", shards = 4);
-test_job!(
-    spread_single_active,
-    "qjob.test.batch.single-active",
-    single_active = true
-);
-
-// A job sharded over three queues, whose retries wait 200 ms.
-test_job!(
-    sharded,
-    "qjob.test.sharded",
-    shards = 3,
-    retry = 1,
-    backoff = fixed("200ms")
-);
-
 // One queue sharded three ways and not at all, as in a deploy that
 // changes `shards`.
 test_job!(more_shards, "qjob.test.shard-deploy", shards = 3);
 test_job!(unsharded, "qjob.test.shard-deploy");
-
-// A job whose queue has a namesake of its shards that qjob did not
-// declare.
-test_job!(foreign_shard, "qjob.test.foreign-shard");

@@ -100,3 +100,92 @@ pub fn rabbitmq_major() -> u32 {
             .unwrap_or_else(|| panic!("rabbitmqctl version printed {version:?}"))
     })
 }
+
+/// The rows `rabbitmqctl <list> -q --no-table-headers <columns>` prints,
+/// each split at whitespace (for columns without spaces in their values).
+fn rabbitmqctl_rows(list: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let args: Vec<&str> = [list, "-q", "--no-table-headers"]
+        .into_iter()
+        .chain(columns.iter().copied())
+        .collect();
+    rabbitmqctl_ok(&args)
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// The second column of the rows whose first is `key`, parsed.
+fn values_of<T: std::str::FromStr>(rows: Vec<Vec<String>>, key: &str) -> Vec<T> {
+    rows.into_iter()
+        .filter(|row| row.first().map(String::as_str) == Some(key))
+        .filter_map(|row| row.get(1)?.parse().ok())
+        .collect()
+}
+
+/// Every message of `queue`, ready or unacked, as RabbitMQ reports them.
+pub fn queue_messages(queue: &str) -> u32 {
+    let rows = rabbitmqctl_rows("list_queues", &["name", "messages"]);
+    values_of(rows, queue)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no queue {queue}"))
+}
+
+/// The prefetch counts of `queue`'s consumers, as RabbitMQ reports them.
+pub fn consumer_prefetch(queue: &str) -> Vec<u16> {
+    values_of(
+        rabbitmqctl_rows("list_consumers", &["queue_name", "prefetch_count"]),
+        queue,
+    )
+}
+
+/// For every consumer of a queue whose name starts with `prefix`: the queue
+/// and whether the consumer is active (single-active-consumer queues have
+/// one active consumer; the others wait).
+pub fn consumer_activity(prefix: &str) -> Vec<(String, bool)> {
+    let mut consumers: Vec<(String, bool)> =
+        rabbitmqctl_rows("list_consumers", &["queue_name", "active"])
+            .into_iter()
+            .filter_map(|row| {
+                let [queue, active] = row.as_slice() else {
+                    return None;
+                };
+                queue
+                    .starts_with(prefix)
+                    .then(|| (queue.clone(), active == "true"))
+            })
+            .collect();
+    consumers.sort();
+    consumers
+}
+
+/// Closes the RabbitMQ connections of the broker named `name` (its
+/// publishing and its consuming one), as a network failure would.
+pub fn close_connection(name: &str) {
+    let listing = rabbitmqctl_ok(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
+    // The name a client gives itself is in its properties, quoted:
+    // "<name> publish" and "<name> consume".
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter_map(|line| {
+            let (pid, properties) = line.split_once(char::is_whitespace)?;
+            ["publish", "consume"]
+                .iter()
+                .any(|role| properties.contains(&format!("\"{name} {role}\"")))
+                .then_some(pid)
+        })
+        .collect();
+    assert!(
+        !pids.is_empty(),
+        "no connection named {name:?} in {listing}"
+    );
+    for pid in pids {
+        rabbitmqctl_ok(&["close_connection", pid, "closed by a qjob test"]);
+    }
+}

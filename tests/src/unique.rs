@@ -10,8 +10,8 @@ use qjob::broker::Message;
 use qjob::store::{MemoryStore, Store};
 use qjob::{Enqueued, Error, Job, Worker};
 
-use crate::scenarios::{Env, LIMIT, Running};
-use crate::{Act, Task, probe};
+use crate::env::{Env, LIMIT, Running};
+use crate::{Act, Task, probe, test_job};
 
 test_job!(
     unique_finished,

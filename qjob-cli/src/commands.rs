@@ -1,0 +1,81 @@
+//! The commands to workers (`pause`, `resume`, `concurrency`, `cancel`)
+//! and `topology check`.
+
+use qjob::admin::{Admin, Reply};
+use serde_json::{Value, json};
+
+use crate::out::{Out, short_id};
+use crate::{Failure, NOT_CARRIED_OUT, NOT_FOUND, TOPOLOGY_PROBLEMS};
+
+/// Waits for the workers' heartbeats; not found (3) when no running worker
+/// runs job type `job` (by name or queue).
+pub(crate) async fn running(admin: &Admin, job: &str) -> Result<(), Failure> {
+    admin.refresh().await?;
+    let runs = admin
+        .workers()
+        .iter()
+        .filter(|worker| worker.alive)
+        .flat_map(|worker| &worker.status.jobs)
+        .any(|status| status.job == job || status.queue == job);
+    if runs {
+        Ok(())
+    } else {
+        Err(Failure(
+            NOT_FOUND,
+            format!("no running worker runs job type {job:?}"),
+        ))
+    }
+}
+
+/// Reports the workers' replies to a command; fails when none replied or
+/// one refused.
+pub(crate) fn obey(out: &Out, target: &str, replies: Vec<Reply>) -> Result<(), Failure> {
+    if out.json {
+        let replies: Vec<Value> = replies
+            .iter()
+            .map(|r| json!({ "worker_id": r.worker_id, "ok": r.ok, "message": r.message }))
+            .collect();
+        out.print_json(&json!({ "replies": replies }));
+    } else {
+        for reply in &replies {
+            let worker = short_id(&reply.worker_id);
+            let verdict = if reply.ok { "ok" } else { "refused" };
+            say!("{worker}: {verdict}: {}", reply.message);
+        }
+    }
+    if replies.is_empty() {
+        return Err(Failure(
+            NOT_CARRIED_OUT,
+            format!("no running worker replied for {target:?}"),
+        ));
+    }
+    if replies.iter().any(|reply| !reply.ok) {
+        return Err(Failure(
+            NOT_CARRIED_OUT,
+            "a worker refused the command".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `topology check`: the problems found, or that there are none;
+/// [`TOPOLOGY_PROBLEMS`] when there are some.
+pub(crate) async fn check_topology(out: &Out, admin: &Admin) -> Result<(), Failure> {
+    let problems = admin.check_topology().await?;
+    if out.json {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        out.print_json(&json!({ "problems": problems }));
+    } else if problems.is_empty() {
+        say!("the broker's queues match what the running workers declare");
+    } else {
+        problems.iter().for_each(|problem| say!("{problem}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(
+            TOPOLOGY_PROBLEMS,
+            format!("{} topology problem(s)", problems.len()),
+        ))
+    }
+}

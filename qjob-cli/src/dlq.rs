@@ -1,0 +1,202 @@
+//! `dlq`: list, show, replay, discard and purge dead letters.
+
+use qjob::admin::{Admin, Letter, LetterFilter};
+use serde_json::{Value, json};
+
+use crate::args::Dlq;
+use crate::out::{Out, done, millis};
+use crate::table::{Table, ago, short};
+use crate::{Failure, NOT_FOUND};
+
+/// The dead-letter queue `name` stands for: a dead-letter queue, a job's
+/// work queue, or a job type's name (from the workers' heartbeats).
+async fn dead_letter_queue(admin: &Admin, name: &str) -> Result<String, Failure> {
+    let by_queue = format!("{name}.dlq");
+    if admin.queue(&by_queue).await?.is_some() {
+        return Ok(by_queue);
+    }
+    if name.ends_with(".dlq") && admin.queue(name).await?.is_some() {
+        return Ok(name.to_owned());
+    }
+    admin.refresh().await?;
+    admin
+        .workers()
+        .iter()
+        .flat_map(|worker| &worker.status.jobs)
+        .find(|job| job.job == name)
+        .map(|job| job.dead_letter_queue.clone())
+        .ok_or_else(|| {
+            Failure(
+                NOT_FOUND,
+                format!("no dead-letter queue for {name:?}: neither {by_queue:?} nor a job type of a running worker"),
+            )
+        })
+}
+
+/// Runs a `dlq` command.
+pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Result<(), Failure> {
+    match command {
+        Dlq::List {
+            queue,
+            offset,
+            limit,
+            filter,
+        } => {
+            let queue = dead_letter_queue(admin, queue).await?;
+            let filter = filter.letters().unwrap_or_else(LetterFilter::all);
+            let letters = admin.dead_letters(&queue, &filter, *offset, *limit).await?;
+            list(out, &queue, &letters);
+            Ok(())
+        }
+        Dlq::Show { queue, job_id } => {
+            let queue = dead_letter_queue(admin, queue).await?;
+            let letter = admin.dead_letter(&queue, job_id).await?.ok_or_else(|| {
+                Failure(
+                    NOT_FOUND,
+                    format!("no dead letter of job {job_id} in {queue}"),
+                )
+            })?;
+            show(out, &letter);
+            Ok(())
+        }
+        Dlq::Replay {
+            queue,
+            job_id,
+            all,
+            filter,
+        } => {
+            let queue = dead_letter_queue(admin, queue).await?;
+            let replayed = match (job_id, filter.letters()) {
+                (Some(job_id), None) => {
+                    if !admin.replay(&queue, job_id).await? {
+                        return Err(Failure(
+                            NOT_FOUND,
+                            format!("no dead letter of job {job_id} in {queue}"),
+                        ));
+                    }
+                    1
+                }
+                (None, Some(filter)) => admin.replay_matching(&queue, &filter).await?,
+                (None, None) if *all => admin.replay_matching(&queue, &LetterFilter::all()).await?,
+                _ => {
+                    return Err(Failure(
+                        2,
+                        "say which dead letters to replay: a job id, --all, or --reason/--error"
+                            .to_owned(),
+                    ));
+                }
+            };
+            done(
+                out,
+                &format!("replayed {replayed} from {queue}"),
+                json!({ "replayed": replayed }),
+            );
+            Ok(())
+        }
+        Dlq::Discard { queue, job_id } => {
+            let queue = dead_letter_queue(admin, queue).await?;
+            if !admin.discard(&queue, job_id).await? {
+                return Err(Failure(
+                    NOT_FOUND,
+                    format!("no dead letter of job {job_id} in {queue}"),
+                ));
+            }
+            done(
+                out,
+                &format!("discarded {job_id} from {queue}"),
+                json!({ "discarded": 1 }),
+            );
+            Ok(())
+        }
+        Dlq::Purge { queue, yes } => {
+            let queue = dead_letter_queue(admin, queue).await?;
+            if !yes {
+                return Err(Failure(
+                    2,
+                    format!("purging removes every dead letter of {queue} for good: add --yes"),
+                ));
+            }
+            let purged = admin.purge(&queue).await?;
+            done(
+                out,
+                &format!("purged {purged} from {queue}"),
+                json!({ "purged": purged }),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn letter_json(letter: &Letter) -> Value {
+    json!({
+        "job_id": letter.job_id.as_ref().map(ToString::to_string),
+        "reason": letter.reason.as_str(),
+        "error": letter.error,
+        "attempts": letter.attempts,
+        "first_failed_at_ms": letter.first_failed_at.map(millis),
+        "failed_at_ms": letter.failed_at.map(millis),
+        "host": letter.host,
+        "payload": letter.payload,
+        "body": String::from_utf8_lossy(&letter.body),
+        "headers": letter.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn list(out: &Out, queue: &str, letters: &[Letter]) {
+    if out.json {
+        out.print_json(&json!({
+            "queue": queue,
+            "letters": letters.iter().map(letter_json).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    let mut table = Table::new(["JOB ID", "REASON", "ATTEMPTS", "FAILED", "ERROR"]);
+    for letter in letters {
+        table.row([
+            letter
+                .job_id
+                .as_ref()
+                .map_or("-".to_owned(), ToString::to_string),
+            letter.reason.to_string(),
+            letter.attempts.to_string(),
+            letter
+                .failed_at
+                .map_or("-".to_owned(), |at| format!("{} ago", ago(at))),
+            short(&letter.error, 80),
+        ]);
+    }
+    table.print();
+}
+
+fn show(out: &Out, letter: &Letter) {
+    if out.json {
+        out.print_json(&letter_json(letter));
+        return;
+    }
+    let job_id = letter
+        .job_id
+        .as_ref()
+        .map_or("-".to_owned(), ToString::to_string);
+    say!("job id:    {job_id}");
+    say!("reason:    {}", letter.reason);
+    say!("error:     {}", letter.error);
+    say!("attempts:  {}", letter.attempts);
+    if let Some(at) = letter.failed_at {
+        say!("failed:    {} ago", ago(at));
+    }
+    if let Some(host) = &letter.host {
+        say!("host:      {host}");
+    }
+    say!("payload:");
+    match &letter.payload {
+        Some(payload) => say!(
+            "{}",
+            serde_json::to_string_pretty(payload).expect("JSON values serialize")
+        ),
+        None => say!("{}", String::from_utf8_lossy(&letter.body)),
+    }
+    say!("headers:");
+    for (name, value) in &letter.headers {
+        say!("  {name}: {value}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Console scenarios written once and run on both brokers: on RabbitMQ in
+//! `tests/amqp_console.rs`, in memory in `tests/memory_console.rs`. The
+//! RabbitMQ broker is shared with other tests, whose workers the console
+//! sees too: each scenario looks at its own job type only.
+
+mod cancel;
+mod letters;
+mod pause;
+mod support;
+mod workers;
+
+pub use cancel::*;
+pub use letters::*;
+pub use pause::*;
+pub use support::wait_job;
+pub use workers::*;
