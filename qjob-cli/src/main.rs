@@ -17,6 +17,7 @@ macro_rules! say {
 mod args;
 mod commands;
 mod dlq;
+mod failure;
 mod out;
 mod overview;
 mod table;
@@ -26,26 +27,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use qjob::admin::Admin;
-use qjob::{AmqpBroker, Error};
+use qjob::AmqpBroker;
 
 use args::{Cli, Command, Topology};
 use commands::{check_topology, obey, running};
 use dlq::dead_letters;
+use failure::Failure;
 use out::Out;
 use overview::{queues, status, workers};
 
-/// How a run ended: its exit code, and what to say on stderr.
-struct Failure(u8, String);
-
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        Failure(1, error.to_string())
-    }
-}
-
-const NOT_FOUND: u8 = 3;
-const NOT_CARRIED_OUT: u8 = 4;
-const TOPOLOGY_PROBLEMS: u8 = 5;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
