@@ -24,16 +24,21 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscription};
+use crate::broker::{Broker, ConsumeOptions, Delivery, Subscription};
 use crate::policy::backoff;
 use crate::schedule::{self, Missed, Schedule};
 use crate::topology::names;
 use crate::worker::health::{Health, ScheduleHealth};
-use crate::{Error, Job, JobOptions, QueueType, headers, topology, trace};
+
+mod clock;
+mod lease;
+
+use crate::{Error, Job, JobOptions, headers, topology, trace};
+use clock::{AHEAD_TOLERANCE, Clock, MAX_SLEEP};
+use lease::{Lease, Refused, declare_lease_queue, truncated};
 
 /// The leases a leader may hold at once (duplicates it merges).
 const LEASE_PREFETCH: u16 = 10;
@@ -51,9 +56,6 @@ const RENEW_EVERY: Duration = Duration::from_secs(300);
 /// that does not was taken by another consumer, so this one no longer
 /// leads (its consuming connection is gone, and it does not know yet).
 const RECORD_RETURNS_WITHIN: Duration = Duration::from_secs(10);
-
-/// The lease message's format version.
-const LEASE_FORMAT: u32 = 1;
 
 /// A schedule as a worker carries it: what it enqueues, where.
 pub(crate) struct Planned {
@@ -94,109 +96,6 @@ impl Planned {
         ScheduleHealth::new(self.job, self.schedule.expression(), self.schedule.zone())
     }
 }
-
-/// The lease: the last tick fired (or, before the first, when the
-/// schedule started), in milliseconds since the Unix epoch, and the id of
-/// the record (each lease published carries a fresh one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Lease {
-    format: u32,
-    last_ms: Option<u64>,
-    /// Absent in the leases of earlier versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-}
-
-impl Lease {
-    fn new(last: Option<SystemTime>) -> Self {
-        Self {
-            format: LEASE_FORMAT,
-            last_ms: last.map(millis),
-            id: Some(uuid::Uuid::now_v7().to_string()),
-        }
-    }
-
-    fn last(&self) -> Option<SystemTime> {
-        self.last_ms
-            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-    }
-
-    fn message(&self) -> Message {
-        Message {
-            body: serde_json::to_vec(self).expect("a lease serializes"),
-            ..Message::default()
-        }
-    }
-
-    /// A lease read from a delivery; one that does not read (another
-    /// format) counts as knowing no tick.
-    fn read(delivery: &Delivery) -> Self {
-        serde_json::from_slice(&delivery.message.body).unwrap_or(Lease {
-            format: LEASE_FORMAT,
-            last_ms: None,
-            id: None,
-        })
-    }
-}
-
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `at` to the millisecond a lease keeps.
-fn truncated(at: SystemTime) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(millis(at))
-}
-
-/// The wall clock as schedules read it: the system's clock, both ways
-/// (a step back by NTP as much as a suspend), plus how far tokio's clock
-/// ran ahead of the monotonic one since the process started: nothing in
-/// production, and a paused test's virtual time in tests (across worker
-/// restarts too).
-#[derive(Clone, Copy)]
-struct Clock;
-
-/// Sleeps are cut to this and the clock read again, so that a jump of the
-/// system clock (a suspend, a step either way) is seen within this.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
-
-/// A lease may record a tick this far ahead of the reader's clock (two
-/// workers' clocks a little apart) and be taken as it is; further ahead,
-/// it counts as now, and the schedule reports the problem.
-const AHEAD_TOLERANCE: Duration = Duration::from_secs(30);
-
-impl Clock {
-    fn now(self) -> SystemTime {
-        static ANCHOR: std::sync::OnceLock<(Instant, std::time::Instant)> =
-            std::sync::OnceLock::new();
-        let (tokio_at, std_at) =
-            *ANCHOR.get_or_init(|| (Instant::now(), std::time::Instant::now()));
-        wall(SystemTime::now(), tokio_at.elapsed(), std_at.elapsed())
-    }
-
-    /// When to wake up for `time`: at it, or after [`MAX_SLEEP`] to look
-    /// again.
-    fn wake_for(self, time: SystemTime) -> Instant {
-        let until = time.duration_since(self.now()).unwrap_or_default();
-        Instant::now() + until.min(MAX_SLEEP)
-    }
-}
-
-/// The system's time `system`, moved by how far tokio's clock ran ahead
-/// of (or behind, while paused) the monotonic clock since the same
-/// anchor.
-fn wall(system: SystemTime, tokio_elapsed: Duration, std_elapsed: Duration) -> SystemTime {
-    if tokio_elapsed >= std_elapsed {
-        system + (tokio_elapsed - std_elapsed)
-    } else {
-        system - (std_elapsed - tokio_elapsed)
-    }
-}
-
-/// Why a schedule stopped for good on this worker (it does not lead it
-/// until it restarts).
-struct Refused(String);
 
 /// Runs schedule `planned` until `stop`: leads it when this worker is the
 /// lease queue's active consumer, stands by otherwise.
@@ -579,133 +478,5 @@ impl Leader<'_> {
         }
         self.recorded = true;
         Ok(id)
-    }
-}
-
-/// Declares the lease queue, or checks that the one there elects one
-/// leader: declared by another version with other arguments, it is used
-/// as it is if it has a single active consumer; without one every worker
-/// would lead, so the schedule is refused (`Some`).
-async fn declare_lease_queue(broker: &dyn Broker, queue: &str) -> Result<Option<Refused>, Error> {
-    // A lease handed from leader to leader is delivered again each time:
-    // RabbitMQ 4's default delivery limit (20) would drop it.
-    let mut spec = QueueSpec::new(queue)
-        .with_queue_type(QueueType::Quorum)
-        .with_single_active(true)
-        .with_delivery_limit(topology::DEAD_LETTER_DELIVERY_LIMIT);
-    // Each try takes the existing value of the argument that differed,
-    // but for the single active consumer.
-    for _ in 0..4 {
-        let (argument, existing) = match broker.declare_queue(&spec).await {
-            Ok(()) => return Ok(None),
-            Err(Error::QueueMismatch {
-                argument, existing, ..
-            }) => (argument, existing),
-            Err(error) => return Err(error),
-        };
-        spec = match (argument.as_str(), existing.as_str()) {
-            ("x-queue-type", "classic") => QueueSpec {
-                delivery_limit: None,
-                ..spec.with_queue_type(QueueType::Classic)
-            },
-            ("x-queue-type", "quorum") => spec.with_queue_type(QueueType::Quorum),
-            ("x-delivery-limit", "none") => QueueSpec {
-                delivery_limit: None,
-                ..spec
-            },
-            ("x-delivery-limit", limit) if limit.parse::<u32>().is_ok() => {
-                spec.with_delivery_limit(limit.parse().expect("a number"))
-            }
-            ("x-single-active-consumer", _) => {
-                return Ok(Some(Refused(format!(
-                    "the lease queue {queue:?} exists without a single active consumer \
-                     ({argument} = {existing}): every worker would lead it; delete the \
-                     queue (no worker carrying the schedule running) to start afresh"
-                ))));
-            }
-            _ => {
-                return Ok(Some(Refused(format!(
-                    "the lease queue {queue:?} exists with {argument} = {existing}, which \
-                     qjob never declares: it cannot tell whether it elects one leader; \
-                     delete the queue to start afresh"
-                ))));
-            }
-        };
-        tracing::warn!(
-            queue,
-            argument,
-            existing,
-            "the lease queue exists with other arguments; using it as it is"
-        );
-    }
-    Ok(Some(Refused(format!(
-        "the lease queue {queue:?} exists with arguments qjob does not know"
-    ))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Unused;
-
-    #[async_trait::async_trait]
-    impl crate::broker::Acker for Unused {
-        async fn ack(&self) -> Result<(), Error> {
-            unreachable!("not settled")
-        }
-
-        async fn reject(&self, _requeue: bool) -> Result<(), Error> {
-            unreachable!("not settled")
-        }
-    }
-
-    #[test]
-    fn leases_read_back_and_unknown_ones_know_no_tick() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let lease = Lease::new(Some(at));
-        let delivery = |body: Vec<u8>| Delivery {
-            message: Message {
-                body,
-                ..Message::default()
-            },
-            redelivered: false,
-            acker: Box::new(Unused),
-        };
-        assert_eq!(
-            Lease::read(&delivery(lease.message().body)).last(),
-            Some(at)
-        );
-        assert_eq!(Lease::read(&delivery(b"junk".to_vec())).last(), None);
-    }
-
-    /// The schedules' clock follows the system's both ways: a process
-    /// that started with its clock ahead (before NTP stepped it back)
-    /// used to fire early for its whole life, its clock never behind
-    /// where it started.
-    #[test]
-    fn the_clock_follows_a_step_of_the_system_clock_either_way() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let minute = Duration::from_secs(60);
-        // Ten minutes on, with no virtual time: the system's clock.
-        assert_eq!(
-            wall(start + 10 * minute, 10 * minute, 10 * minute),
-            start + 10 * minute
-        );
-        // Stepped back an hour at minute 10: an hour back.
-        let stepped = start + 10 * minute - 60 * minute;
-        assert_eq!(wall(stepped, 10 * minute, 10 * minute), stepped);
-        // Stepped forward (a suspend the monotonic clocks did not count).
-        assert_eq!(
-            wall(start + 90 * minute, minute, minute),
-            start + 90 * minute
-        );
-        // Virtual time (a paused test) an hour ahead of the monotonic clock.
-        assert_eq!(
-            wall(start + minute, 61 * minute, minute),
-            start + 61 * minute
-        );
-        // Tokio's clock paused while the monotonic one ran on.
-        assert_eq!(wall(start + 2 * minute, Duration::ZERO, 2 * minute), start);
     }
 }
