@@ -4,8 +4,8 @@
 use qjob::admin::{Admin, Reply};
 use serde_json::{Value, json};
 
-use crate::out::{Out, short_id};
 use crate::failure::{Failure, NOT_CARRIED_OUT, NOT_FOUND, TOPOLOGY_PROBLEMS};
+use crate::out::{Out, short_id};
 
 /// Waits for the workers' heartbeats; not found (3) when no running worker
 /// runs job type `job` (by name or queue).

@@ -4,9 +4,9 @@ use qjob::admin::{Admin, Letter, LetterFilter};
 use serde_json::{Value, json};
 
 use crate::args::Dlq;
+use crate::failure::{Failure, NOT_FOUND};
 use crate::out::{Out, done, millis};
 use crate::table::{Table, ago, short};
-use crate::failure::{Failure, NOT_FOUND};
 
 /// The dead-letter queue `name` stands for: a dead-letter queue, a job's
 /// work queue, or a job type's name (from the workers' heartbeats).

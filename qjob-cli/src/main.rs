@@ -26,8 +26,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use qjob::admin::Admin;
 use qjob::AmqpBroker;
+use qjob::admin::Admin;
 
 use args::{Cli, Command, Topology};
 use commands::{check_topology, obey, running};
@@ -35,7 +35,6 @@ use dlq::dead_letters;
 use failure::Failure;
 use out::Out;
 use overview::{queues, status, workers};
-
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -84,6 +84,7 @@ async fn import(task: Task, ctx: JobContext) -> Result<(), JobError> {
 }
 
 /// The running demo: its workers and producer stop when it is dropped.
+#[derive(Debug)]
 pub struct Demo {
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     producer: tokio::task::JoinHandle<()>,

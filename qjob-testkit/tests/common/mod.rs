@@ -13,7 +13,7 @@ use qjob_testkit::MemoryBroker;
 
 /// [`MemoryBroker`] with faults the memory broker has no switch for.
 #[derive(Clone)]
-pub struct Faulty {
+pub(crate) struct Faulty {
     pub inner: MemoryBroker,
     /// Lease records are taken as published and dropped, as if another
     /// consumer were the lease queue's active one and received them.
@@ -26,7 +26,7 @@ pub struct Faulty {
 }
 
 impl Faulty {
-    pub fn new(inner: MemoryBroker) -> Self {
+    pub(crate) fn new(inner: MemoryBroker) -> Self {
         Self {
             inner,
             leases_elsewhere: Arc::default(),
