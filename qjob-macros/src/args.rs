@@ -204,7 +204,15 @@ impl Args {
                 self.max_length = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
             }
             "inbox" => self.inbox = Some(positive_duration(key, value)?),
-            "cron" => self.cron = Some(values::cron(key, value)?),
+            #[cfg(feature = "cron")]
+            "cron" => self.cron = Some(crate::cron::checked(key, value)?),
+            #[cfg(not(feature = "cron"))]
+            "cron" => {
+                return Err(syn::Error::new_spanned(
+                    value,
+                    "`cron` needs qjob's feature `periodic` (on by default)",
+                ));
+            }
             "delivery_limit" => {
                 self.delivery_limit = Some((
                     values::integer(key, value, 1, u64::from(u32::MAX))?,

@@ -3,6 +3,8 @@
 
 mod args;
 mod check;
+#[cfg(feature = "cron")]
+mod cron;
 mod expand;
 mod values;
 

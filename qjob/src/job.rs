@@ -64,6 +64,7 @@ pub trait Job: Send + Sync + 'static {
         serde_json::to_string(payload).ok()
     }
 
+    #[cfg(feature = "periodic")]
     /// The schedule `#[job(cron = "...")]` declares, with the payload its
     /// ticks carry: a worker that registers the job type also fires it on
     /// this schedule ([`crate::WorkerBuilder::schedule`] adds others).

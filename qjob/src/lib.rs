@@ -47,7 +47,9 @@ pub use worker::{
 
 // Periodic jobs: when they fire, and what a new leader does with the ticks
 // it missed.
+#[cfg(feature = "periodic")]
 pub mod schedule;
+#[cfg(feature = "periodic")]
 pub use schedule::Schedule;
 
 // Batches: jobs with a callback once they have all finished.
@@ -109,10 +111,12 @@ pub mod __private {
 
     /// The schedule of `#[job(cron = "...")]`, whose expression the macro
     /// checked.
+    #[cfg(feature = "periodic")]
     pub fn schedule(expression: &str) -> crate::Schedule {
         crate::Schedule::cron(expression).expect("#[job] checked the cron expression")
     }
 
+    #[cfg(feature = "periodic")]
     /// A `cron` job's payload: one with a default, which each tick carries.
     #[diagnostic::on_unimplemented(
         message = "a job with `cron` needs a payload with a default: `{Self}` does not implement `Default`",
@@ -124,6 +128,7 @@ pub mod __private {
         fn ticked() -> Self;
     }
 
+    #[cfg(feature = "periodic")]
     impl<T: Default> SchedulePayload for T {
         fn ticked() -> Self {
             T::default()

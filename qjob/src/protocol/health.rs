@@ -59,6 +59,7 @@ pub struct ScheduleHealth {
 }
 
 impl ScheduleHealth {
+    #[cfg(feature = "periodic")]
     pub(crate) fn new(job: &str, expression: &str, zone: &str) -> Self {
         Self {
             job: job.to_owned(),

@@ -18,6 +18,7 @@ use std::time::Duration;
 const DEAD_LETTER_SUFFIX: &str = ".dlq";
 
 /// The prefix of a schedule's lease queue, before the schedule's name.
+#[cfg(feature = "periodic")]
 pub(crate) const LEASE_QUEUE_PREFIX: &str = "qjob.schedule.";
 
 /// The dead-letter queue of the job on `queue`.
@@ -93,6 +94,7 @@ pub(crate) fn delay_of(queue: &str, name: &str, kind: Option<&str>) -> Option<Du
 }
 
 /// The lease queue of the schedule `schedule`.
+#[cfg(feature = "periodic")]
 pub(crate) fn lease_queue(schedule: &str) -> String {
     format!("{LEASE_QUEUE_PREFIX}{schedule}")
 }
@@ -100,6 +102,12 @@ pub(crate) fn lease_queue(schedule: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "periodic")]
+    #[test]
+    fn lease_queues_are_named_for_their_schedule() {
+        assert_eq!(lease_queue("nightly"), "qjob.schedule.nightly");
+    }
 
     #[test]
     fn names_read_back() {
@@ -131,6 +139,5 @@ mod tests {
             None,
             "one name per delay"
         );
-        assert_eq!(lease_queue("nightly"), "qjob.schedule.nightly");
     }
 }

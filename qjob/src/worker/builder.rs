@@ -10,8 +10,12 @@ use crate::worker::control::{Cancellations, DEFAULT_CANCEL_MEMORY};
 use crate::worker::health::Health;
 use crate::worker::observer::Observer;
 use crate::worker::runnable::{Registered, Runnable};
-use crate::worker::{Overrides, Worker, scheduler};
-use crate::{Broker, Error, Job, Schedule};
+#[cfg(feature = "periodic")]
+use crate::worker::scheduler;
+use crate::worker::{Overrides, Worker};
+use crate::{Broker, Job};
+#[cfg(feature = "periodic")]
+use crate::{Error, Schedule};
 
 /// How long in-flight handlers may run on after shutdown by default.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +34,7 @@ pub struct WorkerBuilder {
     heartbeat_interval: Duration,
     cancel_memory: Duration,
     store: Option<Arc<dyn Store>>,
+    #[cfg(feature = "periodic")]
     schedules: Vec<Result<scheduler::Planned, Error>>,
     #[cfg(feature = "postgres")]
     relays: Vec<crate::outbox::Relay>,
@@ -57,12 +62,14 @@ impl WorkerBuilder {
     /// Adds a job type; the worker consumes its queue.
     pub fn register<J: Job>(mut self, job: J) -> Self {
         self.jobs.push(Arc::new(Registered(job)));
+        #[cfg(feature = "periodic")]
         if let Some((schedule, payload)) = J::schedule() {
             self = self.schedule::<J>(schedule, payload);
         }
         self
     }
 
+    #[cfg(feature = "periodic")]
     /// Fires job type `J` with `payload` on `schedule`: at each tick, one
     /// job, however many workers carry the same schedule (they elect a
     /// leader through RabbitMQ; see [`crate::docs::periodic`]). The job
@@ -193,6 +200,7 @@ impl WorkerBuilder {
             heartbeat_interval: self.heartbeat_interval,
             cancellations: Arc::new(Cancellations::new(self.cancel_memory)),
             store: self.store,
+            #[cfg(feature = "periodic")]
             schedules: self.schedules,
             #[cfg(feature = "postgres")]
             relays: self.relays,
@@ -217,6 +225,7 @@ impl Worker {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             cancel_memory: DEFAULT_CANCEL_MEMORY,
             store: None,
+            #[cfg(feature = "periodic")]
             schedules: Vec::new(),
             #[cfg(feature = "postgres")]
             relays: Vec::new(),

@@ -183,12 +183,14 @@ impl Health {
     }
 
     /// Changes what the report says of schedule `name`.
+    #[cfg(feature = "periodic")]
     pub(crate) fn schedule(&self, name: &str, change: impl FnOnce(&mut ScheduleHealth)) {
         if let Some(schedule) = self.state().schedules.get_mut(name) {
             change(schedule);
         }
     }
 
+    #[cfg(feature = "periodic")]
     pub(crate) fn add_schedule(&self, name: &str, schedule: ScheduleHealth) {
         self.state().schedules.insert(name.to_owned(), schedule);
     }

@@ -20,6 +20,7 @@ mod run;
 mod runnable;
 mod sampler;
 mod scaler;
+#[cfg(feature = "periodic")]
 mod scheduler;
 mod settle;
 
@@ -31,6 +32,7 @@ pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "periodic")]
 use crate::Error;
 use crate::broker::Broker;
 use crate::store::Store;
@@ -75,6 +77,7 @@ pub struct Worker {
     pub(super) heartbeat_interval: Duration,
     pub(super) cancellations: Arc<Cancellations>,
     pub(super) store: Option<Arc<dyn Store>>,
+    #[cfg(feature = "periodic")]
     pub(super) schedules: Vec<Result<scheduler::Planned, Error>>,
     #[cfg(feature = "postgres")]
     pub(super) relays: Vec<crate::outbox::Relay>,

@@ -2,7 +2,9 @@
 //! its consumers (one per consumed queue), their handlers, its autoscaler
 //! and its console entry; and the schedules.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+#[cfg(feature = "periodic")]
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -16,7 +18,9 @@ use crate::worker::handler::{Handler, Shared, Wiring};
 use crate::worker::runnable::Runnable;
 use crate::worker::sampler::Sampled;
 use crate::worker::scaler::{Scaled, Work};
-use crate::worker::{Worker, metrics, scheduler};
+#[cfg(feature = "periodic")]
+use crate::worker::scheduler;
+use crate::worker::{Worker, metrics};
 use crate::{Error, JobOptions, topology};
 
 impl Worker {
@@ -35,6 +39,7 @@ impl Worker {
     /// What to run for every registered job, after checking that no two
     /// share a queue.
     /// The schedules to run, each named once.
+    #[cfg(feature = "periodic")]
     pub(super) fn schedules(&mut self) -> Result<Vec<scheduler::Planned>, Error> {
         let mut names = HashSet::new();
         let mut schedules = Vec::new();
@@ -108,7 +113,11 @@ impl Worker {
         let relays = !self.relays.is_empty();
         #[cfg(not(feature = "postgres"))]
         let relays = false;
-        if self.jobs.is_empty() && self.schedules.is_empty() && !relays {
+        #[cfg(feature = "periodic")]
+        let schedules = !self.schedules.is_empty();
+        #[cfg(not(feature = "periodic"))]
+        let schedules = false;
+        if self.jobs.is_empty() && !schedules && !relays {
             return Err(Error::NoJobRegistered);
         }
         let mut queues: HashMap<String, &'static str> = HashMap::new();

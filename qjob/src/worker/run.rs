@@ -14,7 +14,9 @@ use crate::worker::console::Console;
 use crate::worker::consumer::Consumer;
 use crate::worker::plan::JobPlan;
 use crate::worker::sampler::Sampled;
-use crate::worker::{Worker, checks, metrics, sampler, scaler, scheduler};
+#[cfg(feature = "periodic")]
+use crate::worker::scheduler;
+use crate::worker::{Worker, checks, metrics, sampler, scaler};
 use crate::{Error, topology};
 
 impl Worker {
@@ -31,9 +33,11 @@ impl Worker {
     /// `QJOB_<QUEUE>_…` override ([`Error::Config`]), or the broker refusing
     /// to declare a queue or to start a consumer. Nothing has been consumed
     /// when it returns an error.
+    #[cfg_attr(not(feature = "periodic"), allow(unused_mut))]
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let inherited = self.inherited_shards().await?;
         let plans = self.plans(&inherited)?;
+        #[cfg(feature = "periodic")]
         let schedules = self.schedules()?;
         self.prepare(&plans).await?;
         #[cfg(feature = "postgres")]
@@ -62,6 +66,7 @@ impl Worker {
                 stop.clone(),
             ));
         }
+        #[cfg(feature = "periodic")]
         for planned in schedules {
             self.health.add_schedule(&planned.name, planned.health());
             running.spawn(scheduler::run(
