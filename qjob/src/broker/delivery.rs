@@ -40,6 +40,11 @@ pub trait Acker: Send + Sync {
 }
 
 /// One message handed to a consumer, with the means to settle it.
+///
+/// A broker builds it with [`Delivery::new`] (and
+/// [`Delivery::with_redelivered`]), so that a field added later breaks no
+/// broker implementation; the fields are read directly.
+#[non_exhaustive]
 pub struct Delivery {
     /// The message.
     pub message: Message,
@@ -47,6 +52,24 @@ pub struct Delivery {
     pub redelivered: bool,
     /// Settles this delivery.
     pub acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// A first delivery of `message` (not redelivered), settled by `acker`.
+    pub fn new(message: Message, acker: Box<dyn Acker>) -> Self {
+        Self {
+            message,
+            redelivered: false,
+            acker,
+        }
+    }
+
+    /// Sets whether the broker delivered the message before without a
+    /// settlement.
+    pub fn with_redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
+    }
 }
 
 impl fmt::Debug for Delivery {
@@ -103,11 +126,26 @@ pub trait Subscription: Send {
 }
 
 /// Options of one consumer.
+///
+/// Built with [`ConsumeOptions::new`], so that a field added later breaks
+/// no broker implementation; the fields are read directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumeOptions {
     /// Unacked deliveries the broker sends this consumer at most
     /// (per consumer, never per channel).
     pub prefetch: u16,
     /// A tag naming the consumer to operators.
     pub tag: String,
+}
+
+impl ConsumeOptions {
+    /// A consumer holding at most `prefetch` unacked deliveries, named
+    /// `tag` to operators.
+    pub fn new(prefetch: u16, tag: impl Into<String>) -> Self {
+        Self {
+            prefetch,
+            tag: tag.into(),
+        }
+    }
 }

@@ -187,7 +187,26 @@ impl From<bool> for HeaderValue {
 pub type Headers = BTreeMap<String, HeaderValue>;
 
 /// A message as published and as delivered: persistent, JSON by convention.
+///
+/// Built with [`Message::new`] and the `with_*` setters, so that a field
+/// added later breaks no broker implementation; the fields are read
+/// directly.
+///
+/// # Examples
+///
+/// ```
+/// use qjob::broker::{HeaderValue, Headers, Message};
+///
+/// let headers = Headers::from([("tenant".to_owned(), HeaderValue::from("acme"))]);
+/// let message = Message::new(r#"{"n":1}"#)
+///     .with_id("job-1")
+///     .with_headers(headers);
+/// assert_eq!(message.id.as_deref(), Some("job-1"));
+/// assert_eq!(message.body, br#"{"n":1}"#);
+/// assert_eq!(message.kind, None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Message {
     /// The message id (qjob puts the job id here); `None` for messages
     /// published by other producers without one.
@@ -204,4 +223,39 @@ pub struct Message {
     pub headers: Headers,
     /// The body.
     pub body: Vec<u8>,
+}
+
+impl Message {
+    /// A message of `body` with no id, kind, timestamp or headers.
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            body: body.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the message id.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets the message type (see the field).
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// Sets when the message was first published, in seconds since the
+    /// Unix epoch (see the field).
+    pub fn with_timestamp(mut self, timestamp: u64) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// Replaces the headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
 }
