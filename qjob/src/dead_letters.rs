@@ -379,11 +379,7 @@ mod tests {
 
     #[test]
     fn replays_drop_the_failure_history_and_count() {
-        let mut message = Message {
-            id: Some("job".into()),
-            body: b"{}".to_vec(),
-            ..Message::default()
-        };
+        let mut message = Message::new(b"{}".to_vec()).with_id("job");
         for name in [
             headers::ATTEMPT,
             headers::ERROR,
@@ -410,11 +406,7 @@ mod tests {
 
     #[test]
     fn dead_letters_read_back() {
-        let mut message = Message {
-            id: Some("job-7".into()),
-            body: br#""hello""#.to_vec(),
-            ..Message::default()
-        };
+        let mut message = Message::new(br#""hello""#.to_vec()).with_id("job-7");
         message
             .headers
             .insert(headers::REASON.into(), "permanent".into());

@@ -212,11 +212,7 @@ impl Envelope {
 /// A fresh job message: its id and body, nothing else (see the module's
 /// docs).
 pub(crate) fn new_job(id: &JobId, body: Vec<u8>) -> Message {
-    Message {
-        id: Some(id.to_string()),
-        body,
-        ..Message::default()
-    }
+    Message::new(body).with_id(id.to_string())
 }
 
 #[cfg(test)]
@@ -272,10 +268,7 @@ mod tests {
 
     #[test]
     fn foreign_messages_without_an_id_are_enqueued_at_their_timestamp() {
-        let message = Message {
-            timestamp: Some(1_700_000_000),
-            ..Message::default()
-        };
+        let message = Message::default().with_timestamp(1_700_000_000);
         let envelope = Envelope::read(&message).unwrap();
         assert_eq!(envelope.enqueued_at, from_millis(1_700_000_000_000));
         assert!(envelope.job_id.created_at().is_some(), "a fresh job id");
@@ -283,11 +276,9 @@ mod tests {
 
     #[test]
     fn foreign_messages_fall_back_to_the_timestamp_property() {
-        let message = Message {
-            id: Some("not-a-uuid".into()),
-            timestamp: Some(1_700_000_000),
-            ..Message::default()
-        };
+        let message = Message::default()
+            .with_id("not-a-uuid")
+            .with_timestamp(1_700_000_000);
         let envelope = Envelope::read(&message).unwrap();
         assert_eq!(envelope.enqueued_at, from_millis(1_700_000_000_000));
         assert_eq!(envelope.job_id.as_str(), "not-a-uuid");

@@ -128,13 +128,7 @@ impl Env {
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
         match self {
             Env::Memory(broker) => broker
-                .publish(
-                    queue,
-                    qjob::broker::Message {
-                        body: body.to_vec(),
-                        ..Default::default()
-                    },
-                )
+                .publish(queue, qjob::broker::Message::new(body))
                 .await
                 .unwrap(),
             Env::Amqp(_, rabbit) => rabbit.publish_raw(queue, body).await,

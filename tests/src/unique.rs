@@ -226,10 +226,8 @@ pub async fn a_job_delivered_twice_runs_once_with_an_inbox(env: &Env) {
     let store = MemoryStore::new();
     // A producer that published the same job twice (same id), and
     // another job.
-    let message = |seq: u32, id: &str| Message {
-        id: Some(id.to_owned()),
-        body: serde_json::to_vec(&Task::new(&tag, seq, Act::Succeed)).unwrap(),
-        ..Message::default()
+    let message = |seq: u32, id: &str| {
+        Message::new(serde_json::to_vec(&Task::new(&tag, seq, Act::Succeed)).unwrap()).with_id(id)
     };
     let broker = env.broker();
     broker

@@ -16,16 +16,10 @@ async fn delivered(env: &Env, queue: &str, count: u8) -> (Box<dyn Subscription>,
     let broker = env.broker();
     broker.declare_queue(&QueueSpec::new(queue)).await.unwrap();
     for n in 0..count {
-        let message = Message {
-            body: vec![b'0' + n],
-            ..Message::default()
-        };
+        let message = Message::new(vec![b'0' + n]);
         broker.publish(queue, message).await.unwrap();
     }
-    let options = ConsumeOptions {
-        prefetch: u16::from(count),
-        tag: queue.into(),
-    };
+    let options = ConsumeOptions::new(u16::from(count), queue);
     let mut subscription = broker.consume(queue, options).await.unwrap();
     let mut deliveries = Vec::new();
     for _ in 0..count {
@@ -106,10 +100,9 @@ async fn a_dropped_browse_puts_its_dead_letters_back() {
         .unwrap();
     let letters = 300;
     for n in 0..letters {
-        let message = Message {
-            body: format!("{{\"tag\":\"browsed\",\"seq\":{n},\"act\":\"Succeed\"}}").into_bytes(),
-            ..Message::default()
-        };
+        let message = Message::new(format!(
+            "{{\"tag\":\"browsed\",\"seq\":{n},\"act\":\"Succeed\"}}"
+        ));
         broker.publish(&dlq, message).await.unwrap();
     }
     let client = env.client();

@@ -188,10 +188,7 @@ impl Broker for MemoryBroker {
             }
             queue
         });
-        let options = ConsumeOptions {
-            prefetch: LISTEN_PREFETCH,
-            tag: format!("qjob-listen-{exchange}"),
-        };
+        let options = ConsumeOptions::new(LISTEN_PREFETCH, format!("qjob-listen-{exchange}"));
         let mut subscription = self.subscribe(&queue, options)?;
         subscription.private = true;
         Ok(Box::new(subscription))

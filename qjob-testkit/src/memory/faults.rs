@@ -119,10 +119,6 @@ impl MemoryBroker {
     ///
     /// As [`Broker::publish`].
     pub async fn publish_raw(&self, queue: &str, body: impl Into<Vec<u8>>) -> Result<(), Error> {
-        let message = Message {
-            body: body.into(),
-            ..Message::default()
-        };
-        self.publish(queue, message).await
+        self.publish(queue, Message::new(body)).await
     }
 }

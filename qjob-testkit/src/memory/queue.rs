@@ -231,16 +231,16 @@ impl Queue {
                 deliveries,
             });
         }
-        let delivery = Delivery {
-            message: stored.message.clone(),
-            redelivered: stored.redelivered,
-            acker: Box::new(MemoryAcker::new(
+        let delivery = Delivery::new(
+            stored.message.clone(),
+            Box::new(MemoryAcker::new(
                 shared.clone(),
                 &self.spec.name,
                 getter,
                 sequence,
             )),
-        };
+        )
+        .with_redelivered(stored.redelivered);
         let slot = self.slot_mut(getter).expect("created above");
         slot.unacked.insert(sequence, stored);
         Some(delivery)
@@ -282,16 +282,16 @@ impl Queue {
                 idle_turns = 0;
                 let (sequence, mut stored) = self.ready.pop_first().expect("not empty");
                 stored.delivered_at = Some(Instant::now());
-                let delivery = Delivery {
-                    message: stored.message.clone(),
-                    redelivered: stored.redelivered,
-                    acker: Box::new(MemoryAcker::new(
+                let delivery = Delivery::new(
+                    stored.message.clone(),
+                    Box::new(MemoryAcker::new(
                         shared.clone(),
                         &self.spec.name,
                         slot.id,
                         sequence,
                     )),
-                };
+                )
+                .with_redelivered(stored.redelivered);
                 slot.unacked.insert(sequence, stored);
                 // A closed receiver is a dropped subscription, whose Drop
                 // removes the consumer and requeues this message.

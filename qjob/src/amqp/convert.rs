@@ -224,13 +224,10 @@ mod tests {
 
     #[test]
     fn messages_round_trip_through_properties() {
-        let mut original = Message {
-            id: Some("job-1".into()),
-            kind: Some("charge".into()),
-            timestamp: Some(1_700_000_000),
-            body: b"{}".to_vec(),
-            ..Message::default()
-        };
+        let mut original = Message::new(b"{}".to_vec())
+            .with_id("job-1")
+            .with_kind("charge")
+            .with_timestamp(1_700_000_000);
         original.headers.insert("s".into(), "text".into());
         original.headers.insert("i".into(), HeaderValue::Int(-7));
         original.headers.insert("b".into(), HeaderValue::Bool(true));

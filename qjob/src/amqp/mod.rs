@@ -410,11 +410,11 @@ impl AmqpBroker {
             .map_err(|e| Error::broker(format!("get from queue {queue:?}"), e))?;
         Ok(got.map(|got| {
             let delivery = got.delivery;
-            Delivery {
-                message: convert::message(&delivery.properties, delivery.data),
-                redelivered: delivery.redelivered,
-                acker: Box::new(DirectAcker(delivery.acker)),
-            }
+            Delivery::new(
+                convert::message(&delivery.properties, delivery.data),
+                Box::new(DirectAcker(delivery.acker)),
+            )
+            .with_redelivered(delivery.redelivered)
         }))
     }
 }

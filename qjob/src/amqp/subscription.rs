@@ -117,15 +117,15 @@ impl Subscription for AmqpSubscription {
             }
         };
         self.acks.delivered(delivery.delivery_tag);
-        Some(Ok(Delivery {
-            message: convert::message(&delivery.properties, delivery.data),
-            redelivered: delivery.redelivered,
-            acker: Box::new(AmqpAcker {
-                tag: delivery.delivery_tag,
-                acker: delivery.acker,
-                acks: self.acks.clone(),
-            }),
-        }))
+        let message = convert::message(&delivery.properties, delivery.data);
+        let acker = Box::new(AmqpAcker {
+            tag: delivery.delivery_tag,
+            acker: delivery.acker,
+            acks: self.acks.clone(),
+        });
+        Some(Ok(
+            Delivery::new(message, acker).with_redelivered(delivery.redelivered)
+        ))
     }
 
     async fn cancel(&mut self) -> Result<(), Error> {

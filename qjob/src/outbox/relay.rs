@@ -98,12 +98,9 @@ impl Claimed {
             queue_type,
             run_at_ms: row.get("run_at_ms"),
             attempts,
-            message: Message {
-                id: Some(job_id),
-                headers,
-                body: row.get("body"),
-                ..Message::default()
-            },
+            message: Message::new(row.get::<Vec<u8>, _>("body"))
+                .with_id(job_id)
+                .with_headers(headers),
         })
     }
 

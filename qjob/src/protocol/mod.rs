@@ -58,10 +58,7 @@ impl StatusMessage {
 
 /// A JSON message of the format.
 pub(crate) fn message(value: &impl Serialize) -> Message {
-    Message {
-        body: serde_json::to_vec(value).expect("the status format serializes"),
-        ..Message::default()
-    }
+    Message::new(serde_json::to_vec(value).expect("the status format serializes"))
 }
 
 #[cfg(test)]

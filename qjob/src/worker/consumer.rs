@@ -110,10 +110,7 @@ impl Consumer {
         self.broker
             .consume(
                 self.queue(),
-                ConsumeOptions {
-                    prefetch: self.subscribed_prefetch(),
-                    tag: self.tag.clone(),
-                },
+                ConsumeOptions::new(self.subscribed_prefetch(), self.tag.clone()),
             )
             .await
     }

@@ -233,11 +233,7 @@ mod tests {
 
     #[test]
     fn retry_and_dead_letter_messages_keep_the_original() {
-        let mut original = Message {
-            id: Some("id-1".into()),
-            body: b"{\"a\":1}".to_vec(),
-            ..Message::default()
-        };
+        let mut original = Message::new(b"{\"a\":1}".to_vec()).with_id("id-1");
         original.headers.insert("custom".into(), "kept".into());
         let retry = retry_message(original.clone(), 2);
         assert_eq!(retry.headers[headers::ATTEMPT], HeaderValue::Int(3));

@@ -8,11 +8,7 @@ use qjob::broker::{Broker, ConsumeOptions, Delivery, Message, QueueSpec, Subscri
 use crate::env::{Env, LIMIT};
 
 pub(super) fn message(text: &str) -> Message {
-    Message {
-        id: Some(text.to_owned()),
-        body: text.as_bytes().to_vec(),
-        ..Message::default()
-    }
+    Message::new(text).with_id(text)
 }
 
 pub(super) async fn next(subscription: &mut Box<dyn Subscription>) -> Delivery {
@@ -35,10 +31,7 @@ pub(super) async fn fresh_queue(env: &Env, queue: &str, texts: &[&str]) -> Arc<d
 }
 
 pub(super) fn consume(prefetch: u16) -> ConsumeOptions {
-    ConsumeOptions {
-        prefetch,
-        tag: "conformance".into(),
-    }
+    ConsumeOptions::new(prefetch, "conformance")
 }
 
 /// Takes the one message of `queue` with a fresh consumer and acks it.

@@ -24,11 +24,7 @@ pub async fn browsing_1000_dead_letters_leaves_them_in_place_and_in_order(env: &
         .unwrap();
     let ids: Vec<String> = (0..1000).map(|n| format!("letter-{n:04}")).collect();
     for (n, id) in ids.iter().enumerate() {
-        let mut message = Message {
-            id: Some(id.clone()),
-            body: format!(r#"{{"n":{n}}}"#).into_bytes(),
-            ..Message::default()
-        };
+        let mut message = Message::new(format!(r#"{{"n":{n}}}"#)).with_id(id.clone());
         let reason = if n % 2 == 0 {
             "permanent"
         } else {

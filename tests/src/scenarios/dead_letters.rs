@@ -116,11 +116,7 @@ pub async fn a_long_dead_letter_walk_holds_little_and_keeps_order<J: Job<Payload
     const LETTERS: u32 = 1_800;
     for seq in 1..=LETTERS {
         let body = serde_json::to_vec(&Task::new(&tag, seq, Act::Succeed)).unwrap();
-        let message = qjob::broker::Message {
-            id: Some(format!("{tag}-{seq}")),
-            body,
-            ..Default::default()
-        };
+        let message = qjob::broker::Message::new(body).with_id(format!("{tag}-{seq}"));
         broker.publish(&dlq, message).await.unwrap();
     }
     env.wait_ready(&dlq, LETTERS).await;

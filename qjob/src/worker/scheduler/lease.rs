@@ -38,10 +38,7 @@ impl Lease {
     }
 
     pub(super) fn message(&self) -> Message {
-        Message {
-            body: serde_json::to_vec(self).expect("a lease serializes"),
-            ..Message::default()
-        }
+        Message::new(serde_json::to_vec(self).expect("a lease serializes"))
     }
 
     /// A lease read from a delivery; one that does not read (another
@@ -154,14 +151,7 @@ mod tests {
     fn leases_read_back_and_unknown_ones_know_no_tick() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let lease = Lease::new(Some(at));
-        let delivery = |body: Vec<u8>| Delivery {
-            message: Message {
-                body,
-                ..Message::default()
-            },
-            redelivered: false,
-            acker: Box::new(Unused),
-        };
+        let delivery = |body: Vec<u8>| Delivery::new(Message::new(body), Box::new(Unused));
         assert_eq!(
             Lease::read(&delivery(lease.message().body)).last(),
             Some(at)

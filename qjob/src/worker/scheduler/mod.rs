@@ -220,10 +220,10 @@ impl Leader<'_> {
                 .publish(&queue, Lease::new(None).message())
                 .await?;
         }
-        let options = ConsumeOptions {
-            prefetch: LEASE_PREFETCH,
-            tag: format!("qjob-schedule-{}", self.planned.name),
-        };
+        let options = ConsumeOptions::new(
+            LEASE_PREFETCH,
+            format!("qjob-schedule-{}", self.planned.name),
+        );
         let mut subscription = self.broker.consume(&queue, options).await?;
         let result = self.lead(&mut *subscription, &queue, stop).await;
         // Whatever it held goes back to the queue, to the next leader.
