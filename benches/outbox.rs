@@ -73,13 +73,13 @@ async fn main() {
         .expect("the bench needs RabbitMQ");
     let channel = connection.create_channel().await.unwrap();
     let client = Client::new(qjob::AmqpBroker::connect(url.as_str()).await.unwrap());
-    let notified = Outbox::new(client.clone()).table(NOTIFIED).unwrap();
+    let notified = Outbox::new(client.clone()).with_table(NOTIFIED).unwrap();
     let polled = Outbox::new(client.clone())
-        .table(POLLED)
+        .with_table(POLLED)
         .unwrap()
         .notify(false);
     for outbox in [&notified, &polled] {
-        drop_table(&pool, outbox.table_name()).await;
+        drop_table(&pool, outbox.table()).await;
         outbox.migrate(&pool).await.unwrap();
     }
     println!("{jobs} persistent 256-byte jobs per round, {rounds} rounds, alternating");

@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .execute(&pool)
     .await?;
-    let outbox = Outbox::new(Client::new(broker.clone())).table("example_outbox")?;
+    let outbox = Outbox::new(Client::new(broker.clone())).with_table("example_outbox")?;
     outbox.migrate(&pool).await?;
 
     // A worker that relays the outbox and runs the charges, until the

@@ -117,7 +117,7 @@ async fn a_schedule_added_on_the_builder_carries_its_payload() {
 async fn after_a_crash_and_10_minutes_down(missed: Missed) -> Vec<SystemTime> {
     let schedule = Schedule::cron("0 * * * * *")
         .unwrap()
-        .missed(missed)
+        .with_missed(missed)
         .named("gap");
     let mut kit = TestKit::new()
         .register(ReportJob)

@@ -183,7 +183,8 @@ impl UniqueUntil {
 }
 
 /// Everything that configures one job type. `#[job(...)]` builds it; the
-/// environment can override the operator's knobs (see [`JobOptions::with_env_overrides`]).
+/// environment can override the operator's knobs
+/// ([`crate::WorkerBuilder::overrides`], the configuration guide).
 ///
 /// # Examples
 ///
@@ -514,24 +515,15 @@ impl JobOptions {
         format!("QJOB_{name}_")
     }
 
-    /// Applies `QJOB_<QUEUE>_PREFETCH` and `QJOB_<QUEUE>_CONCURRENCY` from the
-    /// process environment.
+    /// Applies the overrides that `lookup` returns for each variable name
+    /// (`QJOB_<QUEUE>_PREFETCH`, `…_CONCURRENCY`, …; the worker's lookup is
+    /// the environment, see [`crate::WorkerBuilder::overrides`]).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] naming the variable and the value when a value is
     /// not a valid number for that knob.
-    pub fn with_env_overrides(self) -> Result<Self, Error> {
-        self.with_overrides_from(|name| std::env::var(name).ok())
-    }
-
-    /// Applies the overrides that `lookup` returns for each variable name
-    /// (the environment, in [`JobOptions::with_env_overrides`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`JobOptions::with_env_overrides`].
-    pub fn with_overrides_from(
+    pub(crate) fn with_overrides_from(
         mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, Error> {

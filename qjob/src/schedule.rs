@@ -51,7 +51,7 @@ enum Zone {
 /// use qjob::schedule::{Missed, Schedule};
 ///
 /// let nightly = Schedule::cron("30 2 * * *")?.in_zone("Europe/Paris")?;
-/// let every_second = Schedule::cron("* * * * * *")?.missed(Missed::Skip);
+/// let every_second = Schedule::cron("* * * * * *")?.with_missed(Missed::Skip);
 /// assert!(Schedule::cron("61 * * * *").is_err());
 /// # Ok::<(), qjob::Error>(())
 /// ```
@@ -110,7 +110,7 @@ impl Schedule {
 
     /// What a new leader does with missed ticks ([`Missed::Latest`] by
     /// default).
-    pub fn missed(mut self, missed: Missed) -> Self {
+    pub fn with_missed(mut self, missed: Missed) -> Self {
         self.missed = missed;
         self
     }
@@ -138,7 +138,7 @@ impl Schedule {
     }
 
     /// The missed-tick policy.
-    pub fn missed_policy(&self) -> Missed {
+    pub fn missed(&self) -> Missed {
         self.missed
     }
 
@@ -213,7 +213,7 @@ pub fn tick_id(name: &str, tick: SystemTime) -> JobId {
 
 /// Parses `expression`: five fields get a seconds field of `0` and their
 /// day-of-week numbers read as Unix cron's (0 and 7 Sunday).
-pub fn parse(expression: &str) -> Result<cron::Schedule, String> {
+pub(crate) fn parse(expression: &str) -> Result<cron::Schedule, String> {
     let fields: Vec<&str> = expression.split_whitespace().collect();
     let normalized = match fields.len() {
         5 => {

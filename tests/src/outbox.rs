@@ -33,7 +33,7 @@ pub async fn pg_pool() -> PgPool {
 /// Drops `table` (and its notify function) if an earlier run left it,
 /// then migrates `outbox` into it.
 pub async fn fresh(pool: &PgPool, outbox: &Outbox) {
-    let table = outbox.table_name();
+    let table = outbox.table();
     sqlx::raw_sql(&format!(
         r#"DROP TABLE IF EXISTS "{table}"; DROP FUNCTION IF EXISTS "{table}_notify"();"#
     ))

@@ -283,9 +283,9 @@ async fn outbox_rows_wait_while_the_broker_is_down_and_go_out_when_it_returns() 
     rabbit.delete(&[queue]).await;
     let pool = pg_pool().await;
     let outbox = qjob::outbox::Outbox::new(qjob::Client::new(qjob_tests::amqp().await))
-        .table("qjob_test_outbox_restart")
+        .with_table("qjob_test_outbox_restart")
         .unwrap();
-    let table = outbox.table_name().to_owned();
+    let table = outbox.table().to_owned();
     fresh(&pool, &outbox).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(

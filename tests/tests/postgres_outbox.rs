@@ -65,7 +65,9 @@ async fn setup(table: &str, queue: &str) -> (Outbox, sqlx::PgPool, Rabbit) {
     let rabbit = Rabbit::connect().await;
     rabbit.delete(&[queue]).await;
     let pool = pg_pool().await;
-    let outbox = Outbox::new(Client::new(amqp().await)).table(table).unwrap();
+    let outbox = Outbox::new(Client::new(amqp().await))
+        .with_table(table)
+        .unwrap();
     fresh(&pool, &outbox).await;
     (outbox, pool, rabbit)
 }
@@ -97,12 +99,12 @@ async fn a_rolled_back_transaction_enqueues_nothing_and_a_committed_one_is_deliv
         .await
         .unwrap();
     // Written, but not visible outside the transaction: nothing goes out.
-    assert_eq!(rows(&pool, outbox.table_name()).await, 0);
+    assert_eq!(rows(&pool, outbox.table()).await, 0);
     assert_eq!(rabbit.ready(queue).await, 0);
     tx.commit().await.unwrap();
     rabbit.wait_ready(queue, 1, LIMIT).await;
     until("the published row deleted", LIMIT, async || {
-        rows(&pool, outbox.table_name()).await == 0
+        rows(&pool, outbox.table()).await == 0
     })
     .await;
 
@@ -113,7 +115,7 @@ async fn a_rolled_back_transaction_enqueues_nothing_and_a_committed_one_is_deliv
         .remove(0);
     rabbit.wait_ready(queue, 2, LIMIT).await;
     until("the second row deleted", LIMIT, async || {
-        rows(&pool, outbox.table_name()).await == 0
+        rows(&pool, outbox.table()).await == 0
     })
     .await;
     relay.stop().await;
@@ -182,7 +184,7 @@ async fn a_delayed_job_waits_its_delay_counted_from_the_enqueue() {
         waited >= delay - Duration::from_millis(50) && waited < delay + Duration::from_millis(700),
         "due {delay:?} after the enqueue, came after {waited:?}"
     );
-    assert_eq!(rows(&pool, outbox.table_name()).await, 0);
+    assert_eq!(rows(&pool, outbox.table()).await, 0);
     let got = rabbit.take_all(queue).await;
     assert_eq!(got[0].id.as_deref(), Some(id.as_str()));
 
@@ -210,7 +212,7 @@ async fn a_row_the_broker_refuses_waits_with_its_reason_and_goes_out_once_its_qu
     // A relay of another process's outbox (the same table): it does not
     // know the job type, so it cannot declare its queue.
     let elsewhere = Outbox::new(Client::new(amqp().await))
-        .table(outbox.table_name())
+        .with_table(outbox.table())
         .unwrap();
     let relay = run(elsewhere
         .relay(pool.clone())
@@ -237,7 +239,7 @@ async fn a_row_the_broker_refuses_waits_with_its_reason_and_goes_out_once_its_qu
     .await;
     let refusals: Vec<(i32, String)> = sqlx::query_as(&format!(
         "SELECT attempts, last_error FROM {} ORDER BY seq",
-        outbox.table_name()
+        outbox.table()
     ))
     .fetch_all(&pool)
     .await
@@ -258,7 +260,7 @@ async fn a_row_the_broker_refuses_waits_with_its_reason_and_goes_out_once_its_qu
         .unwrap();
     rabbit.wait_ready(queue, 2, LIMIT).await;
     until("the rows deleted", LIMIT, async || {
-        rows(&pool, outbox.table_name()).await == 0
+        rows(&pool, outbox.table()).await == 0
     })
     .await;
     relay.stop().await;
@@ -299,11 +301,10 @@ async fn a_job_type_whose_queues_cannot_be_declared_holds_back_only_its_rows() {
     })
     .await;
     relay.stop().await;
-    let error: String =
-        sqlx::query_scalar(&format!("SELECT last_error FROM {}", outbox.table_name()))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let error: String = sqlx::query_scalar(&format!("SELECT last_error FROM {}", outbox.table()))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(error.contains("qjob.test.outbox.mismatch"), "{error}");
     assert_eq!(rabbit.ready("qjob.test.outbox.mismatch").await, 0);
     let got = rabbit.take_all("qjob.test.outbox.beside").await;
@@ -323,7 +324,7 @@ async fn a_relay_stops_between_rounds_while_rows_remain() {
     })
     .await;
     relay.stop().await;
-    let left = rows(&pool, outbox.table_name()).await;
+    let left = rows(&pool, outbox.table()).await;
     let published = rabbit.ready(queue).await;
     assert!(left > 0, "the relay ran until the table was empty");
     assert_eq!(
@@ -339,7 +340,7 @@ test_job!(outbox_stop, "qjob.test.outbox.stop");
 async fn bad_input_is_a_clear_error_and_writes_nothing() {
     let pool = pg_pool().await;
     let outbox = Outbox::new(Client::new(amqp().await))
-        .table("qjob_test_outbox_refusals")
+        .with_table("qjob_test_outbox_refusals")
         .unwrap();
     fresh(&pool, &outbox).await;
     let mut tx = pool.begin().await.unwrap();
@@ -351,11 +352,11 @@ async fn bad_input_is_a_clear_error_and_writes_nothing() {
         "{unique:?}"
     );
     tx.commit().await.unwrap();
-    assert_eq!(rows(&pool, outbox.table_name()).await, 0);
+    assert_eq!(rows(&pool, outbox.table()).await, 0);
 
     // A table named with a reserved word works (names are quoted).
     let reserved = Outbox::new(Client::new(amqp().await))
-        .table("user")
+        .with_table("user")
         .unwrap();
     fresh(&pool, &reserved).await;
     let mut tx = pool.begin().await.unwrap();
@@ -394,11 +395,11 @@ async fn bad_input_is_a_clear_error_and_writes_nothing() {
     assert!(matches!(far, Err(qjob::Error::Config(_))), "{far:?}");
     // The transaction is still good.
     tx.commit().await.unwrap();
-    assert_eq!(rows(&pool, outbox.table_name()).await, 0);
+    assert_eq!(rows(&pool, outbox.table()).await, 0);
 
     // A relay of a table that was never created fails at once.
     let missing = Outbox::new(Client::new(amqp().await))
-        .table("qjob_test_outbox_missing")
+        .with_table("qjob_test_outbox_missing")
         .unwrap();
     let error = missing
         .relay(pool.clone())
@@ -507,7 +508,7 @@ async fn two_relays_publish_ten_thousand_rows_once_each_in_order_per_relay() {
         .iter()
         .map(|recorder| {
             let outbox = Outbox::new(Client::new(recorder.clone()))
-                .table(outbox.table_name())
+                .with_table(outbox.table())
                 .unwrap();
             run(outbox
                 .relay(pool.clone())
@@ -519,7 +520,7 @@ async fn two_relays_publish_ten_thousand_rows_once_each_in_order_per_relay() {
         .wait_ready(queue, jobs, Duration::from_secs(60))
         .await;
     until("every row deleted", LIMIT, async || {
-        rows(&pool, outbox.table_name()).await == 0
+        rows(&pool, outbox.table()).await == 0
     })
     .await;
     for relay in relays {
@@ -555,7 +556,7 @@ async fn the_relay_reports_depth_age_and_what_it_published_and_refused() {
     committed::<OutboxMeteredJob>(&outbox, &pool, 0..3).await;
     // Its queue missing, and unknown to the relay: the rows are refused.
     let elsewhere = Outbox::new(Client::new(amqp().await))
-        .table(outbox.table_name())
+        .with_table(outbox.table())
         .unwrap();
     let relay = run(elsewhere
         .relay(pool.clone())
@@ -625,7 +626,7 @@ async fn a_relay_backing_off_from_a_broker_outage_keeps_reading_its_notification
     let broker = qjob_testkit::MemoryBroker::new();
     broker.block_publishes("the test's outage");
     let outbox = Outbox::new(Client::new(broker.clone()))
-        .table(application)
+        .with_table(application)
         .unwrap();
     fresh(&pool, &outbox).await;
     committed::<OutboxOutageJob>(&outbox, &pool, [0]).await;
@@ -647,7 +648,7 @@ async fn a_relay_backing_off_from_a_broker_outage_keeps_reading_its_notification
         sqlx::query(
             "SELECT count(pg_notify($1, i || repeat('x', 7900))) FROM generate_series(1, 100) i",
         )
-        .bind(outbox.table_name())
+        .bind(outbox.table())
         .execute(&pool)
         .await
         .unwrap();

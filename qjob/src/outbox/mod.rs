@@ -108,7 +108,7 @@ impl Outbox {
     /// # Errors
     ///
     /// [`Error::Config`] for another name.
-    pub fn table(mut self, name: &str) -> Result<Self, Error> {
+    pub fn with_table(mut self, name: &str) -> Result<Self, Error> {
         check_table_name(name)?;
         self.table = Table::new(name);
         Ok(self)
@@ -129,7 +129,7 @@ impl Outbox {
     }
 
     /// The table's name.
-    pub fn table_name(&self) -> &str {
+    pub fn table(&self) -> &str {
         &self.table.name
     }
 

@@ -93,7 +93,7 @@ async fn main() {
         Some("relay") => {
             let table = std::env::var("QJOB_TEST_OUTBOX_TABLE").expect("a table");
             let outbox = qjob::outbox::Outbox::new(client)
-                .table(&table)
+                .with_table(&table)
                 .expect("a valid table name");
             let pool = qjob_tests::outbox::pg_pool().await;
             builder

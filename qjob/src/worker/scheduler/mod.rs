@@ -429,7 +429,7 @@ impl Leader<'_> {
             return Ok(schedule.next_after(now));
         };
         if let Some(missed) = schedule.latest_between(last, now) {
-            match schedule.missed_policy() {
+            match schedule.missed() {
                 Missed::Latest => self.fire(missed).await?,
                 Missed::Skip => {
                     tracing::info!(schedule = %self.planned.name, latest = ?missed, "schedule: skipping missed ticks");
