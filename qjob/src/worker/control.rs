@@ -201,9 +201,8 @@ impl Cancellations {
             ids.since.remove(&oldest);
         }
         self.any.store(true, Ordering::Release);
-        let since = ids.since.get(&job_id).map(|(_, at)| *at);
         for (_, replayed_at, token) in ids.watched.get(&job_id).into_iter().flatten() {
-            if since.is_some_and(|at| replayed_at.is_none_or(|replayed| replayed < at)) {
+            if Self::cancelled_in(&ids, &job_id, *replayed_at) {
                 token.cancel();
             }
         }
@@ -213,10 +212,15 @@ impl Cancellations {
     /// `replayed_at`: cancelled already if the job is, and when it is.
     pub(crate) fn watch(&self, job_id: &JobId, replayed_at: Option<SystemTime>) -> Watch<'_> {
         let token = CancellationToken::new();
-        if self.contains(job_id, replayed_at) {
-            token.cancel();
-        }
+        // Checked and registered under one lock: a cancel in between
+        // would find no token to cancel, and be lost.
         let mut ids = self.ids();
+        if self.any.load(Ordering::Acquire) {
+            self.expire(&mut ids, Instant::now());
+            if Self::cancelled_in(&ids, job_id, replayed_at) {
+                token.cancel();
+            }
+        }
         let number = ids.next_watch;
         ids.next_watch += 1;
         ids.watched
@@ -240,6 +244,12 @@ impl Cancellations {
         }
         let mut ids = self.ids();
         self.expire(&mut ids, Instant::now());
+        Self::cancelled_in(&ids, job_id, replayed_at)
+    }
+
+    /// Whether `ids` holds `job_id` as cancelled for a delivery replayed
+    /// at `replayed_at`.
+    fn cancelled_in(ids: &Remembered, job_id: &JobId, replayed_at: Option<SystemTime>) -> bool {
         ids.since
             .get(job_id)
             .is_some_and(|(_, at)| replayed_at.is_none_or(|replayed| replayed < *at))
