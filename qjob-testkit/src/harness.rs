@@ -117,6 +117,7 @@ impl TestKit {
         self
     }
 
+    #[cfg(feature = "periodic")]
     /// Adds a schedule to the harness's worker, as
     /// [`qjob::WorkerBuilder::schedule`] does (a job registered with a
     /// `cron` attribute brings its own).

@@ -57,11 +57,10 @@ impl MemoryBroker {
     pub fn has_pending_work(&self, horizon: Duration) -> bool {
         let state = self.lock();
         let until = Instant::now() + horizon;
-        let leases = qjob::schedule::LEASE_QUEUE_PREFIX;
         state
             .queues
             .iter()
-            .filter(|(name, _)| !name.starts_with(leases))
+            .filter(|(name, _)| !is_lease_queue(name))
             .any(|(_, q)| {
                 q.unacked() > 0
                     || (!q.consumers.is_empty() && !q.ready.is_empty())
@@ -109,4 +108,16 @@ impl MemoryBroker {
             state.queues.remove(queue);
         });
     }
+}
+
+/// Whether `name` is a schedule's lease queue.
+#[cfg(feature = "periodic")]
+fn is_lease_queue(name: &str) -> bool {
+    name.starts_with(qjob::schedule::LEASE_QUEUE_PREFIX)
+}
+
+/// Whether `name` is a schedule's lease queue: none without periodic jobs.
+#[cfg(not(feature = "periodic"))]
+fn is_lease_queue(_name: &str) -> bool {
+    false
 }
