@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
@@ -170,41 +170,15 @@ impl Handler {
         mut decoded: Option<Decoded>,
         retries: Retries<'_>,
     ) {
-        if self.abandon_if_closed(&delivery) {
+        let Some((delivery, envelope, retries)) = self.admit(delivery, retries).await else {
             return;
-        }
-        if self.deferred(&delivery) {
-            drop(retries);
-            return self.defer(delivery).await;
-        }
-        self.metrics.consumed();
-        let envelope = match Envelope::read(&delivery.message) {
-            Ok(envelope) => envelope,
-            Err(reason) => {
-                drop(retries);
-                return self.malformed(delivery, reason).await;
-            }
         };
-        self.metrics.time_in_queue(envelope.enqueued_at);
         let job_id = &envelope.job_id;
-        let (mut slot, in_place, halt) = match retries {
-            Retries::ThroughBroker(slot, halt) => (Some(slot), None, halt),
-            Retries::InPlace {
-                received,
-                slots,
-                halt,
-            } => (
-                None,
-                Some((Hold::new(received, self.hold_budget, self.timeout), slots)),
-                halt,
-            ),
-        };
-        // Whether an attempt of this delivery ran in this task.
-        let mut ran = false;
+        let mut course = Course::new(retries, self);
         // Attempts held in place, or one that can outlast the consumer
         // timeout, are remembered.
         let key = held::key(job_id, &delivery.message);
-        let memory = (in_place.is_some() || self.remember_plain).then(|| key.clone());
+        let memory = (course.in_place.is_some() || self.remember_plain).then(|| key.clone());
         let (delivery, mut attempt) = match self
             .resume(delivery, job_id, &key, envelope.attempt, memory.is_some())
             .await
@@ -215,7 +189,7 @@ impl Handler {
         // After `resume`: a redelivered job decided here is settled as
         // decided, and one still running here is waited for.
         if self.is_cancelled(&envelope) {
-            drop(slot);
+            drop(course.slot.take());
             let cancelled = Outcome::Cancelled(CANCELLED_BEFORE.to_owned());
             return self
                 .without_running(delivery, job_id, attempt, cancelled)
@@ -229,89 +203,145 @@ impl Handler {
         }
         loop {
             let span = self.span(&delivery, job_id, attempt);
-            let attempted = async {
-                let _in_place_slot = match in_place {
-                    Some((_, slots)) => {
-                        let slot = tokio::select! {
-                            biased;
-                            () = halt.clone().asked(ran) => None,
-                            slot = slots.acquire() => Some(slot.expect("semaphore never closed")),
-                        };
-                        if halt.is_asked(ran) || slot.is_none() {
-                            self.halted(job_id, attempt);
-                            return None;
-                        }
-                        if self.abandon_if_closed(&delivery) {
-                            return None;
-                        }
-                        slot
-                    }
-                    None => None,
-                };
-                let (outcome, took, running) = self
-                    .attempt(
-                        &delivery,
-                        decoded.take(),
-                        &envelope,
-                        attempt,
-                        memory.as_ref(),
-                        (&halt, ran),
-                    )
-                    .await?;
-                let outcome = self.unless_cancelled(outcome, &envelope);
-                let action = self.action_for(outcome, attempt, job_id);
-                if let Some(running) = running {
-                    running.ended(&action);
-                }
-                Some((action, took))
-            }
-            .instrument(span.clone())
-            .await;
+            let attempted = self
+                .try_once(
+                    &delivery,
+                    decoded.take(),
+                    &envelope,
+                    attempt,
+                    memory.as_ref(),
+                    &course,
+                )
+                .instrument(span.clone())
+                .await;
             let Some((action, took)) = attempted else {
                 return;
             };
-            ran = true;
-            drop(slot.take());
-            match (action, &in_place) {
-                (Action::Retry { error, delay }, Some((hold, _))) => {
-                    let (wait, shortened) = hold.next_start(Instant::now(), delay);
-                    if shortened {
-                        tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, attempt, backoff = ?delay, retry_in = ?wait, "backoff shortened: the broker's consumer timeout would take the held delivery back first");
-                    }
-                    let outcome = AttemptOutcome::Retrying { error, delay: wait };
-                    span.record("outcome", outcome.label());
-                    span.record("otel.status_code", "error");
-                    self.metrics.attempt(&outcome, Some(took));
-                    self.report(&delivery, attempt, job_id, &outcome);
-                    drop(span);
-                    let asked = halt.clone().asked(ran);
-                    let cancel = self.cancellations.watch(job_id, envelope.replayed_at);
-                    let cancelled = tokio::select! {
-                        _ = tokio::time::sleep(wait) => false,
-                        _ = cancel.cancelled() => true,
-                        () = asked => {
-                            self.halted(job_id, attempt + 1);
-                            return;
-                        }
-                    };
-                    if self.abandon_if_closed(&delivery) {
-                        return;
-                    }
-                    if cancelled {
-                        let cancelled = Outcome::Cancelled(CANCELLED_WAITING.to_owned());
-                        return self
-                            .without_running(delivery, job_id, attempt, cancelled)
-                            .await;
-                    }
-                    attempt += 1;
-                }
-                (action, _) => {
+            course.ran = true;
+            drop(course.slot.take());
+            let (Action::Retry { error, delay }, Some((hold, _))) = (&action, &course.in_place)
+            else {
+                return self
+                    .settle(delivery, attempt, job_id, action, Some(took))
+                    .instrument(span)
+                    .await;
+            };
+            let (wait, shortened) = hold.next_start(Instant::now(), *delay);
+            if shortened {
+                tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, attempt, backoff = ?delay, retry_in = ?wait, "backoff shortened: the broker's consumer timeout would take the held delivery back first");
+            }
+            let outcome = AttemptOutcome::Retrying {
+                error: error.clone(),
+                delay: wait,
+            };
+            span.record("outcome", outcome.label());
+            span.record("otel.status_code", "error");
+            self.metrics.attempt(&outcome, Some(took));
+            self.report(&delivery, attempt, job_id, &outcome);
+            drop(span);
+            match self.wait_to_retry(&envelope, wait, &course).await {
+                Waited::Due if self.abandon_if_closed(&delivery) => return,
+                Waited::Due => attempt += 1,
+                Waited::Halted => return self.halted(job_id, attempt + 1),
+                Waited::Cancelled if self.abandon_if_closed(&delivery) => return,
+                Waited::Cancelled => {
+                    let cancelled = Outcome::Cancelled(CANCELLED_WAITING.to_owned());
                     return self
-                        .settle(delivery, attempt, job_id, action, Some(took))
-                        .instrument(span)
+                        .without_running(delivery, job_id, attempt, cancelled)
                         .await;
                 }
             }
+        }
+    }
+
+    /// Reads a delivery's envelope; `None` once a delivery that will not
+    /// run is taken care of: its channel closed, not due yet (deferred),
+    /// or malformed (dead-lettered). The retries' slot is given back first.
+    async fn admit<'r>(
+        &self,
+        delivery: Delivery,
+        retries: Retries<'r>,
+    ) -> Option<(Delivery, Envelope, Retries<'r>)> {
+        if self.abandon_if_closed(&delivery) {
+            return None;
+        }
+        if self.deferred(&delivery) {
+            drop(retries);
+            self.defer(delivery).await;
+            return None;
+        }
+        self.metrics.consumed();
+        match Envelope::read(&delivery.message) {
+            Ok(envelope) => {
+                self.metrics.time_in_queue(envelope.enqueued_at);
+                Some((delivery, envelope, retries))
+            }
+            Err(reason) => {
+                drop(retries);
+                self.malformed(delivery, reason).await;
+                None
+            }
+        }
+    }
+
+    /// One attempt of the delivery, with the slot it takes if it retries
+    /// in place: what becomes of it and how long it ran; `None` if it did
+    /// not run (a pause or a stop, its channel closed).
+    async fn try_once(
+        &self,
+        delivery: &Delivery,
+        decoded: Option<Decoded>,
+        envelope: &Envelope,
+        attempt: u32,
+        memory: Option<&JobId>,
+        course: &Course<'_>,
+    ) -> Option<(Action, Duration)> {
+        let (halt, ran) = (&course.halt, course.ran);
+        let _in_place_slot = match &course.in_place {
+            Some((_, slots)) => {
+                let slot = tokio::select! {
+                    biased;
+                    () = halt.clone().asked(ran) => None,
+                    slot = slots.acquire() => Some(slot.expect("semaphore never closed")),
+                };
+                if halt.is_asked(ran) || slot.is_none() {
+                    self.halted(&envelope.job_id, attempt);
+                    return None;
+                }
+                if self.abandon_if_closed(delivery) {
+                    return None;
+                }
+                slot
+            }
+            None => None,
+        };
+        let (outcome, took, running) = self
+            .attempt(delivery, decoded, envelope, attempt, memory, (halt, ran))
+            .await?;
+        let outcome = self.unless_cancelled(outcome, envelope);
+        let action = self.action_for(outcome, attempt, &envelope.job_id);
+        if let Some(running) = running {
+            running.ended(&action);
+        }
+        Some((action, took))
+    }
+
+    /// Waits `wait` before a retry in place, unless the job is cancelled or
+    /// a pause (or a stop) is asked meanwhile.
+    async fn wait_to_retry(
+        &self,
+        envelope: &Envelope,
+        wait: Duration,
+        course: &Course<'_>,
+    ) -> Waited {
+        let asked = course.halt.clone().asked(course.ran);
+        let cancel = self
+            .cancellations
+            .watch(&envelope.job_id, envelope.replayed_at);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Waited::Due,
+            _ = cancel.cancelled() => Waited::Cancelled,
+            () = asked => Waited::Halted,
         }
     }
 
@@ -613,6 +643,45 @@ impl Handler {
         }
         action
     }
+}
+
+/// How one delivery's attempts go: the slot of an attempt through the
+/// broker, or the hold and slots of attempts in place; what halts them;
+/// and whether one ran in this task.
+struct Course<'a> {
+    slot: Option<OwnedSemaphorePermit>,
+    in_place: Option<(Hold, &'a Semaphore)>,
+    halt: Halt,
+    ran: bool,
+}
+
+impl<'a> Course<'a> {
+    fn new(retries: Retries<'a>, handler: &Handler) -> Self {
+        let (slot, in_place, halt) = match retries {
+            Retries::ThroughBroker(slot, halt) => (Some(slot), None, halt),
+            Retries::InPlace {
+                received,
+                slots,
+                halt,
+            } => {
+                let hold = Hold::new(received, handler.hold_budget, handler.timeout);
+                (None, Some((hold, slots)), halt)
+            }
+        };
+        Self {
+            slot,
+            in_place,
+            halt,
+            ran: false,
+        }
+    }
+}
+
+/// How the wait before a retry in place ended.
+enum Waited {
+    Due,
+    Cancelled,
+    Halted,
 }
 
 /// What [`Handler::resume`] made of a delivery.
