@@ -25,7 +25,7 @@ use crate::Error;
 ///
 /// qjob ships two: `AmqpBroker` (RabbitMQ) and `qjob_testkit::MemoryBroker`.
 /// Another implementation (a fake for a test, a transport) must keep the
-/// contract each method states; the conformance suite in `tests/src/conformance.rs`
+/// contract each method states; the conformance suite in `tests/src/conformance/`
 /// checks it, scenario by scenario, and is the place to start. The worker
 /// relies above all on these: a publish that returns `Ok` is stored; a
 /// delivery not acked comes back (after `close`, a lost connection, a
