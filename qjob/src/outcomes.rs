@@ -42,11 +42,12 @@ impl<T> Outcomes<T> {
         self.slots[index].as_ref()
     }
 
-    /// The outcomes in input order, `missing()` for those never set.
-    pub(crate) fn finish(self, mut missing: impl FnMut() -> T) -> Vec<T> {
+    /// The outcomes in input order, `missing(index)` for those never set.
+    pub(crate) fn finish(self, mut missing: impl FnMut(usize) -> T) -> Vec<T> {
         self.slots
             .into_iter()
-            .map(|outcome| outcome.unwrap_or_else(&mut missing))
+            .enumerate()
+            .map(|(index, outcome)| outcome.unwrap_or_else(|| missing(index)))
             .collect()
     }
 }
@@ -61,10 +62,10 @@ mod tests {
         outcomes.set(2, "c");
         outcomes.set(0, "a");
         assert_eq!(outcomes.get(1), None);
-        assert_eq!(outcomes.finish(|| "none"), ["a", "none", "c"]);
+        assert_eq!(outcomes.finish(|_| "none"), ["a", "none", "c"]);
         let mut pushed = Outcomes::with_capacity(2);
         assert_eq!(pushed.push(Some(1)), 0);
         assert_eq!(pushed.push(None), 1);
-        assert_eq!(pushed.finish(|| 0), [1, 0]);
+        assert_eq!(pushed.finish(|_| 0), [1, 0]);
     }
 }

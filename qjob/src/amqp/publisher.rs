@@ -23,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::convert;
 use crate::Error;
 use crate::broker::{Message, Sent};
+use crate::outcomes::Outcomes;
 
 /// The most sessions publishing at once on one connection (each on its own
 /// channel; RabbitMQ allows 2047 by default); more wait for one to end.
@@ -173,8 +174,7 @@ impl Session {
         sent: &Sent,
     ) -> Vec<Result<(), Error>> {
         let channel = self.channel.clone().expect("a session has its channel");
-        let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::new();
-        outcomes.resize_with(messages.len(), || None);
+        let mut outcomes = Outcomes::new(messages.len());
         let mut returned: Vec<BasicReturnMessage> = Vec::new();
         let mut unconfirmed: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         let mut unsent: Option<Unsent> = None;
@@ -189,9 +189,9 @@ impl Session {
             if unconfirmed.len() == WINDOW {
                 let (first, confirm) = unconfirmed.pop_front().expect("the window is full");
                 match confirmed(messages[first].0, confirm, timeout, &mut returned).await {
-                    Ok(outcome) => outcomes[first] = Some(outcome),
+                    Ok(outcome) => outcomes.set(first, outcome),
                     Err(error) => {
-                        outcomes[first] = Some(Err(error));
+                        outcomes.set(first, Err(error));
                         unsent = Some(Unsent::After("an earlier publish got no confirm"));
                         clean = false;
                         break;
@@ -208,17 +208,20 @@ impl Session {
             match bounded_send(&channel, *to, message, timeout, stall.as_mut()).await {
                 Ok(Ok(confirm)) => unconfirmed.push_back((index, confirm)),
                 Ok(Err(error)) => {
-                    outcomes[index] = Some(Err(Error::broker(to.operation(), error)));
+                    outcomes.set(index, Err(Error::broker(to.operation(), error)));
                     unsent = Some(Unsent::After("an earlier publish failed"));
                     clean = false;
                     break;
                 }
                 Err(()) => {
                     // Handed to lapin, which may still write it.
-                    outcomes[index] = Some(Err(Error::Timeout {
-                        operation: to.operation(),
-                        after: timeout,
-                    }));
+                    outcomes.set(
+                        index,
+                        Err(Error::Timeout {
+                            operation: to.operation(),
+                            after: timeout,
+                        }),
+                    );
                     unsent = Some(Unsent::After("an earlier publish was not written in time"));
                     clean = false;
                     break;
@@ -230,33 +233,30 @@ impl Session {
         while let Some((index, confirm)) = unconfirmed.pop_front() {
             let to = messages[index].0;
             if !clean {
-                outcomes[index] = Some(Err(Error::Timeout {
-                    operation: to.operation(),
-                    after: timeout,
-                }));
+                outcomes.set(
+                    index,
+                    Err(Error::Timeout {
+                        operation: to.operation(),
+                        after: timeout,
+                    }),
+                );
                 continue;
             }
             match confirmed(to, confirm, timeout, &mut returned).await {
-                Ok(outcome) => outcomes[index] = Some(outcome),
+                Ok(outcome) => outcomes.set(index, outcome),
                 Err(error) => {
-                    outcomes[index] = Some(Err(error));
+                    outcomes.set(index, Err(error));
                     clean = false;
                 }
             }
         }
         self.settled = clean;
-        let mut outcomes: Vec<Result<(), Error>> = outcomes
-            .into_iter()
-            .zip(messages)
-            .map(|(outcome, (to, _))| {
-                outcome.unwrap_or_else(|| {
-                    Err(unsent
-                        .as_ref()
-                        .expect("a message unsent means a stop")
-                        .error(*to))
-                })
-            })
-            .collect();
+        let mut outcomes = outcomes.finish(|index| {
+            Err(unsent
+                .as_ref()
+                .expect("a message unsent means a stop")
+                .error(messages[index].0))
+        });
         for message in returned {
             attribute(&message, messages, &mut outcomes);
         }

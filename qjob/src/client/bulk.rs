@@ -254,7 +254,7 @@ impl Client {
                 outcomes.set(index, outcome);
             }
         }
-        outcomes.finish(|| {
+        outcomes.finish(|_| {
             Err(Error::broker(
                 "publish",
                 "the broker gave no outcome for it",
@@ -402,7 +402,7 @@ impl<J: Job> Chunk<J> {
             .await;
         // A broker that answered for fewer messages than it was given:
         // the others' fate is unknown.
-        self.results.finish(|| {
+        self.results.finish(|_| {
             Err(Error::broker(
                 format!("enqueue job {}", J::NAME),
                 "the broker gave no outcome for it",

@@ -396,7 +396,7 @@ impl Relay {
         }
         self.publish_direct(claimed, &direct, &mut outcomes).await;
         self.publish_delayed(claimed, delayed, &mut outcomes).await;
-        outcomes.finish(|| Outcome::Failed("the broker gave no outcome for it".to_owned()))
+        outcomes.finish(|_| Outcome::Failed("the broker gave no outcome for it".to_owned()))
     }
 
     /// Publishes the rows at `direct` (indices into `claimed`), due at
