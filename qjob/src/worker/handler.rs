@@ -9,7 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, Span, field};
 
-use crate::broker::{Broker, Delivery, QueueSpec};
+use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::store::Store;
@@ -24,7 +24,7 @@ use crate::worker::observer::{AttemptOutcome, Observer};
 use crate::worker::routes::Routes;
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::{DeadReason, JobContext, JobId, JobOptions, UniqueUntil, topology, trace};
+use crate::{DeadReason, JobContext, JobId, UniqueUntil, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
 pub(crate) struct Handler {
@@ -80,74 +80,7 @@ pub(crate) struct UniqueLock {
     pub(crate) until: UniqueUntil,
 }
 
-/// What a worker wires every handler to.
-pub(crate) struct Wiring {
-    pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) observers: Arc<[Arc<dyn Observer>]>,
-    pub(crate) health: Health,
-    /// The broker's consumer timeout, as the worker was told it.
-    pub(crate) broker_consumer_timeout: Duration,
-    pub(crate) cancellations: Arc<Cancellations>,
-    pub(crate) store: Option<Arc<dyn Store>>,
-}
-
-/// What a job's consumers share.
-pub(crate) struct Shared {
-    pub(crate) leases: Arc<topology::Leases>,
-    pub(crate) gate: Option<Arc<Gate>>,
-    pub(crate) work: Option<Arc<Work>>,
-    pub(crate) metrics: JobMetrics,
-}
-
 impl Handler {
-    /// The handler of the queue `spec` that `job` consumes.
-    pub(crate) fn new(
-        wiring: &Wiring,
-        job: &Arc<dyn Runnable>,
-        options: &JobOptions,
-        spec: &QueueSpec,
-        shared: &Shared,
-    ) -> Self {
-        let consumer_timeout = wiring.broker_consumer_timeout;
-        let store = &wiring.store;
-        Handler {
-            broker: wiring.broker.clone(),
-            job: job.clone(),
-            routes: Routes {
-                queue: spec.clone(),
-                retry: topology::retry_queue(options, spec),
-                dead_letter: topology::dead_letter_queue(options),
-                leases: shared.leases.clone(),
-            },
-            backoff: BackoffPolicy::new(options.backoff()),
-            max_attempts: options.max_attempts(),
-            timeout: options.timeout(),
-            observers: wiring.observers.clone(),
-            gate: shared.gate.clone(),
-            health: wiring.health.clone(),
-            metrics: shared.metrics.clone(),
-            work: shared.work.clone(),
-            abandoned: Default::default(),
-            hold_budget: held::hold_budget(consumer_timeout),
-            attempts: held::Attempts::new(consumer_timeout.saturating_mul(2)),
-            remember_plain: held::outlasts(options.timeout(), consumer_timeout),
-            cancellations: wiring.cancellations.clone(),
-            unique: options
-                .unique()
-                .zip(store.clone())
-                .map(|(unique, store)| UniqueLock {
-                    store,
-                    until: unique.until,
-                }),
-            inbox: options
-                .inbox()
-                .zip(store.clone())
-                .map(|(window, store)| Inbox { store, window }),
-            batches: store.clone(),
-            held: watch::Sender::new(0),
-        }
-    }
-
     /// Handles one delivery, from its envelope to its settlement.
     ///
     /// Through the broker, one attempt runs here in the given slot, and a

@@ -23,6 +23,7 @@ mod scaler;
 #[cfg(feature = "periodic")]
 mod scheduler;
 mod settle;
+mod wiring;
 
 pub use builder::WorkerBuilder;
 pub(crate) use control::Cancellations;

@@ -14,12 +14,13 @@ use crate::worker::console::ConsoleJob;
 use crate::worker::consumer::Consumer;
 use crate::worker::control::Slots;
 use crate::worker::gate::Gate;
-use crate::worker::handler::{Handler, Shared, Wiring};
+use crate::worker::handler::Handler;
 use crate::worker::runnable::Runnable;
 use crate::worker::sampler::Sampled;
 use crate::worker::scaler::{Scaled, Work};
 #[cfg(feature = "periodic")]
 use crate::worker::scheduler;
+use crate::worker::wiring::{Shared, Wiring};
 use crate::worker::{Worker, metrics};
 use crate::{Error, JobOptions, topology};
 
