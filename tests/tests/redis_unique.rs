@@ -82,17 +82,16 @@ impl OwnRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("these tests need redis-server on the PATH (.ci/run installs it)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server never listened"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        qjob_tests::until(
+            "redis-server to listen",
+            std::time::Duration::from_secs(10),
+            async || {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
         Self {
             child,
             url: format!("redis://127.0.0.1:{port}/"),
