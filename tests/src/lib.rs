@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod console;
 pub mod env;
 pub mod jobs;
+pub mod limits;
 pub mod outbox;
 mod rabbit;
 pub mod recording;

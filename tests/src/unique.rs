@@ -183,6 +183,30 @@ impl Store for Unreachable {
     ) -> Result<Option<qjob::store::BatchCounts>, Error> {
         refused("update a batch")
     }
+
+    async fn take_permit(&self, _: &str, _: &str, _: u32, _: Duration) -> Result<bool, Error> {
+        refused("take a permit")
+    }
+
+    async fn renew_permit(&self, _: &str, _: &str, _: Duration) -> Result<bool, Error> {
+        refused("renew a permit")
+    }
+
+    async fn free_permit(&self, _: &str, _: &str) -> Result<bool, Error> {
+        refused("free a permit")
+    }
+
+    async fn permits(&self, _: &str) -> Result<qjob::store::Permits, Error> {
+        refused("read permits")
+    }
+
+    async fn set_permit_limit(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
+        refused("set a permit limit")
+    }
+
+    async fn take_rate(&self, _: &str, _: qjob::RateLimit) -> Result<Option<Duration>, Error> {
+        refused("take a rate")
+    }
 }
 
 pub async fn an_unreachable_store_is_an_error_and_nothing_is_enqueued(env: &Env) {

@@ -67,3 +67,8 @@ async fn a_duplicate_of_a_refused_job_in_one_batch_is_not_enqueued() {
     assert!(again[0].is_ok(), "{again:?}");
     assert_eq!(broker.ready_count(UniqueFinishedJob::QUEUE), 1);
 }
+
+#[tokio::test]
+async fn memory_store_keeps_permits_and_rates() {
+    qjob_tests::limits::a_store_keeps_permits_and_rates(qjob::store::MemoryStore::new()).await;
+}

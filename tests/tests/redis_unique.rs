@@ -148,3 +148,8 @@ async fn connect_succeeds_on_the_tests_redis() {
     // .ci/run starts it); a store on it is what the other tests use.
     store().await;
 }
+
+#[tokio::test]
+async fn redis_keeps_permits_and_rates() {
+    qjob_tests::limits::a_store_keeps_permits_and_rates(store().await).await;
+}

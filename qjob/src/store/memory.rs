@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: locks and batches in this process's memory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::expiring::ExpiringMap;
-use super::{BatchCounts, BatchUpdate, CENTURY, Store, closed_batch};
-use crate::Error;
+use super::{BatchCounts, BatchUpdate, CENTURY, Permits, Store, closed_batch, rate_cell};
+use crate::{Error, RateLimit};
 
 /// Locks in this process's memory, on Tokio's clock (so tests on virtual
 /// time see them expire). Clones share the locks. Right for tests and for
@@ -22,6 +22,28 @@ pub struct MemoryStore {
     /// Owners by key.
     locks: Arc<Mutex<ExpiringMap<String>>>,
     batches: Arc<Mutex<ExpiringMap<MemoryBatch>>>,
+    limits: Arc<Mutex<Limits>>,
+}
+
+/// Permits and rates.
+#[derive(Debug, Default)]
+struct Limits {
+    /// By resource: each holder's lease deadline.
+    permits: HashMap<String, HashMap<String, Instant>>,
+    /// Limits set at run time, by resource.
+    set: HashMap<String, u32>,
+    /// By rate key: when the rate is next free (its "theoretical arrival
+    /// time"), forgotten once past.
+    rates: ExpiringMap<Instant>,
+}
+
+impl Limits {
+    /// The live permits of `resource`, the expired ones dropped.
+    fn live(&mut self, resource: &str, now: Instant) -> &mut HashMap<String, Instant> {
+        let held = self.permits.entry(resource.to_owned()).or_default();
+        held.retain(|_, until| *until > now);
+        held
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +61,10 @@ impl MemoryStore {
 
     fn locks(&self) -> MutexGuard<'_, ExpiringMap<String>> {
         self.locks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn limits(&self) -> MutexGuard<'_, Limits> {
+        self.limits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn batches(&self) -> MutexGuard<'_, ExpiringMap<MemoryBatch>> {
@@ -151,11 +177,155 @@ impl Store for MemoryStore {
         }
         Ok(Some(counts.clone()))
     }
+
+    async fn take_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let now = Instant::now();
+        let mut limits = self.limits();
+        let limit = limits.set.get(resource).copied().unwrap_or(limit);
+        let held = limits.live(resource, now);
+        let taken = held.contains_key(holder) || held.len() < limit as usize;
+        if taken {
+            held.insert(holder.to_owned(), deadline(now, lease));
+        }
+        Ok(taken)
+    }
+
+    async fn renew_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let now = Instant::now();
+        let mut limits = self.limits();
+        let held = limits.live(resource, now);
+        Ok(match held.get_mut(holder) {
+            Some(until) => {
+                *until = deadline(now, lease);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn free_permit(&self, resource: &str, holder: &str) -> Result<bool, Error> {
+        let now = Instant::now();
+        Ok(self.limits().live(resource, now).remove(holder).is_some())
+    }
+
+    async fn permits(&self, resource: &str) -> Result<Permits, Error> {
+        let now = Instant::now();
+        let mut limits = self.limits();
+        let mut holders: Vec<_> = limits
+            .live(resource, now)
+            .iter()
+            .map(|(holder, until)| (holder.clone(), *until - now))
+            .collect();
+        holders.sort();
+        Ok(Permits {
+            holders,
+            limit: limits.set.get(resource).copied(),
+        })
+    }
+
+    async fn set_permit_limit(&self, resource: &str, limit: Option<u32>) -> Result<(), Error> {
+        let mut limits = self.limits();
+        match limit {
+            Some(limit) => limits.set.insert(resource.to_owned(), limit),
+            None => limits.set.remove(resource),
+        };
+        Ok(())
+    }
+
+    async fn take_rate(&self, key: &str, rate: RateLimit) -> Result<Option<Duration>, Error> {
+        let now = Instant::now();
+        let mut limits = self.limits();
+        limits.rates.expire(now);
+        let (spacing, burst) = rate_cell(rate);
+        let next = limits
+            .rates
+            .get(key, now)
+            .map_or(now, |(next, _)| *next)
+            .max(now);
+        // Up to `burst` starts may be ahead of the spacing.
+        let allowed_at = next.checked_sub(spacing * (burst - 1)).unwrap_or(now);
+        if allowed_at > now {
+            return Ok(Some(allowed_at - now));
+        }
+        let next = next + spacing;
+        limits.rates.insert(key, next, next);
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn permits_are_held_up_to_the_limit_until_freed_or_expired() {
+        let store = MemoryStore::new();
+        let lease = Duration::from_secs(10);
+        assert!(store.take_permit("db", "a", 2, lease).await.unwrap());
+        assert!(store.take_permit("db", "b", 2, lease).await.unwrap());
+        assert!(!store.take_permit("db", "c", 2, lease).await.unwrap());
+        assert!(
+            store.take_permit("db", "a", 2, lease).await.unwrap(),
+            "a holds one"
+        );
+        assert!(store.free_permit("db", "a").await.unwrap());
+        assert!(!store.free_permit("db", "a").await.unwrap());
+        assert!(store.take_permit("db", "c", 2, lease).await.unwrap());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(store.renew_permit("db", "b", lease).await.unwrap());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // c's lease ran out; b's was renewed.
+        assert!(!store.renew_permit("db", "c", lease).await.unwrap());
+        let permits = store.permits("db").await.unwrap();
+        assert_eq!(permits.holders, [("b".to_owned(), Duration::from_secs(4))]);
+        assert_eq!(permits.limit, None);
+        store.set_permit_limit("db", Some(1)).await.unwrap();
+        assert!(
+            !store.take_permit("db", "d", 2, lease).await.unwrap(),
+            "the limit set wins"
+        );
+        store.set_permit_limit("db", None).await.unwrap();
+        assert!(store.take_permit("db", "d", 2, lease).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_allows_its_burst_then_one_start_per_spacing() {
+        let store = MemoryStore::new();
+        let rate = RateLimit::new(100, Duration::from_secs(1));
+        for _ in 0..10 {
+            assert_eq!(store.take_rate("r", rate).await.unwrap(), None);
+        }
+        assert_eq!(
+            store.take_rate("r", rate).await.unwrap(),
+            Some(Duration::from_millis(10))
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(store.take_rate("r", rate).await.unwrap(), None);
+        assert!(store.take_rate("r", rate).await.unwrap().is_some());
+        // Another key has its own rate.
+        assert_eq!(store.take_rate("other", rate).await.unwrap(), None);
+        // Over 10 s, the rate and one burst.
+        let mut started = 0;
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            match store.take_rate("steady", rate).await.unwrap() {
+                None => started += 1,
+                Some(wait) => tokio::time::advance(wait).await,
+            }
+        }
+        assert!((1000..=1010).contains(&started), "{started}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_lock_has_one_owner_until_it_expires_or_is_released() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::Error;
+use crate::{Error, RateLimit};
 
 mod expiring;
 mod memory;
@@ -22,7 +22,9 @@ pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 
-/// Locks with an owner and an expiry, set atomically.
+/// Locks with an owner and an expiry, set atomically; batches' counts;
+/// and the permits and rates of limits shared by processes
+/// ([`crate::docs::limits`]).
 ///
 /// Implement it to keep qjob's locks elsewhere; the contract is what
 /// [`MemoryStore`] and `RedisStore` do (the scenarios of
@@ -81,6 +83,83 @@ pub trait Store: Send + Sync + 'static {
         update: BatchUpdate<'_>,
         claimant: &str,
     ) -> Result<Option<BatchCounts>, Error>;
+
+    /// Takes one of `resource`'s permits for `holder` during `lease`, if
+    /// fewer than its limit are held: `true` when `holder` holds one now
+    /// (taken, or renewed if it held one already). The limit is the one set
+    /// at run time ([`Store::set_permit_limit`]) if there is one, else
+    /// `limit`. A permit not renewed or freed within its lease is free
+    /// again. Of any number of concurrent calls, no more than the limit
+    /// succeed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn take_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<bool, Error>;
+
+    /// Extends `holder`'s permit of `resource` to `lease` from now; `false`
+    /// if it holds none any more (its lease ran out).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn renew_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, Error>;
+
+    /// Frees `holder`'s permit of `resource`; whether it held one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn free_permit(&self, resource: &str, holder: &str) -> Result<bool, Error>;
+
+    /// Who holds `resource`'s permits now, and the limit set at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn permits(&self, resource: &str) -> Result<Permits, Error>;
+
+    /// Sets the limit of `resource` for every process that takes its
+    /// permits, in place of the one they were built with (`None`: back to
+    /// theirs). Permits held beyond a lowered limit stay until freed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn set_permit_limit(&self, resource: &str, limit: Option<u32>) -> Result<(), Error>;
+
+    /// One start under the rate `rate` kept at `key` (the generic cell rate
+    /// algorithm: starts spaced `rate.per / rate.count` apart, with a burst
+    /// of a tenth of `rate.count`, at least one): `None` when it may start
+    /// now (counted), or how long to wait before asking again (not
+    /// counted). Of any number of concurrent calls, no more than the rate
+    /// allows succeed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store could not be reached or refused.
+    async fn take_rate(&self, key: &str, rate: RateLimit) -> Result<Option<Duration>, Error>;
+}
+
+/// The permits of a resource ([`Store::permits`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Permits {
+    /// Who holds them, each with how long its lease has left.
+    pub holders: Vec<(String, Duration)>,
+    /// The limit set at run time ([`Store::set_permit_limit`]), if any.
+    pub limit: Option<u32>,
 }
 
 /// A change to a batch's counts ([`Store::batch_update`]).
@@ -179,6 +258,49 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     ) -> Result<Option<BatchCounts>, Error> {
         (**self).batch_update(batch, update, claimant).await
     }
+
+    async fn take_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        (**self).take_permit(resource, holder, limit, lease).await
+    }
+
+    async fn renew_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        (**self).renew_permit(resource, holder, lease).await
+    }
+
+    async fn free_permit(&self, resource: &str, holder: &str) -> Result<bool, Error> {
+        (**self).free_permit(resource, holder).await
+    }
+
+    async fn permits(&self, resource: &str) -> Result<Permits, Error> {
+        (**self).permits(resource).await
+    }
+
+    async fn set_permit_limit(&self, resource: &str, limit: Option<u32>) -> Result<(), Error> {
+        (**self).set_permit_limit(resource, limit).await
+    }
+
+    async fn take_rate(&self, key: &str, rate: RateLimit) -> Result<Option<Duration>, Error> {
+        (**self).take_rate(key, rate).await
+    }
+}
+
+/// The spacing of starts and the burst of a rate ([`Store::take_rate`]):
+/// one start every `per / count`, a burst of a tenth of `count` (at least
+/// one).
+pub(crate) fn rate_cell(rate: RateLimit) -> (Duration, u32) {
+    let count = rate.count.max(1);
+    (rate.per / count, (count / 10).max(1))
 }
 
 /// The longest a lock lasts, whatever window was asked.

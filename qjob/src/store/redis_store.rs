@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::{BatchCounts, BatchUpdate, Store};
-use crate::Error;
+use super::{BatchCounts, BatchUpdate, Permits, Store};
+use crate::{Error, RateLimit};
 
 /// Takes a free key (`SET … PX`) or returns its holder, in one step;
 /// an empty string when taken now (the same reply in RESP2 and RESP3).
@@ -72,6 +72,73 @@ const BATCH_UPDATE: &str = r"
     return {0, tostring(total), tostring(f[2] or 0), tostring(f[3] or 0), tostring(f[4] or 0), claim, tostring(f[6] or 0), f[7] or ''}
 ";
 
+/// Redis's clock, in milliseconds (`now`) and microseconds (`now_us`):
+/// every process's permits and rates go by the one clock.
+const CLOCK: &str = r"
+    local t = redis.call('TIME')
+    local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local now = math.floor(now_us / 1000)
+";
+
+/// Takes a permit (`KEYS[1]`, a sorted set of holders by lease deadline)
+/// if fewer than the limit (`KEYS[2]` if set, else `ARGV[2]`) are live,
+/// or renews the holder's: 1 if held now, else 0.
+const TAKE_PERMIT: &str = r"
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    local limit = tonumber(redis.call('GET', KEYS[2]) or ARGV[2])
+    local lease = tonumber(ARGV[3])
+    if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < limit then
+        redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+        if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+        return 1
+    end
+    return 0
+";
+
+/// Extends a live permit's lease: 1, or 0 if the holder has none.
+const RENEW_PERMIT: &str = r"
+    local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+    if not deadline or tonumber(deadline) <= now then return 0 end
+    local lease = tonumber(ARGV[2])
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+    if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+    return 1
+";
+
+/// Frees a permit: 1 if it was live, else 0.
+const FREE_PERMIT: &str = r"
+    local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+    redis.call('ZREM', KEYS[1], ARGV[1])
+    if deadline and tonumber(deadline) > now then return 1 end
+    return 0
+";
+
+/// The live permits: `{limit set or '', holder, ms left, holder, ms left, …}`.
+const PERMITS: &str = r"
+    local reply = {redis.call('GET', KEYS[2]) or ''}
+    local held = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+    for i = 1, #held, 2 do
+        reply[#reply + 1] = held[i]
+        reply[#reply + 1] = tostring(tonumber(held[i + 1]) - now)
+    end
+    return reply
+";
+
+/// One start under a rate (the generic cell rate algorithm): `KEYS[1]`
+/// holds when the rate is next free, in microseconds; starts are
+/// `ARGV[1]` µs apart, `ARGV[2]` of them may come at once. 0 when it may
+/// start now, else the µs to wait.
+const TAKE_RATE: &str = r"
+    local spacing = tonumber(ARGV[1])
+    local next = tonumber(redis.call('GET', KEYS[1]) or now_us)
+    if next < now_us then next = now_us end
+    local allowed_at = next - spacing * (tonumber(ARGV[2]) - 1)
+    if allowed_at > now_us then return math.ceil(allowed_at - now_us) end
+    next = next + spacing
+    redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil((next - now_us) / 1000) + 1)
+    return 0
+";
+
 /// Locks in Redis, shared by every process that uses the same server
 /// and prefix. It reconnects by itself after a lost connection; a call
 /// meanwhile is an [`Error::Store`].
@@ -83,6 +150,11 @@ pub struct RedisStore {
     release: redis::Script,
     batch_create: redis::Script,
     batch_update: redis::Script,
+    take_permit: redis::Script,
+    renew_permit: redis::Script,
+    free_permit: redis::Script,
+    permits: redis::Script,
+    take_rate: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -145,6 +217,11 @@ impl RedisStore {
             release: redis::Script::new(RELEASE),
             batch_create: redis::Script::new(BATCH_CREATE),
             batch_update: redis::Script::new(BATCH_UPDATE),
+            take_permit: clocked(TAKE_PERMIT),
+            renew_permit: clocked(RENEW_PERMIT),
+            free_permit: clocked(FREE_PERMIT),
+            permits: clocked(PERMITS),
+            take_rate: clocked(TAKE_RATE),
         })
     }
 
@@ -328,6 +405,120 @@ impl Store for RedisStore {
             _ => Ok(None),
         }
     }
+
+    async fn take_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let (permits, limit_key) = permit_keys(&self.prefix, resource);
+        let taken: i64 = self
+            .take_permit
+            .key(permits)
+            .key(limit_key)
+            .arg(holder)
+            .arg(limit)
+            .arg(millis(lease))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| store_error("take a permit", e))?;
+        Ok(taken == 1)
+    }
+
+    async fn renew_permit(
+        &self,
+        resource: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let renewed: i64 = self
+            .renew_permit
+            .key(permit_keys(&self.prefix, resource).0)
+            .arg(holder)
+            .arg(millis(lease))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| store_error("renew a permit", e))?;
+        Ok(renewed == 1)
+    }
+
+    async fn free_permit(&self, resource: &str, holder: &str) -> Result<bool, Error> {
+        let freed: i64 = self
+            .free_permit
+            .key(permit_keys(&self.prefix, resource).0)
+            .arg(holder)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| store_error("free a permit", e))?;
+        Ok(freed == 1)
+    }
+
+    async fn permits(&self, resource: &str) -> Result<Permits, Error> {
+        let (permits, limit_key) = permit_keys(&self.prefix, resource);
+        let reply: Vec<String> = self
+            .permits
+            .key(permits)
+            .key(limit_key)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| store_error("read permits", e))?;
+        let limit = reply.first().and_then(|limit| limit.parse().ok());
+        let holders = reply
+            .get(1..)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|pair| {
+                let left = pair[1].parse::<u64>().unwrap_or(0);
+                (pair[0].clone(), Duration::from_millis(left))
+            })
+            .collect();
+        Ok(Permits { holders, limit })
+    }
+
+    async fn set_permit_limit(&self, resource: &str, limit: Option<u32>) -> Result<(), Error> {
+        let key = permit_keys(&self.prefix, resource).1;
+        let command = match limit {
+            Some(limit) => redis::cmd("SET").arg(key).arg(limit).clone(),
+            None => redis::cmd("DEL").arg(key).clone(),
+        };
+        command
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(|e| store_error("set a permit limit", e))
+    }
+
+    async fn take_rate(&self, key: &str, rate: RateLimit) -> Result<Option<Duration>, Error> {
+        let (spacing, burst) = super::rate_cell(rate);
+        let wait: u64 = self
+            .take_rate
+            .key(format!("{}rate:{key}", self.prefix))
+            .arg(
+                u64::try_from(spacing.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(burst)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| store_error("take a rate", e))?;
+        Ok((wait > 0).then(|| Duration::from_micros(wait)))
+    }
+}
+
+/// A script that starts by reading Redis's clock ([`CLOCK`]).
+fn clocked(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{CLOCK}{body}"))
+}
+
+/// A resource's permits and its limit set at run time; the resource is
+/// the hash tag, so both land in one slot of a Redis Cluster.
+fn permit_keys(prefix: &str, resource: &str) -> (String, String) {
+    (
+        format!("{prefix}permits:{{{resource}}}"),
+        format!("{prefix}permit-limit:{{{resource}}}"),
+    )
 }
 
 /// A batch's key; its id is the hash tag, so that its members' key

@@ -1,0 +1,94 @@
+//! The shared-limits tests' helpers: the permits and rates contract of a
+//! store.
+
+use std::time::Duration;
+
+/// The permits and rates contract of a [`qjob::store::Store`], on any
+/// store with no keys of these names: limits hold under concurrent calls,
+/// permits are freed, renewed and expire, a limit set at run time wins.
+pub async fn a_store_keeps_permits_and_rates(store: impl qjob::store::Store + Clone) {
+    use qjob::RateLimit;
+    let lease = Duration::from_secs(1);
+    // 20 racing takes of a resource of 3: 3 win.
+    let takes = (0..20).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move { store.take_permit("db", &format!("h{n}"), 3, lease).await })
+    });
+    let won = futures_util::future::join_all(takes)
+        .await
+        .into_iter()
+        .filter(|taken| *taken.as_ref().unwrap().as_ref().unwrap())
+        .count();
+    assert_eq!(won, 3);
+    let permits = store.permits("db").await.unwrap();
+    assert_eq!(permits.holders.len(), 3);
+    let (holder, left) = permits.holders[0].clone();
+    assert!(
+        left <= lease && left > Duration::from_millis(500),
+        "{left:?}"
+    );
+    assert!(
+        store.take_permit("db", &holder, 3, lease).await.unwrap(),
+        "held: renewed"
+    );
+    assert!(store.free_permit("db", &holder).await.unwrap());
+    assert!(
+        !store.free_permit("db", &holder).await.unwrap(),
+        "freed once"
+    );
+    assert!(
+        store.take_permit("db", "late", 3, lease).await.unwrap(),
+        "a freed permit is free"
+    );
+    assert!(!store.take_permit("db", "later", 3, lease).await.unwrap());
+    store.set_permit_limit("db", Some(4)).await.unwrap();
+    assert_eq!(store.permits("db").await.unwrap().limit, Some(4));
+    assert!(
+        store.take_permit("db", "later", 3, lease).await.unwrap(),
+        "the limit set wins"
+    );
+    store.set_permit_limit("db", None).await.unwrap();
+    assert!(
+        store
+            .renew_permit("db", "later", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    // The others' leases run out; the renewed one lasts.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let permits = store.permits("db").await.unwrap();
+    let holders: Vec<&str> = permits.holders.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(holders, ["later"]);
+    assert!(
+        !store.renew_permit("db", "late", lease).await.unwrap(),
+        "expired"
+    );
+    // A rate of 10/s: a burst of 1, then one start per 100 ms.
+    let rate = RateLimit::new(10, Duration::from_secs(1));
+    assert_eq!(store.take_rate("calls", rate).await.unwrap(), None);
+    let wait = store
+        .take_rate("calls", rate)
+        .await
+        .unwrap()
+        .expect("spaced");
+    assert!(
+        wait <= Duration::from_millis(100) && wait > Duration::from_millis(50),
+        "{wait:?}"
+    );
+    tokio::time::sleep(wait).await;
+    assert_eq!(store.take_rate("calls", rate).await.unwrap(), None);
+    assert_eq!(
+        store.take_rate("other", rate).await.unwrap(),
+        None,
+        "keys apart"
+    );
+    // 20 racing starts at 1 000/s (a burst of 100): all start.
+    let fast = RateLimit::new(1000, Duration::from_secs(1));
+    let starts = (0..20).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.take_rate("fast", fast).await })
+    });
+    for started in futures_util::future::join_all(starts).await {
+        assert_eq!(started.unwrap().unwrap(), None);
+    }
+}
