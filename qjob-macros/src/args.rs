@@ -30,6 +30,13 @@ const KEYS: &[&str] = &[
     "unique",
     "inbox",
     "cron",
+    "global_concurrency",
+    "resource",
+    "global_rate",
+    "key_rate",
+    "rate_by",
+    "class",
+    "weight",
 ];
 
 const BREAKER_KEYS: &[&str] = &["failure_rate", "min_attempts", "window", "open_for"];
@@ -102,6 +109,13 @@ pub(crate) struct Args {
     /// `cron = "..."`: the schedule the job fires on, with its payload's
     /// default.
     pub(crate) cron: Option<LitStr>,
+    pub(crate) global_concurrency: Option<u64>,
+    pub(crate) resource: Option<LitStr>,
+    pub(crate) global_rate: Option<(u64, u64)>,
+    pub(crate) key_rate: Option<((u64, u64), Span)>,
+    pub(crate) rate_by: Option<(Vec<Ident>, Span)>,
+    pub(crate) class: Option<&'static str>,
+    pub(crate) weight: Option<u64>,
     /// The arguments given, valid or not.
     pub(crate) given: Vec<String>,
 }
@@ -213,6 +227,15 @@ impl Args {
                     "`cron` needs qjob's feature `periodic` (on by default)",
                 ));
             }
+            "global_concurrency" => {
+                self.global_concurrency = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
+            }
+            "resource" => self.resource = Some(resource(value)?),
+            "global_rate" => self.global_rate = Some(values::rate(key, value)?),
+            "key_rate" => self.key_rate = Some((values::rate(key, value)?, value.span())),
+            "rate_by" => self.rate_by = Some((field_path(key, value)?, value.span())),
+            "class" => self.class = Some(class(value)?),
+            "weight" => self.weight = Some(values::integer(key, value, 1, u64::from(u32::MAX))?),
             "delivery_limit" => {
                 self.delivery_limit = Some((
                     values::integer(key, value, 1, u64::from(u32::MAX))?,
@@ -240,6 +263,17 @@ impl Args {
                 span,
                 "`delivery_limit` needs `queue_type = \"quorum\"`: RabbitMQ counts deliveries on quorum queues only",
             ));
+        }
+        match (&self.rate_by, &self.key_rate) {
+            (Some((_, span)), None) => errors.push(syn::Error::new(
+                *span,
+                "`rate_by` needs `key_rate = \"N/period\"` (the rate each key keeps)",
+            )),
+            (None, Some((_, span))) => errors.push(syn::Error::new(
+                *span,
+                "`key_rate` needs `rate_by = field` (the key each rate is kept for)",
+            )),
+            _ => {}
         }
         match (&self.partition_by, &self.partitions) {
             (Some((_, span)), None) => errors.push(syn::Error::new(
@@ -319,6 +353,34 @@ fn queue(value: &Expr) -> syn::Result<LitStr> {
         ));
     }
     Ok(lit)
+}
+
+/// A shared resource's name: what `WorkerBuilder::resource` sizes.
+fn resource(value: &Expr) -> syn::Result<LitStr> {
+    let lit = values::string("resource", value)?;
+    let name = lit.value();
+    if name.is_empty() || name.len() > MAX_QUEUE_LEN || name.contains(char::is_whitespace) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "`resource` must be a name of 1 to {MAX_QUEUE_LEN} bytes without spaces, like resource = \"billing-db\""
+            ),
+        ));
+    }
+    Ok(lit)
+}
+
+fn class(value: &Expr) -> syn::Result<&'static str> {
+    let lit = values::string("class", value)?;
+    match lit.value().as_str() {
+        "critical" => Ok("critical"),
+        "default" => Ok("default"),
+        "bulk" => Ok("bulk"),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            "`class` must be \"critical\", \"default\" or \"bulk\"",
+        )),
+    }
 }
 
 fn name(value: &Expr) -> syn::Result<Ident> {

@@ -59,6 +59,7 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
     let options = options(args, &queue);
     let partition_key = partition_key(args, payload);
     let unique_key = unique_key(args, payload);
+    let rate_key = rate_key(args, payload);
     let schedule = schedule(args, payload);
     // A wrong error type is reported at the handler's return type.
     let output = match &function.sig.output {
@@ -92,6 +93,8 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
             #partition_key
 
             #unique_key
+
+            #rate_key
 
             #schedule
 
@@ -186,7 +189,47 @@ fn options(args: &Args, queue: &syn::LitStr) -> TokenStream {
         };
         calls.push(quote!(.with_unique(::qjob::Unique::new(#within, #until))));
     }
+    calls.extend(limit_calls(args));
     quote!(::qjob::JobOptions::new(#queue) #(#calls)*)
+}
+
+/// The limits beyond one handler: class and weight, global concurrency,
+/// resource, rates.
+fn limit_calls(args: &Args) -> Vec<TokenStream> {
+    let rate = |(count, per): (u64, u64)| {
+        let count = count as u32;
+        let per = duration(per);
+        quote!(::qjob::RateLimit::new(#count, #per))
+    };
+    let mut calls = Vec::new();
+    if let Some(handlers) = args.global_concurrency {
+        let handlers = handlers as u32;
+        calls.push(quote!(.with_global_concurrency(#handlers)));
+    }
+    if let Some(resource) = &args.resource {
+        calls.push(quote!(.with_resource(#resource)));
+    }
+    if let Some(global) = args.global_rate {
+        let global = rate(global);
+        calls.push(quote!(.with_global_rate(#global)));
+    }
+    if let Some((per_key, _)) = args.key_rate {
+        let per_key = rate(per_key);
+        calls.push(quote!(.with_key_rate(#per_key)));
+    }
+    if let Some(class) = args.class {
+        let class = match class {
+            "critical" => quote!(::qjob::JobClass::Critical),
+            "bulk" => quote!(::qjob::JobClass::Bulk),
+            _ => quote!(::qjob::JobClass::Default),
+        };
+        calls.push(quote!(.with_class(#class)));
+    }
+    if let Some(weight) = args.weight {
+        let weight = weight as u32;
+        calls.push(quote!(.with_weight(#weight)));
+    }
+    calls
 }
 
 fn backoff_tokens(backoff: &Backoff, jitter: Option<bool>) -> TokenStream {
@@ -233,6 +276,21 @@ fn partition_key(args: &Args, payload: &Type) -> TokenStream {
     let text = quote_spanned!(*span=> ::qjob::__private::partition_key(#key));
     quote! {
         fn partition_key(payload: &#payload) -> ::core::option::Option<::std::string::String> {
+            let #key = &payload #(.#path)*;
+            ::core::option::Option::Some(#text)
+        }
+    }
+}
+
+/// `rate_by = field`: the field's text is the key of its rate.
+fn rate_key(args: &Args, payload: &Type) -> TokenStream {
+    let Some((path, span)) = &args.rate_by else {
+        return TokenStream::new();
+    };
+    let key = syn::Ident::new("key", *span);
+    let text = quote_spanned!(*span=> ::qjob::__private::partition_key(#key));
+    quote! {
+        fn rate_key(payload: &#payload) -> ::core::option::Option<::std::string::String> {
             let #key = &payload #(.#path)*;
             ::core::option::Option::Some(#text)
         }

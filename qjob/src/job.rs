@@ -64,6 +64,13 @@ pub trait Job: Send + Sync + 'static {
         serde_json::to_string(payload).ok()
     }
 
+    /// The key of a payload's rate, for a job with a rate per key
+    /// ([`JobOptions::with_key_rate`]; `#[job(rate_by = field)]`): `None`
+    /// counts the job under no key's rate.
+    fn rate_key(_payload: &Self::Payload) -> Option<String> {
+        None
+    }
+
     #[cfg(feature = "periodic")]
     /// The schedule `#[job(cron = "...")]` declares, with the payload its
     /// ticks carry: a worker that registers the job type also fires it on

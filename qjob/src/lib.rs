@@ -14,6 +14,7 @@ mod dead_letters;
 mod error;
 mod id;
 mod job;
+mod limits;
 mod options;
 mod outcomes;
 pub(crate) mod policy;
@@ -27,6 +28,7 @@ mod worker;
 pub use error::{BoxError, FailureKind, JobError};
 pub use id::JobId;
 pub use job::{Job, JobContext};
+pub use limits::JobClass;
 pub use options::{
     Autoscale, Backoff, CircuitBreaker, JobOptions, QueueType, RateLimit, Unique, UniqueUntil,
 };

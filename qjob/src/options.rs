@@ -214,6 +214,7 @@ pub struct JobOptions {
     autoscale: Option<Autoscale>,
     unique: Option<Unique>,
     inbox: Option<Duration>,
+    pub(crate) limits: crate::limits::Limits,
 }
 
 /// The default prefetch: enough to keep a handful of handlers busy.
@@ -245,6 +246,7 @@ impl JobOptions {
             autoscale: None,
             unique: None,
             inbox: None,
+            limits: crate::limits::Limits::default(),
         }
     }
 

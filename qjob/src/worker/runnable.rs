@@ -41,6 +41,11 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// gives none, or reading it panicked), or `None` if the body does not
     /// deserialize.
     fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)>;
+    /// The key of a message's rate ([`Job::rate_key`]), reading the
+    /// payload into `decoded` if it is not read yet; `None` if it gives
+    /// none or does not read (a panic included: the attempt finds it
+    /// malformed).
+    fn rate_key(&self, body: &[u8], decoded: &mut Option<Decoded>) -> Option<String>;
     /// Runs the handler on `decoded` (from [`Runnable::decode_keyed`], for
     /// this job type) or else on the body deserialized, catching panics
     /// and enforcing the timeout.
@@ -83,6 +88,19 @@ impl<J: Job> Runnable for Registered<J> {
                 Some((None, Decoded::Panicked(reason)))
             }
         }
+    }
+
+    fn rate_key(&self, body: &[u8], decoded: &mut Option<Decoded>) -> Option<String> {
+        if decoded.is_none() {
+            *decoded = self.decode_keyed(body).map(|(_, payload)| payload);
+        }
+        let Some(Decoded::Payload(payload)) = decoded else {
+            return None;
+        };
+        let payload = payload.downcast_ref::<J::Payload>()?;
+        std::panic::catch_unwind(AssertUnwindSafe(|| J::rate_key(payload)))
+            .ok()
+            .flatten()
     }
 
     fn run(
