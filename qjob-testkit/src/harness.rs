@@ -117,6 +117,17 @@ impl TestKit {
         self
     }
 
+    /// Applies `configure` to the harness's worker builder when the
+    /// worker starts: a handler budget, resources' sizes, a permit lease
+    /// (`qjob::WorkerBuilder::max_handlers`, `resource`, `permit_lease`).
+    pub fn configure(
+        mut self,
+        configure: impl Fn(qjob::WorkerBuilder) -> qjob::WorkerBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.jobs.push(Box::new(configure));
+        self
+    }
+
     #[cfg(feature = "periodic")]
     /// Adds a schedule to the harness's worker, as
     /// [`qjob::WorkerBuilder::schedule`] does (a job registered with a

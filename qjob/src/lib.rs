@@ -43,8 +43,8 @@ pub use dead_letters::{DeadLetter, DeadReason};
 // Consuming: the worker and its builder, the health report readiness probes
 // read, and the observer hook for what metrics do not say.
 pub use worker::{
-    AttemptEvent, AttemptOutcome, BreakerHealth, Health, HealthReport, Observer, ScheduleHealth,
-    Worker, WorkerBuilder,
+    AttemptEvent, AttemptOutcome, BreakerHealth, BudgetHealth, BudgetShare, Health, HealthReport,
+    Observer, ScheduleHealth, SharedLimitHealth, Worker, WorkerBuilder,
 };
 
 // Periodic jobs: when they fire, and what a new leader does with the ticks

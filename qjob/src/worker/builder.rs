@@ -1,6 +1,7 @@
 //! Building a [`Worker`]: the jobs it runs, its schedules, relays and
 //! observers, and its settings.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use crate::worker::console::DEFAULT_HEARTBEAT_INTERVAL;
 use crate::worker::control::{Cancellations, DEFAULT_CANCEL_MEMORY};
 use crate::worker::health::Health;
 use crate::worker::observer::Observer;
+use crate::worker::quota::DEFAULT_PERMIT_LEASE;
 use crate::worker::runnable::{Registered, Runnable};
 #[cfg(feature = "periodic")]
 use crate::worker::scheduler;
@@ -34,6 +36,9 @@ pub struct WorkerBuilder {
     heartbeat_interval: Duration,
     cancel_memory: Duration,
     store: Option<Arc<dyn Store>>,
+    max_handlers: Option<usize>,
+    resources: HashMap<String, u32>,
+    permit_lease: Duration,
     #[cfg(feature = "periodic")]
     schedules: Vec<Result<scheduler::Planned, Error>>,
     #[cfg(feature = "postgres")]
@@ -163,6 +168,35 @@ impl WorkerBuilder {
         self
     }
 
+    /// The most handlers this worker runs at once over all its job types
+    /// (each job type's `concurrency` still bounds its own). When job
+    /// types compete for them, a free handler goes to a higher
+    /// [`crate::JobClass`] first, by weight within a class, and every job
+    /// type with work waiting keeps one (the rule:
+    /// [`crate::docs::limits`]). Adaptive concurrency scales each job type
+    /// within it. 0 is refused when the worker runs.
+    pub fn max_handlers(mut self, handlers: usize) -> Self {
+        self.max_handlers = Some(handlers);
+        self
+    }
+
+    /// Sizes the shared resource `name` (`#[job(resource = "…")]`): at
+    /// most `permits` handlers of the job types that use it run at once,
+    /// across every process that sizes it alike. Its permits are kept in
+    /// the worker's store ([`WorkerBuilder::store`]).
+    pub fn resource(mut self, name: impl Into<String>, permits: u32) -> Self {
+        self.resources.insert(name.into(), permits);
+        self
+    }
+
+    /// How long a permit of a shared limit lasts unless renewed (15 s by
+    /// default): a running handler renews its permits every third of it,
+    /// and a process that crashed gives its permits back within it.
+    pub fn permit_lease(mut self, lease: Duration) -> Self {
+        self.permit_lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
     /// Runs an outbox relay in the worker ([`crate::outbox`]), stopped with
     /// it. The relay declares the queues of the worker's registered job
     /// types before it publishes their rows. A worker may run relays and
@@ -200,6 +234,10 @@ impl WorkerBuilder {
             heartbeat_interval: self.heartbeat_interval,
             cancellations: Arc::new(Cancellations::new(self.cancel_memory)),
             store: self.store,
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            max_handlers: self.max_handlers,
+            resources: self.resources,
+            permit_lease: self.permit_lease,
             #[cfg(feature = "periodic")]
             schedules: self.schedules,
             #[cfg(feature = "postgres")]
@@ -225,6 +263,9 @@ impl Worker {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             cancel_memory: DEFAULT_CANCEL_MEMORY,
             store: None,
+            max_handlers: None,
+            resources: HashMap::new(),
+            permit_lease: DEFAULT_PERMIT_LEASE,
             #[cfg(feature = "periodic")]
             schedules: Vec::new(),
             #[cfg(feature = "postgres")]

@@ -257,18 +257,20 @@ impl Consumer {
     ) {
         let handler = self.handler.clone();
         match slot {
-            Some(slot) => handlers.spawn(async move {
-                handler
-                    .handle(delivery, None, Retries::ThroughBroker(slot, halt))
-                    .await
-            }),
+            Some(slot) => {
+                let slots = self.slots.clone();
+                handlers.spawn(async move {
+                    let retries = Retries::ThroughBroker { slot, slots, halt };
+                    handler.handle(delivery, None, retries).await
+                })
+            }
             None => {
                 let slots = self.slots.clone();
                 let received = Instant::now();
                 handlers.spawn(async move {
                     let in_place = Retries::InPlace {
                         received,
-                        slots: &slots,
+                        slots,
                         halt,
                     };
                     handler.handle(delivery, None, in_place).await
@@ -378,7 +380,7 @@ impl Consumer {
             let _release = release;
             let in_place = Retries::InPlace {
                 received: admitted.received,
-                slots: &slots,
+                slots,
                 halt,
             };
             handler

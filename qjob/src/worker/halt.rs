@@ -2,21 +2,28 @@
 //! one attempt, or to retry in place; and what halts an attempt that has
 //! not started (a pause, a stop).
 
+use std::sync::Arc;
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How a delivery's retries happen (see [`Handler::handle`]).
-pub(crate) enum Retries<'a> {
-    /// Through the broker: one attempt here, in this handler slot (it
-    /// does not start once a pause or stop is asked, e.g. while it waits
-    /// at the gate).
-    ThroughBroker(OwnedSemaphorePermit, Halt),
+pub(crate) enum Retries {
+    /// Through the broker: one attempt here, in this handler slot of
+    /// `slots` (it does not start once a pause or stop is asked, e.g.
+    /// while it waits at the gate; it gives the slot back while shared
+    /// limits make it wait, and takes one again).
+    ThroughBroker {
+        slot: OwnedSemaphorePermit,
+        slots: Arc<Semaphore>,
+        halt: Halt,
+    },
     /// In the worker, holding the delivery, received at `received`; each
     /// attempt takes a slot of `slots`.
     InPlace {
         received: Instant,
-        slots: &'a Semaphore,
+        slots: Arc<Semaphore>,
         /// Asked once the job pauses or the worker stops: the first
         /// attempt, not started by then, never starts; nor does a retry
         /// once the job pauses.

@@ -21,9 +21,11 @@ use crate::worker::health::Health;
 use crate::worker::held::{self, Attempts, Hold, Running, Seen};
 use crate::worker::metrics::JobMetrics;
 use crate::worker::observer::{AttemptOutcome, Observer};
+use crate::worker::quota::Quota;
 use crate::worker::routes::Routes;
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
+use crate::worker::seat::{InBudget, Seat};
 use crate::{DeadReason, JobContext, JobId, UniqueUntil, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
@@ -61,6 +63,11 @@ pub(crate) struct Handler {
     pub(crate) unique: Option<UniqueLock>,
     /// The job ids done lately, for a job that deduplicates deliveries.
     pub(crate) inbox: Option<Inbox>,
+    /// The worker's handler budget, if it has one, and this job type's
+    /// place in it.
+    pub(crate) budget: Option<InBudget>,
+    /// The job type's limits shared by every process, if it has any.
+    pub(crate) quota: Option<Arc<Quota>>,
     /// Where batches are counted (the worker's store).
     pub(crate) batches: Option<Arc<dyn Store>>,
     /// How many settlements wait for a publish that failed (a resource
@@ -101,7 +108,7 @@ impl Handler {
         &self,
         delivery: Delivery,
         mut decoded: Option<Decoded>,
-        retries: Retries<'_>,
+        retries: Retries,
     ) {
         let Some((delivery, envelope, retries)) = self.admit(delivery, retries).await else {
             return;
@@ -143,7 +150,7 @@ impl Handler {
                     &envelope,
                     attempt,
                     memory.as_ref(),
-                    &course,
+                    &mut course,
                 )
                 .instrument(span.clone())
                 .await;
@@ -152,8 +159,7 @@ impl Handler {
             };
             course.ran = true;
             drop(course.slot.take());
-            let (Action::Retry { error, delay }, Some((hold, _))) = (&action, &course.in_place)
-            else {
+            let (Action::Retry { error, delay }, Some(hold)) = (&action, &course.in_place) else {
                 return self
                     .settle(delivery, attempt, job_id, action, Some(took))
                     .instrument(span)
@@ -190,11 +196,11 @@ impl Handler {
     /// Reads a delivery's envelope; `None` once a delivery that will not
     /// run is taken care of: its channel closed, not due yet (deferred),
     /// or malformed (dead-lettered). The retries' slot is given back first.
-    async fn admit<'r>(
+    async fn admit(
         &self,
         delivery: Delivery,
-        retries: Retries<'r>,
-    ) -> Option<(Delivery, Envelope, Retries<'r>)> {
+        retries: Retries,
+    ) -> Option<(Delivery, Envelope, Retries)> {
         if self.abandon_if_closed(&delivery) {
             return None;
         }
@@ -217,40 +223,56 @@ impl Handler {
         }
     }
 
-    /// One attempt of the delivery, with the slot it takes if it retries
-    /// in place: what becomes of it and how long it ran; `None` if it did
-    /// not run (a pause or a stop, its channel closed).
+    /// One attempt of the delivery, in a seat (see `seat`): what becomes
+    /// of it and how long it ran; `None` if it did not run (a pause or a
+    /// stop, its channel closed).
     async fn try_once(
         &self,
         delivery: &Delivery,
-        decoded: Option<Decoded>,
+        mut decoded: Option<Decoded>,
         envelope: &Envelope,
         attempt: u32,
         memory: Option<&JobId>,
-        course: &Course<'_>,
+        course: &mut Course,
     ) -> Option<(Action, Duration)> {
         let (halt, ran) = (&course.halt, course.ran);
-        let _in_place_slot = match &course.in_place {
-            Some((_, slots)) => {
-                let slot = tokio::select! {
-                    biased;
-                    () = halt.clone().asked(ran) => None,
-                    slot = slots.acquire() => Some(slot.expect("semaphore never closed")),
-                };
-                if halt.is_asked(ran) || slot.is_none() {
-                    self.halted(&envelope.job_id, attempt);
-                    return None;
-                }
-                if self.abandon_if_closed(delivery) {
-                    return None;
-                }
-                slot
-            }
-            None => None,
+        let key = match &self.quota {
+            Some(quota) if quota.keyed() => self.job.rate_key(&delivery.message.body, &mut decoded),
+            _ => None,
         };
-        let (outcome, took, running) = self
-            .attempt(delivery, decoded, envelope, attempt, memory, (halt, ran))
-            .await?;
+        let job = (&envelope.job_id, key.as_deref());
+        let seat = self
+            .seat(course.slot.take(), &course.slots, job, (halt, ran))
+            .await;
+        // A seat that may have been waited for is not used once a pause
+        // (or a stop) is asked.
+        let waited = course.in_place.is_some() || self.budget.is_some() || self.quota.is_some();
+        let seat = match seat {
+            Some(seat) if !(waited && halt.is_asked(ran)) => seat,
+            seat => {
+                if let Some(seat) = seat {
+                    seat.leave().await;
+                }
+                self.halted(&envelope.job_id, attempt);
+                return None;
+            }
+        };
+        if self.abandon_if_closed(delivery) {
+            seat.leave().await;
+            return None;
+        }
+        let attempted = self
+            .attempt(
+                delivery,
+                decoded,
+                envelope,
+                attempt,
+                memory,
+                (halt, ran, &seat),
+            )
+            .await;
+        seat.leave().await;
+        let (outcome, took, running) = attempted?;
         let outcome = self.unless_cancelled(outcome, envelope);
         let action = self.action_for(outcome, attempt, &envelope.job_id);
         if let Some(running) = running {
@@ -261,12 +283,7 @@ impl Handler {
 
     /// Waits `wait` before a retry in place, unless the job is cancelled or
     /// a pause (or a stop) is asked meanwhile.
-    async fn wait_to_retry(
-        &self,
-        envelope: &Envelope,
-        wait: Duration,
-        course: &Course<'_>,
-    ) -> Waited {
+    async fn wait_to_retry(&self, envelope: &Envelope, wait: Duration, course: &Course) -> Waited {
         let asked = course.halt.clone().asked(course.ran);
         let cancel = self
             .cancellations
@@ -467,7 +484,7 @@ impl Handler {
         envelope: &Envelope,
         attempt: u32,
         memory: Option<&'a JobId>,
-        (halt, ran): (&Halt, bool),
+        (halt, ran, seat): (&Halt, bool, &Seat),
     ) -> Option<(Outcome, Duration, Option<Running<'a>>)> {
         if let Some(gate) = &self.gate {
             let entered = tokio::select! {
@@ -506,7 +523,11 @@ impl Handler {
         let running = memory.map(|key| Running::start(&self.attempts, key, attempt));
         self.metrics.in_flight(1.0);
         let started = tokio::time::Instant::now();
-        let outcome = self.run(delivery, decoded, envelope, attempt).await;
+        let run = self.run(delivery, decoded, envelope, attempt);
+        let outcome = match &seat.held {
+            Some(held) => held.during(run).await,
+            None => run.await,
+        };
         let took = started.elapsed();
         self.metrics.in_flight(-1.0);
         if let Some(work) = &self.work {
@@ -578,31 +599,33 @@ impl Handler {
     }
 }
 
-/// How one delivery's attempts go: the slot of an attempt through the
-/// broker, or the hold and slots of attempts in place; what halts them;
-/// and whether one ran in this task.
-struct Course<'a> {
+/// How one delivery's attempts go: the slot the consumer gave it (through
+/// the broker) or none (in place, with its hold), the job type's slots to
+/// take one from; what halts them; and whether one ran in this task.
+struct Course {
     slot: Option<OwnedSemaphorePermit>,
-    in_place: Option<(Hold, &'a Semaphore)>,
+    slots: Arc<Semaphore>,
+    in_place: Option<Hold>,
     halt: Halt,
     ran: bool,
 }
 
-impl<'a> Course<'a> {
-    fn new(retries: Retries<'a>, handler: &Handler) -> Self {
-        let (slot, in_place, halt) = match retries {
-            Retries::ThroughBroker(slot, halt) => (Some(slot), None, halt),
+impl Course {
+    fn new(retries: Retries, handler: &Handler) -> Self {
+        let (slot, slots, in_place, halt) = match retries {
+            Retries::ThroughBroker { slot, slots, halt } => (Some(slot), slots, None, halt),
             Retries::InPlace {
                 received,
                 slots,
                 halt,
             } => {
                 let hold = Hold::new(received, handler.hold_budget, handler.timeout);
-                (None, Some((hold, slots)), halt)
+                (None, slots, Some(hold), halt)
             }
         };
         Self {
             slot,
+            slots,
             in_place,
             halt,
             ran: false,

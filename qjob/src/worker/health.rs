@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::broker::Broker;
 use crate::policy::breaker::BreakerState;
+use crate::worker::budget::Budget;
 use crate::worker::gate::Gate;
+use crate::worker::quota::Quota;
 
 pub use crate::protocol::{BreakerHealth, ScheduleHealth};
 
@@ -50,6 +52,47 @@ pub struct HealthReport {
     /// Per schedule this worker carries (by name): its expression, next
     /// tick and whether this worker leads it.
     pub schedules: BTreeMap<String, ScheduleHealth>,
+    /// The handler budget ([`crate::WorkerBuilder::max_handlers`]), if the
+    /// worker has one.
+    pub budget: Option<BudgetHealth>,
+    /// Per job type with limits shared by every process: how they stand.
+    pub shared_limits: BTreeMap<&'static str, SharedLimitHealth>,
+}
+
+/// A worker's handler budget now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BudgetHealth {
+    /// The most handlers.
+    pub max: usize,
+    /// Handlers holding a slot of it now.
+    pub in_use: usize,
+    /// Per job type: its class, the slots it holds and its attempts
+    /// waiting for one.
+    pub jobs: BTreeMap<&'static str, BudgetShare>,
+}
+
+/// One job type's share of a worker's handler budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BudgetShare {
+    /// Its class.
+    pub class: crate::JobClass,
+    /// Slots it holds now.
+    pub held: usize,
+    /// Its attempts waiting for a slot.
+    pub waiting: usize,
+}
+
+/// How a job type's limits shared by every process stand in this worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedLimitHealth {
+    /// Why its starts wait on the store, if they do (the store could not
+    /// be reached): they never run past the limits meanwhile.
+    pub problem: Option<String>,
+    /// Starts that passed the limits in this worker so far.
+    pub started: u64,
 }
 
 impl HealthReport {
@@ -83,6 +126,8 @@ pub struct Health {
     broker: Arc<dyn Broker>,
     state: Arc<Mutex<State>>,
     gates: Arc<Mutex<Vec<WatchedGate>>>,
+    quotas: Arc<Mutex<Vec<WatchedQuota>>>,
+    budget: Arc<Mutex<Option<Arc<Budget>>>>,
     /// The last ack, in milliseconds since the Unix epoch (0: none yet);
     /// an atomic, since every settlement sets it.
     last_ack: Arc<AtomicU64>,
@@ -90,6 +135,9 @@ pub struct Health {
 
 /// A job type's name and its gate.
 type WatchedGate = (&'static str, Arc<Gate>);
+
+/// A job type's name and its shared limits.
+type WatchedQuota = (&'static str, Arc<Quota>);
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +151,8 @@ impl Health {
             broker,
             state: Arc::default(),
             gates: Arc::default(),
+            quotas: Arc::default(),
+            budget: Arc::default(),
             last_ack: Arc::default(),
         }
     }
@@ -120,6 +170,44 @@ impl Health {
             .iter()
             .filter_map(|(job, gate)| Some((*job, gate.breaker_state()?.into())))
             .collect();
+        let shared_limits = self
+            .quotas
+            .lock()
+            .expect("health quotas poisoned")
+            .iter()
+            .map(|(job, quota)| {
+                let health = SharedLimitHealth {
+                    problem: quota.problem(),
+                    started: quota.started(),
+                };
+                (*job, health)
+            })
+            .collect();
+        let budget = self
+            .budget
+            .lock()
+            .expect("health budget poisoned")
+            .as_ref()
+            .map(|budget| BudgetHealth {
+                max: budget.size(),
+                in_use: budget.in_use(),
+                jobs: budget
+                    .shares()
+                    .into_iter()
+                    .map(|share| {
+                        let (held, waiting) = (share.held, share.waiting);
+                        let class = share.class;
+                        (
+                            share.job,
+                            BudgetShare {
+                                class,
+                                held,
+                                waiting,
+                            },
+                        )
+                    })
+                    .collect(),
+            });
         let state = self.state();
         let last_ack = match self.last_ack.load(Ordering::Relaxed) {
             0 => None,
@@ -138,7 +226,20 @@ impl Health {
             last_error: state.last_error.clone(),
             last_ack,
             schedules: state.schedules.clone(),
+            budget,
+            shared_limits,
         }
+    }
+
+    pub(crate) fn watch_quota(&self, job: &'static str, quota: Arc<Quota>) {
+        self.quotas
+            .lock()
+            .expect("health quotas poisoned")
+            .push((job, quota));
+    }
+
+    pub(crate) fn budget(&self, budget: Arc<Budget>) {
+        *self.budget.lock().expect("health budget poisoned") = Some(budget);
     }
 
     pub(crate) fn watch_gate(&self, job: &'static str, gate: Arc<Gate>) {

@@ -1,6 +1,7 @@
 //! [`Worker`]: consumes the registered jobs' queues and runs their handlers.
 
 mod bookkeeping;
+mod budget;
 mod builder;
 mod checks;
 mod console;
@@ -15,6 +16,7 @@ mod held;
 mod metrics;
 mod observer;
 mod plan;
+mod quota;
 mod routes;
 mod run;
 mod runnable;
@@ -22,12 +24,16 @@ mod sampler;
 mod scaler;
 #[cfg(feature = "periodic")]
 mod scheduler;
+mod seat;
 mod settle;
 mod wiring;
 
 pub use builder::WorkerBuilder;
 pub(crate) use control::Cancellations;
-pub use health::{BreakerHealth, Health, HealthReport, ScheduleHealth};
+pub use health::{
+    BreakerHealth, BudgetHealth, BudgetShare, Health, HealthReport, ScheduleHealth,
+    SharedLimitHealth,
+};
 pub use observer::{AttemptEvent, AttemptOutcome, Observer};
 
 use std::sync::Arc;
@@ -78,6 +84,15 @@ pub struct Worker {
     pub(super) heartbeat_interval: Duration,
     pub(super) cancellations: Arc<Cancellations>,
     pub(super) store: Option<Arc<dyn Store>>,
+    /// The worker's id, unique per worker (a UUID): its heartbeats' and
+    /// the holder of its permits.
+    pub(super) id: String,
+    /// The most handlers over all job types, if bounded.
+    pub(super) max_handlers: Option<usize>,
+    /// The size of each named resource.
+    pub(super) resources: std::collections::HashMap<String, u32>,
+    /// How long a permit lasts unless renewed.
+    pub(super) permit_lease: Duration,
     #[cfg(feature = "periodic")]
     pub(super) schedules: Vec<Result<scheduler::Planned, Error>>,
     #[cfg(feature = "postgres")]

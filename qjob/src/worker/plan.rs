@@ -10,11 +10,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::policy::autoscale::{AutoscaleSettings, prefetch_for};
+use crate::worker::budget::{Budget, Member};
 use crate::worker::console::ConsoleJob;
 use crate::worker::consumer::Consumer;
 use crate::worker::control::Slots;
 use crate::worker::gate::Gate;
 use crate::worker::handler::Handler;
+use crate::worker::quota::Quota;
 use crate::worker::runnable::Runnable;
 use crate::worker::sampler::Sampled;
 use crate::worker::scaler::{Scaled, Work};
@@ -22,11 +24,11 @@ use crate::worker::scaler::{Scaled, Work};
 use crate::worker::scheduler;
 use crate::worker::wiring::{Shared, Wiring};
 use crate::worker::{Worker, metrics};
-use crate::{Error, JobOptions, topology};
+use crate::{Autoscale, Error, JobOptions, topology};
 
 impl Worker {
     /// What every handler of this worker is wired to.
-    fn wiring(&self) -> Wiring {
+    fn wiring(&self, budget: Option<Arc<Budget>>) -> Wiring {
         Wiring {
             broker: self.broker.clone(),
             observers: self.observers.clone(),
@@ -34,6 +36,7 @@ impl Worker {
             broker_consumer_timeout: self.broker_consumer_timeout,
             cancellations: self.cancellations.clone(),
             store: self.store.clone(),
+            budget,
         }
     }
 
@@ -122,9 +125,16 @@ impl Worker {
             return Err(Error::NoJobRegistered);
         }
         let mut queues: HashMap<String, &'static str> = HashMap::new();
-        let mut plans = Vec::with_capacity(self.jobs.len());
+        let mut resolved = Vec::with_capacity(self.jobs.len());
         for job in &self.jobs {
             let options = job.options().with_overrides_from(&*self.overrides)?;
+            self.check_limits(job.name(), &options)?;
+            resolved.push((job, options));
+        }
+        let budget = self.budget(&resolved)?;
+        let wiring = self.wiring(budget.clone());
+        let mut plans = Vec::with_capacity(self.jobs.len());
+        for (member, (job, options)) in resolved.into_iter().enumerate() {
             let needs = match (options.unique(), options.inbox()) {
                 (Some(_), _) => Some("is unique"),
                 (None, Some(_)) => Some("has an inbox"),
@@ -146,16 +156,85 @@ impl Worker {
             let extra = inherited
                 .get(options.queue())
                 .map_or(&[][..], Vec::as_slice);
-            plans.push(self.plan(job, options, extra));
+            plans.push(self.plan(job, options, extra, &wiring, member));
         }
         Ok(plans)
+    }
+
+    /// A job type's shared limits need a store, and its resource a size.
+    fn check_limits(&self, job: &str, options: &JobOptions) -> Result<(), Error> {
+        if options.limits.shared() && self.store.is_none() {
+            return Err(Error::Config(format!(
+                "job {job} has limits shared by every process (global concurrency, a resource \
+                 or a global rate): the worker needs a store (WorkerBuilder::store)"
+            )));
+        }
+        if let Some(resource) = options.resource() {
+            match self.resources.get(resource) {
+                None => {
+                    return Err(Error::Config(format!(
+                        "job {job} uses resource {resource:?}, which this worker does not size: \
+                         add WorkerBuilder::resource({resource:?}, permits)"
+                    )));
+                }
+                Some(0) => {
+                    return Err(Error::Config(format!(
+                        "resource {resource:?} is sized 0: no job using it could ever run"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The handler budget over these job types, if the worker has one.
+    fn budget(
+        &self,
+        jobs: &[(&Arc<dyn Runnable>, JobOptions)],
+    ) -> Result<Option<Arc<Budget>>, Error> {
+        let Some(size) = self.max_handlers else {
+            return Ok(None);
+        };
+        if size == 0 {
+            return Err(Error::Config(
+                "max_handlers is 0: no handler could ever run".to_owned(),
+            ));
+        }
+        let members = jobs
+            .iter()
+            .map(|(job, options)| Member {
+                job: job.name(),
+                class: options.class(),
+                weight: options.weight(),
+            })
+            .collect();
+        let budget = Budget::new(size, members);
+        self.health.budget(budget.clone());
+        Ok(Some(budget))
     }
 
     /// One job's plan: a consumer per consumed queue (a partitioned job has
     /// one per partition, a sharded one per shard, and any job one per
     /// shard it `inherited`) sharing the job's handler slots, gate and
     /// metrics, and its autoscaler if it has one.
-    fn plan(&self, job: &Arc<dyn Runnable>, options: JobOptions, inherited: &[String]) -> JobPlan {
+    fn plan(
+        &self,
+        job: &Arc<dyn Runnable>,
+        options: JobOptions,
+        inherited: &[String],
+        wiring: &Wiring,
+        member: usize,
+    ) -> JobPlan {
+        // Adaptive concurrency scales within the budget.
+        let options = match (options.autoscale(), &wiring.budget) {
+            (Some(autoscale), Some(budget)) if autoscale.max > budget.size() => {
+                let max = budget.size().max(autoscale.min);
+                let within = Autoscale::new(autoscale.min, max, autoscale.target_latency);
+                options.with_autoscale(within)
+            }
+            _ => options,
+        };
         let initial = options.autoscale().map_or(options.concurrency(), |a| a.min);
         let slots = Arc::new(Slots::new(initial));
         let (paused, _) = watch::channel(false);
@@ -185,13 +264,27 @@ impl Worker {
         if let Some(gate) = &gate {
             self.health.watch_gate(job.name(), gate.clone());
         }
+        let quota = self.store.clone().and_then(|store| {
+            Quota::new(
+                job.name(),
+                &options,
+                store,
+                &self.resources,
+                &self.id,
+                self.permit_lease,
+            )
+        });
+        if let Some(quota) = &quota {
+            self.health.watch_quota(job.name(), quota.clone());
+        }
         let shared = Shared {
             leases: Arc::default(),
             gate,
             work: work.clone(),
             metrics: metrics::JobMetrics::new(options.queue()),
+            quota,
+            member,
         };
-        let wiring = self.wiring();
         let pid = std::process::id();
         let consumers = specs
             .iter()
@@ -199,7 +292,7 @@ impl Worker {
             .map(|(index, spec)| Consumer {
                 inherited: index >= own,
                 broker: self.broker.clone(),
-                handler: Arc::new(Handler::new(&wiring, job, &options, spec, &shared)),
+                handler: Arc::new(Handler::new(wiring, job, &options, spec, &shared)),
                 tag: format!("qjob.{}.{pid}.{}", job.name(), spec.name),
                 prefetch: prefetch.as_ref().map(|(_, target)| target.clone()),
                 options: options.clone(),

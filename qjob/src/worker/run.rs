@@ -96,7 +96,7 @@ impl Worker {
         let console = if self.console {
             let console = Arc::new(Console {
                 broker: self.broker.clone(),
-                worker_id: uuid::Uuid::now_v7().simple().to_string(),
+                worker_id: self.id.clone(),
                 started_at: SystemTime::now(),
                 interval: self.heartbeat_interval,
                 health: self.health.clone(),

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use crate::broker::{Broker, QueueSpec};
 use crate::policy::backoff::BackoffPolicy;
 use crate::store::Store;
+use crate::worker::budget::Budget;
 use crate::worker::control::Cancellations;
 use crate::worker::gate::Gate;
 use crate::worker::handler::{Handler, Inbox, UniqueLock};
@@ -16,9 +17,11 @@ use crate::worker::health::Health;
 use crate::worker::held;
 use crate::worker::metrics::JobMetrics;
 use crate::worker::observer::Observer;
+use crate::worker::quota::Quota;
 use crate::worker::routes::Routes;
 use crate::worker::runnable::Runnable;
 use crate::worker::scaler::Work;
+use crate::worker::seat::InBudget;
 use crate::{JobOptions, topology};
 
 /// What a worker wires every handler to.
@@ -30,6 +33,8 @@ pub(crate) struct Wiring {
     pub(crate) broker_consumer_timeout: Duration,
     pub(crate) cancellations: Arc<Cancellations>,
     pub(crate) store: Option<Arc<dyn Store>>,
+    /// The worker's handler budget, if it has one.
+    pub(crate) budget: Option<Arc<Budget>>,
 }
 
 /// What a job's consumers share.
@@ -38,6 +43,10 @@ pub(crate) struct Shared {
     pub(crate) gate: Option<Arc<Gate>>,
     pub(crate) work: Option<Arc<Work>>,
     pub(crate) metrics: JobMetrics,
+    /// The job type's limits shared by every process.
+    pub(crate) quota: Option<Arc<Quota>>,
+    /// The job type's place in the worker's budget.
+    pub(crate) member: usize,
 }
 
 impl Handler {
@@ -84,6 +93,11 @@ impl Handler {
                 .inbox()
                 .zip(store.clone())
                 .map(|(window, store)| Inbox { store, window }),
+            budget: wiring.budget.clone().map(|budget| InBudget {
+                budget,
+                member: shared.member,
+            }),
+            quota: shared.quota.clone(),
             batches: store.clone(),
             held: watch::Sender::new(0),
         }
