@@ -1,7 +1,80 @@
-//! The shared-limits tests' helpers: the permits and rates contract of a
-//! store.
+//! The jobs of the shared-limits tests (`tests/tests/redis_limits.rs`):
+//! run in worker processes (`qjob-test-worker limits`), each start and end
+//! printed to stdout as `<kind> start|end <seq> <µs since the epoch>`.
 
+use std::io::Write;
 use std::time::Duration;
+
+use qjob::{JobContext, JobError, job};
+use serde::{Deserialize, Serialize};
+
+/// A job of the shared-limits tests: its number, its key, how long it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Limited {
+    pub seq: u32,
+    pub key: String,
+    pub millis: u64,
+}
+
+impl Limited {
+    pub fn new(seq: u32, key: impl Into<String>, millis: u64) -> Self {
+        Self {
+            seq,
+            key: key.into(),
+            millis,
+        }
+    }
+}
+
+async fn report(kind: &str, job: &Limited) -> Result<(), JobError> {
+    print_event(kind, "start", job)?;
+    tokio::time::sleep(Duration::from_millis(job.millis)).await;
+    print_event(kind, "end", job)?;
+    Ok(())
+}
+
+fn print_event(kind: &str, event: &str, job: &Limited) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "{kind} {event} {} {} {}",
+        job.seq,
+        crate::micros_since_epoch(),
+        job.key
+    )?;
+    stdout.flush()
+}
+
+#[job(
+    queue = "qjob.test.limits.global",
+    concurrency = 10,
+    prefetch = 20,
+    global_concurrency = 5
+)]
+pub async fn globally_limited(job: Limited, _ctx: JobContext) -> Result<(), JobError> {
+    report("global", &job).await
+}
+
+#[job(
+    queue = "qjob.test.limits.rate",
+    concurrency = 10,
+    prefetch = 50,
+    global_rate = "100/s"
+)]
+pub async fn globally_rated(job: Limited, _ctx: JobContext) -> Result<(), JobError> {
+    report("rate", &job).await
+}
+
+#[job(
+    queue = "qjob.test.limits.key",
+    concurrency = 10,
+    prefetch = 100,
+    key_rate = "5/s",
+    rate_by = key
+)]
+pub async fn rated_per_key(job: Limited, _ctx: JobContext) -> Result<(), JobError> {
+    report("key", &job).await
+}
 
 /// The permits and rates contract of a [`qjob::store::Store`], on any
 /// store with no keys of these names: limits hold under concurrent calls,

@@ -18,6 +18,10 @@
 //! - `qjob-test-worker schedule` carries a schedule that enqueues
 //!   `ScheduleTickJob` every second (it consumes nothing), with heartbeats
 //!   as `console`, and stops when its stdin closes;
+//! - `qjob-test-worker limits` runs the shared-limits jobs
+//!   (`qjob_tests::limits`) with a Redis store as `batch` does, permits
+//!   leased for `QJOB_TEST_PERMIT_LEASE_MS`, and stops when its stdin
+//!   closes;
 //! - `qjob-test-worker relay` runs only an outbox relay on the table
 //!   `QJOB_TEST_OUTBOX_TABLE` (PostgreSQL at `QJOB_PG_URL`), for
 //!   `OutboxKillJob`'s rows, and stops when its stdin closes.
@@ -35,6 +39,7 @@ use qjob_tests::jobs::{
     BatchDoneJob, BatchPartJob, ClusterOrderedJob, ClusterRetryJob, ConsoleProcessJob,
     OrderedKillJob, OutboxKillJob, PoisonJob, ScheduleTickJob,
 };
+use qjob_tests::limits::{GloballyLimitedJob, GloballyRatedJob, RatedPerKeyJob};
 use tokio::io::AsyncReadExt;
 
 #[job(queue = "qjob.test.process.kill", prefetch = 10, concurrency = 4)]
@@ -71,18 +76,22 @@ async fn main() {
         Some("console") => builder
             .register(ConsoleProcessJob)
             .heartbeat_interval(heartbeat),
-        Some("batch") => {
-            let url = std::env::var("QJOB_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
-            let prefix = std::env::var("QJOB_TEST_REDIS_PREFIX").expect("a key prefix");
-            let store = qjob::store::RedisStore::connect(&url)
-                .await
-                .expect("Redis answers")
-                .with_prefix(prefix);
+        Some("batch") => builder
+            .register(BatchPartJob)
+            .register(BatchDoneJob)
+            .store(redis_store().await),
+        Some("limits") => {
+            let lease = std::env::var("QJOB_TEST_PERMIT_LEASE_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map_or(Duration::from_secs(15), Duration::from_millis);
             builder
-                .register(BatchPartJob)
-                .register(BatchDoneJob)
-                .store(store)
+                .register(GloballyLimitedJob)
+                .register(GloballyRatedJob)
+                .register(RatedPerKeyJob)
+                .store(redis_store().await)
+                .permit_lease(lease)
+                .console(false)
         }
         Some("schedule") => builder
             .schedule::<ScheduleTickJob>(
@@ -113,7 +122,7 @@ async fn main() {
     let stop = async {
         if matches!(
             mode.as_deref(),
-            Some("console" | "schedule" | "batch" | "relay")
+            Some("console" | "schedule" | "batch" | "relay" | "limits")
         ) {
             // Until the parent closes stdin.
             let mut rest = Vec::new();
@@ -132,6 +141,17 @@ async fn main() {
         eprintln!("worker failed: {error}");
         std::process::exit(2);
     }
+}
+
+/// The store of `QJOB_REDIS_URL`, keys under `QJOB_TEST_REDIS_PREFIX`.
+async fn redis_store() -> qjob::store::RedisStore {
+    let url =
+        std::env::var("QJOB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
+    let prefix = std::env::var("QJOB_TEST_REDIS_PREFIX").expect("a key prefix");
+    qjob::store::RedisStore::connect(&url)
+        .await
+        .expect("Redis answers")
+        .with_prefix(prefix)
 }
 
 /// Prints `consuming <true|false> <µs since the epoch>` each time the
