@@ -33,3 +33,4 @@ page!(periodic, "../docs/periodic.md");
 page!(batches, "../docs/batches.md");
 page!(outbox, "../docs/outbox.md");
 page!(performance, "../docs/performance.md");
+page!(limits, "../docs/limits.md");
