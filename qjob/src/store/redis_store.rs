@@ -73,8 +73,10 @@ const BATCH_UPDATE: &str = r"
 ";
 
 /// Redis's clock, in milliseconds (`now`) and microseconds (`now_us`):
-/// every process's permits and rates go by the one clock.
+/// every process's permits and rates go by the one clock. (Redis before 5
+/// allows writes after `TIME` only once a script replicates its effects.)
 const CLOCK: &str = r"
+    if redis.replicate_commands then redis.replicate_commands() end
     local t = redis.call('TIME')
     local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
     local now = math.floor(now_us / 1000)

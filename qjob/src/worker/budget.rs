@@ -69,11 +69,22 @@ pub(crate) struct Share {
     pub(crate) waiting: usize,
 }
 
-/// A slot of the budget, given back when dropped.
+/// A slot of the budget, given back when dropped (kept a moment for its
+/// job type's next attempt, see [`HANDOVER`], unless given back with
+/// [`BudgetSlot::give_back`]).
 pub(crate) struct BudgetSlot {
     budget: Arc<Budget>,
     member: usize,
     armed: bool,
+    handover: bool,
+}
+
+impl BudgetSlot {
+    /// Gives the slot back at once: its attempt did not run (it waits on
+    /// shared limits), so no next attempt of its job type is coming.
+    pub(crate) fn give_back(mut self) {
+        self.handover = false;
+    }
 }
 
 impl Budget {
@@ -119,6 +130,7 @@ impl Budget {
                     budget: self.clone(),
                     member,
                     armed: true,
+                    handover: true,
                 };
             }
             state.members[member].waiting.push_back(sender);
@@ -148,6 +160,7 @@ impl Budget {
                 budget: self.clone(),
                 member: next,
                 armed: true,
+                handover: true,
             };
             match sender.send(slot) {
                 Ok(()) => {
@@ -239,7 +252,7 @@ impl Drop for BudgetSlot {
         let mut state = budget.state();
         let member = self.member;
         let below = state.members[member].held <= entitled(&state.members, budget.size, member);
-        if below && state.members[member].waiting.is_empty() {
+        if self.handover && below && state.members[member].waiting.is_empty() {
             // Kept for the member's next attempt, for a moment.
             state.handovers += 1;
             let number = state.handovers;

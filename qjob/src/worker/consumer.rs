@@ -219,7 +219,10 @@ impl Consumer {
         paused: &mut watch::Receiver<bool>,
         held: &mut watch::Receiver<usize>,
     ) -> SlotEvent {
-        let slot = if topology::retries_in_place(&self.options) {
+        // A job with shared limits takes its slot in the handler's task: a
+        // slot held here while no delivery comes (the prefetch all waiting
+        // on the limits) would stall it.
+        let slot = if topology::retries_in_place(&self.options) || self.handler.quota.is_some() {
             None
         } else {
             tokio::select! {
@@ -246,8 +249,8 @@ impl Consumer {
         }
     }
 
-    /// Runs a delivery in a task of its own: in its slot, or in place,
-    /// holding it through its retries.
+    /// Runs a delivery in a task of its own: in its slot (or one its task
+    /// takes), or in place, holding it through its retries.
     fn spawn_handler(
         &self,
         handlers: &mut JoinSet<()>,
@@ -256,27 +259,23 @@ impl Consumer {
         halt: Halt,
     ) {
         let handler = self.handler.clone();
-        match slot {
-            Some(slot) => {
-                let slots = self.slots.clone();
-                handlers.spawn(async move {
-                    let retries = Retries::ThroughBroker { slot, slots, halt };
-                    handler.handle(delivery, None, retries).await
-                })
-            }
-            None => {
-                let slots = self.slots.clone();
-                let received = Instant::now();
-                handlers.spawn(async move {
-                    let in_place = Retries::InPlace {
-                        received,
-                        slots,
-                        halt,
-                    };
-                    handler.handle(delivery, None, in_place).await
-                })
-            }
-        };
+        let slots = self.slots.clone();
+        if topology::retries_in_place(&self.options) {
+            let received = Instant::now();
+            handlers.spawn(async move {
+                let in_place = Retries::InPlace {
+                    received,
+                    slots,
+                    halt,
+                };
+                handler.handle(delivery, None, in_place).await
+            });
+        } else {
+            handlers.spawn(async move {
+                let retries = Retries::ThroughBroker { slot, slots, halt };
+                handler.handle(delivery, None, retries).await
+            });
+        }
         while handlers.try_join_next().is_some() {}
     }
 

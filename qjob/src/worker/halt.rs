@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 /// How a delivery's retries happen (see [`Handler::handle`]).
 pub(crate) enum Retries {
     /// Through the broker: one attempt here, in this handler slot of
-    /// `slots` (it does not start once a pause or stop is asked, e.g.
-    /// while it waits at the gate; it gives the slot back while shared
-    /// limits make it wait, and takes one again).
+    /// `slots`, or one it takes (a job with shared limits: its consumer
+    /// takes deliveries without a slot, since a start the limits make wait
+    /// holds none). It does not start once a pause or stop is asked, e.g.
+    /// while it waits at the gate.
     ThroughBroker {
-        slot: OwnedSemaphorePermit,
+        slot: Option<OwnedSemaphorePermit>,
         slots: Arc<Semaphore>,
         halt: Halt,
     },

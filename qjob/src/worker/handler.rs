@@ -25,7 +25,7 @@ use crate::worker::quota::Quota;
 use crate::worker::routes::Routes;
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::worker::seat::{InBudget, Seat};
+use crate::worker::seat::InBudget;
 use crate::{DeadReason, JobContext, JobId, UniqueUntil, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.
@@ -251,27 +251,20 @@ impl Handler {
             Some(seat) if !(waited && halt.is_asked(ran)) => seat,
             seat => {
                 if let Some(seat) = seat {
-                    seat.leave().await;
+                    seat.leave();
                 }
                 self.halted(&envelope.job_id, attempt);
                 return None;
             }
         };
         if self.abandon_if_closed(delivery) {
-            seat.leave().await;
+            seat.leave();
             return None;
         }
         let attempted = self
-            .attempt(
-                delivery,
-                decoded,
-                envelope,
-                attempt,
-                memory,
-                (halt, ran, &seat),
-            )
+            .attempt(delivery, decoded, envelope, attempt, memory, (halt, ran))
             .await;
-        seat.leave().await;
+        seat.leave();
         let (outcome, took, running) = attempted?;
         let outcome = self.unless_cancelled(outcome, envelope);
         let action = self.action_for(outcome, attempt, &envelope.job_id);
@@ -484,7 +477,7 @@ impl Handler {
         envelope: &Envelope,
         attempt: u32,
         memory: Option<&'a JobId>,
-        (halt, ran, seat): (&Halt, bool, &Seat),
+        (halt, ran): (&Halt, bool),
     ) -> Option<(Outcome, Duration, Option<Running<'a>>)> {
         if let Some(gate) = &self.gate {
             let entered = tokio::select! {
@@ -523,11 +516,7 @@ impl Handler {
         let running = memory.map(|key| Running::start(&self.attempts, key, attempt));
         self.metrics.in_flight(1.0);
         let started = tokio::time::Instant::now();
-        let run = self.run(delivery, decoded, envelope, attempt);
-        let outcome = match &seat.held {
-            Some(held) => held.during(run).await,
-            None => run.await,
-        };
+        let outcome = self.run(delivery, decoded, envelope, attempt).await;
         let took = started.elapsed();
         self.metrics.in_flight(-1.0);
         if let Some(work) = &self.work {
@@ -613,7 +602,7 @@ struct Course {
 impl Course {
     fn new(retries: Retries, handler: &Handler) -> Self {
         let (slot, slots, in_place, halt) = match retries {
-            Retries::ThroughBroker { slot, slots, halt } => (Some(slot), slots, None, halt),
+            Retries::ThroughBroker { slot, slots, halt } => (slot, slots, None, halt),
             Retries::InPlace {
                 received,
                 slots,

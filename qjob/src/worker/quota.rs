@@ -18,6 +18,10 @@ pub(crate) const PERMIT_POLL: Duration = Duration::from_millis(100);
 /// How long a start waits before asking a store that failed again.
 pub(crate) const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// The longest a rate's wait is waited for holding the permits already
+/// taken (longer, they are given back and taken again after it).
+pub(crate) const RATE_HOLD: Duration = Duration::from_millis(50);
+
 /// How long a permit lasts unless renewed, by default: a crashed
 /// process's permits come back within it.
 pub(crate) const DEFAULT_PERMIT_LEASE: Duration = Duration::from_secs(15);
@@ -108,45 +112,60 @@ impl Quota {
     }
 
     /// Tries once to take every permit and rate a start of `job_id` needs
-    /// (its rate key `key`): permits first, freed again if a rate says
-    /// wait. A store that fails makes it wait too, and health says why.
-    /// Dropped half-way, the permits it took are freed in the background.
+    /// (its rate key `key`): permits first, then the key's rate, then the
+    /// job type's (a start the narrower rate refuses spends nothing of the
+    /// wider). A rate that says wait at most [`RATE_HOLD`] is waited for
+    /// holding the permits; a longer wait gives them back. A store that
+    /// fails makes it wait too, and health says why. Dropped half-way, the
+    /// permits it took (or may have taken) are freed in the background.
     pub(crate) async fn try_enter(self: &Arc<Self>, job_id: &JobId, key: Option<&str>) -> Entry {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let mut held = Held {
             quota: self.clone(),
             holder: format!("{}/{job_id}/{number}", self.worker),
             resources: Vec::new(),
+            renewal: None,
         };
         for (resource, size) in &self.resources {
+            // Counted before the call: a call dropped in flight may have
+            // taken it (freeing a permit not held changes nothing).
+            held.resources.push(resource.clone());
             match self
                 .store
                 .take_permit(resource, &held.holder, *size, self.lease)
                 .await
             {
-                Ok(true) => held.resources.push(resource.clone()),
+                Ok(true) => {}
                 Ok(false) => {
+                    // Not taken, for sure.
+                    held.resources.pop();
                     self.clear_problem();
-                    held.free().await;
+                    held.release();
                     return Entry::Wait(PERMIT_POLL);
                 }
-                Err(error) => return self.store_failed(held, &error).await,
+                Err(error) => return self.store_failed(held, &error),
             }
         }
+        held.renew();
         let keyed = self
             .key_rate
             .as_ref()
             .zip(key)
             .map(|((prefix, rate), key)| (format!("{prefix}{key}"), *rate));
-        for (rate_key, rate) in self.rate.iter().cloned().chain(keyed) {
-            match self.store.take_rate(&rate_key, rate).await {
-                Ok(None) => {}
-                Ok(Some(wait)) => {
-                    self.clear_problem();
-                    held.free().await;
-                    return Entry::Wait(wait);
+        for (rate_key, rate) in keyed.into_iter().chain(self.rate.iter().cloned()) {
+            loop {
+                match self.store.take_rate(&rate_key, rate).await {
+                    Ok(None) => break,
+                    Ok(Some(wait)) if wait <= RATE_HOLD && !held.resources.is_empty() => {
+                        tokio::time::sleep(wait).await;
+                    }
+                    Ok(Some(wait)) => {
+                        self.clear_problem();
+                        held.release();
+                        return Entry::Wait(wait);
+                    }
+                    Err(error) => return self.store_failed(held, &error),
                 }
-                Err(error) => return self.store_failed(held, &error).await,
             }
         }
         self.clear_problem();
@@ -169,7 +188,7 @@ impl Quota {
         }
     }
 
-    async fn store_failed(&self, held: Held, error: &crate::Error) -> Entry {
+    fn store_failed(&self, held: Held, error: &crate::Error) -> Entry {
         let problem = format!(
             "job {}: its shared limits cannot be checked, so it waits: {error}",
             self.job
@@ -183,7 +202,7 @@ impl Quota {
         if first {
             tracing::warn!(job = self.job, %error, "{problem}");
         }
-        held.free().await;
+        held.release();
         Entry::Wait(STORE_RETRY)
     }
 
@@ -201,6 +220,16 @@ impl Quota {
         }
     }
 
+    /// The resources (store keys) a start holds a permit of, with their
+    /// size as built.
+    pub(crate) fn resources(&self) -> &[(String, u32)] {
+        &self.resources
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Why starts wait on the store now, if they do.
     pub(crate) fn problem(&self) -> Option<String> {
         self.problem
@@ -215,37 +244,41 @@ impl Quota {
     }
 }
 
-/// The permits one attempt holds: renewed while it runs ([`Held::during`]),
-/// freed at its end ([`Held::free`]), or in the background if dropped.
+/// The permits one attempt holds: renewed every third of their lease from
+/// the moment they are taken, freed when it ends ([`Held::release`]) or in
+/// the background if it is dropped.
 pub(crate) struct Held {
     quota: Arc<Quota>,
     holder: String,
+    /// The resources it holds (or may hold) a permit of.
     resources: Vec<String>,
+    renewal: Option<tokio::task::AbortHandle>,
 }
 
 impl Held {
-    /// Runs `work`, renewing the permits every third of their lease; a
-    /// permit lost meanwhile (the store unreachable past its lease) is
+    /// Renews the permits every third of their lease until released; a
+    /// permit lost meanwhile (the store out of reach past its lease) is
     /// logged, the work goes on.
-    pub(crate) async fn during<T>(&self, work: impl Future<Output = T>) -> T {
+    fn renew(&mut self) {
         if self.resources.is_empty() {
-            return work.await;
+            return;
         }
-        let renew = async {
-            let quota = &self.quota;
+        let (quota, holder) = (self.quota.clone(), self.holder.clone());
+        let resources = self.resources.clone();
+        let renewal = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(quota.lease / 3).await;
-                for resource in &self.resources {
+                for resource in &resources {
                     let renewed = quota
                         .store
-                        .renew_permit(resource, &self.holder, quota.lease)
+                        .renew_permit(resource, &holder, quota.lease)
                         .await;
                     match renewed {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!(
                             job = quota.job,
                             resource,
-                            holder = self.holder,
+                            holder,
                             "a running job's permit ran out (the store was out of reach past its lease): the limit may be passed while it runs"
                         ),
                         Err(error) => {
@@ -254,41 +287,50 @@ impl Held {
                     }
                 }
             }
-        };
-        tokio::select! {
-            output = work => output,
-            never = renew => never,
+        });
+        self.renewal = Some(renewal.abort_handle());
+    }
+
+    /// Stops renewing and frees the permits in the background (a
+    /// settlement does not wait on the store; a permit it cannot free runs
+    /// out with its lease), then wakes a start waiting here.
+    pub(crate) fn release(mut self) {
+        self.free_in_background();
+    }
+
+    fn free_in_background(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
         }
-    }
-
-    /// Frees the permits (those the store cannot free now run out with
-    /// their lease) and wakes a start waiting here.
-    pub(crate) async fn free(mut self) {
-        let resources = std::mem::take(&mut self.resources);
-        free(&self.quota, &self.holder, &resources).await;
-    }
-}
-
-async fn free(quota: &Quota, holder: &str, resources: &[String]) {
-    for resource in resources {
-        if let Err(error) = quota.store.free_permit(resource, holder).await {
-            tracing::warn!(job = quota.job, resource, %error, "freeing a permit failed: it comes back when its lease runs out");
-        }
-    }
-    if !resources.is_empty() {
-        quota.freed.notify_one();
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
         if self.resources.is_empty() {
             return;
         }
         let (quota, holder) = (self.quota.clone(), std::mem::take(&mut self.holder));
         let resources = std::mem::take(&mut self.resources);
+        let free = async move {
+            let mut freed = false;
+            for resource in &resources {
+                match quota.store.free_permit(resource, &holder).await {
+                    Ok(was_held) => freed |= was_held,
+                    Err(error) => {
+                        tracing::warn!(job = quota.job, resource, %error, "freeing a permit failed: it comes back when its lease runs out")
+                    }
+                }
+            }
+            // A start waiting here may take it (only a permit freed: a
+            // wake for nothing would set the waiters polling in a loop).
+            if freed {
+                quota.freed.notify_one();
+            }
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { free(&quota, &holder, &resources).await });
+            runtime.spawn(free);
         }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.free_in_background();
     }
 }

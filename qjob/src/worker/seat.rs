@@ -27,17 +27,11 @@ pub(crate) struct Seat {
 }
 
 impl Seat {
-    /// Gives everything back: the slots at once, the permits once the
-    /// store has them.
-    pub(crate) async fn leave(self) {
-        let Seat {
-            _slot,
-            _budget,
-            held,
-        } = self;
-        drop((_slot, _budget));
-        if let Some(held) = held {
-            held.free().await;
+    /// Gives everything back: the slots at once, the permits in the
+    /// background (see [`Held::release`]).
+    pub(crate) fn leave(self) {
+        if let Some(held) = self.held {
+            held.release();
         }
     }
 }
@@ -93,7 +87,10 @@ impl Handler {
                 }
                 Entry::Wait(wait) => {
                     // No slot is held while the limits say wait.
-                    drop((slot, budget));
+                    drop(slot);
+                    if let Some(budget) = budget {
+                        budget.give_back();
+                    }
                     tokio::select! {
                         biased;
                         () = halt.clone().asked(ran) => return None,
