@@ -61,6 +61,7 @@ macro_rules! console_tests {
             a_cancelled_queued_job_is_dead_lettered_when_it_arrives,
             a_handler_that_ignores_a_cancel_finishes_normally,
             set_concurrency_resizes_the_handler_slots,
+            shared_limits_are_seen_and_set_from_the_console,
             browsing_1000_dead_letters_leaves_them_in_place_and_in_order,
             replay_and_discard_do_what_they_say,
             a_sharded_job_shows_its_shards_and_the_extra_ones,

@@ -76,6 +76,27 @@ impl Admin {
         .await
     }
 
+    /// Sets job type `job`'s global concurrency for every process that runs
+    /// it, kept in their store in place of the one they were built with
+    /// (`None`: back to theirs). Every worker running it replies; a job
+    /// without `global_concurrency` or a limit of 0 is refused in the
+    /// replies ([`crate::docs::limits`]).
+    ///
+    /// # Errors
+    ///
+    /// The broker's error.
+    pub async fn set_global_concurrency(
+        &self,
+        job: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<Reply>, Error> {
+        self.send(Command::SetGlobalConcurrency {
+            job: job.to_owned(),
+            limit,
+        })
+        .await
+    }
+
     /// Cancels job `job_id` on every worker: a running handler is told
     /// ([`crate::JobContext::cancelled`]) and the job is dead-lettered as
     /// cancelled unless its handler succeeds; a delivery of it still to

@@ -35,8 +35,9 @@ mod topology_check;
 mod views;
 
 pub use crate::protocol::{
-    CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue, FORMAT, JobStatus,
-    Reply, STATUS_EXCHANGE, WorkerState, WorkerStatus,
+    BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue,
+    FORMAT, JobStatus, PermitStatus, Reply, STATUS_EXCHANGE, SharedLimitsStatus, WorkerState,
+    WorkerStatus,
 };
 pub use commands::DEFAULT_REPLY_WINDOW;
 pub use letters::{BROWSE_AT_MOST, Letter, LetterFilter};

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::Admin;
 use crate::broker::QueueStats;
-use crate::protocol::{BreakerHealth, JobStatus, WorkerState, WorkerStatus};
+use crate::protocol::{BreakerHealth, JobStatus, SharedLimitsStatus, WorkerState, WorkerStatus};
 use crate::{Error, ScheduleHealth};
 
 /// Heartbeats a worker may miss before a console counts it gone.
@@ -93,9 +93,50 @@ pub struct JobView {
     /// Its queues on the broker: work (or partition, or shard) queues, the
     /// dead-letter queue, and the delay queues its retries used lately.
     pub queues: Vec<QueueView>,
+    /// Its limits shared by every process: the limits in force and the
+    /// permits' holders as the store has them, starts a second summed over
+    /// the alive workers, and a worker's problem with the store, if any.
+    pub shared_limits: Option<SharedLimitsStatus>,
 }
 
 impl JobView {
+    /// Its class (unless `default`) and its limits beyond one worker, in a
+    /// line: `critical, global 3/5, billing-db 2/8, 100/s (97.5/s), 5/s per
+    /// key` (permits held / limit in force; starts a second lately over the
+    /// alive workers). `None` if it has none of them.
+    pub fn limits_summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.status.class.is_empty() && self.status.class != "default" {
+            parts.push(self.status.class.clone());
+        }
+        if let Some(limits) = &self.shared_limits {
+            let held = |resource: &str| {
+                limits
+                    .holders
+                    .iter()
+                    .filter(|holder| holder.resource == resource)
+                    .count()
+            };
+            if let Some(limit) = limits.global_concurrency {
+                let resource = format!("job:{}", self.status.queue);
+                parts.push(format!("global {}/{limit}", held(&resource)));
+            }
+            if let Some((name, size)) = &limits.resource {
+                parts.push(format!(
+                    "{name} {}/{size}",
+                    held(&format!("resource:{name}"))
+                ));
+            }
+            if let Some(rate) = &limits.global_rate {
+                parts.push(format!("{rate} ({:.1}/s)", limits.started_per_second));
+            }
+            if let Some(rate) = &limits.key_rate {
+                parts.push(format!("{rate} per key"));
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
     /// Ready messages over its work (or partition, or shard) queues.
     pub fn depth(&self) -> u64 {
         self.queues_of(QueueRole::Work)
@@ -308,6 +349,7 @@ impl JobView {
             rate: None,
             last_error: None,
             queues,
+            shared_limits: None,
         }
     }
 
@@ -331,6 +373,17 @@ impl JobView {
         }
         if status.last_error.is_some() {
             self.last_error.clone_from(&status.last_error);
+        }
+        if let Some(limits) = &status.shared_limits {
+            match &mut self.shared_limits {
+                None => self.shared_limits = Some(limits.clone()),
+                Some(seen) => {
+                    seen.started_per_second += limits.started_per_second;
+                    if seen.problem.is_none() {
+                        seen.problem.clone_from(&limits.problem);
+                    }
+                }
+            }
         }
         for delay in &status.delay_queues {
             if !self.queues.iter().any(|queue| &queue.name == delay) {

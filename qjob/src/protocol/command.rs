@@ -27,6 +27,15 @@ pub enum Command {
         /// Handler slots per worker (at least 1).
         concurrency: usize,
     },
+    /// Sets the global concurrency of `job` for every process that runs it
+    /// (kept in the store, in place of the one its workers were built
+    /// with); `None` goes back to theirs.
+    SetGlobalConcurrency {
+        /// The job type's name or queue.
+        job: String,
+        /// Handlers at once across every process (at least 1).
+        limit: Option<u32>,
+    },
     /// Cancels the job with this id: its running handler is told
     /// ([`crate::JobContext::cancelled`]), and a delivery of it yet to come
     /// is dead-lettered as cancelled.
@@ -45,6 +54,7 @@ impl Command {
             Command::Pause { .. } => "pause",
             Command::Resume { .. } => "resume",
             Command::SetConcurrency { .. } => "set-concurrency",
+            Command::SetGlobalConcurrency { .. } => "set-global-concurrency",
             Command::Cancel { .. } => "cancel",
         }
     }
@@ -53,7 +63,9 @@ impl Command {
     pub fn job(&self) -> Option<&str> {
         match self {
             Command::Pause { job } | Command::Resume { job } => Some(job),
-            Command::SetConcurrency { job, .. } => Some(job),
+            Command::SetConcurrency { job, .. } | Command::SetGlobalConcurrency { job, .. } => {
+                Some(job)
+            }
             Command::Ping | Command::Cancel { .. } => None,
         }
     }

@@ -18,7 +18,10 @@ mod time;
 
 pub use command::{Command, CommandMessage, Reply};
 pub use health::{BreakerHealth, ScheduleHealth};
-pub use status::{ConcurrencyRange, DeclaredQueue, JobStatus, WorkerState, WorkerStatus};
+pub use status::{
+    BudgetStatus, ConcurrencyRange, DeclaredQueue, JobStatus, PermitStatus, SharedLimitsStatus,
+    WorkerState, WorkerStatus,
+};
 
 /// The topic exchange workers broadcast their heartbeats
 /// (`worker.<worker id>`) and command replies (`reply.<console id>`) to.
@@ -94,6 +97,7 @@ mod tests {
                 schedule
             })]
             .into(),
+            budget: Some(BudgetStatus { max: 10, in_use: 3 }),
         };
         let Some(StatusMessage::Heartbeat(read)) = StatusMessage::read(&message(&status)) else {
             panic!("a heartbeat reads back");

@@ -46,6 +46,57 @@ pub struct WorkerStatus {
     /// The schedules it carries, by name (each led by one worker).
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleHealth>,
+    /// Its handler budget, if it has one.
+    #[serde(default)]
+    pub budget: Option<BudgetStatus>,
+}
+
+/// A worker's handler budget ([`crate::WorkerBuilder::max_handlers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct BudgetStatus {
+    /// The most handlers over all its job types.
+    pub max: usize,
+    /// Handlers holding a slot of it now.
+    pub in_use: usize,
+}
+
+/// A job type's limits shared by every process, as one worker sees them
+/// ([`crate::docs::limits`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SharedLimitsStatus {
+    /// Its global concurrency in force (set at run time, or as built).
+    pub global_concurrency: Option<u32>,
+    /// The resource it holds a permit of, with its size.
+    pub resource: Option<(String, u32)>,
+    /// Its global rate, as `#[job]` writes it (`"100/s"`).
+    pub global_rate: Option<String>,
+    /// Its rate per key, as `#[job]` writes it.
+    pub key_rate: Option<String>,
+    /// Who holds its permits now (every process's), by resource.
+    pub holders: Vec<PermitStatus>,
+    /// Starts a second that passed its limits in this worker, since its
+    /// last heartbeat.
+    pub started_per_second: f64,
+    /// Why its starts wait on the store, if they do.
+    pub problem: Option<String>,
+}
+
+/// A permit held ([`crate::store::Store::permits`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct PermitStatus {
+    /// The resource: `job:<queue>` for a global concurrency,
+    /// `resource:<name>` for a named one.
+    pub resource: String,
+    /// Its holder: `<worker id>/<job id>/<n>`.
+    pub holder: String,
+    /// How long its lease has left, in milliseconds.
+    pub left_ms: u64,
 }
 
 /// Where a worker is in its life.
@@ -118,6 +169,15 @@ pub struct JobStatus {
     pub dead_lettered: u64,
     /// The last failure's error.
     pub last_error: Option<String>,
+    /// Its class in the worker's handler budget (`critical`, `default`,
+    /// `bulk`).
+    pub class: String,
+    /// The budget's slots it holds now (0 without a budget).
+    pub budget_held: usize,
+    /// Its attempts waiting for a slot of the budget.
+    pub budget_waiting: usize,
+    /// Its limits shared by every process, if it has any.
+    pub shared_limits: Option<SharedLimitsStatus>,
     /// Its queues as it declares them (work, partition or shard queues, the
     /// dead-letter queue, and the delay queues it used lately), for
     /// checking the broker's topology.

@@ -1,8 +1,10 @@
 //! The worker's side of the console: heartbeats on the status exchange, and
 //! the commands it takes from the control exchange (see [`crate::admin`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -10,13 +12,15 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, Delivery, Subscription};
 use crate::policy::backoff;
 use crate::protocol::{
-    self, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue, FORMAT,
-    JobStatus, Reply, STATUS_EXCHANGE, WorkerState, WorkerStatus,
+    self, BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue,
+    FORMAT, JobStatus, PermitStatus, Reply, STATUS_EXCHANGE, SharedLimitsStatus, WorkerState,
+    WorkerStatus,
 };
 use crate::worker::control::{Cancellations, MAX_CONSOLE_CONCURRENCY, Slots};
 use crate::worker::gate::Gate;
-use crate::worker::health::Health;
+use crate::worker::health::{BudgetHealth, Health};
 use crate::worker::metrics::{self, Counts};
+use crate::worker::quota::{Quota, job_resource};
 use crate::{JobId, JobOptions, topology};
 
 /// How often a worker sends a heartbeat by default.
@@ -38,6 +42,10 @@ pub(crate) struct ConsoleJob {
     pub(crate) counts: Arc<Counts>,
     pub(crate) leases: Arc<topology::Leases>,
     pub(crate) gate: Option<Arc<Gate>>,
+    /// Its limits shared by every process, if it has any.
+    pub(crate) quota: Option<Arc<Quota>>,
+    /// When the heartbeat last read its starts, and how many there were.
+    pub(crate) starts_seen: Mutex<(Instant, u64)>,
 }
 
 impl ConsoleJob {
@@ -45,7 +53,9 @@ impl ConsoleJob {
         self.name == job || self.options.queue() == job
     }
 
-    fn status(&self) -> JobStatus {
+    async fn status(&self, budget: Option<&BudgetHealth>) -> JobStatus {
+        let share = budget.and_then(|budget| budget.jobs.get(self.name));
+        let shared_limits = self.shared_limits().await;
         let options = &self.options;
         let counts = &*self.counts;
         let delay_queues = self.leases.recent();
@@ -88,12 +98,87 @@ impl ConsoleJob {
             failed: Counts::load(&counts.failed),
             retried: Counts::load(&counts.retried),
             dead_lettered: Counts::load(&counts.dead_lettered),
+            class: options.class().as_str().to_owned(),
+            budget_held: share.map_or(0, |share| share.held),
+            budget_waiting: share.map_or(0, |share| share.waiting),
+            shared_limits,
             last_error: counts
                 .last_error
                 .lock()
                 .expect("last error poisoned")
                 .clone(),
         }
+    }
+}
+
+impl ConsoleJob {
+    /// Its shared limits as the store has them now: the limits in force,
+    /// who holds its permits, and the starts a second here since the last
+    /// heartbeat. A store that does not answer within [`SEND_TIMEOUT`] is
+    /// the problem reported.
+    async fn shared_limits(&self) -> Option<SharedLimitsStatus> {
+        let quota = self.quota.as_ref()?;
+        let options = &self.options;
+        let mut status = SharedLimitsStatus {
+            global_rate: options.global_rate().map(rate_text),
+            key_rate: options.key_rate().map(rate_text),
+            problem: quota.problem(),
+            ..SharedLimitsStatus::default()
+        };
+        let (now, started) = (Instant::now(), quota.started());
+        let (then, before) = std::mem::replace(
+            &mut *self.starts_seen.lock().expect("starts seen poisoned"),
+            (now, started),
+        );
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs > 0.0 {
+            status.started_per_second = started.saturating_sub(before) as f64 / secs;
+        }
+        for (resource, size) in quota.resources() {
+            let read = tokio::time::timeout(SEND_TIMEOUT, quota.store().permits(resource)).await;
+            let permits = match read {
+                Ok(Ok(permits)) => permits,
+                Ok(Err(error)) => {
+                    status
+                        .problem
+                        .get_or_insert(format!("its permits cannot be read: {error}"));
+                    continue;
+                }
+                Err(_) => {
+                    status.problem.get_or_insert(format!(
+                        "its permits cannot be read: the store did not answer within {SEND_TIMEOUT:?}"
+                    ));
+                    continue;
+                }
+            };
+            let limit = permits.limit.unwrap_or(*size);
+            match resource.strip_prefix("resource:") {
+                Some(name) => status.resource = Some((name.to_owned(), limit)),
+                None => status.global_concurrency = Some(limit),
+            }
+            status.holders.extend(
+                permits
+                    .holders
+                    .into_iter()
+                    .map(|(holder, left)| PermitStatus {
+                        resource: resource.clone(),
+                        holder,
+                        left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                    }),
+            );
+        }
+        Some(status)
+    }
+}
+
+/// A rate as `#[job]` writes it: `100/s`, `6/min`, `2/h`, else the period
+/// in full.
+fn rate_text(rate: crate::RateLimit) -> String {
+    match rate.per.as_secs() {
+        1 if rate.per.subsec_nanos() == 0 => format!("{}/s", rate.count),
+        60 if rate.per.subsec_nanos() == 0 => format!("{}/min", rate.count),
+        3600 if rate.per.subsec_nanos() == 0 => format!("{}/h", rate.count),
+        _ => format!("{} per {:?}", rate.count, rate.per),
     }
 }
 
@@ -109,8 +194,12 @@ pub(crate) struct Console {
 }
 
 impl Console {
-    fn status(&self, state: WorkerState) -> WorkerStatus {
+    async fn status(&self, state: WorkerState) -> WorkerStatus {
         let report = self.health.report();
+        let mut jobs = Vec::with_capacity(self.jobs.len());
+        for job in &self.jobs {
+            jobs.push(job.status(report.budget.as_ref()).await);
+        }
         WorkerStatus {
             format: FORMAT,
             worker_id: self.worker_id.clone(),
@@ -123,8 +212,12 @@ impl Console {
             state,
             connected: self.broker.is_connected(),
             blocked: report.blocked,
-            jobs: self.jobs.iter().map(ConsoleJob::status).collect(),
+            jobs,
             schedules: report.schedules,
+            budget: report.budget.as_ref().map(|budget| BudgetStatus {
+                max: budget.max,
+                in_use: budget.in_use,
+            }),
         }
     }
 
@@ -132,7 +225,7 @@ impl Console {
     /// connection down) is logged: the next one may pass.
     pub(crate) async fn heartbeat(&self, state: WorkerState) {
         let key = format!("worker.{}", self.worker_id);
-        let status = protocol::message(&self.status(state));
+        let status = protocol::message(&self.status(state).await);
         if let Err(error) = self.broadcast(&key, status).await {
             tracing::debug!(%error, "could not send a heartbeat");
         }
@@ -266,7 +359,13 @@ impl Console {
             id = command.id.as_str(),
             "console command"
         );
-        let Some((ok, message)) = self.obey(&command.command) else {
+        let obeyed = match &command.command {
+            Command::SetGlobalConcurrency { job, limit } => {
+                self.set_global_concurrency(job, *limit).await
+            }
+            other => self.obey(other),
+        };
+        let Some((ok, message)) = obeyed else {
             return;
         };
         self.reply(&command.id, &command.reply_to, ok, message)
@@ -345,7 +444,64 @@ impl Console {
                 (true, format!("{} resumed", job.name))
             }
             Command::SetConcurrency { concurrency, .. } => self.set_concurrency(job, *concurrency),
-            Command::Ping | Command::Cancel { .. } => return None,
+            Command::Ping | Command::Cancel { .. } | Command::SetGlobalConcurrency { .. } => {
+                return None;
+            }
+        })
+    }
+
+    /// Sets `job`'s global concurrency in the store, for every process
+    /// (every worker running it does the same); `None` when it does not run
+    /// here.
+    async fn set_global_concurrency(
+        &self,
+        job: &str,
+        limit: Option<u32>,
+    ) -> Option<(bool, String)> {
+        let job = self.jobs.iter().find(|console_job| console_job.is(job))?;
+        let (Some(quota), Some(_)) = (&job.quota, job.options.global_concurrency()) else {
+            return Some((
+                false,
+                format!(
+                    "{} has no global concurrency: give it #[job(global_concurrency = N)] first",
+                    job.name
+                ),
+            ));
+        };
+        if limit == Some(0) {
+            return Some((
+                false,
+                "a global concurrency of 0 would stall the job; pause it instead".to_owned(),
+            ));
+        }
+        let resource = job_resource(job.options.queue());
+        let set = tokio::time::timeout(
+            SEND_TIMEOUT,
+            quota.store().set_permit_limit(&resource, limit),
+        )
+        .await;
+        Some(match set {
+            Ok(Ok(())) => match limit {
+                Some(limit) => (
+                    true,
+                    format!(
+                        "{} global concurrency {limit}, across every process",
+                        job.name
+                    ),
+                ),
+                None => (
+                    true,
+                    format!(
+                        "{} global concurrency back to the one it was built with",
+                        job.name
+                    ),
+                ),
+            },
+            Ok(Err(error)) => (false, format!("the store refused: {error}")),
+            Err(_) => (
+                false,
+                format!("the store did not answer within {SEND_TIMEOUT:?}"),
+            ),
         })
     }
 

@@ -165,8 +165,8 @@ impl Worker {
     fn check_limits(&self, job: &str, options: &JobOptions) -> Result<(), Error> {
         if options.limits.shared() && self.store.is_none() {
             return Err(Error::Config(format!(
-                "job {job} has limits shared by every process (global concurrency, a resource \
-                 or a global rate): the worker needs a store (WorkerBuilder::store)"
+                "job {job} has limits shared by every process (global concurrency, a resource, \
+                 a global rate or a rate per key): the worker needs a store (WorkerBuilder::store)"
             )));
         }
         if let Some(resource) = options.resource() {
@@ -328,6 +328,8 @@ impl Worker {
             counts: shared.metrics.counts().clone(),
             leases: shared.leases.clone(),
             gate: shared.gate.clone(),
+            quota: shared.quota.clone(),
+            starts_seen: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
         };
         JobPlan {
             job: job.name(),

@@ -5,12 +5,14 @@
 
 mod cancel;
 mod letters;
+mod limits;
 mod pause;
 mod support;
 mod workers;
 
 pub use cancel::*;
 pub use letters::*;
+pub use limits::*;
 pub use pause::*;
 pub use support::wait_job;
 pub use workers::*;
