@@ -53,13 +53,17 @@ pub(crate) enum Command {
         /// The job type's name or queue.
         job: String,
     },
-    /// Sets a job type's handler slots on every worker that runs it.
+    /// Sets a job type's handler slots on every worker that runs it, or
+    /// with --global its global concurrency (across every process).
     Concurrency {
         /// The job type's name or queue.
         job: String,
-        /// Handler slots per worker.
+        /// Handler slots per worker (with --global: across every process).
         #[arg(value_parser = clap::value_parser!(u32).range(1..=100_000))]
         concurrency: u32,
+        /// Set the job's global concurrency, kept in the workers' store.
+        #[arg(long)]
+        global: bool,
     },
     /// Cancels a job by id: its running handler is told, and it is
     /// dead-lettered as cancelled (also if it has not arrived yet).

@@ -93,9 +93,19 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             running(&admin, job).await?;
             obey(&out, job, admin.resume(job).await?)
         }
-        Command::Concurrency { job, concurrency } => {
+        Command::Concurrency {
+            job,
+            concurrency,
+            global,
+        } => {
             running(&admin, job).await?;
-            let replies = admin.set_concurrency(job, *concurrency as usize).await?;
+            let replies = if *global {
+                admin
+                    .set_global_concurrency(job, Some(*concurrency))
+                    .await?
+            } else {
+                admin.set_concurrency(job, *concurrency as usize).await?
+            };
             obey(&out, job, replies)
         }
         Command::Cancel { job_id } => {

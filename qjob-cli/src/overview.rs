@@ -51,6 +51,7 @@ pub(crate) fn status(
         "IN FLIGHT",
         "RATE/S",
         "BREAKERS OPEN",
+        "LIMITS",
         "LAST ERROR",
     ]);
     for job in jobs {
@@ -66,10 +67,16 @@ pub(crate) fn status(
             job.in_flight.to_string(),
             job.rate.map_or("-".to_owned(), |rate| format!("{rate:.1}")),
             job.breakers_open.to_string(),
+            limits_text(job),
             short(job.last_error.as_deref().unwrap_or("-"), 60),
         ]);
     }
     table.print();
+    for job in jobs {
+        if let Some(problem) = job.shared_limits.as_ref().and_then(|l| l.problem.as_ref()) {
+            say!("problem: {}: {problem}", job.job);
+        }
+    }
     if schedules.is_empty() {
         return;
     }
@@ -110,6 +117,11 @@ pub(crate) fn status(
     }
 }
 
+/// A job's class and limits beyond one worker, in a cell.
+fn limits_text(job: &JobView) -> String {
+    job.limits_summary().unwrap_or_else(|| "-".to_owned())
+}
+
 fn job_json(job: &JobView) -> Value {
     json!({
         "job": job.job,
@@ -127,6 +139,20 @@ fn job_json(job: &JobView) -> Value {
         "dead_lettered": job.dead_lettered,
         "rate": job.rate,
         "breakers_open": job.breakers_open,
+        "class": job.status.class,
+        "shared_limits": job.shared_limits.as_ref().map(|limits| json!({
+            "global_concurrency": limits.global_concurrency,
+            "resource": limits.resource.as_ref().map(|(name, size)| json!({ "name": name, "size": size })),
+            "global_rate": limits.global_rate,
+            "key_rate": limits.key_rate,
+            "started_per_second": limits.started_per_second,
+            "holders": limits.holders.iter().map(|h| json!({
+                "resource": h.resource,
+                "holder": h.holder,
+                "left_ms": h.left_ms,
+            })).collect::<Vec<_>>(),
+            "problem": limits.problem,
+        })),
         "last_error": job.last_error,
         "queues": job.queues.iter().map(|queue| json!({
             "name": queue.name,
@@ -163,6 +189,7 @@ pub(crate) fn workers(out: &Out, workers: &[WorkerView]) {
                     "connected": w.status.connected,
                     "blocked": w.status.blocked,
                     "jobs": w.status.jobs.iter().map(|j| j.job.clone()).collect::<Vec<_>>(),
+                    "budget": w.status.budget.map(|b| json!({ "max": b.max, "in_use": b.in_use })),
                 })
             })
             .collect();
@@ -177,6 +204,7 @@ pub(crate) fn workers(out: &Out, workers: &[WorkerView]) {
         "STATE",
         "UP",
         "LAST HEARTBEAT",
+        "HANDLERS",
         "JOBS",
     ]);
     for w in workers {
@@ -189,6 +217,9 @@ pub(crate) fn workers(out: &Out, workers: &[WorkerView]) {
             state(w).to_owned(),
             ago(w.status.started_at),
             format!("{} ago", ago(w.status.sent_at)),
+            w.status
+                .budget
+                .map_or("-".to_owned(), |b| format!("{}/{}", b.in_use, b.max)),
             jobs.join(","),
         ]);
     }

@@ -483,3 +483,86 @@ async fn every_command_has_help_and_a_dead_broker_is_exit_code_1() {
     assert_eq!(code(&output), 1);
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("qjob: "));
 }
+
+static LIMITED_RELEASED: AtomicBool = AtomicBool::new(false);
+
+#[job(
+    queue = "qjob.test.cli.limited",
+    prefetch = 10,
+    concurrency = 4,
+    global_concurrency = 2,
+    class = "critical"
+)]
+async fn cli_limited(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    let _ = work.n;
+    while !LIMITED_RELEASED.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// `qjob status` shows a job's class and its global limit with the permits
+/// held, `qjob workers` the handler budget in use, and `qjob concurrency
+/// --global` sets the limit for every process.
+#[tokio::test]
+async fn status_shows_limits_and_concurrency_sets_a_global_one() {
+    let broker = broker().await;
+    reset::<CliLimitedJob>().await;
+    let worker = Worker::builder(broker.clone())
+        .register(CliLimitedJob)
+        .store(qjob::store::MemoryStore::new())
+        .max_handlers(6)
+        .heartbeat_interval(Duration::from_millis(100))
+        .build();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let jobs = (0..4).map(|n| Work { n, fail: false });
+    Client::new(broker.clone())
+        .enqueue_all::<CliLimitedJob>(jobs)
+        .await
+        .unwrap();
+    let row = |o: &Output| {
+        stdout(o)
+            .lines()
+            .find(|line| line.starts_with("cli_limited "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let output = until(&["status"], |o| row(o).contains("critical, global 2/2")).await;
+    assert_eq!(code(&output), 0);
+    let output = until(&["workers"], |o| {
+        stdout(o)
+            .lines()
+            .any(|line| line.contains("cli_limited") && line.contains(" 2/6 "))
+    })
+    .await;
+    assert_eq!(code(&output), 0);
+
+    let output = qjob(&["concurrency", "cli_limited", "3", "--global"]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout(&output).contains("cli_limited global concurrency 3, across every process"),
+        "{}",
+        stdout(&output)
+    );
+    until(&["status"], |o| row(o).contains("global 3/3")).await;
+    let output = qjob(&["status", "--json"]).await;
+    let status = json(&output);
+    let job = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["job"] == "cli_limited")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(job["class"], "critical");
+    assert_eq!(job["shared_limits"]["global_concurrency"], 3);
+    assert_eq!(job["shared_limits"]["holders"].as_array().unwrap().len(), 3);
+    LIMITED_RELEASED.store(true, Ordering::SeqCst);
+}

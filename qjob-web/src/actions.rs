@@ -35,6 +35,12 @@ pub(crate) struct Concurrency {
 }
 
 #[derive(Debug, Deserialize)]
+pub(crate) struct GlobalConcurrency {
+    csrf: String,
+    limit: String,
+}
+
+#[derive(Debug, Deserialize)]
 pub(crate) struct Cancel {
     csrf: String,
     job_id: String,
@@ -68,7 +74,14 @@ macro_rules! tokened {
     };
 }
 
-tokened!(Plain, Letter, Concurrency, Cancel, Matching);
+tokened!(
+    Plain,
+    Letter,
+    Concurrency,
+    GlobalConcurrency,
+    Cancel,
+    Matching
+);
 
 impl<S, T> FromRequest<S> for Checked<T>
 where
@@ -186,6 +199,34 @@ pub(crate) async fn concurrency(
             &shared,
             &page,
             &replied(&format!("concurrency {concurrency}"), &replies),
+        ),
+        Err(error) => broker_error(error),
+    }
+}
+
+/// Sets a job's global concurrency, across every process
+/// (`Admin::set_global_concurrency`).
+pub(crate) async fn global_concurrency(
+    State(shared): State<Arc<Shared>>,
+    Path(job): Path<String>,
+    Checked(form): Checked<GlobalConcurrency>,
+) -> Response {
+    let page = format!("/jobs/{}", segment(&job));
+    let limit = match form.limit.trim().parse::<u32>() {
+        Ok(limit) if (1..=100_000).contains(&limit) => limit,
+        _ => {
+            return back(
+                &shared,
+                &page,
+                "global concurrency: a whole number from 1 to 100000, please",
+            );
+        }
+    };
+    match shared.admin.set_global_concurrency(&job, Some(limit)).await {
+        Ok(replies) => back(
+            &shared,
+            &page,
+            &replied(&format!("global concurrency {limit}"), &replies),
         ),
         Err(error) => broker_error(error),
     }

@@ -199,6 +199,10 @@ impl Console {
             .route("/jobs/{job}/pause", post(actions::pause))
             .route("/jobs/{job}/resume", post(actions::resume))
             .route("/jobs/{job}/concurrency", post(actions::concurrency))
+            .route(
+                "/jobs/{job}/global-concurrency",
+                post(actions::global_concurrency),
+            )
             .route("/cancel", post(actions::cancel))
             .route("/dead-letters", get(pages::dead_letter_queues))
             .route("/dead-letters/{queue}", get(pages::dead_letters))

@@ -344,7 +344,7 @@ pub(crate) async fn job(
     });
     let _ = write!(
         html,
-        r#"<section class="settings"><dl><dt>Queue</dt><dd>{queue}</dd><dt>Queue type</dt><dd>{kind}</dd><dt>Partitions</dt><dd>{partitions}</dd><dt>Shards</dt><dd>{shards}</dd><dt>Prefetch</dt><dd>{prefetch}</dd><dt>Concurrency</dt><dd>{concurrency} over {workers} worker(s)</dd><dt>Autoscale</dt><dd>{autoscale}</dd><dt>Attempts</dt><dd>{attempts}</dd><dt>Paused on</dt><dd>{paused} of {workers}</dd><dt>Settled</dt><dd>{succeeded} succeeded, {failed} failed, {retried} retried, {dead} dead-lettered</dd></dl></section>"#,
+        r#"<section class="settings"><dl><dt>Queue</dt><dd>{queue}</dd><dt>Queue type</dt><dd>{kind}</dd><dt>Partitions</dt><dd>{partitions}</dd><dt>Shards</dt><dd>{shards}</dd><dt>Prefetch</dt><dd>{prefetch}</dd><dt>Concurrency</dt><dd>{concurrency} over {workers} worker(s)</dd><dt>Autoscale</dt><dd>{autoscale}</dd><dt>Limits</dt><dd>{limits}</dd><dt>Attempts</dt><dd>{attempts}</dd><dt>Paused on</dt><dd>{paused} of {workers}</dd><dt>Settled</dt><dd>{succeeded} succeeded, {failed} failed, {retried} retried, {dead} dead-lettered</dd></dl></section>"#,
         queue = escape(&status.queue),
         kind = escape(&status.queue_type),
         partitions = status
@@ -354,6 +354,7 @@ pub(crate) async fn job(
         prefetch = status.prefetch,
         concurrency = job.concurrency,
         workers = job.workers,
+        limits = escape(&job.limits_summary().unwrap_or_else(|| "none".to_owned())),
         attempts = status.max_attempts,
         paused = job.paused_on,
         succeeded = job.succeeded,
@@ -387,6 +388,18 @@ pub(crate) async fn job(
             csrf = escape(&ctx.token.value),
             current = status.concurrency,
         );
+        if let Some(global) = job
+            .shared_limits
+            .as_ref()
+            .and_then(|limits| limits.global_concurrency)
+        {
+            let _ = write!(
+                html,
+                r#"<form method="post" action="{action}" class="inline"><input type="hidden" name="csrf" value="{csrf}"><label>Global concurrency <input name="limit" type="number" min="1" max="100000" required value="{global}"></label><button type="submit">Set</button></form>"#,
+                action = escape(&shared.link(&format!("{base}/global-concurrency"))),
+                csrf = escape(&ctx.token.value),
+            );
+        }
         html.push_str("</section>");
     }
     html.push_str("<h2>Queues</h2>");

@@ -289,3 +289,62 @@ async fn what_comes_from_outside_is_escaped() {
     assert_eq!(status, 404);
     assert!(body.contains("Not the dead-letter queue of a job type"));
 }
+
+#[job(queue = "web.http.limited", global_concurrency = 2, class = "critical")]
+async fn limited(_to: String, _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// A job with a global concurrency shows it with its class, and its form
+/// sets it for every process: a value that is not a whole number from 1 is
+/// refused with a notice, a good one is done by the worker.
+#[tokio::test]
+async fn a_global_concurrency_is_shown_and_set_from_the_job_page() {
+    let broker = MemoryBroker::new();
+    let admin = Arc::new(Admin::connect(broker.clone()).await.unwrap());
+    let worker = Worker::builder(broker)
+        .register(LimitedJob)
+        .store(qjob::store::MemoryStore::new())
+        .heartbeat_interval(Duration::from_millis(50))
+        .build();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    admin.wait_for_workers(1, Duration::from_secs(10)).await;
+    let addr = serve(Console::new(admin)).await;
+    let page = |cookie: Option<String>| {
+        let addr = addr.clone();
+        async move { http(&addr, &get(&addr, "/jobs/limited", cookie.as_deref())).await }
+    };
+    let (_, headers, body) = page(None).await;
+    assert!(
+        body.contains("<dt>Limits</dt><dd>critical, global 0/2</dd>"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"action="/jobs/limited/global-concurrency""#),
+        "{body}"
+    );
+    let (cookie, token) = token_cookie(&headers);
+    let same =
+        format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n");
+    let path = "/jobs/limited/global-concurrency";
+    for bad in ["0", "two", "100001"] {
+        let form = format!("csrf={token}&limit={bad}");
+        let (status, headers, _) = http(&addr, &post(&addr, path, &same, &form)).await;
+        assert_eq!(status, 303);
+        let notice = header(&headers, "set-cookie").unwrap();
+        assert!(notice.contains("from%201%20to%20100000"), "{bad}: {notice}");
+    }
+    let form = format!("csrf={token}&limit=4");
+    let (status, headers, _) = http(&addr, &post(&addr, path, &same, &form)).await;
+    assert_eq!(status, 303);
+    let notice = header(&headers, "set-cookie").unwrap();
+    assert!(notice.contains("done%20by%201%20worker"), "{notice}");
+    qjob_tests::until("the new limit shown", Duration::from_secs(10), async || {
+        let (_, _, body) = page(Some(cookie.clone())).await;
+        body.contains("<dt>Limits</dt><dd>critical, global 0/4</dd>")
+    })
+    .await;
+}
