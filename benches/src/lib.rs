@@ -484,3 +484,30 @@ pub async fn raw_ack_all(mut consumer: lapin::Consumer, jobs: usize, inspect: im
         }
     }
 }
+
+/// The bench job with a global concurrency it never reaches (1 000): what
+/// taking, renewing and freeing a permit in Redis costs per job.
+#[job(queue = "qjob.bench.permit", retry = 0, global_concurrency = 1000)]
+pub async fn permit_bench(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    handled();
+    Ok(())
+}
+
+/// The bench job with a global rate it never reaches (1 000 000/s): what
+/// a rate check in Redis costs per job.
+#[job(queue = "qjob.bench.rated", retry = 0, global_rate = "1000000/s")]
+pub async fn rated_bench(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    handled();
+    Ok(())
+}
+
+/// 10 ms of I/O ([`io`]) at a global concurrency of 50.
+#[job(queue = "qjob.bench.io.global", retry = 0, global_concurrency = 50)]
+pub async fn io_global(job: Bench, _ctx: JobContext) -> Result<(), JobError> {
+    std::hint::black_box(job);
+    io(std::time::Duration::from_millis(10)).await;
+    handled();
+    Ok(())
+}
