@@ -37,6 +37,8 @@ macro_rules! conformance_tests {
             a_prefetch_change_applies_to_a_live_quorum_subscription "qjob.test.conformance.prefetch-change-quorum",
             a_quorum_queue_dead_letters_past_its_delivery_limit "qjob.test.conformance.delivery-limit",
             broadcasts_reach_the_matching_listeners "qjob.test.conformance.broadcast",
+            a_priority_queue_delivers_higher_priorities_first "qjob.test.conformance.priority",
+            a_quorum_queue_orders_by_priority_on_4_and_not_on_3 "qjob.test.conformance.priority-quorum",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {
