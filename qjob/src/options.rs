@@ -367,7 +367,7 @@ impl JobOptions {
     }
 
     /// Lets the job's jobs carry a priority from 0 to `priorities`
-    /// (`EnqueueOptions::priority`): a worker takes the waiting
+    /// ([`crate::EnqueueOptions::priority`]): a worker takes the waiting
     /// jobs of higher priority first, and those of one priority in the
     /// order they came. A job enqueued without one has priority 0.
     ///
