@@ -138,6 +138,9 @@ macro_rules! worker_tests {
             a_rolling_restart_keeps_every_key_in_order RollingJob,
             a_sharded_job_runs_from_every_shard_and_retries_through_its_work_queue ShardedJob,
             a_queue_named_like_a_shard_is_not_consumed_unless_qjob_declared_it ForeignShardJob,
+            a_retry_keeps_its_priority_through_a_delay_queue RankedRetryJob,
+            a_replayed_dead_letter_keeps_its_priority RankedReplayJob,
+            a_priority_the_job_type_does_not_take_is_refused UnrankedJob,
         );
         // One scenario, several job types: a test each.
         $crate::worker_tests!(@typed $env;
@@ -150,6 +153,10 @@ macro_rules! worker_tests {
                 a_refusal_over_two_chunks SpreadCappedPartitionedJob,
             a_refused_job_does_not_stop_an_unordered_batch
                 a_refusal_over_two_chunks SpreadCappedPlainJob,
+            high_priority_jobs_overtake_a_backlog
+                high_priority_jobs_overtake_a_backlog RankedJob,
+            high_priority_quorum_jobs_overtake_a_backlog_on_rabbitmq_4_only
+                high_priority_jobs_overtake_a_backlog RankedQuorumJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {
