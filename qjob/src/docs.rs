@@ -1,4 +1,5 @@
-//! The guides: how to write, test, order, protect, observe and operate jobs.
+//! The guides: how to write, test, order, prioritise, protect, observe and
+//! operate jobs.
 //!
 //! Each page is a module without items, the same text as the Markdown page
 //! in the repository's `qjob/docs/` folder. Start with the [`guide`].
@@ -33,3 +34,4 @@ page!(periodic, "../docs/periodic.md");
 page!(batches, "../docs/batches.md");
 page!(outbox, "../docs/outbox.md");
 page!(performance, "../docs/performance.md");
+page!(limits, "../docs/limits.md");

@@ -379,7 +379,7 @@ impl JobOptions {
     /// 4.3 and later 32 strict levels (a job without a priority counts as
     /// 4 there), and RabbitMQ 3 none. Delay and dead-letter queues are
     /// declared without it; the job keeps its priority through them. The
-    /// limits guide (`qjob::docs::limits`) has the details.
+    /// [limits guide](crate::docs::limits) has the details.
     ///
     /// A queue's `x-max-priority` cannot change once it is declared: a
     /// classic work queue declared before (with another or no
