@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "queue_type",
     "max_length",
     "delivery_limit",
+    "priorities",
     "autoscale",
     "unique",
     "inbox",
@@ -103,6 +104,7 @@ pub(crate) struct Args {
     pub(crate) quorum: Option<bool>,
     pub(crate) max_length: Option<u64>,
     pub(crate) delivery_limit: Option<(u64, Span)>,
+    pub(crate) priorities: Option<u64>,
     pub(crate) autoscale: Option<Autoscale>,
     pub(crate) unique: Option<Unique>,
     pub(crate) inbox: Option<u64>,
@@ -217,6 +219,7 @@ impl Args {
             "max_length" => {
                 self.max_length = Some(values::integer(key, value, 1, u64::from(u32::MAX))?)
             }
+            "priorities" => self.priorities = Some(values::integer(key, value, 1, 255)?),
             "inbox" => self.inbox = Some(positive_duration(key, value)?),
             #[cfg(feature = "cron")]
             "cron" => self.cron = Some(crate::cron::checked(key, value)?),

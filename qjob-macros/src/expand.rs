@@ -176,6 +176,10 @@ fn options(args: &Args, queue: &syn::LitStr) -> TokenStream {
         let limit = limit as u32;
         calls.push(quote!(.with_delivery_limit(#limit)));
     }
+    if let Some(priorities) = args.priorities {
+        let priorities = priorities as u8;
+        calls.push(quote!(.with_priorities(#priorities)));
+    }
     if let Some(window) = args.inbox {
         let window = duration(window);
         calls.push(quote!(.with_inbox(#window)));

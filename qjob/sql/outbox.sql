@@ -27,12 +27,29 @@ CREATE TABLE IF NOT EXISTS "qjob_outbox" (
     -- booleans) and its body (the JSON payload).
     headers    jsonb       NOT NULL DEFAULT '{}',
     body       bytea       NOT NULL,
+    -- The job's priority (0 to 255; `EnqueueOptions::priority`), NULL
+    -- for none. (A table made before it was added gets it below.)
+    priority   smallint,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     -- A row the broker refused: how often, until when it waits, and why.
     attempts   integer     NOT NULL DEFAULT 0,
     retry_at   timestamptz,
     last_error text
 );
+
+-- The columns added since the first version, on a table made before
+-- them; checked first, so that a table that has them is not locked.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = '"qjob_outbox"'::regclass AND attname = 'priority'
+            AND NOT attisdropped
+    ) THEN
+        ALTER TABLE "qjob_outbox" ADD COLUMN priority smallint;
+    END IF;
+END
+$$;
 
 -- Wakes the relays when a transaction that wrote rows commits (a
 -- notification is delivered at commit, and never for a rollback).

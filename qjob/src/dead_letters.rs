@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn replays_drop_the_failure_history_and_count() {
-        let mut message = Message::new(b"{}".to_vec()).with_id("job");
+        let mut message = Message::new(b"{}".to_vec()).with_id("job").with_priority(7);
         for name in [
             headers::ATTEMPT,
             headers::ERROR,
@@ -398,6 +398,7 @@ mod tests {
         let replay = replay_message(message.clone());
         assert_eq!(replay.id, message.id);
         assert_eq!(replay.body, message.body);
+        assert_eq!(replay.priority, Some(7), "a replay keeps its priority");
         let names: Vec<&str> = replay.headers.keys().map(String::as_str).collect();
         assert_eq!(names, [headers::REPLAYED_AT, headers::REPLAYS, "tenant"]);
         let again = replay_message(replay);

@@ -1,4 +1,5 @@
-//! The guides: how to write, test, order, protect, observe and operate jobs.
+//! The guides: how to write, test, order, prioritise, protect, observe and
+//! operate jobs.
 //!
 //! Each page is a module without items, the same text as the Markdown page
 //! in the repository's `qjob/docs/` folder. Start with the [`guide`].

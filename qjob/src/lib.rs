@@ -37,7 +37,7 @@ pub use qjob_macros::job;
 // Producing, and what becomes of jobs that failed for good: the client, and
 // the dead letters it browses and replays.
 pub use client::dead_letters::DeadLetters;
-pub use client::{Client, Enqueued};
+pub use client::{Client, EnqueueOptions, Enqueued};
 pub use dead_letters::{DeadLetter, DeadReason};
 
 // Consuming: the worker and its builder, the health report readiness probes

@@ -211,6 +211,7 @@ pub struct JobOptions {
     queue_type: QueueType,
     max_length: Option<u32>,
     delivery_limit: Option<u32>,
+    priorities: Option<u8>,
     autoscale: Option<Autoscale>,
     unique: Option<Unique>,
     inbox: Option<Duration>,
@@ -243,6 +244,7 @@ impl JobOptions {
             queue_type: QueueType::Classic,
             max_length: None,
             delivery_limit: None,
+            priorities: None,
             autoscale: None,
             unique: None,
             inbox: None,
@@ -364,6 +366,44 @@ impl JobOptions {
     pub fn with_delivery_limit(mut self, limit: u32) -> Self {
         self.delivery_limit = Some(limit);
         self
+    }
+
+    /// Lets the job's jobs carry a priority from 0 to `priorities`
+    /// ([`crate::EnqueueOptions::priority`]): a worker takes the waiting
+    /// jobs of higher priority first, and those of one priority in the
+    /// order they came. A job enqueued without one has priority 0.
+    ///
+    /// A classic queue is declared with `x-max-priority = priorities` (the
+    /// work queue, its shards or partitions); RabbitMQ keeps a sub-queue
+    /// per level and recommends at most 10. A quorum queue takes no such
+    /// argument: RabbitMQ 4.0 to 4.2 know two levels (0 to 4 normal, 5 and
+    /// above high, a high job taken twice for each normal one), RabbitMQ
+    /// 4.3 and later 32 strict levels (a job without a priority counts as
+    /// 4 there), and RabbitMQ 3 none. Delay and dead-letter queues are
+    /// declared without it; the job keeps its priority through them. The
+    /// [limits guide](crate::docs::limits) has the details.
+    ///
+    /// A queue's `x-max-priority` cannot change once it is declared: a
+    /// classic work queue declared before (with another or no
+    /// `priorities`) makes the declare fail with [`Error::QueueMismatch`].
+    ///
+    /// ```
+    /// let options = qjob::JobOptions::new("reports").with_priorities(3);
+    /// assert_eq!(options.priorities(), Some(3));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `priorities` is 0 (`#[job]` rejects it at compile time).
+    pub fn with_priorities(mut self, priorities: u8) -> Self {
+        assert!(priorities >= 1, "priorities must be at least 1");
+        self.priorities = Some(priorities);
+        self
+    }
+
+    /// The highest priority the job's jobs may carry, if they carry one.
+    pub fn priorities(&self) -> Option<u8> {
+        self.priorities
     }
 
     /// Adapts the number of handlers to the load (see [`Autoscale`]).

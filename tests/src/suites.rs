@@ -37,6 +37,8 @@ macro_rules! conformance_tests {
             a_prefetch_change_applies_to_a_live_quorum_subscription "qjob.test.conformance.prefetch-change-quorum",
             a_quorum_queue_dead_letters_past_its_delivery_limit "qjob.test.conformance.delivery-limit",
             broadcasts_reach_the_matching_listeners "qjob.test.conformance.broadcast",
+            a_priority_queue_delivers_higher_priorities_first "qjob.test.conformance.priority",
+            a_quorum_queue_orders_by_priority_on_4_and_not_on_3 "qjob.test.conformance.priority-quorum",
         );
     };
     (@tests $env:expr; $($name:ident $queue:literal,)*) => {
@@ -137,6 +139,9 @@ macro_rules! worker_tests {
             a_rolling_restart_keeps_every_key_in_order RollingJob,
             a_sharded_job_runs_from_every_shard_and_retries_through_its_work_queue ShardedJob,
             a_queue_named_like_a_shard_is_not_consumed_unless_qjob_declared_it ForeignShardJob,
+            a_retry_keeps_its_priority_through_a_delay_queue RankedRetryJob,
+            a_replayed_dead_letter_keeps_its_priority RankedReplayJob,
+            a_priority_the_job_type_does_not_take_is_refused UnrankedJob,
         );
         // One scenario, several job types: a test each.
         $crate::worker_tests!(@typed $env;
@@ -149,6 +154,10 @@ macro_rules! worker_tests {
                 a_refusal_over_two_chunks SpreadCappedPartitionedJob,
             a_refused_job_does_not_stop_an_unordered_batch
                 a_refusal_over_two_chunks SpreadCappedPlainJob,
+            high_priority_jobs_overtake_a_backlog
+                high_priority_jobs_overtake_a_backlog RankedJob,
+            high_priority_quorum_jobs_overtake_a_backlog_on_rabbitmq_4_only
+                high_priority_jobs_overtake_a_backlog RankedQuorumJob,
         );
     };
     (@tests $env:expr; $($name:ident $job:ident,)*) => {

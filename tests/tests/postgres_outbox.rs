@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use qjob::broker::{Broker, QueueSpec};
 use qjob::outbox::{Outbox, Relay};
-use qjob::{Client, Job};
+use qjob::{Client, EnqueueOptions, Job};
 use qjob_tests::jobs::OutboxKillJob;
 use qjob_tests::outbox::{Metrics, committed, fresh, pg_pool, rows};
 use qjob_tests::recording::Recording;
@@ -29,6 +29,8 @@ test_job!(outbox_refused, "qjob.test.outbox.refused");
 test_job!(outbox_metered, "qjob.test.outbox.metered");
 
 test_job!(outbox_two, "qjob.test.outbox.two");
+
+test_job!(outbox_ranked, "qjob.test.outbox.ranked", priorities = 9);
 
 test_job!(
     outbox_unique,
@@ -411,6 +413,86 @@ async fn bad_input_is_a_clear_error_and_writes_nothing() {
             && error.to_string().contains("qjob_test_outbox_missing"),
         "{error}"
     );
+}
+
+/// A row keeps its job's priority, at once or delayed, and the relay
+/// publishes the job with it. A table made before the column existed is
+/// a clear error to the producer and the relay until `migrate` adds it.
+#[tokio::test]
+async fn a_row_keeps_its_priority_and_an_older_table_is_migrated_for_it() {
+    let queue = "qjob.test.outbox.ranked";
+    let (outbox, pool, _rabbit) = setup("qjob_test_outbox_ranked", queue).await;
+    let table = outbox.table().to_owned();
+    let task = |seq| Task::new("outbox", seq, Act::Succeed);
+    let priority = |n| EnqueueOptions::new().priority(n);
+
+    // As an older qjob made it.
+    sqlx::raw_sql(&format!(r#"ALTER TABLE "{table}" DROP COLUMN priority"#))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let old = outbox
+        .enqueue_with::<OutboxRankedJob>(&mut tx, task(0), priority(7))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(old, qjob::Error::Database { .. }) && old.to_string().contains("Outbox::migrate"),
+        "{old}"
+    );
+    tx.rollback().await.unwrap();
+    let relay = outbox.relay(pool.clone()).run_until(std::future::pending());
+    let old = relay.await.unwrap_err();
+    assert!(old.to_string().contains("Outbox::migrate"), "{old}");
+    outbox.migrate(&pool).await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let above = outbox
+        .enqueue_with::<OutboxRankedJob>(&mut tx, task(0), priority(10))
+        .await;
+    assert!(matches!(above, Err(qjob::Error::Config(_))), "{above:?}");
+    outbox
+        .enqueue_with::<OutboxRankedJob>(&mut tx, task(1), priority(7))
+        .await
+        .unwrap();
+    let later = priority(3).delay(Duration::from_millis(300));
+    outbox
+        .enqueue_with::<OutboxRankedJob>(&mut tx, task(2), later)
+        .await
+        .unwrap();
+    outbox
+        .enqueue::<OutboxRankedJob>(&mut tx, task(3))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let kept: Vec<Option<i16>> =
+        sqlx::query_scalar(&format!(r#"SELECT priority FROM "{table}" ORDER BY seq"#))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, [Some(7), Some(3), None]);
+
+    let relay = run(outbox.relay(pool.clone()));
+    let broker = amqp().await;
+    until("the three jobs published", LIMIT, async || {
+        broker
+            .queue_stats(queue)
+            .await
+            .unwrap()
+            .is_some_and(|stats| stats.messages == 3)
+    })
+    .await;
+    relay.stop().await;
+    // A priority queue: the highest first.
+    let mut got = Vec::new();
+    while let Some(delivery) = broker.get(queue).await.unwrap() {
+        let seq = serde_json::from_slice::<Task>(&delivery.message.body)
+            .unwrap()
+            .seq;
+        got.push((seq, delivery.message.priority));
+        delivery.acker.ack().await.unwrap();
+    }
+    assert_eq!(got, [(1, Some(7)), (2, Some(3)), (3, None)]);
 }
 
 /// Whether a PostgreSQL backend waits on a lock to delete from `table`.

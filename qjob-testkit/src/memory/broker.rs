@@ -102,7 +102,11 @@ impl Broker for MemoryBroker {
             None => {
                 state.queues.insert(
                     spec.name.clone(),
-                    Queue::new(spec.clone(), state.default_delivery_limit),
+                    Queue::new(
+                        spec.clone(),
+                        state.default_delivery_limit,
+                        state.quorum_priorities,
+                    ),
                 );
                 Ok(true)
             }
@@ -180,7 +184,7 @@ impl Broker for MemoryBroker {
             let queue = format!("amq.gen-{}", state.next_id());
             state.queues.insert(
                 queue.clone(),
-                Queue::new(QueueSpec::new(queue.as_str()), None),
+                Queue::new(QueueSpec::new(queue.as_str()), None, false),
             );
             let bindings = state.exchanges.entry(exchange.to_owned()).or_default();
             for pattern in patterns {

@@ -99,6 +99,15 @@ impl MemoryBroker {
         self.update(|state| state.default_delivery_limit = limit);
     }
 
+    /// RabbitMQ 4's quorum queue priorities (off, as on RabbitMQ 3, unless
+    /// set): a quorum queue declared from now on delivers its messages of
+    /// priority 5 and above first, two for each older one of a lower
+    /// priority (or none) while both wait, as RabbitMQ 4.0 to 4.2 do.
+    /// (RabbitMQ 4.3 has 32 strict levels instead.)
+    pub fn set_quorum_priorities(&self, on: bool) {
+        self.update(|state| state.quorum_priorities = on);
+    }
+
     /// Fault: the broker cancels every consumer of `queue` (`basic.cancel`
     /// from the server, as when a node holding the queue goes away). Their
     /// streams end; what they hold stays theirs, settleable, until their

@@ -10,12 +10,14 @@ use super::MemoryBroker;
 use super::queue::Queue;
 
 impl MemoryBroker {
-    /// The messages ready in `queue` (not delivered to a consumer), oldest first.
+    /// The messages ready in `queue` (not delivered to a consumer), oldest
+    /// first; in a queue that orders by priority, highest priority first
+    /// (each in publish order).
     pub fn messages(&self, queue: &str) -> Vec<Message> {
         self.lock()
             .queues
             .get(queue)
-            .map(|q| q.ready.values().map(|s| s.message.clone()).collect())
+            .map(|q| q.ready.iter().map(|s| s.message.clone()).collect())
             .unwrap_or_default()
     }
 

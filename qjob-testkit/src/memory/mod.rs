@@ -7,6 +7,7 @@ mod death;
 mod faults;
 mod inspect;
 mod queue;
+mod ready;
 mod state;
 mod subscription;
 mod timers;
@@ -35,6 +36,11 @@ pub(crate) use subscription::MemoryAcker;
 ///   queues (the next consumer takes over when the active one leaves);
 /// - manual ack and reject; a requeued message goes back to its original
 ///   position, marked redelivered;
+/// - message priority: a classic queue declared with `x-max-priority`
+///   delivers higher priorities first (above the maximum counts as it),
+///   publish order within one; a quorum queue ignores priorities, as on
+///   RabbitMQ 3 (RabbitMQ 4's two levels on request:
+///   [`MemoryBroker::set_quorum_priorities`]);
 /// - dead-lettering (`x-dead-letter-routing-key`) of rejected and expired
 ///   messages, with RabbitMQ's `x-death` and `x-first-death-*` headers;
 /// - per-queue message TTL (`x-message-ttl`) and idle queue expiry

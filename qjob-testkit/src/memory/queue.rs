@@ -1,5 +1,6 @@
-//! One queue's state: ready messages in publish order, consumers with their
-//! unsettled deliveries, and the dispatch that hands messages out.
+//! One queue's state: ready messages in delivery order ([`Ready`]),
+//! consumers with their unsettled deliveries, and the dispatch that hands
+//! messages out.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Weak;
@@ -11,6 +12,7 @@ use qjob::broker::{Delivery, HeaderValue, Message, QueueSpec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::ready::Ready;
 use super::{MemoryAcker, Shared};
 
 /// The header a quorum queue puts on a returned message.
@@ -39,9 +41,9 @@ pub(super) struct ConsumerSlot {
 
 pub(super) struct Queue {
     pub(super) spec: QueueSpec,
-    /// Ready messages by publish sequence, so a requeued message goes back
-    /// to its original position.
-    pub(super) ready: BTreeMap<u64, Stored>,
+    /// Ready messages in delivery order, each with its publish sequence,
+    /// so a requeued message goes back to its original position.
+    pub(super) ready: Ready,
     pub(super) consumers: VecDeque<ConsumerSlot>,
     /// Cancelled consumers that still hold unsettled deliveries.
     pub(super) cancelled: Vec<ConsumerSlot>,
@@ -53,10 +55,16 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    pub(super) fn new(spec: QueueSpec, default_delivery_limit: Option<u32>) -> Self {
+    /// A queue declared as `spec`; a quorum one orders by priority if
+    /// `quorum_priorities` (RabbitMQ 4).
+    pub(super) fn new(
+        spec: QueueSpec,
+        default_delivery_limit: Option<u32>,
+        quorum_priorities: bool,
+    ) -> Self {
         Self {
+            ready: Ready::new(&spec, quorum_priorities),
             spec,
-            ready: BTreeMap::new(),
             consumers: VecDeque::new(),
             cancelled: Vec::new(),
             last_used: Instant::now(),
@@ -208,11 +216,14 @@ impl Queue {
     /// of a queue with a message TTL from the head).
     pub(super) fn take_expired(&mut self, now: Instant) -> Vec<Message> {
         let mut expired = Vec::new();
-        while let Some(entry) = self.ready.first_entry() {
-            match entry.get().expires_at {
-                Some(at) if at <= now => expired.push(entry.remove().message),
-                _ => break,
-            }
+        while self
+            .ready
+            .head()
+            .and_then(|stored| stored.expires_at)
+            .is_some_and(|at| at <= now)
+        {
+            let (_, stored) = self.ready.pop_head().expect("a head just read");
+            expired.push(stored.message);
         }
         expired
     }
@@ -220,7 +231,7 @@ impl Queue {
     /// Takes the first ready message for `basic.get`: it is held, unsettled,
     /// by the consumer slot `getter` (created on first use, never dispatched to).
     pub(super) fn get(&mut self, getter: u64, shared: &Weak<Shared>) -> Option<Delivery> {
-        let (sequence, mut stored) = self.ready.pop_first()?;
+        let (sequence, mut stored) = self.ready.pop_next()?;
         stored.delivered_at = Some(Instant::now());
         if !self.cancelled.iter().any(|slot| slot.id == getter) {
             let (deliveries, _) = mpsc::unbounded_channel();
@@ -251,7 +262,7 @@ impl Queue {
     /// (`qjob-delay-left`).
     pub(super) fn next_due(&self) -> Option<Instant> {
         self.ready
-            .values()
+            .iter()
             .filter_map(|stored| {
                 let left = stored
                     .message
@@ -280,7 +291,7 @@ impl Queue {
                 idle_turns += 1;
             } else {
                 idle_turns = 0;
-                let (sequence, mut stored) = self.ready.pop_first().expect("not empty");
+                let (sequence, mut stored) = self.ready.pop_next().expect("not empty");
                 stored.delivered_at = Some(Instant::now());
                 let delivery = Delivery::new(
                     stored.message.clone(),
@@ -307,7 +318,7 @@ impl Queue {
 /// The first argument in which `requested` differs from `existing`, named
 /// and valued as RabbitMQ reports it (`none` for an absent argument).
 pub(super) fn mismatch(existing: &QueueSpec, requested: &QueueSpec) -> Error {
-    fn arguments(spec: &QueueSpec) -> [(&'static str, String); 7] {
+    fn arguments(spec: &QueueSpec) -> [(&'static str, String); 8] {
         let or_none = |value: Option<String>| value.unwrap_or_else(|| "none".to_owned());
         let millis = |d: Option<Duration>| or_none(d.map(|d| d.as_millis().to_string()));
         [
@@ -329,6 +340,10 @@ pub(super) fn mismatch(existing: &QueueSpec, requested: &QueueSpec) -> Error {
             (
                 "x-delivery-limit",
                 or_none(spec.delivery_limit.map(|n| n.to_string())),
+            ),
+            (
+                "x-max-priority",
+                or_none(spec.max_priority.map(|n| n.to_string())),
             ),
         ]
     }

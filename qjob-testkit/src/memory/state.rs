@@ -32,6 +32,9 @@ pub(super) struct State {
     pub(super) blocked: Option<String>,
     /// The delivery limit of quorum queues declared without one.
     pub(super) default_delivery_limit: Option<u32>,
+    /// Whether quorum queues declared from now on order by priority
+    /// (RabbitMQ 4).
+    pub(super) quorum_priorities: bool,
     /// Topic exchanges: each binding's queue and pattern.
     pub(super) exchanges: HashMap<String, Vec<(String, String)>>,
 }

@@ -22,6 +22,9 @@ pub(super) fn properties(message: &Message) -> BasicProperties {
     if let Some(timestamp) = message.timestamp {
         properties = properties.with_timestamp(timestamp);
     }
+    if let Some(priority) = message.priority {
+        properties = properties.with_priority(priority);
+    }
     properties
 }
 
@@ -57,6 +60,7 @@ pub(super) fn message(properties: &BasicProperties, body: Vec<u8>) -> Message {
             .as_ref()
             .map(|kind| kind.as_str().to_owned()),
         timestamp: *properties.timestamp(),
+        priority: *properties.priority(),
         headers,
         body,
     }
@@ -161,6 +165,12 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
             AMQPValue::LongLongInt(limit.into()),
         );
     }
+    if let Some(max_priority) = spec.max_priority {
+        arguments.insert(
+            "x-max-priority".into(),
+            AMQPValue::LongLongInt(max_priority.into()),
+        );
+    }
     if let Some(ttl) = spec.message_ttl {
         arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(millis(ttl)));
     }
@@ -227,7 +237,8 @@ mod tests {
         let mut original = Message::new(b"{}".to_vec())
             .with_id("job-1")
             .with_kind("charge")
-            .with_timestamp(1_700_000_000);
+            .with_timestamp(1_700_000_000)
+            .with_priority(7);
         original.headers.insert("s".into(), "text".into());
         original.headers.insert("i".into(), HeaderValue::Int(-7));
         original.headers.insert("b".into(), HeaderValue::Bool(true));

@@ -219,6 +219,14 @@ pub struct Message {
     /// job ids are UUID v7, which carry the time in milliseconds); other
     /// producers' is read as their enqueue time and kept.
     pub timestamp: Option<u64>,
+    /// The message's priority (AMQP's `priority` property): a queue
+    /// declared with a maximum priority ([`QueueSpec::max_priority`])
+    /// delivers higher ones first. `None` counts as 0 there. qjob writes it
+    /// for a job enqueued with one, and keeps it (other producers' too)
+    /// through retries, delays, dead letters and replays.
+    ///
+    /// [`QueueSpec::max_priority`]: super::QueueSpec::max_priority
+    pub priority: Option<u8>,
     /// The headers.
     pub headers: Headers,
     /// The body.
@@ -226,7 +234,7 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message of `body` with no id, kind, timestamp or headers.
+    /// A message of `body` with no id, kind, timestamp, priority or headers.
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
         Self {
             body: body.into(),
@@ -250,6 +258,12 @@ impl Message {
     /// Unix epoch (see the field).
     pub fn with_timestamp(mut self, timestamp: u64) -> Self {
         self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// Sets the priority (see the field).
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
         self
     }
 

@@ -32,6 +32,12 @@ pub struct QueueSpec {
     /// than this many times is dead-lettered to `dead_letter_to` (dropped
     /// without one). Returned messages carry `x-delivery-count`.
     pub delivery_limit: Option<u32>,
+    /// Classic queues: `x-max-priority`. Ready messages are delivered
+    /// highest [`Message::priority`](super::Message::priority) first, in
+    /// publish order within one; a priority above it counts as it, none
+    /// as 0. (A quorum queue takes no such argument: RabbitMQ 4 orders
+    /// its messages by priority whatever its arguments, RabbitMQ 3 never.)
+    pub max_priority: Option<u8>,
     /// The work queue this queue is a shard of (`x-qjob-shard-of`): the
     /// broker marks the queue as one, so that [`Broker::is_shard_of`]
     /// tells it from another application's queue of the same name. Not
@@ -55,8 +61,15 @@ impl QueueSpec {
             dead_letter_to: None,
             expires: None,
             delivery_limit: None,
+            max_priority: None,
             shard_of: None,
         }
+    }
+
+    /// Sets `x-max-priority` (classic queues; see the field).
+    pub fn with_max_priority(mut self, max_priority: u8) -> Self {
+        self.max_priority = Some(max_priority);
+        self
     }
 
     /// Sets `x-delivery-limit` (quorum queues; see the field).

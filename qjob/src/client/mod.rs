@@ -4,7 +4,8 @@
 //! (its broker, the queues it declared); each concern has a file:
 //! [`single`] enqueues one job, [`bulk`] many, [`unique`] takes and frees
 //! unique jobs' locks around a publish, [`message`] makes a job's message
-//! and picks its queue, and [`batch`] and [`dead_letters`] are the client
+//! and picks its queue, [`options`] says how one job is enqueued (its
+//! priority, when it runs), and [`batch`] and [`dead_letters`] are the client
 //! side of batches and of dead letters.
 
 use std::collections::HashSet;
@@ -19,8 +20,11 @@ pub(crate) mod batch;
 mod bulk;
 pub(crate) mod dead_letters;
 pub(crate) mod message;
+mod options;
 mod single;
 mod unique;
+
+pub use options::EnqueueOptions;
 
 /// Enqueues jobs. Cheap to clone; clones share the broker and what was declared.
 ///

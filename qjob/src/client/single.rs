@@ -1,4 +1,5 @@
-//! Enqueueing one job: now, after a delay, or at a time.
+//! Enqueueing one job: now, after a delay, or at a time, with a priority
+//! or without.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -7,10 +8,10 @@ use tracing::Instrument;
 
 use super::message::{delayable, full};
 use super::{Client, Enqueued, enqueue_span};
-use crate::Error;
 use crate::broker::{Message, Sent};
 use crate::policy::backoff;
 use crate::topology;
+use crate::{EnqueueOptions, Error};
 use crate::{Job, JobId};
 
 impl Client {
@@ -30,12 +31,7 @@ impl Client {
     /// As [`Client::enqueue`]; [`Error::Store`] if the store failed (nothing
     /// published), [`Error::Config`] for a unique job without a store.
     pub async fn enqueue_unique<J: Job>(&self, payload: J::Payload) -> Result<Enqueued, Error> {
-        async {
-            self.ensure_declared::<J>().await?;
-            self.publish::<J>(&payload).await
-        }
-        .instrument(enqueue_span::<J>(1))
-        .await
+        self.enqueue_now::<J>(payload, None).await
     }
 
     /// Publishes one job and returns its id once the broker confirmed it.
@@ -71,14 +67,58 @@ impl Client {
         payload: J::Payload,
         delay: Duration,
     ) -> Result<JobId, Error> {
-        let delay = backoff::round_up(delay);
+        self.enqueue_with::<J>(payload, EnqueueOptions::new().delay(delay))
+            .await
+    }
+
+    /// Publishes one job as `options` say (its priority, when it runs) and
+    /// returns its id once the broker confirmed it: as
+    /// [`Client::enqueue`], or [`Client::enqueue_in`] for a job that runs
+    /// later. A job with a priority keeps it through its retries, its
+    /// delay and a replay from the dead-letter queue.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::enqueue_in`]; [`Error::Config`] for a priority the job
+    /// type does not take: one without `priorities`
+    /// ([`JobOptions::with_priorities`](crate::JobOptions::with_priorities)),
+    /// or above them. Nothing is published then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Report { id: u64 }
+    /// # #[tokio::main] async fn main() -> Result<(), qjob::Error> {
+    /// use qjob::{Client, EnqueueOptions};
+    /// use qjob_testkit::MemoryBroker;
+    ///
+    /// #[qjob::job(queue = "docs.client.report", priorities = 3)]
+    /// async fn report(job: Report, ctx: qjob::JobContext) -> Result<(), qjob::JobError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// let client = Client::new(MemoryBroker::new());
+    /// client.enqueue_with::<ReportJob>(Report { id: 7 }, EnqueueOptions::new().priority(3)).await?;
+    /// let refused = client.enqueue_with::<ReportJob>(Report { id: 8 }, EnqueueOptions::new().priority(4)).await;
+    /// assert!(matches!(refused, Err(qjob::Error::Config(_))));
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_with<J: Job>(
+        &self,
+        payload: J::Payload,
+        options: EnqueueOptions,
+    ) -> Result<JobId, Error> {
+        let priority = options.priority_of::<J>()?;
+        let delay = backoff::round_up(options.delay_from(SystemTime::now()));
         if delay.is_zero() {
-            return self.enqueue::<J>(payload).await;
+            let enqueued = self.enqueue_now::<J>(payload, priority).await?;
+            return Ok(enqueued.id().clone());
         }
         delayable::<J>()?;
         async {
             self.ensure_declared::<J>().await?;
-            let (id, message, lock) = self.unique_message::<J>(&payload)?;
+            let (id, mut message, lock) = self.unique_message::<J>(&payload)?;
+            message.priority = priority;
             let target = Self::target::<J>(Some(&payload));
             let queue_type = J::options().queue_type();
             let publish = |sent: Arc<Sent>| async move {
@@ -103,12 +143,32 @@ impl Client {
         payload: J::Payload,
         at: SystemTime,
     ) -> Result<JobId, Error> {
-        let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
-        self.enqueue_in::<J>(payload, delay).await
+        self.enqueue_with::<J>(payload, EnqueueOptions::new().at(at))
+            .await
     }
 
-    async fn publish<J: Job>(&self, payload: &J::Payload) -> Result<Enqueued, Error> {
-        let (id, message, lock) = self.unique_message::<J>(payload)?;
+    /// Declares `J`'s queues (once) and publishes one job now, with
+    /// `priority` (one `J` takes).
+    async fn enqueue_now<J: Job>(
+        &self,
+        payload: J::Payload,
+        priority: Option<u8>,
+    ) -> Result<Enqueued, Error> {
+        async {
+            self.ensure_declared::<J>().await?;
+            self.publish::<J>(&payload, priority).await
+        }
+        .instrument(enqueue_span::<J>(1))
+        .await
+    }
+
+    async fn publish<J: Job>(
+        &self,
+        payload: &J::Payload,
+        priority: Option<u8>,
+    ) -> Result<Enqueued, Error> {
+        let (id, mut message, lock) = self.unique_message::<J>(payload)?;
+        message.priority = priority;
         let target = Self::target_now::<J>(&J::options(), payload);
         let publish = |sent: Arc<Sent>| async move {
             let published = self.broker.publish_tracked(&target, message, &sent).await;

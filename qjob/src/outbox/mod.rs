@@ -16,10 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use sqlx::{Acquire, PgConnection, Postgres, Row};
 
-use crate::Error;
 use crate::client::Client;
 use crate::client::message::delayable;
 use crate::options::JobOptions;
+use crate::{EnqueueOptions, Error};
 use crate::{Job, JobId};
 
 mod relay;
@@ -30,7 +30,7 @@ mod wake;
 pub use relay::{Relay, Relayed};
 pub use sql::SCHEMA;
 use sql::{
-    DEFAULT_TABLE, LATEST_RUN_AT_MS, Table, check_table_name, database, headers_to_json,
+    DEFAULT_TABLE, LATEST_RUN_AT_MS, Table, check_table_name, database, headers_to_json, migrated,
     millis_since_epoch, schema_for,
 };
 
@@ -140,8 +140,10 @@ impl Outbox {
     }
 
     /// Creates the table, its notify function and its trigger if they do
-    /// not exist, in one transaction (processes migrating at once take
-    /// turns).
+    /// not exist, and adds to a table an earlier qjob made the columns it
+    /// lacks (`priority`), in one transaction (processes migrating at once
+    /// take turns). Run it before a new qjob writes or relays rows: one
+    /// that finds a column missing fails with an error that says so.
     ///
     /// # Errors
     ///
@@ -179,7 +181,39 @@ impl Outbox {
         conn: &mut PgConnection,
         payload: J::Payload,
     ) -> Result<JobId, Error> {
-        self.write::<J>(conn, &payload, None).await
+        self.write::<J>(conn, &payload, None, None).await
+    }
+
+    /// Writes job `J` into the outbox as `options` say (its priority, when
+    /// it runs): as [`Outbox::enqueue`], or [`Outbox::enqueue_in`] for a
+    /// job that runs later. The row keeps the priority, and the relay
+    /// publishes the job with it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Outbox::enqueue_in`]; [`Error::Config`] for a priority the job
+    /// type does not take (see [`Client::enqueue_with`]). Nothing is
+    /// written then.
+    pub async fn enqueue_with<J: Job>(
+        &self,
+        conn: &mut PgConnection,
+        payload: J::Payload,
+        options: EnqueueOptions,
+    ) -> Result<JobId, Error> {
+        let priority = options.priority_of::<J>()?;
+        let now = SystemTime::now();
+        let at = match options.run_at::<J>(now)? {
+            Some(at) if at > now => at,
+            _ => return self.write::<J>(conn, &payload, None, priority).await,
+        };
+        delayable::<J>()?;
+        if millis_since_epoch(at) > LATEST_RUN_AT_MS {
+            return Err(Error::Config(format!(
+                "job {}: {at:?} is after the year 9999, out of range for the outbox",
+                J::NAME
+            )));
+        }
+        self.write::<J>(conn, &payload, Some(at), priority).await
     }
 
     /// Writes job `J` to run after `delay`, counted from now; see
@@ -196,13 +230,8 @@ impl Outbox {
         payload: J::Payload,
         delay: Duration,
     ) -> Result<JobId, Error> {
-        let at = SystemTime::now().checked_add(delay).ok_or_else(|| {
-            Error::Config(format!(
-                "job {}: a delay of {delay:?} is out of range",
-                J::NAME
-            ))
-        })?;
-        self.enqueue_at::<J>(conn, payload, at).await
+        let options = EnqueueOptions::new().delay(delay);
+        self.enqueue_with::<J>(conn, payload, options).await
     }
 
     /// Writes job `J` to run at `at` (at once if that is past); see
@@ -217,17 +246,8 @@ impl Outbox {
         payload: J::Payload,
         at: SystemTime,
     ) -> Result<JobId, Error> {
-        if at <= SystemTime::now() {
-            return self.write::<J>(conn, &payload, None).await;
-        }
-        delayable::<J>()?;
-        if millis_since_epoch(at) > LATEST_RUN_AT_MS {
-            return Err(Error::Config(format!(
-                "job {}: {at:?} is after the year 9999, out of range for the outbox",
-                J::NAME
-            )));
-        }
-        self.write::<J>(conn, &payload, Some(at)).await
+        let options = EnqueueOptions::new().at(at);
+        self.enqueue_with::<J>(conn, payload, options).await
     }
 
     async fn write<J: Job>(
@@ -235,6 +255,7 @@ impl Outbox {
         conn: &mut PgConnection,
         payload: &J::Payload,
         at: Option<SystemTime>,
+        priority: Option<u8>,
     ) -> Result<JobId, Error> {
         let options = J::options();
         if options.unique().is_some() {
@@ -255,9 +276,10 @@ impl Outbox {
             .bind(at_ms)
             .bind(headers_to_json(&message.headers)?)
             .bind(message.body)
+            .bind(priority.map(i16::from))
             .execute(conn)
             .await
-            .map_err(database(format!("write job {} into the outbox", J::NAME)))?;
+            .map_err(migrated(format!("write job {} into the outbox", J::NAME)))?;
         self.learn(J::NAME, options);
         Ok(id)
     }

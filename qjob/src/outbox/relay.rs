@@ -10,7 +10,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::Outbox;
-use super::sql::{database, headers_from_json, millis_since_epoch};
+use super::sql::{database, headers_from_json, migrated, millis_since_epoch};
 use crate::broker::Message;
 use crate::job::Job;
 use crate::options::{JobOptions, QueueType};
@@ -91,6 +91,19 @@ impl Claimed {
             _ => QueueType::Classic,
         };
         let job_id: String = row.get("job_id");
+        let mut message = Message::new(row.get::<Vec<u8>, _>("body"))
+            .with_id(job_id)
+            .with_headers(headers);
+        if let Some(priority) = row.get::<Option<i16>, _>("priority") {
+            let priority = u8::try_from(priority).map_err(|_| {
+                (
+                    seq,
+                    attempts,
+                    format!("priority {priority} is not in 0..=255"),
+                )
+            })?;
+            message = message.with_priority(priority);
+        }
         Ok(Self {
             seq,
             job: row.get("job"),
@@ -98,9 +111,7 @@ impl Claimed {
             queue_type,
             run_at_ms: row.get("run_at_ms"),
             attempts,
-            message: Message::new(row.get::<Vec<u8>, _>("body"))
-                .with_id(job_id)
-                .with_headers(headers),
+            message,
         })
     }
 
@@ -236,7 +247,7 @@ impl Relay {
             .bind(i64::try_from(self.batch).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
-            .map_err(database(format!("claim rows of the outbox {}", table.name)))?;
+            .map_err(migrated(format!("claim rows of the outbox {}", table.name)))?;
         let mut relayed = Relayed {
             claimed: rows.len(),
             ..Relayed::default()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use super::relay::{Relay, Relayed};
-use super::sql::missing_table;
+use super::sql::{migrated, missing_table, undefined_column};
 use super::wake::{self, Wakeups};
 use crate::Error;
 use crate::policy::backoff;
@@ -102,17 +102,19 @@ impl Relay {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] at start if the table does not exist
-    /// ([`Outbox::migrate`](super::Outbox::migrate) creates it). Later failures are logged and
-    /// retried; they do not end the run.
+    /// [`Error::Database`] at start if the table does not exist, or lacks
+    /// a column this qjob uses ([`Outbox::migrate`](super::Outbox::migrate)
+    /// creates it, and adds what an earlier qjob's table lacks). Later
+    /// failures are logged and retried; they do not end the run.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         self.check().await?;
         self.relay_until(shutdown).await;
         Ok(())
     }
 
-    /// Fails if the outbox table does not exist; a database not reachable
-    /// yet is only logged (the relay retries).
+    /// Fails if the outbox table does not exist, or lacks a column (made
+    /// by an earlier qjob, and not migrated since); a database not
+    /// reachable yet is only logged (the relay retries).
     pub(crate) async fn check(&self) -> Result<(), Error> {
         match self.outbox.stats(&self.pool).await {
             Err(error) if missing_table(&error) => Err(error),
@@ -120,7 +122,16 @@ impl Relay {
                 tracing::warn!(%error, "the outbox's database is not reachable yet; retrying");
                 Ok(())
             }
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let table = &self.outbox.table;
+                match sqlx::query(&table.columns).execute(&self.pool).await {
+                    Err(error) if undefined_column(&error) => {
+                        Err(migrated(format!("read the outbox {}", table.name))(error))
+                    }
+                    // Unreachable since: the rounds report it.
+                    _ => Ok(()),
+                }
+            }
         }
     }
 

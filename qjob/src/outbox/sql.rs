@@ -31,6 +31,34 @@ pub(super) fn database(operation: impl Into<String>) -> impl FnOnce(sqlx::Error)
     }
 }
 
+/// Whether the database said a column does not exist.
+pub(super) fn undefined_column(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "42703")
+}
+
+/// As [`database`], saying what to do when the table lacks a column: one
+/// that a later qjob added, to a table an earlier one made.
+pub(super) fn migrated(operation: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+    let operation = operation.into();
+    move |source| {
+        let operation = if undefined_column(&source) {
+            format!(
+                "{operation} (the table lacks a column this qjob uses: run Outbox::migrate, \
+                 which adds it, or apply Outbox::schema)"
+            )
+        } else {
+            operation
+        };
+        Error::Database {
+            operation,
+            source: Box::new(source),
+        }
+    }
+}
+
 /// The outbox table's name and the statements on it.
 #[derive(Clone)]
 pub(super) struct Table {
@@ -40,6 +68,8 @@ pub(super) struct Table {
     pub(super) delete: Arc<str>,
     pub(super) refuse: Arc<str>,
     pub(super) stats: Arc<str>,
+    /// Reads nothing, but fails on a table that lacks a column.
+    pub(super) columns: Arc<str>,
 }
 
 impl Table {
@@ -47,19 +77,21 @@ impl Table {
         Self {
             name: name.into(),
             insert: format!(
-                "INSERT INTO \"{name}\" (job_id, job, queue, queue_type, run_at, headers, body) \
-                 VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), $6::jsonb, $7)"
+                "INSERT INTO \"{name}\" \
+                 (job_id, job, queue, queue_type, run_at, headers, body, priority) \
+                 VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), $6::jsonb, $7, $8)"
             )
             .into(),
             claim: format!(
                 "SELECT seq, job_id, job, queue, queue_type, \
                  (extract(epoch FROM run_at) * 1000)::int8 AS run_at_ms, \
-                 headers::text AS headers, body, attempts \
+                 headers::text AS headers, body, priority, attempts \
                  FROM \"{name}\" WHERE retry_at IS NULL OR retry_at <= clock_timestamp() \
                  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
             )
             .into(),
             delete: format!("DELETE FROM \"{name}\" WHERE seq = ANY($1)").into(),
+            columns: format!("SELECT priority FROM \"{name}\" LIMIT 0").into(),
             refuse: format!(
                 "UPDATE \"{name}\" SET attempts = attempts + $4, last_error = $2, \
                  retry_at = clock_timestamp() + make_interval(secs => $3::float8) \
@@ -226,9 +258,14 @@ mod tests {
         assert!(schema.contains("CREATE TABLE IF NOT EXISTS \"orders_outbox\" ("));
         assert!(schema.contains("pg_notify('orders_outbox', '')"));
         assert!(schema.contains("CREATE TRIGGER \"orders_outbox_notify\""));
+        assert!(schema.contains("ALTER TABLE \"orders_outbox\" ADD COLUMN priority smallint;"));
         assert!(!schema.contains(DEFAULT_TABLE));
         let polled = schema_for("orders_outbox", false);
         assert!(polled.contains("CREATE TABLE IF NOT EXISTS \"orders_outbox\" ("));
+        assert!(
+            polled.contains("ADD COLUMN priority"),
+            "columns are added either way"
+        );
         assert!(!polled.contains("CREATE TRIGGER"));
         assert!(polled.contains("DROP TRIGGER \"orders_outbox_notify\" ON \"orders_outbox\";"));
     }

@@ -205,6 +205,8 @@ pub struct DeclaredQueue {
     pub expires_ms: Option<u64>,
     /// `x-delivery-limit`.
     pub delivery_limit: Option<u32>,
+    /// `x-max-priority` (absent from an older worker's heartbeat).
+    pub max_priority: Option<u8>,
 }
 
 impl From<&QueueSpec> for DeclaredQueue {
@@ -219,6 +221,7 @@ impl From<&QueueSpec> for DeclaredQueue {
             dead_letter_to: spec.dead_letter_to.clone(),
             expires_ms: spec.expires.map(millis),
             delivery_limit: spec.delivery_limit,
+            max_priority: spec.max_priority,
         }
     }
 }
@@ -240,6 +243,7 @@ impl DeclaredQueue {
         spec.dead_letter_to.clone_from(&self.dead_letter_to);
         spec.expires = self.expires_ms.map(Duration::from_millis);
         spec.delivery_limit = self.delivery_limit;
+        spec.max_priority = self.max_priority;
         Some(spec)
     }
 }

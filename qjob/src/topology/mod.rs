@@ -45,6 +45,11 @@ fn queue_spec(options: &JobOptions, name: String, single_active: bool) -> QueueS
     if let Some(limit) = options.delivery_limit() {
         spec = spec.with_delivery_limit(limit);
     }
+    if let (Some(priorities), QueueType::Classic) = (options.priorities(), options.queue_type()) {
+        // A quorum queue honours priorities without an argument (RabbitMQ
+        // 4; 3 ignores them): see `JobOptions::with_priorities`.
+        spec = spec.with_max_priority(priorities);
+    }
     if options.queue_type() == QueueType::Quorum {
         // RabbitMQ moves a message past the delivery limit to the job's
         // DLQ: the one set here, or RabbitMQ 4's default of 20 (without a
@@ -239,7 +244,10 @@ pub(crate) async fn declare_dead_letter_queue(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::broker::Message;
 
     #[test]
     fn a_sharded_job_spreads_over_its_shards_each_consumed_by_every_worker() {
@@ -294,6 +302,39 @@ mod tests {
         assert!(retries_in_place(&plain.clone().with_partitions(2)));
         assert!(retries_in_place(&plain.clone().with_max_length(10)));
         assert!(retries_in_place(&plain.with_queue_type(QueueType::Quorum)));
+    }
+
+    #[test]
+    fn a_classic_job_with_priorities_declares_them_on_what_it_consumes_only() {
+        let max_priorities = |options: &JobOptions| -> Vec<Option<u8>> {
+            consumed_queues(options)
+                .iter()
+                .map(|spec| spec.max_priority)
+                .collect()
+        };
+        let sharded = JobOptions::new("reports").with_priorities(5).with_shards(3);
+        assert_eq!(max_priorities(&sharded), [Some(5); 3]);
+        let partitioned = JobOptions::new("reports")
+            .with_priorities(5)
+            .with_partitions(2);
+        assert_eq!(max_priorities(&partitioned), [Some(5); 2]);
+        let shard = &consumed_queues(&sharded)[1];
+        assert_eq!(retry_queue(&sharded, shard).max_priority, Some(5));
+        assert_eq!(dead_letter_queue(&sharded).max_priority, None);
+        let delayed = delayed(
+            "reports",
+            QueueType::Classic,
+            Duration::from_secs(1),
+            Message::new("{}").with_priority(4),
+        );
+        assert_eq!(delayed.spec.max_priority, None);
+        assert_eq!(delayed.message.priority, Some(4), "kept while it waits");
+        // A quorum queue orders by priority without the argument.
+        let quorum = JobOptions::new("reports")
+            .with_priorities(5)
+            .with_queue_type(QueueType::Quorum);
+        assert_eq!(max_priorities(&quorum), [None]);
+        assert_eq!(max_priorities(&JobOptions::new("reports")), [None]);
     }
 
     #[test]

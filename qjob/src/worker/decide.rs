@@ -233,14 +233,18 @@ mod tests {
 
     #[test]
     fn retry_and_dead_letter_messages_keep_the_original() {
-        let mut original = Message::new(b"{\"a\":1}".to_vec()).with_id("id-1");
+        let mut original = Message::new(b"{\"a\":1}".to_vec())
+            .with_id("id-1")
+            .with_priority(3);
         original.headers.insert("custom".into(), "kept".into());
         let retry = retry_message(original.clone(), 2);
+        assert_eq!(retry.priority, Some(3));
         assert_eq!(retry.headers[headers::ATTEMPT], HeaderValue::Int(3));
         assert_eq!(retry.body, original.body);
         assert_eq!(retry.id, original.id);
         let dead = dead_letter_message(original.clone(), "q", 3, &DeadReason::Permanent, "nope");
         assert_eq!(dead.body, original.body);
+        assert_eq!(dead.priority, Some(3));
         assert_eq!(dead.headers["custom"], HeaderValue::from("kept"));
         assert_eq!(dead.headers[headers::ERROR], HeaderValue::from("nope"));
         assert_eq!(

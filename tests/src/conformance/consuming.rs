@@ -79,6 +79,7 @@ pub async fn messages_arrive_as_published(env: &Env, queue: &str) {
     let mut sent = message("payload");
     sent.kind = Some("charge".into());
     sent.timestamp = Some(1_700_000_000);
+    sent.priority = Some(3);
     sent.headers.insert("text".into(), "value".into());
     sent.headers
         .insert("number".into(), qjob::broker::HeaderValue::Int(-42));

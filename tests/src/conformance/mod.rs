@@ -5,6 +5,7 @@
 mod broadcast;
 mod consuming;
 mod dead_lettering;
+mod priority;
 mod publishing;
 mod queues;
 mod single_active;
@@ -13,6 +14,7 @@ mod support;
 pub use broadcast::*;
 pub use consuming::*;
 pub use dead_lettering::*;
+pub use priority::*;
 pub use publishing::*;
 pub use queues::*;
 pub use single_active::*;

@@ -27,6 +27,7 @@ test_job!(
     sharded_view,
     "qjob.test.console.sharded",
     shards = 2,
+    priorities = 3,
     retry = 1,
     backoff = fixed("1h")
 );
@@ -143,7 +144,9 @@ pub async fn set_concurrency_resizes_the_handler_slots(env: &Env) {
 /// A sharded job as the console sees it: its shards, the work queue's
 /// delay queue where the retries of every shard wait, and the shards past
 /// its `shards` (left by a deploy with more) with what they hold. Once the
-/// last worker is gone, the delay queue is an orphan.
+/// last worker is gone, the delay queue is an orphan. (Its shards are
+/// priority queues: the topology check finds their `x-max-priority` as
+/// the worker declared it.)
 pub async fn a_sharded_job_shows_its_shards_and_the_extra_ones(env: &Env) {
     let shards = ShardedViewJob::options().consumed_queues();
     let work = ShardedViewJob::QUEUE;

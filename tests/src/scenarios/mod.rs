@@ -12,6 +12,7 @@ mod delays;
 mod failures;
 mod handlers;
 mod ordering;
+mod priority;
 mod shards;
 
 pub use crate::env::{Env, LIMIT, Running, wait_consumers};
@@ -22,4 +23,5 @@ pub use delays::*;
 pub use failures::*;
 pub use handlers::*;
 pub use ordering::*;
+pub use priority::*;
 pub use shards::*;

@@ -28,6 +28,7 @@ pub struct Webhook {
     queue_type = "quorum",
     max_length = 50000,
     delivery_limit = 20,
+    priorities = 10,
     autoscale(min = 5, max = 50, target_latency = "10s"),
     unique(key = customer.id, within = "10m", until = "started"),
     inbox = "1h",
@@ -64,6 +65,7 @@ fn main() {
     assert_eq!(options.queue_type(), QueueType::Quorum);
     assert_eq!(options.max_length(), Some(50000));
     assert_eq!(options.delivery_limit(), Some(20));
+    assert_eq!(options.priorities(), Some(10));
     let autoscale = options.autoscale().unwrap();
     assert_eq!((autoscale.min, autoscale.max), (5, 50));
     assert_eq!(autoscale.target_latency, Duration::from_secs(10));
