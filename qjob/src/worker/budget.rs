@@ -32,6 +32,13 @@ pub(crate) const FLOOR: usize = 1;
 /// next attempt.
 pub(crate) const HANDOVER: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Where a worker's budget is, and a job type's place in it (what its
+/// handler takes slots from).
+pub(crate) struct InBudget {
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) member: usize,
+}
+
 /// A worker's handler budget.
 pub(crate) struct Budget {
     size: usize,

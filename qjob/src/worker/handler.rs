@@ -13,6 +13,7 @@ use crate::broker::{Broker, Delivery};
 use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::store::Store;
+use crate::worker::budget::InBudget;
 use crate::worker::control::Cancellations;
 use crate::worker::decide::{self, Action, Attempt};
 use crate::worker::gate::Gate;
@@ -25,7 +26,6 @@ use crate::worker::quota::Quota;
 use crate::worker::routes::Routes;
 use crate::worker::runnable::{Decoded, Outcome, Runnable};
 use crate::worker::scaler::Work;
-use crate::worker::seat::InBudget;
 use crate::{DeadReason, JobContext, JobId, UniqueUntil, topology, trace};
 
 /// What handler tasks need, shared by all of one consumer's.

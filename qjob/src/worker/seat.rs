@@ -8,16 +8,10 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::JobId;
-use crate::worker::budget::{Budget, BudgetSlot};
+use crate::worker::budget::{BudgetSlot, InBudget};
 use crate::worker::halt::Halt;
 use crate::worker::handler::Handler;
 use crate::worker::quota::{Entry, Held};
-
-/// Where a worker's budget is, and this job type's place in it.
-pub(crate) struct InBudget {
-    pub(crate) budget: Arc<Budget>,
-    pub(crate) member: usize,
-}
 
 /// What an attempt runs in; given back when it ends.
 pub(crate) struct Seat {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::broker::{Broker, QueueSpec};
 use crate::policy::backoff::BackoffPolicy;
 use crate::store::Store;
-use crate::worker::budget::Budget;
+use crate::worker::budget::{Budget, InBudget};
 use crate::worker::control::Cancellations;
 use crate::worker::gate::Gate;
 use crate::worker::handler::{Handler, Inbox, UniqueLock};
@@ -21,7 +21,6 @@ use crate::worker::quota::Quota;
 use crate::worker::routes::Routes;
 use crate::worker::runnable::Runnable;
 use crate::worker::scaler::Work;
-use crate::worker::seat::InBudget;
 use crate::{JobOptions, topology};
 
 /// What a worker wires every handler to.
