@@ -456,3 +456,41 @@ async fn while_the_store_is_down_jobs_wait_and_health_says_why() {
     assert_eq!(GUARDED.most.load(Ordering::SeqCst), 2);
     assert_eq!(kit.health().unwrap().shared_limits["guarded"].problem, None);
 }
+
+#[job(
+    queue = "limits.budget.autoscaled",
+    prefetch = 100,
+    autoscale(min = 1, max = 40, target_latency = "100ms")
+)]
+async fn autoscaled(_n: u32, _ctx: JobContext) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+/// Adaptive concurrency scales a job type up to the worker's budget and
+/// never past it, however much its backlog asks for.
+#[tokio::test(start_paused = true)]
+async fn autoscaling_stays_within_the_budget() {
+    let mut kit = TestKit::new().register(AutoscaledJob).configure(|worker| {
+        worker
+            .max_handlers(10)
+            .autoscale_interval(Duration::from_secs(1))
+    });
+    kit.client()
+        .enqueue_all::<AutoscaledJob>(0..5000)
+        .await
+        .unwrap();
+    kit.start().await;
+    let mut most = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let health = kit.health().unwrap();
+        let slots = health.concurrency["limits.budget.autoscaled"];
+        assert!(slots <= 10, "{slots} handler slots, past the budget of 10");
+        assert!(health.budget.unwrap().in_use <= 10);
+        most = most.max(slots);
+    }
+    assert_eq!(most, 10, "scaled up to the budget");
+    kit.run_until_idle().await;
+    assert_eq!(kit.succeeded::<AutoscaledJob>().len(), 5000);
+}
