@@ -417,7 +417,8 @@ async fn bad_input_is_a_clear_error_and_writes_nothing() {
 
 /// A row keeps its job's priority, at once or delayed, and the relay
 /// publishes the job with it. A table made before the column existed is
-/// a clear error to the producer and the relay until `migrate` adds it.
+/// a clear error to a producer writing a priority and to the relay until
+/// `migrate` adds it; a producer writing none writes to it.
 #[tokio::test]
 async fn a_row_keeps_its_priority_and_an_older_table_is_migrated_for_it() {
     let queue = "qjob.test.outbox.ranked";
@@ -440,6 +441,14 @@ async fn a_row_keeps_its_priority_and_an_older_table_is_migrated_for_it() {
         matches!(old, qjob::Error::Database { .. }) && old.to_string().contains("Outbox::migrate"),
         "{old}"
     );
+    tx.rollback().await.unwrap();
+    // A job without a priority is written to it still: producers upgraded
+    // before the migration ran keep working.
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue::<OutboxRankedJob>(&mut tx, task(0))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     let relay = outbox.relay(pool.clone()).run_until(std::future::pending());
     let old = relay.await.unwrap_err();

@@ -268,15 +268,23 @@ impl Outbox {
         let (id, message) = Client::message::<J>(payload)?;
         let queue = Client::target::<J>(Some(payload));
         let at_ms = at.map(|at| millis_since_epoch(at) as f64);
-        sqlx::query(&self.table.insert)
+        let statement = match priority {
+            Some(_) => &self.table.insert,
+            None => &self.table.insert_plain,
+        };
+        let query = sqlx::query(statement)
             .bind(id.as_str())
             .bind(J::NAME)
             .bind(&*queue)
             .bind(options.queue_type().as_str())
             .bind(at_ms)
             .bind(headers_to_json(&message.headers)?)
-            .bind(message.body)
-            .bind(priority.map(i16::from))
+            .bind(message.body);
+        let query = match priority {
+            Some(priority) => query.bind(i16::from(priority)),
+            None => query,
+        };
+        query
             .execute(conn)
             .await
             .map_err(migrated(format!("write job {} into the outbox", J::NAME)))?;

@@ -64,6 +64,10 @@ pub(super) fn migrated(operation: impl Into<String>) -> impl FnOnce(sqlx::Error)
 pub(super) struct Table {
     pub(super) name: Arc<str>,
     pub(super) insert: Arc<str>,
+    /// The insert of a row without a priority: it names no `priority`
+    /// column, so producers write to a table an earlier qjob made until
+    /// `Outbox::migrate` runs.
+    pub(super) insert_plain: Arc<str>,
     pub(super) claim: Arc<str>,
     pub(super) delete: Arc<str>,
     pub(super) refuse: Arc<str>,
@@ -80,6 +84,12 @@ impl Table {
                 "INSERT INTO \"{name}\" \
                  (job_id, job, queue, queue_type, run_at, headers, body, priority) \
                  VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), $6::jsonb, $7, $8)"
+            )
+            .into(),
+            insert_plain: format!(
+                "INSERT INTO \"{name}\" \
+                 (job_id, job, queue, queue_type, run_at, headers, body) \
+                 VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), $6::jsonb, $7)"
             )
             .into(),
             claim: format!(
