@@ -484,7 +484,8 @@ async fn every_command_has_help_and_a_dead_broker_is_exit_code_1() {
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("qjob: "));
 }
 
-static LIMITED_RELEASED: AtomicBool = AtomicBool::new(false);
+/// Opened once the test has seen the handlers hold their permits.
+static LIMITED_RELEASE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
 
 #[job(
     queue = "qjob.test.cli.limited",
@@ -495,9 +496,8 @@ static LIMITED_RELEASED: AtomicBool = AtomicBool::new(false);
 )]
 async fn cli_limited(work: Work, _ctx: JobContext) -> Result<(), JobError> {
     let _ = work.n;
-    while !LIMITED_RELEASED.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Each handler passes and gives the permit back for the next.
+    drop(LIMITED_RELEASE.acquire().await);
     Ok(())
 }
 
@@ -564,5 +564,5 @@ async fn status_shows_limits_and_concurrency_sets_a_global_one() {
     assert_eq!(job["class"], "critical");
     assert_eq!(job["shared_limits"]["global_concurrency"], 3);
     assert_eq!(job["shared_limits"]["holders"].as_array().unwrap().len(), 3);
-    LIMITED_RELEASED.store(true, Ordering::SeqCst);
+    LIMITED_RELEASE.add_permits(1);
 }

@@ -128,10 +128,16 @@ pub async fn a_store_keeps_permits_and_rates(store: impl qjob::store::Store + Cl
             .unwrap()
     );
     // The others' leases run out; the renewed one lasts.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let permits = store.permits("db").await.unwrap();
-    let holders: Vec<&str> = permits.holders.iter().map(|(h, _)| h.as_str()).collect();
-    assert_eq!(holders, ["later"]);
+    crate::until(
+        "the unrenewed leases to run out",
+        Duration::from_secs(10),
+        async || {
+            let permits = store.permits("db").await.unwrap();
+            let holders: Vec<&str> = permits.holders.iter().map(|(h, _)| h.as_str()).collect();
+            holders == ["later"]
+        },
+    )
+    .await;
     assert!(
         !store.renew_permit("db", "late", lease).await.unwrap(),
         "expired"
