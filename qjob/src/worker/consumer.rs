@@ -1,6 +1,7 @@
 //! One queue's consumer: takes deliveries, runs each in its own task, and
 //! resubscribes when the subscription fails. Plain queues take a delivery
-//! only when a handler slot is free; partition queues keep taking them
+//! only when a handler slot is free (but for a job with shared limits,
+//! whose handler task takes its slot); partition queues keep taking them
 //! (prefetch bounds how many) and run them in per-key lanes. Partitioned,
 //! capped (`max_length`) and quorum jobs retry in place; the others through
 //! a delay queue (see `topology::retries_in_place`).
