@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::Store;
+use crate::worker::cancellations::{Cancellations, DEFAULT_CANCEL_MEMORY};
 use crate::worker::console::DEFAULT_HEARTBEAT_INTERVAL;
-use crate::worker::control::{Cancellations, DEFAULT_CANCEL_MEMORY};
 use crate::worker::health::Health;
 use crate::worker::observer::Observer;
 use crate::worker::quota::DEFAULT_PERMIT_LEASE;

@@ -16,7 +16,8 @@ use crate::protocol::{
     FORMAT, JobStatus, PermitStatus, Reply, STATUS_EXCHANGE, SharedLimitsStatus, WorkerState,
     WorkerStatus,
 };
-use crate::worker::control::{Cancellations, MAX_CONSOLE_CONCURRENCY, Slots};
+use crate::worker::cancellations::Cancellations;
+use crate::worker::control::{MAX_CONSOLE_CONCURRENCY, Slots};
 use crate::worker::gate::Gate;
 use crate::worker::health::{BudgetHealth, Health};
 use crate::worker::metrics::{self, Counts};

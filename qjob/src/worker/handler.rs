@@ -14,7 +14,7 @@ use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::store::Store;
 use crate::worker::budget::InBudget;
-use crate::worker::control::Cancellations;
+use crate::worker::cancellations::Cancellations;
 use crate::worker::decide::{self, Action, Attempt};
 use crate::worker::gate::Gate;
 use crate::worker::halt::{Halt, Retries};

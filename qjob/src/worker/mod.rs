@@ -3,6 +3,7 @@
 mod bookkeeping;
 mod budget;
 mod builder;
+mod cancellations;
 mod checks;
 mod console;
 mod consumer;
@@ -29,7 +30,7 @@ mod settle;
 mod wiring;
 
 pub use builder::WorkerBuilder;
-pub(crate) use control::Cancellations;
+pub(crate) use cancellations::Cancellations;
 pub use health::{
     BreakerHealth, BudgetHealth, BudgetShare, Health, HealthReport, ScheduleHealth,
     SharedLimitHealth,

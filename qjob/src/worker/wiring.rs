@@ -10,7 +10,7 @@ use crate::broker::{Broker, QueueSpec};
 use crate::policy::backoff::BackoffPolicy;
 use crate::store::Store;
 use crate::worker::budget::{Budget, InBudget};
-use crate::worker::control::Cancellations;
+use crate::worker::cancellations::Cancellations;
 use crate::worker::gate::Gate;
 use crate::worker::handler::{Handler, Inbox, UniqueLock};
 use crate::worker::health::Health;
