@@ -153,6 +153,9 @@ pub(crate) struct Envelope {
     pub(crate) enqueued_at: SystemTime,
     /// When it was last replayed from its dead-letter queue.
     pub(crate) replayed_at: Option<SystemTime>,
+    /// A partitioned job's key (read from its payload by the consumer, not
+    /// from the message's headers).
+    pub(crate) key: Option<String>,
 }
 
 impl Envelope {
@@ -205,6 +208,7 @@ impl Envelope {
             attempt,
             enqueued_at,
             replayed_at,
+            key: None,
         })
     }
 }

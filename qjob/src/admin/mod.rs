@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod activity;
 mod commands;
 mod heard;
 mod letters;
@@ -35,10 +36,11 @@ mod topology_check;
 mod views;
 
 pub use crate::protocol::{
-    BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue,
-    FORMAT, JobStatus, PermitStatus, Reply, STATUS_EXCHANGE, SharedLimitsStatus, WorkerState,
-    WorkerStatus,
+    ACTIVITY_AT_MOST, BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange,
+    DeclaredQueue, FORMAT, JobStatus, PermitStatus, Reply, RetryingJob, RunningJob,
+    STATUS_EXCHANGE, SharedLimitsStatus, WorkerState, WorkerStatus,
 };
+pub use activity::{HeldView, Listed, RunningView};
 pub use commands::DEFAULT_REPLY_WINDOW;
 pub use letters::{BROWSE_AT_MOST, Letter, LetterFilter};
 pub use topology_check::TopologyProblem;

@@ -43,6 +43,12 @@ pub enum Command {
         /// The job's id.
         job_id: String,
     },
+    /// The workers holding the job with this id for a retry in place end
+    /// its wait: its next attempt starts now.
+    RunNow {
+        /// The job's id.
+        job_id: String,
+    },
 }
 
 impl Command {
@@ -56,6 +62,7 @@ impl Command {
             Command::SetConcurrency { .. } => "set-concurrency",
             Command::SetGlobalConcurrency { .. } => "set-global-concurrency",
             Command::Cancel { .. } => "cancel",
+            Command::RunNow { .. } => "run-now",
         }
     }
 
@@ -66,7 +73,7 @@ impl Command {
             Command::SetConcurrency { job, .. } | Command::SetGlobalConcurrency { job, .. } => {
                 Some(job)
             }
-            Command::Ping | Command::Cancel { .. } => None,
+            Command::Ping | Command::Cancel { .. } | Command::RunNow { .. } => None,
         }
     }
 }

@@ -19,8 +19,8 @@ mod time;
 pub use command::{Command, CommandMessage, Reply};
 pub use health::{BreakerHealth, ScheduleHealth};
 pub use status::{
-    BudgetStatus, ConcurrencyRange, DeclaredQueue, JobStatus, PermitStatus, SharedLimitsStatus,
-    WorkerState, WorkerStatus,
+    ACTIVITY_AT_MOST, BudgetStatus, ConcurrencyRange, DeclaredQueue, JobStatus, PermitStatus,
+    RetryingJob, RunningJob, SharedLimitsStatus, WorkerState, WorkerStatus,
 };
 
 /// The topic exchange workers broadcast their heartbeats
@@ -98,6 +98,24 @@ mod tests {
             })]
             .into(),
             budget: Some(BudgetStatus { max: 10, in_use: 3 }),
+            running: vec![RunningJob {
+                job: "email".into(),
+                job_id: "0193".into(),
+                attempt: 2,
+                started_at: UNIX_EPOCH + Duration::from_millis(1_500),
+                key: Some("tenant-1".into()),
+            }],
+            running_total: 7,
+            retrying: vec![RetryingJob {
+                job: "email".into(),
+                job_id: "0194".into(),
+                attempt: 3,
+                failed_at: UNIX_EPOCH + Duration::from_millis(1_600),
+                next_attempt_at: UNIX_EPOCH + Duration::from_millis(9_000),
+                error: "smtp down".into(),
+                key: None,
+            }],
+            retrying_total: 1,
         };
         let Some(StatusMessage::Heartbeat(read)) = StatusMessage::read(&message(&status)) else {
             panic!("a heartbeat reads back");

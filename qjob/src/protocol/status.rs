@@ -49,6 +49,67 @@ pub struct WorkerStatus {
     /// Its handler budget, if it has one.
     #[serde(default)]
     pub budget: Option<BudgetStatus>,
+    /// The attempts running now, the longest-running first: at most
+    /// [`ACTIVITY_AT_MOST`] of them ([`WorkerStatus::running_total`] in all).
+    #[serde(default)]
+    pub running: Vec<RunningJob>,
+    /// How many attempts run now in all.
+    #[serde(default)]
+    pub running_total: usize,
+    /// The jobs held here for a retry in place, the soonest due first: at
+    /// most [`ACTIVITY_AT_MOST`] ([`WorkerStatus::retrying_total`] in all).
+    #[serde(default)]
+    pub retrying: Vec<RetryingJob>,
+    /// How many jobs are held here for a retry in place in all.
+    #[serde(default)]
+    pub retrying_total: usize,
+}
+
+/// The most running attempts, and the most jobs held for a retry in place,
+/// a heartbeat lists (each): a worker with 10 000 handlers still sends a
+/// small heartbeat, with the totals beside.
+pub const ACTIVITY_AT_MOST: usize = 100;
+
+/// An attempt running now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RunningJob {
+    /// Its job type's name.
+    pub job: String,
+    /// The job's id.
+    pub job_id: String,
+    /// Which attempt it is (1 for the first).
+    pub attempt: u32,
+    /// When it started, by the worker's clock.
+    #[serde(with = "super::time::millis")]
+    pub started_at: SystemTime,
+    /// A partitioned job's key.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// A job a worker holds for a retry in place (a quorum, capped or
+/// partitioned job's backoff), its delivery unacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RetryingJob {
+    /// Its job type's name.
+    pub job: String,
+    /// The job's id.
+    pub job_id: String,
+    /// The attempt it waits to make.
+    pub attempt: u32,
+    /// When its last attempt failed, by the worker's clock.
+    #[serde(with = "super::time::millis")]
+    pub failed_at: SystemTime,
+    /// When its next attempt is due, by the worker's clock.
+    #[serde(with = "super::time::millis")]
+    pub next_attempt_at: SystemTime,
+    /// Why its last attempt failed.
+    pub error: String,
+    /// A partitioned job's key.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// A worker's handler budget ([`crate::WorkerBuilder::max_handlers`]).

@@ -36,10 +36,58 @@ struct Remembered {
     /// and by the wall clock (a replay after it is not cancelled).
     since: HashMap<JobId, (Instant, SystemTime)>,
     order: VecDeque<(JobId, Instant)>,
-    /// The tokens of the attempts and waits in progress, by job id, with
-    /// when their delivery was replayed and a number to find them by.
-    watched: HashMap<JobId, Vec<(u64, Option<SystemTime>, CancellationToken)>>,
+    /// The attempts and waits in progress, by job id.
+    watched: HashMap<JobId, Vec<Watched>>,
     next_watch: u64,
+}
+
+/// An attempt, or a wait before a retry in place, in progress.
+#[derive(Debug)]
+struct Watched {
+    /// The number to find it by.
+    number: u64,
+    /// When its delivery was replayed from its dead-letter queue.
+    replayed_at: Option<SystemTime>,
+    /// Cancelled when an operator cancels the job.
+    token: CancellationToken,
+    /// Cancelled when an operator asks a wait to end now.
+    run_now: CancellationToken,
+    doing: Doing,
+    /// When it began, by the wall clock (what the console shows).
+    began: SystemTime,
+}
+
+/// What an attempt or a wait in progress is, as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Doing {
+    /// Its job type's name.
+    pub(crate) job: &'static str,
+    /// The attempt running, or the one the wait is before.
+    pub(crate) attempt: u32,
+    /// A partitioned job's key.
+    pub(crate) key: Option<String>,
+    /// For a wait before a retry in place: when the attempt is due, and
+    /// why the last one failed.
+    pub(crate) retry: Option<(SystemTime, String)>,
+}
+
+/// One attempt or wait in progress, as [`Cancellations::activity`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InProgress {
+    pub(crate) job_id: JobId,
+    pub(crate) doing: Doing,
+    pub(crate) began: SystemTime,
+}
+
+/// What a worker's handlers do now: the longest-running attempts, and the
+/// waits before a retry in place soonest due, each list at most a bound
+/// long, with how many there are in all.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Activity {
+    pub(crate) running: Vec<InProgress>,
+    pub(crate) running_total: usize,
+    pub(crate) waiting: Vec<InProgress>,
+    pub(crate) waiting_total: usize,
 }
 
 /// The token of one attempt (or wait) of a job, cancelled when an operator
@@ -50,6 +98,7 @@ pub(crate) struct Watch<'a> {
     job_id: JobId,
     number: u64,
     token: CancellationToken,
+    run_now: CancellationToken,
 }
 
 impl Watch<'_> {
@@ -62,13 +111,19 @@ impl Watch<'_> {
     pub(crate) async fn cancelled(&self) {
         self.token.cancelled().await
     }
+
+    /// Resolves once an operator asks this wait to end now
+    /// ([`Cancellations::run_now`]).
+    pub(crate) async fn run_now(&self) {
+        self.run_now.cancelled().await
+    }
 }
 
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let mut ids = self.cancellations.ids();
         if let Some(watches) = ids.watched.get_mut(&self.job_id) {
-            watches.retain(|(number, _, _)| *number != self.number);
+            watches.retain(|watched| watched.number != self.number);
             if watches.is_empty() {
                 ids.watched.remove(&self.job_id);
             }
@@ -104,17 +159,24 @@ impl Cancellations {
             ids.since.remove(&oldest);
         }
         self.any.store(true, Ordering::Release);
-        for (_, replayed_at, token) in ids.watched.get(&job_id).into_iter().flatten() {
-            if Self::cancelled_in(&ids, &job_id, *replayed_at) {
-                token.cancel();
+        for watched in ids.watched.get(&job_id).into_iter().flatten() {
+            if Self::cancelled_in(&ids, &job_id, watched.replayed_at) {
+                watched.token.cancel();
             }
         }
     }
 
     /// A token for an attempt (or a wait) of `job_id`, as delivered with
-    /// `replayed_at`: cancelled already if the job is, and when it is.
-    pub(crate) fn watch(&self, job_id: &JobId, replayed_at: Option<SystemTime>) -> Watch<'_> {
-        let token = CancellationToken::new();
+    /// `replayed_at`: cancelled already if the job is, and when it is. The
+    /// console lists it as `doing` until it is dropped.
+    pub(crate) fn watch(
+        &self,
+        job_id: &JobId,
+        replayed_at: Option<SystemTime>,
+        doing: Doing,
+    ) -> Watch<'_> {
+        let (token, run_now) = (CancellationToken::new(), CancellationToken::new());
+        let began = SystemTime::now();
         // Checked and registered under one lock: a cancel in between
         // would find no token to cancel, and be lost.
         let mut ids = self.ids();
@@ -129,12 +191,54 @@ impl Cancellations {
         ids.watched
             .entry(job_id.clone())
             .or_default()
-            .push((number, replayed_at, token.clone()));
+            .push(Watched {
+                number,
+                replayed_at,
+                token: token.clone(),
+                run_now: run_now.clone(),
+                doing,
+                began,
+            });
         Watch {
             cancellations: self,
             job_id: job_id.clone(),
             number,
             token,
+            run_now,
+        }
+    }
+
+    /// Ends the waits before a retry in place of `job_id` now: their next
+    /// attempt starts at once. Returns how many there were.
+    pub(crate) fn run_now(&self, job_id: &JobId) -> usize {
+        let ids = self.ids();
+        let waits = ids.watched.get(job_id).into_iter().flatten();
+        waits
+            .filter(|watched| watched.doing.retry.is_some())
+            .inspect(|watched| watched.run_now.cancel())
+            .count()
+    }
+
+    /// What runs and waits here now: the `at_most` longest-running
+    /// attempts, and the `at_most` waits soonest due. Only those are
+    /// copied, so a worker with many handlers holds the lock briefly.
+    pub(crate) fn activity(&self, at_most: usize) -> Activity {
+        let ids = self.ids();
+        let (mut running, mut waiting) = (Vec::new(), Vec::new());
+        for (job_id, watches) in &ids.watched {
+            for watched in watches {
+                match &watched.doing.retry {
+                    Some((due, _)) => waiting.push((*due, job_id, watched)),
+                    None => running.push((watched.began, job_id, watched)),
+                }
+            }
+        }
+        let (running_total, waiting_total) = (running.len(), waiting.len());
+        Activity {
+            running: first(running, at_most),
+            running_total,
+            waiting: first(waiting, at_most),
+            waiting_total,
         }
     }
 
@@ -174,11 +278,89 @@ impl Cancellations {
     }
 }
 
+/// The `at_most` first of `found` by time (then job id), in order, copied.
+fn first(mut found: Vec<(SystemTime, &JobId, &Watched)>, at_most: usize) -> Vec<InProgress> {
+    let order = |a: &(SystemTime, &JobId, &Watched), b: &(SystemTime, &JobId, &Watched)| {
+        (a.0, a.1).cmp(&(b.0, b.1))
+    };
+    if found.len() > at_most && at_most > 0 {
+        found.select_nth_unstable_by(at_most - 1, order);
+    }
+    found.truncate(at_most);
+    found.sort_unstable_by(order);
+    found
+        .into_iter()
+        .map(|(_, job_id, watched)| InProgress {
+            job_id: job_id.clone(),
+            doing: watched.doing.clone(),
+            began: watched.began,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    fn running(attempt: u32) -> Doing {
+        Doing {
+            job: "email",
+            attempt,
+            key: None,
+            retry: None,
+        }
+    }
+
+    fn waiting(due_in: u64) -> Doing {
+        let due = SystemTime::now() + Duration::from_secs(due_in);
+        Doing {
+            retry: Some((due, "smtp down".to_owned())),
+            ..running(2)
+        }
+    }
+
+    #[test]
+    fn activity_lists_the_longest_running_and_the_soonest_due_within_a_bound() {
+        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let ids: Vec<JobId> = (0..5).map(|n| JobId::from(format!("job-{n}"))).collect();
+        // Registered in order: the first began first (or at the same
+        // instant, then by id).
+        let runs: Vec<_> = ids
+            .iter()
+            .map(|id| cancellations.watch(id, None, running(1)))
+            .collect();
+        let waits: Vec<_> = ids
+            .iter()
+            .zip([50, 10, 40, 20, 30])
+            .map(|(id, due_in)| cancellations.watch(id, None, waiting(due_in)))
+            .collect();
+        let activity = cancellations.activity(3);
+        assert_eq!((activity.running_total, activity.waiting_total), (5, 5));
+        let running: Vec<&str> = activity.running.iter().map(|r| r.job_id.as_str()).collect();
+        assert_eq!(running, ["job-0", "job-1", "job-2"]);
+        let waiting: Vec<&str> = activity.waiting.iter().map(|w| w.job_id.as_str()).collect();
+        assert_eq!(waiting, ["job-1", "job-3", "job-4"], "soonest due first");
+        drop(runs);
+        let activity = cancellations.activity(3);
+        assert_eq!((activity.running_total, activity.waiting_total), (0, 5));
+        drop(waits);
+        assert_eq!(cancellations.activity(3), Activity::default());
+    }
+
+    #[tokio::test]
+    async fn run_now_ends_a_wait_and_not_an_attempt() {
+        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let id = JobId::from("job-9");
+        let attempt = cancellations.watch(&id, None, running(1));
+        let wait = cancellations.watch(&id, None, waiting(3600));
+        assert_eq!(cancellations.run_now(&JobId::from("other")), 0);
+        assert_eq!(cancellations.run_now(&id), 1);
+        wait.run_now().await;
+        assert!(!attempt.run_now.is_cancelled(), "an attempt runs already");
+        assert!(!wait.token().is_cancelled(), "run now is not a cancel");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn cancelled_ids_are_forgotten_after_their_memory() {
@@ -220,7 +402,7 @@ mod tests {
     async fn a_waiting_handler_is_told() {
         let cancellations = Arc::new(Cancellations::new(Duration::from_secs(60)));
         let id = JobId::from("job-2");
-        let watch = cancellations.watch(&id, None);
+        let watch = cancellations.watch(&id, None, running(1));
         let token = watch.token();
         let waiting = tokio::spawn(async move { token.cancelled().await });
         tokio::task::yield_now().await;
@@ -232,11 +414,14 @@ mod tests {
         drop(watch);
         assert!(cancellations.ids().watched.is_empty(), "unregistered");
         assert!(
-            cancellations.watch(&id, None).token().is_cancelled(),
+            cancellations
+                .watch(&id, None, running(1))
+                .token()
+                .is_cancelled(),
             "a later attempt of a cancelled job starts cancelled"
         );
         let replayed = SystemTime::now() + Duration::from_secs(1);
-        let replay = cancellations.watch(&id, Some(replayed));
+        let replay = cancellations.watch(&id, Some(replayed), running(1));
         cancellations.cancel(id);
         assert!(!replay.token().is_cancelled(), "a replay after the cancel");
     }

@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, Delivery, Subscription};
 use crate::policy::backoff;
 use crate::protocol::{
-    self, BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange, DeclaredQueue,
-    FORMAT, JobStatus, PermitStatus, Reply, STATUS_EXCHANGE, SharedLimitsStatus, WorkerState,
-    WorkerStatus,
+    self, ACTIVITY_AT_MOST, BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage,
+    ConcurrencyRange, DeclaredQueue, FORMAT, JobStatus, PermitStatus, Reply, RetryingJob,
+    RunningJob, STATUS_EXCHANGE, SharedLimitsStatus, WorkerState, WorkerStatus,
 };
-use crate::worker::cancellations::Cancellations;
+use crate::worker::cancellations::{Cancellations, InProgress};
 use crate::worker::control::{MAX_CONSOLE_CONCURRENCY, Slots};
 use crate::worker::gate::Gate;
 use crate::worker::health::{BudgetHealth, Health};
@@ -183,6 +183,31 @@ fn rate_text(rate: crate::RateLimit) -> String {
     }
 }
 
+/// An attempt in progress as a heartbeat lists it.
+fn running_job(running: InProgress) -> RunningJob {
+    RunningJob {
+        job: running.doing.job.to_owned(),
+        job_id: running.job_id.to_string(),
+        attempt: running.doing.attempt,
+        started_at: running.began,
+        key: running.doing.key,
+    }
+}
+
+/// A wait before a retry in place as a heartbeat lists it.
+fn retrying_job(waiting: InProgress) -> Option<RetryingJob> {
+    let (next_attempt_at, error) = waiting.doing.retry?;
+    Some(RetryingJob {
+        job: waiting.doing.job.to_owned(),
+        job_id: waiting.job_id.to_string(),
+        attempt: waiting.doing.attempt,
+        failed_at: waiting.began,
+        next_attempt_at,
+        error,
+        key: waiting.doing.key,
+    })
+}
+
 /// A running worker as the console sees it.
 pub(crate) struct Console {
     pub(crate) broker: Arc<dyn Broker>,
@@ -201,6 +226,7 @@ impl Console {
         for job in &self.jobs {
             jobs.push(job.status(report.budget.as_ref()).await);
         }
+        let activity = self.cancellations.activity(ACTIVITY_AT_MOST);
         WorkerStatus {
             format: FORMAT,
             worker_id: self.worker_id.clone(),
@@ -219,6 +245,14 @@ impl Console {
                 max: budget.max,
                 in_use: budget.in_use,
             }),
+            running: activity.running.into_iter().map(running_job).collect(),
+            running_total: activity.running_total,
+            retrying: activity
+                .waiting
+                .into_iter()
+                .filter_map(retrying_job)
+                .collect(),
+            retrying_total: activity.waiting_total,
         }
     }
 
@@ -413,6 +447,14 @@ impl Console {
     /// Carries out a command: whether it did, and what it says about it;
     /// `None` when the command is for job types this worker does not run.
     fn obey(&self, command: &Command) -> Option<(bool, String)> {
+        if let Command::RunNow { job_id } = command {
+            return Some(
+                match self.cancellations.run_now(&JobId::from(job_id.as_str())) {
+                    0 => (false, format!("job {job_id} is not held here for a retry")),
+                    _ => (true, format!("job {job_id}'s next attempt starts now")),
+                },
+            );
+        }
         if let Command::Cancel { job_id } = command {
             if job_id.trim().is_empty() {
                 return Some((false, "an empty job id cancels nothing".to_owned()));
@@ -445,7 +487,10 @@ impl Console {
                 (true, format!("{} resumed", job.name))
             }
             Command::SetConcurrency { concurrency, .. } => self.set_concurrency(job, *concurrency),
-            Command::Ping | Command::Cancel { .. } | Command::SetGlobalConcurrency { .. } => {
+            Command::Ping
+            | Command::Cancel { .. }
+            | Command::RunNow { .. }
+            | Command::SetGlobalConcurrency { .. } => {
                 return None;
             }
         })

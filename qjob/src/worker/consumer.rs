@@ -269,12 +269,12 @@ impl Consumer {
                     slots,
                     halt,
                 };
-                handler.handle(delivery, None, in_place).await
+                handler.handle(delivery, None, None, in_place).await
             });
         } else {
             handlers.spawn(async move {
                 let retries = Retries::ThroughBroker { slot, slots, halt };
-                handler.handle(delivery, None, retries).await
+                handler.handle(delivery, None, None, retries).await
             });
         }
         while handlers.try_join_next().is_some() {}
@@ -375,7 +375,7 @@ impl Consumer {
     ) {
         let (handler, slots) = (self.handler.clone(), self.slots.clone());
         let halt = Halt::new(stop.clone(), self.paused.clone());
-        let release = Release(key.map(|key| (key, done.clone())));
+        let release = Release(key.clone().map(|key| (key, done.clone())));
         handlers.spawn(async move {
             let _release = release;
             let in_place = Retries::InPlace {
@@ -384,7 +384,7 @@ impl Consumer {
                 halt,
             };
             handler
-                .handle(admitted.delivery, admitted.decoded, in_place)
+                .handle(admitted.delivery, admitted.decoded, key, in_place)
                 .await;
         });
     }

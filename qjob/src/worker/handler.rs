@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -14,7 +14,7 @@ use crate::headers::Envelope;
 use crate::policy::backoff::{self, BackoffPolicy};
 use crate::store::Store;
 use crate::worker::budget::InBudget;
-use crate::worker::cancellations::Cancellations;
+use crate::worker::cancellations::{Cancellations, Doing};
 use crate::worker::decide::{self, Action, Attempt};
 use crate::worker::gate::Gate;
 use crate::worker::halt::{Halt, Retries};
@@ -103,16 +103,18 @@ impl Handler {
     /// `held`), so the job still ends and never runs beside itself.
     ///
     /// `decoded` is the payload if the consumer already deserialized it
-    /// (to read its partition key): the first attempt runs on it.
+    /// (to read its partition key, `key`): the first attempt runs on it.
     pub(crate) async fn handle(
         &self,
         delivery: Delivery,
         mut decoded: Option<Decoded>,
+        key: Option<String>,
         retries: Retries,
     ) {
-        let Some((delivery, envelope, retries)) = self.admit(delivery, retries).await else {
+        let Some((delivery, mut envelope, retries)) = self.admit(delivery, retries).await else {
             return;
         };
+        envelope.key = key;
         let job_id = &envelope.job_id;
         let mut course = Course::new(retries, self);
         // Attempts held in place, or one that can outlast the consumer
@@ -178,7 +180,8 @@ impl Handler {
             self.metrics.attempt(&outcome, Some(took));
             self.report(&delivery, attempt, job_id, &outcome);
             drop(span);
-            match self.wait_to_retry(&envelope, wait, &course).await {
+            let doing = self.doing(&envelope, attempt + 1, Some((wait, error)));
+            match self.wait_to_retry(&envelope, wait, doing, &course).await {
                 Waited::Due if self.abandon_if_closed(&delivery) => return,
                 Waited::Due => attempt += 1,
                 Waited::Halted => return self.halted(job_id, attempt + 1),
@@ -276,15 +279,42 @@ impl Handler {
 
     /// Waits `wait` before a retry in place, unless the job is cancelled or
     /// a pause (or a stop) is asked meanwhile.
-    async fn wait_to_retry(&self, envelope: &Envelope, wait: Duration, course: &Course) -> Waited {
+    /// An operator may end the wait early ([`Cancellations::run_now`]).
+    async fn wait_to_retry(
+        &self,
+        envelope: &Envelope,
+        wait: Duration,
+        doing: Doing,
+        course: &Course,
+    ) -> Waited {
         let asked = course.halt.clone().asked(course.ran);
         let cancel = self
             .cancellations
-            .watch(&envelope.job_id, envelope.replayed_at);
+            .watch(&envelope.job_id, envelope.replayed_at, doing);
         tokio::select! {
             _ = tokio::time::sleep(wait) => Waited::Due,
+            () = cancel.run_now() => Waited::Due,
             _ = cancel.cancelled() => Waited::Cancelled,
             () = asked => Waited::Halted,
+        }
+    }
+
+    /// What an attempt (or, with `retry`, a wait of `wait` before one after
+    /// `error`) of this job is, as the console shows it.
+    fn doing(
+        &self,
+        envelope: &Envelope,
+        attempt: u32,
+        retry: Option<(Duration, &String)>,
+    ) -> Doing {
+        Doing {
+            job: self.job.name(),
+            attempt,
+            key: envelope.key.clone(),
+            retry: retry.map(|(wait, error)| {
+                let now = SystemTime::now();
+                (now.checked_add(wait).unwrap_or(now), error.clone())
+            }),
         }
     }
 
@@ -535,9 +565,10 @@ impl Handler {
         envelope: &Envelope,
         attempt: u32,
     ) -> Outcome {
+        let doing = self.doing(envelope, attempt, None);
         let cancel = self
             .cancellations
-            .watch(&envelope.job_id, envelope.replayed_at);
+            .watch(&envelope.job_id, envelope.replayed_at, doing);
         let ctx = JobContext::of_attempt(
             &self.routes.queue.name,
             envelope.job_id.clone(),
