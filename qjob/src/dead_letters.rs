@@ -216,8 +216,9 @@ const HELD_AT_MOST: usize = 1_000;
 pub(crate) enum Visit {
     /// Leave it in its place.
     Keep,
-    /// Replay it into this queue, then remove it.
-    Replay(String),
+    /// Publish this message into this queue (a replay, or a delayed job
+    /// moved on), then remove it.
+    Move(String, Message),
     /// Remove it.
     Discard,
     /// End the walk here (this letter is kept).
@@ -302,10 +303,7 @@ pub(crate) async fn walk(
                 .publish(queue, delivery.message.clone())
                 .await
                 .map(|()| false),
-            Visit::Replay(target) => broker
-                .publish(&target, replay_message(delivery.message.clone()))
-                .await
-                .map(|()| true),
+            Visit::Move(target, message) => broker.publish(&target, message).await.map(|()| true),
             Visit::Discard => Ok(true),
         };
         let counts = match published {

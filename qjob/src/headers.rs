@@ -79,7 +79,7 @@ use crate::broker::{ExactValue, HeaderValue, Message};
 pub const ATTEMPT: &str = "qjob-attempt";
 /// First enqueue time, milliseconds since the Unix epoch.
 pub const ENQUEUED_AT: &str = "qjob-enqueued-at";
-/// Dead letters: the last error.
+/// Dead letters and retries: the last error.
 pub const ERROR: &str = "qjob-error";
 /// Dead letters: why the job was dead-lettered.
 pub const REASON: &str = "qjob-reason";
@@ -109,13 +109,30 @@ pub const BATCH: &str = "qjob-batch";
 /// The wait left, in milliseconds, after the current delay-queue hop: a job
 /// delayed longer than one delay queue holds comes back and waits again.
 pub const DELAY_LEFT: &str = "qjob-delay-left";
+/// When a job waiting in a delay queue is due, in milliseconds since the
+/// Unix epoch by the clock of whoever delayed it: for the console's list
+/// (the wait itself is the delay queue's TTL, on the broker's clock).
+pub const DUE_AT: &str = "qjob-due-at";
+/// An operator discarded the job from its delay queue: the worker that
+/// gets it dead-letters it as cancelled without running it (so its batch
+/// counts it and its unique lock is freed). The text says who and when.
+pub const DISCARDED: &str = "qjob-discarded";
 
 /// Whether `name` is part of a job's failure history, which a replay from
 /// the dead-letter queue clears.
 pub(crate) fn is_failure_history(name: &str) -> bool {
     matches!(
         name,
-        ATTEMPT | ERROR | REASON | ATTEMPTS | FAILED_AT | FIRST_FAILED_AT | QUEUE | HOST
+        ATTEMPT
+            | ERROR
+            | REASON
+            | ATTEMPTS
+            | FAILED_AT
+            | FIRST_FAILED_AT
+            | QUEUE
+            | HOST
+            | DISCARDED
+            | DUE_AT
     ) || name == "x-death"
         || name == "x-delivery-count"
         || name.starts_with("x-first-death-")
@@ -156,6 +173,8 @@ pub(crate) struct Envelope {
     /// A partitioned job's key (read from its payload by the consumer, not
     /// from the message's headers).
     pub(crate) key: Option<String>,
+    /// Whether an operator discarded it from its delay queue ([`DISCARDED`]).
+    pub(crate) discarded: bool,
 }
 
 impl Envelope {
@@ -209,6 +228,7 @@ impl Envelope {
             enqueued_at,
             replayed_at,
             key: None,
+            discarded: message.headers.contains_key(DISCARDED),
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use super::Admin;
 use crate::broker::Message;
-use crate::dead_letters::{self, Visit};
+use crate::dead_letters::{self, Visit, replay_message};
 use crate::topology::names;
 use crate::{DeadLetter, Error, headers, topology};
 
@@ -111,7 +111,10 @@ impl Admin {
     /// [`Error::Unroutable`]); the letter then stays.
     pub async fn replay(&self, queue: &str, job_id: &str) -> Result<bool, Error> {
         let visit = within(job_id, |message| {
-            Visit::Replay(replay_target(queue, message))
+            Visit::Move(
+                replay_target(queue, message),
+                replay_message(message.clone()),
+            )
         });
         Ok(dead_letters::walk(&self.broker, queue, false, visit).await? > 0)
     }
@@ -130,7 +133,10 @@ impl Admin {
         dead_letters::walk(&self.broker, queue, true, |message| {
             let letter: DeadLetter<serde_json::Value> = DeadLetter::from_message(message);
             if filter.matches(&letter) {
-                Visit::Replay(replay_target(queue, message))
+                Visit::Move(
+                    replay_target(queue, message),
+                    replay_message(message.clone()),
+                )
             } else {
                 Visit::Keep
             }
@@ -164,7 +170,10 @@ impl Admin {
 /// A walk's visit for the letter of `job_id` among the first
 /// [`BROWSE_AT_MOST`]: `found` says what to do with it; the letters before
 /// it are kept, and the walk stops after it (or at the bound).
-fn within(job_id: &str, mut found: impl FnMut(&Message) -> Visit) -> impl FnMut(&Message) -> Visit {
+pub(super) fn within(
+    job_id: &str,
+    mut found: impl FnMut(&Message) -> Visit,
+) -> impl FnMut(&Message) -> Visit {
     let (mut read, mut done) = (0, false);
     move |message| {
         read += 1;

@@ -30,6 +30,7 @@
 
 mod activity;
 mod commands;
+mod delayed;
 mod heard;
 mod letters;
 mod topology_check;
@@ -42,6 +43,7 @@ pub use crate::protocol::{
 };
 pub use activity::{HeldView, Listed, RunningView};
 pub use commands::DEFAULT_REPLY_WINDOW;
+pub use delayed::{DelayedJob, Waiting};
 pub use letters::{BROWSE_AT_MOST, Letter, LetterFilter};
 pub use topology_check::TopologyProblem;
 pub use views::{JobView, MISSED_HEARTBEATS, QueueRole, QueueView, ScheduleView, WorkerView};

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use super::Client;
 use crate::Error;
 use crate::broker::queue_depth;
-use crate::dead_letters::{DeadLetter, Visit, peek, walk};
+use crate::dead_letters::{DeadLetter, Visit, peek, replay_message, walk};
 use crate::job::Job;
 
 impl Client {
@@ -141,9 +141,10 @@ impl<'a, J: Job> DeadLetters<'a, J> {
         walk(&self.client.shared_broker(), &queue, true, |message| {
             let letter = DeadLetter::from_message(message);
             match select(&letter) {
-                Some(true) => {
-                    Visit::Replay(Client::target::<J>(letter.payload.as_ref()).into_owned())
-                }
+                Some(true) => Visit::Move(
+                    Client::target::<J>(letter.payload.as_ref()).into_owned(),
+                    replay_message(message.clone()),
+                ),
                 Some(false) => Visit::Keep,
                 None => Visit::Stop,
             }

@@ -68,6 +68,11 @@ pub(crate) fn delayed(
     mut message: Message,
 ) -> Delayed {
     let delay = backoff::round_up(delay);
+    let now = std::time::SystemTime::now();
+    let due = headers::millis(now.checked_add(delay).unwrap_or(now));
+    message
+        .headers
+        .insert(headers::DUE_AT.into(), HeaderValue::Int(due));
     let hop = delay.min(MAX_DELAY_HOP);
     let left = delay - hop;
     if left.is_zero() {
@@ -177,19 +182,57 @@ impl Delayed {
 /// publish does not count as use), so a declare every half grace keeps it
 /// alive past every message published into it, with one round trip saved
 /// on every other delayed publish.
+///
+/// A declare also names the queue in its target's delay index
+/// ([`delay_index`]) when this process has not lately, so that the
+/// console finds the delay queues in use, whoever declared them.
 #[derive(Debug, Default)]
-pub(crate) struct Leases(std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>);
+pub(crate) struct Leases {
+    renewals: std::sync::Mutex<HashMap<String, Instant>>,
+    indexed: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V>;
+type Instant = tokio::time::Instant;
 
 /// How often a delay queue in use is declared again.
 const RENEW_EVERY: Duration = Duration::from_secs(DELAY_QUEUE_GRACE.as_secs() / 2);
 
+/// How often a process names a delay queue it keeps declaring in the delay
+/// index again.
+const INDEX_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+/// How long an entry of a delay index lasts: past the life of the delay
+/// queue it names (the process that wrote it names it again within
+/// [`INDEX_EVERY`] while it declares it, and the queue lives at most
+/// [`MAX_DELAY_HOP`] and a grace after its last declare).
+const INDEX_ENTRY_LIFE: Duration = Duration::from_secs(
+    INDEX_EVERY.as_secs() + MAX_DELAY_HOP.as_secs() + DELAY_QUEUE_GRACE.as_secs(),
+);
+
+/// The most entries a delay index holds; past them, a delay queue is named
+/// once older entries expire.
+pub(crate) const INDEX_AT_MOST: u32 = 10_000;
+
+/// The delay index of `queue`: a classic queue whose messages each name a
+/// delay queue of `queue` declared lately (duplicates included), bounded
+/// in length and in each entry's life, and deleted once unused.
+pub(crate) fn delay_index(queue: &str) -> QueueSpec {
+    QueueSpec::new(names::delay_index(queue))
+        .with_max_length(INDEX_AT_MOST)
+        .with_message_ttl(INDEX_ENTRY_LIFE)
+        .with_expires(INDEX_ENTRY_LIFE.saturating_add(DELAY_QUEUE_GRACE))
+}
+
+fn lock(
+    map: &std::sync::Mutex<HashMap<String, Instant>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Leases {
-    fn renewals(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::time::Instant>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn renewals(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        lock(&self.renewals)
     }
 
     /// Whether `queue` must be declared before the next publish.
@@ -200,7 +243,7 @@ impl Leases {
     }
 
     fn renewed(&self, queue: &str) {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let mut renewals = self.renewals();
         // Bounded: a lease past its renewal is as good as none.
         if renewals.len() >= 1024 {
@@ -218,6 +261,7 @@ impl Leases {
         if self.due(&spec.name) {
             broker.declare_queue(spec).await?;
             self.renewed(&spec.name);
+            self.index(broker, spec).await;
         }
         Ok(())
     }
@@ -228,7 +272,45 @@ impl Leases {
         self.forget(&spec.name);
         broker.declare_queue(spec).await?;
         self.renewed(&spec.name);
+        self.index(broker, spec).await;
         Ok(())
+    }
+
+    /// Names delay queue `spec` in its target's delay index, unless this
+    /// process did within [`INDEX_EVERY`]. Only the console reads the
+    /// index: a failure is logged, and the delayed publish goes on.
+    async fn index(&self, broker: &dyn Broker, spec: &QueueSpec) {
+        let Some(target) = spec.dead_letter_to.as_deref() else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut indexed = lock(&self.indexed);
+            if indexed
+                .get(&spec.name)
+                .is_some_and(|at| now.duration_since(*at) < INDEX_EVERY)
+            {
+                return;
+            }
+            if indexed.len() >= 1024 {
+                indexed.retain(|_, at| now.duration_since(*at) < INDEX_EVERY);
+            }
+            indexed.insert(spec.name.clone(), now);
+        }
+        let index = delay_index(target);
+        let named = match broker.declare_queue(&index).await {
+            Ok(()) => {
+                broker
+                    .publish(&index.name, Message::new(spec.name.clone().into_bytes()))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = named {
+            // Tried again at the next declare.
+            lock(&self.indexed).remove(&spec.name);
+            tracing::debug!(%error, queue = spec.name.as_str(), "could not name a delay queue in its index");
+        }
     }
 
     /// The delay queues declared within the last grace, by name: those

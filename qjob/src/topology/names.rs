@@ -10,6 +10,7 @@
 //! | partition `i` | `<queue>.p<i>` |
 //! | shard `i` (past 0) | `<queue>.s<i>` (shard 0 is the work queue) |
 //! | delay queue | `<queue>.delay.<ms>ms`, `<queue>.delay.<ms>ms.<type>` for a non-classic queue |
+//! | the index of those | `<queue>.delay-index` |
 //! | a schedule's leases | `qjob.schedule.<schedule>` |
 
 use std::time::Duration;
@@ -93,6 +94,21 @@ pub(crate) fn delay_of(queue: &str, name: &str, kind: Option<&str>) -> Option<Du
     (delay_queue(queue, delay, kind) == name).then_some(delay)
 }
 
+/// The queue whose messages name the delay queues of `queue` in use
+/// (`<queue>.delay-index`), for the console.
+pub(crate) fn delay_index(queue: &str) -> String {
+    format!("{queue}.delay-index")
+}
+
+/// The queue a delay queue's messages go to when due: `<queue>` of
+/// `<queue>.delay.<ms>ms…`; `None` for a name that is not a delay queue's.
+pub(crate) fn delay_target(name: &str) -> Option<&str> {
+    let (queue, rest) = name.rsplit_once(".delay.")?;
+    let millis = rest.split('.').next()?.strip_suffix("ms")?;
+    (!queue.is_empty() && !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(queue)
+}
+
 /// The lease queue of the schedule `schedule`.
 #[cfg(feature = "periodic")]
 pub(crate) fn lease_queue(schedule: &str) -> String {
@@ -102,6 +118,25 @@ pub(crate) fn lease_queue(schedule: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delay_queue_names_where_its_messages_go() {
+        let delay = Duration::from_millis(1500);
+        for kind in [None, Some("quorum")] {
+            for queue in ["mail", "mail.p3", "a.delay.b"] {
+                assert_eq!(delay_target(&delay_queue(queue, delay, kind)), Some(queue));
+            }
+        }
+        for name in [
+            "mail",
+            "mail.delay.",
+            "mail.delay.xms",
+            ".delay.5ms",
+            "mail.delay-index",
+        ] {
+            assert_eq!(delay_target(name), None, "{name}");
+        }
+    }
 
     #[cfg(feature = "periodic")]
     #[test]

@@ -101,12 +101,14 @@ pub(crate) fn decide(outcome: Outcome, attempt: &Attempt<'_>) -> Action {
 }
 
 /// The message of the next attempt: the same id, body and headers, attempt
-/// + 1, and the time of the first failure.
-pub(crate) fn retry_message(mut message: Message, attempt: u32) -> Message {
+/// + 1, the time of the first failure, and the last `error` (which the
+/// console shows while the retry waits).
+pub(crate) fn retry_message(mut message: Message, attempt: u32, error: &str) -> Message {
     message.headers.insert(
         headers::ATTEMPT.into(),
         HeaderValue::Int(i64::from(attempt) + 1),
     );
+    message.headers.insert(headers::ERROR.into(), error.into());
     record_first_failure(&mut message);
     message
 }
@@ -237,9 +239,13 @@ mod tests {
             .with_id("id-1")
             .with_priority(3);
         original.headers.insert("custom".into(), "kept".into());
-        let retry = retry_message(original.clone(), 2);
+        let retry = retry_message(original.clone(), 2, "smtp down");
         assert_eq!(retry.priority, Some(3));
         assert_eq!(retry.headers[headers::ATTEMPT], HeaderValue::Int(3));
+        assert_eq!(
+            retry.headers[headers::ERROR],
+            HeaderValue::from("smtp down")
+        );
         assert_eq!(retry.body, original.body);
         assert_eq!(retry.id, original.id);
         let dead = dead_letter_message(original.clone(), "q", 3, &DeadReason::Permanent, "nope");

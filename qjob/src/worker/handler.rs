@@ -130,9 +130,14 @@ impl Handler {
         };
         // After `resume`: a redelivered job decided here is settled as
         // decided, and one still running here is waited for.
-        if self.is_cancelled(&envelope) {
+        if envelope.discarded || self.is_cancelled(&envelope) {
             drop(course.slot.take());
-            let cancelled = Outcome::Cancelled(CANCELLED_BEFORE.to_owned());
+            let why = if envelope.discarded {
+                DISCARDED
+            } else {
+                CANCELLED_BEFORE
+            };
+            let cancelled = Outcome::Cancelled(why.to_owned());
             return self
                 .without_running(delivery, job_id, attempt, cancelled)
                 .await;
@@ -670,6 +675,9 @@ enum Resumed {
 
 /// The error of a job cancelled before it was delivered.
 const CANCELLED_BEFORE: &str = "cancelled by an operator before it ran";
+
+/// The error of a job an operator discarded from its delay queue.
+const DISCARDED: &str = "discarded by an operator from its delay queue, before it ran";
 
 /// The error of a job cancelled while it waited in place for a retry.
 const CANCELLED_WAITING: &str = "cancelled by an operator while it waited to be retried";

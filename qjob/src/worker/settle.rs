@@ -43,11 +43,13 @@ impl<'a> Outgoing<'a> {
         };
         match action {
             Action::Ack => None,
-            Action::Retry { delay, .. } if delay.is_zero() => Some(Outgoing::Direct {
+            Action::Retry { delay, error } if delay.is_zero() => Some(Outgoing::Direct {
                 queue: retry,
-                message: retry_message(message, attempt),
+                message: retry_message(message, attempt, &error),
             }),
-            Action::Retry { delay, .. } => delayed(delay, retry_message(message, attempt)),
+            Action::Retry { delay, error } => {
+                delayed(delay, retry_message(message, attempt, &error))
+            }
             Action::Defer { delay } => delayed(delay, message),
             Action::DeadLetter { reason, error } => Some(Outgoing::Direct {
                 queue: &routes.dead_letter,
