@@ -1,0 +1,104 @@
+//! Finding a job by id, wherever it is: running, held for a retry in
+//! place, waiting in a delay queue, or dead-lettered.
+
+use super::{Admin, DelayedJob, HeldView, Letter, RunningView};
+use crate::Error;
+use crate::dead_letters::{self, Visit};
+
+/// Where a job is, and so what can be done with it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Whereabouts {
+    /// An attempt of it runs on a worker: it can be cancelled.
+    Running(RunningView),
+    /// A worker holds it for a retry in place: it can run now, or be
+    /// cancelled.
+    Held(HeldView),
+    /// It waits in a delay queue: it can run now, or be discarded.
+    Delayed(DelayedJob),
+    /// It is in its dead-letter queue: it can be replayed, or discarded.
+    Dead {
+        /// Its job type's name.
+        job: String,
+        /// The dead-letter queue.
+        queue: String,
+        /// The dead letter.
+        letter: Box<Letter>,
+    },
+}
+
+impl Whereabouts {
+    /// Where it is, in a word: `running`, `held`, `delayed` or `dead`.
+    pub fn place(&self) -> &'static str {
+        match self {
+            Whereabouts::Running(_) => "running",
+            Whereabouts::Held(_) => "held",
+            Whereabouts::Delayed(_) => "delayed",
+            Whereabouts::Dead { .. } => "dead",
+        }
+    }
+
+    /// Its job type's name.
+    pub fn job(&self) -> &str {
+        match self {
+            Whereabouts::Running(running) => &running.running.job,
+            Whereabouts::Held(held) => &held.retrying.job,
+            Whereabouts::Delayed(delayed) => &delayed.job,
+            Whereabouts::Dead { job, .. } => job,
+        }
+    }
+}
+
+impl Admin {
+    /// Where job `job_id` is: running or held on an alive worker (as their
+    /// last heartbeats list them, each at most
+    /// [`ACTIVITY_AT_MOST`](crate::protocol::ACTIVITY_AT_MOST)), waiting
+    /// in a delay queue, or dead-lettered, of the job types the alive
+    /// workers run (among the first [`BROWSE_AT_MOST`](super::BROWSE_AT_MOST)
+    /// messages of each queue, left in place). Empty if none: a job
+    /// waiting in its work queue is not looked for (reading it would hold
+    /// it from the workers), nor one already done.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty id; the broker's error.
+    pub async fn find(&self, job_id: &str) -> Result<Vec<Whereabouts>, Error> {
+        if job_id.trim().is_empty() {
+            return Err(Error::Config("an empty job id names no job".to_owned()));
+        }
+        let mut found: Vec<Whereabouts> = self
+            .running(None)
+            .items
+            .into_iter()
+            .filter(|view| view.running.job_id == job_id)
+            .map(Whereabouts::Running)
+            .collect();
+        found.extend(
+            self.held(None)
+                .items
+                .into_iter()
+                .filter(|view| view.retrying.job_id == job_id)
+                .map(Whereabouts::Held),
+        );
+        for view in self.jobs().await? {
+            for queue in self.delay_queues(&view).await? {
+                let visit = super::letters::within(job_id, |message| {
+                    found.push(Whereabouts::Delayed(DelayedJob::read(
+                        &view.job, &queue, message,
+                    )));
+                    Visit::Stop
+                });
+                dead_letters::walk(&self.broker, &queue, false, visit).await?;
+            }
+            let queue = &view.status.dead_letter_queue;
+            if let Some(letter) = self.dead_letter(queue, job_id).await? {
+                found.push(Whereabouts::Dead {
+                    job: view.job.clone(),
+                    queue: queue.clone(),
+                    letter: Box::new(letter),
+                });
+            }
+        }
+        Ok(found)
+    }
+}
