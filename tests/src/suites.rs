@@ -69,6 +69,9 @@ macro_rules! console_tests {
             a_sharded_job_shows_its_shards_and_the_extra_ones,
             a_pause_starts_no_job_held_in_place,
             a_stop_starts_no_job_held_in_place,
+            running_jobs_are_listed_longest_first_found_and_cancelled,
+            delayed_jobs_are_browsed_in_due_order_run_now_and_discarded,
+            a_job_held_for_a_retry_in_place_is_listed_and_runs_now,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

@@ -3,6 +3,7 @@
 //! RabbitMQ broker is shared with other tests, whose workers the console
 //! sees too: each scenario looks at its own job type only.
 
+mod activity;
 mod cancel;
 mod letters;
 mod limits;
@@ -10,6 +11,7 @@ mod pause;
 mod support;
 mod workers;
 
+pub use activity::*;
 pub use cancel::*;
 pub use letters::*;
 pub use limits::*;
