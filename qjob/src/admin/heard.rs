@@ -135,7 +135,7 @@ async fn read(listener: &mut Box<dyn Subscription>, seen: &Mutex<Seen>) -> Strin
                 };
                 let mut seen = seen.lock().expect("console state poisoned");
                 match message {
-                    StatusMessage::Heartbeat(status) => seen.heartbeat(status),
+                    StatusMessage::Heartbeat(status) => seen.heartbeat(*status),
                     StatusMessage::Reply(reply) => {
                         if let Some(replies) = seen.replies.get_mut(&reply.command_id) {
                             replies.push(reply);

@@ -37,7 +37,7 @@ pub const FORMAT: u32 = 1;
 /// What a console reads off the status exchange.
 #[derive(Debug)]
 pub(crate) enum StatusMessage {
-    Heartbeat(WorkerStatus),
+    Heartbeat(Box<WorkerStatus>),
     Reply(Reply),
 }
 
@@ -54,7 +54,7 @@ impl StatusMessage {
         } else {
             serde_json::from_value(value)
                 .ok()
-                .map(StatusMessage::Heartbeat)
+                .map(|status| StatusMessage::Heartbeat(Box::new(status)))
         }
     }
 }
@@ -120,7 +120,7 @@ mod tests {
         let Some(StatusMessage::Heartbeat(read)) = StatusMessage::read(&message(&status)) else {
             panic!("a heartbeat reads back");
         };
-        assert_eq!(read, status);
+        assert_eq!(*read, status);
         let mut json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["jobs"][0]["breaker"], "half-open");
         // An earlier version's schedule says no problem.

@@ -100,9 +100,9 @@ pub(crate) fn decide(outcome: Outcome, attempt: &Attempt<'_>) -> Action {
     }
 }
 
-/// The message of the next attempt: the same id, body and headers, attempt
-/// + 1, the time of the first failure, and the last `error` (which the
-/// console shows while the retry waits).
+/// The message of the next attempt: the same id, body and headers, the
+/// attempt after `attempt`, the time of the first failure, and the last
+/// `error` (which the console shows while the retry waits).
 pub(crate) fn retry_message(mut message: Message, attempt: u32, error: &str) -> Message {
     message.headers.insert(
         headers::ATTEMPT.into(),
