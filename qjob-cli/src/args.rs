@@ -71,9 +71,53 @@ pub(crate) enum Command {
         /// The job's id.
         job_id: String,
     },
+    /// The jobs running now, the longest-running first.
+    Running {
+        /// Only this job type (its name or queue).
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// The jobs scheduled for later (enqueue_in, enqueue_at), waiting in
+    /// delay queues, the soonest due first.
+    Scheduled(WaitingArgs),
+    /// The retries waiting out their backoff: in delay queues, and held in
+    /// workers for a retry in place, the soonest due first.
+    Retrying(WaitingArgs),
+    /// Where a job is, by id: running, held, delayed or dead-lettered.
+    Find {
+        /// The job's id.
+        job_id: String,
+    },
+    /// Runs a waiting job now: one in a delay queue moves on (a retry
+    /// keeps its attempt), one held for a retry in place starts its next
+    /// attempt.
+    RunNow {
+        /// The job's id.
+        job_id: String,
+    },
+    /// Discards a waiting job: dead-lettered as cancelled without running
+    /// (its dead-letter queue keeps it).
+    Discard {
+        /// The job's id.
+        job_id: String,
+    },
     /// Checks the broker's queues against what the running workers declare.
     #[command(subcommand)]
     Topology(Topology),
+}
+
+/// Which waiting jobs to list.
+#[derive(Debug, Args)]
+pub(crate) struct WaitingArgs {
+    /// Only this job type (its name or queue).
+    #[arg(long)]
+    pub(crate) job: Option<String>,
+    /// Skip this many.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) offset: usize,
+    /// List at most this many.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: usize,
 }
 
 #[derive(Debug, Subcommand)]

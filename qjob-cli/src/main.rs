@@ -14,6 +14,7 @@ macro_rules! say {
     };
 }
 
+mod activity;
 mod args;
 mod commands;
 mod dlq;
@@ -27,9 +28,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use qjob::AmqpBroker;
-use qjob::admin::Admin;
+use qjob::admin::{Admin, Waiting};
 
-use args::{Cli, Command, Topology};
+use args::{Cli, Command, Topology, WaitingArgs};
 use commands::{check_topology, obey, running};
 use dlq::dead_letters;
 use failure::Failure;
@@ -112,9 +113,49 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             admin.refresh().await?;
             obey(&out, job_id, admin.cancel(job_id).await?)
         }
+        Command::Running { job } => {
+            admin.refresh().await?;
+            if let Some(job) = job {
+                running(&admin, job).await?;
+            }
+            activity::running(&out, &admin.running(job.as_deref()));
+            Ok(())
+        }
+        Command::Scheduled(args) => waiting(&out, &admin, Waiting::Scheduled, args).await,
+        Command::Retrying(args) => waiting(&out, &admin, Waiting::Retrying, args).await,
+        Command::Find { job_id } => {
+            admin.refresh().await?;
+            activity::find(&out, job_id, &admin.find(job_id).await?)
+        }
+        Command::RunNow { job_id } => {
+            admin.refresh().await?;
+            activity::run_now(&out, &admin, job_id).await
+        }
+        Command::Discard { job_id } => {
+            admin.refresh().await?;
+            activity::discard(&out, &admin, job_id).await
+        }
         Command::Topology(Topology::Check) => {
             admin.refresh().await?;
             check_topology(&out, &admin).await
         }
     }
+}
+
+/// `scheduled` or `retrying`.
+async fn waiting(
+    out: &Out,
+    admin: &Admin,
+    which: Waiting,
+    args: &WaitingArgs,
+) -> Result<(), Failure> {
+    admin.refresh().await?;
+    let job = args.job.as_deref();
+    if let Some(job) = job {
+        running(admin, job).await?;
+    }
+    let delayed = admin.delayed(job, which, args.offset, args.limit).await?;
+    let held = (which == Waiting::Retrying).then(|| admin.held(job));
+    activity::waiting(out, which, &delayed, held.as_ref());
+    Ok(())
 }

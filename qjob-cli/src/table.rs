@@ -109,7 +109,8 @@ pub(crate) fn until(at: SystemTime) -> String {
     )
 }
 
-fn span(span: Duration) -> String {
+/// A duration, roughly: `12s`, `5m`, `3h`, `2d`.
+pub(crate) fn span(span: Duration) -> String {
     let secs = span.as_secs();
     match secs {
         0..60 => format!("{secs}s"),

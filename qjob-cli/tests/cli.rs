@@ -453,7 +453,7 @@ async fn a_reader_that_stops_early_is_no_failure() {
 
 #[tokio::test]
 async fn every_command_has_help_and_a_dead_broker_is_exit_code_1() {
-    let commands: [&[&str]; 15] = [
+    let commands: [&[&str]; 21] = [
         &[],
         &["status"],
         &["workers"],
@@ -469,6 +469,12 @@ async fn every_command_has_help_and_a_dead_broker_is_exit_code_1() {
         &["concurrency"],
         &["cancel"],
         &["topology", "check"],
+        &["running"],
+        &["scheduled"],
+        &["retrying"],
+        &["find"],
+        &["run-now"],
+        &["discard"],
     ];
     for command in commands {
         let output = qjob(&[command, &["--help"]].concat()).await;
@@ -565,4 +571,132 @@ async fn status_shows_limits_and_concurrency_sets_a_global_one() {
     assert_eq!(job["shared_limits"]["global_concurrency"], 3);
     assert_eq!(job["shared_limits"]["holders"].as_array().unwrap().len(), 3);
     LIMITED_RELEASE.add_permits(1);
+}
+
+static WAITING_RAN: AtomicBool = AtomicBool::new(false);
+
+#[job(
+    queue = "qjob.test.cli.waiting",
+    concurrency = 2,
+    retry = 2,
+    backoff = fixed("15m")
+)]
+async fn cli_waiting(work: Work, ctx: JobContext) -> Result<(), JobError> {
+    match work {
+        Work { n: 0, .. } => {
+            ctx.cancelled().await;
+            Err(JobError::msg("stopped"))
+        }
+        Work { fail: true, .. } => Err(JobError::msg("cli failure")),
+        Work { .. } => {
+            WAITING_RAN.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn running_scheduled_retrying_find_run_now_and_discard() {
+    let broker = broker().await;
+    reset::<CliWaitingJob>().await;
+    let queue = CliWaitingJob::QUEUE;
+    let env = qjob_tests::scenarios::Env::amqp().await;
+    let delay_queues = [
+        format!("{queue}.delay.900000ms"),
+        format!("{queue}.delay.1800000ms"),
+        format!("{queue}.delay-index"),
+    ];
+    env.delete_queues(&delay_queues.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let _running = start(&broker, CliWaitingJob);
+    until(&["workers"], |o| stdout(o).contains("cli_waiting")).await;
+    let client = Client::new(broker.clone());
+    let blocked = client
+        .enqueue::<CliWaitingJob>(Work { n: 0, fail: false })
+        .await
+        .unwrap();
+    let scheduled = client
+        .enqueue_in::<CliWaitingJob>(Work { n: 1, fail: false }, Duration::from_secs(1800))
+        .await
+        .unwrap();
+    let failing = client
+        .enqueue::<CliWaitingJob>(Work { n: 2, fail: true })
+        .await
+        .unwrap();
+
+    let output = until(&["running", "--job", "cli_waiting"], |o| {
+        stdout(o).contains(blocked.as_str())
+    })
+    .await;
+    assert_eq!(code(&output), 0);
+    assert!(
+        stdout(&output).starts_with("JOB          ID"),
+        "{}",
+        stdout(&output)
+    );
+    let output = qjob(&["running", "--job", queue, "--json"]).await;
+    assert_eq!(json(&output)["running"][0]["job_id"], blocked.as_str());
+    assert_eq!(json(&output)["running"][0]["attempt"], 1);
+
+    let output = until(&["scheduled", "--job", "cli_waiting"], |o| {
+        stdout(o).contains(scheduled.as_str())
+    })
+    .await;
+    assert!(stdout(&output).contains("in 29m"), "{}", stdout(&output));
+    assert!(!stdout(&output).contains(failing.as_str()), "not a retry");
+    let output = until(&["retrying", "--job", "cli_waiting", "--json"], |o| {
+        json(o)["delayed"][0]["job_id"] == failing.as_str()
+    })
+    .await;
+    let retry = &json(&output)["delayed"][0];
+    assert_eq!(
+        (retry["attempt"].as_u64(), retry["error"].as_str()),
+        (Some(2), Some("cli failure"))
+    );
+    assert_eq!(code(&qjob(&["scheduled", "--job", "no-such-job"]).await), 3);
+
+    let output = qjob(&["find", scheduled.as_str()]).await;
+    assert_eq!(code(&output), 0);
+    assert!(
+        stdout(&output).starts_with("delayed: cli_waiting attempt 1"),
+        "{}",
+        stdout(&output)
+    );
+    let output = qjob(&["find", blocked.as_str()]).await;
+    assert!(
+        stdout(&output).starts_with("running: cli_waiting"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(code(&qjob(&["find", "no-such-id"]).await), 3);
+
+    let output = qjob(&["run-now", scheduled.as_str()]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_for("the scheduled job ran", async || {
+        WAITING_RAN.load(Ordering::SeqCst)
+    })
+    .await;
+    let output = qjob(&["discard", failing.as_str()]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = until(&["find", failing.as_str(), "--json"], |o| {
+        json(o)["found"][0]["place"] == "dead"
+    })
+    .await;
+    assert_eq!(json(&output)["found"][0]["reason"], "cancelled");
+    assert_eq!(
+        code(&qjob(&["run-now", failing.as_str()]).await),
+        3,
+        "nothing waits"
+    );
+    assert_eq!(code(&qjob(&["cancel", blocked.as_str()]).await), 0);
 }
