@@ -1,10 +1,10 @@
 //! What runs and waits now: `running`, `scheduled`, `retrying`, `find`,
 //! and the actions on a waiting job, `run-now` and `discard`.
 
-use qjob::admin::{Admin, DelayedJob, HeldView, Listed, RunningView, Waiting, Whereabouts};
+use qjob::admin::{Acted, DelayedJob, HeldView, Listed, RunningView, Waiting, Whereabouts};
 use serde_json::{Value, json};
 
-use crate::failure::{Failure, NOT_CARRIED_OUT, NOT_FOUND};
+use crate::failure::{Failure, NOT_FOUND};
 use crate::out::{Out, millis, short_id};
 use crate::table::{Table, ago, short, span, until};
 
@@ -227,64 +227,37 @@ fn whereabouts_json(place: &Whereabouts) -> Value {
     value
 }
 
-/// `run-now`: a delayed job moves on now, or a held one's wait ends.
-pub(crate) async fn run_now(out: &Out, admin: &Admin, job_id: &str) -> Result<(), Failure> {
-    if let Some(job) = admin.run_delayed_now(job_id).await? {
-        return moved(out, job_id, "moved on from", &job);
-    }
-    act_on_held(out, job_id, admin.run_held_now(job_id).await?)
-}
-
-/// `discard`: a delayed job is dead-lettered as cancelled without running;
-/// a held one is cancelled.
-pub(crate) async fn discard(out: &Out, admin: &Admin, job_id: &str) -> Result<(), Failure> {
-    if let Some(job) = admin.discard_delayed(job_id).await? {
-        return moved(out, job_id, "discarded from", &job);
-    }
-    let held = admin
-        .held(None)
-        .items
-        .iter()
-        .any(|view| view.retrying.job_id == job_id);
-    if !held {
-        return Err(not_waiting(job_id));
-    }
-    act_on_held(out, job_id, admin.cancel(job_id).await?)
-}
-
-fn moved(out: &Out, job_id: &str, what: &str, job: &DelayedJob) -> Result<(), Failure> {
-    let text = format!("job {job_id} ({}) {what} {}", job.job, job.queue);
+/// `run-now` or `discard`: what became of the waiting job; not found (3)
+/// if it waits nowhere.
+pub(crate) fn acted(out: &Out, job_id: &str, acted: Acted) -> Result<(), Failure> {
+    let (text, value) = match &acted {
+        Acted::Delayed(job) => (
+            format!("job {job_id} ({}) moved on from {}", job.job, job.queue),
+            json!({ "job_id": job_id, "delayed": delayed_json(job) }),
+        ),
+        Acted::Held(replies) => {
+            let done: Vec<_> = replies.iter().filter(|reply| reply.ok).collect();
+            let lines: Vec<String> = done
+                .iter()
+                .map(|reply| format!("{}: {}", short_id(&reply.worker_id), reply.message))
+                .collect();
+            let replies: Vec<Value> = done
+                .iter()
+                .map(|r| json!({ "worker_id": r.worker_id, "message": r.message }))
+                .collect();
+            (
+                lines.join("\n"),
+                json!({ "job_id": job_id, "held": replies }),
+            )
+        }
+        _ => return Err(not_waiting(job_id)),
+    };
     if out.json {
-        out.print_json(&json!({ "job_id": job_id, "done": text, "delayed": delayed_json(job) }));
+        out.print_json(&value);
     } else {
         say!("{text}");
     }
     Ok(())
-}
-
-/// Reports the workers' replies about a held job; not found (3) when no
-/// worker holds it, not carried out (4) when none replied.
-fn act_on_held(out: &Out, job_id: &str, replies: Vec<qjob::admin::Reply>) -> Result<(), Failure> {
-    let done: Vec<_> = replies.iter().filter(|reply| reply.ok).collect();
-    if out.json {
-        let replies: Vec<Value> = done
-            .iter()
-            .map(|r| json!({ "worker_id": r.worker_id, "message": r.message }))
-            .collect();
-        out.print_json(&json!({ "job_id": job_id, "replies": replies }));
-    } else {
-        for reply in &done {
-            say!("{}: {}", short_id(&reply.worker_id), reply.message);
-        }
-    }
-    match (replies.is_empty(), done.is_empty()) {
-        (true, _) => Err(Failure(
-            NOT_CARRIED_OUT,
-            "no running worker replied".to_owned(),
-        )),
-        (false, true) => Err(not_waiting(job_id)),
-        (false, false) => Ok(()),
-    }
 }
 
 fn not_waiting(job_id: &str) -> Failure {

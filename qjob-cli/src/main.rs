@@ -129,11 +129,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::RunNow { job_id } => {
             admin.refresh().await?;
-            activity::run_now(&out, &admin, job_id).await
+            activity::acted(&out, job_id, admin.run_now(job_id).await?)
         }
         Command::Discard { job_id } => {
             admin.refresh().await?;
-            activity::discard(&out, &admin, job_id).await
+            activity::acted(&out, job_id, admin.discard_waiting(job_id).await?)
         }
         Command::Topology(Topology::Check) => {
             admin.refresh().await?;

@@ -1,7 +1,7 @@
 //! Finding a job by id, wherever it is: running, held for a retry in
 //! place, waiting in a delay queue, or dead-lettered.
 
-use super::{Admin, DelayedJob, HeldView, Letter, RunningView};
+use super::{Admin, DelayedJob, HeldView, Letter, Reply, RunningView};
 use crate::Error;
 use crate::dead_letters::{self, Visit};
 
@@ -100,5 +100,62 @@ impl Admin {
             }
         }
         Ok(found)
+    }
+}
+
+/// What an action on a waiting job did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Acted {
+    /// It was in this delay queue, and moved on.
+    Delayed(DelayedJob),
+    /// A worker held it for a retry in place: its replies (those that did
+    /// it say `ok`).
+    Held(Vec<Reply>),
+    /// It waits nowhere: not in a delay queue, and no worker holds it.
+    NotWaiting,
+}
+
+impl Admin {
+    /// Runs waiting job `job_id` now, wherever it waits: out of its delay
+    /// queue ([`Admin::run_delayed_now`]), or its wait in a worker ended
+    /// ([`Admin::run_held_now`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty id; the broker's error.
+    pub async fn run_now(&self, job_id: &str) -> Result<Acted, Error> {
+        if let Some(job) = self.run_delayed_now(job_id).await? {
+            return Ok(Acted::Delayed(job));
+        }
+        let replies = self.run_held_now(job_id).await?;
+        Ok(if replies.iter().any(|reply| reply.ok) {
+            Acted::Held(replies)
+        } else {
+            Acted::NotWaiting
+        })
+    }
+
+    /// Discards waiting job `job_id`, wherever it waits: dead-lettered as
+    /// cancelled without running, from its delay queue
+    /// ([`Admin::discard_delayed`]) or from the worker holding it (a
+    /// [`Admin::cancel`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty id; the broker's error.
+    pub async fn discard_waiting(&self, job_id: &str) -> Result<Acted, Error> {
+        if let Some(job) = self.discard_delayed(job_id).await? {
+            return Ok(Acted::Delayed(job));
+        }
+        let held = self
+            .held(None)
+            .items
+            .iter()
+            .any(|view| view.retrying.job_id == job_id);
+        if !held {
+            return Ok(Acted::NotWaiting);
+        }
+        Ok(Acted::Held(self.cancel(job_id).await?))
     }
 }

@@ -45,7 +45,7 @@ pub use crate::protocol::{
 pub use activity::{HeldView, Listed, RunningView};
 pub use commands::DEFAULT_REPLY_WINDOW;
 pub use delayed::{DelayedJob, Waiting};
-pub use find::Whereabouts;
+pub use find::{Acted, Whereabouts};
 pub use letters::{BROWSE_AT_MOST, Letter, LetterFilter};
 pub use topology_check::TopologyProblem;
 pub use views::{JobView, MISSED_HEARTBEATS, QueueRole, QueueView, ScheduleView, WorkerView};
