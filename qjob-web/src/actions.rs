@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
-use qjob::admin::{LetterFilter, Reply};
+use qjob::admin::{Acted, LetterFilter, Reply};
 use serde::Deserialize;
 
 use crate::html::segment;
@@ -46,6 +46,15 @@ pub(crate) struct Cancel {
     job_id: String,
 }
 
+/// A form about one waiting job, and the page to go back to.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WaitingJob {
+    csrf: String,
+    job_id: String,
+    #[serde(default)]
+    back: String,
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct Matching {
     csrf: String,
@@ -80,6 +89,7 @@ tokened!(
     Concurrency,
     GlobalConcurrency,
     Cancel,
+    WaitingJob,
     Matching
 );
 
@@ -326,4 +336,77 @@ pub(crate) async fn replay_matching(
         ),
         Err(error) => broker_error(error),
     }
+}
+
+/// Cancels a job from the page of the jobs running now.
+pub(crate) async fn cancel_running(
+    State(shared): State<Arc<Shared>>,
+    Checked(form): Checked<Cancel>,
+) -> Response {
+    let job_id = form.job_id.trim();
+    if job_id.is_empty() {
+        return back(&shared, "/running", "cancel: which job id?");
+    }
+    match shared.admin.cancel(job_id).await {
+        Ok(replies) => back(
+            &shared,
+            "/running",
+            &replied(&format!("cancel {job_id}"), &replies),
+        ),
+        Err(error) => broker_error(error),
+    }
+}
+
+/// Where a waiting job's action goes back to: one of the pages that show
+/// the buttons (anything else goes to the scheduled jobs).
+fn waiting_page(back: &str) -> String {
+    match back {
+        "retrying" | "scheduled" | "running" => format!("/{back}"),
+        // Only what `segment` writes after the prefix: nothing that could
+        // leave the console, or not be a header value.
+        find if find.starts_with("find?id=")
+            && find
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%=?".contains(&b)) =>
+        {
+            format!("/{find}")
+        }
+        _ => "/scheduled".to_owned(),
+    }
+}
+
+/// Runs a waiting job now (`Admin::run_now`).
+pub(crate) async fn run_now(
+    State(shared): State<Arc<Shared>>,
+    Checked(form): Checked<WaitingJob>,
+) -> Response {
+    let acted = shared.admin.run_now(form.job_id.trim()).await;
+    waiting_acted(&shared, &form, "run now", acted)
+}
+
+/// Discards a waiting job (`Admin::discard_waiting`).
+pub(crate) async fn discard_waiting(
+    State(shared): State<Arc<Shared>>,
+    Checked(form): Checked<WaitingJob>,
+) -> Response {
+    let acted = shared.admin.discard_waiting(form.job_id.trim()).await;
+    waiting_acted(&shared, &form, "discard", acted)
+}
+
+fn waiting_acted(
+    shared: &Shared,
+    form: &WaitingJob,
+    what: &str,
+    acted: Result<Acted, qjob::Error>,
+) -> Response {
+    let page = waiting_page(&form.back);
+    let job_id = form.job_id.trim();
+    let notice = match acted {
+        Ok(Acted::Delayed(job)) => format!("{what} {job_id}: moved on from {}", job.queue),
+        Ok(Acted::Held(replies)) => replied(&format!("{what} {job_id}"), &replies),
+        Ok(_) => format!("{what}: {job_id} waits in no delay queue and no worker holds it"),
+        Err(qjob::Error::Config(message)) => format!("{what}: {message}"),
+        Err(error) => return broker_error(error),
+    };
+    back(shared, &page, &notice)
 }

@@ -3,9 +3,10 @@
 //!
 //! Pages: an overview (workers, job types with depth, rates and a small
 //! throughput chart, breakers, alarms), one job type (queues, partitions,
-//! delay queues, settings, pause/resume, concurrency), dead letters
-//! (browse, filter, payload and headers, replay, discard, bulk replay) and
-//! workers. Server-rendered HTML that works without JavaScript; one small
+//! delay queues, settings, pause/resume, concurrency), the jobs running
+//! now (cancel), the jobs scheduled and retrying (run now, discard), a job
+//! found by id, dead letters (browse, filter, payload and headers, replay,
+//! discard, bulk replay) and workers. Server-rendered HTML that works without JavaScript; one small
 //! script (served, never inline) refreshes the page's content every few
 //! seconds. Everything is embedded in the binary, and every response
 //! carries a strict Content-Security-Policy.
@@ -40,6 +41,7 @@
 mod actions;
 mod csrf;
 mod html;
+mod live;
 mod pages;
 
 use std::collections::{HashMap, VecDeque};
@@ -204,6 +206,13 @@ impl Console {
                 post(actions::global_concurrency),
             )
             .route("/cancel", post(actions::cancel))
+            .route("/running", get(live::running))
+            .route("/running/cancel", post(actions::cancel_running))
+            .route("/scheduled", get(live::scheduled))
+            .route("/retrying", get(live::retrying))
+            .route("/waiting/run-now", post(actions::run_now))
+            .route("/waiting/discard", post(actions::discard_waiting))
+            .route("/find", get(live::find))
             .route("/dead-letters", get(pages::dead_letter_queues))
             .route("/dead-letters/{queue}", get(pages::dead_letters))
             .route(

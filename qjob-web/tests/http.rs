@@ -348,3 +348,147 @@ async fn a_global_concurrency_is_shown_and_set_from_the_job_page() {
     })
     .await;
 }
+
+/// Tells `waiting` what to do: `block` waits for a cancel, `fail` fails,
+/// anything else succeeds (and is counted).
+#[job(queue = "web.http.waiting", retry = 2, backoff = fixed("15m"), concurrency = 2)]
+async fn waiting(what: String, ctx: JobContext) -> Result<(), JobError> {
+    match what.as_str() {
+        "block" => {
+            ctx.cancelled().await;
+            Err(JobError::msg("stopped"))
+        }
+        "fail" => Err(JobError::msg("web failure")),
+        _ => {
+            WAITING_DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+}
+
+static WAITING_DONE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The live pages list what runs and waits, each row with its actions,
+/// which need the token, and go back to a page of the console only.
+#[tokio::test]
+async fn live_pages_list_and_act_on_what_runs_and_waits() {
+    let broker = MemoryBroker::new();
+    let admin = Arc::new(Admin::connect(broker.clone()).await.unwrap());
+    let worker = Worker::builder(broker.clone())
+        .register(WaitingJob)
+        .heartbeat_interval(Duration::from_millis(50))
+        .build();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    admin.wait_for_workers(1, Duration::from_secs(10)).await;
+    let client = qjob::Client::new(broker);
+    let blocked = client.enqueue::<WaitingJob>("block".into()).await.unwrap();
+    let later = client
+        .enqueue_in::<WaitingJob>("later".into(), Duration::from_secs(1800))
+        .await
+        .unwrap();
+    let failing = client.enqueue::<WaitingJob>("fail".into()).await.unwrap();
+    let addr = serve(Console::new(admin)).await;
+    let until_page = |path: String, text: String| {
+        let addr = addr.clone();
+        async move {
+            let mut seen = String::new();
+            qjob_tests::until(
+                &format!("{path} shows {text}"),
+                Duration::from_secs(10),
+                async || {
+                    let (_, _, body) = http(&addr, &get(&addr, &path, None)).await;
+                    seen = body;
+                    seen.contains(&text)
+                },
+            )
+            .await;
+            seen
+        }
+    };
+    let running = until_page("/running".into(), blocked.to_string()).await;
+    assert!(running.contains(r#"action="/running/cancel""#), "{running}");
+    assert!(
+        running.contains(r#"<a href="/running">Running</a>"#),
+        "the nav"
+    );
+    let scheduled = until_page("/scheduled".into(), later.to_string()).await;
+    assert!(
+        scheduled.contains(r#"<input type="hidden" name="back" value="scheduled">"#),
+        "{scheduled}"
+    );
+    assert!(scheduled.contains("in 29m"), "{scheduled}");
+    let retrying = until_page("/retrying?job=waiting".into(), failing.to_string()).await;
+    assert!(
+        retrying.contains("web failure") && retrying.contains("in 14m"),
+        "{retrying}"
+    );
+    let found = until_page(format!("/find?id={later}"), "<h2>Scheduled</h2>".into()).await;
+    assert!(found.contains("Run now"), "{found}");
+    let (_, headers, nowhere) = http(&addr, &get(&addr, "/find?id=no-such-job", None)).await;
+    assert!(nowhere.contains("is not running, held, delayed or dead-lettered"));
+
+    let (cookie, token) = token_cookie(&headers);
+    let same =
+        format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n");
+    let form = format!("csrf=0123456789abcdef0123456789abcdef&job_id={later}&back=scheduled");
+    let (status, _, _) = http(&addr, &post(&addr, "/waiting/run-now", &same, &form)).await;
+    assert_eq!(status, 403, "a wrong token");
+    let form = format!("csrf={token}&job_id={later}&back=scheduled");
+    let (status, headers, _) = http(&addr, &post(&addr, "/waiting/run-now", &same, &form)).await;
+    assert_eq!(
+        (status, header(&headers, "location")),
+        (303, Some("/scheduled"))
+    );
+    assert!(
+        header(&headers, "set-cookie")
+            .unwrap()
+            .contains("moved%20on")
+    );
+    qjob_tests::until(
+        "the scheduled job ran",
+        Duration::from_secs(10),
+        async || WAITING_DONE.load(std::sync::atomic::Ordering::SeqCst) == 1,
+    )
+    .await;
+    let back = format!("find?id={failing}");
+    let form = format!("csrf={token}&job_id={failing}&back={back}");
+    let (status, headers, _) = http(&addr, &post(&addr, "/waiting/discard", &same, &form)).await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("/{back}").as_str())
+    );
+    until_page(
+        format!("/find?id={failing}"),
+        "<h2>Dead-lettered</h2>".into(),
+    )
+    .await;
+    for evil in [
+        "https%3A%2F%2Fevil.example",
+        "%2F%2Fevil.example",
+        "find%3Fid%3D%0D%0AX%3A1",
+    ] {
+        let form = format!("csrf={token}&job_id=nothing&back={evil}");
+        let (status, headers, _) =
+            http(&addr, &post(&addr, "/waiting/run-now", &same, &form)).await;
+        assert_eq!(
+            (status, header(&headers, "location")),
+            (303, Some("/scheduled")),
+            "{evil}"
+        );
+    }
+    let form = format!("csrf={token}&job_id={blocked}");
+    let (status, headers, _) = http(&addr, &post(&addr, "/running/cancel", &same, &form)).await;
+    assert_eq!(
+        (status, header(&headers, "location")),
+        (303, Some("/running"))
+    );
+    until_page(
+        format!("/find?id={blocked}"),
+        "<h2>Dead-lettered</h2>".into(),
+    )
+    .await;
+}
