@@ -157,5 +157,17 @@ async fn waiting(
     let delayed = admin.delayed(job, which, args.offset, args.limit).await?;
     let held = (which == Waiting::Retrying).then(|| admin.held(job));
     activity::waiting(out, which, &delayed, held.as_ref());
+    if !out.json {
+        for view in admin.jobs().await? {
+            let named = job.is_none_or(|job| view.job == job || view.status.queue == job);
+            if named && !qjob::admin::browsable(&view) && view.delayed() > 0 {
+                say!(
+                    "({} wait in the delay queues of {}, a quorum job type: counted, never read)",
+                    view.delayed(),
+                    view.job
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use qjob::admin::{ACTIVITY_AT_MOST, DelayedJob, HeldView, Waiting, Whereabouts};
+use qjob::admin::{ACTIVITY_AT_MOST, DelayedJob, HeldView, Waiting, Whereabouts, browsable};
 use serde::Deserialize;
 
 use crate::html::{Table, ago, duration, escape};
@@ -136,6 +136,19 @@ async fn waiting(shared: &Shared, ctx: &Context, params: &Params, which: Waiting
         Waiting::Retrying => "no retry waits",
         _ => "no job is scheduled",
     }));
+    if let Ok(jobs) = shared.admin.jobs().await {
+        for view in jobs {
+            let named = job.is_none_or(|job| view.job == job || view.status.queue == job);
+            if named && !browsable(&view) && view.delayed() > 0 {
+                let _ = write!(
+                    html,
+                    r#"<p class="muted">{} wait in the delay queues of {}, a quorum job type: counted, never read (a look would count as a delivery).</p>"#,
+                    view.delayed(),
+                    escape(&view.job)
+                );
+            }
+        }
+    }
     html.push_str(r#"<div class="pages">"#);
     let query = |offset: usize| {
         let mut query = format!("{path}?offset={offset}");

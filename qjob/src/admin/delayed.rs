@@ -91,6 +91,16 @@ impl Waiting {
     }
 }
 
+/// Whether the console may read `job`'s delay queues. A quorum queue
+/// counts each message taken and put back as a delivery, and RabbitMQ 4
+/// moves a message past its delivery limit (20 by default) to the queue's
+/// dead-letter target: for a delay queue, the work queue, so that a job
+/// looked at 20 times would run before it is due. A quorum job type's
+/// delay queues are counted, never read.
+pub fn browsable(job: &JobView) -> bool {
+    job.status.queue_type != crate::QueueType::Quorum.as_str()
+}
+
 impl Admin {
     /// The delay queues of `job` that exist now: those its workers' retries
     /// used lately, and those its delay index names, by name.
@@ -130,7 +140,8 @@ impl Admin {
 
     /// The jobs waiting in the delay queues of job type `job` (its name or
     /// queue) or of every job type the alive workers run, that `which`
-    /// admits: the `limit` soonest due from the `offset`-th on. They stay
+    /// admits: the `limit` soonest due from the `offset`-th on. A quorum
+    /// job type's are not read ([`browsable`]). They stay
     /// in place: each queue is read (`basic.get`) and put back at once, as
     /// [`Admin::dead_letters`] does, so a job due meanwhile moves on after
     /// the read; no more than [`BROWSE_AT_MOST`] are read in all.
@@ -147,8 +158,13 @@ impl Admin {
     ) -> Result<Vec<DelayedJob>, Error> {
         let mut found = Vec::new();
         let mut read = 0;
-        for view in self.jobs_named(job).await? {
-            for queue in self.delay_queues(&view).await? {
+        for view in self
+            .jobs_named(job)
+            .await?
+            .iter()
+            .filter(|view| browsable(view))
+        {
+            for queue in self.delay_queues(view).await? {
                 dead_letters::walk(&self.broker, &queue, false, |message| {
                     if read >= BROWSE_AT_MOST {
                         return Visit::Stop;
@@ -178,7 +194,7 @@ impl Admin {
     /// the queue it waits for, as if its wait were over (a retry keeps its
     /// attempt). Returns it, or `None` if no delay queue of the job types
     /// the alive workers run holds it (among the first [`BROWSE_AT_MOST`]
-    /// of each).
+    /// of each; a quorum job type's are not read, see [`browsable`]).
     ///
     /// # Errors
     ///
@@ -227,8 +243,13 @@ impl Admin {
         if job_id.trim().is_empty() {
             return Err(Error::Config("an empty job id names no job".to_owned()));
         }
-        for view in self.jobs_named(None).await? {
-            for queue in self.delay_queues(&view).await? {
+        for view in self
+            .jobs_named(None)
+            .await?
+            .iter()
+            .filter(|view| browsable(view))
+        {
+            for queue in self.delay_queues(view).await? {
                 let Some(target) = names::delay_target(&queue) else {
                     continue;
                 };

@@ -53,7 +53,8 @@ impl Admin {
     /// Where job `job_id` is: running or held on an alive worker (as their
     /// last heartbeats list them, each at most
     /// [`ACTIVITY_AT_MOST`](crate::protocol::ACTIVITY_AT_MOST)), waiting
-    /// in a delay queue, or dead-lettered, of the job types the alive
+    /// in a delay queue (not a quorum job type's, which are never read:
+    /// [`browsable`](super::browsable)), or dead-lettered, of the job types the alive
     /// workers run (among the first [`BROWSE_AT_MOST`](super::BROWSE_AT_MOST)
     /// messages of each queue, left in place). Empty if none: a job
     /// waiting in its work queue is not looked for (reading it would hold
@@ -81,7 +82,12 @@ impl Admin {
                 .map(Whereabouts::Held),
         );
         for view in self.jobs().await? {
-            for queue in self.delay_queues(&view).await? {
+            let delay_queues = if super::delayed::browsable(&view) {
+                self.delay_queues(&view).await?
+            } else {
+                Vec::new()
+            };
+            for queue in delay_queues {
                 let visit = super::letters::within(job_id, |message| {
                     found.push(Whereabouts::Delayed(DelayedJob::read(
                         &view.job, &queue, message,

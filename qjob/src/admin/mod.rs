@@ -44,7 +44,7 @@ pub use crate::protocol::{
 };
 pub use activity::{HeldView, Listed, RunningView};
 pub use commands::DEFAULT_REPLY_WINDOW;
-pub use delayed::{DelayedJob, Waiting};
+pub use delayed::{DelayedJob, Waiting, browsable};
 pub use find::{Acted, Whereabouts};
 pub use letters::{BROWSE_AT_MOST, Letter, LetterFilter};
 pub use topology_check::TopologyProblem;
