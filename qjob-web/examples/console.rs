@@ -3,10 +3,12 @@
 //! 127.0.0.1:5672 (guest/guest). `QJOB_CONSOLE_ADDR` moves the address.
 //!
 //! Two workers run three job types while a producer enqueues: `demo.email`
-//! succeeds, `demo.report` fails now and then and retries with a backoff,
-//! `demo.import` fails for good the first time it sees a job (a bug, fixed
-//! since: a replayed import succeeds). Pause a job type, replay a dead
-//! letter, cancel a slow report, and watch the workers.
+//! succeeds, `demo.report` fails now and then and retries with a backoff
+//! (and every hundredth report takes a minute), `demo.import` fails for
+//! good the first time it sees a job (a bug, fixed since: a replayed
+//! import succeeds), and a few emails are scheduled for later. Pause a job
+//! type, replay a dead letter, cancel a slow report from the running jobs,
+//! run a scheduled email now, find a job by id, and watch the workers.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -25,16 +27,21 @@ pub struct Task {
 }
 
 #[job(queue = "demo.email", prefetch = 10, concurrency = 4)]
-async fn email(task: Task, _ctx: JobContext) -> Result<(), JobError> {
+pub async fn email(task: Task, _ctx: JobContext) -> Result<(), JobError> {
     tokio::time::sleep(Duration::from_millis(20 + task.n % 30)).await;
     Ok(())
 }
 
 #[job(queue = "demo.report", retry = 3, backoff = fixed("2s"), concurrency = 2)]
-async fn report(task: Task, ctx: JobContext) -> Result<(), JobError> {
+pub async fn report(task: Task, ctx: JobContext) -> Result<(), JobError> {
+    let rendering = if task.n % 100 == 99 {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_millis(100)
+    };
     tokio::select! {
         _ = ctx.cancelled() => return Err(JobError::msg("cancelled while rendering")),
-        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        _ = tokio::time::sleep(rendering) => {}
     }
     if task.n.is_multiple_of(5) && ctx.attempt() == 1 {
         return Err(JobError::msg(format!(
@@ -129,6 +136,12 @@ pub async fn start(broker: AmqpBroker, heartbeat: Duration) -> Result<Demo, Erro
     let client = Client::new(broker.clone());
     for n in 0..6 {
         client.enqueue::<ImportJob>(Task { n }).await?;
+    }
+    for hours in 1..=3 {
+        let later = Duration::from_secs(hours * 3600);
+        client
+            .enqueue_in::<EmailJob>(Task { n: hours }, later)
+            .await?;
     }
     let producer = tokio::spawn(async move {
         let mut n = 6;

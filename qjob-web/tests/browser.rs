@@ -1,8 +1,11 @@
 //! The console in headless Chromium (Debian's `chromium` and
 //! `chromium-driver`; `.ci/run` installs them), over the example's demo on
 //! RabbitMQ: the overview lists the workers, pausing a job type stops its
-//! consumption on the broker, replaying a dead letter runs it. It also
-//! renews the overview's screenshot in `qjob/docs/`.
+//! consumption on the broker, replaying a dead letter runs it, cancelling
+//! a running job from its row dead-letters it, running a scheduled job now
+//! empties its delay queue, and the search box finds a job by id. It also
+//! renews the overview's and the running jobs' screenshots in
+//! `qjob/docs/`.
 
 #[path = "../examples/console.rs"]
 mod demo;
@@ -20,6 +23,12 @@ const LIMIT: Duration = Duration::from_secs(30);
 const SCREENSHOT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../qjob/docs/console-overview.png"
+);
+
+/// The screenshot of the jobs running now, for the guide.
+const RUNNING_SCREENSHOT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../qjob/docs/console-running.png"
 );
 
 /// A free port on loopback.
@@ -127,6 +136,39 @@ async fn click(client: &Client, label: &str) -> String {
     notice.text().await.unwrap()
 }
 
+/// Clicks the button labelled `label` in the table row that shows `id`;
+/// returns the notice of the page it leads back to.
+async fn click_in_row(client: &Client, id: &str, label: &str) -> String {
+    client
+        .execute(
+            "document.querySelectorAll('p.notice').forEach(n => n.remove()); return null;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let button = format!("//tr[td/code[text()='{id}']]//button[text()='{label}']");
+    client
+        .find(Locator::XPath(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = client
+        .wait()
+        .at_most(LIMIT)
+        .for_element(Locator::Css("p.notice"))
+        .await
+        .unwrap();
+    notice.text().await.unwrap()
+}
+
+/// Whether the dead-letter queue `queue` holds job `id` (left in place).
+async fn rabbit_dead_letter(broker: &qjob::AmqpBroker, queue: &str, id: &str) -> bool {
+    let admin = qjob::admin::Admin::connect(broker.clone()).await.unwrap();
+    admin.dead_letter(queue, id).await.unwrap().is_some()
+}
+
 /// Waits until `check` holds.
 async fn until(what: &str, check: impl AsyncFnMut() -> bool) {
     qjob_tests::until(what, LIMIT, check).await
@@ -138,6 +180,11 @@ async fn the_console_works_in_a_real_browser() {
     let queues = [
         "demo.email",
         "demo.email.dlq",
+        "demo.email.delay-index",
+        "demo.email.delay.3600000ms",
+        "demo.email.delay.7200000ms",
+        "demo.email.delay.10800000ms",
+        "demo.email.delay.86400000ms",
         "demo.report",
         "demo.report.dlq",
         "demo.import",
@@ -226,6 +273,78 @@ async fn the_console_works_in_a_real_browser() {
         text.contains("No dead letter of job")
     })
     .await;
+
+    // Running now: a slow report, cancelled from its row, is
+    // dead-lettered as cancelled on the broker.
+    let client_api = qjob::Client::new(broker.clone());
+    let slow = client_api
+        .enqueue::<demo::ReportJob>(demo::Task { n: 1_099 })
+        .await
+        .unwrap();
+    let running = format!("{base}/running");
+    // Running a second or more, so that the screenshot shows a time.
+    until_page(&client, &running, "the slow report running", |text| {
+        text.lines()
+            .any(|line| line.contains(slow.as_str()) && !line.contains(" 0s "))
+    })
+    .await;
+    let screenshot = client.screenshot().await.unwrap();
+    std::fs::write(RUNNING_SCREENSHOT, screenshot).unwrap();
+    let notice = click_in_row(&client, slow.as_str(), "Cancel").await;
+    assert!(
+        notice.starts_with(&format!("cancel {slow}: done by")),
+        "{notice}"
+    );
+    until("the report dead-lettered as cancelled", async || {
+        rabbit_dead_letter(&broker, "demo.report.dlq", slow.as_str()).await
+    })
+    .await;
+
+    // Scheduled: an email due in a day runs now; its delay queue is empty
+    // after.
+    let tomorrow = client_api
+        .enqueue_in::<demo::EmailJob>(demo::Task { n: 1 }, Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    let scheduled = format!("{base}/scheduled");
+    until_page(&client, &scheduled, "the email scheduled", |text| {
+        text.contains(tomorrow.as_str())
+    })
+    .await;
+    let notice = click_in_row(&client, tomorrow.as_str(), "Run now").await;
+    assert!(
+        notice.contains("moved on from demo.email.delay.86400000ms"),
+        "{notice}"
+    );
+    assert_eq!(stats("demo.email.delay.86400000ms").await.messages, 0);
+
+    // Find by id, from the search box: the cancelled report is dead.
+    let search = client
+        .find(Locator::Css("header input[name=id]"))
+        .await
+        .unwrap();
+    search.send_keys(slow.as_str()).await.unwrap();
+    client
+        .find(Locator::XPath("//header//button[text()='Find']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let found = client
+        .wait()
+        .at_most(LIMIT)
+        .for_element(Locator::XPath("//main/h2[text()='Dead-lettered']"))
+        .await;
+    assert!(found.is_ok(), "the find page says where the report is");
+    let text = client
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("cancelled while rendering"), "{text}");
 
     // The overview's screenshot, for the guide.
     client.goto(&format!("{base}/")).await.unwrap();
