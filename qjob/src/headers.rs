@@ -28,7 +28,7 @@
 //! | `qjob-attempt` | integer | a retry | the attempt this delivery is, 1-based; absent on the first, so the first retry carries 2 |
 //! | `qjob-enqueued-at` | integer | never by qjob | first enqueue, ms since the Unix epoch: read if present, for producers whose ids are not UUID v7 (an AMQP timestamp, in seconds, is read too) |
 //! | `qjob-first-failed-at` | integer | the first retry or dead letter, then kept | time of the first failure, ms since the epoch |
-//! | `qjob-error` | text | a dead letter | the last error, with its chain of sources |
+//! | `qjob-error` | text | a retry, a dead letter | the last error, with its chain of sources (on a retry, for the console) |
 //! | `qjob-reason` | text | a dead letter | why: one of the [reasons](#dead-letter-reasons) |
 //! | `qjob-attempts` | integer | a dead letter | the attempts made |
 //! | `qjob-failed-at` | integer | a dead letter | time of the last failure, ms since the epoch |
@@ -37,6 +37,8 @@
 //! | `qjob-replays` | integer | a replay | how many times the job was replayed from its dead-letter queue |
 //! | `qjob-replayed-at` | integer | a replay | when it was last replayed, ms since the epoch: an operator's cancel from before does not apply to the replayed job |
 //! | `qjob-delay-left` | integer | a delay longer than one delay-queue hop | ms still to wait after this hop |
+//! | `qjob-due-at` | integer | a message into a delay queue | when it is due, ms since the epoch by the clock of whoever delayed it: for the console's list only (the wait is the queue's TTL) |
+//! | `qjob-discarded` | text | a delayed job an operator discarded | the worker dead-letters it as `cancelled` without running it |
 //! | `qjob-unique-key` | text | a unique job's enqueue | the lock's name in the store (`unique:<queue>:<key>`), which the worker frees by it |
 //! | `qjob-batch` | text | a batch member's enqueue | the batch's id: the worker counts the member there when it succeeds or is dead-lettered |
 //! | `traceparent`, `tracestate` | text | an enqueue inside a span, with the `opentelemetry` feature | W3C trace context of the enqueuing span ([`crate::trace`]) |
@@ -44,7 +46,8 @@
 //! Other headers are kept as they are through retries, delays and dead
 //! letters. A replay from the dead-letter queue removes the failure history
 //! (`qjob-attempt`, `qjob-error`, `qjob-reason`, `qjob-attempts`,
-//! `qjob-failed-at`, `qjob-first-failed-at`, `qjob-queue`, `qjob-host`, and
+//! `qjob-failed-at`, `qjob-first-failed-at`, `qjob-queue`, `qjob-host`,
+//! `qjob-due-at`, `qjob-discarded`, and
 //! RabbitMQ's `x-death`, `x-delivery-count` and `x-first-death-*`), so the
 //! attempts count afresh, and keeps the rest.
 //!
@@ -64,7 +67,7 @@
 //! | `retries-exhausted` | every attempt failed: an error, a panic or a timeout, `retry` + 1 times |
 //! | `permanent` | the handler returned a permanent error ([`JobError::permanent`](crate::JobError::permanent)); not retried |
 //! | `malformed` | the body does not deserialize into the payload, or a qjob header has the wrong type; dead-lettered at once, not counted as an attempt |
-//! | `cancelled` | an operator cancelled the job ([the console](crate::docs::console)): while it ran, and its handler did not succeed, or before it was delivered; not retried |
+//! | `cancelled` | an operator cancelled the job ([the console](crate::docs::console)): while it ran, and its handler did not succeed, or before it was delivered; or discarded it while it waited; not retried |
 //! | `delivery-limit` | RabbitMQ moved it, not qjob: it came back to its quorum queue unsettled more often than the job's `delivery_limit` (its worker crashed, or lost its connection, while holding it). It carries no qjob dead-letter headers, only RabbitMQ's `x-death` and `x-first-death-*` |
 //!
 //! A reason another version of qjob wrote and this one does not know reads
