@@ -232,7 +232,7 @@ impl WorkerBuilder {
             overrides: self.overrides,
             console: self.console,
             heartbeat_interval: self.heartbeat_interval,
-            cancellations: Arc::new(Cancellations::new(self.cancel_memory)),
+            cancellations: Arc::new(Cancellations::new(self.cancel_memory, self.console)),
             store: self.store,
             id: uuid::Uuid::now_v7().simple().to_string(),
             max_handlers: self.max_handlers,

@@ -28,6 +28,10 @@ pub(crate) struct Cancellations {
     /// while none is.
     any: AtomicBool,
     memory: Duration,
+    /// Whether attempts and waits are registered: only with the console
+    /// on, whose commands alone cancel them and whose heartbeats alone
+    /// list them.
+    watching: bool,
 }
 
 #[derive(Debug, Default)]
@@ -119,8 +123,14 @@ impl Watch<'_> {
     }
 }
 
+/// The number of a watch not registered (the console off).
+const UNWATCHED: u64 = u64::MAX;
+
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
+        if self.number == UNWATCHED {
+            return;
+        }
         let mut ids = self.cancellations.ids();
         if let Some(watches) = ids.watched.get_mut(&self.job_id) {
             watches.retain(|watched| watched.number != self.number);
@@ -132,11 +142,14 @@ impl Drop for Watch<'_> {
 }
 
 impl Cancellations {
-    pub(crate) fn new(memory: Duration) -> Self {
+    /// Cancellations remembered for `memory`; with `watching` off (the
+    /// console off), attempts and waits are not registered.
+    pub(crate) fn new(memory: Duration, watching: bool) -> Self {
         Self {
             ids: Mutex::default(),
             any: AtomicBool::new(false),
             memory,
+            watching,
         }
     }
 
@@ -176,6 +189,15 @@ impl Cancellations {
         doing: Doing,
     ) -> Watch<'_> {
         let (token, run_now) = (CancellationToken::new(), CancellationToken::new());
+        if !self.watching {
+            return Watch {
+                cancellations: self,
+                job_id: job_id.clone(),
+                number: UNWATCHED,
+                token,
+                run_now,
+            };
+        }
         let began = SystemTime::now();
         // Checked and registered under one lock: a cancel in between
         // would find no token to cancel, and be lost.
@@ -323,7 +345,7 @@ mod tests {
 
     #[test]
     fn activity_lists_the_longest_running_and_the_soonest_due_within_a_bound() {
-        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let cancellations = Cancellations::new(Duration::from_secs(60), true);
         let ids: Vec<JobId> = (0..5).map(|n| JobId::from(format!("job-{n}"))).collect();
         // Registered in order: the first began first (or at the same
         // instant, then by id).
@@ -351,7 +373,7 @@ mod tests {
 
     #[tokio::test]
     async fn run_now_ends_a_wait_and_not_an_attempt() {
-        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let cancellations = Cancellations::new(Duration::from_secs(60), true);
         let id = JobId::from("job-9");
         let attempt = cancellations.watch(&id, None, running(1));
         let wait = cancellations.watch(&id, None, waiting(3600));
@@ -364,7 +386,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancelled_ids_are_forgotten_after_their_memory() {
-        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let cancellations = Cancellations::new(Duration::from_secs(60), true);
         let id = JobId::from("job-1");
         assert!(!cancellations.contains(&id, None));
         cancellations.cancel(id.clone());
@@ -378,7 +400,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancelled_ids_are_bounded() {
-        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let cancellations = Cancellations::new(Duration::from_secs(60), true);
         for n in 0..=CANCELLED_IDS_AT_MOST {
             cancellations.cancel(JobId::from(n.to_string()));
         }
@@ -389,7 +411,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_replay_after_the_cancel_is_not_cancelled() {
-        let cancellations = Cancellations::new(Duration::from_secs(60));
+        let cancellations = Cancellations::new(Duration::from_secs(60), true);
         let id = JobId::from("job-3");
         let before = SystemTime::now() - Duration::from_secs(1);
         cancellations.cancel(id.clone());
@@ -400,7 +422,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_handler_is_told() {
-        let cancellations = Arc::new(Cancellations::new(Duration::from_secs(60)));
+        let cancellations = Arc::new(Cancellations::new(Duration::from_secs(60), true));
         let id = JobId::from("job-2");
         let watch = cancellations.watch(&id, None, running(1));
         let token = watch.token();
