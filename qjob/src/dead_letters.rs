@@ -290,35 +290,30 @@ pub(crate) async fn walk(
         let visited = visit(&delivery.message);
         // Held from here on: dropped, the walk puts it back.
         kept.0.push_back(delivery);
-        let delivery = kept.0.back().expect("just held");
-        // Whether the letter leaves the queue by this walk (and counts),
-        // once the publish it needs, if any, is confirmed.
-        let published = match visited {
+        // Where the letter goes as it leaves the queue by this walk, and
+        // whether that counts.
+        let (publish, counts) = match visited {
             Visit::Keep if !rotate || kept.0.len() <= HELD_AT_MOST => continue,
             Visit::Stop => break,
             // Memory stays bounded: past the first letters kept, each one
             // kept moves to the tail (republished and confirmed, then
             // removed), in order.
-            Visit::Keep => broker
-                .publish(queue, delivery.message.clone())
-                .await
-                .map(|()| false),
-            Visit::Move(target, message) => broker.publish(&target, message).await.map(|()| true),
-            Visit::Discard => Ok(true),
+            Visit::Keep => {
+                let message = kept.0.back().expect("just held").message.clone();
+                (Some((queue.to_owned(), message)), false)
+            }
+            Visit::Move(target, message) => (Some((target, message)), true),
+            Visit::Discard => (None, true),
         };
-        let counts = match published {
-            Ok(counts) => counts,
-            Err(error) => {
+        let delivery = kept.0.pop_back().expect("still held");
+        match move_on(broker.clone(), delivery, publish).await {
+            Ok(()) => removed += usize::from(counts),
+            Err((error, back)) => {
+                kept.0.extend(back);
                 outcome = Err(error);
                 break;
             }
-        };
-        let delivery = kept.0.pop_back().expect("still held");
-        if let Err(error) = delivery.acker.ack().await {
-            outcome = Err(error);
-            break;
         }
-        removed += usize::from(counts);
     }
     // Put back what was kept, in order; each stays held until its reject
     // is sent.
@@ -329,6 +324,35 @@ pub(crate) async fn walk(
         kept.0.pop_front();
     }
     outcome.map(|()| removed)
+}
+
+/// Publishes `publish`'s message (if any) to its queue, confirmed, then
+/// acks `delivery`, in a task of its own: a walk dropped in between (a
+/// timeout, an aborted request) leaves neither half undone, so a message
+/// moved on is never also put back. On a failed publish the delivery comes
+/// back to be put back (or is put back by the task, if the walk is gone).
+async fn move_on(
+    broker: Arc<dyn Broker>,
+    delivery: Delivery,
+    publish: Option<(String, Message)>,
+) -> Result<(), (Error, Option<Delivery>)> {
+    let task = tokio::spawn(async move {
+        if let Some((target, message)) = publish
+            && let Err(error) = broker.publish(&target, message).await
+        {
+            return Err((error, Held([delivery].into())));
+        }
+        delivery
+            .acker
+            .ack()
+            .await
+            .map_err(|error| (error, Held::default()))
+    });
+    match task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((error, mut held))) => Err((error, held.0.pop_front())),
+        Err(ended) => Err((Error::broker("move a message on", ended.to_string()), None)),
+    }
 }
 
 /// `basic.get` from `queue`, in a task of its own, the message held as
