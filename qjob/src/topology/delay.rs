@@ -224,6 +224,38 @@ pub(crate) fn delay_index(queue: &str) -> QueueSpec {
         .with_expires(INDEX_ENTRY_LIFE.saturating_add(DELAY_QUEUE_GRACE))
 }
 
+/// The longest a delayed publish waits for its queue to be named in the
+/// delay index.
+const INDEX_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A delay queue's name on its way into the index: forgotten, to be
+/// written again, unless it got there.
+struct Pending<'a>(Option<(&'a std::sync::Mutex<HashMap<String, Instant>>, &'a str)>);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some((indexed, name)) = self.0.take() {
+            lock(indexed).remove(name);
+        }
+    }
+}
+
+/// Says why a delay queue is not named in the index: the first time in
+/// this process as a warning (the console then misses what waits there),
+/// then quietly.
+fn index_failed(queue: &str, error: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(queue, error, "could not name a delay queue in its index");
+    } else {
+        tracing::warn!(
+            queue,
+            error,
+            "could not name a delay queue in its index: the console does not see the jobs waiting there (said once)"
+        );
+    }
+}
+
 fn lock(
     map: &std::sync::Mutex<HashMap<String, Instant>>,
 ) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
@@ -278,7 +310,9 @@ impl Leases {
 
     /// Names delay queue `spec` in its target's delay index, unless this
     /// process did within [`INDEX_EVERY`]. Only the console reads the
-    /// index: a failure is logged, and the delayed publish goes on.
+    /// index: a failure is logged, and the delayed publish goes on, waiting
+    /// at most [`INDEX_TIMEOUT`] for it (on a healthy broker, one declare
+    /// and one publish, once per queue in 12 hours).
     async fn index(&self, broker: &dyn Broker, spec: &QueueSpec) {
         let Some(target) = spec.dead_letter_to.as_deref() else {
             return;
@@ -297,19 +331,20 @@ impl Leases {
             }
             indexed.insert(spec.name.clone(), now);
         }
+        // Unless the name is written, it is written again at the next
+        // declare: also when this future is dropped half-way.
+        let mut pending = Pending(Some((&self.indexed, &spec.name)));
         let index = delay_index(target);
-        let named = match broker.declare_queue(&index).await {
-            Ok(()) => {
-                broker
-                    .publish(&index.name, Message::new(spec.name.clone().into_bytes()))
-                    .await
-            }
-            Err(error) => Err(error),
+        let write = async {
+            broker.declare_queue(&index).await?;
+            broker
+                .publish(&index.name, Message::new(spec.name.clone().into_bytes()))
+                .await
         };
-        if let Err(error) = named {
-            // Tried again at the next declare.
-            lock(&self.indexed).remove(&spec.name);
-            tracing::debug!(%error, queue = spec.name.as_str(), "could not name a delay queue in its index");
+        match tokio::time::timeout(INDEX_TIMEOUT, write).await {
+            Ok(Ok(())) => pending.0 = None,
+            Ok(Err(error)) => index_failed(&spec.name, &error.to_string()),
+            Err(_) => index_failed(&spec.name, &format!("no answer within {INDEX_TIMEOUT:?}")),
         }
     }
 
