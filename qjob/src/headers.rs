@@ -28,7 +28,7 @@
 //! | `qjob-attempt` | integer | a retry | the attempt this delivery is, 1-based; absent on the first, so the first retry carries 2 |
 //! | `qjob-enqueued-at` | integer | never by qjob | first enqueue, ms since the Unix epoch: read if present, for producers whose ids are not UUID v7 (an AMQP timestamp, in seconds, is read too) |
 //! | `qjob-first-failed-at` | integer | the first retry or dead letter, then kept | time of the first failure, ms since the epoch |
-//! | `qjob-error` | text | a retry, a dead letter | the last error, with its chain of sources (on a retry, for the console) |
+//! | `qjob-error` | text | a retry, a dead letter | the last error, with its chain of sources (on a retry, for the console, cut to 2 KiB) |
 //! | `qjob-reason` | text | a dead letter | why: one of the [reasons](#dead-letter-reasons) |
 //! | `qjob-attempts` | integer | a dead letter | the attempts made |
 //! | `qjob-failed-at` | integer | a dead letter | time of the last failure, ms since the epoch |
@@ -120,6 +120,24 @@ pub const DUE_AT: &str = "qjob-due-at";
 /// gets it dead-letters it as cancelled without running it (so its batch
 /// counts it and its unique lock is freed). The text says who and when.
 pub const DISCARDED: &str = "qjob-discarded";
+
+/// The most bytes of its last error a retry carries in `qjob-error` (a
+/// dead letter carries it whole): enough for the console, far below a
+/// frame.
+pub(crate) const RETRY_ERROR_AT_MOST: usize = 2048;
+
+/// `text` cut to at most `bytes` bytes, on a character boundary, with `…`
+/// where it was cut.
+pub(crate) fn cut(text: &str, bytes: usize) -> String {
+    if text.len() <= bytes {
+        return text.to_owned();
+    }
+    let mut end = bytes.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
 
 /// Whether `name` is part of a job's failure history, which a replay from
 /// the dead-letter queue clears.
@@ -245,6 +263,14 @@ pub(crate) fn new_job(id: &JobId, body: Vec<u8>) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("short", 10), "short");
+        let cut_text = cut(&"é".repeat(3000), RETRY_ERROR_AT_MOST);
+        assert!(cut_text.len() <= RETRY_ERROR_AT_MOST, "{}", cut_text.len());
+        assert!(cut_text.ends_with("é…"));
+    }
 
     #[test]
     fn other_producers_integer_widths_and_timestamps_read() {

@@ -108,6 +108,7 @@ pub(crate) fn retry_message(mut message: Message, attempt: u32, error: &str) -> 
         headers::ATTEMPT.into(),
         HeaderValue::Int(i64::from(attempt) + 1),
     );
+    let error = crate::headers::cut(error, headers::RETRY_ERROR_AT_MOST);
     message.headers.insert(headers::ERROR.into(), error.into());
     record_first_failure(&mut message);
     message

@@ -318,7 +318,8 @@ impl Handler {
             key: envelope.key.clone(),
             retry: retry.map(|(wait, error)| {
                 let now = SystemTime::now();
-                (now.checked_add(wait).unwrap_or(now), error.clone())
+                let error = crate::headers::cut(error, crate::headers::RETRY_ERROR_AT_MOST);
+                (now.checked_add(wait).unwrap_or(now), error)
             }),
         }
     }
