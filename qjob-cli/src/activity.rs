@@ -4,7 +4,7 @@
 use qjob::admin::{Acted, DelayedJob, HeldView, Listed, RunningView, Waiting, Whereabouts};
 use serde_json::{Value, json};
 
-use crate::failure::{Failure, NOT_FOUND};
+use crate::failure::{Failure, NOT_CARRIED_OUT, NOT_FOUND};
 use crate::out::{Out, millis, short_id};
 use crate::table::{Table, ago, short, span, until};
 
@@ -228,7 +228,7 @@ fn whereabouts_json(place: &Whereabouts) -> Value {
 }
 
 /// `run-now` or `discard`: what became of the waiting job; not found (3)
-/// if it waits nowhere.
+/// if it waits nowhere, not carried out (4) if no worker replied.
 pub(crate) fn acted(out: &Out, job_id: &str, acted: Acted) -> Result<(), Failure> {
     let (text, value) = match &acted {
         Acted::Delayed(job) => (
@@ -249,6 +249,12 @@ pub(crate) fn acted(out: &Out, job_id: &str, acted: Acted) -> Result<(), Failure
                 lines.join("\n"),
                 json!({ "job_id": job_id, "held": replies }),
             )
+        }
+        Acted::Unanswered => {
+            return Err(Failure(
+                NOT_CARRIED_OUT,
+                format!("a worker holds job {job_id}, and no running worker replied"),
+            ));
         }
         _ => return Err(not_waiting(job_id)),
     };

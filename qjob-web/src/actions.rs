@@ -404,6 +404,7 @@ fn waiting_acted(
     let notice = match acted {
         Ok(Acted::Delayed(job)) => format!("{what} {job_id}: moved on from {}", job.queue),
         Ok(Acted::Held(replies)) => replied(&format!("{what} {job_id}"), &replies),
+        Ok(Acted::Unanswered) => format!("{what} {job_id}: no running worker replied"),
         Ok(_) => format!("{what}: {job_id} waits in no delay queue and no worker holds it"),
         Err(qjob::Error::Config(message)) => format!("{what}: {message}"),
         Err(error) => return broker_error(error),

@@ -103,7 +103,9 @@ pub fn browsable(job: &JobView) -> bool {
 
 impl Admin {
     /// The delay queues of `job` that exist now: those its workers' retries
-    /// used lately, and those its delay index names, by name.
+    /// used lately, and those its delay index names (or named when this
+    /// console last read it: another reading it at the same time holds its
+    /// entries), by name.
     ///
     /// # Errors
     ///
@@ -124,18 +126,34 @@ impl Admin {
             })
             .await?;
         }
-        let mut queues = Vec::new();
-        for name in named {
-            let belongs = job
-                .status
+        let belongs = |name: &String| {
+            job.status
                 .consumed_queues
                 .iter()
-                .any(|target| topology::delay_queue_named(target, queue_type, &name).is_some());
-            if belongs && self.broker.queue_stats(&name).await?.is_some() {
+                .any(|target| topology::delay_queue_named(target, queue_type, name).is_some())
+        };
+        named.extend(
+            self.seen_delay_queues()
+                .iter()
+                .filter(|name| belongs(name))
+                .cloned(),
+        );
+        let mut queues = Vec::new();
+        for name in named.into_iter().filter(belongs) {
+            if self.broker.queue_stats(&name).await?.is_some() {
+                self.seen_delay_queues().insert(name.clone());
                 queues.push(name);
+            } else {
+                self.seen_delay_queues().remove(&name);
             }
         }
         Ok(queues)
+    }
+
+    fn seen_delay_queues(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.delay_queues_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The jobs waiting in the delay queues of job type `job` (its name or
@@ -212,8 +230,9 @@ impl Admin {
     /// Discards the delayed job `job_id`: it moves on now marked discarded
     /// ([`headers::DISCARDED`]), and the worker that gets it dead-letters it
     /// as cancelled without running it, so its batch counts it, its unique
-    /// lock is freed and its dead-letter queue keeps it. Returns it, or
-    /// `None` as [`Admin::run_delayed_now`] does.
+    /// lock is freed and its dead-letter queue keeps it. The workers are
+    /// then told to cancel it too ([`Admin::cancel`]), for a copy left
+    /// behind. Returns it, or `None` as [`Admin::run_delayed_now`] does.
     ///
     /// # Errors
     ///

@@ -118,6 +118,9 @@ pub enum Acted {
     /// A worker held it for a retry in place: its replies (those that did
     /// it say `ok`).
     Held(Vec<Reply>),
+    /// A worker holds it, and none of the workers replied within the
+    /// reply window.
+    Unanswered,
     /// It waits nowhere: not in a delay queue, and no worker holds it.
     NotWaiting,
 }
@@ -131,37 +134,51 @@ impl Admin {
     ///
     /// [`Error::Config`] for an empty id; the broker's error.
     pub async fn run_now(&self, job_id: &str) -> Result<Acted, Error> {
+        // The heartbeats first: they cost nothing to read.
+        if self.is_held(job_id) {
+            return Ok(held(self.run_held_now(job_id).await?));
+        }
         if let Some(job) = self.run_delayed_now(job_id).await? {
             return Ok(Acted::Delayed(job));
         }
-        let replies = self.run_held_now(job_id).await?;
-        Ok(if replies.iter().any(|reply| reply.ok) {
-            Acted::Held(replies)
-        } else {
-            Acted::NotWaiting
-        })
+        Ok(Acted::NotWaiting)
     }
 
     /// Discards waiting job `job_id`, wherever it waits: dead-lettered as
     /// cancelled without running, from its delay queue
     /// ([`Admin::discard_delayed`]) or from the worker holding it (a
-    /// [`Admin::cancel`]).
+    /// [`Admin::cancel`]: should its next attempt have started since the
+    /// worker's last heartbeat, that attempt is cancelled).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for an empty id; the broker's error.
     pub async fn discard_waiting(&self, job_id: &str) -> Result<Acted, Error> {
+        if self.is_held(job_id) {
+            return Ok(held(self.cancel(job_id).await?));
+        }
         if let Some(job) = self.discard_delayed(job_id).await? {
             return Ok(Acted::Delayed(job));
         }
-        let held = self
-            .held(None)
+        Ok(Acted::NotWaiting)
+    }
+
+    /// Whether an alive worker's last heartbeat lists `job_id` as held.
+    fn is_held(&self, job_id: &str) -> bool {
+        self.held(None)
             .items
             .iter()
-            .any(|view| view.retrying.job_id == job_id);
-        if !held {
-            return Ok(Acted::NotWaiting);
-        }
-        Ok(Acted::Held(self.cancel(job_id).await?))
+            .any(|view| view.retrying.job_id == job_id)
+    }
+}
+
+/// What the workers' `replies` to an action on a held job say.
+fn held(replies: Vec<Reply>) -> Acted {
+    if replies.iter().any(|reply| reply.ok) {
+        Acted::Held(replies)
+    } else if replies.is_empty() {
+        Acted::Unanswered
+    } else {
+        Acted::NotWaiting
     }
 }

@@ -71,6 +71,9 @@ pub struct Admin {
     listener: tokio::task::JoinHandle<()>,
     reply_window: Duration,
     commands: AtomicU64,
+    /// The delay queues seen in the delay indexes: another console reading
+    /// an index at the same time holds its entries.
+    delay_queues_seen: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -110,6 +113,7 @@ impl Admin {
             seen,
             reply_window: DEFAULT_REPLY_WINDOW,
             commands: AtomicU64::new(0),
+            delay_queues_seen: Mutex::default(),
         };
         admin.send(Command::Ping).await?;
         Ok(admin)
