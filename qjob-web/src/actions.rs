@@ -246,14 +246,19 @@ pub(crate) async fn cancel(
     State(shared): State<Arc<Shared>>,
     Checked(form): Checked<Cancel>,
 ) -> Response {
+    cancel_back_to(&shared, &form, "/").await
+}
+
+/// Cancels `form`'s job, then back to `page` with what the workers said.
+async fn cancel_back_to(shared: &Shared, form: &Cancel, page: &str) -> Response {
     let job_id = form.job_id.trim();
     if job_id.is_empty() {
-        return back(&shared, "/", "cancel: which job id?");
+        return back(shared, page, "cancel: which job id?");
     }
     match shared.admin.cancel(job_id).await {
         Ok(replies) => back(
-            &shared,
-            "/",
+            shared,
+            page,
             &replied(&format!("cancel {job_id}"), &replies),
         ),
         Err(error) => broker_error(error),
@@ -343,18 +348,7 @@ pub(crate) async fn cancel_running(
     State(shared): State<Arc<Shared>>,
     Checked(form): Checked<Cancel>,
 ) -> Response {
-    let job_id = form.job_id.trim();
-    if job_id.is_empty() {
-        return back(&shared, "/running", "cancel: which job id?");
-    }
-    match shared.admin.cancel(job_id).await {
-        Ok(replies) => back(
-            &shared,
-            "/running",
-            &replied(&format!("cancel {job_id}"), &replies),
-        ),
-        Err(error) => broker_error(error),
-    }
+    cancel_back_to(&shared, &form, "/running").await
 }
 
 /// Where a waiting job's action goes back to: one of the pages that show

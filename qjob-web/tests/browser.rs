@@ -110,6 +110,12 @@ async fn until_page(
 /// Clicks the page's first button labelled `label`; returns the notice of
 /// the page it leads back to.
 async fn click(client: &Client, label: &str) -> String {
+    click_at(client, &format!("//button[text()='{label}']")).await
+}
+
+/// Clicks the button that `xpath` finds; returns the notice of the page it
+/// leads back to.
+async fn click_at(client: &Client, xpath: &str) -> String {
     // The notice of an earlier action must not pass for this one's.
     client
         .execute(
@@ -118,9 +124,8 @@ async fn click(client: &Client, label: &str) -> String {
         )
         .await
         .unwrap();
-    let button = format!("//button[text()='{label}']");
     client
-        .find(Locator::XPath(&button))
+        .find(Locator::XPath(xpath))
         .await
         .unwrap()
         .click()
@@ -139,28 +144,11 @@ async fn click(client: &Client, label: &str) -> String {
 /// Clicks the button labelled `label` in the table row that shows `id`;
 /// returns the notice of the page it leads back to.
 async fn click_in_row(client: &Client, id: &str, label: &str) -> String {
-    client
-        .execute(
-            "document.querySelectorAll('p.notice').forEach(n => n.remove()); return null;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    let button = format!("//tr[td/code[text()='{id}']]//button[text()='{label}']");
-    client
-        .find(Locator::XPath(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let notice = client
-        .wait()
-        .at_most(LIMIT)
-        .for_element(Locator::Css("p.notice"))
-        .await
-        .unwrap();
-    notice.text().await.unwrap()
+    click_at(
+        client,
+        &format!("//tr[td/code[text()='{id}']]//button[text()='{label}']"),
+    )
+    .await
 }
 
 /// Whether the dead-letter queue `queue` holds job `id` (left in place).
