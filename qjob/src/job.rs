@@ -73,7 +73,8 @@ pub trait Job: Send + Sync + 'static {
 
     /// The payload's JSON Schema (draft-07), which the workers report to
     /// the console, so that producers in other languages learn what to
-    /// publish (`qjob asyncapi`); `None` (the default) gives none. `#[job(schema)]` returns the schema that
+    /// publish ([`crate::admin::AsyncApi`], `qjob asyncapi`); `None` (the
+    /// default) gives none. `#[job(schema)]` returns the schema that
     /// `schemars` derives for the payload (qjob's feature `schemars`); by
     /// hand, return any draft-07 schema, with its definitions under
     /// `definitions`.
