@@ -104,6 +104,9 @@ pub(crate) enum Command {
     /// Checks the broker's queues against what the running workers declare.
     #[command(subcommand)]
     Topology(Topology),
+    /// An AsyncAPI 3.0.0 document of the running job types (JSON), for
+    /// producers in other languages.
+    Asyncapi(crate::asyncapi::AsyncApiArgs),
 }
 
 /// Which waiting jobs to list.

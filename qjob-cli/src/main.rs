@@ -2,9 +2,9 @@
 //! RabbitMQ, and command the workers. Built on `qjob::admin`.
 //!
 //! Exit codes: 0 done; 1 the broker failed or could not be reached; 2 bad
-//! usage; 3 not found (no such dead letter, queue or job type); 4 a
-//! command was not carried out (no worker replied, or one refused);
-//! 5 `topology check` found problems.
+//! usage; 3 not found (no such dead letter, queue or job type, or no
+//! worker heard for `asyncapi`); 4 a command was not carried out (no
+//! worker replied, or one refused); 5 `topology check` found problems.
 
 /// `println!` through [`table::say`]: cleaned of control characters, and
 /// quiet on a closed pipe.
@@ -16,6 +16,7 @@ macro_rules! say {
 
 mod activity;
 mod args;
+mod asyncapi;
 mod commands;
 mod dlq;
 mod failure;
@@ -139,6 +140,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             admin.refresh().await?;
             check_topology(&out, &admin).await
         }
+        Command::Asyncapi(args) => asyncapi::asyncapi(&admin, &cli.url, args).await,
     }
 }
 

@@ -700,3 +700,63 @@ async fn running_scheduled_retrying_find_run_now_and_discard() {
     );
     assert_eq!(code(&qjob(&["cancel", blocked.as_str()]).await), 0);
 }
+
+#[job(queue = "qjob.test.cli.asyncapi", priorities = 3)]
+async fn cli_asyncapi(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    let _ = work.n;
+    Ok(())
+}
+
+/// The official AsyncAPI 3.0.0 schema's errors in `document` (the schema
+/// vendored in `tests/fixtures/asyncapi`, checked offline).
+fn asyncapi_errors(document: &Value) -> Vec<String> {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/asyncapi/3.0.0.json")).unwrap();
+    let validator = jsonschema::draft7::new(&schema).expect("the schema compiles offline");
+    validator
+        .iter_errors(document)
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect()
+}
+
+#[tokio::test]
+async fn asyncapi_prints_a_valid_document_without_the_password() {
+    let broker = broker().await;
+    reset::<CliAsyncapiJob>().await;
+    let _running = start(&broker, CliAsyncapiJob);
+    let output = until(&["asyncapi"], |o| stdout(o).contains(CliAsyncapiJob::QUEUE)).await;
+    assert_eq!(code(&output), 0);
+    let document = json(&output);
+    let errors = asyncapi_errors(&document);
+    assert!(errors.is_empty(), "{errors:#?}\n{document:#}");
+    let channel = &document["channels"]["cli_asyncapi"];
+    assert_eq!(channel["address"], CliAsyncapiJob::QUEUE);
+    assert_eq!(document["info"]["title"], "qjob jobs");
+    let url = url();
+    let host = document["servers"]["rabbitmq"]["host"].as_str().unwrap();
+    assert!(url.contains(host), "{host} is {url}'s");
+    let credentials = url.split_once("://").unwrap().1.split_once('@').unwrap().0;
+    assert!(
+        !stdout(&output).contains(credentials),
+        "{}",
+        stdout(&output)
+    );
+
+    let file = std::env::temp_dir().join(format!("qjob-asyncapi-{}.json", std::process::id()));
+    let path = file.to_str().unwrap();
+    let output = qjob(&["asyncapi", "--output", path, "--title", "Billing"]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout(&output), "");
+    let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(written["info"]["title"], "Billing");
+    assert_eq!(
+        written["channels"]["cli_asyncapi"]["address"],
+        CliAsyncapiJob::QUEUE
+    );
+}

@@ -38,6 +38,7 @@ const KEYS: &[&str] = &[
     "rate_by",
     "class",
     "weight",
+    "schema",
 ];
 
 const BREAKER_KEYS: &[&str] = &["failure_rate", "min_attempts", "window", "open_for"];
@@ -118,6 +119,9 @@ pub(crate) struct Args {
     pub(crate) rate_by: Option<(Vec<Ident>, Span)>,
     pub(crate) class: Option<&'static str>,
     pub(crate) weight: Option<u64>,
+    /// `schema`: the payload's JSON Schema, derived through schemars (at
+    /// this span, an error if the payload or qjob's features cannot).
+    pub(crate) schema: Option<Span>,
     /// The arguments given, valid or not.
     pub(crate) given: Vec<String>,
 }
@@ -185,6 +189,16 @@ impl Args {
         }
         if key == "autoscale" {
             self.autoscale = Some(autoscale(meta)?);
+            return Ok(());
+        }
+        if key == "schema" {
+            let Meta::Path(path) = meta else {
+                return Err(syn::Error::new(
+                    meta.span(),
+                    "`schema` takes no value: #[job(queue = \"...\", schema)]",
+                ));
+            };
+            self.schema = Some(path.span());
             return Ok(());
         }
         let value = value_of(key, meta)?;

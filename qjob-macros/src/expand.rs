@@ -61,6 +61,7 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
     let unique_key = unique_key(args, payload);
     let rate_key = rate_key(args, payload);
     let schedule = schedule(args, payload);
+    let payload_schema = payload_schema(args);
     // A wrong error type is reported at the handler's return type.
     let output = match &function.sig.output {
         syn::ReturnType::Type(_, ty) => ty.span(),
@@ -97,6 +98,8 @@ fn generate(args: &Args, payload: &Type, function: &ItemFn) -> TokenStream {
             #rate_key
 
             #schedule
+
+            #payload_schema
 
             fn perform(
                 &self,
@@ -312,6 +315,21 @@ fn schedule(args: &Args, payload: &Type) -> TokenStream {
     quote! {
         fn schedule() -> ::core::option::Option<(::qjob::Schedule, #payload)> {
             ::core::option::Option::Some((::qjob::__private::schedule(#cron), #default))
+        }
+    }
+}
+
+/// `schema`: the payload's JSON Schema, through a helper whose trait
+/// bound says at `schema` what is missing (qjob's feature `schemars`, or
+/// the payload's `JsonSchema`).
+fn payload_schema(args: &Args) -> TokenStream {
+    let Some(span) = args.schema else {
+        return TokenStream::new();
+    };
+    let schema = quote_spanned!(span=> ::qjob::__private::payload_schema::<Self::Payload>());
+    quote! {
+        fn payload_schema() -> ::core::option::Option<::qjob::__private::JsonValue> {
+            #schema
         }
     }
 }

@@ -71,6 +71,17 @@ pub trait Job: Send + Sync + 'static {
         None
     }
 
+    /// The payload's JSON Schema (draft-07), which the workers report to
+    /// the console, so that producers in other languages learn what to
+    /// publish ([`crate::admin::AsyncApi`], `qjob asyncapi`); `None` (the
+    /// default) gives none. `#[job(schema)]` returns the schema that
+    /// `schemars` derives for the payload (qjob's feature `schemars`); by
+    /// hand, return any draft-07 schema, with its definitions under
+    /// `definitions`.
+    fn payload_schema() -> Option<serde_json::Value> {
+        None
+    }
+
     #[cfg(feature = "periodic")]
     /// The schedule `#[job(cron = "...")]` declares, with the payload its
     /// ticks carry: a worker that registers the job type also fires it on

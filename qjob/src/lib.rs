@@ -163,6 +163,51 @@ pub mod __private {
             .filter(|json| json != "null")
     }
 
+    /// The JSON value of a payload's schema.
+    pub use serde_json::Value as JsonValue;
+
+    /// The schema of `#[job(schema)]`'s payload: draft-07, as
+    /// [`Job::payload_schema`](crate::Job::payload_schema) says.
+    pub fn payload_schema<P: PayloadSchema + ?Sized>() -> Option<JsonValue> {
+        Some(P::payload_schema())
+    }
+
+    /// A payload that `#[job(schema)]` can describe: one that derives
+    /// `schemars::JsonSchema`, with qjob's feature `schemars`.
+    #[cfg(feature = "schemars")]
+    #[diagnostic::on_unimplemented(
+        message = "`#[job(schema)]` needs a payload that implements `schemars::JsonSchema`; `{Self}` does not",
+        label = "the payload's schema",
+        note = "derive it: `#[derive(schemars::JsonSchema)]` (schemars 1), or leave `schema` out"
+    )]
+    pub trait PayloadSchema {
+        /// The payload's JSON Schema.
+        fn payload_schema() -> JsonValue;
+    }
+
+    #[cfg(feature = "schemars")]
+    impl<T: schemars::JsonSchema + ?Sized> PayloadSchema for T {
+        fn payload_schema() -> JsonValue {
+            schemars::generate::SchemaSettings::draft07()
+                .into_generator()
+                .into_root_schema_for::<T>()
+                .to_value()
+        }
+    }
+
+    /// Without qjob's feature `schemars`, no payload can be described: a
+    /// `#[job(schema)]` says so at `schema`.
+    #[cfg(not(feature = "schemars"))]
+    #[diagnostic::on_unimplemented(
+        message = "`#[job(schema)]` needs qjob's feature `schemars`",
+        label = "the payload's schema",
+        note = "turn it on (`features = [\"schemars\"]` on qjob in Cargo.toml) and derive `schemars::JsonSchema` for the payload; or leave `schema` out"
+    )]
+    pub trait PayloadSchema {
+        /// The payload's JSON Schema.
+        fn payload_schema() -> JsonValue;
+    }
+
     /// The partition key of a payload's `partition_by` field.
     pub fn partition_key<K: PartitionKey + ?Sized>(key: &K) -> String {
         key.key_text()

@@ -29,6 +29,7 @@
 //! ```
 
 mod activity;
+mod asyncapi;
 mod commands;
 mod delayed;
 mod find;
@@ -43,6 +44,7 @@ pub use crate::protocol::{
     STATUS_EXCHANGE, SharedLimitsStatus, WorkerState, WorkerStatus,
 };
 pub use activity::{HeldView, Listed, RunningView};
+pub use asyncapi::AsyncApi;
 pub use commands::DEFAULT_REPLY_WINDOW;
 pub use delayed::{DelayedJob, Waiting, browsable};
 pub use find::{Acted, Whereabouts};

@@ -204,6 +204,9 @@ pub struct JobStatus {
     pub queue_type: String,
     /// Its partitions, if it is partitioned.
     pub partitions: Option<u16>,
+    /// The highest priority its jobs may be enqueued with, if it takes
+    /// priorities (absent from an older worker's heartbeat).
+    pub priorities: Option<u8>,
     /// Its shards, if it is sharded over more than one queue.
     pub shards: Option<u16>,
     /// Unacked deliveries per consumer.
@@ -243,6 +246,9 @@ pub struct JobStatus {
     /// dead-letter queue, and the delay queues it used lately), for
     /// checking the broker's topology.
     pub declared: Vec<DeclaredQueue>,
+    /// Its payload's JSON Schema (draft-07), if the job type gives one
+    /// ([`crate::Job::payload_schema`]).
+    pub payload_schema: Option<serde_json::Value>,
 }
 
 /// A queue as a worker declares it: [`QueueSpec`] in the format.

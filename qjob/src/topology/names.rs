@@ -33,8 +33,9 @@ pub(crate) fn work_queue_of(name: &str) -> &str {
     name.strip_suffix(DEAD_LETTER_SUFFIX).unwrap_or(name)
 }
 
-/// The name of partition queue `index` of `queue`: `<queue>.p<index>`.
-pub(crate) fn partition_queue(queue: &str, index: u16) -> String {
+/// The name of partition queue `index` of `queue`: `<queue>.p<index>`
+/// (`index` may be a placeholder, such as an AsyncAPI parameter).
+pub(crate) fn partition_queue(queue: &str, index: impl std::fmt::Display) -> String {
     format!("{queue}.p{index}")
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct ConsoleJob {
     pub(crate) quota: Option<Arc<Quota>>,
     /// When the heartbeat last read its starts, and how many there were.
     pub(crate) starts_seen: Mutex<(Instant, u64)>,
+    /// Its payload's JSON Schema, if it gives one.
+    pub(crate) payload_schema: Option<serde_json::Value>,
 }
 
 impl ConsoleJob {
@@ -81,6 +83,8 @@ impl ConsoleJob {
             declared,
             queue_type: options.queue_type().as_str().to_owned(),
             partitions: options.partitions(),
+            priorities: options.priorities(),
+            payload_schema: self.payload_schema.clone(),
             shards: (options.shards() > 1).then_some(options.shards()),
             prefetch: options.prefetch(),
             concurrency: self.slots.size(),

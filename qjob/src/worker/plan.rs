@@ -330,6 +330,7 @@ impl Worker {
             gate: shared.gate.clone(),
             quota: shared.quota.clone(),
             starts_seen: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
+            payload_schema: job.payload_schema(),
         };
         JobPlan {
             job: job.name(),

@@ -37,6 +37,8 @@ pub(crate) enum Decoded {
 pub(crate) trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn options(&self) -> JobOptions;
+    /// The payload's JSON Schema ([`Job::payload_schema`]).
+    fn payload_schema(&self) -> Option<serde_json::Value>;
     /// The payload of a message with its partition key (`None` if the job
     /// gives none, or reading it panicked), or `None` if the body does not
     /// deserialize.
@@ -67,6 +69,10 @@ impl<J: Job> Runnable for Registered<J> {
 
     fn options(&self) -> JobOptions {
         J::options()
+    }
+
+    fn payload_schema(&self) -> Option<serde_json::Value> {
+        J::payload_schema()
     }
 
     fn decode_keyed(&self, body: &[u8]) -> Option<(Option<String>, Decoded)> {
