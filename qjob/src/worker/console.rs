@@ -21,6 +21,7 @@ use crate::worker::gate::Gate;
 use crate::worker::health::{BudgetHealth, Health};
 use crate::worker::metrics::{self, Counts};
 use crate::worker::quota::{Quota, job_resource};
+use crate::worker::schedule_control::{self, ScheduleControl};
 use crate::{JobId, JobOptions, topology};
 
 /// How often a worker sends a heartbeat by default.
@@ -190,6 +191,8 @@ pub(crate) struct Console {
     pub(crate) interval: Duration,
     pub(crate) health: Health,
     pub(crate) jobs: Vec<ConsoleJob>,
+    /// The schedules it carries.
+    pub(crate) schedules: Vec<Arc<ScheduleControl>>,
     pub(crate) cancellations: Arc<Cancellations>,
 }
 
@@ -363,6 +366,9 @@ impl Console {
             Command::SetGlobalConcurrency { job, limit } => {
                 self.set_global_concurrency(job, *limit).await
             }
+            schedule if schedule.schedule().is_some() => {
+                schedule_control::obey(&self.schedules, &self.health, schedule).await
+            }
             other => self.obey(other),
         };
         let Some((ok, message)) = obeyed else {
@@ -444,7 +450,12 @@ impl Console {
                 (true, format!("{} resumed", job.name))
             }
             Command::SetConcurrency { concurrency, .. } => self.set_concurrency(job, *concurrency),
-            Command::Ping | Command::Cancel { .. } | Command::SetGlobalConcurrency { .. } => {
+            Command::Ping
+            | Command::Cancel { .. }
+            | Command::SetGlobalConcurrency { .. }
+            | Command::FireSchedule { .. }
+            | Command::PauseSchedule { .. }
+            | Command::ResumeSchedule { .. } => {
                 return None;
             }
         })
