@@ -69,6 +69,7 @@ macro_rules! console_tests {
             a_sharded_job_shows_its_shards_and_the_extra_ones,
             a_pause_starts_no_job_held_in_place,
             a_stop_starts_no_job_held_in_place,
+            a_schedule_is_fired_paused_and_resumed_from_the_console,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {
