@@ -74,6 +74,12 @@ pub(crate) enum Command {
     /// Checks the broker's queues against what the running workers declare.
     #[command(subcommand)]
     Topology(Topology),
+    /// The schedules the running workers carry: leader, last and next
+    /// tick, missed-tick policy, paused.
+    Schedules,
+    /// Fires a schedule's tick now, pauses or resumes a schedule.
+    #[command(subcommand)]
+    Schedule(crate::schedules::ScheduleCommand),
 }
 
 #[derive(Debug, Subcommand)]

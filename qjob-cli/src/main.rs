@@ -2,8 +2,8 @@
 //! RabbitMQ, and command the workers. Built on `qjob::admin`.
 //!
 //! Exit codes: 0 done; 1 the broker failed or could not be reached; 2 bad
-//! usage; 3 not found (no such dead letter, queue or job type); 4 a
-//! command was not carried out (no worker replied, or one refused);
+//! usage; 3 not found (no such dead letter, queue, job type or schedule);
+//! 4 a command was not carried out (no worker replied, or one refused);
 //! 5 `topology check` found problems.
 
 /// `println!` through [`table::say`]: cleaned of control characters, and
@@ -20,6 +20,7 @@ mod dlq;
 mod failure;
 mod out;
 mod overview;
+mod schedules;
 mod table;
 
 use std::process::ExitCode;
@@ -116,5 +117,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             admin.refresh().await?;
             check_topology(&out, &admin).await
         }
+        Command::Schedules => schedules::list(&out, &admin).await,
+        Command::Schedule(command) => schedules::command(&out, &admin, command).await,
     }
 }
