@@ -5,8 +5,9 @@
 //! Two workers run three job types while a producer enqueues: `demo.email`
 //! succeeds, `demo.report` fails now and then and retries with a backoff,
 //! `demo.import` fails for good the first time it sees a job (a bug, fixed
-//! since: a replayed import succeeds). Pause a job type, replay a dead
-//! letter, cancel a slow report, and watch the workers.
+//! since: a replayed import succeeds). Both carry the hourly `digest`
+//! schedule. Pause a job type, replay a dead letter, cancel a slow report,
+//! fire the digest now, and watch the workers.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -83,6 +84,29 @@ async fn import(task: Task, ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
+/// The digests that ran, by job id (a tick's: `digest@<time>`).
+static DIGESTS_DONE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Whether the digest with job id `id` ran.
+pub fn digest_done(id: &str) -> bool {
+    DIGESTS_DONE
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|done| done.contains(id))
+}
+
+/// Every hour, on the hour (schedule `digest`, carried by both workers).
+#[job(queue = "demo.digest", cron = "0 0 * * * *")]
+async fn digest(_: (), ctx: JobContext) -> Result<(), JobError> {
+    DIGESTS_DONE
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(ctx.job_id().to_string());
+    Ok(())
+}
+
 /// The running demo: its workers and producer stop when it is dropped.
 #[derive(Debug)]
 pub struct Demo {
@@ -108,10 +132,12 @@ pub async fn start(broker: AmqpBroker, heartbeat: Duration) -> Result<Demo, Erro
         Worker::builder(broker.clone())
             .register(EmailJob)
             .register(ReportJob)
-            .register(ImportJob),
+            .register(ImportJob)
+            .register(DigestJob),
         Worker::builder(broker.clone())
             .register(EmailJob)
-            .register(ImportJob),
+            .register(ImportJob)
+            .register(DigestJob),
     ];
     for builder in workers {
         let worker = builder.heartbeat_interval(heartbeat).build();

@@ -4,8 +4,9 @@
 //! Pages: an overview (workers, job types with depth, rates and a small
 //! throughput chart, breakers, alarms), one job type (queues, partitions,
 //! delay queues, settings, pause/resume, concurrency), dead letters
-//! (browse, filter, payload and headers, replay, discard, bulk replay) and
-//! workers. Server-rendered HTML that works without JavaScript; one small
+//! (browse, filter, payload and headers, replay, discard, bulk replay),
+//! workers, and schedules (leader, ticks, missed-tick policy; fire now,
+//! pause, resume). Server-rendered HTML that works without JavaScript; one small
 //! script (served, never inline) refreshes the page's content every few
 //! seconds. Everything is embedded in the binary, and every response
 //! carries a strict Content-Security-Policy.
@@ -41,6 +42,7 @@ mod actions;
 mod csrf;
 mod html;
 mod pages;
+mod schedules;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -204,6 +206,10 @@ impl Console {
                 post(actions::global_concurrency),
             )
             .route("/cancel", post(actions::cancel))
+            .route("/schedules", get(schedules::schedules))
+            .route("/schedules/{name}/fire", post(schedules::fire))
+            .route("/schedules/{name}/pause", post(schedules::pause))
+            .route("/schedules/{name}/resume", post(schedules::resume))
             .route("/dead-letters", get(pages::dead_letter_queues))
             .route("/dead-letters/{queue}", get(pages::dead_letters))
             .route(

@@ -46,13 +46,19 @@ const REASONS: [&str; 5] = [
 /// Whether the script refreshes a page. Pages with a button per row do
 /// not: a row could move under the click.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Refresh {
+pub(crate) enum Refresh {
     Live,
     Still,
 }
 
 /// A page: the layout around `content`.
-fn page(shared: &Shared, ctx: &Context, title: &str, refresh: Refresh, content: &str) -> Response {
+pub(crate) fn page(
+    shared: &Shared,
+    ctx: &Context,
+    title: &str,
+    refresh: Refresh,
+    content: &str,
+) -> Response {
     let base = escape(&shared.base);
     let mut html = String::with_capacity(content.len() + 2048);
     let refresh = match refresh {
@@ -65,7 +71,7 @@ fn page(shared: &Shared, ctx: &Context, title: &str, refresh: Refresh, content: 
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · qjob</title>
 <link rel="stylesheet" href="{base}/assets/console.css"><script src="{base}/assets/console.js" defer></script>
-</head><body><header><a class="brand" href="{base}/">qjob</a><nav><a href="{base}/">Overview</a><a href="{base}/workers">Workers</a><a href="{base}/dead-letters">Dead letters</a></nav>{mode}</header>
+</head><body><header><a class="brand" href="{base}/">qjob</a><nav><a href="{base}/">Overview</a><a href="{base}/workers">Workers</a><a href="{base}/schedules">Schedules</a><a href="{base}/dead-letters">Dead letters</a></nav>{mode}</header>
 <main{refresh}><h1>{title}</h1>"#,
         title = escape(title),
         mode = if shared.read_only {
@@ -101,7 +107,7 @@ fn failed(shared: &Shared, ctx: &Context, error: qjob::Error) -> Response {
 }
 
 /// A `POST` button with hidden `fields` (none in read-only mode).
-fn button(
+pub(crate) fn button(
     shared: &Shared,
     ctx: &Context,
     action: &str,

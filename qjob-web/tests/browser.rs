@@ -1,8 +1,9 @@
 //! The console in headless Chromium (Debian's `chromium` and
 //! `chromium-driver`; `.ci/run` installs them), over the example's demo on
 //! RabbitMQ: the overview lists the workers, pausing a job type stops its
-//! consumption on the broker, replaying a dead letter runs it. It also
-//! renews the overview's screenshot in `qjob/docs/`.
+//! consumption on the broker, replaying a dead letter runs it, firing a
+//! schedule now runs its tick. It also renews the overview's screenshot in
+//! `qjob/docs/`.
 
 #[path = "../examples/console.rs"]
 mod demo;
@@ -101,6 +102,12 @@ async fn until_page(
 /// Clicks the page's first button labelled `label`; returns the notice of
 /// the page it leads back to.
 async fn click(client: &Client, label: &str) -> String {
+    click_at(client, &format!("//button[text()='{label}']")).await
+}
+
+/// Clicks the button at `xpath`; returns the notice of the page it leads
+/// back to.
+async fn click_at(client: &Client, xpath: &str) -> String {
     // The notice of an earlier action must not pass for this one's.
     client
         .execute(
@@ -109,9 +116,8 @@ async fn click(client: &Client, label: &str) -> String {
         )
         .await
         .unwrap();
-    let button = format!("//button[text()='{label}']");
     client
-        .find(Locator::XPath(&button))
+        .find(Locator::XPath(xpath))
         .await
         .unwrap()
         .click()
@@ -142,6 +148,8 @@ async fn the_console_works_in_a_real_browser() {
         "demo.report.dlq",
         "demo.import",
         "demo.import.dlq",
+        "demo.digest",
+        "demo.digest.dlq",
     ];
     rabbit.delete(&queues).await;
     let broker = qjob_tests::amqp().await;
@@ -227,6 +235,8 @@ async fn the_console_works_in_a_real_browser() {
     })
     .await;
 
+    fire_the_digest_now(&client, &base).await;
+
     // The overview's screenshot, for the guide.
     client.goto(&format!("{base}/")).await.unwrap();
     until("a throughput chart", async || {
@@ -237,4 +247,25 @@ async fn the_console_works_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"));
     std::fs::write(SCREENSHOT, png).unwrap();
     client.close().await.unwrap();
+}
+
+/// "Fire now" on the schedules page: the digest's leader enqueues a tick,
+/// the notice names it, and a worker runs it off the broker.
+async fn fire_the_digest_now(client: &Client, base: &str) {
+    let schedules = format!("{base}/schedules");
+    until_page(client, &schedules, "the digest schedule led", |text| {
+        let leader = format!("(pid {})", std::process::id());
+        text.lines()
+            .any(|line| line.starts_with("digest ") && line.contains(&leader))
+    })
+    .await;
+    // Other tests' schedules may be on the page: this row's button.
+    let notice = click_at(client, "//form[@action='/schedules/digest/fire']/button").await;
+    let id = notice
+        .strip_prefix("schedule digest: tick ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{notice}"))
+        .to_owned();
+    assert!(id.starts_with("digest@"), "{id}");
+    until("the digest tick run", async || demo::digest_done(&id)).await;
 }
