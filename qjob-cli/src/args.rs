@@ -107,6 +107,12 @@ pub(crate) enum Command {
     /// An AsyncAPI 3.0.0 document of the running job types (JSON), for
     /// producers in other languages.
     Asyncapi(crate::asyncapi::AsyncApiArgs),
+    /// The schedules the running workers carry: leader, last and next
+    /// tick, missed-tick policy, paused.
+    Schedules,
+    /// Fires a schedule's tick now, pauses or resumes a schedule.
+    #[command(subcommand)]
+    Schedule(crate::schedules::ScheduleCommand),
 }
 
 /// Which waiting jobs to list.

@@ -2,9 +2,9 @@
 //! RabbitMQ, and command the workers. Built on `qjob::admin`.
 //!
 //! Exit codes: 0 done; 1 the broker failed or could not be reached; 2 bad
-//! usage; 3 not found (no such dead letter, queue or job type, or no
-//! worker heard for `asyncapi`); 4 a command was not carried out (no
-//! worker replied, or one refused); 5 `topology check` found problems.
+//! usage; 3 not found (no such dead letter, queue, job type or schedule,
+//! or no worker heard for `asyncapi`); 4 a command was not carried out
+//! (no worker replied, or one refused); 5 `topology check` found problems.
 
 /// `println!` through [`table::say`]: cleaned of control characters, and
 /// quiet on a closed pipe.
@@ -22,6 +22,7 @@ mod dlq;
 mod failure;
 mod out;
 mod overview;
+mod schedules;
 mod table;
 
 use std::process::ExitCode;
@@ -141,6 +142,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             check_topology(&out, &admin).await
         }
         Command::Asyncapi(args) => asyncapi::asyncapi(&admin, &cli.url, args).await,
+        Command::Schedules => schedules::list(&out, &admin).await,
+        Command::Schedule(command) => schedules::command(&out, &admin, command).await,
     }
 }
 

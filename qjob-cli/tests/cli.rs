@@ -760,3 +760,133 @@ async fn asyncapi_prints_a_valid_document_without_the_password() {
         CliAsyncapiJob::QUEUE
     );
 }
+
+#[job(queue = "qjob.test.cli.fired")]
+async fn cli_fired(_: (), _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// `qjob schedules` lists a schedule with its leader and policy; `qjob
+/// schedule fire` has the leader enqueue one tick (read back from its
+/// queue, which no worker consumes), `pause` and `resume` show in the
+/// list; an unknown schedule is not found (3).
+#[tokio::test]
+async fn schedules_are_listed_fired_paused_and_resumed() {
+    use qjob::schedule::{LEASE_QUEUE_PREFIX, Missed, Schedule};
+
+    const NAME: &str = "cli-fired";
+    let broker = broker().await;
+    reset::<CliFiredJob>().await;
+    let lease_queue = format!("{LEASE_QUEUE_PREFIX}{NAME}");
+    let rabbit = qjob_tests::Rabbit::connect().await;
+    rabbit.delete(&[&lease_queue]).await;
+    let hourly = Schedule::cron("0 0 * * * *")
+        .unwrap()
+        .with_missed(Missed::Skip)
+        .named(NAME);
+    let worker = Worker::builder(broker.clone())
+        .schedule::<CliFiredJob>(hourly, ())
+        .heartbeat_interval(Duration::from_millis(100))
+        .build();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let this = |o: &Output| -> Option<Value> {
+        json(o)["schedules"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == NAME)
+            .cloned()
+    };
+    let output = until(&["schedules", "--json"], |o| {
+        this(o).is_some_and(|s| s["leader"]["pid"] == std::process::id())
+    })
+    .await;
+    assert_eq!(code(&output), 0);
+    let listed = this(&output).unwrap();
+    assert_eq!(listed["job"], "cli_fired");
+    assert_eq!(listed["cron"], "0 0 * * * *");
+    assert_eq!(listed["zone"], "UTC");
+    assert_eq!(listed["missed"], "skip");
+    assert_eq!(listed["paused"], false);
+    assert!(listed["next_ms"].as_u64().is_some(), "{listed}");
+    assert!(listed["last_fired_ms"].is_null() && listed["problem"].is_null());
+    let output = qjob(&["schedules"]).await;
+    assert_eq!(code(&output), 0);
+    let text = stdout(&output);
+    assert!(text.starts_with("SCHEDULE  "), "{text}");
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("cli-fired "))
+        .unwrap_or_else(|| panic!("{text}"));
+    for cell in [
+        "cli_fired",
+        "0 0 * * * *",
+        "UTC",
+        &format!("(pid {})", std::process::id()),
+        " in ",
+        " skip ",
+        " no ",
+    ] {
+        assert!(line.contains(cell), "{cell:?} in {line}");
+    }
+
+    // Fire now: one job in the queue, with the tick id the reply names.
+    let output = qjob(&["schedule", "fire", NAME]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+    assert!(
+        text.contains(": ok: schedule cli-fired: tick cli-fired@"),
+        "{text}"
+    );
+    let (_, rest) = text.split_once("tick ").unwrap();
+    let id = rest.split_whitespace().next().unwrap();
+    wait_for("the tick in its queue", async || {
+        rabbit.ready(CliFiredJob::QUEUE).await == 1
+    })
+    .await;
+    let got = rabbit.take_all(CliFiredJob::QUEUE).await;
+    assert_eq!(got[0].id.as_deref(), Some(id));
+
+    // Pause, then resume, as the list shows them.
+    let output = qjob(&["schedule", "pause", NAME, "--json"]).await;
+    assert_eq!(code(&output), 0);
+    let replies = json(&output)["replies"].clone();
+    assert_eq!(replies[0]["ok"], true, "{replies}");
+    let output = until(&["schedules", "--json"], |o| {
+        this(o).is_some_and(|s| s["paused"] == true && s["paused_on"] == 1)
+    })
+    .await;
+    assert_eq!(code(&output), 0);
+    let text = stdout(&qjob(&["schedules"]).await);
+    let line = text.lines().find(|l| l.starts_with("cli-fired ")).unwrap();
+    assert!(line.contains(" yes"), "{line}");
+    let output = qjob(&["schedule", "resume", NAME]).await;
+    assert_eq!(code(&output), 0);
+    assert!(stdout(&output).contains(": ok: schedule cli-fired resumed"));
+    until(&["schedules", "--json"], |o| {
+        this(o).is_some_and(|s| s["paused"] == false)
+    })
+    .await;
+
+    // No such schedule; no name at all.
+    let output = qjob(&["schedule", "fire", "no-such-schedule"]).await;
+    assert_eq!(code(&output), 3);
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("no running worker carries schedule \"no-such-schedule\""),
+        "{output:?}"
+    );
+    assert_eq!(code(&qjob(&["schedule", "pause"]).await), 2);
+    for command in [&["schedules"][..], &["schedule", "fire"]] {
+        let output = qjob(&[command, &["--help"]].concat()).await;
+        assert_eq!(code(&output), 0, "{command:?}");
+    }
+    rabbit.delete(&[&lease_queue, CliFiredJob::QUEUE]).await;
+}

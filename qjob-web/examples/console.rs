@@ -6,9 +6,11 @@
 //! succeeds, `demo.report` fails now and then and retries with a backoff
 //! (and every hundredth report takes a minute), `demo.import` fails for
 //! good the first time it sees a job (a bug, fixed since: a replayed
-//! import succeeds), and a few emails are scheduled for later. Pause a job
-//! type, replay a dead letter, cancel a slow report from the running jobs,
-//! run a scheduled email now, find a job by id, and watch the workers.
+//! import succeeds), and a few emails are scheduled for later. Both
+//! workers carry the hourly `digest` schedule. Pause a job type, replay a
+//! dead letter, cancel a slow report from the running jobs, run a
+//! scheduled email now, find a job by id, fire the digest now, and watch
+//! the workers.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -90,6 +92,29 @@ async fn import(task: Task, ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
+/// The digests that ran, by job id (a tick's: `digest@<time>`).
+static DIGESTS_DONE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Whether the digest with job id `id` ran.
+pub fn digest_done(id: &str) -> bool {
+    DIGESTS_DONE
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|done| done.contains(id))
+}
+
+/// Every hour, on the hour (schedule `digest`, carried by both workers).
+#[job(queue = "demo.digest", cron = "0 0 * * * *")]
+async fn digest(_: (), ctx: JobContext) -> Result<(), JobError> {
+    DIGESTS_DONE
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(ctx.job_id().to_string());
+    Ok(())
+}
+
 /// The running demo: its workers and producer stop when it is dropped.
 #[derive(Debug)]
 pub struct Demo {
@@ -115,10 +140,12 @@ pub async fn start(broker: AmqpBroker, heartbeat: Duration) -> Result<Demo, Erro
         Worker::builder(broker.clone())
             .register(EmailJob)
             .register(ReportJob)
-            .register(ImportJob),
+            .register(ImportJob)
+            .register(DigestJob),
         Worker::builder(broker.clone())
             .register(EmailJob)
-            .register(ImportJob),
+            .register(ImportJob)
+            .register(DigestJob),
     ];
     for builder in workers {
         let worker = builder.heartbeat_interval(heartbeat).build();

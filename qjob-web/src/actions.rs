@@ -121,7 +121,7 @@ where
 
 /// Back to `path`, leaving `notice` for it (in a cookie, shown once: a
 /// link cannot forge it).
-fn back(shared: &Shared, path: &str, notice: &str) -> Response {
+pub(crate) fn back(shared: &Shared, path: &str, notice: &str) -> Response {
     let mut response = Redirect::to(&shared.link(path)).into_response();
     let cookie = crate::csrf::notice_cookie(&shared.base, Some(notice));
     if let Ok(cookie) = HeaderValue::from_str(&cookie) {
@@ -130,7 +130,7 @@ fn back(shared: &Shared, path: &str, notice: &str) -> Response {
     response
 }
 
-fn broker_error(error: qjob::Error) -> Response {
+pub(crate) fn broker_error(error: qjob::Error) -> Response {
     (
         StatusCode::BAD_GATEWAY,
         format!("the broker failed: {error}"),
@@ -139,7 +139,7 @@ fn broker_error(error: qjob::Error) -> Response {
 }
 
 /// What the workers said, in one line.
-fn replied(what: &str, replies: &[Reply]) -> String {
+pub(crate) fn replied(what: &str, replies: &[Reply]) -> String {
     if replies.is_empty() {
         return format!("{what}: no running worker replied");
     }

@@ -6,7 +6,8 @@
 //! delay queues, settings, pause/resume, concurrency), the jobs running
 //! now (cancel), the jobs scheduled and retrying (run now, discard), a job
 //! found by id, dead letters (browse, filter, payload and headers, replay,
-//! discard, bulk replay) and workers. Server-rendered HTML that works without JavaScript; one small
+//! discard, bulk replay), workers, and schedules (leader, ticks,
+//! missed-tick policy; fire now, pause, resume). Server-rendered HTML that works without JavaScript; one small
 //! script (served, never inline) refreshes the page's content every few
 //! seconds. Everything is embedded in the binary, and every response
 //! carries a strict Content-Security-Policy.
@@ -43,6 +44,7 @@ mod csrf;
 mod html;
 mod live;
 mod pages;
+mod schedules;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -213,6 +215,10 @@ impl Console {
             .route("/waiting/run-now", post(actions::run_now))
             .route("/waiting/discard", post(actions::discard_waiting))
             .route("/find", get(live::find))
+            .route("/schedules", get(schedules::schedules))
+            .route("/schedules/{name}/fire", post(schedules::fire))
+            .route("/schedules/{name}/pause", post(schedules::pause))
+            .route("/schedules/{name}/resume", post(schedules::resume))
             .route("/dead-letters", get(pages::dead_letter_queues))
             .route("/dead-letters/{queue}", get(pages::dead_letters))
             .route(

@@ -71,7 +71,7 @@ pub(crate) fn page(
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · qjob</title>
 <link rel="stylesheet" href="{base}/assets/console.css"><script src="{base}/assets/console.js" defer></script>
-</head><body><header><a class="brand" href="{base}/">qjob</a><nav><a href="{base}/">Overview</a><a href="{base}/running">Running</a><a href="{base}/scheduled">Scheduled</a><a href="{base}/retrying">Retrying</a><a href="{base}/workers">Workers</a><a href="{base}/dead-letters">Dead letters</a></nav><form method="get" action="{base}/find" class="search" role="search"><input name="id" placeholder="Find a job by id" aria-label="Job id" size="28" required><button type="submit">Find</button></form>{mode}</header>
+</head><body><header><a class="brand" href="{base}/">qjob</a><nav><a href="{base}/">Overview</a><a href="{base}/running">Running</a><a href="{base}/scheduled">Scheduled</a><a href="{base}/retrying">Retrying</a><a href="{base}/workers">Workers</a><a href="{base}/schedules">Schedules</a><a href="{base}/dead-letters">Dead letters</a></nav><form method="get" action="{base}/find" class="search" role="search"><input name="id" placeholder="Find a job by id" aria-label="Job id" size="28" required><button type="submit">Find</button></form>{mode}</header>
 <main{refresh}><h1>{title}</h1>"#,
         title = escape(title),
         mode = if shared.read_only {

@@ -3,8 +3,9 @@
 //! RabbitMQ: the overview lists the workers, pausing a job type stops its
 //! consumption on the broker, replaying a dead letter runs it, cancelling
 //! a running job from its row dead-letters it, running a scheduled job now
-//! empties its delay queue, and the search box finds a job by id. It also
-//! renews the overview's and the running jobs' screenshots in
+//! empties its delay queue, the search box finds a job by id, and firing
+//! a schedule now runs its tick. It also renews the overview's and the
+//! running jobs' screenshots in
 //! `qjob/docs/`.
 
 #[path = "../examples/console.rs"]
@@ -177,6 +178,8 @@ async fn the_console_works_in_a_real_browser() {
         "demo.report.dlq",
         "demo.import",
         "demo.import.dlq",
+        "demo.digest",
+        "demo.digest.dlq",
     ];
     rabbit.delete(&queues).await;
     let broker = qjob_tests::amqp().await;
@@ -334,6 +337,8 @@ async fn the_console_works_in_a_real_browser() {
         .unwrap();
     assert!(text.contains("cancelled while rendering"), "{text}");
 
+    fire_the_digest_now(&client, &base).await;
+
     // The overview's screenshot, for the guide.
     client.goto(&format!("{base}/")).await.unwrap();
     until("a throughput chart", async || {
@@ -344,4 +349,25 @@ async fn the_console_works_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"));
     std::fs::write(SCREENSHOT, png).unwrap();
     client.close().await.unwrap();
+}
+
+/// "Fire now" on the schedules page: the digest's leader enqueues a tick,
+/// the notice names it, and a worker runs it off the broker.
+async fn fire_the_digest_now(client: &Client, base: &str) {
+    let schedules = format!("{base}/schedules");
+    until_page(client, &schedules, "the digest schedule led", |text| {
+        let leader = format!("(pid {})", std::process::id());
+        text.lines()
+            .any(|line| line.starts_with("digest ") && line.contains(&leader))
+    })
+    .await;
+    // Other tests' schedules may be on the page: this row's button.
+    let notice = click_at(client, "//form[@action='/schedules/digest/fire']/button").await;
+    let id = notice
+        .strip_prefix("schedule digest: tick ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{notice}"))
+        .to_owned();
+    assert!(id.starts_with("digest@"), "{id}");
+    until("the digest tick run", async || demo::digest_done(&id)).await;
 }

@@ -492,3 +492,102 @@ async fn live_pages_list_and_act_on_what_runs_and_waits() {
     )
     .await;
 }
+
+#[job(queue = "web.http.report")]
+async fn report(_: (), _ctx: JobContext) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// The schedules page lists the schedule its worker leads, with a form per
+/// action; the forms need the cookie token; "fire now" enqueues the tick
+/// it names (its queue has no consumer here: the job stays there), "pause"
+/// shows on the page; an unknown schedule is not found.
+#[tokio::test]
+async fn the_schedules_page_fires_pauses_and_checks_its_forms() {
+    let broker = MemoryBroker::new();
+    let admin = Arc::new(Admin::connect(broker.clone()).await.unwrap());
+    let hourly = qjob::Schedule::cron("@hourly").unwrap().named("web-report");
+    let worker = Worker::builder(broker.clone())
+        .schedule::<ReportJob>(hourly, ())
+        .heartbeat_interval(Duration::from_millis(50))
+        .build();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let addr = serve(Console::new(admin)).await;
+    let mut seen = (Vec::new(), String::new());
+    qjob_tests::until("the schedule led", Duration::from_secs(10), async || {
+        let (_, headers, body) = http(&addr, &get(&addr, "/schedules", None)).await;
+        seen = (headers, body);
+        seen.1.contains("(pid ")
+    })
+    .await;
+    let (headers, body) = seen;
+    assert!(
+        body.contains(r#"<a href="/schedules">Schedules</a>"#),
+        "{body}"
+    );
+    for cell in [
+        "<td>web-report</td>",
+        "<td>report</td>",
+        "<td><code>@hourly</code></td>",
+        "<td>UTC</td>",
+        "<td>latest</td>",
+        "<td>no</td>",
+        r#"action="/schedules/web-report/fire""#,
+        r#"action="/schedules/web-report/pause""#,
+    ] {
+        assert!(body.contains(cell), "{cell} in {body}");
+    }
+    assert!(!body.contains("/schedules/web-report/resume"), "{body}");
+    let (cookie, token) = token_cookie(&headers);
+    let fire = "/schedules/web-report/fire";
+
+    // Without the cookie, or with another token: refused, nothing fired.
+    let form = format!("csrf={token}");
+    let (status, _, _) = http(&addr, &post(&addr, fire, "", &form)).await;
+    assert_eq!(status, 403);
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+    let wrong = "csrf=0123456789abcdef0123456789abcdef";
+    let (status, _, _) = http(&addr, &post(&addr, fire, &with_cookie, wrong)).await;
+    assert_eq!(status, 403);
+    assert!(broker.messages("web.http.report").is_empty());
+
+    // With it: the tick enqueued, and named on the page it leads back to.
+    let same = format!("{with_cookie}Origin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n");
+    let (status, headers, _) = http(&addr, &post(&addr, fire, &same, &form)).await;
+    assert_eq!(status, 303);
+    assert_eq!(header(&headers, "location"), Some("/schedules"));
+    let notice = header(&headers, "set-cookie").unwrap();
+    let notice = notice.split(';').next().unwrap();
+    let cookies = format!("{cookie}; {notice}");
+    let (_, _, page) = http(&addr, &get(&addr, "/schedules", Some(&cookies))).await;
+    let (_, shown) = page
+        .split_once(r#"<p class="notice" role="status">schedule web-report: tick "#)
+        .unwrap_or_else(|| panic!("{page}"));
+    let id = shown.split_whitespace().next().unwrap();
+    assert!(id.starts_with("web-report@"), "{id}");
+    let queued = broker.messages("web.http.report");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].id.as_deref(), Some(id));
+
+    // Pause: done by the worker, and the page offers to resume.
+    let path = "/schedules/web-report/pause";
+    let (status, headers, _) = http(&addr, &post(&addr, path, &same, &form)).await;
+    assert_eq!(status, 303);
+    assert!(
+        header(&headers, "set-cookie")
+            .unwrap()
+            .starts_with("qjob_notice=pause%20web-report%3A%20done%20by%201%20worker%28s%29"),
+        "{headers:?}"
+    );
+    qjob_tests::until("the pause shown", Duration::from_secs(10), async || {
+        let (_, _, page) = http(&addr, &get(&addr, "/schedules", Some(&cookie))).await;
+        page.contains("<td>yes</td>") && page.contains("/schedules/web-report/resume")
+    })
+    .await;
+
+    let (status, _, _) = http(&addr, &post(&addr, "/schedules/nope/fire", &same, &form)).await;
+    assert_eq!(status, 404);
+}

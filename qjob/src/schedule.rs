@@ -17,9 +17,10 @@ pub const LEASE_QUEUE_PREFIX: &str = crate::topology::names::LEASE_QUEUE_PREFIX;
 /// The longest schedule name: it goes into a queue name.
 const MAX_NAME_LEN: usize = 200;
 
-/// What a new leader does with the ticks that came while no leader ran
-/// (all workers down, or between a leader's crash and the next one's
-/// start).
+/// What a leader does with the ticks that came while no leader ran (all
+/// workers down, or between a leader's crash and the next one's start),
+/// and with those that came while an operator paused the schedule, when
+/// it is resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Missed {
@@ -29,6 +30,17 @@ pub enum Missed {
     Latest,
     /// Fires none: the next tick is the next one to come.
     Skip,
+}
+
+impl Missed {
+    /// The policy's name: `latest` or `skip` (as heartbeats, `qjob
+    /// schedules` and the dashboard show it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Missed::Latest => "latest",
+            Missed::Skip => "skip",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -180,18 +180,25 @@ impl Admin {
     }
 
     /// The alive workers a command concerns: those running (a stopping
-    /// worker takes no command) that run its job, or all for a cancel.
+    /// worker takes no command) that run its job, that carry its schedule
+    /// (that lead it, for a fire now), or all for a cancel.
     fn concerned(&self, command: &Command) -> Vec<String> {
+        let fire = matches!(command, Command::FireSchedule { .. });
         self.workers()
             .into_iter()
             .filter(|worker| worker.alive && worker.status.state == WorkerState::Running)
-            .filter(|worker| match command.job() {
-                Some(job) => worker
+            .filter(|worker| match (command.job(), command.schedule()) {
+                (Some(job), _) => worker
                     .status
                     .jobs
                     .iter()
                     .any(|status| status.job == job || status.queue == job),
-                None => true,
+                (None, Some(schedule)) => worker
+                    .status
+                    .schedules
+                    .get(schedule)
+                    .is_some_and(|status| status.leader || !fire),
+                (None, None) => true,
             })
             .map(|worker| worker.status.worker_id)
             .collect()

@@ -1,7 +1,8 @@
 //! The operator's view of qjob, over the broker alone: which workers run
 //! and how their job types do (from their heartbeats), the queues with
 //! their depth, the dead letters (browsed in place, replayed, discarded),
-//! and commands to the workers (pause, resume, concurrency, cancel).
+//! and commands to the workers (pause, resume, concurrency, cancel) and to
+//! the schedules they carry (fire a tick now, pause, resume).
 //!
 //! [`Admin`] is what the `qjob` command-line tool and the `qjob-web`
 //! dashboard are built on; it works the same on `AmqpBroker` and on
@@ -35,6 +36,7 @@ mod delayed;
 mod find;
 mod heard;
 mod letters;
+mod schedules;
 mod topology_check;
 mod views;
 

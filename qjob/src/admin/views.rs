@@ -57,6 +57,9 @@ pub struct ScheduleView {
     pub leader: Option<(String, u32)>,
     /// The alive workers that carry it.
     pub workers: usize,
+    /// Of those, the ones an operator paused it on
+    /// ([`Admin::pause_schedule`]).
+    pub paused_on: usize,
 }
 
 /// A job type across the workers that run it.
@@ -261,8 +264,10 @@ impl Admin {
                         schedule: schedule.clone(),
                         leader: None,
                         workers: 0,
+                        paused_on: 0,
                     });
                 view.workers += 1;
+                view.paused_on += usize::from(schedule.paused);
                 // A problem any worker reports stays in view.
                 let problem = view.schedule.problem.take().or(schedule.problem.clone());
                 if schedule.leader {

@@ -49,6 +49,25 @@ pub enum Command {
         /// The job's id.
         job_id: String,
     },
+    /// The worker leading schedule `schedule` enqueues one tick now, as a
+    /// due tick is enqueued, with the tick id of the current second; the
+    /// workers that do not lead it do not reply.
+    FireSchedule {
+        /// The schedule's name.
+        schedule: String,
+    },
+    /// The workers carrying schedule `schedule` fire none of its ticks
+    /// until resumed (its leader keeps its lease).
+    PauseSchedule {
+        /// The schedule's name.
+        schedule: String,
+    },
+    /// The workers carrying schedule `schedule` fire it again; the ticks
+    /// missed while paused go by its missed-tick policy.
+    ResumeSchedule {
+        /// The schedule's name.
+        schedule: String,
+    },
 }
 
 impl Command {
@@ -63,6 +82,9 @@ impl Command {
             Command::SetGlobalConcurrency { .. } => "set-global-concurrency",
             Command::Cancel { .. } => "cancel",
             Command::RunNow { .. } => "run-now",
+            Command::FireSchedule { .. } => "fire-schedule",
+            Command::PauseSchedule { .. } => "pause-schedule",
+            Command::ResumeSchedule { .. } => "resume-schedule",
         }
     }
 
@@ -73,7 +95,22 @@ impl Command {
             Command::SetConcurrency { job, .. } | Command::SetGlobalConcurrency { job, .. } => {
                 Some(job)
             }
-            Command::Ping | Command::Cancel { .. } | Command::RunNow { .. } => None,
+            Command::Ping
+            | Command::Cancel { .. }
+            | Command::RunNow { .. }
+            | Command::FireSchedule { .. }
+            | Command::PauseSchedule { .. }
+            | Command::ResumeSchedule { .. } => None,
+        }
+    }
+
+    /// The schedule it acts on, if it acts on one.
+    pub fn schedule(&self) -> Option<&str> {
+        match self {
+            Command::FireSchedule { schedule }
+            | Command::PauseSchedule { schedule }
+            | Command::ResumeSchedule { schedule } => Some(schedule),
+            _ => None,
         }
     }
 }
@@ -130,5 +167,27 @@ mod tests {
         assert_eq!(json["concurrency"], 4);
         let read: CommandMessage = serde_json::from_value(json).unwrap();
         assert_eq!(read, sent);
+    }
+
+    #[test]
+    fn schedule_commands_name_their_schedule() {
+        let fire = Command::FireSchedule {
+            schedule: "nightly".into(),
+        };
+        let json = serde_json::to_value(&fire).unwrap();
+        assert_eq!(json["command"], "fire-schedule");
+        assert_eq!(json["schedule"], "nightly");
+        assert_eq!(fire.name(), "fire-schedule");
+        assert_eq!(fire.schedule(), Some("nightly"));
+        assert_eq!(fire.job(), None);
+        let pause = Command::PauseSchedule {
+            schedule: "nightly".into(),
+        };
+        assert_eq!(pause.name(), "pause-schedule");
+        assert_eq!(
+            serde_json::from_value::<Command>(serde_json::to_value(&pause).unwrap()).unwrap(),
+            pause
+        );
+        assert_eq!(Command::Pause { job: "x".into() }.schedule(), None);
     }
 }

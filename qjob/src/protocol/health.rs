@@ -56,11 +56,21 @@ pub struct ScheduleHealth {
     /// tick far ahead of this worker's clock (counted as now).
     #[serde(default)]
     pub problem: Option<String>,
+    /// What a leader does with the ticks missed while none ran or while
+    /// the schedule was paused: `latest` or `skip`
+    /// ([`Missed`](crate::schedule::Missed)); empty from a worker of an
+    /// earlier version.
+    #[serde(default)]
+    pub missed: String,
+    /// Whether an operator paused the schedule on this worker from the
+    /// console: it fires none of its ticks until resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl ScheduleHealth {
     #[cfg(feature = "periodic")]
-    pub(crate) fn new(job: &str, expression: &str, zone: &str) -> Self {
+    pub(crate) fn new(job: &str, expression: &str, zone: &str, missed: &str) -> Self {
         Self {
             job: job.to_owned(),
             expression: expression.to_owned(),
@@ -69,6 +79,31 @@ impl ScheduleHealth {
             next: None,
             last_fired: None,
             problem: None,
+            missed: missed.to_owned(),
+            paused: false,
         }
+    }
+}
+
+#[cfg(all(test, feature = "periodic"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_of_an_earlier_version_reads_unpaused_with_no_policy() {
+        let mut schedule = ScheduleHealth::new("report", "0 2 * * *", "UTC", "skip");
+        schedule.paused = true;
+        let mut json = serde_json::to_value(&schedule).unwrap();
+        assert_eq!(json["missed"], "skip");
+        assert_eq!(json["paused"], true);
+        assert_eq!(
+            serde_json::from_value::<ScheduleHealth>(json.clone()).unwrap(),
+            schedule
+        );
+        let earlier = json.as_object_mut().unwrap();
+        earlier.remove("missed");
+        earlier.remove("paused");
+        let read: ScheduleHealth = serde_json::from_value(json).unwrap();
+        assert_eq!((read.missed.as_str(), read.paused), ("", false));
     }
 }

@@ -90,7 +90,7 @@ mod tests {
                 ..JobStatus::default()
             }],
             schedules: [("nightly".to_owned(), {
-                let mut schedule = ScheduleHealth::new("report", "0 2 * * *", "UTC");
+                let mut schedule = ScheduleHealth::new("report", "0 2 * * *", "UTC", "latest");
                 schedule.leader = true;
                 schedule.next = Some(UNIX_EPOCH + Duration::from_millis(3_000));
                 schedule.problem = Some("a lease records a tick 86400 s ahead".into());

@@ -22,6 +22,7 @@ use crate::worker::gate::Gate;
 use crate::worker::health::{BudgetHealth, Health};
 use crate::worker::metrics::{self, Counts};
 use crate::worker::quota::{Quota, job_resource};
+use crate::worker::schedule_control::{self, ScheduleControl};
 use crate::{JobId, JobOptions, topology};
 
 /// How often a worker sends a heartbeat by default.
@@ -220,6 +221,8 @@ pub(crate) struct Console {
     pub(crate) interval: Duration,
     pub(crate) health: Health,
     pub(crate) jobs: Vec<ConsoleJob>,
+    /// The schedules it carries.
+    pub(crate) schedules: Vec<Arc<ScheduleControl>>,
     pub(crate) cancellations: Arc<Cancellations>,
 }
 
@@ -402,6 +405,9 @@ impl Console {
             Command::SetGlobalConcurrency { job, limit } => {
                 self.set_global_concurrency(job, *limit).await
             }
+            schedule if schedule.schedule().is_some() => {
+                schedule_control::obey(&self.schedules, &self.health, schedule).await
+            }
             other => self.obey(other),
         };
         let Some((ok, message)) = obeyed else {
@@ -494,7 +500,10 @@ impl Console {
             Command::Ping
             | Command::Cancel { .. }
             | Command::RunNow { .. }
-            | Command::SetGlobalConcurrency { .. } => {
+            | Command::SetGlobalConcurrency { .. }
+            | Command::FireSchedule { .. }
+            | Command::PauseSchedule { .. }
+            | Command::ResumeSchedule { .. } => {
                 return None;
             }
         })

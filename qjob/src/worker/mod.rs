@@ -23,6 +23,7 @@ mod run;
 mod runnable;
 mod sampler;
 mod scaler;
+mod schedule_control;
 #[cfg(feature = "periodic")]
 mod scheduler;
 mod seat;

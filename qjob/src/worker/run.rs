@@ -15,6 +15,8 @@ use crate::worker::consumer::Consumer;
 use crate::worker::plan::JobPlan;
 use crate::worker::sampler::Sampled;
 #[cfg(feature = "periodic")]
+use crate::worker::schedule_control::ScheduleControl;
+#[cfg(feature = "periodic")]
 use crate::worker::scheduler;
 use crate::worker::{Worker, checks, metrics, sampler, scaler};
 use crate::{Error, topology};
@@ -66,14 +68,19 @@ impl Worker {
                 stop.clone(),
             ));
         }
+        #[cfg_attr(not(feature = "periodic"), allow(unused_mut))]
+        let mut schedule_controls = Vec::new();
         #[cfg(feature = "periodic")]
         for planned in schedules {
             self.health.add_schedule(&planned.name, planned.health());
+            let (control, controlled) = ScheduleControl::pair(&planned.name);
+            schedule_controls.push(control);
             running.spawn(scheduler::run(
                 self.broker.clone(),
                 planned,
                 self.health.clone(),
                 self.broker_consumer_timeout,
+                controlled,
                 stop.clone(),
             ));
         }
@@ -101,6 +108,7 @@ impl Worker {
                 interval: self.heartbeat_interval,
                 health: self.health.clone(),
                 jobs: console_jobs,
+                schedules: schedule_controls,
                 cancellations: self.cancellations.clone(),
             });
             // Listening before the first heartbeat: a console that sees

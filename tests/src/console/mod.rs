@@ -8,6 +8,7 @@ mod cancel;
 mod letters;
 mod limits;
 mod pause;
+mod schedules;
 mod support;
 mod workers;
 
@@ -16,5 +17,6 @@ pub use cancel::*;
 pub use letters::*;
 pub use limits::*;
 pub use pause::*;
+pub use schedules::*;
 pub use support::wait_job;
 pub use workers::*;

@@ -19,6 +19,13 @@
 //! the leader keeps the one with the later tick and acks the other. A new
 //! leader publishes a lease first and takes up no tick until it comes
 //! back: the queue delivers in order, so it has read every lease then.
+//!
+//! The console pauses a schedule (no tick fires, the lease stays held and
+//! renewed, the next tick moves on) and resumes it (the missed-tick policy
+//! applies to the ticks that went by), and has its leader fire one tick
+//! now: published as a due tick is, with the current second's tick id,
+//! and recorded nowhere, so the regular ticks go on as they would have
+//! ([`crate::worker::schedule_control`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,11 +39,12 @@ use crate::policy::backoff;
 use crate::schedule::{self, Missed, Schedule};
 use crate::topology::names;
 use crate::worker::health::{Health, ScheduleHealth};
+use crate::worker::schedule_control::{Controlled, FireNow, Fired};
 
 mod clock;
 mod lease;
 
-use crate::{Error, Job, JobOptions, headers, topology, trace};
+use crate::{Error, Job, JobId, JobOptions, headers, topology, trace};
 use clock::{AHEAD_TOLERANCE, Clock, MAX_SLEEP};
 use lease::{Lease, Refused, declare_lease_queue, truncated};
 
@@ -93,17 +101,24 @@ impl Planned {
     }
 
     pub(crate) fn health(&self) -> ScheduleHealth {
-        ScheduleHealth::new(self.job, self.schedule.expression(), self.schedule.zone())
+        ScheduleHealth::new(
+            self.job,
+            self.schedule.expression(),
+            self.schedule.zone(),
+            self.schedule.missed().as_str(),
+        )
     }
 }
 
 /// Runs schedule `planned` until `stop`: leads it when this worker is the
-/// lease queue's active consumer, stands by otherwise.
+/// lease queue's active consumer, stands by otherwise; paused, fired now,
+/// resumed through `control`.
 pub(crate) async fn run(
     broker: Arc<dyn Broker>,
     planned: Planned,
     health: Health,
     consumer_timeout: Duration,
+    mut control: Controlled,
     stop: CancellationToken,
 ) {
     let clock = Clock;
@@ -125,6 +140,7 @@ pub(crate) async fn run(
             recorded: true,
             unreturned: VecDeque::new(),
             settling: None,
+            control: &mut control,
         };
         let outcome = leader.run(&stop).await;
         health.schedule(&planned.name, |s| {
@@ -198,6 +214,8 @@ struct Leader<'a> {
     /// active consumer, in queue order), so none is left unread once it
     /// comes back; until then no tick fires.
     settling: Option<String>,
+    /// The console's pause and fire-now requests.
+    control: &'a mut Controlled,
 }
 
 impl Leader<'_> {
@@ -238,6 +256,8 @@ impl Leader<'_> {
         stop: &CancellationToken,
     ) -> Result<(), Error> {
         let mut next: Option<SystemTime> = None;
+        // A pause or resume before this subscription is read as it stands.
+        self.control.paused.borrow_and_update();
         loop {
             let wake = match next {
                 Some(tick) => self.clock.wake_for(tick),
@@ -298,6 +318,18 @@ impl Leader<'_> {
                         format!("consume queue {queue:?}"),
                         "a lease recorded did not come back within 10 s: another worker leads",
                     ));
+                }
+                // The console's end lives as long as this task: the
+                // request channel and the pause flag never close.
+                Some(request) = self.control.requests.recv() => self.fire_now(request).await,
+                Ok(()) = self.control.paused.changed() => {
+                    let paused = *self.control.paused.borrow_and_update();
+                    tracing::info!(schedule = %self.planned.name, paused, "schedule: paused or resumed by the console");
+                    if !paused && self.leading && self.settling.is_none() {
+                        // The ticks that went by while paused: the
+                        // missed-tick policy decides.
+                        next = self.catch_up(false).await?;
+                    }
                 }
             }
             if !self.recorded && self.settling.is_none() {
@@ -439,24 +471,66 @@ impl Leader<'_> {
         Ok(schedule.next_after(now.max(self.last.unwrap_or(now))))
     }
 
-    /// Enqueues the job of `tick`. A failure gives up the lead (the caller
-    /// closes the subscription): the next leader fires the tick as a
-    /// missed one, under the schedule's policy.
+    /// Enqueues the job of `tick`, unless the schedule is paused (the
+    /// tick is then missed: on resume, the policy decides). A failure
+    /// gives up the lead (the caller closes the subscription): the next
+    /// leader fires the tick as a missed one, under the schedule's policy.
     async fn fire(&mut self, tick: SystemTime) -> Result<(), Error> {
         if Some(tick) <= self.last {
             // Fired already (by this leader, or one whose lease came).
             return Ok(());
         }
-        let id = schedule::tick_id(&self.planned.name, tick);
-        let mut message = headers::new_job(&id, self.planned.body.clone());
-        trace::inject(&mut message.headers);
-        self.broker.publish(&self.planned.target, message).await?;
+        if *self.control.paused.borrow() {
+            tracing::debug!(schedule = %self.planned.name, ?tick, "schedule: paused, tick not fired");
+            return Ok(());
+        }
+        let id = self.publish(tick).await?;
         tracing::debug!(schedule = %self.planned.name, %id, "schedule: tick enqueued");
         self.last = Some(tick);
         self.recorded = false;
         self.health
             .schedule(&self.planned.name, |s| s.last_fired = Some(tick));
         Ok(())
+    }
+
+    /// Publishes the job of `tick` to the schedule's queue: its payload,
+    /// the headers of a new job, the trace context, and the tick's id.
+    async fn publish(&self, tick: SystemTime) -> Result<JobId, Error> {
+        let id = schedule::tick_id(&self.planned.name, tick);
+        let mut message = headers::new_job(&id, self.planned.body.clone());
+        trace::inject(&mut message.headers);
+        self.broker.publish(&self.planned.target, message).await?;
+        Ok(id)
+    }
+
+    /// Fires one tick now, for the console, if this worker leads: the
+    /// tick of the current second (so that two requests within a second
+    /// are one tick to an inbox, and one in the second of a regular tick
+    /// is that tick), published as a due tick is. It records nothing:
+    /// neither `last` nor the lease moves, so the regular ticks neither
+    /// skip nor repeat, and a failure does not give up the lead. Works
+    /// while paused too. A request the console stopped waiting for is
+    /// dropped unfired.
+    async fn fire_now(&mut self, request: FireNow) {
+        if request.answer.is_closed() {
+            return;
+        }
+        if !self.leading {
+            let _ = request.answer.send(Fired::NotLeading);
+            return;
+        }
+        let tick = to_the_second(self.clock.now());
+        let fired = match self.publish(tick).await {
+            Ok(id) => {
+                tracing::info!(schedule = %self.planned.name, %id, "schedule: tick fired now by the console");
+                Fired::Enqueued(id)
+            }
+            Err(error) => {
+                tracing::warn!(schedule = %self.planned.name, %error, "schedule: a tick fired now could not be enqueued");
+                Fired::Failed(error.to_string())
+            }
+        };
+        let _ = request.answer.send(fired);
     }
 
     /// Records the last tick fired in a new lease, and returns its id; the
@@ -478,5 +552,27 @@ impl Leader<'_> {
         }
         self.recorded = true;
         Ok(id)
+    }
+}
+
+/// `at` truncated to the second.
+fn to_the_second(at: SystemTime) -> SystemTime {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_fired_now_is_the_current_second() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_012_345);
+        assert_eq!(
+            to_the_second(at),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_012)
+        );
     }
 }
