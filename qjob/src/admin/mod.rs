@@ -37,6 +37,7 @@ mod letters;
 mod topology_check;
 mod views;
 
+pub use crate::protocol::MinuteStatus;
 pub use crate::protocol::{
     ACTIVITY_AT_MOST, BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange,
     DeclaredQueue, FORMAT, JobStatus, PermitStatus, Reply, RetryingJob, RunningJob,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BreakerHealth, ScheduleHealth};
+use super::{BreakerHealth, MinuteStatus, ScheduleHealth};
 use crate::QueueType;
 use crate::broker::QueueSpec;
 
@@ -243,6 +243,10 @@ pub struct JobStatus {
     /// dead-letter queue, and the delay queues it used lately), for
     /// checking the broker's topology.
     pub declared: Vec<DeclaredQueue>,
+    /// Its last hour: the minutes with activity, oldest first (absent from
+    /// an older worker's heartbeat).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<MinuteStatus>,
 }
 
 /// A queue as a worker declares it: [`QueueSpec`] in the format.

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
+use crate::worker::history::History;
 use crate::worker::observer::AttemptOutcome;
 
 /// One job type's series, registered once: recording is then a handle
@@ -40,6 +41,8 @@ pub(crate) struct Counts {
     pub(crate) in_flight: AtomicU64,
     /// The last failure's error (only failures take the lock).
     pub(crate) last_error: Mutex<Option<String>>,
+    /// The last hour, minute by minute.
+    pub(crate) history: History,
 }
 
 impl Counts {
@@ -133,12 +136,7 @@ impl JobMetrics {
                 counts.failed(error);
             }
             AttemptOutcome::DeadLettered { reason, error } => {
-                // Neither a malformed message nor a cancelled job is a
-                // handler's failure.
-                if !matches!(
-                    reason,
-                    crate::DeadReason::Malformed | crate::DeadReason::Cancelled
-                ) {
+                if outcome.is_handler_failure() {
                     self.failed.increment(1);
                     counts.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -149,6 +147,7 @@ impl JobMetrics {
                     .increment(1);
             }
         }
+        counts.history.record(outcome, took);
     }
 }
 
