@@ -72,6 +72,7 @@ macro_rules! console_tests {
             running_jobs_are_listed_longest_first_found_and_cancelled,
             delayed_jobs_are_browsed_in_due_order_run_now_and_discarded,
             a_job_held_for_a_retry_in_place_is_listed_and_runs_now,
+            the_last_hour_adds_up_the_workers_minutes,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

@@ -71,11 +71,70 @@ pub(crate) fn bin(took: Duration) -> usize {
         - 1
 }
 
+/// The run time bin `bin` stands for: the geometric middle of its bounds.
+pub(crate) fn bin_value(bin: usize) -> Duration {
+    let bin = bin.min(BINS - 1);
+    let middle = (BOUNDS[bin] as f64 * BOUNDS[bin + 1] as f64).sqrt();
+    Duration::from_nanos((middle * 1000.0).round() as u64)
+}
+
 /// The minute `at` falls in: whole minutes since the Unix epoch (0 for a
 /// clock before it).
 pub(crate) fn minute_of(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs() / 60)
+}
+
+/// When minute `minute` begins.
+pub(crate) fn start_of(minute: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(minute.saturating_mul(60))
+}
+
+/// Run times counted per bin, added up from several minutes or workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunTimes {
+    counts: [u64; BINS],
+}
+
+impl Default for RunTimes {
+    fn default() -> Self {
+        Self { counts: [0; BINS] }
+    }
+}
+
+impl RunTimes {
+    /// Adds `[bin, attempts]` pairs as a heartbeat carries them; a bin
+    /// beyond the scale (a newer worker's) counts in the last.
+    pub(crate) fn add(&mut self, pairs: &[(u16, u64)]) {
+        for &(bin, count) in pairs {
+            let bin = usize::from(bin).min(BINS - 1);
+            self.counts[bin] = self.counts[bin].saturating_add(count);
+        }
+    }
+
+    /// The attempts counted.
+    pub(crate) fn total(&self) -> u64 {
+        self.counts.iter().fold(0, |sum, &c| sum.saturating_add(c))
+    }
+
+    /// The run time at `quantile` (0.5 for the median), nearest rank: the
+    /// value of the bin that holds the `ceil(quantile × total)`-th
+    /// shortest run; `None` without runs.
+    pub(crate) fn quantile(&self, quantile: f64) -> Option<Duration> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((quantile.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0u64;
+        for (bin, &count) in self.counts.iter().enumerate() {
+            seen = seen.saturating_add(count);
+            if seen >= rank {
+                return Some(bin_value(bin));
+            }
+        }
+        Some(bin_value(BINS - 1))
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +158,37 @@ mod tests {
     }
 
     #[test]
+    fn a_bin_stands_for_its_run_times_within_the_square_root_of_a_step() {
+        let precision = 1.25f64.sqrt();
+        let mut micros = 100u64;
+        while micros < 3_600_000_000 {
+            let took = Duration::from_micros(micros);
+            let ratio = bin_value(bin(took)).as_secs_f64() / took.as_secs_f64();
+            assert!(
+                (1.0 / precision - 1e-6..=precision + 1e-6).contains(&ratio),
+                "{took:?}: {ratio}"
+            );
+            micros = micros * 11 / 10 + 1;
+        }
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank_over_the_bins() {
+        let mut runs = RunTimes::default();
+        assert_eq!(runs.quantile(0.5), None);
+        let fast = bin(Duration::from_millis(10)) as u16;
+        let slow = bin(Duration::from_millis(200)) as u16;
+        runs.add(&[(fast, 94), (slow, 6)]);
+        assert_eq!(runs.total(), 100);
+        assert_eq!(runs.quantile(0.5), Some(bin_value(fast.into())));
+        assert_eq!(runs.quantile(0.94), Some(bin_value(fast.into())));
+        assert_eq!(runs.quantile(0.95), Some(bin_value(slow.into())));
+        // A bin from a newer scale counts in the last.
+        runs.add(&[(500, 1)]);
+        assert_eq!(runs.quantile(1.0), Some(bin_value(BINS - 1)));
+    }
+
+    #[test]
     fn a_minute_is_sent_compact() {
         let minute = MinuteStatus {
             minute: 29_000_000,
@@ -112,10 +202,7 @@ mod tests {
             r#"{"minute":29000000,"succeeded":3,"run_times":[[12,3]]}"#
         );
         assert_eq!(serde_json::from_str::<MinuteStatus>(&json).unwrap(), minute);
-        assert_eq!(
-            minute_of(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 59)),
-            29_000_000
-        );
+        assert_eq!(minute_of(start_of(29_000_000)), 29_000_000);
         assert_eq!(minute_of(UNIX_EPOCH - Duration::from_secs(1)), 0);
     }
 }

@@ -168,6 +168,7 @@ impl Minute {
 mod tests {
     use super::*;
     use crate::DeadReason;
+    use crate::protocol::history::{RunTimes, bin_value};
 
     const T: u64 = 29_000_000;
 
@@ -274,5 +275,44 @@ mod tests {
             None,
         );
         assert_eq!(counts(&history.minutes_at(0)), [(0, 1, 0, 0)]);
+    }
+
+    #[test]
+    fn percentiles_merged_from_workers_are_as_precise_as_one_bin() {
+        // Three workers' run times, spread over five decades.
+        let mut next = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = move || {
+            next ^= next << 13;
+            next ^= next >> 7;
+            next ^= next << 17;
+            next
+        };
+        let workers: Vec<History> = (0..3).map(|_| History::default()).collect();
+        let mut all = Vec::new();
+        for (index, worker) in workers.iter().enumerate() {
+            for _ in 0..(500 + index * 300) {
+                let micros = 200 + random() % 20_000_000 / (1 + random() % 1000);
+                let took = Duration::from_micros(micros);
+                worker.record_at(T, &ok(), Some(took));
+                all.push(took);
+            }
+        }
+        let mut merged = RunTimes::default();
+        for worker in &workers {
+            merged.add(&worker.minutes_at(T)[0].run_times);
+        }
+        all.sort();
+        let precision = 1.25f64.sqrt() + 1e-9;
+        for quantile in [0.5, 0.95, 0.99] {
+            let rank = (quantile * all.len() as f64).ceil() as usize;
+            let exact = all[rank - 1].as_secs_f64();
+            let merged = merged.quantile(quantile).unwrap().as_secs_f64();
+            assert!(
+                merged / exact <= precision && exact / merged <= precision,
+                "p{quantile}: {merged} for {exact}"
+            );
+            // Exactly the bin of the exact value.
+            assert_eq!(merged, bin_value(bin(all[rank - 1])).as_secs_f64());
+        }
     }
 }
