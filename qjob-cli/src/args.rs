@@ -104,6 +104,13 @@ pub(crate) enum Command {
     /// Checks the broker's queues against what the running workers declare.
     #[command(subcommand)]
     Topology(Topology),
+    /// The last hour, per job type and minute: attempts succeeded, failed
+    /// and dead-lettered, and p50/p95 run times.
+    History {
+        /// Only this job type (its name or queue).
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 /// Which waiting jobs to list.

@@ -19,6 +19,7 @@ mod args;
 mod commands;
 mod dlq;
 mod failure;
+mod history;
 mod out;
 mod overview;
 mod table;
@@ -139,6 +140,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             admin.refresh().await?;
             check_topology(&out, &admin).await
         }
+        Command::History { job } => history::history(&out, &admin, job.as_deref()).await,
     }
 }
 
