@@ -28,6 +28,9 @@ pub(crate) struct JobMetrics {
     durations: [Histogram; 3],
     /// The same counts, read back for the worker's heartbeats.
     counts: Arc<Counts>,
+    /// Whether the last hour is kept (the console on: only its heartbeats
+    /// send it).
+    history: bool,
 }
 
 /// A job type's counts since the worker started, as its heartbeats report
@@ -57,8 +60,9 @@ impl Counts {
 
 impl JobMetrics {
     /// The series of the job whose queue is `queue` (the label a
-    /// partitioned job's partition queues share).
-    pub(crate) fn new(queue: &str) -> Self {
+    /// partitioned job's partition queues share); its last hour is kept
+    /// if `history`.
+    pub(crate) fn new(queue: &str, history: bool) -> Self {
         let duration = |outcome: &'static str| histogram!("qjob_handler_duration_seconds", "queue" => queue.to_owned(), "outcome" => outcome);
         Self {
             queue: queue.to_owned(),
@@ -75,6 +79,7 @@ impl JobMetrics {
                 duration("dead_lettered"),
             ],
             counts: Arc::default(),
+            history,
         }
     }
 
@@ -147,7 +152,9 @@ impl JobMetrics {
                     .increment(1);
             }
         }
-        counts.history.record(outcome, took);
+        if self.history {
+            counts.history.record(outcome, took);
+        }
     }
 }
 
