@@ -113,6 +113,13 @@ pub(crate) enum Command {
     /// Fires a schedule's tick now, pauses or resumes a schedule.
     #[command(subcommand)]
     Schedule(crate::schedules::ScheduleCommand),
+    /// The last hour, per job type and minute: attempts succeeded, failed
+    /// and dead-lettered, and p50/p95 run times.
+    History {
+        /// Only this job type (its name or queue).
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 /// Which waiting jobs to list.

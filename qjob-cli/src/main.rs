@@ -20,6 +20,7 @@ mod asyncapi;
 mod commands;
 mod dlq;
 mod failure;
+mod history;
 mod out;
 mod overview;
 mod schedules;
@@ -144,6 +145,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Asyncapi(args) => asyncapi::asyncapi(&admin, &cli.url, args).await,
         Command::Schedules => schedules::list(&out, &admin).await,
         Command::Schedule(command) => schedules::command(&out, &admin, command).await,
+        Command::History { job } => history::history(&out, &admin, job.as_deref()).await,
     }
 }
 

@@ -890,3 +890,123 @@ async fn schedules_are_listed_fired_paused_and_resumed() {
     }
     rabbit.delete(&[&lease_queue, CliFiredJob::QUEUE]).await;
 }
+
+#[job(queue = "qjob.test.cli.history", prefetch = 4, concurrency = 4)]
+async fn cli_history(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    if work.fail {
+        return Err(JobError::permanent(JobError::msg("broken for good")));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+/// `qjob history`: a job's minutes with their counts and percentiles, as a
+/// table and as JSON; a job nobody runs is not found (3).
+#[tokio::test]
+async fn history_shows_the_last_hour_per_minute() {
+    let broker = broker().await;
+    reset::<CliHistoryJob>().await;
+    let _running = start(&broker, CliHistoryJob);
+    let jobs = (0..8).map(|n| Work { n, fail: n >= 6 });
+    Client::new(broker.clone())
+        .enqueue_all::<CliHistoryJob>(jobs)
+        .await
+        .unwrap();
+    let args = ["history", "--job", "cli_history", "--json"];
+    let totals = |history: &Value| {
+        let job = &history["jobs"][0];
+        (
+            job["succeeded"].as_u64(),
+            job["failed"].as_u64(),
+            job["dead_lettered"].as_u64(),
+        )
+    };
+    let output = until(&args, |o| {
+        code(o) == 0 && totals(&json(o)) == (Some(6), Some(2), Some(2))
+    })
+    .await;
+    let history = json(&output);
+    let jobs = history["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{history}");
+    assert_eq!(jobs[0]["job"], "cli_history");
+    assert_eq!(jobs[0]["queue"], CliHistoryJob::QUEUE);
+    assert_eq!(jobs[0]["workers"], 1);
+    let minutes = jobs[0]["minutes"].as_array().unwrap();
+    assert!(matches!(minutes.len(), 1 | 2), "{history}");
+    let mut sums = (0, 0, 0);
+    for minute in minutes {
+        assert!(
+            minute["start_ms"].as_u64().unwrap() % 60_000 == 0,
+            "{minute}"
+        );
+        assert_eq!(
+            minute["runs"].as_u64(),
+            Some(minute["succeeded"].as_u64().unwrap() + minute["failed"].as_u64().unwrap())
+        );
+        assert!(minute["p50_ms"].as_f64().unwrap() > 0.0, "{minute}");
+        assert!(
+            minute["p95_ms"].as_f64().unwrap() >= minute["p50_ms"].as_f64().unwrap(),
+            "{minute}"
+        );
+        sums.0 += minute["succeeded"].as_u64().unwrap();
+        sums.1 += minute["failed"].as_u64().unwrap();
+        sums.2 += minute["dead_lettered"].as_u64().unwrap();
+    }
+    assert_eq!(sums, (6, 2, 2));
+
+    // The table: a row per minute with activity.
+    let output = qjob(&["history", "--job", CliHistoryJob::QUEUE]).await;
+    assert_eq!(code(&output), 0);
+    let text = stdout(&output);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split("  ").map(str::trim).collect();
+    assert_eq!(
+        header
+            .into_iter()
+            .filter(|h| !h.is_empty())
+            .collect::<Vec<_>>(),
+        [
+            "JOB",
+            "MINUTE (UTC)",
+            "SUCCEEDED",
+            "FAILED",
+            "DEAD-LETTERED",
+            "P50",
+            "P95"
+        ],
+        "{text}"
+    );
+    let mut sums = (0, 0, 0);
+    for line in lines {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells.len(), 7, "{text}");
+        assert_eq!(cells[0], "cli_history");
+        assert!(
+            cells[5].ends_with("ms") && cells[6].ends_with("ms"),
+            "{text}"
+        );
+        let number = |cell: &str| cell.parse::<u64>().unwrap();
+        sums.0 += number(cells[2]);
+        sums.1 += number(cells[3]);
+        sums.2 += number(cells[4]);
+    }
+    assert_eq!(sums, (6, 2, 2), "{text}");
+
+    // Every job type, and help.
+    let output = qjob(&["history"]).await;
+    assert_eq!(code(&output), 0);
+    assert!(
+        stdout(&output).contains("cli_history "),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(code(&qjob(&["history", "--help"]).await), 0);
+    let output = qjob(&["history", "--job", "no-such-job"]).await;
+    assert_eq!(code(&output), 3, "nobody runs it");
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("no running worker runs job type \"no-such-job\""),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

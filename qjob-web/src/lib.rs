@@ -2,14 +2,15 @@
 //! over [`qjob::admin::Admin`] (RabbitMQ alone, no database).
 //!
 //! Pages: an overview (workers, job types with depth, rates and a small
-//! throughput chart, breakers, alarms), one job type (queues, partitions,
-//! delay queues, settings, pause/resume, concurrency), the jobs running
-//! now (cancel), the jobs scheduled and retrying (run now, discard), a job
-//! found by id, dead letters (browse, filter, payload and headers, replay,
-//! discard, bulk replay), workers, and schedules (leader, ticks,
-//! missed-tick policy; fire now, pause, resume). Server-rendered HTML that works without JavaScript; one small
-//! script (served, never inline) refreshes the page's content every few
-//! seconds. Everything is embedded in the binary, and every response
+//! throughput chart, breakers, alarms, each job type's last hour charted),
+//! one job type (its last hour, queues, partitions, delay queues,
+//! settings, pause/resume, concurrency), the jobs running now (cancel),
+//! the jobs scheduled and retrying (run now, discard), a job found by id,
+//! dead letters (browse, filter, payload and headers, replay, discard, bulk
+//! replay), workers, and schedules (leader, ticks, missed-tick policy;
+//! fire now, pause, resume). Server-rendered HTML that works without
+//! JavaScript; one small script (served, never inline) refreshes the
+//! page's content every few seconds. Everything is embedded in the binary, and every response
 //! carries a strict Content-Security-Policy.
 //!
 //! Actions are `POST`s with a token bound to a `SameSite=Strict` cookie,
@@ -40,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod actions;
+mod chart;
 mod csrf;
 mod html;
 mod live;

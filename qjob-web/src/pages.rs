@@ -11,6 +11,7 @@ use qjob::admin::{JobView, LetterFilter, QueueRole, ScheduleView, WorkerState, W
 use serde::Deserialize;
 use std::time::SystemTime;
 
+use crate::chart;
 use crate::html::{Table, ago, duration, escape, segment, sparkline};
 use crate::{Context, Shared};
 
@@ -222,6 +223,9 @@ pub(crate) async fn overview(
         ]);
     }
     html.push_str(&table.finish("no running worker has reported yet"));
+    html.push_str(&chart::overview(&shared.admin.history(None), |job| {
+        shared.link(&format!("/jobs/{}", segment(job)))
+    }));
     let schedules = shared.admin.schedules();
     if !schedules.is_empty() {
         html.push_str("<h2>Schedules</h2>");
@@ -407,6 +411,10 @@ pub(crate) async fn job(
             );
         }
         html.push_str("</section>");
+    }
+    if let Some(history) = shared.admin.history(Some(&job.job)).first() {
+        html.push_str("<h2>The last hour</h2>");
+        html.push_str(&chart::last_hour(history, chart::Size::Large));
     }
     html.push_str("<h2>Queues</h2>");
     let mut table = Table::new(&["Queue", "Role", "Ready", "Consumers"]);

@@ -591,3 +591,94 @@ async fn the_schedules_page_fires_pauses_and_checks_its_forms() {
     let (status, _, _) = http(&addr, &post(&addr, "/schedules/nope/fire", &same, &form)).await;
     assert_eq!(status, 404);
 }
+
+#[job(queue = "web.http.history", prefetch = 10, concurrency = 10)]
+async fn flaky(fail: bool, _ctx: JobContext) -> Result<(), JobError> {
+    if fail {
+        return Err(JobError::permanent(JobError::msg("broken for good")));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
+}
+
+/// The counts a page's per-minute `<title>`s add up to.
+fn minute_titles(body: &str) -> (u64, u64, u64) {
+    let mut sums = (0, 0, 0);
+    for title in body.split("<title>").skip(1) {
+        let title = title.split("</title>").next().unwrap();
+        let Some((_, counts)) = title.split_once(" UTC: ") else {
+            continue;
+        };
+        let count = |what: &str| -> u64 {
+            let before = counts.split(what).next().unwrap();
+            before
+                .rsplit(' ')
+                .find(|w| !w.is_empty())
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        sums.0 += count(" succeeded");
+        sums.1 += count(" failed");
+        sums.2 += count(" dead-lettered");
+    }
+    sums
+}
+
+#[tokio::test]
+async fn the_overview_and_the_job_page_chart_the_last_hour() {
+    let broker = MemoryBroker::new();
+    let admin = Arc::new(Admin::connect(broker.clone()).await.unwrap());
+    let worker = Worker::builder(broker.clone())
+        .register(FlakyJob)
+        .heartbeat_interval(Duration::from_millis(50))
+        .build();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    // 20 succeed, 5 fail for good.
+    qjob::Client::new(broker.clone())
+        .enqueue_all::<FlakyJob>((0..25).map(|n| n >= 20))
+        .await
+        .unwrap();
+    qjob_tests::eventually(
+        "the hour to count every job",
+        Duration::from_secs(10),
+        || admin.history(Some("flaky")),
+        |h| {
+            h.first()
+                .is_some_and(|h| h.succeeded() + h.dead_lettered() == 25)
+        },
+    )
+    .await;
+    let addr = serve(Console::new(admin)).await;
+    for path in ["/", "/jobs/flaky"] {
+        let (status, headers, body) = http(&addr, &get(&addr, path, None)).await;
+        assert_eq!(status, 200, "{path}");
+        let policy = header(&headers, "content-security-policy").unwrap();
+        assert!(
+            policy.starts_with("default-src 'none'; script-src 'self'; style-src 'self';")
+                && !policy.contains("unsafe"),
+            "{policy}"
+        );
+        assert!(body.contains(r#"<svg class="history""#), "{path}: {body}");
+        assert!(
+            body.contains(
+                "<title>flaky: the last hour, 20 succeeded, 5 failed, 5 dead-lettered</title>"
+            ),
+            "{path}: {body}"
+        );
+        assert_eq!(minute_titles(&body), (20, 5, 5), "{path}: {body}");
+        assert!(body.contains("; p50 "), "percentiles in the hover text");
+        assert!(
+            !body.contains("<script>") && !body.contains("style="),
+            "{path}"
+        );
+    }
+    let (_, _, overview) = http(&addr, &get(&addr, "/", None)).await;
+    assert!(
+        overview.contains(r#"<a href="/jobs/flaky"><svg class="history""#),
+        "each small chart leads to its job's page"
+    );
+}

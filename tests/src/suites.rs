@@ -73,6 +73,7 @@ macro_rules! console_tests {
             delayed_jobs_are_browsed_in_due_order_run_now_and_discarded,
             a_job_held_for_a_retry_in_place_is_listed_and_runs_now,
             a_schedule_is_fired_paused_and_resumed_from_the_console,
+            the_last_hour_adds_up_the_workers_minutes,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

@@ -35,11 +35,13 @@ mod commands;
 mod delayed;
 mod find;
 mod heard;
+mod history;
 mod letters;
 mod schedules;
 mod topology_check;
 mod views;
 
+pub use crate::protocol::MinuteStatus;
 pub use crate::protocol::{
     ACTIVITY_AT_MOST, BudgetStatus, CONTROL_EXCHANGE, Command, CommandMessage, ConcurrencyRange,
     DeclaredQueue, FORMAT, JobStatus, PermitStatus, Reply, RetryingJob, RunningJob,
@@ -50,6 +52,7 @@ pub use asyncapi::AsyncApi;
 pub use commands::DEFAULT_REPLY_WINDOW;
 pub use delayed::{DelayedJob, Waiting, browsable};
 pub use find::{Acted, Whereabouts};
+pub use history::{JobHistory, MinuteView};
 pub use letters::{BROWSE_AT_MOST, Letter, LetterFilter};
 pub use topology_check::TopologyProblem;
 pub use views::{JobView, MISSED_HEARTBEATS, QueueRole, QueueView, ScheduleView, WorkerView};

@@ -13,11 +13,13 @@ use crate::broker::Message;
 
 mod command;
 mod health;
+pub(crate) mod history;
 mod status;
 mod time;
 
 pub use command::{Command, CommandMessage, Reply};
 pub use health::{BreakerHealth, ScheduleHealth};
+pub use history::MinuteStatus;
 pub use status::{
     ACTIVITY_AT_MOST, BudgetStatus, ConcurrencyRange, DeclaredQueue, JobStatus, PermitStatus,
     RetryingJob, RunningJob, SharedLimitsStatus, WorkerState, WorkerStatus,

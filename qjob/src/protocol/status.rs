@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BreakerHealth, ScheduleHealth};
+use super::{BreakerHealth, MinuteStatus, ScheduleHealth};
 use crate::QueueType;
 use crate::broker::QueueSpec;
 
@@ -249,6 +249,10 @@ pub struct JobStatus {
     /// Its payload's JSON Schema (draft-07), if the job type gives one
     /// ([`crate::Job::payload_schema`]).
     pub payload_schema: Option<serde_json::Value>,
+    /// Its last hour: the minutes with activity, oldest first (absent from
+    /// an older worker's heartbeat).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<MinuteStatus>,
 }
 
 /// A queue as a worker declares it: [`QueueSpec`] in the format.

@@ -113,6 +113,7 @@ impl ConsoleJob {
                 .lock()
                 .expect("last error poisoned")
                 .clone(),
+            history: counts.history.minutes(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
+use crate::worker::history::History;
 use crate::worker::observer::AttemptOutcome;
 
 /// One job type's series, registered once: recording is then a handle
@@ -27,6 +28,9 @@ pub(crate) struct JobMetrics {
     durations: [Histogram; 3],
     /// The same counts, read back for the worker's heartbeats.
     counts: Arc<Counts>,
+    /// Whether the last hour is kept (the console on: only its heartbeats
+    /// send it).
+    history: bool,
 }
 
 /// A job type's counts since the worker started, as its heartbeats report
@@ -40,6 +44,8 @@ pub(crate) struct Counts {
     pub(crate) in_flight: AtomicU64,
     /// The last failure's error (only failures take the lock).
     pub(crate) last_error: Mutex<Option<String>>,
+    /// The last hour, minute by minute.
+    pub(crate) history: History,
 }
 
 impl Counts {
@@ -54,8 +60,9 @@ impl Counts {
 
 impl JobMetrics {
     /// The series of the job whose queue is `queue` (the label a
-    /// partitioned job's partition queues share).
-    pub(crate) fn new(queue: &str) -> Self {
+    /// partitioned job's partition queues share); its last hour is kept
+    /// if `history`.
+    pub(crate) fn new(queue: &str, history: bool) -> Self {
         let duration = |outcome: &'static str| histogram!("qjob_handler_duration_seconds", "queue" => queue.to_owned(), "outcome" => outcome);
         Self {
             queue: queue.to_owned(),
@@ -72,6 +79,7 @@ impl JobMetrics {
                 duration("dead_lettered"),
             ],
             counts: Arc::default(),
+            history,
         }
     }
 
@@ -133,12 +141,7 @@ impl JobMetrics {
                 counts.failed(error);
             }
             AttemptOutcome::DeadLettered { reason, error } => {
-                // Neither a malformed message nor a cancelled job is a
-                // handler's failure.
-                if !matches!(
-                    reason,
-                    crate::DeadReason::Malformed | crate::DeadReason::Cancelled
-                ) {
+                if outcome.is_handler_failure() {
                     self.failed.increment(1);
                     counts.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -148,6 +151,9 @@ impl JobMetrics {
                 counter!("qjob_jobs_dead_lettered_total", "queue" => self.queue.clone(), "reason" => reason.label())
                     .increment(1);
             }
+        }
+        if self.history {
+            counts.history.record(outcome, took);
         }
     }
 }

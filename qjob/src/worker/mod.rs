@@ -14,6 +14,7 @@ mod halt;
 mod handler;
 mod health;
 mod held;
+mod history;
 mod metrics;
 mod observer;
 mod plan;

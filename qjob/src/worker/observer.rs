@@ -37,6 +37,19 @@ impl AttemptOutcome {
             AttemptOutcome::DeadLettered { .. } => "dead_lettered",
         }
     }
+
+    /// Whether the handler failed: a retry, or a dead letter other than a
+    /// malformed or cancelled job (neither is a handler's failure).
+    pub(crate) fn is_handler_failure(&self) -> bool {
+        match self {
+            AttemptOutcome::Succeeded => false,
+            AttemptOutcome::Retrying { .. } => true,
+            AttemptOutcome::DeadLettered { reason, .. } => !matches!(
+                reason,
+                crate::DeadReason::Malformed | crate::DeadReason::Cancelled
+            ),
+        }
+    }
 }
 
 /// One settled attempt.

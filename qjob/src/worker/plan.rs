@@ -281,7 +281,7 @@ impl Worker {
             leases: Arc::default(),
             gate,
             work: work.clone(),
-            metrics: metrics::JobMetrics::new(options.queue()),
+            metrics: metrics::JobMetrics::new(options.queue(), self.console),
             quota,
             member,
         };

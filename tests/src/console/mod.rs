@@ -5,6 +5,7 @@
 
 mod activity;
 mod cancel;
+mod history;
 mod letters;
 mod limits;
 mod pause;
@@ -14,6 +15,7 @@ mod workers;
 
 pub use activity::*;
 pub use cancel::*;
+pub use history::*;
 pub use letters::*;
 pub use limits::*;
 pub use pause::*;
