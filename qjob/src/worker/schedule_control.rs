@@ -29,6 +29,9 @@ pub(crate) struct ScheduleControl {
     pub(crate) name: String,
     paused: watch::Sender<bool>,
     requests: mpsc::Sender<FireNow>,
+    /// Held by the schedule's task from its pause check through a tick's
+    /// publish: a pause is answered only once no tick is on its way.
+    firing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A request to fire one tick now, answered by the schedule's task.
@@ -54,6 +57,8 @@ pub(crate) enum Fired {
 pub(crate) struct Controlled {
     pub(crate) paused: watch::Receiver<bool>,
     pub(crate) requests: mpsc::Receiver<FireNow>,
+    /// Held from the pause check through a tick's publish.
+    pub(crate) firing: Arc<tokio::sync::Mutex<()>>,
     _control: Arc<ScheduleControl>,
 }
 
@@ -63,14 +68,17 @@ impl ScheduleControl {
     pub(crate) fn pair(name: &str) -> (Arc<ScheduleControl>, Controlled) {
         let (paused, paused_rx) = watch::channel(false);
         let (requests, requests_rx) = mpsc::channel(WAITING_REQUESTS);
+        let firing = Arc::new(tokio::sync::Mutex::new(()));
         let control = Arc::new(ScheduleControl {
             name: name.to_owned(),
             paused,
             requests,
+            firing: firing.clone(),
         });
         let controlled = Controlled {
             paused: paused_rx,
             requests: requests_rx,
+            firing,
             _control: control.clone(),
         };
         (control, controlled)
@@ -87,13 +95,15 @@ pub(crate) async fn obey(
 ) -> Option<(bool, String)> {
     let name = command.schedule()?;
     let control = schedules.iter().find(|control| control.name == name)?;
-    let role = || {
-        let leads = health
+    let leads = || {
+        health
             .report()
             .schedules
             .get(name)
-            .is_some_and(|schedule| schedule.leader);
-        if leads {
+            .is_some_and(|schedule| schedule.leader)
+    };
+    let role = || {
+        if leads() {
             "this worker leads it and keeps its lease"
         } else {
             "this worker stands by"
@@ -104,6 +114,9 @@ pub(crate) async fn obey(
             let was = control.paused.send_replace(true);
             #[cfg(feature = "periodic")]
             health.schedule(name, |schedule| schedule.paused = true);
+            // A tick past its pause check before the flag went up is
+            // published before the pause is answered.
+            drop(control.firing.lock().await);
             let what = if was { "was paused already" } else { "paused" };
             Some((
                 true,
@@ -114,7 +127,13 @@ pub(crate) async fn obey(
             ))
         }
         Command::ResumeSchedule { .. } => {
-            let was = control.paused.send_replace(false);
+            // Only a change wakes the task: a resume of a schedule not
+            // paused runs no missed-tick policy.
+            let mut was = false;
+            control.paused.send_if_modified(|paused| {
+                was = std::mem::replace(paused, false);
+                was
+            });
             #[cfg(feature = "periodic")]
             health.schedule(name, |schedule| schedule.paused = false);
             let what = if was {
@@ -124,6 +143,9 @@ pub(crate) async fn obey(
             };
             Some((true, format!("schedule {name} {what}")))
         }
+        // A worker that does not lead it stays silent at once: its task
+        // would not fire, and its commands must not wait on it.
+        Command::FireSchedule { .. } if !leads() => None,
         Command::FireSchedule { .. } => fire_now(control).await,
         _ => None,
     }

@@ -480,6 +480,9 @@ impl Leader<'_> {
             // Fired already (by this leader, or one whose lease came).
             return Ok(());
         }
+        // Held through the publish: a pause waits for a tick on its way.
+        let firing = self.control.firing.clone();
+        let _firing = firing.lock().await;
         if *self.control.paused.borrow() {
             tracing::debug!(schedule = %self.planned.name, ?tick, "schedule: paused, tick not fired");
             return Ok(());
