@@ -25,7 +25,7 @@
 //! `QJOB_BENCH_ONLY=console` measures instead what the console costs: qjob
 //! with its console on (a heartbeat every second, five times the default
 //! rate) against the console off, alternating rounds, prefetch 1, 25 and
-//! 200.
+//! 200: the rate, and this process's CPU per job.
 
 use std::time::{Duration, Instant};
 
@@ -122,30 +122,38 @@ async fn main() {
     raw.reset().await;
 }
 
-/// qjob's consume rate with its console on against off, same run.
+/// qjob's consume rate, and its CPU per job (steadier than the rate on a
+/// shared machine), with its console on against off, same run.
 async fn console_cost(raw: &Raw, broker: &qjob::AmqpBroker, jobs: usize, rounds: usize) {
     for prefetch in [1u16, 25, 200] {
         // Prefetch 1 is latency-bound: fewer jobs keep the round short.
         let jobs = if prefetch == 1 { jobs / 4 } else { jobs };
-        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let (mut on, mut off) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
         for _ in 0..rounds {
             for heartbeat in [Some(Duration::from_secs(1)), None] {
                 raw.reset().await;
                 raw.publish(jobs).await;
-                let took = qjob_consume_with(broker, jobs, prefetch, heartbeat).await;
-                match heartbeat {
-                    Some(_) => on.push(rate(jobs, took)),
-                    None => off.push(rate(jobs, took)),
-                }
+                let (rate, cpu) =
+                    measured(jobs, qjob_consume_with(broker, jobs, prefetch, heartbeat)).await;
+                let side = if heartbeat.is_some() {
+                    &mut on
+                } else {
+                    &mut off
+                };
+                side.0.push(rate);
+                side.1.push(cpu);
             }
         }
         println!(
-            "consume, prefetch {prefetch:>3}  console off {:>8.0}/s  on {:>8.0}/s  ratio on/off {:.3}   (rounds: off {:?}, on {:?})",
-            median(&off),
-            median(&on),
-            median(&on) / median(&off),
-            off.iter().map(|r| r.round()).collect::<Vec<_>>(),
-            on.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "consume, prefetch {prefetch:>3}  console off {:>8.0}/s {:>5.1} µs/job  on {:>8.0}/s {:>5.1} µs/job  ratio on/off: rate {:.3}, CPU {:.3}   (rates: off {:?}, on {:?})",
+            median(&off.0),
+            median(&off.1),
+            median(&on.0),
+            median(&on.1),
+            median(&on.0) / median(&off.0),
+            median(&on.1) / median(&off.1),
+            off.0.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            on.0.iter().map(|r| r.round()).collect::<Vec<_>>(),
         );
     }
     raw.reset().await;
