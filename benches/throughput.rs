@@ -14,11 +14,18 @@
 //! until every message is acked and the consumer is closed. The raw loop
 //! keeps its acks in flight (a `FuturesUnordered`), as a tuned hand-written
 //! consumer does; qjob acks each job after its (no-op) handler returns, with
-//! `concurrency = prefetch`. Publish: `enqueue_all` against the same
+//! `concurrency = prefetch`. Beside them, the broker's ceiling: a raw
+//! consumer that does nothing with a delivery and sends one multiple ack
+//! per half prefetch (what the broker delivers at most on one channel);
+//! qjob's rate and CPU per job are printed against it too.
+//! `QJOB_BENCH_PREFETCH=200` (a comma-separated list) picks the prefetches,
+//! and `QJOB_BENCH_ONLY=qjob` (or `ceiling`) runs only that side's consume
+//! rounds (under a profiler).
+//! Publish: `enqueue_all` against the same
 //! confirmed publishes spread the same way (contiguous runs on four
 //! channels, 512 confirms in flight on each), and against one channel
 //! publishing without confirms, timed until the queue holds every message
-//! (the ceiling: what the broker stores when nobody waits for it).
+//! (what the broker stores when nobody waits for it).
 //!
 //! Prints each round and the ratio qjob / lapin of the median rates.
 //!
@@ -36,7 +43,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qjob::Client;
 use qjob_benches::{
     BENCH_QUEUE, Bench, BenchJob, Cpu, amqp_url, broker_quiet, confirming_channel, env_number,
-    median, payload, qjob_consume, qjob_consume_with, rate, raw_ack_all, raw_consumer, reset_queue,
+    median, payload, qjob_consume, qjob_consume_with, rate, raw_ack_all, raw_ceiling, raw_consumer,
+    reset_queue,
 };
 
 /// Confirms in flight at once on each channel of the publish loops (qjob's
@@ -68,7 +76,7 @@ async fn main() {
     let mut publish = Rates::default();
     let mut unconfirmed = Vec::new();
     for _ in 0..rounds {
-        if only == "consume" {
+        if ["consume", "qjob", "ceiling"].contains(&only.as_str()) {
             break;
         }
         raw.reset().await;
@@ -91,7 +99,7 @@ async fn main() {
         };
         publish.qjob(measured(jobs, enqueue).await);
     }
-    if only != "consume" {
+    if !["consume", "qjob", "ceiling"].contains(&only.as_str()) {
         publish.report("publish (confirmed)");
         println!(
             "publish: lapin unconfirmed {:>8.0}/s; qjob confirmed / lapin unconfirmed {:.2}   (rounds: {:?})",
@@ -104,22 +112,70 @@ async fn main() {
         return;
     }
 
-    for prefetch in [1u16, 25, 200] {
+    for prefetch in prefetches() {
         // Prefetch 1 is latency-bound: fewer jobs keep the round short.
         let jobs = if prefetch == 1 { jobs / 4 } else { jobs };
         let mut consume = Rates::default();
+        let mut ceiling = (Vec::new(), Vec::new());
         for _ in 0..rounds {
+            if only == "qjob" || only == "ceiling" {
+                raw.reset().await;
+                raw.publish(jobs).await;
+                broker_quiet().await;
+                let (rate, cpu) = if only == "qjob" {
+                    measured(jobs, qjob_consume(&broker, jobs, prefetch)).await
+                } else {
+                    measured(jobs, raw.ceiling(jobs, prefetch)).await
+                };
+                println!("{only}, prefetch {prefetch:>3}: {rate:.0}/s, {cpu:.1} µs CPU/job");
+                continue;
+            }
             raw.reset().await;
             raw.publish(jobs).await;
+            broker_quiet().await;
+            let (rate, cpu) = measured(jobs, raw.ceiling(jobs, prefetch)).await;
+            ceiling.0.push(rate);
+            ceiling.1.push(cpu);
+
+            raw.reset().await;
+            raw.publish(jobs).await;
+            broker_quiet().await;
             consume.lapin(measured(jobs, raw.consume(jobs, prefetch)).await);
 
             raw.reset().await;
             raw.publish(jobs).await;
+            broker_quiet().await;
             consume.qjob(measured(jobs, qjob_consume(&broker, jobs, prefetch)).await);
         }
+        if only == "qjob" || only == "ceiling" {
+            continue;
+        }
         consume.report(&format!("consume, prefetch {prefetch:>3}"));
+        let (qjob, qjob_cpu) = (median(&consume.qjob), median(&consume.qjob_cpu));
+        let (limit, limit_cpu) = (median(&ceiling.0), median(&ceiling.1));
+        println!(
+            "{:<24} ceiling {limit:>6.0}/s ({limit_cpu:.1} µs CPU/job)  qjob at {:.0} % of the ceiling, CPU per job {:.2}x the ceiling's   (rounds: {:?})",
+            "",
+            100.0 * qjob / limit,
+            qjob_cpu / limit_cpu,
+            ceiling.0.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        );
     }
     raw.reset().await;
+}
+
+/// The prefetches to consume with: `QJOB_BENCH_PREFETCH` (a comma-separated
+/// list), by default 1, 25 and 200.
+fn prefetches() -> Vec<u16> {
+    std::env::var("QJOB_BENCH_PREFETCH").map_or(vec![1, 25, 200], |list| {
+        list.split(',')
+            .map(|p| {
+                p.trim()
+                    .parse()
+                    .expect("QJOB_BENCH_PREFETCH is a list of numbers")
+            })
+            .collect()
+    })
 }
 
 /// qjob's consume rate, and its CPU per job (steadier than the rate on a
@@ -312,6 +368,12 @@ impl Raw {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         started.elapsed()
+    }
+
+    /// The broker's ceiling: consumes `jobs` messages doing nothing, one
+    /// multiple ack per half prefetch.
+    async fn ceiling(&self, jobs: usize, prefetch: u16) -> Duration {
+        raw_ceiling(&self.connection, BENCH_QUEUE, jobs, prefetch).await
     }
 
     /// Consumes `jobs` messages, decoding each and keeping acks in flight.

@@ -485,6 +485,48 @@ pub async fn raw_ack_all(mut consumer: lapin::Consumer, jobs: usize, inspect: im
     }
 }
 
+/// The broker's ceiling's ack batch: half the prefetch.
+pub fn ceiling_batch(prefetch: u16) -> u64 {
+    u64::from(prefetch / 2).max(1)
+}
+
+/// What the broker delivers at most on one channel with this prefetch: a
+/// raw lapin consumer that does nothing with a delivery and acks half a
+/// prefetch window at a time with one multiple ack ([`ceiling_batch`]).
+/// Consumes `jobs` deliveries of `queue` on a channel of its own and
+/// returns the time from its subscription to the last ack sent.
+pub async fn raw_ceiling(
+    connection: &lapin::Connection,
+    queue: &str,
+    jobs: usize,
+    prefetch: u16,
+) -> Duration {
+    use futures_util::StreamExt;
+    use lapin::options::BasicAckOptions;
+    let channel = connection.create_channel().await.unwrap();
+    let started = Instant::now();
+    let mut consumer = raw_consumer(&channel, queue, "ceiling", prefetch).await;
+    let batch = ceiling_batch(prefetch);
+    let mut received = 0;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery.unwrap();
+        received += 1;
+        if delivery.delivery_tag % batch == 0 || received == jobs {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+        }
+        if received == jobs {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    let _ = channel.close(200, "done".into()).await;
+    took
+}
+
 /// The bench job with a global concurrency it never reaches (1 000): what
 /// taking, renewing and freeing a permit in Redis costs per job.
 #[job(queue = "qjob.bench.permit", retry = 0, global_concurrency = 1000)]

@@ -18,8 +18,8 @@ use apalis_amqp::AmqpBackend;
 use apalis_amqp::Config;
 use qjob::Client;
 use qjob_benches::{
-    Bench, BenchJob, Cpu, HANDLED, TARGET, amqp_url, broker_quiet, env_number, median,
-    qjob_consume, rate, raw_consumer, start_round,
+    Bench, BenchJob, Cpu, HANDLED, TARGET, amqp_url, broker_quiet, ceiling_batch, env_number,
+    median, qjob_consume, rate, raw_ceiling, start_round,
 };
 
 /// The same no-op as qjob's `BenchJob`: counts, and stops the worker at
@@ -67,7 +67,7 @@ async fn main() {
         let ceiling = median(&ceiling_rates);
         println!(
             "  broker ceiling (raw lapin, no work, one multiple ack per {} deliveries) {ceiling:>8.0}/s: apalis at {:.0} %, qjob at {:.0} %",
-            batch(prefetch),
+            ceiling_batch(prefetch),
             100.0 * apalis / ceiling,
             100.0 * qjob / ceiling,
         );
@@ -109,48 +109,21 @@ async fn apalis_round(url: &str, queue: &str, jobs: usize, prefetch: u16) -> (Du
     (started.elapsed(), cpu.per_job_since(jobs + 1))
 }
 
-/// The ceiling's ack batch: half the prefetch.
-fn batch(prefetch: u16) -> u64 {
-    u64::from(prefetch / 2).max(1)
-}
-
-/// What the broker delivers at most on one channel with this prefetch: a raw
-/// lapin consumer that does nothing with a delivery and acks half a
-/// prefetch window at a time with one multiple ack.
+/// What the broker delivers at most on one channel with this prefetch
+/// ([`raw_ceiling`]), on a queue filled as apalis's is.
 async fn ceiling_round(
     url: &str,
     queue: &str,
     jobs: usize,
     prefetch: u16,
 ) -> (Duration, CpuPerJob) {
-    use futures_util::StreamExt;
-    use lapin::options::BasicAckOptions;
     fill_persistent(url, queue, jobs).await;
     let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     broker_quiet().await;
     let cpu = Cpu::now();
-    let started = Instant::now();
-    let mut consumer = raw_consumer(&channel, queue, "ceiling", prefetch).await;
-    let batch = batch(prefetch);
-    let mut received = 0;
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery.unwrap();
-        received += 1;
-        if delivery.delivery_tag % batch == 0 || received == jobs {
-            delivery
-                .acker
-                .ack(BasicAckOptions { multiple: true })
-                .await
-                .unwrap();
-        }
-        if received == jobs {
-            break;
-        }
-    }
-    let took = started.elapsed();
+    let took = raw_ceiling(&connection, queue, jobs, prefetch).await;
     let _ = connection.close(200, "done".into()).await;
     (took, cpu.per_job_since(jobs))
 }
