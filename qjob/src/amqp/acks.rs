@@ -10,6 +10,12 @@
 //! arrived meanwhile. No ack ever waits for another to be settled: a slow
 //! handler blocks no one else's ack, it only splits a run.
 //!
+//! The frames go out on the channel itself (`basic.ack` with the tag), not
+//! through each delivery's lapin `Acker`, which hands every ack to a task
+//! of lapin's that hands it to the channel: one hop and one task fewer per
+//! frame. It is the same frame on the same channel; a closed channel fails
+//! it the same way.
+//!
 //! The flush runs in a task of its own, never in the caller's future: a
 //! handler's ack future may be dropped at any await (the operation bound
 //! timing out, a shutdown aborting the handler), and a flush dropped half
@@ -25,10 +31,11 @@
 //! with two consumers (the old and the new one while the prefetch changes)
 //! is as safe as one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
 use super::bounded::{OPERATION_TIMEOUT, settled};
@@ -39,40 +46,31 @@ type Tag = u64;
 /// Turns of the scheduler a flush waits at most for more acks to join it.
 const GATHER_TURNS: usize = 8;
 
-/// What is settled and what is ready to ack; `A` is the means to send an
-/// ack (lapin's acker; anything in the tests).
-struct Book<A> {
+/// What is settled and what is ready to ack.
+#[derive(Default)]
+struct Book {
     /// Every tag up to this one is settled (delivery tags start at 1).
     floor: Tag,
     /// Settled tags above the floor.
     settled: BTreeSet<Tag>,
     /// Acked by their handler, waiting for the flusher.
-    ready: BTreeMap<Tag, A>,
+    ready: BTreeSet<Tag>,
     flushing: bool,
-}
-
-impl<A> Default for Book<A> {
-    fn default() -> Self {
-        Self {
-            floor: 0,
-            settled: BTreeSet::new(),
-            ready: BTreeMap::new(),
-            flushing: false,
-        }
-    }
 }
 
 /// One ack frame to send.
 #[derive(Debug, PartialEq)]
-struct Frame<A> {
-    acker: A,
+struct Frame {
+    tag: Tag,
     multiple: bool,
 }
 
 /// The ack state of one consumer channel.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct Acks {
-    book: Arc<Mutex<Book<lapin::Acker>>>,
+    /// The channel the deliveries came on, which the acks go out on.
+    channel: Channel,
+    book: Arc<Mutex<Book>>,
     /// Notified when a flush ends.
     flushed: Arc<tokio::sync::Notify>,
     /// The highest delivery tag handed to the worker.
@@ -80,7 +78,16 @@ pub(super) struct Acks {
 }
 
 impl Acks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Book<lapin::Acker>> {
+    pub(super) fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            book: Arc::default(),
+            flushed: Arc::default(),
+            delivered: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().expect("ack book poisoned")
     }
 
@@ -98,10 +105,10 @@ impl Acks {
     }
 
     /// Acks `tag`, batched with whatever else is ready.
-    pub(super) async fn ack(&self, tag: Tag, acker: lapin::Acker) -> Result<(), Error> {
+    pub(super) async fn ack(&self, tag: Tag) -> Result<(), Error> {
         {
             let mut book = self.lock();
-            book.ready.insert(tag, acker);
+            book.ready.insert(tag);
             if book.flushing {
                 return Ok(());
             }
@@ -175,9 +182,10 @@ impl Flushing {
                 let options = BasicAckOptions {
                     multiple: frame.multiple,
                 };
-                let sent = tokio::time::timeout(OPERATION_TIMEOUT, frame.acker.ack(options))
+                let sent = acks.channel.basic_ack(frame.tag, options);
+                let sent = tokio::time::timeout(OPERATION_TIMEOUT, sent)
                     .await
-                    .unwrap_or_else(|_| Ok(false));
+                    .map_or(Ok(false), |sent| sent.map(|()| true));
                 if let Err(error) = settled(sent, "ack") {
                     first_error.get_or_insert(error);
                 }
@@ -218,7 +226,7 @@ impl Drop for Flushing {
     }
 }
 
-impl<A> Book<A> {
+impl Book {
     /// Whether every tag up to `delivered` is settled or ready.
     fn accounts_for(&self, delivered: Tag) -> bool {
         delivered <= self.floor + (self.settled.len() + self.ready.len()) as Tag
@@ -227,29 +235,29 @@ impl<A> Book<A> {
     /// The frames that settle every ready ack: one multiple ack for the run
     /// of ready (or already settled) tags just above the floor, single acks
     /// for the rest.
-    fn take_frames(&mut self) -> Vec<Frame<A>> {
+    fn take_frames(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();
         let mut last = None;
         let mut tag = self.floor + 1;
         loop {
-            if let Some(acker) = self.ready.remove(&tag) {
-                last = Some(acker);
+            if self.ready.remove(&tag) {
+                last = Some(tag);
             } else if !self.settled.remove(&tag) {
                 break;
             }
             tag += 1;
         }
         self.floor = tag - 1;
-        if let Some(acker) = last {
+        if let Some(tag) = last {
             frames.push(Frame {
-                acker,
+                tag,
                 multiple: true,
             });
         }
-        for (tag, acker) in std::mem::take(&mut self.ready) {
+        for tag in std::mem::take(&mut self.ready) {
             self.settled.insert(tag);
             frames.push(Frame {
-                acker,
+                tag,
                 multiple: false,
             });
         }
@@ -263,17 +271,17 @@ mod tests {
 
     /// A book whose tags up to `floor` and `settled` are settled, with
     /// `ready` acked by their handlers.
-    fn book(floor: Tag, settled: &[Tag], ready: &[Tag]) -> Book<Tag> {
+    fn book(floor: Tag, settled: &[Tag], ready: &[Tag]) -> Book {
         Book {
             floor,
             settled: settled.iter().copied().collect(),
-            ready: ready.iter().map(|&tag| (tag, tag)).collect(),
+            ready: ready.iter().copied().collect(),
             flushing: false,
         }
     }
 
-    fn frame(acker: Tag, multiple: bool) -> Frame<Tag> {
-        Frame { acker, multiple }
+    fn frame(tag: Tag, multiple: bool) -> Frame {
+        Frame { tag, multiple }
     }
 
     #[test]
@@ -321,8 +329,8 @@ mod tests {
         assert_eq!(book.floor, 7);
     }
 
-    fn book_after(mut book: Book<Tag>, ready: &[Tag]) -> Book<Tag> {
-        book.ready.extend(ready.iter().map(|&tag| (tag, tag)));
+    fn book_after(mut book: Book, ready: &[Tag]) -> Book {
+        book.ready.extend(ready.iter().copied());
         book
     }
 

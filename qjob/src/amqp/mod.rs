@@ -280,13 +280,13 @@ impl AmqpBroker {
             .map_err(failed)?;
         Ok(Box::new(AmqpSubscription {
             queue,
+            acks: acks::Acks::new(channel.clone()),
             channel,
             consumer,
             retiring: VecDeque::new(),
             tag,
             replacements: 0,
             prefetch: LISTEN_PREFETCH,
-            acks: acks::Acks::default(),
         }))
     }
 
@@ -364,13 +364,13 @@ impl AmqpBroker {
             .map_err(|e| Error::broker(operation(), e))?;
         Ok(Box::new(AmqpSubscription {
             queue: queue.to_owned(),
+            acks: acks::Acks::new(channel.clone()),
             channel,
             consumer,
             retiring: VecDeque::new(),
             tag: options.tag,
             replacements: 0,
             prefetch: options.prefetch,
-            acks: acks::Acks::default(),
         }))
     }
 

@@ -195,7 +195,7 @@ struct AmqpAcker {
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(&self) -> Result<(), Error> {
-        bounded(|| "ack".into(), self.acks.ack(self.tag, self.acker.clone())).await
+        bounded(|| "ack".into(), self.acks.ack(self.tag)).await
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), Error> {
