@@ -1,7 +1,7 @@
 //! The jobs an operator cancelled, and the attempts and waits in progress
 //! that a cancel tells.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -40,16 +40,17 @@ struct Remembered {
     /// and by the wall clock (a replay after it is not cancelled).
     since: HashMap<JobId, (Instant, SystemTime)>,
     order: VecDeque<(JobId, Instant)>,
-    /// The attempts and waits in progress, by job id.
-    watched: HashMap<JobId, Vec<Watched>>,
+    /// The attempts and waits in progress, by their number: registered and
+    /// dropped once per attempt without hashing a job id; found by job id
+    /// only for an operator's command, by a look at each.
+    watched: BTreeMap<u64, Watched>,
     next_watch: u64,
 }
 
 /// An attempt, or a wait before a retry in place, in progress.
 #[derive(Debug)]
 struct Watched {
-    /// The number to find it by.
-    number: u64,
+    job_id: JobId,
     /// When its delivery was replayed from its dead-letter queue.
     replayed_at: Option<SystemTime>,
     /// Cancelled when an operator cancels the job.
@@ -99,7 +100,7 @@ pub(crate) struct Activity {
 #[derive(Debug)]
 pub(crate) struct Watch<'a> {
     cancellations: &'a Cancellations,
-    job_id: JobId,
+    /// Its key in `watched` (or [`UNWATCHED`]).
     number: u64,
     token: CancellationToken,
     run_now: CancellationToken,
@@ -131,13 +132,7 @@ impl Drop for Watch<'_> {
         if self.number == UNWATCHED {
             return;
         }
-        let mut ids = self.cancellations.ids();
-        if let Some(watches) = ids.watched.get_mut(&self.job_id) {
-            watches.retain(|watched| watched.number != self.number);
-            if watches.is_empty() {
-                ids.watched.remove(&self.job_id);
-            }
-        }
+        self.cancellations.ids().watched.remove(&self.number);
     }
 }
 
@@ -172,7 +167,8 @@ impl Cancellations {
             ids.since.remove(&oldest);
         }
         self.any.store(true, Ordering::Release);
-        for watched in ids.watched.get(&job_id).into_iter().flatten() {
+        let of_job = ids.watched.values().filter(|w| w.job_id == job_id);
+        for watched in of_job {
             if Self::cancelled_in(&ids, &job_id, watched.replayed_at) {
                 watched.token.cancel();
             }
@@ -192,7 +188,6 @@ impl Cancellations {
         if !self.watching {
             return Watch {
                 cancellations: self,
-                job_id: job_id.clone(),
                 number: UNWATCHED,
                 token,
                 run_now,
@@ -210,20 +205,17 @@ impl Cancellations {
         }
         let number = ids.next_watch;
         ids.next_watch += 1;
-        ids.watched
-            .entry(job_id.clone())
-            .or_default()
-            .push(Watched {
-                number,
-                replayed_at,
-                token: token.clone(),
-                run_now: run_now.clone(),
-                doing,
-                began,
-            });
+        let watched = Watched {
+            job_id: job_id.clone(),
+            replayed_at,
+            token: token.clone(),
+            run_now: run_now.clone(),
+            doing,
+            began,
+        };
+        ids.watched.insert(number, watched);
         Watch {
             cancellations: self,
-            job_id: job_id.clone(),
             number,
             token,
             run_now,
@@ -234,8 +226,8 @@ impl Cancellations {
     /// attempt starts at once. Returns how many there were.
     pub(crate) fn run_now(&self, job_id: &JobId) -> usize {
         let ids = self.ids();
-        let waits = ids.watched.get(job_id).into_iter().flatten();
-        waits
+        let of_job = ids.watched.values().filter(|w| &w.job_id == job_id);
+        of_job
             .filter(|watched| watched.doing.retry.is_some())
             .inspect(|watched| watched.run_now.cancel())
             .count()
@@ -247,12 +239,11 @@ impl Cancellations {
     pub(crate) fn activity(&self, at_most: usize) -> Activity {
         let ids = self.ids();
         let (mut running, mut waiting) = (Vec::new(), Vec::new());
-        for (job_id, watches) in &ids.watched {
-            for watched in watches {
-                match &watched.doing.retry {
-                    Some((due, _)) => waiting.push((*due, job_id, watched)),
-                    None => running.push((watched.began, job_id, watched)),
-                }
+        for watched in ids.watched.values() {
+            let job_id = &watched.job_id;
+            match &watched.doing.retry {
+                Some((due, _)) => waiting.push((*due, job_id, watched)),
+                None => running.push((watched.began, job_id, watched)),
             }
         }
         let (running_total, waiting_total) = (running.len(), waiting.len());
