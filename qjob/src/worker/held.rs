@@ -85,23 +85,32 @@ const MIN_KEEP: Duration = Duration::from_secs(3600);
 /// The most jobs remembered; past it the oldest are forgotten first.
 const REMEMBERED: usize = 10_000;
 
-/// The most jobs remembered as settled here lately (see
-/// [`Attempts::was_settled`]).
+/// The jobs remembered as settled here lately (see
+/// [`Attempts::was_settled`]): at least the last this many, and at most
+/// twice as many.
 const SETTLED_REMEMBERED: usize = 4_096;
 
 /// Attempts made in place, per job, until the job is settled.
 #[derive(Debug)]
 pub(crate) struct Attempts {
-    seen: Mutex<HashMap<JobId, Seen>>,
-    /// The jobs settled here lately, oldest first, and the same as a set.
-    settled: Mutex<(
-        std::collections::VecDeque<JobId>,
-        std::collections::HashSet<JobId>,
-    )>,
+    /// What is known of each job, and the jobs settled lately: one lock,
+    /// taken once per change.
+    book: Mutex<Book>,
     /// How long an unsettled job is remembered.
     keep: Duration,
     /// Woken whenever an attempt ends.
     ended: Notify,
+}
+
+/// What [`Attempts`] keeps under its lock.
+#[derive(Debug, Default)]
+struct Book {
+    seen: HashMap<JobId, Seen>,
+    /// The jobs settled here lately, each with its number in the order
+    /// they were settled.
+    settled: HashMap<JobId, u64>,
+    /// How many jobs were settled here.
+    settled_count: u64,
 }
 
 /// What this worker knows of a job's attempts.
@@ -137,15 +146,14 @@ impl Attempts {
     /// back when a connection drops).
     pub(crate) fn new(keep: Duration) -> Self {
         Self {
-            seen: Mutex::new(HashMap::new()),
-            settled: Mutex::default(),
+            book: Mutex::default(),
             keep: keep.max(MIN_KEEP),
             ended: Notify::new(),
         }
     }
 
-    fn seen(&self) -> MutexGuard<'_, HashMap<JobId, Seen>> {
-        self.seen
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -157,7 +165,7 @@ impl Attempts {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            let seen = self.seen().get(job).cloned();
+            let seen = self.book().seen.get(job).cloned();
             match seen {
                 // An attempt still running is waited for, however old.
                 Some(seen) if seen.running => ended.await,
@@ -172,7 +180,8 @@ impl Attempts {
     /// Attempt `attempt` of `job` starts.
     pub(crate) fn started(&self, job: &JobId, attempt: u32) {
         let now = Instant::now();
-        let mut seen = self.seen();
+        let mut book = self.book();
+        let seen = &mut book.seen;
         if seen.len() >= REMEMBERED && !seen.contains_key(job) {
             seen.retain(|_, s| now.saturating_duration_since(s.at) < self.keep);
             if seen.len() >= REMEMBERED {
@@ -197,7 +206,7 @@ impl Attempts {
 
     /// The running attempt of `job` ended with `action`.
     pub(crate) fn ended(&self, job: &JobId, action: &Action) {
-        if let Some(seen) = self.seen().get_mut(job) {
+        if let Some(seen) = self.book().seen.get_mut(job) {
             seen.running = false;
             match action {
                 Action::Retry { error, .. } => seen.error = Some(error.clone()),
@@ -214,7 +223,7 @@ impl Attempts {
 
     /// The running attempt of `job` was abandoned (its task ended early).
     pub(crate) fn abandoned(&self, job: &JobId) {
-        if let Some(seen) = self.seen().get_mut(job) {
+        if let Some(seen) = self.book().seen.get_mut(job) {
             seen.running = false;
         }
         self.ended.notify_waiters();
@@ -224,16 +233,19 @@ impl Attempts {
     /// among the last jobs settled here, for a redelivery whose ack was
     /// lost.
     pub(crate) fn forget(&self, job: &JobId) {
-        self.seen().remove(job);
-        let mut settled = self.settled.lock().expect("settled jobs poisoned");
-        let (order, set) = &mut *settled;
-        if set.insert(job.clone()) {
-            order.push_back(job.clone());
-            if order.len() > SETTLED_REMEMBERED
-                && let Some(oldest) = order.pop_front()
-            {
-                set.remove(&oldest);
-            }
+        let mut book = self.book();
+        let key = match book.seen.remove_entry(job) {
+            Some((key, _)) => key,
+            None => job.clone(),
+        };
+        book.settled_count += 1;
+        let number = book.settled_count;
+        book.settled.insert(key, number);
+        if book.settled.len() >= 2 * SETTLED_REMEMBERED {
+            // Rare (once per `SETTLED_REMEMBERED` jobs settled): keeps the
+            // last ones.
+            let oldest_kept = number - SETTLED_REMEMBERED as u64;
+            book.settled.retain(|_, settled| *settled > oldest_kept);
         }
     }
 
@@ -241,8 +253,7 @@ impl Attempts {
     /// ack went out on a connection the broker had stopped reading (the
     /// acker could not tell), and its outcome was carried out already.
     pub(crate) fn was_settled(&self, job: &JobId) -> bool {
-        let settled = self.settled.lock().expect("settled jobs poisoned");
-        settled.1.contains(job)
+        self.book().settled.contains_key(job)
     }
 }
 
@@ -378,10 +389,13 @@ mod tests {
         let attempts = Attempts::new(MINUTE);
         for n in 0..3 * REMEMBERED {
             attempts.started(&JobId::from(n.to_string()), 1);
-            assert!(attempts.seen().len() <= REMEMBERED);
+            assert!(attempts.book().seen.len() <= REMEMBERED);
         }
         let last = JobId::from((3 * REMEMBERED - 1).to_string());
-        assert!(attempts.seen().contains_key(&last), "the newest is kept");
+        assert!(
+            attempts.book().seen.contains_key(&last),
+            "the newest is kept"
+        );
     }
 
     #[test]
@@ -389,19 +403,32 @@ mod tests {
         let attempts = Attempts::new(Duration::from_secs(60));
         let id = |n: usize| JobId::from(format!("job-{n}"));
         assert!(!attempts.was_settled(&id(0)));
-        for n in 0..=SETTLED_REMEMBERED {
+        let last = 3 * SETTLED_REMEMBERED;
+        for n in 0..=last {
             attempts.forget(&id(n));
+            assert!(attempts.book().settled.len() < 2 * SETTLED_REMEMBERED);
         }
         assert!(!attempts.was_settled(&id(0)), "the oldest is forgotten");
-        assert!(attempts.was_settled(&id(1)));
-        assert!(attempts.was_settled(&id(SETTLED_REMEMBERED)));
-        attempts.forget(&id(1));
-        let settled = attempts.settled.lock().unwrap();
+        for n in last + 1 - SETTLED_REMEMBERED..=last {
+            assert!(attempts.was_settled(&id(n)), "job {n} is among the last");
+        }
+        let kept = attempts.book().settled.len();
+        attempts.forget(&id(last));
         assert_eq!(
-            settled.0.len(),
-            SETTLED_REMEMBERED,
+            attempts.book().settled.len(),
+            kept,
             "settled twice, kept once"
         );
-        assert_eq!(settled.1.len(), SETTLED_REMEMBERED);
+    }
+
+    #[test]
+    fn a_settled_job_is_remembered_no_longer_as_seen() {
+        let attempts = Attempts::new(Duration::from_secs(60));
+        let job = JobId::from("job");
+        attempts.started(&job, 1);
+        attempts.ended(&job, &Action::Ack);
+        attempts.forget(&job);
+        assert!(attempts.book().seen.is_empty());
+        assert!(attempts.was_settled(&job));
     }
 }
