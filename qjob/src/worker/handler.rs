@@ -417,7 +417,7 @@ impl Handler {
     async fn carry_out(&self, delivery: Delivery, job_id: &JobId, attempt: u32, action: Action) {
         let span = self.span(&delivery, job_id, attempt);
         span.in_scope(|| tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, attempt, "a redelivered job's outcome was decided here; settling it without running it again"));
-        self.settle(delivery, attempt, job_id, action, None)
+        Box::pin(self.settle(delivery, attempt, job_id, action, None))
             .instrument(span)
             .await
     }
@@ -437,7 +437,7 @@ impl Handler {
             error,
         };
         span.in_scope(|| tracing::warn!(queue = self.routes.queue.name.as_str(), %job_id, attempts = seen.attempt, "a redelivered job had made all its attempts here; dead-lettering it"));
-        self.settle(delivery, seen.attempt, job_id, action, None)
+        Box::pin(self.settle(delivery, seen.attempt, job_id, action, None))
             .instrument(span)
             .await
     }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use tracing::{Instrument, Span};
 
-use crate::broker::{Broker, Delivery, Message, QueueSpec};
+use crate::broker::{Acker, Broker, Delivery, Message, QueueSpec};
 use crate::policy::backoff;
 use crate::worker::decide::{Action, dead_letter_message, retry_message};
 use crate::worker::handler::Handler;
@@ -103,27 +103,45 @@ pub(crate) async fn apply(
         return Err(Unsettled::ChannelClosed);
     }
     if let Some(outgoing) = Outgoing::of(routes, attempt, action, message) {
-        let mut failures = 0;
-        while let Err(error) = outgoing.publish(broker, &routes.leases).await {
-            failures += 1;
-            let wait = settle_backoff(failures);
-            failed(&error, wait);
-            // While a resource alarm lasts, publishing again would fail the
-            // same way: wait it out without churning the broker.
-            loop {
-                tokio::time::sleep(wait).await;
-                if !acker.is_open() {
-                    return Err(Unsettled::ChannelClosed);
-                }
-                if broker.blocked_reason().is_none() {
-                    break;
-                }
-            }
-        }
+        // Boxed: a success publishes nothing, and its task need not hold
+        // room for this.
+        Box::pin(publish_until_sent(
+            broker, routes, &outgoing, &*acker, failed,
+        ))
+        .await?;
     }
     // `is_open` says nothing once the ack was tried (lapin spends the acker
     // on the attempt): a failed ack is reported as it is.
     acker.ack().await.map_err(Unsettled::Failed)
+}
+
+/// Publishes `outgoing` until it is sent, waiting after each failure (see
+/// [`apply`]); fails once the delivery's channel closed.
+async fn publish_until_sent(
+    broker: &dyn Broker,
+    routes: &Routes,
+    outgoing: &Outgoing<'_>,
+    acker: &dyn Acker,
+    failed: impl Fn(&Error, Duration),
+) -> Result<(), Unsettled> {
+    let mut failures = 0;
+    while let Err(error) = outgoing.publish(broker, &routes.leases).await {
+        failures += 1;
+        let wait = settle_backoff(failures);
+        failed(&error, wait);
+        // While a resource alarm lasts, publishing again would fail the
+        // same way: wait it out without churning the broker.
+        loop {
+            tokio::time::sleep(wait).await;
+            if !acker.is_open() {
+                return Err(Unsettled::ChannelClosed);
+            }
+            if broker.blocked_reason().is_none() {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a delivery could not be settled; the broker delivers it again.
@@ -163,7 +181,10 @@ impl Handler {
             self.settlement_failed(error, wait);
         };
         let deferred = apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
-        match deferred.await {
+        // Boxed, as every path that settles without running: the task of
+        // each delivery is as large as its largest path, and is moved
+        // into place at every spawn.
+        match Box::pin(deferred).await {
             Ok(()) => {}
             Err(Unsettled::ChannelClosed) => self.left_to_broker(),
             Err(Unsettled::Failed(error)) => {
@@ -183,7 +204,7 @@ impl Handler {
     ) {
         let span = self.span(&delivery, job_id, attempt);
         let action = span.in_scope(|| self.action_for(outcome, attempt, job_id));
-        self.settle(delivery, attempt, job_id, action, None)
+        Box::pin(self.settle(delivery, attempt, job_id, action, None))
             .instrument(span)
             .await
     }
@@ -218,9 +239,13 @@ impl Handler {
                 .headers
                 .get(headers::BATCH)
                 .and_then(|b| b.as_str())
-            && !self
-                .count_in_batch(&delivery, batch, job_id, matches!(action, Action::Ack))
-                .await
+            && !Box::pin(self.count_in_batch(
+                &delivery,
+                batch,
+                job_id,
+                matches!(action, Action::Ack),
+            ))
+            .await
         {
             return;
         }
