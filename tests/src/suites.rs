@@ -68,6 +68,7 @@ macro_rules! console_tests {
             replay_and_discard_do_what_they_say,
             a_sharded_job_shows_its_shards_and_the_extra_ones,
             a_pause_starts_no_job_held_in_place,
+            a_retry_held_at_a_pause_runs_after_the_resume,
             a_stop_starts_no_job_held_in_place,
             running_jobs_are_listed_longest_first_found_and_cancelled,
             delayed_jobs_are_browsed_in_due_order_run_now_and_discarded,

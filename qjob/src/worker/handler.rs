@@ -385,7 +385,7 @@ impl Handler {
         } else {
             None
         };
-        if self.attempts.was_settled(key) {
+        if self.attempts.was_settled(key, attempt) {
             tracing::info!(queue = self.routes.queue.name.as_str(), %job_id, "a redelivered job this worker settled already (its ack was lost); acking it again without running it");
             if let Err(error) = delivery.acker.ack().await {
                 tracing::debug!(queue = self.routes.queue.name.as_str(), %job_id, %error, "acking a job settled already failed; it comes back");

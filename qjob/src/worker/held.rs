@@ -107,8 +107,8 @@ pub(crate) struct Attempts {
 struct Book {
     seen: HashMap<JobId, Seen>,
     /// The jobs settled here lately, each with its number in the order
-    /// they were settled.
-    settled: HashMap<JobId, u64>,
+    /// they were settled and the attempt it was settled after.
+    settled: HashMap<JobId, (u64, u32)>,
     /// How many jobs were settled here.
     settled_count: u64,
 }
@@ -229,10 +229,10 @@ impl Attempts {
         self.ended.notify_waiters();
     }
 
-    /// `job` is settled: nothing to remember of its attempts; it is kept
-    /// among the last jobs settled here, for a redelivery whose ack was
-    /// lost.
-    pub(crate) fn forget(&self, job: &JobId) {
+    /// `job` is settled after `attempt`: nothing to remember of its
+    /// attempts; it is kept among the last jobs settled here, for a
+    /// redelivery whose ack was lost.
+    pub(crate) fn forget(&self, job: &JobId, attempt: u32) {
         let mut book = self.book();
         let key = match book.seen.remove_entry(job) {
             Some((key, _)) => key,
@@ -240,20 +240,26 @@ impl Attempts {
         };
         book.settled_count += 1;
         let number = book.settled_count;
-        book.settled.insert(key, number);
+        book.settled.insert(key, (number, attempt));
         if book.settled.len() >= 2 * SETTLED_REMEMBERED {
             // Rare (once per `SETTLED_REMEMBERED` jobs settled): keeps the
             // last ones.
             let oldest_kept = number - SETTLED_REMEMBERED as u64;
-            book.settled.retain(|_, settled| *settled > oldest_kept);
+            book.settled
+                .retain(|_, (settled, _)| *settled > oldest_kept);
         }
     }
 
-    /// Whether `job` was settled here lately: a redelivery of it means the
-    /// ack went out on a connection the broker had stopped reading (the
-    /// acker could not tell), and its outcome was carried out already.
-    pub(crate) fn was_settled(&self, job: &JobId) -> bool {
-        self.book().settled.contains_key(job)
+    /// Whether `job`, delivered as attempt `attempt`, was settled here
+    /// lately: a redelivery of it means the ack went out on a connection
+    /// the broker had stopped reading (the acker could not tell), and its
+    /// outcome was carried out already. A later attempt (the retry that
+    /// settlement published) was not.
+    pub(crate) fn was_settled(&self, job: &JobId, attempt: u32) -> bool {
+        let book = self.book();
+        book.settled
+            .get(job)
+            .is_some_and(|(_, settled_after)| attempt <= *settled_after)
     }
 }
 
@@ -350,7 +356,7 @@ mod tests {
         assert_eq!((seen.attempt, seen.running), (3, false));
         assert_eq!(seen.error.as_deref(), Some("declined"));
         assert_eq!(seen.decided, Some(dead));
-        attempts.forget(&job);
+        attempts.forget(&job, 3);
         assert!(attempts.settled_view(&job).await.is_none());
     }
 
@@ -402,22 +408,35 @@ mod tests {
     fn the_last_jobs_settled_are_remembered_within_a_bound() {
         let attempts = Attempts::new(Duration::from_secs(60));
         let id = |n: usize| JobId::from(format!("job-{n}"));
-        assert!(!attempts.was_settled(&id(0)));
+        assert!(!attempts.was_settled(&id(0), 1));
         let last = 3 * SETTLED_REMEMBERED;
         for n in 0..=last {
-            attempts.forget(&id(n));
+            attempts.forget(&id(n), 1);
             assert!(attempts.book().settled.len() < 2 * SETTLED_REMEMBERED);
         }
-        assert!(!attempts.was_settled(&id(0)), "the oldest is forgotten");
+        assert!(!attempts.was_settled(&id(0), 1), "the oldest is forgotten");
         for n in last + 1 - SETTLED_REMEMBERED..=last {
-            assert!(attempts.was_settled(&id(n)), "job {n} is among the last");
+            assert!(attempts.was_settled(&id(n), 1), "job {n} is among the last");
         }
         let kept = attempts.book().settled.len();
-        attempts.forget(&id(last));
+        attempts.forget(&id(last), 1);
         assert_eq!(
             attempts.book().settled.len(),
             kept,
             "settled twice, kept once"
+        );
+    }
+
+    #[test]
+    fn the_retry_a_settlement_published_was_not_settled() {
+        let attempts = Attempts::new(Duration::from_secs(60));
+        let job = JobId::from("job");
+        attempts.forget(&job, 2);
+        assert!(attempts.was_settled(&job, 1), "retried in place from 1");
+        assert!(attempts.was_settled(&job, 2), "the same delivery again");
+        assert!(
+            !attempts.was_settled(&job, 3),
+            "the retry of attempt 2 runs"
         );
     }
 
@@ -427,8 +446,8 @@ mod tests {
         let job = JobId::from("job");
         attempts.started(&job, 1);
         attempts.ended(&job, &Action::Ack);
-        attempts.forget(&job);
+        attempts.forget(&job, 1);
         assert!(attempts.book().seen.is_empty());
-        assert!(attempts.was_settled(&job));
+        assert!(attempts.was_settled(&job, 1));
     }
 }

@@ -268,7 +268,7 @@ impl Handler {
         .await;
         let span = Span::current();
         if settled.is_ok() {
-            self.attempts.forget(&memory_key);
+            self.attempts.forget(&memory_key, attempt);
             if let Some((store, key)) = lock {
                 self.release(&*store, &key, job_id).await;
             }

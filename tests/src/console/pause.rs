@@ -30,6 +30,78 @@ test_job!(
     concurrency = 1
 );
 
+test_job!(
+    retry_held,
+    "qjob.test.console.retry-held",
+    retry = 2,
+    backoff = fixed("500ms"),
+    prefetch = 5,
+    concurrency = 1
+);
+
+/// A retry that came back while the job's one slot was busy is held, not
+/// started, when the job pauses: it goes back to the queue and comes again
+/// redelivered after the resume, and runs. The worker settled the job's
+/// first attempt (and published this retry), not the retry: it used to
+/// take the redelivered retry for a settled job whose ack was lost, and
+/// ack it without running it.
+pub async fn a_retry_held_at_a_pause_runs_after_the_resume(env: &Env) {
+    let qjob::Backoff::Fixed(delay) = RetryHeldJob::options().backoff() else {
+        panic!("scenario needs a fixed backoff");
+    };
+    let delay_queue = format!("{}.delay.{}ms", RetryHeldJob::QUEUE, delay.as_millis());
+    env.reset::<RetryHeldJob>().await;
+    env.delete_queues(&[&delay_queue]).await;
+    let tag = env.tag::<RetryHeldJob>();
+    let probe = probe(&tag);
+    let admin = connect(env).await;
+    let client = env.client();
+    client
+        .enqueue::<RetryHeldJob>(Task::new(&tag, 0, Act::FailFirst))
+        .await
+        .unwrap();
+    let worker = start(env, RetryHeldJob);
+    env.wait_ready(&delay_queue, 1).await;
+    // Job 1 takes the one slot while job 0's retry waits out its backoff;
+    // then the retry comes back and is held behind it.
+    client
+        .enqueue::<RetryHeldJob>(Task::new(&tag, 1, Act::Block))
+        .await
+        .unwrap();
+    probe
+        .wait("job 1 running", LIMIT, |p| {
+            p.in_flight.load(Ordering::SeqCst) == 1 && p.attempts.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    env.wait_ready(&delay_queue, 0).await;
+    env.wait_ready(RetryHeldJob::QUEUE, 0).await;
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 2, "the retry waits");
+
+    let replies = admin.pause(RetryHeldJob::NAME).await.unwrap();
+    assert!(replies.iter().all(|reply| reply.ok), "{replies:?}");
+    probe.release();
+    wait_job::<RetryHeldJob>(&admin, "the job paused", |view| {
+        view.paused_on == 1
+            && view.in_flight == 0
+            && view.queues[0].stats.is_some_and(|s| s.consumers == 0)
+    })
+    .await;
+    env.wait_ready(RetryHeldJob::QUEUE, 1).await;
+
+    admin.resume(RetryHeldJob::QUEUE).await.unwrap();
+    probe
+        .wait("both jobs", LIMIT, |p| {
+            p.succeeded.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    worker.stop().await.unwrap();
+    let mut done = probe.done.lock().unwrap().clone();
+    done.sort();
+    assert_eq!(done, [0, 1]);
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 3, "job 0 ran twice");
+    assert_eq!(env.ready(RetryHeldJob::QUEUE).await, 0);
+}
+
 pub async fn pause_and_resume_lose_nothing_and_reject_nothing(env: &Env) {
     env.reset::<PauseJob>().await;
     let tag = env.tag::<PauseJob>();
