@@ -116,10 +116,16 @@ impl Acks {
         }
         // The guard exists before the task does: a task never polled (the
         // runtime shutting down) still ends the flush when dropped.
-        let flush = tokio::spawn(Flushing(Some(self.clone())).run());
-        flush
-            .await
-            .unwrap_or_else(|error| Err(Error::broker("ack", error)))
+        // The flush's first round sends this ack; it may go on with acks
+        // that come meanwhile, which this caller does not wait for.
+        let (first, sent) = tokio::sync::oneshot::channel();
+        tokio::spawn(Flushing(Some(self.clone())).run(Some(first)));
+        sent.await.unwrap_or_else(|_| {
+            Err(Error::broker(
+                "ack",
+                "the flush sending it ended before it did (the runtime shutting down)",
+            ))
+        })
     }
 
     /// Sends what handlers acked before the channel closes: waits for a
@@ -140,7 +146,7 @@ impl Acks {
                 !std::mem::replace(&mut book.flushing, true)
             };
             if flush_here {
-                return Flushing(Some(self.clone())).run().await;
+                return Flushing(Some(self.clone())).run(None).await;
             }
             flushed.await;
         }
@@ -149,8 +155,9 @@ impl Acks {
 
 impl Flushing {
     /// Sends every ready ack, then whatever became ready meanwhile, until
-    /// nothing is; returns the first error.
-    async fn run(mut self) -> Result<(), Error> {
+    /// nothing is; returns the first error. `first` hears how the first
+    /// round went (what was ready when the flush began).
+    async fn run(mut self, mut first: Option<FirstRound>) -> Result<(), Error> {
         let acks = self.0.clone().expect("a flush owns its book");
         // Handlers already woken (a burst of deliveries) ack first and
         // join this flush: it waits while each turn of the scheduler
@@ -178,6 +185,7 @@ impl Flushing {
                 }
                 frames
             };
+            let mut round_error = None;
             for frame in frames {
                 let options = BasicAckOptions {
                     multiple: frame.multiple,
@@ -187,9 +195,23 @@ impl Flushing {
                     .await
                     .map_or(Ok(false), |sent| sent.map(|()| true));
                 if let Err(error) = settled(sent, "ack") {
-                    first_error.get_or_insert(error);
+                    round_error.get_or_insert(error);
                 }
             }
+            match first.take() {
+                Some(first) => {
+                    let _ = first.send(round_error.map_or(Ok(()), Err));
+                }
+                None => {
+                    if let Some(error) = round_error {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+        }
+        if let Some(first) = first {
+            // Nothing was ready: a flush that finished meanwhile sent it.
+            let _ = first.send(Ok(()));
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -209,6 +231,9 @@ impl Acks {
         settled(sent, "reject")
     }
 }
+
+/// Where a flush tells how its first round went.
+type FirstRound = tokio::sync::oneshot::Sender<Result<(), Error>>;
 
 /// One flush of a channel's acks. Dropped before it ran to its end (a
 /// panic, the runtime shutting down), it ends the flush, so that the next

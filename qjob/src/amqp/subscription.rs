@@ -2,6 +2,7 @@
 //! every operation but publishing.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -122,6 +123,7 @@ impl Subscription for AmqpSubscription {
             tag: delivery.delivery_tag,
             acker: delivery.acker,
             acks: self.acks.clone(),
+            spent: AtomicBool::new(false),
         });
         Some(Ok(
             Delivery::new(message, acker).with_redelivered(delivery.redelivered)
@@ -188,17 +190,23 @@ impl Subscription for AmqpSubscription {
 
 struct AmqpAcker {
     tag: u64,
+    /// Rejects, and tells whether the channel is open.
     acker: lapin::Acker,
+    /// Acks, with the channel's other acks.
     acks: acks::Acks,
+    /// Whether an ack or a reject was tried.
+    spent: AtomicBool,
 }
 
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(&self) -> Result<(), Error> {
+        self.spent.store(true, Ordering::Relaxed);
         bounded(|| "ack".into(), self.acks.ack(self.tag)).await
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), Error> {
+        self.spent.store(true, Ordering::Relaxed);
         bounded(
             || "reject".into(),
             self.acks.reject(self.tag, &self.acker, requeue),
@@ -207,9 +215,9 @@ impl Acker for AmqpAcker {
     }
 
     /// lapin marks the acker once its channel closed (RabbitMQ delivers
-    /// the message again then) or it was used.
+    /// the message again then); an ack or a reject spends it.
     fn is_open(&self) -> bool {
-        self.acker.usable()
+        !self.spent.load(Ordering::Relaxed) && self.acker.usable()
     }
 }
 

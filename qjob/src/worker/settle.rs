@@ -110,7 +110,7 @@ pub(crate) async fn apply(
         ))
         .await?;
     }
-    // `is_open` says nothing once the ack was tried (lapin spends the acker
+    // `is_open` says nothing once the ack was tried (the acker is spent
     // on the attempt): a failed ack is reported as it is.
     acker.ack().await.map_err(Unsettled::Failed)
 }
@@ -180,11 +180,18 @@ impl Handler {
             held.get_or_init(|| HeldSettlement::new(&self.held));
             self.settlement_failed(error, wait);
         };
-        let deferred = apply(&*self.broker, &self.routes, 0, defer, delivery, failed);
         // Boxed, as every path that settles without running: the task of
         // each delivery is as large as its largest path, and is moved
         // into place at every spawn.
-        match Box::pin(deferred).await {
+        let deferred = Box::pin(apply(
+            &*self.broker,
+            &self.routes,
+            0,
+            defer,
+            delivery,
+            failed,
+        ));
+        match deferred.await {
             Ok(()) => {}
             Err(Unsettled::ChannelClosed) => self.left_to_broker(),
             Err(Unsettled::Failed(error)) => {
