@@ -30,6 +30,10 @@ test_job!(outbox_metered, "qjob.test.outbox.metered");
 
 test_job!(outbox_two, "qjob.test.outbox.two");
 
+test_job!(outbox_watch, "qjob.test.outbox.watch");
+
+test_job!(outbox_upgrade, "qjob.test.outbox.upgrade");
+
 test_job!(outbox_ranked, "qjob.test.outbox.ranked", priorities = 9);
 
 test_job!(
@@ -132,6 +136,159 @@ async fn a_rolled_back_transaction_enqueues_nothing_and_a_committed_one_is_deliv
     assert!(![first.to_string(), notified].contains(&rolled_back.to_string()));
     let stats = outbox.stats(&pool).await.unwrap();
     assert_eq!((stats.depth, stats.oldest, stats.refused), (0, None, 0));
+}
+
+/// Sessions waiting for `table`'s watch lock (a relay turning idle).
+async fn watch_waiters(pool: &sqlx::PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND objid = (hashtext('qjob-outbox-watch:' || $1) & 2147483647)::oid",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The notifications on `channel` committed before a marker sent now:
+/// read up to the marker (notifications arrive in commit order).
+async fn notifications_before_marker(
+    listener: &mut sqlx::postgres::PgListener,
+    pool: &sqlx::PgPool,
+    channel: &str,
+) -> usize {
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(channel)
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut before = 0;
+    loop {
+        let notification = tokio::time::timeout(LIMIT, listener.recv())
+            .await
+            .expect("the marker comes")
+            .unwrap();
+        if notification.payload() == "marker" {
+            return before;
+        }
+        before += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_row_written_while_the_relay_turns_idle_goes_out_without_a_notification() {
+    let queue = "qjob.test.outbox.watch";
+    let table = "qjob_test_outbox_watch";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&qjob_tests::outbox::pg_url())
+        .await
+        .unwrap();
+    listener.listen(table).await.unwrap();
+
+    // No relay watches: the row is written without a notification, and
+    // its transaction holds the watch lock shared until it ends.
+    let mut tx = pool.begin().await.unwrap();
+    let id = outbox
+        .enqueue::<OutboxWatchJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+        .await
+        .unwrap();
+    // A relay that only a notification would wake before an hour: its
+    // first claim finds nothing (the row is not committed), and it turns
+    // idle, waiting for the lock behind the open transaction.
+    let relay = run(outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600)));
+    until("the relay waits for the watch lock", LIMIT, async || {
+        watch_waiters(&pool, table).await > 0
+    })
+    .await;
+    tx.commit().await.unwrap();
+    // Its last claim, once the lock is its, finds the row.
+    rabbit.wait_ready(queue, 1, LIMIT).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        0,
+        "the commit notified no one"
+    );
+
+    // Watching now: the next commit notifies, and wakes it.
+    let notified = committed::<OutboxWatchJob>(&outbox, &pool, [2])
+        .await
+        .remove(0);
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        1
+    );
+    relay.stop().await;
+    let ids: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(ids, [id.to_string(), notified]);
+}
+
+/// A table with the trigger of a qjob before the watch lock: every
+/// commit notified.
+#[tokio::test]
+async fn migrate_upgrades_a_trigger_that_notified_every_commit() {
+    let queue = "qjob.test.outbox.upgrade";
+    let table = "qjob_test_outbox_upgrade";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    sqlx::raw_sql(&format!(
+        r#"CREATE OR REPLACE FUNCTION "{table}_notify"() RETURNS trigger
+           LANGUAGE plpgsql AS $$
+           BEGIN
+               PERFORM pg_notify('{table}', '');
+               RETURN NULL;
+           END
+           $$;"#
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&qjob_tests::outbox::pg_url())
+        .await
+        .unwrap();
+    listener.listen(table).await.unwrap();
+    committed::<OutboxUpgradeJob>(&outbox, &pool, [1]).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        1,
+        "the old trigger notifies with no relay watching"
+    );
+
+    outbox.migrate(&pool).await.unwrap();
+    committed::<OutboxUpgradeJob>(&outbox, &pool, [2]).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        0,
+        "no relay watches: no notification"
+    );
+    // A relay publishes both, and once it watches, a commit wakes it.
+    let relay = run(outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600)));
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    until("the relay watches", LIMIT, async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND mode = 'ExclusiveLock' \
+             AND objid = (hashtext('qjob-outbox-watch:' || $1) & 2147483647)::oid)",
+        )
+        .bind(table)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    committed::<OutboxUpgradeJob>(&outbox, &pool, [3]).await;
+    rabbit.wait_ready(queue, 3, LIMIT).await;
+    relay.stop().await;
+    let seqs: Vec<u32> = rabbit.take_all(queue).await.iter().map(seq_of).collect();
+    assert_eq!(seqs, [1, 2, 3]);
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! Running a relay: rounds, and the waits between them. After each round
 //! the relay decides how long to wait ([`Run::after_round`]: at once
 //! while rows remain, the poll interval when idle, a backoff after a
-//! failure), reads the outbox's depth for the metrics when due, then
-//! waits for the first of the wait's end, a notification (`wake.rs`) and
-//! shutdown.
+//! failure; then [`Relay::pace`]: at once while rounds find rows, watching
+//! before it waits), reads the outbox's depth for the metrics when due,
+//! then waits for the first of the wait's end, a notification (`wake.rs`)
+//! and shutdown.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use futures_util::FutureExt;
 
 use super::relay::{Relay, Relayed};
 use super::sql::{migrated, missing_table, undefined_column};
-use super::wake::{self, Wakeups};
+use super::wake::{self, Wakeups, Watch};
 use crate::Error;
 use crate::policy::backoff;
 
@@ -20,6 +21,10 @@ use crate::policy::backoff;
 const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a relay reads the outbox's depth for its metrics.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// The most rows a round woken by a notification finds while the relay
+/// keeps watching: more, and commits come faster than the relay's rounds,
+/// so it stops watching (commits stop notifying) and claims on its own.
+const WATCHED_ROWS: usize = 1;
 
 /// A running relay's state between rounds.
 struct Run {
@@ -150,7 +155,12 @@ impl Relay {
                     }
                 }
             }
-            let wait = run.after_round(&self, &channel, self.relay_once().await);
+            let round = self.relay_once().await;
+            let claimed = round.as_ref().map_or(0, |relayed| relayed.claimed);
+            let mut wait = run.after_round(&self, &channel, round);
+            if run.failures == 0 {
+                wait = self.pace(&mut wakeups, claimed, wait).await;
+            }
             if run.stats_due(wait) {
                 tokio::select! {
                     () = &mut shutdown => return,
@@ -170,6 +180,33 @@ impl Relay {
                 () = wakeups.notified(run.wakes()) => {}
             }
             wakeups.drop_if_lost();
+        }
+    }
+
+    /// After a round that claimed `claimed` rows and nothing failed: how
+    /// long to wait before the next one, `wait` unless rows come. While
+    /// rounds find rows, the next one starts at once, and commits do not
+    /// notify (unless another relay watches). Once a round finds none,
+    /// the relay watches: it takes the watch lock, which waits for the
+    /// transactions that wrote rows meanwhile, and claims once more before
+    /// it waits for a notification. A watching relay woken for one row
+    /// keeps watching, as one producer's commits keep it.
+    async fn pace(&self, wakeups: &mut Wakeups, claimed: usize, wait: Duration) -> Duration {
+        let table = &self.outbox.table;
+        if wakeups.watching() {
+            if claimed <= WATCHED_ROWS {
+                return wait;
+            }
+            wakeups.unwatch(table).await;
+            return Duration::ZERO;
+        }
+        if claimed > 0 {
+            return Duration::ZERO;
+        }
+        match wakeups.watch(table).await {
+            // The last claim before the wait, or another try.
+            Watch::Watching | Watch::Pending => Duration::ZERO,
+            Watch::Covered | Watch::Deaf => wait,
         }
     }
 
