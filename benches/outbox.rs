@@ -18,6 +18,10 @@
 //!   published and deleted every row. Once with the default settings
 //!   (commits wake a relay that waits for rows, and it polls every second),
 //!   once with the relay polling every 10 ms (`Outbox::notify(false)`);
+//! - commits alone: the same producers committing the same rows into the
+//!   default outbox's table with no relay running, timed until every
+//!   `COMMIT` has returned (the table is emptied after, untimed): the pace
+//!   the database commits at, which no relay can beat;
 //! - relay alone: the rows committed beforehand in one transaction, timed
 //!   from the relay's start until every row is published;
 //! - latency, default settings: one transaction per job started at a
@@ -26,8 +30,10 @@
 //!   delivery to the consumer (so the broker's delivery counts too).
 //!
 //! Rounds alternate. Prints, per producer count, the median rates, the
-//! ratio of each outbox's end-to-end rate to plain's, and the client CPU
-//! per job; then the latency's p50, p99 and maximum at each rate.
+//! ratio of each outbox's end-to-end rate (and of the commits alone) to
+//! plain's, the default outbox's ratio to the commits alone, and the
+//! client CPU per job; then the latency's p50, p99 and maximum at each
+//! rate.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -93,7 +99,7 @@ async fn main() {
     println!("{jobs} persistent 256-byte jobs per round, {rounds} rounds, alternating");
 
     for producers in [1, 16] {
-        let (mut plain, mut by_notify, mut by_poll, mut alone) = Default::default();
+        let (mut plain, mut by_notify, mut by_poll, mut commits, mut alone) = Default::default();
         for _ in 0..rounds {
             round(
                 &channel,
@@ -118,6 +124,14 @@ async fn main() {
                 )
                 .await;
             }
+            round(
+                &channel,
+                &mut commits,
+                || commit_each(&notified, &pool, producers, jobs),
+                jobs,
+            )
+            .await;
+            empty(&pool, notified.table()).await;
             if producers == 1 {
                 relay_alone(&channel, &mut alone, &notified, &pool, jobs).await;
             }
@@ -140,6 +154,16 @@ async fn main() {
                 figures.rate() / plain_rate
             );
         }
+        println!(
+            "   commits alone           {:>7.0}/s  {:>4.0} µs CPU/job  ratio to plain {:.2}",
+            commits.rate(),
+            median(&commits.cpu),
+            commits.rate() / plain_rate
+        );
+        println!(
+            "   outbox, default / commits alone: {:.2}",
+            by_notify.rate() / commits.rate()
+        );
         if producers == 1 {
             println!(
                 "   relay alone             {:>7.0}/s  {:>4.0} µs CPU/job",
@@ -211,6 +235,20 @@ async fn outbox_round(
         let _ = stopped.await;
     }));
     let started = Instant::now();
+    commit_each(outbox, pool, producers, jobs).await;
+    let committed = rate(jobs, started.elapsed());
+    drained(outbox, pool).await;
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+    Some(committed)
+}
+
+/// The producers of the outbox's rounds: `jobs` transactions of one row
+/// each (`BEGIN`, `Outbox::enqueue`, `COMMIT`) on `producers` concurrent
+/// producers; returns once every transaction has committed.
+/// [`outbox_round`] runs a relay beside them; alone, the rows stay:
+/// [`empty`] the table.
+async fn commit_each(outbox: &Outbox, pool: &PgPool, producers: usize, jobs: usize) -> Option<f64> {
     produce(producers, jobs, |n| {
         let (outbox, pool) = (outbox.clone(), pool.clone());
         async move {
@@ -222,12 +260,15 @@ async fn outbox_round(
             tx.commit().await.unwrap();
         }
     })
-    .await;
-    let committed = rate(jobs, started.elapsed());
-    drained(outbox, pool).await;
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
-    Some(committed)
+    .await
+}
+
+/// Deletes every row of `table` (after [`commit_each`], untimed).
+async fn empty(pool: &PgPool, table: &str) {
+    sqlx::raw_sql(&format!("TRUNCATE {table}"))
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 /// The relay on `jobs` rows committed beforehand: timed from its start
