@@ -34,6 +34,8 @@ test_job!(outbox_watch, "qjob.test.outbox.watch");
 
 test_job!(outbox_upgrade, "qjob.test.outbox.upgrade");
 
+test_job!(outbox_covered, "qjob.test.outbox.covered");
+
 test_job!(outbox_ranked, "qjob.test.outbox.ranked", priorities = 9);
 
 test_job!(
@@ -228,6 +230,125 @@ async fn a_row_written_while_the_relay_turns_idle_goes_out_without_a_notificatio
         .filter_map(|got| got.id)
         .collect();
     assert_eq!(ids, [id.to_string(), notified]);
+}
+
+/// The sessions holding (`granted`) or waiting for `table`'s watch lock.
+async fn watch_lock(pool: &sqlx::PgPool, table: &str, granted: bool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $2 \
+         AND objid = (hashtext('qjob-outbox-watch:' || $1) & 2147483647)::oid",
+    )
+    .bind(table)
+    .bind(granted)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The database's clock, in seconds since the epoch.
+async fn db_now(pool: &sqlx::PgPool) -> f64 {
+    sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Whether a relay turned idle on `table` since `since` (the database's
+/// clock) finding another relay watching: its wait for the watch lock
+/// timed out, it asked who holds the lock, and its listener is idle since.
+async fn covered_since(pool: &sqlx::PgPool, table: &str, since: f64) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE state = 'idle' \
+         AND query LIKE 'SELECT EXISTS (SELECT 1 FROM pg_locks%' \
+         AND strpos(query, 'qjob-outbox-watch:' || $1 || '''') > 0 \
+         AND extract(epoch FROM state_change) > $2)",
+    )
+    .bind(table)
+    .bind(since)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn with_one_relay_watching_another_turns_idle_and_rows_committed_meanwhile_go_out_once() {
+    let queue = "qjob.test.outbox.covered";
+    let table = "qjob_test_outbox_covered";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    // Relays that only a notification wakes before an hour.
+    let relay = || {
+        outbox
+            .relay(pool.clone())
+            .poll_interval(Duration::from_secs(3600))
+    };
+    let watcher = run(relay());
+    until("the first relay watches", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+
+    // Written while the first relay watches: its commit will notify.
+    let mut tx = pool.begin().await.unwrap();
+    let mut ids = vec![
+        outbox
+            .enqueue::<OutboxCoveredJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+            .await
+            .unwrap()
+            .to_string(),
+    ];
+    // The second relay finds nothing (the row is not committed), and
+    // turns idle: it waits for the lock behind the watching relay...
+    let since = db_now(&pool).await;
+    let other = run(relay());
+    until(
+        "the second relay waits for the watch lock",
+        LIMIT,
+        async || !watch_lock(&pool, table, false).await.is_empty(),
+    )
+    .await;
+    // ...a row committed meanwhile...
+    ids.extend(committed::<OutboxCoveredJob>(&outbox, &pool, [2]).await);
+    // ...and, its wait timed out, finds the first relay watching.
+    until("the second relay idle, covered", LIMIT, async || {
+        covered_since(&pool, table, since).await
+    })
+    .await;
+    tx.commit().await.unwrap();
+    // Then commits from many producers at once: some rounds find more
+    // than one row, and a relay stops watching while they do.
+    let producers: Vec<_> = (3..=20)
+        .map(|seq| {
+            let (outbox, pool) = (outbox.clone(), pool.clone());
+            tokio::spawn(async move {
+                committed::<OutboxCoveredJob>(&outbox, &pool, [seq])
+                    .await
+                    .remove(0)
+            })
+        })
+        .collect();
+    for producer in producers {
+        ids.push(producer.await.unwrap());
+    }
+    rabbit.wait_ready(queue, 20, LIMIT).await;
+    until("every row deleted", LIMIT, async || {
+        rows(&pool, table).await == 0
+    })
+    .await;
+    until("a relay watches again", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    watcher.stop().await;
+    other.stop().await;
+    let mut got: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "every row once");
 }
 
 /// A table with the trigger of a qjob before the watch lock: every
