@@ -36,6 +36,8 @@ test_job!(outbox_upgrade, "qjob.test.outbox.upgrade");
 
 test_job!(outbox_covered, "qjob.test.outbox.covered");
 
+test_job!(outbox_lost, "qjob.test.outbox.lost");
+
 test_job!(outbox_ranked, "qjob.test.outbox.ranked", priorities = 9);
 
 test_job!(
@@ -349,6 +351,56 @@ async fn with_one_relay_watching_another_turns_idle_and_rows_committed_meanwhile
     got.sort();
     ids.sort();
     assert_eq!(got, ids, "every row once");
+}
+
+#[tokio::test]
+async fn a_relay_whose_listener_is_lost_while_it_turns_idle_listens_and_watches_again_at_once() {
+    let queue = "qjob.test.outbox.lost";
+    let table = "qjob_test_outbox_lost";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    // No relay watches: the row is written without a notification.
+    let mut tx = pool.begin().await.unwrap();
+    let first = outbox
+        .enqueue::<OutboxLostJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+        .await
+        .unwrap()
+        .to_string();
+    let relay = run(outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600)));
+    let mut waiting = Vec::new();
+    until("the relay waits for the watch lock", LIMIT, async || {
+        waiting = watch_lock(&pool, table, false).await;
+        !waiting.is_empty()
+    })
+    .await;
+    // Its listener's connection ends while it waits (the lock with it).
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(waiting[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(terminated);
+    tx.commit().await.unwrap();
+    rabbit.wait_ready(queue, 1, LIMIT).await;
+    // Listening on a new connection, and watching: commits wake it.
+    until("the relay watches again", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    assert_ne!(watch_lock(&pool, table, true).await, waiting);
+    let second = committed::<OutboxLostJob>(&outbox, &pool, [2])
+        .await
+        .remove(0);
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    relay.stop().await;
+    let got: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(got, [first, second]);
 }
 
 /// A table with the trigger of a qjob before the watch lock: every

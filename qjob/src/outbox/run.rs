@@ -203,9 +203,11 @@ impl Relay {
         if claimed > 0 {
             return Duration::ZERO;
         }
-        match wakeups.watch(table).await {
-            // The last claim before the wait, or another try.
-            Watch::Watching | Watch::Pending => Duration::ZERO,
+        let retry_after = |failures| self.wait_after(failures).max(self.poll);
+        match wakeups.watch(table, retry_after).await {
+            // The last claim before the wait, or another try; or listen
+            // again first.
+            Watch::Watching | Watch::Pending | Watch::Lost => Duration::ZERO,
             Watch::Covered | Watch::Deaf => wait,
         }
     }

@@ -19,7 +19,8 @@ pub(super) struct Wakeups {
     listener: Option<PgListener>,
     /// When to try to listen again after a failure.
     listen_at: Instant,
-    /// Attempts to listen that failed in a row.
+    /// Attempts to listen that failed in a row, and listeners lost
+    /// before they watched (reset once one watches).
     listen_failures: u32,
     /// Whether the listener was lost during the last wait.
     lost: bool,
@@ -40,7 +41,11 @@ pub(super) enum Watch {
     /// Transactions that wrote rows are still open after the lock's
     /// timeout: claim, and try again.
     Pending,
-    /// No listener (or it was lost): the relay polls.
+    /// The listener was lost (and its lock with it): listen again, then
+    /// claim and watch, at once the first time (after a while if it was
+    /// lost again before it watched).
+    Lost,
+    /// No listener: the relay polls until it listens again.
     Deaf,
 }
 
@@ -74,8 +79,6 @@ impl Wakeups {
         if self.listener.is_none() {
             self.listen_failures += 1;
             self.listen_at = Instant::now() + retry_after(self.listen_failures);
-        } else {
-            self.listen_failures = 0;
         }
     }
 
@@ -85,36 +88,54 @@ impl Wakeups {
     }
 
     /// Takes `table`'s watch lock on the listening connection, waiting
-    /// for the transactions that wrote rows while no relay watched.
-    pub(super) async fn watch(&mut self, table: &Table) -> Watch {
+    /// for the transactions that wrote rows while no relay watched. A
+    /// listener lost meanwhile is dropped ([`Watch::Lost`]): no relay may
+    /// watch now, so commits do not notify, and the relay must not wait
+    /// for its poll.
+    pub(super) async fn watch(
+        &mut self,
+        table: &Table,
+        retry_after: impl FnOnce(u32) -> Duration,
+    ) -> Watch {
         let Some(listener) = self.listener.as_mut() else {
             return Watch::Deaf;
         };
         if self.watching {
             return Watch::Watching;
         }
-        let error = match listener.execute(sqlx::raw_sql(&table.watch)).await {
+        let watch = match listener.execute(sqlx::raw_sql(&table.watch)).await {
             Ok(_) => {
                 self.watching = true;
-                return Watch::Watching;
+                Ok(Watch::Watching)
             }
-            Err(error) => error,
-        };
-        if lock_not_available(&error) {
-            let watched = listener
+            Err(error) if lock_not_available(&error) => listener
                 .fetch_one(sqlx::query(&table.watched))
                 .await
-                .and_then(|row| row.try_get::<bool, _>(0));
-            match watched {
-                Ok(true) => return Watch::Covered,
-                Ok(false) => return Watch::Pending,
-                Err(error) => tracing::debug!(%error, "outbox listener: could not read its locks"),
+                .and_then(|row| row.try_get::<bool, _>(0))
+                .map(|watched| {
+                    if watched {
+                        Watch::Covered
+                    } else {
+                        Watch::Pending
+                    }
+                }),
+            Err(error) => Err(error),
+        };
+        match watch {
+            Ok(watch) => {
+                self.listen_failures = 0;
+                watch
             }
-        } else {
-            tracing::debug!(%error, "outbox listener: could not watch");
+            Err(error) => {
+                tracing::debug!(%error, "outbox listener lost while watching; listening again");
+                self.listener = None;
+                if self.listen_failures > 0 {
+                    self.listen_at = Instant::now() + retry_after(self.listen_failures);
+                }
+                self.listen_failures += 1;
+                Watch::Lost
+            }
         }
-        self.listener = None;
-        Watch::Deaf
     }
 
     /// Leaves `table`'s watch lock: commits stop notifying (unless another
