@@ -36,6 +36,8 @@ test_job!(outbox_upgrade, "qjob.test.outbox.upgrade");
 
 test_job!(outbox_covered, "qjob.test.outbox.covered");
 
+test_job!(outbox_leave, "qjob.test.outbox.leave");
+
 test_job!(outbox_lost, "qjob.test.outbox.lost");
 
 test_job!(outbox_ranked, "qjob.test.outbox.ranked", priorities = 9);
@@ -351,6 +353,49 @@ async fn with_one_relay_watching_another_turns_idle_and_rows_committed_meanwhile
     got.sort();
     ids.sort();
     assert_eq!(got, ids, "every row once");
+}
+
+#[tokio::test]
+async fn a_relay_that_stops_watching_for_good_wakes_the_relay_it_covered() {
+    let queue = "qjob.test.outbox.leave";
+    let table = "qjob_test_outbox_leave";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    let relay = || {
+        outbox
+            .relay(pool.clone())
+            .poll_interval(Duration::from_secs(3600))
+    };
+    let watcher = run(relay());
+    until("the first relay watches", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    let since = db_now(&pool).await;
+    let other = run(relay());
+    until("the second relay idle, covered", LIMIT, async || {
+        covered_since(&pool, table, since).await
+    })
+    .await;
+
+    // No relay watches once the first stops: commits would not notify,
+    // and the second relay would wait for its poll.
+    watcher.stop().await;
+    let id = committed::<OutboxLeaveJob>(&outbox, &pool, [1])
+        .await
+        .remove(0);
+    rabbit.wait_ready(queue, 1, LIMIT).await;
+    until("the second relay watches", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    other.stop().await;
+    let got: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(got, [id]);
 }
 
 #[tokio::test]

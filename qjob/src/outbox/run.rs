@@ -4,7 +4,8 @@
 //! failure; then [`Relay::pace`]: at once while rounds find rows, watching
 //! before it waits), reads the outbox's depth for the metrics when due,
 //! then waits for the first of the wait's end, a notification (`wake.rs`)
-//! and shutdown.
+//! and shutdown. As it stops, it leaves its watch and wakes the other
+//! relays ([`Wakeups::leave`]).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use crate::policy::backoff;
 
 /// The longest a relay waits before a round after a failed one.
 const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stopping relay waits for the database to take its leave.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a relay reads the outbox's depth for its metrics.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// The most rows a round woken by a notification finds while the relay
@@ -142,24 +145,39 @@ impl Relay {
 
     /// [`Relay::run_until`] after its check.
     pub(crate) async fn relay_until(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
         let channel = self.outbox.table.name.to_string();
         let mut wakeups = Wakeups::new();
+        self.rounds_until(shutdown, &channel, &mut wakeups).await;
+        // Another relay that found this one watching waits for its poll.
+        let left = wakeups.leave(&self.outbox.table, &channel);
+        if tokio::time::timeout(LEAVE_TIMEOUT, left).await.is_err() {
+            tracing::debug!("outbox listener: no answer as the relay stopped");
+        }
+    }
+
+    /// The rounds and the waits between them, until `shutdown` resolves.
+    async fn rounds_until(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        channel: &str,
+        wakeups: &mut Wakeups,
+    ) {
+        tokio::pin!(shutdown);
         let mut run = Run::new();
         loop {
             if wakeups.should_listen(self.outbox.notify) {
                 tokio::select! {
                     () = &mut shutdown => return,
-                    listening = wake::listen(&self.pool, &channel) => {
+                    listening = wake::listen(&self.pool, channel) => {
                         wakeups.listened(listening, |failures| self.wait_after(failures).max(self.poll));
                     }
                 }
             }
             let round = self.relay_once().await;
             let claimed = round.as_ref().map_or(0, |relayed| relayed.claimed);
-            let mut wait = run.after_round(&self, &channel, round);
+            let mut wait = run.after_round(self, channel, round);
             if run.failures == 0 {
-                wait = self.pace(&mut wakeups, claimed, wait).await;
+                wait = self.pace(wakeups, claimed, wait).await;
             }
             if run.stats_due(wait) {
                 tokio::select! {

@@ -161,6 +161,23 @@ impl Wakeups {
         }
     }
 
+    /// As the relay stops: leaves `table`'s watch, and wakes the other
+    /// relays on `channel`. One that found this relay watching waits for
+    /// its poll, while commits stop notifying once no relay watches; woken,
+    /// it claims, and watches in its place.
+    pub(super) async fn leave(&mut self, table: &Table, channel: &str) {
+        self.unwatch(table).await;
+        let Some(listener) = self.listener.as_mut() else {
+            return;
+        };
+        let notified = listener
+            .execute(sqlx::query("SELECT pg_notify($1, '')").bind(channel))
+            .await;
+        if let Err(error) = notified {
+            tracing::debug!(%error, "outbox listener: could not wake the other relays");
+        }
+    }
+
     /// Resolves when a commit notified (if `wakes`), and never otherwise.
     /// The listener is read all the same: PostgreSQL keeps every
     /// notification until each listener has read it, and a queue full of
