@@ -51,12 +51,21 @@ BEGIN
 END
 $$;
 
--- Wakes the relays when a transaction that wrote rows commits (a
--- notification is delivered at commit, and never for a rollback).
+-- Wakes the relays when a transaction that wrote rows commits, if a relay
+-- waits for rows (a notification is delivered at commit, and never for a
+-- rollback). A waiting relay holds the advisory lock below, exclusively,
+-- on its listening connection. When none holds it, the relays are busy:
+-- each claims again before it waits, and takes the lock first, which waits
+-- for this transaction (it keeps the lock shared until it ends). So busy
+-- relays find the row without a notification, and the commits of
+-- concurrent transactions stay cheap: PostgreSQL serializes the commits
+-- of transactions that notify.
 CREATE OR REPLACE FUNCTION "qjob_outbox_notify"() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('qjob_outbox', '');
+    IF NOT pg_try_advisory_xact_lock_shared(hashtext('qjob-outbox-watch:qjob_outbox') & 2147483647) THEN
+        PERFORM pg_notify('qjob_outbox', '');
+    END IF;
     RETURN NULL;
 END
 $$;

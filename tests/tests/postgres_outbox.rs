@@ -30,6 +30,16 @@ test_job!(outbox_metered, "qjob.test.outbox.metered");
 
 test_job!(outbox_two, "qjob.test.outbox.two");
 
+test_job!(outbox_watch, "qjob.test.outbox.watch");
+
+test_job!(outbox_upgrade, "qjob.test.outbox.upgrade");
+
+test_job!(outbox_covered, "qjob.test.outbox.covered");
+
+test_job!(outbox_leave, "qjob.test.outbox.leave");
+
+test_job!(outbox_lost, "qjob.test.outbox.lost");
+
 test_job!(outbox_ranked, "qjob.test.outbox.ranked", priorities = 9);
 
 test_job!(
@@ -132,6 +142,371 @@ async fn a_rolled_back_transaction_enqueues_nothing_and_a_committed_one_is_deliv
     assert!(![first.to_string(), notified].contains(&rolled_back.to_string()));
     let stats = outbox.stats(&pool).await.unwrap();
     assert_eq!((stats.depth, stats.oldest, stats.refused), (0, None, 0));
+}
+
+/// Sessions waiting for `table`'s watch lock (a relay turning idle).
+async fn watch_waiters(pool: &sqlx::PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND objid = (hashtext('qjob-outbox-watch:' || $1) & 2147483647)::oid",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The notifications on `channel` committed before a marker sent now:
+/// read up to the marker (notifications arrive in commit order).
+async fn notifications_before_marker(
+    listener: &mut sqlx::postgres::PgListener,
+    pool: &sqlx::PgPool,
+    channel: &str,
+) -> usize {
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(channel)
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut before = 0;
+    loop {
+        let notification = tokio::time::timeout(LIMIT, listener.recv())
+            .await
+            .expect("the marker comes")
+            .unwrap();
+        if notification.payload() == "marker" {
+            return before;
+        }
+        before += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_row_written_while_the_relay_turns_idle_goes_out_without_a_notification() {
+    let queue = "qjob.test.outbox.watch";
+    let table = "qjob_test_outbox_watch";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&qjob_tests::outbox::pg_url())
+        .await
+        .unwrap();
+    listener.listen(table).await.unwrap();
+
+    // No relay watches: the row is written without a notification, and
+    // its transaction holds the watch lock shared until it ends.
+    let mut tx = pool.begin().await.unwrap();
+    let id = outbox
+        .enqueue::<OutboxWatchJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+        .await
+        .unwrap();
+    // A relay that only a notification would wake before an hour: its
+    // first claim finds nothing (the row is not committed), and it turns
+    // idle, waiting for the lock behind the open transaction.
+    let relay = run(outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600)));
+    until("the relay waits for the watch lock", LIMIT, async || {
+        watch_waiters(&pool, table).await > 0
+    })
+    .await;
+    tx.commit().await.unwrap();
+    // Its last claim, once the lock is its, finds the row.
+    rabbit.wait_ready(queue, 1, LIMIT).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        0,
+        "the commit notified no one"
+    );
+
+    // Watching now: the next commit notifies, and wakes it.
+    let notified = committed::<OutboxWatchJob>(&outbox, &pool, [2])
+        .await
+        .remove(0);
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        1
+    );
+    relay.stop().await;
+    let ids: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(ids, [id.to_string(), notified]);
+}
+
+/// The sessions holding (`granted`) or waiting for `table`'s watch lock.
+async fn watch_lock(pool: &sqlx::PgPool, table: &str, granted: bool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $2 \
+         AND objid = (hashtext('qjob-outbox-watch:' || $1) & 2147483647)::oid",
+    )
+    .bind(table)
+    .bind(granted)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The database's clock, in seconds since the epoch.
+async fn db_now(pool: &sqlx::PgPool) -> f64 {
+    sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Whether a relay turned idle on `table` since `since` (the database's
+/// clock) finding another relay watching: its wait for the watch lock
+/// timed out, it asked who holds the lock, and its listener is idle since.
+async fn covered_since(pool: &sqlx::PgPool, table: &str, since: f64) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE state = 'idle' \
+         AND query LIKE 'SELECT EXISTS (SELECT 1 FROM pg_locks%' \
+         AND strpos(query, 'qjob-outbox-watch:' || $1 || '''') > 0 \
+         AND extract(epoch FROM state_change) > $2)",
+    )
+    .bind(table)
+    .bind(since)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn with_one_relay_watching_another_turns_idle_and_rows_committed_meanwhile_go_out_once() {
+    let queue = "qjob.test.outbox.covered";
+    let table = "qjob_test_outbox_covered";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    // Relays that only a notification wakes before an hour.
+    let relay = || {
+        outbox
+            .relay(pool.clone())
+            .poll_interval(Duration::from_secs(3600))
+    };
+    let watcher = run(relay());
+    until("the first relay watches", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+
+    // Written while the first relay watches: its commit will notify.
+    let mut tx = pool.begin().await.unwrap();
+    let mut ids = vec![
+        outbox
+            .enqueue::<OutboxCoveredJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+            .await
+            .unwrap()
+            .to_string(),
+    ];
+    // The second relay finds nothing (the row is not committed), and
+    // turns idle: it waits for the lock behind the watching relay...
+    let since = db_now(&pool).await;
+    let other = run(relay());
+    until(
+        "the second relay waits for the watch lock",
+        LIMIT,
+        async || !watch_lock(&pool, table, false).await.is_empty(),
+    )
+    .await;
+    // ...a row committed meanwhile...
+    ids.extend(committed::<OutboxCoveredJob>(&outbox, &pool, [2]).await);
+    // ...and, its wait timed out, finds the first relay watching.
+    until("the second relay idle, covered", LIMIT, async || {
+        covered_since(&pool, table, since).await
+    })
+    .await;
+    tx.commit().await.unwrap();
+    // Then commits from many producers at once: some rounds find more
+    // than one row, and a relay stops watching while they do.
+    let producers: Vec<_> = (3..=20)
+        .map(|seq| {
+            let (outbox, pool) = (outbox.clone(), pool.clone());
+            tokio::spawn(async move {
+                committed::<OutboxCoveredJob>(&outbox, &pool, [seq])
+                    .await
+                    .remove(0)
+            })
+        })
+        .collect();
+    for producer in producers {
+        ids.push(producer.await.unwrap());
+    }
+    rabbit.wait_ready(queue, 20, LIMIT).await;
+    until("every row deleted", LIMIT, async || {
+        rows(&pool, table).await == 0
+    })
+    .await;
+    until("a relay watches again", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    watcher.stop().await;
+    other.stop().await;
+    let mut got: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "every row once");
+}
+
+#[tokio::test]
+async fn a_relay_that_stops_watching_for_good_wakes_the_relay_it_covered() {
+    let queue = "qjob.test.outbox.leave";
+    let table = "qjob_test_outbox_leave";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    let relay = || {
+        outbox
+            .relay(pool.clone())
+            .poll_interval(Duration::from_secs(3600))
+    };
+    let watcher = run(relay());
+    until("the first relay watches", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    let since = db_now(&pool).await;
+    let other = run(relay());
+    until("the second relay idle, covered", LIMIT, async || {
+        covered_since(&pool, table, since).await
+    })
+    .await;
+
+    // No relay watches once the first stops: commits would not notify,
+    // and the second relay would wait for its poll.
+    watcher.stop().await;
+    let id = committed::<OutboxLeaveJob>(&outbox, &pool, [1])
+        .await
+        .remove(0);
+    rabbit.wait_ready(queue, 1, LIMIT).await;
+    until("the second relay watches", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    other.stop().await;
+    let got: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(got, [id]);
+}
+
+#[tokio::test]
+async fn a_relay_whose_listener_is_lost_while_it_turns_idle_listens_and_watches_again_at_once() {
+    let queue = "qjob.test.outbox.lost";
+    let table = "qjob_test_outbox_lost";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    // No relay watches: the row is written without a notification.
+    let mut tx = pool.begin().await.unwrap();
+    let first = outbox
+        .enqueue::<OutboxLostJob>(&mut tx, Task::new("outbox", 1, Act::Succeed))
+        .await
+        .unwrap()
+        .to_string();
+    let relay = run(outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600)));
+    let mut waiting = Vec::new();
+    until("the relay waits for the watch lock", LIMIT, async || {
+        waiting = watch_lock(&pool, table, false).await;
+        !waiting.is_empty()
+    })
+    .await;
+    // Its listener's connection ends while it waits (the lock with it).
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(waiting[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(terminated);
+    tx.commit().await.unwrap();
+    rabbit.wait_ready(queue, 1, LIMIT).await;
+    // Listening on a new connection, and watching: commits wake it.
+    until("the relay watches again", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    assert_ne!(watch_lock(&pool, table, true).await, waiting);
+    let second = committed::<OutboxLostJob>(&outbox, &pool, [2])
+        .await
+        .remove(0);
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    relay.stop().await;
+    let got: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(got, [first, second]);
+}
+
+/// A table with the trigger of a qjob before the watch lock: every
+/// commit notified.
+#[tokio::test]
+async fn migrate_upgrades_a_trigger_that_notified_every_commit() {
+    let queue = "qjob.test.outbox.upgrade";
+    let table = "qjob_test_outbox_upgrade";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    sqlx::raw_sql(&format!(
+        r#"CREATE OR REPLACE FUNCTION "{table}_notify"() RETURNS trigger
+           LANGUAGE plpgsql AS $$
+           BEGIN
+               PERFORM pg_notify('{table}', '');
+               RETURN NULL;
+           END
+           $$;"#
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&qjob_tests::outbox::pg_url())
+        .await
+        .unwrap();
+    listener.listen(table).await.unwrap();
+    committed::<OutboxUpgradeJob>(&outbox, &pool, [1]).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        1,
+        "the old trigger notifies with no relay watching"
+    );
+
+    outbox.migrate(&pool).await.unwrap();
+    committed::<OutboxUpgradeJob>(&outbox, &pool, [2]).await;
+    assert_eq!(
+        notifications_before_marker(&mut listener, &pool, table).await,
+        0,
+        "no relay watches: no notification"
+    );
+    // A relay publishes both, and once it watches, a commit wakes it.
+    let relay = run(outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600)));
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    until("the relay watches", LIMIT, async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND mode = 'ExclusiveLock' \
+             AND objid = (hashtext('qjob-outbox-watch:' || $1) & 2147483647)::oid)",
+        )
+        .bind(table)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    committed::<OutboxUpgradeJob>(&outbox, &pool, [3]).await;
+    rabbit.wait_ready(queue, 3, LIMIT).await;
+    relay.stop().await;
+    let seqs: Vec<u32> = rabbit.take_all(queue).await.iter().map(seq_of).collect();
+    assert_eq!(seqs, [1, 2, 3]);
 }
 
 #[tokio::test]

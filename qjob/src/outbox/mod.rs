@@ -119,10 +119,11 @@ impl Outbox {
     /// Off, [`Outbox::migrate`] drops the trigger and relays find rows by
     /// polling alone: give them a short [`Relay::poll_interval`].
     ///
-    /// PostgreSQL serializes the commits of transactions that notify, so
-    /// with many transactions committing at once, off commits faster (the
-    /// [guide](crate::docs::outbox) has figures); on, a row goes out
-    /// within milliseconds of its commit.
+    /// On, a commit notifies only while a relay waits for rows: under
+    /// load the relays claim without waiting, and commits do not notify
+    /// (PostgreSQL serializes the commits of transactions that notify).
+    /// When the load is light, a row goes out within milliseconds of its
+    /// commit. The [guide](crate::docs::outbox) has figures.
     pub fn notify(mut self, on: bool) -> Self {
         self.notify = on;
         self

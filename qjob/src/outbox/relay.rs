@@ -32,9 +32,10 @@ const DEFER_FOR: Duration = Duration::from_secs(5);
 /// run at once, each on the rows the others have not claimed (`FOR UPDATE
 /// SKIP LOCKED`).
 ///
-/// A relay wakes at once when a transaction that wrote rows commits
-/// (`LISTEN`/`NOTIFY`), and every poll interval in case a notification was
-/// missed.
+/// A relay runs its rounds back to back while they find rows. Then it
+/// waits: it wakes at once when a transaction that wrote rows commits
+/// (`LISTEN`/`NOTIFY`, sent only while a relay waits), and every poll
+/// interval in case a notification was missed.
 pub struct Relay {
     pub(super) outbox: Outbox,
     pub(super) pool: PgPool,
@@ -205,8 +206,8 @@ impl Relay {
         self
     }
 
-    /// How often the relay looks for rows when no notification came (1 s
-    /// by default; at least 10 ms).
+    /// How often a waiting relay looks for rows when no notification came
+    /// (1 s by default; at least 10 ms).
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll = every.max(Duration::from_millis(10));
         self

@@ -1,9 +1,11 @@
 //! Running a relay: rounds, and the waits between them. After each round
 //! the relay decides how long to wait ([`Run::after_round`]: at once
 //! while rows remain, the poll interval when idle, a backoff after a
-//! failure), reads the outbox's depth for the metrics when due, then
-//! waits for the first of the wait's end, a notification (`wake.rs`) and
-//! shutdown.
+//! failure; then [`Relay::pace`]: at once while rounds find rows, watching
+//! before it waits), reads the outbox's depth for the metrics when due,
+//! then waits for the first of the wait's end, a notification (`wake.rs`)
+//! and shutdown. As it stops, it leaves its watch and wakes the other
+//! relays ([`Wakeups::leave`]).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -12,14 +14,20 @@ use futures_util::FutureExt;
 
 use super::relay::{Relay, Relayed};
 use super::sql::{migrated, missing_table, undefined_column};
-use super::wake::{self, Wakeups};
+use super::wake::{self, Wakeups, Watch};
 use crate::Error;
 use crate::policy::backoff;
 
 /// The longest a relay waits before a round after a failed one.
 const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stopping relay waits for the database to take its leave.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a relay reads the outbox's depth for its metrics.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// The most rows a round woken by a notification finds while the relay
+/// keeps watching: more, and commits come faster than the relay's rounds,
+/// so it stops watching (commits stop notifying) and claims on its own.
+const WATCHED_ROWS: usize = 1;
 
 /// A running relay's state between rounds.
 struct Run {
@@ -137,20 +145,40 @@ impl Relay {
 
     /// [`Relay::run_until`] after its check.
     pub(crate) async fn relay_until(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
         let channel = self.outbox.table.name.to_string();
         let mut wakeups = Wakeups::new();
+        self.rounds_until(shutdown, &channel, &mut wakeups).await;
+        // Another relay that found this one watching waits for its poll.
+        let left = wakeups.leave(&self.outbox.table, &channel);
+        if tokio::time::timeout(LEAVE_TIMEOUT, left).await.is_err() {
+            tracing::debug!("outbox listener: no answer as the relay stopped");
+        }
+    }
+
+    /// The rounds and the waits between them, until `shutdown` resolves.
+    async fn rounds_until(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        channel: &str,
+        wakeups: &mut Wakeups,
+    ) {
+        tokio::pin!(shutdown);
         let mut run = Run::new();
         loop {
             if wakeups.should_listen(self.outbox.notify) {
                 tokio::select! {
                     () = &mut shutdown => return,
-                    listening = wake::listen(&self.pool, &channel) => {
+                    listening = wake::listen(&self.pool, channel) => {
                         wakeups.listened(listening, |failures| self.wait_after(failures).max(self.poll));
                     }
                 }
             }
-            let wait = run.after_round(&self, &channel, self.relay_once().await);
+            let round = self.relay_once().await;
+            let claimed = round.as_ref().map_or(0, |relayed| relayed.claimed);
+            let mut wait = run.after_round(self, channel, round);
+            if run.failures == 0 {
+                wait = self.pace(wakeups, claimed, wait).await;
+            }
             if run.stats_due(wait) {
                 tokio::select! {
                     () = &mut shutdown => return,
@@ -170,6 +198,35 @@ impl Relay {
                 () = wakeups.notified(run.wakes()) => {}
             }
             wakeups.drop_if_lost();
+        }
+    }
+
+    /// After a round that claimed `claimed` rows and nothing failed: how
+    /// long to wait before the next one, `wait` unless rows come. While
+    /// rounds find rows, the next one starts at once, and commits do not
+    /// notify (unless another relay watches). Once a round finds none,
+    /// the relay watches: it takes the watch lock, which waits for the
+    /// transactions that wrote rows meanwhile, and claims once more before
+    /// it waits for a notification. A watching relay woken for one row
+    /// keeps watching, as one producer's commits keep it.
+    async fn pace(&self, wakeups: &mut Wakeups, claimed: usize, wait: Duration) -> Duration {
+        let table = &self.outbox.table;
+        if wakeups.watching() {
+            if claimed <= WATCHED_ROWS {
+                return wait;
+            }
+            wakeups.unwatch(table).await;
+            return Duration::ZERO;
+        }
+        if claimed > 0 {
+            return Duration::ZERO;
+        }
+        let retry_after = |failures| self.wait_after(failures).max(self.poll);
+        match wakeups.watch(table, retry_after).await {
+            // The last claim before the wait, or another try; or listen
+            // again first.
+            Watch::Watching | Watch::Pending | Watch::Lost => Duration::ZERO,
+            Watch::Covered | Watch::Deaf => wait,
         }
     }
 

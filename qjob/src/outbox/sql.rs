@@ -14,6 +14,18 @@ pub const SCHEMA: &str = include_str!("../../sql/outbox.sql");
 /// The table's name in [`SCHEMA`].
 pub(super) const DEFAULT_TABLE: &str = "qjob_outbox";
 
+/// How long a relay waits for the watch lock at a time (see
+/// [`Table::watch`]).
+const WATCH_LOCK_TIMEOUT_MS: u32 = 100;
+
+/// The advisory lock a relay that waits for rows holds on its listening
+/// connection; the trigger notifies only while some relay holds it (or
+/// waits for it). A non-negative `int4`, so that `pg_locks` shows it as
+/// its `objid`.
+fn watch_key(table: &str) -> String {
+    format!("hashtext('qjob-outbox-watch:{table}') & 2147483647")
+}
+
 /// Table names end with `_notify` for their trigger, within PostgreSQL's
 /// 63 bytes.
 const MAX_TABLE_NAME: usize = 50;
@@ -29,6 +41,14 @@ pub(super) fn database(operation: impl Into<String>) -> impl FnOnce(sqlx::Error)
         operation,
         source: Box::new(source),
     }
+}
+
+/// Whether the database said a lock was not granted in time.
+pub(super) fn lock_not_available(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "55P03")
 }
 
 /// Whether the database said a column does not exist.
@@ -74,6 +94,13 @@ pub(super) struct Table {
     pub(super) stats: Arc<str>,
     /// Reads nothing, but fails on a table that lacks a column.
     pub(super) columns: Arc<str>,
+    /// Takes the watch lock, waiting at most [`WATCH_LOCK_TIMEOUT_MS`]:
+    /// it waits for the transactions that wrote rows while no relay
+    /// watched (each holds it shared until it ends).
+    pub(super) watch: Arc<str>,
+    /// Whether another session holds the watch lock.
+    pub(super) watched: Arc<str>,
+    pub(super) unwatch: Arc<str>,
 }
 
 impl Table {
@@ -102,6 +129,20 @@ impl Table {
             .into(),
             delete: format!("DELETE FROM \"{name}\" WHERE seq = ANY($1)").into(),
             columns: format!("SELECT priority FROM \"{name}\" LIMIT 0").into(),
+            watch: format!(
+                "SET lock_timeout = '{WATCH_LOCK_TIMEOUT_MS}ms'; SELECT pg_advisory_lock({key})",
+                key = watch_key(name)
+            )
+            .into(),
+            watched: format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND classid = 0 AND objid = ({key})::oid AND objsubid = 1 \
+                 AND mode = 'ExclusiveLock' AND granted AND pid <> pg_backend_pid())",
+                key = watch_key(name)
+            )
+            .into(),
+            unwatch: format!("SELECT pg_advisory_unlock({})", watch_key(name)).into(),
             refuse: format!(
                 "UPDATE \"{name}\" SET attempts = attempts + $4, last_error = $2, \
                  retry_at = clock_timestamp() + make_interval(secs => $3::float8) \
@@ -267,6 +308,13 @@ mod tests {
         let schema = schema_for("orders_outbox", true);
         assert!(schema.contains("CREATE TABLE IF NOT EXISTS \"orders_outbox\" ("));
         assert!(schema.contains("pg_notify('orders_outbox', '')"));
+        assert!(
+            schema.contains(&format!(
+                "pg_try_advisory_xact_lock_shared({})",
+                watch_key("orders_outbox")
+            )),
+            "the trigger and the relays share one lock"
+        );
         assert!(schema.contains("CREATE TRIGGER \"orders_outbox_notify\""));
         assert!(schema.contains("ALTER TABLE \"orders_outbox\" ADD COLUMN priority smallint;"));
         assert!(!schema.contains(DEFAULT_TABLE));

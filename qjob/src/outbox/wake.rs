@@ -1,22 +1,52 @@
 //! Wake-ups: what ends a relay's wait before the poll interval. A
 //! transaction that wrote rows notifies the table's channel as it commits
-//! (`LISTEN`/`NOTIFY`); a listener that cannot connect, or is lost, is
+//! (`LISTEN`/`NOTIFY`) while a relay watches: holds the table's watch lock
+//! on its listening connection, which it takes before its last claim
+//! ahead of a wait, and leaves once rows come faster than one a round
+//! (see `outbox.sql`). A listener that cannot connect, or is lost, is
 //! tried again after a while, and the relay polls meanwhile.
 
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{Executor, Row};
+
+use super::sql::{Table, lock_not_available};
 
 /// A relay's listener, when it has one, and when to try again when not.
 pub(super) struct Wakeups {
     listener: Option<PgListener>,
     /// When to try to listen again after a failure.
     listen_at: Instant,
-    /// Attempts to listen that failed in a row.
+    /// Attempts to listen that failed in a row, and listeners lost
+    /// before they watched (reset once one watches).
     listen_failures: u32,
     /// Whether the listener was lost during the last wait.
     lost: bool,
+    /// Whether the listener holds the watch lock: commits notify.
+    watching: bool,
+}
+
+/// What came of trying to watch ([`Wakeups::watch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watch {
+    /// The lock is held: every transaction that wrote rows without a
+    /// notification has ended, so the next claim finds its rows, and later
+    /// commits notify.
+    Watching,
+    /// Another relay watches: commits notify, and that relay claims once
+    /// more before it stops watching.
+    Covered,
+    /// Transactions that wrote rows are still open after the lock's
+    /// timeout: claim, and try again.
+    Pending,
+    /// The listener was lost (and its lock with it): listen again, then
+    /// claim and watch, at once the first time (after a while if it was
+    /// lost again before it watched).
+    Lost,
+    /// No listener: the relay polls until it listens again.
+    Deaf,
 }
 
 impl Wakeups {
@@ -26,6 +56,7 @@ impl Wakeups {
             listen_at: Instant::now(),
             listen_failures: 0,
             lost: false,
+            watching: false,
         }
     }
 
@@ -44,11 +75,106 @@ impl Wakeups {
         retry_after: impl FnOnce(u32) -> Duration,
     ) {
         self.listener = listening;
+        self.watching = false;
         if self.listener.is_none() {
             self.listen_failures += 1;
             self.listen_at = Instant::now() + retry_after(self.listen_failures);
-        } else {
-            self.listen_failures = 0;
+        }
+    }
+
+    /// Whether the relay holds the watch lock.
+    pub(super) fn watching(&self) -> bool {
+        self.watching
+    }
+
+    /// Takes `table`'s watch lock on the listening connection, waiting
+    /// for the transactions that wrote rows while no relay watched. A
+    /// listener lost meanwhile is dropped ([`Watch::Lost`]): no relay may
+    /// watch now, so commits do not notify, and the relay must not wait
+    /// for its poll.
+    pub(super) async fn watch(
+        &mut self,
+        table: &Table,
+        retry_after: impl FnOnce(u32) -> Duration,
+    ) -> Watch {
+        let Some(listener) = self.listener.as_mut() else {
+            return Watch::Deaf;
+        };
+        if self.watching {
+            return Watch::Watching;
+        }
+        let watch = match listener.execute(sqlx::raw_sql(&table.watch)).await {
+            Ok(_) => {
+                self.watching = true;
+                Ok(Watch::Watching)
+            }
+            Err(error) if lock_not_available(&error) => listener
+                .fetch_one(sqlx::query(&table.watched))
+                .await
+                .and_then(|row| row.try_get::<bool, _>(0))
+                .map(|watched| {
+                    if watched {
+                        Watch::Covered
+                    } else {
+                        Watch::Pending
+                    }
+                }),
+            Err(error) => Err(error),
+        };
+        match watch {
+            Ok(watch) => {
+                self.listen_failures = 0;
+                watch
+            }
+            Err(error) => {
+                tracing::debug!(%error, "outbox listener lost while watching; listening again");
+                self.listener = None;
+                if self.listen_failures > 0 {
+                    self.listen_at = Instant::now() + retry_after(self.listen_failures);
+                }
+                self.listen_failures += 1;
+                Watch::Lost
+            }
+        }
+    }
+
+    /// Leaves `table`'s watch lock: commits stop notifying (unless another
+    /// relay watches).
+    pub(super) async fn unwatch(&mut self, table: &Table) {
+        if !std::mem::take(&mut self.watching) {
+            return;
+        }
+        let Some(listener) = self.listener.as_mut() else {
+            return;
+        };
+        let unlocked = listener
+            .fetch_one(sqlx::query(&table.unwatch))
+            .await
+            .and_then(|row| row.try_get::<bool, _>(0));
+        if !matches!(unlocked, Ok(true)) {
+            // A listener that lost its lock lost its connection.
+            tracing::debug!(
+                ?unlocked,
+                "outbox listener: lost its watch; listening again"
+            );
+            self.listener = None;
+        }
+    }
+
+    /// As the relay stops: leaves `table`'s watch, and wakes the other
+    /// relays on `channel`. One that found this relay watching waits for
+    /// its poll, while commits stop notifying once no relay watches; woken,
+    /// it claims, and watches in its place.
+    pub(super) async fn leave(&mut self, table: &Table, channel: &str) {
+        self.unwatch(table).await;
+        let Some(listener) = self.listener.as_mut() else {
+            return;
+        };
+        let notified = listener
+            .execute(sqlx::query("SELECT pg_notify($1, '')").bind(channel))
+            .await;
+        if let Err(error) = notified {
+            tracing::debug!(%error, "outbox listener: could not wake the other relays");
         }
     }
 
@@ -62,19 +188,25 @@ impl Wakeups {
             return std::future::pending().await;
         };
         loop {
-            match listening.recv().await {
+            match listening.try_recv().await {
                 // One round takes what every notification so far
                 // announced.
-                Ok(_) => loop {
+                Ok(Some(_)) => loop {
                     match listening.try_recv().now_or_never() {
                         Some(Ok(Some(_))) => {}
-                        Some(Err(_)) => {
+                        Some(Err(_) | Ok(None)) => {
                             self.lost = true;
                             break;
                         }
-                        Some(Ok(None)) | None => break,
+                        None => break,
                     }
                 },
+                // The connection was lost, and the watch lock with it
+                // (the listener would connect again on its own, without).
+                Ok(None) => {
+                    tracing::debug!("outbox listener lost its connection; listening again");
+                    self.lost = true;
+                }
                 Err(error) => {
                     tracing::debug!(%error, "outbox listener lost; polling until it is back");
                     self.lost = true;
@@ -95,6 +227,7 @@ impl Wakeups {
     pub(super) fn drop_if_lost(&mut self) {
         if std::mem::take(&mut self.lost) {
             self.listener = None;
+            self.watching = false;
         }
     }
 }
