@@ -65,26 +65,37 @@ struct Frame {
     multiple: bool,
 }
 
-/// The ack state of one consumer channel.
+/// The ack state of one consumer channel, shared by its deliveries' ackers
+/// (one reference each).
 #[derive(Clone)]
-pub(super) struct Acks {
+pub(super) struct Acks(Arc<Shared>);
+
+pub(super) struct Shared {
     /// The channel the deliveries came on, which the acks go out on.
     channel: Channel,
-    book: Arc<Mutex<Book>>,
+    book: Mutex<Book>,
     /// Notified when a flush ends.
-    flushed: Arc<tokio::sync::Notify>,
+    flushed: tokio::sync::Notify,
     /// The highest delivery tag handed to the worker.
-    delivered: Arc<AtomicU64>,
+    delivered: AtomicU64,
+}
+
+impl std::ops::Deref for Acks {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl Acks {
     pub(super) fn new(channel: Channel) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             channel,
-            book: Arc::default(),
-            flushed: Arc::default(),
-            delivered: Arc::default(),
-        }
+            book: Mutex::default(),
+            flushed: tokio::sync::Notify::new(),
+            delivered: AtomicU64::new(0),
+        }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
