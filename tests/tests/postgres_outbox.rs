@@ -64,6 +64,24 @@ fn run(relay: Relay) -> Running {
     Running { stop, task }
 }
 
+/// A relay that polls once an hour: in a test, only a notification (or
+/// the watch it takes) wakes it.
+fn hourly(outbox: &Outbox, pool: &sqlx::PgPool) -> Relay {
+    outbox
+        .relay(pool.clone())
+        .poll_interval(Duration::from_secs(3600))
+}
+
+/// Runs an hourly relay on `table` and waits until it watches.
+async fn watching(outbox: &Outbox, pool: &sqlx::PgPool, table: &str) -> Running {
+    let watcher = run(hourly(outbox, pool));
+    until("the first relay watches", LIMIT, async || {
+        watch_lock(pool, table, true).await.len() == 1
+    })
+    .await;
+    watcher
+}
+
 impl Running {
     async fn stop(self) {
         let _ = self.stop.send(());
@@ -94,9 +112,7 @@ async fn a_rolled_back_transaction_enqueues_nothing_and_a_committed_one_is_deliv
     let (outbox, pool, rabbit) = setup("qjob_test_outbox_commit", queue).await;
     // A poll far longer than the test: only a commit's notification wakes
     // the relay.
-    let relay = run(outbox
-        .relay(pool.clone())
-        .poll_interval(Duration::from_secs(3600)));
+    let relay = run(hourly(&outbox, &pool));
 
     let mut tx = pool.begin().await.unwrap();
     let rolled_back = outbox
@@ -201,9 +217,7 @@ async fn a_row_written_while_the_relay_turns_idle_goes_out_without_a_notificatio
     // A relay that only a notification would wake before an hour: its
     // first claim finds nothing (the row is not committed), and it turns
     // idle, waiting for the lock behind the open transaction.
-    let relay = run(outbox
-        .relay(pool.clone())
-        .poll_interval(Duration::from_secs(3600)));
+    let relay = run(hourly(&outbox, &pool));
     until("the relay waits for the watch lock", LIMIT, async || {
         watch_waiters(&pool, table).await > 0
     })
@@ -279,17 +293,7 @@ async fn with_one_relay_watching_another_turns_idle_and_rows_committed_meanwhile
     let queue = "qjob.test.outbox.covered";
     let table = "qjob_test_outbox_covered";
     let (outbox, pool, rabbit) = setup(table, queue).await;
-    // Relays that only a notification wakes before an hour.
-    let relay = || {
-        outbox
-            .relay(pool.clone())
-            .poll_interval(Duration::from_secs(3600))
-    };
-    let watcher = run(relay());
-    until("the first relay watches", LIMIT, async || {
-        watch_lock(&pool, table, true).await.len() == 1
-    })
-    .await;
+    let watcher = watching(&outbox, &pool, table).await;
 
     // Written while the first relay watches: its commit will notify.
     let mut tx = pool.begin().await.unwrap();
@@ -303,7 +307,7 @@ async fn with_one_relay_watching_another_turns_idle_and_rows_committed_meanwhile
     // The second relay finds nothing (the row is not committed), and
     // turns idle: it waits for the lock behind the watching relay...
     let since = db_now(&pool).await;
-    let other = run(relay());
+    let other = run(hourly(&outbox, &pool));
     until(
         "the second relay waits for the watch lock",
         LIMIT,
@@ -360,18 +364,9 @@ async fn a_relay_that_stops_watching_for_good_wakes_the_relay_it_covered() {
     let queue = "qjob.test.outbox.leave";
     let table = "qjob_test_outbox_leave";
     let (outbox, pool, rabbit) = setup(table, queue).await;
-    let relay = || {
-        outbox
-            .relay(pool.clone())
-            .poll_interval(Duration::from_secs(3600))
-    };
-    let watcher = run(relay());
-    until("the first relay watches", LIMIT, async || {
-        watch_lock(&pool, table, true).await.len() == 1
-    })
-    .await;
+    let watcher = watching(&outbox, &pool, table).await;
     let since = db_now(&pool).await;
-    let other = run(relay());
+    let other = run(hourly(&outbox, &pool));
     until("the second relay idle, covered", LIMIT, async || {
         covered_since(&pool, table, since).await
     })
@@ -410,9 +405,7 @@ async fn a_relay_whose_listener_is_lost_while_it_turns_idle_listens_and_watches_
         .await
         .unwrap()
         .to_string();
-    let relay = run(outbox
-        .relay(pool.clone())
-        .poll_interval(Duration::from_secs(3600)));
+    let relay = run(hourly(&outbox, &pool));
     let mut waiting = Vec::new();
     until("the relay waits for the watch lock", LIMIT, async || {
         waiting = watch_lock(&pool, table, false).await;
@@ -486,9 +479,7 @@ async fn migrate_upgrades_a_trigger_that_notified_every_commit() {
         "no relay watches: no notification"
     );
     // A relay publishes both, and once it watches, a commit wakes it.
-    let relay = run(outbox
-        .relay(pool.clone())
-        .poll_interval(Duration::from_secs(3600)));
+    let relay = run(hourly(&outbox, &pool));
     rabbit.wait_ready(queue, 2, LIMIT).await;
     until("the relay watches", LIMIT, async || {
         sqlx::query_scalar::<_, bool>(
@@ -1096,9 +1087,7 @@ async fn a_relay_backing_off_from_a_broker_outage_keeps_reading_its_notification
         .unwrap();
     fresh(&pool, &outbox).await;
     committed::<OutboxOutageJob>(&outbox, &pool, [0]).await;
-    let relay = run(outbox
-        .relay(pool.clone())
-        .poll_interval(Duration::from_secs(3600)));
+    let relay = run(hourly(&outbox, &pool));
     until("the relay listening", LIMIT, async || {
         listener_state(&pool, application).await.0.is_some()
     })
