@@ -234,13 +234,23 @@ impl Attempts {
     /// redelivery whose ack was lost.
     pub(crate) fn forget(&self, job: &JobId, attempt: u32) {
         let mut book = self.book();
-        let key = match book.seen.remove_entry(job) {
-            Some((key, _)) => key,
-            None => job.clone(),
+        // A later attempt seen here (a retry that came back before this
+        // settlement ended) is still remembered.
+        let later = book
+            .seen
+            .get(job)
+            .is_some_and(|seen| seen.attempt > attempt);
+        let key = if later {
+            job.clone()
+        } else {
+            let seen = book.seen.remove_entry(job);
+            seen.map_or_else(|| job.clone(), |(key, _)| key)
         };
         book.settled_count += 1;
         let number = book.settled_count;
-        book.settled.insert(key, (number, attempt));
+        let settled = book.settled.entry(key).or_insert((number, attempt));
+        // Settlements may end out of order; the latest attempt counts.
+        *settled = (number, settled.1.max(attempt));
         if book.settled.len() >= 2 * SETTLED_REMEMBERED {
             // Rare (once per `SETTLED_REMEMBERED` jobs settled): keeps the
             // last ones.
@@ -438,6 +448,21 @@ mod tests {
             !attempts.was_settled(&job, 3),
             "the retry of attempt 2 runs"
         );
+    }
+
+    #[test]
+    fn a_settlement_that_ends_after_its_retry_keeps_the_retry() {
+        let attempts = Attempts::new(Duration::from_secs(60));
+        let job = JobId::from("job");
+        // Attempt 2 (the retry of 1) started, and settled, before the
+        // settlement of attempt 1 ended.
+        attempts.started(&job, 2);
+        attempts.forget(&job, 1);
+        assert_eq!(attempts.book().seen[&job].attempt, 2, "still running");
+        attempts.forget(&job, 2);
+        attempts.forget(&job, 1);
+        assert!(attempts.was_settled(&job, 2), "attempt 2 stays settled");
+        assert!(!attempts.was_settled(&job, 3));
     }
 
     #[test]
