@@ -142,7 +142,8 @@ async fn store(prefix: &str) -> RedisStore {
 /// more than 5 handlers at once, counted at every start and end, and 5
 /// reached; a process SIGKILLed while it holds permits gives them back
 /// when their lease (3 s) runs out, and the others reach 5 again within
-/// the lease (plus a second for the polls and the output).
+/// the lease (plus a second for the polls and the output). More jobs are
+/// enqueued at the kill, so that the survivors have work past the lease.
 #[tokio::test]
 async fn global_concurrency_holds_across_processes_and_comes_back_after_a_kill() {
     let _serial = SERIAL.lock().await;
@@ -173,9 +174,21 @@ async fn global_concurrency_holds_across_processes_and_comes_back_after_a_kill()
         .await;
     children.children[0].kill().await.unwrap();
     let killed_at = qjob_tests::micros_since_epoch();
+    // Work enough for the survivors after the lease runs out, however
+    // much of the first batch they ran while child 0 came up: 300 jobs of
+    // 100 ms are 6 s at 5 at once, twice the lease.
+    let more = 300;
+    let results = env
+        .client()
+        .enqueue_all::<GloballyLimitedJob>(
+            (jobs..jobs + more).map(|seq| Limited::new(seq, "-", 100)),
+        )
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
     children
-        .until("every job to end", Duration::from_secs(60), |events| {
-            ended(events, "global").len() == jobs as usize
+        .until("every job to end", Duration::from_secs(90), |events| {
+            ended(events, "global").len() == (jobs + more) as usize
         })
         .await;
     let seen = children.seen.clone();
