@@ -5,16 +5,20 @@
 //! `amqp_broker_restart`.)
 
 use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qjob::broker::{Broker, QueueSpec};
 use qjob::outbox::{Outbox, Relay};
 use qjob::{Client, EnqueueOptions, Job};
 use qjob_tests::jobs::OutboxKillJob;
-use qjob_tests::outbox::{Metrics, committed, fresh, pg_pool, rows};
+use qjob_tests::outbox::{Metrics, committed, fresh, pg_pool, pg_url, rows};
 use qjob_tests::recording::Recording;
 use qjob_tests::{Act, Rabbit, Task, amqp, test_job, until};
-use tokio::sync::oneshot;
+use sqlx::postgres::PgConnectOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_qjob-test-worker");
 
@@ -1130,4 +1134,145 @@ async fn a_relay_backing_off_from_a_broker_outage_keeps_reading_its_notification
         "{notifications} notifications during the outage: the listener's backend waits on {wait:?}, \
          notification queue usage {usage} ({pushed} right after them)"
     );
+}
+
+test_job!(outbox_stalled, "qjob.test.outbox.stalled");
+
+/// A TCP proxy to the test database that can stall one connection's
+/// answers: the server's bytes stop reaching the client while the
+/// connection stays open, as when a server stops answering.
+struct Stalling {
+    port: u16,
+    /// Each connection's stall switch, by its port on the server's side.
+    switches: Arc<Mutex<HashMap<u16, watch::Sender<bool>>>>,
+}
+
+impl Stalling {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let options = PgConnectOptions::from_str(&pg_url()).unwrap();
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let switches = Arc::new(Mutex::new(HashMap::new()));
+        let registered = switches.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let (switch, stalled) = watch::channel(false);
+                let local = upstream.local_addr().unwrap().port();
+                registered.lock().unwrap().insert(local, switch);
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = upstream.into_split();
+                let (_, running) = watch::channel(false);
+                tokio::spawn(pump(from_client, to_server, running.clone()));
+                tokio::spawn(pump(from_server, to_client, stalled));
+            }
+        });
+        Self { port, switches }
+    }
+
+    /// A pool whose connections go through the proxy.
+    async fn pool(&self) -> sqlx::PgPool {
+        let options = PgConnectOptions::from_str(&pg_url())
+            .unwrap()
+            .host("127.0.0.1")
+            .port(self.port);
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
+    /// Stalls the answers of the session `pid` (read through `pool`).
+    async fn stall(&self, pool: &sqlx::PgPool, pid: i32) {
+        let port: i32 =
+            sqlx::query_scalar("SELECT client_port FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let port = u16::try_from(port).unwrap();
+        let switches = self.switches.lock().unwrap();
+        let switch = switches.get(&port).expect("a session of the proxy");
+        switch.send(true).unwrap();
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while `stalled`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => {
+                if stalled.wait_for(|stalled| !stalled).await.is_err()
+                    || to.write_all(&buffer[..read]).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A relay whose listening connection stops answering as it leaves its
+/// watch gives up on it within the bound (5 s), listens and watches on a
+/// new one; stopped while it waits for such an answer, it stops within
+/// the bound too.
+#[tokio::test]
+async fn a_relay_whose_listener_stops_answering_listens_again_and_stops_within_the_bound() {
+    let queue = "qjob.test.outbox.stalled";
+    let table = "qjob_test_outbox_stalled";
+    let (outbox, pool, rabbit) = setup(table, queue).await;
+    let proxy = Stalling::start().await;
+    let proxied = proxy.pool().await;
+    let relay = run(outbox
+        .relay(proxied.clone())
+        .poll_interval(Duration::from_millis(500)));
+    until("the relay watches", LIMIT, async || {
+        watch_lock(&pool, table, true).await.len() == 1
+    })
+    .await;
+    let first = watch_lock(&pool, table, true).await;
+    proxy.stall(&pool, first[0]).await;
+    // Two rows at once: the poll's round claims both, and the relay leaves
+    // its watch, on a listener that no longer answers.
+    let mut ids = committed::<OutboxStalledJob>(&outbox, &pool, [1, 2]).await;
+    rabbit.wait_ready(queue, 2, LIMIT).await;
+    until("the relay watches on a new listener", LIMIT, async || {
+        let holders = watch_lock(&pool, table, true).await;
+        holders.len() == 1 && holders != first
+    })
+    .await;
+    let second = watch_lock(&pool, table, true).await;
+
+    // The same again, and the relay is told to stop while it waits for
+    // the answer.
+    proxy.stall(&pool, second[0]).await;
+    ids.extend(committed::<OutboxStalledJob>(&outbox, &pool, [3, 4]).await);
+    rabbit.wait_ready(queue, 4, LIMIT).await;
+    until("every row deleted", LIMIT, async || {
+        rows(&pool, table).await == 0
+    })
+    .await;
+    let asked = Instant::now();
+    let _ = relay.stop.send(());
+    tokio::time::timeout(Duration::from_secs(8), relay.task)
+        .await
+        .expect("the relay stops within the listener's bound (5 s) and its leave (1 s)")
+        .unwrap()
+        .unwrap();
+    println!("stopped after {:?}", asked.elapsed());
+    let got: Vec<String> = rabbit
+        .take_all(queue)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(got, ids);
 }

@@ -146,7 +146,7 @@ impl Relay {
     /// [`Relay::run_until`] after its check.
     pub(crate) async fn relay_until(self, shutdown: impl Future<Output = ()>) {
         let channel = self.outbox.table.name.to_string();
-        let mut wakeups = Wakeups::new();
+        let mut wakeups = Wakeups::new(self.pool.clone());
         self.rounds_until(shutdown, &channel, &mut wakeups).await;
         // Another relay that found this one watching waits for its poll.
         let left = wakeups.leave(&self.outbox.table, &channel);

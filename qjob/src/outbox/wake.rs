@@ -14,9 +14,36 @@ use sqlx::{Executor, Row};
 
 use super::sql::{Table, lock_not_available};
 
+/// The longest a relay waits for its listener's connection to answer a
+/// statement (taking or leaving the watch). The lock itself is waited for
+/// at most 100 ms on the server; a connection that has not answered by
+/// then is taken for lost (half-open, or a server that stopped
+/// answering): it is dropped, its session is ended from the pool, which
+/// frees its lock, and the relay listens again on a new connection.
+/// Without it, such a connection would hold the relay, and a worker's
+/// stop, until TCP gave up on it.
+pub(super) const LISTENER_ANSWER: Duration = Duration::from_secs(5);
+
+/// `statement` on the listener, within [`LISTENER_ANSWER`]; past it, an
+/// I/O error that says so.
+async fn answered<T>(
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(LISTENER_ANSWER, statement)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {LISTENER_ANSWER:?}"),
+            )))
+        })
+}
+
 /// A relay's listener, when it has one, and when to try again when not.
 pub(super) struct Wakeups {
-    listener: Option<PgListener>,
+    /// The relay's pool: where a listener that stopped answering is ended.
+    pool: PgPool,
+    listener: Option<Listening>,
     /// When to try to listen again after a failure.
     listen_at: Instant,
     /// Attempts to listen that failed in a row, and listeners lost
@@ -50,8 +77,9 @@ pub(super) enum Watch {
 }
 
 impl Wakeups {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(pool: PgPool) -> Self {
         Self {
+            pool,
             listener: None,
             listen_at: Instant::now(),
             listen_failures: 0,
@@ -71,7 +99,7 @@ impl Wakeups {
     /// meanwhile.
     pub(super) fn listened(
         &mut self,
-        listening: Option<PgListener>,
+        listening: Option<Listening>,
         retry_after: impl FnOnce(u32) -> Duration,
     ) {
         self.listener = listening;
@@ -97,28 +125,29 @@ impl Wakeups {
         table: &Table,
         retry_after: impl FnOnce(u32) -> Duration,
     ) -> Watch {
-        let Some(listener) = self.listener.as_mut() else {
+        let Some(Listening { listener, .. }) = self.listener.as_mut() else {
             return Watch::Deaf;
         };
         if self.watching {
             return Watch::Watching;
         }
-        let watch = match listener.execute(sqlx::raw_sql(&table.watch)).await {
+        let watch = match answered(listener.execute(sqlx::raw_sql(&table.watch))).await {
             Ok(_) => {
                 self.watching = true;
                 Ok(Watch::Watching)
             }
-            Err(error) if lock_not_available(&error) => listener
-                .fetch_one(sqlx::query(&table.watched))
-                .await
-                .and_then(|row| row.try_get::<bool, _>(0))
-                .map(|watched| {
-                    if watched {
-                        Watch::Covered
-                    } else {
-                        Watch::Pending
-                    }
-                }),
+            Err(error) if lock_not_available(&error) => {
+                answered(listener.fetch_one(sqlx::query(&table.watched)))
+                    .await
+                    .and_then(|row| row.try_get::<bool, _>(0))
+                    .map(|watched| {
+                        if watched {
+                            Watch::Covered
+                        } else {
+                            Watch::Pending
+                        }
+                    })
+            }
             Err(error) => Err(error),
         };
         match watch {
@@ -128,7 +157,7 @@ impl Wakeups {
             }
             Err(error) => {
                 tracing::debug!(%error, "outbox listener lost while watching; listening again");
-                self.listener = None;
+                self.drop_listener(&error).await;
                 if self.listen_failures > 0 {
                     self.listen_at = Instant::now() + retry_after(self.listen_failures);
                 }
@@ -144,20 +173,23 @@ impl Wakeups {
         if !std::mem::take(&mut self.watching) {
             return;
         }
-        let Some(listener) = self.listener.as_mut() else {
+        let Some(Listening { listener, .. }) = self.listener.as_mut() else {
             return;
         };
-        let unlocked = listener
-            .fetch_one(sqlx::query(&table.unwatch))
+        match answered(listener.fetch_one(sqlx::query(&table.unwatch)))
             .await
-            .and_then(|row| row.try_get::<bool, _>(0));
-        if !matches!(unlocked, Ok(true)) {
+            .and_then(|row| row.try_get::<bool, _>(0))
+        {
+            Ok(true) => {}
             // A listener that lost its lock lost its connection.
-            tracing::debug!(
-                ?unlocked,
-                "outbox listener: lost its watch; listening again"
-            );
-            self.listener = None;
+            Ok(false) => {
+                tracing::debug!("outbox listener: lost its watch; listening again");
+                self.listener = None;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "outbox listener: lost as it left its watch; listening again");
+                self.drop_listener(&error).await;
+            }
         }
     }
 
@@ -167,12 +199,11 @@ impl Wakeups {
     /// it claims, and watches in its place.
     pub(super) async fn leave(&mut self, table: &Table, channel: &str) {
         self.unwatch(table).await;
-        let Some(listener) = self.listener.as_mut() else {
+        let Some(Listening { listener, .. }) = self.listener.as_mut() else {
             return;
         };
-        let notified = listener
-            .execute(sqlx::query("SELECT pg_notify($1, '')").bind(channel))
-            .await;
+        let notified =
+            answered(listener.execute(sqlx::query("SELECT pg_notify($1, '')").bind(channel))).await;
         if let Err(error) = notified {
             tracing::debug!(%error, "outbox listener: could not wake the other relays");
         }
@@ -184,7 +215,11 @@ impl Wakeups {
     /// them fails the application's own commits. A listener lost here is
     /// dropped by [`Wakeups::drop_if_lost`] after the wait.
     pub(super) async fn notified(&mut self, wakes: bool) {
-        let Some(listening) = self.listener.as_mut() else {
+        let Some(Listening {
+            listener: listening,
+            ..
+        }) = self.listener.as_mut()
+        else {
             return std::future::pending().await;
         };
         loop {
@@ -230,11 +265,49 @@ impl Wakeups {
             self.watching = false;
         }
     }
+
+    /// Drops the listener after `error`. One that did not answer in time
+    /// may still hold the watch lock, and dropping it does not close its
+    /// connection (the listener is left to send an `UNLISTEN`, which waits
+    /// for the same answer): its session is ended from the pool, which
+    /// frees the lock.
+    async fn drop_listener(&mut self, error: &sqlx::Error) {
+        let Some(dropped) = self.listener.take() else {
+            return;
+        };
+        self.watching = false;
+        if !matches!(error, sqlx::Error::Io(error) if error.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return;
+        }
+        let ended = answered(
+            sqlx::query_scalar::<_, bool>(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = $1 AND backend_start::text = $2",
+            )
+            .bind(dropped.pid)
+            .bind(&*dropped.started)
+            .fetch_optional(&self.pool),
+        )
+        .await;
+        tracing::debug!(
+            ?ended,
+            "outbox listener: ended the session that did not answer"
+        );
+    }
+}
+
+/// A listener, and its session's process id and start (to end the session
+/// should it stop answering).
+pub(super) struct Listening {
+    listener: PgListener,
+    pid: i32,
+    started: Box<str>,
 }
 
 /// A listener on `channel`, on a connection of its own (a listener
 /// holds its connection for good: not one of `pool`'s).
-pub(super) async fn listen(pool: &PgPool, channel: &str) -> Option<PgListener> {
+pub(super) async fn listen(pool: &PgPool, channel: &str) -> Option<Listening> {
     let options = (*pool.connect_options()).clone();
     let own = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -244,10 +317,22 @@ pub(super) async fn listen(pool: &PgPool, channel: &str) -> Option<PgListener> {
         .await
         .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not connect"))
         .ok()?;
-    listener
-        .listen(channel)
+    answered(listener.listen(channel))
         .await
         .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not listen"))
         .ok()?;
-    Some(listener)
+    let (pid, started) = answered(
+        sqlx::query_as::<_, (i32, String)>(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&mut listener),
+    )
+    .await
+    .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not read its session"))
+    .ok()?;
+    Some(Listening {
+        listener,
+        pid,
+        started: started.into(),
+    })
 }
