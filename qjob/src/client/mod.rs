@@ -8,7 +8,7 @@
 //! priority, when it runs), and [`batch`] and [`dead_letters`] are the client
 //! side of batches and of dead letters.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::broker::Broker;
@@ -46,7 +46,7 @@ pub use options::EnqueueOptions;
 #[derive(Clone)]
 pub struct Client {
     broker: Arc<dyn Broker>,
-    declared: Arc<Mutex<HashSet<String>>>,
+    declared: Arc<Mutex<HashMap<String, Declared>>>,
     /// The delay queues' leases (see `topology::Leases`).
     leases: Arc<topology::Leases>,
     /// Where unique jobs' locks and batches are kept.
@@ -124,26 +124,32 @@ impl Client {
         self.declare(&J::options()).await
     }
 
-    /// Declares the queues of a job type with `options`, once.
+    /// Declares the queues of a job type with `options`, once: callers
+    /// that come while one declares wait for it (a failure leaves the next
+    /// caller to try again), so a burst of first enqueues declares once.
     pub(crate) async fn declare(&self, options: &crate::JobOptions) -> Result<(), Error> {
-        if self.is_declared(options.queue()) {
+        let declared = {
+            let mut declared = self.declared.lock().expect("declared-queue map poisoned");
+            match declared.get(options.queue()) {
+                Some(once) => once.clone(),
+                None => declared
+                    .entry(options.queue().to_owned())
+                    .or_default()
+                    .clone(),
+            }
+        };
+        if declared.initialized() {
             return Ok(());
         }
-        topology::declare(&*self.broker, options).await?;
-        self.declared
-            .lock()
-            .expect("declared-queue set poisoned")
-            .insert(options.queue().to_owned());
+        declared
+            .get_or_try_init(|| topology::declare(&*self.broker, options))
+            .await?;
         Ok(())
     }
-
-    fn is_declared(&self, queue: &str) -> bool {
-        self.declared
-            .lock()
-            .expect("declared-queue set poisoned")
-            .contains(queue)
-    }
 }
+
+/// Whether a queue's topology was declared, or is being declared.
+type Declared = Arc<tokio::sync::OnceCell<()>>;
 
 /// The producer span of one enqueue call: its trace context is what the
 /// jobs carry.
