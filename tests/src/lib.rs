@@ -21,7 +21,7 @@ mod wait;
 pub use rabbit::{Got, Rabbit, amqp, amqp_url};
 pub use task::{ANNOUNCE, Act, Probe, Task, micros_since_epoch, probe, run_task};
 pub use tools::{
-    close_connection, consumer_activity, consumer_prefetch, queue_messages, rabbitmq_major,
-    rabbitmqctl, rabbitmqctl_ok,
+    close_connection, connection_channels, consumer_activity, consumer_prefetch, queue_messages,
+    rabbitmq_major, rabbitmqctl, rabbitmqctl_ok,
 };
 pub use wait::{eventually, until};

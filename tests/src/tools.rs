@@ -189,3 +189,25 @@ pub fn close_connection(name: &str) {
         rabbitmqctl_ok(&["close_connection", pid, "closed by a qjob test"]);
     }
 }
+
+/// How many channels the connection named `name` (its client-provided
+/// name, as qjob names its connections) has open.
+pub fn connection_channels(name: &str) -> u32 {
+    let listed = rabbitmqctl_ok(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "channels",
+        "client_properties",
+    ]);
+    let quoted = format!("\"{name}\"");
+    let counts: Vec<u32> = listed
+        .lines()
+        .filter(|line| line.contains(&quoted))
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect();
+    match counts[..] {
+        [count] => count,
+        _ => panic!("no one connection named {name:?}: {listed}"),
+    }
+}

@@ -28,6 +28,8 @@ pub(super) struct Inner {
     pub(super) consuming: Link,
     /// Set by `close`: nothing reopens a connection in the background then.
     pub(super) closed: std::sync::atomic::AtomicBool,
+    /// Single publishes waiting to be gathered onto a session.
+    pub(super) gathering: super::gather::Gathering,
 }
 
 /// What a connection of the broker is for.

@@ -4,6 +4,7 @@ mod acks;
 mod bounded;
 mod connection;
 mod convert;
+mod gather;
 mod publisher;
 mod subscription;
 
@@ -76,6 +77,7 @@ impl AmqpBroker {
                 publishing: Link::new(),
                 consuming: Link::new(),
                 closed: Default::default(),
+                gathering: Default::default(),
             }),
         };
         broker.connected(Role::Publish).await?;
@@ -127,13 +129,14 @@ impl AmqpBroker {
 
 impl AmqpBroker {
     /// Publishes each message to its target in order, pipelined on one
-    /// session, and returns each one's outcome in order. `sent` counts
-    /// those handed to the channel: none while it waits for a connection
-    /// or a channel.
+    /// session, and returns each one's outcome in order. `sending(index)`
+    /// is asked as each is handed to the channel, and may skip it (see
+    /// [`publisher::Session::publish`]): never while the publish waits for
+    /// a connection or a channel.
     async fn publish_to(
         &self,
         messages: &[(Target<'_>, &Message)],
-        sent: &Sent,
+        sending: impl FnMut(usize) -> bool,
     ) -> Vec<Result<(), Error>> {
         if messages.is_empty() {
             return Vec::new();
@@ -189,8 +192,64 @@ impl AmqpBroker {
         // so wait for the confirm rather than report a failure that would
         // be published twice; the publish timeout bounds the wait.
         session
-            .publish(messages, timeout, || connected.blocked(), sent)
+            .publish(messages, timeout, || connected.blocked(), sending)
             .await
+    }
+
+    /// [`AmqpBroker::publish_to`], marking `sent` as each message is
+    /// handed to the channel.
+    async fn publish_marked(
+        &self,
+        messages: &[(Target<'_>, &Message)],
+        sent: &Sent,
+    ) -> Vec<Result<(), Error>> {
+        self.publish_to(messages, |index| {
+            sent.mark(index + 1);
+            true
+        })
+        .await
+    }
+
+    /// Publishes `message` to `queue` with the single publishes of other
+    /// callers, gathered (see `gather.rs`).
+    async fn publish_gathered(&self, queue: &str, message: Message) -> Result<(), Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let waiting = gather::Waiting {
+            queue: queue.to_owned(),
+            message,
+            reply,
+        };
+        if self.inner.gathering.push(waiting) {
+            tokio::spawn(self.clone().lead());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::Broker {
+                operation: Target::queue(queue).operation(),
+                source: "the task publishing it ended before its confirm".into(),
+            })
+        })
+    }
+
+    /// A leader of the gathered publishes: batches until none waits.
+    async fn lead(self) {
+        let mut leading = self.inner.gathering.lead();
+        loop {
+            let batch = leading.next(publisher::WINDOW);
+            if batch.is_empty() {
+                return;
+            }
+            let messages: Vec<(Target<'_>, &Message)> = batch
+                .iter()
+                .map(|waiting| (Target::queue(&waiting.queue), &waiting.message))
+                .collect();
+            let outcomes = self
+                .publish_to(&messages, |index| !batch[index].reply.is_closed())
+                .await;
+            drop(messages);
+            for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = waiting.reply.send(outcome);
+            }
+        }
     }
 
     /// Publishes one message and waits for its confirm.
@@ -200,7 +259,7 @@ impl AmqpBroker {
         message: &Message,
         sent: &Sent,
     ) -> Result<(), Error> {
-        self.publish_to(&[(to, message)], sent)
+        self.publish_marked(&[(to, message)], sent)
             .await
             .pop()
             .expect("one outcome for one message")
@@ -572,8 +631,11 @@ impl Broker for AmqpBroker {
         .await
     }
 
+    /// Gathered with the single publishes of other callers onto shared
+    /// sessions (see `gather.rs`); dropped before its message was handed
+    /// to a channel, it sends nothing.
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        self.publish_tracked(queue, message, &Sent::new()).await
+        self.publish_gathered(queue, message).await
     }
 
     /// One session: the messages are pipelined on one channel, in order.
@@ -601,7 +663,7 @@ impl Broker for AmqpBroker {
             .iter()
             .map(|(queue, message)| (Target::queue(queue), message))
             .collect();
-        self.publish_to(&messages, sent).await
+        self.publish_marked(&messages, sent).await
     }
 
     async fn consume(

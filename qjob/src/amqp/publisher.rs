@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::convert;
 use crate::Error;
-use crate::broker::{Message, Sent};
+use crate::broker::Message;
 use crate::outcomes::Outcomes;
 
 /// The most sessions publishing at once on one connection (each on its own
@@ -30,7 +30,7 @@ use crate::outcomes::Outcomes;
 const MAX_SESSIONS: usize = 1024;
 
 /// The most unconfirmed messages of one session.
-const WINDOW: usize = 512;
+pub(super) const WINDOW: usize = 512;
 
 /// Where a message is published.
 #[derive(Clone, Copy, Debug)]
@@ -164,14 +164,16 @@ impl Session {
     /// [`WINDOW`] unconfirmed, and returns each one's outcome in order.
     /// `blocked` tells whether the broker blocks publishing now: nothing
     /// more is sent then. Writing a message and waiting for its confirm
-    /// are each bounded by `timeout`. A message is marked in `sent` as it
-    /// is handed to lapin, which may write it from then on.
+    /// are each bounded by `timeout`. `sending(index)` is asked just
+    /// before a message is handed to lapin, which may write it from then
+    /// on: false skips that message (its publisher is gone), and it is
+    /// [`Error::NotSent`].
     pub(super) async fn publish(
         &mut self,
         messages: &[(Target<'_>, &Message)],
         timeout: Duration,
         blocked: impl Fn() -> Option<String>,
-        sent: &Sent,
+        mut sending: impl FnMut(usize) -> bool,
     ) -> Vec<Result<(), Error>> {
         let channel = self.channel.clone().expect("a session has its channel");
         let mut outcomes = Outcomes::new(messages.len());
@@ -202,9 +204,18 @@ impl Session {
                 unsent = Some(Unsent::Blocked(reason));
                 break;
             }
+            if !sending(index) {
+                outcomes.set(
+                    index,
+                    Err(Error::NotSent {
+                        operation: to.operation(),
+                        reason: "its publisher is gone".to_owned(),
+                    }),
+                );
+                continue;
+            }
             // lapin waits for the frames to be written, which it does not
             // while the broker blocks the connection.
-            sent.mark(index + 1);
             match bounded_send(&channel, *to, message, timeout, stall.as_mut()).await {
                 Ok(Ok(confirm)) => unconfirmed.push_back((index, confirm)),
                 Ok(Err(error)) => {

@@ -170,8 +170,16 @@ impl Client {
         let (id, mut message, lock) = self.unique_message::<J>(payload)?;
         message.priority = priority;
         let target = Self::target_now::<J>(&J::options(), payload);
+        // Only a unique job's lock reads what went out; other jobs are
+        // published untracked, which a broker may gather with the single
+        // publishes of other callers.
+        let tracked = lock.is_some();
         let publish = |sent: Arc<Sent>| async move {
-            let published = self.broker.publish_tracked(&target, message, &sent).await;
+            let published = if tracked {
+                self.broker.publish_tracked(&target, message, &sent).await
+            } else {
+                self.broker.publish(&target, message).await
+            };
             published.map_err(full::<J>)
         };
         self.locked::<J, _>(lock, id, publish).await
