@@ -5,10 +5,10 @@ qjob_tests::conformance_tests!(qjob_tests::scenarios::Env::amqp().await);
 use qjob::broker::{Broker, Message, QueueSpec};
 use qjob_tests::{Rabbit, connection_channels};
 
-/// Single publishes from many callers at once are gathered onto a few
-/// sessions: 500 at once open at most 16 channels on the publishing
-/// connection (one each, before), and each is stored.
-#[tokio::test]
+/// Single publishes from many callers at once (on a multi-thread runtime)
+/// are gathered onto a few sessions: 500 at once open at most 16 channels
+/// on the publishing connection (one each, before), and each is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_single_publishes_share_a_few_channels() {
     let queue = "qjob.test.broker.gathered";
     let rabbit = Rabbit::connect().await;

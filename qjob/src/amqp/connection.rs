@@ -29,7 +29,7 @@ pub(super) struct Inner {
     /// Set by `close`: nothing reopens a connection in the background then.
     pub(super) closed: std::sync::atomic::AtomicBool,
     /// Single publishes waiting to be gathered onto a session.
-    pub(super) gathering: super::gather::Gathering,
+    pub(super) gathering: Arc<super::gather::Gathering>,
 }
 
 /// What a connection of the broker is for.

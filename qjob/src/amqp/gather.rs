@@ -13,9 +13,18 @@
 //! back: a leader skips a message whose caller is gone, so an abandoned
 //! publish sends nothing unless it was already on its way, as before.
 //!
+//! Callers share a session's fate: a confirm that does not come in time
+//! makes the others of its session wait as long. So a message is
+//! published on a session of its own, not gathered, when it is large
+//! (over [`GATHERED_BODY`]: a body the broker refuses closes the channel
+//! under every message on it) or when its caller runs on a
+//! current-thread runtime (a leader spawned there would wait, with the
+//! messages of callers on other runtimes, whenever that runtime is not
+//! driven, as when `block_on` has returned).
+//!
 //! [`Broker::publish`]: crate::broker::Broker::publish
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -25,6 +34,19 @@ use crate::broker::Message;
 /// The most sessions publishing gathered messages at once: a message
 /// that comes while they all publish waits for the next one to end.
 const LEADERS: usize = 16;
+
+/// The largest body gathered; a larger one is published on a session of
+/// its own.
+pub(super) const GATHERED_BODY: usize = 128 * 1024;
+
+/// Whether a publish by the current task may be gathered: a body no
+/// larger than [`GATHERED_BODY`], from a task on a multi-thread runtime.
+pub(super) fn gatherable(message: &Message) -> bool {
+    message.body.len() <= GATHERED_BODY
+        && tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        })
+}
 
 /// One caller's message and where its outcome goes.
 pub(super) struct Waiting {
@@ -52,38 +74,32 @@ impl Gathering {
             .expect("the gathering lock is never poisoned")
     }
 
-    /// Leaves `waiting` for a leader. True: the caller must start one
-    /// ([`Gathering::lead`]), counted already.
-    pub(super) fn push(&self, waiting: Waiting) -> bool {
+    /// Leaves `waiting` for a leader. `Some`: the caller must run a leader
+    /// with it, counted already (dropped unused, it is counted out).
+    pub(super) fn push(self: &Arc<Self>, waiting: Waiting) -> Option<Leading> {
         let mut state = self.state();
         state.waiting.push(waiting);
         if state.leaders < LEADERS {
             state.leaders += 1;
-            return true;
+            return Some(Leading {
+                gathering: Arc::clone(self),
+                ended: false,
+            });
         }
-        false
-    }
-
-    /// A leader's turn, counted by [`Gathering::push`]: takes batches
-    /// until none waits.
-    pub(super) fn lead(&self) -> Leading<'_> {
-        Leading {
-            gathering: self,
-            ended: false,
-        }
+        None
     }
 }
 
-/// A running leader. Dropped before it saw nothing waiting (a panic, the
-/// runtime's end), it is counted out, and if it was the last, the
-/// messages still waiting are dropped: their callers learn that nothing
-/// will publish them.
-pub(super) struct Leading<'a> {
-    gathering: &'a Gathering,
+/// A leader, counted. Dropped before it saw nothing waiting (a panic, a
+/// task dropped before it ran, the runtime's end), it is counted out,
+/// and if it was the last, the messages still waiting are dropped: their
+/// callers learn that nothing will publish them.
+pub(super) struct Leading {
+    gathering: Arc<Gathering>,
     ended: bool,
 }
 
-impl Leading<'_> {
+impl Leading {
     /// The next messages, at most `most`, those of callers still there;
     /// none: the leader is counted out, and ends.
     pub(super) fn next(&mut self, most: usize) -> Vec<Waiting> {
@@ -99,7 +115,7 @@ impl Leading<'_> {
     }
 }
 
-impl Drop for Leading<'_> {
+impl Drop for Leading {
     fn drop(&mut self) {
         if self.ended {
             return;
@@ -127,37 +143,39 @@ mod tests {
     }
 
     #[test]
-    fn at_most_four_leaders_and_each_ends_once_nothing_waits() {
-        let gathering = Gathering::default();
+    fn at_most_so_many_leaders_and_each_ends_once_nothing_waits() {
+        let gathering = Arc::new(Gathering::default());
         let mut answers = Vec::new();
-        let mut started = 0;
-        for n in 0..6 {
+        let mut leaders = Vec::new();
+        for n in 0..LEADERS + 2 {
             let (waiting, answer) = waiting(&format!("q{n}"));
             answers.push(answer);
-            started += usize::from(gathering.push(waiting));
+            leaders.extend(gathering.push(waiting));
         }
-        assert_eq!(started, 4);
-        let mut leading = gathering.lead();
-        let first = leading.next(4);
+        assert_eq!(leaders.len(), LEADERS);
+        let mut leading = leaders.pop().unwrap();
+        let first = leading.next(2);
         assert_eq!(
             first.iter().map(|w| w.queue.as_str()).collect::<Vec<_>>(),
-            ["q0", "q1", "q2", "q3"]
+            ["q0", "q1"]
         );
-        assert_eq!(leading.next(4).len(), 2);
-        assert!(leading.next(4).is_empty());
+        assert_eq!(leading.next(LEADERS).len(), LEADERS);
+        assert!(leading.next(LEADERS).is_empty());
         drop(leading);
-        assert_eq!(gathering.state().leaders, 3);
+        assert_eq!(gathering.state().leaders, LEADERS - 1);
+        // The others, dropped before they ran, are counted out.
+        drop(leaders);
+        assert_eq!(gathering.state().leaders, 0);
     }
 
     #[test]
     fn a_caller_gone_takes_its_message_back() {
-        let gathering = Gathering::default();
+        let gathering = Arc::new(Gathering::default());
         let (kept, _answer) = waiting("kept");
         let (gone, answer) = waiting("gone");
-        assert!(gathering.push(gone));
-        assert!(gathering.push(kept));
+        let mut leading = gathering.push(gone).unwrap();
+        let _other = gathering.push(kept).unwrap();
         drop(answer);
-        let mut leading = gathering.lead();
         let batch = leading.next(10);
         assert_eq!(
             batch.iter().map(|w| w.queue.as_str()).collect::<Vec<_>>(),
@@ -167,16 +185,15 @@ mod tests {
 
     #[test]
     fn the_last_leader_dropped_mid_way_drops_what_waits() {
-        let gathering = Gathering::default();
+        let gathering = Arc::new(Gathering::default());
         let (first, _first_answer) = waiting("first");
         let (second, mut second_answer) = waiting("second");
-        assert!(gathering.push(first));
-        let mut leading = gathering.lead();
+        let mut leading = gathering.push(first).unwrap();
         let _publishing = leading.next(1);
-        assert!(gathering.push(second));
+        let other = gathering.push(second).unwrap();
         // Both leaders dropped (a panic, the runtime's end) before the
         // second took "second": its caller hears that nothing will send it.
-        drop(gathering.lead());
+        drop(other);
         assert_eq!(gathering.state().waiting.len(), 1);
         drop(leading);
         assert_eq!(gathering.state().leaders, 0);
@@ -184,5 +201,24 @@ mod tests {
             second_answer.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
+    }
+
+    #[test]
+    fn large_bodies_and_current_thread_runtimes_are_not_gathered() {
+        let small = Message::new(vec![0; GATHERED_BODY]);
+        let large = Message::new(vec![0; GATHERED_BODY + 1]);
+        assert!(!gatherable(&small), "no runtime");
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        current.block_on(async { assert!(!gatherable(&small)) });
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        multi.block_on(async {
+            assert!(gatherable(&small));
+            assert!(!gatherable(&large));
+        });
     }
 }

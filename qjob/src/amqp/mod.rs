@@ -219,8 +219,8 @@ impl AmqpBroker {
             message,
             reply,
         };
-        if self.inner.gathering.push(waiting) {
-            tokio::spawn(self.clone().lead());
+        if let Some(leading) = self.inner.gathering.push(waiting) {
+            tokio::spawn(self.clone().lead(leading));
         }
         answer.await.unwrap_or_else(|_| {
             Err(Error::Broker {
@@ -231,8 +231,7 @@ impl AmqpBroker {
     }
 
     /// A leader of the gathered publishes: batches until none waits.
-    async fn lead(self) {
-        let mut leading = self.inner.gathering.lead();
+    async fn lead(self, mut leading: gather::Leading) {
         loop {
             let batch = leading.next(publisher::WINDOW);
             if batch.is_empty() {
@@ -632,10 +631,14 @@ impl Broker for AmqpBroker {
     }
 
     /// Gathered with the single publishes of other callers onto shared
-    /// sessions (see `gather.rs`); dropped before its message was handed
-    /// to a channel, it sends nothing.
+    /// sessions, unless large or on a current-thread runtime (see
+    /// `gather.rs`); dropped before its message was handed to a channel,
+    /// it sends nothing.
     async fn publish(&self, queue: &str, message: Message) -> Result<(), Error> {
-        self.publish_gathered(queue, message).await
+        if gather::gatherable(&message) {
+            return self.publish_gathered(queue, message).await;
+        }
+        self.publish_tracked(queue, message, &Sent::new()).await
     }
 
     /// One session: the messages are pipelined on one channel, in order.

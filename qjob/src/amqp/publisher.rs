@@ -240,15 +240,20 @@ impl Session {
             }
         }
         // What was sent is confirmed (or not) whatever stopped the sending;
-        // after a confirm that did not come, the rest are not waited for.
+        // after a confirm that did not come, the rest are not waited for,
+        // but those that came already count (of a session's messages, one
+        // to a queue that cannot confirm leaves the others theirs).
         while let Some((index, confirm)) = unconfirmed.pop_front() {
             let to = messages[index].0;
             if !clean {
+                let came = confirmed(to, confirm, Duration::ZERO, &mut returned).await;
                 outcomes.set(
                     index,
-                    Err(Error::Timeout {
-                        operation: to.operation(),
-                        after: timeout,
+                    came.unwrap_or_else(|_| {
+                        Err(Error::Timeout {
+                            operation: to.operation(),
+                            after: timeout,
+                        })
                     }),
                 );
                 continue;
