@@ -151,7 +151,13 @@ impl Relay {
         // Another relay that found this one watching waits for its poll.
         let left = wakeups.leave(&self.outbox.table, &channel);
         if tokio::time::timeout(LEAVE_TIMEOUT, left).await.is_err() {
+            // Its listener may hold the watch lock, and another relay may
+            // wait for it: its session is ended.
             tracing::debug!("outbox listener: no answer as the relay stopped");
+            let ended = wakeups.end_listener();
+            if tokio::time::timeout(LEAVE_TIMEOUT, ended).await.is_err() {
+                tracing::debug!("outbox listener: could not end its session as the relay stopped");
+            }
         }
     }
 

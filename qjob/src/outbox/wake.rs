@@ -24,6 +24,10 @@ use super::sql::{Table, lock_not_available};
 /// stop, until TCP gave up on it.
 pub(super) const LISTENER_ANSWER: Duration = Duration::from_secs(5);
 
+/// The longest a relay waits to end the session of a listener that did
+/// not answer, through its pool.
+const END_SESSION: Duration = Duration::from_secs(2);
+
 /// `statement` on the listener, within [`LISTENER_ANSWER`]; past it, an
 /// I/O error that says so.
 async fn answered<T>(
@@ -280,13 +284,30 @@ impl Wakeups {
         {
             return;
         }
-        let ended = answered(
+        self.end_session(&dropped).await;
+    }
+
+    /// Ends the listener's session, as the relay stops without an answer
+    /// to its leave: it may still hold the watch lock.
+    pub(super) async fn end_listener(&mut self) {
+        self.watching = false;
+        if let Some(dropped) = self.listener.take() {
+            self.end_session(&dropped).await;
+        }
+    }
+
+    /// Ends `listening`'s session from the pool (matched on its process id
+    /// and start, so that no other session that reused the id is hit).
+    async fn end_session(&self, listening: &Listening) {
+        let ended = tokio::time::timeout(
+            END_SESSION,
             sqlx::query_scalar::<_, bool>(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE pid = $1 AND backend_start::text = $2",
+                 WHERE pid = $1 \
+                 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2",
             )
-            .bind(dropped.pid)
-            .bind(&*dropped.started)
+            .bind(listening.pid)
+            .bind(listening.started)
             .fetch_optional(&self.pool),
         )
         .await;
@@ -297,12 +318,12 @@ impl Wakeups {
     }
 }
 
-/// A listener, and its session's process id and start (to end the session
-/// should it stop answering).
+/// A listener, and its session's process id and start, in microseconds
+/// since the epoch (to end the session should it stop answering).
 pub(super) struct Listening {
     listener: PgListener,
     pid: i32,
-    started: Box<str>,
+    started: i64,
 }
 
 /// A listener on `channel`, on a connection of its own (a listener
@@ -317,22 +338,25 @@ pub(super) async fn listen(pool: &PgPool, channel: &str) -> Option<Listening> {
         .await
         .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not connect"))
         .ok()?;
-    answered(listener.listen(channel))
-        .await
-        .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not listen"))
-        .ok()?;
+    // Read first: a listener's last statement stays its `LISTEN`, as
+    // `pg_stat_activity` shows it.
     let (pid, started) = answered(
-        sqlx::query_as::<_, (i32, String)>(
-            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        sqlx::query_as::<_, (i32, i64)>(
+            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 \
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut listener),
     )
     .await
     .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not read its session"))
     .ok()?;
+    answered(listener.listen(channel))
+        .await
+        .inspect_err(|error| tracing::debug!(%error, "outbox listener: could not listen"))
+        .ok()?;
     Some(Listening {
         listener,
         pid,
-        started: started.into(),
+        started,
     })
 }
