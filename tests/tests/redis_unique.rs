@@ -2,6 +2,8 @@
 //! 127.0.0.1:6379; `.ci/run` starts it): producers racing on one key
 //! publish one job.
 
+use std::time::{Duration, Instant};
+
 use qjob::store::RedisStore;
 use qjob::{Client, Enqueued, Error, Job};
 use qjob_tests::scenarios::Env;
@@ -53,12 +55,91 @@ async fn eight_producers_racing_on_one_key_publish_one_job() {
     assert_eq!(messages[0].id.as_deref(), Some(new[0].id().as_str()));
 }
 
+/// Nothing listening: an `Error::Store` within the default bound (2 s),
+/// not after the connection's retries (7.9 s before).
 #[tokio::test]
-async fn an_unreachable_redis_is_an_error_to_the_producer() {
+async fn an_unreachable_redis_is_an_error_to_the_producer_within_the_bound() {
+    let started = Instant::now();
     let error = RedisStore::connect("redis://127.0.0.1:1/")
         .await
         .unwrap_err();
+    let took = started.elapsed();
     assert!(matches!(error, Error::Store { .. }), "{error}");
+    assert!(
+        took <= RedisStore::DEFAULT_TIMEOUT + MARGIN,
+        "the error came after {took:?}"
+    );
+    let error = RedisStore::connect_within("redis://127.0.0.1:1/", Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error}");
+}
+
+/// How much later than its bound an error may come (a loaded machine).
+const MARGIN: Duration = Duration::from_millis(700);
+
+qjob_tests::test_job!(
+    redis_gone,
+    "qjob.test.unique.redis.gone",
+    unique(key = key, within = "1m")
+);
+
+/// Redis stops answering, then goes away, after the store connected: a
+/// unique job's enqueue is an `Error::Store` within the store's bound
+/// each time, and publishes nothing.
+#[tokio::test]
+async fn a_unique_enqueue_while_redis_is_stalled_or_gone_fails_within_the_bound() {
+    let env = Env::amqp().await;
+    env.reset::<RedisGoneJob>().await;
+    let tag = env.tag::<RedisGoneJob>();
+    let mut redis = OwnRedis::start(&[]).await;
+    let bound = Duration::from_millis(500);
+    let store = RedisStore::connect_within(&redis.url, bound).await.unwrap();
+    let client = Client::new(env.broker()).with_store(store);
+    let first = client
+        .enqueue_unique::<RedisGoneJob>(Task::keyed(&tag, "a", 1, Act::Succeed))
+        .await
+        .unwrap();
+
+    let pid = redis.child.id().to_string();
+    let signal = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    for (seq, what) in [(2, "stalled"), (3, "gone")] {
+        if what == "gone" {
+            signal("-CONT");
+            redis.child.kill().unwrap();
+            redis.child.wait().unwrap();
+        }
+        let started = Instant::now();
+        let error = client
+            .enqueue_unique::<RedisGoneJob>(Task::keyed(
+                &tag,
+                &format!("k{seq}"),
+                seq,
+                Act::Succeed,
+            ))
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(error, Error::Store { .. }), "{what}: {error}");
+        assert!(
+            took <= bound + MARGIN,
+            "{what}: the error came after {took:?}"
+        );
+    }
+    let published: Vec<String> = env
+        .take_all(RedisGoneJob::QUEUE)
+        .await
+        .into_iter()
+        .filter_map(|got| got.id)
+        .collect();
+    assert_eq!(published, [first.id().to_string()]);
 }
 
 /// A redis-server of this test's own, on a free port, with `settings`;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{BatchCounts, BatchUpdate, Permits, Store};
 use crate::{Error, RateLimit};
@@ -143,11 +143,16 @@ const TAKE_RATE: &str = r"
 
 /// Locks in Redis, shared by every process that uses the same server
 /// and prefix. It reconnects by itself after a lost connection; a call
-/// meanwhile is an [`Error::Store`].
+/// meanwhile is an [`Error::Store`]. Connecting, and each call, take at
+/// most [`RedisStore::DEFAULT_TIMEOUT`] (or the bound given to
+/// [`RedisStore::connect_within`]): a Redis that is down or does not
+/// answer is an [`Error::Store`] within it.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
+    /// The most a call may take.
+    timeout: Duration,
     acquire: redis::Script,
     release: redis::Script,
     batch_create: redis::Script,
@@ -180,17 +185,56 @@ impl RedisStore {
     /// the store connects. See the unique jobs guide,
     /// `qjob::docs::unique`, "Redis settings".
     ///
+    /// Connecting, and each call later, take at most
+    /// [`RedisStore::DEFAULT_TIMEOUT`]; [`RedisStore::connect_within`]
+    /// sets another bound.
+    ///
     /// # Errors
     ///
     /// [`Error::Store`] if the URL is malformed or Redis cannot be
-    /// reached; [`Error::Config`] if Redis has a memory limit and evicts
-    /// keys when it reaches it.
+    /// reached within the bound; [`Error::Config`] if Redis has a memory
+    /// limit and evicts keys when it reaches it.
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_within(url, Self::DEFAULT_TIMEOUT).await
+    }
+
+    /// How long connecting, and each call, may take unless
+    /// [`RedisStore::connect_within`] says otherwise: 2 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// As [`RedisStore::connect`], with `timeout` as the most that
+    /// connecting, and each call later, may take. A call that gets no
+    /// answer within it (Redis down, unreachable, or stalled) is an
+    /// [`Error::Store`]; a lock it was taking may have been taken, and is
+    /// given back (see the unique jobs guide, `qjob::docs::unique`).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::connect`]; [`Error::Config`] for a zero `timeout`.
+    pub async fn connect_within(url: &str, timeout: Duration) -> Result<Self, Error> {
+        if timeout.is_zero() {
+            return Err(Error::Config(
+                "a Redis store's timeout must be longer than 0".to_owned(),
+            ));
+        }
         let client = redis::Client::open(url).map_err(|e| store_error("open", e))?;
-        let mut connection = ConnectionManager::new(client)
+        // A reconnection waits at most the bound between its tries, and
+        // each try, and each command, gives up after it.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(timeout);
+        let connecting = async {
+            let mut connection = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| store_error("connect", e))?;
+            let eviction = read_eviction(&mut connection).await;
+            Ok::<_, Error>((connection, eviction))
+        };
+        let (connection, eviction) = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|e| store_error("connect", e))?;
-        match read_eviction(&mut connection).await {
+            .map_err(|_| unanswered("connect", timeout))??;
+        match eviction {
             Ok(Eviction::Never) => {}
             Ok(Eviction::Evicts { policy, maxmemory }) => {
                 return Err(Error::Config(format!(
@@ -215,6 +259,7 @@ impl RedisStore {
         Ok(Self {
             connection,
             prefix: "qjob:".to_owned(),
+            timeout,
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
             batch_create: redis::Script::new(BATCH_CREATE),
@@ -232,6 +277,48 @@ impl RedisStore {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// Runs `script` with its keys and arguments, within the bound.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        operation: &str,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        self.within(operation, script.invoke_async(&mut connection))
+            .await
+    }
+
+    /// Runs `command`, within the bound.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        operation: &str,
+        command: &redis::Cmd,
+    ) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        self.within(operation, command.query_async(&mut connection))
+            .await
+    }
+
+    /// `call`'s reply, or an [`Error::Store`] once the bound passed.
+    async fn within<T>(
+        &self,
+        operation: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(reply) => reply.map_err(|e| store_error(operation, e)),
+            Err(_) => Err(unanswered(operation, self.timeout)),
+        }
+    }
+}
+
+/// No answer from Redis to `operation` within `timeout`.
+fn unanswered(operation: &str, timeout: Duration) -> Error {
+    Error::Store {
+        operation: format!("redis {operation}"),
+        message: format!("no answer within {timeout:?}"),
     }
 }
 
@@ -317,32 +404,32 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<Option<String>, Error> {
         let holder: String = self
-            .acquire
-            .key(format!("{}{key}", self.prefix))
-            .arg(owner)
-            .arg(millis(ttl))
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("acquire", e))?;
+            .invoke(
+                "acquire",
+                self.acquire
+                    .key(format!("{}{key}", self.prefix))
+                    .arg(owner)
+                    .arg(millis(ttl)),
+            )
+            .await?;
         Ok(Some(holder).filter(|holder| !holder.is_empty()))
     }
 
     async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
-        redis::cmd("GET")
-            .arg(format!("{}{key}", self.prefix))
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("get", e))
+        self.query(
+            "get",
+            redis::cmd("GET").arg(format!("{}{key}", self.prefix)),
+        )
+        .await
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, Error> {
         let deleted: i64 = self
-            .release
-            .key(format!("{}{key}", self.prefix))
-            .arg(owner)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("release", e))?;
+            .invoke(
+                "release",
+                self.release.key(format!("{}{key}", self.prefix)).arg(owner),
+            )
+            .await?;
         Ok(deleted == 1)
     }
 
@@ -353,13 +440,14 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let created: i64 = self
-            .batch_create
-            .key(batch_key(&self.prefix, batch))
-            .arg(callback)
-            .arg(millis(ttl))
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("create a batch", e))?;
+            .invoke(
+                "create a batch",
+                self.batch_create
+                    .key(batch_key(&self.prefix, batch))
+                    .arg(callback)
+                    .arg(millis(ttl)),
+            )
+            .await?;
         Ok(created == 1)
     }
 
@@ -377,16 +465,17 @@ impl Store for RedisStore {
             BatchUpdate::Fired => ("fired", String::new(), false),
         };
         let reply: Vec<String> = self
-            .batch_update
-            .key(batch_key(&self.prefix, batch))
-            .key(format!("{}:members", batch_key(&self.prefix, batch)))
-            .arg(op)
-            .arg(arg)
-            .arg(if succeeded { "1" } else { "0" })
-            .arg(claimant)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("update a batch", e))?;
+            .invoke(
+                "update a batch",
+                self.batch_update
+                    .key(batch_key(&self.prefix, batch))
+                    .key(format!("{}:members", batch_key(&self.prefix, batch)))
+                    .arg(op)
+                    .arg(arg)
+                    .arg(if succeeded { "1" } else { "0" })
+                    .arg(claimant),
+            )
+            .await?;
         let number = |i: usize| {
             reply
                 .get(i)
@@ -417,15 +506,16 @@ impl Store for RedisStore {
     ) -> Result<bool, Error> {
         let (permits, limit_key) = permit_keys(&self.prefix, resource);
         let taken: i64 = self
-            .take_permit
-            .key(permits)
-            .key(limit_key)
-            .arg(holder)
-            .arg(limit)
-            .arg(millis(lease))
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("take a permit", e))?;
+            .invoke(
+                "take a permit",
+                self.take_permit
+                    .key(permits)
+                    .key(limit_key)
+                    .arg(holder)
+                    .arg(limit)
+                    .arg(millis(lease)),
+            )
+            .await?;
         Ok(taken == 1)
     }
 
@@ -436,36 +526,34 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<bool, Error> {
         let renewed: i64 = self
-            .renew_permit
-            .key(permit_keys(&self.prefix, resource).0)
-            .arg(holder)
-            .arg(millis(lease))
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("renew a permit", e))?;
+            .invoke(
+                "renew a permit",
+                self.renew_permit
+                    .key(permit_keys(&self.prefix, resource).0)
+                    .arg(holder)
+                    .arg(millis(lease)),
+            )
+            .await?;
         Ok(renewed == 1)
     }
 
     async fn free_permit(&self, resource: &str, holder: &str) -> Result<bool, Error> {
         let freed: i64 = self
-            .free_permit
-            .key(permit_keys(&self.prefix, resource).0)
-            .arg(holder)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("free a permit", e))?;
+            .invoke(
+                "free a permit",
+                self.free_permit
+                    .key(permit_keys(&self.prefix, resource).0)
+                    .arg(holder),
+            )
+            .await?;
         Ok(freed == 1)
     }
 
     async fn permits(&self, resource: &str) -> Result<Permits, Error> {
         let (permits, limit_key) = permit_keys(&self.prefix, resource);
         let reply: Vec<String> = self
-            .permits
-            .key(permits)
-            .key(limit_key)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("read permits", e))?;
+            .invoke("read permits", self.permits.key(permits).key(limit_key))
+            .await?;
         let limit = reply.first().and_then(|limit| limit.parse().ok());
         let holders = reply
             .get(1..)
@@ -485,26 +573,24 @@ impl Store for RedisStore {
             Some(limit) => redis::cmd("SET").arg(key).arg(limit).clone(),
             None => redis::cmd("DEL").arg(key).clone(),
         };
-        command
-            .query_async::<()>(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("set a permit limit", e))
+        self.query("set a permit limit", &command).await
     }
 
     async fn take_rate(&self, key: &str, rate: RateLimit) -> Result<Option<Duration>, Error> {
         let (spacing, burst) = super::rate_cell(rate);
         let wait: u64 = self
-            .take_rate
-            .key(format!("{}rate:{key}", self.prefix))
-            .arg(
-                u64::try_from(spacing.as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
+            .invoke(
+                "take a rate",
+                self.take_rate
+                    .key(format!("{}rate:{key}", self.prefix))
+                    .arg(
+                        u64::try_from(spacing.as_micros())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
+                    .arg(burst),
             )
-            .arg(burst)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| store_error("take a rate", e))?;
+            .await?;
         Ok((wait > 0).then(|| Duration::from_micros(wait)))
     }
 }
