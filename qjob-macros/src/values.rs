@@ -88,14 +88,14 @@ pub(crate) fn number(key: &str, expr: &Expr) -> syn::Result<f64> {
     parsed.ok_or_else(|| syn::Error::new(expr.span(), format!("`{key}` expects a number")))
 }
 
-/// The one grammar of `#[job]`'s durations and rates. A unit is `ms`,
-/// `s` (`sec`, `second`, `seconds`), `m` (`min`, `minute`, `minutes`) or
-/// `h` (`hour`, `hours`). A duration is a number and a unit, the number
-/// whole or with decimals that make whole milliseconds: `"500ms"`, `"5s"`,
-/// `"1.5s"`, `"5min"`, `"2h"`. A rate is a whole count, `/` and a unit:
-/// `"100/s"`, `"6/min"`.
-const GRAMMAR: &str = "a number and a unit (ms, s, m or h; sec, min and hour also read), \
-                       like \"500ms\", \"1.5s\" or \"5min\"";
+/// `#[job]`'s durations and rates have one grammar. A unit is `ms`,
+/// `s` (`sec`, `second`, `seconds`), `m` (`min`, `minute`, `minutes`),
+/// `h` (`hour`, `hours`) or `d` (`day`, `days`; 24 hours). A duration is a
+/// number and a unit, the number whole or with decimals that make whole
+/// milliseconds: `"500ms"`, `"5s"`, `"1.5s"`, `"5min"`, `"2h"`, `"7d"`. A
+/// rate is a whole count, `/` and a unit: `"100/s"`, `"6/min"`. This
+/// lists the units as errors name them.
+const UNITS: &str = "ms, s, m, h or d; sec, min, hour and day also read";
 
 /// Milliseconds per `unit`.
 fn unit_ms(unit: &str) -> Option<u64> {
@@ -104,18 +104,20 @@ fn unit_ms(unit: &str) -> Option<u64> {
         "s" | "sec" | "second" | "seconds" => 1_000,
         "m" | "min" | "minute" | "minutes" => 60_000,
         "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
         _ => return None,
     })
 }
 
-/// A duration string (see [`GRAMMAR`]), in milliseconds.
+/// A duration string (see [`UNITS`]), in milliseconds.
 pub(crate) fn duration(key: &str, expr: &Expr) -> syn::Result<u64> {
     let lit = string(key, expr)?;
     parse_duration(&lit.value()).ok_or_else(|| {
         syn::Error::new(
             lit.span(),
             format!(
-                "`{key}`: invalid duration {:?}; expected {GRAMMAR}",
+                "`{key}`: invalid duration {:?}; expected a number and a unit ({UNITS}), \
+                 like \"500ms\", \"1.5s\", \"5min\" or \"7d\"",
                 lit.value()
             ),
         )
@@ -153,7 +155,7 @@ pub(crate) fn rate(key: &str, expr: &Expr) -> syn::Result<(u64, u64)> {
             lit.span(),
             format!(
                 "`{key}`: invalid rate {:?}; expected a whole count of at least 1, `/` and a unit \
-                 (ms, s, m or h; sec, min and hour also read), like \"100/s\" or \"6/min\"",
+                 ({UNITS}), like \"100/s\" or \"6/min\"",
                 lit.value()
             ),
         )
@@ -189,7 +191,11 @@ mod tests {
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration(".5s"), None);
         assert_eq!(parse_duration("1.2.3s"), None);
-        assert_eq!(parse_duration("3d"), None);
+        assert_eq!(parse_duration("1d"), Some(86_400_000));
+        assert_eq!(parse_duration("7d"), Some(7 * 86_400_000));
+        assert_eq!(parse_duration("2 days"), Some(2 * 86_400_000));
+        assert_eq!(parse_duration("1.5d"), Some(129_600_000));
+        assert_eq!(parse_duration("3w"), None, "no weeks");
     }
 
     #[test]
@@ -200,6 +206,7 @@ mod tests {
         assert_eq!(parse_rate("5/ms"), Some((5, 1)));
         assert_eq!(parse_rate("0/s"), None);
         assert_eq!(parse_rate("1.5/s"), None);
-        assert_eq!(parse_rate("10/d"), None);
+        assert_eq!(parse_rate("5000/d"), Some((5000, 86_400_000)));
+        assert_eq!(parse_rate("10/w"), None);
     }
 }

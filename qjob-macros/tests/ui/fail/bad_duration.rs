@@ -5,7 +5,7 @@ pub struct Charge {
     pub account: String,
 }
 
-#[job(queue = "q", timeout = "5 days")]
+#[job(queue = "q", timeout = "2 weeks")]
 pub async fn charge(_job: Charge, _ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
