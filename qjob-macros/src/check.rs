@@ -65,13 +65,56 @@ pub(crate) fn handler(function: &ItemFn) -> syn::Result<Type> {
             "the payload must be an owned type (it is deserialized for each attempt), not a reference",
         ));
     }
-    if let ReturnType::Default = sig.output {
-        return Err(syn::Error::new(
-            sig.paren_token.span.close(),
-            format!("a job handler must return `Result<(), E>`; {SIGNATURE}"),
-        ));
+    match &sig.output {
+        ReturnType::Default => {
+            return Err(syn::Error::new(
+                sig.paren_token.span.close(),
+                format!("a job handler must return `Result<(), E>`; {SIGNATURE}"),
+            ));
+        }
+        ReturnType::Type(_, output) => {
+            if let Some(ok) = result_ok_type(output)
+                && !is_unit(ok)
+            {
+                return Err(syn::Error::new(
+                    ok.span(),
+                    format!(
+                        "a job handler returns `Result<(), E>`, not `Result<{}, _>`; {SIGNATURE}",
+                        quote::ToTokens::to_token_stream(ok)
+                    ),
+                ));
+            }
+        }
     }
     Ok(payload)
+}
+
+/// `T` of a return type written `Result<T, E>` (any path ending in
+/// `Result` with two arguments); an alias with one argument, or any other
+/// type, is left to the compiler.
+fn result_ok_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(arguments) = &last.arguments else {
+        return None;
+    };
+    if last.ident != "Result" || arguments.args.len() != 2 {
+        return None;
+    }
+    match arguments.args.first()? {
+        syn::GenericArgument::Type(ok) => Some(ok),
+        _ => None,
+    }
+}
+
+fn is_unit(ty: &Type) -> bool {
+    match ty {
+        Type::Tuple(tuple) => tuple.elems.is_empty(),
+        Type::Paren(paren) => is_unit(&paren.elem),
+        _ => false,
+    }
 }
 
 fn is_job_context(ty: &Type) -> bool {
