@@ -343,12 +343,15 @@ impl TestKit {
         job.perform(payload, ctx).await
     }
 
-    /// Every settled attempt of `J`, in order.
+    /// Every settled attempt of `J`, in the order they settled: completion
+    /// order, not enqueue order (with concurrency, a job enqueued later can
+    /// finish first).
     pub fn attempts<J: Job>(&self) -> Vec<Attempt<J::Payload>> {
         self.records.of::<J>()
     }
 
-    /// The payloads of `J` that succeeded, in order.
+    /// The payloads of `J` that succeeded, in the order they completed
+    /// (not the order they were enqueued in).
     pub fn succeeded<J: Job>(&self) -> Vec<J::Payload> {
         self.attempts::<J>()
             .into_iter()
