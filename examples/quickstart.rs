@@ -70,12 +70,7 @@ pub async fn charge(charge: Charge, ctx: JobContext) -> Result<(), JobError> {
 
 #[tokio::main]
 async fn main() -> Result<(), qjob::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "qjob=warn".into()),
-        )
-        .init();
+    qjob_examples::init_logs("qjob=warn");
 
     let memory = qjob_testkit::MemoryBroker::new();
     let broker: Arc<dyn Broker> = match std::env::var("QJOB_AMQP_URL") {
