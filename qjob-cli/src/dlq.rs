@@ -1,12 +1,15 @@
 //! `dlq`: list, show, replay, discard and purge dead letters.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use qjob::admin::{Admin, Letter, LetterFilter};
+use qjob::broker::{ExactValue, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::args::Dlq;
 use crate::failure::{Failure, NOT_FOUND};
 use crate::out::{Out, done, millis};
-use crate::table::{Table, ago, short};
+use crate::table::{Table, ago, short, until};
 
 /// The dead-letter queue `name` stands for: a dead-letter queue, a job's
 /// work queue, or a job type's name (from the workers' heartbeats).
@@ -33,6 +36,47 @@ async fn dead_letter_queue(admin: &Admin, name: &str) -> Result<String, Failure>
         })
 }
 
+/// The id of the job `given` names among `queue`'s dead letters: the id
+/// itself, or the start of exactly one letter's id (among the first
+/// 10 000, as `dlq list` reads them).
+async fn job_id_in(admin: &Admin, queue: &str, given: &str) -> Result<String, Failure> {
+    if given.is_empty() {
+        return Err(Failure(2, "give a job id, or the start of one".to_owned()));
+    }
+    if admin.dead_letter(queue, given).await?.is_some() {
+        return Ok(given.to_owned());
+    }
+    let letters = admin
+        .dead_letters(queue, &LetterFilter::all(), 0, 10_000)
+        .await?;
+    let matching: Vec<String> = letters
+        .iter()
+        .filter_map(|letter| letter.job_id.as_ref().map(ToString::to_string))
+        .filter(|id| id.starts_with(given))
+        .collect();
+    match &matching[..] {
+        [one] => Ok(one.clone()),
+        [] => Err(Failure(
+            NOT_FOUND,
+            format!("no dead letter of job {given} in {queue}"),
+        )),
+        several => Err(Failure(
+            2,
+            format!(
+                "{} dead letters in {queue} have ids starting with {given}: {}; give more of the id",
+                several.len(),
+                several
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if several.len() > 5 { ", …" } else { "" }
+            ),
+        )),
+    }
+}
+
 /// Runs a `dlq` command.
 pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Result<(), Failure> {
     match command {
@@ -50,6 +94,7 @@ pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Res
         }
         Dlq::Show { queue, job_id } => {
             let queue = dead_letter_queue(admin, queue).await?;
+            let job_id = &job_id_in(admin, &queue, job_id).await?;
             let letter = admin.dead_letter(&queue, job_id).await?.ok_or_else(|| {
                 Failure(
                     NOT_FOUND,
@@ -68,6 +113,7 @@ pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Res
             let queue = dead_letter_queue(admin, queue).await?;
             let replayed = match (job_id, filter.letters()) {
                 (Some(job_id), None) => {
+                    let job_id = &job_id_in(admin, &queue, job_id).await?;
                     if !admin.replay(&queue, job_id).await? {
                         return Err(Failure(
                             NOT_FOUND,
@@ -95,6 +141,7 @@ pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Res
         }
         Dlq::Discard { queue, job_id } => {
             let queue = dead_letter_queue(admin, queue).await?;
+            let job_id = &job_id_in(admin, &queue, job_id).await?;
             if !admin.discard(&queue, job_id).await? {
                 return Err(Failure(
                     NOT_FOUND,
@@ -182,7 +229,7 @@ fn show(out: &Out, letter: &Letter) {
     say!("error:     {}", letter.error);
     say!("attempts:  {}", letter.attempts);
     if let Some(at) = letter.failed_at {
-        say!("failed:    {} ago", ago(at));
+        say!("failed:    {}", when(at));
     }
     if let Some(host) = &letter.host {
         say!("host:      {host}");
@@ -197,6 +244,86 @@ fn show(out: &Out, letter: &Letter) {
     }
     say!("headers:");
     for (name, value) in &letter.headers {
-        say!("  {name}: {value}");
+        say!("  {name}: {}", header_text(name, value));
+    }
+}
+
+/// `at` in RFC 3339 (UTC, to the millisecond), and how long ago (or
+/// until): `2026-12-07T03:34:22.500Z, 3m ago`.
+fn when(at: SystemTime) -> String {
+    let utc = chrono::DateTime::<chrono::Utc>::from(at)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if at <= SystemTime::now() {
+        format!("{utc}, {} ago", ago(at))
+    } else {
+        format!("{utc}, in {}", until(at))
+    }
+}
+
+/// A header's value as `dlq show` prints it: times (qjob's `…-at`
+/// headers, in milliseconds since the epoch, and AMQP timestamps such as
+/// `x-death`'s `time`, in seconds) followed by their reading, at any depth.
+fn header_text(name: &str, value: &HeaderValue) -> String {
+    match value {
+        HeaderValue::Int(ms) if name.ends_with("-at") => u64::try_from(*ms).map_or_else(
+            |_| ms.to_string(),
+            |ms| format!("{ms} ({})", when(UNIX_EPOCH + Duration::from_millis(ms))),
+        ),
+        HeaderValue::Exact(ExactValue::Timestamp(secs)) => {
+            format!("{secs} ({})", when(UNIX_EPOCH + Duration::from_secs(*secs)))
+        }
+        HeaderValue::List(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|item| header_text(name, item))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        HeaderValue::Table(table) => format!(
+            "{{{}}}",
+            table
+                .iter()
+                .map(|(key, value)| format!("{key}: {}", header_text(key, value)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qjob::broker::Headers;
+
+    use super::*;
+
+    #[test]
+    fn times_in_headers_read_at_any_depth() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let ms = i64::try_from(now.as_millis()).unwrap();
+        let text = header_text("qjob-failed-at", &HeaderValue::Int(ms));
+        assert!(text.starts_with(&format!("{ms} (")), "{text}");
+        assert!(text.ends_with("Z, 0s ago)"), "{text}");
+        // RabbitMQ's x-death: a list of tables with an AMQP timestamp.
+        let mut death = Headers::new();
+        death.insert("reason".to_owned(), HeaderValue::Str("expired".to_owned()));
+        death.insert(
+            "time".to_owned(),
+            HeaderValue::Exact(ExactValue::Timestamp(now.as_secs() - 180)),
+        );
+        let text = header_text(
+            "x-death",
+            &HeaderValue::List(vec![HeaderValue::Table(death)]),
+        );
+        assert!(text.contains("reason: expired"), "{text}");
+        assert!(
+            text.contains(&format!("time: {} (", now.as_secs() - 180)),
+            "{text}"
+        );
+        assert!(text.contains("Z, 3m ago)"), "{text}");
+        // Not a time: as it came.
+        assert_eq!(header_text("qjob-attempt", &HeaderValue::Int(3)), "3");
+        assert_eq!(header_text("qjob-failed-at", &HeaderValue::Int(-1)), "-1");
     }
 }

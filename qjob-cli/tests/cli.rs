@@ -262,6 +262,59 @@ async fn dead_letters_are_listed_shown_replayed_discarded_and_purged() {
         "{}",
         stdout(&output)
     );
+    // Times read in RFC 3339 and how long ago, beside the numbers (x-death's
+    // are read the same: a unit test of `dlq.rs`).
+    let shown = stdout(&output);
+    let failed_at = shown
+        .lines()
+        .find(|line| line.starts_with("  qjob-failed-at: "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    // `qjob-failed-at: 1796614462500 (2026-12-07T03:34:22.500Z, 0s ago)`
+    let reading = failed_at
+        .split_once(" (")
+        .and_then(|(_, reading)| reading.strip_suffix(" ago)"))
+        .unwrap_or_else(|| panic!("{failed_at}"));
+    let (utc, _ago) = reading
+        .split_once(", ")
+        .unwrap_or_else(|| panic!("{failed_at}"));
+    assert!(
+        utc.len() == 24 && utc.as_bytes()[10] == b'T' && utc.ends_with('Z'),
+        "{failed_at}"
+    );
+    // --json keeps the numbers.
+    let output = qjob(&["dlq", "show", &dlq, &ids[1], "--json"]).await;
+    assert!(
+        json(&output)["failed_at_ms"].is_u64(),
+        "{}",
+        stdout(&output)
+    );
+    // The start of an id finds its letter when no other id starts so; one
+    // that several share is refused, with the ids.
+    let common = |a: &str, b: &str| a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    let unique = 1 + common(&ids[1], &ids[0]).max(common(&ids[1], &ids[2]));
+    let output = qjob(&["dlq", "show", &dlq, &ids[1][..unique]]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout(&output).contains(&format!("job id:    {}", ids[1])),
+        "{}",
+        stdout(&output)
+    );
+    let shared = common(&ids[0], &ids[1])
+        .min(common(&ids[1], &ids[2]))
+        .min(common(&ids[0], &ids[2]));
+    let output = qjob(&["dlq", "show", &dlq, &ids[1][..shared]]).await;
+    assert_eq!(
+        code(&output),
+        2,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("give more of the id"));
     let output = qjob(&["dlq", "show", &dlq, "no-such-job"]).await;
     assert_eq!(code(&output), 3, "not found");
 
