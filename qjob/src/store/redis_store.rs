@@ -205,8 +205,10 @@ impl RedisStore {
     /// As [`RedisStore::connect`], with `timeout` as the most that
     /// connecting, and each call later, may take. A call that gets no
     /// answer within it (Redis down, unreachable, or stalled) is an
-    /// [`Error::Store`]; a lock it was taking may have been taken, and is
-    /// given back (see the unique jobs guide, `qjob::docs::unique`).
+    /// [`Error::Store`]; one Redis does not answer on a connection it has
+    /// fails after half a second already (or `timeout` if less). A unique
+    /// job's lock its call may have taken is given back (see the unique
+    /// jobs guide, `qjob::docs::unique`).
     ///
     /// # Errors
     ///
@@ -219,10 +221,11 @@ impl RedisStore {
         }
         let client = redis::Client::open(url).map_err(|e| store_error("open", e))?;
         // A reconnection waits at most the bound between its tries, and
-        // each try, and each command, gives up after it.
+        // each try gives up after it; a command Redis does not answer,
+        // after half a second (redis's own default) or the bound if less.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout.min(UNANSWERED)))
             .set_max_delay(timeout);
         let connecting = async {
             let mut connection = ConnectionManager::new_with_config(client, config)
@@ -313,6 +316,9 @@ impl RedisStore {
         }
     }
 }
+
+/// How long a command waits for Redis's answer on a connection it has.
+const UNANSWERED: Duration = Duration::from_millis(500);
 
 /// No answer from Redis to `operation` within `timeout`.
 fn unanswered(operation: &str, timeout: Duration) -> Error {
