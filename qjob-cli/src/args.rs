@@ -45,18 +45,18 @@ pub(crate) enum Command {
     /// Pauses a job type on every worker that runs it (consumers cancelled,
     /// running jobs finish, nothing rejected).
     Pause {
-        /// The job type's name or queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`) or its queue.
         job: String,
     },
     /// Resumes a paused job type.
     Resume {
-        /// The job type's name or queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`) or its queue.
         job: String,
     },
     /// Sets a job type's handler slots on every worker that runs it, or
     /// with --global its global concurrency (across every process).
     Concurrency {
-        /// The job type's name or queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`) or its queue.
         job: String,
         /// Handler slots per worker (with --global: across every process).
         #[arg(value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -73,7 +73,7 @@ pub(crate) enum Command {
     },
     /// The jobs running now, the longest-running first.
     Running {
-        /// Only this job type (its name or queue).
+        /// Only this job type (its name, its type's or its queue).
         #[arg(long)]
         job: Option<String>,
     },
@@ -116,7 +116,7 @@ pub(crate) enum Command {
     /// The last hour, per job type and minute: attempts succeeded, failed
     /// and dead-lettered, and p50/p95 run times.
     History {
-        /// Only this job type (its name or queue).
+        /// Only this job type (its name, its type's or its queue).
         #[arg(long)]
         job: Option<String>,
     },
@@ -125,7 +125,7 @@ pub(crate) enum Command {
 /// Which waiting jobs to list.
 #[derive(Debug, Args)]
 pub(crate) struct WaitingArgs {
-    /// Only this job type (its name or queue).
+    /// Only this job type (its name, its type's or its queue).
     #[arg(long)]
     pub(crate) job: Option<String>,
     /// Skip this many.
@@ -141,7 +141,7 @@ pub(crate) enum Dlq {
     /// Lists dead letters, oldest first, leaving them in place (it reads at
     /// most the first 10 000).
     List {
-        /// The job type's name, its queue, or its dead-letter queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`), its queue, or its dead-letter queue.
         queue: String,
         /// Skip this many (of those that pass the filter).
         #[arg(long, default_value_t = 0)]
@@ -154,14 +154,14 @@ pub(crate) enum Dlq {
     },
     /// Shows one dead letter: payload, error, headers.
     Show {
-        /// The job type's name, its queue, or its dead-letter queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`), its queue, or its dead-letter queue.
         queue: String,
         /// The job's id.
         job_id: String,
     },
     /// Replays dead letters into the queue they failed on.
     Replay {
-        /// The job type's name, its queue, or its dead-letter queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`), its queue, or its dead-letter queue.
         queue: String,
         /// The job to replay; without it, `--all` or a filter says which.
         #[arg(conflicts_with_all = ["reason", "error"])]
@@ -174,14 +174,14 @@ pub(crate) enum Dlq {
     },
     /// Removes one dead letter.
     Discard {
-        /// The job type's name, its queue, or its dead-letter queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`), its queue, or its dead-letter queue.
         queue: String,
         /// The job's id.
         job_id: String,
     },
     /// Removes every dead letter the queue holds now.
     Purge {
-        /// The job type's name, its queue, or its dead-letter queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`), its queue, or its dead-letter queue.
         queue: String,
         /// Confirms: the letters are gone for good.
         #[arg(long)]

@@ -8,7 +8,7 @@ use crate::failure::{Failure, NOT_CARRIED_OUT, NOT_FOUND, TOPOLOGY_PROBLEMS};
 use crate::out::{Out, short_id};
 
 /// Waits for the workers' heartbeats; not found (3) when no running worker
-/// runs job type `job` (by name or queue).
+/// runs job type `job` (by name, type name or queue).
 pub(crate) async fn running(admin: &Admin, job: &str) -> Result<(), Failure> {
     admin.refresh().await?;
     let runs = admin
@@ -16,7 +16,7 @@ pub(crate) async fn running(admin: &Admin, job: &str) -> Result<(), Failure> {
         .iter()
         .filter(|worker| worker.alive)
         .flat_map(|worker| &worker.status.jobs)
-        .any(|status| status.job == job || status.queue == job);
+        .any(|status| status.is_named(job));
     if runs {
         Ok(())
     } else {

@@ -12,7 +12,8 @@ use crate::out::{Out, done, millis};
 use crate::table::{Table, ago, short, until};
 
 /// The dead-letter queue `name` stands for: a dead-letter queue, a job's
-/// work queue, or a job type's name (from the workers' heartbeats).
+/// work queue, or a job type's name or type name (from the workers'
+/// heartbeats).
 async fn dead_letter_queue(admin: &Admin, name: &str) -> Result<String, Failure> {
     let by_queue = format!("{name}.dlq");
     if admin.queue(&by_queue).await?.is_some() {
@@ -26,7 +27,7 @@ async fn dead_letter_queue(admin: &Admin, name: &str) -> Result<String, Failure>
         .workers()
         .iter()
         .flat_map(|worker| &worker.status.jobs)
-        .find(|job| job.job == name)
+        .find(|job| job.is_named(name))
         .map(|job| job.dead_letter_queue.clone())
         .ok_or_else(|| {
             Failure(

@@ -11,7 +11,7 @@ use crate::failure::Failure;
 use crate::out::{Out, millis};
 use crate::table::Table;
 
-/// Prints the minutes with activity of `job` (by name or queue), or of
+/// Prints the minutes with activity of `job` (by name, type name or queue), or of
 /// every job type; not found (3) when no running worker runs `job`.
 pub(crate) async fn history(out: &Out, admin: &Admin, job: Option<&str>) -> Result<(), Failure> {
     match job {

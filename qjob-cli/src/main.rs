@@ -166,7 +166,7 @@ async fn waiting(
     activity::waiting(out, which, &delayed, held.as_ref());
     if !out.json {
         for view in admin.jobs().await? {
-            let named = job.is_none_or(|job| view.job == job || view.status.queue == job);
+            let named = job.is_none_or(|job| view.status.is_named(job));
             if named && !qjob::admin::browsable(&view) && view.delayed() > 0 {
                 say!(
                     "({} wait in the delay queues of {}, a quorum job type: counted, never read)",

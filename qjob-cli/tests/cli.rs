@@ -242,6 +242,14 @@ async fn dead_letters_are_listed_shown_replayed_discarded_and_purged() {
     })
     .await;
     assert_eq!(json(&output)["queue"], dlq.as_str());
+    // Named as the code names it, by its type: the same queue.
+    let by_type = qjob(&["dlq", "list", "CliDlqJob", "--json"]).await;
+    assert_eq!(
+        json(&by_type)["queue"],
+        dlq.as_str(),
+        "{}",
+        stdout(&by_type)
+    );
     let letters = json(&output);
     let mut listed: Vec<&str> = letters["letters"]
         .as_array()
@@ -396,8 +404,14 @@ async fn pause_resume_concurrency_and_cancel_reach_the_workers() {
     let output = qjob(&["resume", queue, "--json"]).await;
     assert_eq!(code(&output), 0);
     assert_eq!(json(&output)["replies"][0]["ok"], true);
-    let output = qjob(&["concurrency", "cli_control", "4"]).await;
-    assert_eq!(code(&output), 0);
+    // By its type's name, as the code names it: the worker answers too.
+    let output = qjob(&["concurrency", "CliControlJob", "4"]).await;
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(
         stdout(&output).contains("concurrency 1 → 4"),
         "{}",

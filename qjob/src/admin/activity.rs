@@ -134,15 +134,15 @@ impl<T> Listed<T> {
     }
 }
 
-/// Whether `name`, a job type `status`'s worker runs, is `job` (by name or
-/// queue), or any with none.
+/// Whether `name`, a job type `status`'s worker runs, is `job` (by name,
+/// type name or queue), or any with none.
 fn of_job(status: &WorkerStatus, name: &str, job: Option<&str>) -> bool {
     job.is_none_or(|job| {
         name == job
             || status
                 .jobs
                 .iter()
-                .any(|status| status.job == name && status.queue == job)
+                .any(|status| status.job == name && status.is_named(job))
     })
 }
 

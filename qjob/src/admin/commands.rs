@@ -188,11 +188,7 @@ impl Admin {
             .into_iter()
             .filter(|worker| worker.alive && worker.status.state == WorkerState::Running)
             .filter(|worker| match (command.job(), command.schedule()) {
-                (Some(job), _) => worker
-                    .status
-                    .jobs
-                    .iter()
-                    .any(|status| status.job == job || status.queue == job),
+                (Some(job), _) => worker.status.jobs.iter().any(|status| status.is_named(job)),
                 (None, Some(schedule)) => worker
                     .status
                     .schedules

@@ -288,12 +288,12 @@ impl Admin {
         Ok(None)
     }
 
-    /// The job types the alive workers run, or the one named `job` (by name
-    /// or queue).
+    /// The job types the alive workers run, or the one named `job` (by
+    /// name, type name or queue).
     async fn jobs_named(&self, job: Option<&str>) -> Result<Vec<JobView>, Error> {
         let mut jobs = self.jobs().await?;
         if let Some(job) = job {
-            jobs.retain(|view| view.job == job || view.status.queue == job);
+            jobs.retain(|view| view.status.is_named(job));
         }
         Ok(jobs)
     }

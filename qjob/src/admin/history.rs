@@ -76,7 +76,7 @@ impl MinuteView {
 
 impl Admin {
     /// The last hour of each job type the alive workers run (of `job`
-    /// alone, by name or queue, if given), by name: per minute, the
+    /// alone, by name, type name or queue, if given), by name: per minute, the
     /// attempts settled and the run-time percentiles over those workers.
     /// Empty if no alive worker runs `job`.
     ///
@@ -113,7 +113,7 @@ impl Admin {
             .iter()
             .filter(|worker| worker.alive)
             .flat_map(|worker| &worker.status.jobs)
-            .filter(|status| job.is_none_or(|job| status.job == job || status.queue == job));
+            .filter(|status| job.is_none_or(|job| status.is_named(job)));
         merge(minute_of(SystemTime::now()), statuses)
     }
 }

@@ -12,17 +12,17 @@ pub enum Command {
     /// The workers running job type `job` (its name or its queue) cancel
     /// its consumers; its running handlers finish, and nothing is rejected.
     Pause {
-        /// The job type's name or queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`) or its queue.
         job: String,
     },
     /// The workers running `job` consume it again.
     Resume {
-        /// The job type's name or queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`) or its queue.
         job: String,
     },
     /// The workers running `job` use this many handler slots each.
     SetConcurrency {
-        /// The job type's name or queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`) or its queue.
         job: String,
         /// Handler slots per worker (at least 1).
         concurrency: usize,
@@ -31,7 +31,7 @@ pub enum Command {
     /// (kept in the store, in place of the one its workers were built
     /// with); `None` goes back to theirs.
     SetGlobalConcurrency {
-        /// The job type's name or queue.
+        /// The job type's name (`charge`), its type's (`ChargeJob`) or its queue.
         job: String,
         /// Handlers at once across every process (at least 1).
         limit: Option<u32>,

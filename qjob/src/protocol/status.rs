@@ -191,6 +191,10 @@ impl WorkerState {
 pub struct JobStatus {
     /// The job type's name.
     pub job: String,
+    /// The job type's Rust name, without its path (`ChargeJob`; absent
+    /// from an older worker's heartbeat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
     /// Its work queue.
     pub queue: String,
     /// The queues it consumes: the work queue, its partition queues or its
@@ -253,6 +257,15 @@ pub struct JobStatus {
     /// an older worker's heartbeat).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<MinuteStatus>,
+}
+
+impl JobStatus {
+    /// Whether `name` names this job type, as operators name it: its name
+    /// (`charge`), its Rust type's (`ChargeJob`) or its work queue
+    /// (`billing.charge`).
+    pub fn is_named(&self, name: &str) -> bool {
+        self.job == name || self.queue == name || self.type_name.as_deref() == Some(name)
+    }
 }
 
 /// A queue as a worker declares it: [`QueueSpec`] in the format.

@@ -37,6 +37,8 @@ const MAX_RELISTEN_DELAY: Duration = Duration::from_secs(5);
 /// What the console sees of, and does to, one job type.
 pub(crate) struct ConsoleJob {
     pub(crate) name: &'static str,
+    /// The job type's Rust name (`ChargeJob`).
+    pub(crate) type_name: &'static str,
     pub(crate) options: JobOptions,
     pub(crate) consumed: Vec<String>,
     pub(crate) slots: Arc<Slots>,
@@ -54,7 +56,7 @@ pub(crate) struct ConsoleJob {
 
 impl ConsoleJob {
     fn is(&self, job: &str) -> bool {
-        self.name == job || self.options.queue() == job
+        self.name == job || self.type_name == job || self.options.queue() == job
     }
 
     async fn status(&self, budget: Option<&BudgetHealth>) -> JobStatus {
@@ -77,6 +79,7 @@ impl ConsoleJob {
         let declared = specs.iter().map(DeclaredQueue::from).collect();
         JobStatus {
             job: self.name.to_owned(),
+            type_name: Some(self.type_name.to_owned()),
             queue: options.queue().to_owned(),
             consumed_queues: self.consumed.clone(),
             dead_letter_queue: options.dead_letter_queue(),

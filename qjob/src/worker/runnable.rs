@@ -36,6 +36,8 @@ pub(crate) enum Decoded {
 
 pub(crate) trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// The job type's Rust name, without its path (`ChargeJob`).
+    fn type_name(&self) -> &'static str;
     fn options(&self) -> JobOptions;
     /// The payload's JSON Schema ([`Job::payload_schema`]).
     fn payload_schema(&self) -> Option<serde_json::Value>;
@@ -65,6 +67,13 @@ pub(crate) struct Registered<J>(pub(crate) J);
 impl<J: Job> Runnable for Registered<J> {
     fn name(&self) -> &'static str {
         J::NAME
+    }
+
+    fn type_name(&self) -> &'static str {
+        let path = type_name::<J>();
+        // The last segment of the path, generics aside.
+        let plain = path.split('<').next().unwrap_or(path);
+        plain.rsplit("::").next().unwrap_or(plain)
     }
 
     fn options(&self) -> JobOptions {
