@@ -301,7 +301,10 @@ impl Admin {
                     let view = jobs
                         .entry(status.job.clone())
                         .or_insert_with(|| JobView::of(status));
-                    view.add(status, tracked.rates.get(&status.job).copied());
+                    // Measured between two heartbeats heard, or else as
+                    // the worker measured it.
+                    let rate = tracked.rates.get(&status.job).copied().or(status.rate);
+                    view.add(status, rate);
                 }
             }
         }

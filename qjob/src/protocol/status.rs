@@ -235,6 +235,13 @@ pub struct JobStatus {
     pub retried: u64,
     /// Jobs dead-lettered.
     pub dead_lettered: u64,
+    /// Attempts settled (succeeded or failed) per second, as the worker
+    /// measured them since an earlier heartbeat at least a second before;
+    /// absent from its first heartbeat (and from an older worker's). A
+    /// console that heard one heartbeat shows this rate; one that heard
+    /// two measures its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
     /// The last failure's error.
     pub last_error: Option<String>,
     /// Its class in the worker's handler budget (`critical`, `default`,

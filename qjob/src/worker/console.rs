@@ -52,6 +52,38 @@ pub(crate) struct ConsoleJob {
     pub(crate) starts_seen: Mutex<(Instant, u64)>,
     /// Its payload's JSON Schema, if it gives one.
     pub(crate) payload_schema: Option<serde_json::Value>,
+    /// Its settled attempts' rate, and where it is measured from.
+    pub(crate) rate: Mutex<SettledRate>,
+}
+
+/// Attempts settled per second between heartbeats, measured by the worker
+/// so that a console's first look has a rate.
+#[derive(Default)]
+pub(crate) struct SettledRate {
+    /// When the rate is measured from, and the attempts settled then.
+    since: Option<(Instant, u64)>,
+    /// The last rate measured.
+    last: Option<f64>,
+}
+
+impl SettledRate {
+    /// The shortest span a rate is measured over: a heartbeat a command
+    /// asks for comes right after another.
+    const SPAN: Duration = Duration::from_secs(1);
+
+    /// The rate with `settled` attempts so far, at `now`.
+    fn at(&mut self, now: Instant, settled: u64) -> Option<f64> {
+        match self.since {
+            Some((at, before)) if now.duration_since(at) >= Self::SPAN => {
+                let span = now.duration_since(at).as_secs_f64();
+                self.last = Some(settled.saturating_sub(before) as f64 / span);
+                self.since = Some((now, settled));
+            }
+            Some(_) => {}
+            None => self.since = Some((now, settled)),
+        }
+        self.last
+    }
 }
 
 impl ConsoleJob {
@@ -107,6 +139,10 @@ impl ConsoleJob {
             failed: Counts::load(&counts.failed),
             retried: Counts::load(&counts.retried),
             dead_lettered: Counts::load(&counts.dead_lettered),
+            rate: self.rate.lock().expect("rate poisoned").at(
+                Instant::now(),
+                Counts::load(&counts.succeeded) + Counts::load(&counts.failed),
+            ),
             class: options.class().as_str().to_owned(),
             budget_held: share.map_or(0, |share| share.held),
             budget_waiting: share.map_or(0, |share| share.waiting),
@@ -598,5 +634,26 @@ impl Console {
             true,
             format!("{} concurrency {was} → {concurrency}", job.name),
         )
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_measured_over_a_second_at_least() {
+        let mut rate = SettledRate::default();
+        let start = Instant::now();
+        assert_eq!(rate.at(start, 10), None, "the first heartbeat has none");
+        assert_eq!(
+            rate.at(start + Duration::from_millis(200), 50),
+            None,
+            "too soon after"
+        );
+        assert_eq!(rate.at(start + Duration::from_secs(2), 30), Some(10.0));
+        // Kept until the next second's measure.
+        assert_eq!(rate.at(start + Duration::from_millis(2500), 99), Some(10.0));
+        assert_eq!(rate.at(start + Duration::from_secs(4), 30), Some(0.0));
     }
 }

@@ -332,6 +332,7 @@ impl Worker {
             quota: shared.quota.clone(),
             starts_seen: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
             payload_schema: job.payload_schema(),
+            rate: Default::default(),
         };
         JobPlan {
             job: job.name(),
