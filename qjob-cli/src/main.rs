@@ -72,6 +72,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             admin.refresh().await?;
             status(
                 &out,
+                wait,
                 &admin.workers(),
                 &admin.jobs().await?,
                 &admin.schedules(),

@@ -9,6 +9,7 @@ use crate::table::{Table, ago, short, until};
 
 pub(crate) fn status(
     out: &Out,
+    wait: std::time::Duration,
     workers: &[WorkerView],
     jobs: &[JobView],
     schedules: &[ScheduleView],
@@ -36,6 +37,15 @@ pub(crate) fn status(
         return;
     }
     say!("workers: {alive} alive, {gone} gone");
+    if alive == 0 {
+        // An empty table alone reads as "nothing to see".
+        say!(
+            "no worker was heard within {} ms (--wait): none runs, or none uses this broker \
+             and virtual host. Queues need no worker: `qjob dlq list <queue>` reads a job's \
+             dead letters by its queue's name.",
+            wait.as_millis()
+        );
+    }
     for alarm in &alarms {
         say!("alarm: {alarm}");
     }

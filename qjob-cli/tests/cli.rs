@@ -135,6 +135,25 @@ async fn status_and_workers_show_a_running_worker() {
     assert_eq!(job["concurrency"], 3);
     assert_eq!(job["paused_on"], 0);
 
+    // A first look has the rate: each `qjob status` is a process of its
+    // own that hears each worker once within its wait (1.5 s, under the
+    // 2.5 s between two heartbeats it could measure a rate over), so the
+    // rate is the one the worker measured, once it ran a second.
+    let client = Client::new(broker.clone());
+    for n in 0..5 {
+        client
+            .enqueue::<CliStatusJob>(Work { n, fail: false })
+            .await
+            .unwrap();
+    }
+    let rated = |o: &Output| {
+        json(o)["jobs"].as_array().is_some_and(|jobs| {
+            jobs.iter()
+                .any(|job| job["job"] == "cli_status" && job["rate"].is_f64())
+        })
+    };
+    until(&["status", "--json"], rated).await;
+
     // The schedule, with this process as its leader (once it leads).
     let leads = |o: &Output| {
         let status = json(o);
@@ -1075,5 +1094,36 @@ async fn history_shows_the_last_hour_per_minute() {
             .contains("no running worker runs job type \"no-such-job\""),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// With no worker heard, `status` says so, and how to read a queue by its
+/// name, rather than print an empty table alone. A virtual host of its
+/// own, where no worker runs.
+#[tokio::test]
+async fn status_with_no_worker_says_none_was_heard() {
+    let vhost = "qjob-test-cli-empty";
+    qjob_tests::rabbitmqctl_ok(&["add_vhost", vhost]);
+    qjob_tests::rabbitmqctl_ok(&["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]);
+    let base = url();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let output = tokio::process::Command::new(QJOB)
+        .args(["status", "--wait", "300"])
+        .env("QJOB_AMQP_URL", format!("{server}/{vhost}"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(&output),
+        0,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+    assert!(text.starts_with("workers: 0 alive, 0 gone\n"), "{text}");
+    assert!(
+        text.contains("no worker was heard within 300 ms (--wait)")
+            && text.contains("qjob dlq list <queue>"),
+        "{text}"
     );
 }
