@@ -59,7 +59,9 @@ impl Counted {
 /// # Errors
 ///
 /// [`Error::Config`] if the batch is closed, [`Error::Store`] if the
-/// store failed or has no such batch: nothing was counted then.
+/// store failed or has no such batch: nothing was counted then, unless
+/// the store counted them and its answer did not come in time (they stay
+/// counted: see the batches guide's limits).
 pub(crate) async fn count(
     client: &Client,
     batch: &str,
