@@ -157,6 +157,16 @@ impl Rabbit {
         assert!(confirm.is_ack());
     }
 
+    /// Takes every ready message out of `queue`: their message ids, in
+    /// order (those without one left out).
+    pub async fn take_ids(&self, queue: &str) -> Vec<String> {
+        self.take_all(queue)
+            .await
+            .into_iter()
+            .filter_map(|got| got.id)
+            .collect()
+    }
+
     /// Takes every ready message out of `queue`.
     pub async fn take_all(&self, queue: &str) -> Vec<Got> {
         let count = self.ready(queue).await;

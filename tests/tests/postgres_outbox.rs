@@ -245,12 +245,7 @@ async fn a_row_written_while_the_relay_turns_idle_goes_out_without_a_notificatio
         1
     );
     relay.stop().await;
-    let ids: Vec<String> = rabbit
-        .take_all(queue)
-        .await
-        .into_iter()
-        .filter_map(|got| got.id)
-        .collect();
+    let ids: Vec<String> = rabbit.take_ids(queue).await;
     assert_eq!(ids, [id.to_string(), notified]);
 }
 
@@ -352,12 +347,7 @@ async fn with_one_relay_watching_another_turns_idle_and_rows_committed_meanwhile
     .await;
     watcher.stop().await;
     other.stop().await;
-    let mut got: Vec<String> = rabbit
-        .take_all(queue)
-        .await
-        .into_iter()
-        .filter_map(|got| got.id)
-        .collect();
+    let mut got: Vec<String> = rabbit.take_ids(queue).await;
     got.sort();
     ids.sort();
     assert_eq!(got, ids, "every row once");
@@ -388,12 +378,7 @@ async fn a_relay_that_stops_watching_for_good_wakes_the_relay_it_covered() {
     })
     .await;
     other.stop().await;
-    let got: Vec<String> = rabbit
-        .take_all(queue)
-        .await
-        .into_iter()
-        .filter_map(|got| got.id)
-        .collect();
+    let got: Vec<String> = rabbit.take_ids(queue).await;
     assert_eq!(got, [id]);
 }
 
@@ -436,12 +421,7 @@ async fn a_relay_whose_listener_is_lost_while_it_turns_idle_listens_and_watches_
         .remove(0);
     rabbit.wait_ready(queue, 2, LIMIT).await;
     relay.stop().await;
-    let got: Vec<String> = rabbit
-        .take_all(queue)
-        .await
-        .into_iter()
-        .filter_map(|got| got.id)
-        .collect();
+    let got: Vec<String> = rabbit.take_ids(queue).await;
     assert_eq!(got, [first, second]);
 }
 
@@ -1268,11 +1248,6 @@ async fn a_relay_whose_listener_stops_answering_listens_again_and_stops_within_t
         .unwrap()
         .unwrap();
     println!("stopped after {:?}", asked.elapsed());
-    let got: Vec<String> = rabbit
-        .take_all(queue)
-        .await
-        .into_iter()
-        .filter_map(|got| got.id)
-        .collect();
+    let got: Vec<String> = rabbit.take_ids(queue).await;
     assert_eq!(got, ids);
 }
