@@ -238,8 +238,8 @@ pub struct JobStatus {
     /// Attempts settled (succeeded or failed) per second, as the worker
     /// measured them since an earlier heartbeat at least a second before;
     /// absent from its first heartbeat (and from an older worker's). A
-    /// console that heard one heartbeat shows this rate; one that heard
-    /// two measures its own.
+    /// console shows this rate until it has heard two heartbeats at least
+    /// half an interval apart, and then measures its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
     /// The last failure's error.

@@ -37,8 +37,9 @@ const MAX_RELISTEN_DELAY: Duration = Duration::from_secs(5);
 /// What the console sees of, and does to, one job type.
 pub(crate) struct ConsoleJob {
     pub(crate) name: &'static str,
-    /// The job type's Rust name (`ChargeJob`).
-    pub(crate) type_name: &'static str,
+    /// The job type's Rust name (`ChargeJob`), unless another job type of
+    /// this worker has the same (then neither is named by it).
+    pub(crate) type_name: Option<String>,
     pub(crate) options: JobOptions,
     pub(crate) consumed: Vec<String>,
     pub(crate) slots: Arc<Slots>,
@@ -54,6 +55,23 @@ pub(crate) struct ConsoleJob {
     pub(crate) payload_schema: Option<serde_json::Value>,
     /// Its settled attempts' rate, and where it is measured from.
     pub(crate) rate: Mutex<SettledRate>,
+}
+
+/// Takes the type name off job types whose type name another has too
+/// (types of one name in two modules): a command by that name would pick
+/// one of them at random.
+pub(crate) fn unname_shared_types(jobs: &mut [ConsoleJob]) {
+    let mut seen = std::collections::HashMap::new();
+    for job in jobs.iter() {
+        if let Some(name) = &job.type_name {
+            *seen.entry(name.clone()).or_insert(0) += 1;
+        }
+    }
+    for job in jobs {
+        if job.type_name.as_ref().is_some_and(|name| seen[name] > 1) {
+            job.type_name = None;
+        }
+    }
 }
 
 /// Attempts settled per second between heartbeats, measured by the worker
@@ -88,7 +106,7 @@ impl SettledRate {
 
 impl ConsoleJob {
     fn is(&self, job: &str) -> bool {
-        self.name == job || self.type_name == job || self.options.queue() == job
+        self.name == job || self.options.queue() == job || self.type_name.as_deref() == Some(job)
     }
 
     async fn status(&self, budget: Option<&BudgetHealth>) -> JobStatus {
@@ -111,7 +129,7 @@ impl ConsoleJob {
         let declared = specs.iter().map(DeclaredQueue::from).collect();
         JobStatus {
             job: self.name.to_owned(),
-            type_name: Some(self.type_name.to_owned()),
+            type_name: self.type_name.clone(),
             queue: options.queue().to_owned(),
             consumed_queues: self.consumed.clone(),
             dead_letter_queue: options.dead_letter_queue(),

@@ -321,7 +321,7 @@ impl Worker {
             });
         let console = ConsoleJob {
             name: job.name(),
-            type_name: job.type_name(),
+            type_name: Some(job.type_name()),
             options: options.clone(),
             consumed: specs.iter().map(|spec| spec.name.clone()).collect(),
             slots,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Subscription;
 use crate::protocol::WorkerState;
-use crate::worker::console::Console;
+use crate::worker::console::{self, Console};
 use crate::worker::consumer::Consumer;
 use crate::worker::plan::JobPlan;
 use crate::worker::sampler::Sampled;
@@ -53,6 +53,7 @@ impl Worker {
             scaled.extend(plan.scaled);
             console_jobs.push(plan.console);
         }
+        console::unname_shared_types(&mut console_jobs);
         let subscriptions = self.subscribe(&consumers).await?;
         let stop = CancellationToken::new();
         let mut running = tokio::task::JoinSet::new();

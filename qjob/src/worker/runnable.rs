@@ -36,8 +36,9 @@ pub(crate) enum Decoded {
 
 pub(crate) trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// The job type's Rust name, without its path (`ChargeJob`).
-    fn type_name(&self) -> &'static str;
+    /// The job type's Rust name, without its paths (`ChargeJob`,
+    /// `Notify<Email>`).
+    fn type_name(&self) -> String;
     fn options(&self) -> JobOptions;
     /// The payload's JSON Schema ([`Job::payload_schema`]).
     fn payload_schema(&self) -> Option<serde_json::Value>;
@@ -64,16 +65,36 @@ pub(crate) trait Runnable: Send + Sync + 'static {
 
 pub(crate) struct Registered<J>(pub(crate) J);
 
+/// A Rust type's name as [`std::any::type_name`] writes it, without the
+/// paths of its types: `app::jobs::Notify<app::Email>` is `Notify<Email>`.
+fn without_paths(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut word = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+        } else if c == ':' && chars.peek() == Some(&':') {
+            // `word` was a path's segment.
+            chars.next();
+            word.clear();
+        } else {
+            out.push_str(&word);
+            word.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&word);
+    out
+}
+
 impl<J: Job> Runnable for Registered<J> {
     fn name(&self) -> &'static str {
         J::NAME
     }
 
-    fn type_name(&self) -> &'static str {
-        let path = type_name::<J>();
-        // The last segment of the path, generics aside.
-        let plain = path.split('<').next().unwrap_or(path);
-        plain.rsplit("::").next().unwrap_or(plain)
+    fn type_name(&self) -> String {
+        without_paths(type_name::<J>())
     }
 
     fn options(&self) -> JobOptions {
@@ -184,4 +205,19 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-text panic payload".to_owned())
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::without_paths;
+
+    #[test]
+    fn type_names_lose_their_paths_and_keep_their_generics() {
+        assert_eq!(without_paths("app::jobs::ChargeJob"), "ChargeJob");
+        assert_eq!(without_paths("ChargeJob"), "ChargeJob");
+        assert_eq!(
+            without_paths("app::Notify<app::mail::Email, u8>"),
+            "Notify<Email, u8>"
+        );
+    }
 }
