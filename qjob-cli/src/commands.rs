@@ -1,6 +1,8 @@
 //! The commands to workers (`pause`, `resume`, `concurrency`, `cancel`)
 //! and `topology check`.
 
+use std::collections::BTreeSet;
+
 use qjob::admin::{Admin, Reply};
 use serde_json::{Value, json};
 
@@ -11,19 +13,33 @@ use crate::out::{Out, short_id};
 /// runs job type `job` (by name, type name or queue).
 pub(crate) async fn running(admin: &Admin, job: &str) -> Result<(), Failure> {
     admin.refresh().await?;
-    let runs = admin
+    let named: BTreeSet<String> = admin
         .workers()
         .iter()
         .filter(|worker| worker.alive)
         .flat_map(|worker| &worker.status.jobs)
-        .any(|status| status.is_named(job));
-    if runs {
-        Ok(())
-    } else {
-        Err(Failure(
+        .filter(|status| status.is_named(job))
+        .map(|status| status.job.clone())
+        .collect();
+    one_job_type(job, &named)
+}
+
+/// Whether `job` names one job type of those `named` it: none is not
+/// found (3), several (one type name in two services) is bad usage (2).
+pub(crate) fn one_job_type(job: &str, named: &BTreeSet<String>) -> Result<(), Failure> {
+    match named.len() {
+        1 => Ok(()),
+        0 => Err(Failure(
             NOT_FOUND,
             format!("no running worker runs job type {job:?}"),
-        ))
+        )),
+        _ => Err(Failure(
+            2,
+            format!(
+                "{job:?} names several job types ({}): give its name or its queue",
+                named.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )),
     }
 }
 

@@ -1,12 +1,14 @@
 //! `dlq`: list, show, replay, discard and purge dead letters.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qjob::admin::{Admin, Letter, LetterFilter};
+use qjob::admin::{Admin, BROWSE_AT_MOST, Letter, LetterFilter};
 use qjob::broker::{ExactValue, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::args::Dlq;
+use crate::commands::one_job_type;
 use crate::failure::{Failure, NOT_FOUND};
 use crate::out::{Out, done, millis};
 use crate::table::{Table, ago, short, until};
@@ -23,56 +25,101 @@ async fn dead_letter_queue(admin: &Admin, name: &str) -> Result<String, Failure>
         return Ok(name.to_owned());
     }
     admin.refresh().await?;
-    admin
+    let named: BTreeMap<String, String> = admin
         .workers()
         .iter()
         .flat_map(|worker| &worker.status.jobs)
-        .find(|job| job.is_named(name))
-        .map(|job| job.dead_letter_queue.clone())
-        .ok_or_else(|| {
-            Failure(
-                NOT_FOUND,
-                format!("no dead-letter queue for {name:?}: neither {by_queue:?} nor a job type of a running worker"),
-            )
-        })
+        .filter(|job| job.is_named(name))
+        .map(|job| (job.job.clone(), job.dead_letter_queue.clone()))
+        .collect();
+    if named.is_empty() {
+        return Err(Failure(
+            NOT_FOUND,
+            format!(
+                "no dead-letter queue for {name:?}: neither {by_queue:?} nor a job type of a running worker"
+            ),
+        ));
+    }
+    one_job_type(name, &named.keys().cloned().collect())?;
+    Ok(named.into_values().next().expect("one job type"))
 }
 
+/// What marks the start of an id: `0193…` or `0193*`.
+const STARTS: [char; 2] = ['…', '*'];
+
 /// The id of the job `given` names among `queue`'s dead letters: the id
-/// itself, or the start of exactly one letter's id (among the first
-/// 10 000, as `dlq list` reads them).
-async fn job_id_in(admin: &Admin, queue: &str, given: &str) -> Result<String, Failure> {
-    if given.is_empty() {
+/// itself, or, for `dlq show` (`reading`) or when `given` ends with `…` or
+/// `*`, the start of exactly one letter's id. A start is taken only when
+/// every letter of the queue was read (at most 10 000, as `dlq list`
+/// reads them, none held by another reader): otherwise another letter
+/// might share it.
+async fn job_id_in(
+    admin: &Admin,
+    queue: &str,
+    given: &str,
+    reading: bool,
+) -> Result<String, Failure> {
+    let start = given.trim_end_matches(STARTS);
+    let marked = start.len() < given.len();
+    if start.is_empty() {
         return Err(Failure(2, "give a job id, or the start of one".to_owned()));
     }
-    if admin.dead_letter(queue, given).await?.is_some() {
+    if !marked && admin.dead_letter(queue, given).await?.is_some() {
         return Ok(given.to_owned());
     }
-    let letters = admin
-        .dead_letters(queue, &LetterFilter::all(), 0, 10_000)
-        .await?;
-    let matching: Vec<String> = letters
-        .iter()
-        .filter_map(|letter| letter.job_id.as_ref().map(ToString::to_string))
-        .filter(|id| id.starts_with(given))
-        .collect();
-    match &matching[..] {
-        [one] => Ok(one.clone()),
-        [] => Err(Failure(
+    let not_found = || {
+        let hint = if reading || marked {
+            String::new()
+        } else {
+            format!(" (to act on the letter whose id starts so, write {given}…)")
+        };
+        Failure(
             NOT_FOUND,
-            format!("no dead letter of job {given} in {queue}"),
-        )),
-        several => Err(Failure(
+            format!("no dead letter of job {given} in {queue}{hint}"),
+        )
+    };
+    if !reading && !marked {
+        return Err(not_found());
+    }
+    let letters = admin
+        .dead_letters(queue, &LetterFilter::all(), 0, BROWSE_AT_MOST)
+        .await?;
+    // Ready letters, and readers: a letter another reader holds is not
+    // ready, and not read here.
+    let (ready, readers) = admin
+        .queue(queue)
+        .await?
+        .map_or((0, 0), |stats| (stats.messages as usize, stats.consumers));
+    if letters.len() < ready || readers > 0 {
+        return Err(Failure(
             2,
             format!(
-                "{} dead letters in {queue} have ids starting with {given}: {}; give more of the id",
-                several.len(),
-                several
+                "not every letter of {queue} could be read ({} of {ready} ready, at most \
+                 {BROWSE_AT_MOST}; {readers} other readers): another might start with {start}; \
+                 give the whole id",
+                letters.len()
+            ),
+        ));
+    }
+    let matching: BTreeSet<String> = letters
+        .iter()
+        .filter_map(|letter| letter.job_id.as_ref().map(ToString::to_string))
+        .filter(|id| id.starts_with(start))
+        .collect();
+    match matching.len() {
+        1 => Ok(matching.into_iter().next().expect("one id")),
+        0 => Err(not_found()),
+        n => Err(Failure(
+            2,
+            format!(
+                "{n} dead letters in {queue} have ids starting with {start}: {}; give more of the id",
+                matching
                     .iter()
                     .take(5)
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(", ")
-                    + if several.len() > 5 { ", …" } else { "" }
+                    + if n > 5 { ", …" } else { "" }
             ),
         )),
     }
@@ -95,7 +142,7 @@ pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Res
         }
         Dlq::Show { queue, job_id } => {
             let queue = dead_letter_queue(admin, queue).await?;
-            let job_id = &job_id_in(admin, &queue, job_id).await?;
+            let job_id = &job_id_in(admin, &queue, job_id, true).await?;
             let letter = admin.dead_letter(&queue, job_id).await?.ok_or_else(|| {
                 Failure(
                     NOT_FOUND,
@@ -114,7 +161,7 @@ pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Res
             let queue = dead_letter_queue(admin, queue).await?;
             let replayed = match (job_id, filter.letters()) {
                 (Some(job_id), None) => {
-                    let job_id = &job_id_in(admin, &queue, job_id).await?;
+                    let job_id = &job_id_in(admin, &queue, job_id, false).await?;
                     if !admin.replay(&queue, job_id).await? {
                         return Err(Failure(
                             NOT_FOUND,
@@ -142,7 +189,7 @@ pub(crate) async fn dead_letters(out: &Out, admin: &Admin, command: &Dlq) -> Res
         }
         Dlq::Discard { queue, job_id } => {
             let queue = dead_letter_queue(admin, queue).await?;
-            let job_id = &job_id_in(admin, &queue, job_id).await?;
+            let job_id = &job_id_in(admin, &queue, job_id, false).await?;
             if !admin.discard(&queue, job_id).await? {
                 return Err(Failure(
                     NOT_FOUND,
@@ -252,8 +299,12 @@ fn show(out: &Out, letter: &Letter) {
 /// `at` in RFC 3339 (UTC, to the millisecond), and how long ago (or
 /// until): `2026-12-07T03:34:22.500Z, 3m ago`.
 fn when(at: SystemTime) -> String {
-    let utc = chrono::DateTime::<chrono::Utc>::from(at)
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let millis = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
+    let utc = chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || "a time past the calendar".to_owned(),
+        |utc| utc.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
     if at <= SystemTime::now() {
         format!("{utc}, {} ago", ago(at))
     } else {
@@ -261,18 +312,26 @@ fn when(at: SystemTime) -> String {
     }
 }
 
-/// A header's value as `dlq show` prints it: times (qjob's `…-at`
-/// headers, in milliseconds since the epoch, and AMQP timestamps such as
-/// `x-death`'s `time`, in seconds) followed by their reading, at any depth.
+/// A time `since` the epoch, read ([`when`]), if it is one.
+fn reading(since: Duration) -> Option<String> {
+    UNIX_EPOCH.checked_add(since).map(when)
+}
+
+/// A header's value as `dlq show` prints it: qjob's times (its `qjob-…-at`
+/// headers, milliseconds since the epoch) and AMQP timestamps (such as
+/// `x-death`'s `time`, in seconds) followed by their reading, at any
+/// depth; every other value as it came.
 fn header_text(name: &str, value: &HeaderValue) -> String {
+    let read = |count: u64, since: Duration| match reading(since) {
+        Some(reading) => format!("{count} ({reading})"),
+        None => count.to_string(),
+    };
     match value {
-        HeaderValue::Int(ms) if name.ends_with("-at") => u64::try_from(*ms).map_or_else(
-            |_| ms.to_string(),
-            |ms| format!("{ms} ({})", when(UNIX_EPOCH + Duration::from_millis(ms))),
-        ),
-        HeaderValue::Exact(ExactValue::Timestamp(secs)) => {
-            format!("{secs} ({})", when(UNIX_EPOCH + Duration::from_secs(*secs)))
+        HeaderValue::Int(ms) if name.starts_with("qjob-") && name.ends_with("-at") => {
+            u64::try_from(*ms)
+                .map_or_else(|_| ms.to_string(), |ms| read(ms, Duration::from_millis(ms)))
         }
+        HeaderValue::Exact(ExactValue::Timestamp(secs)) => read(*secs, Duration::from_secs(*secs)),
         HeaderValue::List(items) => format!(
             "[{}]",
             items
@@ -323,8 +382,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Z, 3m ago)"), "{text}");
-        // Not a time: as it came.
+        // Not a time: as it came. An application's `-at` header may be in
+        // any unit: not read. Past the calendar: the number alone.
         assert_eq!(header_text("qjob-attempt", &HeaderValue::Int(3)), "3");
         assert_eq!(header_text("qjob-failed-at", &HeaderValue::Int(-1)), "-1");
+        assert_eq!(
+            header_text("created-at", &HeaderValue::Int(ms)),
+            ms.to_string()
+        );
+        let far = header_text("qjob-failed-at", &HeaderValue::Int(i64::MAX));
+        assert!(far.contains("a time past the calendar"), "{far}");
+        let far = header_text("x", &HeaderValue::Exact(ExactValue::Timestamp(u64::MAX)));
+        assert_eq!(far, u64::MAX.to_string());
     }
 }

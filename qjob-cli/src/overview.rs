@@ -37,7 +37,7 @@ pub(crate) fn status(
         return;
     }
     say!("workers: {alive} alive, {gone} gone");
-    if alive == 0 {
+    if workers.is_empty() {
         // An empty table alone reads as "nothing to see".
         say!(
             "no worker was heard within {} ms (--wait): none runs, or none uses this broker \

@@ -135,25 +135,6 @@ async fn status_and_workers_show_a_running_worker() {
     assert_eq!(job["concurrency"], 3);
     assert_eq!(job["paused_on"], 0);
 
-    // A first look has the rate: each `qjob status` is a process of its
-    // own that hears each worker once within its wait (1.5 s, under the
-    // 2.5 s between two heartbeats it could measure a rate over), so the
-    // rate is the one the worker measured, once it ran a second.
-    let client = Client::new(broker.clone());
-    for n in 0..5 {
-        client
-            .enqueue::<CliStatusJob>(Work { n, fail: false })
-            .await
-            .unwrap();
-    }
-    let rated = |o: &Output| {
-        json(o)["jobs"].as_array().is_some_and(|jobs| {
-            jobs.iter()
-                .any(|job| job["job"] == "cli_status" && job["rate"].is_f64())
-        })
-    };
-    until(&["status", "--json"], rated).await;
-
     // The schedule, with this process as its leader (once it leads).
     let leads = |o: &Output| {
         let status = json(o);
@@ -345,7 +326,17 @@ async fn dead_letters_are_listed_shown_replayed_discarded_and_purged() {
     let output = qjob(&["dlq", "show", &dlq, "no-such-job"]).await;
     assert_eq!(code(&output), 3, "not found");
 
-    let output = qjob(&["dlq", "discard", "cli_dlq", &ids[0]]).await;
+    // Acting on a letter takes the start of its id only when marked so.
+    let start0 = 1 + common(&ids[0], &ids[1]).max(common(&ids[0], &ids[2]));
+    let output = qjob(&["dlq", "discard", "cli_dlq", &ids[0][..start0]]).await;
+    assert_eq!(code(&output), 3, "not found");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("…"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let marked = format!("{}…", &ids[0][..start0]);
+    let output = qjob(&["dlq", "discard", "cli_dlq", &marked]).await;
     assert_eq!(
         (code(&output), stdout(&output).trim()),
         (0, format!("discarded {} from {dlq}", ids[0]).as_str())
@@ -1126,4 +1117,46 @@ async fn status_with_no_worker_says_none_was_heard() {
             && text.contains("qjob dlq list <queue>"),
         "{text}"
     );
+}
+
+#[job(queue = "qjob.test.cli.rate", concurrency = 2)]
+async fn cli_rate(work: Work, _ctx: JobContext) -> Result<(), JobError> {
+    let _ = work.n;
+    Ok(())
+}
+
+/// A first look has the rate. A worker with the default heartbeat (5 s)
+/// answers a `status`'s ping with one heartbeat, and `status` listens
+/// 0.6 s: too short for it to hear two heartbeats half an interval apart
+/// and measure a rate itself, so the rate it shows is the one the worker
+/// measured (once it has run a second). Without it, the JSON's rate is null.
+#[tokio::test]
+async fn status_shows_the_rate_the_worker_measured_at_first_look() {
+    let broker = broker().await;
+    reset::<CliRateJob>().await;
+    let worker = Worker::builder(broker.clone()).register(CliRateJob).build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(broker.clone());
+    for n in 0..5 {
+        client
+            .enqueue::<CliRateJob>(Work { n, fail: false })
+            .await
+            .unwrap();
+    }
+    let rate = |o: &Output| {
+        json(o)["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|job| job["job"] == "cli_rate"))
+            .map(|job| job["rate"].clone())
+    };
+    let output = until(&["status", "--json"], |o| {
+        rate(o).is_some_and(|rate| rate.is_f64())
+    })
+    .await;
+    assert!(rate(&output).unwrap().as_f64().unwrap() >= 0.0);
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
 }
