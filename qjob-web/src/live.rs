@@ -138,7 +138,7 @@ async fn waiting(shared: &Shared, ctx: &Context, params: &Params, which: Waiting
     }));
     if let Ok(jobs) = shared.admin.jobs().await {
         for view in jobs {
-            let named = job.is_none_or(|job| view.job == job || view.status.queue == job);
+            let named = job.is_none_or(|job| view.status.is_named(job));
             if named && !browsable(&view) && view.delayed() > 0 {
                 let _ = write!(
                     html,

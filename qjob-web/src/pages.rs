@@ -340,10 +340,7 @@ pub(crate) async fn job(
         Ok(jobs) => jobs,
         Err(error) => return failed(&shared, &ctx, error),
     };
-    let Some(job) = jobs
-        .iter()
-        .find(|job| job.job == name || job.status.queue == name)
-    else {
+    let Some(job) = jobs.iter().find(|job| job.status.is_named(&name)) else {
         let html = "<p>No running worker runs this job type.</p>";
         return not_found(&shared, &ctx, &name, html);
     };
