@@ -14,8 +14,12 @@
 //! publish sends nothing unless it was already on its way, as before.
 //!
 //! Callers share a session's fate: a confirm that does not come in time
-//! makes the others of its session wait as long. So a message is
-//! published on a session of its own, not gathered, when it is large
+//! makes the others of its session wait as long. So a session gathers the
+//! messages of one queue (a queue that cannot confirm, such as a quorum
+//! queue without its majority, holds up only its own callers), and at
+//! most [`PER_QUEUE`] leaders publish to one queue at a time (the others
+//! serve the other queues meanwhile). And a message is published on a
+//! session of its own, not gathered, when it is large
 //! (over [`GATHERED_BODY`]: a body the broker refuses closes the channel
 //! under every message on it) or when its caller runs on a
 //! current-thread runtime (a leader spawned there would wait, with the
@@ -34,6 +38,10 @@ use crate::broker::Message;
 /// The most sessions publishing gathered messages at once: a message
 /// that comes while they all publish waits for the next one to end.
 const LEADERS: usize = 16;
+
+/// The most leaders publishing to one queue at a time: a queue that
+/// cannot confirm leaves the others a quarter of them.
+const PER_QUEUE: usize = 12;
 
 /// The largest body gathered; a larger one is published on a session of
 /// its own.
@@ -65,6 +73,20 @@ pub(super) struct Gathering {
 struct State {
     waiting: Vec<Waiting>,
     leaders: usize,
+    /// The leaders publishing to each queue now.
+    publishing: std::collections::HashMap<String, usize>,
+}
+
+impl State {
+    /// A leader is done with `queue`'s batch.
+    fn done_with(&mut self, queue: &str) {
+        if let Some(count) = self.publishing.get_mut(queue) {
+            *count -= 1;
+            if *count == 0 {
+                self.publishing.remove(queue);
+            }
+        }
+    }
 }
 
 impl Gathering {
@@ -84,6 +106,7 @@ impl Gathering {
             return Some(Leading {
                 gathering: Arc::clone(self),
                 ended: false,
+                queue: None,
             });
         }
         None
@@ -97,21 +120,48 @@ impl Gathering {
 pub(super) struct Leading {
     gathering: Arc<Gathering>,
     ended: bool,
+    /// The queue of the batch it publishes now.
+    queue: Option<String>,
 }
 
 impl Leading {
-    /// The next messages, at most `most`, those of callers still there;
-    /// none: the leader is counted out, and ends.
+    /// The next messages, of callers still there: the oldest waiting for a
+    /// queue that fewer than [`PER_QUEUE`] leaders publish to, and those
+    /// after it for the same queue, at most `most` in all. None: the
+    /// leader is counted out, and ends (a leader that finishes a batch
+    /// takes what waits for a queue it made free).
     pub(super) fn next(&mut self, most: usize) -> Vec<Waiting> {
         let mut state = self.gathering.state();
+        if let Some(queue) = self.queue.take() {
+            state.done_with(&queue);
+        }
         state.waiting.retain(|waiting| !waiting.reply.is_closed());
-        if state.waiting.is_empty() {
+        let free = |state: &State, queue: &str| {
+            state.publishing.get(queue).copied().unwrap_or(0) < PER_QUEUE
+        };
+        let Some(queue) = state
+            .waiting
+            .iter()
+            .find(|waiting| free(&state, &waiting.queue))
+            .map(|waiting| waiting.queue.clone())
+        else {
             state.leaders -= 1;
             self.ended = true;
             return Vec::new();
+        };
+        let mut batch = Vec::new();
+        let mut kept = Vec::with_capacity(state.waiting.len());
+        for waiting in state.waiting.drain(..) {
+            if batch.len() < most && waiting.queue == queue {
+                batch.push(waiting);
+            } else {
+                kept.push(waiting);
+            }
         }
-        let take = state.waiting.len().min(most);
-        state.waiting.drain(..take).collect()
+        state.waiting = kept;
+        *state.publishing.entry(queue.clone()).or_insert(0) += 1;
+        self.queue = Some(queue);
+        batch
     }
 }
 
@@ -121,6 +171,9 @@ impl Drop for Leading {
             return;
         }
         let mut state = self.gathering.state();
+        if let Some(queue) = self.queue.take() {
+            state.done_with(&queue);
+        }
         state.leaders -= 1;
         if state.leaders == 0 {
             state.waiting.clear();
@@ -147,25 +200,74 @@ mod tests {
         let gathering = Arc::new(Gathering::default());
         let mut answers = Vec::new();
         let mut leaders = Vec::new();
-        for n in 0..LEADERS + 2 {
-            let (waiting, answer) = waiting(&format!("q{n}"));
+        for _ in 0..LEADERS + 2 {
+            let (waiting, answer) = waiting("q");
             answers.push(answer);
             leaders.extend(gathering.push(waiting));
         }
         assert_eq!(leaders.len(), LEADERS);
         let mut leading = leaders.pop().unwrap();
-        let first = leading.next(2);
-        assert_eq!(
-            first.iter().map(|w| w.queue.as_str()).collect::<Vec<_>>(),
-            ["q0", "q1"]
-        );
+        assert_eq!(leading.next(2).len(), 2);
         assert_eq!(leading.next(LEADERS).len(), LEADERS);
         assert!(leading.next(LEADERS).is_empty());
         drop(leading);
         assert_eq!(gathering.state().leaders, LEADERS - 1);
+        assert!(gathering.state().publishing.is_empty());
         // The others, dropped before they ran, are counted out.
         drop(leaders);
         assert_eq!(gathering.state().leaders, 0);
+    }
+
+    #[test]
+    fn a_batch_is_one_queues_and_a_busy_queue_leaves_leaders_to_the_others() {
+        let gathering = Arc::new(Gathering::default());
+        let mut answers = Vec::new();
+        let mut leaders = Vec::new();
+        for queue in ["slow", "fast", "slow", "fast", "slow"] {
+            let (message, answer) = waiting(queue);
+            answers.push(answer);
+            leaders.extend(gathering.push(message));
+        }
+        // One queue's messages, oldest first, in order.
+        let mut first = leaders.pop().unwrap();
+        let batch = first.next(10);
+        assert_eq!(
+            batch.iter().map(|w| w.queue.as_str()).collect::<Vec<_>>(),
+            ["slow", "slow", "slow"]
+        );
+        let mut second = leaders.pop().unwrap();
+        assert_eq!(second.next(10).len(), 2, "the other queue's");
+        // A queue with PER_QUEUE leaders publishing to it waits for one.
+        drop(leaders);
+        let mut slow = Vec::new();
+        for _ in 1..PER_QUEUE {
+            let (message, answer) = waiting("slow");
+            answers.push(answer);
+            let mut leading = gathering.push(message).unwrap();
+            assert_eq!(leading.next(10).len(), 1);
+            slow.push(leading);
+        }
+        let (message, answer) = waiting("slow");
+        answers.push(answer);
+        let mut idle = gathering.push(message).unwrap();
+        assert!(idle.next(10).is_empty(), "slow is at its limit");
+        // The second leader, done with its batch, takes another queue's
+        // message before the one slow must wait for.
+        let (message, answer) = waiting("fast");
+        answers.push(answer);
+        let _ = gathering.push(message);
+        assert_eq!(
+            second
+                .next(10)
+                .iter()
+                .map(|w| w.queue.as_str())
+                .collect::<Vec<_>>(),
+            ["fast"]
+        );
+        // A slow leader done with its batch frees the queue: the waiting
+        // message goes.
+        assert_eq!(first.next(10).len(), 1);
+        drop((first, second, slow));
     }
 
     #[test]
