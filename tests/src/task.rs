@@ -107,6 +107,21 @@ impl Probe {
     }
 
     /// Waits until `condition` holds, failing the test after `limit`.
+    /// Waits until `count` jobs succeeded, failing the test after `limit`.
+    pub async fn wait_succeeded(&self, what: &str, limit: Duration, count: u32) {
+        self.wait(what, limit, |probe| {
+            probe.succeeded.load(std::sync::atomic::Ordering::SeqCst) == count
+        })
+        .await;
+    }
+
+    /// The sequence numbers that succeeded, sorted.
+    pub fn done_sorted(&self) -> Vec<u32> {
+        let mut done = self.done.lock().unwrap().clone();
+        done.sort_unstable();
+        done
+    }
+
     pub async fn wait(&self, what: &str, limit: Duration, condition: impl Fn(&Probe) -> bool) {
         let waited = tokio::time::timeout(limit, async {
             loop {

@@ -139,11 +139,7 @@ pub async fn a_started_job_frees_its_key(env: &Env) {
         .unwrap();
     assert_eq!(&third, &Enqueued::Duplicate(second.id().clone()));
     probe.release();
-    probe
-        .wait("both jobs", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("both jobs", LIMIT, 2).await;
     worker.stop().await.unwrap();
 }
 
@@ -266,14 +262,9 @@ pub async fn a_job_delivered_twice_runs_once_with_an_inbox(env: &Env) {
     }
     let worker = start(env, InboxJob, &store);
     env.wait_ready(InboxJob::QUEUE, 0).await;
-    probe
-        .wait("both jobs", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("both jobs", LIMIT, 2).await;
     worker.stop().await.unwrap();
-    let mut done = probe.done.lock().unwrap().clone();
-    done.sort();
+    let done = probe.done_sorted();
     assert_eq!(done, [0, 1], "job-a ran once");
     assert_eq!(probe.attempts.load(Ordering::SeqCst), 2);
     assert_eq!(env.ready(&InboxJob::options().dead_letter_queue()).await, 0);

@@ -320,9 +320,7 @@ pub async fn a_job_held_for_a_retry_in_place_is_listed_and_runs_now(env: &Env) {
         "{replies:?}"
     );
     probe
-        .wait("its second attempt succeeded", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
+        .wait_succeeded("its second attempt succeeded", LIMIT, 1)
         .await;
     crate::eventually(
         "nothing held",

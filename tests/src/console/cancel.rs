@@ -107,11 +107,7 @@ pub async fn a_cancelled_queued_job_is_dead_lettered_when_it_arrives(env: &Env) 
             .any(|reply| reply.ok && reply.worker_id == ours[0].status.worker_id),
         "{replies:?}"
     );
-    probe
-        .wait("the other job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    probe.wait_succeeded("the other job", LIMIT, 1).await;
     let dlq = CancelQueuedJob::options().dead_letter_queue();
     env.wait_ready(&dlq, 1).await;
     let letter = admin
@@ -130,11 +126,7 @@ pub async fn a_cancelled_queued_job_is_dead_lettered_when_it_arrives(env: &Env) 
 
     // Replayed after the cancel, it runs.
     assert!(admin.replay(&dlq, cancelled.as_str()).await.unwrap());
-    probe
-        .wait("the replayed job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("the replayed job", LIMIT, 2).await;
     worker.stop().await.unwrap();
     assert_eq!(*probe.done.lock().unwrap(), [1, 0]);
     assert_eq!(env.ready(&dlq).await, 0);
@@ -145,11 +137,7 @@ pub async fn a_handler_that_ignores_a_cancel_finishes_normally(env: &Env) {
     let replies = admin.cancel(id.as_str()).await.unwrap();
     assert!(replies.iter().all(|reply| reply.ok), "{replies:?}");
     probe.release();
-    probe
-        .wait("the job done", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    probe.wait_succeeded("the job done", LIMIT, 1).await;
     wait_job::<CancelIgnoredJob>(&admin, "the success counted", |view| view.succeeded == 1).await;
     worker.stop().await.unwrap();
     assert_eq!(

@@ -136,21 +136,13 @@ pub async fn replay_and_discard_do_what_they_say(env: &Env) {
 
     probe.release();
     assert!(admin.replay(&dlq, &ids[2]).await.unwrap());
-    probe
-        .wait("the replayed job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    probe.wait_succeeded("the replayed job", LIMIT, 1).await;
     assert_eq!(*probe.done.lock().unwrap(), [2]);
     let matching = LetterFilter::all()
         .reason("retries-exhausted")
         .error_contains("not released");
     assert_eq!(admin.replay_matching(&dlq, &matching).await.unwrap(), 1);
-    probe
-        .wait("the matching job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("the matching job", LIMIT, 2).await;
     assert_eq!(*probe.done.lock().unwrap(), [2, 0]);
     assert_eq!(admin.purge(&dlq).await.unwrap(), 1, "the permanent one");
     assert_eq!(env.ready(&dlq).await, 0);

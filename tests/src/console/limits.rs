@@ -97,11 +97,7 @@ pub async fn shared_limits_are_seen_and_set_from_the_console(env: &Env) {
     );
 
     probe.release();
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 6
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, 6).await;
     assert_eq!(probe.max_in_flight.load(Ordering::SeqCst), 3);
     worker.stop().await.unwrap();
 }

@@ -89,14 +89,9 @@ pub async fn a_retry_held_at_a_pause_runs_after_the_resume(env: &Env) {
     env.wait_ready(RetryHeldJob::QUEUE, 1).await;
 
     admin.resume(RetryHeldJob::QUEUE).await.unwrap();
-    probe
-        .wait("both jobs", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("both jobs", LIMIT, 2).await;
     worker.stop().await.unwrap();
-    let mut done = probe.done.lock().unwrap().clone();
-    done.sort();
+    let done = probe.done_sorted();
     assert_eq!(done, [0, 1]);
     assert_eq!(probe.attempts.load(Ordering::SeqCst), 3, "job 0 ran twice");
     assert_eq!(env.ready(RetryHeldJob::QUEUE).await, 0);
@@ -145,16 +140,11 @@ pub async fn pause_and_resume_lose_nothing_and_reject_nothing(env: &Env) {
         2,
         "{replies:?}"
     );
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == jobs
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, jobs).await;
     for worker in workers {
         worker.stop().await.unwrap();
     }
-    let mut done = probe.done.lock().unwrap().clone();
-    done.sort();
+    let done = probe.done_sorted();
     assert_eq!(done, (0..jobs).collect::<Vec<_>>(), "each job once");
     assert_eq!(
         probe.attempts.load(Ordering::SeqCst),
@@ -187,14 +177,9 @@ async fn the_rest_run_once<J: Job<Payload = Task> + Clone>(
 ) {
     let probe = probe(tag);
     let running = env.start(job);
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == jobs
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, jobs).await;
     running.stop().await.unwrap();
-    let mut done = probe.done.lock().unwrap().clone();
-    done.sort();
+    let done = probe.done_sorted();
     assert_eq!(done, (0..jobs).collect::<Vec<_>>(), "each job once");
     assert_eq!(
         probe.attempts.load(Ordering::SeqCst),

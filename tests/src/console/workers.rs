@@ -132,11 +132,7 @@ pub async fn set_concurrency_resizes_the_handler_slots(env: &Env) {
     );
 
     probe.release();
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 6
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, 6).await;
     assert_eq!(probe.max_in_flight.load(Ordering::SeqCst), 3);
     worker.stop().await.unwrap();
 }

@@ -102,11 +102,7 @@ pub async fn a_capped_queue_retries_in_place_while_full<J: Job<Payload = Task>>(
         .await
         .unwrap_err();
     assert!(matches!(full, Error::QueueFull { .. }), "{full:?}");
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 3
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, 3).await;
     running.stop().await.unwrap();
     assert_eq!(*probe.done.lock().unwrap(), [0, 1, 2]);
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 2, 1, 1]);

@@ -72,27 +72,18 @@ pub async fn dead_letters_can_be_peeked_at_and_replayed<J: Job<Payload = Task>>(
         .await
         .unwrap();
     assert_eq!(replayed, 1);
-    probe
-        .wait("the replayed job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    probe.wait_succeeded("the replayed job", LIMIT, 1).await;
     assert_eq!(
         seqs(&dead.peek(10).await.unwrap()),
         [1, 3],
         "the rest keep their order"
     );
     assert_eq!(dead.replay_all().await.unwrap(), 2);
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 3
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, 3).await;
     running.stop().await.unwrap();
     assert_eq!(dead.count().await.unwrap(), 0);
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 1, 1, 1, 1, 1]);
-    let mut done = probe.done.lock().unwrap().clone();
-    done.sort();
+    let done = probe.done_sorted();
     assert_eq!(done, [1, 2, 3]);
 }
 
@@ -252,11 +243,7 @@ pub async fn a_deleted_dlq_is_declared_again_without_running_the_job_again<
         .enqueue::<J>(Task::new(&tag, 0, Act::Succeed))
         .await
         .unwrap();
-    probe
-        .wait("the worker to run", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    probe.wait_succeeded("the worker to run", LIMIT, 1).await;
     let dlq = J::options().dead_letter_queue();
     env.delete_queues(&[&dlq]).await;
     client

@@ -131,11 +131,7 @@ pub async fn a_delayed_job_runs_after_its_delay<J: Job<Payload = Task>>(env: &En
         .await
         .unwrap();
     let probe = probe(&tag);
-    probe
-        .wait("both jobs", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("both jobs", LIMIT, 2).await;
     running.stop().await.unwrap();
     assert_eq!(*probe.done.lock().unwrap(), [2, 1]);
     let times = probe.attempt_times.lock().unwrap().clone();
@@ -164,9 +160,7 @@ pub async fn a_retry_survives_a_worker_restart<J: Job<Payload = Task> + Clone>(e
     let second = env.start(job);
     let probe = probe(&tag);
     probe
-        .wait("the retry on the new worker", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
+        .wait_succeeded("the retry on the new worker", LIMIT, 1)
         .await;
     second.stop().await.unwrap();
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 2]);
@@ -201,11 +195,7 @@ pub async fn a_delay_queue_of_the_other_type_is_not_in_the_way<J: Job<Payload = 
         .enqueue_in::<J>(Task::new(&tag, 1, Act::Succeed), Duration::from_secs(1))
         .await
         .unwrap();
-    probe
-        .wait("the delayed job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    probe.wait_succeeded("the delayed job", LIMIT, 1).await;
     running.stop().await.unwrap();
     env.delete_queues(&[&classic, &quorum]).await;
 }
@@ -242,16 +232,10 @@ pub async fn a_quorum_job_retries_in_place<J: Job<Payload = Task>>(env: &Env, jo
         .await
         .unwrap();
     probe
-        .wait("the job behind the retry", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
+        .wait_succeeded("the job behind the retry", LIMIT, 1)
         .await;
     assert_eq!(*probe.done.lock().unwrap(), [1], "task 0 is still waiting");
-    probe
-        .wait("the retry", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("the retry", LIMIT, 2).await;
     running.stop().await.unwrap();
     assert_eq!(*probe.attempt_numbers.lock().unwrap(), [1, 1, 2]);
     assert_eq!(env.ready(J::QUEUE).await, 0);

@@ -110,11 +110,7 @@ pub async fn garbage_dead_letters_and_the_next_job_runs<J: Job<Payload = Task>>(
     let dlq = J::options().dead_letter_queue();
     env.wait_ready(&dlq, 1).await;
     let probe = probe(&tag);
-    probe
-        .wait("both good jobs", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("both good jobs", LIMIT, 2).await;
     running.stop().await.unwrap();
     assert_eq!(*probe.done.lock().unwrap(), [1, 2]);
     let dead = env.take_all(&dlq).await;
@@ -144,11 +140,7 @@ pub async fn panic_is_a_failed_attempt<J: Job<Payload = Task>>(env: &Env, job: J
         .unwrap();
     let running = env.start(job);
     let probe = probe(&tag);
-    probe
-        .wait("both jobs to succeed", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 2
-        })
-        .await;
+    probe.wait_succeeded("both jobs to succeed", LIMIT, 2).await;
     running.stop().await.unwrap();
     assert_eq!(probe.attempts.load(Ordering::SeqCst), 3);
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);
@@ -174,11 +166,7 @@ pub async fn panicking_to_the_end_dead_letters<J: Job<Payload = Task>>(env: &Env
         .await
         .unwrap();
     let probe = probe(&tag);
-    probe
-        .wait("the next job to run", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    probe.wait_succeeded("the next job to run", LIMIT, 1).await;
     running.stop().await.unwrap();
     assert_eq!(probe.attempts.load(Ordering::SeqCst), attempts + 1);
     let dead = env.take_all(&dlq).await;
@@ -245,9 +233,7 @@ pub async fn an_open_breaker_stops_calls_until_a_probe_succeeds<J: Job<Payload =
     assert!(while_open <= 2, "{while_open} calls while open");
     probe.release();
     probe
-        .wait("the queue to drain after recovery", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == jobs
-        })
+        .wait_succeeded("the queue to drain after recovery", LIMIT, jobs)
         .await;
     running.stop().await.unwrap();
     assert_eq!(env.ready(&J::options().dead_letter_queue()).await, 0);

@@ -51,17 +51,14 @@ pub async fn concurrency_is_reached_and_never_exceeded<J: Job<Payload = Task>>(e
     let running = env.start(job);
     let probe = probe(&tag);
     probe
-        .wait("every job to succeed", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == jobs
-        })
+        .wait_succeeded("every job to succeed", LIMIT, jobs)
         .await;
     running.stop().await.unwrap();
     assert_eq!(
         probe.max_in_flight.load(Ordering::SeqCst),
         options.concurrency()
     );
-    let mut done = probe.done.lock().unwrap().clone();
-    done.sort();
+    let done = probe.done_sorted();
     assert_eq!(done, (0..jobs).collect::<Vec<_>>());
 }
 
@@ -167,11 +164,7 @@ pub async fn a_panicking_observer_stalls_nothing<J: Job<Payload = Task>>(env: &E
     let running = tokio::spawn(worker.run_until(async move {
         let _ = stopped.await;
     }));
-    probe
-        .wait("every job of the key", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 3
-        })
-        .await;
+    probe.wait_succeeded("every job of the key", LIMIT, 3).await;
     let _ = stop.send(());
     running.await.unwrap().unwrap();
     assert_eq!(*probe.done.lock().unwrap(), [0, 1, 2]);

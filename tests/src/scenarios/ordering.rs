@@ -78,11 +78,7 @@ pub async fn partitioned_keys_complete_in_publish_order_across_two_workers<
     let second = other.start(job);
     let probe = probe(&tag);
     let total = keys * per_key;
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == total
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, total).await;
     first.stop().await.unwrap();
     second.stop().await.unwrap();
     let done = probe.done.lock().unwrap().clone();
@@ -151,11 +147,7 @@ pub async fn a_graceful_stop_hands_a_partition_over_in_order<J: Job<Payload = Ta
         .await
         .unwrap();
     stopping.await.unwrap().unwrap();
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 4
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, 4).await;
     standby.stop().await.unwrap();
     assert_eq!(*probe.done.lock().unwrap(), [1, 2, 3, 4]);
     assert_eq!(

@@ -158,11 +158,7 @@ pub async fn a_retry_keeps_its_priority_through_a_delay_queue<J: Job<Payload = T
     // 19 low ones wait; the retry joins them.
     env.wait_ready(J::QUEUE, 20).await;
     probe.release();
-    probe
-        .wait("every job", LIMIT, |p| {
-            p.succeeded.load(Ordering::SeqCst) == 21
-        })
-        .await;
+    probe.wait_succeeded("every job", LIMIT, 21).await;
     running.stop().await.unwrap();
     let done = probe.done.lock().unwrap().clone();
     assert_eq!(done[..2], [1, 0], "the retry goes next: {done:?}");
