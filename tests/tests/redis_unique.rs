@@ -104,9 +104,10 @@ async fn a_unique_enqueue_while_redis_is_stalled_or_gone_fails_within_the_bound(
         .unwrap();
 
     let pid = redis.child.id().to_string();
+    // The shell's own `kill`: a fresh machine may have no kill program.
     let signal = |signal: &str| {
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill {signal} {pid}")])
             .status()
             .unwrap();
         assert!(status.success());
