@@ -110,11 +110,15 @@ pub async fn a_cancelled_queued_job_is_dead_lettered_when_it_arrives(env: &Env) 
     probe.wait_succeeded("the other job", LIMIT, 1).await;
     let dlq = CancelQueuedJob::options().dead_letter_queue();
     env.wait_ready(&dlq, 1).await;
-    let letter = admin
-        .dead_letter(&dlq, cancelled.as_str())
-        .await
-        .unwrap()
-        .expect("dead-lettered");
+    // Counted ready is not always readable at once (RabbitMQ 4 once had
+    // the count before a get found the letter): wait until it reads.
+    let mut found = None;
+    crate::until("the dead letter reads", LIMIT, async || {
+        found = admin.dead_letter(&dlq, cancelled.as_str()).await.unwrap();
+        found.is_some()
+    })
+    .await;
+    let letter = found.expect("dead-lettered");
     assert_eq!(letter.reason, DeadReason::Cancelled);
     assert_eq!(letter.error, "cancelled by an operator before it ran");
     assert_eq!(
